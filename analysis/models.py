@@ -1,0 +1,196 @@
+"""Loading and saving models, and the record of how their weights were processed.
+
+`load_model(name)` understands four kinds of name:
+
+* ``"organism"``: the small model this repository trains and ships (offline);
+* ``"gpt2-random"``: GPT-2 small's shapes with random weights, for speed and memory checks;
+* a directory written by `save_model` (config, weights, tokenizer);
+* any TransformerLens pretrained name (``"gpt2-small"``, ``"attn-only-2l"``, ...), loaded with
+  `HookedTransformer.from_pretrained`, which needs the Hugging Face cache or a network.
+
+Every model comes back with `model.analysis_info`: its name, where it came from and the weight
+processing applied (fold_ln, center_writing_weights, center_unembed, fold_value_biases), which
+the results files record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from analysis.errors import ModelNotAvailableError, UsageError
+
+ORGANISM_DIR = Path(__file__).resolve().parent / "organism" / "checkpoint"
+CONFIG_FILE, WEIGHTS_FILE, PROCESSING_FILE = "config.json", "model.safetensors", "weight_processing.json"
+
+
+@dataclass(frozen=True)
+class WeightProcessing:
+    """TransformerLens's weight processing; the defaults are `from_pretrained`'s."""
+
+    fold_ln: bool = True
+    center_writing_weights: bool = True
+    center_unembed: bool = True
+    fold_value_biases: bool = True
+
+    @classmethod
+    def none(cls) -> "WeightProcessing":
+        return cls(False, False, False, False)
+
+    @property
+    def is_none(self) -> bool:
+        return not any(dataclasses.astuple(self))
+
+
+DEFAULT_PROCESSING = WeightProcessing()
+
+
+def _info(model: HookedTransformer, name: str, source: str, processing: WeightProcessing) -> HookedTransformer:
+    model.analysis_info = {
+        "name": name,
+        "source": source,
+        "weight_processing": dataclasses.asdict(processing),
+        "n_layers": model.cfg.n_layers,
+        "n_heads": model.cfg.n_heads,
+        "d_model": model.cfg.d_model,
+        "d_head": model.cfg.d_head,
+        "d_vocab": model.cfg.d_vocab,
+        "n_ctx": model.cfg.n_ctx,
+    }
+    return model
+
+
+def load_model(
+    name: str, device: str | torch.device | None = None, processing: WeightProcessing = DEFAULT_PROCESSING
+) -> HookedTransformer:
+    """A `HookedTransformer` in eval mode for `name` (see the module docstring)."""
+    device = str(device or "cpu")
+    if name == "organism":
+        if not (ORGANISM_DIR / WEIGHTS_FILE).exists():
+            raise ModelNotAvailableError(
+                f"The model organism's checkpoint is missing from {ORGANISM_DIR}. It ships with the "
+                "repository; restore it with `git checkout -- analysis/organism/checkpoint` or retrain "
+                "it with `python scripts/train_organism.py`."
+            )
+        model = _load_directory(ORGANISM_DIR, device, processing)
+        return _info(model, "organism", str(ORGANISM_DIR), processing)
+    if name == "gpt2-random":
+        model = random_gpt2(seed=0, device=device)
+        return _info(model, name, "random init (seed 0), GPT-2 small shapes", WeightProcessing.none())
+    path = Path(name)
+    if path.is_dir():
+        if not (path / CONFIG_FILE).exists():
+            raise UsageError(f"{path} is a directory but holds no {CONFIG_FILE}; it was not written by save_model.")
+        model = _load_directory(path, device, processing)
+        saved = _saved_processing(path)
+        return _info(model, str(path), str(path.resolve()), processing if saved.is_none else saved)
+    return _from_pretrained(name, device, processing)
+
+
+def _from_pretrained(name: str, device: str, processing: WeightProcessing) -> HookedTransformer:
+    from transformer_lens.loading_from_pretrained import get_official_model_name
+
+    try:
+        official = get_official_model_name(name)
+    except ValueError:
+        raise UsageError(
+            f"Unknown model {name!r}. Use 'organism' (the offline model organism), 'gpt2-random', a "
+            "directory written by analysis.models.save_model, or a TransformerLens pretrained name "
+            "such as 'gpt2-small' or 'attn-only-2l' (see transformer_lens.loading_from_pretrained."
+            "OFFICIAL_MODEL_NAMES)."
+        ) from None
+    try:
+        model = HookedTransformer.from_pretrained(name, device=device, **dataclasses.asdict(processing))
+    except Exception as err:  # the hub client raises many types; all mean "weights not here"
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        cause = " ".join(str(err).split())[:300]
+        raise ModelNotAvailableError(
+            f"Could not load the weights of {name!r} (Hugging Face name {official!r}): they are not in "
+            f"the local Hugging Face cache at {HF_HUB_CACHE} and the hub could not be reached "
+            f"({type(err).__name__}: {cause}). Run the same command once on a machine with network "
+            "access to download them, or set HF_HOME to a directory whose hub cache holds them, or use "
+            "--model organism, which ships with this repository."
+        ) from None
+    model.eval()
+    return _info(model, name, f"huggingface:{official}", processing)
+
+
+def random_gpt2(seed: int = 0, device: str = "cpu", n_layers: int = 12) -> HookedTransformer:
+    """GPT-2 small's architecture with random weights (no tokenizer): same shapes, same cost."""
+    cfg = HookedTransformerConfig(
+        n_layers=n_layers, d_model=768, n_ctx=1024, d_head=64, n_heads=12, d_mlp=3072, d_vocab=50257,
+        act_fn="gelu_new", normalization_type="LN", positional_embedding_type="standard",
+        original_architecture="GPT2LMHeadModel", seed=seed, init_weights=True, device=device,
+    )
+    return HookedTransformer(cfg).eval()
+
+
+# --- directories written by save_model -----------------------------------------------------
+
+
+def save_model(model: HookedTransformer, directory: Path | str,
+               processing: WeightProcessing | None = None) -> Path:
+    """Write config, weights (safetensors), tokenizer files and the weight-processing record."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if processing is None:
+        processing = WeightProcessing(**model.analysis_info["weight_processing"]) if hasattr(
+            model, "analysis_info") else WeightProcessing.none()
+    config = {k: v for k, v in model.cfg.to_dict().items() if k not in ("device", "dtype", "n_devices")}
+    config["dtype"] = str(model.cfg.dtype).removeprefix("torch.")
+    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=str) + "\n")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / WEIGHTS_FILE))
+    (directory / PROCESSING_FILE).write_text(json.dumps(dataclasses.asdict(processing), indent=2) + "\n")
+    if model.tokenizer is not None:
+        model.tokenizer.save_pretrained(directory)
+    return directory
+
+
+def _saved_processing(directory: Path) -> WeightProcessing:
+    path = directory / PROCESSING_FILE
+    return WeightProcessing(**json.loads(path.read_text())) if path.exists() else WeightProcessing.none()
+
+
+def load_tokenizer(directory: Path | str):
+    """The tokenizer saved in a model directory, loaded from its files (never from a hub)."""
+    from transformers import PreTrainedTokenizerFast
+
+    directory = Path(directory)
+    if not (directory / "tokenizer.json").exists():
+        return None
+    return PreTrainedTokenizerFast.from_pretrained(str(directory))
+
+
+def _load_directory(directory: Path, device: str, processing: WeightProcessing) -> HookedTransformer:
+    from safetensors.torch import load_file
+
+    config: dict[str, Any] = json.loads((directory / CONFIG_FILE).read_text())
+    config["dtype"] = getattr(torch, config.get("dtype", "float32"))
+    saved = _saved_processing(directory)
+    if not saved.is_none and saved != processing and processing != DEFAULT_PROCESSING:
+        raise UsageError(
+            f"{directory} holds weights already processed with {saved}; they cannot be re-processed "
+            f"as {processing}. Save the model unprocessed to choose its processing at load time."
+        )
+    cfg = HookedTransformerConfig(**config, device=device)
+    # The tokenizer directory is the model directory: TransformerLens re-loads tokenizers by path.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    model = HookedTransformer(cfg, tokenizer=load_tokenizer(directory), move_to_device=False)
+    state = load_file(str(directory / WEIGHTS_FILE))
+    if saved.is_none and not processing.is_none:
+        model.load_and_process_state_dict(state, **dataclasses.asdict(processing),
+                                          refactor_factored_attn_matrices=False)
+    else:
+        model.load_state_dict(state)
+    return model.to(device).eval()

@@ -1,0 +1,36 @@
+"""Shared fixtures: the shipped organism (loaded once) and a scratch output root."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def organism():
+    from analysis.models import load_model
+
+    return load_model("organism")
+
+
+@pytest.fixture(scope="session")
+def truth():
+    from analysis.organism import ground_truth
+
+    return ground_truth()
+
+
+def run_script(name: str, *args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run scripts/<name>.py as a user would; returns the completed process (never raises on failure)."""
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+    return subprocess.run([sys.executable, str(REPO / "scripts" / f"{name}.py"), *args], cwd=REPO,
+                          capture_output=True, text=True, env=full_env, timeout=timeout)
