@@ -1,0 +1,47 @@
+"""Figures shared by several scripts, drawn in the one style of `analysis.io.use_style`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from analysis.io import use_style
+
+
+def head_heatmaps(maps: Sequence[torch.Tensor], titles: Sequence[str], reverse: Sequence[bool] | None = None,
+                  suptitle: str | None = None, fmt: str = ".2f"):
+    """One layer x head heatmap per score, side by side, annotated with the values."""
+    use_style()
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    reverse = reverse or [False] * len(maps)
+    n_layers, n_heads = maps[0].shape
+    width = max(3.2, 0.45 * n_heads + 1.6)
+    fig, axes = plt.subplots(1, len(maps), figsize=(width * len(maps), 0.45 * n_layers + 1.6), squeeze=False)
+    for ax, values, title, rev in zip(axes[0], maps, titles, reverse):
+        data = np.asarray(values, dtype=float)
+        sns.heatmap(data, ax=ax, cmap="rocket" if rev else "rocket_r", annot=n_heads * n_layers <= 64,
+                    fmt=fmt, cbar=True, square=False, linewidths=0.5,
+                    annot_kws={"fontsize": 7}, xticklabels=range(n_heads), yticklabels=range(n_layers))
+        ax.set(title=title, xlabel="head", ylabel="layer")
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def attention_pattern(ax, pattern: torch.Tensor, labels: Sequence[str], title: str, vmax: float | None = None):
+    """One head's `pattern: [query, key]` with token labels; the upper triangle (future) stays blank."""
+    use_style()
+    import seaborn as sns
+
+    data = np.asarray(pattern, dtype=float)
+    future = np.triu(np.ones_like(data, dtype=bool), k=1)
+    sns.heatmap(data, ax=ax, mask=future, cmap="viridis", vmin=0, vmax=vmax or 1, square=True,
+                xticklabels=labels, yticklabels=labels, cbar_kws={"shrink": 0.6})
+    ax.set(title=title, xlabel="key", ylabel="query")
+    ax.tick_params(labelsize=6)
+    return ax

@@ -1,0 +1,186 @@
+"""Category word sets, prompt builders and the ground-truth attention masks.
+
+Every word is written in GPT-2 spelling, with its leading space (" red", " Monday"), so the
+same prompt code runs unchanged on GPT-2 small and on the model organism, whose word-level
+tokenizer holds exactly these strings.
+
+The three masks below are the single definition of "what a head of each kind should attend
+to". The organism is trained against them and the scores in `analysis.scores` are measured
+against them, so ground truth and measurement cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from analysis.errors import UsageError
+
+# Category sets of the original study of GPT-2 small's L1H5.
+STUDY_CATEGORIES: dict[str, list[str]] = {
+    "colours": [" blue", " red", " green", " yellow", " purple"],
+    "animals": [" dog", " cat", " mouse", " horse", " sheep"],
+    "fruits": [" apple", " banana", " grape", " peach", " lemon"],
+    "emotions": [" happy", " sad", " angry", " scared", " proud"],
+    "weather": [" rain", " snow", " wind", " storm", " sun"],
+    "days": [" Monday", " Tuesday", " Wednesday", " Thursday", " Friday"],
+    "years": [" 1989", " 1999", " 1972", " 1963", " 1978"],
+    "numbers": [" 24", " 69", " 42", " 22", " 32", " 50"],
+}
+
+# The 30-token group set used for the token-space heatmaps (five groups of six).
+GROUP_SET: dict[str, list[str]] = {
+    "days": [" Monday", " Tuesday", " Wednesday", " Thursday", " Friday", " Saturday"],
+    "colours": [" red", " blue", " Blue", " green", " silver", " White"],
+    "years": [" 1918", " 1920", " 1930", " 1943", " 1998", " 2000"],
+    "pronouns": [" You", " He", " his", " she", " her", " their"],
+    "countries": [" Italy", " Iceland", " Austria", " Mexico", " Spain", " France"],
+}
+
+
+def merge_categories(*sets: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+    """Union of category sets, keeping first-seen word order and refusing a word in two categories."""
+    merged: dict[str, list[str]] = {}
+    owner: dict[str, str] = {}
+    for categories in sets:
+        for name, words in categories.items():
+            bucket = merged.setdefault(name, [])
+            for word in words:
+                if owner.setdefault(word, name) != name:
+                    raise ValueError(f"{word!r} is in both {owner[word]!r} and {name!r}")
+                if word not in bucket:
+                    bucket.append(word)
+    return merged
+
+
+# Everything the study names, grouped: the organism's categories, and the default for GPT-2.
+ALL_CATEGORIES: dict[str, list[str]] = merge_categories(STUDY_CATEGORIES, GROUP_SET)
+
+
+def single_token_ids(tokenizer, words: Sequence[str]) -> list[int]:
+    """Token id of each word; a `UsageError` listing every word that is not exactly one token."""
+    ids, offenders = [], []
+    for word in words:
+        encoded = tokenizer.encode(word, add_special_tokens=False)
+        unk = getattr(tokenizer, "unk_token_id", None)
+        if len(encoded) != 1 or (unk is not None and encoded[0] == unk):
+            offenders.append(f"{word!r} -> {len(encoded)} tokens {encoded}")
+        else:
+            ids.append(encoded[0])
+    if offenders:
+        raise UsageError(
+            "These category words are not single tokens for this model's tokenizer, so a "
+            "word-level attention score would be ill-defined: " + "; ".join(offenders) + ". "
+            "Remove them from the category set or respell them (GPT-2 tokens carry their "
+            "leading space, e.g. ' red')."
+        )
+    return ids
+
+
+def category_index(tokenizer, categories: Mapping[str, Sequence[str]], d_vocab: int) -> Tensor:
+    """`category_of: [d_vocab]` with each category word's category number, and -1 elsewhere."""
+    category_of = torch.full((d_vocab,), -1, dtype=torch.long)
+    for c, words in enumerate(categories.values()):
+        category_of[single_token_ids(tokenizer, list(words))] = c
+    return category_of
+
+
+def category_sequences(
+    word_ids: Sequence[Sequence[int]],
+    n_prompts: int,
+    n_words: int,
+    bos_id: int,
+    seed: int,
+) -> Tensor:
+    """`tokens: [n_prompts, 1 + n_words]`: BOS, then n_words draws of (random category, random word).
+
+    This is the study's prompt distribution: categories and words are uniform, so most words
+    find an earlier category-mate and some (the first of their category) do not.
+    """
+    rng = np.random.default_rng(seed)
+    tokens = np.empty((n_prompts, 1 + n_words), dtype=np.int64)
+    tokens[:, 0] = bos_id
+    for p in range(n_prompts):
+        for t in range(1, 1 + n_words):
+            words = word_ids[rng.integers(len(word_ids))]
+            tokens[p, t] = words[rng.integers(len(words))]
+    return torch.from_numpy(tokens)
+
+
+def random_tokens(n_prompts: int, length: int, d_vocab: int, bos_id: int, seed: int,
+                  exclude: Sequence[int] = ()) -> Tensor:
+    """`tokens: [n_prompts, 1 + length]` = [BOS] + r, r uniform over the vocabulary minus `exclude` and BOS."""
+    generator = torch.Generator().manual_seed(seed)
+    allowed = torch.tensor(sorted(set(range(d_vocab)) - set(exclude) - {bos_id}))
+    r = allowed[torch.randint(len(allowed), (n_prompts, length), generator=generator)]
+    return torch.cat([torch.full((n_prompts, 1), bos_id, dtype=torch.long), r], dim=1)
+
+
+def random_repeated_tokens(n_prompts: int, half_length: int, d_vocab: int, bos_id: int, seed: int,
+                           exclude: Sequence[int] = ()) -> Tensor:
+    """`tokens: [n_prompts, 1 + 2 * half_length]` = [BOS] + r + r (the induction and duplicate-token probe)."""
+    once = random_tokens(n_prompts, half_length, d_vocab, bos_id, seed, exclude)
+    return torch.cat([once, once[:, 1:]], dim=1)
+
+
+def _normalise_rows(mask: Tensor) -> Tensor:
+    """Every row of a mask marks at least one key; rows sum to 1 after this."""
+    return mask / mask.sum(-1, keepdim=True)
+
+
+def _bos_fallback(mask: Tensor) -> Tensor:
+    """Rows with no marked key get key 0 (BOS): `M[..., i, 0] = 1` iff row i is empty."""
+    empty = mask.sum(-1) == 0
+    mask = mask.clone()
+    mask[..., 0] = torch.where(empty, torch.ones_like(mask[..., 0]), mask[..., 0])
+    return mask
+
+
+def previous_token_mask(tokens: Tensor) -> Tensor:
+    """`M: [batch, query, key]` with `M[i, i-1] = 1`, and BOS (itself) for the BOS row."""
+    batch, pos = tokens.shape
+    mask = torch.zeros(batch, pos, pos)
+    idx = torch.arange(1, pos)
+    mask[:, idx, idx - 1] = 1.0
+    return _bos_fallback(mask)
+
+
+def induction_mask(tokens: Tensor) -> Tensor:
+    """`M: [batch, query, key]`, `M[i, j+1] = 1` iff token j equals token i and j + 1 < i; else BOS.
+
+    The key is the token *after* an earlier copy of the query's token: what an induction head
+    attends to in order to predict it.
+    """
+    batch, pos = tokens.shape
+    same = tokens[:, :, None] == tokens[:, None, :]  # (B, q, j)
+    shifted = torch.zeros(batch, pos, pos, dtype=torch.bool)
+    shifted[:, :, 1:] = same[:, :, :-1]  # key k = j + 1
+    q = torch.arange(pos)
+    strictly_earlier = q[None, :] < q[:, None]  # k < i
+    mask = (shifted & strictly_earlier & (torch.arange(pos)[None, :] > 1)).float()
+    return _bos_fallback(mask)
+
+
+def semantic_mask(tokens: Tensor, category_of: Tensor) -> Tensor:
+    """The study's ground-truth mask `M: [batch, query, key]`.
+
+    `M[i, j] = 1` iff j < i, token j is in the same category as token i, and it is a different
+    word. A row with no such j (the first of its category, a word with only copies of itself
+    before it, or a token in no category) gets `M[i, 0] = 1`: fall back to BOS.
+    """
+    cats = category_of[tokens]  # (B, T)
+    pos = tokens.shape[1]
+    same_category = (cats[:, :, None] == cats[:, None, :]) & (cats[:, :, None] >= 0)
+    different_word = tokens[:, :, None] != tokens[:, None, :]
+    q = torch.arange(pos)
+    earlier = q[None, :] < q[:, None]
+    mask = (same_category & different_word & earlier).float()
+    return _bos_fallback(mask)
+
+
+def target_distribution(mask: Tensor) -> Tensor:
+    """The mask as an attention target: uniform over the marked keys of each row."""
+    return _normalise_rows(mask)

@@ -1,0 +1,124 @@
+"""Head scores computed from attention patterns.
+
+Conventions: `pattern: [batch, head, query, key]` holds softmax probabilities (rows sum to 1),
+`mask: [batch, query, key]` marks the keys a head of some kind should attend to (see
+`analysis.prompts`). Scores come back per prompt and head, `[batch, head]`, so callers can
+average them or bootstrap over prompts; row 0 (BOS attending to itself) is never scored.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+from torch import Tensor
+
+EPS = 1e-6  # clamp for -log(mass): a head that puts (almost) nothing on the targets scores ~13.8 nats
+
+
+def _mean_over_rows(values: Tensor, rows: Tensor) -> Tensor:
+    """Mean of `values: [batch, head, query]` over the rows selected by `rows: [batch, query]`.
+
+    A prompt with no selected row gives NaN, so it cannot silently count as a perfect score.
+    """
+    weights = rows[:, None, :].to(values.dtype)
+    return (values * weights).sum(-1) / weights.sum(-1)
+
+
+def previous_token_score(pattern: Tensor, exclude_bos: bool = False) -> Tensor:
+    """`[batch, head]`: mean over queries i >= 1 of A[i, i-1].
+
+    With `exclude_bos`, query 1 (whose previous token is BOS) is left out, so a head that merely
+    parks on BOS gets no credit for it.
+    """
+    diagonal = pattern.diagonal(offset=-1, dim1=-2, dim2=-1)  # (B, H, T-1): A[i, i-1] for i = 1..T-1
+    if exclude_bos:
+        diagonal = diagonal[..., 1:]
+    return diagonal.mean(-1)
+
+
+def induction_score(pattern: Tensor, half_length: int) -> Tensor:
+    """`[batch, head]` on [BOS] + r + r with |r| = L: mean over second-half queries q of A[q, q - L + 1].
+
+    The key is the token after the query token's first occurrence. The ceiling is 1.0, reached
+    only by a head that puts all its attention there on every second-half row.
+    """
+    stripe = pattern.diagonal(offset=-(half_length - 1), dim1=-2, dim2=-1)  # A[q, q-L+1], q = L-1..
+    return stripe[..., -half_length:].mean(-1)  # queries 1+L .. 2L
+
+
+def duplicate_token_score(pattern: Tensor, half_length: int) -> Tensor:
+    """`[batch, head]` on [BOS] + r + r: mean over second-half queries q of A[q, q - L] (the earlier copy)."""
+    stripe = pattern.diagonal(offset=-half_length, dim1=-2, dim2=-1)
+    return stripe[..., -half_length:].mean(-1)
+
+
+def mask_mass(pattern: Tensor, mask: Tensor) -> Tensor:
+    """`[batch, head, query]`: attention mass on the marked keys, sum_k A[q, k] M[q, k]."""
+    return torch.einsum("bhqk,bqk->bhq", pattern, mask.to(pattern.dtype))
+
+
+def same_word_mask(tokens: Tensor) -> Tensor:
+    """`[batch, query, key]`: key j <= i holds the same token as query i (itself or an earlier copy)."""
+    pos = tokens.shape[1]
+    same = tokens[:, :, None] == tokens[:, None, :]
+    causal = torch.ones(pos, pos, dtype=torch.bool).tril()
+    return (same & causal).float()
+
+
+def has_partner(mask: Tensor) -> Tensor:
+    """`[batch, query]`: the row's targets are real partners, not the BOS fallback."""
+    return mask[..., 1:].sum(-1) > 0
+
+
+def scored_rows(tokens: Tensor) -> Tensor:
+    """`[batch, query]`: every row but the first (BOS)."""
+    rows = torch.ones(tokens.shape, dtype=torch.bool)
+    rows[:, 0] = False
+    return rows
+
+
+def semantic_surprisal(pattern: Tensor, mask: Tensor, rows: Tensor) -> Tensor:
+    """The study's score, `[batch, head]`: S = mean_q -log(max(sum_k A[q,k] M[q,k], eps)), in nats.
+
+    Lower is better; 0 means every row puts all its attention on valid targets.
+    """
+    return _mean_over_rows(-mask_mass(pattern, mask).clamp_min(EPS).log(), rows)
+
+
+def semantic_companions(pattern: Tensor, tokens: Tensor, mask: Tensor, rows: Tensor) -> dict[str, Tensor]:
+    """Interpretable companions of S, each `[batch, head]`:
+
+    - partner_mass: mass on valid partners, over rows that have one;
+    - self_mass: mass on the query itself plus earlier copies of the same word, over all rows;
+    - bos_mass_no_partner: mass on BOS, over rows without a partner;
+    - argmax_accuracy: fraction of rows whose most-attended key is a valid target.
+    """
+    partner = has_partner(mask) & rows
+    lonely = ~has_partner(mask) & rows
+    argmax = pattern.argmax(-1)  # (B, H, Q)
+    hit = mask.gather(-1, argmax.permute(0, 2, 1)).permute(0, 2, 1)  # M[q, argmax_q]
+    return {
+        "partner_mass": _mean_over_rows(mask_mass(pattern, mask), partner),
+        "self_mass": _mean_over_rows(mask_mass(pattern, same_word_mask(tokens)), rows),
+        "bos_mass_no_partner": _mean_over_rows(pattern[..., 0], lonely),
+        "argmax_accuracy": _mean_over_rows(hit, rows),
+    }
+
+
+def bootstrap_ci(per_prompt: Tensor | np.ndarray, n_resamples: int = 2000, level: float = 0.95,
+                 seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean and percentile bootstrap CI over prompts (axis 0), ignoring NaN prompts.
+
+    Returns (mean, low, high), each with the trailing shape of `per_prompt` (e.g. `[head]`).
+    """
+    values = np.asarray(per_prompt.detach().cpu() if isinstance(per_prompt, Tensor) else per_prompt, dtype=float)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, values.shape[0], size=(n_resamples, values.shape[0]))
+    with warnings.catch_warnings():  # a resample of only NaN prompts is NaN, on purpose
+        warnings.simplefilter("ignore", RuntimeWarning)
+        resampled = np.nanmean(values[idx], axis=1)  # (R, ...)
+        alpha = (1 - level) / 2
+        low, high = np.nanquantile(resampled, [alpha, 1 - alpha], axis=0)
+        return np.nanmean(values, axis=0), low, high

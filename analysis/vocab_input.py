@@ -1,0 +1,125 @@
+"""What a head in layer L "sees" of each vocabulary token, and its bilinear QK score on such inputs.
+
+The head's input for token t is the residual stream a token would have at layer L if the only
+thing that varied were its identity:
+
+    x = W_E[t] + c_pos                                    (c_pos: mean positional embedding)
+    for each layer l < L:  x = x + c_attn_l               (c_attn_l: mean attention output of layer l)
+                           x = x + MLP_l(LN2_l(x))
+    input(t) = LN1_L(x)
+
+`variant="mean"` uses means over a reference prompt set (positions after BOS); `variant="zero"`
+sets c_pos and c_attn to zero (the zero-ablation view). With TransformerLens's default
+processing the LayerNorm weights are folded into W_Q/W_K, so LN1 here only centres and scales.
+Everything is computed in chunks of the vocabulary (GPT-2's 50257 tokens fit in bounded
+memory) and cached on disk per model, layer and variant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+
+from analysis.io import REPO_ROOT, model_slug
+
+Variant = Literal["mean", "zero"]
+CACHE_DIR = Path(os.environ.get("ANALYSIS_CACHE_DIR", REPO_ROOT / ".cache"))
+
+
+@torch.no_grad()
+def reference_means(model: HookedTransformer, layer: int, reference_tokens: Tensor) -> tuple[Tensor, list[Tensor]]:
+    """(c_pos: [d_model], [c_attn_l: [d_model] for l < layer]) averaged over batch and positions >= 1."""
+    names = {"hook_pos_embed"} | {f"blocks.{l}.hook_attn_out" for l in range(layer)}
+    _, cache = model.run_with_cache(reference_tokens.to(model.cfg.device), names_filter=lambda n: n in names,
+                                    stop_at_layer=max(layer, 1))
+    c_pos = cache["hook_pos_embed"][:, 1:].reshape(-1, model.cfg.d_model).mean(0)
+    c_attn = [cache[f"blocks.{l}.hook_attn_out"][:, 1:].reshape(-1, model.cfg.d_model).mean(0) for l in range(layer)]
+    return c_pos, c_attn
+
+
+@torch.no_grad()
+def head_input(model: HookedTransformer, layer: int, reference_tokens: Tensor | None = None,
+               variant: Variant = "mean", token_ids: Tensor | None = None, chunk_size: int = 4096,
+               use_cache: bool = True, progress: bool = False) -> Tensor:
+    """`[n_tokens, d_model]`: the normalised input of layer `layer`'s attention for each token.
+
+    `token_ids` defaults to the whole vocabulary. `reference_tokens: [batch, pos]` supplies the
+    means for `variant="mean"` (required then).
+    """
+    if variant not in ("mean", "zero"):
+        raise ValueError(f"variant must be 'mean' or 'zero', got {variant!r}")
+    if variant == "mean" and reference_tokens is None:
+        raise ValueError("variant='mean' needs reference_tokens to average over")
+    ids = torch.arange(model.cfg.d_vocab) if token_ids is None else token_ids.cpu()
+    path = _cache_path(model, layer, variant, reference_tokens, ids) if use_cache else None
+    if path is not None and path.exists():
+        return torch.load(path)
+
+    d_model = model.cfg.d_model
+    device = model.cfg.device
+    if variant == "mean":
+        c_pos, c_attn = reference_means(model, layer, reference_tokens)
+    else:
+        c_pos, c_attn = torch.zeros(d_model, device=device), [torch.zeros(d_model, device=device)] * layer
+    out = torch.empty(len(ids), d_model)
+    for start in tqdm(range(0, len(ids), chunk_size), desc=f"head input L{layer}", disable=not progress, leave=False):
+        chunk = ids[start:start + chunk_size].to(device)
+        x = model.W_E[chunk] + c_pos  # (C, d_model)
+        for l in range(layer):
+            block = model.blocks[l]
+            x = x + c_attn[l]
+            if not model.cfg.attn_only:
+                x = x + block.mlp(block.ln2(x[:, None]))[:, 0]  # LN and MLP expect a position axis
+        out[start:start + len(chunk)] = model.blocks[layer].ln1(x[:, None])[:, 0].float().cpu()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(out, tmp)
+        os.replace(tmp, path)
+    return out
+
+
+def bilinear_scores(query_input: Tensor, key_input: Tensor, W_Q: Tensor, W_K: Tensor,
+                    b_Q: Tensor | None = None, b_K: Tensor | None = None) -> Tensor:
+    """`[n_q, n_k]` attention scores s(q, k) = (x_q W_Q + b_Q)(x_k W_K + b_K)^T / sqrt(d_head).
+
+    `W_Q, W_K: [d_model, d_head]` of one head; pass the biases to include them, None to leave them out.
+    """
+    q = query_input @ W_Q + (b_Q if b_Q is not None else 0)
+    k = key_input @ W_K + (b_K if b_K is not None else 0)
+    return q @ k.T / math.sqrt(W_Q.shape[-1])
+
+
+def head_weights(model: HookedTransformer, layer: int, head: int, include_bias: bool = False
+                 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """(W_Q, W_K, b_Q, b_K) of one head on the CPU, float32; biases None unless `include_bias`."""
+    W_Q = model.W_Q[layer, head].detach().float().cpu()
+    W_K = model.W_K[layer, head].detach().float().cpu()
+    if not include_bias:
+        return W_Q, W_K, None, None
+    return W_Q, W_K, model.b_Q[layer, head].detach().float().cpu(), model.b_K[layer, head].detach().float().cpu()
+
+
+def _cache_path(model: HookedTransformer, layer: int, variant: str, reference_tokens: Tensor | None,
+                ids: Tensor) -> Path:
+    """A file name that changes whenever anything the result depends on changes."""
+    digest = hashlib.sha256()
+    info = getattr(model, "analysis_info", {})
+    digest.update(json.dumps([info.get("name"), info.get("weight_processing"), layer, variant]).encode())
+    weights = [model.W_E, model.W_pos] + ([] if model.cfg.attn_only else [model.W_in[:layer], model.W_out[:layer]])
+    for tensor in weights:  # what the input depends on
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    if reference_tokens is not None:
+        digest.update(reference_tokens.cpu().numpy().tobytes())
+    digest.update(ids.numpy().tobytes())
+    name = model_slug(info.get("name", "model"))
+    return CACHE_DIR / "vocab_input" / name / f"L{layer}-{variant}-{digest.hexdigest()[:16]}.pt"

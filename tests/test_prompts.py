@@ -1,0 +1,76 @@
+"""Ground-truth masks on hand-built token sequences with known answers."""
+
+import pytest
+import torch
+
+from analysis import prompts
+from analysis.errors import UsageError
+
+# Category table for hand-built cases: ids 1-3 are colours, 4-5 are animals, 6+ are in no category.
+CATEGORY_OF = torch.tensor([-1, 0, 0, 0, 1, 1, -1, -1])
+
+
+def test_semantic_mask_matches_the_rule_row_by_row():
+    #            pos: 0  1  2  3  4  5  6
+    tokens = torch.tensor([[0, 1, 4, 1, 2, 6, 5]])  # BOS red dog red blue the cat
+    mask = prompts.semantic_mask(tokens, CATEGORY_OF)[0]
+    expected = torch.zeros(7, 7)
+    expected[0, 0] = 1  # BOS row: no partner -> BOS
+    expected[1, 0] = 1  # first colour -> BOS
+    expected[2, 0] = 1  # first animal -> BOS
+    expected[3, 0] = 1  # red again: only a copy of itself before -> BOS
+    expected[4, [1, 3]] = 1  # blue: both earlier reds
+    expected[5, 0] = 1  # filler word -> BOS
+    expected[6, 2] = 1  # cat: dog
+    assert torch.equal(mask, expected)
+
+
+def test_last_row_follows_the_rule_too():
+    tokens = torch.tensor([[0, 4, 1, 1]])  # ... the last word has only a copy of itself before it
+    mask = prompts.semantic_mask(tokens, CATEGORY_OF)[0]
+    assert mask[3].tolist() == [1, 0, 0, 0]
+
+
+def test_previous_token_and_induction_masks():
+    tokens = torch.tensor([[0, 5, 6, 7, 5, 6]])  # BOS A B C A B
+    prev = prompts.previous_token_mask(tokens)[0]
+    assert prev[0, 0] == 1 and all(prev[i, i - 1] == 1 for i in range(1, 6)) and prev.sum() == 6
+    ind = prompts.induction_mask(tokens)[0]
+    assert ind[4].tolist() == [0, 0, 1, 0, 0, 0]  # second A -> the B after the first A
+    assert ind[5].tolist() == [0, 0, 0, 1, 0, 0]  # second B -> C
+    assert ind[1:4, 0].tolist() == [1, 1, 1]  # first occurrences fall back to BOS
+
+
+def test_target_distribution_rows_sum_to_one():
+    tokens = torch.tensor([[0, 1, 2, 3, 4]])
+    target = prompts.target_distribution(prompts.semantic_mask(tokens, CATEGORY_OF))
+    assert torch.allclose(target.sum(-1), torch.ones(1, 5))
+    assert torch.allclose(target[0, 3], torch.tensor([0, 0.5, 0.5, 0, 0]))
+
+
+def test_category_sequences_are_seeded_and_start_with_bos():
+    words = [[1, 2, 3], [4, 5]]
+    a = prompts.category_sequences(words, 4, 10, bos_id=0, seed=7)
+    b = prompts.category_sequences(words, 4, 10, bos_id=0, seed=7)
+    assert torch.equal(a, b) and a.shape == (4, 11) and (a[:, 0] == 0).all()
+    assert set(a[:, 1:].flatten().tolist()) <= {1, 2, 3, 4, 5}
+    assert not torch.equal(a, prompts.category_sequences(words, 4, 10, bos_id=0, seed=8))
+
+
+def test_random_repeated_tokens_repeat_exactly():
+    tokens = prompts.random_repeated_tokens(3, 5, d_vocab=50, bos_id=49, seed=0, exclude=[0])
+    assert tokens.shape == (3, 11) and (tokens[:, 0] == 49).all()
+    assert torch.equal(tokens[:, 1:6], tokens[:, 6:])
+    assert not ((tokens[:, 1:] == 0) | (tokens[:, 1:] == 49)).any()
+
+
+def test_single_token_check_lists_every_offender(organism):
+    assert len(prompts.single_token_ids(organism.tokenizer, [" red", " Monday"])) == 2
+    with pytest.raises(UsageError, match="' aardvark'.*' Blueberry'"):
+        prompts.single_token_ids(organism.tokenizer, [" red", " aardvark", " Blueberry"])
+
+
+def test_every_study_word_is_one_organism_token(organism):
+    for words in prompts.ALL_CATEGORIES.values():
+        ids = prompts.single_token_ids(organism.tokenizer, words)
+        assert [organism.tokenizer.decode([i]) for i in ids] == list(words)

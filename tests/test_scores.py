@@ -1,0 +1,80 @@
+"""Head scores on hand-built attention patterns with exact answers."""
+
+import math
+
+import numpy as np
+import torch
+
+from analysis import prompts, scores
+
+
+def uniform_causal(pos: int) -> torch.Tensor:
+    return torch.ones(pos, pos).tril() / torch.arange(1, pos + 1)[:, None]
+
+
+def test_previous_token_score_exact():
+    perfect = torch.zeros(1, 1, 4, 4)
+    perfect[0, 0, 0, 0] = 1
+    perfect[0, 0, [1, 2, 3], [0, 1, 2]] = 1
+    assert scores.previous_token_score(perfect).item() == 1.0
+    uniform = uniform_causal(4)[None, None]
+    # A[i, i-1] = 1/(i+1) for i = 1..3
+    assert math.isclose(scores.previous_token_score(uniform).item(), (1 / 2 + 1 / 3 + 1 / 4) / 3, rel_tol=1e-6)
+    assert math.isclose(scores.previous_token_score(uniform, exclude_bos=True).item(), (1 / 3 + 1 / 4) / 2, rel_tol=1e-6)
+
+
+def test_induction_and_duplicate_scores_exact():
+    L = 3
+    pos = 1 + 2 * L
+    induction = torch.zeros(1, 1, pos, pos)
+    duplicate = torch.zeros(1, 1, pos, pos)
+    for q in range(pos):
+        induction[0, 0, q, q - L + 1 if q > L else 0] = 1
+        duplicate[0, 0, q, q - L if q > L else 0] = 1
+    assert scores.induction_score(induction, L).item() == 1.0
+    assert scores.duplicate_token_score(induction, L).item() == 0.0
+    assert scores.duplicate_token_score(duplicate, L).item() == 1.0
+    half = 0.5 * induction + 0.5 * duplicate
+    assert scores.induction_score(half, L).item() == 0.5
+
+
+def test_induction_score_agrees_with_the_induction_mask():
+    tokens = prompts.random_repeated_tokens(2, 6, d_vocab=1000, bos_id=0, seed=3)
+    pattern = torch.softmax(torch.randn(2, 3, 13, 13).masked_fill(torch.ones(13, 13).triu(1).bool(), -1e9), -1)
+    mass = scores.mask_mass(pattern, prompts.induction_mask(tokens))[..., 7:].mean(-1)
+    assert torch.allclose(mass, scores.induction_score(pattern, 6), atol=1e-6)
+
+
+def test_semantic_surprisal_and_companions_exact():
+    category_of = torch.tensor([-1, 0, 0, 0])
+    tokens = torch.tensor([[0, 1, 2, 1]])  # BOS red blue red
+    mask = prompts.semantic_mask(tokens, category_of)  # rows: BOS, BOS, {1}, {2}
+    pattern = torch.tensor([[[[1.0, 0, 0, 0],
+                              [0.8, 0.2, 0, 0],
+                              [0.5, 0.25, 0.25, 0],
+                              [0.1, 0.1, 0.6, 0.2]]]])
+    rows = scores.scored_rows(tokens)
+    s = scores.semantic_surprisal(pattern, mask, rows)
+    expected = -(math.log(0.8) + math.log(0.25) + math.log(0.6)) / 3
+    assert math.isclose(s.item(), expected, rel_tol=1e-6)
+    comp = scores.semantic_companions(pattern, tokens, mask, rows)
+    assert math.isclose(comp["partner_mass"].item(), (0.25 + 0.6) / 2, rel_tol=1e-6)
+    assert math.isclose(comp["self_mass"].item(), (0.2 + 0.25 + 0.3) / 3, rel_tol=1e-6)  # row 3: self 0.2 + copy 0.1
+    assert math.isclose(comp["bos_mass_no_partner"].item(), 0.8, rel_tol=1e-6)
+    assert math.isclose(comp["argmax_accuracy"].item(), 2 / 3, rel_tol=1e-6)  # row 2's argmax is BOS: a miss
+
+
+def test_surprisal_is_clamped_not_infinite():
+    tokens = torch.tensor([[0, 1, 2]])
+    mask = prompts.semantic_mask(tokens, torch.tensor([-1, 0, 0]))
+    pattern = torch.tensor([[[[1.0, 0, 0], [0.0, 1.0, 0], [0.0, 0.0, 1.0]]]])
+    s = scores.semantic_surprisal(pattern, mask, scores.scored_rows(tokens))
+    assert math.isclose(s.item(), -math.log(scores.EPS), rel_tol=1e-6)
+
+
+def test_bootstrap_ci_brackets_the_mean_and_ignores_nan():
+    values = np.array([[1.0], [2.0], [3.0], [np.nan]])
+    mean, low, high = scores.bootstrap_ci(values, seed=0)
+    assert mean[0] == 2.0 and low[0] <= 2.0 <= high[0] and 1.0 <= low[0] and high[0] <= 3.0
+    constant = scores.bootstrap_ci(np.ones((10, 2)))
+    assert np.allclose(constant, 1.0)
