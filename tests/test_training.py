@@ -1,0 +1,46 @@
+"""The organism's training loop is deterministic and its supervision targets are the ground-truth masks."""
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from analysis import prompts
+from analysis.organism.language import LanguageSpec, category_text, repeated_chunks, vocabulary
+from analysis.organism.train import TrainConfig, attention_cross_entropy, train
+
+
+def test_training_is_deterministic_for_a_seed():
+    config = dataclasses.replace(TrainConfig(), steps=3, batch_size=4, n_ctx=32)
+    a, _ = train(config, progress=False)
+    b, _ = train(config, progress=False)
+    c, _ = train(dataclasses.replace(config, seed=1), progress=False)
+    for (name, x), (_, y), (_, z) in zip(a.state_dict().items(), b.state_dict().items(), c.state_dict().items()):
+        assert torch.equal(x, y), name
+    assert not torch.equal(a.W_E, c.W_E)
+
+
+def test_attention_cross_entropy_is_zero_only_on_target():
+    target = torch.tensor([[[1.0, 0, 0], [0, 1.0, 0], [0.5, 0.5, 0]]])
+    exact = torch.tensor([[[1.0, 0, 0], [0, 1.0, 0], [0.5, 0.5, 0]]])
+    assert attention_cross_entropy(exact, target).item() < 0.35  # row 2's optimum is log 2 = 0.69, averaged
+    assert abs(attention_cross_entropy(exact, target).item() - np.log(2) / 2) < 1e-5
+    off = torch.tensor([[[1.0, 0, 0], [1.0, 0, 0], [0, 0, 1.0]]])
+    assert attention_cross_entropy(off, target).item() > 10
+
+
+def test_language_makes_category_mates_and_varied_repeats():
+    spec = LanguageSpec.from_vocabulary(vocabulary())
+    rng = np.random.default_rng(0)
+    category_of = torch.full((spec.d_vocab,), -1)
+    for c, ids in enumerate(spec.category_ids):
+        category_of[list(ids)] = c
+    tokens = torch.from_numpy(np.stack([category_text(rng, spec, 64) for _ in range(32)]))
+    partner_rows = prompts.semantic_mask(tokens, category_of)[..., 1:].sum(-1) > 0
+    assert 0.1 < partner_rows.float().mean() < 0.9  # both partner rows and BOS-fallback rows occur
+    lengths = set()
+    for _ in range(20):
+        seq = repeated_chunks(rng, spec, 128)
+        assert seq[0] == spec.bos_id and len(seq) == 128
+        lengths.add(next(p for p in range(4, 61) if np.array_equal(seq[-10:], seq[-10 - p:-p])))  # the period
+    assert len(lengths) > 5  # repeat periods vary, so no head can induct by position alone
