@@ -1,0 +1,62 @@
+"""load_model / save_model: the organism, round trips, and clear errors for what cannot load."""
+
+import pytest
+import torch
+
+from analysis.errors import ModelNotAvailableError, UsageError
+from analysis.models import WeightProcessing, load_model, save_model
+from conftest import run_script
+
+
+def test_organism_loads_offline_with_processing_recorded(organism):
+    info = organism.analysis_info
+    assert info["name"] == "organism"
+    assert info["weight_processing"] == {"fold_ln": True, "center_writing_weights": True,
+                                         "center_unembed": True, "fold_value_biases": True}
+    assert organism.cfg.n_layers >= 2 and organism.cfg.d_mlp > 0  # GPT-2 style: MLPs, LayerNorm
+    assert organism.cfg.normalization_type == "LNPre"  # LayerNorm weights folded in
+    assert organism.to_str_tokens(" red Monday 1989", prepend_bos=True) == ["<|endoftext|>", " red", " Monday", " 1989"]
+
+
+def test_processing_does_not_change_the_function(organism):
+    raw = load_model("organism", processing=WeightProcessing.none())
+    tokens = organism.to_tokens("The cat sat on the mat. The cat sat on the mat")
+    # Centering the unembedding shifts every logit of a position by the same amount.
+    a, b = organism(tokens).log_softmax(-1), raw(tokens).log_softmax(-1)
+    assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_save_and_load_round_trip(organism, tmp_path):
+    save_model(organism, tmp_path / "saved")
+    loaded = load_model(str(tmp_path / "saved"))
+    tokens = organism.to_tokens(" red blue dog cat Monday")
+    assert torch.allclose(organism(tokens), loaded(tokens), atol=1e-5)
+    assert loaded.analysis_info["weight_processing"] == organism.analysis_info["weight_processing"]
+    assert loaded.to_str_tokens(" red") == organism.to_str_tokens(" red")
+
+
+def test_unknown_model_is_a_clear_error():
+    with pytest.raises(UsageError, match="Unknown model 'gpt7-huge'"):
+        load_model("gpt7-huge")
+
+
+def test_missing_weights_name_the_model_the_cache_and_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotAvailableError) as err:
+        load_model("gpt2-small")
+    message = str(err.value)
+    assert "'gpt2-small'" in message and "HF_HOME" in message and "network" in message
+
+
+def test_script_prints_one_paragraph_and_exits_nonzero(tmp_path):
+    result = run_script("scan_heads", "--model", "gpt2-small", "--out", str(tmp_path),
+                        env={"HF_HOME": str(tmp_path / "hf")})
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: Could not load the weights of 'gpt2-small'")
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_random_gpt2_has_gpt2_small_shapes():
+    model = load_model("gpt2-random")
+    assert (model.cfg.n_layers, model.cfg.n_heads, model.cfg.d_model, model.cfg.d_vocab) == (12, 12, 768, 50257)

@@ -1,0 +1,53 @@
+"""The shipped organism has the planted heads, and the head scan finds them without being told."""
+
+import json
+
+import pytest
+
+from analysis.models import ORGANISM_DIR
+from analysis.organism import THRESHOLDS, meets, planted_head_report
+from analysis.scan import scan_heads, top_heads
+from conftest import run_script
+
+
+def test_checkpoint_is_small_and_complete():
+    files = {p.name for p in ORGANISM_DIR.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "ground_truth.json"} <= files
+    assert (ORGANISM_DIR / "model.safetensors").stat().st_size < 10 * 2**20
+
+
+def test_semantic_head_reads_through_mlp0(truth):
+    layer, _ = truth["planted_heads"]["semantic"]
+    assert layer >= 1
+
+
+@pytest.mark.parametrize("seed", [11, 12])
+def test_planted_heads_meet_every_threshold(organism, truth, seed):
+    report = planted_head_report(organism, truth["planted_heads"], seed=seed)
+    failed = {k: (report[k], THRESHOLDS[k]) for k, ok in meets(report).items() if not ok}
+    assert not failed, f"thresholds missed: {failed}"
+
+
+def test_scan_ranks_the_planted_heads_first(organism, truth):
+    scan = scan_heads(organism, seed=5)
+    planted = {k: tuple(v) for k, v in truth["planted_heads"].items()}
+    assert top_heads(scan.previous_token, 1)[0][:2] == planted["previous_token"]
+    for length, score in scan.induction.items():
+        assert top_heads(score, 1)[0][:2] == planted["induction"], f"induction at |r| = {length}"
+    surprisal = scan.semantic["surprisal"].nanmean(0)
+    assert top_heads(surprisal, 1, largest=False)[0][:2] == planted["semantic"]
+
+
+def test_scan_script_end_to_end(tmp_path, truth):
+    result = run_script("scan_heads", "--out", str(tmp_path), "--seed", "3")
+    assert result.returncode == 0, result.stderr
+    data = json.loads((tmp_path / "results" / "organism" / "scan_heads.json").read_text())
+    top = {kind: (heads[0]["layer"], heads[0]["head"]) for kind, heads in data["results"]["top_heads"].items()}
+    planted = {k: tuple(v) for k, v in truth["planted_heads"].items()}
+    assert top["previous_token"] == planted["previous_token"]
+    assert top["induction"] == planted["induction"]
+    assert top["semantic"] == planted["semantic"]
+    assert data["provenance"]["seed"] == 3 and data["provenance"]["arguments"]["model"] == "organism"
+    for ext in ("pdf", "png"):
+        assert (tmp_path / "figures" / "organism" / f"scan_heads.{ext}").stat().st_size > 1000
+    assert "semantic" in result.stdout and "L" in result.stdout
