@@ -10,6 +10,12 @@ SCRIPT_ARGS := --model $(MODEL)
 
 # Scripts of the demo, in order: each writes results/$(MODEL)/<name>.json and figures/$(MODEL)/.
 DEMO_SCRIPTS := scan_heads
+# baseline: previous-token and induction heads, circuits, visualisation
+DEMO_SCRIPTS +=
+# semantic head, part 1: survey, ablation, vocabulary-level input, attention versus similarity
+DEMO_SCRIPTS +=
+# semantic head, part 2: QK decomposition, steering, clustering, SAE features
+DEMO_SCRIPTS +=
 
 .PHONY: setup demo test test-slow bench clean
 setup: $(STAMP)
