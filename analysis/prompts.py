@@ -184,3 +184,20 @@ def semantic_mask(tokens: Tensor, category_of: Tensor) -> Tensor:
 def target_distribution(mask: Tensor) -> Tensor:
     """The mask as an attention target: uniform over the marked keys of each row."""
     return _normalise_rows(mask)
+
+
+def reference_prompts(model, seed: int = 0, n_prompts: int = 64, n_words: int = 64,
+                      categories: Mapping[str, Sequence[str]] = ALL_CATEGORIES) -> Tensor:
+    """`tokens: [n_prompts, 1 + n_words]`: the default reference set for weight-based analyses.
+
+    These are the study's category prompts (`category_sequences` over `categories`); their
+    means (positional embedding, attention outputs) are what `vocab_input.head_input` adds to
+    each token. A model without a tokenizer (random GPT-2 shapes) gets uniform random tokens.
+    `n_words` is capped so that the prompts fit the model's context.
+    """
+    from analysis.scan import bos_token_id, category_probe  # scan imports this module
+
+    n_words = min(n_words, model.cfg.n_ctx - 1)
+    if model.tokenizer is None:
+        return random_tokens(n_prompts, n_words, model.cfg.d_vocab, bos_token_id(model), seed)
+    return category_probe(model, categories, n_prompts, n_words, seed)[0]

@@ -74,3 +74,12 @@ def test_every_study_word_is_one_organism_token(organism):
     for words in prompts.ALL_CATEGORIES.values():
         ids = prompts.single_token_ids(organism.tokenizer, words)
         assert [organism.tokenizer.decode([i]) for i in ids] == list(words)
+
+
+def test_reference_prompts_are_seeded_category_prompts(organism):
+    a = prompts.reference_prompts(organism, seed=4, n_prompts=8, n_words=300)
+    assert a.shape == (8, organism.cfg.n_ctx)  # capped to the context
+    assert torch.equal(a, prompts.reference_prompts(organism, seed=4, n_prompts=8, n_words=300))
+    assert (a[:, 0] == organism.tokenizer.bos_token_id).all()
+    category_ids = prompts.category_index(organism.tokenizer, prompts.ALL_CATEGORIES, organism.cfg.d_vocab)
+    assert (category_ids[a[:, 1:]] >= 0).all()
