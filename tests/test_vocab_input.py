@@ -1,0 +1,91 @@
+"""The vocabulary-level head input, cross-checked against TransformerLens forward passes."""
+
+import math
+
+import pytest
+import torch
+from transformer_lens.utilities import get_act_name
+
+from analysis import prompts, vocab_input
+
+
+@pytest.fixture(scope="module")
+def reference(organism):
+    return prompts.reference_prompts(organism, seed=0, n_prompts=16)
+
+
+def forward_input(model, layer, c_pos, c_attn):
+    """LN1 output of `layer` for every token, from a forward pass whose positional embedding and
+    earlier attention outputs are overwritten by constants: what head_input computes in closed form."""
+    d_vocab = model.cfg.d_vocab
+    tokens = torch.arange(d_vocab).reshape(-1, 8)  # any shape: positions no longer matter
+    hooks = [(get_act_name("pos_embed"), lambda act, hook: c_pos.expand_as(act).clone())]
+    hooks += [(get_act_name("attn_out", l), lambda act, hook, c=c: c.expand_as(act).clone()) for l, c in enumerate(c_attn)]
+    stored = {}
+    hooks.append((get_act_name("normalized", layer, "ln1"), lambda act, hook: stored.setdefault("x", act)))
+    with torch.no_grad():
+        model.run_with_hooks(tokens, fwd_hooks=hooks, stop_at_layer=layer + 1)
+    return stored["x"].reshape(d_vocab, -1)
+
+
+def test_mean_variant_matches_a_forward_pass(organism, reference):
+    c_pos, c_attn = vocab_input.reference_means(organism, 1, reference)
+    expected = forward_input(organism, 1, c_pos, c_attn)
+    got = vocab_input.head_input(organism, 1, reference, "mean", use_cache=False)
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_zero_variant_matches_a_forward_pass_and_differs_from_mean(organism, reference):
+    zero = torch.zeros(organism.cfg.d_model)
+    expected = forward_input(organism, 1, zero, [zero])
+    got = vocab_input.head_input(organism, 1, variant="zero", use_cache=False)
+    assert torch.allclose(got, expected, atol=1e-5)
+    mean = vocab_input.head_input(organism, 1, reference, "mean", use_cache=False)
+    assert (got - mean).norm(dim=-1).min() > 1e-3
+
+
+def test_reference_means_average_positions_after_bos(organism, reference):
+    c_pos, _ = vocab_input.reference_means(organism, 1, reference)
+    assert torch.allclose(c_pos, organism.W_pos[1:reference.shape[1]].mean(0), atol=1e-6)
+
+
+def test_chunks_and_token_subsets_do_not_change_the_result(organism, reference):
+    full = vocab_input.head_input(organism, 1, reference, use_cache=False)
+    chunked = vocab_input.head_input(organism, 1, reference, chunk_size=7, use_cache=False)
+    ids = torch.tensor([5, 3, 100])
+    subset = vocab_input.head_input(organism, 1, reference, token_ids=ids, use_cache=False)
+    assert torch.allclose(full, chunked, atol=1e-6) and torch.allclose(full[ids], subset, atol=1e-6)
+
+
+def test_cache_round_trip(organism, reference, tmp_path, monkeypatch):
+    monkeypatch.setattr(vocab_input, "CACHE_DIR", tmp_path)
+    first = vocab_input.head_input(organism, 1, reference)
+    files = list(tmp_path.rglob("*.pt"))
+    assert len(files) == 1
+    torch.save(torch.zeros_like(first), files[0])  # a cache hit returns the file, not a recomputation
+    assert vocab_input.head_input(organism, 1, reference).abs().sum() == 0
+    other_seed = prompts.reference_prompts(organism, seed=1, n_prompts=16)
+    assert vocab_input.head_input(organism, 1, other_seed).abs().sum() > 0  # different reference, new entry
+    assert len(list(tmp_path.rglob("*.pt"))) == 2
+
+
+def test_bilinear_scores_exact_and_match_the_model(organism, reference):
+    x_q, x_k = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 2.0], [1.0, 1.0]])
+    W = torch.eye(2)
+    assert torch.allclose(vocab_input.bilinear_scores(x_q, x_k, W, W), torch.tensor([[0.0, 1.0]]) / math.sqrt(2))
+    b = torch.tensor([0.0, 1.0])
+    # (x_q + b) . (x_k + b) = [1, 1] . [0, 3] and [1, 1] . [1, 2]
+    assert torch.allclose(vocab_input.bilinear_scores(x_q, x_k, W, W, b, b), torch.tensor([[3.0, 3.0]]) / math.sqrt(2))
+
+    # The model's own attention logits on a two-token prompt whose inputs are the head inputs.
+    layer, head = 1, 0
+    x = vocab_input.head_input(organism, layer, reference, use_cache=False)
+    ids = torch.tensor([[7, 9]])
+    stored = {}
+    with torch.no_grad():
+        organism.run_with_hooks(
+            ids, stop_at_layer=layer + 1,
+            fwd_hooks=[(get_act_name("normalized", layer, "ln1"), lambda act, hook: x[ids]),
+                       (get_act_name("attn_scores", layer), lambda act, hook: stored.setdefault("s", act))])
+    got = vocab_input.bilinear_scores(x[ids[0]], x[ids[0]], *vocab_input.head_weights(organism, layer, head, True))
+    assert torch.allclose(got[1], stored["s"][0, head, 1], atol=1e-4)
