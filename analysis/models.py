@@ -130,7 +130,7 @@ def random_gpt2(seed: int = 0, device: str = "cpu", n_layers: int = 12) -> Hooke
         act_fn="gelu_new", normalization_type="LN", positional_embedding_type="standard",
         original_architecture="GPT2LMHeadModel", seed=seed, init_weights=True, device=device,
     )
-    return HookedTransformer(cfg).eval()
+    return HookedTransformer(cfg, move_to_device=False).to(device, print_details=False).eval()
 
 
 # --- directories written by save_model -----------------------------------------------------
@@ -193,4 +193,4 @@ def _load_directory(directory: Path, device: str, processing: WeightProcessing) 
                                           refactor_factored_attn_matrices=False)
     else:
         model.load_state_dict(state)
-    return model.to(device).eval()
+    return model.to(device, print_details=False).eval()

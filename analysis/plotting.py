@@ -11,19 +11,27 @@ from analysis.io import use_style
 
 
 def head_heatmaps(maps: Sequence[torch.Tensor], titles: Sequence[str], reverse: Sequence[bool] | None = None,
-                  suptitle: str | None = None, fmt: str = ".2f"):
-    """One layer x head heatmap per score, side by side, annotated with the values."""
+                  suptitle: str | None = None, fmt: str = ".2f",
+                  limits: Sequence[tuple[float, float] | None] | None = None):
+    """One layer x head heatmap per score, side by side, annotated with the values.
+
+    `limits` fixes a panel's colour range, e.g. (0, 1) for attention masses, so that a panel of
+    near-zero scores does not look dark just because the range adapts to noise.
+    """
     use_style()
     import matplotlib.pyplot as plt
     import seaborn as sns
 
     reverse = reverse or [False] * len(maps)
+    limits = limits or [None] * len(maps)
     n_layers, n_heads = maps[0].shape
     width = max(3.2, 0.45 * n_heads + 1.6)
     fig, axes = plt.subplots(1, len(maps), figsize=(width * len(maps), 0.45 * n_layers + 1.6), squeeze=False)
-    for ax, values, title, rev in zip(axes[0], maps, titles, reverse):
+    for ax, values, title, rev, lim in zip(axes[0], maps, titles, reverse, limits):
         data = np.asarray(values, dtype=float)
+        vmin, vmax = lim if lim is not None else (None, None)
         sns.heatmap(data, ax=ax, cmap="rocket" if rev else "rocket_r", annot=n_heads * n_layers <= 64,
+                    vmin=vmin, vmax=vmax,
                     fmt=fmt, cbar=True, square=False, linewidths=0.5,
                     annot_kws={"fontsize": 7}, xticklabels=range(n_heads), yticklabels=range(n_layers))
         ax.set(title=title, xlabel="head", ylabel="layer")
