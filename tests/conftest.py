@@ -34,3 +34,18 @@ def run_script(name: str, *args: str, env: dict | None = None, timeout: int = 60
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
     return subprocess.run([sys.executable, str(REPO / "scripts" / f"{name}.py"), *args], cwd=REPO,
                           capture_output=True, text=True, env=full_env, timeout=timeout)
+
+
+def run_main(name: str, *args: str) -> None:
+    """Run scripts/<name>.py's main in this process through `cli.run` (fast: no fresh interpreter).
+
+    For checks of argument handling and clear errors; `cli.run` exits with status 2 on a UsageError.
+    """
+    import importlib.util
+
+    from analysis import cli
+
+    spec = importlib.util.spec_from_file_location(f"script_{name}", REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cli.run(module.main, module.build_parser(), list(args))

@@ -1,0 +1,48 @@
+"""The semantic-head survey as a ranked table with bootstrap confidence intervals.
+
+`analysis.scan.semantic_survey` gives, for every head, per-prompt values of the study's score S
+and its companions, `[batch, layer, head]`. Here they become one row per head: the mean over
+prompts with a percentile-bootstrap CI over prompts (`scores.bootstrap_ci`), ranked by S (lower
+is better).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pandas as pd
+from torch import Tensor
+
+from analysis.scores import bootstrap_ci
+
+METRICS = ("surprisal", "partner_mass", "self_mass", "bos_mass_no_partner", "argmax_accuracy")
+
+
+def survey_table(survey: Mapping[str, Tensor], level: float = 0.95, n_resamples: int = 2000,
+                 seed: int = 0) -> pd.DataFrame:
+    """One row per head, best S first: layer, head, and for each metric its mean, `_low`, `_high`.
+
+    `survey[metric]: [batch, layer, head]`. Every metric is resampled with the same prompt
+    indices (same seed and batch), so the CIs of one row come from one set of resamples.
+    """
+    n_batch, n_layers, n_heads = survey["surprisal"].shape
+    columns = {"layer": [l for l in range(n_layers) for _ in range(n_heads)],
+               "head": [h for _ in range(n_layers) for h in range(n_heads)]}
+    for metric in METRICS:
+        mean, low, high = bootstrap_ci(survey[metric].reshape(n_batch, -1), n_resamples, level, seed)
+        columns[metric], columns[f"{metric}_low"], columns[f"{metric}_high"] = mean, low, high
+    table = pd.DataFrame(columns).sort_values("surprisal", kind="stable").reset_index(drop=True)
+    table.insert(0, "rank", range(1, len(table) + 1))
+    return table
+
+
+def separation(table: pd.DataFrame) -> dict[str, float | bool]:
+    """How far the best head is ahead of the runner-up in S, and whether their CIs are disjoint.
+
+    margin = S(runner-up) - S(best); `separated` iff the best head's upper CI bound lies below
+    the runner-up's lower bound.
+    """
+    best, runner_up = table.iloc[0], table.iloc[1]
+    return {"margin": float(runner_up.surprisal - best.surprisal),
+            "best_high": float(best.surprisal_high), "runner_up_low": float(runner_up.surprisal_low),
+            "separated": bool(best.surprisal_high < runner_up.surprisal_low)}

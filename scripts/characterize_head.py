@@ -1,0 +1,120 @@
+"""Survey every head for self-suppressing semantic attention, then characterise the target head.
+
+Prompts are the study's category sequences (BOS, then random category, random word, repeated).
+The ground-truth mask marks, for each query, the earlier words of its category that are a
+different word; a query with none falls back to BOS. Per head:
+  S                    mean_q -log(sum_k A[q,k] M[q,k]) in nats (lower is better)
+  partner_mass         attention on valid partners, rows that have one
+  self_mass            attention on the query itself plus earlier copies of the same word
+  bos_mass_no_partner  attention on BOS, rows without a partner
+  argmax_accuracy      fraction of rows whose most-attended key is a valid target
+each with a percentile-bootstrap 95% CI over prompts. The target head (--layer/--head, default:
+the survey's best S) is drawn on one example prompt beside the ground-truth mask, and its layer
+is written as a standalone circuitsvis HTML page.
+
+Writes results/<model>/characterize_head.json and, under figures/<model>/, characterize_head
+(S and companions per head), characterize_head_example (pattern beside mask) and
+characterize_head_layer<L>.html.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from analysis import cli, io, prompts, scan  # noqa: E402
+from analysis.models import load_model  # noqa: E402
+from analysis.patterns import all_patterns  # noqa: E402
+from analysis.plotting import attention_pattern, head_heatmaps  # noqa: E402
+from analysis.survey import separation, survey_table  # noqa: E402
+
+NAME = "characterize_head"
+
+
+def build_parser():
+    p = cli.parser(__doc__, target_head=True)
+    p.add_argument("--n-prompts", type=int, default=64, help="category prompts in the survey (default: 64)")
+    p.add_argument("--n-words", type=int, default=64, help="words per survey prompt, BOS not counted (default: 64)")
+    p.add_argument("--example-words", type=int, default=24, help="words in the example prompt (default: 24)")
+    p.add_argument("--n-resamples", type=int, default=2000, help="bootstrap resamples for the CIs (default: 2000)")
+    p.add_argument("--top", type=int, default=5, help="heads printed in the summary (default: 5)")
+    return p
+
+
+def example_figure(pattern, mask, labels, layer: int, head: int, title: str):
+    """The head's attention beside the ground-truth mask, on the same token axes."""
+    import matplotlib.pyplot as plt
+
+    size = max(5.0, 0.22 * len(labels))
+    fig, axes = plt.subplots(1, 2, figsize=(2 * size + 1, size))
+    attention_pattern(axes[0], pattern, labels, f"L{layer}H{head} attention")
+    attention_pattern(axes[1], prompts.target_distribution(mask), labels, "ground truth (uniform over targets)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def layer_html(pattern, labels, layer: int) -> str:
+    """circuitsvis view of every head of one layer, `pattern: [head, query, key]`, self-contained."""
+    import circuitsvis
+
+    names = [f"L{layer}H{h}" for h in range(pattern.shape[0])]
+    return circuitsvis.attention.attention_heads(attention=pattern, tokens=labels,
+                                                 attention_head_names=names).local_src  # works offline
+
+
+def main(args) -> None:
+    for flag in ("n_prompts", "n_words", "example_words", "n_resamples", "top"):
+        cli.check_positive(f"--{flag.replace('_', '-')}", getattr(args, flag))
+    model = load_model(args.model, args.device)
+
+    chosen = None if args.layer is None and args.head is None else scan.target_head(model, args.layer, args.head)
+
+    survey = scan.semantic_survey(model, args.n_prompts, args.n_words, args.seed)
+    table = survey_table(survey, n_resamples=args.n_resamples, seed=args.seed)
+    layer, head = chosen or (int(table["layer"][0]), int(table["head"][0]))
+    target_row = table[(table["layer"] == layer) & (table["head"] == head)].iloc[0]
+
+    # One fresh example prompt (another seed than the survey's), every head from one pass.
+    tokens, mask = scan.category_probe(model, prompts.ALL_CATEGORIES, 1, args.example_words, args.seed + 1)
+    pattern = all_patterns(model, tokens)[0]  # (layer, head, q, k)
+    example = {k: float(v[0, head]) for k, v in scan.semantic_scores(pattern[layer][None], tokens, mask).items()}
+    labels = model.to_str_tokens(tokens[0])
+
+    results = {
+        "survey": table.to_dict("records"),
+        "separation": separation(table),
+        "target": {"layer": layer, "head": head, "chosen_by": "--layer/--head" if chosen else "survey",
+                   **{k: float(v) for k, v in target_row.items() if k not in ("layer", "head", "rank")},
+                   "rank": int(target_row["rank"])},
+        "example": {"tokens": labels, "scores": example},
+        "units": {"surprisal": "nats, lower is better", "ci": "95% percentile bootstrap over prompts"},
+    }
+    path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
+                           arguments=vars(args), seed=args.seed)
+
+    mean = {k: survey[k].nanmean(0) for k in ("surprisal", "partner_mass", "self_mass")}
+    fig = head_heatmaps([mean["surprisal"], mean["partner_mass"], mean["self_mass"]],
+                        ["S (nats, lower = better)", "partner mass", "self + copies mass"],
+                        reverse=[True, False, True], suptitle=f"Semantic-head survey, {args.model}")
+    io.save_figure(fig, args.out, args.model, NAME)
+    fig = example_figure(pattern[layer, head], mask[0], labels, layer, head,
+                         f"{args.model}: example prompt, S = {example['surprisal']:.2f} nats")
+    io.save_figure(fig, args.out, args.model, f"{NAME}_example")
+    html = io.write_text_atomic(io.figures_dir(args.out, args.model) / f"{NAME}_layer{layer}.html",
+                                layer_html(pattern[layer], labels, layer))
+
+    print(f"{'head':>6s} {'S (95% CI)':>22s} {'partner':>8s} {'self':>6s} {'BOS|none':>8s} {'argmax':>7s}")
+    for row in table.head(args.top).itertuples():
+        print(f"  L{row.layer}H{row.head} {row.surprisal:7.3f} [{row.surprisal_low:.3f}, {row.surprisal_high:.3f}]"
+              f" {row.partner_mass:8.3f} {row.self_mass:6.3f} {row.bos_mass_no_partner:8.3f} {row.argmax_accuracy:7.3f}")
+    sep = results["separation"]
+    print(f"target L{layer}H{head} (rank {results['target']['rank']}); best vs runner-up: margin "
+          f"{sep['margin']:.3f} nats, CIs {'disjoint' if sep['separated'] else 'overlap'}")
+    print(f"results: {path}\nlayer view: {html}")
+
+
+if __name__ == "__main__":
+    cli.run(main, build_parser())

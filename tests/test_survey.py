@@ -1,0 +1,70 @@
+"""The ranked survey table with CIs, and characterize_head.py finding the planted semantic head."""
+
+import json
+
+import torch
+
+from analysis import scan
+from analysis.organism import THRESHOLDS
+from analysis.survey import METRICS, separation, survey_table
+import pytest
+
+from conftest import run_main, run_script
+
+
+def hand_built_survey():
+    # 4 prompts, 1 layer, 3 heads. Head 2 is constant at 0.5, head 0 alternates 1/3, head 1 is constant 4.
+    s = torch.tensor([[1.0, 4.0, 0.5], [3.0, 4.0, 0.5], [1.0, 4.0, 0.5], [3.0, 4.0, 0.5]])[:, None, :]
+    return {m: s if m == "surprisal" else torch.full_like(s, 0.25) for m in METRICS}
+
+
+def test_survey_table_ranks_by_s_with_cis():
+    table = survey_table(hand_built_survey(), n_resamples=500)
+    assert table["head"].tolist() == [2, 0, 1] and table["rank"].tolist() == [1, 2, 3]
+    assert table["surprisal"].tolist() == [0.5, 2.0, 4.0]
+    best, alternating = table.iloc[0], table.iloc[1]
+    assert best.surprisal_low == best.surprisal_high == 0.5  # a constant has a zero-width CI
+    assert 1.0 <= alternating.surprisal_low < 2.0 < alternating.surprisal_high <= 3.0
+    assert (table["partner_mass"] == 0.25).all()
+
+
+def test_separation_exact():
+    table = survey_table(hand_built_survey(), n_resamples=500)
+    sep = separation(table)
+    assert sep["margin"] == 1.5 and sep["best_high"] == 0.5 and sep["separated"]
+    overlapping = table.copy()
+    overlapping.loc[0, "surprisal_high"] = 2.5
+    assert not separation(overlapping)["separated"]
+
+
+def test_survey_finds_the_planted_head_ahead_by_more_than_the_cis(organism, truth):
+    table = survey_table(scan.semantic_survey(organism, 64, 64, seed=21), seed=21)
+    best = table.iloc[0]
+    assert (best.layer, best["head"]) == tuple(truth["planted_heads"]["semantic"])
+    assert separation(table)["separated"]
+    assert best.partner_mass >= THRESHOLDS["semantic_partner_mass"][1]
+    assert best.self_mass <= THRESHOLDS["semantic_self_mass"][1]
+    assert best.bos_mass_no_partner >= THRESHOLDS["semantic_bos_mass_no_partner"][1]
+
+
+def test_characterize_head_script_end_to_end(tmp_path, truth):
+    result = run_script("characterize_head", "--out", str(tmp_path), "--seed", "2", "--n-prompts", "32",
+                        "--n-resamples", "200")
+    assert result.returncode == 0, result.stderr
+    data = json.loads((tmp_path / "results" / "organism" / "characterize_head.json").read_text())["results"]
+    layer, head = truth["planted_heads"]["semantic"]
+    assert (data["target"]["layer"], data["target"]["head"], data["target"]["chosen_by"]) == (layer, head, "survey")
+    assert data["separation"]["separated"] and data["survey"][0]["rank"] == 1
+    assert data["example"]["scores"]["partner_mass"] > 0.5 and len(data["example"]["tokens"]) == 25
+    figures = tmp_path / "figures" / "organism"
+    for name in ("characterize_head", "characterize_head_example"):
+        assert (figures / f"{name}.png").stat().st_size > 1000 and (figures / f"{name}.pdf").exists()
+    html = (figures / f"characterize_head_layer{layer}.html").read_text()
+    assert f"L{layer}H{head}" in html and "unpkg.com" not in html  # self-contained, no CDN
+
+
+def test_characterize_head_rejects_a_missing_head(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        run_main("characterize_head", "--out", str(tmp_path), "--layer", "7", "--head", "0")
+    assert exit_.value.code == 2 and "L7H0 does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "results").exists()
