@@ -1,0 +1,144 @@
+"""Component ablations upstream of a head, and the head's semantic score under each.
+
+An ablation replaces one activation of the residual stream's early components, at every
+position after BOS, by a constant:
+
+    mean: its mean over the prompt set (batch and positions >= 1)
+    zero: 0
+
+BOS keeps its own activations (`keep_bos`), so the head's fall-back target stays what it is and
+the ablation only changes what the query and key words carry. The "MLP-only residual" condition
+is a replacement rather than an ablation: block 0's `resid_post` becomes block 0's MLP output
+alone (embeddings and attention-0 dropped from the stream, their effect through MLP0 kept).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+from transformer_lens.utilities import get_act_name
+
+from analysis import scores
+
+# Components the study ablates, by the hook that carries each one.
+COMPONENTS: dict[str, str] = {
+    "token_embedding": get_act_name("embed"),
+    "positional_embedding": get_act_name("pos_embed"),
+    "attention_0": get_act_name("attn_out", 0),
+    "mlp_0": get_act_name("mlp_out", 0),
+}
+MLP_ONLY_RESIDUAL = "mlp_only_residual"
+Hook = tuple[str, Callable]
+
+
+@torch.no_grad()
+def component_means(model: HookedTransformer, tokens: Tensor, hook_names: list[str],
+                    batch_size: int = 64) -> dict[str, Tensor]:
+    """`{hook: [d_model]}`: each activation's mean over the batch and positions >= 1."""
+    totals = {name: 0.0 for name in hook_names}
+    for start in range(0, tokens.shape[0], batch_size):
+        batch = tokens[start:start + batch_size].to(model.cfg.device)
+        _, cache = model.run_with_cache(batch, names_filter=lambda n: n in totals, return_type=None,
+                                        stop_at_layer=1)  # every component lives in block 0 or before
+        for name in hook_names:
+            totals[name] = totals[name] + cache[name][:, 1:].sum((0, 1))
+    count = tokens.shape[0] * (tokens.shape[1] - 1)
+    return {name: total / count for name, total in totals.items()}
+
+
+def replace_hook(value: Tensor, keep_bos: bool = True) -> Callable:
+    """A hook setting `act: [batch, pos, d_model]` to `value: [d_model]` (positions >= 1 if keep_bos)."""
+    first = 1 if keep_bos else 0
+
+    def hook(act: Tensor, hook) -> Tensor:
+        act = act.clone()
+        act[:, first:] = value
+        return act
+    return hook
+
+
+def mlp_only_residual_hooks(keep_bos: bool = True) -> list[Hook]:
+    """Hooks that replace block 0's `resid_post` by block 0's MLP output (positions >= 1 if keep_bos)."""
+    first = 1 if keep_bos else 0
+    stored: dict[str, Tensor] = {}
+
+    def keep(act: Tensor, hook) -> None:
+        stored["mlp_out"] = act
+
+    def replace(act: Tensor, hook) -> Tensor:
+        act = act.clone()
+        act[:, first:] = stored["mlp_out"][:, first:]
+        return act
+    return [(get_act_name("mlp_out", 0), keep), (get_act_name("resid_post", 0), replace)]
+
+
+def ablation_hooks(means: Mapping[str, Tensor], mode: str, keep_bos: bool = True) -> dict[str, list[Hook]]:
+    """`{condition: hooks}` for every component of COMPONENTS in one mode ("mean" or "zero")."""
+    if mode not in ("mean", "zero"):
+        raise ValueError(f"mode must be 'mean' or 'zero', got {mode!r}")
+    return {component: [(name, replace_hook(means[name] if mode == "mean" else torch.zeros_like(means[name]),
+                                            keep_bos))]
+            for component, name in COMPONENTS.items()}
+
+
+@torch.no_grad()
+def head_pattern(model: HookedTransformer, tokens: Tensor, layer: int, head: int,
+                 fwd_hooks: list[Hook] = (), batch_size: int = 64) -> Tensor:
+    """`pattern: [batch, query, key]` of one head, with `fwd_hooks` active; stops after its layer."""
+    name = get_act_name("pattern", layer)
+    chunks = []
+
+    def store(act: Tensor, hook) -> None:
+        chunks.append(act[:, head].float().cpu())
+    for start in range(0, tokens.shape[0], batch_size):
+        model.run_with_hooks(tokens[start:start + batch_size].to(model.cfg.device),
+                             fwd_hooks=[*fwd_hooks, (name, store)], stop_at_layer=layer + 1)
+    return torch.cat(chunks)
+
+
+def ablation_study(model: HookedTransformer, tokens: Tensor, mask: Tensor, layer: int, head: int,
+                   modes: tuple[str, ...] = ("mean", "zero"), keep_bos: bool = True,
+                   progress: bool = False) -> dict[str, dict[str, Tensor]]:
+    """Per-prompt S of the head, `[batch]`, under every condition: `{mode: {condition: S}}`.
+
+    Each mode holds the baseline (nothing ablated), every component of COMPONENTS, and the
+    MLP-only residual (the same in both modes: it ablates nothing by a constant).
+    """
+    rows = scores.scored_rows(tokens)
+    means = component_means(model, tokens, list(COMPONENTS.values()))
+
+    def surprisal(hooks: list[Hook]) -> Tensor:
+        pattern = head_pattern(model, tokens, layer, head, hooks)[:, None]  # (B, 1, q, k)
+        return scores.semantic_surprisal(pattern, mask, rows)[:, 0]
+
+    shared = {"baseline": [], MLP_ONLY_RESIDUAL: mlp_only_residual_hooks(keep_bos)}
+    conditions = [(mode, condition, hooks) for mode in modes
+                  for condition, hooks in ablation_hooks(means, mode, keep_bos).items()]
+    shared_scores = {condition: surprisal(hooks) for condition, hooks in shared.items()}
+    results: dict[str, dict[str, Tensor]] = {mode: {"baseline": shared_scores["baseline"]} for mode in modes}
+    for mode, condition, hooks in tqdm(conditions, desc="ablations", disable=not progress, leave=False):
+        results[mode][condition] = surprisal(hooks)
+    for mode in modes:
+        results[mode][MLP_ONLY_RESIDUAL] = shared_scores[MLP_ONLY_RESIDUAL]
+    return results
+
+
+def summary_table(study: Mapping[str, Mapping[str, Tensor]], n_resamples: int = 2000, seed: int = 0):
+    """One row per (mode, condition): median and quartiles of per-prompt S, mean with 95% bootstrap CI,
+    and the change of the median from the baseline (`delta_median`)."""
+    import pandas as pd
+
+    rows = []
+    for mode, conditions in study.items():
+        baseline = conditions["baseline"].quantile(0.5).item()
+        for condition, s in conditions.items():
+            mean, low, high = scores.bootstrap_ci(s, n_resamples, seed=seed)
+            q25, median, q75 = s.quantile(torch.tensor([0.25, 0.5, 0.75])).tolist()
+            rows.append({"mode": mode, "condition": condition, "median": median, "q25": q25, "q75": q75,
+                         "mean": float(mean), "mean_low": float(low), "mean_high": float(high),
+                         "delta_median": median - baseline})
+    return pd.DataFrame(rows)

@@ -1,0 +1,97 @@
+"""Which upstream components the semantic head reads: its score with each one ablated.
+
+On category prompts (the study's distribution), the target head's S = mean_q -log(sum_k A[q,k]
+M[q,k]) (nats, lower is better) is measured per prompt with each of these replaced, at every
+position after BOS, by its mean over the prompts (mode "mean") or by zero (mode "zero"):
+  token_embedding       hook_embed
+  positional_embedding  hook_pos_embed
+  attention_0           blocks.0.hook_attn_out
+  mlp_0                 blocks.0.hook_mlp_out
+plus "mlp_only_residual" (block 0's resid_post replaced by the MLP0 output alone) and the
+unablated baseline. A head that reads token identity suffers from losing the embedding (or the
+MLP0 path that carries it), not from losing position.
+
+Writes results/<model>/component_ablation.json (table and per-prompt scores) and
+figures/<model>/component_ablation.{pdf,png} (box plots).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from analysis import cli, io, prompts, scan  # noqa: E402
+from analysis.ablation import ablation_study, summary_table  # noqa: E402
+from analysis.models import load_model  # noqa: E402
+
+NAME = "component_ablation"
+
+
+def build_parser():
+    p = cli.parser(__doc__, target_head=True)
+    p.add_argument("--n-prompts", type=int, default=128, help="category prompts (default: 128)")
+    p.add_argument("--n-words", type=int, default=64, help="words per prompt, BOS not counted (default: 64)")
+    p.add_argument("--modes", nargs="+", choices=("mean", "zero"), default=["mean", "zero"],
+                   help="ablation modes (default: mean zero)")
+    p.add_argument("--ablate-bos", action="store_true",
+                   help="ablate at BOS too (default: BOS keeps its activations, so its role as fall-back stays)")
+    return p
+
+
+def box_plot(study, layer: int, head: int, title: str):
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
+
+    from analysis.io import use_style
+
+    use_style()
+    long = pd.DataFrame([{"mode": mode, "condition": condition.replace("_", " "), "S": float(v)}
+                         for mode, conditions in study.items() for condition, s in conditions.items() for v in s])
+    fig, ax = plt.subplots(figsize=(9, 4))
+    sns.boxplot(long, x="condition", y="S", hue="mode", ax=ax, fliersize=2)
+    ax.set(ylabel=f"L{layer}H{head} S per prompt (nats, lower = better)", xlabel="", title=title)
+    ax.tick_params(axis="x", rotation=20)
+    fig.tight_layout()
+    return fig
+
+
+def main(args) -> None:
+    cli.check_positive("--n-prompts", args.n_prompts)
+    cli.check_positive("--n-words", args.n_words)
+    model = load_model(args.model, args.device)
+    layer, head = scan.target_head(model, args.layer, args.head, args.seed)
+    tokens, mask = scan.category_probe(model, prompts.ALL_CATEGORIES, args.n_prompts, args.n_words, args.seed)
+    study = ablation_study(model, tokens, mask, layer, head, tuple(args.modes), keep_bos=not args.ablate_bos,
+                           progress=True)
+    table = summary_table(study, seed=args.seed)
+
+    median = table.set_index(["mode", "condition"])["median"]
+    token_vs_position = {mode: float(median[mode, "token_embedding"] - median[mode, "positional_embedding"])
+                         for mode in args.modes}
+    results = {
+        "target": {"layer": layer, "head": head},
+        "table": table.to_dict("records"),
+        "token_minus_positional_median": token_vs_position,
+        "per_prompt": study,
+        "keep_bos": not args.ablate_bos,
+        "units": "S in nats, lower is better; CI: 95% bootstrap of the mean over prompts",
+    }
+    path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
+                           arguments=vars(args), seed=args.seed)
+    fig = box_plot(study, layer, head, f"{args.model}: L{layer}H{head} under component ablations "
+                                       f"({args.n_prompts} prompts)")
+    io.save_figure(fig, args.out, args.model, NAME)
+
+    print(f"L{layer}H{head}: median S (nats) per condition")
+    print(table.pivot(index="condition", columns="mode", values="median").loc[list(study[args.modes[0]])]
+          .round(3).to_string())
+    print("token embedding minus positional embedding (median): "
+          + ", ".join(f"{mode} {d:+.3f}" for mode, d in token_vs_position.items()))
+    print(f"results: {path}")
+
+
+if __name__ == "__main__":
+    cli.run(main, build_parser())

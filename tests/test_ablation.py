@@ -1,0 +1,96 @@
+"""Component ablations: exact hook behaviour, and the organism's semantic head reading token identity."""
+
+import json
+
+import pytest
+import torch
+from transformer_lens.utilities import get_act_name
+
+from analysis import ablation, prompts, scan
+from conftest import run_main, run_script
+
+
+@pytest.fixture(scope="module")
+def probe(organism):
+    return scan.category_probe(organism, prompts.ALL_CATEGORIES, 32, 64, seed=8)
+
+
+def cached(model, tokens, hooks, names):
+    with model.hooks(fwd_hooks=hooks), torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names, stop_at_layer=2)
+    return cache
+
+
+def test_replace_hook_keeps_bos_or_not():
+    act = torch.arange(12.0).reshape(1, 3, 4)
+    value = torch.tensor([9.0, 8.0, 7.0, 6.0])
+    kept = ablation.replace_hook(value)(act, None)
+    assert torch.equal(kept[0, 0], act[0, 0]) and torch.equal(kept[0, 1:], value.expand(2, 4))
+    assert torch.equal(ablation.replace_hook(value, keep_bos=False)(act, None)[0], value.expand(3, 4))
+    assert torch.equal(act, torch.arange(12.0).reshape(1, 3, 4))  # the input is not modified in place
+
+
+def test_component_means_are_means_after_bos(organism, probe):
+    tokens = probe[0]
+    means = ablation.component_means(organism, tokens, [get_act_name("pos_embed"), get_act_name("embed")],
+                                     batch_size=5)
+    assert torch.allclose(means["hook_pos_embed"], organism.W_pos[1:tokens.shape[1]].mean(0), atol=1e-6)
+    assert torch.allclose(means["hook_embed"], organism.W_E[tokens[:, 1:]].mean((0, 1)), atol=1e-6)
+
+
+def test_zero_ablation_of_position_leaves_only_the_embedding(organism, probe):
+    tokens = probe[0][:2]
+    zero = ablation.ablation_hooks({n: torch.ones(organism.cfg.d_model) for n in ablation.COMPONENTS.values()},
+                                   "zero")["positional_embedding"]
+    cache = cached(organism, tokens, zero, {"blocks.0.hook_resid_pre"})
+    resid = cache["blocks.0.hook_resid_pre"]
+    assert torch.allclose(resid[:, 1:], organism.W_E[tokens[:, 1:]], atol=1e-6)
+    assert torch.allclose(resid[:, 0], organism.W_E[tokens[:, 0]] + organism.W_pos[0], atol=1e-6)
+
+
+def test_mlp_only_residual_hands_layer_1_the_mlp_output(organism, probe):
+    tokens = probe[0][:2]
+    names = {"blocks.0.hook_mlp_out", "blocks.1.hook_resid_pre"}
+    cache = cached(organism, tokens, ablation.mlp_only_residual_hooks(), names)
+    clean = cached(organism, tokens, [], names)
+    assert torch.allclose(cache["blocks.1.hook_resid_pre"][:, 1:], cache["blocks.0.hook_mlp_out"][:, 1:])
+    assert torch.allclose(cache["blocks.1.hook_resid_pre"][:, 0], clean["blocks.1.hook_resid_pre"][:, 0])
+
+
+def test_head_pattern_matches_all_patterns(organism, probe):
+    from analysis.patterns import all_patterns
+
+    tokens = probe[0][:3]
+    assert torch.allclose(ablation.head_pattern(organism, tokens, 1, 2, batch_size=2),
+                          all_patterns(organism, tokens)[:, 1, 2], atol=1e-6)
+
+
+def test_semantic_head_reads_token_identity_not_position(organism, truth, probe):
+    layer, head = truth["planted_heads"]["semantic"]
+    study = ablation.ablation_study(organism, *probe, layer, head)
+    table = ablation.summary_table(study, n_resamples=500).set_index(["mode", "condition"])
+    for mode in ("mean", "zero"):
+        token, position = table.loc[mode, "token_embedding"], table.loc[mode, "positional_embedding"]
+        assert token["median"] > position["median"] + 0.3, mode
+        assert token["mean_low"] > position["mean_high"], mode  # clearly: the CIs do not touch
+        assert table.loc[mode, "baseline"]["median"] < 0.1
+    # The MLP-only residual keeps the token's identity, so the head still works.
+    assert table.loc["mean", "mlp_only_residual"]["median"] < table.loc["mean", "positional_embedding"]["median"]
+
+
+def test_component_ablation_script_end_to_end(tmp_path, truth):
+    result = run_script("component_ablation", "--out", str(tmp_path), "--n-prompts", "16", "--seed", "1")
+    assert result.returncode == 0, result.stderr
+    data = json.loads((tmp_path / "results" / "organism" / "component_ablation.json").read_text())["results"]
+    assert [data["target"]["layer"], data["target"]["head"]] == truth["planted_heads"]["semantic"]
+    conditions = {(row["mode"], row["condition"]) for row in data["table"]}
+    assert len(conditions) == 12 and len(data["per_prompt"]["zero"]["token_embedding"]) == 16
+    assert all(d > 0 for d in data["token_minus_positional_median"].values())
+    assert (tmp_path / "figures" / "organism" / "component_ablation.png").stat().st_size > 1000
+    assert "token_embedding" in result.stdout
+
+
+def test_component_ablation_rejects_bad_counts(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        run_main("component_ablation", "--out", str(tmp_path), "--n-prompts", "0")
+    assert exit_.value.code == 2 and "--n-prompts must be positive" in capsys.readouterr().err
