@@ -1,0 +1,108 @@
+"""Count how often each token occurs in a text corpus, for picking frequent tokens and token probabilities.
+
+--corpus is any text file, tokenised line by line with the model's tokenizer (trailing newlines
+dropped). The study of GPT-2 small used WikiText-103's training split (wiki.train.tokens). For
+the model organism the default corpus is sampled from its training generator (the same mixture
+of category text, repeated chunks and random tokens), seeded by --seed.
+
+Writes results/<model>/token_freq.csv (token, id, count, probability; most frequent first),
+results/<model>/token_freq.json (corpus, totals, top tokens) and figures/<model>/token_freq
+(rank-frequency plot).
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from analysis import cli, io  # noqa: E402
+from analysis.errors import UsageError  # noqa: E402
+from analysis.frequency import count_tokens, frequency_csv_path, frequency_table, write_frequency_csv  # noqa: E402
+from analysis.models import load_model  # noqa: E402
+
+NAME = "token_freq"
+
+
+def build_parser():
+    p = cli.parser(__doc__)
+    p.add_argument("--corpus", type=Path, default=None,
+                   help="text file to count (default for the organism: a corpus sampled from its generator)")
+    p.add_argument("--corpus-sequences", type=int, default=2000,
+                   help="sequences in the organism's sampled corpus (default: 2000)")
+    p.add_argument("--top", type=int, default=20, help="most frequent tokens listed (default: 20)")
+    return p
+
+
+def organism_corpus(model, n_sequences: int, seed: int, directory: Path) -> tuple[Path, dict]:
+    """A corpus sampled from the organism's training generator, and how it was made."""
+    from analysis.organism.language import LanguageSpec, vocabulary, write_corpus
+    from analysis.organism.train import TrainConfig
+
+    mixture = TrainConfig().mixture
+    spec = LanguageSpec.from_vocabulary(vocabulary())
+    path = write_corpus(directory / "organism_corpus.txt", model.tokenizer, spec, n_sequences, model.cfg.n_ctx,
+                        mixture, seed)
+    return path, {"source": "organism generator", "sequences": n_sequences, "length": model.cfg.n_ctx,
+                  "mixture": mixture, "seed": seed}
+
+
+def rank_plot(table, title: str):
+    import matplotlib.pyplot as plt
+
+    io.use_style()
+    counts = table["count"].to_numpy()
+    counts = counts[counts > 0]
+    fig, ax = plt.subplots(figsize=(4.5, 3.5))
+    ax.loglog(range(1, len(counts) + 1), counts, marker=".", linestyle="none", markersize=3)
+    ax.set(xlabel="rank", ylabel="count", title=title)
+    fig.tight_layout()
+    return fig
+
+
+def main(args) -> None:
+    cli.check_positive("--corpus-sequences", args.corpus_sequences)
+    cli.check_positive("--top", args.top)
+    if args.corpus is not None and not args.corpus.is_file():
+        raise UsageError(f"--corpus {args.corpus} is not a readable file. Give a text file, e.g. WikiText-103's "
+                         "wiki.train.tokens.")
+    model = load_model(args.model, args.device)
+    if model.tokenizer is None:
+        raise UsageError(f"Model {args.model!r} has no tokenizer, so a corpus cannot be tokenised for it.")
+
+    with tempfile.TemporaryDirectory() as scratch:
+        if args.corpus is not None:
+            corpus, corpus_info = args.corpus, {"source": str(args.corpus.resolve())}
+        elif args.model == "organism":
+            corpus, corpus_info = organism_corpus(model, args.corpus_sequences, args.seed, Path(scratch))
+        else:
+            raise UsageError(f"Give --corpus for {args.model!r}: a text file to count (the study of GPT-2 used "
+                             "WikiText-103's training split). Only the organism has a default corpus.")
+        with open(corpus, encoding="utf-8", errors="replace") as lines:
+            counts = count_tokens(model.tokenizer, lines, model.cfg.d_vocab, progress=True)
+    table = frequency_table(counts, model.tokenizer)
+    total = int(counts.sum())
+    if total == 0:
+        raise UsageError(f"The corpus {corpus_info['source']} holds no tokens; give a non-empty text file.")
+
+    csv = write_frequency_csv(table, frequency_csv_path(args.out, args.model))
+    unk = model.tokenizer.unk_token_id
+    results = {
+        "corpus": corpus_info, "csv": str(csv), "total_tokens": total,
+        "distinct_tokens": int((counts > 0).sum()), "d_vocab": model.cfg.d_vocab,
+        "unknown_share": float(counts[unk] / total) if unk is not None else None,
+        "top": table.head(args.top).to_dict("records"),
+    }
+    path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
+                           arguments=vars(args), seed=args.seed)
+    io.save_figure(rank_plot(table, f"{args.model}: token frequencies"), args.out, args.model, NAME)
+
+    print(f"{total} tokens, {results['distinct_tokens']} of {model.cfg.d_vocab} vocabulary tokens occur")
+    print("most frequent: " + ", ".join(f"{r['token']!r} {r['probability']:.4f}" for r in results["top"][:10]))
+    print(f"table: {csv}\nresults: {path}")
+
+
+if __name__ == "__main__":
+    cli.run(main, build_parser())
