@@ -93,34 +93,40 @@ def context_head_input(model: HookedTransformer, layer: int, token_ids: Tensor |
                        length: int = 64, seed: int = 0, batch_size: int = 64, progress: bool = False) -> Tensor:
     """`[n_tokens, d_model]`: each token's real input to layer `layer`'s attention, averaged over contexts.
 
-    input(t) = mean over occurrences of t of LN1_L(resid_pre_L), from ordinary forward passes on
-    BOS + random streams in which every token of `token_ids` (default: the vocabulary) occurs
-    `n_contexts` times at random positions among random neighbours. `head_input` evaluates the
-    MLPs once at the mean context; this averages the whole computation over contexts, which
-    differs wherever an MLP reacts non-linearly to what earlier attention layers write.
+    input(t) = mean over n_contexts occurrences of t of LN1_L(resid_pre_L), from ordinary forward
+    passes on prompts of BOS + `length` uniformly random (non-special) vocabulary tokens, in which
+    a quarter of the positions, chosen at random, hold the tokens of `token_ids` (default: the
+    vocabulary). `head_input` evaluates the MLPs once at the mean context; this averages the whole
+    computation over contexts, which differs wherever an MLP reacts non-linearly to what earlier
+    attention layers write.
     """
-    from analysis.scan import bos_token_id  # scan -> prompts -> ... never imports this module
+    from analysis.scan import bos_token_id, special_token_ids  # scan never imports this module
 
     ids = torch.arange(model.cfg.d_vocab) if token_ids is None else token_ids.cpu()
     length = min(length, model.cfg.n_ctx - 1)
+    per_prompt = max(1, length // 4)
     generator = torch.Generator().manual_seed(seed)
-    stream = torch.cat([ids[torch.randperm(len(ids), generator=generator)] for _ in range(n_contexts)])
-    fill = ids[torch.randint(len(ids), (-len(stream) % length,), generator=generator)]  # complete the last prompt
-    body = torch.cat([stream, fill]).reshape(-1, length)
-    tokens = torch.cat([torch.full((len(body), 1), bos_token_id(model)), body], 1)  # (n_prompts, 1 + length)
+    targets = torch.cat([torch.randperm(len(ids), generator=generator) for _ in range(n_contexts)])  # indices into ids
+    n_prompts = -(-len(targets) // per_prompt)
+    targets = torch.cat([targets, targets.new_full((n_prompts * per_prompt - len(targets),), -1)])  # -1: no target
+    targets = targets.reshape(n_prompts, per_prompt)
+    neighbours = torch.tensor(sorted(set(range(model.cfg.d_vocab)) - set(special_token_ids(model))))
+    body = neighbours[torch.randint(len(neighbours), (n_prompts, length), generator=generator)]
+    slots = torch.rand(n_prompts, length, generator=generator).argsort(-1)[:, :per_prompt]  # distinct positions
+    body.scatter_(1, slots, torch.where(targets >= 0, ids[targets.clamp_min(0)], body.gather(1, slots)))
+    tokens = torch.cat([torch.full((n_prompts, 1), bos_token_id(model)), body], 1)  # (n_prompts, 1 + length)
 
-    total = torch.zeros(model.cfg.d_vocab, model.cfg.d_model)
-    count = torch.zeros(model.cfg.d_vocab)
+    total = torch.zeros(len(ids), model.cfg.d_model)
     name = f"blocks.{layer}.hook_resid_pre"
-    for start in tqdm(range(0, len(tokens), batch_size), desc=f"context input L{layer}", disable=not progress,
+    for start in tqdm(range(0, n_prompts, batch_size), desc=f"context input L{layer}", disable=not progress,
                       leave=False):
-        batch = tokens[start:start + batch_size]
-        _, cache = model.run_with_cache(batch.to(model.cfg.device), names_filter=name, stop_at_layer=layer + 1)
+        batch = slice(start, start + batch_size)
+        _, cache = model.run_with_cache(tokens[batch].to(model.cfg.device), names_filter=name, stop_at_layer=layer + 1)
         x = model.blocks[layer].ln1(cache[name][:, 1:]).float().cpu()  # (B, length, d_model)
-        flat = batch[:, 1:].reshape(-1)
-        total.index_add_(0, flat, x.reshape(-1, model.cfg.d_model))
-        count.index_add_(0, flat, torch.ones(len(flat)))
-    return total[ids] / count[ids, None]
+        placed = x.gather(1, slots[batch, :, None].expand(-1, -1, x.shape[-1]))  # (B, per_prompt, d_model)
+        kept = targets[batch] >= 0
+        total.index_add_(0, targets[batch][kept], placed[kept])
+    return total / n_contexts
 
 
 def bilinear_scores(query_input: Tensor, key_input: Tensor, W_Q: Tensor, W_K: Tensor,
