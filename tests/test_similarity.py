@@ -1,0 +1,98 @@
+"""Attention versus cosine similarity: exact small cases, and the organism's category-mates beating self."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from analysis import prompts, similarity, vocab_input
+from conftest import run_main, run_script
+
+# Three 2-d inputs: e0, e1 and their normalised sum; W_Q = W_K = identity, so s(q, k) = x_q . x_k / sqrt(2).
+X = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1 / math.sqrt(2), 1 / math.sqrt(2)]])
+EYE = torch.eye(2)
+R = 1 / math.sqrt(2)
+
+
+def test_cosine_and_score_minus_self_exact():
+    assert torch.allclose(similarity.cosine_matrix(X, 2 * X[:1]), torch.tensor([[1.0], [0.0], [R]]))
+    d = similarity.score_minus_self(X, torch.tensor([0, 2]), EYE, EYE)
+    # s(q, q) = 1/sqrt(2) for every unit input; s(0, 1) = 0, s(0, 2) = R / sqrt(2), s(2, 0) = s(2, 1) = R / sqrt(2)
+    expected = torch.tensor([[0.0, -R, R * R - R], [R * R - R, R * R - R, 0.0]])
+    assert torch.allclose(d, expected, atol=1e-6)
+    bias = torch.tensor([0.0, 1.0])  # b_K cancels in d; b_Q does not
+    assert torch.allclose(similarity.score_minus_self(X, torch.tensor([0]), EYE, EYE, None, bias), d[:1], atol=1e-6)
+    assert not torch.allclose(similarity.score_minus_self(X, torch.tensor([0]), EYE, EYE, bias, None), d[:1])
+
+
+@pytest.mark.parametrize("chunk_size", [1, 2, 1024])
+def test_binned_pairs_exact_and_chunk_free(chunk_size):
+    edges = torch.tensor([-1.0, 0.5, 1.0])  # window 0: cos < 0.5 (orthogonal pairs); window 1: cos >= 0.5
+    counts, sums = similarity.binned_pairs(X, edges, EYE, EYE, scale=2.0, chunk_size=chunk_size)
+    assert counts.tolist() == [[1, 1], [1, 1], [0, 2]]  # self pairs left out
+    d = R * R - R
+    expected = 2.0 * torch.tensor([[-R, d], [-R, d], [0.0, 2 * d]], dtype=torch.float64)
+    assert torch.allclose(sums, expected, atol=1e-6)
+
+
+def test_windowed_means_exact_with_query_bootstrap():
+    counts = torch.tensor([[2, 0], [2, 1], [2, 0]])
+    sums = torch.tensor([[2.0, 0.0], [4.0, -1.0], [6.0, 0.0]], dtype=torch.float64)
+    w = similarity.windowed_means(counts, sums, n_resamples=300, min_pairs=2)
+    assert w["pairs"].tolist() == [6, 1] and w["mean"][0] == 2.0 and np.isnan(w["mean"][1])
+    assert 1.0 <= w["low"][0] < 2.0 < w["high"][0] <= 3.0  # query means 1, 2, 3
+
+
+def test_beats_self_from_and_peak_exact():
+    centres = np.array([0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
+    gpt2_like = np.array([-3.0, -2.0, -1.0, 1.0, 2.0, np.nan])
+    assert math.isclose(similarity.beats_self_from(centres, gpt2_like), 0.75)  # halfway between -1 and 1
+    assert similarity.peak(centres, gpt2_like) == (0.9, 2.0)
+    assert similarity.beats_self_from(centres, np.array([1.0, 2.0, -1.0, 0.5, 0.2, 0.1])) == 0.5  # run reaches the bottom
+    assert similarity.beats_self_from(centres, -np.ones(6)) is None
+
+
+def test_category_contrast_exact():
+    diff = torch.tensor([[0.0, 2.0, -1.0], [1.0, 0.0, -3.0], [-2.0, 4.0, 0.0]])
+    cosine = torch.tensor([[1.0, 0.9, 0.1], [0.9, 1.0, 0.3], [0.1, 0.3, 1.0]])
+    out = similarity.category_contrast(diff, cosine, torch.tensor([0, 0, 1]))
+    assert out["mates_mean"] == 1.5 and out["mates_beat_self"] == 1.0 and out["mates_pairs"] == 2
+    assert out["others_mean"] == -0.5 and out["others_beat_self"] == 0.25 and out["others_pairs"] == 4
+    assert math.isclose(out["mates_cosine"], 0.9, rel_tol=1e-6) and math.isclose(out["others_cosine"], 0.2, rel_tol=1e-6)
+
+
+def test_category_mates_beat_self_on_the_organism(organism, truth):
+    layer, head = truth["planted_heads"]["semantic"]
+    category_of = prompts.category_index(organism.tokenizer, prompts.ALL_CATEGORIES, organism.cfg.d_vocab)
+    ids = torch.nonzero(category_of >= 0)[:, 0]
+    x = vocab_input.head_input(organism, layer, prompts.reference_prompts(organism, 3), token_ids=ids, use_cache=False)
+    contrast = similarity.category_contrast(
+        similarity.score_minus_self(x, torch.arange(len(ids)), *vocab_input.head_weights(organism, layer, head, True)),
+        similarity.cosine_matrix(x, x), category_of[ids])
+    assert contrast["mates_mean"] > 1.0 and contrast["mates_beat_self"] > 0.9
+    assert contrast["mates_mean"] > contrast["others_mean"] + 1.0
+    assert contrast["mates_cosine"] > contrast["others_cosine"]  # mates are the more similar inputs
+
+
+def test_cosine_attention_script_end_to_end(tmp_path, truth):
+    result = run_script("cosine_attention_analysis", "--out", str(tmp_path), "--n-resamples", "200",
+                        env={"ANALYSIS_CACHE_DIR": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stderr
+    data = json.loads((tmp_path / "results" / "organism" / "cosine_attention_analysis.json").read_text())["results"]
+    assert [data["target"]["layer"], data["target"]["head"]] == truth["planted_heads"]["semantic"]
+    assert data["settings"]["variant"] == "mean" and data["settings"]["biases_included"]
+    n = data["settings"]["n_tokens"]
+    assert n == 166 and data["settings"]["pairs"] == n * (n - 1)
+    assert data["category_contrast"]["mates_beat_self"] > 0.9
+    mates = {m["token"] for m in data["example"]["mates"]}
+    assert {" blue", " green"} <= mates and all(m["score_minus_self"] > 0 for m in data["example"]["mates"])
+    assert data["example"]["top_keys"][0]["token"] in mates  # " red"'s best key is another colour
+    assert (tmp_path / "figures" / "organism" / "cosine_attention_analysis.png").stat().st_size > 1000
+
+
+def test_cosine_attention_needs_a_frequency_table_for_a_subset(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        run_main("cosine_attention_analysis", "--out", str(tmp_path), "--n-tokens", "50", "--layer", "1", "--head", "0")
+    assert exit_.value.code == 2 and "token_freq.py" in " ".join(capsys.readouterr().err.split())
