@@ -13,7 +13,7 @@ DEMO_SCRIPTS := scan_heads
 # baseline: previous-token and induction heads, circuits, visualisation
 DEMO_SCRIPTS +=
 # semantic head, part 1: survey, ablation, vocabulary-level input, attention versus similarity
-DEMO_SCRIPTS +=
+DEMO_SCRIPTS += characterize_head component_ablation token_freq cosine_attention_analysis
 # semantic head, part 2: QK decomposition, steering, clustering, SAE features
 DEMO_SCRIPTS +=
 
