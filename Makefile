@@ -44,4 +44,41 @@ bench: setup
 	$(PY) bench/run.py
 
 clean:
-	rm -rf results figures/*/ paper/generated
+	rm -rf results figures/*/ paper/generated paper/build paper/main.pdf
+
+# --- the paper ----------------------------------------------------------------------------------
+#   make figures  rerun each script of DEMO_SCRIPTS whose script, analysis package or inputs changed
+#   make paper    regenerate the paper's numbers and tables from the results, build paper/main.pdf
+#   make all      both (MODEL=gpt2-small for GPT-2; each model's results, figures and build apart)
+# One stamp per script, results/$(MODEL)/.runs/<script>.json, holding its wall time under make.
+# A script that reads another's results lists them:  $(RUNS)/<script>.json: $(RUNS)/<other>.json
+RUNS := results/$(MODEL)/.runs
+RUN_STAMPS := $(DEMO_SCRIPTS:%=$(RUNS)/%.json)
+PACKAGE_FILES := $(filter-out analysis/paper.py,$(shell find analysis -name '*.py' -not -path '*/__pycache__/*')) \
+	$(wildcard analysis/organism/checkpoint/*)
+GENERATED := paper/generated/$(MODEL)
+PAPER_BUILD := paper/build/$(MODEL)
+# Run a command; if it succeeds, write {"seconds": its wall time} to the file named first.
+TIMED := $(PY) -c 'import json, subprocess, sys, time; t = time.perf_counter(); rc = subprocess.call(sys.argv[2:]); \
+	rc or json.dump({"seconds": round(time.perf_counter() - t, 2)}, open(sys.argv[1], "w")); sys.exit(rc)'
+
+.PHONY: figures paper all
+all: figures paper
+
+figures: $(RUN_STAMPS)
+
+$(RUNS)/%.json: scripts/%.py $(PACKAGE_FILES) | $(STAMP)
+	@mkdir -p $(@D)
+	@echo "== scripts/$*.py $(SCRIPT_ARGS)"
+	@$(TIMED) $@ $(PY) scripts/$*.py $(SCRIPT_ARGS)
+
+$(GENERATED)/macros.tex: $(RUN_STAMPS) scripts/make_paper_inputs.py analysis/paper.py analysis/organism/__init__.py \
+		paper/reported_gpt2.json | $(STAMP)
+	$(PY) scripts/make_paper_inputs.py $(SCRIPT_ARGS) --scripts $(DEMO_SCRIPTS)
+
+# build_paper.py writes its --pdf only when the log is clean, so a failed check is retried next time.
+$(PAPER_BUILD)/checked.pdf: paper/main.tex paper/references.bib $(GENERATED)/macros.tex scripts/build_paper.py analysis/paper.py
+	$(PY) scripts/build_paper.py $(SCRIPT_ARGS) --pdf $@
+
+paper: $(PAPER_BUILD)/checked.pdf
+	cp $< paper/main.pdf

@@ -1,0 +1,569 @@
+"""The paper's generated inputs: every number it prints, named once, with where it comes from.
+
+The paper (`paper/main.tex`) types no number. Each one is a LaTeX macro declared here as
+
+    Value(name, source, path, fmt)     e.g.  Value("ScanPrevScore", "scan_heads",
+                                                   "results.top_heads.previous_token.0.score")
+
+and read from a JSON file: `source` is a results file (`results/<model>/<source>.json`) or one of
+`FIXED_SOURCES` (the organism's checkpoint records, and the values *reported* by the original
+study of GPT-2 small, which are citations typed from the literature, never outputs). `path` is a
+dotted path into the JSON (list indices are numbers, -1 is the last); `fmt` is a format spec for
+a number typeset with siunitx's `\\num` (".3f", "d", ...) or one of "head" (`{"layer": 1,
+"head": 5}` -> L1H5), "text", "percent". A value computed from several entries gives a tuple of
+paths and a `combine` function of the entries.
+
+Tables are short functions of the loaded results that return booktabs `tabular`s; the table
+environment and its caption stay in main.tex. `generate` writes `macros.tex`, one
+`tab_<name>.tex` per table and `manifest.json` (every macro with its file, path and LaTeX), so
+a test can check that each macro comes from a results file that exists.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from analysis.errors import UsageError
+from analysis.io import REPO_ROOT, model_slug, write_json_atomic, write_text_atomic
+from analysis.models import ORGANISM_DIR
+
+PAPER_DIR = REPO_ROOT / "paper"
+FIXED_SOURCES: dict[str, Path] = {
+    "training_log": ORGANISM_DIR / "training_log.json",
+    "ground_truth": ORGANISM_DIR / "ground_truth.json",
+    "reported": PAPER_DIR / "reported_gpt2.json",
+}
+RUNS_DIR = ".runs"  # results/<model>/.runs/<script>.json: {"seconds": wall time}, written by make
+
+
+# --- looking values up ----------------------------------------------------------------------------
+
+
+def lookup(obj: Any, path: str) -> Any:
+    """`obj` followed along a dotted path such as "results.top_heads.semantic.0.score"."""
+    for key in path.split("."):
+        if isinstance(obj, list) and re.fullmatch(r"-?\d+", key) and -len(obj) <= int(key) < len(obj):
+            obj = obj[int(key)]
+        elif isinstance(obj, Mapping) and key in obj:
+            obj = obj[key]
+        else:
+            raise KeyError(key)
+    return obj
+
+
+class Results:
+    """The JSON files of one model's run, each read once; records every entry the paper reads."""
+
+    def __init__(self, root: Path | str, model: str, fixed: Mapping[str, Path] = FIXED_SOURCES):
+        self.root, self.model, self.fixed = Path(root), model, dict(fixed)
+        self._cache: dict[str, Any] = {}
+        self.read: set[tuple[str, str]] = set()  # (source, path) pairs, for trimmed fixture copies
+
+    @property
+    def directory(self) -> Path:
+        return self.root / "results" / model_slug(self.model)
+
+    def path(self, source: str) -> Path:
+        return self.fixed[source] if source in self.fixed else self.directory / f"{source}.json"
+
+    def load(self, source: str) -> Any:
+        if source not in self._cache:
+            path = self.path(source)
+            if not path.exists():
+                hint = ("it is one of the repository's own files: restore it with git" if source in self.fixed
+                        else f"run `make figures MODEL={self.model}` (or scripts/{source}.py --model {self.model})")
+                raise UsageError(f"The paper needs {path}, which does not exist; {hint}.")
+            self._cache[source] = json.loads(path.read_text())
+        return self._cache[source]
+
+    def get(self, source: str, path: str) -> Any:
+        try:
+            value = lookup(self.load(source), path)
+        except KeyError as err:
+            raise UsageError(
+                f"{self.path(source)} has no entry {path!r} (no key {err.args[0]!r}): the script's output "
+                "changed since the paper's spec in analysis/paper.py was written. Update the spec, or rerun "
+                "the script if its results file is older than the script."
+            ) from None
+        self.read.add((source, path))
+        return value
+
+    def run_seconds(self, script: str) -> float | None:
+        """Wall time of a script's last run by make, or None if make did not run it."""
+        stamp = self.directory / RUNS_DIR / f"{script}.json"
+        return json.loads(stamp.read_text())["seconds"] if stamp.exists() else None
+
+
+# --- formatting -----------------------------------------------------------------------------------
+
+_LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+MISSING = "--"  # a number a results file stores as null (NaN): printed, never hidden
+
+
+def latex_escape(text: str) -> str:
+    """Plain text made safe for LaTeX: R&D_1 -> R\\&D\\_1."""
+    return "".join(_LATEX_SPECIALS.get(c, c) for c in str(text))
+
+
+def short_commit(commit: str) -> str:
+    """A commit hash as printed: its first 12 characters, plus "+dirty" for uncommitted changes."""
+    return commit[:12] + ("+dirty" if commit.endswith("+dirty") else "")
+
+
+def head_name(value: Any) -> str:
+    """L<layer>H<head> from {"layer": l, "head": h} or [l, h]."""
+    layer, head = (value["layer"], value["head"]) if isinstance(value, Mapping) else value
+    return f"L{int(layer)}H{int(head)}"
+
+
+def format_value(value: Any, fmt: str) -> str:
+    """The LaTeX for one value: numbers through siunitx's \\num, heads as LxHy, text escaped."""
+    if fmt == "head":
+        return head_name(value)
+    if fmt == "text":
+        return latex_escape(value)
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return MISSING
+    if fmt == "percent":
+        return rf"\SI{{{100 * value:.0f}}}{{\percent}}"
+    if fmt == "d":
+        return rf"\num{{{int(round(value))}}}"
+    return rf"\num{{{value:{fmt}}}}"
+
+
+# --- the declarative spec of macros ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Value:
+    """Macro `\\name` = `fmt` applied to the entry at `path` of `source`, or to `combine(*entries)`."""
+
+    name: str
+    source: str
+    path: str | tuple[str, ...]
+    fmt: str = ".3f"
+    combine: Callable[..., Any] | None = None
+
+    def __post_init__(self):
+        if not re.fullmatch(r"[A-Za-z]+", self.name):
+            raise ValueError(f"macro name {self.name!r}: LaTeX macro names are letters only")
+
+    @property
+    def entries(self) -> list[tuple[str, str]]:
+        """(source, path) of each entry read; a path "other:a.b" reads entry a.b of source other."""
+        paths = (self.path,) if isinstance(self.path, str) else self.path
+        return [tuple(p.split(":", 1)) if ":" in p else (self.source, p) for p in paths]
+
+    def resolve(self, results: Results) -> Any:
+        entries = [results.get(source, path) for source, path in self.entries]
+        return self.combine(*entries) if self.combine is not None else entries[0]
+
+    def latex(self, results: Results) -> str:
+        return format_value(self.resolve(results), self.fmt)
+
+
+def value_at_head(values: Sequence[Sequence[float]], head: Mapping[str, int]) -> float:
+    """A `[layer][head]` map's entry at the head named by {"layer": l, "head": h}."""
+    return values[head["layer"]][head["head"]]
+
+
+def at_head(name: str, source: str, map_path: str, head_path: str, fmt: str = ".3f") -> Value:
+    """A macro for a layer x head map read at the head another entry names (e.g. the scan's best)."""
+    return Value(name, source, (map_path, head_path), fmt, value_at_head)
+
+
+def _provenance(prefix: str, source: str) -> list[Value]:
+    """Model shape, seed and commit, from one results file's provenance."""
+    model = "provenance.model"
+    return [
+        Value(f"{prefix}Name", source, f"{model}.name", "text"),
+        Value(f"{prefix}Layers", source, f"{model}.n_layers", "d"),
+        Value(f"{prefix}Heads", source, f"{model}.n_heads", "d"),
+        Value(f"{prefix}DModel", source, f"{model}.d_model", "d"),
+        Value(f"{prefix}DHead", source, f"{model}.d_head", "d"),
+        Value(f"{prefix}DVocab", source, f"{model}.d_vocab", "d"),
+        Value(f"{prefix}NCtx", source, f"{model}.n_ctx", "d"),
+        Value(f"{prefix}Commit", source, "provenance.git_commit", "text", short_commit),
+    ]
+
+
+def _organism() -> list[Value]:
+    """The organism's planted heads and training run (its checkpoint's own records)."""
+    cfg = "train_config"
+    return [
+        Value("OrgPlantedPrev", "ground_truth", "planted_heads.previous_token", "head"),
+        Value("OrgPlantedInd", "ground_truth", "planted_heads.induction", "head"),
+        Value("OrgPlantedSem", "ground_truth", "planted_heads.semantic", "head"),
+        Value("OrgCategories", "ground_truth", "categories", "d", len),
+        Value("OrgCategoryWords", "ground_truth", "categories", "d", lambda c: sum(map(len, c.values()))),
+        Value("OrgLayers", "training_log", f"{cfg}.n_layers", "d"),
+        Value("OrgHeads", "training_log", f"{cfg}.n_heads", "d"),
+        Value("OrgDModel", "training_log", f"{cfg}.d_model", "d"),
+        Value("OrgDHead", "training_log", f"{cfg}.d_head", "d"),
+        Value("OrgDMLP", "training_log", f"{cfg}.d_mlp", "d"),
+        Value("OrgNCtx", "training_log", f"{cfg}.n_ctx", "d"),
+        Value("OrgSteps", "training_log", f"{cfg}.steps", "d"),
+        Value("OrgBatch", "training_log", f"{cfg}.batch_size", "d"),
+        Value("OrgLR", "training_log", f"{cfg}.lr", ".0e"),
+        Value("OrgWarmup", "training_log", f"{cfg}.warmup_steps", "d"),
+        Value("OrgWeightDecay", "training_log", f"{cfg}.weight_decay", ".2f"),
+        Value("OrgSupervisionWeight", "training_log", f"{cfg}.supervision_weight", ".1f"),
+        Value("OrgTrainSeed", "training_log", f"{cfg}.seed", "d"),
+        Value("OrgMixCategory", "training_log", f"{cfg}.mixture.category_text", "percent"),
+        Value("OrgMixRepeated", "training_log", f"{cfg}.mixture.repeated_chunks", "percent"),
+        Value("OrgMixRandom", "training_log", f"{cfg}.mixture.random_tokens", "percent"),
+        Value("OrgTrainMinutes", "training_log", "seconds", ".1f", lambda s: s / 60),
+        Value("OrgTrainThreads", "training_log", "torch_threads", "d"),
+        Value("OrgInitialLMLoss", "training_log", "log.0.lm_loss", ".2f"),
+        Value("OrgFinalLMLoss", "training_log", "log.-1.lm_loss", ".2f"),
+    ]
+
+
+def _scan() -> list[Value]:
+    """The all-heads scan (scripts/scan_heads.py): best heads of each kind and the probe sizes."""
+    src, top, maps, settings = "scan_heads", "results.top_heads", "results.maps", "results.settings"
+    values = []
+    for prefix, kind, ranks in (("ScanPrev", "previous_token", 2), ("ScanInd", "induction", 2),
+                                ("ScanDup", "duplicate", 1), ("ScanSem", "semantic", 2)):
+        for rank, suffix in list(enumerate(("", "Runner")))[:ranks]:
+            values += [Value(f"{prefix}{suffix}Head", src, f"{top}.{kind}.{rank}", "head"),
+                       Value(f"{prefix}{suffix}Score", src, f"{top}.{kind}.{rank}.score", ".3f")]
+    return values + [
+        at_head("ScanPrevNoBos", src, f"{maps}.previous_token_no_bos", f"{top}.previous_token.0"),
+        Value("ScanIndShort", src, (maps, f"{settings}.repeat_lengths.1", f"{top}.induction.0"), ".3f",
+              lambda m, length, head: value_at_head(m[f"induction_{length}"], head)),
+        Value("ScanNRandom", src, f"{settings}.n_random", "d"),
+        Value("ScanRandomLength", src, f"{settings}.random_length", "d"),
+        Value("ScanNRepeated", src, f"{settings}.n_repeated", "d"),
+        Value("ScanRepeatLong", src, f"{settings}.repeat_lengths.0", "d"),
+        Value("ScanRepeatShort", src, f"{settings}.repeat_lengths.1", "d"),
+        Value("ScanNCategory", src, f"{settings}.n_category", "d"),
+        Value("ScanCategoryWords", src, f"{settings}.category_words", "d"),
+        Value("ScanCeiling", src, "results.induction_ceiling", ".1f"),
+    ]
+
+
+def _survey() -> list[Value]:
+    """The semantic-head survey and the target head (scripts/characterize_head.py)."""
+    src, target, args = "characterize_head", "results.target", "provenance.arguments"
+    values = [Value("SurveyHead", src, target, "head"),
+              Value("SurveyChosenBy", src, f"{target}.chosen_by", "text")]
+    for prefix, metric, fmt in (("SurveyS", "surprisal", ".3f"), ("SurveyPartner", "partner_mass", ".3f"),
+                                ("SurveySelf", "self_mass", ".3f"), ("SurveyBos", "bos_mass_no_partner", ".3f"),
+                                ("SurveyArgmax", "argmax_accuracy", ".3f")):
+        values += [Value(prefix, src, f"{target}.{metric}", fmt),
+                   Value(f"{prefix}Low", src, f"{target}.{metric}_low", fmt),
+                   Value(f"{prefix}High", src, f"{target}.{metric}_high", fmt)]
+    return values + [
+        Value("SurveyRunnerHead", src, "results.survey.1", "head"),
+        Value("SurveyRunnerS", src, "results.survey.1.surprisal", ".3f"),
+        Value("SurveyMargin", src, "results.separation.margin", ".3f"),
+        Value("SurveyCIs", src, "results.separation.separated", "text", lambda s: "disjoint" if s else "overlapping"),
+        Value("SurveyNPrompts", src, f"{args}.n_prompts", "d"),
+        Value("SurveyNWords", src, f"{args}.n_words", "d"),
+        Value("SurveyResamples", src, f"{args}.n_resamples", "d"),
+        Value("SurveyHeadsTotal", src, "results.survey", "d", len),
+        Value("ExampleWords", src, f"{args}.example_words", "d"),
+        Value("ExampleS", src, "results.example.scores.surprisal", ".3f"),
+        Value("ExamplePartner", src, "results.example.scores.partner_mass", ".2f"),
+        Value("ExampleSelf", src, "results.example.scores.self_mass", ".2f"),
+    ]
+
+
+def _reported() -> list[Value]:
+    """Values reported for GPT-2 small by the original study and the literature (citations)."""
+    src = "reported"
+    return [
+        Value("RepSemHead", src, "semantic_head.head", "head"),
+        Value("RepSemLayer", src, "semantic_head.head.0", "d"),
+        Value("RepSemHeadIndex", src, "semantic_head.head.1", "d"),
+        Value("RepCopySuppressionHead", src, "baseline.copy_suppression_head", "head"),
+        Value("RepSemPromptTokens", src, "semantic_head.prompt_tokens", "d"),
+        Value("RepPrevHead", src, "baseline.previous_token_heads.0", "text"),
+        Value("RepIndHeads", src, "baseline.induction_heads", "text", ", ".join),
+        Value("RepDupHeads", src, "baseline.duplicate_token_heads", "text", ", ".join),
+    ]
+
+
+def spec() -> list[Value]:
+    """Every macro of the paper, in the order macros.tex lists them."""
+    values = [*_provenance("Model", "scan_heads"), *_organism(), *_scan(), *_survey(), *_reported()]
+    names = [v.name for v in values]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"macro names declared twice: {twice}")
+    return values
+
+
+# --- tables -------------------------------------------------------------------------------------
+
+
+def tabular(colspec: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A booktabs tabular; cells are LaTeX already (numbers in S columns go in braces if not plain)."""
+    lines = [rf"\begin{{tabular}}{{{colspec}}}", r"\toprule", " & ".join(header) + r" \\", r"\midrule"]
+    lines += [" & ".join(row) + r" \\" for row in rows]
+    lines += [r"\bottomrule", r"\end{tabular}", ""]
+    return "\n".join(lines)
+
+
+def _kinds() -> list[tuple[str, str, str]]:
+    return [("previous-token", "previous_token", r"mean $A_{i,i-1}$"),
+            ("induction", "induction", r"mean $A_{q,q-L+1}$"),
+            ("duplicate-token", "duplicate", r"mean $A_{q,q-L}$"),
+            ("semantic", "semantic", r"$S$ (nats, lower is better)")]
+
+
+def table_scan(results: Results, n: int = 3) -> str:
+    """The scan's top heads of each kind."""
+    rows = []
+    for label, kind, unit in _kinds():
+        heads = results.get("scan_heads", f"results.top_heads.{kind}")[:n]
+        cells = [f"{head_name(h)} ({format_value(h['score'], '.3f')})" for h in heads]
+        rows.append([label, unit, *cells])
+    header = ["kind", "score", *[("best" if i == 0 else f"rank {i + 1}") for i in range(n)]]
+    return tabular("ll" + "l" * n, header, rows)
+
+
+THRESHOLD_LABELS = {
+    "previous_token": "previous-token score",
+    "induction_50": r"induction score, $|r| = 50$",
+    "induction_20": r"induction score, $|r| = 20$",
+    "semantic_partner_mass": "semantic: mass on partners",
+    "semantic_self_mass": "semantic: mass on self and copies",
+    "semantic_bos_mass_no_partner": "semantic: BOS mass, no partner",
+}
+
+
+def table_survey(results: Results, n: int = 5) -> str:
+    """The survey's best heads by S, with 95% bootstrap CIs and the companions."""
+    rows = []
+    for row in results.get("characterize_head", "results.survey")[:n]:
+        ci = f"[{format_value(row['surprisal_low'], '.3f')}, {format_value(row['surprisal_high'], '.3f')}]"
+        rows.append([format_value(row["rank"], "d"), head_name(row), format_value(row["surprisal"], ".3f"), ci,
+                     *(format_value(row[m], ".3f") for m in ("partner_mass", "self_mass", "bos_mass_no_partner",
+                                                            "argmax_accuracy"))])
+    header = ["rank", "head", r"$S$ (nats)", r"95\,\% CI", "partner", "self", "BOS, no partner", "argmax"]
+    return tabular("rlrlrrrr", header, rows)
+
+
+def table_thresholds(results: Results) -> str:
+    """The organism's acceptance thresholds (analysis.organism.THRESHOLDS) beside its measured values."""
+    from analysis.organism import THRESHOLDS
+
+    evals = [r for r in results.get("training_log", "log") if "eval" in r]
+    first, last = evals[0], evals[-1]
+    rows = []
+    for key, (rule, bound) in THRESHOLDS.items():
+        rule_tex = r"$\geq$" if rule == "at least" else r"$\leq$"
+        rows.append([THRESHOLD_LABELS.get(key, latex_escape(key)), f"{rule_tex} {format_value(bound, '.1f')}",
+                     format_value(first["eval"][key], ".2f"),
+                     format_value(results.get("training_log", f"final_eval.{key}"), ".3f")])
+    header = ["behaviour of the planted head", "threshold", f"step {first['step'] + 1}", "final"]
+    return tabular("llrr", header, rows)
+
+
+def table_provenance(results: Results, sources: Sequence[str]) -> str:
+    """Hardware, commit and package versions recorded by the results files (every distinct value)."""
+    recorded: dict[str, set[str]] = {}
+    for source in sources:
+        prov = results.get(source, "provenance")
+        entries = {"platform": prov["hardware"]["platform"], "torch threads": prov["hardware"]["torch_threads"],
+                   "accelerator": prov["hardware"]["cuda"] or "none (CPU only)",
+                   "commit": short_commit(prov["git_commit"]), **prov["packages"]}
+        for key, value in entries.items():
+            recorded.setdefault(key, set()).add(str(value))
+    rows = [[latex_escape(key), r"\texttt{" + latex_escape(", ".join(sorted(values))) + "}"]
+            for key, values in recorded.items()]
+    return tabular("ll", ["recorded", "value"], rows)
+
+
+def table_runs(results: Results, scripts: Sequence[str]) -> str:
+    """Each script of the run: seed, wall time under make and its results file."""
+    rows = []
+    for script in scripts:
+        seconds = results.run_seconds(script)
+        seed = results.get(script, "provenance.seed")
+        rows.append([rf"\texttt{{{latex_escape(script)}.py}}", format_value(seed, "d"),
+                     format_value(seconds, ".1f")])
+    return tabular("lrr", ["script", "seed", "wall time (s)"], rows)
+
+
+def replication_rows() -> list[tuple[str, Value | None, Value]]:
+    """(quantity, this run's value, the value reported for GPT-2 small) for the replication table."""
+    rep = "reported"
+    return [
+        ("best previous-token head", Value("a", "scan_heads", "results.top_heads.previous_token.0", "head"),
+         Value("b", rep, "baseline.previous_token_heads", "text", ", ".join)),
+        ("best induction head", Value("a", "scan_heads", "results.top_heads.induction.0", "head"),
+         Value("b", rep, "baseline.induction_heads", "text", ", ".join)),
+        ("best duplicate-token head", Value("a", "scan_heads", "results.top_heads.duplicate.0", "head"),
+         Value("b", rep, "baseline.duplicate_token_heads", "text", ", ".join)),
+        ("semantic head (lowest $S$)", Value("a", "characterize_head", "results.survey.0", "head"),
+         Value("b", rep, "semantic_head.head", "head")),
+        ("$S$ of the semantic head (nats)", Value("a", "characterize_head", "results.survey.0.surprisal", ".2f"),
+         Value("b", rep, "semantic_head.surprisal", ".1f")),
+        ("$S$ of the runner-up (nats)", Value("a", "characterize_head", "results.survey.1.surprisal", ".2f"),
+         Value("b", rep, "semantic_head.runners_up.0.surprisal", ".1f")),
+        ("mass on valid partners", Value("a", "characterize_head", "results.survey.0.partner_mass", ".2f"),
+         Value("b", rep, "semantic_head.partner_mass", ".2f")),
+        ("mass on self and earlier copies", Value("a", "characterize_head", "results.survey.0.self_mass", ".2f"),
+         Value("b", rep, "semantic_head.self_mass", ".2f")),
+        ("BOS mass when no partner", Value("a", "characterize_head", "results.survey.0.bos_mass_no_partner", ".2f"),
+         Value("b", rep, "semantic_head.bos_mass_no_partner", ".2f")),
+    ]
+
+
+def table_replication(results: Results) -> str:
+    """This run's numbers beside the numbers reported for GPT-2 small."""
+    rows = [[label, ours.latex(results) if ours is not None else MISSING, theirs.latex(results)]
+            for label, ours, theirs in replication_rows()]
+    return tabular("lll", ["quantity", "this run", "reported, GPT-2 small"], rows)
+
+
+# --- writing the generated files --------------------------------------------------------------------
+
+
+def _run_macros(results: Results, scripts: Sequence[str]) -> list[tuple[str, str, list[tuple[str, str]]]]:
+    """Total wall time and number of the scripts that make timed (the others ran outside make)."""
+    timed = [s for s in scripts if results.run_seconds(s) is not None]
+    stamps = [(str(results.directory / RUNS_DIR / f"{s}.json"), "seconds") for s in timed]
+    total = sum(results.run_seconds(s) for s in timed)
+    return [("RunTotalMinutes", format_value(total / 60, ".1f"), stamps),
+            ("RunScripts", format_value(len(timed), "d"), stamps)]
+
+
+def tables(results: Results, scripts: Sequence[str]) -> dict[str, str]:
+    """Every generated table, by name (written as tab_<name>.tex)."""
+    return {
+        "scan": table_scan(results),
+        "survey": table_survey(results),
+        "replication": table_replication(results),
+        "thresholds": table_thresholds(results),
+        "provenance": table_provenance(results, scripts),
+        "runs": table_runs(results, scripts),
+    }
+
+
+def generate(results: Results, out_dir: Path | str, figures_dir: Path | str, scripts: Sequence[str],
+             paper_dir: Path | str = PAPER_DIR) -> dict[str, dict]:
+    """Write macros.tex, tab_*.tex and manifest.json into `out_dir`; returns the manifest.
+
+    The manifest maps every macro to the (file, entry) pairs it was computed from. `figures_dir`
+    becomes `\\FigureDir`, relative to `paper_dir` (where LaTeX runs) when possible.
+    """
+    out_dir = Path(out_dir)
+    macros = [(v.name, v.latex(results), [(str(results.path(src)), path) for src, path in v.entries]) for v in spec()]
+    macros += _run_macros(results, scripts)
+    figures = Path(figures_dir).resolve()
+    try:
+        figures_tex = os.path.relpath(figures, Path(paper_dir).resolve())
+    except ValueError:  # on another drive (Windows)
+        figures_tex = str(figures)
+    macros.append(("FigureDir", figures_tex.replace(os.sep, "/") + "/", [(str(figures), "")]))
+
+    lines = ["% Generated by scripts/make_paper_inputs.py from the results JSON; do not edit.",
+             "% Each macro's comment names the file(s) and entries it came from."]
+    for name, latex, origin in macros:
+        where = " + ".join(f"{Path(file).name}: {path}" if path else file for file, path in origin)
+        lines.append(rf"\newcommand{{\{name}}}{{{latex}}}% {where}")
+    model = results.get("scan_heads", "provenance.model.name")
+    lines += [r"\newif\ifOrganism", r"\Organismtrue" if model == "organism" else r"\Organismfalse"]
+    manifest = {name: {"latex": latex, "entries": origin} for name, latex, origin in macros}
+    manifest["ifOrganism"] = {"latex": str(model == "organism"),
+                              "entries": [(str(results.path("scan_heads")), "provenance.model.name")]}
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, text in tables(results, scripts).items():
+        write_text_atomic(out_dir / f"tab_{name}.tex", text)
+    write_json_atomic(out_dir / "manifest.json", manifest)
+    write_text_atomic(out_dir / "macros.tex", "\n".join(lines) + "\n")  # last: make's target
+    return manifest
+
+
+# --- building and checking the PDF --------------------------------------------------------------
+
+OVERFULL_TOLERANCE_PT = 1.0  # overfull boxes up to this much are invisible in print
+LATEXMK = ["latexmk", "-pdf", "-interaction=nonstopmode", "-halt-on-error", "-file-line-error"]
+
+
+def log_problems(log: str, tolerance_pt: float = OVERFULL_TOLERANCE_PT) -> list[str]:
+    """Undefined references, citations or macros, missing files and overfull boxes in a LaTeX log."""
+    patterns = {
+        "undefined reference": r"LaTeX Warning: Reference `([^']+)' on page",
+        "undefined citation": r"Warning: Citation `([^']+)' on page",
+        "undefined macro": r"! Undefined control sequence\.\s*\n.*?(\\[A-Za-z@]+)",
+        "missing file": r"LaTeX Warning: File `([^']+)' not found",
+        "unstable labels": r"(Label\(s\) may have changed)",
+        "missing character": r"Missing character: There is no (\S+)",
+    }
+    problems = []
+    for what, pattern in patterns.items():
+        problems += [f"{what}: {m}" for m in sorted(set(re.findall(pattern, log)))]
+    for kind, amount in re.findall(r"Overfull \\([hv]box) \((\d+(?:\.\d+)?)pt too", log):
+        if float(amount) > tolerance_pt:
+            problems.append(f"overfull \\{kind} by {amount}pt")
+    return problems
+
+
+def build_pdf(generated: Path | str, build_dir: Path | str, paper_dir: Path | str = PAPER_DIR) -> tuple[Path, list[str]]:
+    """latexmk on main.tex with `generated` on TeX's input path; (the PDF, the problems in its log).
+
+    A LaTeX error raises `UsageError` with the log's error lines.
+    """
+    if shutil.which("latexmk") is None:
+        raise UsageError(
+            "latexmk is not installed, so the paper cannot be built. On Debian or Ubuntu: apt-get install "
+            "latexmk texlive-latex-recommended texlive-latex-extra texlive-fonts-recommended texlive-science "
+            "(README, Reproducing the paper)."
+        )
+    build_dir = Path(build_dir).resolve()
+    env = {**os.environ, "TEXINPUTS": f"{Path(generated).resolve()}{os.pathsep}"}  # trailing separator: TeX's own path too
+    done = subprocess.run([*LATEXMK, f"-outdir={build_dir}", "main.tex"], cwd=paper_dir, env=env,
+                          capture_output=True, text=True)
+    log_path = build_dir / "main.log"
+    log = log_path.read_text(errors="replace") if log_path.exists() else done.stdout + done.stderr
+    if done.returncode != 0:
+        errors = [line for line in log.splitlines() if line.startswith("!") or ":error:" in line or ".tex:" in line]
+        raise UsageError(f"LaTeX failed on {Path(paper_dir) / 'main.tex'} (log: {log_path}): "
+                         + " | ".join(errors[:5] or log.splitlines()[-5:]))
+    return build_dir / "main.pdf", log_problems(log)
+
+
+# --- a trimmed copy of the results, for the paper's tests ------------------------------------------
+
+
+def trimmed_copy(results: Results, dest: Path | str, scripts: Sequence[str]) -> list[Path]:
+    """Write to `dest` (a results/<model>/ to be) only the entries the paper read, and make's run stamps.
+
+    A path through a list keeps the whole list, so indices stay valid.
+    """
+    kept: dict[str, dict] = {}
+    for source, path in sorted(results.read):
+        if source in results.fixed:
+            continue
+        keys = path.split(".")
+        cut = next((i for i, k in enumerate(keys) if re.fullmatch(r"-?\d+", k)), len(keys))
+        keep = keys[:max(cut, 1)]
+        node, src = kept.setdefault(source, {}), results.load(source)
+        for key in keep[:-1]:
+            src = src[key]
+            node = node.setdefault(key, {})
+        node[keep[-1]] = copy.deepcopy(src[keep[-1]])
+    dest = Path(dest)
+    written = [write_json_atomic(dest / f"{source}.json", data) for source, data in kept.items()]
+    for script in scripts:
+        seconds = results.run_seconds(script)
+        if seconds is not None:
+            written.append(write_json_atomic(dest / RUNS_DIR / f"{script}.json", {"seconds": seconds}))
+    return written

@@ -1,0 +1,48 @@
+"""Build paper/main.pdf from paper/main.tex and the generated inputs of one model, and check it.
+
+Runs latexmk (pdflatex + bibtex) on paper/main.tex with paper/generated/<model>/ (written by
+scripts/make_paper_inputs.py) on TeX's input path, into paper/build/<model>/, then checks the log:
+undefined references, citations or macros, missing files or overfull boxes (beyond a small
+tolerance) fail the build with a list of what to fix. On success the PDF is copied to
+paper/main.pdf. `make paper` runs it; TeX must be installed (README, Reproducing the paper).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from analysis import cli, paper  # noqa: E402
+from analysis.io import model_slug  # noqa: E402
+
+
+def build_parser():
+    p = cli.parser(__doc__)
+    p.add_argument("--generated", type=Path, default=None,
+                   help="generated inputs (default: paper/generated/<model>)")
+    p.add_argument("--build-dir", type=Path, default=None, help="LaTeX's output directory (default: paper/build/<model>)")
+    p.add_argument("--pdf", type=Path, default=paper.PAPER_DIR / "main.pdf", help="where the PDF goes (default: paper/main.pdf)")
+    return p
+
+
+def main(args) -> None:
+    slug = model_slug(args.model)
+    generated = args.generated or paper.PAPER_DIR / "generated" / slug
+    if not (generated / "macros.tex").exists():
+        raise cli.UsageError(f"{generated / 'macros.tex'} does not exist: run scripts/make_paper_inputs.py "
+                             f"--model {args.model} first (or make paper MODEL={args.model}).")
+    pdf, problems = paper.build_pdf(generated, args.build_dir or paper.PAPER_DIR / "build" / slug)
+    for problem in problems:
+        print(f"paper: {problem}", file=sys.stderr)
+    if problems:
+        sys.exit(1)
+    args.pdf.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(pdf, args.pdf)
+    print(f"{args.pdf} ({args.model}): no undefined references, citations or macros, no overfull boxes")
+
+
+if __name__ == "__main__":
+    cli.run(main, build_parser())

@@ -1,0 +1,50 @@
+"""Write the paper's generated inputs from a model's results: numbers as macros, tables as files.
+
+Reads OUT/results/<model>/*.json (and the organism's checkpoint records and
+paper/reported_gpt2.json) through the declarative spec in analysis/paper.py and writes
+
+  paper/generated/<model>/macros.tex     one \\newcommand per number, commented with its origin
+  paper/generated/<model>/tab_*.tex      booktabs tables
+  paper/generated/<model>/manifest.json  every macro with its results file and entry
+
+`make paper` runs it, then scripts/build_paper.py. With --trimmed-copy DIR it also writes only
+the entries the paper reads to DIR, laid out as results/<model>/ (the paper tests' fixture is
+refreshed with --trimmed-copy tests/fixtures/paper/organism).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from analysis import cli, paper  # noqa: E402
+from analysis.io import figures_dir  # noqa: E402
+
+
+def build_parser():
+    p = cli.parser(__doc__)
+    p.add_argument("--scripts", nargs="*", default=[],
+                   help="the run's scripts in order, for the run-time and provenance tables (make passes DEMO_SCRIPTS)")
+    p.add_argument("--generated", type=Path, default=None,
+                   help="directory for the generated files (default: paper/generated/<model>)")
+    p.add_argument("--figures", type=Path, default=None, help="figures directory (default: OUT/figures/<model>)")
+    p.add_argument("--trimmed-copy", type=Path, default=None, metavar="DIR",
+                   help="also copy the entries the paper reads to DIR, laid out as results/<model>/ (test fixture)")
+    return p
+
+
+def main(args) -> None:
+    results = paper.Results(args.out, args.model)
+    generated = args.generated or paper.PAPER_DIR / "generated" / results.directory.name
+    figures = args.figures or figures_dir(args.out, args.model)
+    manifest = paper.generate(results, generated, figures, args.scripts)
+    print(f"{len(manifest)} values from {results.directory} -> {generated}")
+    if args.trimmed_copy is not None:
+        written = paper.trimmed_copy(results, args.trimmed_copy, args.scripts)
+        print(f"trimmed copy: {len(written)} files under {args.trimmed_copy}")
+
+
+if __name__ == "__main__":
+    cli.run(main, build_parser())
