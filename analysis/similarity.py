@@ -15,6 +15,7 @@ GPT-2 tokens fit in a few hundred MB.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 
 import numpy as np
@@ -72,7 +73,8 @@ def windowed_means(counts: Tensor, sums: Tensor, level: float = 0.99, n_resample
     counts_np, sums_np = counts.double().numpy(), sums.numpy()
     n = counts_np.shape[0]
     total = counts_np.sum(0)
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an empty window is NaN in every resample, on purpose
         mean = sums_np.sum(0) / total
         rng = np.random.default_rng(seed)
         resampled = []
