@@ -82,3 +82,6 @@ $(PAPER_BUILD)/checked.pdf: paper/main.tex paper/references.bib $(GENERATED)/mac
 
 paper: $(PAPER_BUILD)/checked.pdf
 	cp $< paper/main.pdf
+
+# Scripts that read other scripts' results (besides the analysis package):
+$(RUNS)/cosine_attention_analysis.json: $(RUNS)/token_freq.json

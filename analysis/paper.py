@@ -281,6 +281,71 @@ def _survey() -> list[Value]:
     ]
 
 
+ABLATION_CONDITIONS = {  # component_ablation's conditions, as the paper names them
+    "baseline": "none (baseline)", "token_embedding": "token embedding", "positional_embedding": "positional embedding",
+    "attention_0": "first attention layer", "mlp_0": "first MLP", "mlp_only_residual": "MLP-only residual",
+}
+
+
+def ablation_row(table: Sequence[Mapping[str, Any]], mode: str, condition: str) -> Mapping[str, Any]:
+    """component_ablation's table row for one (mode, condition)."""
+    return next(r for r in table if r["mode"] == mode and r["condition"] == condition)
+
+
+def damage_share(baseline: float, ablated: float, reference: float) -> float:
+    """(ablated - baseline) / (reference - baseline): an ablation's damage as a share of another's."""
+    return (ablated - baseline) / (reference - baseline)
+
+
+def _ablation() -> list[Value]:
+    """Component ablation (scripts/component_ablation.py): median S per ablated component and mode."""
+    src, table = "component_ablation", "results.table"
+    values = [Value("AblNPrompts", src, "provenance.arguments.n_prompts", "d"),
+              Value("AblNWords", src, "provenance.arguments.n_words", "d"),
+              Value("AblHead", src, "results.target", "head")]
+    names = {"baseline": "Base", "token_embedding": "Token", "positional_embedding": "Pos", "attention_0": "Attn",
+             "mlp_0": "MLP", "mlp_only_residual": "MLPOnly"}
+    for condition, short in names.items():
+        for mode in ("mean",) if condition == "baseline" else ("mean", "zero"):  # unablated: one baseline
+            values.append(Value(f"Abl{short}{mode.title()}", src, table, ".2f",
+                                lambda t, m=mode, c=condition: ablation_row(t, m, c)["median"]))
+    return values + [
+        Value("AblTokenMinusPosMean", src, "results.token_minus_positional_median.mean", ".2f"),
+        Value("AblPosShare", src, table, "percent", lambda t: damage_share(
+            *(ablation_row(t, "mean", c)["median"] for c in ("baseline", "positional_embedding", "token_embedding")))),
+        Value("AblTokenMinusPosZero", src, "results.token_minus_positional_median.zero", ".2f"),
+    ]
+
+
+def _cosine() -> list[Value]:
+    """Attention versus similarity (scripts/cosine_attention_analysis.py) and the token counts it uses."""
+    src, settings, contrast = "cosine_attention_analysis", "results.settings", "results.category_contrast"
+    return [
+        Value("CosHead", src, "results.target", "head"),
+        Value("CosTokens", src, f"{settings}.n_tokens", "d"),
+        Value("CosPairs", src, f"{settings}.pairs", "d"),
+        Value("CosWindow", src, f"{settings}.window", ".3f"),
+        Value("CosVariant", src, f"{settings}.variant", "text"),
+        Value("CosBiases", src, f"{settings}.biases_included", "text", lambda b: "included" if b else "left out"),
+        Value("CosUnits", src, f"{settings}.units", "text"),
+        Value("CosCI", src, f"{settings}.ci", "text"),
+        Value("CosBeatsSelf", src, "results.beats_self_from_cosine", ".2f"),
+        Value("CosPeakCosine", src, "results.peak.cosine", ".2f"),
+        Value("CosPeakMean", src, "results.peak.mean", ".2f"),
+        Value("CosMatesMean", src, f"{contrast}.mates_mean", ".2f"),
+        Value("CosMatesBeat", src, f"{contrast}.mates_beat_self", "percent"),
+        Value("CosMatesPairs", src, f"{contrast}.mates_pairs", "d"),
+        Value("CosOthersMean", src, f"{contrast}.others_mean", ".2f"),
+        Value("CosOthersBeat", src, f"{contrast}.others_beat_self", "percent"),
+        Value("CosQuery", src, "results.example.query", "text", str.strip),
+        Value("CosTopKey", src, "results.example.top_keys.0.token", "text", str.strip),
+        Value("CosTopKeyScore", src, "results.example.top_keys.0.score_minus_self", ".2f"),
+        Value("FreqTokens", "token_freq", "results.total_tokens", "d"),
+        Value("FreqSequences", "token_freq", "results.corpus.sequences", "d"),
+        Value("FreqSource", "token_freq", "results.corpus.source", "text"),
+    ]
+
+
 def _reported() -> list[Value]:
     """Values reported for GPT-2 small by the original study and the literature (citations)."""
     src = "reported"
@@ -293,12 +358,22 @@ def _reported() -> list[Value]:
         Value("RepPrevHead", src, "baseline.previous_token_heads.0", "text"),
         Value("RepIndHeads", src, "baseline.induction_heads", "text", ", ".join),
         Value("RepDupHeads", src, "baseline.duplicate_token_heads", "text", ", ".join),
+        Value("RepAblBase", src, "ablation_medians.baseline", "g"),
+        Value("RepAblToken", src, "ablation_medians.token_embedding", "g"),
+        Value("RepAblPos", src, "ablation_medians.positional_embedding", "g"),
+        Value("RepAblMLP", src, "ablation_medians.mlp0", "g"),
+        Value("RepAblPosShare", src, "ablation_medians", "percent", lambda m: damage_share(
+            m["baseline"], m["positional_embedding"], m["token_embedding"])),
+        Value("RepCosNegative", src, "cosine.strongly_negative_below", "g"),
+        Value("RepCosZero", src, "cosine.zero_crossing", "g"),
+        Value("RepCosPeak", src, "cosine.peak", "g"),
     ]
 
 
 def spec() -> list[Value]:
     """Every macro of the paper, in the order macros.tex lists them."""
-    values = [*_provenance("Model", "scan_heads"), *_organism(), *_scan(), *_survey(), *_reported()]
+    values = [*_provenance("Model", "scan_heads"), *_organism(), *_scan(), *_survey(), *_ablation(), *_cosine(),
+              *_reported()]
     names = [v.name for v in values]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
@@ -357,6 +432,24 @@ def table_survey(results: Results, n: int = 5) -> str:
     return tabular("rlrlrrrr", header, rows)
 
 
+def table_ablation(results: Results) -> str:
+    """Median S [quartiles] per ablated component and mode, beside the medians reported for GPT-2."""
+    table = results.get("component_ablation", "results.table")
+    reported = {k: v for k, v in results.get("reported", "ablation_medians").items() if k != "cite"}
+    reported_key = {"attention_0": "attention0", "mlp_0": "mlp0"}
+    rows = []
+    for condition, label in ABLATION_CONDITIONS.items():
+        cells = [label]
+        for mode in ("mean", "zero"):
+            row = ablation_row(table, mode, condition)
+            cells.append(f"{format_value(row['median'], '.2f')} "
+                         f"[{format_value(row['q25'], '.2f')}, {format_value(row['q75'], '.2f')}]")
+        rep = reported.get(reported_key.get(condition, condition))
+        cells.append(format_value(rep, "g") if rep is not None else MISSING)
+        rows.append(cells)
+    return tabular("llll", ["component ablated", "mean ablation", "zero ablation", "reported, GPT-2"], rows)
+
+
 def table_thresholds(results: Results) -> str:
     """The organism's acceptance thresholds (analysis.organism.THRESHOLDS) beside its measured values."""
     from analysis.organism import THRESHOLDS
@@ -412,15 +505,29 @@ def replication_rows() -> list[tuple[str, Value | None, Value]]:
         ("semantic head (lowest $S$)", Value("a", "characterize_head", "results.survey.0", "head"),
          Value("b", rep, "semantic_head.head", "head")),
         ("$S$ of the semantic head (nats)", Value("a", "characterize_head", "results.survey.0.surprisal", ".2f"),
-         Value("b", rep, "semantic_head.surprisal", ".1f")),
+         Value("b", rep, "semantic_head.surprisal", "g")),
         ("$S$ of the runner-up (nats)", Value("a", "characterize_head", "results.survey.1.surprisal", ".2f"),
-         Value("b", rep, "semantic_head.runners_up.0.surprisal", ".1f")),
+         Value("b", rep, "semantic_head.runners_up.0.surprisal", "g")),
         ("mass on valid partners", Value("a", "characterize_head", "results.survey.0.partner_mass", ".2f"),
-         Value("b", rep, "semantic_head.partner_mass", ".2f")),
+         Value("b", rep, "semantic_head.partner_mass", "g")),
         ("mass on self and earlier copies", Value("a", "characterize_head", "results.survey.0.self_mass", ".2f"),
-         Value("b", rep, "semantic_head.self_mass", ".2f")),
+         Value("b", rep, "semantic_head.self_mass", "g")),
         ("BOS mass when no partner", Value("a", "characterize_head", "results.survey.0.bos_mass_no_partner", ".2f"),
-         Value("b", rep, "semantic_head.bos_mass_no_partner", ".2f")),
+         Value("b", rep, "semantic_head.bos_mass_no_partner", "g")),
+        ("median $S$, unablated", Value("a", "component_ablation", "results.table", ".2f",
+                                       lambda t: ablation_row(t, "mean", "baseline")["median"]),
+         Value("b", rep, "ablation_medians.baseline", "g")),
+        ("median $S$, token embedding mean-ablated", Value("a", "component_ablation", "results.table", ".2f",
+                                                          lambda t: ablation_row(t, "mean", "token_embedding")["median"]),
+         Value("b", rep, "ablation_medians.token_embedding", "g")),
+        ("median $S$, positional embedding mean-ablated",
+         Value("a", "component_ablation", "results.table", ".2f",
+               lambda t: ablation_row(t, "mean", "positional_embedding")["median"]),
+         Value("b", rep, "ablation_medians.positional_embedding", "g")),
+        ("cosine from which mates beat self", Value("a", "cosine_attention_analysis", "results.beats_self_from_cosine", ".2f"),
+         Value("b", rep, "cosine.zero_crossing", "g")),
+        ("cosine of the peak preference", Value("a", "cosine_attention_analysis", "results.peak.cosine", ".2f"),
+         Value("b", rep, "cosine.peak", "g")),
     ]
 
 
@@ -428,7 +535,8 @@ def table_replication(results: Results) -> str:
     """This run's numbers beside the numbers reported for GPT-2 small."""
     rows = [[label, ours.latex(results) if ours is not None else MISSING, theirs.latex(results)]
             for label, ours, theirs in replication_rows()]
-    return tabular("lll", ["quantity", "this run", "reported, GPT-2 small"], rows)
+    column = r">{\raggedright\arraybackslash}p{%s\linewidth}"
+    return tabular(column % 0.45 + column % 0.18 + column % 0.27, ["quantity", "this run", "reported, GPT-2 small"], rows)
 
 
 # --- writing the generated files --------------------------------------------------------------------
@@ -448,6 +556,7 @@ def tables(results: Results, scripts: Sequence[str]) -> dict[str, str]:
     return {
         "scan": table_scan(results),
         "survey": table_survey(results),
+        "ablation": table_ablation(results),
         "replication": table_replication(results),
         "thresholds": table_thresholds(results),
         "provenance": table_provenance(results, scripts),
