@@ -8,8 +8,9 @@ thing that varied were its identity:
                            x = x + MLP_l(LN2_l(x))
     input(t) = LN1_L(x)
 
-`variant="mean"` uses means over a reference prompt set (positions after BOS); `variant="zero"`
-sets c_pos and c_attn to zero (the zero-ablation view). With TransformerLens's default
+`variant="mean"` uses means over a reference prompt set (positions after BOS; the default set
+is `prompts.reference_prompts(model, seed)`, the study's category prompts); `variant="zero"`
+sets c_pos and c_attn to zero (the zero-ablation view). Results record which variant they used. With TransformerLens's default
 processing the LayerNorm weights are folded into W_Q/W_K, so LN1 here only centres and scales.
 Everything is computed in chunks of the vocabulary (GPT-2's 50257 tokens fit in bounded
 memory) and cached on disk per model, layer and variant.

@@ -66,5 +66,5 @@ def test_characterize_head_script_end_to_end(tmp_path, truth):
 def test_characterize_head_rejects_a_missing_head(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         run_main("characterize_head", "--out", str(tmp_path), "--layer", "7", "--head", "0")
-    assert exit_.value.code == 2 and "L7H0 does not exist" in capsys.readouterr().err
+    assert exit_.value.code == 2 and "L7H0 does not exist" in " ".join(capsys.readouterr().err.split())
     assert not (tmp_path / "results").exists()
