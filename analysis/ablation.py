@@ -115,16 +115,16 @@ def ablation_study(model: HookedTransformer, tokens: Tensor, mask: Tensor, layer
         pattern = head_pattern(model, tokens, layer, head, hooks)[:, None]  # (B, 1, q, k)
         return scores.semantic_surprisal(pattern, mask, rows)[:, 0]
 
-    shared = {"baseline": [], MLP_ONLY_RESIDUAL: mlp_only_residual_hooks(keep_bos)}
-    conditions = [(mode, condition, hooks) for mode in modes
-                  for condition, hooks in ablation_hooks(means, mode, keep_bos).items()]
-    shared_scores = {condition: surprisal(hooks) for condition, hooks in shared.items()}
-    results: dict[str, dict[str, Tensor]] = {mode: {"baseline": shared_scores["baseline"]} for mode in modes}
-    for mode, condition, hooks in tqdm(conditions, desc="ablations", disable=not progress, leave=False):
-        results[mode][condition] = surprisal(hooks)
+    baseline = surprisal([])
+    mlp_only = surprisal(mlp_only_residual_hooks(keep_bos))
+    study: dict[str, dict[str, Tensor]] = {}
     for mode in modes:
-        results[mode][MLP_ONLY_RESIDUAL] = shared_scores[MLP_ONLY_RESIDUAL]
-    return results
+        study[mode] = {"baseline": baseline}
+        for condition, hooks in tqdm(ablation_hooks(means, mode, keep_bos).items(), desc=f"{mode} ablations",
+                                     disable=not progress, leave=False):
+            study[mode][condition] = surprisal(hooks)
+        study[mode][MLP_ONLY_RESIDUAL] = mlp_only
+    return study
 
 
 def summary_table(study: Mapping[str, Mapping[str, Tensor]], n_resamples: int = 2000, seed: int = 0):
