@@ -6,7 +6,8 @@ import numpy as np
 import torch
 
 from analysis import prompts
-from analysis.organism.language import LanguageSpec, category_text, repeated_chunks, vocabulary
+from analysis.organism.language import (LanguageSpec, category_text, repeated_chunks, sample_batch, vocabulary,
+                                         write_corpus)
 from analysis.organism.train import TrainConfig, attention_cross_entropy, train
 
 
@@ -44,3 +45,12 @@ def test_language_makes_category_mates_and_varied_repeats():
         assert seq[0] == spec.bos_id and len(seq) == 128
         lengths.add(next(p for p in range(4, 61) if np.array_equal(seq[-10:], seq[-10 - p:-p])))  # the period
     assert len(lengths) > 5  # repeat periods vary, so no head can induct by position alone
+
+
+def test_sampled_corpus_tokenises_back_to_the_sampled_tokens(organism, tmp_path):
+    spec = LanguageSpec.from_vocabulary(vocabulary())
+    mixture = {"category_text": 1.0, "random_tokens": 1.0}
+    path = write_corpus(tmp_path / "corpus.txt", organism.tokenizer, spec, 8, 40, mixture, seed=3)
+    ids = [i for line in path.read_text().splitlines() for i in organism.tokenizer.encode(line, add_special_tokens=False)]
+    expected = sample_batch(np.random.default_rng(3), spec, 8, 40, mixture)[:, 1:].flatten().tolist()
+    assert ids == expected

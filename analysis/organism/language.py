@@ -157,8 +157,23 @@ def sample_batch(rng: np.random.Generator, spec: LanguageSpec, batch: int, lengt
 
 def write_corpus(path: Path, tokenizer, spec: LanguageSpec, n_sequences: int, length: int,
                  mixture: dict[str, float], seed: int) -> Path:
-    """A text corpus sampled from the generator (one sequence a line, BOS dropped)."""
+    """A text corpus sampled from the generator (BOS dropped) that tokenises back to the same tokens.
+
+    A token without a leading space ("The", ".") would fuse with the word before it when the
+    text is re-tokenised (" catThe" is no token), so such a token starts a new line; counting
+    tokens line by line then recovers exactly the sampled sequences.
+    """
     rng = np.random.default_rng(seed)
-    lines = [tokenizer.decode(row[1:].tolist()) for row in sample_batch(rng, spec, n_sequences, length, mixture)]
+    vocab = vocabulary()
+    lines: list[str] = []
+    for row in sample_batch(rng, spec, n_sequences, length, mixture):
+        line = ""
+        for token in row[1:]:
+            word = vocab[token]
+            if line and not word.startswith(" "):
+                lines.append(line)
+                line = ""
+            line += word
+        lines.append(line)
     path.write_text("\n".join(lines) + "\n")
     return path
