@@ -11,7 +11,7 @@ SCRIPT_ARGS := --model $(MODEL)
 # Scripts of the demo, in order: each writes results/$(MODEL)/<name>.json and figures/$(MODEL)/.
 DEMO_SCRIPTS := scan_heads
 # baseline: previous-token and induction heads, circuits, visualisation
-DEMO_SCRIPTS +=
+DEMO_SCRIPTS += manual_attention attention_stats qk_ov_circuits token_circuit_tables visualize_attention logit_lens activation_patching
 # semantic head, part 1: survey, ablation, vocabulary-level input, attention versus similarity
 DEMO_SCRIPTS += characterize_head component_ablation token_freq cosine_attention_analysis
 # semantic head, part 2: QK decomposition, steering, clustering, SAE features
@@ -52,6 +52,8 @@ clean:
 #   make all      both (MODEL=gpt2-small for GPT-2; each model's results, figures and build apart)
 # One stamp per script, results/$(MODEL)/.runs/<script>.json, holding its wall time under make.
 # A script that reads another's results lists them:  $(RUNS)/<script>.json: $(RUNS)/<other>.json
+# Extra arguments for one script: ARGS_<script>, e.g. make all MODEL=gpt2-small \
+#   ARGS_token_freq="--corpus wiki.train.tokens" (GPT-2 needs a corpus; the organism samples its own).
 RUNS := results/$(MODEL)/.runs
 RUN_STAMPS := $(DEMO_SCRIPTS:%=$(RUNS)/%.json)
 PACKAGE_FILES := $(filter-out analysis/paper.py,$(shell find analysis -name '*.py' -not -path '*/__pycache__/*')) \
@@ -62,15 +64,15 @@ PAPER_BUILD := paper/build/$(MODEL)
 TIMED := $(PY) -c 'import json, subprocess, sys, time; t = time.perf_counter(); rc = subprocess.call(sys.argv[2:]); \
 	rc or json.dump({"seconds": round(time.perf_counter() - t, 2)}, open(sys.argv[1], "w")); sys.exit(rc)'
 
-.PHONY: figures paper all
+.PHONY: figures paper all paper-fixture
 all: figures paper
 
 figures: $(RUN_STAMPS)
 
 $(RUNS)/%.json: scripts/%.py $(PACKAGE_FILES) | $(STAMP)
 	@mkdir -p $(@D)
-	@echo "== scripts/$*.py $(SCRIPT_ARGS)"
-	@$(TIMED) $@ $(PY) scripts/$*.py $(SCRIPT_ARGS)
+	@echo "== scripts/$*.py $(SCRIPT_ARGS) $(ARGS_$*)"
+	@$(TIMED) $@ $(PY) scripts/$*.py $(SCRIPT_ARGS) $(ARGS_$*)
 
 $(GENERATED)/macros.tex: $(RUN_STAMPS) scripts/make_paper_inputs.py analysis/paper.py analysis/organism/__init__.py \
 		paper/reported_gpt2.json | $(STAMP)
@@ -82,6 +84,11 @@ $(PAPER_BUILD)/checked.pdf: paper/main.tex paper/references.bib $(GENERATED)/mac
 
 paper: $(PAPER_BUILD)/checked.pdf
 	cp $< paper/main.pdf
+
+# The paper tests read a trimmed copy of the organism's results: refresh it after changing analysis/paper.py.
+paper-fixture: $(RUN_STAMPS)
+	rm -rf tests/fixtures/paper/$(MODEL)
+	$(PY) scripts/make_paper_inputs.py $(SCRIPT_ARGS) --scripts $(DEMO_SCRIPTS) --trimmed-copy tests/fixtures/paper/$(MODEL)
 
 # Scripts that read other scripts' results (besides the analysis package):
 $(RUNS)/cosine_attention_analysis.json: $(RUNS)/token_freq.json

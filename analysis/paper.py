@@ -341,7 +341,7 @@ def _cosine() -> list[Value]:
         Value("CosTopKey", src, "results.example.top_keys.0.token", "text", str.strip),
         Value("CosTopKeyScore", src, "results.example.top_keys.0.score_minus_self", ".2f"),
         Value("FreqTokens", "token_freq", "results.total_tokens", "d"),
-        Value("FreqSequences", "token_freq", "results.corpus.sequences", "d"),
+        Value("FreqDistinct", "token_freq", "results.distinct_tokens", "d"),
         Value("FreqSource", "token_freq", "results.corpus.source", "text"),
     ]
 
