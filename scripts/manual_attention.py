@@ -1,0 +1,127 @@
+"""Attention patterns from the raw weights, by hand, against TransformerLens and Hugging Face.
+
+Recomputes every head's pattern with our own forward pass (embeddings, LayerNorm, Q/K
+projections, 1/sqrt(d_head) scaling, causal mask, softmax; analysis.attention) from the model's
+unprocessed weights, and compares it with TransformerLens's blocks.*.attn.hook_pattern and, for
+GPT-2 architectures, with Hugging Face's GPT2Model(output_attentions=True) holding the same
+weights. Also checks that TransformerLens's default weight processing (fold_ln, centring) leaves
+the patterns unchanged. Prompts: a text prompt (when the model has a tokenizer) and random tokens.
+
+Reports the maximum absolute difference per head and plots the sharpest head's pattern (or
+--layer/--head) with its causal structure. Writes results/<model>/manual_attention.json and
+figures/<model>/manual_attention{,_diff}.{pdf,png}.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from analysis import attention, cli, io, prompts  # noqa: E402
+from analysis.attention_stats import max_attention  # noqa: E402
+from analysis.errors import UsageError  # noqa: E402
+from analysis.models import WeightProcessing, load_model  # noqa: E402
+from analysis.patterns import all_patterns, check_context, flatten_heads  # noqa: E402
+from analysis.plotting import attention_pattern, head_heatmaps  # noqa: E402
+from analysis.scan import bos_token_id, special_token_ids, top_heads  # noqa: E402
+from analysis.scores import scored_rows  # noqa: E402
+
+NAME = "manual_attention"
+TOLERANCE = 1e-5
+
+
+def build_parser():
+    p = cli.parser(__doc__)
+    p.add_argument("--prompt", default="The cat sat on the mat. The cat sat on the mat",
+                   help="text prompt, BOS prepended (default: %(default)r)")
+    p.add_argument("--n-random", type=int, default=4, help="prompts of uniform random tokens (default: 4)")
+    p.add_argument("--length", type=int, default=48, help="tokens per random prompt after BOS (default: 48)")
+    p.add_argument("--layer", type=int, default=None, help="layer of the plotted head (default: sharpest head)")
+    p.add_argument("--head", type=int, default=None, help="index of the plotted head (default: sharpest head)")
+    return p
+
+
+def compare(model, tokens, processed) -> dict:
+    """Max |difference| per head `[layer, head]` of manual vs TransformerLens, Hugging Face, processed TL."""
+    check_context(model, tokens)
+    manual = attention.manual_patterns(model, tokens)
+    out = {"manual": manual, "vs_transformer_lens": attention.max_abs_difference(manual, all_patterns(model, tokens))}
+    if attention.gpt2_incompatibility(model) is None:
+        out["vs_hugging_face"] = attention.max_abs_difference(
+            manual, attention.hf_patterns(attention.hf_gpt2_from_tl(model), tokens))
+    if processed is not None:
+        out["vs_processed_transformer_lens"] = attention.max_abs_difference(manual, all_patterns(processed, tokens))
+    return out
+
+
+def main(args) -> None:
+    for flag in ("n_random", "length"):
+        cli.check_positive(f"--{flag.replace('_', '-')}", getattr(args, flag))
+    if (args.layer is None) != (args.head is None):
+        raise UsageError("Give both --layer and --head, or neither to plot the sharpest head.")
+    model = load_model(args.model, args.device, processing=WeightProcessing.none())
+    if args.layer is not None:
+        cli.check_head(model, args.layer, args.head)
+    attention.check_manual_support(model)
+    # The same model with TransformerLens's default processing, whose patterns must not change.
+    processed = None if args.model == "gpt2-random" else load_model(args.model, args.device)
+
+    prompt_sets = {"random": prompts.random_tokens(args.n_random, args.length, model.cfg.d_vocab,
+                                                   bos_token_id(model), args.seed, special_token_ids(model))}
+    if model.tokenizer is not None:
+        prompt_sets["text"] = model.to_tokens(args.prompt).cpu()
+    comparisons = {name: compare(model, tokens, processed) for name, tokens in prompt_sets.items()}
+    kinds = [k for k in comparisons["random"] if k != "manual"]
+    worst = {k: torch.stack([c[k] for c in comparisons.values()]).amax(0) for k in kinds}  # [layer, head]
+
+    shown = "text" if "text" in prompt_sets else "random"
+    manual = comparisons[shown]["manual"][:1]  # (1, L, nh, T, T)
+    if args.layer is None:
+        sharpness = max_attention(flatten_heads(manual), scored_rows(prompt_sets[shown][:1])).mean(0)
+        args.layer, args.head, _ = top_heads(sharpness.reshape(model.cfg.n_layers, model.cfg.n_heads), 1)[0]
+    reference = all_patterns(model, prompt_sets[shown][:1])[0, args.layer, args.head]
+    head_pattern = manual[0, args.layer, args.head]
+
+    results = {
+        "tolerance": TOLERANCE,
+        "max_abs_difference": {k: v for k, v in worst.items()},
+        "overall_max": {k: float(v.max()) for k, v in worst.items()},
+        "within_tolerance": {k: bool(v.max() <= TOLERANCE) for k, v in worst.items()},
+        "per_prompt_set": {name: {k: float(c[k].max()) for k in kinds} for name, c in comparisons.items()},
+        "hugging_face_skipped": attention.gpt2_incompatibility(model),
+        "plotted_head": {"layer": args.layer, "head": args.head},
+        "prompt": args.prompt if model.tokenizer is not None else None,
+    }
+    path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
+                           arguments=vars(args), seed=args.seed)
+
+    io.use_style()
+    import matplotlib.pyplot as plt
+
+    labels = (model.to_str_tokens(prompt_sets[shown][0]) if model.tokenizer is not None
+              else [str(i) for i in range(head_pattern.shape[0])])
+    fig, axes = plt.subplots(1, 3, figsize=(15, 5))
+    attention_pattern(axes[0], head_pattern, labels, f"manual L{args.layer}H{args.head}")
+    attention_pattern(axes[1], reference, labels, "TransformerLens hook_pattern")
+    difference = (head_pattern - reference).abs()
+    attention_pattern(axes[2], difference, labels, f"|difference| (max {difference.max():.1e})",
+                      vmax=max(float(difference.max()), 1e-12))
+    io.save_figure(fig, args.out, args.model, NAME)
+    fig = head_heatmaps(list(worst.values()), [k.replace("_", " ") for k in worst], fmt=".0e",
+                        suptitle="max |manual - reference| per head")
+    io.save_figure(fig, args.out, args.model, f"{NAME}_diff")
+
+    for kind, value in results["overall_max"].items():
+        verdict = "ok" if value <= TOLERANCE else f"EXCEEDS {TOLERANCE:.0e}"
+        print(f"manual {kind.replace('_', ' ')}: max |diff| {value:.2e} ({verdict})")
+    if results["hugging_face_skipped"]:
+        print(f"Hugging Face comparison skipped: {results['hugging_face_skipped']}")
+    print(f"plotted L{args.layer}H{args.head}; results: {path}")
+
+
+if __name__ == "__main__":
+    cli.run(main, build_parser())

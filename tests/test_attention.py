@@ -1,0 +1,137 @@
+"""Manual attention from raw weights matches TransformerLens and Hugging Face within 1e-5."""
+
+import json
+import math
+
+import pytest
+import torch
+from transformer_lens.utilities import gelu_new as tl_gelu_new
+
+from analysis import attention
+from analysis.errors import UsageError
+from analysis.models import WeightProcessing, load_model
+from analysis.patterns import all_patterns
+from conftest import run_main
+
+TOL = 1e-5
+
+
+def test_layer_norm_exact():
+    x = torch.tensor([[1.0, 3.0]])  # mean 2, variance 1
+    assert torch.allclose(attention.layer_norm(x, None, None, 0.0), torch.tensor([[-1.0, 1.0]]))
+    w, b = torch.tensor([2.0, 3.0]), torch.tensor([0.5, -0.5])
+    assert torch.allclose(attention.layer_norm(x, w, b, 0.0), torch.tensor([[-1.5, 2.5]]))
+
+
+def test_gelu_new_matches_transformer_lens_and_known_values():
+    x = torch.linspace(-4, 4, 101)
+    assert torch.allclose(attention.gelu_new(x), tl_gelu_new(x), atol=1e-7)
+    assert attention.gelu_new(torch.tensor(0.0)).item() == 0.0
+
+
+def test_causal_softmax_of_equal_scores_is_uniform_over_the_past():
+    pattern = attention.causal_softmax(torch.zeros(1, 1, 4, 4))[0, 0]
+    expected = torch.ones(4, 4).tril() / torch.arange(1, 5)[:, None]
+    assert torch.allclose(pattern, expected)
+
+
+def test_attention_from_residual_hand_built():
+    # one head, d_model = d_head = 1: score(q, k) = x_q * x_k / scale
+    x = torch.tensor([[[1.0], [0.0], [2.0]]])  # (B=1, T=3, C=1)
+    one, zero = torch.ones(1, 1, 1), torch.zeros(1, 1)
+    pattern = attention.attention_from_residual(x, one, zero, one, zero, scale=1.0)[0, 0]
+    row2 = torch.tensor([2.0, 0.0, 4.0]).softmax(-1)  # x_2 * (1, 0, 2)
+    assert torch.allclose(pattern[2], row2) and torch.allclose(pattern[1], torch.tensor([0.5, 0.5, 0.0]))
+    assert pattern[0, 0] == 1.0
+
+
+@pytest.fixture(scope="module")
+def organism_raw():
+    return load_model("organism", processing=WeightProcessing.none())
+
+
+@pytest.fixture(scope="module")
+def organism_tokens(organism_raw):
+    text = organism_raw.to_tokens("The cat sat on the mat. The cat sat on the mat")
+    g = torch.Generator().manual_seed(0)
+    random = torch.randint(2, organism_raw.cfg.d_vocab, (3, text.shape[1]), generator=g)
+    random[:, 0] = 0
+    return torch.cat([text.cpu(), random])
+
+
+def test_manual_matches_transformer_lens_on_the_organism(organism_raw, organism, organism_tokens):
+    manual = attention.manual_patterns(organism_raw, organism_tokens)
+    assert manual.shape == (4, 2, 4, 14, 14)
+    assert attention.max_abs_difference(manual, all_patterns(organism_raw, organism_tokens)).max() <= TOL
+    # TransformerLens's default processing (fold_ln, centring) leaves the patterns as they are,
+    # and the manual pass handles folded LayerNorm (LNPre) too.
+    assert attention.max_abs_difference(manual, all_patterns(organism, organism_tokens)).max() <= TOL
+    assert attention.max_abs_difference(attention.manual_patterns(organism, organism_tokens),
+                                        all_patterns(organism, organism_tokens)).max() <= TOL
+
+
+def test_manual_matches_hugging_face_on_the_organism(organism_raw, organism_tokens):
+    hf = attention.hf_gpt2_from_tl(organism_raw)
+    manual = attention.manual_patterns(organism_raw, organism_tokens)
+    assert attention.max_abs_difference(manual, attention.hf_patterns(hf, organism_tokens)).max() <= TOL
+    # the whole network came across, not just attention: logits agree up to TransformerLens's b_U
+    logits = organism_raw(organism_tokens) - organism_raw.b_U
+    assert torch.allclose(hf(organism_tokens).logits, logits, atol=1e-4)
+
+
+def test_a_wrong_scale_is_detected(organism_raw, organism_tokens):
+    """The comparison can fail: a manual pass without 1/sqrt(d_head) is far off."""
+    organism_raw.cfg.attn_scale, scale = 1.0, organism_raw.cfg.attn_scale
+    try:
+        wrong = attention.manual_patterns(organism_raw, organism_tokens)
+    finally:
+        organism_raw.cfg.attn_scale = scale
+    assert attention.max_abs_difference(wrong, all_patterns(organism_raw, organism_tokens)).max() > 0.1
+
+
+@pytest.fixture(scope="module")
+def random_gpt2_pair():
+    """A Hugging Face GPT-2 with GPT-2 small's widths and vocabulary (2 layers), random weights, in both libraries."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    # initializer_range 0.05 gives sharp, far-from-uniform patterns; random LayerNorm weights test w and b.
+    hf = GPT2LMHeadModel(GPT2Config(n_layer=2, initializer_range=0.05, attn_implementation="eager")).eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if ".ln_" in name:
+                p.add_(0.2 * torch.randn_like(p))
+    return hf, attention.tl_from_hf_gpt2(hf)
+
+
+def test_manual_matches_both_libraries_on_a_random_gpt2_shaped_model(random_gpt2_pair):
+    hf, tl = random_gpt2_pair
+    assert (tl.cfg.d_model, tl.cfg.n_heads, tl.cfg.d_vocab) == (768, 12, 50257)
+    tokens = torch.randint(0, 50257, (2, 40), generator=torch.Generator().manual_seed(1))
+    manual = attention.manual_patterns(tl, tokens)
+    assert manual[..., 5:, :].amax(-1).mean() > 0.2  # not near-uniform, so the check has teeth
+    assert attention.max_abs_difference(manual, all_patterns(tl, tokens)).max() <= TOL
+    assert attention.max_abs_difference(manual, attention.hf_patterns(hf, tokens)).max() <= TOL
+
+
+def test_unsupported_architectures_are_clear_errors(organism):
+    with pytest.raises(UsageError, match="LayerNorm is 'LNPre'"):
+        attention.hf_gpt2_from_tl(organism)  # processed: LN weights folded away
+    rotary = load_model("organism", processing=WeightProcessing.none())
+    rotary.cfg.positional_embedding_type = "rotary"
+    with pytest.raises(UsageError, match="GPT-2-style models only"):
+        attention.manual_patterns(rotary, torch.zeros(1, 3, dtype=torch.long))
+
+
+def test_manual_attention_script(tmp_path, capsys, truth):
+    run_main("manual_attention", "--out", str(tmp_path), "--n-random", "2", "--length", "16")
+    data = json.loads((tmp_path / "results" / "organism" / "manual_attention.json").read_text())["results"]
+    assert set(data["within_tolerance"]) == {"vs_transformer_lens", "vs_hugging_face", "vs_processed_transformer_lens"}
+    assert all(data["within_tolerance"].values())
+    assert max(data["overall_max"].values()) <= TOL
+    assert math.isfinite(data["overall_max"]["vs_hugging_face"])
+    for name in ("manual_attention", "manual_attention_diff"):
+        assert (tmp_path / "figures" / "organism" / f"{name}.png").stat().st_size > 1000
+    assert "max |diff|" in capsys.readouterr().out
+    layer, head = truth["planted_heads"]["previous_token"]
+    assert data["plotted_head"] == {"layer": layer, "head": head}  # the sharpest head on the repeated sentence
