@@ -1,0 +1,109 @@
+"""Per-head attention statistics over a prompt set: entropy, maximum attention, distance, BOS mass.
+
+For every head, averaged over query rows after BOS and over prompts (analysis.attention_stats):
+  entropy         -sum_k A[q,k] ln A[q,k] (nats; low = focused, uniform over q+1 keys = ln(q+1))
+  max attention   max_k A[q,k]
+  mean distance   sum_k A[q,k] (q - k), in tokens
+  BOS mass        A[q, 0]
+The prompt set mixes uniform random tokens, repeated random tokens ([BOS] + r + r) and, when the
+model has a tokenizer, category-word prompts; --text FILE uses one text prompt per line instead.
+Every head comes from one batched forward pass per prompt set. Lists the most focused, most
+diffuse and longest-range heads. Writes results/<model>/attention_stats.json and
+figures/<model>/attention_stats.{pdf,png}.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from analysis import cli, io, prompts  # noqa: E402
+from analysis.attention_stats import STATISTICS, attention_statistics  # noqa: E402
+from analysis.errors import UsageError  # noqa: E402
+from analysis.models import load_model  # noqa: E402
+from analysis.patterns import all_patterns, flatten_heads  # noqa: E402
+from analysis.plotting import head_heatmaps  # noqa: E402
+from analysis.scan import bos_token_id, category_probe, special_token_ids, top_heads  # noqa: E402
+from analysis.scores import scored_rows  # noqa: E402
+
+NAME = "attention_stats"
+
+
+def build_parser():
+    p = cli.parser(__doc__)
+    p.add_argument("--n-prompts", type=int, default=16, help="prompts per generated prompt set (default: 16)")
+    p.add_argument("--length", type=int, default=48, help="tokens after BOS per generated prompt (default: 48)")
+    p.add_argument("--text", type=Path, default=None, help="file with one text prompt per line (replaces the generated set)")
+    p.add_argument("--top", type=int, default=5, help="heads listed per ranking (default: 5)")
+    return p
+
+
+def prompt_sets(model, args) -> dict[str, list[torch.Tensor]]:
+    """Named lists of `tokens: [batch, pos]`, each tensor one batched pass."""
+    if args.text is not None:
+        if not args.text.is_file():
+            raise UsageError(f"--text {args.text} is not a file. Give a text file with one prompt per line.")
+        if model.tokenizer is None:
+            raise UsageError("--text needs a model with a tokenizer; this one has none.")
+        lines = [line for line in args.text.read_text().splitlines() if line.strip()]
+        if not lines:
+            raise UsageError(f"--text {args.text} holds no non-empty line.")
+        return {"text": [model.to_tokens(line).cpu() for line in lines]}  # lengths differ: one pass each
+    bos, special, d_vocab = bos_token_id(model), special_token_ids(model), model.cfg.d_vocab
+    sets = {"random": [prompts.random_tokens(args.n_prompts, args.length, d_vocab, bos, args.seed, special)],
+            "repeated": [prompts.random_repeated_tokens(args.n_prompts, args.length // 2, d_vocab, bos,
+                                                        args.seed + 1, special)]}
+    if model.tokenizer is not None:
+        sets["category"] = [category_probe(model, prompts.ALL_CATEGORIES, args.n_prompts, args.length,
+                                           args.seed + 2)[0]]
+    return sets
+
+
+def main(args) -> None:
+    for flag in ("n_prompts", "length", "top"):
+        cli.check_positive(f"--{flag.replace('_', '-')}", getattr(args, flag))
+    model = load_model(args.model, args.device)
+    shape = (model.cfg.n_layers, model.cfg.n_heads)
+
+    per_set = {}
+    for name, batches in prompt_sets(model, args).items():
+        values = {k: [] for k in STATISTICS}
+        for tokens in batches:
+            stats = attention_statistics(flatten_heads(all_patterns(model, tokens, progress=True)), scored_rows(tokens))
+            for k, v in stats.items():
+                values[k].append(v)
+        per_set[name] = {k: torch.cat(v).mean(0).reshape(shape) for k, v in values.items()}  # [layer, head]
+    overall = {k: torch.stack([s[k] for s in per_set.values()]).mean(0) for k in STATISTICS}
+
+    rankings = {
+        "most_focused": top_heads(overall["entropy"], args.top, largest=False),
+        "most_diffuse": top_heads(overall["entropy"], args.top),
+        "longest_range": top_heads(overall["mean_distance"], args.top),
+        "most_bos": top_heads(overall["bos_mass"], args.top),
+    }
+    results = {
+        "overall": overall,
+        "per_prompt_set": per_set,
+        "rankings": {k: [{"layer": l, "head": h, "value": v} for l, h, v in heads] for k, heads in rankings.items()},
+        "units": {"entropy": "nats", "max_attention": "probability", "mean_distance": "tokens",
+                  "bos_mass": "probability"},
+    }
+    path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
+                           arguments=vars(args), seed=args.seed)
+    fig = head_heatmaps([overall[k] for k in STATISTICS],
+                        ["entropy (nats)", "max attention", "mean distance (tokens)", "BOS mass"],
+                        reverse=[True, False, False, False],
+                        suptitle=f"Attention statistics, {args.model} ({', '.join(per_set)} prompts)")
+    io.save_figure(fig, args.out, args.model, NAME)
+
+    for kind, heads in rankings.items():
+        print(f"{kind.replace('_', ' '):>14s}: " + ", ".join(f"L{l}H{h} {v:.2f}" for l, h, v in heads))
+    print(f"results: {path}")
+
+
+if __name__ == "__main__":
+    cli.run(main, build_parser())
