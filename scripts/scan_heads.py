@@ -7,7 +7,14 @@ Each probe is one batched forward pass per prompt set with a hook filter on hook
   semantic        S = mean_q -log(sum_k A[q,k] M[q,k]) nats on category-word prompts (lower is
                   better), with partner, self and BOS masses
 
-Writes results/<model>/scan_heads.json and figures/<model>/scan_heads.{pdf,png}.
+Cross-check: TransformerLens's head_detector.detect_head on text prompts r + r (r distinct words;
+detect_head prepends BOS and averages per prompt), beside our scores on the same prompts. Its
+"mul" score divides by all T = 2L + 1 rows, so detect = ours * 2L/(2L+1) for previous-token heads
+and ours * L/(2L+1) for induction and duplicate-token heads (ceiling 0.495 at L = 50, not 1).
+
+Writes results/<model>/scan_heads.json and figures/<model>/scan_heads.{pdf,png} (heatmaps),
+scan_heads_detect_head.{pdf,png} (the cross-check) and scan_heads_patterns.{pdf,png} (each kind's
+best head on a natural sentence and on a repeated one).
 """
 
 from __future__ import annotations
@@ -18,8 +25,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from analysis import cli, io  # noqa: E402
+from analysis.detector_check import cross_check  # noqa: E402
 from analysis.models import load_model  # noqa: E402
-from analysis.plotting import head_heatmaps  # noqa: E402
+from analysis.patterns import all_patterns  # noqa: E402
+from analysis.plotting import attention_pattern, head_heatmaps  # noqa: E402
 from analysis.scan import ScanSettings, scan_heads, top_heads  # noqa: E402
 
 NAME = "scan_heads"
@@ -33,11 +42,37 @@ def build_parser():
     p.add_argument("--category-prompts", type=int, default=64, help="category-word prompts (default: 64)")
     p.add_argument("--category-words", type=int, default=64, help="words per category prompt (default: 64)")
     p.add_argument("--top", type=int, default=5, help="heads listed per kind (default: 5)")
+    p.add_argument("--detect-prompts", type=int, default=10,
+                   help="text prompts r + r for the detect_head cross-check, |r| = the first repeat length (default: 10)")
+    p.add_argument("--sentence", default="When John and Mary went to the store, John gave a drink to",
+                   help="natural sentence on which each kind's best head is drawn (default: %(default)r)")
+    p.add_argument("--repeated-sentence", default="The cat sat on the mat. The cat sat on the mat",
+                   help="repeated sentence on which each kind's best head is drawn (default: %(default)r)")
     return p
 
 
+def pattern_figure(model, ranked, sentences):
+    """One row per kind (its best head), one column per sentence."""
+    import matplotlib.pyplot as plt
+
+    io.use_style()
+    tokens = [model.to_tokens(s).cpu() for s in sentences]
+    patterns = [all_patterns(model, t)[0] for t in tokens]  # one pass per sentence: (L, nh, T, T)
+    fig, axes = plt.subplots(len(ranked), len(sentences), figsize=(4.6 * len(sentences), 4.2 * len(ranked)),
+                             squeeze=False)
+    drawn = {}
+    for row, (kind, heads) in enumerate(ranked.items()):
+        layer, head, _ = heads[0]
+        drawn[kind] = {"layer": layer, "head": head, "patterns": [p[layer, head] for p in patterns]}
+        for col, (t, p) in enumerate(zip(tokens, patterns)):
+            attention_pattern(axes[row, col], p[layer, head], model.to_str_tokens(t[0]),
+                              f"{kind.replace('_', ' ')}: L{layer}H{head}")
+    fig.tight_layout()
+    return fig, drawn
+
+
 def main(args) -> None:
-    for flag in ("n_prompts", "category_prompts", "category_words", "top"):
+    for flag in ("n_prompts", "category_prompts", "category_words", "top", "detect_prompts"):
         cli.check_positive(f"--{flag.replace('_', '-')}", getattr(args, flag))
     model = load_model(args.model, args.device)
     settings = ScanSettings(n_random=args.n_prompts, n_repeated=args.n_prompts,
@@ -60,11 +95,21 @@ def main(args) -> None:
         "duplicate": top_heads(scan.duplicate[headline], args.top),
         "semantic": top_heads(semantic["surprisal"], args.top, largest=False),
     }
+    check = cross_check(model, args.detect_prompts, headline, args.seed + 200)
+    sentences = [args.sentence, args.repeated_sentence]
+    fig_patterns, drawn = pattern_figure(model, ranked, sentences)
     results = {
         "maps": maps,
         "top_heads": {kind: [{"layer": l, "head": h, "score": s} for l, h, s in heads] for kind, heads in ranked.items()},
         "induction_ceiling": 1.0,
         "settings": settings.__dict__,
+        "detect_head": {
+            "prompts": f"{args.detect_prompts} texts r + r, |r| = {headline} distinct words, BOS prepended",
+            "induction_ceiling": check["induction"]["expected_ratio"],
+            **{kind: {**c, "top_heads": [{"layer": l, "head": h, "score": v} for l, h, v in top_heads(c["detect_head"], args.top)]}
+               for kind, c in check.items()},
+        },
+        "best_head_patterns": {"sentences": sentences, **drawn},
     }
     path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
                            arguments=vars(args), seed=args.seed)
@@ -77,12 +122,21 @@ def main(args) -> None:
         suptitle=f"Head scan, {args.model}",
     )
     io.save_figure(fig, args.out, args.model, NAME)
+    io.save_figure(fig_patterns, args.out, args.model, f"{NAME}_patterns")
+    fig = head_heatmaps([m for c in check.values() for m in (c["detect_head"], c["ours"])],
+                        [f"{kind.replace('_', ' ')}: {who}" for kind in check for who in ("detect_head", "ours")],
+                        suptitle=f"detect_head (mul) vs ours on the same {args.detect_prompts} prompts, |r| = {headline}")
+    io.save_figure(fig, args.out, args.model, f"{NAME}_detect_head")
 
     units = {"previous_token": "mean A[i,i-1]", "induction": "induction score", "duplicate": "duplicate score",
              "semantic": "S (nats)"}
     for kind, heads in ranked.items():
         listed = ", ".join(f"L{l}H{h} {s:.3f}" for l, h, s in heads)
         print(f"{kind:>15s} ({units[kind]}): {listed}")
+    for kind, c in check.items():
+        listed = ", ".join(f"L{l}H{h} {v:.3f}" for l, h, v in top_heads(c["detect_head"], args.top))
+        print(f"{'detect_head ' + kind:>26s}: {listed}  (= ours x {c['expected_ratio']:.3f}, "
+              f"max deviation {c['max_deviation']:.1e})")
     print(f"results: {path}")
 
 
