@@ -1,0 +1,223 @@
+"""QK and OV circuits as factored matrices: copying scores, composition scores, token-space tables.
+
+Everything that would be a `d_model x d_model` or `d_vocab x d_vocab` matrix stays a TransformerLens
+`FactoredMatrix` (a product A @ B through the `d_head` bottleneck). Eigenvalues come from the
+small `d_head x d_head` product BA; token-space tables are read in vocabulary chunks, so GPT-2's
+50257 x 50257 matrices (10 GB each) are never resident.
+
+Conventions (TransformerLens, row vectors): a head's OV circuit is `W_V @ W_O: [d_model, d_model]`,
+its QK circuit `W_Q @ W_K^T: [d_model, d_model]` (query on the left, key on the right).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+from transformer_lens import FactoredMatrix, HookedTransformer
+from transformer_lens.utilities import composition_scores as tl_composition_scores
+
+# --- copying scores -------------------------------------------------------------------------
+
+
+def copying_score(eigenvalues: Tensor) -> Tensor:
+    """sum_i Re(lambda_i) / sum_i |lambda_i| over the last axis.
+
+    +1 when every eigenvalue is positive real (the circuit copies its input), -1 when every one
+    is negative real (it suppresses it), about 0 for rotations or a mix.
+    """
+    return eigenvalues.sum(-1).real / eigenvalues.abs().sum(-1)
+
+
+def ov_circuit(model: HookedTransformer) -> FactoredMatrix:
+    """`[layer, head, d_model, d_model]` = W_V W_O: what a head writes for each residual direction it reads."""
+    return model.OV
+
+
+def vocab_gram(model: HookedTransformer, vocab_ids: Tensor | None = None) -> Tensor:
+    """`[d_model, d_model]` = W_U W_E over the vocabulary (or `vocab_ids`): no vocabulary axis is left."""
+    if vocab_ids is None:
+        return model.W_U @ model.W_E
+    return model.W_U[:, vocab_ids] @ model.W_E[vocab_ids]
+
+
+def full_ov_circuit(model: HookedTransformer, layer: int) -> FactoredMatrix:
+    """`[head, d_vocab, d_vocab]` = W_E W_V W_O W_U: source token -> logits of the head's direct effect."""
+    return FactoredMatrix(model.W_E @ model.W_V[layer], model.W_O[layer] @ model.W_U)
+
+
+@torch.no_grad()
+def full_ov_eigenvalues(model: HookedTransformer, vocab_ids: Tensor | None = None) -> Tensor:
+    """`[layer, head, d_head]` complex: the non-zero eigenvalues of every head's W_E W_V W_O W_U.
+
+    AB and BA share their non-zero eigenvalues, so those of the d_vocab x d_vocab circuit
+    W_E (W_V W_O W_U) are those of (W_V W_O W_U) W_E = OV @ (W_U W_E), a d_model x d_model factored
+    matrix whose eigenvalues TransformerLens takes from its d_head x d_head product. `vocab_ids`
+    restricts the circuit to those tokens (rows of W_E, columns of W_U).
+    """
+    return (ov_circuit(model) @ vocab_gram(model, vocab_ids)).eigenvalues
+
+
+@torch.no_grad()
+def ov_copying_scores(model: HookedTransformer) -> dict[str, Tensor]:
+    """`[layer, head]` copying scores of W_V W_O (residual space) and of W_E W_V W_O W_U (full circuit)."""
+    return {"residual": copying_score(ov_circuit(model).eigenvalues),
+            "full": copying_score(full_ov_eigenvalues(model))}
+
+
+def dense_copying_score(matrix: Tensor) -> Tensor:
+    """Copying score from the eigenvalues of an explicit square matrix (the dense method, small only)."""
+    return copying_score(torch.linalg.eigvals(matrix))
+
+
+# --- composition ----------------------------------------------------------------------------
+
+COMPOSITION_MODES = ("Q", "K", "V")
+
+
+def _reader(model: HookedTransformer, layer: int, mode: str) -> FactoredMatrix:
+    """The later head's matrix that the earlier head's OV output feeds, `[head, d_model, d_model]`."""
+    if mode == "Q":
+        return model.QK[layer]  # OV output enters the query side: W_OV W_QK
+    if mode == "K":
+        return model.QK[layer].T  # ... the key side: W_OV W_QK^T
+    if mode == "V":
+        return model.OV[layer]  # ... the value side: W_OV W_OV'
+    raise ValueError(f"mode must be one of {COMPOSITION_MODES}, got {mode!r}")
+
+
+@torch.no_grad()
+def composition_scores(model: HookedTransformer, mode: str) -> Tensor:
+    """`[layer1, head1, layer2, head2]`: ||W_OV^1 M^2||_F / (||W_OV^1||_F ||M^2||_F), NaN unless layer1 < layer2.
+
+    M^2 is the later head's W_QK (Q-composition), W_QK^T (K-) or W_OV (V-composition), as in "A
+    Mathematical Framework for Transformer Circuits". One pair of layers at a time, so GPT-2's
+    144 x 144 head pairs never broadcast into a single multi-GB product.
+    """
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    scores = torch.full((n_layers, n_heads, n_layers, n_heads), float("nan"))
+    for later in range(1, n_layers):
+        reader = _reader(model, later, mode)
+        for earlier in range(later):
+            scores[earlier, :, later, :] = tl_composition_scores(model.OV[earlier], reader).float().cpu()
+    return scores
+
+
+def random_composition_baseline(d_model: int, d_head: int, n_samples: int = 256, seed: int = 0) -> float:
+    """Mean composition score of random Gaussian rank-d_head matrices; about 1/sqrt(d_model)."""
+    g = torch.Generator().manual_seed(seed)
+    left = FactoredMatrix(torch.randn(n_samples, d_model, d_head, generator=g),
+                          torch.randn(n_samples, d_head, d_model, generator=g))
+    right = FactoredMatrix(torch.randn(n_samples, d_model, d_head, generator=g),
+                           torch.randn(n_samples, d_head, d_model, generator=g))
+    return float(tl_composition_scores(left, right, broadcast_dims=False).mean())
+
+
+def composition_partners(scores: Tensor, layer: int, head: int) -> list[tuple[int, int, float]]:
+    """Every earlier head's composition score with head (layer, head), strongest first, as (layer, head, score)."""
+    column = scores[:layer, :, layer, head]  # (earlier layers, heads)
+    pairs = [(l, h, float(column[l, h])) for l in range(layer) for h in range(column.shape[1])]
+    return sorted(pairs, key=lambda t: -t[2])
+
+
+# --- token-space tables ---------------------------------------------------------------------
+
+
+def token_qk(query_input: Tensor, key_input: Tensor, bos_key_input: Tensor, W_Q: Tensor, W_K: Tensor,
+             b_Q: Tensor, b_K: Tensor) -> FactoredMatrix:
+    """`[n_queries, n_keys]` QK scores in token space, minus each query's score on BOS:
+
+        QK[a, b] = (x_a W_Q + b_Q) . ((x_b W_K + b_K) - (x_BOS W_K + b_K)) / sqrt(d_head)
+
+    so QK[a, b] > 0 means token a would rather attend to token b than to BOS. (b_K cancels.)
+    Inputs `[n, d_model]` are a head's normalised inputs; `W_Q, W_K: [d_model, d_head]`.
+    """
+    q = (query_input @ W_Q + b_Q) / math.sqrt(W_Q.shape[-1])  # (n_q, hs)
+    k = key_input @ W_K - bos_key_input @ W_K  # (n_k, hs)
+    return FactoredMatrix(q, k.T)
+
+
+def token_ov(source_input: Tensor, W_V: Tensor, W_O: Tensor, W_U: Tensor) -> FactoredMatrix:
+    """`[n_sources, d_vocab]` = x W_V W_O W_U: the logits a head adds when it attends to each source token."""
+    return FactoredMatrix(source_input @ W_V, W_O @ W_U)
+
+
+def column_max(matrix: FactoredMatrix, chunk_size: int | None = 4096) -> Tensor:
+    """`[n_cols]`: max over rows of each column, reading `[n_rows, chunk_size]` blocks (None: all at once)."""
+    n = matrix.rdim
+    step = chunk_size or n
+    return torch.cat([matrix[:, s:s + step].AB.amax(0) for s in range(0, n, step)])
+
+
+def centred_row_max(matrix: FactoredMatrix, chunk_size: int | None = 4096) -> Tensor:
+    """`[n_rows]`: max_j (M[i, j] - mean_j M[i, j]), reading `[chunk_size, n_cols]` blocks (None: all at once)."""
+    n = matrix.ldim
+    step = chunk_size or n
+    row_mean = matrix.A @ matrix.B.mean(-1)  # (n_rows,), exact without forming M
+    return torch.cat([matrix[s:s + step, :].AB.amax(-1) for s in range(0, n, step)]) - row_mean
+
+
+def frequency_weight(p: Tensor, exponent: float = 0.1) -> Tensor:
+    """p ** exponent: a mild preference for frequent tokens (p = 0 gets weight 0)."""
+    return p.clamp_min(0) ** exponent
+
+
+@torch.no_grad()
+def key_pivoted_table(qk: FactoredMatrix, ov: FactoredMatrix, p: Tensor, n_keys: int = 10, n_queries: int = 8,
+                      n_outputs: int = 8, chunk_size: int | None = 4096) -> dict[str, Tensor]:
+    """The key-pivoted token table of one head.
+
+    `qk: [d_vocab (query), d_vocab (key)]` (BOS-normalised, `token_qk`), `ov: [d_vocab (source),
+    d_vocab (output)]` (`token_ov`), `p: [d_vocab]` token probabilities.
+
+        key score(k)      = max_q QK[q, k] * max_o OVc[k, o] * p_k^0.1
+        query score(q | k) = QK[q, k] * p_q^0.1
+        output score(o | k) = OVc[k, o]
+
+    where OVc is OV mean-normalised per source token (each row minus its mean). Returns the
+    top keys `key_ids: [n_keys]` with `key_scores`, and per key the top `query_ids` /
+    `query_scores: [n_keys, n_queries]` and `output_ids` / `output_scores: [n_keys, n_outputs]`.
+    """
+    weight = frequency_weight(p.to(qk.A))
+    qk_max, ov_max = column_max(qk, chunk_size), centred_row_max(ov, chunk_size)
+    key_score = qk_max * ov_max * weight
+    key_scores, key_ids = key_score.topk(n_keys)
+    columns = qk[:, key_ids].AB.T * weight  # (n_keys, d_vocab): QK[:, k] * p_q^0.1
+    rows = ov[key_ids, :].AB  # (n_keys, d_vocab)
+    rows = rows - rows.mean(-1, keepdim=True)
+    query_scores, query_ids = columns.topk(n_queries, dim=-1)
+    output_scores, output_ids = rows.topk(n_outputs, dim=-1)
+    return {"key_ids": key_ids, "key_scores": key_scores, "qk_max": qk_max[key_ids], "ov_max": ov_max[key_ids],
+            "query_ids": query_ids, "query_scores": query_scores,
+            "output_ids": output_ids, "output_scores": output_scores}
+
+
+@torch.no_grad()
+def bos_key_input(model: HookedTransformer, layer: int) -> Tensor:
+    """`[d_model]`: layer `layer`'s normalised attention input at position 0 of a prompt that is only BOS.
+
+    This is the BOS key every query actually sees (position 0 attends only to itself, so any
+    prompt gives the same), unlike a vocabulary row of `vocab_input.head_input`, which uses the
+    mean position.
+    """
+    from analysis.scan import bos_token_id
+
+    name = f"blocks.{layer}.hook_resid_pre"
+    bos = torch.tensor([[bos_token_id(model)]], device=model.cfg.device)
+    _, cache = model.run_with_cache(bos, names_filter=name, stop_at_layer=layer + 1)
+    return model.blocks[layer].ln1(cache[name])[0, 0].float().cpu()
+
+
+def token_probabilities(table, d_vocab: int) -> Tensor:
+    """`p: [d_vocab]` from a token-frequency table (columns id, probability); absent ids get 0."""
+    from analysis.errors import UsageError
+
+    ids = torch.as_tensor(table["id"].to_numpy(), dtype=torch.long)
+    if len(ids) and (ids.min() < 0 or ids.max() >= d_vocab):
+        raise UsageError(f"The frequency table holds token ids up to {int(ids.max())}, but this model's vocabulary "
+                         f"has {d_vocab} tokens: it was counted for another tokenizer. Count it for this model "
+                         "with `python scripts/token_freq.py --model <model>`.")
+    p = torch.zeros(d_vocab)
+    p[ids] = torch.as_tensor(table["probability"].to_numpy(), dtype=torch.float32)
+    return p

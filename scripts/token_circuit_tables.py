@@ -1,0 +1,119 @@
+"""Key-pivoted token tables of one head's QK and OV circuits in token space.
+
+For the head (--layer/--head, default: the survey's best semantic head) every vocabulary token t
+gets the head's input x_t (analysis.vocab_input.head_input, mean context of the reference prompts);
+then, with p the token probabilities of a frequency file (--freq, written by token_freq.py;
+uniform when absent):
+
+  QK[q, k]   = x_q W_Q . (x_k W_K - x_BOS W_K) / sqrt(d_head)  (each query's score minus its score on BOS)
+  OVc[k, o]  = x_k W_V W_O W_U[:, o] minus its mean over o      (mean-normalised per source token)
+  key score  = max_q QK[q, k] * max_o OVc[k, o] * p_k^0.1       (which keys the table pivots on)
+  per key    top queries by QK[q, k] * p_q^0.1, top outputs by OVc[k, o]
+
+Both matrices stay factored (TransformerLens FactoredMatrix) and are read in vocabulary chunks of
+--chunk-size tokens, so for GPT-2 no 50257 x 50257 matrix is ever resident. Writes
+results/<model>/token_circuit_tables.json and figures/<model>/token_circuit_tables.{pdf,png}.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from analysis import circuits, cli, io, prompts  # noqa: E402
+from analysis.frequency import read_frequency_csv  # noqa: E402
+from analysis.models import load_model  # noqa: E402
+from analysis.scan import target_head  # noqa: E402
+from analysis.vocab_input import head_input, head_weights  # noqa: E402
+
+NAME = "token_circuit_tables"
+
+
+def build_parser():
+    p = cli.parser(__doc__, target_head=True)
+    p.add_argument("--freq", type=Path, default=None,
+                   help="token-frequency CSV (token,id,count,probability) from token_freq.py (default: uniform p)")
+    p.add_argument("--variant", choices=["mean", "zero"], default="mean",
+                   help="head input: mean context of the reference prompts, or zero (default: mean)")
+    p.add_argument("--keys", type=int, default=12, help="keys in the table (default: 12)")
+    p.add_argument("--queries", type=int, default=6, help="top queries per key (default: 6)")
+    p.add_argument("--outputs", type=int, default=6, help="top output tokens per key (default: 6)")
+    p.add_argument("--chunk-size", type=int, default=2048, help="vocabulary tokens per chunk (default: 2048)")
+    return p
+
+
+def table_figure(model, table, qk, ov, layer: int, head: int):
+    """QK of the top queries (rows) against the top keys (columns), and OVc of the keys against their top outputs."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    io.use_style()
+    keys = table["key_ids"]
+    queries = torch.unique(table["query_ids"].flatten(), sorted=False)[:30]
+    outputs = torch.unique(table["output_ids"].flatten(), sorted=False)[:30]
+    qk_block = qk[queries][:, keys].AB  # (n_q, n_keys)
+    ov_block = ov[keys].AB  # (n_keys, d_vocab)
+    ov_block = (ov_block - ov_block.mean(-1, keepdim=True))[:, outputs]
+    names = lambda ids: [repr(s)[1:-1] for s in model.to_str_tokens(ids)]  # noqa: E731  keep leading spaces visible
+    fig, axes = plt.subplots(1, 2, figsize=(0.32 * (len(keys) + len(outputs)) + 6, 0.3 * max(len(queries), len(keys)) + 3))
+    sns.heatmap(qk_block.numpy(), ax=axes[0], cmap="RdBu_r", center=0, xticklabels=names(keys),
+                yticklabels=names(queries), cbar_kws={"label": "QK minus score on BOS"})
+    axes[0].set(title=f"L{layer}H{head} QK: top queries x top keys", xlabel="key", ylabel="query")
+    sns.heatmap(ov_block.numpy(), ax=axes[1], cmap="RdBu_r", center=0, xticklabels=names(outputs),
+                yticklabels=names(keys), cbar_kws={"label": "OV logit, mean-normalised"})
+    axes[1].set(title=f"L{layer}H{head} OV: top keys x top outputs", xlabel="output token", ylabel="key (source)")
+    for ax in axes:
+        ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def main(args) -> None:
+    for flag in ("keys", "queries", "outputs", "chunk_size"):
+        cli.check_positive(f"--{flag.replace('_', '-')}", getattr(args, flag))
+    model = load_model(args.model, args.device)
+    layer, head = target_head(model, args.layer, args.head, args.seed)
+    d_vocab = model.cfg.d_vocab
+    p = (circuits.token_probabilities(read_frequency_csv(args.freq), d_vocab) if args.freq is not None
+         else torch.full((d_vocab,), 1.0 / d_vocab))
+
+    reference = prompts.reference_prompts(model, args.seed) if args.variant == "mean" else None
+    x = head_input(model, layer, reference, variant=args.variant, chunk_size=args.chunk_size, progress=True)
+    W_Q, W_K, b_Q, b_K = head_weights(model, layer, head, include_bias=True)
+    qk = circuits.token_qk(x, x, circuits.bos_key_input(model, layer), W_Q, W_K, b_Q, b_K)
+    ov = circuits.token_ov(x, model.W_V[layer, head].detach().float().cpu(), model.W_O[layer, head].detach().float().cpu(),
+                           model.W_U.detach().float().cpu())
+    table = circuits.key_pivoted_table(qk, ov, p, args.keys, args.queries, args.outputs, args.chunk_size)
+
+    token = (lambda i: model.to_single_str_token(int(i))) if model.tokenizer is not None else (lambda i: str(int(i)))
+    rows = []
+    for i, key in enumerate(table["key_ids"]):
+        rows.append({
+            "key": token(key), "key_id": int(key), "key_score": float(table["key_scores"][i]),
+            "qk_max": float(table["qk_max"][i]), "ov_max": float(table["ov_max"][i]),
+            "queries": [{"token": token(q), "id": int(q), "score": float(s)}
+                        for q, s in zip(table["query_ids"][i], table["query_scores"][i])],
+            "outputs": [{"token": token(o), "id": int(o), "score": float(s)}
+                        for o, s in zip(table["output_ids"][i], table["output_scores"][i])],
+        })
+    results = {"layer": layer, "head": head, "variant": args.variant,
+               "token_probabilities": str(args.freq) if args.freq is not None else "uniform",
+               "table": rows}
+    path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
+                           arguments=vars(args), seed=args.seed)
+    io.save_figure(table_figure(model, table, qk, ov, layer, head), args.out, args.model, NAME)
+
+    print(f"L{layer}H{head} key-pivoted table (p: {results['token_probabilities']})")
+    for row in rows:
+        queries = " ".join(repr(q["token"]) for q in row["queries"])
+        outputs = " ".join(repr(o["token"]) for o in row["outputs"])
+        print(f"  key {row['key']!r:>14} {row['key_score']:8.3f} | queries {queries} | outputs {outputs}")
+    print(f"results: {path}")
+
+
+if __name__ == "__main__":
+    cli.run(main, build_parser())
