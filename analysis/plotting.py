@@ -53,3 +53,20 @@ def attention_pattern(ax, pattern: torch.Tensor, labels: Sequence[str], title: s
     ax.set(title=title, xlabel="key", ylabel="query")
     ax.tick_params(labelsize=6)
     return ax
+
+
+def attention_heads_html(pattern: torch.Tensor, labels: Sequence[str], names: Sequence[str],
+                         title: str = "attention heads") -> str:
+    """A standalone HTML page with circuitsvis's `attention_heads` view of `pattern: [head, query, key]`.
+
+    The rendered object's local source inlines the JavaScript, so the page works offline (its CDN
+    source would fetch the library from the web).
+    """
+    import html
+
+    import circuitsvis
+
+    view = circuitsvis.attention.attention_heads(attention=pattern, tokens=list(labels),
+                                                 attention_head_names=list(names)).local_src
+    return (f'<!DOCTYPE html>\n<html>\n<head><meta charset="utf-8"><title>{html.escape(title)}</title></head>\n'
+            f"<body>\n{view}\n</body>\n</html>\n")
