@@ -1,0 +1,96 @@
+"""Head-level activation patching: which heads carry the clean answer into a corrupted run?
+
+Each head's output (hook_z, every position) is copied from the clean run into the corrupted run
+(TransformerLens's patching, one pass per head); the metric is the fraction of the clean logit
+difference logit(answer) - logit(wrong) recovered, (patched - corrupted) / (clean - corrupted).
+
+Default prompt pairs (--task auto: induction for the organism, IOI otherwise):
+  ioi        "When John and Mary went to the store, John gave a drink to" (answer " Mary") against
+             the name-swapped "..., Mary gave a drink to" (answer " John")
+  induction  "The old man saw a box on the hill. The old man saw a" (answer " box") against the same
+             with the earlier copy changed, "... saw a tree on the hill. ..." (answer " tree"): only
+             an induction head (fed by a previous-token head) can move the earlier word forward
+--clean/--corrupted/--answer/--wrong give your own pair. Writes results/<model>/activation_patching.json
+and figures/<model>/activation_patching.{pdf,png} (a layer x head heatmap).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from analysis import cli, io  # noqa: E402
+from analysis.errors import UsageError  # noqa: E402
+from analysis.models import load_model  # noqa: E402
+from analysis.patching import head_patching  # noqa: E402
+from analysis.patterns import check_context  # noqa: E402
+from analysis.plotting import head_heatmaps  # noqa: E402
+from analysis.prompts import single_token_ids  # noqa: E402
+from analysis.scan import top_heads  # noqa: E402
+
+NAME = "activation_patching"
+TASKS = {
+    "ioi": ("When John and Mary went to the store, John gave a drink to",
+            "When John and Mary went to the store, Mary gave a drink to", " Mary", " John"),
+    "induction": ("The old man saw a box on the hill. The old man saw a",
+                  "The old man saw a tree on the hill. The old man saw a", " box", " tree"),
+}
+
+
+def build_parser():
+    p = cli.parser(__doc__)
+    p.add_argument("--task", choices=["auto", *TASKS], default="auto",
+                   help="default prompt pair: auto = induction for the organism, ioi otherwise (default: auto)")
+    p.add_argument("--clean", default=None, help="clean prompt (with --corrupted, --answer, --wrong)")
+    p.add_argument("--corrupted", default=None, help="corrupted prompt, same number of tokens as --clean")
+    p.add_argument("--answer", default=None, help="the clean prompt's answer token, e.g. ' Mary'")
+    p.add_argument("--wrong", default=None, help="the corrupted prompt's answer token, e.g. ' John'")
+    p.add_argument("--top", type=int, default=5, help="heads listed (default: 5)")
+    return p
+
+
+def prompt_pair(args) -> tuple[str, str, str, str, str]:
+    custom = (args.clean, args.corrupted, args.answer, args.wrong)
+    if any(v is not None for v in custom):
+        if any(v is None for v in custom):
+            raise UsageError("A custom pair needs all four of --clean, --corrupted, --answer and --wrong.")
+        return "custom", *custom
+    task = args.task if args.task != "auto" else ("induction" if args.model == "organism" else "ioi")
+    return task, *TASKS[task]
+
+
+def main(args) -> None:
+    cli.check_positive("--top", args.top)
+    model = load_model(args.model, args.device)
+    if model.tokenizer is None:
+        raise UsageError("Patching here compares text prompts, so it needs a model with a tokenizer; this one has none.")
+    task, clean_text, corrupted_text, answer_text, wrong_text = prompt_pair(args)
+    clean, corrupted = model.to_tokens(clean_text).cpu(), model.to_tokens(corrupted_text).cpu()
+    check_context(model, clean)
+    answer, wrong = (torch.tensor(single_token_ids(model.tokenizer, [w])) for w in (answer_text, wrong_text))
+
+    out = head_patching(model, clean, corrupted, answer, wrong)
+    recovered = out["recovered"]  # [layer, head]
+    ranked = top_heads(recovered, args.top)
+    results = {"task": task, "clean": clean_text, "corrupted": corrupted_text, "answer": answer_text,
+               "wrong": wrong_text, "clean_logit_diff": out["clean_logit_diff"],
+               "corrupted_logit_diff": out["corrupted_logit_diff"], "recovered": recovered,
+               "top_heads": [{"layer": l, "head": h, "recovered": v} for l, h, v in ranked]}
+    path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
+                           arguments=vars(args), seed=args.seed)
+    fig = head_heatmaps([recovered], ["fraction of logit difference recovered"],
+                        suptitle=f"Patching hook_z clean -> corrupted ({task})")
+    io.save_figure(fig, args.out, args.model, NAME)
+
+    print(f"{task}: logit diff {answer_text!r} - {wrong_text!r}: clean {out['clean_logit_diff']:+.2f}, "
+          f"corrupted {out['corrupted_logit_diff']:+.2f}")
+    print("recovered by patching one head: " + ", ".join(f"L{l}H{h} {v:+.2f}" for l, h, v in ranked))
+    print(f"results: {path}")
+
+
+if __name__ == "__main__":
+    cli.run(main, build_parser())
