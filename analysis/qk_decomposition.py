@@ -1,0 +1,238 @@
+"""A head's QK circuit W = W_Q W_K^T, its symmetric and skew parts, their spectrum, and edits.
+
+W is the head's bilinear form on its (normalised) input: score(q, k) = x_q W x_k^T / sqrt(d_head).
+It splits uniquely into
+
+    W_sym  = (W + W^T) / 2    (scores that are the same both ways: x_q W_sym x_k = x_k W_sym x_q)
+    W_skew = (W - W^T) / 2    (scores that flip sign: x_q W_skew x_k = -x_k W_skew x_q)
+
+so x^T W x = x^T W_sym x for every x: the skew part cannot touch a token's score with itself.
+A head that avoids itself needs x^T W_sym x < 0 for the tokens it avoids, i.e. negative
+eigenvalues of W_sym. Each part is kept as a TransformerLens `FactoredMatrix` with an inner
+dimension of 2 * d_head,
+
+    W_sym  = [W_Q, W_K] @ [W_K, W_Q]^T / 2,     W_skew = [W_Q, W_K] @ [W_K, -W_Q]^T / 2,
+
+so the spectrum of W_sym comes from a (2 d_head x 2 d_head) eigenproblem and nothing of size
+d_model x d_model, let alone d_vocab x d_vocab, is ever formed. W_sym has at most 2 * d_head
+non-zero eigenvalues and, by Sylvester's law of inertia, at most d_head of each sign.
+
+Biases. By default W leaves the biases out (TransformerLens's QK-circuit convention). With
+them, score(q, k) = (x_q W_Q + b_Q)(x_k W_K + b_K)^T: `with_bias` folds them in by appending a
+constant 1 to the input, [x, 1] [W_Q; b_Q] [W_K; b_K]^T [x, 1]^T. Of the three extra terms only
+b_Q W_K^T x_k varies with the key; x_q W_Q b_K^T and b_Q b_K^T are constant along a query's row
+and cancel in the softmax.
+
+Edits (eigenvalue steering) change W_sym's eigenvalues λ_S on a set S of eigenvectors V_S and
+keep everything else: W' = W + V_S diag((f - 1) λ_S) V_S^T. W' is again a product
+W_Q' W_K'^T with W_Q' = [W_Q, V_S diag((f - 1) λ_S)], W_K' = [W_K, V_S], and `qk_override_hooks`
+runs the model with a head's scores computed from any such factorisation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from transformer_lens import FactoredMatrix, HookedTransformer
+
+from analysis import scan
+from analysis.ablation import head_pattern
+
+
+# --- the decomposition -----------------------------------------------------------------------
+
+
+def qk_matrix(W_Q: Tensor, W_K: Tensor) -> FactoredMatrix:
+    """W = W_Q W_K^T, `[d_model, d_model]` factored through d_head; `W_Q, W_K: [d_model, d_head]`."""
+    return FactoredMatrix(W_Q, W_K.T)
+
+
+def symmetric_part(W_Q: Tensor, W_K: Tensor) -> FactoredMatrix:
+    """W_sym = (W + W^T) / 2 = [W_Q, W_K] [W_K, W_Q]^T / 2, inner dimension 2 d_head."""
+    return FactoredMatrix(torch.cat([W_Q, W_K], -1), torch.cat([W_K, W_Q], -1).T / 2)
+
+
+def skew_part(W_Q: Tensor, W_K: Tensor) -> FactoredMatrix:
+    """W_skew = (W - W^T) / 2 = [W_Q, W_K] [W_K, -W_Q]^T / 2, inner dimension 2 d_head."""
+    return FactoredMatrix(torch.cat([W_Q, W_K], -1), torch.cat([W_K, -W_Q], -1).T / 2)
+
+
+def with_bias(W_Q: Tensor, W_K: Tensor, b_Q: Tensor, b_K: Tensor) -> tuple[Tensor, Tensor]:
+    """`[d_model + 1, d_head]` factors [W_Q; b_Q], [W_K; b_K] acting on inputs [x, 1] (see `append_one`)."""
+    return torch.cat([W_Q, b_Q[None]]), torch.cat([W_K, b_K[None]])
+
+
+def append_one(x: Tensor) -> Tensor:
+    """`[n, d_model] -> [n, d_model + 1]`: the constant coordinate that carries the biases."""
+    return torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)], -1)
+
+
+def relative_norms(W_Q: Tensor, W_K: Tensor) -> dict[str, float]:
+    """Frobenius norms ||W||, ||W_sym||, ||W_skew|| and the shares ||W_part|| / ||W||.
+
+    The parts are orthogonal under the Frobenius inner product: ||W||^2 = ||W_sym||^2 + ||W_skew||^2.
+    """
+    norm = float(qk_matrix(W_Q, W_K).norm())
+    sym, skew = float(symmetric_part(W_Q, W_K).norm()), float(skew_part(W_Q, W_K).norm())
+    return {"W": norm, "sym": sym, "skew": skew, "sym_share": sym / norm, "skew_share": skew / norm}
+
+
+@dataclass
+class Spectrum:
+    """All eigenpairs of W_sym: `values: [2 d_head]` ascending, `vectors: [d_model, 2 d_head]` orthonormal."""
+
+    values: Tensor
+    vectors: Tensor
+
+
+def symmetric_spectrum(W_Q: Tensor, W_K: Tensor) -> Spectrum:
+    """Every eigenpair of W_sym = U M U^T with U = [W_Q, W_K], M = [[0, I], [I, 0]] / 2.
+
+    With U = Q R (thin QR), W_sym = Q (R M R^T) Q^T, so the eigenpairs are those of the small
+    symmetric R M R^T = P diag(λ) P^T, with eigenvectors Q P: exact, all 2 d_head of them
+    (eigenvalues that vanish because U is rank-deficient come out as ~0, not dropped).
+    """
+    d_head = W_Q.shape[-1]
+    U = torch.cat([W_Q, W_K], -1).double()  # (d_model, 2 d_head)
+    Q, R = torch.linalg.qr(U)  # Q: (d_model, r), R: (r, 2 d_head)
+    eye = torch.eye(d_head, dtype=U.dtype)
+    zero = torch.zeros_like(eye)
+    M = torch.cat([torch.cat([zero, eye], 1), torch.cat([eye, zero], 1)]) / 2
+    small = R @ M @ R.T
+    values, P = torch.linalg.eigh((small + small.T) / 2)
+    return Spectrum(values.to(W_Q.dtype), (Q @ P).to(W_Q.dtype))
+
+
+def spectrum_summary(values: Tensor, rel_tol: float = 1e-6) -> dict[str, float | int]:
+    """Counts and total magnitudes of the eigenvalues of each sign; |λ| <= rel_tol * max|λ| counts as 0.
+
+    `negative_share` = sum |λ_neg| / sum |λ|; the trace sum λ = trace(W) is the mean self-score of
+    an isotropic input (E[x^T W x] = trace(W) for E[x x^T] = I).
+    """
+    tol = rel_tol * values.abs().max()
+    negative, positive = values[values < -tol], values[values > tol]
+    total = values.abs().sum()
+    return {"n_negative": len(negative), "n_positive": len(positive), "n_zero": len(values) - len(negative) - len(positive),
+            "negative_total": float(negative.abs().sum()), "positive_total": float(positive.sum()),
+            "negative_share": float(negative.abs().sum() / total), "trace": float(values.sum()),
+            "most_negative": float(values.min()), "most_positive": float(values.max())}
+
+
+# --- token-space scores ----------------------------------------------------------------------
+
+
+def token_scores(query_input: Tensor, W: FactoredMatrix, key_input: Tensor, d_head: int) -> Tensor:
+    """`[n_q, n_k]`: x_q W x_k^T / sqrt(d_head) for `query_input: [n_q, d]`, `key_input: [n_k, d]`.
+
+    Through the factors, (x_q A)(x_k B^T)^T: the cost is n_q n_k inner-dim, the memory n_q n_k.
+    """
+    return (query_input @ W.A) @ (key_input @ W.B.T).T / d_head ** 0.5
+
+
+def self_scores(x: Tensor, W: FactoredMatrix, d_head: int) -> Tensor:
+    """`[n]`: each input's score with itself, x_i W x_i^T / sqrt(d_head), without the n x n matrix."""
+    return ((x @ W.A) * (x @ W.B.T)).sum(-1) / d_head ** 0.5
+
+
+def self_score_parts(x: Tensor, spectrum: Spectrum, d_head: int) -> tuple[Tensor, Tensor]:
+    """(`positive: [n]`, `negative: [n]`): x^T W_sym x / sqrt(d_head) = sum_i λ_i (v_i . x)^2 / sqrt(d_head)
+    split into the terms with λ_i > 0 and with λ_i < 0 (their sum is the self-score)."""
+    terms = spectrum.values * (x @ spectrum.vectors) ** 2 / d_head ** 0.5  # (n, 2 d_head)
+    return terms.clamp_min(0).sum(-1), terms.clamp_max(0).sum(-1)
+
+
+def score_blocks(query_input: Tensor, W: FactoredMatrix, key_input: Tensor, d_head: int, chunk_size: int = 1024
+                 ) -> Iterator[tuple[int, Tensor]]:
+    """(start, `block: [C, n_k]`) for consecutive chunks of queries: `token_scores` one chunk at a time."""
+    left, right = query_input @ W.A / d_head ** 0.5, key_input @ W.B.T  # (n_q, r), (n_k, r)
+    for start in range(0, len(query_input), chunk_size):
+        yield start, left[start:start + chunk_size] @ right.T
+
+
+@torch.no_grad()
+def self_ranks(x: Tensor, W: FactoredMatrix, chunk_size: int = 1024) -> Tensor:
+    """`[n]`: rank of each token's score with itself among all keys for its query (1 = top).
+
+    rank_i = 1 + #{j : x_i W x_j^T > x_i W x_i^T}, over every row j of `x: [n, d]` (the keys are
+    the queries). Read in `[chunk_size, n]` blocks of scores, so n x n is never resident.
+    """
+    ranks = []
+    for start, block in score_blocks(x, W, x, 1, chunk_size):  # ranks do not depend on the scale
+        diagonal = block.diagonal(offset=start)  # (C,): query start + c against key start + c
+        ranks.append(1 + (block > diagonal[:, None]).sum(-1))
+    return torch.cat(ranks)
+
+
+def rank_metrics(ranks: Tensor, at: Sequence[int] = (1, 128, 1024)) -> dict[str, float]:
+    """Summaries of self-ranks r_i: mean rank, MRR = mean(1 / r_i), and accuracy@k = mean(r_i <= k)."""
+    ranks = ranks.double()
+    return {"mean_rank": float(ranks.mean()), "mrr": float((1 / ranks).mean()),
+            **{f"acc@{k}": float((ranks <= k).double().mean()) for k in at}}
+
+
+# --- eigenvalue edits ------------------------------------------------------------------------
+
+
+def most_negative(values: Tensor, k: int | None = None) -> Tensor:
+    """Indices of the k most negative eigenvalues (all negative ones when k is None), most negative first."""
+    order = values.argsort()
+    negative = order[values[order] < 0]
+    return negative if k is None else negative[:k]
+
+
+def edited_factors(W_Q: Tensor, W_K: Tensor, spectrum: Spectrum, index: Tensor, factor: float
+                   ) -> tuple[Tensor, Tensor]:
+    """`[d_model, d_head + |S|]` factors of W' = W + V_S diag((factor - 1) λ_S) V_S^T.
+
+    The eigenvalues λ_S of W_sym on the components `index` become factor * λ_S; the rest of
+    W_sym and all of W_skew are unchanged. factor = 1 gives W back exactly.
+    """
+    V = spectrum.vectors[:, index]  # (d_model, |S|)
+    delta = (factor - 1) * spectrum.values[index]
+    return torch.cat([W_Q, V * delta], -1), torch.cat([W_K, V], -1)
+
+
+def pad_bias(b: Tensor | None, width: int) -> Tensor | None:
+    """A head's bias `[d_head]` padded with zeros to `[width]`, for the extra columns of edited factors."""
+    return None if b is None else torch.cat([b, b.new_zeros(width - len(b))])
+
+
+# --- running the model with an edited head ---------------------------------------------------
+
+
+def qk_override_hooks(model: HookedTransformer, layer: int, head: int, W_Q: Tensor, W_K: Tensor,
+                      b_Q: Tensor | None = None, b_K: Tensor | None = None) -> list[tuple[str, object]]:
+    """Forward hooks that recompute one head's attention scores from replacement factors.
+
+    score(q, k) = (x_q W_Q + b_Q)(x_k W_K + b_K)^T / attn_scale with x = ln1(resid_pre) of the
+    layer (exactly what the head's own W_Q, W_K see), for any `W_Q, W_K: [d_model, r]`; the
+    causal mask is kept. Pass the model's biases (padded with `pad_bias`) to keep them. Gradients
+    flow into W_Q and W_K, so the same hooks serve evaluation and gradient steering.
+    """
+    block = model.blocks[layer]
+    stash: dict[str, Tensor] = {}
+
+    def keep_input(resid_pre: Tensor, hook) -> None:  # (B, T, d_model)
+        stash["x"] = resid_pre
+
+    def replace_scores(scores: Tensor, hook) -> Tensor:  # (B, nh, T, T)
+        x = block.ln1(stash.pop("x"))
+        q = x @ W_Q.to(x) + (0 if b_Q is None else b_Q.to(x))  # (B, T, r)
+        k = x @ W_K.to(x) + (0 if b_K is None else b_K.to(x))
+        new = q @ k.transpose(-1, -2) / block.attn.attn_scale  # (B, T, T)
+        causal = torch.ones(new.shape[-2:], dtype=torch.bool, device=new.device).tril()
+        scores = scores.clone()
+        scores[:, head] = torch.where(causal, new.to(scores.dtype), scores[:, head])
+        return scores
+
+    return [(f"blocks.{layer}.hook_resid_pre", keep_input), (f"blocks.{layer}.attn.hook_attn_scores", replace_scores)]
+
+
+def in_context_scores(model: HookedTransformer, tokens: Tensor, mask: Tensor, layer: int, head: int,
+                      fwd_hooks: Sequence[tuple[str, object]] = (), batch_size: int = 64) -> dict[str, float]:
+    """The part-1 metrics (S, partner, self and BOS mass, argmax accuracy) of one head, mean over prompts."""
+    pattern = head_pattern(model, tokens, layer, head, list(fwd_hooks), batch_size)[:, None]  # (B, 1, q, k)
+    return {key: float(value.nanmean()) for key, value in scan.semantic_scores(pattern, tokens, mask).items()}

@@ -1,0 +1,103 @@
+"""Eigenvalue steering: scale the negative eigenvalues of W_sym, look at the group maps, then run the model.
+
+W_sym = (W + W^T)/2 of the head's W = W_Q W_K^T has eigenpairs (λ_i, v_i). For each factor f
+(--factors, default 1 0.5 0 -1) every negative λ_i becomes f λ_i and the rest of W_sym and all of
+W_skew stay: W_f = W + V_neg diag((f - 1) λ_neg) V_neg^T.
+
+  maps    E W_f E^T / sqrt(d_head) on the 30-token group set (--input, default mean), with the
+          mean self, in-group and out-of-group scores
+  causal  the model run with the head's scores computed from a factorisation of W_f (biases
+          kept; qk_decomposition.qk_override_hooks) on category prompts, scored with the part-1
+          metrics: self mass, partner mass, BOS mass when no partner, S
+
+Writes results/<model>/svd_group_scaling_heatmap.json and figures/<model>/svd_group_scaling_heatmap
+(maps) and svd_group_scaling_heatmap_causal (masses against f).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from transformer_lens import FactoredMatrix  # noqa: E402
+
+from analysis import cli, io, prompts, scan  # noqa: E402
+from analysis import qk_decomposition as qk  # noqa: E402
+from analysis.models import load_model  # noqa: E402
+from analysis.token_maps import add_input_argument, block_means, group_heatmaps, group_tokens, token_inputs  # noqa: E402
+from analysis.vocab_input import head_weights  # noqa: E402
+
+NAME = "svd_group_scaling_heatmap"
+MASSES = ("self_mass", "partner_mass", "bos_mass_no_partner")
+
+
+def build_parser():
+    p = cli.parser(__doc__, target_head=True)
+    add_input_argument(p)
+    p.add_argument("--factors", type=float, nargs="+", default=[1.0, 0.5, 0.0, -1.0],
+                   help="factors for the negative eigenvalues of W_sym (default: 1 0.5 0 -1)")
+    p.add_argument("--n-prompts", type=int, default=64, help="category prompts for the causal check (default: 64)")
+    p.add_argument("--n-words", type=int, default=64, help="words per category prompt (default: 64)")
+    return p
+
+
+def main(args) -> None:
+    for flag in ("n_prompts", "n_words"):
+        cli.check_positive(f"--{flag.replace('_', '-')}", getattr(args, flag))
+    model = load_model(args.model, args.device)
+    layer, head = scan.target_head(model, args.layer, args.head, args.seed)
+    d_head = model.cfg.d_head
+    W_Q, W_K, b_Q, b_K = head_weights(model, layer, head, include_bias=True)
+    spectrum = qk.symmetric_spectrum(W_Q, W_K)
+    negative = qk.most_negative(spectrum.values)
+    ids, labels, group, _ = group_tokens(model.tokenizer)
+    E = token_inputs(model, layer, args.input, token_ids=ids, seed=args.seed)
+    tokens, mask = scan.category_probe(model, prompts.ALL_CATEGORIES, args.n_prompts, args.n_words, args.seed + 1)
+
+    per_factor, maps = [], []
+    for factor in args.factors:
+        A, B = qk.edited_factors(W_Q, W_K, spectrum, negative, factor)
+        maps.append(qk.token_scores(E, FactoredMatrix(A, B.T), E, d_head))
+        hooks = qk.qk_override_hooks(model, layer, head, A, B, qk.pad_bias(b_Q, A.shape[1]), qk.pad_bias(b_K, A.shape[1]))
+        per_factor.append({"factor": factor, "map": maps[-1], "block_means": block_means(maps[-1], group),
+                           "in_context": qk.in_context_scores(model, tokens, mask, layer, head, hooks)})
+    base = qk.in_context_scores(model, tokens, mask, layer, head)  # the unedited model, no hooks
+    results = {"head": {"layer": layer, "head": head}, "input": args.input, "tokens": labels,
+               "n_negative_eigenvalues": len(negative), "unedited_in_context": base, "factors": per_factor}
+    path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
+                           arguments=vars(args), seed=args.seed)
+    fig = group_heatmaps(maps, [f"negative λ × {f:g}" for f in args.factors], labels, group, shared_scale=True,
+                         suptitle=f"L{layer}H{head}: scaling the {len(negative)} negative eigenvalues of W_sym "
+                                  f"({args.input} inputs)")
+    io.save_figure(fig, args.out, args.model, NAME)
+    io.save_figure(causal_figure(per_factor, layer, head), args.out, args.model, f"{NAME}_causal")
+
+    print(f"L{layer}H{head}: {len(negative)} negative eigenvalues scaled; unedited self mass {base['self_mass']:.3f}")
+    for row in per_factor:
+        b, c = row["block_means"], row["in_context"]
+        print(f"factor {row['factor']:+5.2f}: map self {b['self']:+6.2f} vs in-group {b['in_group']:+6.2f} | "
+              f"in context: self {c['self_mass']:.3f}, partner {c['partner_mass']:.3f}, "
+              f"BOS (no partner) {c['bos_mass_no_partner']:.3f}")
+    print(f"results: {path}")
+
+
+def causal_figure(per_factor, layer, head):
+    io.use_style()
+    import matplotlib.pyplot as plt
+
+    factors = [row["factor"] for row in per_factor]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for key in MASSES:
+        ax.plot(factors, [row["in_context"][key] for row in per_factor], "o-", label=key.replace("_", " "))
+    ax.invert_xaxis()  # from the unedited head (1) towards flipped eigenvalues (-1)
+    ax.set(title=f"L{layer}H{head} in context, negative λ scaled", xlabel="factor on negative eigenvalues",
+           ylabel="attention mass", ylim=(-0.02, 1.02))
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+if __name__ == "__main__":
+    cli.run(main, build_parser())

@@ -1,0 +1,111 @@
+"""Rank ablation: how far self-scores climb when the k most negative eigenvalues of W_sym are rescaled.
+
+For every cell of a grid over k (--ks: the k most negative eigencomponents of W_sym) and a scale
+s (--scales), W_{k,s} = W + V_k diag((s - 1) λ_k) V_k^T (the skew part and the other eigenvalues
+kept). Per cell, over the whole vocabulary in query chunks (E: --input, default mean; biases left
+out of W):
+
+  self-rank   r_t = 1 + #{keys j : x_t W x_j^T > x_t W x_t^T} among all d_vocab keys for query t
+  summaries   mean rank, mean reciprocal rank, accuracy@K = fraction of tokens with r_t <= K (--at)
+  in context  the head's self mass on category prompts, the model run with W_{k,s} (biases kept)
+
+(The original study's precision@k was computed on rank vectors and is meaningless; it is not
+repeated here.) scale 1 is the unedited head. Writes results/<model>/svd_rank_ablation.json and
+figures/<model>/svd_rank_ablation.{pdf,png}.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+from transformer_lens import FactoredMatrix  # noqa: E402
+
+from analysis import cli, io, prompts, scan  # noqa: E402
+from analysis import qk_decomposition as qk  # noqa: E402
+from analysis.models import load_model  # noqa: E402
+from analysis.token_maps import add_input_argument, token_inputs  # noqa: E402
+from analysis.vocab_input import head_weights  # noqa: E402
+
+NAME = "svd_rank_ablation"
+
+
+def build_parser():
+    p = cli.parser(__doc__, target_head=True)
+    add_input_argument(p)
+    p.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4, 8, 16, 24, 32],
+                   help="numbers of most-negative eigencomponents to rescale (default: 1 2 4 8 16 24 32)")
+    p.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.5, 0.0, -1.0, -2.0],
+                   help="factors for those eigenvalues; 1 = unedited (default: 1 0.5 0 -1 -2)")
+    p.add_argument("--at", type=int, nargs="+", default=[1, 128, 1024], help="K of accuracy@K (default: 1 128 1024)")
+    p.add_argument("--n-prompts", type=int, default=32, help="category prompts per cell for the self mass (default: 32)")
+    p.add_argument("--n-words", type=int, default=64, help="words per category prompt (default: 64)")
+    p.add_argument("--chunk-size", type=int, default=1024, help="queries per block of scores (default: 1024)")
+    return p
+
+
+def main(args) -> None:
+    for flag, value in (("--n-prompts", args.n_prompts), ("--n-words", args.n_words),
+                        ("--chunk-size", args.chunk_size), ("--ks", min(args.ks)), ("--at", min(args.at))):
+        cli.check_positive(flag, value)
+    model = load_model(args.model, args.device)
+    layer, head = scan.target_head(model, args.layer, args.head, args.seed)
+    W_Q, W_K, b_Q, b_K = head_weights(model, layer, head, include_bias=True)
+    spectrum = qk.symmetric_spectrum(W_Q, W_K)
+    n_negative = len(qk.most_negative(spectrum.values))
+    ks = sorted({min(k, n_negative) for k in args.ks})  # k beyond the negative count repeats the last cell
+    E = token_inputs(model, layer, args.input, seed=args.seed, progress=True)  # (d_vocab, d_model)
+    tokens, mask = scan.category_probe(model, prompts.ALL_CATEGORIES, args.n_prompts, args.n_words, args.seed + 1)
+
+    cells = []
+    for k, scale in tqdm([(k, s) for k in ks for s in args.scales], desc="grid"):
+        A, B = qk.edited_factors(W_Q, W_K, spectrum, qk.most_negative(spectrum.values, k), scale)
+        ranks = qk.self_ranks(E, FactoredMatrix(A, B.T), args.chunk_size)
+        hooks = qk.qk_override_hooks(model, layer, head, A, B, qk.pad_bias(b_Q, A.shape[1]), qk.pad_bias(b_K, A.shape[1]))
+        in_context = qk.in_context_scores(model, tokens, mask, layer, head, hooks)
+        cells.append({"k": k, "scale": scale, **qk.rank_metrics(ranks, args.at),
+                      "self_mass": in_context["self_mass"], "partner_mass": in_context["partner_mass"]})
+    results = {"head": {"layer": layer, "head": head}, "input": args.input, "n_negative_eigenvalues": n_negative,
+               "d_vocab": model.cfg.d_vocab, "ks": ks, "scales": args.scales, "cells": cells}
+    path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
+                           arguments=vars(args), seed=args.seed)
+    io.save_figure(figure(cells, ks, args, layer, head), args.out, args.model, NAME)
+
+    base = next(c for c in cells if c["scale"] == 1.0) if 1.0 in args.scales else None
+    best = min(cells, key=lambda c: c["mean_rank"])
+    if base:
+        print(f"L{layer}H{head} unedited: mean self-rank {base['mean_rank']:.1f} of {model.cfg.d_vocab}, "
+              f"MRR {base['mrr']:.3f}, self mass {base['self_mass']:.3f}")
+    print(f"best cell k={best['k']}, scale {best['scale']:g}: mean self-rank {best['mean_rank']:.1f}, "
+          f"MRR {best['mrr']:.3f}, " + ", ".join(f"acc@{K} {best[f'acc@{K}']:.2f}" for K in args.at)
+          + f", self mass {best['self_mass']:.3f}")
+    print(f"results: {path}")
+
+
+def figure(cells, ks, args, layer, head):
+    io.use_style()
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    panels = [("mean_rank", "mean self-rank", "rocket"), ("mrr", "mean reciprocal rank", "rocket_r"),
+              *[(f"acc@{K}", f"accuracy@{K}", "rocket_r") for K in args.at],
+              ("self_mass", "in-context self mass", "rocket_r")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False)
+    for ax, (key, title, cmap) in zip(axes[0], panels):
+        grid = np.array([[next(c[key] for c in cells if c["k"] == k and c["scale"] == s) for s in args.scales]
+                         for k in ks])
+        limits = {} if key == "mean_rank" else {"vmin": 0, "vmax": 1}  # fractions on one fixed scale
+        sns.heatmap(grid, ax=ax, cmap=cmap, annot=True, **limits, fmt=".0f" if key == "mean_rank" else ".2f",
+                    annot_kws={"fontsize": 6}, xticklabels=[f"{s:g}" for s in args.scales], yticklabels=ks, cbar=False)
+        ax.set(title=title, xlabel="scale", ylabel="k most negative")
+    fig.suptitle(f"L{layer}H{head}: rescaling the most negative eigenvalues of W_sym ({args.input} inputs)")
+    fig.tight_layout()
+    return fig
+
+
+if __name__ == "__main__":
+    cli.run(main, build_parser())

@@ -1,0 +1,83 @@
+"""Token-space maps of a head's QK circuit and of its symmetric and skew parts, on the 30-token group set.
+
+For the group set (days, colours, years, pronouns, countries; six tokens each) with head inputs
+E (--input, default mean), the maps
+
+    base   E W E^T / sqrt(d_head)         W = W_Q W_K^T (no biases)
+    sym    E W_sym E^T / sqrt(d_head)     W_sym  = (W + W^T) / 2
+    skew   E W_skew E^T / sqrt(d_head)    W_skew = (W - W^T) / 2
+    bias   (E W_Q + b_Q)(E W_K + b_K)^T / sqrt(d_head)
+
+with, for each, the mean score on the diagonal (self), within a group and across groups, and
+the relative Frobenius norms of the sym and skew maps. The diagonal of base equals that of
+sym, and skew's diagonal is zero: the skew part never changes a token's score with itself.
+Writes results/<model>/svd_sym_skew_heatmap.json and figures/<model>/svd_sym_skew_heatmap.{pdf,png}.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from analysis import cli, io, scan  # noqa: E402
+from analysis import qk_decomposition as qk  # noqa: E402
+from analysis.models import load_model  # noqa: E402
+from analysis.token_maps import add_input_argument, block_means, group_heatmaps, group_tokens, token_inputs  # noqa: E402
+from analysis.vocab_input import bilinear_scores, head_weights  # noqa: E402
+
+NAME = "svd_sym_skew_heatmap"
+
+
+def build_parser():
+    p = cli.parser(__doc__, target_head=True)
+    add_input_argument(p)
+    return p
+
+
+def main(args) -> None:
+    model = load_model(args.model, args.device)
+    layer, head = scan.target_head(model, args.layer, args.head, args.seed)
+    d_head = model.cfg.d_head
+    W_Q, W_K, b_Q, b_K = head_weights(model, layer, head, include_bias=True)
+    ids, labels, group, group_names = group_tokens(model.tokenizer)
+    E = token_inputs(model, layer, args.input, token_ids=ids, seed=args.seed)  # (30, d_model)
+
+    maps = {"base": qk.token_scores(E, qk.qk_matrix(W_Q, W_K), E, d_head),
+            "sym": qk.token_scores(E, qk.symmetric_part(W_Q, W_K), E, d_head),
+            "skew": qk.token_scores(E, qk.skew_part(W_Q, W_K), E, d_head),
+            "bias": bilinear_scores(E, E, W_Q, W_K, b_Q, b_K)}
+    base_norm = float(maps["base"].norm())
+    results = {
+        "head": {"layer": layer, "head": head}, "input": args.input, "tokens": labels, "groups": group_names,
+        "maps": maps,
+        "block_means": {name: block_means(m, group) for name, m in maps.items()},
+        "relative_norms": {name: float(maps[name].norm()) / base_norm for name in ("sym", "skew")},
+        "check": {"max_abs_diag_base_minus_sym": float((maps["base"].diagonal() - maps["sym"].diagonal()).abs().max()),
+                  "max_abs_diag_skew": float(maps["skew"].diagonal().abs().max())},
+        "bias_effect": {"max_abs_change": float((maps["bias"] - maps["base"]).abs().max()),
+                        "max_abs_change_row_centred": float(centred(maps["bias"] - maps["base"]).abs().max())},
+    }
+    path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
+                           arguments=vars(args), seed=args.seed)
+    fig = group_heatmaps(list(maps.values()),
+                         ["base  E W Eᵀ/√d", "symmetric part", "skew part", "base with Q/K biases"], labels, group,
+                         suptitle=f"L{layer}H{head}, group set ({args.input} inputs)")
+    io.save_figure(fig, args.out, args.model, NAME)
+
+    for name, stats in results["block_means"].items():
+        print(f"{name:>5s}: self {stats['self']:+.2f}, in-group {stats['in_group']:+.2f}, "
+              f"out-of-group {stats['out_group']:+.2f}")
+    print(f"relative norms: sym {results['relative_norms']['sym']:.2f}, skew {results['relative_norms']['skew']:.2f}; "
+          f"diag(base) - diag(sym) <= {results['check']['max_abs_diag_base_minus_sym']:.1e}")
+    print(f"results: {path}")
+
+
+def centred(scores):
+    """Each row minus its mean: what is left after the softmax's shift invariance."""
+    return scores - scores.mean(-1, keepdim=True)
+
+
+if __name__ == "__main__":
+    cli.run(main, build_parser())

@@ -1,0 +1,179 @@
+"""QK decomposition: exact small cases, TransformerLens cross-checks, and the organism's semantic head."""
+
+import json
+import math
+
+import pytest
+import torch
+from transformer_lens import FactoredMatrix
+
+from analysis import prompts, scan
+from analysis import qk_decomposition as qk
+from analysis.vocab_input import bilinear_scores, head_weights
+from conftest import run_main
+
+
+def random_factors(d_model=12, d_head=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(d_model, d_head, generator=g), torch.randn(d_model, d_head, generator=g)
+
+
+def test_parts_are_the_symmetric_and_skew_halves():
+    W_Q, W_K = random_factors()
+    W = W_Q @ W_K.T
+    assert torch.allclose(qk.qk_matrix(W_Q, W_K).AB, W)
+    assert torch.allclose(qk.symmetric_part(W_Q, W_K).AB, (W + W.T) / 2, atol=1e-6)
+    assert torch.allclose(qk.skew_part(W_Q, W_K).AB, (W - W.T) / 2, atol=1e-6)
+    norms = qk.relative_norms(W_Q, W_K)
+    assert math.isclose(norms["W"] ** 2, norms["sym"] ** 2 + norms["skew"] ** 2, rel_tol=1e-5)
+    assert math.isclose(norms["sym"], float(((W + W.T) / 2).norm()), rel_tol=1e-5)
+
+
+def test_spectrum_of_a_hand_built_head():
+    # W = e1 e2^T: W_sym = (e1 e2^T + e2 e1^T) / 2 has eigenvalues -1/2 (e1 - e2) and +1/2 (e1 + e2)
+    e = torch.eye(3)
+    spectrum = qk.symmetric_spectrum(e[:, :1], e[:, 1:2])
+    assert torch.allclose(spectrum.values, torch.tensor([-0.5, 0.5]))
+    v = spectrum.vectors[:, 0] * torch.sign(spectrum.vectors[0, 0])
+    assert torch.allclose(v, torch.tensor([1.0, -1.0, 0.0]) / math.sqrt(2), atol=1e-6)
+    summary = qk.spectrum_summary(spectrum.values)
+    assert (summary["n_negative"], summary["n_positive"], summary["n_zero"]) == (1, 1, 0)
+    assert summary["negative_total"] == 0.5 and summary["trace"] == 0.0 and summary["negative_share"] == 0.5
+
+
+def test_spectrum_is_complete_and_matches_dense_and_transformer_lens():
+    W_Q, W_K = random_factors(d_model=16, d_head=4)
+    spectrum = qk.symmetric_spectrum(W_Q, W_K)
+    sym = qk.symmetric_part(W_Q, W_K)
+    assert spectrum.values.shape == (8,)  # all 2 d_head eigenpairs, not a truncation
+    dense = torch.linalg.eigvalsh(sym.AB.double())
+    nonzero = dense[dense.abs() > 1e-6].float()
+    assert torch.allclose(spectrum.values, nonzero, atol=1e-4)
+    tl = sym.eigenvalues.real.sort().values  # TransformerLens: eigenvalues of the small product BA
+    assert torch.allclose(spectrum.values, tl, atol=1e-4)
+    V = spectrum.vectors
+    assert torch.allclose(V.T @ V, torch.eye(8), atol=1e-5)
+    assert torch.allclose(V @ torch.diag(spectrum.values) @ V.T, sym.AB, atol=1e-5)
+    # at most d_head eigenvalues of each sign (Sylvester's law of inertia)
+    assert (spectrum.values < 0).sum() <= 4 and (spectrum.values > 0).sum() <= 4
+
+
+def test_skew_part_cannot_change_self_scores():
+    W_Q, W_K = random_factors()
+    x = torch.randn(20, 12)
+    W, sym, skew = qk.qk_matrix(W_Q, W_K), qk.symmetric_part(W_Q, W_K), qk.skew_part(W_Q, W_K)
+    assert torch.allclose(qk.self_scores(x, W, 3), qk.self_scores(x, sym, 3), atol=1e-5)
+    assert qk.self_scores(x, skew, 3).abs().max() < 1e-5
+    assert torch.allclose(qk.self_scores(x, W, 3), qk.token_scores(x, W, x, 3).diagonal(), atol=1e-5)
+    positive, negative = qk.self_score_parts(x, qk.symmetric_spectrum(W_Q, W_K), 3)
+    assert (positive >= 0).all() and (negative <= 0).all()
+    assert torch.allclose(positive + negative, qk.self_scores(x, W, 3), atol=1e-4)
+
+
+def test_token_scores_agree_with_bilinear_scores_and_biases_fold_into_the_input():
+    W_Q, W_K = random_factors()
+    b_Q, b_K = torch.randn(3), torch.randn(3)
+    xq, xk = torch.randn(5, 12), torch.randn(7, 12)
+    assert torch.allclose(qk.token_scores(xq, qk.qk_matrix(W_Q, W_K), xk, 3), bilinear_scores(xq, xk, W_Q, W_K), atol=1e-5)
+    aug = qk.qk_matrix(*qk.with_bias(W_Q, W_K, b_Q, b_K))
+    assert torch.allclose(qk.token_scores(qk.append_one(xq), aug, qk.append_one(xk), 3),
+                          bilinear_scores(xq, xk, W_Q, W_K, b_Q, b_K), atol=1e-4)
+
+
+def test_self_ranks_and_rank_metrics_exact():
+    # keys = queries = e1, e2, e3, so the scores are M itself
+    M = torch.tensor([[1.0, 2.0, 3.0],   # self 1: beaten by 2 and 3 -> rank 3
+                      [0.0, 5.0, 1.0],   # rank 1
+                      [4.0, 9.0, 4.0]])  # beaten by 9 only (ties do not count) -> rank 2
+    W = FactoredMatrix(M, torch.eye(3))
+    ranks = qk.self_ranks(torch.eye(3), W, chunk_size=2)
+    assert ranks.tolist() == [3, 1, 2]
+    metrics = qk.rank_metrics(ranks, at=(1, 2))
+    assert metrics["mean_rank"] == 2.0
+    assert math.isclose(metrics["mrr"], (1 / 3 + 1 + 1 / 2) / 3)
+    assert math.isclose(metrics["acc@1"], 1 / 3) and math.isclose(metrics["acc@2"], 2 / 3)
+
+
+def test_eigenvalue_edits():
+    W_Q, W_K = random_factors(d_model=10, d_head=3)
+    spectrum = qk.symmetric_spectrum(W_Q, W_K)
+    negative = qk.most_negative(spectrum.values)
+    assert (spectrum.values[negative] < 0).all()
+    assert spectrum.values[negative].tolist() == sorted(spectrum.values[negative].tolist())  # most negative first
+    A, B = qk.edited_factors(W_Q, W_K, spectrum, negative, 1.0)
+    assert torch.allclose(A @ B.T, W_Q @ W_K.T, atol=1e-6)  # factor 1: nothing changes
+    A, B = qk.edited_factors(W_Q, W_K, spectrum, negative[:1], -2.0)
+    edited = A @ B.T
+    W = W_Q @ W_K.T
+    assert torch.allclose((edited - edited.T) / 2, (W - W.T) / 2, atol=1e-5)  # skew part kept
+    expected = spectrum.values.clone()
+    expected[negative[0]] *= -2
+    got = torch.linalg.eigvalsh(((edited + edited.T) / 2).double()).float()
+    assert torch.allclose(got[got.abs() > 1e-5].sort().values, expected.sort().values, atol=1e-4)
+    assert qk.pad_bias(torch.tensor([1.0, 2.0]), 4).tolist() == [1.0, 2.0, 0.0, 0.0]
+
+
+def test_override_hooks_reproduce_the_model_and_recompute_scores(organism):
+    from analysis.ablation import head_pattern
+
+    tokens = prompts.reference_prompts(organism, seed=3, n_prompts=4, n_words=20)
+    W_Q, W_K, b_Q, b_K = head_weights(organism, 1, 2, include_bias=True)
+    clean = head_pattern(organism, tokens, 1, 2)
+    same = head_pattern(organism, tokens, 1, 2, qk.qk_override_hooks(organism, 1, 2, W_Q, W_K, b_Q, b_K))
+    assert torch.allclose(clean, same, atol=1e-5)
+    zero = torch.zeros_like(W_Q)  # every score 0: uniform over the causal keys, A[q, k] = 1 / (q + 1)
+    uniform = head_pattern(organism, tokens, 1, 2, qk.qk_override_hooks(organism, 1, 2, zero, zero))
+    expected = torch.ones(21, 21).tril() / torch.arange(1, 22)[:, None]
+    assert torch.allclose(uniform, expected.expand_as(uniform), atol=1e-6)
+    other_head = head_pattern(organism, tokens, 1, 0, qk.qk_override_hooks(organism, 1, 2, zero, zero))
+    assert torch.allclose(other_head, head_pattern(organism, tokens, 1, 0))  # only the target head changes
+
+
+def test_semantic_head_needs_negative_eigenvalues_and_flipping_them_restores_self_attention(organism, truth):
+    layer, head = scan.target_head(organism, None, None)  # found unaided
+    assert [layer, head] == truth["planted_heads"]["semantic"]
+    W_Q, W_K, b_Q, b_K = head_weights(organism, layer, head, include_bias=True)
+    spectrum = qk.symmetric_spectrum(W_Q, W_K)
+    norms = qk.relative_norms(W_Q, W_K)
+    assert qk.spectrum_summary(spectrum.values)["n_negative"] > 0
+    assert norms["skew"] < norms["sym"]
+    tokens, mask = scan.category_probe(organism, prompts.ALL_CATEGORIES, 32, 64, seed=21)
+    base = qk.in_context_scores(organism, tokens, mask, layer, head)
+    A, B = qk.edited_factors(W_Q, W_K, spectrum, qk.most_negative(spectrum.values), -1.0)
+    hooks = qk.qk_override_hooks(organism, layer, head, A, B, qk.pad_bias(b_Q, A.shape[1]), qk.pad_bias(b_K, A.shape[1]))
+    flipped = qk.in_context_scores(organism, tokens, mask, layer, head, hooks)
+    assert flipped["self_mass"] >= 5 * base["self_mass"]
+
+
+def test_decomposition_scripts_end_to_end(tmp_path, truth):
+    out = str(tmp_path)
+    for name, extra in (("skew_analysis", ()), ("svd_sym_skew_heatmap", ()), ("svd_group_scaling_heatmap", ("--n-prompts", "16"))):
+        run_main(name, "--out", out, *extra)
+        for ext in ("pdf", "png"):
+            assert (tmp_path / "figures" / "organism" / f"{name}.{ext}").stat().st_size > 1000
+    results = tmp_path / "results" / "organism"
+    skew = json.loads((results / "skew_analysis.json").read_text())["results"]
+    assert [skew["head"]["layer"], skew["head"]["head"]] == truth["planted_heads"]["semantic"]
+    assert skew["without_bias"]["spectrum"]["n_negative"] > 0
+    assert skew["without_bias"]["norms"]["skew"] < skew["without_bias"]["norms"]["sym"]
+    assert len(skew["without_bias"]["eigenvalues"]) == 2 * 32
+    assert skew["without_bias"]["check"]["max_abs_self_W_minus_sym"] < 1e-3
+    maps = json.loads((results / "svd_sym_skew_heatmap.json").read_text())["results"]
+    assert maps["check"]["max_abs_diag_skew"] < 1e-4 and len(maps["tokens"]) == 30
+    assert maps["block_means"]["base"]["in_group"] > maps["block_means"]["base"]["out_group"]
+    scaling = json.loads((results / "svd_group_scaling_heatmap.json").read_text())["results"]
+    by_factor = {row["factor"]: row["in_context"]["self_mass"] for row in scaling["factors"]}
+    assert by_factor[-1.0] >= 5 * by_factor[1.0]
+    assert by_factor[1.0] == pytest.approx(scaling["unedited_in_context"]["self_mass"], abs=1e-5)
+
+
+def test_rank_ablation_script(tmp_path):
+    run_main("svd_rank_ablation", "--out", str(tmp_path), "--ks", "4", "100", "--scales", "1", "-1",
+             "--n-prompts", "8", "--n-words", "32")
+    data = json.loads((tmp_path / "results" / "organism" / "svd_rank_ablation.json").read_text())["results"]
+    cells = {(c["k"], c["scale"]): c for c in data["cells"]}
+    k_max = data["n_negative_eigenvalues"]
+    assert set(cells) == {(4, 1.0), (4, -1.0), (k_max, 1.0), (k_max, -1.0)}  # k = 100 capped at the negatives
+    assert cells[(k_max, -1.0)]["mean_rank"] < cells[(k_max, 1.0)]["mean_rank"]
+    assert cells[(k_max, -1.0)]["self_mass"] > cells[(k_max, 1.0)]["self_mass"]
+    assert cells[(4, 1.0)]["mean_rank"] == cells[(k_max, 1.0)]["mean_rank"]  # scale 1 edits nothing
