@@ -1,0 +1,102 @@
+"""Steering a head's self-attention by editing its W_Q and W_K: gradient steps on an explicit
+objective over prompt batches, and the closed-form step of the original study as a baseline.
+
+Gradient steering minimises, over batches of category prompts,
+
+    loss = s * self_mass - λ * partner_mass,    s = +1 ("suppress") or -1 ("restore")
+
+where self_mass and partner_mass are the part-1 metrics of the head's in-context pattern
+(`analysis.scores.semantic_companions`). The λ term keeps the head on its category-mates while
+self-attention moves. Only the head's W_Q and W_K change (its biases, every other weight and
+the model itself stay as they are): the edited head runs through
+`qk_decomposition.qk_override_hooks`.
+
+The closed-form baseline is one gradient step on -trace(W_Q W_K^T) with respect to W_K:
+d(-trace(W_Q W_K^T))/dW_K = -W_Q, so W_K <- W_K + η W_Q and W = W_Q W_K^T <- W + η W_Q W_Q^T.
+W_Q W_Q^T is positive semi-definite, so every self-score x^T W x grows (by η |x W_Q|^2):
+self-attention comes back, for every token alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+
+from analysis import scores
+from analysis.patterns import check_context
+from analysis.qk_decomposition import qk_matrix, qk_override_hooks
+from analysis.vocab_input import head_weights
+
+Direction = Literal["suppress", "restore"]
+SIGN = {"suppress": 1.0, "restore": -1.0}
+
+
+def steering_loss(self_mass: Tensor, partner_mass: Tensor, direction: Direction, lam: float) -> Tensor:
+    """loss = s * self_mass - λ * partner_mass, with s = +1 to suppress self-attention and -1 to restore it."""
+    return SIGN[direction] * self_mass - lam * partner_mass
+
+
+def trace_step(W_Q: Tensor, W_K: Tensor, eta: float) -> tuple[Tensor, Tensor]:
+    """The closed-form baseline: W_K <- W_K + η W_Q, i.e. W_Q W_K^T <- W_Q W_K^T + η W_Q W_Q^T."""
+    return W_Q, W_K + eta * W_Q
+
+
+def trace_eta(W_Q: Tensor, W_K: Tensor, relative: float) -> float:
+    """The η whose step η W_Q W_Q^T has Frobenius norm `relative` * ||W_Q W_K^T|| (a model-independent size)."""
+    return relative * float(qk_matrix(W_Q, W_K).norm() / qk_matrix(W_Q, W_Q).norm())
+
+
+def head_masses(model: HookedTransformer, tokens: Tensor, mask: Tensor, layer: int, head: int, W_Q: Tensor,
+                W_K: Tensor, b_Q: Tensor | None, b_K: Tensor | None) -> dict[str, Tensor]:
+    """Self and partner mass (means over prompts, differentiable in W_Q, W_K) of the head run with these weights."""
+    check_context(model, tokens)
+    captured: dict[str, Tensor] = {}
+
+    def keep(pattern: Tensor, hook) -> None:  # (B, nh, T, T)
+        captured["pattern"] = pattern[:, head]
+
+    hooks = [*qk_override_hooks(model, layer, head, W_Q, W_K, b_Q, b_K), (f"blocks.{layer}.attn.hook_pattern", keep)]
+    model.run_with_hooks(tokens.to(model.cfg.device), return_type=None, stop_at_layer=layer + 1, fwd_hooks=hooks)
+    pattern = captured["pattern"].cpu()[:, None]  # (B, 1, T, T)
+    companions = scores.semantic_companions(pattern, tokens, mask, scores.scored_rows(tokens))
+    return {key: companions[key][:, 0].nanmean() for key in ("self_mass", "partner_mass")}
+
+
+@dataclass
+class SteeringRun:
+    """Steered `W_Q, W_K: [d_model, d_head]` and the per-step record (loss, self and partner mass)."""
+
+    W_Q: Tensor
+    W_K: Tensor
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def gradient_steer(model: HookedTransformer, tokens: Tensor, mask: Tensor, layer: int, head: int,
+                   direction: Direction = "restore", lam: float = 1.0, lr: float = 1e-2, steps: int = 40,
+                   batch_size: int = 16, seed: int = 0, progress: bool = False) -> SteeringRun:
+    """Adam on the head's W_Q, W_K minimising `steering_loss` over minibatches of (`tokens`, `mask`).
+
+    Minibatches are drawn (seeded) from the prompts; the head's biases stay fixed. The model's
+    own parameters are neither changed nor given gradients.
+    """
+    if direction not in SIGN:
+        raise ValueError(f"direction must be one of {sorted(SIGN)}, got {direction!r}")
+    W_Q, W_K, b_Q, b_K = head_weights(model, layer, head, include_bias=True)
+    W_Q, W_K = W_Q.clone().requires_grad_(True), W_K.clone().requires_grad_(True)
+    optimiser = torch.optim.Adam([W_Q, W_K], lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    run = SteeringRun(W_Q, W_K)
+    for step in tqdm(range(steps), desc=f"steering ({direction})", disable=not progress, leave=False):
+        idx = torch.randperm(len(tokens), generator=generator)[:batch_size]
+        masses = head_masses(model, tokens[idx], mask[idx], layer, head, W_Q, W_K, b_Q, b_K)
+        loss = steering_loss(masses["self_mass"], masses["partner_mass"], direction, lam)
+        W_Q.grad, W_K.grad = torch.autograd.grad(loss, [W_Q, W_K])  # leaves the model's .grad untouched
+        optimiser.step()
+        run.history.append({"step": step, "loss": loss.item(), **{k: v.item() for k, v in masses.items()}})
+    run.W_Q, run.W_K = W_Q.detach(), W_K.detach()
+    return run

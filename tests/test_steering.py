@@ -1,0 +1,82 @@
+"""Gradient steering and the closed-form trace step: exact algebra, and the organism's head steered both ways."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from analysis import prompts, scan, steering
+from analysis import qk_decomposition as qk
+from analysis.vocab_input import head_weights
+from conftest import run_main
+
+
+def test_steering_loss_exact():
+    self_mass, partner = torch.tensor(0.2), torch.tensor(0.7)
+    assert math.isclose(steering.steering_loss(self_mass, partner, "suppress", 2.0).item(), 0.2 - 1.4, abs_tol=1e-6)
+    assert math.isclose(steering.steering_loss(self_mass, partner, "restore", 2.0).item(), -0.2 - 1.4, abs_tol=1e-6)
+
+
+def test_trace_step_adds_eta_W_Q_W_Q_transpose():
+    g = torch.Generator().manual_seed(0)
+    W_Q, W_K = torch.randn(8, 3, generator=g), torch.randn(8, 3, generator=g)
+    Wq, Wk = steering.trace_step(W_Q, W_K, 0.25)
+    assert torch.allclose(Wq @ Wk.T, W_Q @ W_K.T + 0.25 * W_Q @ W_Q.T, atol=1e-6)
+    # the step is the gradient of trace(W_Q W_K^T) in W_K, scaled by eta
+    W_K_leaf = W_K.clone().requires_grad_(True)
+    (W_Q @ W_K_leaf.T).trace().backward()
+    assert torch.allclose(W_K + 0.25 * W_K_leaf.grad, Wk)
+    x = torch.randn(5, 8, generator=g)  # every self-score grows by eta |x W_Q|^2
+    grow = qk.self_scores(x, qk.qk_matrix(Wq, Wk), 1) - qk.self_scores(x, qk.qk_matrix(W_Q, W_K), 1)
+    assert torch.allclose(grow, 0.25 * (x @ W_Q).pow(2).sum(-1), atol=1e-4)
+    eta = steering.trace_eta(W_Q, W_K, 0.5)
+    assert math.isclose(float((eta * W_Q @ W_Q.T).norm()), 0.5 * float((W_Q @ W_K.T).norm()), rel_tol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def semantic_probe(organism, truth):
+    layer, head = truth["planted_heads"]["semantic"]
+    train = scan.category_probe(organism, prompts.ALL_CATEGORIES, 32, 64, seed=31)
+    test = scan.category_probe(organism, prompts.ALL_CATEGORIES, 32, 64, seed=32)
+    return layer, head, train, test
+
+
+@pytest.mark.parametrize("direction", ["suppress", "restore"])
+def test_gradient_steering_moves_self_mass_and_keeps_partners(organism, semantic_probe, direction):
+    layer, head, (tokens, mask), (test, test_mask) = semantic_probe
+    before_params = {k: v.clone() for k, v in organism.state_dict().items()}
+    run = steering.gradient_steer(organism, tokens, mask, layer, head, direction, lam=1.0, lr=1e-2, steps=15,
+                                  batch_size=16, seed=0)
+    _, _, b_Q, b_K = head_weights(organism, layer, head, include_bias=True)
+    after = qk.in_context_scores(organism, test, test_mask, layer, head,
+                                 qk.qk_override_hooks(organism, layer, head, run.W_Q, run.W_K, b_Q, b_K))
+    base = qk.in_context_scores(organism, test, test_mask, layer, head)
+    moved = after["self_mass"] - base["self_mass"]
+    assert (moved < 0) if direction == "suppress" else (moved > 0)
+    assert after["partner_mass"] >= 0.8 * base["partner_mass"]
+    assert len(run.history) == 15
+    # the model itself is untouched and has no gradients
+    assert all(torch.equal(v, organism.state_dict()[k]) for k, v in before_params.items())
+    assert all(p.grad is None for p in organism.parameters())
+
+
+def test_gradient_steering_script(tmp_path, truth):
+    run_main("gradient_steering", "--out", str(tmp_path), "--steps", "5", "--n-prompts", "16",
+             "--trace-relative", "0.3", "--top", "5")
+    data = json.loads((tmp_path / "results" / "organism" / "gradient_steering.json").read_text())["results"]
+    assert [data["head"]["layer"], data["head"]["head"]] == truth["planted_heads"]["semantic"]
+    assert set(data["metrics"]) == {"before", "suppress", "restore", "trace 0.3"}
+    assert data["metrics"]["trace 0.3"]["self_mass"] > data["metrics"]["before"]["self_mass"]
+    assert data["metrics"]["before"]["partner_mass_change"] == 0
+    top = data["top_keys"]["before"]
+    assert len(top["keys"]) == 5 and top["query_self_rank"] >= 1
+    assert all(word in prompts.ALL_CATEGORIES["days"] for word in top["keys"][:2])  # Monday's mates come first
+    for name in ("gradient_steering", "gradient_steering_top_keys"):
+        assert (tmp_path / "figures" / "organism" / f"{name}.png").stat().st_size > 1000
+
+
+def test_gradient_steering_script_rejects_a_multi_token_query(tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        run_main("gradient_steering", "--out", str(tmp_path), "--query", " Monday Tuesday")
+    assert exit_info.value.code == 2
