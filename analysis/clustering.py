@@ -1,0 +1,140 @@
+"""Token communities of a head: a top-k score graph over tokens, Leiden, agreement with categories.
+
+Graph. Each token q (a query) keeps its k highest-scoring keys j among the N tokens, by the
+head's score s(q, j) = x_q W x_j^T / sqrt(d_head); self-loops are dropped unless asked for. The
+graph is directed (q -> j: "q would attend to j"); an edge's weight is its score min-max
+normalised over all kept edges, w = (s - min s) / (max s - min s), so weights lie in [0, 1] as
+modularity needs. Scores are read in query chunks: N x N is never resident.
+
+Communities. Leiden (`leidenalg` on `igraph`, seeded) maximising modularity, or the
+RB-configuration quality with a resolution parameter (larger: more, smaller communities).
+Agreement with known categories: adjusted Rand index and normalised mutual information
+(scikit-learn), over the tokens that have a category.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+from transformer_lens import FactoredMatrix
+
+from analysis.qk_decomposition import score_blocks
+
+METHODS = ("modularity", "rbconfiguration")
+
+
+@torch.no_grad()
+def top_k_edges(x: Tensor, W: FactoredMatrix, d_head: int, k: int = 4, keep_self: bool = False,
+                chunk_size: int = 1024) -> tuple[Tensor, Tensor, Tensor]:
+    """(`source: [n k]`, `target: [n k]`, `score: [n k]`): each row of `x: [n, d]`'s k best keys among the rows of x."""
+    if not 0 < k < len(x) + keep_self:
+        raise ValueError(f"k must be between 1 and {len(x) - 1 + keep_self} for {len(x)} tokens, got {k}")
+    sources, targets, scores = [], [], []
+    for start, block in score_blocks(x, W, x, d_head, chunk_size):  # block: (C, n)
+        rows = torch.arange(start, start + len(block))
+        if not keep_self:
+            block[torch.arange(len(block)), rows] = -torch.inf
+        top = block.topk(k, dim=-1)
+        sources.append(rows.repeat_interleave(k))
+        targets.append(top.indices.flatten())
+        scores.append(top.values.flatten())
+    return torch.cat(sources), torch.cat(targets), torch.cat(scores)
+
+
+def minmax(values: Tensor) -> Tensor:
+    """(v - min v) / (max v - min v), in [0, 1]; all ones when every value is the same."""
+    span = values.max() - values.min()
+    return torch.ones_like(values) if span == 0 else (values - values.min()) / span
+
+
+def score_graph(n: int, source: Tensor, target: Tensor, weight: Tensor):
+    """A directed `igraph.Graph` on n vertices with a "weight" attribute per edge."""
+    import igraph as ig
+
+    graph = ig.Graph(n=n, edges=torch.stack([source, target], 1).tolist(), directed=True)
+    graph.es["weight"] = weight.tolist()
+    return graph
+
+
+def leiden(graph, method: str = "modularity", resolution: float = 1.0, seed: int = 0) -> np.ndarray:
+    """`membership: [n]`, community of each vertex, from Leiden on the weighted graph (seeded)."""
+    import leidenalg
+
+    if method == "modularity":
+        partition = leidenalg.find_partition(graph, leidenalg.ModularityVertexPartition, weights="weight", seed=seed)
+    elif method == "rbconfiguration":
+        partition = leidenalg.find_partition(graph, leidenalg.RBConfigurationVertexPartition, weights="weight",
+                                             resolution_parameter=resolution, seed=seed)
+    else:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    return np.asarray(partition.membership)
+
+
+def modularity(graph, membership: np.ndarray) -> float:
+    """Directed, weighted modularity Q of a partition (resolution 1), whatever quality Leiden optimised."""
+    return float(graph.modularity(membership.tolist(), weights="weight", directed=True))
+
+
+def agreement(categories: np.ndarray, membership: np.ndarray) -> dict[str, float]:
+    """ARI and NMI between known `categories` and `membership`, over the entries whose category is >= 0."""
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    known = categories >= 0
+    return {"ari": float(adjusted_rand_score(categories[known], membership[known])),
+            "nmi": float(normalized_mutual_info_score(categories[known], membership[known])),
+            "n_tokens": int(known.sum())}
+
+
+def communities(membership: np.ndarray, labels: Sequence[str], categories: np.ndarray | None = None,
+                category_names: Sequence[str] = ()) -> list[dict]:
+    """Communities largest first: {"id", "size", "members"}, and with `categories` (`[n]`, -1 = none)
+    the dominant category of each community's category words and its purity (share of those words)."""
+    ids, sizes = np.unique(membership, return_counts=True)
+    found = []
+    for community in ids[np.argsort(-sizes, kind="stable")]:
+        members = np.flatnonzero(membership == community)
+        entry = {"id": int(community), "size": len(members), "members": [labels[i] for i in members]}
+        known = categories[members][categories[members] >= 0] if categories is not None else []
+        if len(known):
+            top = np.bincount(known).argmax()
+            entry.update(category=category_names[top], purity=float((known == top).mean()),
+                         n_category_words=len(known))
+        found.append(entry)
+    return found
+
+
+def layout(graph, seed: int = 0) -> np.ndarray:
+    """`[n, 2]` Fruchterman-Reingold positions, from a seeded random start (deterministic for a seed)."""
+    import random
+
+    import igraph as ig
+
+    start = np.random.default_rng(seed).uniform(-1, 1, size=(graph.vcount(), 2))
+    ig.set_random_number_generator(random.Random(seed))  # FR also draws from igraph's generator
+    try:
+        return np.asarray(graph.layout_fruchterman_reingold(seed=start.tolist()).coords)  # unweighted: FR needs w > 0
+    finally:
+        ig.set_random_number_generator(random)  # igraph's default
+
+
+def graph_html(coords: np.ndarray, source: Tensor, target: Tensor, labels: Sequence[str], membership: np.ndarray,
+               hover: Sequence[str], title: str) -> str:
+    """A standalone interactive HTML view (plotly; its JavaScript inlined, so it works offline)."""
+    import plotly.graph_objects as go
+
+    x, y = coords[:, 0], coords[:, 1]
+    ex = np.stack([x[source], x[target], np.full(len(source), np.nan)], 1).ravel()  # NaN breaks the line
+    ey = np.stack([y[source], y[target], np.full(len(source), np.nan)], 1).ravel()
+    edges = go.Scatter(x=ex, y=ey, mode="lines", line={"width": 0.4, "color": "rgba(120,120,120,0.4)"},
+                       hoverinfo="skip", showlegend=False)
+    nodes = go.Scatter(x=x, y=y, mode="markers+text" if len(labels) <= 400 else "markers", text=list(labels),
+                       textposition="top center", textfont={"size": 8}, hovertext=list(hover), hoverinfo="text",
+                       marker={"size": 7, "color": membership, "colorscale": "Turbo", "line": {"width": 0.5}},
+                       showlegend=False)
+    fig = go.Figure([edges, nodes])
+    fig.update_layout(title=title, template="plotly_white", xaxis={"visible": False}, yaxis={"visible": False},
+                      width=1100, height=900, hovermode="closest")
+    return fig.to_html(include_plotlyjs=True, full_html=True)

@@ -1,0 +1,133 @@
+"""Token communities of a head: Leiden on its top-k score graph, checked against known categories.
+
+Nodes: the --n-tokens most frequent tokens (default 3000; from results/<model>/token_freq.csv
+written by token_freq.py, or --frequencies), or the whole vocabulary when that is no larger (the
+organism), special tokens left out, plus every category word of the study. Each query keeps its
+--k best keys by the head's score x_q W x_k^T / sqrt(d_head) (W = W_Q W_K^T, no biases; inputs
+--input, default context: on the organism the mean-context view ranks keys far less faithfully,
+see the README), without self-loops unless --keep-self; edge weights are the scores min-max
+normalised over the kept edges. Leiden (--method modularity, or rbconfiguration with
+--resolution), seeded by --seed. Against the categories: adjusted Rand index and NMI over the
+category words.
+Writes results/<model>/clustering.json (communities with members, sizes, modularity, ARI/NMI),
+figures/<model>/clustering.{pdf,png} and figures/<model>/clustering.html (interactive, offline).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from analysis import cli, clustering, io, prompts, scan  # noqa: E402
+from analysis import qk_decomposition as qk  # noqa: E402
+from analysis.frequency import frequency_csv_path, most_frequent_ids, read_frequency_csv  # noqa: E402
+from analysis.models import load_model  # noqa: E402
+from analysis.token_maps import add_input_argument, token_inputs  # noqa: E402
+from analysis.vocab_input import head_weights  # noqa: E402
+
+NAME = "clustering"
+
+
+def build_parser():
+    p = cli.parser(__doc__, target_head=True)
+    add_input_argument(p, default="context")
+    p.add_argument("--n-tokens", type=int, default=3000, help="most frequent tokens in the graph (default: 3000)")
+    p.add_argument("--frequencies", type=Path, default=None,
+                   help="token-frequency CSV (default: results/<model>/token_freq.csv under --out)")
+    p.add_argument("--k", type=int, default=4, help="keys kept per query (default: 4)")
+    p.add_argument("--keep-self", action="store_true", help="let a token be one of its own top keys")
+    p.add_argument("--method", choices=clustering.METHODS, default="modularity",
+                   help="Leiden quality: modularity or rbconfiguration (default: modularity)")
+    p.add_argument("--resolution", type=float, default=1.0, help="resolution of rbconfiguration (default: 1.0)")
+    return p
+
+
+def node_tokens(model, n_tokens: int, frequencies: Path | None, out: Path, model_name: str) -> torch.Tensor:
+    """The graph's token ids: the n most frequent (or the whole vocabulary), then the category words."""
+    special = scan.special_token_ids(model)
+    if n_tokens >= model.cfg.d_vocab - len(special):
+        ids = [i for i in range(model.cfg.d_vocab) if i not in special]
+    else:
+        table = read_frequency_csv(frequencies or frequency_csv_path(out, model_name))
+        ids = most_frequent_ids(table, n_tokens, exclude=special).tolist()
+    category_words = [i for words in prompts.ALL_CATEGORIES.values()
+                      for i in prompts.single_token_ids(model.tokenizer, list(words))]
+    return torch.tensor(ids + [i for i in category_words if i not in set(ids)])
+
+
+def main(args) -> None:
+    cli.check_positive("--n-tokens", args.n_tokens)
+    cli.check_positive("--k", args.k)
+    model = load_model(args.model, args.device)
+    layer, head = scan.target_head(model, args.layer, args.head, args.seed)
+    ids = node_tokens(model, args.n_tokens, args.frequencies, args.out, args.model)
+    labels = model.tokenizer.batch_decode(ids[:, None].tolist())
+    category_of = prompts.category_index(model.tokenizer, prompts.ALL_CATEGORIES, model.cfg.d_vocab)[ids].numpy()
+    category_names = list(prompts.ALL_CATEGORIES)
+    W_Q, W_K, _, _ = head_weights(model, layer, head)
+    E = token_inputs(model, layer, args.input, token_ids=ids, seed=args.seed, progress=True)
+
+    source, target, score = clustering.top_k_edges(E, qk.qk_matrix(W_Q, W_K), model.cfg.d_head, args.k, args.keep_self)
+    graph = clustering.score_graph(len(ids), source, target, clustering.minmax(score))
+    membership = clustering.leiden(graph, args.method, args.resolution, args.seed)
+    agreement = clustering.agreement(category_of, membership)
+    found = clustering.communities(membership, labels, category_of, category_names)
+    results = {"head": {"layer": layer, "head": head}, "input": args.input, "n_nodes": len(ids),
+               "n_edges": len(source), "k": args.k, "keep_self": args.keep_self, "method": args.method,
+               "resolution": args.resolution, "n_communities": len(found),
+               "modularity": clustering.modularity(graph, membership), "agreement": agreement,
+               "communities": found}
+    path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
+                           arguments=vars(args), seed=args.seed)
+
+    coords = clustering.layout(graph, args.seed)
+    io.save_figure(figure(coords, source, target, labels, membership, category_of, category_names, layer, head,
+                          agreement), args.out, args.model, NAME)
+    keys_of = {i: [] for i in range(len(ids))}
+    for s, t in zip(source.tolist(), target.tolist()):
+        keys_of[s].append(labels[t])
+    hover = [f"{labels[i]!r} · community {membership[i]} · top keys: {', '.join(map(repr, keys_of[i]))}"
+             for i in range(len(ids))]
+    html = clustering.graph_html(coords, source.numpy(), target.numpy(), labels, membership, hover,
+                                 f"L{layer}H{head} token communities ({args.model}, {args.input} inputs)")
+    html_path = io.write_text_atomic(io.figures_dir(args.out, args.model) / f"{NAME}.html", html)
+
+    print(f"L{layer}H{head}: {len(ids)} tokens, {len(source)} edges, {len(found)} communities, "
+          f"modularity {results['modularity']:.3f}; against the categories ({agreement['n_tokens']} words): "
+          f"ARI {agreement['ari']:.3f}, NMI {agreement['nmi']:.3f}")
+    for community in found[:12]:
+        tag = f" [{community['category']} {community['purity']:.0%}]" if "category" in community else ""
+        print(f"  {community['size']:4d}{tag}: {', '.join(map(repr, community['members'][:8]))}")
+    print(f"results: {path}\ninteractive view: {html_path}")
+
+
+def figure(coords, source, target, labels, membership, category_of, category_names, layer, head, agreement):
+    io.use_style()
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
+    from matplotlib.collections import LineCollection
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 6.5), gridspec_kw={"width_ratios": [1.6, 1]})
+    ax1.add_collection(LineCollection(np.stack([coords[source], coords[target]], 1), colors="0.7", linewidths=0.3))
+    ax1.scatter(coords[:, 0], coords[:, 1], c=membership, cmap="turbo", s=14, zorder=2)
+    labelled = range(len(labels)) if len(labels) <= 300 else np.flatnonzero(category_of >= 0)
+    for i in labelled:
+        ax1.annotate(labels[i], coords[i], fontsize=5, alpha=0.8)
+    ax1.set(title=f"L{layer}H{head}: top-k score graph, Leiden communities", xticks=[], yticks=[])
+    known = category_of >= 0
+    table = pd.crosstab(pd.Series(np.asarray(category_names)[category_of[known]], name="category"),
+                        pd.Series(membership[known], name="community"))
+    sns.heatmap(table, ax=ax2, annot=True, fmt="d", cmap="Blues", cbar=False, annot_kws={"fontsize": 7})
+    ax2.set(title=f"category words by community (ARI {agreement['ari']:.2f}, NMI {agreement['nmi']:.2f})")
+    fig.tight_layout()
+    return fig
+
+
+if __name__ == "__main__":
+    cli.run(main, build_parser())

@@ -1,0 +1,78 @@
+"""Token clustering: exact graph pieces, Leiden on known structure, and the organism's categories recovered."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from transformer_lens import FactoredMatrix
+
+from analysis import clustering
+from conftest import run_main
+
+
+def test_top_k_edges_exact():
+    # keys = queries = e1..e4, so the scores are M itself (d_head 1: no scaling)
+    M = torch.tensor([[9.0, 1.0, 3.0, 2.0],
+                      [5.0, 0.0, 4.0, 1.0],
+                      [0.0, 2.0, 7.0, 8.0],
+                      [1.0, 6.0, 2.0, 3.0]])
+    W = FactoredMatrix(M, torch.eye(4))
+    source, target, score = clustering.top_k_edges(torch.eye(4), W, d_head=1, k=2, chunk_size=3)
+    assert source.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert target.tolist() == [2, 3, 0, 2, 3, 1, 1, 2]  # self-loops dropped: row 0 skips its 9
+    assert score.tolist() == [3.0, 2.0, 5.0, 4.0, 8.0, 2.0, 6.0, 2.0]
+    _, target, _ = clustering.top_k_edges(torch.eye(4), W, d_head=1, k=1, keep_self=True)
+    assert target.tolist() == [0, 0, 3, 1]
+    with pytest.raises(ValueError):
+        clustering.top_k_edges(torch.eye(4), W, d_head=1, k=4)
+
+
+def test_minmax_exact():
+    assert clustering.minmax(torch.tensor([2.0, 4.0, 3.0])).tolist() == [0.0, 1.0, 0.5]
+    assert clustering.minmax(torch.tensor([5.0, 5.0])).tolist() == [1.0, 1.0]
+
+
+def test_leiden_splits_two_cliques_and_scores_agreement():
+    # two directed 3-cliques joined by one weak edge
+    pairs = [(a, b) for group in ((0, 1, 2), (3, 4, 5)) for a in group for b in group if a != b] + [(2, 3)]
+    source, target = torch.tensor([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs])
+    weight = torch.ones(len(pairs))
+    weight[-1] = 0.1
+    graph = clustering.score_graph(6, source, target, weight)
+    membership = clustering.leiden(graph, seed=0)
+    assert len(set(membership[:3])) == 1 and len(set(membership[3:])) == 1 and membership[0] != membership[3]
+    assert clustering.modularity(graph, membership) > 0.4
+    assert len(set(clustering.leiden(graph, "rbconfiguration", resolution=100.0, seed=0))) == 6
+    labels = np.array([0, 0, 0, 1, 1, -1])  # the last token has no category: not scored
+    assert clustering.agreement(labels, membership) == {"ari": 1.0, "nmi": 1.0, "n_tokens": 5}
+    found = clustering.communities(membership, list("abcdef"), labels, ["x", "y"])
+    assert [c["size"] for c in found] == [3, 3]
+    assert {c["category"]: c["purity"] for c in found} == {"x": 1.0, "y": 1.0}
+    assert found[1]["n_category_words"] == 2
+
+
+def test_layout_is_seeded():
+    graph = clustering.score_graph(4, torch.tensor([0, 1, 2]), torch.tensor([1, 2, 3]), torch.ones(3))
+    assert np.allclose(clustering.layout(graph, seed=3), clustering.layout(graph, seed=3))
+
+
+def test_clustering_recovers_the_organism_categories(tmp_path, truth):
+    run_main("clustering", "--out", str(tmp_path))
+    data = json.loads((tmp_path / "results" / "organism" / "clustering.json").read_text())["results"]
+    assert [data["head"]["layer"], data["head"]["head"]] == truth["planted_heads"]["semantic"]
+    assert data["agreement"]["ari"] >= 0.9 and data["agreement"]["n_tokens"] == 63
+    assert data["n_edges"] == 4 * data["n_nodes"] and data["n_nodes"] == 166  # whole vocabulary, specials out
+    assert sum(c["size"] for c in data["communities"]) == data["n_nodes"]
+    html = (tmp_path / "figures" / "organism" / "clustering.html").read_text()
+    assert re.search(r"<script[^>]*\ssrc=", html) is None  # nothing fetched: plotly's JavaScript is inline
+    assert "Plotly.newPlot" in html and " Monday" in html
+    assert (tmp_path / "figures" / "organism" / "clustering.png").stat().st_size > 1000
+
+
+def test_clustering_without_a_frequency_table_says_what_to_do(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_main("clustering", "--out", str(tmp_path), "--n-tokens", "50", "--layer", "1", "--head", "3")
+    assert exit_info.value.code == 2
+    assert "token_freq.py" in capsys.readouterr().err
