@@ -1,0 +1,225 @@
+"""Sparse-autoencoder features feeding a head (SAELens), and the head's QK circuit between features.
+
+Which SAE. A head in layer L reads the residual stream `blocks.{L-1}.hook_resid_post`:
+
+* GPT-2 small: SAELens's release `gpt2-small-resid-post-v5-32k`, SAE id = that hook name
+  (downloaded from the Hugging Face hub, or its local cache);
+* the model organism: a small TopK SAE trained here with SAELens's `SAETrainer` on that hook's
+  activations over the organism's own language (seeded; under a minute on one CPU core). The
+  one for `blocks.0.hook_resid_post` ships in `analysis/organism/sae/`; others are trained once
+  and cached under `.cache/sae/`.
+
+Feature-level QK. Each feature's decoder direction d_f goes through the head's LayerNorm as if
+it were the residual stream, x_f = LN1(d_f), and then through the head's bilinear form:
+s(f, g) = x_f W x_g^T / sqrt(d_head), W = W_Q W_K^T (no biases). Features get the category of
+the tokens they fire on, from their mean activation on each category's words in category prompts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+from analysis.errors import ModelNotAvailableError, UsageError
+from analysis.models import ORGANISM_DIR
+from analysis.vocab_input import CACHE_DIR
+
+GPT2_RELEASE = "gpt2-small-resid-post-v5-32k"
+ORGANISM_SAE_DIR = ORGANISM_DIR.parent / "sae"
+SETTINGS_FILE = "training_settings.json"
+
+
+def hook_for_layer(layer: int) -> str:
+    """The residual stream a layer-`layer` head reads: `blocks.{layer-1}.hook_resid_post`."""
+    if layer < 1:
+        raise UsageError("SAE features are read from the residual stream after a block; a layer-0 head reads the "
+                         "embeddings directly. Pick a head in layer 1 or later (--layer/--head).")
+    return f"blocks.{layer - 1}.hook_resid_post"
+
+
+def load_pretrained(release: str, sae_id: str, device: str = "cpu"):
+    """A SAELens SAE from the hub (or its local cache); a clear error when it cannot be had."""
+    from sae_lens import SAE
+
+    try:
+        return SAE.from_pretrained(release, sae_id, device=device)
+    except Exception as err:  # hub and lookup errors come in many types; all mean "not available here"
+        cause = " ".join(str(err).split())[:300]
+        raise ModelNotAvailableError(
+            f"Could not load the SAE {sae_id!r} of the SAELens release {release!r} ({type(err).__name__}: {cause}). "
+            "It is downloaded from the Hugging Face hub on first use: run once with network access, or set "
+            "HF_HOME to a cache that holds it, or use --model organism (its SAE ships with the repository)."
+        ) from None
+
+
+# --- training a small SAE on the organism ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SAETrainSettings:
+    d_sae: int = 512
+    k: int = 16  # active features per token (TopK)
+    n_tokens: int = 1_000_000
+    prompts_per_batch: int = 32
+    prompt_length: int = 128
+    lr: float = 3e-3  # constant: in trials a cosine decay to lr/10 left the SAE far worse
+    seed: int = 0
+
+
+def organism_activations(model: HookedTransformer, hook_name: str, settings: SAETrainSettings
+                         ) -> Iterator[Tensor]:
+    """Endless `[n, d_model]` batches of `hook_name` activations (BOS left out, shuffled) on the organism's language."""
+    from analysis.organism.language import LanguageSpec, sample_batch, vocabulary
+    from analysis.organism.train import TrainConfig
+
+    spec = LanguageSpec.from_vocabulary(vocabulary())
+    rng = np.random.default_rng(settings.seed)
+    generator = torch.Generator().manual_seed(settings.seed)
+    layer = int(hook_name.split(".")[1])
+    while True:
+        tokens = torch.from_numpy(sample_batch(rng, spec, settings.prompts_per_batch, settings.prompt_length,
+                                               TrainConfig().mixture))
+        with torch.no_grad():
+            _, cache = model.run_with_cache(tokens.to(model.cfg.device), names_filter=hook_name,
+                                            stop_at_layer=layer + 1)
+        acts = cache[hook_name][:, 1:].reshape(-1, model.cfg.d_model).float().cpu()
+        yield acts[torch.randperm(len(acts), generator=generator)]
+
+
+def train_sae(model: HookedTransformer, hook_name: str, settings: SAETrainSettings = SAETrainSettings()):
+    """A TopK SAE trained with SAELens's `SAETrainer` on the organism's activations (deterministic on CPU)."""
+    from sae_lens import SAETrainer, TopKTrainingSAE, TopKTrainingSAEConfig
+    from sae_lens.config import SAETrainerConfig
+
+    torch.manual_seed(settings.seed)
+    config = TopKTrainingSAEConfig(d_in=model.cfg.d_model, d_sae=settings.d_sae, k=settings.k)
+    config.metadata.model_name = model.cfg.model_name
+    config.metadata.hook_name = hook_name
+    sae = TopKTrainingSAE(config)
+    trainer_config = SAETrainerConfig(
+        total_training_samples=settings.n_tokens, lr=settings.lr, lr_end=settings.lr, device="cpu",
+        train_batch_size_samples=settings.prompts_per_batch * (settings.prompt_length - 1))
+    return SAETrainer(trainer_config, sae, organism_activations(model, hook_name, settings)).fit()
+
+
+def organism_sae(model: HookedTransformer, hook_name: str, retrain: bool = False,
+                 settings: SAETrainSettings = SAETrainSettings()):
+    """The organism's SAE for `hook_name`: shipped, else cached, else trained now and cached."""
+    from sae_lens import SAE
+
+    directory = ORGANISM_SAE_DIR / hook_name
+    if retrain or not (directory / "cfg.json").exists():
+        directory = CACHE_DIR / "sae" / "organism" / f"{hook_name}-seed{settings.seed}"
+    if retrain or not (directory / "cfg.json").exists():
+        save_sae(train_sae(model, hook_name, settings), directory, settings)
+    sae = SAE.load_from_disk(directory)
+    if sae.cfg.d_in != model.cfg.d_model:
+        raise UsageError(f"The SAE in {directory} reads {sae.cfg.d_in}-dimensional activations, but the model's "
+                         f"residual stream has {model.cfg.d_model}. Retrain it with --retrain-sae.")
+    return sae
+
+
+def save_sae(sae, directory: Path, settings: SAETrainSettings) -> Path:
+    """The inference SAE (weights and config, SAELens's format) plus the settings it was trained with."""
+    sae.save_inference_model(directory)
+    (directory / SETTINGS_FILE).write_text(json.dumps(asdict(settings), indent=2) + "\n")
+    return directory
+
+
+def variance_explained(sae, x: Tensor) -> float:
+    """Fraction of variance explained on `x: [n, d_in]`: 1 - sum |x - x_hat|^2 / sum |x - mean x|^2."""
+    with torch.no_grad():
+        x = x.to(sae.W_dec)
+        reconstruction = sae.decode(sae.encode(x))
+        return float(1 - (x - reconstruction).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
+
+
+# --- features and the head -------------------------------------------------------------------
+
+
+@torch.no_grad()
+def category_activations(model: HookedTransformer, sae, tokens: Tensor, category_of: Tensor, n_categories: int,
+                         hook_name: str, batch_size: int = 16) -> tuple[Tensor, Tensor]:
+    """(`mean_by_category: [d_sae, n_categories]`, `mean_by_token: [d_sae, d_vocab]`) feature activations.
+
+    Means over the positions (BOS left out) whose current token is in each category / is each
+    token, on `tokens: [batch, pos]`; accumulated per batch, so GPT-2's 32k features fit.
+    """
+    layer = int(hook_name.split(".")[1])
+    d_sae, d_vocab = sae.cfg.d_sae, model.cfg.d_vocab
+    by_token = torch.zeros(d_sae, d_vocab, dtype=torch.float64)
+    for start in range(0, len(tokens), batch_size):
+        batch = tokens[start:start + batch_size]
+        _, cache = model.run_with_cache(batch.to(model.cfg.device), names_filter=hook_name, stop_at_layer=layer + 1)
+        acts = sae.encode(cache[hook_name][:, 1:].to(sae.W_dec)).reshape(-1, d_sae).double().cpu()  # (B T, d_sae)
+        by_token.index_add_(1, batch[:, 1:].reshape(-1), acts.T)
+    counts = torch.bincount(tokens[:, 1:].reshape(-1), minlength=d_vocab).double()
+    in_category = category_of >= 0
+    by_category = torch.zeros(d_sae, n_categories, dtype=torch.float64).index_add_(
+        1, category_of[in_category], by_token[:, in_category])
+    category_counts = torch.zeros(n_categories, dtype=torch.float64).index_add_(
+        0, category_of[in_category], counts[in_category])
+    return (by_category / category_counts.clamp_min(1)).float(), (by_token / counts.clamp_min(1)).float()
+
+
+def select_features(by_category: Tensor, per_category: int = 3, min_share: float = 0.5) -> tuple[Tensor, Tensor]:
+    """(`features: [n]`, `category: [n]`): each category's `per_category` most active features among those
+    that give it at least `min_share` of their summed per-category mean activation, grouped by category."""
+    share = by_category / by_category.sum(-1, keepdim=True).clamp_min(1e-12)  # (d_sae, n_categories)
+    features, category = [], []
+    for c in range(by_category.shape[1]):
+        strength = torch.where(share[:, c] >= min_share, by_category[:, c], torch.zeros_like(by_category[:, c]))
+        top = strength.topk(per_category)
+        chosen = top.indices[top.values > 0]
+        features.append(chosen)
+        category.append(torch.full((len(chosen),), c))
+    return torch.cat(features), torch.cat(category)
+
+
+def feature_inputs(model: HookedTransformer, sae, layer: int, features: Tensor) -> Tensor:
+    """`[n, d_model]`: x_f = LN1(d_f), each decoder direction normalised as the head normalises its input."""
+    with torch.no_grad():
+        directions = sae.W_dec[features].to(model.cfg.device, torch.float32)  # (n, d_model)
+        return model.blocks[layer].ln1(directions[:, None])[:, 0].float().cpu()
+
+
+def self_avoidance(scores: Tensor, group: Tensor) -> dict[str, float]:
+    """On a feature x feature map `scores: [n, n]` with feature categories `group: [n]`:
+
+    self_below_mates = fraction of features (with a same-category mate) whose self-score is below
+    their mean score on same-category mates; best_key_is_mate = fraction whose highest-scoring
+    key is another feature of their category; best_key_is_self = fraction whose best key is itself.
+    """
+    same = group[:, None] == group[None, :]
+    eye = torch.eye(len(group), dtype=torch.bool)
+    mates = same & ~eye
+    has_mate = mates.any(-1)
+    mate_mean = (scores * mates).sum(-1) / mates.sum(-1).clamp_min(1)
+    best = scores.argmax(-1)
+    return {"self_below_mates": float((scores.diagonal() < mate_mean)[has_mate].float().mean()),
+            "best_key_is_mate": float(mates[torch.arange(len(group)), best].float().mean()),
+            "best_key_is_self": float((best == torch.arange(len(group))).float().mean())}
+
+
+def top_pairs(scores: Tensor, k: int = 20, include_self: bool = False) -> list[tuple[int, int, float]]:
+    """The k highest entries of `scores: [n, n]` as (query index, key index, score), best first."""
+    masked = scores.clone()
+    if not include_self:
+        masked.fill_diagonal_(-torch.inf)
+    values, flat = masked.flatten().topk(min(k, masked.numel()))
+    n = scores.shape[1]
+    return [(int(i) // n, int(i) % n, float(v)) for i, v in zip(flat, values)]
+
+
+def feature_label(by_token: Tensor, feature: int, token_labels: Sequence[str], n: int = 3) -> str:
+    """A feature's name from the tokens it fires on most: "f123 ' red'/' blue'/' green'"."""
+    top = by_token[feature].topk(n).indices
+    return f"f{feature} " + "/".join(repr(token_labels[t]) for t in top)
+

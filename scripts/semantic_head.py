@@ -1,0 +1,102 @@
+"""SAE features through a head's QK circuit: which features attend to which, and do they avoid themselves?
+
+The head (default: the survey's best semantic head) in layer L reads blocks.{L-1}.hook_resid_post.
+SAE (SAELens): for GPT-2 small the release --release (default gpt2-small-resid-post-v5-32k), SAE
+--sae-id (default: that hook); for the model organism a small TopK SAE trained with SAELens on its
+own language (shipped in analysis/organism/sae/, or trained once and cached; --retrain-sae).
+Features are named by the tokens they fire on in category prompts and get the category whose
+words give them their largest mean activation; the --per-category most active features of each
+category are kept. Each decoder direction d_f is pushed through the head's LayerNorm and QK
+circuit, s(f, g) = LN1(d_f) W LN1(d_g)^T / sqrt(d_head) (W = W_Q W_K^T, no biases).
+Reported: the feature x feature map, its mean self / same-category / other-category scores, how
+often a feature's self-score is below its same-category mates, and the top feature pairs.
+Writes results/<model>/semantic_head.json and figures/<model>/semantic_head.{pdf,png}.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from analysis import cli, io, prompts, scan  # noqa: E402
+from analysis import qk_decomposition as qk  # noqa: E402
+from analysis import sae as saes  # noqa: E402
+from analysis.models import load_model  # noqa: E402
+from analysis.token_maps import block_means, group_heatmaps  # noqa: E402
+from analysis.vocab_input import head_weights  # noqa: E402
+
+NAME = "semantic_head"
+
+
+def build_parser():
+    p = cli.parser(__doc__, target_head=True)
+    p.add_argument("--release", default=saes.GPT2_RELEASE, help=f"SAELens release (default: {saes.GPT2_RELEASE})")
+    p.add_argument("--sae-id", default=None, help="SAE id in the release (default: the hook the head reads)")
+    p.add_argument("--retrain-sae", action="store_true", help="organism: train the SAE again (cached, not shipped)")
+    p.add_argument("--per-category", type=int, default=3, help="features kept per category (default: 3)")
+    p.add_argument("--n-prompts", type=int, default=64, help="category prompts for naming features (default: 64)")
+    p.add_argument("--n-words", type=int, default=64, help="words per category prompt (default: 64)")
+    p.add_argument("--top-pairs", type=int, default=20, help="feature pairs listed (default: 20)")
+    return p
+
+
+def main(args) -> None:
+    for flag in ("per_category", "n_prompts", "n_words", "top_pairs"):
+        cli.check_positive(f"--{flag.replace('_', '-')}", getattr(args, flag))
+    model = load_model(args.model, args.device)
+    layer, head = scan.target_head(model, args.layer, args.head, args.seed)
+    hook = saes.hook_for_layer(layer)
+    if model.analysis_info["name"] == "organism":
+        sae = saes.organism_sae(model, hook, retrain=args.retrain_sae)
+        source = {"kind": "trained on the organism with SAELens", "hook": hook}
+    else:
+        sae = saes.load_pretrained(args.release, args.sae_id or hook, args.device)
+        source = {"kind": "SAELens pretrained", "release": args.release, "sae_id": args.sae_id or hook}
+    source.update(d_sae=sae.cfg.d_sae, architecture=sae.cfg.architecture())
+
+    names = list(prompts.ALL_CATEGORIES)
+    tokens, _ = scan.category_probe(model, prompts.ALL_CATEGORIES, args.n_prompts, args.n_words, args.seed + 1)
+    category_of = prompts.category_index(model.tokenizer, prompts.ALL_CATEGORIES, model.cfg.d_vocab)
+    by_category, by_token = saes.category_activations(model, sae, tokens, category_of, len(names), hook)
+    _, cache = model.run_with_cache(tokens[:16].to(model.cfg.device), names_filter=hook, stop_at_layer=layer)
+    source["variance_explained_on_category_prompts"] = saes.variance_explained(
+        sae, cache[hook][:, 1:].reshape(-1, model.cfg.d_model))
+    features, group = saes.select_features(by_category, args.per_category)
+    token_labels = model.tokenizer.batch_decode([[i] for i in range(model.cfg.d_vocab)])
+    labels = [saes.feature_label(by_token, int(f), token_labels) for f in features]
+
+    W_Q, W_K, _, _ = head_weights(model, layer, head)
+    x = saes.feature_inputs(model, sae, layer, features)  # (n, d_model)
+    scores = qk.token_scores(x, qk.qk_matrix(W_Q, W_K), x, model.cfg.d_head)  # (n, n): query feature, key feature
+    pairs = [{"query": labels[q], "key": labels[k], "query_category": names[int(group[q])],
+              "key_category": names[int(group[k])], "score": s} for q, k, s in saes.top_pairs(scores, args.top_pairs)]
+    same_share = sum(p["query_category"] == p["key_category"] for p in pairs) / max(len(pairs), 1)
+    results = {"head": {"layer": layer, "head": head}, "sae": source,
+               "features": [{"id": int(f), "label": label, "category": names[int(g)]}
+                            for f, label, g in zip(features, labels, group)],
+               "map": scores, "block_means": block_means(scores, group),
+               "self_avoidance": saes.self_avoidance(scores, group),
+               "top_pairs": pairs, "top_pairs_same_category": same_share}
+    path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
+                           arguments=vars(args), seed=args.seed)
+    short = [label.split(" ")[0] + " " + label.split(" ")[1].split("/")[0] for label in labels]
+    fig = group_heatmaps([scores], ["LN1(d_f) W LN1(d_g)ᵀ / √d"], short, group,
+                         suptitle=f"L{layer}H{head}: SAE features ({hook}) through the QK circuit")
+    io.save_figure(fig, args.out, args.model, NAME)
+
+    b, a = results["block_means"], results["self_avoidance"]
+    print(f"SAE {hook}: {source['d_sae']} features, variance explained "
+          f"{source['variance_explained_on_category_prompts']:.3f} on category prompts ({source['kind']})")
+    print(f"L{layer}H{head}, {len(features)} features: mean score self "
+          f"{b['self']:+.2f}, same category {b['in_group']:+.2f}, other categories {b['out_group']:+.2f}")
+    print(f"self below same-category mates for {a['self_below_mates']:.0%} of features; best key is a mate for "
+          f"{a['best_key_is_mate']:.0%}, itself for {a['best_key_is_self']:.0%}; top pairs same category: {same_share:.0%}")
+    for p in pairs[:5]:
+        print(f"  {p['query']} -> {p['key']}: {p['score']:+.2f}")
+    print(f"results: {path}")
+
+
+if __name__ == "__main__":
+    cli.run(main, build_parser())

@@ -1,0 +1,85 @@
+"""SAE features: exact helpers, the shipped organism SAE, training, and the feature-level QK script."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from analysis import sae as saes
+from analysis.errors import UsageError
+from conftest import run_main
+
+
+def test_hook_for_layer():
+    assert saes.hook_for_layer(1) == "blocks.0.hook_resid_post"
+    with pytest.raises(UsageError):
+        saes.hook_for_layer(0)
+
+
+def test_select_features_exact():
+    by_category = torch.tensor([[5.0, 0.0],   # feature 0: all category 0
+                                [3.0, 3.0],   # feature 1: split evenly (share 0.5 counts)
+                                [1.0, 9.0],   # feature 2: mostly category 1
+                                [4.0, 1.0]])  # feature 3: mostly category 0
+    features, category = saes.select_features(by_category, per_category=2)
+    assert features.tolist() == [0, 3, 2, 1] and category.tolist() == [0, 0, 1, 1]
+
+
+def test_self_avoidance_and_top_pairs_exact():
+    scores = torch.tensor([[0.0, 5.0, 1.0],
+                           [4.0, 9.0, 2.0],
+                           [3.0, 1.0, 2.0]])
+    group = torch.tensor([0, 0, 1])
+    result = saes.self_avoidance(scores, group)
+    # feature 0: self 0 < mate 5; feature 1: self 9 > mate 4; feature 2 has no mate (left out)
+    assert result["self_below_mates"] == 0.5
+    assert math.isclose(result["best_key_is_mate"], 1 / 3, rel_tol=1e-6)
+    assert math.isclose(result["best_key_is_self"], 1 / 3, rel_tol=1e-6)
+    assert saes.top_pairs(scores, 2) == [(0, 1, 5.0), (1, 0, 4.0)]
+    assert saes.top_pairs(scores, 1, include_self=True) == [(1, 1, 9.0)]
+
+
+def test_shipped_organism_sae_is_small_and_reconstructs(organism):
+    directory = saes.ORGANISM_SAE_DIR / "blocks.0.hook_resid_post"
+    assert sum(p.stat().st_size for p in directory.iterdir()) < 2 * 2**20
+    sae = saes.organism_sae(organism, "blocks.0.hook_resid_post")
+    assert sae.cfg.d_in == organism.cfg.d_model and sae.cfg.metadata.hook_name == "blocks.0.hook_resid_post"
+    batch = next(saes.organism_activations(organism, "blocks.0.hook_resid_post", saes.SAETrainSettings(seed=5)))
+    assert saes.variance_explained(sae, batch) > 0.9
+    assert saes.variance_explained(sae, batch[:1].expand(4, -1)) < 1  # a constant batch has no variance to explain
+
+
+def test_training_is_seeded():
+    from analysis.models import load_model
+
+    model = load_model("organism")
+    settings = saes.SAETrainSettings(d_sae=32, k=4, n_tokens=3 * 8 * 31, prompts_per_batch=8, prompt_length=32)
+    a = saes.train_sae(model, "blocks.0.hook_resid_post", settings)
+    b = saes.train_sae(model, "blocks.0.hook_resid_post", settings)
+    assert torch.equal(a.W_dec, b.W_dec) and a.cfg.d_sae == 32
+
+
+def test_unknown_pretrained_sae_is_a_clear_error():
+    with pytest.raises(UsageError, match="no-such-release"):
+        saes.load_pretrained("no-such-release", "blocks.0.hook_resid_post")
+
+
+@pytest.mark.slow
+def test_pretrained_sae_unavailable_offline_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(UsageError, match="gpt2-small-resid-post-v5-32k"):
+        saes.load_pretrained(saes.GPT2_RELEASE, "blocks.0.hook_resid_post")
+
+
+def test_semantic_head_script(tmp_path, truth):
+    run_main("semantic_head", "--out", str(tmp_path), "--n-prompts", "32")
+    data = json.loads((tmp_path / "results" / "organism" / "semantic_head.json").read_text())["results"]
+    assert [data["head"]["layer"], data["head"]["head"]] == truth["planted_heads"]["semantic"]
+    assert len(data["features"]) == len(data["map"]) > 10
+    assert data["sae"]["variance_explained_on_category_prompts"] > 0.9
+    means = data["block_means"]
+    assert means["in_group"] > means["out_group"]  # same-category features attend to each other
+    assert len(data["top_pairs"]) == 20 and data["top_pairs_same_category"] > 0.5
+    assert (tmp_path / "figures" / "organism" / "semantic_head.png").stat().st_size > 1000
