@@ -15,7 +15,7 @@ DEMO_SCRIPTS += manual_attention attention_stats qk_ov_circuits token_circuit_ta
 # semantic head, part 1: survey, ablation, vocabulary-level input, attention versus similarity
 DEMO_SCRIPTS += characterize_head component_ablation token_freq cosine_attention_analysis
 # semantic head, part 2: QK decomposition, steering, clustering, SAE features
-DEMO_SCRIPTS +=
+DEMO_SCRIPTS += skew_analysis svd_sym_skew_heatmap svd_group_scaling_heatmap svd_rank_ablation gradient_steering clustering semantic_head
 
 .PHONY: setup demo test test-slow bench clean
 setup: $(STAMP)
