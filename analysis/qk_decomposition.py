@@ -197,7 +197,7 @@ def edited_factors(W_Q: Tensor, W_K: Tensor, spectrum: Spectrum, index: Tensor, 
 
 def pad_bias(b: Tensor | None, width: int) -> Tensor | None:
     """A head's bias `[d_head]` padded with zeros to `[width]`, for the extra columns of edited factors."""
-    return None if b is None else torch.cat([b, b.new_zeros(width - len(b))])
+    return b if b is None or len(b) == width else torch.cat([b, b.new_zeros(width - len(b))])
 
 
 # --- running the model with an edited head ---------------------------------------------------
@@ -209,10 +209,12 @@ def qk_override_hooks(model: HookedTransformer, layer: int, head: int, W_Q: Tens
 
     score(q, k) = (x_q W_Q + b_Q)(x_k W_K + b_K)^T / attn_scale with x = ln1(resid_pre) of the
     layer (exactly what the head's own W_Q, W_K see), for any `W_Q, W_K: [d_model, r]`; the
-    causal mask is kept. Pass the model's biases (padded with `pad_bias`) to keep them. Gradients
-    flow into W_Q and W_K, so the same hooks serve evaluation and gradient steering.
+    causal mask is kept. Pass the model's biases to keep them: with r > d_head (edited factors)
+    they are padded with zeros, so the extra columns carry no bias. Gradients flow into W_Q and
+    W_K, so the same hooks serve evaluation and gradient steering.
     """
     block = model.blocks[layer]
+    b_Q, b_K = pad_bias(b_Q, W_Q.shape[-1]), pad_bias(b_K, W_K.shape[-1])
     stash: dict[str, Tensor] = {}
 
     def keep_input(resid_pre: Tensor, hook) -> None:  # (B, T, d_model)

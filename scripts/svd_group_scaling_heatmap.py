@@ -60,7 +60,7 @@ def main(args) -> None:
     for factor in args.factors:
         A, B = qk.edited_factors(W_Q, W_K, spectrum, negative, factor)
         maps.append(qk.token_scores(E, FactoredMatrix(A, B.T), E, d_head))
-        hooks = qk.qk_override_hooks(model, layer, head, A, B, qk.pad_bias(b_Q, A.shape[1]), qk.pad_bias(b_K, A.shape[1]))
+        hooks = qk.qk_override_hooks(model, layer, head, A, B, b_Q, b_K)
         per_factor.append({"factor": factor, "map": maps[-1], "block_means": block_means(maps[-1], group),
                            "in_context": qk.in_context_scores(model, tokens, mask, layer, head, hooks)})
     base = qk.in_context_scores(model, tokens, mask, layer, head)  # the unedited model, no hooks

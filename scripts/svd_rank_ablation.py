@@ -42,7 +42,7 @@ def build_parser():
     p.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.5, 0.0, -1.0, -2.0],
                    help="factors for those eigenvalues; 1 = unedited (default: 1 0.5 0 -1 -2)")
     p.add_argument("--at", type=int, nargs="+", default=[1, 128, 1024], help="K of accuracy@K (default: 1 128 1024)")
-    p.add_argument("--n-prompts", type=int, default=32, help="category prompts per cell for the self mass (default: 32)")
+    p.add_argument("--n-prompts", type=int, default=16, help="category prompts per cell for the self mass (default: 16)")
     p.add_argument("--n-words", type=int, default=64, help="words per category prompt (default: 64)")
     p.add_argument("--chunk-size", type=int, default=1024, help="queries per block of scores (default: 1024)")
     return p
@@ -65,7 +65,7 @@ def main(args) -> None:
     for k, scale in tqdm([(k, s) for k in ks for s in args.scales], desc="grid"):
         A, B = qk.edited_factors(W_Q, W_K, spectrum, qk.most_negative(spectrum.values, k), scale)
         ranks = qk.self_ranks(E, FactoredMatrix(A, B.T), args.chunk_size)
-        hooks = qk.qk_override_hooks(model, layer, head, A, B, qk.pad_bias(b_Q, A.shape[1]), qk.pad_bias(b_K, A.shape[1]))
+        hooks = qk.qk_override_hooks(model, layer, head, A, B, b_Q, b_K)
         in_context = qk.in_context_scores(model, tokens, mask, layer, head, hooks)
         cells.append({"k": k, "scale": scale, **qk.rank_metrics(ranks, args.at),
                       "self_mass": in_context["self_mass"], "partner_mass": in_context["partner_mass"]})

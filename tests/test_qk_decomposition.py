@@ -111,6 +111,7 @@ def test_eigenvalue_edits():
     got = torch.linalg.eigvalsh(((edited + edited.T) / 2).double()).float()
     assert torch.allclose(got[got.abs() > 1e-5].sort().values, expected.sort().values, atol=1e-4)
     assert qk.pad_bias(torch.tensor([1.0, 2.0]), 4).tolist() == [1.0, 2.0, 0.0, 0.0]
+    assert qk.pad_bias(torch.tensor([1.0, 2.0]), 2).tolist() == [1.0, 2.0] and qk.pad_bias(None, 3) is None
 
 
 def test_override_hooks_reproduce_the_model_and_recompute_scores(organism):
@@ -121,6 +122,10 @@ def test_override_hooks_reproduce_the_model_and_recompute_scores(organism):
     clean = head_pattern(organism, tokens, 1, 2)
     same = head_pattern(organism, tokens, 1, 2, qk.qk_override_hooks(organism, 1, 2, W_Q, W_K, b_Q, b_K))
     assert torch.allclose(clean, same, atol=1e-5)
+    spectrum = qk.symmetric_spectrum(W_Q, W_K)  # wider factors of the same W, biases padded inside the hooks
+    A, B = qk.edited_factors(W_Q, W_K, spectrum, qk.most_negative(spectrum.values), 1.0)
+    wide = head_pattern(organism, tokens, 1, 2, qk.qk_override_hooks(organism, 1, 2, A, B, b_Q, b_K))
+    assert A.shape[1] > W_Q.shape[1] and torch.allclose(clean, wide, atol=1e-5)
     zero = torch.zeros_like(W_Q)  # every score 0: uniform over the causal keys, A[q, k] = 1 / (q + 1)
     uniform = head_pattern(organism, tokens, 1, 2, qk.qk_override_hooks(organism, 1, 2, zero, zero))
     expected = torch.ones(21, 21).tril() / torch.arange(1, 22)[:, None]
@@ -140,7 +145,7 @@ def test_semantic_head_needs_negative_eigenvalues_and_flipping_them_restores_sel
     tokens, mask = scan.category_probe(organism, prompts.ALL_CATEGORIES, 32, 64, seed=21)
     base = qk.in_context_scores(organism, tokens, mask, layer, head)
     A, B = qk.edited_factors(W_Q, W_K, spectrum, qk.most_negative(spectrum.values), -1.0)
-    hooks = qk.qk_override_hooks(organism, layer, head, A, B, qk.pad_bias(b_Q, A.shape[1]), qk.pad_bias(b_K, A.shape[1]))
+    hooks = qk.qk_override_hooks(organism, layer, head, A, B, b_Q, b_K)
     flipped = qk.in_context_scores(organism, tokens, mask, layer, head, hooks)
     assert flipped["self_mass"] >= 5 * base["self_mass"]
 

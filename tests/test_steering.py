@@ -46,7 +46,7 @@ def semantic_probe(organism, truth):
 def test_gradient_steering_moves_self_mass_and_keeps_partners(organism, semantic_probe, direction):
     layer, head, (tokens, mask), (test, test_mask) = semantic_probe
     before_params = {k: v.clone() for k, v in organism.state_dict().items()}
-    run = steering.gradient_steer(organism, tokens, mask, layer, head, direction, lam=1.0, lr=1e-2, steps=15,
+    run = steering.gradient_steer(organism, tokens, mask, layer, head, direction, lam=1.0, lr=1e-2, steps=10,
                                   batch_size=16, seed=0)
     _, _, b_Q, b_K = head_weights(organism, layer, head, include_bias=True)
     after = qk.in_context_scores(organism, test, test_mask, layer, head,
@@ -55,7 +55,7 @@ def test_gradient_steering_moves_self_mass_and_keeps_partners(organism, semantic
     moved = after["self_mass"] - base["self_mass"]
     assert (moved < 0) if direction == "suppress" else (moved > 0)
     assert after["partner_mass"] >= 0.8 * base["partner_mass"]
-    assert len(run.history) == 15
+    assert len(run.history) == 10
     # the model itself is untouched and has no gradients
     assert all(torch.equal(v, organism.state_dict()[k]) for k, v in before_params.items())
     assert all(p.grad is None for p in organism.parameters())
