@@ -115,7 +115,8 @@ def spectrum_summary(values: Tensor, rel_tol: float = 1e-6) -> dict[str, float |
     tol = rel_tol * values.abs().max()
     negative, positive = values[values < -tol], values[values > tol]
     total = values.abs().sum()
-    return {"n_negative": len(negative), "n_positive": len(positive), "n_zero": len(values) - len(negative) - len(positive),
+    return {"n_negative": len(negative), "n_positive": len(positive),
+            "n_zero": len(values) - len(negative) - len(positive),
             "negative_total": float(negative.abs().sum()), "positive_total": float(positive.sum()),
             "negative_share": float(negative.abs().sum() / total), "trace": float(values.sum()),
             "most_negative": float(values.min()), "most_positive": float(values.max())}

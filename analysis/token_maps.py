@@ -22,6 +22,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from analysis import prompts
+from analysis.errors import UsageError
 from analysis.io import use_style
 from analysis.vocab_input import context_head_input, head_input
 
@@ -33,6 +34,13 @@ def add_input_argument(p: argparse.ArgumentParser, default: str = "mean") -> Non
                    help="token inputs E: 'mean' (token at the reference prompts' mean context), 'zero' "
                         "(positions and earlier attention zeroed) or 'context' (real input averaged over "
                         f"random contexts) (default: {default})")
+
+
+def require_tokenizer(model: HookedTransformer) -> None:
+    """A clear error for a model without a tokenizer (random GPT-2 shapes): token-level analyses need words."""
+    if model.tokenizer is None:
+        raise UsageError("This analysis maps the study's words to tokens, but the model has no tokenizer "
+                         "('gpt2-random' is for speed and memory checks only). Use --model organism or gpt2-small.")
 
 
 def token_inputs(model: HookedTransformer, layer: int, view: str, token_ids: Tensor | None = None, seed: int = 0,

@@ -26,7 +26,7 @@ from analysis import cli, io, prompts, scan  # noqa: E402
 from analysis import qk_decomposition as qk  # noqa: E402
 from analysis import steering  # noqa: E402
 from analysis.models import load_model  # noqa: E402
-from analysis.token_maps import add_input_argument, token_inputs  # noqa: E402
+from analysis.token_maps import add_input_argument, require_tokenizer, token_inputs  # noqa: E402
 from analysis.vocab_input import bilinear_scores, head_weights  # noqa: E402
 
 NAME = "gradient_steering"
@@ -55,6 +55,7 @@ def main(args) -> None:
     for flag in ("steps", "batch_size", "n_prompts", "n_words", "top", "lr"):
         cli.check_positive(f"--{flag.replace('_', '-')}", getattr(args, flag))
     model = load_model(args.model, args.device)
+    require_tokenizer(model)
     query_id = prompts.single_token_ids(model.tokenizer, [args.query])[0]
     layer, head = scan.target_head(model, args.layer, args.head, args.seed)
     W_Q, W_K, b_Q, b_K = head_weights(model, layer, head, include_bias=True)
@@ -62,7 +63,8 @@ def main(args) -> None:
     test, test_mask = scan.category_probe(model, prompts.ALL_CATEGORIES, args.n_prompts, args.n_words, args.seed + 2)
 
     def evaluate(Wq, Wk):
-        return qk.in_context_scores(model, test, test_mask, layer, head, qk.qk_override_hooks(model, layer, head, Wq, Wk, b_Q, b_K))
+        hooks = qk.qk_override_hooks(model, layer, head, Wq, Wk, b_Q, b_K)
+        return qk.in_context_scores(model, test, test_mask, layer, head, hooks)
 
     conditions = {"before": (W_Q, W_K)}
     runs = {}

@@ -24,7 +24,7 @@ from analysis import cli, io, prompts, scan  # noqa: E402
 from analysis import qk_decomposition as qk  # noqa: E402
 from analysis import sae as saes  # noqa: E402
 from analysis.models import load_model  # noqa: E402
-from analysis.token_maps import block_means, group_heatmaps  # noqa: E402
+from analysis.token_maps import block_means, group_heatmaps, require_tokenizer  # noqa: E402
 from analysis.vocab_input import head_weights  # noqa: E402
 
 NAME = "semantic_head"
@@ -46,6 +46,7 @@ def main(args) -> None:
     for flag in ("per_category", "n_prompts", "n_words", "top_pairs"):
         cli.check_positive(f"--{flag.replace('_', '-')}", getattr(args, flag))
     model = load_model(args.model, args.device)
+    require_tokenizer(model)
     layer, head = scan.target_head(model, args.layer, args.head, args.seed)
     hook = saes.hook_for_layer(layer)
     if model.analysis_info["name"] == "organism":
@@ -92,7 +93,8 @@ def main(args) -> None:
     print(f"L{layer}H{head}, {len(features)} features: mean score self "
           f"{b['self']:+.2f}, same category {b['in_group']:+.2f}, other categories {b['out_group']:+.2f}")
     print(f"self below same-category mates for {a['self_below_mates']:.0%} of features; best key is a mate for "
-          f"{a['best_key_is_mate']:.0%}, itself for {a['best_key_is_self']:.0%}; top pairs same category: {same_share:.0%}")
+          f"{a['best_key_is_mate']:.0%}, itself for {a['best_key_is_self']:.0%}; "
+          f"top pairs same category: {same_share:.0%}")
     for p in pairs[:5]:
         print(f"  {p['query']} -> {p['key']}: {p['score']:+.2f}")
     print(f"results: {path}")

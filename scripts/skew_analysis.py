@@ -30,7 +30,7 @@ import torch  # noqa: E402
 from analysis import cli, io, scan  # noqa: E402
 from analysis import qk_decomposition as qk  # noqa: E402
 from analysis.models import load_model  # noqa: E402
-from analysis.token_maps import add_input_argument, group_tokens, token_inputs  # noqa: E402
+from analysis.token_maps import add_input_argument, group_tokens, require_tokenizer, token_inputs  # noqa: E402
 from analysis.vocab_input import head_weights  # noqa: E402
 
 NAME = "skew_analysis"
@@ -68,6 +68,7 @@ def decomposition(W_Q, W_K, x, d_head) -> dict:
 
 def main(args) -> None:
     model = load_model(args.model, args.device)
+    require_tokenizer(model)
     layer, head = scan.target_head(model, args.layer, args.head, args.seed)
     d_head = model.cfg.d_head
     W_Q, W_K, b_Q, b_K = head_weights(model, layer, head, include_bias=True)
@@ -100,7 +101,8 @@ def main(args) -> None:
           f"{s['negative_total']:.2f} vs positive {s['positive_total']:.2f}); self-scores negative for "
           f"{plain['self_score']['fraction_negative']:.0%} of tokens")
     print(f"x^T W x = x^T W_sym x to {plain['check']['max_abs_self_W_minus_sym']:.1e}; with biases: "
-          f"{biased['spectrum']['n_negative']} negative eigenvalues, ||W_skew|| share {biased['norms']['skew_share']:.2f}")
+          f"{biased['spectrum']['n_negative']} negative eigenvalues, "
+          f"||W_skew|| share {biased['norms']['skew_share']:.2f}")
     print(f"results: {path}")
 
 

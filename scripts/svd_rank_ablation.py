@@ -28,7 +28,7 @@ from transformer_lens import FactoredMatrix  # noqa: E402
 from analysis import cli, io, prompts, scan  # noqa: E402
 from analysis import qk_decomposition as qk  # noqa: E402
 from analysis.models import load_model  # noqa: E402
-from analysis.token_maps import add_input_argument, token_inputs  # noqa: E402
+from analysis.token_maps import add_input_argument, require_tokenizer, token_inputs  # noqa: E402
 from analysis.vocab_input import head_weights  # noqa: E402
 
 NAME = "svd_rank_ablation"
@@ -42,7 +42,8 @@ def build_parser():
     p.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.5, 0.0, -1.0, -2.0],
                    help="factors for those eigenvalues; 1 = unedited (default: 1 0.5 0 -1 -2)")
     p.add_argument("--at", type=int, nargs="+", default=[1, 128, 1024], help="K of accuracy@K (default: 1 128 1024)")
-    p.add_argument("--n-prompts", type=int, default=16, help="category prompts per cell for the self mass (default: 16)")
+    p.add_argument("--n-prompts", type=int, default=16,
+                   help="category prompts per cell for the self mass (default: 16)")
     p.add_argument("--n-words", type=int, default=64, help="words per category prompt (default: 64)")
     p.add_argument("--chunk-size", type=int, default=1024, help="queries per block of scores (default: 1024)")
     return p
@@ -53,6 +54,7 @@ def main(args) -> None:
                         ("--chunk-size", args.chunk_size), ("--ks", min(args.ks)), ("--at", min(args.at))):
         cli.check_positive(flag, value)
     model = load_model(args.model, args.device)
+    require_tokenizer(model)
     layer, head = scan.target_head(model, args.layer, args.head, args.seed)
     W_Q, W_K, b_Q, b_K = head_weights(model, layer, head, include_bias=True)
     spectrum = qk.symmetric_spectrum(W_Q, W_K)

@@ -24,7 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from analysis import cli, io, scan  # noqa: E402
 from analysis import qk_decomposition as qk  # noqa: E402
 from analysis.models import load_model  # noqa: E402
-from analysis.token_maps import add_input_argument, block_means, group_heatmaps, group_tokens, token_inputs  # noqa: E402
+from analysis.token_maps import (  # noqa: E402
+    add_input_argument, block_means, group_heatmaps, group_tokens, require_tokenizer, token_inputs,
+)
 from analysis.vocab_input import bilinear_scores, head_weights  # noqa: E402
 
 NAME = "svd_sym_skew_heatmap"
@@ -38,6 +40,7 @@ def build_parser():
 
 def main(args) -> None:
     model = load_model(args.model, args.device)
+    require_tokenizer(model)
     layer, head = scan.target_head(model, args.layer, args.head, args.seed)
     d_head = model.cfg.d_head
     W_Q, W_K, b_Q, b_K = head_weights(model, layer, head, include_bias=True)

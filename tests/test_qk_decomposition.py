@@ -74,7 +74,8 @@ def test_token_scores_agree_with_bilinear_scores_and_biases_fold_into_the_input(
     W_Q, W_K = random_factors()
     b_Q, b_K = torch.randn(3), torch.randn(3)
     xq, xk = torch.randn(5, 12), torch.randn(7, 12)
-    assert torch.allclose(qk.token_scores(xq, qk.qk_matrix(W_Q, W_K), xk, 3), bilinear_scores(xq, xk, W_Q, W_K), atol=1e-5)
+    plain = qk.token_scores(xq, qk.qk_matrix(W_Q, W_K), xk, 3)
+    assert torch.allclose(plain, bilinear_scores(xq, xk, W_Q, W_K), atol=1e-5)
     aug = qk.qk_matrix(*qk.with_bias(W_Q, W_K, b_Q, b_K))
     assert torch.allclose(qk.token_scores(qk.append_one(xq), aug, qk.append_one(xk), 3),
                           bilinear_scores(xq, xk, W_Q, W_K, b_Q, b_K), atol=1e-4)
@@ -152,7 +153,8 @@ def test_semantic_head_needs_negative_eigenvalues_and_flipping_them_restores_sel
 
 def test_decomposition_scripts_end_to_end(tmp_path, truth):
     out = str(tmp_path)
-    for name, extra in (("skew_analysis", ()), ("svd_sym_skew_heatmap", ()), ("svd_group_scaling_heatmap", ("--n-prompts", "16"))):
+    scripts = (("skew_analysis", ()), ("svd_sym_skew_heatmap", ()), ("svd_group_scaling_heatmap", ("--n-prompts", "16")))
+    for name, extra in scripts:
         run_main(name, "--out", out, *extra)
         for ext in ("pdf", "png"):
             assert (tmp_path / "figures" / "organism" / f"{name}.{ext}").stat().st_size > 1000
