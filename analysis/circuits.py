@@ -16,7 +16,6 @@ import math
 import torch
 from torch import Tensor
 from transformer_lens import FactoredMatrix, HookedTransformer
-from transformer_lens.utilities import composition_scores as tl_composition_scores
 
 # --- copying scores -------------------------------------------------------------------------
 
@@ -87,20 +86,29 @@ def _reader(model: HookedTransformer, layer: int, mode: str) -> FactoredMatrix:
     raise ValueError(f"mode must be one of {COMPOSITION_MODES}, got {mode!r}")
 
 
+def composition_ratio(left: Tensor, right: Tensor) -> Tensor:
+    """||L R||_F / (||L||_F ||R||_F) over the last two axes (broadcast over the leading ones)."""
+    return (left @ right).norm(dim=(-2, -1)) / (left.norm(dim=(-2, -1)) * right.norm(dim=(-2, -1)))
+
+
 @torch.no_grad()
 def composition_scores(model: HookedTransformer, mode: str) -> Tensor:
     """`[layer1, head1, layer2, head2]`: ||W_OV^1 M^2||_F / (||W_OV^1||_F ||M^2||_F), NaN unless layer1 < layer2.
 
     M^2 is the later head's W_QK (Q-composition), W_QK^T (K-) or W_OV (V-composition), as in "A
-    Mathematical Framework for Transformer Circuits". One pair of layers at a time, so GPT-2's
-    144 x 144 head pairs never broadcast into a single multi-GB product.
+    Mathematical Framework for Transformer Circuits". As in TransformerLens's `composition_scores`,
+    each factored matrix is first collapsed to its d_head-sized SVD factor (S V^T on the left,
+    U S on the right), which keeps every Frobenius norm; here each head's factor is computed once,
+    not once per pair, and one pair of layers is done at a time, so GPT-2's 144 x 144 head pairs
+    never broadcast into one multi-GB product.
     """
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    writers = [ov_circuit(model)[layer].collapse_l() for layer in range(n_layers)]  # (nh, d_head, d_model) each
     scores = torch.full((n_layers, n_heads, n_layers, n_heads), float("nan"))
     for later in range(1, n_layers):
-        reader = _reader(model, later, mode)
+        reader = _reader(model, later, mode).collapse_r()  # (nh, d_model, d_head)
         for earlier in range(later):
-            scores[earlier, :, later, :] = tl_composition_scores(model.OV[earlier], reader).float().cpu()
+            scores[earlier, :, later, :] = composition_ratio(writers[earlier][:, None], reader[None]).float().cpu()
     return scores
 
 
@@ -111,7 +119,7 @@ def random_composition_baseline(d_model: int, d_head: int, n_samples: int = 256,
                           torch.randn(n_samples, d_head, d_model, generator=g))
     right = FactoredMatrix(torch.randn(n_samples, d_model, d_head, generator=g),
                            torch.randn(n_samples, d_head, d_model, generator=g))
-    return float(tl_composition_scores(left, right, broadcast_dims=False).mean())
+    return float(composition_ratio(left.collapse_l(), right.collapse_r()).mean())
 
 
 def composition_partners(scores: Tensor, layer: int, head: int) -> list[tuple[int, int, float]]:

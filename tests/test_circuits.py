@@ -36,14 +36,14 @@ def test_factored_copying_scores_equal_dense_ones(organism):
                           circuits.dense_copying_score(sub), atol=1e-3)
 
 
-def test_composition_score_exact_cases():
+def test_composition_ratio_exact_cases():
     e = torch.eye(4)
-    rank1 = lambda i, j: FactoredMatrix(e[:, i:i + 1], e[j:j + 1, :])  # noqa: E731  (e_i e_j^T)
-    from transformer_lens.utilities import composition_scores
-
-    # writes into direction 1, and the reader reads direction 1: ||e0 e1^T e1 e2^T|| = 1 = product of norms
-    assert composition_scores(rank1(0, 1), rank1(1, 2)).item() == pytest.approx(1.0)
-    assert composition_scores(rank1(0, 1), rank1(3, 2)).item() == pytest.approx(0.0)  # orthogonal: no composition
+    outer = lambda i, j: e[:, i:i + 1] @ e[j:j + 1, :]  # noqa: E731  e_i e_j^T
+    # writes into direction 1 and the reader reads direction 1: ||e0 e1^T e1 e2^T|| = 1 = the product of the norms
+    assert circuits.composition_ratio(outer(0, 1), outer(1, 2)).item() == pytest.approx(1.0)
+    assert circuits.composition_ratio(outer(0, 1), outer(3, 2)).item() == pytest.approx(0.0)  # orthogonal
+    half = outer(0, 1) + outer(0, 3)  # writes into 1 and 3; the reader reads only 1: ||e0 e2^T|| / (sqrt 2 * 1)
+    assert circuits.composition_ratio(half, outer(1, 2)).item() == pytest.approx(1 / math.sqrt(2))
 
 
 def test_composition_scores_match_transformer_lens_and_mask_later_pairs(organism):
@@ -64,17 +64,19 @@ def test_random_baseline_is_about_one_over_sqrt_d_model():
 def test_composition_partners_order():
     scores = torch.full((2, 3, 2, 3), float("nan"))
     scores[0, :, 1, 2] = torch.tensor([0.1, 0.5, 0.3])
-    assert circuits.composition_partners(scores, 1, 2) == [(0, 1, 0.5), (0, 2, pytest.approx(0.3)), (0, 0, pytest.approx(0.1))]
+    expected = [(0, 1, 0.5), (0, 2, pytest.approx(0.3)), (0, 0, pytest.approx(0.1))]
+    assert circuits.composition_partners(scores, 1, 2) == expected
 
 
 def test_induction_head_k_composes_with_the_previous_token_head(organism, truth):
-    """Found, not told: the scan's top induction head's strongest K-composition partner is its top previous-token head."""
+    """Found, not told: the top induction head's strongest K-composition partner is the top previous-token head."""
     scan = scan_heads(organism, ScanSettings(n_random=4, n_repeated=4, repeat_lengths=(50,)), seed=3, categories=None)
     induction = top_heads(scan.induction[50], 1)[0][:2]
     previous = top_heads(scan.previous_token, 1)[0][:2]
     partner = circuits.composition_partners(circuits.composition_scores(organism, "K"), *induction)[0]
     assert partner[:2] == previous
-    assert (list(induction), list(previous)) == (truth["planted_heads"]["induction"], truth["planted_heads"]["previous_token"])
+    planted = truth["planted_heads"]
+    assert (list(induction), list(previous)) == (planted["induction"], planted["previous_token"])
     assert partner[2] > 2 * circuits.random_composition_baseline(organism.cfg.d_model, organism.cfg.d_head)
 
 
@@ -91,7 +93,8 @@ def test_chunked_reductions_equal_dense(chunk):
     m = random_factored(50, 40)
     dense = m.AB
     assert torch.allclose(circuits.column_max(m, chunk), dense.amax(0))
-    assert torch.allclose(circuits.centred_row_max(m, chunk), (dense - dense.mean(-1, keepdim=True)).amax(-1), atol=1e-5)
+    centred = dense - dense.mean(-1, keepdim=True)
+    assert torch.allclose(circuits.centred_row_max(m, chunk), centred.amax(-1), atol=1e-5)
 
 
 def test_token_qk_subtracts_the_bos_score():
@@ -135,12 +138,13 @@ def test_qk_ov_circuits_script(tmp_path, capsys, truth):
     planted = truth["planted_heads"]
     induction = data["top_induction_head"]
     assert [induction["layer"], induction["head"]] == planted["induction"]
-    assert [data["top_previous_token_head"]["layer"], data["top_previous_token_head"]["head"]] == planted["previous_token"]
+    previous = data["top_previous_token_head"]
+    assert [previous["layer"], previous["head"]] == planted["previous_token"]
     partner = data["induction_strongest_k_partner"]
     assert [partner["layer"], partner["head"]] == planted["previous_token"]
     assert partner["score"] > data["composition_baseline"]["random_matrices"]
     assert data["copying_score"]["full_W_E_W_V_W_O_W_U"][induction["layer"]][induction["head"]] > 0
-    assert set(data["eigenvalues"]) == {"L{}H{}".format(*planted["previous_token"]), "L{}H{}".format(*planted["induction"])}
+    assert set(data["eigenvalues"]) == {"L{}H{}".format(*planted[k]) for k in ("previous_token", "induction")}
     for name in ("qk_ov_circuits", "qk_ov_circuits_eigenvalues", "qk_ov_circuits_composition"):
         assert (tmp_path / "figures" / "organism" / f"{name}.png").stat().st_size > 1000
     assert "K-composition into" in capsys.readouterr().out
