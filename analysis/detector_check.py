@@ -49,7 +49,8 @@ def repeated_word_prompts(model: HookedTransformer, n_prompts: int, half_length:
                           seed: int) -> tuple[list[str], Tensor]:
     """Texts r + r, r = `half_length` distinct round-trip words, and their tokens `[n_prompts, 1 + 2L]` (BOS first)."""
     if model.tokenizer is None:
-        raise UsageError("The detect_head cross-check scores text prompts, so it needs a tokenizer; this model has none.")
+        raise UsageError("The detect_head cross-check scores text prompts, so it needs a tokenizer; "
+                         "this model has none.")
     if 2 * half_length + 1 >= model.cfg.n_ctx:
         raise UsageError(f"detect_head needs prompts shorter than the context ({model.cfg.n_ctx} tokens); "
                          f"[BOS] + r + r with |r| = {half_length} is {2 * half_length + 1}. Use a shorter length.")

@@ -48,7 +48,8 @@ def next_token_log_probs(log_probs: Tensor, tokens: Tensor) -> Tensor:
 def logit_difference(logits: Tensor, answer: Tensor, wrong: Tensor) -> Tensor:
     """`[batch]`: logit(answer) - logit(wrong) at the last position, for `logits: [batch, pos, d_vocab]`."""
     last = logits[:, -1]  # (B, vocab)
-    return last.gather(-1, answer[:, None].to(last.device))[:, 0] - last.gather(-1, wrong[:, None].to(last.device))[:, 0]
+    pick = lambda ids: last.gather(-1, ids[:, None].to(last.device))[:, 0]  # noqa: E731
+    return pick(answer) - pick(wrong)
 
 
 def recovered_fraction(patched: Tensor, clean: float, corrupted: float) -> Tensor:
@@ -67,8 +68,9 @@ def head_patching(model: HookedTransformer, clean: Tensor, corrupted: Tensor, an
     patch restores (TransformerLens's `get_act_patch_attn_head_out_all_pos`, one pass per head).
     """
     if clean.shape != corrupted.shape:
-        raise UsageError(f"The clean and corrupted prompts must have the same number of tokens to patch position by "
-                         f"position; they have {clean.shape[-1]} and {corrupted.shape[-1]}. Change one word for one word.")
+        raise UsageError(f"The clean and corrupted prompts must have the same number of tokens to patch position "
+                         f"by position; they have {clean.shape[-1]} and {corrupted.shape[-1]}. Change one word for "
+                         "one word.")
     device = model.cfg.device
     clean_logits, clean_cache = model.run_with_cache(clean.to(device), names_filter=lambda n: n.endswith("hook_z"))
     clean_ld = float(logit_difference(clean_logits, answer, wrong).mean())

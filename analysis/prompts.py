@@ -201,3 +201,8 @@ def reference_prompts(model, seed: int = 0, n_prompts: int = 64, n_words: int = 
     if model.tokenizer is None:
         return random_tokens(n_prompts, n_words, model.cfg.d_vocab, bos_token_id(model), seed)
     return category_probe(model, categories, n_prompts, n_words, seed)[0]
+
+
+# Example prompts of the baseline scripts; both tokenise word by word on GPT-2 and on the organism.
+REPEATED_SENTENCE = "The cat sat on the mat. The cat sat on the mat"  # the second half is predictable by induction
+IOI_SENTENCE = "When John and Mary went to the store, John gave a drink to"  # indirect-object identification

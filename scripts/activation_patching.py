@@ -23,18 +23,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from analysis import cli, io  # noqa: E402
+from analysis import cli, io, prompts  # noqa: E402
 from analysis.errors import UsageError  # noqa: E402
 from analysis.models import load_model  # noqa: E402
 from analysis.patching import head_patching  # noqa: E402
 from analysis.patterns import check_context  # noqa: E402
 from analysis.plotting import head_heatmaps  # noqa: E402
-from analysis.prompts import single_token_ids  # noqa: E402
 from analysis.scan import top_heads  # noqa: E402
 
 NAME = "activation_patching"
 TASKS = {
-    "ioi": ("When John and Mary went to the store, John gave a drink to",
+    "ioi": (prompts.IOI_SENTENCE,
             "When John and Mary went to the store, Mary gave a drink to", " Mary", " John"),
     "induction": ("The old man saw a box on the hill. The old man saw a",
                   "The old man saw a tree on the hill. The old man saw a", " box", " tree"),
@@ -67,11 +66,13 @@ def main(args) -> None:
     cli.check_positive("--top", args.top)
     model = load_model(args.model, args.device)
     if model.tokenizer is None:
-        raise UsageError("Patching here compares text prompts, so it needs a model with a tokenizer; this one has none.")
+        raise UsageError("Patching here compares text prompts, so it needs a model with a tokenizer; "
+                         "this one has none.")
     task, clean_text, corrupted_text, answer_text, wrong_text = prompt_pair(args)
     clean, corrupted = model.to_tokens(clean_text).cpu(), model.to_tokens(corrupted_text).cpu()
     check_context(model, clean)
-    answer, wrong = (torch.tensor(single_token_ids(model.tokenizer, [w])) for w in (answer_text, wrong_text))
+    answer, wrong = (torch.tensor(prompts.single_token_ids(model.tokenizer, [word]))
+                     for word in (answer_text, wrong_text))
 
     out = head_patching(model, clean, corrupted, answer, wrong)
     recovered = out["recovered"]  # [layer, head]

@@ -37,7 +37,8 @@ def build_parser():
     p = cli.parser(__doc__)
     p.add_argument("--n-prompts", type=int, default=16, help="prompts per generated prompt set (default: 16)")
     p.add_argument("--length", type=int, default=48, help="tokens after BOS per generated prompt (default: 48)")
-    p.add_argument("--text", type=Path, default=None, help="file with one text prompt per line (replaces the generated set)")
+    p.add_argument("--text", type=Path, default=None,
+                   help="file with one text prompt per line (replaces the generated set)")
     p.add_argument("--top", type=int, default=5, help="heads listed per ranking (default: 5)")
     return p
 

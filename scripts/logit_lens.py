@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from analysis import cli, io  # noqa: E402
+from analysis import cli, io, prompts  # noqa: E402
 from analysis.errors import UsageError  # noqa: E402
 from analysis.models import load_model  # noqa: E402
 from analysis.patching import logit_lens, next_token_log_probs  # noqa: E402
@@ -25,7 +25,7 @@ NAME = "logit_lens"
 
 def build_parser():
     p = cli.parser(__doc__)
-    p.add_argument("--prompt", default="The cat sat on the mat. The cat sat on the mat",
+    p.add_argument("--prompt", default=prompts.REPEATED_SENTENCE,
                    help="text prompt, BOS prepended (default: %(default)r)")
     p.add_argument("--top", type=int, default=5, help="predictions kept per depth and position (default: 5)")
     return p
@@ -72,10 +72,12 @@ def main(args) -> None:
              for t in range(len(positions))] for d in range(len(depth_labels))]
     results = {"prompt": args.prompt, "tokens": positions, "depths": depth_labels, "lens": lens,
                "p_next_token": next_p,
-               "final_top1_matches_next": [text(top_ids[-1, t, 0]) == positions[t + 1] for t in range(len(positions) - 1)]}
+               "final_top1_matches_next": [text(top_ids[-1, t, 0]) == positions[t + 1]
+                                           for t in range(len(positions) - 1)]}
     path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
                            arguments=vars(args), seed=args.seed)
-    top1_labels = [[repr(text(top_ids[d, t, 0]))[1:-1] for t in range(len(positions))] for d in range(len(depth_labels))]
+    top1_labels = [[repr(text(top_ids[d, t, 0]))[1:-1] for t in range(len(positions))]
+                   for d in range(len(depth_labels))]
     fig = lens_figure(top1_labels, top_p[..., 0].numpy(), next_p.numpy(), depth_labels,
                       [repr(s)[1:-1] for s in positions])
     io.save_figure(fig, args.out, args.model, NAME)

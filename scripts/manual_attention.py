@@ -36,7 +36,7 @@ TOLERANCE = 1e-5
 
 def build_parser():
     p = cli.parser(__doc__)
-    p.add_argument("--prompt", default="The cat sat on the mat. The cat sat on the mat",
+    p.add_argument("--prompt", default=prompts.REPEATED_SENTENCE,
                    help="text prompt, BOS prepended (default: %(default)r)")
     p.add_argument("--n-random", type=int, default=4, help="prompts of uniform random tokens (default: 4)")
     p.add_argument("--length", type=int, default=48, help="tokens per random prompt after BOS (default: 48)")

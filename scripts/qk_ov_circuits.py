@@ -37,10 +37,13 @@ NAME = "qk_ov_circuits"
 def build_parser():
     p = cli.parser(__doc__)
     p.add_argument("--heads", nargs="+", default=None, metavar="L.H",
-                   help="heads whose eigenvalues are plotted, e.g. 0.2 1.1 (default: top previous-token and induction heads)")
-    p.add_argument("--n-prompts", type=int, default=8, help="prompts per scan probe used to find the heads (default: 8)")
+                   help="heads whose eigenvalues are plotted, e.g. 0.2 1.1 "
+                        "(default: the top previous-token and induction heads)")
+    p.add_argument("--n-prompts", type=int, default=8,
+                   help="prompts per scan probe used to find the heads (default: 8)")
     p.add_argument("--repeat-length", type=int, default=50, help="|r| of the induction probe (default: 50)")
-    p.add_argument("--baseline-samples", type=int, default=256, help="random matrix pairs for the baseline (default: 256)")
+    p.add_argument("--baseline-samples", type=int, default=256,
+                   help="random matrix pairs for the baseline (default: 256)")
     return p
 
 
@@ -128,13 +131,14 @@ def main(args) -> None:
     copying = circuits.ov_copying_scores(model)  # [layer, head] each
     residual_eig = circuits.ov_circuit(model).eigenvalues  # (L, nh, d_head)
     full_eig = circuits.full_ov_eigenvalues(model)
-    spectra = {f"L{l}H{h}": {"W_V W_O": residual_eig[l, h].detach().cpu(), "W_E W_V W_O W_U": full_eig[l, h].detach().cpu()}
-               for l, h in heads}
+    spectra = {f"L{l}H{h}": {"W_V W_O": residual_eig[l, h].detach().cpu(),
+                             "W_E W_V W_O W_U": full_eig[l, h].detach().cpu()} for l, h in heads}
     head_scores = {f"L{l}H{h}": {"W_V W_O": float(copying["residual"][l, h]),
                                  "W_E W_V W_O W_U": float(copying["full"][l, h])} for l, h in heads}
 
     comp = {mode: circuits.composition_scores(model, mode) for mode in circuits.COMPOSITION_MODES}
-    baseline = circuits.random_composition_baseline(model.cfg.d_model, model.cfg.d_head, args.baseline_samples, args.seed)
+    baseline = circuits.random_composition_baseline(model.cfg.d_model, model.cfg.d_head, args.baseline_samples,
+                                                    args.seed)
     partners = circuits.composition_partners(comp["K"], *induction)
 
     results = {
@@ -143,10 +147,12 @@ def main(args) -> None:
         "top_induction_head": {"layer": induction[0], "head": induction[1],
                                "score": float(scan.induction[args.repeat_length][induction])},
         "copying_score": {"residual_W_V_W_O": copying["residual"], "full_W_E_W_V_W_O_W_U": copying["full"]},
-        "eigenvalues": {label: {c: torch.stack([e.real, e.imag], -1) for c, e in s.items()} for label, s in spectra.items()},
+        "eigenvalues": {label: {c: torch.stack([e.real, e.imag], -1) for c, e in s.items()}
+                        for label, s in spectra.items()},  # [d_head, (re, im)]
         "eigenvalue_heads_copying_score": head_scores,
         "composition": comp,
-        "composition_baseline": {"random_matrices": baseline, "one_over_sqrt_d_model": 1 / math.sqrt(model.cfg.d_model)},
+        "composition_baseline": {"random_matrices": baseline,
+                                 "one_over_sqrt_d_model": 1 / math.sqrt(model.cfg.d_model)},
         "induction_k_composition": [{"layer": l, "head": h, "score": s} for l, h, s in partners],
         "induction_strongest_k_partner": {"layer": partners[0][0], "head": partners[0][1], "score": partners[0][2]},
     }

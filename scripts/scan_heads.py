@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from analysis import cli, io  # noqa: E402
+from analysis import cli, io, prompts  # noqa: E402
 from analysis.detector_check import cross_check  # noqa: E402
 from analysis.models import load_model  # noqa: E402
 from analysis.patterns import all_patterns  # noqa: E402
@@ -43,10 +43,11 @@ def build_parser():
     p.add_argument("--category-words", type=int, default=64, help="words per category prompt (default: 64)")
     p.add_argument("--top", type=int, default=5, help="heads listed per kind (default: 5)")
     p.add_argument("--detect-prompts", type=int, default=10,
-                   help="text prompts r + r for the detect_head cross-check, |r| = the first repeat length (default: 10)")
-    p.add_argument("--sentence", default="When John and Mary went to the store, John gave a drink to",
+                   help="text prompts r + r for the detect_head cross-check, |r| = the first repeat length "
+                        "(default: 10)")
+    p.add_argument("--sentence", default=prompts.IOI_SENTENCE,
                    help="natural sentence on which each kind's best head is drawn (default: %(default)r)")
-    p.add_argument("--repeated-sentence", default="The cat sat on the mat. The cat sat on the mat",
+    p.add_argument("--repeated-sentence", default=prompts.REPEATED_SENTENCE,
                    help="repeated sentence on which each kind's best head is drawn (default: %(default)r)")
     return p
 
@@ -91,13 +92,15 @@ def main(args) -> None:
     }
     ranked = {
         "previous_token": top_heads(scan.previous_token, args.top),
+        "previous_token_no_bos": top_heads(scan.previous_token_no_bos, args.top),
         "induction": top_heads(scan.induction[headline], args.top),
         "duplicate": top_heads(scan.duplicate[headline], args.top),
         "semantic": top_heads(semantic["surprisal"], args.top, largest=False),
     }
     check = cross_check(model, args.detect_prompts, headline, args.seed + 200)
     sentences = [args.sentence, args.repeated_sentence]
-    fig_patterns, drawn = pattern_figure(model, ranked, sentences)
+    fig_patterns, drawn = pattern_figure(model, {k: v for k, v in ranked.items() if k != "previous_token_no_bos"},
+                                         sentences)
     results = {
         "maps": maps,
         "top_heads": {kind: [{"layer": l, "head": h, "score": s} for l, h, s in heads] for kind, heads in ranked.items()},
@@ -106,7 +109,8 @@ def main(args) -> None:
         "detect_head": {
             "prompts": f"{args.detect_prompts} texts r + r, |r| = {headline} distinct words, BOS prepended",
             "induction_ceiling": check["induction"]["expected_ratio"],
-            **{kind: {**c, "top_heads": [{"layer": l, "head": h, "score": v} for l, h, v in top_heads(c["detect_head"], args.top)]}
+            **{kind: {**c, "top_heads": [{"layer": l, "head": h, "score": v}
+                                         for l, h, v in top_heads(c["detect_head"], args.top)]}
                for kind, c in check.items()},
         },
         "best_head_patterns": {"sentences": sentences, **drawn},
@@ -125,17 +129,18 @@ def main(args) -> None:
     io.save_figure(fig_patterns, args.out, args.model, f"{NAME}_patterns")
     fig = head_heatmaps([m for c in check.values() for m in (c["detect_head"], c["ours"])],
                         [f"{kind.replace('_', ' ')}: {who}" for kind in check for who in ("detect_head", "ours")],
-                        suptitle=f"detect_head (mul) vs ours on the same {args.detect_prompts} prompts, |r| = {headline}")
+                        suptitle=f"detect_head (mul) vs ours on the same {args.detect_prompts} prompts, "
+                                 f"|r| = {headline}")
     io.save_figure(fig, args.out, args.model, f"{NAME}_detect_head")
 
-    units = {"previous_token": "mean A[i,i-1]", "induction": "induction score", "duplicate": "duplicate score",
-             "semantic": "S (nats)"}
+    units = {"previous_token": "mean A[i,i-1]", "previous_token_no_bos": "same, BOS row left out",
+             "induction": "induction score", "duplicate": "duplicate score", "semantic": "S (nats)"}
     for kind, heads in ranked.items():
         listed = ", ".join(f"L{l}H{h} {s:.3f}" for l, h, s in heads)
-        print(f"{kind:>15s} ({units[kind]}): {listed}")
+        print(f"{kind:>21s} ({units[kind]}): {listed}")
     for kind, c in check.items():
         listed = ", ".join(f"L{l}H{h} {v:.3f}" for l, h, v in top_heads(c["detect_head"], args.top))
-        print(f"{'detect_head ' + kind:>26s}: {listed}  (= ours x {c['expected_ratio']:.3f}, "
+        print(f"{'detect_head ' + kind:>21s}: {listed}  (= ours x {c['expected_ratio']:.3f}, "
               f"max deviation {c['max_deviation']:.1e})")
     print(f"results: {path}")
 

@@ -46,6 +46,11 @@ def build_parser():
     return p
 
 
+def token_label(model, token_id) -> str:
+    """The token's text, or its id for a model without a tokenizer."""
+    return model.to_single_str_token(int(token_id)) if model.tokenizer is not None else str(int(token_id))
+
+
 def table_figure(model, table, qk, ov, layer: int, head: int):
     """QK of the top queries (rows) against the top keys (columns), and OVc of the keys against their top outputs."""
     import matplotlib.pyplot as plt
@@ -58,8 +63,9 @@ def table_figure(model, table, qk, ov, layer: int, head: int):
     qk_block = qk[queries][:, keys].AB  # (n_q, n_keys)
     ov_block = ov[keys].AB  # (n_keys, d_vocab)
     ov_block = (ov_block - ov_block.mean(-1, keepdim=True))[:, outputs]
-    names = lambda ids: [repr(s)[1:-1] for s in model.to_str_tokens(ids)]  # noqa: E731  keep leading spaces visible
-    fig, axes = plt.subplots(1, 2, figsize=(0.32 * (len(keys) + len(outputs)) + 6, 0.3 * max(len(queries), len(keys)) + 3))
+    names = lambda ids: [repr(token_label(model, i))[1:-1] for i in ids]  # noqa: E731  leading spaces stay visible
+    width, height = 0.32 * (len(keys) + len(outputs)) + 6, 0.3 * max(len(queries), len(keys)) + 3
+    fig, axes = plt.subplots(1, 2, figsize=(width, height))
     sns.heatmap(qk_block.numpy(), ax=axes[0], cmap="RdBu_r", center=0, xticklabels=names(keys),
                 yticklabels=names(queries), cbar_kws={"label": "QK minus score on BOS"})
     axes[0].set(title=f"L{layer}H{head} QK: top queries x top keys", xlabel="key", ylabel="query")
@@ -85,19 +91,18 @@ def main(args) -> None:
     x = head_input(model, layer, reference, variant=args.variant, chunk_size=args.chunk_size, progress=True)
     W_Q, W_K, b_Q, b_K = head_weights(model, layer, head, include_bias=True)
     qk = circuits.token_qk(x, x, circuits.bos_key_input(model, layer), W_Q, W_K, b_Q, b_K)
-    ov = circuits.token_ov(x, model.W_V[layer, head].detach().float().cpu(), model.W_O[layer, head].detach().float().cpu(),
-                           model.W_U.detach().float().cpu())
+    W_V, W_O, W_U = (w.detach().float().cpu() for w in (model.W_V[layer, head], model.W_O[layer, head], model.W_U))
+    ov = circuits.token_ov(x, W_V, W_O, W_U)
     table = circuits.key_pivoted_table(qk, ov, p, args.keys, args.queries, args.outputs, args.chunk_size)
 
-    token = (lambda i: model.to_single_str_token(int(i))) if model.tokenizer is not None else (lambda i: str(int(i)))
     rows = []
     for i, key in enumerate(table["key_ids"]):
         rows.append({
-            "key": token(key), "key_id": int(key), "key_score": float(table["key_scores"][i]),
+            "key": token_label(model, key), "key_id": int(key), "key_score": float(table["key_scores"][i]),
             "qk_max": float(table["qk_max"][i]), "ov_max": float(table["ov_max"][i]),
-            "queries": [{"token": token(q), "id": int(q), "score": float(s)}
+            "queries": [{"token": token_label(model, q), "id": int(q), "score": float(s)}
                         for q, s in zip(table["query_ids"][i], table["query_scores"][i])],
-            "outputs": [{"token": token(o), "id": int(o), "score": float(s)}
+            "outputs": [{"token": token_label(model, o), "id": int(o), "score": float(s)}
                         for o, s in zip(table["output_ids"][i], table["output_scores"][i])],
         })
     results = {"layer": layer, "head": head, "variant": args.variant,

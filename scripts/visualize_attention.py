@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from analysis import cli, io  # noqa: E402
+from analysis import cli, io, prompts  # noqa: E402
 from analysis.errors import UsageError  # noqa: E402
 from analysis.models import load_model  # noqa: E402
 from analysis.patterns import all_patterns  # noqa: E402
@@ -26,7 +26,7 @@ NAME = "visualize_attention"
 
 def build_parser():
     p = cli.parser(__doc__)
-    p.add_argument("--prompt", default="The cat sat on the mat. The cat sat on the mat",
+    p.add_argument("--prompt", default=prompts.REPEATED_SENTENCE,
                    help="text prompt, BOS prepended (default: %(default)r)")
     p.add_argument("--layer", type=int, default=None, help="only this layer (default: every layer)")
     return p
