@@ -14,7 +14,10 @@ FLOAT = 4  # bytes
 
 @torch.no_grad()
 def bench_ov_copying_factored_vs_dense(settings: Settings) -> dict:
-    """OV copying scores of W_E W_V W_O W_U: d_head x d_head eigenvalues (full vocabulary, all heads) vs dense eig on a small vocabulary."""
+    """OV copying scores of W_E W_V W_O W_U: factored (d_head x d_head eigenvalues) vs dense eig, small vocabulary.
+
+    The factored method also runs on the full vocabulary for all heads; the dense one cannot (10 GB a head).
+    """
     model = load_model("gpt2-random", settings.device)
     d_vocab = model.cfg.d_vocab
     n_small = 256 if settings.quick else 1024
@@ -23,7 +26,8 @@ def bench_ov_copying_factored_vs_dense(settings: Settings) -> dict:
 
     full, t_full = measure(lambda: circuits.copying_score(circuits.full_ov_eigenvalues(model)), settings.device)
     small_factored, t_small_factored = measure(  # the same circuit as the dense one: one layer, these tokens
-        lambda: circuits.copying_score((circuits.ov_circuit(model)[layer] @ circuits.vocab_gram(model, ids)).eigenvalues),
+        lambda: circuits.copying_score((circuits.ov_circuit(model)[layer]
+                                        @ circuits.vocab_gram(model, ids)).eigenvalues),
         settings.device)
 
     def dense():  # [head, n, n] explicitly, then the eigenvalues of each n x n matrix
@@ -44,7 +48,8 @@ def bench_ov_copying_factored_vs_dense(settings: Settings) -> dict:
             f"factored, full vocabulary ({d_vocab}), all {full.numel()} heads: {t_full['seconds']:.2f} s, "
             f"{t_full['peak_mb']:.0f} MB",
             f"vocabulary of {n_small}, {model.cfg.n_heads} heads: dense eig {t_small_dense['seconds']:.2f} s, "
-            f"{t_small_dense['peak_mb']:.0f} MB ({per_head_dense:.2f} s/head); factored {t_small_factored['seconds']:.3f} s; "
+            f"{t_small_dense['peak_mb']:.0f} MB ({per_head_dense:.2f} s/head); "
+            f"factored {t_small_factored['seconds']:.3f} s; "
             f"scores agree to {agreement:.1e}",
             f"a dense full-vocabulary circuit would need {d_vocab**2 * FLOAT / 2**30:.1f} GiB per head",
         ],
@@ -53,7 +58,10 @@ def bench_ov_copying_factored_vs_dense(settings: Settings) -> dict:
 
 @torch.no_grad()
 def bench_token_tables_chunked_vs_dense(settings: Settings) -> dict:
-    """Key-pivoted QK/OV token table of one head: vocabulary chunks (full vocabulary) vs dense matrices (small vocabulary)."""
+    """Key-pivoted QK/OV token table of one head: vocabulary chunks vs dense matrices (small vocabulary).
+
+    The chunked method also runs on the full vocabulary; dense QK and OV there would need 19 GB.
+    """
     model = load_model("gpt2-random", settings.device)
     d_vocab, layer, head = model.cfg.d_vocab, 0, 0
     n_small = 2048 if settings.quick else 8192
@@ -75,17 +83,19 @@ def bench_token_tables_chunked_vs_dense(settings: Settings) -> dict:
     _, t_full = measure(lambda: table(everything, chunk), settings.device)
     chunked, t_small_chunked = measure(lambda: table(small, chunk), settings.device)
     dense, t_small_dense = measure(lambda: table(small, None), settings.device)
-    same = bool(torch.equal(chunked["key_ids"], dense["key_ids"]) and torch.equal(chunked["query_ids"], dense["query_ids"])
-                and torch.equal(chunked["output_ids"], dense["output_ids"]))
+    same = all(torch.equal(chunked[k], dense[k]) for k in ("key_ids", "query_ids", "output_ids"))
     return {
         "full_vocabulary_chunked": {**t_full, "d_vocab": d_vocab, "chunk_size": chunk,
                                     "largest_block_mb": d_vocab * chunk * FLOAT / MB},
         "small_vocabulary": {"n_tokens": n_small, "chunked": t_small_chunked, "dense": t_small_dense,
-                             "same_table": same, "memory_ratio": ratio(t_small_dense["peak_mb"], t_small_chunked["peak_mb"])},
+                             "same_table": same,
+                             "memory_ratio": ratio(t_small_dense["peak_mb"], t_small_chunked["peak_mb"])},
         "dense_full_vocabulary_bytes": 2 * d_vocab**2 * FLOAT,
         "summary": [
-            f"chunked, full vocabulary ({d_vocab}, chunks of {chunk}): {t_full['seconds']:.1f} s, peak {t_full['peak_mb']:.0f} MB",
-            f"vocabulary of {n_small}: dense {t_small_dense['seconds']:.2f} s, {t_small_dense['peak_mb']:.0f} MB; chunked "
+            f"chunked, full vocabulary ({d_vocab}, chunks of {chunk}): {t_full['seconds']:.1f} s, "
+            f"peak {t_full['peak_mb']:.0f} MB",
+            f"vocabulary of {n_small}: dense {t_small_dense['seconds']:.2f} s, "
+            f"{t_small_dense['peak_mb']:.0f} MB; chunked "
             f"{t_small_chunked['seconds']:.2f} s, {t_small_chunked['peak_mb']:.0f} MB; same table: {same}",
             f"dense QK and OV at the full vocabulary would need {2 * d_vocab**2 * FLOAT / 2**30:.1f} GiB",
         ],

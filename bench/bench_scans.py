@@ -25,9 +25,12 @@ def per_head_loop(model, tokens: torch.Tensor) -> torch.Tensor:
 
 
 def bench_scan_batched_vs_per_head(settings: Settings) -> dict:
-    """Induction + duplicate-token scores of all 144 heads of a random GPT-2-shaped model: batched pass vs per-head loop."""
+    """Induction and duplicate-token scores of all 144 heads of a random GPT-2 small: batched pass vs per-head loop."""
     # |r| = 50 as in ARENA; batch 4 rather than 10 keeps the per-head loop to minutes on a laptop CPU
-    model = random_gpt2(n_layers=2, device=settings.device) if settings.quick else load_model("gpt2-random", settings.device)
+    if settings.quick:
+        model = random_gpt2(n_layers=2, device=settings.device)
+    else:
+        model = load_model("gpt2-random", settings.device)
     batch, half = (2, 20) if settings.quick else (4, 50)
     tokens = prompts.random_repeated_tokens(batch, half, model.cfg.d_vocab, bos_token_id(model), settings.seed)
 

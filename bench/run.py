@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run, not for the README)")
-    p.add_argument("--out", type=Path, default=RESULTS_DIR, help="directory for the result files (default: bench/results)")
+    p.add_argument("--out", type=Path, default=RESULTS_DIR,
+                   help="directory for the result files (default: bench/results)")
     p.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     args = p.parse_args(argv)
 
