@@ -21,9 +21,10 @@ import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from analysis import prompts
+from analysis import prompts, scan
 from analysis.errors import UsageError
 from analysis.io import use_style
+from analysis.models import load_model
 from analysis.vocab_input import context_head_input, head_input
 
 INPUT_VIEWS = ("mean", "zero", "context")
@@ -41,6 +42,15 @@ def require_tokenizer(model: HookedTransformer) -> None:
     if model.tokenizer is None:
         raise UsageError("This analysis maps the study's words to tokens, but the model has no tokenizer "
                          "('gpt2-random' is for speed and memory checks only). Use --model organism or gpt2-small.")
+
+
+def load_target(args: argparse.Namespace) -> tuple[HookedTransformer, int, int]:
+    """(model, layer, head) for a part-2 script: --model on --device (it must have a tokenizer), and
+    --layer/--head or, without them, the survey's best semantic head (`scan.target_head`)."""
+    model = load_model(args.model, args.device)
+    require_tokenizer(model)
+    layer, head = scan.target_head(model, args.layer, args.head, args.seed)
+    return model, layer, head
 
 
 def token_inputs(model: HookedTransformer, layer: int, view: str, token_ids: Tensor | None = None, seed: int = 0,

@@ -26,8 +26,7 @@ import torch  # noqa: E402
 from analysis import cli, clustering, io, prompts, scan  # noqa: E402
 from analysis import qk_decomposition as qk  # noqa: E402
 from analysis.frequency import frequency_csv_path, most_frequent_ids, read_frequency_csv  # noqa: E402
-from analysis.models import load_model  # noqa: E402
-from analysis.token_maps import add_input_argument, require_tokenizer, token_inputs  # noqa: E402
+from analysis.token_maps import add_input_argument, load_target, token_inputs  # noqa: E402
 from analysis.vocab_input import head_weights  # noqa: E402
 
 NAME = "clustering"
@@ -63,9 +62,7 @@ def node_tokens(model, n_tokens: int, frequencies: Path | None, out: Path, model
 def main(args) -> None:
     cli.check_positive("--n-tokens", args.n_tokens)
     cli.check_positive("--k", args.k)
-    model = load_model(args.model, args.device)
-    require_tokenizer(model)
-    layer, head = scan.target_head(model, args.layer, args.head, args.seed)
+    model, layer, head = load_target(args)
     ids = node_tokens(model, args.n_tokens, args.frequencies, args.out, args.model)
     labels = model.tokenizer.batch_decode(ids[:, None].tolist())
     category_of = prompts.category_index(model.tokenizer, prompts.ALL_CATEGORIES, model.cfg.d_vocab)[ids].numpy()

@@ -25,8 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from analysis import cli, io, prompts, scan  # noqa: E402
 from analysis import qk_decomposition as qk  # noqa: E402
 from analysis import steering  # noqa: E402
-from analysis.models import load_model  # noqa: E402
-from analysis.token_maps import add_input_argument, require_tokenizer, token_inputs  # noqa: E402
+from analysis.token_maps import add_input_argument, load_target, token_inputs  # noqa: E402
 from analysis.vocab_input import bilinear_scores, head_weights  # noqa: E402
 
 NAME = "gradient_steering"
@@ -54,10 +53,8 @@ def build_parser():
 def main(args) -> None:
     for flag in ("steps", "batch_size", "n_prompts", "n_words", "top", "lr"):
         cli.check_positive(f"--{flag.replace('_', '-')}", getattr(args, flag))
-    model = load_model(args.model, args.device)
-    require_tokenizer(model)
+    model, layer, head = load_target(args)
     query_id = prompts.single_token_ids(model.tokenizer, [args.query])[0]
-    layer, head = scan.target_head(model, args.layer, args.head, args.seed)
     W_Q, W_K, b_Q, b_K = head_weights(model, layer, head, include_bias=True)
     train, train_mask = scan.category_probe(model, prompts.ALL_CATEGORIES, args.n_prompts, args.n_words, args.seed + 1)
     test, test_mask = scan.category_probe(model, prompts.ALL_CATEGORIES, args.n_prompts, args.n_words, args.seed + 2)

@@ -23,8 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from analysis import cli, io, prompts, scan  # noqa: E402
 from analysis import qk_decomposition as qk  # noqa: E402
 from analysis import sae as saes  # noqa: E402
-from analysis.models import load_model  # noqa: E402
-from analysis.token_maps import block_means, group_heatmaps, require_tokenizer  # noqa: E402
+from analysis.token_maps import block_means, group_heatmaps, load_target  # noqa: E402
 from analysis.vocab_input import head_weights  # noqa: E402
 
 NAME = "semantic_head"
@@ -45,9 +44,7 @@ def build_parser():
 def main(args) -> None:
     for flag in ("per_category", "n_prompts", "n_words", "top_pairs"):
         cli.check_positive(f"--{flag.replace('_', '-')}", getattr(args, flag))
-    model = load_model(args.model, args.device)
-    require_tokenizer(model)
-    layer, head = scan.target_head(model, args.layer, args.head, args.seed)
+    model, layer, head = load_target(args)
     hook = saes.hook_for_layer(layer)
     if model.analysis_info["name"] == "organism":
         sae = saes.organism_sae(model, hook, retrain=args.retrain_sae)

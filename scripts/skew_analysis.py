@@ -27,10 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from analysis import cli, io, scan  # noqa: E402
+from analysis import cli, io  # noqa: E402
 from analysis import qk_decomposition as qk  # noqa: E402
-from analysis.models import load_model  # noqa: E402
-from analysis.token_maps import add_input_argument, group_tokens, require_tokenizer, token_inputs  # noqa: E402
+from analysis.token_maps import add_input_argument, group_tokens, load_target, token_inputs  # noqa: E402
 from analysis.vocab_input import head_weights  # noqa: E402
 
 NAME = "skew_analysis"
@@ -67,9 +66,7 @@ def decomposition(W_Q, W_K, x, d_head) -> dict:
 
 
 def main(args) -> None:
-    model = load_model(args.model, args.device)
-    require_tokenizer(model)
-    layer, head = scan.target_head(model, args.layer, args.head, args.seed)
+    model, layer, head = load_target(args)
     d_head = model.cfg.d_head
     W_Q, W_K, b_Q, b_K = head_weights(model, layer, head, include_bias=True)
     E = token_inputs(model, layer, args.input, seed=args.seed, progress=True)  # (d_vocab, d_model)

@@ -25,9 +25,8 @@ from transformer_lens import FactoredMatrix  # noqa: E402
 
 from analysis import cli, io, prompts, scan  # noqa: E402
 from analysis import qk_decomposition as qk  # noqa: E402
-from analysis.models import load_model  # noqa: E402
 from analysis.token_maps import (  # noqa: E402
-    add_input_argument, block_means, group_heatmaps, group_tokens, require_tokenizer, token_inputs,
+    add_input_argument, block_means, group_heatmaps, group_tokens, load_target, token_inputs,
 )
 from analysis.vocab_input import head_weights  # noqa: E402
 
@@ -48,9 +47,7 @@ def build_parser():
 def main(args) -> None:
     for flag in ("n_prompts", "n_words"):
         cli.check_positive(f"--{flag.replace('_', '-')}", getattr(args, flag))
-    model = load_model(args.model, args.device)
-    require_tokenizer(model)
-    layer, head = scan.target_head(model, args.layer, args.head, args.seed)
+    model, layer, head = load_target(args)
     d_head = model.cfg.d_head
     W_Q, W_K, b_Q, b_K = head_weights(model, layer, head, include_bias=True)
     spectrum = qk.symmetric_spectrum(W_Q, W_K)

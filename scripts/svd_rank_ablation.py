@@ -27,8 +27,7 @@ from transformer_lens import FactoredMatrix  # noqa: E402
 
 from analysis import cli, io, prompts, scan  # noqa: E402
 from analysis import qk_decomposition as qk  # noqa: E402
-from analysis.models import load_model  # noqa: E402
-from analysis.token_maps import add_input_argument, require_tokenizer, token_inputs  # noqa: E402
+from analysis.token_maps import add_input_argument, load_target, token_inputs  # noqa: E402
 from analysis.vocab_input import head_weights  # noqa: E402
 
 NAME = "svd_rank_ablation"
@@ -53,9 +52,7 @@ def main(args) -> None:
     for flag, value in (("--n-prompts", args.n_prompts), ("--n-words", args.n_words),
                         ("--chunk-size", args.chunk_size), ("--ks", min(args.ks)), ("--at", min(args.at))):
         cli.check_positive(flag, value)
-    model = load_model(args.model, args.device)
-    require_tokenizer(model)
-    layer, head = scan.target_head(model, args.layer, args.head, args.seed)
+    model, layer, head = load_target(args)
     W_Q, W_K, b_Q, b_K = head_weights(model, layer, head, include_bias=True)
     spectrum = qk.symmetric_spectrum(W_Q, W_K)
     n_negative = len(qk.most_negative(spectrum.values))

@@ -21,11 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from analysis import cli, io, scan  # noqa: E402
+from analysis import cli, io  # noqa: E402
 from analysis import qk_decomposition as qk  # noqa: E402
-from analysis.models import load_model  # noqa: E402
 from analysis.token_maps import (  # noqa: E402
-    add_input_argument, block_means, group_heatmaps, group_tokens, require_tokenizer, token_inputs,
+    add_input_argument, block_means, group_heatmaps, group_tokens, load_target, token_inputs,
 )
 from analysis.vocab_input import bilinear_scores, head_weights  # noqa: E402
 
@@ -39,9 +38,7 @@ def build_parser():
 
 
 def main(args) -> None:
-    model = load_model(args.model, args.device)
-    require_tokenizer(model)
-    layer, head = scan.target_head(model, args.layer, args.head, args.seed)
+    model, layer, head = load_target(args)
     d_head = model.cfg.d_head
     W_Q, W_K, b_Q, b_K = head_weights(model, layer, head, include_bias=True)
     ids, labels, group, group_names = group_tokens(model.tokenizer)
