@@ -112,8 +112,13 @@ MISSING = "--"  # a number a results file stores as null (NaN): printed, never h
 
 
 def latex_escape(text: str) -> str:
-    """Plain text made safe for LaTeX: R&D_1 -> R\\&D\\_1."""
-    return "".join(_LATEX_SPECIALS.get(c, c) for c in str(text))
+    """Plain text made safe for LaTeX: R&D_1 -> R\\&D\\_1; characters pdflatex cannot set become "?"."""
+    return "".join(_LATEX_SPECIALS.get(c, c if 32 <= ord(c) < 127 else "?") for c in str(text))
+
+
+def token_tex(token: str) -> str:
+    """A vocabulary token in the text: its word without GPT-2's leading space, escaped, in italics."""
+    return r"\emph{" + (latex_escape(token.strip()) or r"\textvisiblespace{}") + "}"
 
 
 def short_commit(commit: str) -> str:
@@ -258,7 +263,8 @@ def _survey() -> list[Value]:
     """The semantic-head survey and the target head (scripts/characterize_head.py)."""
     src, target, args = "characterize_head", "results.target", "provenance.arguments"
     values = [Value("SurveyHead", src, target, "head"),
-              Value("SurveyChosenBy", src, f"{target}.chosen_by", "text")]
+              Value("SurveyChosenBy", src, f"{target}.chosen_by", "text"),
+              Value("SurveyLayer", src, f"{target}.layer", "text", str)]  # plain digits: part of a file name
     for prefix, metric, fmt in (("SurveyS", "surprisal", ".3f"), ("SurveyPartner", "partner_mass", ".3f"),
                                 ("SurveySelf", "self_mass", ".3f"), ("SurveyBos", "bos_mass_no_partner", ".3f"),
                                 ("SurveyArgmax", "argmax_accuracy", ".3f")):
@@ -279,6 +285,72 @@ def _survey() -> list[Value]:
         Value("ExamplePartner", src, "results.example.scores.partner_mass", ".2f"),
         Value("ExampleSelf", src, "results.example.scores.self_mass", ".2f"),
     ]
+
+
+def _baseline() -> list[Value]:
+    """The baseline scripts: manual attention, attention statistics, circuits, patching, logit lens."""
+    manual, stats, circ, patch, lens = ("manual_attention", "attention_stats", "qk_ov_circuits",
+                                        "activation_patching", "logit_lens")
+    values = [
+        Value("ManualTolerance", manual, "results.tolerance", ".0e"),
+        Value("ManualMaxTL", manual, "results.overall_max.vs_transformer_lens", ".1e"),
+        Value("ManualMaxHF", manual, "results.overall_max.vs_hugging_face", ".1e"),
+        Value("ManualMaxProcessed", manual, "results.overall_max.vs_processed_transformer_lens", ".1e"),
+        Value("ManualWithin", manual, "results.within_tolerance", "text",
+              lambda w: "within" if all(v for v in w.values() if v is not None) else "not within"),
+        Value("StatsNPrompts", stats, "provenance.arguments.n_prompts", "d"),
+        Value("StatsLength", stats, "provenance.arguments.length", "d"),
+    ]
+    for prefix, ranking, fmt in (("StatsFocused", "most_focused", ".2f"), ("StatsDiffuse", "most_diffuse", ".2f"),
+                                 ("StatsLongest", "longest_range", ".1f"), ("StatsBos", "most_bos", ".2f")):
+        values += [Value(f"{prefix}Head", stats, f"results.rankings.{ranking}.0", "head"),
+                   Value(f"{prefix}Value", stats, f"results.rankings.{ranking}.0.value", fmt)]
+    induction = "results.top_induction_head"
+    values += [
+        Value("CircIndHead", circ, induction, "head"),
+        Value("CircIndCopyFull", circ, ("results.copying_score.full_W_E_W_V_W_O_W_U", induction), ".2f", value_at_head),
+        Value("CircIndCopyResid", circ, ("results.copying_score.residual_W_V_W_O", induction), ".2f", value_at_head),
+        Value("CircKPartner", circ, "results.induction_strongest_k_partner", "head"),
+        Value("CircKPartnerScore", circ, "results.induction_strongest_k_partner.score", ".3f"),
+        Value("CircKRunner", circ, "results.induction_k_composition.1", "head"),
+        Value("CircKRunnerScore", circ, "results.induction_k_composition.1.score", ".3f"),
+        Value("CircRandomBaseline", circ, "results.composition_baseline.random_matrices", ".3f"),
+        Value("CircOneOverSqrt", circ, "results.composition_baseline.one_over_sqrt_d_model", ".3f"),
+        Value("CircMaxCopyFull", circ, "results.copying_score.full_W_E_W_V_W_O_W_U", ".2f",
+              lambda m: max(v for row in m for v in row if v is not None)),
+        Value("TokHead", "token_circuit_tables", "results", "head"),
+        Value("TokProbabilities", "token_circuit_tables", "results.token_probabilities", "text"),
+        Value("TokVariant", "token_circuit_tables", "results.variant", "text"),
+        Value("PatchTask", patch, "results.task", "text"),
+        Value("PatchClean", patch, "results.clean", "text"),
+        Value("PatchCorrupted", patch, "results.corrupted", "text"),
+        Value("PatchAnswer", patch, "results.answer", "text", str.strip),
+        Value("PatchWrong", patch, "results.wrong", "text", str.strip),
+        Value("PatchCleanDiff", patch, "results.clean_logit_diff", ".2f"),
+        Value("PatchCorruptedDiff", patch, "results.corrupted_logit_diff", ".2f"),
+        Value("PatchTopHead", patch, "results.top_heads.0", "head"),
+        Value("PatchTopRecovered", patch, "results.top_heads.0.recovered", "percent"),
+        Value("PatchSecondHead", patch, "results.top_heads.1", "head"),
+        Value("PatchSecondRecovered", patch, "results.top_heads.1.recovered", "percent"),
+        Value("LensPrompt", lens, "results.prompt", "text"),
+        Value("LensDepths", lens, "results.depths", "d", len),
+        Value("LensTopOneShare", lens, "results.final_top1_matches_next", "percent", lambda m: sum(m) / len(m)),
+        Value("DetectRatioPrev", "scan_heads", "results.detect_head.previous_token.expected_ratio", ".3f"),
+        Value("DetectRatioInd", "scan_heads", "results.detect_head.induction.expected_ratio", ".3f"),
+        Value("DetectDeviation", "scan_heads", "results.detect_head", ".0e",
+              lambda d: max(d[k]["max_deviation"] for k in ("previous_token", "induction", "duplicate"))),
+    ]
+    return values
+
+
+def table_token_circuits(results: Results, n_keys: int = 6, n: int = 3) -> str:
+    """The key-pivoted token table: each top key with its top queries (QK) and top outputs (OV)."""
+    rows = []
+    for entry in results.get("token_circuit_tables", "results.table")[:n_keys]:
+        rows.append([token_tex(entry["key"]),
+                     ", ".join(token_tex(q["token"]) for q in entry["queries"][:n]),
+                     ", ".join(token_tex(o["token"]) for o in entry["outputs"][:n])])
+    return tabular("lll", ["key", "top queries (QK)", "top outputs (OV)"], rows)
 
 
 ABLATION_CONDITIONS = {  # component_ablation's conditions, as the paper names them
@@ -372,7 +444,7 @@ def _reported() -> list[Value]:
 
 def spec() -> list[Value]:
     """Every macro of the paper, in the order macros.tex lists them."""
-    values = [*_provenance("Model", "scan_heads"), *_organism(), *_scan(), *_survey(), *_ablation(), *_cosine(),
+    values = [*_provenance("Model", "scan_heads"), *_organism(), *_scan(), *_baseline(), *_survey(), *_ablation(), *_cosine(),
               *_reported()]
     names = [v.name for v in values]
     twice = sorted({n for n in names if names.count(n) > 1})
@@ -555,6 +627,7 @@ def tables(results: Results, scripts: Sequence[str]) -> dict[str, str]:
     """Every generated table, by name (written as tab_<name>.tex)."""
     return {
         "scan": table_scan(results),
+        "token_circuits": table_token_circuits(results),
         "survey": table_survey(results),
         "ablation": table_ablation(results),
         "replication": table_replication(results),

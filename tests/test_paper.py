@@ -126,8 +126,8 @@ def test_trimmed_copy_keeps_only_what_the_paper_reads(fixture_root, tmp_path):
     again = paper.Results(tmp_path / "copy", "organism")
     paper.generate(again, tmp_path / "gen2", tmp_path, fixture_scripts())
     assert (tmp_path / "gen" / "macros.tex").read_text() == (tmp_path / "gen2" / "macros.tex").read_text()
-    scan = json.loads((tmp_path / "copy" / "results" / "organism" / "scan_heads.json").read_text())
-    assert set(scan["results"]) <= {"top_heads", "maps", "settings", "induction_ceiling"}
+    ablation = json.loads((tmp_path / "copy" / "results" / "organism" / "component_ablation.json").read_text())
+    assert "table" in ablation["results"] and "per_prompt" not in ablation["results"]  # read / never read
 
 
 def test_log_problems_exact():
@@ -167,7 +167,13 @@ def tex():
         pytest.skip(message)
 
 
-def placeholder_figures(directory: Path) -> None:
+def included_figures(manifest: dict) -> list[str]:
+    """File names of every figure main.tex includes, with the generated macros in them expanded."""
+    names = re.findall(r"\\includegraphics(?:\[[^\]]*\])?\{\\FigureDir\s*([^}]+)\}", MAIN_TEX)
+    return [re.sub(r"\\([A-Za-z]+)", lambda m: manifest[m.group(1)]["latex"], name) for name in names]
+
+
+def placeholder_figures(directory: Path, manifest: dict) -> None:
     """A small PDF for every figure main.tex includes (the build test checks text, not plots)."""
     import matplotlib
 
@@ -175,7 +181,7 @@ def placeholder_figures(directory: Path) -> None:
     import matplotlib.pyplot as plt
 
     directory.mkdir(parents=True, exist_ok=True)
-    for name in re.findall(r"\\includegraphics(?:\[[^\]]*\])?\{\\FigureDir\s*([^}]+)\}", MAIN_TEX):
+    for name in included_figures(manifest):
         fig, ax = plt.subplots(figsize=(6, 2))
         ax.text(0.5, 0.5, name, ha="center")
         fig.savefig(directory / name)
@@ -191,7 +197,8 @@ def workspace(tmp_path_factory, tex):
     """A copy of the fixture results (both model names) with placeholder figures."""
     root = tmp_path_factory.mktemp("paper")
     shutil.copytree(FIXTURE, root / "results" / "organism")
-    placeholder_figures(root / "figures" / "organism")
+    manifest = paper.generate(paper.Results(root, "organism"), root / "names", root, fixture_scripts())
+    placeholder_figures(root / "figures" / "organism", manifest)
     return root
 
 
@@ -252,8 +259,8 @@ def test_make_all_from_scratch(tmp_path, tex):
         done = run_script(script, "--out", str(tmp_path))
         assert done.returncode == 0, f"{script}: {done.stderr[-2000:]}"
     results = paper.Results(tmp_path, "organism")
-    paper.generate(results, tmp_path / "generated", tmp_path / "figures" / "organism", scripts)
-    for name in re.findall(r"\\includegraphics(?:\[[^\]]*\])?\{\\FigureDir\s*([^}]+)\}", MAIN_TEX):
+    manifest = paper.generate(results, tmp_path / "generated", tmp_path / "figures" / "organism", scripts)
+    for name in included_figures(manifest):
         assert (tmp_path / "figures" / "organism" / name).exists(), f"no script made {name}"
     pdf, problems = paper.build_pdf(tmp_path / "generated", tmp_path / "build")
     assert problems == []
