@@ -39,7 +39,7 @@ def build_parser():
                    help="steer self-attention down (suppress) and/or back up (restore) (default: both)")
     p.add_argument("--lam", type=float, default=1.0, help="λ, weight of the partner-mass term (default: 1.0)")
     p.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (default: 0.01)")
-    p.add_argument("--steps", type=int, default=40, help="gradient steps (default: 40)")
+    p.add_argument("--steps", type=int, default=25, help="gradient steps (default: 25)")
     p.add_argument("--batch-size", type=int, default=16, help="prompts per step (default: 16)")
     p.add_argument("--n-prompts", type=int, default=64, help="training prompts, and as many held out (default: 64)")
     p.add_argument("--n-words", type=int, default=64, help="words per category prompt (default: 64)")

@@ -36,8 +36,8 @@ NAME = "svd_rank_ablation"
 def build_parser():
     p = cli.parser(__doc__, target_head=True)
     add_input_argument(p)
-    p.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4, 8, 16, 24, 32],
-                   help="numbers of most-negative eigencomponents to rescale (default: 1 2 4 8 16 24 32)")
+    p.add_argument("--ks", type=int, nargs="+", default=[1, 4, 8, 16, 24, 32],
+                   help="numbers of most-negative eigencomponents to rescale (default: 1 4 8 16 24 32)")
     p.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.5, 0.0, -1.0, -2.0],
                    help="factors for those eigenvalues; 1 = unedited (default: 1 0.5 0 -1 -2)")
     p.add_argument("--at", type=int, nargs="+", default=[1, 128, 1024], help="K of accuracy@K (default: 1 128 1024)")
