@@ -41,7 +41,10 @@ def test_unknown_model_is_a_clear_error():
 
 
 def test_missing_weights_name_the_model_the_cache_and_the_fix(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants
+
+    # The hub reads HF_HUB_OFFLINE once, at import; patch the constant so no request is attempted.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ModelNotAvailableError) as err:
         load_model("gpt2-small")
     message = str(err.value)
