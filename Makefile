@@ -92,3 +92,4 @@ paper-fixture: $(RUN_STAMPS)
 
 # Scripts that read other scripts' results (besides the analysis package):
 $(RUNS)/cosine_attention_analysis.json: $(RUNS)/token_freq.json
+$(RUNS)/clustering.json: $(RUNS)/token_freq.json

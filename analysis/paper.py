@@ -10,7 +10,7 @@ and read from a JSON file: `source` is a results file (`results/<model>/<source>
 study of GPT-2 small, which are citations typed from the literature, never outputs). `path` is a
 dotted path into the JSON (list indices are numbers, -1 is the last); `fmt` is a format spec for
 a number typeset with siunitx's `\\num` (".3f", "d", ...) or one of "head" (`{"layer": 1,
-"head": 5}` -> L1H5), "text", "percent". A value computed from several entries gives a tuple of
+"head": 5}` -> L1H5), "text", "percent", "range" ([a, b] -> siunitx's \\numrange). A value computed from several entries gives a tuple of
 paths and a `combine` function of the entries.
 
 Tables are short functions of the loaded results that return booktabs `tabular`s; the table
@@ -140,6 +140,8 @@ def format_value(value: Any, fmt: str) -> str:
         return latex_escape(value)
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return MISSING
+    if fmt == "range":
+        return rf"\numrange{{{value[0]}}}{{{value[1]}}}"
     if fmt == "percent":
         return rf"\SI{{{100 * value:.0f}}}{{\percent}}"
     if fmt == "d":
@@ -418,6 +420,160 @@ def _cosine() -> list[Value]:
     ]
 
 
+def factor_row(factors: Sequence[Mapping[str, Any]], factor: float) -> Mapping[str, Any]:
+    """svd_group_scaling_heatmap's entry for one eigenvalue factor (the paper reads 1, 0 and -1)."""
+    for row in factors:
+        if row["factor"] == factor:
+            return row
+    raise UsageError(f"svd_group_scaling_heatmap has no factor {factor}: the paper reads factors 1, 0 and -1; "
+                     "rerun it with --factors including them (its default 1 0.5 0 -1 does).")
+
+
+def grid_cell(cells: Sequence[Mapping[str, Any]], k: int, scale: float) -> Mapping[str, Any]:
+    """svd_rank_ablation's cell for (k, scale)."""
+    for cell in cells:
+        if cell["k"] == k and cell["scale"] == scale:
+            return cell
+    raise UsageError(f"svd_rank_ablation has no cell k = {k}, scale = {scale}, which the paper reads (the study's "
+                     "cell and the unedited scale 1); rerun it with --ks and --scales including them.")
+
+
+# The rank-ablation cell the original study reported, read from the reported values.
+STUDY_CELL = ("results.cells", "reported:rank_ablation.k", "reported:rank_ablation.scale")
+
+
+def study_cell_rank(cells: Sequence[Mapping[str, Any]], k: int, scale: float) -> float:
+    return grid_cell(cells, k, scale)["mean_rank"]
+
+
+def _mechanism() -> list[Value]:
+    """The QK decomposition: skew_analysis, svd_sym_skew_heatmap (token maps), eigenvalue steering."""
+    skew, maps, steer = "skew_analysis", "svd_sym_skew_heatmap", "svd_group_scaling_heatmap"
+    plain, biased = "results.without_bias", "results.with_bias"
+    factors = "results.factors"
+    return [
+        Value("SkewHead", skew, "results.head", "head"),
+        Value("SkewInput", skew, "results.input", "text"),
+        Value("SkewNormW", skew, f"{plain}.norms.W", ".1f"),
+        Value("SkewNormSym", skew, f"{plain}.norms.sym", ".1f"),
+        Value("SkewNormSkew", skew, f"{plain}.norms.skew", ".1f"),
+        Value("SkewSymShare", skew, f"{plain}.norms.sym_share", ".2f"),
+        Value("SkewSkewShare", skew, f"{plain}.norms.skew_share", ".2f"),
+        Value("SkewNEigen", skew, f"{plain}.eigenvalues", "d", len),
+        Value("SkewNNeg", skew, f"{plain}.spectrum.n_negative", "d"),
+        Value("SkewNPos", skew, f"{plain}.spectrum.n_positive", "d"),
+        Value("SkewNegTotal", skew, f"{plain}.spectrum.negative_total", ".1f"),
+        Value("SkewPosTotal", skew, f"{plain}.spectrum.positive_total", ".1f"),
+        Value("SkewNegShare", skew, f"{plain}.spectrum.negative_share", "percent"),
+        Value("SkewMostNeg", skew, f"{plain}.spectrum.most_negative", ".2f"),
+        Value("SkewMostPos", skew, f"{plain}.spectrum.most_positive", ".2f"),
+        Value("SkewCheckSym", skew, f"{plain}.check.max_abs_self_W_minus_sym", ".0e"),
+        Value("SkewCheckSkew", skew, f"{plain}.check.max_abs_self_skew", ".0e"),
+        Value("SkewCheckScale", skew, f"{plain}.check.self_score_scale", ".1f"),
+        Value("SkewSelfNegative", skew, f"{plain}.self_score.fraction_negative", "percent"),
+        Value("SkewBiasNNeg", skew, f"{biased}.spectrum.n_negative", "d"),
+        Value("SkewBiasMostNeg", skew, f"{biased}.spectrum.most_negative", ".2f"),
+        Value("SkewBiasSelfNegative", skew, f"{biased}.self_score.fraction_negative", "percent"),
+        Value("SkewBiasKeyStd", skew, "results.bias_terms_on_group_set.key_term_std", ".2f"),
+        Value("SkewBiasScoreStd", skew, "results.bias_terms_on_group_set.score_std_over_keys", ".2f"),
+        Value("MapsInput", maps, "results.input", "text"),
+        Value("MapsTokens", maps, "results.tokens", "d", len),
+        Value("MapsGroups", maps, "results.groups", "d", len),
+        Value("MapsSelf", maps, "results.block_means.base.self", ".2f"),
+        Value("MapsInGroup", maps, "results.block_means.base.in_group", ".2f"),
+        Value("MapsOutGroup", maps, "results.block_means.base.out_group", ".2f"),
+        Value("MapsRelSym", maps, "results.relative_norms.sym", ".2f"),
+        Value("MapsRelSkew", maps, "results.relative_norms.skew", ".2f"),
+        Value("MapsCheckDiag", maps, "results.check", ".0e",
+              lambda c: max(c["max_abs_diag_base_minus_sym"], c["max_abs_diag_skew"])),
+        Value("MapsBiasChange", maps, "results.bias_effect.max_abs_change_row_centred", ".2f"),
+        Value("SteerNNeg", steer, "results.n_negative_eigenvalues", "d"),
+        Value("SteerNPrompts", steer, "provenance.arguments.n_prompts", "d"),
+        Value("SteerSelfBefore", steer, "results.unedited_in_context.self_mass", ".3f"),
+        Value("SteerZeroGap", steer, factors, ".2f", lambda f: factor_row(f, 0.0)["block_means"]["self_minus_in_group"]),
+        Value("SteerFlipGap", steer, factors, ".2f", lambda f: factor_row(f, -1.0)["block_means"]["self_minus_in_group"]),
+        Value("SteerOneGap", steer, factors, ".2f", lambda f: factor_row(f, 1.0)["block_means"]["self_minus_in_group"]),
+        Value("SteerZeroSelf", steer, factors, ".2f", lambda f: factor_row(f, 0.0)["in_context"]["self_mass"]),
+        Value("SteerFlipSelf", steer, factors, ".2f", lambda f: factor_row(f, -1.0)["in_context"]["self_mass"]),
+        Value("SteerFlipPartner", steer, factors, ".2f", lambda f: factor_row(f, -1.0)["in_context"]["partner_mass"]),
+        Value("SteerFlipRatio", steer, factors, ".0f",
+              lambda f: factor_row(f, -1.0)["in_context"]["self_mass"] / factor_row(f, 1.0)["in_context"]["self_mass"]),
+    ]
+
+
+def largest_trace_step(runs: Mapping[str, Any]) -> tuple[str, Mapping[str, Any]]:
+    """gradient_steering's closed-form run with the largest step: (its name, its record with "eta")."""
+    return max(((name, run) for name, run in runs.items() if "eta" in run), key=lambda item: item[1]["eta"])
+
+
+def _steering() -> list[Value]:
+    """Rank ablation over the vocabulary and gradient steering (svd_rank_ablation, gradient_steering)."""
+    rank, grad = "svd_rank_ablation", "gradient_steering"
+    cells, metrics, keys = "results.cells", "results.metrics", "results.top_keys"
+    best = lambda c: min(c, key=lambda x: x["mean_rank"])  # noqa: E731  the cell whose self-scores rank highest
+    return [
+        Value("RankVocab", rank, "results.d_vocab", "d"),
+        Value("RankUnedited", rank, cells, ".1f", lambda c: grid_cell(c, c[0]["k"], 1.0)["mean_rank"]),
+        Value("RankUneditedAccOne", rank, cells, ".2f", lambda c: grid_cell(c, c[0]["k"], 1.0)["acc@1"]),
+        Value("RankBestK", rank, cells, "d", lambda c: best(c)["k"]),
+        Value("RankBestScale", rank, cells, "g", lambda c: best(c)["scale"]),
+        Value("RankBest", rank, cells, ".2f", lambda c: best(c)["mean_rank"]),
+        Value("RankBestAccOne", rank, cells, ".2f", lambda c: best(c)["acc@1"]),
+        Value("RankBestSelfMass", rank, cells, ".2f", lambda c: best(c)["self_mass"]),
+        Value("RankStudyCell", rank, STUDY_CELL, ".1f", study_cell_rank),
+        Value("GradSteps", grad, "provenance.arguments.steps", "d"),
+        Value("GradLR", grad, "provenance.arguments.lr", "g"),
+        Value("GradLambda", grad, "provenance.arguments.lam", "g"),
+        Value("GradSelfBefore", grad, f"{metrics}.before.self_mass", ".3f"),
+        Value("GradPartnerBefore", grad, f"{metrics}.before.partner_mass", ".3f"),
+        Value("GradSelfSuppress", grad, f"{metrics}.suppress.self_mass", ".3f"),
+        Value("GradPartnerSuppress", grad, f"{metrics}.suppress.partner_mass", ".3f"),
+        Value("GradSelfRestore", grad, f"{metrics}.restore.self_mass", ".3f"),
+        Value("GradPartnerRestore", grad, f"{metrics}.restore.partner_mass", ".3f"),
+        Value("GradQuery", grad, "results.query", "text", str.strip),
+        Value("GradSelfRankBefore", grad, f"{keys}.before.query_self_rank", "d"),
+        Value("GradSelfRankRestore", grad, f"{keys}.restore.query_self_rank", "d"),
+        Value("GradSelfRankSuppress", grad, f"{keys}.suppress.query_self_rank", "d"),
+        Value("GradTopKeysBefore", grad, f"{keys}.before.keys", "text", lambda k: ", ".join(t.strip() for t in k[:3])),
+        Value("GradTopKeysRestore", grad, f"{keys}.restore.keys", "text", lambda k: ", ".join(t.strip() for t in k[:3])),
+        Value("GradTraceEta", grad, "results.runs", ".2f", lambda r: largest_trace_step(r)[1]["eta"]),
+        Value("GradTraceSelf", grad, ("results.runs", metrics), ".3f", lambda r, m: m[largest_trace_step(r)[0]]["self_mass"]),
+        Value("GradTracePartner", grad, ("results.runs", metrics), ".3f",
+              lambda r, m: m[largest_trace_step(r)[0]]["partner_mass"]),
+    ]
+
+
+def _clusters_and_features() -> list[Value]:
+    """Leiden communities of the score graph (clustering) and SAE features through the head (semantic_head)."""
+    clu, sae = "clustering", "semantic_head"
+    return [
+        Value("CluNodes", clu, "results.n_nodes", "d"),
+        Value("CluEdges", clu, "results.n_edges", "d"),
+        Value("CluK", clu, "results.k", "d"),
+        Value("CluInput", clu, "results.input", "text"),
+        Value("CluMethod", clu, "results.method", "text"),
+        Value("CluCommunities", clu, "results.n_communities", "d"),
+        Value("CluModularity", clu, "results.modularity", ".2f"),
+        Value("CluARI", clu, "results.agreement.ari", ".2f"),
+        Value("CluNMI", clu, "results.agreement.nmi", ".2f"),
+        Value("CluCategoryWords", clu, "results.agreement.n_tokens", "d"),
+        Value("SaeKind", sae, "results.sae.kind", "text"),
+        Value("SaeHook", sae, "results.sae.hook", "text"),
+        Value("SaeWidth", sae, "results.sae.d_sae", "d"),
+        Value("SaeArchitecture", sae, "results.sae.architecture", "text"),
+        Value("SaeVariance", sae, "results.sae.variance_explained_on_category_prompts", "percent"),
+        Value("SaeFeatures", sae, "results.features", "d", len),
+        Value("SaeSelf", sae, "results.block_means.self", ".1f"),
+        Value("SaeInGroup", sae, "results.block_means.in_group", ".1f"),
+        Value("SaeOutGroup", sae, "results.block_means.out_group", ".1f"),
+        Value("SaeSelfBelowMates", sae, "results.self_avoidance.self_below_mates", "percent"),
+        Value("SaeBestIsMate", sae, "results.self_avoidance.best_key_is_mate", "percent"),
+        Value("SaeBestIsSelf", sae, "results.self_avoidance.best_key_is_self", "percent"),
+        Value("SaeTopPairsSame", sae, "results.top_pairs_same_category", "percent"),
+        Value("SaeTopPairs", sae, "results.top_pairs", "d", len),
+    ]
+
+
 def _reported() -> list[Value]:
     """Values reported for GPT-2 small by the original study and the literature (citations)."""
     src = "reported"
@@ -439,13 +595,22 @@ def _reported() -> list[Value]:
         Value("RepCosNegative", src, "cosine.strongly_negative_below", "g"),
         Value("RepCosZero", src, "cosine.zero_crossing", "g"),
         Value("RepCosPeak", src, "cosine.peak", "g"),
+        Value("RepRankUnedited", src, "rank_ablation.mean_self_rank_unedited", "range"),
+        Value("RepRankEdited", src, "rank_ablation.mean_self_rank_edited", "range"),
+        Value("RepRankK", src, "rank_ablation.k", "d"),
+        Value("RepRankScale", src, "rank_ablation.scale", "g"),
+        Value("RepRankAcc", src, "rank_ablation.accuracy_at_cutoff", "g"),
+        Value("RepRankCutoff", src, "rank_ablation.accuracy_cutoff", "d"),
+        Value("RepCluTokens", src, "clustering.n_tokens", "d"),
+        Value("RepCluCommunities", src, "clustering.communities", "d"),
+        Value("RepCluExamples", src, "clustering.examples", "text", ", ".join),
     ]
 
 
 def spec() -> list[Value]:
     """Every macro of the paper, in the order macros.tex lists them."""
     values = [*_provenance("Model", "scan_heads"), *_organism(), *_scan(), *_baseline(), *_survey(), *_ablation(), *_cosine(),
-              *_reported()]
+              *_mechanism(), *_steering(), *_clusters_and_features(), *_reported()]
     names = [v.name for v in values]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
@@ -522,6 +687,56 @@ def table_ablation(results: Results) -> str:
     return tabular("llll", ["component ablated", "mean ablation", "zero ablation", "reported, GPT-2"], rows)
 
 
+def table_eigen_steering(results: Results) -> str:
+    """Per eigenvalue factor: the token map's self minus in-group score and the head's in-context masses."""
+    rows = []
+    for f in results.get("svd_group_scaling_heatmap", "results.factors"):
+        ctx = f["in_context"]
+        rows.append([format_value(f["factor"], "g"), format_value(f["block_means"]["self_minus_in_group"], ".2f"),
+                     *(format_value(ctx[m], ".3f") for m in ("self_mass", "partner_mass", "bos_mass_no_partner")),
+                     format_value(ctx["surprisal"], ".2f")])
+    header = ["factor", "self $-$ in-group", "self mass", "partner mass", "BOS, no partner", "$S$ (nats)"]
+    return tabular("rrrrrr", header, rows)
+
+
+def table_rank_ablation(results: Results) -> str:
+    """Mean self-rank over the vocabulary for every (k, scale) cell, with the in-context self mass."""
+    cells = results.get("svd_rank_ablation", "results.cells")
+    ks = sorted({c["k"] for c in cells})
+    scales = sorted({c["scale"] for c in cells}, reverse=True)
+    rows = [[format_value(k, "d"), *(f"{format_value(grid_cell(cells, k, s)['mean_rank'], '.1f')} "
+                                     f"({format_value(grid_cell(cells, k, s)['self_mass'], '.2f')})" for s in scales)]
+            for k in ks]
+    return tabular("r" + "r" * len(scales), ["$k$", *(f"scale {format_value(s, 'g')}" for s in scales)], rows)
+
+
+def table_gradient_steering(results: Results) -> str:
+    """Self, partner and BOS mass before and after each edit of W_Q, W_K (gradient and closed form)."""
+    metrics = results.get("gradient_steering", "results.metrics")
+    runs = results.get("gradient_steering", "results.runs")
+    rows = []
+    for name, m in metrics.items():
+        if name.startswith("trace"):
+            label = rf"closed form, $\eta = {format_value(runs[name]['eta'], '.2f')}$"
+        else:
+            label = {"before": "unedited", "suppress": "gradient, suppress", "restore": "gradient, restore"}.get(
+                name, latex_escape(name))
+        rows.append([label, *(format_value(m[k], ".3f") for k in ("self_mass", "partner_mass", "bos_mass_no_partner")),
+                     format_value(m["surprisal"], ".2f")])
+    return tabular("lrrrr", ["edit", "self mass", "partner mass", "BOS, no partner", "$S$ (nats)"], rows)
+
+
+def table_communities(results: Results, n_members: int = 5) -> str:
+    """Leiden communities: size, best-matching category, purity and the first members."""
+    rows = []
+    for c in results.get("clustering", "results.communities"):
+        rows.append([format_value(c["id"], "d"), format_value(c["size"], "d"), latex_escape(c.get("category") or MISSING),
+                     format_value(c.get("purity"), ".2f"),
+                     ", ".join(token_tex(t) for t in c["members"][:n_members])])
+    column = r">{\raggedright\arraybackslash}p{0.5\linewidth}"
+    return tabular("rrlr" + column, ["id", "size", "category", "purity", "first members"], rows)
+
+
 def table_thresholds(results: Results) -> str:
     """The organism's acceptance thresholds (analysis.organism.THRESHOLDS) beside its measured values."""
     from analysis.organism import THRESHOLDS
@@ -550,7 +765,7 @@ def table_provenance(results: Results, sources: Sequence[str]) -> str:
             recorded.setdefault(key, set()).add(str(value))
     rows = [[latex_escape(key), r"\texttt{" + latex_escape(", ".join(sorted(values))) + "}"]
             for key, values in recorded.items()]
-    return tabular("ll", ["recorded", "value"], rows)
+    return tabular(r"l>{\raggedright\arraybackslash}p{0.7\linewidth}", ["recorded", "value"], rows)
 
 
 def table_runs(results: Results, scripts: Sequence[str]) -> str:
@@ -600,6 +815,13 @@ def replication_rows() -> list[tuple[str, Value | None, Value]]:
          Value("b", rep, "cosine.zero_crossing", "g")),
         ("cosine of the peak preference", Value("a", "cosine_attention_analysis", "results.peak.cosine", ".2f"),
          Value("b", rep, "cosine.peak", "g")),
+        ("mean self-rank, unedited", Value("a", "svd_rank_ablation", "results.cells", ".1f",
+                                          lambda c: grid_cell(c, c[0]["k"], 1.0)["mean_rank"]),
+         Value("b", rep, "rank_ablation.mean_self_rank_unedited", "range")),
+        ("mean self-rank at the study's $k$ and scale", Value("a", "svd_rank_ablation", STUDY_CELL, ".1f", study_cell_rank),
+         Value("b", rep, "rank_ablation.mean_self_rank_edited", "range")),
+        ("Leiden communities", Value("a", "clustering", "results.n_communities", "d"),
+         Value("b", rep, "clustering.communities", "d")),
     ]
 
 
@@ -630,6 +852,10 @@ def tables(results: Results, scripts: Sequence[str]) -> dict[str, str]:
         "token_circuits": table_token_circuits(results),
         "survey": table_survey(results),
         "ablation": table_ablation(results),
+        "eigen_steering": table_eigen_steering(results),
+        "rank_ablation": table_rank_ablation(results),
+        "gradient_steering": table_gradient_steering(results),
+        "communities": table_communities(results),
         "replication": table_replication(results),
         "thresholds": table_thresholds(results),
         "provenance": table_provenance(results, scripts),
