@@ -56,8 +56,7 @@ clean:
 #   ARGS_token_freq="--corpus wiki.train.tokens" (GPT-2 needs a corpus; the organism samples its own).
 RUNS := results/$(MODEL)/.runs
 RUN_STAMPS := $(DEMO_SCRIPTS:%=$(RUNS)/%.json)
-PACKAGE_FILES := $(filter-out analysis/paper.py,$(shell find analysis -name '*.py' -not -path '*/__pycache__/*')) \
-	$(wildcard analysis/organism/checkpoint/*)
+PACKAGE_FILES := $(filter-out analysis/paper.py,$(shell find analysis -type f -not -path '*/__pycache__/*'))
 GENERATED := paper/generated/$(MODEL)
 PAPER_BUILD := paper/build/$(MODEL)
 # Run a command; if it succeeds, write {"seconds": its wall time} to the file named first.
