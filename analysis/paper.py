@@ -10,8 +10,9 @@ and read from a JSON file: `source` is a results file (`results/<model>/<source>
 study of GPT-2 small, which are citations typed from the literature, never outputs). `path` is a
 dotted path into the JSON (list indices are numbers, -1 is the last); `fmt` is a format spec for
 a number typeset with siunitx's `\\num` (".3f", "d", ...) or one of "head" (`{"layer": 1,
-"head": 5}` -> L1H5), "text", "percent", "range" ([a, b] -> siunitx's \\numrange). A value computed from several entries gives a tuple of
-paths and a `combine` function of the entries.
+"head": 5}` -> L1H5), "text", "percent", "range" ([a, b] -> siunitx's `\\numrange`). A value
+computed from several entries gives a tuple of paths (a path "other:a.b" reads another source)
+and a `combine` function of the entries.
 
 Tables are short functions of the loaded results that return booktabs `tabular`s; the table
 environment and its caption stay in main.tex. `generate` writes `macros.tex`, one
@@ -186,7 +187,7 @@ def value_at_head(values: Sequence[Sequence[float]], head: Mapping[str, int]) ->
 
 
 def at_head(name: str, source: str, map_path: str, head_path: str, fmt: str = ".3f") -> Value:
-    """A macro for a layer x head map read at the head another entry names (e.g. the scan's best)."""
+    """Macro `\\name`: a `[layer][head]` map read at the head another entry names (e.g. the scan's best)."""
     return Value(name, source, (map_path, head_path), fmt, value_at_head)
 
 
@@ -212,6 +213,7 @@ def _organism() -> list[Value]:
         Value("OrgPlantedPrev", "ground_truth", "planted_heads.previous_token", "head"),
         Value("OrgPlantedInd", "ground_truth", "planted_heads.induction", "head"),
         Value("OrgPlantedSem", "ground_truth", "planted_heads.semantic", "head"),
+        Value("OrgPlantedCount", "ground_truth", "planted_heads", "d", len),
         Value("OrgCategories", "ground_truth", "categories", "d", len),
         Value("OrgCategoryWords", "ground_truth", "categories", "d", lambda c: sum(map(len, c.values()))),
         Value("OrgLayers", "training_log", f"{cfg}.n_layers", "d"),
@@ -237,6 +239,15 @@ def _organism() -> list[Value]:
     ]
 
 
+def same_head(a: Any, b: Any) -> bool:
+    return head_name(a) == head_name(b)
+
+
+def planted_found_first(top_heads: Mapping[str, Sequence[Any]], planted: Mapping[str, Any]) -> int:
+    """How many planted heads the scan ranks first of their kind (the scan knows nothing of them)."""
+    return sum(same_head(top_heads[kind][0], head) for kind, head in planted.items() if kind in top_heads)
+
+
 def _scan() -> list[Value]:
     """The all-heads scan (scripts/scan_heads.py): best heads of each kind and the probe sizes."""
     src, top, maps, settings = "scan_heads", "results.top_heads", "results.maps", "results.settings"
@@ -247,6 +258,7 @@ def _scan() -> list[Value]:
             values += [Value(f"{prefix}{suffix}Head", src, f"{top}.{kind}.{rank}", "head"),
                        Value(f"{prefix}{suffix}Score", src, f"{top}.{kind}.{rank}.score", ".3f")]
     return values + [
+        Value("ScanPlantedFound", src, (top, "ground_truth:planted_heads"), "d", planted_found_first),
         at_head("ScanPrevNoBos", src, f"{maps}.previous_token_no_bos", f"{top}.previous_token.0"),
         Value("ScanIndShort", src, (maps, f"{settings}.repeat_lengths.1", f"{top}.induction.0"), ".3f",
               lambda m, length, head: value_at_head(m[f"induction_{length}"], head)),
@@ -314,6 +326,9 @@ def _baseline() -> list[Value]:
         Value("CircIndCopyResid", circ, ("results.copying_score.residual_W_V_W_O", induction), ".2f", value_at_head),
         Value("CircKPartner", circ, "results.induction_strongest_k_partner", "head"),
         Value("CircKPartnerScore", circ, "results.induction_strongest_k_partner.score", ".3f"),
+        Value("CircKPartnerIsPrev", circ, ("results.induction_strongest_k_partner",
+                                           "scan_heads:results.top_heads.previous_token.0"), "text",
+              lambda a, b: "is" if same_head(a, b) else "is not"),
         Value("CircKRunner", circ, "results.induction_k_composition.1", "head"),
         Value("CircKRunnerScore", circ, "results.induction_k_composition.1.score", ".3f"),
         Value("CircRandomBaseline", circ, "results.composition_baseline.random_matrices", ".3f"),
@@ -343,16 +358,6 @@ def _baseline() -> list[Value]:
               lambda d: max(d[k]["max_deviation"] for k in ("previous_token", "induction", "duplicate"))),
     ]
     return values
-
-
-def table_token_circuits(results: Results, n_keys: int = 6, n: int = 3) -> str:
-    """The key-pivoted token table: each top key with its top queries (QK) and top outputs (OV)."""
-    rows = []
-    for entry in results.get("token_circuit_tables", "results.table")[:n_keys]:
-        rows.append([token_tex(entry["key"]),
-                     ", ".join(token_tex(q["token"]) for q in entry["queries"][:n]),
-                     ", ".join(token_tex(o["token"]) for o in entry["outputs"][:n])])
-    return tabular("lll", ["key", "top queries (QK)", "top outputs (OV)"], rows)
 
 
 ABLATION_CONDITIONS = {  # component_ablation's conditions, as the paper names them
@@ -622,24 +627,23 @@ def spec() -> list[Value]:
 
 
 def tabular(colspec: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A booktabs tabular; cells are LaTeX already (numbers in S columns go in braces if not plain)."""
+    """A booktabs tabular from a header and rows of cells that are LaTeX already."""
     lines = [rf"\begin{{tabular}}{{{colspec}}}", r"\toprule", " & ".join(header) + r" \\", r"\midrule"]
     lines += [" & ".join(row) + r" \\" for row in rows]
     lines += [r"\bottomrule", r"\end{tabular}", ""]
     return "\n".join(lines)
 
 
-def _kinds() -> list[tuple[str, str, str]]:
-    return [("previous-token", "previous_token", r"mean $A_{i,i-1}$"),
-            ("induction", "induction", r"mean $A_{q,q-L+1}$"),
-            ("duplicate-token", "duplicate", r"mean $A_{q,q-L}$"),
-            ("semantic", "semantic", r"$S$ (nats, lower is better)")]
+SCAN_KINDS = [("previous-token", "previous_token", r"mean $A_{i,i-1}$"),  # (label, scan_heads key, score)
+              ("induction", "induction", r"mean $A_{q,q-L+1}$"),
+              ("duplicate-token", "duplicate", r"mean $A_{q,q-L}$"),
+              ("semantic", "semantic", r"$S$ (nats, lower is better)")]
 
 
 def table_scan(results: Results, n: int = 3) -> str:
     """The scan's top heads of each kind."""
     rows = []
-    for label, kind, unit in _kinds():
+    for label, kind, unit in SCAN_KINDS:
         heads = results.get("scan_heads", f"results.top_heads.{kind}")[:n]
         cells = [f"{head_name(h)} ({format_value(h['score'], '.3f')})" for h in heads]
         rows.append([label, unit, *cells])
@@ -649,12 +653,26 @@ def table_scan(results: Results, n: int = 3) -> str:
 
 THRESHOLD_LABELS = {
     "previous_token": "previous-token score",
-    "induction_50": r"induction score, $|r| = 50$",
-    "induction_20": r"induction score, $|r| = 20$",
     "semantic_partner_mass": "semantic: mass on partners",
     "semantic_self_mass": "semantic: mass on self and copies",
     "semantic_bos_mass_no_partner": "semantic: BOS mass, no partner",
 }
+
+
+def threshold_label(key: str) -> str:
+    """How the thresholds table names a key of analysis.organism.THRESHOLDS ("induction_50": at |r| = 50)."""
+    match = re.fullmatch(r"induction_(\d+)", key)
+    return rf"induction score, $|r| = {match.group(1)}$" if match else THRESHOLD_LABELS.get(key, latex_escape(key))
+
+
+def table_token_circuits(results: Results, n_keys: int = 6, n: int = 3) -> str:
+    """The key-pivoted token table: each top key with its top queries (QK) and top outputs (OV)."""
+    rows = []
+    for entry in results.get("token_circuit_tables", "results.table")[:n_keys]:
+        rows.append([token_tex(entry["key"]),
+                     ", ".join(token_tex(q["token"]) for q in entry["queries"][:n]),
+                     ", ".join(token_tex(o["token"]) for o in entry["outputs"][:n])])
+    return tabular("lll", ["key", "top queries (QK)", "top outputs (OV)"], rows)
 
 
 def table_survey(results: Results, n: int = 5) -> str:
@@ -746,7 +764,7 @@ def table_thresholds(results: Results) -> str:
     rows = []
     for key, (rule, bound) in THRESHOLDS.items():
         rule_tex = r"$\geq$" if rule == "at least" else r"$\leq$"
-        rows.append([THRESHOLD_LABELS.get(key, latex_escape(key)), f"{rule_tex} {format_value(bound, '.1f')}",
+        rows.append([threshold_label(key), f"{rule_tex} {format_value(bound, '.1f')}",
                      format_value(first["eval"][key], ".2f"),
                      format_value(results.get("training_log", f"final_eval.{key}"), ".3f")])
     header = ["behaviour of the planted head", "threshold", f"step {first['step'] + 1}", "final"]
@@ -779,56 +797,55 @@ def table_runs(results: Results, scripts: Sequence[str]) -> str:
     return tabular("lrr", ["script", "seed", "wall time (s)"], rows)
 
 
-def replication_rows() -> list[tuple[str, Value | None, Value]]:
+def replication_rows() -> list[tuple[str, Value, Value]]:
     """(quantity, this run's value, the value reported for GPT-2 small) for the replication table."""
     rep = "reported"
     return [
-        ("best previous-token head", Value("a", "scan_heads", "results.top_heads.previous_token.0", "head"),
-         Value("b", rep, "baseline.previous_token_heads", "text", ", ".join)),
-        ("best induction head", Value("a", "scan_heads", "results.top_heads.induction.0", "head"),
-         Value("b", rep, "baseline.induction_heads", "text", ", ".join)),
-        ("best duplicate-token head", Value("a", "scan_heads", "results.top_heads.duplicate.0", "head"),
-         Value("b", rep, "baseline.duplicate_token_heads", "text", ", ".join)),
-        ("semantic head (lowest $S$)", Value("a", "characterize_head", "results.survey.0", "head"),
-         Value("b", rep, "semantic_head.head", "head")),
-        ("$S$ of the semantic head (nats)", Value("a", "characterize_head", "results.survey.0.surprisal", ".2f"),
-         Value("b", rep, "semantic_head.surprisal", "g")),
-        ("$S$ of the runner-up (nats)", Value("a", "characterize_head", "results.survey.1.surprisal", ".2f"),
-         Value("b", rep, "semantic_head.runners_up.0.surprisal", "g")),
-        ("mass on valid partners", Value("a", "characterize_head", "results.survey.0.partner_mass", ".2f"),
-         Value("b", rep, "semantic_head.partner_mass", "g")),
-        ("mass on self and earlier copies", Value("a", "characterize_head", "results.survey.0.self_mass", ".2f"),
-         Value("b", rep, "semantic_head.self_mass", "g")),
-        ("BOS mass when no partner", Value("a", "characterize_head", "results.survey.0.bos_mass_no_partner", ".2f"),
-         Value("b", rep, "semantic_head.bos_mass_no_partner", "g")),
-        ("median $S$, unablated", Value("a", "component_ablation", "results.table", ".2f",
+        ("best previous-token head", Value("This", "scan_heads", "results.top_heads.previous_token.0", "head"),
+         Value("Reported", rep, "baseline.previous_token_heads", "text", ", ".join)),
+        ("best induction head", Value("This", "scan_heads", "results.top_heads.induction.0", "head"),
+         Value("Reported", rep, "baseline.induction_heads", "text", ", ".join)),
+        ("best duplicate-token head", Value("This", "scan_heads", "results.top_heads.duplicate.0", "head"),
+         Value("Reported", rep, "baseline.duplicate_token_heads", "text", ", ".join)),
+        ("semantic head (lowest $S$)", Value("This", "characterize_head", "results.survey.0", "head"),
+         Value("Reported", rep, "semantic_head.head", "head")),
+        ("$S$ of the semantic head (nats)", Value("This", "characterize_head", "results.survey.0.surprisal", ".2f"),
+         Value("Reported", rep, "semantic_head.surprisal", "g")),
+        ("$S$ of the runner-up (nats)", Value("This", "characterize_head", "results.survey.1.surprisal", ".2f"),
+         Value("Reported", rep, "semantic_head.runners_up.0.surprisal", "g")),
+        ("mass on valid partners", Value("This", "characterize_head", "results.survey.0.partner_mass", ".2f"),
+         Value("Reported", rep, "semantic_head.partner_mass", "g")),
+        ("mass on self and earlier copies", Value("This", "characterize_head", "results.survey.0.self_mass", ".2f"),
+         Value("Reported", rep, "semantic_head.self_mass", "g")),
+        ("BOS mass when no partner", Value("This", "characterize_head", "results.survey.0.bos_mass_no_partner", ".2f"),
+         Value("Reported", rep, "semantic_head.bos_mass_no_partner", "g")),
+        ("median $S$, unablated", Value("This", "component_ablation", "results.table", ".2f",
                                        lambda t: ablation_row(t, "mean", "baseline")["median"]),
-         Value("b", rep, "ablation_medians.baseline", "g")),
-        ("median $S$, token embedding mean-ablated", Value("a", "component_ablation", "results.table", ".2f",
+         Value("Reported", rep, "ablation_medians.baseline", "g")),
+        ("median $S$, token embedding mean-ablated", Value("This", "component_ablation", "results.table", ".2f",
                                                           lambda t: ablation_row(t, "mean", "token_embedding")["median"]),
-         Value("b", rep, "ablation_medians.token_embedding", "g")),
+         Value("Reported", rep, "ablation_medians.token_embedding", "g")),
         ("median $S$, positional embedding mean-ablated",
-         Value("a", "component_ablation", "results.table", ".2f",
+         Value("This", "component_ablation", "results.table", ".2f",
                lambda t: ablation_row(t, "mean", "positional_embedding")["median"]),
-         Value("b", rep, "ablation_medians.positional_embedding", "g")),
-        ("cosine from which mates beat self", Value("a", "cosine_attention_analysis", "results.beats_self_from_cosine", ".2f"),
-         Value("b", rep, "cosine.zero_crossing", "g")),
-        ("cosine of the peak preference", Value("a", "cosine_attention_analysis", "results.peak.cosine", ".2f"),
-         Value("b", rep, "cosine.peak", "g")),
-        ("mean self-rank, unedited", Value("a", "svd_rank_ablation", "results.cells", ".1f",
+         Value("Reported", rep, "ablation_medians.positional_embedding", "g")),
+        ("cosine from which mates beat self", Value("This", "cosine_attention_analysis", "results.beats_self_from_cosine", ".2f"),
+         Value("Reported", rep, "cosine.zero_crossing", "g")),
+        ("cosine of the peak preference", Value("This", "cosine_attention_analysis", "results.peak.cosine", ".2f"),
+         Value("Reported", rep, "cosine.peak", "g")),
+        ("mean self-rank, unedited", Value("This", "svd_rank_ablation", "results.cells", ".1f",
                                           lambda c: grid_cell(c, c[0]["k"], 1.0)["mean_rank"]),
-         Value("b", rep, "rank_ablation.mean_self_rank_unedited", "range")),
-        ("mean self-rank at the study's $k$ and scale", Value("a", "svd_rank_ablation", STUDY_CELL, ".1f", study_cell_rank),
-         Value("b", rep, "rank_ablation.mean_self_rank_edited", "range")),
-        ("Leiden communities", Value("a", "clustering", "results.n_communities", "d"),
-         Value("b", rep, "clustering.communities", "d")),
+         Value("Reported", rep, "rank_ablation.mean_self_rank_unedited", "range")),
+        ("mean self-rank at the study's $k$ and scale", Value("This", "svd_rank_ablation", STUDY_CELL, ".1f", study_cell_rank),
+         Value("Reported", rep, "rank_ablation.mean_self_rank_edited", "range")),
+        ("Leiden communities", Value("This", "clustering", "results.n_communities", "d"),
+         Value("Reported", rep, "clustering.communities", "d")),
     ]
 
 
 def table_replication(results: Results) -> str:
     """This run's numbers beside the numbers reported for GPT-2 small."""
-    rows = [[label, ours.latex(results) if ours is not None else MISSING, theirs.latex(results)]
-            for label, ours, theirs in replication_rows()]
+    rows = [[label, ours.latex(results), theirs.latex(results)] for label, ours, theirs in replication_rows()]
     column = r">{\raggedright\arraybackslash}p{%s\linewidth}"
     return tabular(column % 0.45 + column % 0.18 + column % 0.27, ["quantity", "this run", "reported, GPT-2 small"], rows)
 

@@ -71,6 +71,16 @@ def test_format_value_exact():
     assert paper.format_value([0, 2], "head") == "L0H2"
     assert paper.format_value("x86_64 & 50%", "text") == r"x86\_64 \& 50\%"
     assert paper.format_value(None, ".3f") == paper.MISSING
+    assert paper.format_value([17000, 20000], "range") == r"\numrange{17000}{20000}"
+
+
+def test_derived_values_exact():
+    top = {"previous_token": [{"layer": 0, "head": 2}], "induction": [{"layer": 1, "head": 0}]}
+    planted = {"previous_token": [0, 2], "induction": [1, 1], "semantic": [1, 3]}
+    assert paper.planted_found_first(top, planted) == 1  # induction misranked, semantic not scanned
+    assert paper.damage_share(baseline=0.5, ablated=1.0, reference=2.5) == 0.25
+    with pytest.raises(UsageError, match="--ks and --scales"):
+        paper.grid_cell([{"k": 1, "scale": 1.0}], 24, -2.0)
 
 
 def test_missing_results_say_what_to_run(tmp_path):
