@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from analysis import cli, io, prompts, scan  # noqa: E402
 from analysis.models import load_model  # noqa: E402
 from analysis.patterns import all_patterns  # noqa: E402
-from analysis.plotting import attention_pattern, head_heatmaps  # noqa: E402
+from analysis.plotting import attention_heads_html, attention_pattern, head_heatmaps  # noqa: E402
 from analysis.survey import separation, survey_table  # noqa: E402
 
 NAME = "characterize_head"
@@ -54,15 +54,6 @@ def example_figure(pattern, mask, labels, layer: int, head: int, title: str):
     fig.suptitle(title)
     fig.tight_layout()
     return fig
-
-
-def layer_html(pattern, labels, layer: int) -> str:
-    """circuitsvis view of every head of one layer, `pattern: [head, query, key]`, self-contained."""
-    import circuitsvis
-
-    names = [f"L{layer}H{h}" for h in range(pattern.shape[0])]
-    return circuitsvis.attention.attention_heads(attention=pattern, tokens=labels,
-                                                 attention_head_names=names).local_src  # works offline
 
 
 def main(args) -> None:
@@ -104,7 +95,8 @@ def main(args) -> None:
                          f"{args.model}: example prompt, S = {example['surprisal']:.2f} nats")
     io.save_figure(fig, args.out, args.model, f"{NAME}_example")
     html = io.write_text_atomic(io.figures_dir(args.out, args.model) / f"{NAME}_layer{layer}.html",
-                                layer_html(pattern[layer], labels, layer))
+                                attention_heads_html(pattern[layer], labels, [f"L{layer}H{h}" for h in range(model.cfg.n_heads)],
+                                                     f"{args.model}: layer {layer}"))
 
     print(f"{'head':>6s} {'S (95% CI)':>22s} {'partner':>8s} {'self':>6s} {'BOS|none':>8s} {'argmax':>7s}")
     for row in table.head(args.top).itertuples():
