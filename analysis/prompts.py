@@ -66,14 +66,16 @@ def single_token_ids(tokenizer, words: Sequence[str]) -> list[int]:
     for word in words:
         encoded = tokenizer.encode(word, add_special_tokens=False)
         unk = getattr(tokenizer, "unk_token_id", None)
-        if len(encoded) != 1 or (unk is not None and encoded[0] == unk):
+        if unk is not None and unk in encoded:
+            offenders.append(f"{word!r} is not in the vocabulary")
+        elif len(encoded) != 1:
             offenders.append(f"{word!r} -> {len(encoded)} tokens {encoded}")
         else:
             ids.append(encoded[0])
     if offenders:
         raise UsageError(
-            "These category words are not single tokens for this model's tokenizer, so a "
-            "word-level attention score would be ill-defined: " + "; ".join(offenders) + ". "
+            "These words are not single tokens of this model's tokenizer, so a word-level "
+            "attention score would be ill-defined: " + "; ".join(offenders) + ". "
             "Remove them from the category set or respell them (GPT-2 tokens carry their "
             "leading space, e.g. ' red')."
         )
