@@ -85,6 +85,12 @@ def check_positive(name: str, value: int | float) -> None:
         raise UsageError(f"{name} must be positive, got {value}.")
 
 
+def check_positive_args(args: argparse.Namespace, *dests: str) -> None:
+    """`check_positive` for each named argument, reported under its flag (n_prompts -> --n-prompts)."""
+    for dest in dests:
+        check_positive(f"--{dest.replace('_', '-')}", getattr(args, dest))
+
+
 def run(main: Callable[[argparse.Namespace], object], arg_parser: argparse.ArgumentParser,
         argv: list[str] | None = None) -> None:
     """Parse arguments, seed, call `main`; a `UsageError` becomes one paragraph and exit code 2."""

@@ -65,8 +65,7 @@ def prompt_sets(model, args) -> dict[str, list[torch.Tensor]]:
 
 
 def main(args) -> None:
-    for flag in ("n_prompts", "length", "top"):
-        cli.check_positive(f"--{flag.replace('_', '-')}", getattr(args, flag))
+    cli.check_positive_args(args, "n_prompts", "length", "top")
     model = load_model(args.model, args.device)
     shape = (model.cfg.n_layers, model.cfg.n_heads)
 

@@ -57,8 +57,7 @@ def example_figure(pattern, mask, labels, layer: int, head: int, title: str):
 
 
 def main(args) -> None:
-    for flag in ("n_prompts", "n_words", "example_words", "n_resamples", "top"):
-        cli.check_positive(f"--{flag.replace('_', '-')}", getattr(args, flag))
+    cli.check_positive_args(args, "n_prompts", "n_words", "example_words", "n_resamples", "top")
     model = load_model(args.model, args.device)
 
     chosen = None if args.layer is None and args.head is None else scan.target_head(model, args.layer, args.head)

@@ -60,8 +60,7 @@ def node_tokens(model, n_tokens: int, frequencies: Path | None, out: Path, model
 
 
 def main(args) -> None:
-    cli.check_positive("--n-tokens", args.n_tokens)
-    cli.check_positive("--k", args.k)
+    cli.check_positive_args(args, "n_tokens", "k")
     model, layer, head = load_target(args)
     ids = node_tokens(model, args.n_tokens, args.frequencies, args.out, args.model)
     labels = model.tokenizer.batch_decode(ids[:, None].tolist())

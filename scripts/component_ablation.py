@@ -59,8 +59,7 @@ def box_plot(study, layer: int, head: int, title: str):
 
 
 def main(args) -> None:
-    cli.check_positive("--n-prompts", args.n_prompts)
-    cli.check_positive("--n-words", args.n_words)
+    cli.check_positive_args(args, "n_prompts", "n_words")
     model = load_model(args.model, args.device)
     layer, head = scan.target_head(model, args.layer, args.head, args.seed)
     tokens, mask = scan.category_probe(model, prompts.ALL_CATEGORIES, args.n_prompts, args.n_words, args.seed)

@@ -100,8 +100,7 @@ def figure(centres, windows, start, top, example, query: str, unit: str, title: 
 
 
 def main(args) -> None:
-    for flag in ("n_labels", "n_resamples", "chunk_size"):
-        cli.check_positive(f"--{flag.replace('_', '-')}", getattr(args, flag))
+    cli.check_positive_args(args, "n_labels", "n_resamples", "chunk_size")
     if not 0 < args.window <= 1:
         raise UsageError(f"--window must lie in (0, 1], got {args.window}.")
     if args.n_tokens is not None and args.n_tokens < 2:

@@ -51,8 +51,7 @@ def build_parser():
 
 
 def main(args) -> None:
-    for flag in ("steps", "batch_size", "n_prompts", "n_words", "top", "lr"):
-        cli.check_positive(f"--{flag.replace('_', '-')}", getattr(args, flag))
+    cli.check_positive_args(args, "steps", "batch_size", "n_prompts", "n_words", "top", "lr")
     model, layer, head = load_target(args)
     query_id = prompts.single_token_ids(model.tokenizer, [args.query])[0]
     W_Q, W_K, b_Q, b_K = head_weights(model, layer, head, include_bias=True)

@@ -59,8 +59,7 @@ def compare(model, tokens, processed) -> dict:
 
 
 def main(args) -> None:
-    for flag in ("n_random", "length"):
-        cli.check_positive(f"--{flag.replace('_', '-')}", getattr(args, flag))
+    cli.check_positive_args(args, "n_random", "length")
     if (args.layer is None) != (args.head is None):
         raise UsageError("Give both --layer and --head, or neither to plot the sharpest head.")
     model = load_model(args.model, args.device, processing=WeightProcessing.none())

@@ -113,8 +113,7 @@ def composition_figure(model, comp: dict[str, torch.Tensor], baseline: float, in
 
 
 def main(args) -> None:
-    for flag in ("n_prompts", "repeat_length", "baseline_samples"):
-        cli.check_positive(f"--{flag.replace('_', '-')}", getattr(args, flag))
+    cli.check_positive_args(args, "n_prompts", "repeat_length", "baseline_samples")
     model = load_model(args.model, args.device)
     if model.cfg.n_layers < 2:
         raise UsageError("Composition needs at least two layers; this model has one.")

@@ -73,8 +73,7 @@ def pattern_figure(model, ranked, sentences):
 
 
 def main(args) -> None:
-    for flag in ("n_prompts", "category_prompts", "category_words", "top", "detect_prompts"):
-        cli.check_positive(f"--{flag.replace('_', '-')}", getattr(args, flag))
+    cli.check_positive_args(args, "n_prompts", "category_prompts", "category_words", "top", "detect_prompts")
     model = load_model(args.model, args.device)
     settings = ScanSettings(n_random=args.n_prompts, n_repeated=args.n_prompts,
                             repeat_lengths=tuple(args.repeat_lengths), n_category=args.category_prompts,

@@ -42,8 +42,7 @@ def build_parser():
 
 
 def main(args) -> None:
-    for flag in ("per_category", "n_prompts", "n_words", "top_pairs"):
-        cli.check_positive(f"--{flag.replace('_', '-')}", getattr(args, flag))
+    cli.check_positive_args(args, "per_category", "n_prompts", "n_words", "top_pairs")
     model, layer, head = load_target(args)
     hook = saes.hook_for_layer(layer)
     if model.analysis_info["name"] == "organism":

@@ -45,8 +45,7 @@ def build_parser():
 
 
 def main(args) -> None:
-    for flag in ("n_prompts", "n_words"):
-        cli.check_positive(f"--{flag.replace('_', '-')}", getattr(args, flag))
+    cli.check_positive_args(args, "n_prompts", "n_words")
     model, layer, head = load_target(args)
     d_head = model.cfg.d_head
     W_Q, W_K, b_Q, b_K = head_weights(model, layer, head, include_bias=True)

@@ -79,8 +79,7 @@ def table_figure(model, table, qk, ov, layer: int, head: int):
 
 
 def main(args) -> None:
-    for flag in ("keys", "queries", "outputs", "chunk_size"):
-        cli.check_positive(f"--{flag.replace('_', '-')}", getattr(args, flag))
+    cli.check_positive_args(args, "keys", "queries", "outputs", "chunk_size")
     model = load_model(args.model, args.device)
     layer, head = target_head(model, args.layer, args.head, args.seed)
     d_vocab = model.cfg.d_vocab

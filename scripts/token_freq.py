@@ -63,8 +63,7 @@ def rank_plot(table, title: str):
 
 
 def main(args) -> None:
-    cli.check_positive("--corpus-sequences", args.corpus_sequences)
-    cli.check_positive("--top", args.top)
+    cli.check_positive_args(args, "corpus_sequences", "top")
     if args.corpus is not None and not args.corpus.is_file():
         raise UsageError(f"--corpus {args.corpus} is not a readable file. Give a text file, e.g. WikiText-103's "
                          "wiki.train.tokens.")
