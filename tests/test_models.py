@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from analysis.errors import ModelNotAvailableError, UsageError
-from analysis.models import WeightProcessing, load_model, save_model
+from analysis.models import WeightProcessing, gpt2_tokenizer, load_model, save_model
 from conftest import run_script
 
 
@@ -63,3 +63,17 @@ def test_script_prints_one_paragraph_and_exits_nonzero(tmp_path):
 def test_random_gpt2_has_gpt2_small_shapes():
     model = load_model("gpt2-random")
     assert (model.cfg.n_layers, model.cfg.n_heads, model.cfg.d_model, model.cfg.d_vocab) == (12, 12, 768, 50257)
+
+
+def test_gpt2_tokenizer_is_gpt2s_own_bpe_offline():
+    # transformers 5 gives a one-token tokenizer when the files are passed as paths: check the real thing.
+    tokenizer = gpt2_tokenizer()
+    assert len(tokenizer) == 50257
+    assert tokenizer.encode(" red cat Monday", add_special_tokens=False) == [2266, 3797, 3321]
+    assert tokenizer.bos_token_id == 50256
+
+
+def test_random_gpt2_carries_gpt2s_tokenizer():
+    model = load_model("gpt2-random")
+    assert model.to_tokens(" red cat Monday").tolist() == [[50256, 2266, 3797, 3321]]
+    assert "GPT-2's tokenizer" in model.analysis_info["source"]
