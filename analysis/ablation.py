@@ -127,18 +127,23 @@ def ablation_study(model: HookedTransformer, tokens: Tensor, mask: Tensor, layer
     return study
 
 
-def summary_table(study: Mapping[str, Mapping[str, Tensor]], n_resamples: int = 2000, seed: int = 0):
-    """One row per (mode, condition): median and quartiles of per-prompt S, mean with 95% bootstrap CI,
+def summary_table(study: Mapping[str, Mapping[str, Tensor]], n_resamples: int = 2000,
+                  seed: int = 0) -> dict[str, dict[str, dict[str, float]]]:
+    """`{mode: {condition: summary}}` of per-prompt S: median and quartiles, mean with 95% bootstrap CI,
     and the change of the median from the baseline (`delta_median`)."""
-    import pandas as pd
-
-    rows = []
+    table: dict[str, dict[str, dict[str, float]]] = {}
     for mode, conditions in study.items():
         baseline = conditions["baseline"].quantile(0.5).item()
+        table[mode] = {}
         for condition, s in conditions.items():
             mean, low, high = scores.bootstrap_ci(s, n_resamples, seed=seed)
             q25, median, q75 = s.quantile(torch.tensor([0.25, 0.5, 0.75])).tolist()
-            rows.append({"mode": mode, "condition": condition, "median": median, "q25": q25, "q75": q75,
-                         "mean": float(mean), "mean_low": float(low), "mean_high": float(high),
-                         "delta_median": median - baseline})
-    return pd.DataFrame(rows)
+            table[mode][condition] = {"median": median, "q25": q25, "q75": q75, "mean": float(mean),
+                                      "mean_low": float(low), "mean_high": float(high),
+                                      "delta_median": median - baseline}
+    return table
+
+
+def damage_share(baseline: float, ablated: float, reference: float) -> float:
+    """(ablated - baseline) / (reference - baseline): one ablation's damage as a share of another's."""
+    return (ablated - baseline) / (reference - baseline)

@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from analysis import cli, io, prompts, scan  # noqa: E402
-from analysis.ablation import ablation_study, summary_table  # noqa: E402
+from analysis.ablation import ablation_study, damage_share, summary_table  # noqa: E402
 from analysis.models import load_model  # noqa: E402
 
 NAME = "component_ablation"
@@ -65,15 +65,18 @@ def main(args) -> None:
     tokens, mask = scan.category_probe(model, prompts.ALL_CATEGORIES, args.n_prompts, args.n_words, args.seed)
     study = ablation_study(model, tokens, mask, layer, head, tuple(args.modes), keep_bos=not args.ablate_bos,
                            progress=True)
-    table = summary_table(study, seed=args.seed)
+    table = summary_table(study, seed=args.seed)  # {mode: {condition: summary}}
 
-    median = table.set_index(["mode", "condition"])["median"]
-    token_vs_position = {mode: float(median[mode, "token_embedding"] - median[mode, "positional_embedding"])
+    median = {mode: {condition: row["median"] for condition, row in rows.items()} for mode, rows in table.items()}
+    token_vs_position = {mode: median[mode]["token_embedding"] - median[mode]["positional_embedding"]
                          for mode in args.modes}
+    position_share = {mode: damage_share(median[mode]["baseline"], median[mode]["positional_embedding"],
+                                         median[mode]["token_embedding"]) for mode in args.modes}
     results = {
         "target": {"layer": layer, "head": head},
-        "table": table.to_dict("records"),
+        "table": table,
         "token_minus_positional_median": token_vs_position,
+        "positional_share_of_token_damage": position_share,  # (positional - baseline) / (token - baseline)
         "per_prompt": study,
         "keep_bos": not args.ablate_bos,
         "units": "S in nats, lower is better; CI: 95% bootstrap of the mean over prompts",
@@ -85,8 +88,9 @@ def main(args) -> None:
     io.save_figure(fig, args.out, args.model, NAME)
 
     print(f"L{layer}H{head}: median S (nats) per condition")
-    print(table.pivot(index="condition", columns="mode", values="median").loc[list(study[args.modes[0]])]
-          .round(3).to_string())
+    print(f"{'':>22s}" + "".join(f"{mode:>8s}" for mode in args.modes))
+    for condition in study[args.modes[0]]:
+        print(f"{condition:>22s}" + "".join(f"{median[mode][condition]:8.3f}" for mode in args.modes))
     print("token embedding minus positional embedding (median): "
           + ", ".join(f"{mode} {d:+.3f}" for mode, d in token_vs_position.items()))
     print(f"results: {path}")

@@ -70,10 +70,10 @@ def main(args) -> None:
     lens = [[{"position": t, "token": positions[t],
               "top": [{"token": text(i), "id": int(i), "p": float(pv)} for i, pv in zip(top_ids[d, t], top_p[d, t])]}
              for t in range(len(positions))] for d in range(len(depth_labels))]
+    matches = [text(top_ids[-1, t, 0]) == positions[t + 1] for t in range(len(positions) - 1)]
     results = {"prompt": args.prompt, "tokens": positions, "depths": depth_labels, "lens": lens,
-               "p_next_token": next_p,
-               "final_top1_matches_next": [text(top_ids[-1, t, 0]) == positions[t + 1]
-                                           for t in range(len(positions) - 1)]}
+               "p_next_token": next_p, "final_top1_matches_next": matches,
+               "final_top1_share": sum(matches) / len(matches)}
     path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
                            arguments=vars(args), seed=args.seed)
     top1_labels = [[repr(text(top_ids[d, t, 0]))[1:-1] for t in range(len(positions))]

@@ -76,6 +76,7 @@ def main(args) -> None:
     comparisons = {name: compare(model, tokens, processed) for name, tokens in prompt_sets.items()}
     kinds = [k for k in comparisons["random"] if k != "manual"]
     worst = {k: torch.stack([c[k] for c in comparisons.values()]).amax(0) for k in kinds}  # [layer, head]
+    within = {k: bool(v.max() <= TOLERANCE) for k, v in worst.items()}
 
     shown = "text" if "text" in prompt_sets else "random"
     manual = comparisons[shown]["manual"][:1]  # (1, L, nh, T, T)
@@ -89,7 +90,8 @@ def main(args) -> None:
         "tolerance": TOLERANCE,
         "max_abs_difference": {k: v for k, v in worst.items()},
         "overall_max": {k: float(v.max()) for k, v in worst.items()},
-        "within_tolerance": {k: bool(v.max() <= TOLERANCE) for k, v in worst.items()},
+        "within_tolerance": within,
+        "all_within_tolerance": all(within.values()),
         "per_prompt_set": {name: {k: float(c[k].max()) for k in kinds} for name, c in comparisons.items()},
         "hugging_face_skipped": attention.gpt2_incompatibility(model),
         "plotted_head": {"layer": args.layer, "head": args.head},

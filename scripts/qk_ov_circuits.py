@@ -144,8 +144,12 @@ def main(args) -> None:
         "top_previous_token_head": {"layer": previous[0], "head": previous[1],
                                     "score": float(scan.previous_token[previous])},
         "top_induction_head": {"layer": induction[0], "head": induction[1],
-                               "score": float(scan.induction[args.repeat_length][induction])},
+                               "score": float(scan.induction[args.repeat_length][induction]),
+                               "copying_score": {"residual_W_V_W_O": float(copying["residual"][induction]),
+                                                 "full_W_E_W_V_W_O_W_U": float(copying["full"][induction])}},
         "copying_score": {"residual_W_V_W_O": copying["residual"], "full_W_E_W_V_W_O_W_U": copying["full"]},
+        "max_copying_score": {"residual_W_V_W_O": float(copying["residual"].nan_to_num(nan=-math.inf).max()),
+                              "full_W_E_W_V_W_O_W_U": float(copying["full"].nan_to_num(nan=-math.inf).max())},
         "eigenvalues": {label: {c: torch.stack([e.real, e.imag], -1) for c, e in s.items()}
                         for label, s in spectra.items()},  # [d_head, (re, im)]
         "eigenvalue_heads_copying_score": head_scores,

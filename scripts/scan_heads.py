@@ -103,11 +103,15 @@ def main(args) -> None:
     results = {
         "maps": maps,
         "top_heads": {kind: [{"layer": l, "head": h, "score": s} for l, h, s in heads] for kind, heads in ranked.items()},
+        # every map read at each kind's best head, e.g. best_head_scores.induction.induction_20
+        "best_head_scores": {kind: {name: float(m[heads[0][0], heads[0][1]]) for name, m in maps.items()}
+                             for kind, heads in ranked.items()},
         "induction_ceiling": 1.0,
         "settings": settings.__dict__,
         "detect_head": {
             "prompts": f"{args.detect_prompts} texts r + r, |r| = {headline} distinct words, BOS prepended",
             "induction_ceiling": check["induction"]["expected_ratio"],
+            "max_deviation": max(c["max_deviation"] for c in check.values()),  # over every kind
             **{kind: {**c, "top_heads": [{"layer": l, "head": h, "score": v}
                                          for l, h, v in top_heads(c["detect_head"], args.top)]}
                for kind, c in check.items()},

@@ -64,7 +64,8 @@ def main(args) -> None:
                            "in_context": qk.in_context_scores(model, tokens, mask, layer, head, hooks)})
     base = qk.in_context_scores(model, tokens, mask, layer, head)  # the unedited model, no hooks
     results = {"head": {"layer": layer, "head": head}, "input": args.input, "tokens": labels,
-               "n_negative_eigenvalues": len(negative), "unedited_in_context": base, "factors": per_factor}
+               "n_negative_eigenvalues": len(negative), "unedited_in_context": base,
+               "factors": {f"{row['factor']:g}": row for row in per_factor}}  # keyed "1", "0.5", "0", "-1"
     path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
                            arguments=vars(args), seed=args.seed)
     fig = group_heatmaps(maps, [f"negative λ × {f:g}" for f in args.factors], labels, group, shared_scale=True,

@@ -68,14 +68,16 @@ def main(args) -> None:
         in_context = qk.in_context_scores(model, tokens, mask, layer, head, hooks)
         cells.append({"k": k, "scale": scale, **qk.rank_metrics(ranks, args.at),
                       "self_mass": in_context["self_mass"], "partner_mass": in_context["partner_mass"]})
+    base = next((c for c in cells if c["scale"] == 1.0), None)  # scale 1 edits nothing: every k alike
+    best = min(cells, key=lambda c: c["mean_rank"])  # the cell whose self-scores rank highest
     results = {"head": {"layer": layer, "head": head}, "input": args.input, "n_negative_eigenvalues": n_negative,
-               "d_vocab": model.cfg.d_vocab, "ks": ks, "scales": args.scales, "cells": cells}
+               "d_vocab": model.cfg.d_vocab, "ks": ks, "scales": args.scales,
+               "cells": {f"k={c['k']},scale={c['scale']:g}": c for c in cells}, "best_cell": best,
+               **({"unedited_cell": base} if base else {})}
     path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
                            arguments=vars(args), seed=args.seed)
     io.save_figure(figure(cells, ks, args, layer, head), args.out, args.model, NAME)
 
-    base = next(c for c in cells if c["scale"] == 1.0) if 1.0 in args.scales else None
-    best = min(cells, key=lambda c: c["mean_rank"])
     if base:
         print(f"L{layer}H{head} unedited: mean self-rank {base['mean_rank']:.1f} of {model.cfg.d_vocab}, "
               f"MRR {base['mrr']:.3f}, self mass {base['self_mass']:.3f}")

@@ -49,13 +49,14 @@ def main(args) -> None:
             "skew": qk.token_scores(E, qk.skew_part(W_Q, W_K), E, d_head),
             "bias": bilinear_scores(E, E, W_Q, W_K, b_Q, b_K)}
     base_norm = float(maps["base"].norm())
+    check = {"max_abs_diag_base_minus_sym": float((maps["base"].diagonal() - maps["sym"].diagonal()).abs().max()),
+             "max_abs_diag_skew": float(maps["skew"].diagonal().abs().max())}
     results = {
         "head": {"layer": layer, "head": head}, "input": args.input, "tokens": labels, "groups": group_names,
         "maps": maps,
         "block_means": {name: block_means(m, group) for name, m in maps.items()},
         "relative_norms": {name: float(maps[name].norm()) / base_norm for name in ("sym", "skew")},
-        "check": {"max_abs_diag_base_minus_sym": float((maps["base"].diagonal() - maps["sym"].diagonal()).abs().max()),
-                  "max_abs_diag_skew": float(maps["skew"].diagonal().abs().max())},
+        "check": {**check, "max_abs_diag_deviation": max(check.values())},  # the larger of the two
         "bias_effect": {"max_abs_change": float((maps["bias"] - maps["base"]).abs().max()),
                         "max_abs_change_row_centred": float(centred(maps["bias"] - maps["base"]).abs().max())},
     }

@@ -30,6 +30,20 @@ def test_replace_hook_keeps_bos_or_not():
     assert torch.equal(act, torch.arange(12.0).reshape(1, 3, 4))  # the input is not modified in place
 
 
+def test_damage_share_exact():
+    assert ablation.damage_share(baseline=0.5, ablated=1.0, reference=2.5) == 0.25
+    assert ablation.damage_share(baseline=1.0, ablated=1.0, reference=3.0) == 0.0
+
+
+def test_summary_table_by_mode_and_condition():
+    study = {"mean": {"baseline": torch.tensor([1.0, 2.0, 3.0]), "token_embedding": torch.tensor([2.0, 4.0, 9.0])}}
+    table = ablation.summary_table(study, n_resamples=50)
+    assert list(table) == ["mean"] and list(table["mean"]) == ["baseline", "token_embedding"]
+    token = table["mean"]["token_embedding"]
+    assert (token["q25"], token["median"], token["q75"]) == (3.0, 4.0, 6.5)
+    assert token["mean"] == pytest.approx(5.0) and token["delta_median"] == 2.0
+
+
 def test_component_means_are_means_after_bos(organism, probe):
     tokens = probe[0]
     means = ablation.component_means(organism, tokens, [get_act_name("pos_embed"), get_act_name("embed")],
@@ -68,14 +82,15 @@ def test_head_pattern_matches_all_patterns(organism, probe):
 def test_semantic_head_reads_token_identity_not_position(organism, truth, probe):
     layer, head = truth["planted_heads"]["semantic"]
     study = ablation.ablation_study(organism, *probe, layer, head)
-    table = ablation.summary_table(study, n_resamples=500).set_index(["mode", "condition"])
+    table = ablation.summary_table(study, n_resamples=500)  # {mode: {condition: summary}}
     for mode in ("mean", "zero"):
-        token, position = table.loc[mode, "token_embedding"], table.loc[mode, "positional_embedding"]
+        token, position = table[mode]["token_embedding"], table[mode]["positional_embedding"]
         assert token["median"] > position["median"] + 0.3, mode
         assert token["mean_low"] > position["mean_high"], mode  # clearly: the CIs do not touch
-        assert table.loc[mode, "baseline"]["median"] < 0.1
+        assert table[mode]["baseline"]["median"] < 0.1
+        assert table[mode]["baseline"]["delta_median"] == 0
     # The MLP-only residual keeps the token's identity, so the head still works.
-    assert table.loc["mean", "mlp_only_residual"]["median"] < table.loc["mean", "positional_embedding"]["median"]
+    assert table["mean"]["mlp_only_residual"]["median"] < table["mean"]["positional_embedding"]["median"]
 
 
 def test_component_ablation_script_end_to_end(tmp_path, truth):
@@ -83,9 +98,12 @@ def test_component_ablation_script_end_to_end(tmp_path, truth):
     assert result.returncode == 0, result.stderr
     data = json.loads((tmp_path / "results" / "organism" / "component_ablation.json").read_text())["results"]
     assert [data["target"]["layer"], data["target"]["head"]] == truth["planted_heads"]["semantic"]
-    conditions = {(row["mode"], row["condition"]) for row in data["table"]}
+    conditions = {(mode, condition) for mode, rows in data["table"].items() for condition in rows}
     assert len(conditions) == 12 and len(data["per_prompt"]["zero"]["token_embedding"]) == 16
     assert all(d > 0 for d in data["token_minus_positional_median"].values())
+    mean = data["table"]["mean"]
+    assert data["positional_share_of_token_damage"]["mean"] == pytest.approx(ablation.damage_share(
+        mean["baseline"]["median"], mean["positional_embedding"]["median"], mean["token_embedding"]["median"]))
     assert (tmp_path / "figures" / "organism" / "component_ablation.png").stat().st_size > 1000
     assert "token_embedding" in result.stdout
 

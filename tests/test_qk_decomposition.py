@@ -169,18 +169,21 @@ def test_decomposition_scripts_end_to_end(tmp_path, truth):
     assert maps["check"]["max_abs_diag_skew"] < 1e-4 and len(maps["tokens"]) == 30
     assert maps["block_means"]["base"]["in_group"] > maps["block_means"]["base"]["out_group"]
     scaling = json.loads((results / "svd_group_scaling_heatmap.json").read_text())["results"]
-    by_factor = {row["factor"]: row["in_context"]["self_mass"] for row in scaling["factors"]}
-    assert by_factor[-1.0] >= 5 * by_factor[1.0]
-    assert by_factor[1.0] == pytest.approx(scaling["unedited_in_context"]["self_mass"], abs=1e-5)
+    assert list(scaling["factors"]) == ["1", "0.5", "0", "-1"]  # keyed by factor, in the order of --factors
+    by_factor = {key: row["in_context"]["self_mass"] for key, row in scaling["factors"].items()}
+    assert by_factor["-1"] >= 5 * by_factor["1"]
+    assert by_factor["1"] == pytest.approx(scaling["unedited_in_context"]["self_mass"], abs=1e-5)
 
 
 def test_rank_ablation_script(tmp_path):
     run_main("svd_rank_ablation", "--out", str(tmp_path), "--ks", "4", "100", "--scales", "1", "-1",
              "--n-prompts", "8", "--n-words", "32")
     data = json.loads((tmp_path / "results" / "organism" / "svd_rank_ablation.json").read_text())["results"]
-    cells = {(c["k"], c["scale"]): c for c in data["cells"]}
     k_max = data["n_negative_eigenvalues"]
-    assert set(cells) == {(4, 1.0), (4, -1.0), (k_max, 1.0), (k_max, -1.0)}  # k = 100 capped at the negatives
+    assert set(data["cells"]) == {"k=4,scale=1", "k=4,scale=-1", f"k={k_max},scale=1", f"k={k_max},scale=-1"}
+    cells = {(c["k"], c["scale"]): c for c in data["cells"].values()}  # k = 100 capped at the negatives
+    assert data["unedited_cell"] == cells[(4, 1.0)]  # the first k at scale 1
+    assert data["best_cell"] == min(cells.values(), key=lambda c: c["mean_rank"])
     assert cells[(k_max, -1.0)]["mean_rank"] < cells[(k_max, 1.0)]["mean_rank"]
     assert cells[(k_max, -1.0)]["self_mass"] > cells[(k_max, 1.0)]["self_mass"]
     assert cells[(4, 1.0)]["mean_rank"] == cells[(k_max, 1.0)]["mean_rank"]  # scale 1 edits nothing

@@ -63,11 +63,15 @@ def test_gradient_steering_moves_self_mass_and_keeps_partners(organism, semantic
 
 def test_gradient_steering_script(tmp_path, truth):
     run_main("gradient_steering", "--out", str(tmp_path), "--steps", "5", "--n-prompts", "16",
-             "--trace-relative", "0.3", "--top", "5")
+             "--trace-relative", "0.3", "0.1", "--top", "5")
     data = json.loads((tmp_path / "results" / "organism" / "gradient_steering.json").read_text())["results"]
     assert [data["head"]["layer"], data["head"]["head"]] == truth["planted_heads"]["semantic"]
-    assert set(data["metrics"]) == {"before", "suppress", "restore", "trace 0.3"}
+    assert set(data["metrics"]) == {"before", "suppress", "restore", "trace 0.3", "trace 0.1"}
     assert data["metrics"]["trace 0.3"]["self_mass"] > data["metrics"]["before"]["self_mass"]
+    largest = data["largest_trace_step"]  # named by the script: the closed-form step with the largest eta
+    assert largest["name"] == "trace 0.3" and largest["eta"] == data["runs"]["trace 0.3"]["eta"]
+    assert data["runs"]["trace 0.3"]["eta"] > data["runs"]["trace 0.1"]["eta"]
+    assert largest["metrics"] == data["metrics"]["trace 0.3"]
     assert data["metrics"]["before"]["partner_mass_change"] == 0
     top = data["top_keys"]["before"]
     assert len(top["keys"]) == 5 and top["query_self_rank"] >= 1
