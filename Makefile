@@ -56,7 +56,8 @@ clean:
 #   ARGS_token_freq="--corpus wiki.train.tokens" (GPT-2 needs a corpus; the organism samples its own).
 RUNS := results/$(MODEL)/.runs
 RUN_STAMPS := $(DEMO_SCRIPTS:%=$(RUNS)/%.json)
-PACKAGE_FILES := $(filter-out analysis/paper.py,$(shell find analysis -type f -not -path '*/__pycache__/*'))
+PACKAGE_FILES := $(shell find analysis -type f -not -path '*/__pycache__/*')
+WRITEUP_FILES := $(wildcard writeup/*.py)  # the paper's generator and build check (not the scripts' input)
 GENERATED := paper/generated/$(MODEL)
 PAPER_BUILD := paper/build/$(MODEL)
 # Run a command; if it succeeds, write {"seconds": its wall time} to the file named first.
@@ -73,18 +74,18 @@ $(RUNS)/%.json: scripts/%.py $(PACKAGE_FILES) | $(STAMP)
 	@echo "== scripts/$*.py $(SCRIPT_ARGS) $(ARGS_$*)"
 	@$(TIMED) $@ $(PY) scripts/$*.py $(SCRIPT_ARGS) $(ARGS_$*)
 
-$(GENERATED)/macros.tex: $(RUN_STAMPS) scripts/make_paper_inputs.py analysis/paper.py analysis/organism/__init__.py \
+$(GENERATED)/macros.tex: $(RUN_STAMPS) scripts/make_paper_inputs.py $(WRITEUP_FILES) analysis/organism/__init__.py \
 		paper/reported_gpt2.json | $(STAMP)
 	$(PY) scripts/make_paper_inputs.py $(SCRIPT_ARGS) --scripts $(DEMO_SCRIPTS)
 
 # build_paper.py writes its --pdf only when the log is clean, so a failed check is retried next time.
-$(PAPER_BUILD)/checked.pdf: paper/main.tex paper/references.bib $(GENERATED)/macros.tex scripts/build_paper.py analysis/paper.py
+$(PAPER_BUILD)/checked.pdf: paper/main.tex paper/references.bib $(GENERATED)/macros.tex scripts/build_paper.py $(WRITEUP_FILES)
 	$(PY) scripts/build_paper.py $(SCRIPT_ARGS) --pdf $@
 
 paper: $(PAPER_BUILD)/checked.pdf
 	cp $< paper/main.pdf
 
-# The paper tests read a trimmed copy of the organism's results: refresh it after changing analysis/paper.py.
+# The paper tests read a trimmed copy of the organism's results: refresh it after changing writeup/ or a script's results.
 paper-fixture: $(RUN_STAMPS)
 	rm -rf tests/fixtures/paper/$(MODEL)
 	$(PY) scripts/make_paper_inputs.py $(SCRIPT_ARGS) --scripts $(DEMO_SCRIPTS) --trimmed-copy tests/fixtures/paper/$(MODEL)

@@ -15,8 +15,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from analysis import cli, paper  # noqa: E402
+from analysis import cli  # noqa: E402
 from analysis.io import model_slug  # noqa: E402
+from writeup.build import build_pdf  # noqa: E402
+from writeup.results import PAPER_DIR  # noqa: E402
 
 
 def build_parser():
@@ -24,17 +26,17 @@ def build_parser():
     p.add_argument("--generated", type=Path, default=None,
                    help="generated inputs (default: paper/generated/<model>)")
     p.add_argument("--build-dir", type=Path, default=None, help="LaTeX's output directory (default: paper/build/<model>)")
-    p.add_argument("--pdf", type=Path, default=paper.PAPER_DIR / "main.pdf", help="where the PDF goes (default: paper/main.pdf)")
+    p.add_argument("--pdf", type=Path, default=PAPER_DIR / "main.pdf", help="where the PDF goes (default: paper/main.pdf)")
     return p
 
 
 def main(args) -> None:
     slug = model_slug(args.model)
-    generated = args.generated or paper.PAPER_DIR / "generated" / slug
+    generated = args.generated or PAPER_DIR / "generated" / slug
     if not (generated / "macros.tex").exists():
         raise cli.UsageError(f"{generated / 'macros.tex'} does not exist: run scripts/make_paper_inputs.py "
                              f"--model {args.model} first (or make paper MODEL={args.model}).")
-    pdf, problems = paper.build_pdf(generated, args.build_dir or paper.PAPER_DIR / "build" / slug)
+    pdf, problems = build_pdf(generated, args.build_dir or PAPER_DIR / "build" / slug)
     for problem in problems:
         print(f"paper: {problem}", file=sys.stderr)
     if problems:

@@ -1,7 +1,7 @@
 """Write the paper's generated inputs from a model's results: numbers as macros, tables as files.
 
 Reads OUT/results/<model>/*.json (and the organism's checkpoint records and
-paper/reported_gpt2.json) through the declarative spec in analysis/paper.py and writes
+paper/reported_gpt2.json) through the declarative spec in writeup/spec.py and writes
 
   paper/generated/<model>/macros.tex     one \\newcommand per number, commented with its origin
   paper/generated/<model>/tab_*.tex      booktabs tables
@@ -19,8 +19,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from analysis import cli, paper  # noqa: E402
+from analysis import cli  # noqa: E402
 from analysis.io import figures_dir  # noqa: E402
+from writeup.fixture import trimmed_copy  # noqa: E402
+from writeup.generate import generate  # noqa: E402
+from writeup.results import PAPER_DIR, Results  # noqa: E402
 
 
 def build_parser():
@@ -36,13 +39,13 @@ def build_parser():
 
 
 def main(args) -> None:
-    results = paper.Results(args.out, args.model)
-    generated = args.generated or paper.PAPER_DIR / "generated" / results.directory.name
+    results = Results(args.out, args.model)
+    generated = args.generated or PAPER_DIR / "generated" / results.directory.name
     figures = args.figures or figures_dir(args.out, args.model)
-    manifest = paper.generate(results, generated, figures, args.scripts)
+    manifest = generate(results, generated, figures, args.scripts)
     print(f"{len(manifest)} values from {results.directory} -> {generated}")
     if args.trimmed_copy is not None:
-        written = paper.trimmed_copy(results, args.trimmed_copy, args.scripts)
+        written = trimmed_copy(results, args.trimmed_copy, args.scripts)
         print(f"trimmed copy: {len(written)} files under {args.trimmed_copy}")
 
 

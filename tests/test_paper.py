@@ -8,6 +8,7 @@ latexmk and pdftotext: skipped locally when missing, failed under CI (CI=true).
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -17,12 +18,17 @@ from pathlib import Path
 
 import pytest
 
-from analysis import paper
 from analysis.errors import UsageError
 from conftest import REPO, run_script
+from writeup import spec, tables
+from writeup.build import build_pdf, log_problems
+from writeup.fixture import trimmed_copy
+from writeup.format import MISSING, Words, format_value
+from writeup.generate import generate
+from writeup.results import PAPER_DIR, RUNS_DIR, Results, lookup, walk
 
 FIXTURE = REPO / "tests" / "fixtures" / "paper" / "organism"  # laid out as results/organism/
-MAIN_TEX = (paper.PAPER_DIR / "main.tex").read_text()
+MAIN_TEX = (PAPER_DIR / "main.tex").read_text()
 
 
 def makefile_demo_scripts() -> list[str]:
@@ -56,35 +62,49 @@ def strip_comments(tex: str) -> str:
 
 def test_lookup_follows_dicts_and_lists():
     data = {"a": {"b": [{"c": 1.5}, {"c": 2.5}]}}
-    assert paper.lookup(data, "a.b.1.c") == 2.5
-    assert paper.lookup(data, "a.b.-1.c") == 2.5
+    assert lookup(data, "a.b.1.c") == 2.5
+    assert lookup(data, "a.b.-1.c") == 2.5
     for missing in ("a.x", "a.b.2.c", "a.b.c"):
         with pytest.raises(KeyError):
-            paper.lookup(data, missing)
+            lookup(data, missing)
+
+
+def test_lookup_reads_keys_named_by_numbers_and_with_dots():
+    factors = {"factors": {"1": {"m": 1.0}, "0": {"m": 0.0}, "0.5": {"m": 0.5}, "-1": {"m": -1.0}}}
+    assert [lookup(factors, f"factors.{f}.m") for f in ("1", "0", "0.5", "-1")] == [1.0, 0.0, 0.5, -1.0]
+    assert walk(factors, "factors.0.5.m") == ["factors", "0.5", "m"]
+    assert walk({"a": [{"k=8,scale=0.5": 3}]}, "a.-1.k=8,scale=0.5") == ["a", -1, "k=8,scale=0.5"]
 
 
 def test_format_value_exact():
-    assert paper.format_value(0.12345, ".3f") == r"\num{0.123}"
-    assert paper.format_value(3000, "d") == r"\num{3000}"
-    assert paper.format_value(0.4, "percent") == r"\SI{40}{\percent}"
-    assert paper.format_value({"layer": 1, "head": 5}, "head") == "L1H5"
-    assert paper.format_value([0, 2], "head") == "L0H2"
-    assert paper.format_value("x86_64 & 50%", "text") == r"x86\_64 \& 50\%"
-    assert paper.format_value(None, ".3f") == paper.MISSING
-    assert paper.format_value([17000, 20000], "range") == r"\numrange{17000}{20000}"
+    assert format_value(0.12345, ".3f") == r"\num{0.123}"
+    assert format_value(3000, "d") == r"\num{3000}"
+    assert format_value(0.4, "percent") == r"\SI{40}{\percent}"
+    assert format_value({"layer": 1, "head": 5}, "head") == "L1H5"
+    assert format_value([0, 2], "head") == "L0H2"
+    assert format_value("x86_64 & 50%", "text") == r"x86\_64 \& 50\%"
+    assert format_value(None, ".3f") == MISSING
+    assert format_value([17000, 20000], "range") == r"\numrange{17000}{20000}"
+    assert format_value(" Monday", "word") == "Monday"
+    assert format_value([" a", " b_c", " d"], "list:2") == r"a, b\_c"
+    assert format_value(["L5H1", "L5H5"], "list") == "L5H1, L5H5"
+    assert format_value({"x": 1, "y": 2}, "count") == r"\num{2}"
+    assert format_value(150, "minutes") == r"\num{2.5}"
+    assert format_value("0123456789abcdef+dirty", "commit") == "0123456789ab+dirty"
+    assert [format_value(v, Words("is", "is not")) for v in (True, False)] == ["is", "is not"]
 
 
 def test_derived_values_exact():
     top = {"previous_token": [{"layer": 0, "head": 2}], "induction": [{"layer": 1, "head": 0}]}
     planted = {"previous_token": [0, 2], "induction": [1, 1], "semantic": [1, 3]}
-    assert paper.planted_found_first(top, planted) == 1  # induction misranked, semantic not scanned
-    assert paper.damage_share(baseline=0.5, ablated=1.0, reference=2.5) == 0.25
-    with pytest.raises(UsageError, match="--ks and --scales"):
-        paper.grid_cell([{"k": 1, "scale": 1.0}], 24, -2.0)
+    assert spec.planted_found_first(top, planted) == 1  # induction misranked, semantic not scanned
+    assert spec.total_members({"a": [1, 2], "b": [3]}) == 3
+    medians = {"cite": "x", "baseline": 0.5, "positional_embedding": 1.0, "token_embedding": 2.5}
+    assert spec.reported_damage_share(medians) == 0.25
 
 
 def test_missing_results_say_what_to_run(tmp_path):
-    results = paper.Results(tmp_path, "organism")
+    results = Results(tmp_path, "organism")
     with pytest.raises(UsageError, match="make figures MODEL=organism"):
         results.get("scan_heads", "results")
     target = tmp_path / "results" / "organism" / "scan_heads.json"
@@ -95,11 +115,33 @@ def test_missing_results_say_what_to_run(tmp_path):
 
 
 def test_spec_names_are_unique_and_all_used_in_main_tex():
-    names = [v.name for v in paper.spec()]
+    names = [m.name for m in spec.macros()]
     assert len(names) == len(set(names))
+    # A dict literal keeps the last of two equal keys silently: look for them in the source.
+    for node in ast.walk(ast.parse(Path(spec.__file__).read_text())):
+        if isinstance(node, ast.Dict):
+            keys = [k.value for k in node.keys if isinstance(k, ast.Constant)]
+            assert len(keys) == len(set(keys)), f"a key declared twice in writeup/spec.py: {keys}"
     used = set(re.findall(r"\\([A-Za-z]+)", strip_comments(MAIN_TEX)))
+    used |= {name for _, ours, theirs in tables.REPLICATION_ROWS for name in (ours, theirs)}  # tab_replication
     unused = [n for n in names if n not in used]
     assert not unused, f"macros generated but never printed: {unused}"
+
+
+def test_replication_table_prints_declared_macros_only():
+    names = {m.name for m in spec.macros()}
+    listed = [name for _, ours, theirs in tables.REPLICATION_ROWS for name in (ours, theirs)]
+    assert set(listed) <= names, set(listed) - names
+    theirs = {m.name: m for m in spec.macros() if m.name in {t for _, _, t in tables.REPLICATION_ROWS}}
+    assert all(source == "reported" for m in theirs.values() for source, _ in m.entries)  # citations, never outputs
+
+
+def test_names_agree_with_the_reported_values():
+    """The study's rank-ablation cell and its ablation conditions are named as the scripts name them."""
+    reported = json.loads((PAPER_DIR / "reported_gpt2.json").read_text())
+    cell = reported["rank_ablation"]
+    assert spec.STUDY_CELL == f"k={cell['k']},scale={float(cell['scale']):g}"
+    assert set(reported["ablation_medians"]) - {"cite"} <= set(spec.ABLATION_CONDITIONS)
 
 
 def test_main_tex_types_no_number():
@@ -116,8 +158,8 @@ def test_main_tex_types_no_number():
 
 
 def test_generated_macros_come_from_files_that_exist(fixture_root, tmp_path):
-    results = paper.Results(fixture_root, "organism")
-    manifest = paper.generate(results, tmp_path, tmp_path, fixture_scripts())
+    results = Results(fixture_root, "organism")
+    manifest = generate(results, tmp_path, tmp_path, fixture_scripts())
     macros = (tmp_path / "macros.tex").read_text()
     defined = re.findall(r"\\newcommand\{\\([A-Za-z]+)\}", macros)
     assert defined and set(defined) <= set(manifest)
@@ -130,11 +172,11 @@ def test_generated_macros_come_from_files_that_exist(fixture_root, tmp_path):
 
 
 def test_trimmed_copy_keeps_only_what_the_paper_reads(fixture_root, tmp_path):
-    results = paper.Results(fixture_root, "organism")
-    paper.generate(results, tmp_path / "gen", tmp_path, fixture_scripts())
-    paper.trimmed_copy(results, tmp_path / "copy" / "results" / "organism", fixture_scripts())
-    again = paper.Results(tmp_path / "copy", "organism")
-    paper.generate(again, tmp_path / "gen2", tmp_path, fixture_scripts())
+    results = Results(fixture_root, "organism")
+    generate(results, tmp_path / "gen", tmp_path, fixture_scripts())
+    trimmed_copy(results, tmp_path / "copy" / "results" / "organism", fixture_scripts())
+    again = Results(tmp_path / "copy", "organism")
+    generate(again, tmp_path / "gen2", tmp_path, fixture_scripts())
     assert (tmp_path / "gen" / "macros.tex").read_text() == (tmp_path / "gen2" / "macros.tex").read_text()
     ablation = json.loads((tmp_path / "copy" / "results" / "organism" / "component_ablation.json").read_text())
     assert "table" in ablation["results"] and "per_prompt" not in ablation["results"]  # read / never read
@@ -148,11 +190,11 @@ def test_log_problems_exact():
         "Package natbib Warning: Citation `nobody2020' on page 1 undefined on input line 9.",
         "LaTeX Warning: File `missing.pdf' not found on input line 11.",
     ])
-    assert paper.log_problems(log) == [
+    assert log_problems(log) == [
         "undefined reference: sec:x", "undefined citation: nobody2020", "missing file: missing.pdf",
         "overfull \\hbox by 12.5pt",
     ]
-    assert paper.log_problems("Output written on main.pdf (3 pages).") == []
+    assert log_problems("Output written on main.pdf (3 pages).") == []
 
 
 def test_generator_script_reports_missing_results(tmp_path):
@@ -207,15 +249,15 @@ def workspace(tmp_path_factory, tex):
     """A copy of the fixture results (both model names) with placeholder figures."""
     root = tmp_path_factory.mktemp("paper")
     shutil.copytree(FIXTURE, root / "results" / "organism")
-    manifest = paper.generate(paper.Results(root, "organism"), root / "names", root, fixture_scripts())
+    manifest = generate(Results(root, "organism"), root / "names", root, fixture_scripts())
     placeholder_figures(root / "figures" / "organism", manifest)
     return root
 
 
 def build(root: Path, model: str, name: str) -> tuple[str, list[str], dict]:
-    results = paper.Results(root, model)
-    manifest = paper.generate(results, root / name / "generated", root / "figures" / model, fixture_scripts())
-    pdf, problems = paper.build_pdf(root / name / "generated", root / name / "build")
+    results = Results(root, model)
+    manifest = generate(results, root / name / "generated", root / "figures" / model, fixture_scripts())
+    pdf, problems = build_pdf(root / name / "generated", root / name / "build")
     return pdf_text(pdf), problems, manifest
 
 
@@ -252,7 +294,7 @@ def test_paper_builds_for_gpt2_small_names(workspace):
         data = json.loads(file.read_text())
         data["provenance"]["model"]["name"] = "gpt2-small"
         (target / file.name).write_text(json.dumps(data))
-    shutil.copytree(source / paper.RUNS_DIR, target / paper.RUNS_DIR, dirs_exist_ok=True)
+    shutil.copytree(source / RUNS_DIR, target / RUNS_DIR, dirs_exist_ok=True)
     shutil.copytree(workspace / "figures" / "organism", workspace / "figures" / "gpt2-small", dirs_exist_ok=True)
     text, problems, _ = build(workspace, "gpt2-small", "gpt2")
     assert problems == []
@@ -268,9 +310,9 @@ def test_make_all_from_scratch(tmp_path, tex):
     for script in scripts:
         done = run_script(script, "--out", str(tmp_path))
         assert done.returncode == 0, f"{script}: {done.stderr[-2000:]}"
-    results = paper.Results(tmp_path, "organism")
-    manifest = paper.generate(results, tmp_path / "generated", tmp_path / "figures" / "organism", scripts)
+    results = Results(tmp_path, "organism")
+    manifest = generate(results, tmp_path / "generated", tmp_path / "figures" / "organism", scripts)
     for name in included_figures(manifest):
         assert (tmp_path / "figures" / "organism" / name).exists(), f"no script made {name}"
-    pdf, problems = paper.build_pdf(tmp_path / "generated", tmp_path / "build")
+    pdf, problems = build_pdf(tmp_path / "generated", tmp_path / "build")
     assert problems == []

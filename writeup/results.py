@@ -1,0 +1,96 @@
+"""One model's results files, read along dotted JSON paths, with a record of every entry read."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from analysis.errors import UsageError
+from analysis.io import REPO_ROOT, model_slug
+from analysis.models import ORGANISM_DIR
+
+PAPER_DIR = REPO_ROOT / "paper"
+FIXED_SOURCES: dict[str, Path] = {  # sources that are no script's output
+    "training_log": ORGANISM_DIR / "training_log.json",  # the organism's checkpoint records
+    "ground_truth": ORGANISM_DIR / "ground_truth.json",
+    "reported": PAPER_DIR / "reported_gpt2.json",  # citations typed from the literature, never outputs
+}
+RUNS_DIR = ".runs"  # results/<model>/.runs/<script>.json: {"seconds": wall time}, written by make
+_INDEX = re.compile(r"-?\d+")
+
+
+def walk(obj: Any, path: str) -> list[str | int]:
+    """The keys and list indices that the dotted `path` names in `obj`, in order.
+
+    A list takes a number (-1 is the last entry). A mapping takes the longest run of the path's
+    parts that is one of its keys, so keys with dots in them work: "factors.0.5.self_mass" reads
+    factors["0.5"]["self_mass"] when "0.5" is a key. Raises KeyError with the first part not found.
+    """
+    parts, steps = path.split("."), []
+    while parts:
+        if isinstance(obj, list) and _INDEX.fullmatch(parts[0]) and -len(obj) <= int(parts[0]) < len(obj):
+            key, used = int(parts[0]), 1
+        elif isinstance(obj, Mapping):
+            used = next((n for n in range(len(parts), 0, -1) if ".".join(parts[:n]) in obj), 0)
+            if not used:
+                raise KeyError(parts[0])
+            key = ".".join(parts[:used])
+        else:
+            raise KeyError(parts[0])
+        obj, parts = obj[key], parts[used:]
+        steps.append(key)
+    return steps
+
+
+def lookup(obj: Any, path: str) -> Any:
+    """`obj` followed along a dotted path such as "results.top_heads.semantic.0.score"."""
+    for key in walk(obj, path):
+        obj = obj[key]
+    return obj
+
+
+class Results:
+    """The JSON files of one model's run, each read once; records every entry the paper reads."""
+
+    def __init__(self, root: Path | str, model: str, fixed: Mapping[str, Path] = FIXED_SOURCES):
+        self.root, self.model, self.fixed = Path(root), model, dict(fixed)
+        self._cache: dict[str, Any] = {}
+        self.read: set[tuple[str, str]] = set()  # (source, path) pairs, for trimmed fixture copies
+
+    @property
+    def directory(self) -> Path:
+        return self.root / "results" / model_slug(self.model)
+
+    def path(self, source: str) -> Path:
+        return self.fixed[source] if source in self.fixed else self.directory / f"{source}.json"
+
+    def load(self, source: str) -> Any:
+        if source not in self._cache:
+            path = self.path(source)
+            if not path.exists():
+                hint = ("it is one of the repository's own files: restore it with git" if source in self.fixed
+                        else f"run `make figures MODEL={self.model}` (or scripts/{source}.py --model {self.model})")
+                raise UsageError(f"The paper needs {path}, which does not exist; {hint}.")
+            self._cache[source] = json.loads(path.read_text())
+        return self._cache[source]
+
+    def get(self, source: str, path: str) -> Any:
+        try:
+            value = lookup(self.load(source), path)
+        except KeyError as err:
+            raise UsageError(
+                f"{self.path(source)} has no entry {path!r} (no key {err.args[0]!r}): either the script's output "
+                "changed since the paper's spec in writeup/spec.py was written (update the spec, or rerun the "
+                "script if its results file is older than the script), or the script ran with arguments that "
+                "leave the entry out (the paper reads what the scripts' defaults compute)."
+            ) from None
+        self.read.add((source, path))
+        return value
+
+    def run_seconds(self, script: str) -> float | None:
+        """Wall time of a script's last run by make, or None if make did not run it."""
+        stamp = self.directory / RUNS_DIR / f"{script}.json"
+        return json.loads(stamp.read_text())["seconds"] if stamp.exists() else None

@@ -1,0 +1,378 @@
+"""Every number the paper prints, named once: macro -> (JSON path, format), one table per results file.
+
+`SPEC[source]` maps each macro `\\Name` to the entry it prints, a dotted path into
+`results/<model>/<source>.json` (or into one of `results.FIXED_SOURCES`: the organism's checkpoint
+records and the values *reported* for GPT-2 small, citations typed from the literature), and its
+format (`writeup.format`). Scripts store what the paper reads under names (factors by factor,
+cells by "k=..,scale=..", conditions by mode and condition, the best cell as "best_cell"), so a
+path is all a macro needs. `DERIVED` holds the few values that combine entries of several
+sources, each with a named function.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from analysis.ablation import damage_share
+from writeup.format import Format, Words, format_value, same_head
+from writeup.results import Results
+
+Entry = tuple[str, Format]  # (dotted JSON path, format)
+
+
+def provenance(prefix: str) -> dict[str, Entry]:
+    """Model shape and commit, from one results file's provenance."""
+    model = "provenance.model"
+    return {f"{prefix}Name": (f"{model}.name", "text"), f"{prefix}Layers": (f"{model}.n_layers", "d"),
+            f"{prefix}Heads": (f"{model}.n_heads", "d"), f"{prefix}DModel": (f"{model}.d_model", "d"),
+            f"{prefix}DHead": (f"{model}.d_head", "d"), f"{prefix}DVocab": (f"{model}.d_vocab", "d"),
+            f"{prefix}NCtx": (f"{model}.n_ctx", "d"), f"{prefix}Commit": ("provenance.git_commit", "commit")}
+
+
+def with_interval(prefix: str, path: str, fmt: Format) -> dict[str, Entry]:
+    """\\Prefix, \\PrefixLow and \\PrefixHigh: a value and its 95% CI, stored as path, path_low, path_high."""
+    ends = (("", ""), ("Low", "_low"), ("High", "_high"))
+    return {f"{prefix}{suffix}": (f"{path}{end}", fmt) for suffix, end in ends}
+
+
+# component_ablation's conditions: (the paper's name in tables, the infix of its macros \Abl<infix><Mode>)
+ABLATION_CONDITIONS = {
+    "baseline": ("none (baseline)", "Base"), "token_embedding": ("token embedding", "Token"),
+    "positional_embedding": ("positional embedding", "Pos"), "attention_0": ("first attention layer", "Attn"),
+    "mlp_0": ("first MLP", "MLP"), "mlp_only_residual": ("MLP-only residual", "MLPOnly"),
+}
+ABLATION_MODES = ("mean", "zero")
+# The rank-ablation cell the original study reported (paper/reported_gpt2.json: rank_ablation.k and .scale).
+STUDY_CELL = "k=24,scale=-2"
+
+TOP, MAPS, SETTINGS = "results.top_heads", "results.best_head_scores", "results.settings"
+PLAIN, BIASED = "results.without_bias", "results.with_bias"
+METRICS, KEYS = "results.metrics", "results.top_keys"
+TRAIN = "train_config"
+
+SPEC: dict[str, dict[str, Entry]] = {
+    "ground_truth": {
+        "OrgPlantedPrev": ("planted_heads.previous_token", "head"),
+        "OrgPlantedInd": ("planted_heads.induction", "head"),
+        "OrgPlantedSem": ("planted_heads.semantic", "head"),
+        "OrgPlantedCount": ("planted_heads", "count"),
+        "OrgCategories": ("categories", "count"),
+    },
+    "training_log": {
+        "OrgLayers": (f"{TRAIN}.n_layers", "d"), "OrgHeads": (f"{TRAIN}.n_heads", "d"),
+        "OrgDModel": (f"{TRAIN}.d_model", "d"), "OrgDHead": (f"{TRAIN}.d_head", "d"),
+        "OrgDMLP": (f"{TRAIN}.d_mlp", "d"), "OrgNCtx": (f"{TRAIN}.n_ctx", "d"),
+        "OrgSteps": (f"{TRAIN}.steps", "d"), "OrgBatch": (f"{TRAIN}.batch_size", "d"),
+        "OrgLR": (f"{TRAIN}.lr", ".0e"), "OrgWarmup": (f"{TRAIN}.warmup_steps", "d"),
+        "OrgWeightDecay": (f"{TRAIN}.weight_decay", ".2f"),
+        "OrgSupervisionWeight": (f"{TRAIN}.supervision_weight", ".1f"), "OrgTrainSeed": (f"{TRAIN}.seed", "d"),
+        "OrgMixCategory": (f"{TRAIN}.mixture.category_text", "percent"),
+        "OrgMixRepeated": (f"{TRAIN}.mixture.repeated_chunks", "percent"),
+        "OrgMixRandom": (f"{TRAIN}.mixture.random_tokens", "percent"),
+        "OrgTrainMinutes": ("seconds", "minutes"), "OrgTrainThreads": ("torch_threads", "d"),
+        "OrgInitialLMLoss": ("log.0.lm_loss", ".2f"), "OrgFinalLMLoss": ("log.-1.lm_loss", ".2f"),
+    },
+    "scan_heads": {
+        **provenance("Model"),
+        "ScanPrevHead": (f"{TOP}.previous_token.0", "head"), "ScanPrevScore": (f"{TOP}.previous_token.0.score", ".3f"),
+        "ScanPrevRunnerHead": (f"{TOP}.previous_token.1", "head"),
+        "ScanPrevRunnerScore": (f"{TOP}.previous_token.1.score", ".3f"),
+        "ScanIndHead": (f"{TOP}.induction.0", "head"), "ScanIndScore": (f"{TOP}.induction.0.score", ".3f"),
+        "ScanIndRunnerHead": (f"{TOP}.induction.1", "head"), "ScanIndRunnerScore": (f"{TOP}.induction.1.score", ".3f"),
+        "ScanDupHead": (f"{TOP}.duplicate.0", "head"), "ScanDupScore": (f"{TOP}.duplicate.0.score", ".3f"),
+        "ScanSemHead": (f"{TOP}.semantic.0", "head"), "ScanSemScore": (f"{TOP}.semantic.0.score", ".3f"),
+        "ScanSemRunnerHead": (f"{TOP}.semantic.1", "head"), "ScanSemRunnerScore": (f"{TOP}.semantic.1.score", ".3f"),
+        "ScanPrevNoBos": (f"{MAPS}.previous_token.previous_token_no_bos", ".3f"),  # at the best previous-token head
+        "ScanIndShort": (f"{MAPS}.induction.induction_20", ".3f"),  # at the best induction head, |r| = 20
+        "ScanNRandom": (f"{SETTINGS}.n_random", "d"), "ScanRandomLength": (f"{SETTINGS}.random_length", "d"),
+        "ScanNRepeated": (f"{SETTINGS}.n_repeated", "d"), "ScanRepeatLong": (f"{SETTINGS}.repeat_lengths.0", "d"),
+        "ScanRepeatShort": (f"{SETTINGS}.repeat_lengths.1", "d"), "ScanNCategory": (f"{SETTINGS}.n_category", "d"),
+        "ScanCategoryWords": (f"{SETTINGS}.category_words", "d"), "ScanCeiling": ("results.induction_ceiling", ".1f"),
+        "DetectRatioPrev": ("results.detect_head.previous_token.expected_ratio", ".3f"),
+        "DetectRatioInd": ("results.detect_head.induction.expected_ratio", ".3f"),
+        "DetectDeviation": ("results.detect_head.max_deviation", ".0e"),
+    },
+    "manual_attention": {
+        "ManualTolerance": ("results.tolerance", ".0e"),
+        "ManualMaxTL": ("results.overall_max.vs_transformer_lens", ".1e"),
+        "ManualMaxHF": ("results.overall_max.vs_hugging_face", ".1e"),
+        "ManualMaxProcessed": ("results.overall_max.vs_processed_transformer_lens", ".1e"),
+        "ManualWithin": ("results.all_within_tolerance", Words("within", "not within")),
+    },
+    "attention_stats": {
+        "StatsNPrompts": ("provenance.arguments.n_prompts", "d"), "StatsLength": ("provenance.arguments.length", "d"),
+        "StatsFocusedHead": ("results.rankings.most_focused.0", "head"),
+        "StatsFocusedValue": ("results.rankings.most_focused.0.value", ".2f"),
+        "StatsDiffuseHead": ("results.rankings.most_diffuse.0", "head"),
+        "StatsDiffuseValue": ("results.rankings.most_diffuse.0.value", ".2f"),
+        "StatsLongestHead": ("results.rankings.longest_range.0", "head"),
+        "StatsLongestValue": ("results.rankings.longest_range.0.value", ".1f"),
+        "StatsBosHead": ("results.rankings.most_bos.0", "head"),
+        "StatsBosValue": ("results.rankings.most_bos.0.value", ".2f"),
+    },
+    "qk_ov_circuits": {
+        "CircIndHead": ("results.top_induction_head", "head"),
+        "CircIndCopyFull": ("results.top_induction_head.copying_score.full_W_E_W_V_W_O_W_U", ".2f"),
+        "CircIndCopyResid": ("results.top_induction_head.copying_score.residual_W_V_W_O", ".2f"),
+        "CircKPartner": ("results.induction_strongest_k_partner", "head"),
+        "CircKPartnerScore": ("results.induction_strongest_k_partner.score", ".3f"),
+        "CircKRunner": ("results.induction_k_composition.1", "head"),
+        "CircKRunnerScore": ("results.induction_k_composition.1.score", ".3f"),
+        "CircRandomBaseline": ("results.composition_baseline.random_matrices", ".3f"),
+        "CircOneOverSqrt": ("results.composition_baseline.one_over_sqrt_d_model", ".3f"),
+        "CircMaxCopyFull": ("results.max_copying_score.full_W_E_W_V_W_O_W_U", ".2f"),
+    },
+    "token_circuit_tables": {
+        "TokHead": ("results", "head"), "TokProbabilities": ("results.token_probabilities", "text"),
+        "TokVariant": ("results.variant", "text"),
+    },
+    "activation_patching": {
+        "PatchTask": ("results.task", "text"), "PatchClean": ("results.clean", "text"),
+        "PatchCorrupted": ("results.corrupted", "text"), "PatchAnswer": ("results.answer", "word"),
+        "PatchWrong": ("results.wrong", "word"), "PatchCleanDiff": ("results.clean_logit_diff", ".2f"),
+        "PatchCorruptedDiff": ("results.corrupted_logit_diff", ".2f"),
+        "PatchTopHead": ("results.top_heads.0", "head"),
+        "PatchTopRecovered": ("results.top_heads.0.recovered", "percent"),
+        "PatchSecondHead": ("results.top_heads.1", "head"),
+        "PatchSecondRecovered": ("results.top_heads.1.recovered", "percent"),
+    },
+    "logit_lens": {
+        "LensPrompt": ("results.prompt", "text"), "LensDepths": ("results.depths", "count"),
+        "LensTopOneShare": ("results.final_top1_share", "percent"),
+    },
+    "characterize_head": {
+        "SurveyHead": ("results.target", "head"), "SurveyChosenBy": ("results.target.chosen_by", "text"),
+        "SurveyLayer": ("results.target.layer", "text"),  # plain digits: part of a file name
+        **with_interval("SurveyS", "results.target.surprisal", ".3f"),
+        **with_interval("SurveyPartner", "results.target.partner_mass", ".3f"),
+        **with_interval("SurveySelf", "results.target.self_mass", ".3f"),
+        **with_interval("SurveyBos", "results.target.bos_mass_no_partner", ".3f"),
+        **with_interval("SurveyArgmax", "results.target.argmax_accuracy", ".3f"),
+        "SurveyRunnerHead": ("results.survey.1", "head"), "SurveyRunnerS": ("results.survey.1.surprisal", ".3f"),
+        "SurveyMargin": ("results.separation.margin", ".3f"),
+        "SurveyCIs": ("results.separation.separated", Words("disjoint", "overlapping")),
+        "SurveyNPrompts": ("provenance.arguments.n_prompts", "d"),
+        "SurveyNWords": ("provenance.arguments.n_words", "d"),
+        "SurveyResamples": ("provenance.arguments.n_resamples", "d"), "SurveyHeadsTotal": ("results.survey", "count"),
+        "ExampleWords": ("provenance.arguments.example_words", "d"),
+        "ExampleS": ("results.example.scores.surprisal", ".3f"),
+        "ExamplePartner": ("results.example.scores.partner_mass", ".2f"),
+        "ExampleSelf": ("results.example.scores.self_mass", ".2f"),
+    },
+    "component_ablation": {
+        "AblNPrompts": ("provenance.arguments.n_prompts", "d"), "AblNWords": ("provenance.arguments.n_words", "d"),
+        "AblHead": ("results.target", "head"),
+        **{f"Abl{infix}{mode.title()}": (f"results.table.{mode}.{condition}.median", ".2f")
+           for condition, (_, infix) in ABLATION_CONDITIONS.items()
+           for mode in (("mean",) if condition == "baseline" else ABLATION_MODES)},  # unablated: one baseline
+        "AblTokenMinusPosMean": ("results.token_minus_positional_median.mean", ".2f"),
+        "AblPosShare": ("results.positional_share_of_token_damage.mean", "percent"),
+        "AblTokenMinusPosZero": ("results.token_minus_positional_median.zero", ".2f"),
+    },
+    "cosine_attention_analysis": {
+        "CosHead": ("results.target", "head"), "CosTokens": ("results.settings.n_tokens", "d"),
+        "CosPairs": ("results.settings.pairs", "d"), "CosWindow": ("results.settings.window", ".3f"),
+        "CosVariant": ("results.settings.variant", "text"),
+        "CosBiases": ("results.settings.biases_included", Words("included", "left out")),
+        "CosUnits": ("results.settings.units", "text"), "CosCI": ("results.settings.ci", "text"),
+        "CosBeatsSelf": ("results.beats_self_from_cosine", ".2f"), "CosPeakCosine": ("results.peak.cosine", ".2f"),
+        "CosPeakMean": ("results.peak.mean", ".2f"),
+        "CosMatesMean": ("results.category_contrast.mates_mean", ".2f"),
+        "CosMatesBeat": ("results.category_contrast.mates_beat_self", "percent"),
+        "CosMatesPairs": ("results.category_contrast.mates_pairs", "d"),
+        "CosOthersMean": ("results.category_contrast.others_mean", ".2f"),
+        "CosOthersBeat": ("results.category_contrast.others_beat_self", "percent"),
+        "CosQuery": ("results.example.query", "word"), "CosTopKey": ("results.example.top_keys.0.token", "word"),
+        "CosTopKeyScore": ("results.example.top_keys.0.score_minus_self", ".2f"),
+    },
+    "token_freq": {
+        "FreqTokens": ("results.total_tokens", "d"), "FreqDistinct": ("results.distinct_tokens", "d"),
+        "FreqSource": ("results.corpus.source", "text"),
+    },
+    "skew_analysis": {
+        "SkewHead": ("results.head", "head"), "SkewInput": ("results.input", "text"),
+        "SkewNormW": (f"{PLAIN}.norms.W", ".1f"), "SkewNormSym": (f"{PLAIN}.norms.sym", ".1f"),
+        "SkewNormSkew": (f"{PLAIN}.norms.skew", ".1f"), "SkewSymShare": (f"{PLAIN}.norms.sym_share", ".2f"),
+        "SkewSkewShare": (f"{PLAIN}.norms.skew_share", ".2f"), "SkewNEigen": (f"{PLAIN}.eigenvalues", "count"),
+        "SkewNNeg": (f"{PLAIN}.spectrum.n_negative", "d"), "SkewNPos": (f"{PLAIN}.spectrum.n_positive", "d"),
+        "SkewNegTotal": (f"{PLAIN}.spectrum.negative_total", ".1f"),
+        "SkewPosTotal": (f"{PLAIN}.spectrum.positive_total", ".1f"),
+        "SkewNegShare": (f"{PLAIN}.spectrum.negative_share", "percent"),
+        "SkewMostNeg": (f"{PLAIN}.spectrum.most_negative", ".2f"),
+        "SkewMostPos": (f"{PLAIN}.spectrum.most_positive", ".2f"),
+        "SkewCheckSym": (f"{PLAIN}.check.max_abs_self_W_minus_sym", ".0e"),
+        "SkewCheckSkew": (f"{PLAIN}.check.max_abs_self_skew", ".0e"),
+        "SkewCheckScale": (f"{PLAIN}.check.self_score_scale", ".1f"),
+        "SkewSelfNegative": (f"{PLAIN}.self_score.fraction_negative", "percent"),
+        "SkewBiasNNeg": (f"{BIASED}.spectrum.n_negative", "d"),
+        "SkewBiasMostNeg": (f"{BIASED}.spectrum.most_negative", ".2f"),
+        "SkewBiasSelfNegative": (f"{BIASED}.self_score.fraction_negative", "percent"),
+        "SkewBiasKeyStd": ("results.bias_terms_on_group_set.key_term_std", ".2f"),
+        "SkewBiasScoreStd": ("results.bias_terms_on_group_set.score_std_over_keys", ".2f"),
+    },
+    "svd_sym_skew_heatmap": {
+        "MapsInput": ("results.input", "text"), "MapsTokens": ("results.tokens", "count"),
+        "MapsGroups": ("results.groups", "count"), "MapsSelf": ("results.block_means.base.self", ".2f"),
+        "MapsInGroup": ("results.block_means.base.in_group", ".2f"),
+        "MapsOutGroup": ("results.block_means.base.out_group", ".2f"),
+        "MapsRelSym": ("results.relative_norms.sym", ".2f"), "MapsRelSkew": ("results.relative_norms.skew", ".2f"),
+        "MapsCheckDiag": ("results.check.max_abs_diag_deviation", ".0e"),
+        "MapsBiasChange": ("results.bias_effect.max_abs_change_row_centred", ".2f"),
+    },
+    "svd_group_scaling_heatmap": {  # factors keyed by factor: "1" (unedited), "0", "-1" (flipped)
+        "SteerNNeg": ("results.n_negative_eigenvalues", "d"), "SteerNPrompts": ("provenance.arguments.n_prompts", "d"),
+        "SteerSelfBefore": ("results.unedited_in_context.self_mass", ".3f"),
+        "SteerZeroGap": ("results.factors.0.block_means.self_minus_in_group", ".2f"),
+        "SteerFlipGap": ("results.factors.-1.block_means.self_minus_in_group", ".2f"),
+        "SteerOneGap": ("results.factors.1.block_means.self_minus_in_group", ".2f"),
+        "SteerZeroSelf": ("results.factors.0.in_context.self_mass", ".2f"),
+        "SteerFlipSelf": ("results.factors.-1.in_context.self_mass", ".2f"),
+        "SteerFlipPartner": ("results.factors.-1.in_context.partner_mass", ".2f"),
+    },
+    "svd_rank_ablation": {  # cells keyed "k=<k>,scale=<scale>"
+        "RankVocab": ("results.d_vocab", "d"),
+        "RankUnedited": ("results.unedited_cell.mean_rank", ".1f"),
+        "RankUneditedAccOne": ("results.unedited_cell.acc@1", ".2f"),
+        "RankBestK": ("results.best_cell.k", "d"), "RankBestScale": ("results.best_cell.scale", "g"),
+        "RankBest": ("results.best_cell.mean_rank", ".2f"), "RankBestAccOne": ("results.best_cell.acc@1", ".2f"),
+        "RankBestSelfMass": ("results.best_cell.self_mass", ".2f"),
+        "RankStudyCell": (f"results.cells.{STUDY_CELL}.mean_rank", ".1f"),
+    },
+    "gradient_steering": {
+        "GradSteps": ("provenance.arguments.steps", "d"), "GradLR": ("provenance.arguments.lr", "g"),
+        "GradLambda": ("provenance.arguments.lam", "g"),
+        **{f"Grad{mass}{name.title()}": (f"{METRICS}.{name}.{mass.lower()}_mass", ".3f")
+           for name in ("before", "suppress", "restore") for mass in ("Self", "Partner")},
+        "GradQuery": ("results.query", "word"),
+        **{f"GradSelfRank{name.title()}": (f"{KEYS}.{name}.query_self_rank", "d")
+           for name in ("before", "restore", "suppress")},
+        "GradTopKeysBefore": (f"{KEYS}.before.keys", "list:3"),
+        "GradTopKeysRestore": (f"{KEYS}.restore.keys", "list:3"),
+        "GradTraceEta": ("results.largest_trace_step.eta", ".2f"),
+        "GradTraceSelf": ("results.largest_trace_step.metrics.self_mass", ".3f"),
+        "GradTracePartner": ("results.largest_trace_step.metrics.partner_mass", ".3f"),
+    },
+    "clustering": {
+        "CluNodes": ("results.n_nodes", "d"), "CluEdges": ("results.n_edges", "d"), "CluK": ("results.k", "d"),
+        "CluInput": ("results.input", "text"), "CluMethod": ("results.method", "text"),
+        "CluCommunities": ("results.n_communities", "d"), "CluModularity": ("results.modularity", ".2f"),
+        "CluARI": ("results.agreement.ari", ".2f"), "CluNMI": ("results.agreement.nmi", ".2f"),
+        "CluCategoryWords": ("results.agreement.n_tokens", "d"),
+    },
+    "semantic_head": {
+        "SaeKind": ("results.sae.kind", "text"), "SaeHook": ("results.sae.hook", "text"),
+        "SaeWidth": ("results.sae.d_sae", "d"), "SaeArchitecture": ("results.sae.architecture", "text"),
+        "SaeVariance": ("results.sae.variance_explained_on_category_prompts", "percent"),
+        "SaeFeatures": ("results.features", "count"), "SaeSelf": ("results.block_means.self", ".1f"),
+        "SaeInGroup": ("results.block_means.in_group", ".1f"), "SaeOutGroup": ("results.block_means.out_group", ".1f"),
+        "SaeSelfBelowMates": ("results.self_avoidance.self_below_mates", "percent"),
+        "SaeBestIsMate": ("results.self_avoidance.best_key_is_mate", "percent"),
+        "SaeBestIsSelf": ("results.self_avoidance.best_key_is_self", "percent"),
+        "SaeTopPairsSame": ("results.top_pairs_same_category", "percent"),
+        "SaeTopPairs": ("results.top_pairs", "count"),
+    },
+    "reported": {  # values reported for GPT-2 small by the original study and the literature (citations)
+        "RepSemHead": ("semantic_head.head", "head"), "RepSemLayer": ("semantic_head.head.0", "d"),
+        "RepSemHeadIndex": ("semantic_head.head.1", "d"), "RepSemPromptTokens": ("semantic_head.prompt_tokens", "d"),
+        "RepSemS": ("semantic_head.surprisal", "g"), "RepSemRunnerS": ("semantic_head.runners_up.0.surprisal", "g"),
+        "RepSemPartner": ("semantic_head.partner_mass", "g"), "RepSemSelf": ("semantic_head.self_mass", "g"),
+        "RepSemBos": ("semantic_head.bos_mass_no_partner", "g"),
+        "RepCopySuppressionHead": ("baseline.copy_suppression_head", "head"),
+        "RepPrevHead": ("baseline.previous_token_heads.0", "text"),
+        "RepPrevHeads": ("baseline.previous_token_heads", "list"), "RepIndHeads": ("baseline.induction_heads", "list"),
+        "RepDupHeads": ("baseline.duplicate_token_heads", "list"),
+        "RepAblBase": ("ablation_medians.baseline", "g"), "RepAblToken": ("ablation_medians.token_embedding", "g"),
+        "RepAblPos": ("ablation_medians.positional_embedding", "g"), "RepAblMLP": ("ablation_medians.mlp_0", "g"),
+        "RepCosNegative": ("cosine.strongly_negative_below", "g"), "RepCosZero": ("cosine.zero_crossing", "g"),
+        "RepCosPeak": ("cosine.peak", "g"),
+        "RepRankUnedited": ("rank_ablation.mean_self_rank_unedited", "range"),
+        "RepRankEdited": ("rank_ablation.mean_self_rank_edited", "range"),
+        "RepRankK": ("rank_ablation.k", "d"), "RepRankScale": ("rank_ablation.scale", "g"),
+        "RepRankAcc": ("rank_ablation.accuracy_at_cutoff", "g"),
+        "RepRankCutoff": ("rank_ablation.accuracy_cutoff", "d"),
+        "RepCluTokens": ("clustering.n_tokens", "d"), "RepCluCommunities": ("clustering.communities", "d"),
+        "RepCluExamples": ("clustering.examples", "list"),
+    },
+}
+
+
+# --- values derived from several entries (each path "source:dotted.path") ---------------------------
+
+
+def planted_found_first(top_heads: Mapping[str, Sequence[Any]], planted: Mapping[str, Any]) -> int:
+    """How many planted heads the scan ranks first of their kind (the scan knows nothing of them)."""
+    return sum(same_head(top_heads[kind][0], head) for kind, head in planted.items() if kind in top_heads)
+
+
+def total_members(groups: Mapping[str, Sequence[Any]]) -> int:
+    """The number of members of all groups together."""
+    return sum(map(len, groups.values()))
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b
+
+
+def reported_damage_share(medians: Mapping[str, float]) -> float:
+    """The study's positional-embedding damage as a share of its token-embedding damage (median S)."""
+    return damage_share(medians["baseline"], medians["positional_embedding"], medians["token_embedding"])
+
+
+# macro: (function of the entries, the entries, format)
+DERIVED: dict[str, tuple[Callable[..., Any], tuple[str, ...], Format]] = {
+    # the organism's ground truth against a scan that is never told of it
+    "ScanPlantedFound": (planted_found_first, ("scan_heads:results.top_heads", "ground_truth:planted_heads"), "d"),
+    "OrgCategoryWords": (total_members, ("ground_truth:categories",), "d"),
+    # one script's head against another's
+    "CircKPartnerIsPrev": (same_head, ("qk_ov_circuits:results.induction_strongest_k_partner",
+                                       "scan_heads:results.top_heads.previous_token.0"), Words("is", "is not")),
+    # flipped against unedited eigenvalues: the factor of increase in self mass
+    "SteerFlipRatio": (ratio, ("svd_group_scaling_heatmap:results.factors.-1.in_context.self_mass",
+                               "svd_group_scaling_heatmap:results.factors.1.in_context.self_mass"), ".0f"),
+    "RepAblPosShare": (reported_damage_share, ("reported:ablation_medians",), "percent"),
+}
+
+
+# --- the macros ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Macro:
+    """`\\name` = `fmt` applied to the one entry, or to `combine(*entries)`; entries are (source, path)."""
+
+    name: str
+    entries: tuple[tuple[str, str], ...]
+    fmt: Format
+    combine: Callable[..., Any] | None = None
+
+    def __post_init__(self):
+        if not re.fullmatch(r"[A-Za-z]+", self.name):
+            raise ValueError(f"macro name {self.name!r}: LaTeX macro names are letters only")
+
+    def resolve(self, results: Results) -> Any:
+        values = [results.get(source, path) for source, path in self.entries]
+        return self.combine(*values) if self.combine is not None else values[0]
+
+    def latex(self, results: Results) -> str:
+        return format_value(self.resolve(results), self.fmt)
+
+
+def _macros() -> Iterator[Macro]:
+    for source, table in SPEC.items():
+        for name, (path, fmt) in table.items():
+            yield Macro(name, ((source, path),), fmt)
+    for name, (combine, paths, fmt) in DERIVED.items():
+        yield Macro(name, tuple(tuple(p.split(":", 1)) for p in paths), fmt, combine)
+
+
+def macros() -> list[Macro]:
+    """Every macro of the paper, in the order macros.tex lists them; a name declared twice is an error."""
+    found = list(_macros())
+    names = [m.name for m in found]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"macro names declared twice: {twice}")
+    return found
