@@ -30,7 +30,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from analysis.io import REPO_ROOT, model_slug
+from analysis.io import REPO_ROOT, atomic_file, model_slug
 
 Variant = Literal["mean", "zero"]
 CACHE_DIR = Path(os.environ.get("ANALYSIS_CACHE_DIR", REPO_ROOT / ".cache"))
@@ -82,10 +82,8 @@ def head_input(model: HookedTransformer, layer: int, reference_tokens: Tensor | 
                 x = x + block.mlp(block.ln2(x[:, None]))[:, 0]  # LN and MLP expect a position axis
         out[start:start + len(chunk)] = model.blocks[layer].ln1(x[:, None])[:, 0].float().cpu()
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(out, tmp)
-        os.replace(tmp, path)
+        with atomic_file(path) as tmp:
+            torch.save(out, tmp)
     return out
 
 
