@@ -91,19 +91,35 @@ def load_model(
         return _info(model, name, f"random init (seed 0), GPT-2 small shapes, {tokenizer}", WeightProcessing.none())
     path = Path(name)
     if path.is_dir():
-        if not (path / CONFIG_FILE).exists():
-            raise UsageError(f"{path} is a directory but holds no {CONFIG_FILE}; it was not written by save_model.")
         model = _load_directory(path, device, processing)
         saved = _saved_processing(path)
         return _info(model, str(path), str(path.resolve()), processing if saved.is_none else saved)
     return _from_pretrained(name, device, processing)
 
 
-def _from_pretrained(name: str, device: str, processing: WeightProcessing) -> HookedTransformer:
+def _unavailable_errors() -> tuple[type[BaseException], ...]:
+    """What "these weights are not available here" looks like: file, cache, hub and connection errors.
+
+    The hub client's errors (huggingface_hub.errors), a missing cache entry and transformers' "could
+    not connect" are all OSError; the HTTP clients' own errors are added where installed. Anything
+    else is a bug and surfaces as one.
+    """
+    errors: list[type[BaseException]] = [OSError]
+    for module, attribute in (("huggingface_hub.errors", "HfHubHTTPError"), ("httpx", "HTTPError"),
+                              ("httpx2", "HTTPError"), ("requests", "RequestException")):
+        try:
+            errors.append(getattr(importlib.import_module(module), attribute))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors)
+
+
+def _official_name(name: str) -> str:
+    """The Hugging Face name of a TransformerLens pretrained model, or a `UsageError` for an unknown name."""
     from transformer_lens.loading_from_pretrained import get_official_model_name
 
     try:
-        official = get_official_model_name(name)
+        return get_official_model_name(name)
     except ValueError:
         raise UsageError(
             f"Unknown model {name!r}. Use 'organism' (the offline model organism), 'gpt2-random', a "
@@ -111,9 +127,13 @@ def _from_pretrained(name: str, device: str, processing: WeightProcessing) -> Ho
             "such as 'gpt2-small' or 'attn-only-2l' (see transformer_lens.loading_from_pretrained."
             "OFFICIAL_MODEL_NAMES)."
         ) from None
+
+
+def _from_pretrained(name: str, device: str, processing: WeightProcessing) -> HookedTransformer:
+    official = _official_name(name)
     try:
         model = HookedTransformer.from_pretrained(name, device=device, **dataclasses.asdict(processing))
-    except Exception as err:  # the hub client raises many types; all mean "weights not here"
+    except _unavailable_errors() as err:
         from huggingface_hub.constants import HF_HUB_CACHE
 
         cause = " ".join(str(err).split())[:300]
@@ -128,6 +148,78 @@ def _from_pretrained(name: str, device: str, processing: WeightProcessing) -> Ho
     return _info(model, name, f"huggingface:{official}", processing)
 
 
+@dataclass(frozen=True)
+class ModelShape:
+    """The sizes that decide what a run may ask for: context length, vocabulary, heads (for memory bounds)."""
+
+    n_layers: int
+    n_heads: int
+    d_model: int
+    d_head: int
+    d_mlp: int | None
+    d_vocab: int
+    n_ctx: int
+
+    @classmethod
+    def of(cls, cfg: Any) -> "ModelShape":
+        get = cfg.get if isinstance(cfg, dict) else lambda key: getattr(cfg, key, None)
+        return cls(*(get(f.name) for f in dataclasses.fields(cls)))
+
+
+GPT2_SMALL_SHAPE = ModelShape(n_layers=12, n_heads=12, d_model=768, d_head=64, d_mlp=3072, d_vocab=50257, n_ctx=1024)
+
+
+def model_shape(name: str) -> ModelShape | None:
+    """The shape of `name`'s model without loading its weights, or None where that is not cheap.
+
+    The organism and a directory: their config.json (a directory is checked whole, see
+    `check_directory`); gpt2-random: GPT-2 small's; a pretrained name: its config from the local
+    Hugging Face cache when it is there (no network is tried; without it the load itself fails
+    with a clear error). An unknown name is a `UsageError`.
+    """
+    if name == "organism":
+        return check_directory(ORGANISM_DIR)
+    if name == "gpt2-random":
+        return GPT2_SMALL_SHAPE
+    if Path(name).is_dir():
+        return check_directory(Path(name))
+    official = _official_name(name)
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(official, CONFIG_FILE)
+        hf = json.loads(Path(cached).read_text()) if isinstance(cached, str) else None
+    except (*_unavailable_errors(), ValueError):
+        return None
+    if not isinstance(hf, dict):
+        return None
+    first = lambda *keys: next((hf[k] for k in keys if isinstance(hf.get(k), int)), None)  # noqa: E731
+    n_heads, d_model = first("n_head", "num_attention_heads"), first("n_embd", "hidden_size", "d_model")
+    shape = ModelShape(n_layers=first("n_layer", "num_hidden_layers"), n_heads=n_heads, d_model=d_model,
+                       d_head=first("head_dim") or (d_model // n_heads if n_heads and d_model else None),
+                       d_mlp=first("n_inner", "intermediate_size"), d_vocab=first("vocab_size"),
+                       n_ctx=first("n_positions", "max_position_embeddings", "n_ctx"))
+    return shape if None not in (shape.n_layers, shape.n_heads, shape.d_vocab, shape.n_ctx) else None
+
+
+def model_tokenizer(name: str):
+    """`name`'s tokenizer from local files only, or None (no tokenizer, or none available offline)."""
+    if name == "organism":
+        return load_tokenizer(ORGANISM_DIR)
+    if name == "gpt2-random":
+        return gpt2_tokenizer()
+    if Path(name).is_dir():
+        check_directory(Path(name))
+        return load_tokenizer(name)
+    official = _official_name(name)
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(official, local_files_only=True)
+    except (*_unavailable_errors(), ValueError):
+        return None
+
+
 def random_gpt2(seed: int = 0, device: str = "cpu", n_layers: int = 12, with_tokenizer: bool = True
                 ) -> HookedTransformer:
     """GPT-2 small's architecture with random weights: same shapes, same cost.
@@ -136,7 +228,7 @@ def random_gpt2(seed: int = 0, device: str = "cpu", n_layers: int = 12, with_tok
     and no tokenizer otherwise.
     """
     cfg = HookedTransformerConfig(
-        n_layers=n_layers, d_model=768, n_ctx=1024, d_head=64, n_heads=12, d_mlp=3072, d_vocab=50257,
+        **{**dataclasses.asdict(GPT2_SMALL_SHAPE), "n_layers": n_layers},
         act_fn="gelu_new", normalization_type="LN", positional_embedding_type="standard",
         original_architecture="GPT2LMHeadModel", seed=seed, init_weights=True, device=device,
     )
@@ -201,7 +293,12 @@ def save_model(model: HookedTransformer, directory: Path | str,
 
 def _saved_processing(directory: Path) -> WeightProcessing:
     path = directory / PROCESSING_FILE
-    return WeightProcessing(**json.loads(path.read_text())) if path.exists() else WeightProcessing.none()
+    if not path.exists():
+        return WeightProcessing.none()
+    record = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(record, dict) or not all(isinstance(v, bool) for v in record.values()):
+        raise ValueError(f"{path} is not a weight-processing record")
+    return WeightProcessing(**record)
 
 
 def load_tokenizer(directory: Path | str):
@@ -214,11 +311,100 @@ def load_tokenizer(directory: Path | str):
     return PreTrainedTokenizerFast.from_pretrained(str(directory))
 
 
+def _damaged(directory: Path, file: str, problem: str) -> UsageError:
+    return UsageError(
+        f"The model directory {directory} is damaged: {directory / file} {problem}. A model directory holds "
+        f"{CONFIG_FILE}, {WEIGHTS_FILE} and the tokenizer files written by analysis.models.save_model; write it "
+        "again (for the shipped organism: `git checkout -- analysis/organism/checkpoint`)."
+    )
+
+
+_SHAPE_KEYS = ("n_layers", "n_heads", "d_model", "d_head", "d_vocab", "n_ctx")
+
+
+def _read_config(directory: Path) -> dict[str, Any]:
+    """config.json as keyword arguments of `HookedTransformerConfig` (dtype as a torch dtype), checked."""
+    path = directory / CONFIG_FILE
+    if not path.is_file():
+        raise UsageError(f"{directory} is a directory but holds no {CONFIG_FILE}, so it was not written by "
+                         "analysis.models.save_model. Give --model a directory written by save_model.")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise _damaged(directory, CONFIG_FILE, "is not text") from None
+    except json.JSONDecodeError as err:
+        raise _damaged(directory, CONFIG_FILE, f"is not valid JSON ({err.msg} at line {err.lineno})") from None
+    if not isinstance(config, dict):
+        raise _damaged(directory, CONFIG_FILE, f"holds a JSON {type(config).__name__}, not a model config")
+    wrong = [k for k in _SHAPE_KEYS if not (type(config.get(k)) is int and config[k] > 0)]
+    if wrong:
+        raise _damaged(directory, CONFIG_FILE, "lacks positive whole numbers for " + ", ".join(wrong))
+    dtype = config.get("dtype", "float32")
+    if not (isinstance(dtype, str) and isinstance(getattr(torch, dtype, None), torch.dtype)):
+        raise _damaged(directory, CONFIG_FILE, f"names an unknown dtype {dtype!r}")
+    config["dtype"] = getattr(torch, dtype)
+    try:
+        HookedTransformerConfig(**config)
+    except (TypeError, ValueError, AssertionError) as err:
+        raise _damaged(directory, CONFIG_FILE, f"is not a TransformerLens config ({err})") from None
+    return config
+
+
+def _expected_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Every parameter's shape for a config, from a model built on the meta device (no memory, no time)."""
+    with torch.device("meta"):
+        model = HookedTransformer(HookedTransformerConfig(**{**config, "tokenizer_name": None}, device="meta"),
+                                  move_to_device=False)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def check_directory(directory: Path | str) -> ModelShape:
+    """Check a model directory before loading it; its shape, or a `UsageError` naming the bad file.
+
+    config.json must be a valid TransformerLens config, model.safetensors must be complete and hold
+    exactly the config's parameters with the config's shapes, weight_processing.json (if present)
+    must be a processing record, and the tokenizer (if present) must load and fit the vocabulary.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    directory = Path(directory)
+    config = _read_config(directory)
+    try:
+        _saved_processing(directory)
+    except (ValueError, TypeError):
+        raise _damaged(directory, PROCESSING_FILE, "is not a weight-processing record") from None
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        raise _damaged(directory, WEIGHTS_FILE, "is missing")
+    try:
+        with safe_open(str(weights), "pt") as handle:
+            found = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
+    except (SafetensorError, OSError) as err:
+        raise _damaged(directory, WEIGHTS_FILE, f"cannot be read, perhaps cut short ({err})") from None
+    expected = _expected_shapes(config)
+    problems = [f"{k} is {found[k]} but the config gives {v}"
+                for k, v in expected.items() if k in found and found[k] != v]
+    problems += [f"{k} is missing" for k in expected if k not in found]
+    problems += [f"{k} is not a parameter of this config" for k in found if k not in expected]
+    if problems:
+        shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+        raise _damaged(directory, WEIGHTS_FILE, f"does not match {CONFIG_FILE}: {shown}")
+    if (directory / "tokenizer.json").exists():
+        try:
+            tokenizer = load_tokenizer(directory)
+        except Exception as err:  # noqa: BLE001  the tokenizers library reports a malformed file as plain Exception
+            raise _damaged(directory, "tokenizer.json", f"cannot be loaded ({type(err).__name__}: {err})") from None
+        if len(tokenizer) > config["d_vocab"]:
+            raise _damaged(directory, "tokenizer.json", f"has {len(tokenizer)} tokens, more than the "
+                                                        f"{config['d_vocab']} of the config's vocabulary")
+    return ModelShape.of(config)
+
+
 def _load_directory(directory: Path, device: str, processing: WeightProcessing) -> HookedTransformer:
     from safetensors.torch import load_file
 
-    config: dict[str, Any] = json.loads((directory / CONFIG_FILE).read_text())
-    config["dtype"] = getattr(torch, config.get("dtype", "float32"))
+    check_directory(directory)
+    config = _read_config(directory)
     saved = _saved_processing(directory)
     if not saved.is_none and saved != processing and processing != DEFAULT_PROCESSING:
         raise UsageError(
