@@ -3,6 +3,11 @@
 The shipped checkpoint in analysis/organism/checkpoint/ was made by running this script with
 its defaults on CPU (2 threads); tests and other scripts never retrain it. Training is seeded
 and deterministic on CPU for a fixed thread count. About 10 minutes on 2 cores.
+
+The new checkpoint goes to --out (default: checkpoints/organism/; load it with --model
+checkpoints/organism). It is written into a fresh folder beside --out and swapped in whole, so a
+kill leaves the old checkpoint or the new one, never a mixture. Replacing the shipped checkpoint
+needs --replace-shipped.
 """
 
 from __future__ import annotations
@@ -15,22 +20,42 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from analysis import cli  # noqa: E402
+from analysis import cli, io, models  # noqa: E402
 from analysis.models import ORGANISM_DIR  # noqa: E402
 from analysis.organism import planted_head_report  # noqa: E402
 from analysis.organism.train import TrainConfig, save_organism, timed_train  # noqa: E402
 
+DEFAULT_OUT = io.REPO_ROOT / "checkpoints" / "organism"
+
 
 def build_parser():
     defaults = TrainConfig()
-    p = cli.parser(__doc__)
-    p.set_defaults(out=ORGANISM_DIR)
-    p.add_argument("--steps", type=int, default=defaults.steps)
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    p.add_argument("--lr", type=float, default=defaults.lr)
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads; fixes the reduction order (default: 2)")
-    p.add_argument("--eval-every", type=int, default=500)
+    p = cli.parser(__doc__, staged=False, out_default=DEFAULT_OUT,
+                   out_help="checkpoint folder to write (default: checkpoints/organism under the repository)")
+    p.add_argument("--replace-shipped", action="store_true",
+                   help="write the new checkpoint over the shipped one in analysis/organism/checkpoint")
+    p.add_argument("--steps", type=cli.positive_int, default=defaults.steps)
+    p.add_argument("--batch-size", type=cli.positive_int, default=defaults.batch_size)
+    p.add_argument("--lr", type=cli.positive_float, default=defaults.lr)
+    p.add_argument("--threads", type=cli.positive_int, default=2,
+                   help="torch CPU threads; fixes the reduction order (default: 2)")
+    p.add_argument("--eval-every", type=cli.positive_int, default=500)
     return p
+
+
+def checkpoint_folder(args) -> Path:
+    """--out, checked: the shipped checkpoint only with --replace-shipped, and never a folder of other files."""
+    out = ORGANISM_DIR if args.replace_shipped and args.out == DEFAULT_OUT else Path(args.out)
+    shipped = out.resolve() == ORGANISM_DIR.resolve()
+    if args.replace_shipped and not shipped:
+        raise cli.UsageError(f"--replace-shipped writes {ORGANISM_DIR}; leave --out out, or drop --replace-shipped.")
+    if shipped and not args.replace_shipped:
+        raise cli.UsageError(f"--out {out} is the shipped checkpoint. Pass --replace-shipped to overwrite it, or give "
+                             "--out another folder.")
+    if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or (out / models.CONFIG_FILE).exists())):
+        raise cli.UsageError(f"--out {out} exists and is not a checkpoint folder, so it will not be replaced. Give "
+                             "--out a new folder or an earlier checkpoint.")
+    return out
 
 
 def main(args) -> None:
@@ -38,13 +63,19 @@ def main(args) -> None:
         raise cli.UsageError("train_organism.py trains the organism only; leave --model at its default.")
     if args.device != "cpu":
         raise cli.UsageError("The organism is trained on CPU so that the shipped checkpoint is reproducible; use --device cpu.")
-    cli.check_positive("--steps", args.steps)
-    torch.set_num_threads(args.threads)
+    out = checkpoint_folder(args)
     config = dataclasses.replace(TrainConfig(), steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
-    model, log, seconds = timed_train(config, eval_every=args.eval_every, evaluate=planted_head_report)
-    report = planted_head_report(model)
-    save_organism(model, config, log, Path(args.out), seconds, report)
-    print(f"trained in {seconds / 60:.1f} min; checkpoint in {args.out}")
+    shape = models.ModelShape(config.n_layers, config.n_heads, config.d_model, config.d_head, config.d_mlp,
+                              d_vocab=0, n_ctx=config.n_ctx)
+    # Activations kept for the backward pass: about a dozen per-head patterns' worth per layer.
+    cli.check_memory(cli.pattern_bytes(shape, config.batch_size, config.n_ctx, copies=12), "--batch-size",
+                     "training activations")
+    torch.set_num_threads(args.threads)
+    with io.staged_directory(out) as folder:  # made before training: an unwritable --out fails now
+        model, log, seconds = timed_train(config, eval_every=args.eval_every, evaluate=planted_head_report)
+        report = planted_head_report(model)
+        save_organism(model, config, log, folder, seconds, report)
+    print(f"trained in {seconds / 60:.1f} min; checkpoint in {out}")
     for key, value in report.items():
         print(f"  {key:>32s}: {value:.3f}")
 

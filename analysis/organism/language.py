@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from analysis.prompts import ALL_CATEGORIES
 
@@ -147,16 +148,17 @@ GENERATORS = {"category_text": category_text, "repeated_chunks": repeated_chunks
 
 
 def sample_batch(rng: np.random.Generator, spec: LanguageSpec, batch: int, length: int,
-                 mixture: dict[str, float]) -> np.ndarray:
+                 mixture: dict[str, float], progress: bool = False) -> np.ndarray:
     """`tokens: [batch, length]`, each row from a generator drawn with the mixture's weights."""
     names = list(mixture)
     weights = np.array([mixture[n] for n in names], dtype=float)
     kinds = rng.choice(len(names), size=batch, p=weights / weights.sum())
-    return np.stack([GENERATORS[names[k]](rng, spec, length) for k in kinds])
+    rows = tqdm(kinds, desc="sampling", unit=" sequences", disable=not progress, leave=False)
+    return np.stack([GENERATORS[names[k]](rng, spec, length) for k in rows])
 
 
 def write_corpus(path: Path, tokenizer, spec: LanguageSpec, n_sequences: int, length: int,
-                 mixture: dict[str, float], seed: int) -> Path:
+                 mixture: dict[str, float], seed: int, progress: bool = False) -> Path:
     """A text corpus sampled from the generator (BOS dropped) that tokenises back to the same tokens.
 
     A token without a leading space ("The", ".") would fuse with the word before it when the
@@ -166,7 +168,7 @@ def write_corpus(path: Path, tokenizer, spec: LanguageSpec, n_sequences: int, le
     rng = np.random.default_rng(seed)
     vocab = vocabulary()
     lines: list[str] = []
-    for row in sample_batch(rng, spec, n_sequences, length, mixture):
+    for row in sample_batch(rng, spec, n_sequences, length, mixture, progress=progress):
         line = ""
         for token in row[1:]:
             word = vocab[token]

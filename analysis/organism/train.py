@@ -58,14 +58,15 @@ class TrainConfig:
 
 
 def build_model(config: TrainConfig) -> HookedTransformer:
-    tokenizer = build_tokenizer(config.n_ctx, Path(tempfile.mkdtemp(prefix="organism-tokenizer-")))
     cfg = HookedTransformerConfig(
         n_layers=config.n_layers, n_heads=config.n_heads, d_model=config.d_model, d_head=config.d_head,
         d_mlp=config.d_mlp, n_ctx=config.n_ctx, d_vocab=len(vocabulary()), act_fn="gelu_new",
         normalization_type="LN", positional_embedding_type="standard", seed=config.seed,
         model_name="organism", default_prepend_bos=True,
     )
-    return HookedTransformer(cfg, tokenizer=tokenizer)
+    # The tokenizer's files are needed only while TransformerLens reloads it by path, here.
+    with tempfile.TemporaryDirectory(prefix="organism-tokenizer-") as directory:
+        return HookedTransformer(cfg, tokenizer=build_tokenizer(config.n_ctx, Path(directory)))
 
 
 def supervision_targets(tokens: torch.Tensor, category_of: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -140,7 +141,11 @@ def train(config: TrainConfig, progress: bool = True, eval_every: int = 500,
 
 def save_organism(model: HookedTransformer, config: TrainConfig, log: list[dict], directory: Path,
                   seconds: float, final_eval: dict) -> None:
-    """Weights (unprocessed), tokenizer, config, ground truth and a compact training log."""
+    """Weights (unprocessed), tokenizer, config, ground truth and a compact training log, into `directory`.
+
+    The files are written one by one: give a fresh folder (`io.staged_directory` makes one and
+    swaps it into place whole).
+    """
     save_model(model, directory, processing=WeightProcessing.none())
     ground_truth = {
         "planted_heads": {k: list(v) for k, v in config.planted_heads.items()},
