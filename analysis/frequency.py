@@ -6,6 +6,11 @@ The table has one row per vocabulary token, most frequent first:
 
 `token` is the decoded string (" red", with GPT-2's leading space). Lines are tokenised one at
 a time without their trailing newline, so newline tokens are not counted.
+
+A corpus must be text (`check_corpus`), and at most `MAX_UNKNOWN_SHARE` of its tokens may be the
+tokenizer's unknown token (`check_unknown_share`): above that the table would describe the
+tokenizer's gaps rather than the corpus (a GPT-2 corpus on the organism's word-level vocabulary).
+Tables read back are checked column by column (`read_frequency_csv`).
 """
 
 from __future__ import annotations
@@ -20,9 +25,50 @@ import torch
 from tqdm.auto import tqdm
 
 from analysis.errors import UsageError
-from analysis.io import results_path, write_text_atomic
+from analysis.io import results_path, write_output
 
 COLUMNS = ["token", "id", "count", "probability"]
+MAX_UNKNOWN_SHARE = 0.05  # default of token_freq.py --max-unknown-share
+WRITER = "`python scripts/token_freq.py --model <model> --corpus <text file>`"
+
+
+def check_corpus(path: Path, sample_bytes: int = 1 << 20) -> None:
+    """A `UsageError` unless `path` is a UTF-8 text file (its first `sample_bytes` are checked)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"--corpus {path} is not a readable file. Give a text file, e.g. WikiText-103's "
+                         "wiki.train.tokens.")
+    with open(path, "rb") as handle:
+        sample = handle.read(sample_bytes)
+    if b"\0" in sample:
+        raise UsageError(f"--corpus {path} is a binary file (it holds NUL bytes), not text. Give a text file, "
+                         "e.g. WikiText-103's wiki.train.tokens.")
+    try:
+        sample.decode("utf-8")
+    except UnicodeDecodeError as err:
+        if err.start < len(sample) - 4:  # a character cut by the end of the sample is fine
+            raise UsageError(f"--corpus {path} is not UTF-8 text (byte {err.start} cannot be decoded). Give a "
+                             "UTF-8 text file.") from None
+
+
+def unknown_share(counts: np.ndarray, tokenizer) -> float | None:
+    """Share of the tokenizer's unknown token in `counts`, or None for a tokenizer that has none (GPT-2's)."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None or unk in (tokenizer.bos_token_id, tokenizer.eos_token_id) or not counts.sum():
+        return None
+    return float(counts[unk] / counts.sum())
+
+
+def check_unknown_share(counts: np.ndarray, tokenizer, limit: float, source: str) -> None:
+    """A `UsageError` when more than `limit` of the corpus's tokens are unknown to the tokenizer."""
+    share = unknown_share(counts, tokenizer)
+    if share is not None and share > limit:
+        raise UsageError(
+            f"{share:.1%} of the tokens of the corpus {source} are unknown to this model's tokenizer "
+            f"({tokenizer.unk_token!r}), more than the {limit:.0%} allowed (--max-unknown-share), so the table "
+            "would count the tokenizer's gaps, not the corpus. Give a corpus in this model's vocabulary (for "
+            "the organism, leave --corpus out to sample its own language)."
+        )
 
 
 def count_tokens(tokenizer, lines: Iterable[str], d_vocab: int, batch_lines: int = 1024,
@@ -57,16 +103,56 @@ def frequency_csv_path(out: Path | str, model_name: str) -> Path:
 
 
 def write_frequency_csv(table: pd.DataFrame, path: Path | str) -> Path:
-    return write_text_atomic(path, table[COLUMNS].to_csv(index=False))
+    return write_output(path, table[COLUMNS].to_csv(index=False))
 
 
-def read_frequency_csv(path: Path | str) -> pd.DataFrame:
-    """The table written by `write_frequency_csv`; tokens such as "null" or "NaN" stay strings."""
+def read_frequency_csv(path: Path | str, d_vocab: int | None = None) -> pd.DataFrame:
+    """The table written by `write_frequency_csv`, checked; tokens such as "null" or "NaN" stay strings.
+
+    A missing or malformed file (not a CSV, columns missing, ids or counts that are not whole
+    numbers, ids repeated or outside `d_vocab`) is a `UsageError` naming the file and the fix.
+    """
     path = Path(path)
-    if not path.exists():
-        raise UsageError(f"No token-frequency table at {path}. Write it first with "
-                         "`python scripts/token_freq.py --model <model> --corpus <text file>`.")
-    return pd.read_csv(path, dtype={"token": str}, keep_default_na=False, na_filter=False)
+    if not path.is_file():
+        raise UsageError(f"No token-frequency table at {path}. Write it first with {WRITER}.")
+
+    def bad(problem: str) -> UsageError:
+        return UsageError(f"{path} is not a token-frequency table: {problem}. Write a correct one with {WRITER}.")
+
+    with open(path, "rb") as handle:
+        if b"\0" in handle.read(1 << 20):
+            raise bad("it is a binary file")
+    try:
+        table = pd.read_csv(path, dtype={"token": str}, keep_default_na=False, na_filter=False, encoding="utf-8")
+    except UnicodeDecodeError:
+        raise bad("it is not UTF-8 text") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise bad(f"it does not parse as CSV ({' '.join(str(err).split())[:120]})") from None
+    missing = [c for c in COLUMNS if c not in table.columns]
+    if missing:
+        raise bad(f"it lacks the column(s) {', '.join(missing)} (it has {', '.join(map(str, table.columns))})")
+    if table.empty:
+        raise bad("it has no rows")
+    for column in ("id", "count"):
+        if not pd.api.types.is_integer_dtype(table[column]):
+            raise bad(f"its {column!r} column holds values that are not whole numbers")
+    probability = pd.to_numeric(table["probability"], errors="coerce")
+    if probability.isna().any():
+        raise bad("its 'probability' column holds values that are not numbers")
+    if (table["count"] < 0).any() or (probability < 0).any():
+        raise bad("it has negative counts or probabilities")
+    if table["id"].duplicated().any():
+        raise bad(f"token id {int(table['id'][table['id'].duplicated()].iloc[0])} appears twice")
+    if (table["id"] < 0).any() or (d_vocab is not None and (table["id"] >= d_vocab).any()):
+        raise bad(f"it has token ids outside this model's vocabulary of {d_vocab} tokens, so it was written "
+                  "for another model" if d_vocab is not None else "it has negative token ids")
+    table["probability"] = probability
+    return table
+
+
+def check_frequency_csv(path: Path, shape) -> None:
+    """`read_frequency_csv` as an input-file check of `cli.Parser.input_file`."""
+    read_frequency_csv(path, shape.d_vocab if shape is not None else None)
 
 
 def most_frequent_ids(table: pd.DataFrame, n: int, exclude: Sequence[int] = ()) -> torch.Tensor:

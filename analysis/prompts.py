@@ -82,6 +82,44 @@ def single_token_ids(tokenizer, words: Sequence[str]) -> list[int]:
     return ids
 
 
+def check_text(tokenizer, text: str, n_ctx: int, what: str, truncate: bool = False) -> dict | None:
+    """Refuse a text prompt (BOS + its tokens) that this model cannot read as written.
+
+    A `UsageError` names the problem: the text has no token besides BOS; it holds words the
+    tokenizer maps to its unknown token (named); or it is longer than the context `n_ctx` (BOS
+    included), unless `truncate`, when the return value records the cut:
+    {"tokens": full length, "kept_tokens": n_ctx, "removed_text": what falls off the end}.
+    `what` says where the text came from ("--prompt", "line 3 of prompts.txt").
+    """
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = encoded["input_ids"], encoded.get("offset_mapping")
+    if not ids:
+        raise UsageError(f"{what} {text!r} holds no token besides BOS, so there is nothing to compute on. "
+                         "Give a prompt with at least one word.")
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is not None and unk not in (tokenizer.bos_token_id, tokenizer.eos_token_id) and unk in ids:
+        spans = [i for i, t in enumerate(ids) if t == unk]
+        words = list(dict.fromkeys(text[offsets[i][0]:offsets[i][1]] if offsets else "?" for i in spans))
+        raise UsageError(
+            f"{what} holds {len(spans)} token(s) that this model's tokenizer does not know and would read as "
+            f"{tokenizer.unk_token!r}: " + ", ".join(map(repr, words)) + ". Remove or respell them (the "
+            "organism knows only the study's category words and a few hundred fillers; repeated spaces are "
+            "unknown too)."
+        )
+    length = 1 + len(ids)
+    if length <= n_ctx:
+        return None
+    cut = offsets[n_ctx - 2][1] if offsets else None  # end of the last token that fits after BOS
+    if not truncate:
+        tail = f" (everything from {text[cut:cut + 40]!r} on falls outside)" if cut is not None else ""
+        raise UsageError(
+            f"{what} is {length} tokens long (BOS included), but the model's context holds {n_ctx} tokens{tail}. "
+            f"Shorten it to at most {n_ctx - 1} tokens after BOS, or pass --truncate to keep only the first "
+            f"{n_ctx} tokens (the results then record the cut)."
+        )
+    return {"tokens": length, "kept_tokens": n_ctx, "removed_text": text[cut:] if cut is not None else None}
+
+
 def category_index(tokenizer, categories: Mapping[str, Sequence[str]], d_vocab: int) -> Tensor:
     """`category_of: [d_vocab]` with each category word's category number, and -1 elsewhere."""
     category_of = torch.full((d_vocab,), -1, dtype=torch.long)

@@ -48,7 +48,8 @@ def build_parser():
     p.add_argument("--corrupted", default=None, help="corrupted prompt, same number of tokens as --clean")
     p.add_argument("--answer", default=None, help="the clean prompt's answer token, e.g. ' Mary'")
     p.add_argument("--wrong", default=None, help="the corrupted prompt's answer token, e.g. ' John'")
-    p.add_argument("--top", type=int, default=5, help="heads listed (default: 5)")
+    p.add_argument("--top", type=cli.positive_int, default=5, help="heads listed (default: 5)")
+    p.prompt("--clean", "--corrupted")
     return p
 
 
@@ -63,7 +64,6 @@ def prompt_pair(args) -> tuple[str, str, str, str, str]:
 
 
 def main(args) -> None:
-    cli.check_positive("--top", args.top)
     model = load_model(args.model, args.device)
     if model.tokenizer is None:
         raise UsageError("Patching here compares text prompts, so it needs a model with a tokenizer; "

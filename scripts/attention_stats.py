@@ -35,11 +35,17 @@ NAME = "attention_stats"
 
 def build_parser():
     p = cli.parser(__doc__)
-    p.add_argument("--n-prompts", type=int, default=16, help="prompts per generated prompt set (default: 16)")
-    p.add_argument("--length", type=int, default=48, help="tokens after BOS per generated prompt (default: 48)")
+    p.add_argument("--n-prompts", type=cli.positive_int, default=16,
+                   help="prompts per generated prompt set (default: 16)")
+    p.add_argument("--length", type=cli.int_at_least(2), default=48,
+                   help="tokens after BOS per generated prompt, at least 2 (the repeated set needs r + r) "
+                        "(default: 48)")
     p.add_argument("--text", type=Path, default=None,
                    help="file with one text prompt per line (replaces the generated set)")
-    p.add_argument("--top", type=int, default=5, help="heads listed per ranking (default: 5)")
+    p.add_argument("--top", type=cli.positive_int, default=5, help="heads listed per ranking (default: 5)")
+    p.fits_context("--length", lambda n: 1 + n)
+    p.memory("--n-prompts or --length", lambda a, s: 0 if a.text else cli.pattern_bytes(s, a.n_prompts, 1 + a.length))
+    p.prompt_file("--text")
     return p
 
 
@@ -65,7 +71,6 @@ def prompt_sets(model, args) -> dict[str, list[torch.Tensor]]:
 
 
 def main(args) -> None:
-    cli.check_positive_args(args, "n_prompts", "length", "top")
     model = load_model(args.model, args.device)
     shape = (model.cfg.n_layers, model.cfg.n_heads)
 

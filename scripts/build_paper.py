@@ -22,7 +22,7 @@ from writeup.results import PAPER_DIR  # noqa: E402
 
 
 def build_parser():
-    p = cli.parser(__doc__)
+    p = cli.parser(__doc__, staged=False)  # writes paper/build and --pdf, nothing under --out
     p.add_argument("--generated", type=Path, default=None,
                    help="generated inputs (default: paper/generated/<model>)")
     p.add_argument("--build-dir", type=Path, default=None, help="LaTeX's output directory (default: paper/build/<model>)")

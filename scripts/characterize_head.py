@@ -35,11 +35,20 @@ NAME = "characterize_head"
 
 def build_parser():
     p = cli.parser(__doc__, target_head=True)
-    p.add_argument("--n-prompts", type=int, default=64, help="category prompts in the survey (default: 64)")
-    p.add_argument("--n-words", type=int, default=64, help="words per survey prompt, BOS not counted (default: 64)")
-    p.add_argument("--example-words", type=int, default=24, help="words in the example prompt (default: 24)")
-    p.add_argument("--n-resamples", type=int, default=2000, help="bootstrap resamples for the CIs (default: 2000)")
-    p.add_argument("--top", type=int, default=5, help="heads printed in the summary (default: 5)")
+    p.add_argument("--n-prompts", type=cli.positive_int, default=64,
+                   help="category prompts in the survey (default: 64)")
+    p.add_argument("--n-words", type=cli.positive_int, default=64,
+                   help="words per survey prompt, BOS not counted (default: 64)")
+    p.add_argument("--example-words", type=cli.positive_int, default=24,
+                   help="words in the example prompt (default: 24)")
+    p.add_argument("--n-resamples", type=cli.positive_int, default=2000,
+                   help="bootstrap resamples for the CIs (default: 2000)")
+    p.add_argument("--top", type=cli.positive_int, default=5, help="heads printed in the summary (default: 5)")
+    p.fits_context("--n-words", lambda n: 1 + n)
+    p.fits_context("--example-words", lambda n: 1 + n)
+    p.memory("--n-prompts or --n-words", lambda a, s: cli.pattern_bytes(s, a.n_prompts, 1 + a.n_words))
+    p.memory("--n-resamples or --n-prompts", lambda a, s: 16 * a.n_resamples * a.n_prompts * s.n_layers * s.n_heads,
+             "bootstrap resamples")
     return p
 
 
@@ -57,7 +66,6 @@ def example_figure(pattern, mask, labels, layer: int, head: int, title: str):
 
 
 def main(args) -> None:
-    cli.check_positive_args(args, "n_prompts", "n_words", "example_words", "n_resamples", "top")
     model = load_model(args.model, args.device)
 
     chosen = None if args.layer is None and args.head is None else scan.target_head(model, args.layer, args.head)
@@ -93,7 +101,7 @@ def main(args) -> None:
     fig = example_figure(pattern[layer, head], mask[0], labels, layer, head,
                          f"{args.model}: example prompt, S = {example['surprisal']:.2f} nats")
     io.save_figure(fig, args.out, args.model, f"{NAME}_example")
-    html = io.write_text_atomic(io.figures_dir(args.out, args.model) / f"{NAME}_layer{layer}.html",
+    html = io.write_output(io.figures_dir(args.out, args.model) / f"{NAME}_layer{layer}.html",
                                 attention_heads_html(pattern[layer], labels, [f"L{layer}H{h}" for h in range(model.cfg.n_heads)],
                                                      f"{args.model}: layer {layer}"))
 

@@ -25,7 +25,9 @@ import torch  # noqa: E402
 
 from analysis import cli, clustering, io, prompts, scan  # noqa: E402
 from analysis import qk_decomposition as qk  # noqa: E402
-from analysis.frequency import frequency_csv_path, most_frequent_ids, read_frequency_csv  # noqa: E402
+from analysis.frequency import (  # noqa: E402
+    check_frequency_csv, frequency_csv_path, most_frequent_ids, read_frequency_csv,
+)
 from analysis.token_maps import add_input_argument, load_target, token_inputs  # noqa: E402
 from analysis.vocab_input import head_weights  # noqa: E402
 
@@ -35,14 +37,17 @@ NAME = "clustering"
 def build_parser():
     p = cli.parser(__doc__, target_head=True)
     add_input_argument(p, default="context")
-    p.add_argument("--n-tokens", type=int, default=3000, help="most frequent tokens in the graph (default: 3000)")
+    p.add_argument("--n-tokens", type=cli.positive_int, default=3000,
+                   help="most frequent tokens in the graph (default: 3000)")
     p.add_argument("--frequencies", type=Path, default=None,
                    help="token-frequency CSV (default: results/<model>/token_freq.csv under --out)")
-    p.add_argument("--k", type=int, default=4, help="keys kept per query (default: 4)")
+    p.input_file("--frequencies", check_frequency_csv)
+    p.add_argument("--k", type=cli.positive_int, default=4, help="keys kept per query (default: 4)")
     p.add_argument("--keep-self", action="store_true", help="let a token be one of its own top keys")
     p.add_argument("--method", choices=clustering.METHODS, default="modularity",
                    help="Leiden quality: modularity or rbconfiguration (default: modularity)")
-    p.add_argument("--resolution", type=float, default=1.0, help="resolution of rbconfiguration (default: 1.0)")
+    p.add_argument("--resolution", type=cli.positive_float, default=1.0,
+                   help="resolution of rbconfiguration (default: 1.0)")
     return p
 
 
@@ -60,7 +65,6 @@ def node_tokens(model, n_tokens: int, frequencies: Path | None, out: Path, model
 
 
 def main(args) -> None:
-    cli.check_positive_args(args, "n_tokens", "k")
     model, layer, head = load_target(args)
     ids = node_tokens(model, args.n_tokens, args.frequencies, args.out, args.model)
     labels = model.tokenizer.batch_decode(ids[:, None].tolist())
@@ -92,7 +96,7 @@ def main(args) -> None:
              for i in range(len(ids))]
     html = clustering.graph_html(coords, source.numpy(), target.numpy(), labels, membership, hover,
                                  f"L{layer}H{head} token communities ({args.model}, {args.input} inputs)")
-    html_path = io.write_text_atomic(io.figures_dir(args.out, args.model) / f"{NAME}.html", html)
+    html_path = io.write_output(io.figures_dir(args.out, args.model) / f"{NAME}.html", html)
 
     print(f"L{layer}H{head}: {len(ids)} tokens, {len(source)} edges, {len(found)} communities, "
           f"modularity {results['modularity']:.3f}; against the categories ({agreement['n_tokens']} words): "

@@ -31,8 +31,12 @@ NAME = "component_ablation"
 
 def build_parser():
     p = cli.parser(__doc__, target_head=True)
-    p.add_argument("--n-prompts", type=int, default=128, help="category prompts (default: 128)")
-    p.add_argument("--n-words", type=int, default=64, help="words per prompt, BOS not counted (default: 64)")
+    p.add_argument("--n-prompts", type=cli.positive_int, default=128, help="category prompts (default: 128)")
+    p.add_argument("--n-words", type=cli.positive_int, default=64,
+                   help="words per prompt, BOS not counted (default: 64)")
+    p.fits_context("--n-words", lambda n: 1 + n)
+    p.memory("--n-prompts or --n-words",
+             lambda a, s: cli.pattern_bytes(s, a.n_prompts, 1 + a.n_words, heads=1, copies=4))
     p.add_argument("--modes", nargs="+", choices=("mean", "zero"), default=["mean", "zero"],
                    help="ablation modes (default: mean zero)")
     p.add_argument("--ablate-bos", action="store_true",
@@ -59,7 +63,6 @@ def box_plot(study, layer: int, head: int, title: str):
 
 
 def main(args) -> None:
-    cli.check_positive_args(args, "n_prompts", "n_words")
     model = load_model(args.model, args.device)
     layer, head = scan.target_head(model, args.layer, args.head, args.seed)
     tokens, mask = scan.category_probe(model, prompts.ALL_CATEGORIES, args.n_prompts, args.n_words, args.seed)

@@ -31,7 +31,9 @@ import torch  # noqa: E402
 
 from analysis import cli, io, prompts, scan, similarity  # noqa: E402
 from analysis.errors import UsageError  # noqa: E402
-from analysis.frequency import frequency_csv_path, most_frequent_ids, read_frequency_csv  # noqa: E402
+from analysis.frequency import (  # noqa: E402
+    check_frequency_csv, frequency_csv_path, most_frequent_ids, read_frequency_csv,
+)
 from analysis.models import load_model  # noqa: E402
 from analysis.vocab_input import head_input, head_weights  # noqa: E402
 
@@ -41,11 +43,12 @@ DEFAULT_TOKENS = 8192
 
 def build_parser():
     p = cli.parser(__doc__, target_head=True)
-    p.add_argument("--n-tokens", type=int, default=None,
+    p.add_argument("--n-tokens", type=cli.int_at_least(2), default=None,
                    help=f"most frequent tokens to pair up (default: {DEFAULT_TOKENS}, or every ordinary token "
                         "of a smaller vocabulary)")
     p.add_argument("--freq-csv", type=Path, default=None,
                    help="token-frequency table (default: OUT/results/<model>/token_freq.csv from token_freq.py)")
+    p.input_file("--freq-csv", check_frequency_csv)
     p.add_argument("--variant", choices=("mean", "zero"), default="mean",
                    help="head input: mean positional and attention-0 outputs added, or set to zero (default: mean)")
     p.add_argument("--no-bias", action="store_true", help="leave b_Q and b_K out of the scores")
@@ -53,9 +56,12 @@ def build_parser():
                    help="nats: attention logits as the softmax sees them; bits-unscaled: s * sqrt(d_head) / ln 2")
     p.add_argument("--window", type=float, default=0.025, help="width of the cosine windows (default: 0.025)")
     p.add_argument("--query", default=" red", help="example query token (default: ' red')")
-    p.add_argument("--n-labels", type=int, default=8, help="best keys labelled for the example query (default: 8)")
-    p.add_argument("--n-resamples", type=int, default=1000, help="bootstrap resamples for the CIs (default: 1000)")
-    p.add_argument("--chunk-size", type=int, default=1024, help="queries per chunk, bounds memory (default: 1024)")
+    p.add_argument("--n-labels", type=cli.positive_int, default=8,
+                   help="best keys labelled for the example query (default: 8)")
+    p.add_argument("--n-resamples", type=cli.positive_int, default=1000,
+                   help="bootstrap resamples for the CIs (default: 1000)")
+    p.add_argument("--chunk-size", type=cli.positive_int, default=1024,
+                   help="queries per chunk, bounds memory (default: 1024)")
     return p
 
 
@@ -100,11 +106,8 @@ def figure(centres, windows, start, top, example, query: str, unit: str, title: 
 
 
 def main(args) -> None:
-    cli.check_positive_args(args, "n_labels", "n_resamples", "chunk_size")
     if not 0 < args.window <= 1:
         raise UsageError(f"--window must lie in (0, 1], got {args.window}.")
-    if args.n_tokens is not None and args.n_tokens < 2:
-        raise UsageError(f"--n-tokens must be at least 2 (pairs of different tokens), got {args.n_tokens}.")
     model = load_model(args.model, args.device)
     if model.tokenizer is None:
         raise UsageError(f"Model {args.model!r} has no tokenizer: token sets and the example query need one.")

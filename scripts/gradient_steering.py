@@ -38,20 +38,23 @@ def build_parser():
     p.add_argument("--directions", nargs="+", choices=sorted(steering.SIGN), default=["suppress", "restore"],
                    help="steer self-attention down (suppress) and/or back up (restore) (default: both)")
     p.add_argument("--lam", type=float, default=1.0, help="λ, weight of the partner-mass term (default: 1.0)")
-    p.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (default: 0.01)")
-    p.add_argument("--steps", type=int, default=25, help="gradient steps (default: 25)")
-    p.add_argument("--batch-size", type=int, default=16, help="prompts per step (default: 16)")
-    p.add_argument("--n-prompts", type=int, default=64, help="training prompts, and as many held out (default: 64)")
-    p.add_argument("--n-words", type=int, default=64, help="words per category prompt (default: 64)")
+    p.add_argument("--lr", type=cli.positive_float, default=1e-2, help="Adam learning rate (default: 0.01)")
+    p.add_argument("--steps", type=cli.positive_int, default=25, help="gradient steps (default: 25)")
+    p.add_argument("--batch-size", type=cli.positive_int, default=16, help="prompts per step (default: 16)")
+    p.add_argument("--n-prompts", type=cli.positive_int, default=64,
+                   help="training prompts, and as many held out (default: 64)")
+    p.add_argument("--n-words", type=cli.positive_int, default=64, help="words per category prompt (default: 64)")
+    p.fits_context("--n-words", lambda n: 1 + n)
+    p.memory("--n-prompts or --n-words", lambda a, s: 2 * cli.pattern_bytes(s, a.n_prompts, 1 + a.n_words, heads=1))
     p.add_argument("--trace-relative", type=float, nargs="+", default=[0.1, 0.3, 1.0],
                    help="sizes of the closed-form step, ||η W_Q W_Q^T|| / ||W_Q W_K^T|| (default: 0.1 0.3 1)")
     p.add_argument("--query", default=" Monday", help="query word for the top-keys table (default: ' Monday')")
-    p.add_argument("--top", type=int, default=10, help="keys listed per condition (default: 10)")
+    p.add_argument("--top", type=cli.positive_int, default=10, help="keys listed per condition (default: 10)")
+    p.at_most("--top", lambda s: s.d_vocab, "tokens in the vocabulary")
     return p
 
 
 def main(args) -> None:
-    cli.check_positive_args(args, "steps", "batch_size", "n_prompts", "n_words", "top", "lr")
     model, layer, head = load_target(args)
     query_id = prompts.single_token_ids(model.tokenizer, [args.query])[0]
     W_Q, W_K, b_Q, b_K = head_weights(model, layer, head, include_bias=True)

@@ -27,7 +27,10 @@ def build_parser():
     p = cli.parser(__doc__)
     p.add_argument("--prompt", default=prompts.REPEATED_SENTENCE,
                    help="text prompt, BOS prepended (default: %(default)r)")
-    p.add_argument("--top", type=int, default=5, help="predictions kept per depth and position (default: 5)")
+    p.add_argument("--top", type=cli.positive_int, default=5,
+                   help="predictions kept per depth and position (default: 5)")
+    p.at_most("--top", lambda s: s.d_vocab, "tokens in the vocabulary")
+    p.prompt("--prompt")
     return p
 
 
@@ -54,7 +57,6 @@ def lens_figure(top1_labels, top1_prob, next_prob, depth_labels, position_labels
 
 
 def main(args) -> None:
-    cli.check_positive("--top", args.top)
     model = load_model(args.model, args.device)
     if model.tokenizer is None:
         raise UsageError("The logit lens reads a text prompt and prints tokens, so it needs a model with a tokenizer.")

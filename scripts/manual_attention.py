@@ -38,8 +38,12 @@ def build_parser():
     p = cli.parser(__doc__)
     p.add_argument("--prompt", default=prompts.REPEATED_SENTENCE,
                    help="text prompt, BOS prepended (default: %(default)r)")
-    p.add_argument("--n-random", type=int, default=4, help="prompts of uniform random tokens (default: 4)")
-    p.add_argument("--length", type=int, default=48, help="tokens per random prompt after BOS (default: 48)")
+    p.add_argument("--n-random", type=cli.positive_int, default=4, help="prompts of uniform random tokens (default: 4)")
+    p.add_argument("--length", type=cli.positive_int, default=48,
+                   help="tokens per random prompt after BOS (default: 48)")
+    p.fits_context("--length", lambda n: 1 + n)
+    p.memory("--n-random or --length", lambda a, s: cli.pattern_bytes(s, a.n_random, 1 + a.length, copies=5))
+    p.prompt("--prompt")
     p.add_argument("--layer", type=int, default=None, help="layer of the plotted head (default: sharpest head)")
     p.add_argument("--head", type=int, default=None, help="index of the plotted head (default: sharpest head)")
     return p
@@ -59,7 +63,6 @@ def compare(model, tokens, processed) -> dict:
 
 
 def main(args) -> None:
-    cli.check_positive_args(args, "n_random", "length")
     if (args.layer is None) != (args.head is None):
         raise UsageError("Give both --layer and --head, or neither to plot the sharpest head.")
     model = load_model(args.model, args.device, processing=WeightProcessing.none())

@@ -39,11 +39,17 @@ def build_parser():
     p.add_argument("--heads", nargs="+", default=None, metavar="L.H",
                    help="heads whose eigenvalues are plotted, e.g. 0.2 1.1 "
                         "(default: the top previous-token and induction heads)")
-    p.add_argument("--n-prompts", type=int, default=8,
+    p.add_argument("--n-prompts", type=cli.positive_int, default=8,
                    help="prompts per scan probe used to find the heads (default: 8)")
-    p.add_argument("--repeat-length", type=int, default=50, help="|r| of the induction probe (default: 50)")
-    p.add_argument("--baseline-samples", type=int, default=256,
+    p.add_argument("--repeat-length", type=cli.positive_int, default=50,
+                   help="|r| of the induction probe (default: 50)")
+    p.add_argument("--baseline-samples", type=cli.positive_int, default=256,
                    help="random matrix pairs for the baseline (default: 256)")
+    p.fits_context("--repeat-length", lambda r: 1 + 2 * r)
+    p.memory("--n-prompts or --repeat-length",
+             lambda a, s: cli.pattern_bytes(s, a.n_prompts,
+                                            max(1 + 2 * a.repeat_length, 1 + ScanSettings.random_length)))
+    p.memory("--baseline-samples", lambda a, s: 8 * 4 * a.baseline_samples * s.d_model * s.d_head, "random matrices")
     return p
 
 
@@ -113,7 +119,6 @@ def composition_figure(model, comp: dict[str, torch.Tensor], baseline: float, in
 
 
 def main(args) -> None:
-    cli.check_positive_args(args, "n_prompts", "repeat_length", "baseline_samples")
     model = load_model(args.model, args.device)
     if model.cfg.n_layers < 2:
         raise UsageError("Composition needs at least two layers; this model has one.")

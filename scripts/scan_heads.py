@@ -36,19 +36,28 @@ NAME = "scan_heads"
 
 def build_parser():
     p = cli.parser(__doc__)
-    p.add_argument("--n-prompts", type=int, default=16, help="random and repeated prompts per probe (default: 16)")
-    p.add_argument("--repeat-lengths", type=int, nargs="+", default=[50, 20],
+    p.add_argument("--n-prompts", type=cli.positive_int, default=16,
+                   help="random and repeated prompts per probe (default: 16)")
+    p.add_argument("--repeat-lengths", type=cli.positive_int, nargs="+", default=[50, 20],
                    help="lengths of r in [BOS] + r + r; the first is the headline (default: 50 20)")
-    p.add_argument("--category-prompts", type=int, default=64, help="category-word prompts (default: 64)")
-    p.add_argument("--category-words", type=int, default=64, help="words per category prompt (default: 64)")
-    p.add_argument("--top", type=int, default=5, help="heads listed per kind (default: 5)")
-    p.add_argument("--detect-prompts", type=int, default=10,
+    p.add_argument("--category-prompts", type=cli.positive_int, default=64, help="category-word prompts (default: 64)")
+    p.add_argument("--category-words", type=cli.positive_int, default=64,
+                   help="words per category prompt (default: 64)")
+    p.add_argument("--top", type=cli.positive_int, default=5, help="heads listed per kind (default: 5)")
+    p.add_argument("--detect-prompts", type=cli.positive_int, default=10,
                    help="text prompts r + r for the detect_head cross-check, |r| = the first repeat length "
                         "(default: 10)")
     p.add_argument("--sentence", default=prompts.IOI_SENTENCE,
                    help="natural sentence on which each kind's best head is drawn (default: %(default)r)")
     p.add_argument("--repeated-sentence", default=prompts.REPEATED_SENTENCE,
                    help="repeated sentence on which each kind's best head is drawn (default: %(default)r)")
+    p.fits_context("--repeat-lengths", lambda r: 1 + 2 * r)
+    p.fits_context("--category-words", lambda n: 1 + n)
+    p.memory("--n-prompts or --repeat-lengths", lambda a, s: cli.pattern_bytes(
+        s, a.n_prompts, max(1 + 2 * max(a.repeat_lengths), 1 + ScanSettings.random_length)))
+    p.memory("--category-prompts or --category-words",
+             lambda a, s: cli.pattern_bytes(s, a.category_prompts, 1 + a.category_words))
+    p.prompt("--sentence", "--repeated-sentence")
     return p
 
 
@@ -73,7 +82,6 @@ def pattern_figure(model, ranked, sentences):
 
 
 def main(args) -> None:
-    cli.check_positive_args(args, "n_prompts", "category_prompts", "category_words", "top", "detect_prompts")
     model = load_model(args.model, args.device)
     settings = ScanSettings(n_random=args.n_prompts, n_repeated=args.n_prompts,
                             repeat_lengths=tuple(args.repeat_lengths), n_category=args.category_prompts,

@@ -34,15 +34,18 @@ def build_parser():
     p.add_argument("--release", default=saes.GPT2_RELEASE, help=f"SAELens release (default: {saes.GPT2_RELEASE})")
     p.add_argument("--sae-id", default=None, help="SAE id in the release (default: the hook the head reads)")
     p.add_argument("--retrain-sae", action="store_true", help="organism: train the SAE again (cached, not shipped)")
-    p.add_argument("--per-category", type=int, default=3, help="features kept per category (default: 3)")
-    p.add_argument("--n-prompts", type=int, default=64, help="category prompts for naming features (default: 64)")
-    p.add_argument("--n-words", type=int, default=64, help="words per category prompt (default: 64)")
-    p.add_argument("--top-pairs", type=int, default=20, help="feature pairs listed (default: 20)")
+    p.add_argument("--per-category", type=cli.positive_int, default=3, help="features kept per category (default: 3)")
+    p.add_argument("--n-prompts", type=cli.positive_int, default=64,
+                   help="category prompts for naming features (default: 64)")
+    p.add_argument("--n-words", type=cli.positive_int, default=64, help="words per category prompt (default: 64)")
+    p.add_argument("--top-pairs", type=cli.positive_int, default=20, help="feature pairs listed (default: 20)")
+    p.fits_context("--n-words", lambda n: 1 + n)
+    p.memory("--n-prompts or --n-words",
+             lambda a, s: cli.pattern_bytes(s, a.n_prompts, 1 + a.n_words, heads=1, copies=2))
     return p
 
 
 def main(args) -> None:
-    cli.check_positive_args(args, "per_category", "n_prompts", "n_words", "top_pairs")
     model, layer, head = load_target(args)
     hook = saes.hook_for_layer(layer)
     if model.analysis_info["name"] == "organism":

@@ -39,13 +39,15 @@ def build_parser():
     add_input_argument(p)
     p.add_argument("--factors", type=float, nargs="+", default=[1.0, 0.5, 0.0, -1.0],
                    help="factors for the negative eigenvalues of W_sym (default: 1 0.5 0 -1)")
-    p.add_argument("--n-prompts", type=int, default=64, help="category prompts for the causal check (default: 64)")
-    p.add_argument("--n-words", type=int, default=64, help="words per category prompt (default: 64)")
+    p.add_argument("--n-prompts", type=cli.positive_int, default=64,
+                   help="category prompts for the causal check (default: 64)")
+    p.add_argument("--n-words", type=cli.positive_int, default=64, help="words per category prompt (default: 64)")
+    p.fits_context("--n-words", lambda n: 1 + n)
+    p.memory("--n-prompts or --n-words", lambda a, s: cli.pattern_bytes(s, a.n_prompts, 1 + a.n_words, heads=1))
     return p
 
 
 def main(args) -> None:
-    cli.check_positive_args(args, "n_prompts", "n_words")
     model, layer, head = load_target(args)
     d_head = model.cfg.d_head
     W_Q, W_K, b_Q, b_K = head_weights(model, layer, head, include_bias=True)

@@ -36,22 +36,24 @@ NAME = "svd_rank_ablation"
 def build_parser():
     p = cli.parser(__doc__, target_head=True)
     add_input_argument(p)
-    p.add_argument("--ks", type=int, nargs="+", default=[1, 4, 8, 16, 24, 32],
+    p.add_argument("--ks", type=cli.positive_int, nargs="+", default=[1, 4, 8, 16, 24, 32],
                    help="numbers of most-negative eigencomponents to rescale (default: 1 4 8 16 24 32)")
     p.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.5, 0.0, -1.0, -2.0],
                    help="factors for those eigenvalues; 1 = unedited (default: 1 0.5 0 -1 -2)")
-    p.add_argument("--at", type=int, nargs="+", default=[1, 128, 1024], help="K of accuracy@K (default: 1 128 1024)")
-    p.add_argument("--n-prompts", type=int, default=16,
+    p.add_argument("--at", type=cli.positive_int, nargs="+", default=[1, 128, 1024],
+                   help="K of accuracy@K (default: 1 128 1024)")
+    p.add_argument("--n-prompts", type=cli.positive_int, default=16,
                    help="category prompts per cell for the self mass (default: 16)")
-    p.add_argument("--n-words", type=int, default=64, help="words per category prompt (default: 64)")
-    p.add_argument("--chunk-size", type=int, default=1024, help="queries per block of scores (default: 1024)")
+    p.add_argument("--n-words", type=cli.positive_int, default=64, help="words per category prompt (default: 64)")
+    p.add_argument("--chunk-size", type=cli.positive_int, default=1024,
+                   help="queries per block of scores (default: 1024)")
+    p.fits_context("--n-words", lambda n: 1 + n)
+    p.memory("--n-prompts or --n-words", lambda a, s: cli.pattern_bytes(s, a.n_prompts, 1 + a.n_words, heads=1))
+    p.memory("--chunk-size", lambda a, s: 3 * 4 * min(a.chunk_size, s.d_vocab) * s.d_vocab, "blocks of scores")
     return p
 
 
 def main(args) -> None:
-    for flag, value in (("--n-prompts", args.n_prompts), ("--n-words", args.n_words),
-                        ("--chunk-size", args.chunk_size), ("--ks", min(args.ks)), ("--at", min(args.at))):
-        cli.check_positive(flag, value)
     model, layer, head = load_target(args)
     W_Q, W_K, b_Q, b_K = head_weights(model, layer, head, include_bias=True)
     spectrum = qk.symmetric_spectrum(W_Q, W_K)

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from analysis import circuits, cli, io, prompts  # noqa: E402
-from analysis.frequency import read_frequency_csv  # noqa: E402
+from analysis.frequency import check_frequency_csv, read_frequency_csv  # noqa: E402
 from analysis.models import load_model  # noqa: E402
 from analysis.scan import target_head  # noqa: E402
 from analysis.vocab_input import head_input, head_weights  # noqa: E402
@@ -37,12 +37,17 @@ def build_parser():
     p = cli.parser(__doc__, target_head=True)
     p.add_argument("--freq", type=Path, default=None,
                    help="token-frequency CSV (token,id,count,probability) from token_freq.py (default: uniform p)")
+    p.input_file("--freq", check_frequency_csv)
     p.add_argument("--variant", choices=["mean", "zero"], default="mean",
                    help="head input: mean context of the reference prompts, or zero (default: mean)")
-    p.add_argument("--keys", type=int, default=12, help="keys in the table (default: 12)")
-    p.add_argument("--queries", type=int, default=6, help="top queries per key (default: 6)")
-    p.add_argument("--outputs", type=int, default=6, help="top output tokens per key (default: 6)")
-    p.add_argument("--chunk-size", type=int, default=2048, help="vocabulary tokens per chunk (default: 2048)")
+    p.add_argument("--keys", type=cli.positive_int, default=12, help="keys in the table (default: 12)")
+    p.add_argument("--queries", type=cli.positive_int, default=6, help="top queries per key (default: 6)")
+    p.add_argument("--outputs", type=cli.positive_int, default=6, help="top output tokens per key (default: 6)")
+    p.add_argument("--chunk-size", type=cli.positive_int, default=2048,
+                   help="vocabulary tokens per chunk (default: 2048)")
+    for flag in ("--keys", "--queries", "--outputs"):
+        p.at_most(flag, lambda s: s.d_vocab, "tokens in the vocabulary")
+    p.memory("--chunk-size", lambda a, s: 3 * 4 * min(a.chunk_size, s.d_vocab) * s.d_vocab, "blocks of scores")
     return p
 
 
@@ -79,7 +84,6 @@ def table_figure(model, table, qk, ov, layer: int, head: int):
 
 
 def main(args) -> None:
-    cli.check_positive_args(args, "keys", "queries", "outputs", "chunk_size")
     model = load_model(args.model, args.device)
     layer, head = target_head(model, args.layer, args.head, args.seed)
     d_vocab = model.cfg.d_vocab

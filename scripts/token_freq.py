@@ -20,7 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from analysis import cli, io  # noqa: E402
 from analysis.errors import UsageError  # noqa: E402
-from analysis.frequency import count_tokens, frequency_csv_path, frequency_table, write_frequency_csv  # noqa: E402
+from analysis.frequency import (  # noqa: E402
+    MAX_UNKNOWN_SHARE, check_corpus, check_unknown_share, count_tokens, frequency_csv_path, frequency_table,
+    unknown_share, write_frequency_csv,
+)
 from analysis.models import load_model  # noqa: E402
 
 NAME = "token_freq"
@@ -30,9 +33,15 @@ def build_parser():
     p = cli.parser(__doc__)
     p.add_argument("--corpus", type=Path, default=None,
                    help="text file to count (default for the organism: a corpus sampled from its generator)")
-    p.add_argument("--corpus-sequences", type=int, default=2000,
+    p.add_argument("--corpus-sequences", type=cli.positive_int, default=2000,
                    help="sequences in the organism's sampled corpus (default: 2000)")
-    p.add_argument("--top", type=int, default=20, help="most frequent tokens listed (default: 20)")
+    p.add_argument("--top", type=cli.positive_int, default=20, help="most frequent tokens listed (default: 20)")
+    p.add_argument("--max-unknown-share", type=cli.positive_float, default=MAX_UNKNOWN_SHARE,
+                   help="refuse a corpus with a larger share of tokens unknown to the tokenizer "
+                        f"(default: {MAX_UNKNOWN_SHARE})")
+    p.input_file("--corpus", lambda path, shape: check_corpus(path))
+    # The sampled corpus: the token array (8 bytes a token) and its text, built whole before it is written.
+    p.memory("--corpus-sequences", lambda a, s: 0 if a.corpus else 24 * a.corpus_sequences * s.n_ctx, "sampled corpus")
     return p
 
 
@@ -44,7 +53,7 @@ def organism_corpus(model, n_sequences: int, seed: int, directory: Path) -> tupl
     mixture = TrainConfig().mixture
     spec = LanguageSpec.from_vocabulary(vocabulary())
     path = write_corpus(directory / "organism_corpus.txt", model.tokenizer, spec, n_sequences, model.cfg.n_ctx,
-                        mixture, seed)
+                        mixture, seed, progress=True)
     return path, {"source": "organism generator", "sequences": n_sequences, "length": model.cfg.n_ctx,
                   "mixture": mixture, "seed": seed}
 
@@ -63,10 +72,6 @@ def rank_plot(table, title: str):
 
 
 def main(args) -> None:
-    cli.check_positive_args(args, "corpus_sequences", "top")
-    if args.corpus is not None and not args.corpus.is_file():
-        raise UsageError(f"--corpus {args.corpus} is not a readable file. Give a text file, e.g. WikiText-103's "
-                         "wiki.train.tokens.")
     model = load_model(args.model, args.device)
     if model.tokenizer is None:
         raise UsageError(f"Model {args.model!r} has no tokenizer, so a corpus cannot be tokenised for it.")
@@ -85,13 +90,13 @@ def main(args) -> None:
     total = int(counts.sum())
     if total == 0:
         raise UsageError(f"The corpus {corpus_info['source']} holds no tokens; give a non-empty text file.")
+    check_unknown_share(counts, model.tokenizer, args.max_unknown_share, corpus_info["source"])
 
     csv = write_frequency_csv(table, frequency_csv_path(args.out, args.model))
-    unk = model.tokenizer.unk_token_id
     results = {
         "corpus": corpus_info, "csv": str(csv), "total_tokens": total,
         "distinct_tokens": int((counts > 0).sum()), "d_vocab": model.cfg.d_vocab,
-        "unknown_share": float(counts[unk] / total) if unk is not None else None,
+        "unknown_share": unknown_share(counts, model.tokenizer),
         "top": table.head(args.top).to_dict("records"),
     }
     path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,

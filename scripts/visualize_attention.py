@@ -29,6 +29,7 @@ def build_parser():
     p.add_argument("--prompt", default=prompts.REPEATED_SENTENCE,
                    help="text prompt, BOS prepended (default: %(default)r)")
     p.add_argument("--layer", type=int, default=None, help="only this layer (default: every layer)")
+    p.prompt("--prompt")
     return p
 
 
@@ -69,7 +70,7 @@ def main(args) -> None:
     for layer in layers:
         names = [f"L{layer}H{h}" for h in range(model.cfg.n_heads)]
         html = io.figures_dir(args.out, args.model) / f"{NAME}_L{layer}.html"
-        io.write_text_atomic(html, attention_heads_html(pattern[layer], labels, names,
+        io.write_output(html, attention_heads_html(pattern[layer], labels, names,
                                                           f"{args.model} layer {layer}: {args.prompt}"))
         grid = io.save_figure(layer_grid(pattern[layer], labels, layer), args.out, args.model, f"{NAME}_L{layer}")
         files[layer] = {"html": html, "figures": grid}

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from analysis.errors import UsageError
-from analysis.io import REPO_ROOT, model_slug
+from analysis.io import REPO_ROOT, model_slug, read_json
 from analysis.models import ORGANISM_DIR
 
 PAPER_DIR = REPO_ROOT / "paper"
@@ -74,7 +73,9 @@ class Results:
                 hint = ("it is one of the repository's own files: restore it with git" if source in self.fixed
                         else f"run `make figures MODEL={self.model}` (or scripts/{source}.py --model {self.model})")
                 raise UsageError(f"The paper needs {path}, which does not exist; {hint}.")
-            self._cache[source] = json.loads(path.read_text())
+            writer = ("git (it is one of the repository's own files)" if source in self.fixed
+                      else f"`python scripts/{source}.py --model {self.model}`")
+            self._cache[source] = read_json(path, writer)
         return self._cache[source]
 
     def get(self, source: str, path: str) -> Any:
@@ -93,4 +94,4 @@ class Results:
     def run_seconds(self, script: str) -> float | None:
         """Wall time of a script's last run by make, or None if make did not run it."""
         stamp = self.directory / RUNS_DIR / f"{script}.json"
-        return json.loads(stamp.read_text())["seconds"] if stamp.exists() else None
+        return read_json(stamp, f"`make figures MODEL={self.model}`")["seconds"] if stamp.exists() else None
