@@ -127,6 +127,7 @@ def _plain(value: Any) -> Any:
 
 
 def _umask() -> int:
+    """The process's umask (reading it means setting it, so it is set straight back)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -155,8 +156,8 @@ def _partial_name(path: Path) -> Path:
 def atomic_file(path: Path | str) -> Iterator[Path]:
     """Yield a temporary path beside `path`; when the block succeeds it is renamed over `path`.
 
-    Readers see the old file or the new one, never half of one. The temporary is created with mode
-    0o666 minus the umask (a `mkstemp` file's 0600 would survive the rename).
+    Readers see the old file or the new one, never half of one. The file gets mode 0o666 minus the
+    umask, whatever the writer did (a `mkstemp` or safetensors file's 0600 would survive the rename).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -164,6 +165,7 @@ def atomic_file(path: Path | str) -> Iterator[Path]:
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())
         _fsync(tmp)
         os.replace(tmp, path)
     except BaseException:
@@ -468,6 +470,7 @@ class OutputRun:
         os.close(os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         try:
             yield staged
+            os.chmod(staged, 0o666 & ~_umask())
             _fsync(staged)
         except BaseException:
             staged.unlink(missing_ok=True)
@@ -602,7 +605,7 @@ def staged_directory(target: Path | str) -> Iterator[Path]:
         with _locked(target.parent):
             _sweep_siblings(target)
             staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.new-", dir=target.parent))
-            os.chmod(staging, 0o777 & ~_umask())
+            os.chmod(staging, 0o777 & ~_umask())  # mkdtemp's 0700 would become the folder's mode
             owner_fd = os.open(staging, os.O_RDONLY)
             if fcntl is not None:
                 fcntl.flock(owner_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -30,6 +30,7 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from analysis.errors import ModelNotAvailableError, UsageError
+from analysis.io import atomic_file, write_atomic
 
 ORGANISM_DIR = Path(__file__).resolve().parent / "organism" / "checkpoint"
 CONFIG_FILE, WEIGHTS_FILE, PROCESSING_FILE = "config.json", "model.safetensors", "weight_processing.json"
@@ -282,10 +283,11 @@ def save_model(model: HookedTransformer, directory: Path | str,
             model, "analysis_info") else WeightProcessing.none()
     config = {k: v for k, v in model.cfg.to_dict().items() if k not in ("device", "dtype", "n_devices")}
     config["dtype"] = str(model.cfg.dtype).removeprefix("torch.")
-    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=str) + "\n")
+    write_atomic(directory / CONFIG_FILE, json.dumps(config, indent=2, default=str) + "\n")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(directory / WEIGHTS_FILE))
-    (directory / PROCESSING_FILE).write_text(json.dumps(dataclasses.asdict(processing), indent=2) + "\n")
+    with atomic_file(directory / WEIGHTS_FILE) as tmp:  # also gives the file the umask's mode, not 0600
+        save_file(state, str(tmp))
+    write_atomic(directory / PROCESSING_FILE, json.dumps(dataclasses.asdict(processing), indent=2) + "\n")
     if model.tokenizer is not None:
         model.tokenizer.save_pretrained(directory)
     return directory

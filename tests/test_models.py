@@ -35,6 +35,31 @@ def test_save_and_load_round_trip(organism, tmp_path):
     assert loaded.to_str_tokens(" red") == organism.to_str_tokens(" red")
 
 
+def test_saved_files_get_the_usual_permissions_and_pass_the_directory_check(organism, tmp_path):
+    import os
+
+    from analysis.models import ModelShape, check_directory
+
+    old = os.umask(0o022)
+    try:
+        save_model(organism, tmp_path / "saved")
+    finally:
+        os.umask(old)
+    assert {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "saved").iterdir()}["model.safetensors"] == 0o644
+    assert check_directory(tmp_path / "saved") == ModelShape.of(organism.cfg)
+
+
+def test_a_bug_while_loading_is_not_reported_as_missing_weights(monkeypatch):
+    from transformer_lens import HookedTransformer
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("a bug, not a missing file")
+
+    monkeypatch.setattr(HookedTransformer, "from_pretrained", broken)
+    with pytest.raises(ZeroDivisionError):
+        load_model("gpt2-small")
+
+
 def test_unknown_model_is_a_clear_error():
     with pytest.raises(UsageError, match="Unknown model 'gpt7-huge'"):
         load_model("gpt7-huge")

@@ -3,6 +3,7 @@
 import dataclasses
 
 import numpy as np
+import pytest
 import torch
 
 from analysis import prompts
@@ -54,3 +55,34 @@ def test_sampled_corpus_tokenises_back_to_the_sampled_tokens(organism, tmp_path)
     ids = [i for line in path.read_text().splitlines() for i in organism.tokenizer.encode(line, add_special_tokens=False)]
     expected = sample_batch(np.random.default_rng(3), spec, 8, 40, mixture)[:, 1:].flatten().tolist()
     assert ids == expected
+
+
+def test_building_the_model_leaves_no_temporary_tokenizer_folder(tmp_path, monkeypatch):
+    import tempfile
+
+    from analysis.organism.train import build_model
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    model = build_model(dataclasses.replace(TrainConfig(), n_ctx=32))
+    assert model.to_tokens(" red cat").shape == (1, 3)  # the tokenizer works without its files
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_retraining_writes_a_new_folder_unless_told_to_replace_the_shipped_checkpoint(tmp_path):
+    import argparse
+    import importlib.util
+
+    from analysis.errors import UsageError
+    from analysis.models import ORGANISM_DIR
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("train_script", REPO / "scripts" / "train_organism.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    args = script.build_parser().parse_args([])
+    assert args.out == script.DEFAULT_OUT and script.checkpoint_folder(args).resolve() != ORGANISM_DIR.resolve()
+    assert script.checkpoint_folder(argparse.Namespace(out=script.DEFAULT_OUT, replace_shipped=True)) == ORGANISM_DIR
+    (tmp_path / "notes.txt").write_text("someone's work")
+    for out, replace in ((ORGANISM_DIR, False), (tmp_path, False), (tmp_path / "new", True)):
+        with pytest.raises(UsageError):
+            script.checkpoint_folder(argparse.Namespace(out=out, replace_shipped=replace))
