@@ -206,3 +206,51 @@ def test_a_replaced_folder_is_all_old_or_all_new(tmp_path, exchange):
         if finished:
             break
     assert finished
+
+
+def _consistent(out: Path, name: str) -> bool:
+    """The results JSON of `name` and every file its provenance lists agree (hashes), or neither exists."""
+    results = out / "results" / "organism" / f"{name}.json"
+    if not results.exists():
+        return True
+    outputs = json.loads(results.read_text())["provenance"]["outputs"]
+    return all(hashlib.sha256((out / n).read_bytes()).hexdigest() == h for n, h in outputs.items())
+
+
+@pytest.mark.slow
+def test_two_real_token_freq_runs_into_one_folder_never_mix(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    runs = [subprocess.Popen([sys.executable, str(REPO / "scripts" / "token_freq.py"), "--out", str(tmp_path),
+                              "--seed", str(seed), "--corpus-sequences", "300"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for seed in (1, 2)]
+    assert [run.wait(timeout=600) for run in runs] == [0, 0]
+    assert _consistent(tmp_path, "token_freq")
+    assert "results/organism/token_freq.csv" in json.loads(
+        (tmp_path / "results" / "organism" / "token_freq.json").read_text())["provenance"]["outputs"]
+
+
+@pytest.mark.slow
+def test_a_real_script_killed_at_random_moments_leaves_a_consistent_set(tmp_path):
+    import random
+    import subprocess
+    import sys
+
+    from conftest import REPO, run_script
+
+    command = ["logit_lens", "--out", str(tmp_path)]
+    assert run_script(*command).returncode == 0
+    rng = random.Random(0)
+    for _ in range(6):
+        process = subprocess.Popen([sys.executable, str(REPO / "scripts" / "logit_lens.py"), *command[1:], "--prompt",
+                                    "The cat sat on the mat"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(4, 14))  # start-up, computing, or saving
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        with io.output_run(tmp_path):  # the next run sweeps or finishes the killed one
+            pass
+        assert _consistent(tmp_path, "logit_lens")
+        assert not (tmp_path / io.STAGING_DIR).exists()
