@@ -67,6 +67,9 @@ def node_tokens(model, n_tokens: int, frequencies: Path | None, out: Path, model
 def main(args) -> None:
     model, layer, head = load_target(args)
     ids = node_tokens(model, args.n_tokens, args.frequencies, args.out, args.model)
+    if args.k >= len(ids) + args.keep_self:
+        raise cli.UsageError(f"--k {args.k} keys per query needs more than the graph's {len(ids)} tokens. "
+                             f"Use --k {len(ids) - 1 + args.keep_self} or less.")
     labels = model.tokenizer.batch_decode(ids[:, None].tolist())
     category_of = prompts.category_index(model.tokenizer, prompts.ALL_CATEGORIES, model.cfg.d_vocab)[ids].numpy()
     category_names = list(prompts.ALL_CATEGORIES)
