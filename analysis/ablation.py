@@ -23,6 +23,7 @@ from transformer_lens import HookedTransformer
 from transformer_lens.utilities import get_act_name
 
 from analysis import scores
+from analysis.patterns import head_pattern
 
 # Components the study ablates, by the hook that carries each one.
 COMPONENTS: dict[str, str] = {
@@ -83,21 +84,6 @@ def ablation_hooks(means: Mapping[str, Tensor], mode: str, keep_bos: bool = True
     return {component: [(name, replace_hook(means[name] if mode == "mean" else torch.zeros_like(means[name]),
                                             keep_bos))]
             for component, name in COMPONENTS.items()}
-
-
-@torch.no_grad()
-def head_pattern(model: HookedTransformer, tokens: Tensor, layer: int, head: int,
-                 fwd_hooks: list[Hook] = (), batch_size: int = 64) -> Tensor:
-    """`pattern: [batch, query, key]` of one head, with `fwd_hooks` active; stops after its layer."""
-    name = get_act_name("pattern", layer)
-    chunks = []
-
-    def store(act: Tensor, hook) -> None:
-        chunks.append(act[:, head].float().cpu())
-    for start in range(0, tokens.shape[0], batch_size):
-        model.run_with_hooks(tokens[start:start + batch_size].to(model.cfg.device),
-                             fwd_hooks=[*fwd_hooks, (name, store)], stop_at_layer=layer + 1)
-    return torch.cat(chunks)
 
 
 def ablation_study(model: HookedTransformer, tokens: Tensor, mask: Tensor, layer: int, head: int,

@@ -1,4 +1,13 @@
-"""Attention patterns computed by hand from a model's raw weights, and the same model in Hugging Face.
+"""A head's attention score, attention patterns computed by hand from raw weights, and Hugging Face GPT-2.
+
+`attention_scores` is the one definition of a head's pre-softmax score,
+
+    s(q, k) = (x_q W_Q + b_Q)(x_k W_K + b_K)^T / scale,    scale = `head_scale(model.cfg, layer)`,
+
+for any factors `W_Q, W_K: [d_model, r]` (r = d_head for the model's own head, wider for the edited
+factors of `qk_decomposition`; the scale is the model's, never read off a factor's shape). Its
+variants (`attention_score_matrix`, factored; `self_attention_scores`, the diagonal) share its
+query and key projections, and every QK score in the package goes through them.
 
 `manual_patterns` re-implements a GPT-2-style forward pass (embeddings, LayerNorm, Q/K/V
 projections, 1/sqrt(d_head) scaling, causal mask, softmax, output projection, MLP) from the
@@ -17,9 +26,60 @@ import math
 import einops
 import torch
 from torch import Tensor
-from transformer_lens import HookedTransformer
+from transformer_lens import FactoredMatrix, HookedTransformer, HookedTransformerConfig
 
 from analysis.errors import UsageError
+
+
+# --- the attention score of a head ---------------------------------------------------------------
+
+
+def head_weights(model: HookedTransformer, layer: int, head: int, include_bias: bool = False
+                 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """(W_Q, W_K, b_Q, b_K) of one head on the CPU, float32; biases None unless `include_bias`."""
+    W_Q = model.W_Q[layer, head].detach().float().cpu()
+    W_K = model.W_K[layer, head].detach().float().cpu()
+    if not include_bias:
+        return W_Q, W_K, None, None
+    return W_Q, W_K, model.b_Q[layer, head].detach().float().cpu(), model.b_K[layer, head].detach().float().cpu()
+
+
+def head_scale(cfg: HookedTransformerConfig, layer: int) -> float:
+    """What layer `layer` divides its attention scores by: `cfg.attn_scale` (sqrt(d_head) by default; 1
+    without `use_attn_scale`), times layer + 1 with `scale_attn_by_inverse_layer_idx`, as TransformerLens does."""
+    scale = float(cfg.attn_scale) if cfg.use_attn_scale else 1.0
+    return scale * (layer + 1) if cfg.scale_attn_by_inverse_layer_idx else scale
+
+
+def _project(x: Tensor, W: Tensor, b: Tensor | None) -> Tensor:
+    """`[..., n, r]` = x W + b for `x: [..., n, d_model]`, `W: [..., d_model, r]`, `b: [..., r]` (or None)."""
+    return x @ W if b is None else x @ W + b[..., None, :]
+
+
+def attention_scores(x_q: Tensor, x_k: Tensor, W_Q: Tensor, W_K: Tensor, scale: float,
+                     b_Q: Tensor | None = None, b_K: Tensor | None = None) -> Tensor:
+    """`[..., n_q, n_k]` = (x_q W_Q + b_Q)(x_k W_K + b_K)^T / scale: a head's score of each query on each key.
+
+    `x_q: [..., n_q, d_model]`, `x_k: [..., n_k, d_model]` are normalised head inputs, `W_Q, W_K:
+    [..., d_model, r]`, `b_Q, b_K: [..., r]` or None to leave the biases out; leading axes broadcast
+    (e.g. `x: [batch, 1, pos, d_model]` against every head's `W_Q: [head, d_model, d_head]`).
+    """
+    q, k = _project(x_q, W_Q, b_Q), _project(x_k, W_K, b_K)  # (..., n_q, r), (..., n_k, r)
+    return q @ k.transpose(-2, -1) / scale
+
+
+def attention_score_matrix(x_q: Tensor, x_k: Tensor, W_Q: Tensor, W_K: Tensor, scale: float,
+                           b_Q: Tensor | None = None, b_K: Tensor | None = None) -> FactoredMatrix:
+    """`attention_scores` as a `FactoredMatrix` [(x_q W_Q + b_Q) / scale] [x_k W_K + b_K]^T, never formed:
+    for vocabulary-sized n_q x n_k, read in blocks."""
+    q, k = _project(x_q, W_Q, b_Q), _project(x_k, W_K, b_K)
+    return FactoredMatrix(q / scale, k.transpose(-2, -1))
+
+
+def self_attention_scores(x: Tensor, W_Q: Tensor, W_K: Tensor, scale: float,
+                          b_Q: Tensor | None = None, b_K: Tensor | None = None) -> Tensor:
+    """`[..., n]`: the diagonal of `attention_scores(x, x, ...)`, each input's score on itself, without n x n."""
+    return (_project(x, W_Q, b_Q) * _project(x, W_K, b_K)).sum(-1) / scale
 
 
 # --- the pieces of a GPT-2 forward pass, written out ------------------------------------------
@@ -49,13 +109,11 @@ def causal_softmax(scores: Tensor) -> Tensor:
 
 def attention_from_residual(x: Tensor, W_Q: Tensor, b_Q: Tensor, W_K: Tensor, b_K: Tensor,
                             scale: float) -> Tensor:
-    """`pattern: [batch, head, query, key]` = causal softmax((x W_Q + b_Q)(x W_K + b_K)^T / scale).
+    """`pattern: [batch, head, query, key]` = causal softmax of every head's `attention_scores` on x.
 
     `x: [batch, pos, d_model]` is the normalised residual stream, `W_Q, W_K: [head, d_model, d_head]`.
     """
-    q = torch.einsum("bpm,hmd->bhpd", x, W_Q) + b_Q[None, :, None, :]  # (B, nh, T, hs)
-    k = torch.einsum("bpm,hmd->bhpd", x, W_K) + b_K[None, :, None, :]  # (B, nh, T, hs)
-    return causal_softmax(q @ k.transpose(-2, -1) / scale)  # (B, nh, T, T)
+    return causal_softmax(attention_scores(x[:, None], x[:, None], W_Q, W_K, scale, b_Q, b_K))  # (B, nh, T, T)
 
 
 def check_manual_support(model: HookedTransformer) -> None:
@@ -94,7 +152,7 @@ def manual_patterns(model: HookedTransformer, tokens: Tensor, n_layers: int | No
     patterns = []
     for layer in range(n_layers):
         p = f"blocks.{layer}"
-        scale = cfg.attn_scale * ((layer + 1) if cfg.scale_attn_by_inverse_layer_idx else 1)
+        scale = head_scale(cfg, layer)
         h = layer_norm(x, ln_w(f"{p}.ln1"), ln_b(f"{p}.ln1"), cfg.eps)
         pattern = attention_from_residual(h, state[f"{p}.attn.W_Q"], state[f"{p}.attn.b_Q"],
                                           state[f"{p}.attn.W_K"], state[f"{p}.attn.b_K"], scale)
@@ -180,7 +238,6 @@ def hf_gpt2_from_tl(model: HookedTransformer):
 
 def tl_from_hf_gpt2(hf, device: str = "cpu") -> HookedTransformer:
     """A `HookedTransformer` with a Hugging Face GPT-2's weights, unprocessed (TransformerLens's conversion)."""
-    from transformer_lens import HookedTransformerConfig
     from transformer_lens.pretrained.weight_conversions.gpt2 import convert_gpt2_weights
 
     c = hf.config

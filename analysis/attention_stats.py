@@ -10,29 +10,29 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from analysis.scores import _mean_over_rows
+from analysis.scores import mean_over_rows
 
 
 def entropy(pattern: Tensor, rows: Tensor) -> Tensor:
     """Mean over rows of H_q = -sum_k A[q,k] ln A[q,k] (nats; 0 ln 0 = 0). Uniform over q+1 keys gives ln(q+1)."""
-    return _mean_over_rows(torch.special.entr(pattern).sum(-1), rows)
+    return mean_over_rows(torch.special.entr(pattern).sum(-1), rows)
 
 
 def max_attention(pattern: Tensor, rows: Tensor) -> Tensor:
     """Mean over rows of max_k A[q,k]: 1 for a head that puts everything on one key."""
-    return _mean_over_rows(pattern.amax(-1), rows)
+    return mean_over_rows(pattern.amax(-1), rows)
 
 
 def mean_distance(pattern: Tensor, rows: Tensor) -> Tensor:
     """Mean over rows of sum_k A[q,k] (q - k): how many tokens back the attention reaches, on average."""
     q, k = pattern.shape[-2:]
     distance = (torch.arange(q)[:, None] - torch.arange(k)[None, :]).clamp_min(0).to(pattern)  # (T, T)
-    return _mean_over_rows((pattern * distance).sum(-1), rows)
+    return mean_over_rows((pattern * distance).sum(-1), rows)
 
 
 def bos_mass(pattern: Tensor, rows: Tensor) -> Tensor:
     """Mean over rows of A[q, 0], the attention on the first (BOS) token."""
-    return _mean_over_rows(pattern[..., 0], rows)
+    return mean_over_rows(pattern[..., 0], rows)
 
 
 STATISTICS = {"entropy": entropy, "max_attention": max_attention, "mean_distance": mean_distance,

@@ -11,11 +11,15 @@ its QK circuit `W_Q @ W_K^T: [d_model, d_model]` (query on the left, key on the 
 
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 from transformer_lens import FactoredMatrix, HookedTransformer
+
+from analysis import prompts
+from analysis.attention import attention_score_matrix
+from analysis.errors import UsageError
 
 # --- copying scores -------------------------------------------------------------------------
 
@@ -41,11 +45,6 @@ def vocab_gram(model: HookedTransformer, vocab_ids: Tensor | None = None) -> Ten
     return model.W_U[:, vocab_ids] @ model.W_E[vocab_ids]
 
 
-def full_ov_circuit(model: HookedTransformer, layer: int) -> FactoredMatrix:
-    """`[head, d_vocab, d_vocab]` = W_E W_V W_O W_U: source token -> logits of the head's direct effect."""
-    return FactoredMatrix(model.W_E @ model.W_V[layer], model.W_O[layer] @ model.W_U)
-
-
 @torch.no_grad()
 def full_ov_eigenvalues(model: HookedTransformer, vocab_ids: Tensor | None = None) -> Tensor:
     """`[layer, head, d_head]` complex: the non-zero eigenvalues of every head's W_E W_V W_O W_U.
@@ -59,10 +58,27 @@ def full_ov_eigenvalues(model: HookedTransformer, vocab_ids: Tensor | None = Non
 
 
 @torch.no_grad()
+def ov_eigenvalues(model: HookedTransformer) -> dict[str, Tensor]:
+    """`[layer, head, d_head]` complex eigenvalues of every head's W_V W_O ("residual") and W_E W_V W_O W_U ("full")."""
+    return {"residual": ov_circuit(model).eigenvalues, "full": full_ov_eigenvalues(model)}
+
+
 def ov_copying_scores(model: HookedTransformer) -> dict[str, Tensor]:
     """`[layer, head]` copying scores of W_V W_O (residual space) and of W_E W_V W_O W_U (full circuit)."""
-    return {"residual": copying_score(ov_circuit(model).eigenvalues),
-            "full": copying_score(full_ov_eigenvalues(model))}
+    return {circuit: copying_score(eigenvalues) for circuit, eigenvalues in ov_eigenvalues(model).items()}
+
+
+@torch.no_grad()
+def head_ov_spectra(model: HookedTransformer, heads: Sequence[tuple[int, int]]
+                    ) -> tuple[dict[str, Tensor], dict[str, dict[str, Tensor]], dict[str, dict[str, float]]]:
+    """Every head's OV copying scores (`ov_copying_scores`), and for the chosen `heads`, keyed "L{l}H{h}" and
+    then by circuit ("W_V W_O", "W_E W_V W_O W_U"): the eigenvalues (`[d_head]` complex) and copying scores."""
+    eigenvalues = ov_eigenvalues(model)
+    copying = {circuit: copying_score(values) for circuit, values in eigenvalues.items()}
+    names = {"residual": "W_V W_O", "full": "W_E W_V W_O W_U"}
+    spectra = {f"L{l}H{h}": {names[c]: v[l, h].detach().cpu() for c, v in eigenvalues.items()} for l, h in heads}
+    scores = {f"L{l}H{h}": {names[c]: float(v[l, h]) for c, v in copying.items()} for l, h in heads}
+    return copying, spectra, scores
 
 
 def dense_copying_score(matrix: Tensor) -> Tensor:
@@ -133,17 +149,18 @@ def composition_partners(scores: Tensor, layer: int, head: int) -> list[tuple[in
 
 
 def token_qk(query_input: Tensor, key_input: Tensor, bos_key_input: Tensor, W_Q: Tensor, W_K: Tensor,
-             b_Q: Tensor, b_K: Tensor) -> FactoredMatrix:
+             b_Q: Tensor, b_K: Tensor, scale: float) -> FactoredMatrix:
     """`[n_queries, n_keys]` QK scores in token space, minus each query's score on BOS:
 
-        QK[a, b] = (x_a W_Q + b_Q) . ((x_b W_K + b_K) - (x_BOS W_K + b_K)) / sqrt(d_head)
+        QK[a, b] = (x_a W_Q + b_Q) . ((x_b W_K + b_K) - (x_BOS W_K + b_K)) / scale
 
     so QK[a, b] > 0 means token a would rather attend to token b than to BOS. (b_K cancels.)
-    Inputs `[n, d_model]` are a head's normalised inputs; `W_Q, W_K: [d_model, d_head]`.
+    Inputs `[n, d_model]` are a head's normalised inputs; `W_Q, W_K: [d_model, d_head]`; `scale`
+    is the model's (`attention.head_scale`). The scores are `attention.attention_score_matrix`'s.
     """
-    q = (query_input @ W_Q + b_Q) / math.sqrt(W_Q.shape[-1])  # (n_q, hs)
-    k = key_input @ W_K - bos_key_input @ W_K  # (n_k, hs)
-    return FactoredMatrix(q, k.T)
+    scores = attention_score_matrix(query_input, key_input, W_Q, W_K, scale, b_Q)  # b_K cancels below
+    bos_key = bos_key_input @ W_K  # (hs,)
+    return FactoredMatrix(scores.A, scores.B - bos_key[:, None])  # key side: x_b W_K - x_BOS W_K
 
 
 def token_ov(source_input: Tensor, W_V: Tensor, W_O: Tensor, W_U: Tensor) -> FactoredMatrix:
@@ -209,18 +226,14 @@ def bos_key_input(model: HookedTransformer, layer: int) -> Tensor:
     prompt gives the same), unlike a vocabulary row of `vocab_input.head_input`, which uses the
     mean position.
     """
-    from analysis.scan import bos_token_id
-
     name = f"blocks.{layer}.hook_resid_pre"
-    bos = torch.tensor([[bos_token_id(model)]], device=model.cfg.device)
+    bos = torch.tensor([[prompts.bos_token_id(model)]], device=model.cfg.device)
     _, cache = model.run_with_cache(bos, names_filter=name, stop_at_layer=layer + 1)
     return model.blocks[layer].ln1(cache[name])[0, 0].float().cpu()
 
 
 def token_probabilities(table, d_vocab: int) -> Tensor:
     """`p: [d_vocab]` from a token-frequency table (columns id, probability); absent ids get 0."""
-    from analysis.errors import UsageError
-
     ids = torch.as_tensor(table["id"].to_numpy(), dtype=torch.long)
     if len(ids) and (ids.min() < 0 or ids.max() >= d_vocab):
         raise UsageError(f"The frequency table holds token ids up to {int(ids.max())}, but this model's vocabulary "

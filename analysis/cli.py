@@ -22,6 +22,9 @@ text prompts and input files; last, it tries the output folder. It then opens th
 (`io.output_run`: every file the script saves is staged and moved into place together when
 `main` returns) and calls `main`. A `UsageError`, from the checks or from `main`, becomes one
 paragraph on stderr starting with "error:" and exit status 2, and leaves no file behind.
+
+Flags several scripts share (--input, --heads) and what a script about one head loads
+(`load_target`: the model and its --layer/--head, or the survey's best semantic head) live here too.
 """
 
 from __future__ import annotations
@@ -31,16 +34,19 @@ import random
 import re
 import sys
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from analysis import io, models
+from transformer_lens import HookedTransformer
+
+from analysis import io, models, prompts, scan
 from analysis.errors import UsageError
 from analysis.io import REPO_ROOT
+from analysis.token_maps import INPUT_VIEWS
 
 SEED_LIMIT = 2**32  # NumPy's legacy seeding takes [0, 2**32); every script accepts exactly that range
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")  # devices that run a model; "meta" and friends hold no data
@@ -239,9 +245,7 @@ class Parser(argparse.ArgumentParser):
             check_memory(nbytes(args, shape), flags, what)
 
     def _check_prompt(self, args, tokenizer, text: str, n_ctx: int, what: str, key: str) -> None:
-        from analysis.prompts import check_text
-
-        cut = check_text(tokenizer, text, n_ctx, what, truncate=getattr(args, "truncate", False))
+        cut = prompts.check_text(tokenizer, text, n_ctx, what, truncate=getattr(args, "truncate", False))
         if cut is not None:
             args.truncated[key] = cut
 
@@ -297,6 +301,14 @@ def parser(description: str | None, *, target_head: bool = False, staged: bool =
     return p
 
 
+def add_input_argument(p: argparse.ArgumentParser, default: str = "mean") -> None:
+    """--input: which view of the token inputs E a token-space script uses (`token_maps.INPUT_VIEWS`)."""
+    p.add_argument("--input", choices=INPUT_VIEWS, default=default,
+                   help="token inputs E: 'mean' (token at the reference prompts' mean context), 'zero' "
+                        "(positions and earlier attention zeroed) or 'context' (real input averaged over "
+                        f"random contexts) (default: {default})")
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch, and ask torch for deterministic kernels."""
     random.seed(seed)
@@ -338,6 +350,38 @@ def check_head(model, layer: int, head: int) -> None:
             f"Head L{layer}H{head} does not exist: this model has layers 0-{n_layers - 1} and heads "
             f"0-{n_heads - 1} in each layer. Pass --layer and --head within those ranges."
         )
+
+
+def parse_heads(model, specs: Sequence[str]) -> list[tuple[int, int]]:
+    """(layer, head) of each "LAYER.HEAD" spec of a --heads flag, each checked against the model."""
+    heads = []
+    for spec in specs:
+        try:
+            layer, head = (int(x) for x in spec.split("."))
+        except ValueError:
+            raise UsageError(f"--heads takes LAYER.HEAD pairs such as 1.1; got {spec!r}.") from None
+        check_head(model, layer, head)
+        heads.append((layer, head))
+    return heads
+
+
+def target_head(model: HookedTransformer, layer: int | None, head: int | None, seed: int = 0) -> tuple[int, int]:
+    """--layer/--head when both are given (checked), else the survey's best semantic head."""
+    if (layer is None) != (head is None):
+        raise UsageError("Give both --layer and --head, or neither to use the survey's best semantic head.")
+    if layer is None:
+        return scan.best_semantic_head(model, seed)
+    check_head(model, layer, head)
+    return layer, head
+
+
+def load_target(args: argparse.Namespace) -> tuple[HookedTransformer, int, int]:
+    """(model, layer, head) for a script about one head's token-level behaviour: --model on --device (it
+    must have a tokenizer), and --layer/--head or, without them, the survey's best semantic head."""
+    model = models.load_model(args.model, args.device)
+    prompts.require_tokenizer(model)
+    layer, head = target_head(model, args.layer, args.head, args.seed)
+    return model, layer, head
 
 
 def print_error(err: UsageError) -> None:

@@ -1,7 +1,7 @@
 """Token communities of a head: a top-k score graph over tokens, Leiden, agreement with categories.
 
 Graph. Each token q (a query) keeps its k highest-scoring keys j among the N tokens, by the
-head's score s(q, j) = x_q W x_j^T / sqrt(d_head); self-loops are dropped unless asked for. The
+head's score s(q, j) = x_q W x_j^T / attn_scale; self-loops are dropped unless asked for. The
 graph is directed (q -> j: "q would attend to j"); an edge's weight is its score min-max
 normalised over all kept edges, w = (s - min s) / (max s - min s), so weights lie in [0, 1] as
 modularity needs. Scores are read in query chunks: N x N is never resident.
@@ -9,7 +9,8 @@ modularity needs. Scores are read in query chunks: N x N is never resident.
 Communities. Leiden (`leidenalg` on `igraph`, seeded) maximising modularity, or the
 RB-configuration quality with a resolution parameter (larger: more, smaller communities).
 Agreement with known categories: adjusted Rand index and normalised mutual information
-(scikit-learn), over the tokens that have a category.
+(scikit-learn), over the tokens that have a category. The interactive view of a graph is
+`analysis.plotting.graph_html`.
 """
 
 from __future__ import annotations
@@ -27,13 +28,16 @@ METHODS = ("modularity", "rbconfiguration")
 
 
 @torch.no_grad()
-def top_k_edges(x: Tensor, W: FactoredMatrix, d_head: int, k: int = 4, keep_self: bool = False,
+def top_k_edges(x: Tensor, W: FactoredMatrix, scale: float, k: int = 4, keep_self: bool = False,
                 chunk_size: int = 1024) -> tuple[Tensor, Tensor, Tensor]:
-    """(`source: [n k]`, `target: [n k]`, `score: [n k]`): each row of `x: [n, d]`'s k best keys among the rows of x."""
+    """(`source: [n k]`, `target: [n k]`, `score: [n k]`): each row of `x: [n, d]`'s k best keys among the rows of x.
+
+    Scores are x_q W x_j^T / scale (`qk_decomposition.score_blocks`; `scale`: the model's attention scale).
+    """
     if not 0 < k < len(x) + keep_self:
         raise ValueError(f"k must be between 1 and {len(x) - 1 + keep_self} for {len(x)} tokens, got {k}")
     sources, targets, scores = [], [], []
-    for start, block in score_blocks(x, W, x, d_head, chunk_size):  # block: (C, n)
+    for start, block in score_blocks(x, W, x, scale, chunk_size):  # block: (C, n)
         rows = torch.arange(start, start + len(block))
         if not keep_self:
             block[torch.arange(len(block)), rows] = -torch.inf
@@ -118,23 +122,3 @@ def layout(graph, seed: int = 0) -> np.ndarray:
         return np.asarray(graph.layout_fruchterman_reingold(seed=start.tolist()).coords)  # unweighted: FR needs w > 0
     finally:
         ig.set_random_number_generator(random)  # igraph's default
-
-
-def graph_html(coords: np.ndarray, source: Tensor, target: Tensor, labels: Sequence[str], membership: np.ndarray,
-               hover: Sequence[str], title: str) -> str:
-    """A standalone interactive HTML view (plotly; its JavaScript inlined, so it works offline)."""
-    import plotly.graph_objects as go
-
-    x, y = coords[:, 0], coords[:, 1]
-    ex = np.stack([x[source], x[target], np.full(len(source), np.nan)], 1).ravel()  # NaN breaks the line
-    ey = np.stack([y[source], y[target], np.full(len(source), np.nan)], 1).ravel()
-    edges = go.Scatter(x=ex, y=ey, mode="lines", line={"width": 0.4, "color": "rgba(120,120,120,0.4)"},
-                       hoverinfo="skip", showlegend=False)
-    nodes = go.Scatter(x=x, y=y, mode="markers+text" if len(labels) <= 400 else "markers", text=list(labels),
-                       textposition="top center", textfont={"size": 8}, hovertext=list(hover), hoverinfo="text",
-                       marker={"size": 7, "color": membership, "colorscale": "Turbo", "line": {"width": 0.5}},
-                       showlegend=False)
-    fig = go.Figure([edges, nodes])
-    fig.update_layout(title=title, template="plotly_white", xaxis={"visible": False}, yaxis={"visible": False},
-                      width=1100, height=900, hovermode="closest")
-    return fig.to_html(include_plotlyjs=True, full_html=True)

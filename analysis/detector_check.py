@@ -24,7 +24,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 from transformer_lens.head_detector import detect_head
 
-from analysis import scores
+from analysis import prompts, scores
 from analysis.errors import UsageError
 from analysis.patterns import all_patterns, flatten_heads
 
@@ -48,9 +48,7 @@ def roundtrip_word_ids(tokenizer, d_vocab: int) -> list[int]:
 def repeated_word_prompts(model: HookedTransformer, n_prompts: int, half_length: int,
                           seed: int) -> tuple[list[str], Tensor]:
     """Texts r + r, r = `half_length` distinct round-trip words, and their tokens `[n_prompts, 1 + 2L]` (BOS first)."""
-    if model.tokenizer is None:
-        raise UsageError("The detect_head cross-check scores text prompts, so it needs a tokenizer; "
-                         "this model has none.")
+    prompts.require_tokenizer(model, "The detect_head cross-check scores text prompts")
     if 2 * half_length + 1 >= model.cfg.n_ctx:
         raise UsageError(f"detect_head needs prompts shorter than the context ({model.cfg.n_ctx} tokens); "
                          f"[BOS] + r + r with |r| = {half_length} is {2 * half_length + 1}. Use a shorter length.")

@@ -162,3 +162,14 @@ def most_frequent_ids(table: pd.DataFrame, n: int, exclude: Sequence[int] = ()) 
         raise UsageError(f"The frequency table has only {len(kept)} tokens that occur (special tokens left "
                          f"out), fewer than the {n} asked for. Ask for fewer tokens or count a larger corpus.")
     return torch.tensor(kept["id"].to_numpy()[:n])
+
+
+def ordinary_or_frequent_ids(d_vocab: int, special: Sequence[int], n: int, table_path: Path | str
+                             ) -> tuple[torch.Tensor, str]:
+    """Ids of `n` tokens that are not special, and how they were chosen: every such token (in id order, no
+    table read) when n covers them all, else the n most frequent in the frequency table at `table_path`."""
+    excluded = set(special)
+    ordinary = [i for i in range(d_vocab) if i not in excluded]
+    if n >= len(ordinary):
+        return torch.tensor(ordinary), "every ordinary token (special tokens left out)"
+    return most_frequent_ids(read_frequency_csv(table_path), n, exclude=special), f"{n} most frequent in {table_path}"

@@ -3,11 +3,12 @@
 Layout under an output root `out` (the repository root by default):
 
     out/results/<model>/<name>.json    results plus provenance
-    out/figures/<model>/<name>.pdf|png one shared style
+    out/figures/<model>/<name>.pdf|png drawn by `analysis.plotting` (one shared style)
     out/.staging/<run>/                a running script's files, until it succeeds (`OutputRun`)
 
-A script's files are one unit: `cli.run` opens an `output_run`, `save_results`, `save_figure` and
-`write_output` stage into it, and the whole set is moved into place when the script succeeds.
+A script's files are one unit: `cli.run` opens an `output_run`, `save_results`, `write_output`
+and `plotting.save_figure` (through `output_file`) stage into it, and the whole set is moved into
+place when the script succeeds.
 """
 
 from __future__ import annotations
@@ -634,39 +635,3 @@ def staged_directory(target: Path | str) -> Iterator[Path]:
             raise
     finally:
         os.close(owner_fd)
-
-
-# --- figures ---------------------------------------------------------------------------------
-
-_STYLE_SET = False
-
-
-def use_style() -> None:
-    """One look for every figure: seaborn's paper context, white grid, colour-blind palette."""
-    global _STYLE_SET
-    if _STYLE_SET:
-        return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import seaborn as sns
-
-    sns.set_theme(context="paper", style="whitegrid", palette="colorblind", font_scale=1.1)
-    matplotlib.rcParams.update({"figure.dpi": 120, "savefig.dpi": 200, "savefig.bbox": "tight",
-                                "pdf.fonttype": 42, "axes.titleweight": "bold"})
-    _STYLE_SET = True
-
-
-def save_figure(fig, out: Path | str, model_name: str, name: str) -> list[Path]:
-    """Save `fig` as PDF and PNG under `out/figures/<model>/`, as part of the current run (`output_file`)."""
-    import matplotlib.pyplot as plt
-
-    directory = figures_dir(out, model_name)
-    paths = []
-    for ext in ("pdf", "png"):
-        path = directory / f"{name}.{ext}"
-        with output_file(path) as tmp:
-            fig.savefig(tmp, format=ext)
-        paths.append(path)
-    plt.close(fig)
-    return paths

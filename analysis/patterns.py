@@ -1,15 +1,20 @@
-"""Attention patterns of every head from one batched forward pass per minibatch.
+"""Running a model for attention patterns: every head from one batched pass, or one head under hooks.
 
-A hook filter keeps only `blocks.*.attn.hook_pattern`, so the cache holds no other activation,
-and every head of every layer comes out of the same pass (never one pass per head).
+`all_patterns` keeps only `blocks.*.attn.hook_pattern` with a hook filter, so the cache holds no
+other activation, and every head of every layer comes out of the same pass (never one pass per
+head). `head_pattern` reads one head's pattern with other hooks active (ablations, edited QK
+circuits) and stops after the head's layer.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
+from transformer_lens.utilities import get_act_name
 
 from analysis.errors import UsageError
 
@@ -36,7 +41,28 @@ def all_patterns(model: HookedTransformer, tokens: Tensor, batch_size: int = 64,
     for start in tqdm(range(0, tokens.shape[0], batch_size), desc="patterns", disable=not progress, leave=False):
         batch = tokens[start:start + batch_size].to(model.cfg.device)
         _, cache = model.run_with_cache(batch, names_filter=is_pattern_hook, return_type=None)
-        chunks.append(torch.stack([cache["pattern", layer] for layer in range(model.cfg.n_layers)], dim=1).float().cpu())
+        layers = [cache["pattern", layer] for layer in range(model.cfg.n_layers)]  # (B, nh, T, T) each
+        chunks.append(torch.stack(layers, dim=1).float().cpu())
+    return torch.cat(chunks)
+
+
+def head_pattern(model: HookedTransformer, tokens: Tensor, layer: int, head: int,
+                 fwd_hooks: Sequence[tuple[str, Callable]] = (), batch_size: int = 64, grad: bool = False) -> Tensor:
+    """`pattern: [batch, query, key]` of one head, with `fwd_hooks` active; stops after its layer.
+
+    With `grad` the pattern stays differentiable (in whatever the hooks compute from, e.g. edited
+    W_Q, W_K); otherwise it runs without autograd.
+    """
+    check_context(model, tokens)
+    name = get_act_name("pattern", layer)
+    chunks = []
+
+    def store(act: Tensor, hook) -> None:  # (B, nh, T, T)
+        chunks.append(act[:, head].float().cpu())
+    with torch.set_grad_enabled(grad):
+        for start in range(0, tokens.shape[0], batch_size):
+            model.run_with_hooks(tokens[start:start + batch_size].to(model.cfg.device), return_type=None,
+                                 fwd_hooks=[*fwd_hooks, (name, store)], stop_at_layer=layer + 1)
     return torch.cat(chunks)
 
 

@@ -1,13 +1,53 @@
-"""Figures shared by several scripts, drawn in the one style of `analysis.io.use_style`."""
+"""Everything that draws: the one figure style, saving figures, and the figures several scripts share.
+
+The package's only plotting module (with `analysis.cli`, the only one that may import matplotlib,
+seaborn, plotly or circuitsvis). The libraries are imported when a figure is drawn, so that a
+script that stops early on bad input never pays for them.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from analysis.io import use_style
+from analysis import io
+
+_STYLE_SET = False
+
+
+def use_style() -> None:
+    """One look for every figure: seaborn's paper context, white grid, colour-blind palette."""
+    global _STYLE_SET
+    if _STYLE_SET:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import seaborn as sns
+
+    sns.set_theme(context="paper", style="whitegrid", palette="colorblind", font_scale=1.1)
+    matplotlib.rcParams.update({"figure.dpi": 120, "savefig.dpi": 200, "savefig.bbox": "tight",
+                                "pdf.fonttype": 42, "axes.titleweight": "bold"})
+    _STYLE_SET = True
+
+
+def save_figure(fig, out: Path | str, model_name: str, name: str) -> list[Path]:
+    """Save `fig` as PDF and PNG under `out/figures/<model>/`, as part of the current run (`io.output_file`)."""
+    import matplotlib.pyplot as plt
+
+    directory = io.figures_dir(out, model_name)
+    paths = []
+    for ext in ("pdf", "png"):
+        path = directory / f"{name}.{ext}"
+        with io.output_file(path) as tmp:
+            fig.savefig(tmp, format=ext)
+        paths.append(path)
+    plt.close(fig)
+    return paths
 
 
 def head_heatmaps(maps: Sequence[torch.Tensor], titles: Sequence[str], reverse: Sequence[bool] | None = None,
@@ -70,3 +110,105 @@ def attention_heads_html(pattern: torch.Tensor, labels: Sequence[str], names: Se
                                                  attention_head_names=list(names)).local_src
     return (f'<!DOCTYPE html>\n<html>\n<head><meta charset="utf-8"><title>{html.escape(title)}</title></head>\n'
             f"<body>\n{view}\n</body>\n</html>\n")
+
+
+def group_heatmaps(maps: Sequence[torch.Tensor], titles: Sequence[str], labels: Sequence[str], group: torch.Tensor,
+                   suptitle: str | None = None, shared_scale: bool = False):
+    """One `[n, n]` token map per panel (query rows, key columns), lines between groups, diverging colours at 0."""
+    use_style()
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    n = len(labels)
+    fig, axes = plt.subplots(1, len(maps), figsize=(4.6 * len(maps), 4.4), squeeze=False)
+    bound = max(float(m.abs().max()) for m in maps) if shared_scale else None
+    boundaries = np.flatnonzero(np.diff(np.asarray(group))) + 1
+    for ax, values, title in zip(axes[0], maps, titles):
+        vmax = bound or float(values.abs().max())
+        sns.heatmap(np.asarray(values, dtype=float), ax=ax, cmap="RdBu_r", center=0, vmin=-vmax, vmax=vmax,
+                    square=True, xticklabels=labels, yticklabels=labels, cbar_kws={"shrink": 0.6})
+        for b in boundaries:
+            ax.axhline(b, color="k", lw=0.6)
+            ax.axvline(b, color="k", lw=0.6)
+        ax.set(title=title, xlabel="key", ylabel="query")
+        ax.tick_params(labelsize=5 if n > 20 else 7)
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def graph_html(coords: np.ndarray, source: np.ndarray, target: np.ndarray, labels: Sequence[str],
+               membership: np.ndarray, hover: Sequence[str], title: str) -> str:
+    """A standalone interactive HTML view of a graph with node positions `coords: [n, 2]` and edges
+    source[i] -> target[i], coloured by community (plotly; its JavaScript inlined, so it works offline)."""
+    import plotly.graph_objects as go
+
+    x, y = coords[:, 0], coords[:, 1]
+    ex = np.stack([x[source], x[target], np.full(len(source), np.nan)], 1).ravel()  # NaN breaks the line
+    ey = np.stack([y[source], y[target], np.full(len(source), np.nan)], 1).ravel()
+    edges = go.Scatter(x=ex, y=ey, mode="lines", line={"width": 0.4, "color": "rgba(120,120,120,0.4)"},
+                       hoverinfo="skip", showlegend=False)
+    nodes = go.Scatter(x=x, y=y, mode="markers+text" if len(labels) <= 400 else "markers", text=list(labels),
+                       textposition="top center", textfont={"size": 8}, hovertext=list(hover), hoverinfo="text",
+                       marker={"size": 7, "color": membership, "colorscale": "Turbo", "line": {"width": 0.5}},
+                       showlegend=False)
+    fig = go.Figure([edges, nodes])
+    fig.update_layout(title=title, template="plotly_white", xaxis={"visible": False}, yaxis={"visible": False},
+                      width=1100, height=900, hovermode="closest")
+    return fig.to_html(include_plotlyjs=True, full_html=True)
+
+
+def eigenvalue_planes(spectra: Mapping[str, Mapping[str, torch.Tensor]], scores: Mapping[str, Mapping[str, float]]):
+    """One complex plane per head (`spectra[head][circuit]`: complex eigenvalues), each circuit's eigenvalues
+    divided by its largest |lambda| and labelled with its copying score `scores[head][circuit]`."""
+    use_style()
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(spectra), figsize=(4.6 * len(spectra), 4.6), squeeze=False)
+    for ax, (label, circuits_of_head) in zip(axes[0], spectra.items()):
+        ax.add_patch(plt.Circle((0, 0), 1, fill=False, ls=":", color="grey"))
+        for (circuit, eig), marker in zip(circuits_of_head.items(), "ox"):
+            eig = eig / eig.abs().max()
+            ax.scatter(eig.real, eig.imag, marker=marker, s=22, alpha=0.8,
+                       label=f"{circuit} (copying {scores[label][circuit]:+.2f})")
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.axvline(0, color="grey", lw=0.5)
+        ax.set(xlim=(-1.1, 1.1), ylim=(-1.1, 1.1), aspect="equal", title=label,
+               xlabel="Re λ / max|λ|", ylabel="Im λ / max|λ|")
+        ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+def composition_figure(cfg, comp: Mapping[str, torch.Tensor], baseline: float, induction: tuple[int, int],
+                       partners: Sequence[tuple[int, int, float]]):
+    """Q/K/V composition `comp[mode]: [layer, head, layer, head]` of earlier (rows) with later (columns) heads,
+    colours centred on the random `baseline`; and the K-composition `partners` of the `induction` head as bars."""
+    use_style()
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+    from matplotlib.colors import TwoSlopeNorm
+
+    n = cfg.n_layers * cfg.n_heads
+    labels = [f"L{l}H{h}" for l in range(cfg.n_layers) for h in range(cfg.n_heads)]
+    fig, axes = plt.subplots(1, 4, figsize=(5.2 * 4, 5.2))
+    vmax = max(float(np.nanmax(c.numpy())) for c in comp.values())
+    norm = TwoSlopeNorm(vmin=0, vcenter=baseline, vmax=max(vmax, 2 * baseline))
+    for ax, (mode, scores) in zip(axes, comp.items()):
+        sns.heatmap(scores.reshape(n, n).numpy(), ax=ax, cmap="RdBu_r", norm=norm, square=True,
+                    xticklabels=labels, yticklabels=labels, cbar_kws={"shrink": 0.6})
+        ax.set(title=f"{mode}-composition", xlabel="later head", ylabel="earlier head")
+        ax.tick_params(labelsize=6 if n <= 16 else 3)
+    ax = axes[3]
+    names = [f"L{l}H{h}" for l, h, _ in partners]
+    ax.bar(range(len(partners)), [s for _, _, s in partners], color="C0")
+    ax.axhline(baseline, color="C3", ls="--", label=f"random baseline {baseline:.3f}")
+    ax.axhline(1 / math.sqrt(cfg.d_model), color="grey", ls=":", label="1/sqrt(d_model)")
+    ax.set_xticks(range(len(partners)), names, rotation=90, fontsize=6 if len(partners) <= 16 else 3)
+    ax.set(title=f"K-composition into L{induction[0]}H{induction[1]} (top induction head)",
+           ylabel="K-composition score")
+    ax.legend(fontsize=7)
+    fig.suptitle(f"Composition scores (colour centred on the random baseline {baseline:.3f})")
+    fig.tight_layout()
+    return fig

@@ -226,6 +226,38 @@ def target_distribution(mask: Tensor) -> Tensor:
     return _normalise_rows(mask)
 
 
+# --- tokens of a model: BOS, special tokens, category probes -----------------------------------
+
+
+def require_tokenizer(model, needs: str = "This analysis maps the study's words to tokens") -> None:
+    """A clear error for a model without a tokenizer; `needs` says what the caller needs one for."""
+    if model.tokenizer is None:
+        raise UsageError(f"{needs}, so it needs a model with a tokenizer, and this one has none "
+                         "('gpt2-random' without its tokenizer is for speed and memory checks only). "
+                         "Use --model organism or gpt2-small.")
+
+
+def bos_token_id(model) -> int:
+    """BOS id: the tokenizer's, or GPT-2's last id for a model without one (random GPT-2 shapes)."""
+    tokenizer = model.tokenizer
+    return tokenizer.bos_token_id if tokenizer is not None else model.cfg.d_vocab - 1
+
+
+def special_token_ids(model) -> list[int]:
+    """The tokenizer's special tokens (BOS, EOS, ...), or GPT-2's last id for a model without one."""
+    return list(model.tokenizer.all_special_ids) if model.tokenizer is not None else [model.cfg.d_vocab - 1]
+
+
+def category_probe(model, categories: Mapping[str, Sequence[str]], n_prompts: int, n_words: int,
+                   seed: int) -> tuple[Tensor, Tensor]:
+    """Category-word prompts and their ground-truth mask: (`tokens: [batch, pos]`, `mask: [batch, q, k]`)."""
+    require_tokenizer(model, "The semantic probe maps category words to tokens")
+    word_ids = [single_token_ids(model.tokenizer, words) for words in categories.values()]
+    tokens = category_sequences(word_ids, n_prompts, n_words, bos_token_id(model), seed)
+    category_of = category_index(model.tokenizer, categories, model.cfg.d_vocab)
+    return tokens, semantic_mask(tokens, category_of)
+
+
 def reference_prompts(model, seed: int = 0, n_prompts: int = 64, n_words: int = 64,
                       categories: Mapping[str, Sequence[str]] = ALL_CATEGORIES) -> Tensor:
     """`tokens: [n_prompts, 1 + n_words]`: the default reference set for weight-based analyses.
@@ -235,8 +267,6 @@ def reference_prompts(model, seed: int = 0, n_prompts: int = 64, n_words: int = 
     each token. A model without a tokenizer (random GPT-2 shapes) gets uniform random tokens.
     `n_words` is capped so that the prompts fit the model's context.
     """
-    from analysis.scan import bos_token_id, category_probe  # scan imports this module
-
     n_words = min(n_words, model.cfg.n_ctx - 1)
     if model.tokenizer is None:
         return random_tokens(n_prompts, n_words, model.cfg.d_vocab, bos_token_id(model), seed)

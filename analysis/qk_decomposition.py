@@ -1,6 +1,6 @@
 """A head's QK circuit W = W_Q W_K^T, its symmetric and skew parts, their spectrum, and edits.
 
-W is the head's bilinear form on its (normalised) input: score(q, k) = x_q W x_k^T / sqrt(d_head).
+W is the head's bilinear form on its (normalised) input: score(q, k) = x_q W x_k^T / attn_scale.
 It splits uniquely into
 
     W_sym  = (W + W^T) / 2    (scores that are the same both ways: x_q W_sym x_k = x_k W_sym x_q)
@@ -38,8 +38,9 @@ import torch
 from torch import Tensor
 from transformer_lens import FactoredMatrix, HookedTransformer
 
-from analysis import scan
-from analysis.ablation import head_pattern
+from analysis.attention import attention_score_matrix, attention_scores, head_scale, self_attention_scores
+from analysis.patterns import head_pattern
+from analysis.scores import semantic_scores
 
 
 # --- the decomposition -----------------------------------------------------------------------
@@ -123,34 +124,37 @@ def spectrum_summary(values: Tensor, rel_tol: float = 1e-6) -> dict[str, float |
 
 
 # --- token-space scores ----------------------------------------------------------------------
+# A factored W = A B^T is a head with W_Q = A, W_K = B^T (wider than d_head for edited factors),
+# so every score here is `attention.attention_scores` and its variants, with the caller's scale:
+# the model's (`attention.head_scale`), never the width of the factors.
 
 
-def token_scores(query_input: Tensor, W: FactoredMatrix, key_input: Tensor, d_head: int) -> Tensor:
-    """`[n_q, n_k]`: x_q W x_k^T / sqrt(d_head) for `query_input: [n_q, d]`, `key_input: [n_k, d]`.
+def token_scores(query_input: Tensor, W: FactoredMatrix, key_input: Tensor, scale: float) -> Tensor:
+    """`[n_q, n_k]`: x_q W x_k^T / scale for `query_input: [n_q, d]`, `key_input: [n_k, d]`.
 
     Through the factors, (x_q A)(x_k B^T)^T: the cost is n_q n_k inner-dim, the memory n_q n_k.
     """
-    return (query_input @ W.A) @ (key_input @ W.B.T).T / d_head ** 0.5
+    return attention_scores(query_input, key_input, W.A, W.B.T, scale)
 
 
-def self_scores(x: Tensor, W: FactoredMatrix, d_head: int) -> Tensor:
-    """`[n]`: each input's score with itself, x_i W x_i^T / sqrt(d_head), without the n x n matrix."""
-    return ((x @ W.A) * (x @ W.B.T)).sum(-1) / d_head ** 0.5
+def self_scores(x: Tensor, W: FactoredMatrix, scale: float) -> Tensor:
+    """`[n]`: each input's score with itself, x_i W x_i^T / scale, without the n x n matrix."""
+    return self_attention_scores(x, W.A, W.B.T, scale)
 
 
-def self_score_parts(x: Tensor, spectrum: Spectrum, d_head: int) -> tuple[Tensor, Tensor]:
-    """(`positive: [n]`, `negative: [n]`): x^T W_sym x / sqrt(d_head) = sum_i λ_i (v_i . x)^2 / sqrt(d_head)
+def self_score_parts(x: Tensor, spectrum: Spectrum, scale: float) -> tuple[Tensor, Tensor]:
+    """(`positive: [n]`, `negative: [n]`): x^T W_sym x / scale = sum_i λ_i (v_i . x)^2 / scale
     split into the terms with λ_i > 0 and with λ_i < 0 (their sum is the self-score)."""
-    terms = spectrum.values * (x @ spectrum.vectors) ** 2 / d_head ** 0.5  # (n, 2 d_head)
+    terms = spectrum.values * (x @ spectrum.vectors) ** 2 / scale  # (n, 2 d_head)
     return terms.clamp_min(0).sum(-1), terms.clamp_max(0).sum(-1)
 
 
-def score_blocks(query_input: Tensor, W: FactoredMatrix, key_input: Tensor, d_head: int, chunk_size: int = 1024
+def score_blocks(query_input: Tensor, W: FactoredMatrix, key_input: Tensor, scale: float, chunk_size: int = 1024
                  ) -> Iterator[tuple[int, Tensor]]:
     """(start, `block: [C, n_k]`) for consecutive chunks of queries: `token_scores` one chunk at a time."""
-    left, right = query_input @ W.A / d_head ** 0.5, key_input @ W.B.T  # (n_q, r), (n_k, r)
+    matrix = attention_score_matrix(query_input, key_input, W.A, W.B.T, scale)  # (n_q, r) @ (r, n_k), factored
     for start in range(0, len(query_input), chunk_size):
-        yield start, left[start:start + chunk_size] @ right.T
+        yield start, matrix.A[start:start + chunk_size] @ matrix.B
 
 
 @torch.no_grad()
@@ -161,7 +165,7 @@ def self_ranks(x: Tensor, W: FactoredMatrix, chunk_size: int = 1024) -> Tensor:
     the queries). Read in `[chunk_size, n]` blocks of scores, so n x n is never resident.
     """
     ranks = []
-    for start, block in score_blocks(x, W, x, 1, chunk_size):  # ranks do not depend on the scale
+    for start, block in score_blocks(x, W, x, 1.0, chunk_size):  # ranks do not depend on the scale
         diagonal = block.diagonal(offset=start)  # (C,): query start + c against key start + c
         ranks.append(1 + (block > diagonal[:, None]).sum(-1))
     return torch.cat(ranks)
@@ -172,6 +176,55 @@ def rank_metrics(ranks: Tensor, at: Sequence[int] = (1, 128, 1024)) -> dict[str,
     ranks = ranks.double()
     return {"mean_rank": float(ranks.mean()), "mrr": float((1 / ranks).mean()),
             **{f"acc@{k}": float((ranks <= k).double().mean()) for k in at}}
+
+
+@dataclass
+class SelfScores:
+    """Each input's self-score x W x^T / scale, `total: [n]`, and its positive- and negative-eigenvalue parts."""
+
+    total: Tensor
+    positive: Tensor
+    negative: Tensor
+
+
+def self_score_report(W_Q: Tensor, W_K: Tensor, x: Tensor, scale: float) -> tuple[dict, SelfScores]:
+    """W = W_Q W_K^T on inputs `x: [n, d]`: norms of W and its parts, the spectrum of W_sym, checks, self-scores.
+
+    Returns ({"norms", "spectrum", "eigenvalues", "check", "self_score"}, the self-scores themselves).
+    The checks compare x^T W x, x^T W_sym x and x^T W_skew x through the dense d x d matrices (an
+    independent path to the factored numbers) and the eigenvalue parts against the self-scores.
+    """
+    spectrum = symmetric_spectrum(W_Q, W_K)
+    W, sym, skew = qk_matrix(W_Q, W_K), symmetric_part(W_Q, W_K), skew_part(W_Q, W_K)
+    positive, negative = self_score_parts(x, spectrum, scale)
+    total = self_scores(x, W, scale)
+
+    def dense_self(part: FactoredMatrix) -> Tensor:  # x^T M x through the d x d matrix itself
+        return ((x @ part.AB) * x).sum(-1) / scale
+
+    report = {
+        "norms": relative_norms(W_Q, W_K),
+        "spectrum": spectrum_summary(spectrum.values),
+        "eigenvalues": spectrum.values,
+        "check": {"max_abs_self_W_minus_sym": float((dense_self(W) - dense_self(sym)).abs().max()),
+                  "max_abs_self_skew": float(dense_self(skew).abs().max()),
+                  "max_abs_parts_minus_self": float((positive + negative - total).abs().max()),
+                  "self_score_scale": float(total.abs().max())},
+        "self_score": {"mean": float(total.mean()), "fraction_negative": float((total < 0).float().mean()),
+                       "mean_positive_part": float(positive.mean()), "mean_negative_part": float(negative.mean())},
+    }
+    return report, SelfScores(total, positive, negative)
+
+
+def bias_key_term(x: Tensor, W_Q: Tensor, W_K: Tensor, b_Q: Tensor, scale: float) -> dict[str, float]:
+    """Of the bias terms of (x_q W_Q + b_Q)(x_k W_K + b_K)^T, only b_Q (x_k W_K)^T varies with the key.
+
+    On inputs `x: [n, d]`: its spread over keys, std_k(b_Q . x_k W_K) / scale ("key_term_std"), against
+    that of the bias-free scores x_q W x_k^T / scale, the mean over queries of std_k ("score_std_over_keys").
+    """
+    key_term = (x @ W_K) @ b_Q / scale  # (n,)
+    scores = token_scores(x, qk_matrix(W_Q, W_K), x, scale)  # (n, n)
+    return {"key_term_std": float(key_term.std()), "score_std_over_keys": float(scores.std(-1).mean())}
 
 
 # --- eigenvalue edits ------------------------------------------------------------------------
@@ -208,13 +261,14 @@ def qk_override_hooks(model: HookedTransformer, layer: int, head: int, W_Q: Tens
                       b_Q: Tensor | None = None, b_K: Tensor | None = None) -> list[tuple[str, object]]:
     """Forward hooks that recompute one head's attention scores from replacement factors.
 
-    score(q, k) = (x_q W_Q + b_Q)(x_k W_K + b_K)^T / attn_scale with x = ln1(resid_pre) of the
+    score(q, k) = (x_q W_Q + b_Q)(x_k W_K + b_K)^T / attn_scale (`attention.attention_scores` with the
+    layer's own scale, whatever the width r of the factors) with x = ln1(resid_pre) of the
     layer (exactly what the head's own W_Q, W_K see), for any `W_Q, W_K: [d_model, r]`; the
     causal mask is kept. Pass the model's biases to keep them: with r > d_head (edited factors)
     they are padded with zeros, so the extra columns carry no bias. Gradients flow into W_Q and
     W_K, so the same hooks serve evaluation and gradient steering.
     """
-    block = model.blocks[layer]
+    block, scale = model.blocks[layer], head_scale(model.cfg, layer)
     b_Q, b_K = pad_bias(b_Q, W_Q.shape[-1]), pad_bias(b_K, W_K.shape[-1])
     stash: dict[str, Tensor] = {}
 
@@ -223,9 +277,8 @@ def qk_override_hooks(model: HookedTransformer, layer: int, head: int, W_Q: Tens
 
     def replace_scores(scores: Tensor, hook) -> Tensor:  # (B, nh, T, T)
         x = block.ln1(stash.pop("x"))
-        q = x @ W_Q.to(x) + (0 if b_Q is None else b_Q.to(x))  # (B, T, r)
-        k = x @ W_K.to(x) + (0 if b_K is None else b_K.to(x))
-        new = q @ k.transpose(-1, -2) / block.attn.attn_scale  # (B, T, T)
+        biases = [None if b is None else b.to(x) for b in (b_Q, b_K)]
+        new = attention_scores(x, x, W_Q.to(x), W_K.to(x), scale, *biases)  # (B, T, T)
         causal = torch.ones(new.shape[-2:], dtype=torch.bool, device=new.device).tril()
         scores = scores.clone()
         scores[:, head] = torch.where(causal, new.to(scores.dtype), scores[:, head])
@@ -238,4 +291,4 @@ def in_context_scores(model: HookedTransformer, tokens: Tensor, mask: Tensor, la
                       fwd_hooks: Sequence[tuple[str, object]] = (), batch_size: int = 64) -> dict[str, float]:
     """The part-1 metrics (S, partner, self and BOS mass, argmax accuracy) of one head, mean over prompts."""
     pattern = head_pattern(model, tokens, layer, head, list(fwd_hooks), batch_size)[:, None]  # (B, 1, q, k)
-    return {key: float(value.nanmean()) for key, value in scan.semantic_scores(pattern, tokens, mask).items()}
+    return {key: float(value.nanmean()) for key, value in semantic_scores(pattern, tokens, mask).items()}

@@ -29,6 +29,8 @@ from transformer_lens import HookedTransformer
 
 from analysis.errors import ModelNotAvailableError, UsageError
 from analysis.models import ORGANISM_DIR
+from analysis.organism.language import LanguageSpec, sample_batch, vocabulary
+from analysis.organism.train import TrainConfig
 from analysis.vocab_input import CACHE_DIR
 
 GPT2_RELEASE = "gpt2-small-resid-post-v5-32k"
@@ -76,9 +78,6 @@ class SAETrainSettings:
 def organism_activations(model: HookedTransformer, hook_name: str, settings: SAETrainSettings
                          ) -> Iterator[Tensor]:
     """Endless `[n, d_model]` batches of `hook_name` activations (BOS left out, shuffled) on the organism's language."""
-    from analysis.organism.language import LanguageSpec, sample_batch, vocabulary
-    from analysis.organism.train import TrainConfig
-
     spec = LanguageSpec.from_vocabulary(vocabulary())
     rng = np.random.default_rng(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)

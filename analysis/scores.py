@@ -17,7 +17,7 @@ from torch import Tensor
 EPS = 1e-6  # clamp for -log(mass): a head that puts (almost) nothing on the targets scores ~13.8 nats
 
 
-def _mean_over_rows(values: Tensor, rows: Tensor) -> Tensor:
+def mean_over_rows(values: Tensor, rows: Tensor) -> Tensor:
     """Mean of `values: [batch, head, query]` over the rows selected by `rows: [batch, query]`.
 
     A prompt with no selected row gives NaN, so it cannot silently count as a perfect score.
@@ -84,7 +84,7 @@ def semantic_surprisal(pattern: Tensor, mask: Tensor, rows: Tensor) -> Tensor:
 
     Lower is better; 0 means every row puts all its attention on valid targets.
     """
-    return _mean_over_rows(-mask_mass(pattern, mask).clamp_min(EPS).log(), rows)
+    return mean_over_rows(-mask_mass(pattern, mask).clamp_min(EPS).log(), rows)
 
 
 def semantic_companions(pattern: Tensor, tokens: Tensor, mask: Tensor, rows: Tensor) -> dict[str, Tensor]:
@@ -100,11 +100,17 @@ def semantic_companions(pattern: Tensor, tokens: Tensor, mask: Tensor, rows: Ten
     argmax = pattern.argmax(-1)  # (B, H, Q)
     hit = mask.gather(-1, argmax.permute(0, 2, 1)).permute(0, 2, 1)  # M[q, argmax_q]
     return {
-        "partner_mass": _mean_over_rows(mask_mass(pattern, mask), partner),
-        "self_mass": _mean_over_rows(mask_mass(pattern, same_word_mask(tokens)), rows),
-        "bos_mass_no_partner": _mean_over_rows(pattern[..., 0], lonely),
-        "argmax_accuracy": _mean_over_rows(hit, rows),
+        "partner_mass": mean_over_rows(mask_mass(pattern, mask), partner),
+        "self_mass": mean_over_rows(mask_mass(pattern, same_word_mask(tokens)), rows),
+        "bos_mass_no_partner": mean_over_rows(pattern[..., 0], lonely),
+        "argmax_accuracy": mean_over_rows(hit, rows),
     }
+
+
+def semantic_scores(pattern: Tensor, tokens: Tensor, mask: Tensor) -> dict[str, Tensor]:
+    """S and its companions together, each `[batch, head]`, over every row but BOS (`scored_rows`)."""
+    rows = scored_rows(tokens)
+    return {"surprisal": semantic_surprisal(pattern, mask, rows), **semantic_companions(pattern, tokens, mask, rows)}
 
 
 def bootstrap_ci(per_prompt: Tensor | np.ndarray, n_resamples: int = 2000, level: float = 0.95,

@@ -1,7 +1,7 @@
 """Attention versus similarity: does a head prefer a similar, different token over the token itself?
 
-For head inputs x_t (`analysis.vocab_input.head_input`) and the head's bilinear score s(q, k)
-(`vocab_input.bilinear_scores`), each ordered pair of different tokens (q, k) gives
+For head inputs x_t (`analysis.vocab_input.head_input`) and the head's attention score s(q, k)
+(`attention.attention_scores`, with the model's scale), each ordered pair of different tokens (q, k) gives
 
     d(q, k) = s(q, k) - s(q, q)          > 0: key k beats the query's own token
     c(q, k) = cos(x_q, x_k)
@@ -15,8 +15,9 @@ GPT-2 tokens fit in a few hundred MB.
 
 from __future__ import annotations
 
+import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from analysis.vocab_input import bilinear_scores
+from analysis.attention import attention_scores
 
 
 def cosine_matrix(a: Tensor, b: Tensor) -> Tensor:
@@ -33,18 +34,23 @@ def cosine_matrix(a: Tensor, b: Tensor) -> Tensor:
 
 
 def score_minus_self(inputs: Tensor, query_index: Tensor, W_Q: Tensor, W_K: Tensor,
-                     b_Q: Tensor | None = None, b_K: Tensor | None = None) -> Tensor:
-    """`[n_q, N]`: d(q, k) = s(q, k) - s(q, q) for the queries `inputs[query_index]` and every key of `inputs: [N, d_model]`."""
-    scores = bilinear_scores(inputs[query_index], inputs, W_Q, W_K, b_Q, b_K)  # (C, N)
+                     b_Q: Tensor | None = None, b_K: Tensor | None = None, *, scale: float) -> Tensor:
+    """`[n_q, N]`: d(q, k) = s(q, k) - s(q, q) for the queries `inputs[query_index]` and every key of
+    `inputs: [N, d_model]`.
+
+    s is the head's attention score with the model's attention `scale` (`attention.head_scale`).
+    """
+    scores = attention_scores(inputs[query_index], inputs, W_Q, W_K, scale, b_Q, b_K)  # (C, N)
     return scores - scores.gather(1, query_index[:, None])
 
 
 def binned_pairs(inputs: Tensor, edges: Tensor, W_Q: Tensor, W_K: Tensor, b_Q: Tensor | None = None,
-                 b_K: Tensor | None = None, scale: float = 1.0, chunk_size: int = 1024,
+                 b_K: Tensor | None = None, *, scale: float, unit: float = 1.0, chunk_size: int = 1024,
                  progress: bool = False) -> tuple[Tensor, Tensor]:
-    """Per query and cosine window, the number of keys and the sum of `scale * d(q, k)`, self left out.
+    """Per query and cosine window, the number of keys and the sum of `unit * d(q, k)`, self left out.
 
-    `edges: [n_windows + 1]` are the window edges in cosine; window i holds edges[i] <= c < edges[i+1]
+    `scale` is the model's attention scale, `unit` converts the scores (`score_unit`). `edges:
+    [n_windows + 1]` are the window edges in cosine; window i holds edges[i] <= c < edges[i+1]
     (the outer windows also take anything beyond the outer edges). Returns
     (`counts: [N, n_windows]` int64, `sums: [N, n_windows]` float64).
     """
@@ -54,13 +60,28 @@ def binned_pairs(inputs: Tensor, edges: Tensor, W_Q: Tensor, W_K: Tensor, b_Q: T
     inner = edges[1:-1].contiguous()
     for start in tqdm(range(0, n, chunk_size), desc="query chunks", disable=not progress, leave=False):
         index = torch.arange(start, min(start + chunk_size, n))
-        diff = score_minus_self(inputs, index, W_Q, W_K, b_Q, b_K).double() * scale  # (C, N)
+        diff = score_minus_self(inputs, index, W_Q, W_K, b_Q, b_K, scale=scale).double() * unit  # (C, N)
         window = torch.bucketize(cosine_matrix(inputs[index], inputs), inner, right=True)  # (C, N)
         not_self = torch.ones_like(diff, dtype=torch.bool)
         not_self[torch.arange(len(index)), index] = False
         counts[index] = torch.zeros(len(index), n_windows, dtype=torch.int64).scatter_add_(1, window, not_self.long())
         sums[index] = torch.zeros(len(index), n_windows, dtype=torch.float64).scatter_add_(1, window, diff * not_self)
     return counts, sums
+
+
+def score_unit(units: str, scale: float) -> float:
+    """What d is multiplied by: 1 for "nats" (attention logits as the softmax sees them), scale / ln 2 for
+    "bits-unscaled" (the original study's convention: the score without the attention scale, in bits)."""
+    if units == "nats":
+        return 1.0
+    if units == "bits-unscaled":
+        return scale / math.log(2)
+    raise ValueError(f"units must be 'nats' or 'bits-unscaled', got {units!r}")
+
+
+def window_edges(width: float) -> Tensor:
+    """`[round(2 / width) + 1]` edges of cosine windows of (about) `width` over [-1, 1]."""
+    return torch.linspace(-1, 1, round(2 / width) + 1)
 
 
 def windowed_means(counts: Tensor, sums: Tensor, level: float = 0.99, n_resamples: int = 1000,
@@ -114,6 +135,25 @@ def peak(centres: np.ndarray, mean: np.ndarray) -> tuple[float, float]:
     return float(centres[i]), float(mean[i])
 
 
+def similarity_profile(inputs: Tensor, W_Q: Tensor, W_K: Tensor, b_Q: Tensor | None = None,
+                       b_K: Tensor | None = None, *, scale: float, unit: float = 1.0, width: float = 0.025,
+                       level: float = 0.99, n_resamples: int = 1000, seed: int = 0, chunk_size: int = 1024,
+                       progress: bool = False) -> dict:
+    """Every ordered pair of different inputs, summarised: windowed means of `unit * d` over cosine windows
+    of `width` (`windowed_means`, CI at `level`), the cosine from which keys beat self, and the peak.
+
+    Returns {"centres": [n_windows], "windows": `windowed_means`'s dict, "pairs": int,
+    "beats_self_from": float | None, "peak": (cosine, mean)}.
+    """
+    edges = window_edges(width)
+    centres = ((edges[1:] + edges[:-1]) / 2).numpy()
+    counts, sums = binned_pairs(inputs, edges, W_Q, W_K, b_Q, b_K, scale=scale, unit=unit, chunk_size=chunk_size,
+                                progress=progress)
+    windows = windowed_means(counts, sums, level=level, n_resamples=n_resamples, seed=seed)
+    return {"centres": centres, "windows": windows, "pairs": int(counts.sum()),
+            "beats_self_from": beats_self_from(centres, windows["mean"]), "peak": peak(centres, windows["mean"])}
+
+
 def category_contrast(diff: Tensor, cosine: Tensor, category: Tensor) -> dict[str, float]:
     """d and cosine over pairs of category words; `diff, cosine: [n, n]` (row q, column k), `category: [n]`.
 
@@ -129,7 +169,36 @@ def category_contrast(diff: Tensor, cosine: Tensor, category: Tensor) -> dict[st
     return out
 
 
-def top_keys(diff_row: Tensor, cos_row: Tensor, labels: list[str], k: int = 8) -> list[Mapping[str, float | str]]:
+def category_pairs(inputs: Tensor, category: Tensor, W_Q: Tensor, W_K: Tensor, b_Q: Tensor | None = None,
+                   b_K: Tensor | None = None, *, scale: float, unit: float = 1.0) -> dict[str, float]:
+    """`category_contrast` of `unit * d` over every pair of `inputs: [n, d_model]`, words of `category: [n]`."""
+    diff = score_minus_self(inputs, torch.arange(len(inputs)), W_Q, W_K, b_Q, b_K, scale=scale) * unit  # (n, n)
+    return category_contrast(diff, cosine_matrix(inputs, inputs), category)
+
+
+def key_rows(diff_row: Tensor, cos_row: Tensor, labels: list[str], index: Sequence[int]
+             ) -> list[dict[str, float | str]]:
+    """One record per key of `index`: its label, d and cosine (for one query's `diff_row`, `cos_row: [n]`)."""
+    return [{"token": labels[i], "score_minus_self": float(diff_row[i]), "cosine": float(cos_row[i])}
+            for i in index]
+
+
+def top_keys(diff_row: Tensor, cos_row: Tensor, labels: list[str], k: int = 8) -> list[dict[str, float | str]]:
     """The k keys with the largest d for one query: label, d and cosine."""
-    order = diff_row.argsort(descending=True)[:k]
-    return [{"token": labels[i], "score_minus_self": float(diff_row[i]), "cosine": float(cos_row[i])} for i in order]
+    return key_rows(diff_row, cos_row, labels, diff_row.argsort(descending=True)[:k].tolist())
+
+
+def example_query(query_input: Tensor, key_inputs: Tensor, labels: list[str], query_category: int,
+                  key_category: Tensor, W_Q: Tensor, W_K: Tensor, b_Q: Tensor | None = None,
+                  b_K: Tensor | None = None, *, scale: float, unit: float = 1.0, n_labels: int = 8) -> dict:
+    """One query (`query_input: [1, d_model]`) against keys (`key_inputs: [n, d_model]`, itself not among them).
+
+    Returns `diff: [n]` (unit * d(q, k), against the query's own score), `cosine: [n]`, `mates: [n]`
+    (keys of the query's category, -1 = none), and as records the `top_keys` and the category-mates.
+    """
+    both = torch.cat([query_input, key_inputs])  # row 0 is the query, so s(q, q) is its own score
+    diff = score_minus_self(both, torch.tensor([0]), W_Q, W_K, b_Q, b_K, scale=scale)[0, 1:] * unit
+    cosine = cosine_matrix(query_input, key_inputs)[0]
+    mates = (key_category == query_category) & (query_category >= 0)
+    return {"diff": diff, "cosine": cosine, "mates": mates, "top_keys": top_keys(diff, cosine, labels, n_labels),
+            "mate_keys": key_rows(diff, cosine, labels, torch.nonzero(mates)[:, 0].tolist())}

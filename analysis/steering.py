@@ -28,9 +28,9 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from analysis import scores
-from analysis.patterns import check_context
+from analysis.attention import head_weights
+from analysis.patterns import head_pattern
 from analysis.qk_decomposition import qk_matrix, qk_override_hooks
-from analysis.vocab_input import head_weights
 
 Direction = Literal["suppress", "restore"]
 SIGN = {"suppress": 1.0, "restore": -1.0}
@@ -54,15 +54,8 @@ def trace_eta(W_Q: Tensor, W_K: Tensor, relative: float) -> float:
 def head_masses(model: HookedTransformer, tokens: Tensor, mask: Tensor, layer: int, head: int, W_Q: Tensor,
                 W_K: Tensor, b_Q: Tensor | None, b_K: Tensor | None) -> dict[str, Tensor]:
     """Self and partner mass (means over prompts, differentiable in W_Q, W_K) of the head run with these weights."""
-    check_context(model, tokens)
-    captured: dict[str, Tensor] = {}
-
-    def keep(pattern: Tensor, hook) -> None:  # (B, nh, T, T)
-        captured["pattern"] = pattern[:, head]
-
-    hooks = [*qk_override_hooks(model, layer, head, W_Q, W_K, b_Q, b_K), (f"blocks.{layer}.attn.hook_pattern", keep)]
-    model.run_with_hooks(tokens.to(model.cfg.device), return_type=None, stop_at_layer=layer + 1, fwd_hooks=hooks)
-    pattern = captured["pattern"].cpu()[:, None]  # (B, 1, T, T)
+    hooks = qk_override_hooks(model, layer, head, W_Q, W_K, b_Q, b_K)
+    pattern = head_pattern(model, tokens, layer, head, hooks, len(tokens), grad=True)[:, None]  # (B, 1, T, T)
     companions = scores.semantic_companions(pattern, tokens, mask, scores.scored_rows(tokens))
     return {key: companions[key][:, 0].nanmean() for key in ("self_mass", "partner_mass")}
 

@@ -1,4 +1,4 @@
-"""What a head in layer L "sees" of each vocabulary token, and its bilinear QK score on such inputs.
+"""What a head in layer L "sees" of each vocabulary token: its input for every token, in chunks.
 
 The head's input for token t is the residual stream a token would have at layer L if the only
 thing that varied were its identity:
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from pathlib import Path
 from typing import Literal
@@ -30,6 +29,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
+from analysis import prompts
 from analysis.io import REPO_ROOT, atomic_file, model_slug
 
 Variant = Literal["mean", "zero"]
@@ -99,8 +99,6 @@ def context_head_input(model: HookedTransformer, layer: int, token_ids: Tensor |
     computation over contexts, which differs wherever an MLP reacts non-linearly to what earlier
     attention layers write.
     """
-    from analysis.scan import bos_token_id, special_token_ids  # scan never imports this module
-
     ids = torch.arange(model.cfg.d_vocab) if token_ids is None else token_ids.cpu()
     length = min(length, model.cfg.n_ctx - 1)
     per_prompt = max(1, length // 4)
@@ -109,11 +107,11 @@ def context_head_input(model: HookedTransformer, layer: int, token_ids: Tensor |
     n_prompts = -(-len(targets) // per_prompt)
     targets = torch.cat([targets, targets.new_full((n_prompts * per_prompt - len(targets),), -1)])  # -1: no target
     targets = targets.reshape(n_prompts, per_prompt)
-    neighbours = torch.tensor(sorted(set(range(model.cfg.d_vocab)) - set(special_token_ids(model))))
+    neighbours = torch.tensor(sorted(set(range(model.cfg.d_vocab)) - set(prompts.special_token_ids(model))))
     body = neighbours[torch.randint(len(neighbours), (n_prompts, length), generator=generator)]
     slots = torch.rand(n_prompts, length, generator=generator).argsort(-1)[:, :per_prompt]  # distinct positions
     body.scatter_(1, slots, torch.where(targets >= 0, ids[targets.clamp_min(0)], body.gather(1, slots)))
-    tokens = torch.cat([torch.full((n_prompts, 1), bos_token_id(model)), body], 1)  # (n_prompts, 1 + length)
+    tokens = torch.cat([torch.full((n_prompts, 1), prompts.bos_token_id(model)), body], 1)  # (n_prompts, 1 + length)
 
     total = torch.zeros(len(ids), model.cfg.d_model)
     name = f"blocks.{layer}.hook_resid_pre"
@@ -126,27 +124,6 @@ def context_head_input(model: HookedTransformer, layer: int, token_ids: Tensor |
         kept = targets[batch] >= 0
         total.index_add_(0, targets[batch][kept], placed[kept])
     return total / n_contexts
-
-
-def bilinear_scores(query_input: Tensor, key_input: Tensor, W_Q: Tensor, W_K: Tensor,
-                    b_Q: Tensor | None = None, b_K: Tensor | None = None) -> Tensor:
-    """`[n_q, n_k]` attention scores s(q, k) = (x_q W_Q + b_Q)(x_k W_K + b_K)^T / sqrt(d_head).
-
-    `W_Q, W_K: [d_model, d_head]` of one head; pass the biases to include them, None to leave them out.
-    """
-    q = query_input @ W_Q + (b_Q if b_Q is not None else 0)
-    k = key_input @ W_K + (b_K if b_K is not None else 0)
-    return q @ k.T / math.sqrt(W_Q.shape[-1])
-
-
-def head_weights(model: HookedTransformer, layer: int, head: int, include_bias: bool = False
-                 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
-    """(W_Q, W_K, b_Q, b_K) of one head on the CPU, float32; biases None unless `include_bias`."""
-    W_Q = model.W_Q[layer, head].detach().float().cpu()
-    W_K = model.W_K[layer, head].detach().float().cpu()
-    if not include_bias:
-        return W_Q, W_K, None, None
-    return W_Q, W_K, model.b_Q[layer, head].detach().float().cpu(), model.b_K[layer, head].detach().float().cpu()
 
 
 def _cache_path(model: HookedTransformer, layer: int, variant: str, reference_tokens: Tensor | None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from analysis import circuits
+from analysis.attention import head_scale
 from analysis.models import load_model
 from analysis.vocab_input import head_input
 from benchlib import MB, Settings, measure, ratio
@@ -73,7 +74,7 @@ def bench_token_tables_chunked_vs_dense(settings: Settings) -> dict:
 
     def table(ids, chunk_size):
         xs = x[ids]
-        qk = circuits.token_qk(xs, xs, bos, W_Q, W_K, b_Q, b_K)
+        qk = circuits.token_qk(xs, xs, bos, W_Q, W_K, b_Q, b_K, head_scale(model.cfg, layer))
         ov = circuits.token_ov(xs, model.W_V[layer, head], model.W_O[layer, head], model.W_U[:, ids])
         p = torch.full((len(ids),), 1.0 / len(ids), device=xs.device)
         return circuits.key_pivoted_table(qk, ov, p, chunk_size=chunk_size)

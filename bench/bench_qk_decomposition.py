@@ -9,7 +9,8 @@ from transformer_lens import FactoredMatrix
 from analysis import clustering
 from analysis import qk_decomposition as qk
 from analysis.models import load_model
-from analysis.vocab_input import head_input, head_weights
+from analysis.attention import head_scale, head_weights
+from analysis.vocab_input import head_input
 from benchlib import MB, Settings, measure
 
 FLOAT = 4  # bytes
@@ -28,7 +29,7 @@ def bench_qk_spectra_and_self_ranks(settings: Settings) -> dict:
     spectrum = qk.symmetric_spectrum(Wq, Wk)
     A, B = qk.edited_factors(Wq, Wk, spectrum, qk.most_negative(spectrum.values, 24), -2.0)
     ranks, t_ranks = measure(lambda: qk.self_ranks(x, FactoredMatrix(A, B.T), chunk_size=1024))
-    edges, t_edges = measure(lambda: clustering.top_k_edges(x[:3000], qk.qk_matrix(Wq, Wk), model.cfg.d_head, k=4))
+    edges, t_edges = measure(lambda: clustering.top_k_edges(x[:3000], qk.qk_matrix(Wq, Wk), head_scale(model.cfg, 1), k=4))
     return {
         "spectra_all_heads": {**t_spectra, "heads": len(spectra), "eigenpairs_per_head": len(spectra[0].values)},
         "self_ranks": {**t_ranks, "n_tokens": n_tokens, "rank_of_the_inner_dimension": A.shape[1],

@@ -7,7 +7,6 @@ import torch
 from analysis import prompts, scores
 from analysis.models import load_model, random_gpt2
 from analysis.patterns import all_patterns, flatten_heads
-from analysis.scan import bos_token_id
 from benchlib import Settings, measure, ratio
 
 
@@ -32,7 +31,7 @@ def bench_scan_batched_vs_per_head(settings: Settings) -> dict:
     else:
         model = load_model("gpt2-random", settings.device)
     batch, half = (2, 20) if settings.quick else (4, 50)
-    tokens = prompts.random_repeated_tokens(batch, half, model.cfg.d_vocab, bos_token_id(model), settings.seed)
+    tokens = prompts.random_repeated_tokens(batch, half, model.cfg.d_vocab, prompts.bos_token_id(model), settings.seed)
 
     def score(pattern):
         flat = flatten_heads(pattern)

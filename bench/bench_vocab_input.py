@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from analysis import prompts, similarity, vocab_input
+from analysis.attention import head_scale, head_weights
 from analysis.models import load_model, random_gpt2
 from benchlib import Settings, _rss, measure
 
@@ -36,9 +37,9 @@ def bench_cosine_pairs_8192(settings: Settings) -> dict:
     n = 1024 if settings.quick else 8192
     reference = prompts.reference_prompts(model, seed=settings.seed, n_prompts=8)
     inputs = vocab_input.head_input(model, 1, reference, token_ids=torch.arange(n), use_cache=False)
-    weights = vocab_input.head_weights(model, 1, 5, include_bias=True)
+    weights, scale = head_weights(model, 1, 5, include_bias=True), head_scale(model.cfg, 1)
     edges = torch.linspace(-1, 1, 81)
-    _, stats = measure(lambda: similarity.windowed_means(*similarity.binned_pairs(inputs, edges, *weights,
+    _, stats = measure(lambda: similarity.windowed_means(*similarity.binned_pairs(inputs, edges, *weights, scale=scale,
                                                                                     chunk_size=1024)),
                        settings.device)
     peak_total_mb = _rss() / MB + stats["peak_mb"]  # upper bound: resident now plus what the call added

@@ -16,20 +16,15 @@ and figures/<model>/activation_patching.{pdf,png} (a layer x head heatmap).
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import torch  # noqa: E402
-
-from analysis import cli, io, prompts  # noqa: E402
-from analysis.errors import UsageError  # noqa: E402
-from analysis.models import load_model  # noqa: E402
-from analysis.patching import head_patching  # noqa: E402
-from analysis.patterns import check_context  # noqa: E402
-from analysis.plotting import head_heatmaps  # noqa: E402
-from analysis.scan import top_heads  # noqa: E402
+from analysis import cli, io, prompts
+from analysis.errors import UsageError
+from analysis.models import load_model
+from analysis.patching import head_patching
+from analysis.patterns import check_context
+from analysis.plotting import head_heatmaps, save_figure
+from analysis.scan import top_heads
 
 NAME = "activation_patching"
 TASKS = {
@@ -65,9 +60,7 @@ def prompt_pair(args) -> tuple[str, str, str, str, str]:
 
 def main(args) -> None:
     model = load_model(args.model, args.device)
-    if model.tokenizer is None:
-        raise UsageError("Patching here compares text prompts, so it needs a model with a tokenizer; "
-                         "this one has none.")
+    prompts.require_tokenizer(model, "Patching here compares text prompts")
     task, clean_text, corrupted_text, answer_text, wrong_text = prompt_pair(args)
     clean, corrupted = model.to_tokens(clean_text).cpu(), model.to_tokens(corrupted_text).cpu()
     check_context(model, clean)
@@ -85,7 +78,7 @@ def main(args) -> None:
                            arguments=vars(args), seed=args.seed)
     fig = head_heatmaps([recovered], ["fraction of logit difference recovered"],
                         suptitle=f"Patching hook_z clean -> corrupted ({task})")
-    io.save_figure(fig, args.out, args.model, NAME)
+    save_figure(fig, args.out, args.model, NAME)
 
     print(f"{task}: logit diff {answer_text!r} - {wrong_text!r}: clean {out['clean_logit_diff']:+.2f}, "
           f"corrupted {out['corrupted_logit_diff']:+.2f}")

@@ -14,21 +14,18 @@ figures/<model>/attention_stats.{pdf,png}.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from analysis import cli, io, prompts  # noqa: E402
-from analysis.attention_stats import STATISTICS, attention_statistics  # noqa: E402
-from analysis.errors import UsageError  # noqa: E402
-from analysis.models import load_model  # noqa: E402
-from analysis.patterns import all_patterns, flatten_heads  # noqa: E402
-from analysis.plotting import head_heatmaps  # noqa: E402
-from analysis.scan import bos_token_id, category_probe, special_token_ids, top_heads  # noqa: E402
-from analysis.scores import scored_rows  # noqa: E402
+from analysis import cli, io, prompts
+from analysis.attention_stats import STATISTICS, attention_statistics
+from analysis.errors import UsageError
+from analysis.models import load_model
+from analysis.patterns import all_patterns, flatten_heads
+from analysis.plotting import head_heatmaps, save_figure
+from analysis.scan import top_heads
+from analysis.scores import scored_rows
 
 NAME = "attention_stats"
 
@@ -54,18 +51,17 @@ def prompt_sets(model, args) -> dict[str, list[torch.Tensor]]:
     if args.text is not None:
         if not args.text.is_file():
             raise UsageError(f"--text {args.text} is not a file. Give a text file with one prompt per line.")
-        if model.tokenizer is None:
-            raise UsageError("--text needs a model with a tokenizer; this one has none.")
+        prompts.require_tokenizer(model, "--text tokenises text prompts")
         lines = [line for line in args.text.read_text().splitlines() if line.strip()]
         if not lines:
             raise UsageError(f"--text {args.text} holds no non-empty line.")
         return {"text": [model.to_tokens(line).cpu() for line in lines]}  # lengths differ: one pass each
-    bos, special, d_vocab = bos_token_id(model), special_token_ids(model), model.cfg.d_vocab
+    bos, special, d_vocab = prompts.bos_token_id(model), prompts.special_token_ids(model), model.cfg.d_vocab
     sets = {"random": [prompts.random_tokens(args.n_prompts, args.length, d_vocab, bos, args.seed, special)],
             "repeated": [prompts.random_repeated_tokens(args.n_prompts, args.length // 2, d_vocab, bos,
                                                         args.seed + 1, special)]}
     if model.tokenizer is not None:
-        sets["category"] = [category_probe(model, prompts.ALL_CATEGORIES, args.n_prompts, args.length,
+        sets["category"] = [prompts.category_probe(model, prompts.ALL_CATEGORIES, args.n_prompts, args.length,
                                            args.seed + 2)[0]]
     return sets
 
@@ -103,7 +99,7 @@ def main(args) -> None:
                         ["entropy (nats)", "max attention", "mean distance (tokens)", "BOS mass"],
                         reverse=[True, False, False, False],
                         suptitle=f"Attention statistics, {args.model} ({', '.join(per_set)} prompts)")
-    io.save_figure(fig, args.out, args.model, NAME)
+    save_figure(fig, args.out, args.model, NAME)
 
     for kind, heads in rankings.items():
         print(f"{kind.replace('_', ' '):>14s}: " + ", ".join(f"L{l}H{h} {v:.2f}" for l, h, v in heads))

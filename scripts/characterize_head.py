@@ -19,16 +19,12 @@ characterize_head_layer<L>.html.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from analysis import cli, io, prompts, scan  # noqa: E402
-from analysis.models import load_model  # noqa: E402
-from analysis.patterns import all_patterns  # noqa: E402
-from analysis.plotting import attention_heads_html, attention_pattern, head_heatmaps  # noqa: E402
-from analysis.survey import separation, survey_table  # noqa: E402
+from analysis import cli, io, prompts, scan
+from analysis.models import load_model
+from analysis.patterns import all_patterns
+from analysis.plotting import attention_heads_html, attention_pattern, head_heatmaps, save_figure
+from analysis.scores import semantic_scores
+from analysis.survey import separation, survey_table
 
 NAME = "characterize_head"
 
@@ -68,7 +64,7 @@ def example_figure(pattern, mask, labels, layer: int, head: int, title: str):
 def main(args) -> None:
     model = load_model(args.model, args.device)
 
-    chosen = None if args.layer is None and args.head is None else scan.target_head(model, args.layer, args.head)
+    chosen = None if args.layer is None and args.head is None else cli.target_head(model, args.layer, args.head)
 
     survey = scan.semantic_survey(model, args.n_prompts, args.n_words, args.seed)
     table = survey_table(survey, n_resamples=args.n_resamples, seed=args.seed)
@@ -76,9 +72,9 @@ def main(args) -> None:
     target_row = table[(table["layer"] == layer) & (table["head"] == head)].iloc[0]
 
     # One fresh example prompt (another seed than the survey's), every head from one pass.
-    tokens, mask = scan.category_probe(model, prompts.ALL_CATEGORIES, 1, args.example_words, args.seed + 1)
+    tokens, mask = prompts.category_probe(model, prompts.ALL_CATEGORIES, 1, args.example_words, args.seed + 1)
     pattern = all_patterns(model, tokens)[0]  # (layer, head, q, k)
-    example = {k: float(v[0, head]) for k, v in scan.semantic_scores(pattern[layer][None], tokens, mask).items()}
+    example = {k: float(v[0, head]) for k, v in semantic_scores(pattern[layer][None], tokens, mask).items()}
     labels = model.to_str_tokens(tokens[0])
 
     results = {
@@ -97,18 +93,19 @@ def main(args) -> None:
     fig = head_heatmaps([mean["surprisal"], mean["partner_mass"], mean["self_mass"]],
                         ["S (nats, lower = better)", "partner mass", "self + copies mass"],
                         reverse=[True, False, True], suptitle=f"Semantic-head survey, {args.model}")
-    io.save_figure(fig, args.out, args.model, NAME)
+    save_figure(fig, args.out, args.model, NAME)
     fig = example_figure(pattern[layer, head], mask[0], labels, layer, head,
                          f"{args.model}: example prompt, S = {example['surprisal']:.2f} nats")
-    io.save_figure(fig, args.out, args.model, f"{NAME}_example")
+    save_figure(fig, args.out, args.model, f"{NAME}_example")
+    names = [f"L{layer}H{h}" for h in range(model.cfg.n_heads)]
     html = io.write_output(io.figures_dir(args.out, args.model) / f"{NAME}_layer{layer}.html",
-                                attention_heads_html(pattern[layer], labels, [f"L{layer}H{h}" for h in range(model.cfg.n_heads)],
-                                                     f"{args.model}: layer {layer}"))
+                           attention_heads_html(pattern[layer], labels, names, f"{args.model}: layer {layer}"))
 
     print(f"{'head':>6s} {'S (95% CI)':>22s} {'partner':>8s} {'self':>6s} {'BOS|none':>8s} {'argmax':>7s}")
     for row in table.head(args.top).itertuples():
         print(f"  L{row.layer}H{row.head} {row.surprisal:7.3f} [{row.surprisal_low:.3f}, {row.surprisal_high:.3f}]"
-              f" {row.partner_mass:8.3f} {row.self_mass:6.3f} {row.bos_mass_no_partner:8.3f} {row.argmax_accuracy:7.3f}")
+              f" {row.partner_mass:8.3f} {row.self_mass:6.3f} {row.bos_mass_no_partner:8.3f}"
+              f" {row.argmax_accuracy:7.3f}")
     sep = results["separation"]
     print(f"target L{layer}H{head} (rank {results['target']['rank']}); best vs runner-up: margin "
           f"{sep['margin']:.3f} nats, CIs {'disjoint' if sep['separated'] else 'overlap'}")

@@ -3,7 +3,7 @@
 Nodes: the --n-tokens most frequent tokens (default 3000; from results/<model>/token_freq.csv
 written by token_freq.py, or --frequencies), or the whole vocabulary when that is no larger (the
 organism), special tokens left out, plus every category word of the study. Each query keeps its
---k best keys by the head's score x_q W x_k^T / sqrt(d_head) (W = W_Q W_K^T, no biases; inputs
+--k best keys by the head's score x_q W x_k^T / attn_scale (W = W_Q W_K^T, no biases; inputs
 --input, default context: on the organism the mean-context view ranks keys far less faithfully,
 see the README), without self-loops unless --keep-self; edge weights are the scores min-max
 normalised over the kept edges. Leiden (--method modularity, or rbconfiguration with
@@ -15,28 +15,24 @@ figures/<model>/clustering.{pdf,png} and figures/<model>/clustering.html (intera
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from analysis import cli, clustering, io, prompts, scan  # noqa: E402
-from analysis import qk_decomposition as qk  # noqa: E402
-from analysis.frequency import (  # noqa: E402
-    check_frequency_csv, frequency_csv_path, most_frequent_ids, read_frequency_csv,
-)
-from analysis.token_maps import add_input_argument, load_target, token_inputs  # noqa: E402
-from analysis.vocab_input import head_weights  # noqa: E402
+from analysis import cli, clustering, io, prompts
+from analysis import qk_decomposition as qk
+from analysis.attention import head_scale, head_weights
+from analysis.frequency import check_frequency_csv, frequency_csv_path, ordinary_or_frequent_ids
+from analysis.plotting import graph_html, save_figure, use_style
+from analysis.token_maps import token_inputs
 
 NAME = "clustering"
 
 
 def build_parser():
     p = cli.parser(__doc__, target_head=True)
-    add_input_argument(p, default="context")
+    cli.add_input_argument(p, default="context")
     p.add_argument("--n-tokens", type=cli.positive_int, default=3000,
                    help="most frequent tokens in the graph (default: 3000)")
     p.add_argument("--frequencies", type=Path, default=None,
@@ -53,19 +49,16 @@ def build_parser():
 
 def node_tokens(model, n_tokens: int, frequencies: Path | None, out: Path, model_name: str) -> torch.Tensor:
     """The graph's token ids: the n most frequent (or the whole vocabulary), then the category words."""
-    special = scan.special_token_ids(model)
-    if n_tokens >= model.cfg.d_vocab - len(special):
-        ids = [i for i in range(model.cfg.d_vocab) if i not in special]
-    else:
-        table = read_frequency_csv(frequencies or frequency_csv_path(out, model_name))
-        ids = most_frequent_ids(table, n_tokens, exclude=special).tolist()
+    ids, _ = ordinary_or_frequent_ids(model.cfg.d_vocab, prompts.special_token_ids(model), n_tokens,
+                                      frequencies or frequency_csv_path(out, model_name))
+    ids = ids.tolist()
     category_words = [i for words in prompts.ALL_CATEGORIES.values()
                       for i in prompts.single_token_ids(model.tokenizer, list(words))]
     return torch.tensor(ids + [i for i in category_words if i not in set(ids)])
 
 
 def main(args) -> None:
-    model, layer, head = load_target(args)
+    model, layer, head = cli.load_target(args)
     ids = node_tokens(model, args.n_tokens, args.frequencies, args.out, args.model)
     if args.k >= len(ids) + args.keep_self:
         raise cli.UsageError(f"--k {args.k} keys per query needs more than the graph's {len(ids)} tokens. "
@@ -76,7 +69,8 @@ def main(args) -> None:
     W_Q, W_K, _, _ = head_weights(model, layer, head)
     E = token_inputs(model, layer, args.input, token_ids=ids, seed=args.seed, progress=True)
 
-    source, target, score = clustering.top_k_edges(E, qk.qk_matrix(W_Q, W_K), model.cfg.d_head, args.k, args.keep_self)
+    source, target, score = clustering.top_k_edges(E, qk.qk_matrix(W_Q, W_K), head_scale(model.cfg, layer), args.k,
+                                                   args.keep_self)
     graph = clustering.score_graph(len(ids), source, target, clustering.minmax(score))
     membership = clustering.leiden(graph, args.method, args.resolution, args.seed)
     agreement = clustering.agreement(category_of, membership)
@@ -90,14 +84,14 @@ def main(args) -> None:
                            arguments=vars(args), seed=args.seed)
 
     coords = clustering.layout(graph, args.seed)
-    io.save_figure(figure(coords, source, target, labels, membership, category_of, category_names, layer, head,
+    save_figure(figure(coords, source, target, labels, membership, category_of, category_names, layer, head,
                           agreement), args.out, args.model, NAME)
     keys_of = {i: [] for i in range(len(ids))}
     for s, t in zip(source.tolist(), target.tolist()):
         keys_of[s].append(labels[t])
     hover = [f"{labels[i]!r} · community {membership[i]} · top keys: {', '.join(map(repr, keys_of[i]))}"
              for i in range(len(ids))]
-    html = clustering.graph_html(coords, source.numpy(), target.numpy(), labels, membership, hover,
+    html = graph_html(coords, source.numpy(), target.numpy(), labels, membership, hover,
                                  f"L{layer}H{head} token communities ({args.model}, {args.input} inputs)")
     html_path = io.write_output(io.figures_dir(args.out, args.model) / f"{NAME}.html", html)
 
@@ -111,7 +105,7 @@ def main(args) -> None:
 
 
 def figure(coords, source, target, labels, membership, category_of, category_names, layer, head, agreement):
-    io.use_style()
+    use_style()
     import matplotlib.pyplot as plt
     import pandas as pd
     import seaborn as sns

@@ -17,14 +17,10 @@ figures/<model>/component_ablation.{pdf,png} (box plots).
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from analysis import cli, io, prompts, scan  # noqa: E402
-from analysis.ablation import ablation_study, damage_share, summary_table  # noqa: E402
-from analysis.models import load_model  # noqa: E402
+from analysis import cli, io, prompts
+from analysis.ablation import ablation_study, damage_share, summary_table
+from analysis.models import load_model
+from analysis.plotting import save_figure, use_style
 
 NAME = "component_ablation"
 
@@ -49,8 +45,6 @@ def box_plot(study, layer: int, head: int, title: str):
     import pandas as pd
     import seaborn as sns
 
-    from analysis.io import use_style
-
     use_style()
     long = pd.DataFrame([{"mode": mode, "condition": condition.replace("_", " "), "S": float(v)}
                          for mode, conditions in study.items() for condition, s in conditions.items() for v in s])
@@ -64,8 +58,8 @@ def box_plot(study, layer: int, head: int, title: str):
 
 def main(args) -> None:
     model = load_model(args.model, args.device)
-    layer, head = scan.target_head(model, args.layer, args.head, args.seed)
-    tokens, mask = scan.category_probe(model, prompts.ALL_CATEGORIES, args.n_prompts, args.n_words, args.seed)
+    layer, head = cli.target_head(model, args.layer, args.head, args.seed)
+    tokens, mask = prompts.category_probe(model, prompts.ALL_CATEGORIES, args.n_prompts, args.n_words, args.seed)
     study = ablation_study(model, tokens, mask, layer, head, tuple(args.modes), keep_bos=not args.ablate_bos,
                            progress=True)
     table = summary_table(study, seed=args.seed)  # {mode: {condition: summary}}
@@ -88,7 +82,7 @@ def main(args) -> None:
                            arguments=vars(args), seed=args.seed)
     fig = box_plot(study, layer, head, f"{args.model}: L{layer}H{head} under component ablations "
                                        f"({args.n_prompts} prompts)")
-    io.save_figure(fig, args.out, args.model, NAME)
+    save_figure(fig, args.out, args.model, NAME)
 
     print(f"L{layer}H{head}: median S (nats) per condition")
     print(f"{'':>22s}" + "".join(f"{mode:>8s}" for mode in args.modes))

@@ -5,37 +5,33 @@ token_freq.py; the whole vocabulary when it has at most 8192 ordinary tokens, as
 organism's does) each token's head input x_t (vocab_input.head_input: embedding + mean
 positional embedding + mean layer-0 attention output through block 0's MLP and the head's
 LayerNorm; --variant zero drops the two means) gives, for every ordered pair q != k,
-  d(q, k) = s(q, k) - s(q, q),   s(q, k) = (x_q W_Q + b_Q)(x_k W_K + b_K)^T / sqrt(d_head)
+  d(q, k) = s(q, k) - s(q, q),   s(q, k) = (x_q W_Q + b_Q)(x_k W_K + b_K)^T / attn_scale
 (biases included unless --no-bias), and c(q, k) = cos(x_q, x_k). The pairs are summarised by
 windowed means of d over cosine windows with 99% CIs (bootstrap over queries), the cosine from
 which similar-but-different keys beat self, and the peak. The category words of the study give
 a direct check: d over category-mates versus words of other categories. One example query
 (--query, default " red") is drawn with its best keys labelled.
 
-Units: attention logits in nats (with the 1/sqrt(d_head) scale); --units bits-unscaled
-reports s * sqrt(d_head) / ln 2, the study's convention.
+Units: attention logits in nats (with the model's 1/attn_scale = 1/sqrt(d_head)); --units
+bits-unscaled reports s * attn_scale / ln 2, the study's convention.
 
 Writes results/<model>/cosine_attention_analysis.json and figures/<model>/cosine_attention_analysis.{pdf,png}.
 """
 
 from __future__ import annotations
 
-import math
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from analysis import cli, io, prompts, scan, similarity  # noqa: E402
-from analysis.errors import UsageError  # noqa: E402
-from analysis.frequency import (  # noqa: E402
-    check_frequency_csv, frequency_csv_path, most_frequent_ids, read_frequency_csv,
-)
-from analysis.models import load_model  # noqa: E402
-from analysis.vocab_input import head_input, head_weights  # noqa: E402
+from analysis import cli, io, prompts, similarity
+from analysis.attention import head_scale, head_weights
+from analysis.errors import UsageError
+from analysis.frequency import check_frequency_csv, frequency_csv_path, ordinary_or_frequent_ids
+from analysis.models import load_model
+from analysis.plotting import save_figure, use_style
+from analysis.vocab_input import head_input
 
 NAME = "cosine_attention_analysis"
 DEFAULT_TOKENS = 8192
@@ -53,7 +49,7 @@ def build_parser():
                    help="head input: mean positional and attention-0 outputs added, or set to zero (default: mean)")
     p.add_argument("--no-bias", action="store_true", help="leave b_Q and b_K out of the scores")
     p.add_argument("--units", choices=("nats", "bits-unscaled"), default="nats",
-                   help="nats: attention logits as the softmax sees them; bits-unscaled: s * sqrt(d_head) / ln 2")
+                   help="nats: attention logits as the softmax sees them; bits-unscaled: s * attn_scale / ln 2")
     p.add_argument("--window", type=float, default=0.025, help="width of the cosine windows (default: 0.025)")
     p.add_argument("--query", default=" red", help="example query token (default: ' red')")
     p.add_argument("--n-labels", type=cli.positive_int, default=8,
@@ -65,21 +61,11 @@ def build_parser():
     return p
 
 
-def token_set(model, args) -> tuple[torch.Tensor, str]:
-    """Ids of the tokens to pair up, and how they were chosen."""
-    special = scan.special_token_ids(model)
-    ordinary = [i for i in range(model.cfg.d_vocab) if i not in special]
-    n = args.n_tokens or min(DEFAULT_TOKENS, len(ordinary))
-    if n == len(ordinary):
-        return torch.tensor(ordinary), "every ordinary token (special tokens left out)"
-    path = args.freq_csv or frequency_csv_path(args.out, args.model)
-    return most_frequent_ids(read_frequency_csv(path), n, exclude=special), f"{n} most frequent in {path}"
-
-
-def figure(centres, windows, start, top, example, query: str, unit: str, title: str):
+def figure(profile, example, query: str, unit: str, title: str):
     import matplotlib.pyplot as plt
 
-    io.use_style()
+    use_style()
+    centres, windows, start, top = (profile[k] for k in ("centres", "windows", "beats_self_from", "peak"))
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.5))
     ok = ~np.isnan(windows["mean"])
     ax.fill_between(centres[ok], windows["low"][ok], windows["high"][ok], alpha=0.3, label="99% CI")
@@ -91,11 +77,11 @@ def figure(centres, windows, start, top, example, query: str, unit: str, title: 
     ax.set(xlabel="cos(x_q, x_k)", ylabel=f"s(q,k) - s(q,q) ({unit})", title="all pairs of different tokens")
     ax.legend(fontsize=8)
 
-    bx.scatter(example["cosine"], example["diff"], s=6, alpha=0.4, label="other keys")
-    mates = example["mates"]
-    bx.scatter(example["cosine"][mates], example["diff"][mates], s=18, color="tab:orange", label="category-mates")
+    cosine, diff, mates = (example[k].numpy() for k in ("cosine", "diff", "mates"))
+    bx.scatter(cosine, diff, s=6, alpha=0.4, label="other keys")
+    bx.scatter(cosine[mates], diff[mates], s=18, color="tab:orange", label="category-mates")
     bx.axhline(0, color="black", linewidth=0.8)
-    for key in example["labelled"]:
+    for key in example["top_keys"]:
         bx.annotate(repr(key["token"]), (key["cosine"], key["score_minus_self"]), fontsize=7,
                     xytext=(3, 3), textcoords="offset points")
     bx.set(xlabel="cos(x_q, x_k)", ylabel=f"s(q,k) - s(q,q) ({unit})", title=f"query q = {query!r}")
@@ -109,72 +95,61 @@ def main(args) -> None:
     if not 0 < args.window <= 1:
         raise UsageError(f"--window must lie in (0, 1], got {args.window}.")
     model = load_model(args.model, args.device)
-    if model.tokenizer is None:
-        raise UsageError(f"Model {args.model!r} has no tokenizer: token sets and the example query need one.")
-    layer, head = scan.target_head(model, args.layer, args.head, args.seed)
+    prompts.require_tokenizer(model, "Token sets and the example query are words")
+    layer, head = cli.target_head(model, args.layer, args.head, args.seed)
     (query_id,) = prompts.single_token_ids(model.tokenizer, [args.query])
-    ids, chosen = token_set(model, args)
+    ids, chosen = ordinary_or_frequent_ids(model.cfg.d_vocab, prompts.special_token_ids(model),
+                                           args.n_tokens or DEFAULT_TOKENS,
+                                           args.freq_csv or frequency_csv_path(args.out, args.model))
 
     reference = prompts.reference_prompts(model, args.seed)
     inputs = head_input(model, layer, reference, args.variant, token_ids=ids, progress=True)  # (N, d_model)
     weights = head_weights(model, layer, head, include_bias=not args.no_bias)
-    scale = 1.0 if args.units == "nats" else math.sqrt(model.cfg.d_head) / math.log(2)
-
-    n_windows = round(2 / args.window)
-    edges = torch.linspace(-1, 1, n_windows + 1)
-    centres = ((edges[1:] + edges[:-1]) / 2).numpy()
-    counts, sums = similarity.binned_pairs(inputs, edges, *weights, scale=scale, chunk_size=args.chunk_size,
-                                           progress=True)
-    windows = similarity.windowed_means(counts, sums, level=0.99, n_resamples=args.n_resamples, seed=args.seed)
-    start = similarity.beats_self_from(centres, windows["mean"])
-    top = similarity.peak(centres, windows["mean"])
+    scale = head_scale(model.cfg, layer)
+    unit = similarity.score_unit(args.units, scale)
+    profile = similarity.similarity_profile(inputs, *weights, scale=scale, unit=unit, width=args.window,
+                                            n_resamples=args.n_resamples, seed=args.seed,
+                                            chunk_size=args.chunk_size, progress=True)
+    start, top = profile["beats_self_from"], profile["peak"]
 
     # Category words of the study (wherever they rank in frequency): mates against other categories.
     category_of = prompts.category_index(model.tokenizer, prompts.ALL_CATEGORIES, model.cfg.d_vocab)
     category_ids = torch.nonzero(category_of >= 0)[:, 0]
-    category_inputs = head_input(model, layer, reference, args.variant, token_ids=category_ids)
-    contrast = similarity.category_contrast(
-        similarity.score_minus_self(category_inputs, torch.arange(len(category_ids)), *weights) * scale,
-        similarity.cosine_matrix(category_inputs, category_inputs), category_of[category_ids])
+    contrast = similarity.category_pairs(head_input(model, layer, reference, args.variant, token_ids=category_ids),
+                                         category_of[category_ids], *weights, scale=scale, unit=unit)
 
     # The example query against every key of the set but itself.
     query_input = head_input(model, layer, reference, args.variant, token_ids=torch.tensor([query_id]), use_cache=False)
     keys = ids != query_id
-    row = similarity.score_minus_self(torch.cat([query_input, inputs[keys]]), torch.tensor([0]), *weights)[0, 1:] * scale
-    cos_row = similarity.cosine_matrix(query_input, inputs[keys])[0]
-    key_ids = ids[keys]
-    labels = [model.tokenizer.decode([i]) for i in key_ids.tolist()]
-    mates = (category_of[key_ids] == category_of[query_id]) & (category_of[query_id] >= 0)
-    example = {"diff": row.numpy(), "cosine": cos_row.numpy(), "mates": mates.numpy(),
-               "labelled": similarity.top_keys(row, cos_row, labels, args.n_labels)}
+    labels = model.tokenizer.batch_decode(ids[keys, None].tolist())
+    example = similarity.example_query(query_input, inputs[keys], labels, int(category_of[query_id]),
+                                       category_of[ids[keys]], *weights, scale=scale, unit=unit, n_labels=args.n_labels)
 
-    unit = "nats" if args.units == "nats" else "bits, unscaled"
+    unit_name = "nats" if args.units == "nats" else "bits, unscaled"
     results = {
         "target": {"layer": layer, "head": head},
-        "settings": {"variant": args.variant, "biases_included": not args.no_bias, "units": unit, "scale": scale,
-                     "tokens": chosen, "n_tokens": len(ids), "pairs": int(counts.sum()), "window": args.window,
+        "settings": {"variant": args.variant, "biases_included": not args.no_bias, "units": unit_name, "scale": unit,
+                     "tokens": chosen, "n_tokens": len(ids), "pairs": profile["pairs"], "window": args.window,
                      "ci": "99% percentile bootstrap over queries", "reference": "prompts.reference_prompts"},
-        "windows": {"centre": centres, **windows},
+        "windows": {"centre": profile["centres"], **profile["windows"]},
         "beats_self_from_cosine": start,
         "peak": {"cosine": top[0], "mean": top[1]},
         "category_contrast": contrast,
-        "example": {"query": args.query, "top_keys": example["labelled"],
-                    "mates": [{"token": labels[i], "score_minus_self": float(row[i]), "cosine": float(cos_row[i])}
-                              for i in torch.nonzero(mates)[:, 0].tolist()]},
+        "example": {"query": args.query, "top_keys": example["top_keys"], "mates": example["mate_keys"]},
     }
     path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
                            arguments=vars(args), seed=args.seed)
     title = (f"{args.model}: L{layer}H{head}, {len(ids)} tokens, {args.variant} head input, "
              f"biases {'in' if not args.no_bias else 'out'}")
-    io.save_figure(figure(centres, windows, start, top, example, args.query, unit, title), args.out, args.model, NAME)
+    save_figure(figure(profile, example, args.query, unit_name, title), args.out, args.model, NAME)
 
-    print(f"L{layer}H{head}, {len(ids)} tokens ({chosen}), {args.variant} input, {unit}")
+    print(f"L{layer}H{head}, {len(ids)} tokens ({chosen}), {args.variant} input, {unit_name}")
     print(f"similar-but-different keys beat self from cos {start if start is None else round(start, 3)}; "
           f"peak {top[1]:+.3f} at cos {top[0]:.3f}")
     print(f"category-mates: mean d {contrast['mates_mean']:+.3f}, beat self in {contrast['mates_beat_self']:.0%}; "
           f"other categories: {contrast['others_mean']:+.3f}, {contrast['others_beat_self']:.0%}")
     print(f"{args.query!r} best keys: " + ", ".join(f"{k['token']!r} {k['score_minus_self']:+.2f}"
-                                                  for k in example["labelled"]))
+                                                  for k in example["top_keys"]))
     print(f"results: {path}")
 
 

@@ -17,16 +17,12 @@ gradient_steering_top_keys.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from analysis import cli, io, prompts, scan  # noqa: E402
-from analysis import qk_decomposition as qk  # noqa: E402
-from analysis import steering  # noqa: E402
-from analysis.token_maps import add_input_argument, load_target, token_inputs  # noqa: E402
-from analysis.vocab_input import bilinear_scores, head_weights  # noqa: E402
+from analysis import cli, io, prompts
+from analysis import qk_decomposition as qk
+from analysis import steering
+from analysis.attention import attention_scores, head_scale, head_weights
+from analysis.plotting import save_figure, use_style
+from analysis.token_maps import token_inputs
 
 NAME = "gradient_steering"
 METRICS = ("self_mass", "partner_mass", "bos_mass_no_partner")
@@ -34,7 +30,7 @@ METRICS = ("self_mass", "partner_mass", "bos_mass_no_partner")
 
 def build_parser():
     p = cli.parser(__doc__, target_head=True)
-    add_input_argument(p)
+    cli.add_input_argument(p)
     p.add_argument("--directions", nargs="+", choices=sorted(steering.SIGN), default=["suppress", "restore"],
                    help="steer self-attention down (suppress) and/or back up (restore) (default: both)")
     p.add_argument("--lam", type=float, default=1.0, help="λ, weight of the partner-mass term (default: 1.0)")
@@ -55,11 +51,13 @@ def build_parser():
 
 
 def main(args) -> None:
-    model, layer, head = load_target(args)
+    model, layer, head = cli.load_target(args)
     query_id = prompts.single_token_ids(model.tokenizer, [args.query])[0]
     W_Q, W_K, b_Q, b_K = head_weights(model, layer, head, include_bias=True)
-    train, train_mask = scan.category_probe(model, prompts.ALL_CATEGORIES, args.n_prompts, args.n_words, args.seed + 1)
-    test, test_mask = scan.category_probe(model, prompts.ALL_CATEGORIES, args.n_prompts, args.n_words, args.seed + 2)
+    scale = head_scale(model.cfg, layer)
+    categories = prompts.ALL_CATEGORIES
+    train, train_mask = prompts.category_probe(model, categories, args.n_prompts, args.n_words, args.seed + 1)
+    test, test_mask = prompts.category_probe(model, categories, args.n_prompts, args.n_words, args.seed + 2)
 
     def evaluate(Wq, Wk):
         hooks = qk.qk_override_hooks(model, layer, head, Wq, Wk, b_Q, b_K)
@@ -84,7 +82,7 @@ def main(args) -> None:
     metrics, top_keys = {}, {}
     for name, (Wq, Wk) in conditions.items():
         metrics[name] = evaluate(Wq, Wk)
-        row = bilinear_scores(E[[query_id]], E, Wq, Wk, b_Q, b_K)[0]  # (d_vocab,)
+        row = attention_scores(E[[query_id]], E, Wq, Wk, scale, b_Q, b_K)[0]  # (d_vocab,)
         values, keys = row.topk(args.top)
         top_keys[name] = {"keys": [labels[k] for k in keys], "scores": values,
                           "query_self_rank": int((row > row[query_id]).sum()) + 1}
@@ -98,8 +96,8 @@ def main(args) -> None:
                "largest_trace_step": largest_trace_step(runs, metrics)}
     path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
                            arguments=vars(args), seed=args.seed)
-    io.save_figure(figure(metrics, runs, layer, head), args.out, args.model, NAME)
-    io.save_figure(top_keys_figure(top_keys, args.query, layer, head), args.out, args.model, f"{NAME}_top_keys")
+    save_figure(figure(metrics, runs, layer, head), args.out, args.model, NAME)
+    save_figure(top_keys_figure(top_keys, args.query, layer, head), args.out, args.model, f"{NAME}_top_keys")
 
     for name, m in metrics.items():
         print(f"{name:>12s}: self {m['self_mass']:.4f}, partner {m['partner_mass']:.3f} "
@@ -115,7 +113,7 @@ def largest_trace_step(runs, metrics):
 
 
 def figure(metrics, runs, layer, head):
-    io.use_style()
+    use_style()
     import matplotlib.pyplot as plt
     import numpy as np
 
@@ -138,7 +136,7 @@ def figure(metrics, runs, layer, head):
 
 
 def top_keys_figure(top_keys, query, layer, head):
-    io.use_style()
+    use_style()
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(top_keys), figsize=(2.6 * len(top_keys), 3.6), squeeze=False)

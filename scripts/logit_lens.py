@@ -9,16 +9,11 @@ and figures/<model>/logit_lens.{pdf,png} (top-1 token and its probability; p(nex
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from analysis import cli, io, prompts  # noqa: E402
-from analysis.errors import UsageError  # noqa: E402
-from analysis.models import load_model  # noqa: E402
-from analysis.patching import logit_lens, next_token_log_probs  # noqa: E402
-from analysis.patterns import check_context  # noqa: E402
+from analysis import cli, io, prompts
+from analysis.models import load_model
+from analysis.patching import logit_lens, next_token_log_probs
+from analysis.patterns import check_context
+from analysis.plotting import save_figure, use_style
 
 NAME = "logit_lens"
 
@@ -39,7 +34,7 @@ def lens_figure(top1_labels, top1_prob, next_prob, depth_labels, position_labels
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    io.use_style()
+    use_style()
     n_depth, n_pos = top1_prob.shape
     fig, axes = plt.subplots(1, 2, figsize=(2 * (0.75 * n_pos + 2.5), 0.45 * n_depth + 2.2))
     sns.heatmap(top1_prob, ax=axes[0], cmap="Blues", vmin=0, vmax=1, annot=top1_labels, fmt="",
@@ -58,8 +53,7 @@ def lens_figure(top1_labels, top1_prob, next_prob, depth_labels, position_labels
 
 def main(args) -> None:
     model = load_model(args.model, args.device)
-    if model.tokenizer is None:
-        raise UsageError("The logit lens reads a text prompt and prints tokens, so it needs a model with a tokenizer.")
+    prompts.require_tokenizer(model, "The logit lens reads a text prompt and prints tokens")
     tokens = model.to_tokens(args.prompt).cpu()
     check_context(model, tokens)
     log_probs, depth_labels = logit_lens(model, tokens)  # (D, 1, T, vocab)
@@ -82,7 +76,7 @@ def main(args) -> None:
                    for d in range(len(depth_labels))]
     fig = lens_figure(top1_labels, top_p[..., 0].numpy(), next_p.numpy(), depth_labels,
                       [repr(s)[1:-1] for s in positions])
-    io.save_figure(fig, args.out, args.model, NAME)
+    save_figure(fig, args.out, args.model, NAME)
 
     for t in range(len(positions)):
         guesses = " | ".join(repr(text(top_ids[d, t, 0])) for d in range(len(depth_labels)))

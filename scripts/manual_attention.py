@@ -14,21 +14,16 @@ figures/<model>/manual_attention{,_diff}.{pdf,png}.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import torch  # noqa: E402
-
-from analysis import attention, cli, io, prompts  # noqa: E402
-from analysis.attention_stats import max_attention  # noqa: E402
-from analysis.errors import UsageError  # noqa: E402
-from analysis.models import WeightProcessing, load_model  # noqa: E402
-from analysis.patterns import all_patterns, check_context, flatten_heads  # noqa: E402
-from analysis.plotting import attention_pattern, head_heatmaps  # noqa: E402
-from analysis.scan import bos_token_id, special_token_ids, top_heads  # noqa: E402
-from analysis.scores import scored_rows  # noqa: E402
+from analysis import attention, cli, io, prompts
+from analysis.attention_stats import max_attention
+from analysis.errors import UsageError
+from analysis.models import WeightProcessing, load_model
+from analysis.patterns import all_patterns, check_context, flatten_heads
+from analysis.plotting import attention_pattern, head_heatmaps, save_figure, use_style
+from analysis.scan import top_heads
+from analysis.scores import scored_rows
 
 NAME = "manual_attention"
 TOLERANCE = 1e-5
@@ -73,7 +68,8 @@ def main(args) -> None:
     processed = None if args.model == "gpt2-random" else load_model(args.model, args.device)
 
     prompt_sets = {"random": prompts.random_tokens(args.n_random, args.length, model.cfg.d_vocab,
-                                                   bos_token_id(model), args.seed, special_token_ids(model))}
+                                                   prompts.bos_token_id(model), args.seed,
+                                                   prompts.special_token_ids(model))}
     if model.tokenizer is not None:
         prompt_sets["text"] = model.to_tokens(args.prompt).cpu()
     comparisons = {name: compare(model, tokens, processed) for name, tokens in prompt_sets.items()}
@@ -103,7 +99,7 @@ def main(args) -> None:
     path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
                            arguments=vars(args), seed=args.seed)
 
-    io.use_style()
+    use_style()
     import matplotlib.pyplot as plt
 
     labels = (model.to_str_tokens(prompt_sets[shown][0]) if model.tokenizer is not None
@@ -114,10 +110,10 @@ def main(args) -> None:
     difference = (head_pattern - reference).abs()
     attention_pattern(axes[2], difference, labels, f"|difference| (max {difference.max():.1e})",
                       vmax=max(float(difference.max()), 1e-12))
-    io.save_figure(fig, args.out, args.model, NAME)
+    save_figure(fig, args.out, args.model, NAME)
     fig = head_heatmaps(list(worst.values()), [k.replace("_", " ") for k in worst], fmt=".0e",
                         suptitle="max |manual - reference| per head")
-    io.save_figure(fig, args.out, args.model, f"{NAME}_diff")
+    save_figure(fig, args.out, args.model, f"{NAME}_diff")
 
     for kind, value in results["overall_max"].items():
         verdict = "ok" if value <= TOLERANCE else f"EXCEEDS {TOLERANCE:.0e}"

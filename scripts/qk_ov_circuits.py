@@ -17,19 +17,14 @@ _composition}.{pdf,png}.
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from analysis import circuits, cli, io  # noqa: E402
-from analysis.errors import UsageError  # noqa: E402
-from analysis.models import load_model  # noqa: E402
-from analysis.plotting import head_heatmaps  # noqa: E402
-from analysis.scan import ScanSettings, scan_heads, top_heads  # noqa: E402
+from analysis import circuits, cli, io, plotting
+from analysis.errors import UsageError
+from analysis.models import load_model
+from analysis.plotting import head_heatmaps, save_figure
+from analysis.scan import ScanSettings, scan_heads, top_heads
 
 NAME = "qk_ov_circuits"
 
@@ -53,71 +48,6 @@ def build_parser():
     return p
 
 
-def parse_heads(model, specs: list[str]) -> list[tuple[int, int]]:
-    heads = []
-    for spec in specs:
-        try:
-            layer, head = (int(x) for x in spec.split("."))
-        except ValueError:
-            raise UsageError(f"--heads takes LAYER.HEAD pairs such as 1.1; got {spec!r}.") from None
-        cli.check_head(model, layer, head)
-        heads.append((layer, head))
-    return heads
-
-
-def eigenvalue_figure(spectra: dict[str, dict[str, torch.Tensor]], scores: dict[str, dict[str, float]]):
-    """One complex plane per head; each circuit's eigenvalues divided by its largest |lambda|."""
-    import matplotlib.pyplot as plt
-
-    io.use_style()
-    fig, axes = plt.subplots(1, len(spectra), figsize=(4.6 * len(spectra), 4.6), squeeze=False)
-    for ax, (label, circuits_of_head) in zip(axes[0], spectra.items()):
-        ax.add_patch(plt.Circle((0, 0), 1, fill=False, ls=":", color="grey"))
-        for (circuit, eig), marker in zip(circuits_of_head.items(), "ox"):
-            eig = eig / eig.abs().max()
-            ax.scatter(eig.real, eig.imag, marker=marker, s=22, alpha=0.8,
-                       label=f"{circuit} (copying {scores[label][circuit]:+.2f})")
-        ax.axhline(0, color="grey", lw=0.5)
-        ax.axvline(0, color="grey", lw=0.5)
-        ax.set(xlim=(-1.1, 1.1), ylim=(-1.1, 1.1), aspect="equal", title=label,
-               xlabel="Re λ / max|λ|", ylabel="Im λ / max|λ|")
-        ax.legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
-    return fig
-
-
-def composition_figure(model, comp: dict[str, torch.Tensor], baseline: float, induction: tuple[int, int],
-                       partners: list[tuple[int, int, float]]):
-    """Q/K/V composition of earlier (rows) with later (columns) heads, centred on the baseline; and one bar chart."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-    from matplotlib.colors import TwoSlopeNorm
-
-    io.use_style()
-    n = model.cfg.n_layers * model.cfg.n_heads
-    labels = [f"L{l}H{h}" for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
-    fig, axes = plt.subplots(1, 4, figsize=(5.2 * 4, 5.2))
-    vmax = max(float(np.nanmax(c.numpy())) for c in comp.values())
-    norm = TwoSlopeNorm(vmin=0, vcenter=baseline, vmax=max(vmax, 2 * baseline))
-    for ax, (mode, scores) in zip(axes, comp.items()):
-        sns.heatmap(scores.reshape(n, n).numpy(), ax=ax, cmap="RdBu_r", norm=norm, square=True,
-                    xticklabels=labels, yticklabels=labels, cbar_kws={"shrink": 0.6})
-        ax.set(title=f"{mode}-composition", xlabel="later head", ylabel="earlier head")
-        ax.tick_params(labelsize=6 if n <= 16 else 3)
-    ax = axes[3]
-    names = [f"L{l}H{h}" for l, h, _ in partners]
-    ax.bar(range(len(partners)), [s for _, _, s in partners], color="C0")
-    ax.axhline(baseline, color="C3", ls="--", label=f"random baseline {baseline:.3f}")
-    ax.axhline(1 / math.sqrt(model.cfg.d_model), color="grey", ls=":", label="1/sqrt(d_model)")
-    ax.set_xticks(range(len(partners)), names, rotation=90, fontsize=6 if len(partners) <= 16 else 3)
-    ax.set(title=f"K-composition into L{induction[0]}H{induction[1]} (top induction head)",
-           ylabel="K-composition score")
-    ax.legend(fontsize=7)
-    fig.suptitle(f"Composition scores (colour centred on the random baseline {baseline:.3f})")
-    fig.tight_layout()
-    return fig
-
-
 def main(args) -> None:
     model = load_model(args.model, args.device)
     if model.cfg.n_layers < 2:
@@ -130,16 +60,9 @@ def main(args) -> None:
     if induction[0] == 0:
         raise UsageError(f"The top induction head L{induction[0]}H{induction[1]} is in layer 0, so no earlier "
                          "head can compose with it; this model shows no induction circuit.")
-    heads = parse_heads(model, args.heads) if args.heads else list(dict.fromkeys([previous, induction]))
+    heads = cli.parse_heads(model, args.heads) if args.heads else list(dict.fromkeys([previous, induction]))
 
-    copying = circuits.ov_copying_scores(model)  # [layer, head] each
-    residual_eig = circuits.ov_circuit(model).eigenvalues  # (L, nh, d_head)
-    full_eig = circuits.full_ov_eigenvalues(model)
-    spectra = {f"L{l}H{h}": {"W_V W_O": residual_eig[l, h].detach().cpu(),
-                             "W_E W_V W_O W_U": full_eig[l, h].detach().cpu()} for l, h in heads}
-    head_scores = {f"L{l}H{h}": {"W_V W_O": float(copying["residual"][l, h]),
-                                 "W_E W_V W_O W_U": float(copying["full"][l, h])} for l, h in heads}
-
+    copying, spectra, head_scores = circuits.head_ov_spectra(model, heads)  # copying: [layer, head] each
     comp = {mode: circuits.composition_scores(model, mode) for mode in circuits.COMPOSITION_MODES}
     baseline = circuits.random_composition_baseline(model.cfg.d_model, model.cfg.d_head, args.baseline_samples,
                                                     args.seed)
@@ -170,10 +93,10 @@ def main(args) -> None:
     fig = head_heatmaps([copying["residual"].detach(), copying["full"].detach()],
                         ["OV copying score, W_V W_O", "OV copying score, W_E W_V W_O W_U"],
                         suptitle=f"OV copying scores, {args.model}")
-    io.save_figure(fig, args.out, args.model, NAME)
-    io.save_figure(eigenvalue_figure(spectra, head_scores), args.out, args.model, f"{NAME}_eigenvalues")
-    io.save_figure(composition_figure(model, comp, baseline, induction, partners), args.out, args.model,
-                   f"{NAME}_composition")
+    save_figure(fig, args.out, args.model, NAME)
+    save_figure(plotting.eigenvalue_planes(spectra, head_scores), args.out, args.model, f"{NAME}_eigenvalues")
+    save_figure(plotting.composition_figure(model.cfg, comp, baseline, induction, partners), args.out, args.model,
+                f"{NAME}_composition")
 
     (pl, ph), (il, ih) = previous, induction
     print(f"top previous-token head L{pl}H{ph}, top induction head L{il}H{ih}")

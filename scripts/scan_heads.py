@@ -19,17 +19,12 @@ best head on a natural sentence and on a repeated one).
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from analysis import cli, io, prompts  # noqa: E402
-from analysis.detector_check import cross_check  # noqa: E402
-from analysis.models import load_model  # noqa: E402
-from analysis.patterns import all_patterns  # noqa: E402
-from analysis.plotting import attention_pattern, head_heatmaps  # noqa: E402
-from analysis.scan import ScanSettings, scan_heads, top_heads  # noqa: E402
+from analysis import cli, io, prompts
+from analysis.detector_check import cross_check
+from analysis.models import load_model
+from analysis.patterns import all_patterns
+from analysis.plotting import attention_pattern, head_heatmaps, save_figure, use_style
+from analysis.scan import ScanSettings, scan_heads, top_heads
 
 NAME = "scan_heads"
 
@@ -65,7 +60,7 @@ def pattern_figure(model, ranked, sentences):
     """One row per kind (its best head), one column per sentence."""
     import matplotlib.pyplot as plt
 
-    io.use_style()
+    use_style()
     tokens = [model.to_tokens(s).cpu() for s in sentences]
     patterns = [all_patterns(model, t)[0] for t in tokens]  # one pass per sentence: (L, nh, T, T)
     fig, axes = plt.subplots(len(ranked), len(sentences), figsize=(4.6 * len(sentences), 4.2 * len(ranked)),
@@ -110,7 +105,8 @@ def main(args) -> None:
                                          sentences)
     results = {
         "maps": maps,
-        "top_heads": {kind: [{"layer": l, "head": h, "score": s} for l, h, s in heads] for kind, heads in ranked.items()},
+        "top_heads": {kind: [{"layer": l, "head": h, "score": s} for l, h, s in heads]
+                      for kind, heads in ranked.items()},
         # every map read at each kind's best head, e.g. best_head_scores.induction.induction_20
         "best_head_scores": {kind: {name: float(m[heads[0][0], heads[0][1]]) for name, m in maps.items()}
                              for kind, heads in ranked.items()},
@@ -136,13 +132,13 @@ def main(args) -> None:
         reverse=[False, False, False, True],
         suptitle=f"Head scan, {args.model}",
     )
-    io.save_figure(fig, args.out, args.model, NAME)
-    io.save_figure(fig_patterns, args.out, args.model, f"{NAME}_patterns")
+    save_figure(fig, args.out, args.model, NAME)
+    save_figure(fig_patterns, args.out, args.model, f"{NAME}_patterns")
     fig = head_heatmaps([m for c in check.values() for m in (c["detect_head"], c["ours"])],
                         [f"{kind.replace('_', ' ')}: {who}" for kind in check for who in ("detect_head", "ours")],
                         suptitle=f"detect_head (mul) vs ours on the same {args.detect_prompts} prompts, "
                                  f"|r| = {headline}")
-    io.save_figure(fig, args.out, args.model, f"{NAME}_detect_head")
+    save_figure(fig, args.out, args.model, f"{NAME}_detect_head")
 
     units = {"previous_token": "mean A[i,i-1]", "previous_token_no_bos": "same, BOS row left out",
              "induction": "induction score", "duplicate": "duplicate score", "semantic": "S (nats)"}

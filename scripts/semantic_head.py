@@ -7,7 +7,7 @@ own language (shipped in analysis/organism/sae/, or trained once and cached; --r
 Features are named by the tokens they fire on in category prompts and get the category whose
 words give them their largest mean activation; the --per-category most active features of each
 category are kept. Each decoder direction d_f is pushed through the head's LayerNorm and QK
-circuit, s(f, g) = LN1(d_f) W LN1(d_g)^T / sqrt(d_head) (W = W_Q W_K^T, no biases).
+circuit, s(f, g) = LN1(d_f) W LN1(d_g)^T / attn_scale (W = W_Q W_K^T, no biases).
 Reported: the feature x feature map, its mean self / same-category / other-category scores, how
 often a feature's self-score is below its same-category mates, and the top feature pairs.
 Writes results/<model>/semantic_head.json and figures/<model>/semantic_head.{pdf,png}.
@@ -15,16 +15,12 @@ Writes results/<model>/semantic_head.json and figures/<model>/semantic_head.{pdf
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from analysis import cli, io, prompts, scan  # noqa: E402
-from analysis import qk_decomposition as qk  # noqa: E402
-from analysis import sae as saes  # noqa: E402
-from analysis.token_maps import block_means, group_heatmaps, load_target  # noqa: E402
-from analysis.vocab_input import head_weights  # noqa: E402
+from analysis import cli, io, prompts
+from analysis import qk_decomposition as qk
+from analysis import sae as saes
+from analysis.attention import head_scale, head_weights
+from analysis.plotting import group_heatmaps, save_figure
+from analysis.token_maps import block_means
 
 NAME = "semantic_head"
 
@@ -46,7 +42,7 @@ def build_parser():
 
 
 def main(args) -> None:
-    model, layer, head = load_target(args)
+    model, layer, head = cli.load_target(args)
     hook = saes.hook_for_layer(layer)
     if model.analysis_info["name"] == "organism":
         sae = saes.organism_sae(model, hook, retrain=args.retrain_sae)
@@ -57,7 +53,7 @@ def main(args) -> None:
     source.update(d_sae=sae.cfg.d_sae, architecture=sae.cfg.architecture())
 
     names = list(prompts.ALL_CATEGORIES)
-    tokens, _ = scan.category_probe(model, prompts.ALL_CATEGORIES, args.n_prompts, args.n_words, args.seed + 1)
+    tokens, _ = prompts.category_probe(model, prompts.ALL_CATEGORIES, args.n_prompts, args.n_words, args.seed + 1)
     category_of = prompts.category_index(model.tokenizer, prompts.ALL_CATEGORIES, model.cfg.d_vocab)
     by_category, by_token = saes.category_activations(model, sae, tokens, category_of, len(names), hook)
     _, cache = model.run_with_cache(tokens[:16].to(model.cfg.device), names_filter=hook, stop_at_layer=layer)
@@ -69,7 +65,7 @@ def main(args) -> None:
 
     W_Q, W_K, _, _ = head_weights(model, layer, head)
     x = saes.feature_inputs(model, sae, layer, features)  # (n, d_model)
-    scores = qk.token_scores(x, qk.qk_matrix(W_Q, W_K), x, model.cfg.d_head)  # (n, n): query feature, key feature
+    scores = qk.token_scores(x, qk.qk_matrix(W_Q, W_K), x, head_scale(model.cfg, layer))  # (n, n): query, key feature
     pairs = [{"query": labels[q], "key": labels[k], "query_category": names[int(group[q])],
               "key_category": names[int(group[k])], "score": s} for q, k, s in saes.top_pairs(scores, args.top_pairs)]
     same_share = sum(p["query_category"] == p["key_category"] for p in pairs) / max(len(pairs), 1)
@@ -84,7 +80,7 @@ def main(args) -> None:
     short = [label.split(" ")[0] + " " + label.split(" ")[1].split("/")[0] for label in labels]
     fig = group_heatmaps([scores], ["LN1(d_f) W LN1(d_g)ᵀ / √d"], short, group,
                          suptitle=f"L{layer}H{head}: SAE features ({hook}) through the QK circuit")
-    io.save_figure(fig, args.out, args.model, NAME)
+    save_figure(fig, args.out, args.model, NAME)
 
     b, a = results["block_means"], results["self_avoidance"]
     print(f"SAE {hook}: {source['d_sae']} features, variance explained "

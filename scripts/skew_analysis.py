@@ -19,77 +19,43 @@ Writes results/<model>/skew_analysis.json and figures/<model>/skew_analysis.{pdf
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import numpy as np
+import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from analysis import cli, io  # noqa: E402
-from analysis import qk_decomposition as qk  # noqa: E402
-from analysis.token_maps import add_input_argument, group_tokens, load_target, token_inputs  # noqa: E402
-from analysis.vocab_input import head_weights  # noqa: E402
+from analysis import cli, io
+from analysis import qk_decomposition as qk
+from analysis.attention import head_scale, head_weights
+from analysis.plotting import save_figure, use_style
+from analysis.token_maps import group_tokens, token_inputs
 
 NAME = "skew_analysis"
 
 
 def build_parser():
     p = cli.parser(__doc__, target_head=True)
-    add_input_argument(p)
+    cli.add_input_argument(p)
     return p
 
 
-def decomposition(W_Q, W_K, x, d_head) -> dict:
-    """Norms, spectrum and self-score parts of W = W_Q W_K^T on inputs `x: [n, d]`."""
-    spectrum = qk.symmetric_spectrum(W_Q, W_K)
-    W, sym, skew = qk.qk_matrix(W_Q, W_K), qk.symmetric_part(W_Q, W_K), qk.skew_part(W_Q, W_K)
-    positive, negative = qk.self_score_parts(x, spectrum, d_head)
-    self_w = qk.self_scores(x, W, d_head)
-
-    def dense_self(part):  # x^T M x through the d x d matrix itself, an independent path to the same numbers
-        return ((x @ part.AB) * x).sum(-1) / d_head ** 0.5
-
-    return {
-        "norms": qk.relative_norms(W_Q, W_K),
-        "spectrum": qk.spectrum_summary(spectrum.values),
-        "eigenvalues": spectrum.values,
-        "check": {"max_abs_self_W_minus_sym": float((dense_self(W) - dense_self(sym)).abs().max()),
-                  "max_abs_self_skew": float(dense_self(skew).abs().max()),
-                  "max_abs_parts_minus_self": float((positive + negative - self_w).abs().max()),
-                  "self_score_scale": float(self_w.abs().max())},
-        "self_score": {"mean": float(self_w.mean()), "fraction_negative": float((self_w < 0).float().mean()),
-                       "mean_positive_part": float(positive.mean()), "mean_negative_part": float(negative.mean())},
-        "_parts": (positive, negative, self_w),
-    }
-
-
 def main(args) -> None:
-    model, layer, head = load_target(args)
-    d_head = model.cfg.d_head
+    model, layer, head = cli.load_target(args)
+    scale = head_scale(model.cfg, layer)
     W_Q, W_K, b_Q, b_K = head_weights(model, layer, head, include_bias=True)
     E = token_inputs(model, layer, args.input, seed=args.seed, progress=True)  # (d_vocab, d_model)
 
-    plain = decomposition(W_Q, W_K, E, d_head)
-    biased = decomposition(*qk.with_bias(W_Q, W_K, b_Q, b_K), qk.append_one(E), d_head)
-
-    # Which bias term can move attention: on the group set, the per-key term b_Q . k(x_k) against
-    # the spread of the bias-free scores over keys.
+    plain, self_scores = qk.self_score_report(W_Q, W_K, E, scale)
+    biased, _ = qk.self_score_report(*qk.with_bias(W_Q, W_K, b_Q, b_K), qk.append_one(E), scale)
+    # Which bias term can move attention: on the group set, the per-key term against the bias-free scores.
     ids, _, _, _ = group_tokens(model.tokenizer)
-    x = E[ids]
-    key_term = (x @ W_K) @ b_Q / d_head ** 0.5  # (n,)
-    scores = qk.token_scores(x, qk.qk_matrix(W_Q, W_K), x, d_head)
-    bias_terms = {"key_term_std": float(key_term.std()), "score_std_over_keys": float(scores.std(-1).mean()),
+    bias_terms = {**qk.bias_key_term(E[ids], W_Q, W_K, b_Q, scale),
                   "query_term_and_constant": "constant along each query's row: no effect on attention"}
 
-    parts = {name: result.pop("_parts") for name, result in (("plain", plain), ("with_bias", biased))}
-    results = {"head": {"layer": layer, "head": head}, "input": args.input, "d_head": d_head,
+    results = {"head": {"layer": layer, "head": head}, "input": args.input, "d_head": model.cfg.d_head,
                "without_bias": plain, "with_bias": biased, "bias_terms_on_group_set": bias_terms}
     path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
                            arguments=vars(args), seed=args.seed)
-    io.save_figure(figure(plain["eigenvalues"], biased["eigenvalues"], *parts["plain"], layer, head, args),
-                   args.out, args.model, NAME)
+    save_figure(figure(plain["eigenvalues"], biased["eigenvalues"], self_scores, layer, head, args),
+                args.out, args.model, NAME)
 
     n, s = plain["norms"], plain["spectrum"]
     print(f"L{layer}H{head} ({args.input} inputs): ||W_sym|| = {n['sym']:.2f}, ||W_skew|| = {n['skew']:.2f} "
@@ -103,8 +69,8 @@ def main(args) -> None:
     print(f"results: {path}")
 
 
-def figure(values, values_bias, positive, negative, total, layer, head, args):
-    io.use_style()
+def figure(values, values_bias, self_scores, layer, head, args):
+    use_style()
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
@@ -114,6 +80,7 @@ def figure(values, values_bias, positive, negative, total, layer, head, args):
     ax1.axhline(0, color="k", lw=0.5)
     ax1.set(title=f"Spectrum of W_sym, L{layer}H{head}", xlabel="eigenvalue index (ascending)", ylabel="λ")
     ax1.legend(fontsize=7)
+    positive, negative, total = self_scores.positive, self_scores.negative, self_scores.total
     bins = np.histogram_bin_edges(torch.cat([positive, negative, total]).numpy(), bins=60)
     ax2.hist(positive, bins=bins, alpha=0.6, color="C0", label="positive-λ part")
     ax2.hist(negative, bins=bins, alpha=0.6, color="C3", label="negative-λ part")

@@ -4,7 +4,7 @@ W_sym = (W + W^T)/2 of the head's W = W_Q W_K^T has eigenpairs (λ_i, v_i). For 
 (--factors, default 1 0.5 0 -1) every negative λ_i becomes f λ_i and the rest of W_sym and all of
 W_skew stay: W_f = W + V_neg diag((f - 1) λ_neg) V_neg^T.
 
-  maps    E W_f E^T / sqrt(d_head) on the 30-token group set (--input, default mean), with the
+  maps    E W_f E^T / attn_scale on the 30-token group set (--input, default mean), with the
           mean self, in-group and out-of-group scores
   causal  the model run with the head's scores computed from a factorisation of W_f (biases
           kept; qk_decomposition.qk_override_hooks) on category prompts, scored with the part-1
@@ -16,19 +16,13 @@ Writes results/<model>/svd_group_scaling_heatmap.json and figures/<model>/svd_gr
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+from transformer_lens import FactoredMatrix
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from transformer_lens import FactoredMatrix  # noqa: E402
-
-from analysis import cli, io, prompts, scan  # noqa: E402
-from analysis import qk_decomposition as qk  # noqa: E402
-from analysis.token_maps import (  # noqa: E402
-    add_input_argument, block_means, group_heatmaps, group_tokens, load_target, token_inputs,
-)
-from analysis.vocab_input import head_weights  # noqa: E402
+from analysis import cli, io, prompts
+from analysis import qk_decomposition as qk
+from analysis.attention import head_scale, head_weights
+from analysis.plotting import group_heatmaps, save_figure, use_style
+from analysis.token_maps import block_means, group_tokens, token_inputs
 
 NAME = "svd_group_scaling_heatmap"
 MASSES = ("self_mass", "partner_mass", "bos_mass_no_partner")
@@ -36,7 +30,7 @@ MASSES = ("self_mass", "partner_mass", "bos_mass_no_partner")
 
 def build_parser():
     p = cli.parser(__doc__, target_head=True)
-    add_input_argument(p)
+    cli.add_input_argument(p)
     p.add_argument("--factors", type=float, nargs="+", default=[1.0, 0.5, 0.0, -1.0],
                    help="factors for the negative eigenvalues of W_sym (default: 1 0.5 0 -1)")
     p.add_argument("--n-prompts", type=cli.positive_int, default=64,
@@ -48,19 +42,19 @@ def build_parser():
 
 
 def main(args) -> None:
-    model, layer, head = load_target(args)
-    d_head = model.cfg.d_head
+    model, layer, head = cli.load_target(args)
+    scale = head_scale(model.cfg, layer)
     W_Q, W_K, b_Q, b_K = head_weights(model, layer, head, include_bias=True)
     spectrum = qk.symmetric_spectrum(W_Q, W_K)
     negative = qk.most_negative(spectrum.values)
     ids, labels, group, _ = group_tokens(model.tokenizer)
     E = token_inputs(model, layer, args.input, token_ids=ids, seed=args.seed)
-    tokens, mask = scan.category_probe(model, prompts.ALL_CATEGORIES, args.n_prompts, args.n_words, args.seed + 1)
+    tokens, mask = prompts.category_probe(model, prompts.ALL_CATEGORIES, args.n_prompts, args.n_words, args.seed + 1)
 
     per_factor, maps = [], []
     for factor in args.factors:
         A, B = qk.edited_factors(W_Q, W_K, spectrum, negative, factor)
-        maps.append(qk.token_scores(E, FactoredMatrix(A, B.T), E, d_head))
+        maps.append(qk.token_scores(E, FactoredMatrix(A, B.T), E, scale))
         hooks = qk.qk_override_hooks(model, layer, head, A, B, b_Q, b_K)
         per_factor.append({"factor": factor, "map": maps[-1], "block_means": block_means(maps[-1], group),
                            "in_context": qk.in_context_scores(model, tokens, mask, layer, head, hooks)})
@@ -73,8 +67,8 @@ def main(args) -> None:
     fig = group_heatmaps(maps, [f"negative λ × {f:g}" for f in args.factors], labels, group, shared_scale=True,
                          suptitle=f"L{layer}H{head}: scaling the {len(negative)} negative eigenvalues of W_sym "
                                   f"({args.input} inputs)")
-    io.save_figure(fig, args.out, args.model, NAME)
-    io.save_figure(causal_figure(per_factor, layer, head), args.out, args.model, f"{NAME}_causal")
+    save_figure(fig, args.out, args.model, NAME)
+    save_figure(causal_figure(per_factor, layer, head), args.out, args.model, f"{NAME}_causal")
 
     print(f"L{layer}H{head}: {len(negative)} negative eigenvalues scaled; unedited self mass {base['self_mass']:.3f}")
     for row in per_factor:
@@ -86,7 +80,7 @@ def main(args) -> None:
 
 
 def causal_figure(per_factor, layer, head):
-    io.use_style()
+    use_style()
     import matplotlib.pyplot as plt
 
     factors = [row["factor"] for row in per_factor]

@@ -16,26 +16,22 @@ figures/<model>/svd_rank_ablation.{pdf,png}.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import numpy as np
+from tqdm.auto import tqdm
+from transformer_lens import FactoredMatrix
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import numpy as np  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
-from transformer_lens import FactoredMatrix  # noqa: E402
-
-from analysis import cli, io, prompts, scan  # noqa: E402
-from analysis import qk_decomposition as qk  # noqa: E402
-from analysis.token_maps import add_input_argument, load_target, token_inputs  # noqa: E402
-from analysis.vocab_input import head_weights  # noqa: E402
+from analysis import cli, io, prompts
+from analysis import qk_decomposition as qk
+from analysis.attention import head_weights
+from analysis.plotting import save_figure, use_style
+from analysis.token_maps import token_inputs
 
 NAME = "svd_rank_ablation"
 
 
 def build_parser():
     p = cli.parser(__doc__, target_head=True)
-    add_input_argument(p)
+    cli.add_input_argument(p)
     p.add_argument("--ks", type=cli.positive_int, nargs="+", default=[1, 4, 8, 16, 24, 32],
                    help="numbers of most-negative eigencomponents to rescale (default: 1 4 8 16 24 32)")
     p.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.5, 0.0, -1.0, -2.0],
@@ -54,13 +50,13 @@ def build_parser():
 
 
 def main(args) -> None:
-    model, layer, head = load_target(args)
+    model, layer, head = cli.load_target(args)
     W_Q, W_K, b_Q, b_K = head_weights(model, layer, head, include_bias=True)
     spectrum = qk.symmetric_spectrum(W_Q, W_K)
     n_negative = len(qk.most_negative(spectrum.values))
     ks = sorted({min(k, n_negative) for k in args.ks})  # k beyond the negative count repeats the last cell
     E = token_inputs(model, layer, args.input, seed=args.seed, progress=True)  # (d_vocab, d_model)
-    tokens, mask = scan.category_probe(model, prompts.ALL_CATEGORIES, args.n_prompts, args.n_words, args.seed + 1)
+    tokens, mask = prompts.category_probe(model, prompts.ALL_CATEGORIES, args.n_prompts, args.n_words, args.seed + 1)
 
     cells = []
     for k, scale in tqdm([(k, s) for k in ks for s in args.scales], desc="grid"):
@@ -78,7 +74,7 @@ def main(args) -> None:
                **({"unedited_cell": base} if base else {})}
     path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
                            arguments=vars(args), seed=args.seed)
-    io.save_figure(figure(cells, ks, args, layer, head), args.out, args.model, NAME)
+    save_figure(figure(cells, ks, args, layer, head), args.out, args.model, NAME)
 
     if base:
         print(f"L{layer}H{head} unedited: mean self-rank {base['mean_rank']:.1f} of {model.cfg.d_vocab}, "
@@ -90,7 +86,7 @@ def main(args) -> None:
 
 
 def figure(cells, ks, args, layer, head):
-    io.use_style()
+    use_style()
     import matplotlib.pyplot as plt
     import seaborn as sns
 

@@ -3,10 +3,10 @@
 For the group set (days, colours, years, pronouns, countries; six tokens each) with head inputs
 E (--input, default mean), the maps
 
-    base   E W E^T / sqrt(d_head)         W = W_Q W_K^T (no biases)
-    sym    E W_sym E^T / sqrt(d_head)     W_sym  = (W + W^T) / 2
-    skew   E W_skew E^T / sqrt(d_head)    W_skew = (W - W^T) / 2
-    bias   (E W_Q + b_Q)(E W_K + b_K)^T / sqrt(d_head)
+    base   E W E^T / attn_scale         W = W_Q W_K^T (no biases); attn_scale = sqrt(d_head)
+    sym    E W_sym E^T / attn_scale     W_sym  = (W + W^T) / 2
+    skew   E W_skew E^T / attn_scale    W_skew = (W - W^T) / 2
+    bias   (E W_Q + b_Q)(E W_K + b_K)^T / attn_scale
 
 with, for each, the mean score on the diagonal (self), within a group and across groups, and
 the relative Frobenius norms of the sym and skew maps. The diagonal of base equals that of
@@ -16,38 +16,32 @@ Writes results/<model>/svd_sym_skew_heatmap.json and figures/<model>/svd_sym_ske
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from analysis import cli, io  # noqa: E402
-from analysis import qk_decomposition as qk  # noqa: E402
-from analysis.token_maps import (  # noqa: E402
-    add_input_argument, block_means, group_heatmaps, group_tokens, load_target, token_inputs,
-)
-from analysis.vocab_input import bilinear_scores, head_weights  # noqa: E402
+from analysis import cli, io
+from analysis import qk_decomposition as qk
+from analysis.attention import attention_scores, head_scale, head_weights
+from analysis.plotting import group_heatmaps, save_figure
+from analysis.token_maps import block_means, group_tokens, token_inputs
 
 NAME = "svd_sym_skew_heatmap"
 
 
 def build_parser():
     p = cli.parser(__doc__, target_head=True)
-    add_input_argument(p)
+    cli.add_input_argument(p)
     return p
 
 
 def main(args) -> None:
-    model, layer, head = load_target(args)
-    d_head = model.cfg.d_head
+    model, layer, head = cli.load_target(args)
+    scale = head_scale(model.cfg, layer)
     W_Q, W_K, b_Q, b_K = head_weights(model, layer, head, include_bias=True)
     ids, labels, group, group_names = group_tokens(model.tokenizer)
     E = token_inputs(model, layer, args.input, token_ids=ids, seed=args.seed)  # (30, d_model)
 
-    maps = {"base": qk.token_scores(E, qk.qk_matrix(W_Q, W_K), E, d_head),
-            "sym": qk.token_scores(E, qk.symmetric_part(W_Q, W_K), E, d_head),
-            "skew": qk.token_scores(E, qk.skew_part(W_Q, W_K), E, d_head),
-            "bias": bilinear_scores(E, E, W_Q, W_K, b_Q, b_K)}
+    maps = {"base": qk.token_scores(E, qk.qk_matrix(W_Q, W_K), E, scale),
+            "sym": qk.token_scores(E, qk.symmetric_part(W_Q, W_K), E, scale),
+            "skew": qk.token_scores(E, qk.skew_part(W_Q, W_K), E, scale),
+            "bias": attention_scores(E, E, W_Q, W_K, scale, b_Q, b_K)}
     base_norm = float(maps["base"].norm())
     check = {"max_abs_diag_base_minus_sym": float((maps["base"].diagonal() - maps["sym"].diagonal()).abs().max()),
              "max_abs_diag_skew": float(maps["skew"].diagonal().abs().max())}
@@ -65,7 +59,7 @@ def main(args) -> None:
     fig = group_heatmaps(list(maps.values()),
                          ["base  E W Eᵀ/√d", "symmetric part", "skew part", "base with Q/K biases"], labels, group,
                          suptitle=f"L{layer}H{head}, group set ({args.input} inputs)")
-    io.save_figure(fig, args.out, args.model, NAME)
+    save_figure(fig, args.out, args.model, NAME)
 
     for name, stats in results["block_means"].items():
         print(f"{name:>5s}: self {stats['self']:+.2f}, in-group {stats['in_group']:+.2f}, "

@@ -5,7 +5,7 @@ gets the head's input x_t (analysis.vocab_input.head_input, mean context of the 
 then, with p the token probabilities of a frequency file (--freq, written by token_freq.py;
 uniform when absent):
 
-  QK[q, k]   = x_q W_Q . (x_k W_K - x_BOS W_K) / sqrt(d_head)  (each query's score minus its score on BOS)
+  QK[q, k]   = x_q W_Q . (x_k W_K - x_BOS W_K) / attn_scale  (each query's score minus its score on BOS)
   OVc[k, o]  = x_k W_V W_O W_U[:, o] minus its mean over o      (mean-normalised per source token)
   key score  = max_q QK[q, k] * max_o OVc[k, o] * p_k^0.1       (which keys the table pivots on)
   per key    top queries by QK[q, k] * p_q^0.1, top outputs by OVc[k, o]
@@ -17,18 +17,16 @@ results/<model>/token_circuit_tables.json and figures/<model>/token_circuit_tabl
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from analysis import circuits, cli, io, prompts  # noqa: E402
-from analysis.frequency import check_frequency_csv, read_frequency_csv  # noqa: E402
-from analysis.models import load_model  # noqa: E402
-from analysis.scan import target_head  # noqa: E402
-from analysis.vocab_input import head_input, head_weights  # noqa: E402
+from analysis import circuits, cli, io, prompts
+from analysis.attention import head_scale, head_weights
+from analysis.frequency import check_frequency_csv, read_frequency_csv
+from analysis.models import load_model
+from analysis.plotting import save_figure, use_style
+from analysis.vocab_input import head_input
 
 NAME = "token_circuit_tables"
 
@@ -61,7 +59,7 @@ def table_figure(model, table, qk, ov, layer: int, head: int):
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    io.use_style()
+    use_style()
     keys = table["key_ids"]
     queries = torch.unique(table["query_ids"].flatten(), sorted=False)[:30]
     outputs = torch.unique(table["output_ids"].flatten(), sorted=False)[:30]
@@ -85,7 +83,7 @@ def table_figure(model, table, qk, ov, layer: int, head: int):
 
 def main(args) -> None:
     model = load_model(args.model, args.device)
-    layer, head = target_head(model, args.layer, args.head, args.seed)
+    layer, head = cli.target_head(model, args.layer, args.head, args.seed)
     d_vocab = model.cfg.d_vocab
     p = (circuits.token_probabilities(read_frequency_csv(args.freq), d_vocab) if args.freq is not None
          else torch.full((d_vocab,), 1.0 / d_vocab))
@@ -93,7 +91,8 @@ def main(args) -> None:
     reference = prompts.reference_prompts(model, args.seed) if args.variant == "mean" else None
     x = head_input(model, layer, reference, variant=args.variant, chunk_size=args.chunk_size, progress=True)
     W_Q, W_K, b_Q, b_K = head_weights(model, layer, head, include_bias=True)
-    qk = circuits.token_qk(x, x, circuits.bos_key_input(model, layer), W_Q, W_K, b_Q, b_K)
+    bos = circuits.bos_key_input(model, layer)
+    qk = circuits.token_qk(x, x, bos, W_Q, W_K, b_Q, b_K, head_scale(model.cfg, layer))
     W_V, W_O, W_U = (w.detach().float().cpu() for w in (model.W_V[layer, head], model.W_O[layer, head], model.W_U))
     ov = circuits.token_ov(x, W_V, W_O, W_U)
     table = circuits.key_pivoted_table(qk, ov, p, args.keys, args.queries, args.outputs, args.chunk_size)
@@ -113,7 +112,7 @@ def main(args) -> None:
                "table": rows}
     path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
                            arguments=vars(args), seed=args.seed)
-    io.save_figure(table_figure(model, table, qk, ov, layer, head), args.out, args.model, NAME)
+    save_figure(table_figure(model, table, qk, ov, layer, head), args.out, args.model, NAME)
 
     print(f"L{layer}H{head} key-pivoted table (p: {results['token_probabilities']})")
     for row in rows:

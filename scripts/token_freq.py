@@ -12,19 +12,19 @@ results/<model>/token_freq.json (corpus, totals, top tokens) and figures/<model>
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from analysis import cli, io  # noqa: E402
-from analysis.errors import UsageError  # noqa: E402
-from analysis.frequency import (  # noqa: E402
+from analysis import cli, io, prompts
+from analysis.errors import UsageError
+from analysis.frequency import (
     MAX_UNKNOWN_SHARE, check_corpus, check_unknown_share, count_tokens, frequency_csv_path, frequency_table,
     unknown_share, write_frequency_csv,
 )
-from analysis.models import load_model  # noqa: E402
+from analysis.models import load_model
+from analysis.organism.language import LanguageSpec, vocabulary, write_corpus
+from analysis.organism.train import TrainConfig
+from analysis.plotting import save_figure, use_style
 
 NAME = "token_freq"
 
@@ -47,9 +47,6 @@ def build_parser():
 
 def organism_corpus(model, n_sequences: int, seed: int, directory: Path) -> tuple[Path, dict]:
     """A corpus sampled from the organism's training generator, and how it was made."""
-    from analysis.organism.language import LanguageSpec, vocabulary, write_corpus
-    from analysis.organism.train import TrainConfig
-
     mixture = TrainConfig().mixture
     spec = LanguageSpec.from_vocabulary(vocabulary())
     path = write_corpus(directory / "organism_corpus.txt", model.tokenizer, spec, n_sequences, model.cfg.n_ctx,
@@ -61,7 +58,7 @@ def organism_corpus(model, n_sequences: int, seed: int, directory: Path) -> tupl
 def rank_plot(table, title: str):
     import matplotlib.pyplot as plt
 
-    io.use_style()
+    use_style()
     counts = table["count"].to_numpy()
     counts = counts[counts > 0]
     fig, ax = plt.subplots(figsize=(4.5, 3.5))
@@ -73,8 +70,7 @@ def rank_plot(table, title: str):
 
 def main(args) -> None:
     model = load_model(args.model, args.device)
-    if model.tokenizer is None:
-        raise UsageError(f"Model {args.model!r} has no tokenizer, so a corpus cannot be tokenised for it.")
+    prompts.require_tokenizer(model, "Counting a corpus's tokens tokenises it")
 
     with tempfile.TemporaryDirectory() as scratch:
         if args.corpus is not None:
@@ -101,7 +97,7 @@ def main(args) -> None:
     }
     path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
                            arguments=vars(args), seed=args.seed)
-    io.save_figure(rank_plot(table, f"{args.model}: token frequencies"), args.out, args.model, NAME)
+    save_figure(rank_plot(table, f"{args.model}: token frequencies"), args.out, args.model, NAME)
 
     print(f"{total} tokens, {results['distinct_tokens']} of {model.cfg.d_vocab} vocabulary tokens occur")
     print("most frequent: " + ", ".join(f"{r['token']!r} {r['probability']:.4f}" for r in results["top"][:10]))

@@ -13,17 +13,14 @@ needs --replace-shipped.
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from analysis import cli, io, models  # noqa: E402
-from analysis.models import ORGANISM_DIR  # noqa: E402
-from analysis.organism import planted_head_report  # noqa: E402
-from analysis.organism.train import TrainConfig, save_organism, timed_train  # noqa: E402
+from analysis import cli, io, models
+from analysis.models import ORGANISM_DIR
+from analysis.organism import planted_head_report
+from analysis.organism.train import TrainConfig, save_organism, timed_train
 
 DEFAULT_OUT = io.REPO_ROOT / "checkpoints" / "organism"
 
@@ -62,9 +59,11 @@ def main(args) -> None:
     if args.model != "organism":
         raise cli.UsageError("train_organism.py trains the organism only; leave --model at its default.")
     if args.device != "cpu":
-        raise cli.UsageError("The organism is trained on CPU so that the shipped checkpoint is reproducible; use --device cpu.")
+        raise cli.UsageError("The organism is trained on CPU so that the shipped checkpoint is reproducible; "
+                             "use --device cpu.")
     out = checkpoint_folder(args)
-    config = dataclasses.replace(TrainConfig(), steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    config = dataclasses.replace(TrainConfig(), steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                                 seed=args.seed)
     shape = models.ModelShape(config.n_layers, config.n_heads, config.d_model, config.d_head, config.d_mlp,
                               d_vocab=0, n_ctx=config.n_ctx)
     # Activations kept for the backward pass: about a dozen per-head patterns' worth per layer.

@@ -10,16 +10,12 @@ and results/<model>/visualize_attention.json with the tokens and the patterns.
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from analysis import cli, io, prompts  # noqa: E402
-from analysis.errors import UsageError  # noqa: E402
-from analysis.models import load_model  # noqa: E402
-from analysis.patterns import all_patterns  # noqa: E402
-from analysis.plotting import attention_heads_html, attention_pattern  # noqa: E402
+from analysis import cli, io, prompts
+from analysis.errors import UsageError
+from analysis.models import load_model
+from analysis.patterns import all_patterns
+from analysis.plotting import attention_heads_html, attention_pattern, save_figure, use_style
 
 NAME = "visualize_attention"
 
@@ -37,7 +33,7 @@ def layer_grid(pattern, labels, layer: int):
     """Every head of one layer, `pattern: [head, query, key]`, in a near-square grid."""
     import matplotlib.pyplot as plt
 
-    io.use_style()
+    use_style()
     n = pattern.shape[0]
     cols = math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
@@ -54,8 +50,7 @@ def layer_grid(pattern, labels, layer: int):
 
 def main(args) -> None:
     model = load_model(args.model, args.device)
-    if model.tokenizer is None:
-        raise UsageError("This script draws a text prompt, so it needs a model with a tokenizer; this one has none.")
+    prompts.require_tokenizer(model, "This script draws a text prompt")
     layers = range(model.cfg.n_layers)
     if args.layer is not None:
         if not 0 <= args.layer < model.cfg.n_layers:
@@ -72,7 +67,7 @@ def main(args) -> None:
         html = io.figures_dir(args.out, args.model) / f"{NAME}_L{layer}.html"
         io.write_output(html, attention_heads_html(pattern[layer], labels, names,
                                                           f"{args.model} layer {layer}: {args.prompt}"))
-        grid = io.save_figure(layer_grid(pattern[layer], labels, layer), args.out, args.model, f"{NAME}_L{layer}")
+        grid = save_figure(layer_grid(pattern[layer], labels, layer), args.out, args.model, f"{NAME}_L{layer}")
         files[layer] = {"html": html, "figures": grid}
     results = {"prompt": args.prompt, "tokens": labels, "layers": list(layers),
                "patterns": {layer: pattern[layer] for layer in layers}, "files": files}

@@ -6,13 +6,13 @@ import pytest
 import torch
 from transformer_lens.utilities import get_act_name
 
-from analysis import ablation, prompts, scan
+from analysis import ablation, prompts
 from conftest import run_main, run_script
 
 
 @pytest.fixture(scope="module")
 def probe(organism):
-    return scan.category_probe(organism, prompts.ALL_CATEGORIES, 32, 64, seed=8)
+    return prompts.category_probe(organism, prompts.ALL_CATEGORIES, 32, 64, seed=8)
 
 
 def cached(model, tokens, hooks, names):
@@ -69,14 +69,6 @@ def test_mlp_only_residual_hands_layer_1_the_mlp_output(organism, probe):
     clean = cached(organism, tokens, [], names)
     assert torch.allclose(cache["blocks.1.hook_resid_pre"][:, 1:], cache["blocks.0.hook_mlp_out"][:, 1:])
     assert torch.allclose(cache["blocks.1.hook_resid_pre"][:, 0], clean["blocks.1.hook_resid_pre"][:, 0])
-
-
-def test_head_pattern_matches_all_patterns(organism, probe):
-    from analysis.patterns import all_patterns
-
-    tokens = probe[0][:3]
-    assert torch.allclose(ablation.head_pattern(organism, tokens, 1, 2, batch_size=2),
-                          all_patterns(organism, tokens)[:, 1, 2], atol=1e-6)
 
 
 def test_semantic_head_reads_token_identity_not_position(organism, truth, probe):

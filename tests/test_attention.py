@@ -1,19 +1,65 @@
-"""Manual attention from raw weights matches TransformerLens and Hugging Face within 1e-5."""
+"""The attention score of a head, and manual attention from raw weights against TransformerLens and Hugging Face."""
 
 import json
 import math
 
 import pytest
 import torch
+from transformer_lens import FactoredMatrix
+from transformer_lens.utilities import get_act_name
 from transformer_lens.utilities import gelu_new as tl_gelu_new
 
-from analysis import attention
+from analysis import attention, prompts, vocab_input
 from analysis.errors import UsageError
 from analysis.models import WeightProcessing, load_model
 from analysis.patterns import all_patterns
 from conftest import run_main
 
 TOL = 1e-5
+
+
+def test_attention_scores_exact_and_their_variants_agree():
+    x_q, x_k = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 2.0], [1.0, 1.0]])
+    W = torch.eye(2)
+    assert torch.allclose(attention.attention_scores(x_q, x_k, W, W, 2.0), torch.tensor([[0.0, 0.5]]))  # (1, 0) . (1, 1) / 2
+    b = torch.tensor([0.0, 1.0])
+    # (x_q + b) . (x_k + b) = [1, 1] . [0, 3] and [1, 1] . [1, 2]
+    assert torch.allclose(attention.attention_scores(x_q, x_k, W, W, 2.0, b, b), torch.tensor([[3.0, 3.0]]) / 2)
+    factored = attention.attention_score_matrix(x_q, x_k, W, W, 2.0, b, b)
+    assert isinstance(factored, FactoredMatrix) and torch.allclose(factored.AB, torch.tensor([[3.0, 3.0]]) / 2)
+    x = torch.cat([x_q, x_k])
+    assert torch.allclose(attention.self_attention_scores(x, W, W, 2.0, b, b),
+                          attention.attention_scores(x, x, W, W, 2.0, b, b).diagonal())
+    # leading axes broadcast: every head of a layer against a batch of residual streams
+    g = torch.Generator().manual_seed(0)
+    xs, b_Q = torch.randn(2, 5, 4, generator=g), torch.randn(3, 2, generator=g)
+    W_Q, W_K = torch.randn(3, 4, 2, generator=g), torch.randn(3, 4, 2, generator=g)
+    batched = attention.attention_scores(xs[:, None], xs[:, None], W_Q, W_K, 1.5, b_Q)  # (B, nh, T, T)
+    assert batched.shape == (2, 3, 5, 5)
+    assert torch.allclose(batched[1, 2], attention.attention_scores(xs[1], xs[1], W_Q[2], W_K[2], 1.5, b_Q[2]))
+
+
+def test_head_scale_follows_the_config(organism):
+    assert attention.head_scale(organism.cfg, 1) == math.sqrt(organism.cfg.d_head)
+    cfg = organism.cfg.__class__(**{**organism.cfg.to_dict(), "scale_attn_by_inverse_layer_idx": True})
+    assert attention.head_scale(cfg, 1) == 2 * math.sqrt(organism.cfg.d_head)
+
+
+def test_attention_scores_match_the_model(organism):
+    # The model's own attention logits on a two-token prompt whose inputs are the head inputs.
+    layer, head = 1, 0
+    x = vocab_input.head_input(organism, layer, prompts.reference_prompts(organism, 0, n_prompts=16), use_cache=False)
+    ids = torch.tensor([[7, 9]])
+    stored = {}
+    with torch.no_grad():
+        organism.run_with_hooks(
+            ids, stop_at_layer=layer + 1,
+            fwd_hooks=[(get_act_name("normalized", layer, "ln1"), lambda act, hook: x[ids]),
+                       (get_act_name("attn_scores", layer), lambda act, hook: stored.setdefault("s", act))])
+    W_Q, W_K, b_Q, b_K = attention.head_weights(organism, layer, head, include_bias=True)
+    scale = attention.head_scale(organism.cfg, layer)
+    got = attention.attention_scores(x[ids[0]], x[ids[0]], W_Q, W_K, scale, b_Q, b_K)
+    assert torch.allclose(got[1], stored["s"][0, head, 1], atol=1e-4)
 
 
 def test_layer_norm_exact():

@@ -101,8 +101,8 @@ def test_token_qk_subtracts_the_bos_score():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(6, 8, generator=g)
     W_Q, W_K, b_Q, b_K = (torch.randn(*s, generator=g) for s in ((8, 4), (8, 4), (4,), (4,)))
-    qk = circuits.token_qk(x, x, x[0], W_Q, W_K, b_Q, b_K).AB
-    raw = (x @ W_Q + b_Q) @ (x @ W_K + b_K).T / 2  # sqrt(d_head) = 2
+    qk = circuits.token_qk(x, x, x[0], W_Q, W_K, b_Q, b_K, scale=2.0).AB
+    raw = (x @ W_Q + b_Q) @ (x @ W_K + b_K).T / 2
     assert torch.allclose(qk, raw - raw[:, :1], atol=1e-5)
     assert torch.allclose(qk[:, 0], torch.zeros(6))
 

@@ -13,20 +13,20 @@ from conftest import run_main
 
 
 def test_top_k_edges_exact():
-    # keys = queries = e1..e4, so the scores are M itself (d_head 1: no scaling)
+    # keys = queries = e1..e4, so the scores are M itself (scale 1)
     M = torch.tensor([[9.0, 1.0, 3.0, 2.0],
                       [5.0, 0.0, 4.0, 1.0],
                       [0.0, 2.0, 7.0, 8.0],
                       [1.0, 6.0, 2.0, 3.0]])
     W = FactoredMatrix(M, torch.eye(4))
-    source, target, score = clustering.top_k_edges(torch.eye(4), W, d_head=1, k=2, chunk_size=3)
+    source, target, score = clustering.top_k_edges(torch.eye(4), W, scale=1.0, k=2, chunk_size=3)
     assert source.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
     assert target.tolist() == [2, 3, 0, 2, 3, 1, 1, 2]  # self-loops dropped: row 0 skips its 9
     assert score.tolist() == [3.0, 2.0, 5.0, 4.0, 8.0, 2.0, 6.0, 2.0]
-    _, target, _ = clustering.top_k_edges(torch.eye(4), W, d_head=1, k=1, keep_self=True)
+    _, target, _ = clustering.top_k_edges(torch.eye(4), W, scale=1.0, k=1, keep_self=True)
     assert target.tolist() == [0, 0, 3, 1]
     with pytest.raises(ValueError):
-        clustering.top_k_edges(torch.eye(4), W, d_head=1, k=4)
+        clustering.top_k_edges(torch.eye(4), W, scale=1.0, k=4)
 
 
 def test_minmax_exact():

@@ -9,7 +9,7 @@ import torch
 
 from analysis.errors import UsageError
 from analysis.frequency import (count_tokens, frequency_csv_path, frequency_table, most_frequent_ids,
-                                read_frequency_csv, write_frequency_csv)
+                                ordinary_or_frequent_ids, read_frequency_csv, write_frequency_csv)
 from conftest import run_main, run_script
 
 
@@ -67,3 +67,15 @@ def test_token_freq_on_a_given_corpus(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         run_main("token_freq", "--out", str(tmp_path), "--corpus", str(tmp_path / "nope.txt"))
     assert exit_.value.code == 2 and "not a readable file" in " ".join(capsys.readouterr().err.split())
+
+
+def test_ordinary_or_frequent_ids(tmp_path):
+    ids, how = ordinary_or_frequent_ids(6, [5, 0], 4, tmp_path / "absent.csv")  # covers them all: no table read
+    assert ids.tolist() == [1, 2, 3, 4] and how.startswith("every ordinary token")
+    table = pd.DataFrame({"token": list("abcdef"), "id": [3, 5, 1, 0, 2, 4], "count": [9, 8, 7, 6, 0, 0],
+                          "probability": [0.3, 0.27, 0.23, 0.2, 0.0, 0.0]})
+    path = write_frequency_csv(table, tmp_path / "freq.csv")
+    ids, how = ordinary_or_frequent_ids(6, [5, 0], 2, path)
+    assert ids.tolist() == [3, 1] and how == f"2 most frequent in {path}"  # special 5 and 0 left out
+    with pytest.raises(UsageError, match="token_freq.py"):
+        ordinary_or_frequent_ids(6, [5, 0], 2, tmp_path / "absent.csv")

@@ -83,3 +83,24 @@ def test_reference_prompts_are_seeded_category_prompts(organism):
     assert (a[:, 0] == organism.tokenizer.bos_token_id).all()
     category_ids = prompts.category_index(organism.tokenizer, prompts.ALL_CATEGORIES, organism.cfg.d_vocab)
     assert (category_ids[a[:, 1:]] >= 0).all()
+
+
+def test_tokens_of_a_model_with_and_without_a_tokenizer(organism):
+    from types import SimpleNamespace
+
+    bare = SimpleNamespace(tokenizer=None, cfg=SimpleNamespace(d_vocab=50257))  # random GPT-2 shapes, no tokenizer
+    assert prompts.bos_token_id(bare) == 50256 and prompts.special_token_ids(bare) == [50256]
+    assert prompts.bos_token_id(organism) == organism.tokenizer.bos_token_id
+    assert set(prompts.special_token_ids(organism)) == set(organism.tokenizer.all_special_ids)
+    prompts.require_tokenizer(organism)  # no error
+    with pytest.raises(UsageError, match="The probe reads words, so it needs a model with a tokenizer"):
+        prompts.require_tokenizer(bare, "The probe reads words")
+    with pytest.raises(UsageError, match="semantic probe"):
+        prompts.category_probe(bare, prompts.STUDY_CATEGORIES, 2, 8, seed=0)
+
+
+def test_category_probe_tokens_and_mask(organism):
+    tokens, mask = prompts.category_probe(organism, prompts.STUDY_CATEGORIES, 3, 10, seed=2)
+    assert tokens.shape == (3, 11) and (tokens[:, 0] == prompts.bos_token_id(organism)).all()
+    category_of = prompts.category_index(organism.tokenizer, prompts.STUDY_CATEGORIES, organism.cfg.d_vocab)
+    assert torch.equal(mask, prompts.semantic_mask(tokens, category_of))

@@ -7,9 +7,10 @@ import pytest
 import torch
 from transformer_lens import FactoredMatrix
 
-from analysis import prompts, scan
+from analysis import cli, prompts
 from analysis import qk_decomposition as qk
-from analysis.vocab_input import bilinear_scores, head_weights
+from analysis.attention import attention_scores, head_scale, head_weights
+from analysis.patterns import head_pattern
 from conftest import run_main
 
 
@@ -62,23 +63,67 @@ def test_skew_part_cannot_change_self_scores():
     W_Q, W_K = random_factors()
     x = torch.randn(20, 12)
     W, sym, skew = qk.qk_matrix(W_Q, W_K), qk.symmetric_part(W_Q, W_K), qk.skew_part(W_Q, W_K)
-    assert torch.allclose(qk.self_scores(x, W, 3), qk.self_scores(x, sym, 3), atol=1e-5)
-    assert qk.self_scores(x, skew, 3).abs().max() < 1e-5
-    assert torch.allclose(qk.self_scores(x, W, 3), qk.token_scores(x, W, x, 3).diagonal(), atol=1e-5)
-    positive, negative = qk.self_score_parts(x, qk.symmetric_spectrum(W_Q, W_K), 3)
+    scale = math.sqrt(3)
+    assert torch.allclose(qk.self_scores(x, W, scale), ((x @ W.AB) * x).sum(-1) / scale, atol=1e-5)  # dense
+    assert torch.allclose(qk.self_scores(x, W, scale), qk.self_scores(x, sym, scale), atol=1e-5)
+    assert qk.self_scores(x, skew, scale).abs().max() < 1e-5
+    assert torch.allclose(qk.self_scores(x, W, scale), qk.token_scores(x, W, x, scale).diagonal(), atol=1e-5)
+    positive, negative = qk.self_score_parts(x, qk.symmetric_spectrum(W_Q, W_K), scale)
     assert (positive >= 0).all() and (negative <= 0).all()
-    assert torch.allclose(positive + negative, qk.self_scores(x, W, 3), atol=1e-4)
+    assert torch.allclose(positive + negative, qk.self_scores(x, W, scale), atol=1e-4)
 
 
-def test_token_scores_agree_with_bilinear_scores_and_biases_fold_into_the_input():
+def test_biases_fold_into_the_input():
     W_Q, W_K = random_factors()
     b_Q, b_K = torch.randn(3), torch.randn(3)
     xq, xk = torch.randn(5, 12), torch.randn(7, 12)
-    plain = qk.token_scores(xq, qk.qk_matrix(W_Q, W_K), xk, 3)
-    assert torch.allclose(plain, bilinear_scores(xq, xk, W_Q, W_K), atol=1e-5)
     aug = qk.qk_matrix(*qk.with_bias(W_Q, W_K, b_Q, b_K))
-    assert torch.allclose(qk.token_scores(qk.append_one(xq), aug, qk.append_one(xk), 3),
-                          bilinear_scores(xq, xk, W_Q, W_K, b_Q, b_K), atol=1e-4)
+    by_hand = (xq @ W_Q + b_Q) @ (xk @ W_K + b_K).T / 2.0
+    assert torch.allclose(qk.token_scores(qk.append_one(xq), aug, qk.append_one(xk), 2.0), by_hand, atol=1e-4)
+
+
+def test_score_blocks_are_the_token_scores_in_chunks():
+    W_Q, W_K = random_factors()
+    xq, xk = torch.randn(7, 12), torch.randn(5, 12)
+    W = qk.symmetric_part(W_Q, W_K)  # inner dimension 2 d_head
+    blocks = torch.cat([block for _, block in qk.score_blocks(xq, W, xk, 2.0, chunk_size=3)])
+    assert torch.allclose(blocks, xq @ W.AB @ xk.T / 2.0, atol=1e-4)
+
+
+def test_widened_edited_factors_keep_the_models_scale(organism, truth):
+    """Edited factors have d_head + k columns; their scores must still divide by the model's sqrt(d_head)."""
+    layer, head = truth["planted_heads"]["semantic"]
+    W_Q, W_K, b_Q, b_K = head_weights(organism, layer, head, include_bias=True)
+    spectrum = qk.symmetric_spectrum(W_Q, W_K)
+    negative = qk.most_negative(spectrum.values)
+    scale = head_scale(organism.cfg, layer)
+    assert scale == math.sqrt(organism.cfg.d_head)
+    tokens = prompts.reference_prompts(organism, seed=5, n_prompts=2, n_words=12)
+    name = f"blocks.{layer}.ln1.hook_normalized"
+    with torch.no_grad():
+        _, cache = organism.run_with_cache(tokens, stop_at_layer=layer + 1,
+                                           names_filter=[name, f"blocks.{layer}.attn.hook_attn_scores"])
+    x = cache[name]  # (B, T, d_model): what the head's own W_Q, W_K read
+    own = cache[f"blocks.{layer}.attn.hook_attn_scores"][:, head]  # TransformerLens's scores
+    causal = torch.ones(own.shape[-2:], dtype=torch.bool).tril()
+
+    # factor 1: widened factors of the unedited W must give the model's own scores
+    A, B = qk.edited_factors(W_Q, W_K, spectrum, negative, 1.0)
+    width = A.shape[1]
+    assert width == organism.cfg.d_head + len(negative) > organism.cfg.d_head
+    b_A, b_B = qk.pad_bias(b_Q, width), qk.pad_bias(b_K, width)
+    wide = attention_scores(x, x, A, B, scale, b_A, b_B)
+    assert torch.allclose(wide[:, causal], own[:, causal], atol=1e-4)
+    assert not torch.allclose(attention_scores(x, x, A, B, math.sqrt(width), b_A, b_B)[:, causal], own[:, causal],
+                              atol=1e-2)  # a scale read off the factors' width would be wrong
+    # factor -1: W' = A B^T by hand, d_model x d_model; the padded biases act through W_Q, W_K's columns only
+    A, B = qk.edited_factors(W_Q, W_K, spectrum, negative, -1.0)
+    by_hand = (x @ (A @ B.T) @ x.transpose(-1, -2) + (x @ W_K @ b_Q)[:, None, :] + (x @ W_Q @ b_K)[:, :, None]
+               + b_Q @ b_K) / math.sqrt(organism.cfg.d_head)
+    got = attention_scores(x, x, A, B, scale, qk.pad_bias(b_Q, A.shape[1]), qk.pad_bias(b_K, A.shape[1]))
+    assert torch.allclose(got, by_hand, atol=1e-3) and not torch.allclose(got, wide, atol=1e-2)
+    assert torch.allclose(qk.token_scores(x[0], FactoredMatrix(A, B.T), x[0], scale),
+                          x[0] @ (A @ B.T) @ x[0].T / scale, atol=1e-3)
 
 
 def test_self_ranks_and_rank_metrics_exact():
@@ -116,8 +161,6 @@ def test_eigenvalue_edits():
 
 
 def test_override_hooks_reproduce_the_model_and_recompute_scores(organism):
-    from analysis.ablation import head_pattern
-
     tokens = prompts.reference_prompts(organism, seed=3, n_prompts=4, n_words=20)
     W_Q, W_K, b_Q, b_K = head_weights(organism, 1, 2, include_bias=True)
     clean = head_pattern(organism, tokens, 1, 2)
@@ -136,14 +179,14 @@ def test_override_hooks_reproduce_the_model_and_recompute_scores(organism):
 
 
 def test_semantic_head_needs_negative_eigenvalues_and_flipping_them_restores_self_attention(organism, truth):
-    layer, head = scan.target_head(organism, None, None)  # found unaided
+    layer, head = cli.target_head(organism, None, None)  # found unaided
     assert [layer, head] == truth["planted_heads"]["semantic"]
     W_Q, W_K, b_Q, b_K = head_weights(organism, layer, head, include_bias=True)
     spectrum = qk.symmetric_spectrum(W_Q, W_K)
     norms = qk.relative_norms(W_Q, W_K)
     assert qk.spectrum_summary(spectrum.values)["n_negative"] > 0
     assert norms["skew"] < norms["sym"]
-    tokens, mask = scan.category_probe(organism, prompts.ALL_CATEGORIES, 32, 64, seed=21)
+    tokens, mask = prompts.category_probe(organism, prompts.ALL_CATEGORIES, 32, 64, seed=21)
     base = qk.in_context_scores(organism, tokens, mask, layer, head)
     A, B = qk.edited_factors(W_Q, W_K, spectrum, qk.most_negative(spectrum.values), -1.0)
     hooks = qk.qk_override_hooks(organism, layer, head, A, B, b_Q, b_K)

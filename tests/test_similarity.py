@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from analysis import prompts, similarity, vocab_input
+from analysis.attention import head_scale, head_weights
 from conftest import run_main, run_script
 
 # Three 2-d inputs: e0, e1 and their normalised sum; W_Q = W_K = identity, so s(q, k) = x_q . x_k / sqrt(2).
@@ -18,23 +19,45 @@ R = 1 / math.sqrt(2)
 
 def test_cosine_and_score_minus_self_exact():
     assert torch.allclose(similarity.cosine_matrix(X, 2 * X[:1]), torch.tensor([[1.0], [0.0], [R]]))
-    d = similarity.score_minus_self(X, torch.tensor([0, 2]), EYE, EYE)
+    d = similarity.score_minus_self(X, torch.tensor([0, 2]), EYE, EYE, scale=math.sqrt(2))
     # s(q, q) = 1/sqrt(2) for every unit input; s(0, 1) = 0, s(0, 2) = R / sqrt(2), s(2, 0) = s(2, 1) = R / sqrt(2)
     expected = torch.tensor([[0.0, -R, R * R - R], [R * R - R, R * R - R, 0.0]])
     assert torch.allclose(d, expected, atol=1e-6)
     bias = torch.tensor([0.0, 1.0])  # b_K cancels in d; b_Q does not
-    assert torch.allclose(similarity.score_minus_self(X, torch.tensor([0]), EYE, EYE, None, bias), d[:1], atol=1e-6)
-    assert not torch.allclose(similarity.score_minus_self(X, torch.tensor([0]), EYE, EYE, bias, None), d[:1])
+    assert torch.allclose(similarity.score_minus_self(X, torch.tensor([0]), EYE, EYE, None, bias, scale=math.sqrt(2)), d[:1], atol=1e-6)
+    assert not torch.allclose(similarity.score_minus_self(X, torch.tensor([0]), EYE, EYE, bias, None, scale=math.sqrt(2)), d[:1])
 
 
 @pytest.mark.parametrize("chunk_size", [1, 2, 1024])
 def test_binned_pairs_exact_and_chunk_free(chunk_size):
     edges = torch.tensor([-1.0, 0.5, 1.0])  # window 0: cos < 0.5 (orthogonal pairs); window 1: cos >= 0.5
-    counts, sums = similarity.binned_pairs(X, edges, EYE, EYE, scale=2.0, chunk_size=chunk_size)
+    counts, sums = similarity.binned_pairs(X, edges, EYE, EYE, scale=math.sqrt(2), unit=2.0, chunk_size=chunk_size)
     assert counts.tolist() == [[1, 1], [1, 1], [0, 2]]  # self pairs left out
     d = R * R - R
     expected = 2.0 * torch.tensor([[-R, d], [-R, d], [0.0, 2 * d]], dtype=torch.float64)
     assert torch.allclose(sums, expected, atol=1e-6)
+
+
+def test_score_unit_and_window_edges():
+    assert similarity.score_unit("nats", 8.0) == 1.0
+    assert math.isclose(similarity.score_unit("bits-unscaled", 8.0), 8.0 / math.log(2))  # undo the scale, in bits
+    with pytest.raises(ValueError):
+        similarity.score_unit("other", 8.0)
+    assert similarity.window_edges(0.5).tolist() == [-1.0, -0.5, 0.0, 0.5, 1.0]
+
+
+def test_example_query_and_category_pairs_exact():
+    # query X[2] against keys X[0], X[1] (itself left out): d = s(q, k) - s(q, q), s(q, q) = 1 / sqrt(2)
+    ex = similarity.example_query(X[2:], X[:2], ["a", "b"], 0, torch.tensor([0, 1]), EYE, EYE,
+                                  scale=math.sqrt(2), unit=2.0, n_labels=1)
+    assert torch.allclose(ex["diff"], 2.0 * torch.full((2,), R * R - R), atol=1e-6)
+    assert torch.allclose(ex["cosine"], torch.tensor([R, R]))
+    assert ex["mates"].tolist() == [True, False] and [k["token"] for k in ex["mate_keys"]] == ["a"]
+    assert len(ex["top_keys"]) == 1 and ex["top_keys"][0]["score_minus_self"] == pytest.approx(2 * (R * R - R))
+    assert not similarity.example_query(X[2:], X[:2], ["a", "b"], -1, torch.tensor([-1, -1]), EYE, EYE,
+                                        scale=1.0)["mates"].any()  # a query in no category has no mates
+    pairs = similarity.category_pairs(X, torch.tensor([0, 0, 1]), EYE, EYE, scale=math.sqrt(2))
+    assert pairs["mates_pairs"] == 2 and pairs["mates_mean"] == pytest.approx(-R)  # e0, e1: 0 - 1/sqrt(2)
 
 
 def test_windowed_means_exact_with_query_bootstrap():
@@ -69,7 +92,8 @@ def test_category_mates_beat_self_on_the_organism(organism, truth):
     ids = torch.nonzero(category_of >= 0)[:, 0]
     x = vocab_input.head_input(organism, layer, prompts.reference_prompts(organism, 3), token_ids=ids, use_cache=False)
     contrast = similarity.category_contrast(
-        similarity.score_minus_self(x, torch.arange(len(ids)), *vocab_input.head_weights(organism, layer, head, True)),
+        similarity.score_minus_self(x, torch.arange(len(ids)), *head_weights(organism, layer, head, True),
+                                    scale=head_scale(organism.cfg, layer)),
         similarity.cosine_matrix(x, x), category_of[ids])
     assert contrast["mates_mean"] > 1.0 and contrast["mates_beat_self"] > 0.9
     assert contrast["mates_mean"] > contrast["others_mean"] + 1.0

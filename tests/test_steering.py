@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from analysis import prompts, scan, steering
+from analysis import prompts, steering
 from analysis import qk_decomposition as qk
-from analysis.vocab_input import head_weights
+from analysis.attention import head_weights
 from conftest import run_main
 
 
@@ -37,8 +37,8 @@ def test_trace_step_adds_eta_W_Q_W_Q_transpose():
 @pytest.fixture(scope="module")
 def semantic_probe(organism, truth):
     layer, head = truth["planted_heads"]["semantic"]
-    train = scan.category_probe(organism, prompts.ALL_CATEGORIES, 32, 64, seed=31)
-    test = scan.category_probe(organism, prompts.ALL_CATEGORIES, 32, 64, seed=32)
+    train = prompts.category_probe(organism, prompts.ALL_CATEGORIES, 32, 64, seed=31)
+    test = prompts.category_probe(organism, prompts.ALL_CATEGORIES, 32, 64, seed=32)
     return layer, head, train, test
 
 

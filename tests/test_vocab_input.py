@@ -1,7 +1,5 @@
 """The vocabulary-level head input, cross-checked against TransformerLens forward passes."""
 
-import math
-
 import pytest
 import torch
 from transformer_lens.utilities import get_act_name
@@ -67,25 +65,3 @@ def test_cache_round_trip(organism, reference, tmp_path, monkeypatch):
     other_seed = prompts.reference_prompts(organism, seed=1, n_prompts=16)
     assert vocab_input.head_input(organism, 1, other_seed).abs().sum() > 0  # different reference, new entry
     assert len(list(tmp_path.rglob("*.pt"))) == 2
-
-
-def test_bilinear_scores_exact_and_match_the_model(organism, reference):
-    x_q, x_k = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 2.0], [1.0, 1.0]])
-    W = torch.eye(2)
-    assert torch.allclose(vocab_input.bilinear_scores(x_q, x_k, W, W), torch.tensor([[0.0, 1.0]]) / math.sqrt(2))
-    b = torch.tensor([0.0, 1.0])
-    # (x_q + b) . (x_k + b) = [1, 1] . [0, 3] and [1, 1] . [1, 2]
-    assert torch.allclose(vocab_input.bilinear_scores(x_q, x_k, W, W, b, b), torch.tensor([[3.0, 3.0]]) / math.sqrt(2))
-
-    # The model's own attention logits on a two-token prompt whose inputs are the head inputs.
-    layer, head = 1, 0
-    x = vocab_input.head_input(organism, layer, reference, use_cache=False)
-    ids = torch.tensor([[7, 9]])
-    stored = {}
-    with torch.no_grad():
-        organism.run_with_hooks(
-            ids, stop_at_layer=layer + 1,
-            fwd_hooks=[(get_act_name("normalized", layer, "ln1"), lambda act, hook: x[ids]),
-                       (get_act_name("attn_scores", layer), lambda act, hook: stored.setdefault("s", act))])
-    got = vocab_input.bilinear_scores(x[ids[0]], x[ids[0]], *vocab_input.head_weights(organism, layer, head, True))
-    assert torch.allclose(got[1], stored["s"][0, head, 1], atol=1e-4)

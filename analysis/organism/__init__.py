@@ -11,6 +11,8 @@ import json
 from collections.abc import Mapping
 
 from analysis.models import ORGANISM_DIR
+from analysis.organism.train import TrainConfig
+from analysis.scan import ScanSettings, scan_heads
 
 # What each planted head must do, measured on fresh prompts (see planted_head_report).
 THRESHOLDS = {
@@ -31,11 +33,7 @@ def ground_truth() -> dict:
 def planted_head_report(model, planted_heads: Mapping[str, tuple[int, int]] | None = None,
                         seed: int = 1234) -> dict[str, float]:
     """The `THRESHOLDS` quantities for the planted heads, on prompts drawn with `seed`."""
-    from analysis.scan import ScanSettings, scan_heads
-
     if planted_heads is None:
-        from analysis.organism.train import TrainConfig
-
         planted_heads = TrainConfig().planted_heads
     scan = scan_heads(model, ScanSettings(), seed=seed)
     prev, ind, sem = (tuple(planted_heads[k]) for k in ("previous_token", "induction", "semantic"))
