@@ -212,3 +212,35 @@ def composition_figure(cfg, comp: Mapping[str, torch.Tensor], baseline: float, i
     fig.suptitle(f"Composition scores (colour centred on the random baseline {baseline:.3f})")
     fig.tight_layout()
     return fig
+
+
+def similarity_figure(profile: Mapping, example: Mapping, query: str, unit: str, title: str):
+    """Left: d = s(q, k) - s(q, q) against cosine over all pairs (`similarity.similarity_profile`: windowed
+    means, CI, where keys beat self, the peak); right: one query's keys (`similarity.example_query`)."""
+    use_style()
+    import matplotlib.pyplot as plt
+
+    centres, windows, start, top = (profile[k] for k in ("centres", "windows", "beats_self_from", "peak"))
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.5))
+    ok = ~np.isnan(windows["mean"])
+    ax.fill_between(centres[ok], windows["low"][ok], windows["high"][ok], alpha=0.3, label="99% CI")
+    ax.plot(centres[ok], windows["mean"][ok], marker=".", label="windowed mean")
+    ax.axhline(0, color="black", linewidth=0.8)
+    if start is not None:
+        ax.axvline(start, color="tab:red", linestyle="--", label=f"beats self from cos {start:.2f}")
+    ax.plot(*top, marker="*", markersize=12, linestyle="none", color="tab:red", label=f"peak at cos {top[0]:.2f}")
+    ax.set(xlabel="cos(x_q, x_k)", ylabel=f"s(q,k) - s(q,q) ({unit})", title="all pairs of different tokens")
+    ax.legend(fontsize=8)
+
+    cosine, diff, mates = (example[k].numpy() for k in ("cosine", "diff", "mates"))
+    bx.scatter(cosine, diff, s=6, alpha=0.4, label="other keys")
+    bx.scatter(cosine[mates], diff[mates], s=18, color="tab:orange", label="category-mates")
+    bx.axhline(0, color="black", linewidth=0.8)
+    for key in example["top_keys"]:
+        bx.annotate(repr(key["token"]), (key["cosine"], key["score_minus_self"]), fontsize=7,
+                    xytext=(3, 3), textcoords="offset points")
+    bx.set(xlabel="cos(x_q, x_k)", ylabel=f"s(q,k) - s(q,q) ({unit})", title=f"query q = {query!r}")
+    bx.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -13,12 +13,10 @@ import shutil
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from analysis import cli  # noqa: E402
-from analysis.io import model_slug  # noqa: E402
-from writeup.build import build_pdf  # noqa: E402
-from writeup.results import PAPER_DIR  # noqa: E402
+from analysis import cli
+from analysis.io import model_slug
+from writeup.build import build_pdf
+from writeup.results import PAPER_DIR
 
 
 def build_parser():

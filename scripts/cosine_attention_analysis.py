@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from analysis import cli, io, prompts, similarity
@@ -30,7 +29,7 @@ from analysis.attention import head_scale, head_weights
 from analysis.errors import UsageError
 from analysis.frequency import check_frequency_csv, frequency_csv_path, ordinary_or_frequent_ids
 from analysis.models import load_model
-from analysis.plotting import save_figure, use_style
+from analysis.plotting import save_figure, similarity_figure
 from analysis.vocab_input import head_input
 
 NAME = "cosine_attention_analysis"
@@ -59,36 +58,6 @@ def build_parser():
     p.add_argument("--chunk-size", type=cli.positive_int, default=1024,
                    help="queries per chunk, bounds memory (default: 1024)")
     return p
-
-
-def figure(profile, example, query: str, unit: str, title: str):
-    import matplotlib.pyplot as plt
-
-    use_style()
-    centres, windows, start, top = (profile[k] for k in ("centres", "windows", "beats_self_from", "peak"))
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.5))
-    ok = ~np.isnan(windows["mean"])
-    ax.fill_between(centres[ok], windows["low"][ok], windows["high"][ok], alpha=0.3, label="99% CI")
-    ax.plot(centres[ok], windows["mean"][ok], marker=".", label="windowed mean")
-    ax.axhline(0, color="black", linewidth=0.8)
-    if start is not None:
-        ax.axvline(start, color="tab:red", linestyle="--", label=f"beats self from cos {start:.2f}")
-    ax.plot(*top, marker="*", markersize=12, linestyle="none", color="tab:red", label=f"peak at cos {top[0]:.2f}")
-    ax.set(xlabel="cos(x_q, x_k)", ylabel=f"s(q,k) - s(q,q) ({unit})", title="all pairs of different tokens")
-    ax.legend(fontsize=8)
-
-    cosine, diff, mates = (example[k].numpy() for k in ("cosine", "diff", "mates"))
-    bx.scatter(cosine, diff, s=6, alpha=0.4, label="other keys")
-    bx.scatter(cosine[mates], diff[mates], s=18, color="tab:orange", label="category-mates")
-    bx.axhline(0, color="black", linewidth=0.8)
-    for key in example["top_keys"]:
-        bx.annotate(repr(key["token"]), (key["cosine"], key["score_minus_self"]), fontsize=7,
-                    xytext=(3, 3), textcoords="offset points")
-    bx.set(xlabel="cos(x_q, x_k)", ylabel=f"s(q,k) - s(q,q) ({unit})", title=f"query q = {query!r}")
-    bx.legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
 
 
 def main(args) -> None:
@@ -141,7 +110,7 @@ def main(args) -> None:
                            arguments=vars(args), seed=args.seed)
     title = (f"{args.model}: L{layer}H{head}, {len(ids)} tokens, {args.variant} head input, "
              f"biases {'in' if not args.no_bias else 'out'}")
-    save_figure(figure(profile, example, args.query, unit_name, title), args.out, args.model, NAME)
+    save_figure(similarity_figure(profile, example, args.query, unit_name, title), args.out, args.model, NAME)
 
     print(f"L{layer}H{head}, {len(ids)} tokens ({chosen}), {args.variant} input, {unit_name}")
     print(f"similar-but-different keys beat self from cos {start if start is None else round(start, 3)}; "

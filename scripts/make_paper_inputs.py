@@ -14,16 +14,13 @@ refreshed with --trimmed-copy tests/fixtures/paper/organism).
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from analysis import cli  # noqa: E402
-from analysis.io import figures_dir  # noqa: E402
-from writeup.fixture import trimmed_copy  # noqa: E402
-from writeup.generate import generate  # noqa: E402
-from writeup.results import PAPER_DIR, Results  # noqa: E402
+from analysis import cli
+from analysis.io import figures_dir
+from writeup.fixture import trimmed_copy
+from writeup.generate import generate
+from writeup.results import PAPER_DIR, Results
 
 
 def build_parser():
