@@ -19,6 +19,7 @@ self-attention comes back, for every token alike.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -93,3 +94,9 @@ def gradient_steer(model: HookedTransformer, tokens: Tensor, mask: Tensor, layer
         run.history.append({"step": step, "loss": loss.item(), **{k: v.item() for k, v in masses.items()}})
     run.W_Q, run.W_K = W_Q.detach(), W_K.detach()
     return run
+
+
+def largest_trace_step(runs: Mapping[str, Mapping], metrics: Mapping[str, Mapping]) -> dict:
+    """Of the closed-form runs (`runs[name]["eta"]`), the one with the largest step: its name, η and metrics."""
+    name = max((n for n, run in runs.items() if "eta" in run), key=lambda n: runs[n]["eta"])
+    return {"name": name, "eta": runs[name]["eta"], "metrics": metrics[name]}

@@ -93,7 +93,7 @@ def main(args) -> None:
                "objective": "loss = s * self_mass - lam * partner_mass (s = +1 suppress, -1 restore)",
                "closed_form": "W_K <- W_K + eta W_Q, i.e. W <- W + eta W_Q W_Q^T (one step on -trace(W_Q W_K^T))",
                "query": args.query, "metrics": metrics, "runs": runs, "top_keys": top_keys,
-               "largest_trace_step": largest_trace_step(runs, metrics)}
+               "largest_trace_step": steering.largest_trace_step(runs, metrics)}
     path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
                            arguments=vars(args), seed=args.seed)
     save_figure(figure(metrics, runs, layer, head), args.out, args.model, NAME)
@@ -104,12 +104,6 @@ def main(args) -> None:
               f"({m['partner_mass_change']:+.1%}), BOS (no partner) {m['bos_mass_no_partner']:.3f}; "
               f"top keys of {args.query!r}: {', '.join(repr(k) for k in top_keys[name]['keys'][:4])}")
     print(f"results: {path}")
-
-
-def largest_trace_step(runs, metrics):
-    """The closed-form run with the largest step: its name, η and held-out metrics."""
-    name = max((n for n, run in runs.items() if "eta" in run), key=lambda n: runs[n]["eta"])
-    return {"name": name, "eta": runs[name]["eta"], "metrics": metrics[name]}
 
 
 def figure(metrics, runs, layer, head):

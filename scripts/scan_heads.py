@@ -23,7 +23,7 @@ from analysis import cli, io, prompts
 from analysis.detector_check import cross_check
 from analysis.models import load_model
 from analysis.patterns import all_patterns
-from analysis.plotting import attention_pattern, head_heatmaps, save_figure, use_style
+from analysis.plotting import best_head_patterns, head_heatmaps, save_figure
 from analysis.scan import ScanSettings, scan_heads, top_heads
 
 NAME = "scan_heads"
@@ -56,26 +56,6 @@ def build_parser():
     return p
 
 
-def pattern_figure(model, ranked, sentences):
-    """One row per kind (its best head), one column per sentence."""
-    import matplotlib.pyplot as plt
-
-    use_style()
-    tokens = [model.to_tokens(s).cpu() for s in sentences]
-    patterns = [all_patterns(model, t)[0] for t in tokens]  # one pass per sentence: (L, nh, T, T)
-    fig, axes = plt.subplots(len(ranked), len(sentences), figsize=(4.6 * len(sentences), 4.2 * len(ranked)),
-                             squeeze=False)
-    drawn = {}
-    for row, (kind, heads) in enumerate(ranked.items()):
-        layer, head, _ = heads[0]
-        drawn[kind] = {"layer": layer, "head": head, "patterns": [p[layer, head] for p in patterns]}
-        for col, (t, p) in enumerate(zip(tokens, patterns)):
-            attention_pattern(axes[row, col], p[layer, head], model.to_str_tokens(t[0]),
-                              f"{kind.replace('_', ' ')}: L{layer}H{head}")
-    fig.tight_layout()
-    return fig, drawn
-
-
 def main(args) -> None:
     model = load_model(args.model, args.device)
     settings = ScanSettings(n_random=args.n_prompts, n_repeated=args.n_prompts,
@@ -101,8 +81,11 @@ def main(args) -> None:
     }
     check = cross_check(model, args.detect_prompts, headline, args.seed + 200)
     sentences = [args.sentence, args.repeated_sentence]
-    fig_patterns, drawn = pattern_figure(model, {k: v for k, v in ranked.items() if k != "previous_token_no_bos"},
-                                         sentences)
+    tokens = [model.to_tokens(s).cpu() for s in sentences]
+    patterns = [all_patterns(model, t)[0] for t in tokens]  # one pass per sentence: (L, nh, T, T)
+    drawn = {kind: {"layer": heads[0][0], "head": heads[0][1], "patterns": [p[heads[0][:2]] for p in patterns]}
+             for kind, heads in ranked.items() if kind != "previous_token_no_bos"}  # each kind's best head
+    fig_patterns = best_head_patterns(drawn, [model.to_str_tokens(t[0]) for t in tokens])
     results = {
         "maps": maps,
         "top_heads": {kind: [{"layer": l, "head": h, "score": s} for l, h, s in heads]
