@@ -67,6 +67,32 @@ def same_word_mask(tokens: Tensor) -> Tensor:
     return (same & causal).float()
 
 
+def self_position_mask(tokens: Tensor) -> Tensor:
+    """`[batch, query, key]`: key j == query i (the query position itself), whatever the token."""
+    batch, pos = tokens.shape
+    return torch.eye(pos).expand(batch, pos, pos)
+
+
+def earlier_copies_mask(tokens: Tensor) -> Tensor:
+    """`[batch, query, key]`: key j < i holds the same token as query i (an earlier copy, not itself).
+
+    `same_word_mask` = `self_position_mask` + `earlier_copies_mask`, entry by entry.
+    """
+    return same_word_mask(tokens) - self_position_mask(tokens)
+
+
+def self_copies_split(pattern: Tensor, tokens: Tensor, rows: Tensor) -> dict[str, Tensor]:
+    """The self mass split as the study reports it, each `[batch, head]` over `rows`:
+
+    - self_only_mass: mean_q A[q, q], attention on the query position itself;
+    - copies_mass: mean_q sum_{j<q, t_j = t_q} A[q, j], attention on earlier copies of the query word.
+
+    Their sum is `self_mass` of `semantic_companions` (self plus copies).
+    """
+    return {"self_only_mass": mean_over_rows(mask_mass(pattern, self_position_mask(tokens)), rows),
+            "copies_mass": mean_over_rows(mask_mass(pattern, earlier_copies_mask(tokens)), rows)}
+
+
 def has_partner(mask: Tensor) -> Tensor:
     """`[batch, query]`: the row's targets are real partners, not the BOS fallback."""
     return mask[..., 1:].sum(-1) > 0
@@ -91,7 +117,8 @@ def semantic_companions(pattern: Tensor, tokens: Tensor, mask: Tensor, rows: Ten
     """Interpretable companions of S, each `[batch, head]`:
 
     - partner_mass: mass on valid partners, over rows that have one;
-    - self_mass: mass on the query itself plus earlier copies of the same word, over all rows;
+    - self_mass: mass on the query itself plus earlier copies of the same word, over all rows
+      (= self_only_mass + copies_mass, reported separately by `self_copies_split`);
     - bos_mass_no_partner: mass on BOS, over rows without a partner;
     - argmax_accuracy: fraction of rows whose most-attended key is a valid target.
     """
@@ -104,6 +131,7 @@ def semantic_companions(pattern: Tensor, tokens: Tensor, mask: Tensor, rows: Ten
         "self_mass": mean_over_rows(mask_mass(pattern, same_word_mask(tokens)), rows),
         "bos_mass_no_partner": mean_over_rows(pattern[..., 0], lonely),
         "argmax_accuracy": mean_over_rows(hit, rows),
+        **self_copies_split(pattern, tokens, rows),
     }
 
 
