@@ -43,7 +43,7 @@ import torch
 
 from transformer_lens import HookedTransformer
 
-from analysis import io, models, prompts, scan
+from analysis import controls, io, models, prompts, scan
 from analysis.errors import UsageError
 from analysis.io import REPO_ROOT
 from analysis.token_maps import INPUT_VIEWS
@@ -307,6 +307,27 @@ def add_input_argument(p: argparse.ArgumentParser, default: str = "mean") -> Non
                    help="token inputs E: 'mean' (token at the reference prompts' mean context), 'zero' "
                         "(positions and earlier attention zeroed) or 'context' (real input averaged over "
                         f"random contexts) (default: {default})")
+
+
+def add_controls_argument(p: argparse.ArgumentParser) -> None:
+    """--controls: which control heads a run-based mechanism statistic is computed for (`control_heads`)."""
+    p.add_argument("--controls", choices=("default", "all"), default="default",
+                   help="control heads: 'default' (every other head of the target's layer plus the scan's top "
+                        "previous-token, induction, duplicate-token and semantic heads) or 'all' (every head)")
+
+
+def control_heads(model: HookedTransformer, target: tuple[int, int], which: str = "default",
+                  seed: int = 0) -> list[tuple[int, int]]:
+    """The control heads for `--controls`: `controls.all_heads` without the target, or
+    `controls.default_controls` with the scan's top head of each kind (`scan.scan_heads`)."""
+    if which == "all":
+        return controls.all_heads(model.cfg.n_layers, model.cfg.n_heads, exclude=[target])
+    found = scan.scan_heads(model, seed=seed)
+    longest = max(found.induction)
+    kinds = [(found.previous_token, True), (found.induction[longest], True), (found.duplicate[longest], True),
+             (found.semantic["surprisal"].nanmean(0), False)]
+    top = [scan.top_heads(score, 1, largest=largest)[0][:2] for score, largest in kinds]
+    return controls.default_controls(target, model.cfg.n_heads, top)
 
 
 def seed_everything(seed: int) -> None:

@@ -214,14 +214,28 @@ def composition_figure(cfg, comp: Mapping[str, torch.Tensor], baseline: float, i
     return fig
 
 
-def similarity_figure(profile: Mapping, example: Mapping, query: str, unit: str, title: str):
+def similarity_figure(profile: Mapping, example: Mapping, query: str, unit: str, title: str,
+                      study: Mapping | None = None):
     """Left: d = s(q, k) - s(q, q) against cosine over all pairs (`similarity.similarity_profile`: windowed
-    means, CI, where keys beat self, the peak); right: one query's keys (`similarity.example_query`)."""
+    means, CI, where keys beat self, the peak); middle: one query's keys (`similarity.example_query`);
+    right, if given, the study's curve in its units (`similarity.study_curve`: bits, overlapping windows)."""
     use_style()
     import matplotlib.pyplot as plt
 
     centres, windows, start, top = (profile[k] for k in ("centres", "windows", "beats_self_from", "peak"))
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, axes = plt.subplots(1, 3 if study else 2, figsize=(18 if study else 12, 4.5))
+    ax, bx = axes[0], axes[1]
+    if study:
+        cx = axes[2]
+        ok = study["count"] > 0
+        cx.bar(study["x"][ok], study["mean_bits"][ok], width=study["width"] / 2, alpha=0.7, label="mean")
+        cx.errorbar(study["x"][ok], study["mean_bits"][ok], yerr=[study["mean_bits"][ok] - study["low_bits"][ok],
+                    study["high_bits"][ok] - study["mean_bits"][ok]], fmt="none", color="black", linewidth=0.8,
+                    label="mean ± 2.576 sd/√n")
+        cx.axhline(0, color="black", linewidth=0.8)
+        cx.set(xlabel="cos(x_q, x_k)", ylabel="log p(k|q) − log p(k|k) (bits, unscaled, no biases)",
+               title=f"the study's definition ({study['subtract']}-wise, windows of {study['width']:g})")
+        cx.legend(fontsize=8)
     ok = ~np.isnan(windows["mean"])
     ax.fill_between(centres[ok], windows["low"][ok], windows["high"][ok], alpha=0.3, label="99% CI")
     ax.plot(centres[ok], windows["mean"][ok], marker=".", label="windowed mean")
@@ -241,6 +255,31 @@ def similarity_figure(profile: Mapping, example: Mapping, query: str, unit: str,
                     xytext=(3, 3), textcoords="offset points")
     bx.set(xlabel="cos(x_q, x_k)", ylabel=f"s(q,k) - s(q,q) ({unit})", title=f"query q = {query!r}")
     bx.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def target_vs_controls(report: Mapping, title: str, names: Sequence[str] | None = None):
+    """One panel per statistic of a `controls.compare` report: the control heads' values as a strip,
+    the target marked, the predicted direction in the axis label."""
+    use_style()
+    import matplotlib.pyplot as plt
+
+    names = list(names or report["directions"])
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.6), squeeze=False)
+    rng = np.random.default_rng(0)  # jitter only
+    for ax, name in zip(axes[0], names):
+        values = [row[name] for row in report["controls"] if row.get(name) is not None]
+        ax.scatter(rng.uniform(-0.15, 0.15, len(values)), values, s=14, alpha=0.6, color="tab:gray",
+                   label=f"{len(values)} controls")
+        target = report["target"][name]
+        if target["value"] is not None:
+            ax.scatter([0], [target["value"]], marker="*", s=160, color="tab:red", zorder=3,
+                       label=f"target (rank {target['rank']}/{target['n_ranked']})")
+        ax.set(xticks=[], xlim=(-0.5, 0.5), title=name.replace("_", " "),
+               ylabel=f"{'lower' if report['directions'][name] == 'low' else 'higher'} = as predicted")
+        ax.legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
     return fig
