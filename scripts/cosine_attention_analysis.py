@@ -127,7 +127,9 @@ def main(args) -> None:
         "category_contrast": contrast,
         "example": {"query": args.query, "top_keys": example["top_keys"], "mates": example["mate_keys"]},
         "study": {**study["column"], "peak": dict(zip(("cosine", "bits"), similarity.peak(
-            study["column"]["x"], study["column"]["mean_bits"]))), "definition": "log p(k|q) - log p(k|k) (column-wise, "
+            study["column"]["x"], study["column"]["mean_bits"]))),
+            "beats_self_from_cosine": similarity.beats_self_from(study["column"]["x"], study["column"]["mean_bits"]),
+            "definition": "log p(k|q) - log p(k|k) (column-wise, "
             "as the study's code), unscaled, no biases, BOS included, windows [c, c+0.03], self pairs in, bits"},
         "study_row": {**study["row"], "definition": "log p(k|q) - log p(q|q) = s(q,k) - s(q,q), unscaled, no biases"},
     }

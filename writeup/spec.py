@@ -149,6 +149,8 @@ SPEC: dict[str, dict[str, Entry]] = {
         **with_interval("SurveyS", "results.target.surprisal", ".3f"),
         **with_interval("SurveyPartner", "results.target.partner_mass", ".3f"),
         **with_interval("SurveySelf", "results.target.self_mass", ".3f"),
+        **with_interval("SurveySelfOnly", "results.target.self_only_mass", ".3f"),
+        **with_interval("SurveyCopies", "results.target.copies_mass", ".3f"),
         **with_interval("SurveyBos", "results.target.bos_mass_no_partner", ".3f"),
         **with_interval("SurveyArgmax", "results.target.argmax_accuracy", ".3f"),
         "SurveyRunnerHead": ("results.survey.1", "head"), "SurveyRunnerS": ("results.survey.1.surprisal", ".3f"),
@@ -171,6 +173,9 @@ SPEC: dict[str, dict[str, Entry]] = {
         "AblTokenMinusPosMean": ("results.token_minus_positional_median.mean", ".2f"),
         "AblPosShare": ("results.positional_share_of_token_damage.mean", "percent"),
         "AblTokenMinusPosZero": ("results.token_minus_positional_median.zero", ".2f"),
+        # the study's convention: means with BOS, BOS ablated too (mean mode)
+        **{f"AblStudy{infix}": (f"results.by_convention.study_bos_ablated.{condition}.median", ".2f")
+           for condition, (_, infix) in ABLATION_CONDITIONS.items()},
     },
     "cosine_attention_analysis": {
         "CosHead": ("results.target", "head"), "CosTokens": ("results.settings.n_tokens", "d"),
@@ -187,6 +192,18 @@ SPEC: dict[str, dict[str, Entry]] = {
         "CosOthersBeat": ("results.category_contrast.others_beat_self", "percent"),
         "CosQuery": ("results.example.query", "word"), "CosTopKey": ("results.example.top_keys.0.token", "word"),
         "CosTopKeyScore": ("results.example.top_keys.0.score_minus_self", ".2f"),
+        # the study's curve (bits, unscaled, no biases, column-wise, windows of 0.03)
+        "CosStudyZero": ("results.study.beats_self_from_cosine", ".2f"),
+        "CosStudyPeakCosine": ("results.study.peak.cosine", ".2f"), "CosStudyPeakBits": ("results.study.peak.bits", ".1f"),
+        "CosStudyWidth": ("results.study.width", ".2f"), "CosStudyWindows": ("results.study.x", "count"),
+        # the category contrast against every other head
+        "CosContrast": ("results.target.mates_minus_others.value", ".2f"),
+        "CosContrastRank": ("results.target.mates_minus_others.rank", "d"),
+        "CosContrastN": ("results.target.mates_minus_others.n_ranked", "d"),
+        "CosContrastControl": ("results.target.mates_minus_others.strongest_control", "head"),
+        "CosContrastControlValue": ("results.target.mates_minus_others.strongest_control.value", ".2f"),
+        "CosBeatControl": ("results.target.mates_beat_self.strongest_control", "head"),
+        "CosBeatControlValue": ("results.target.mates_beat_self.strongest_control.value", "percent"),
     },
     "token_freq": {
         "FreqTokens": ("results.total_tokens", "d"), "FreqDistinct": ("results.distinct_tokens", "d"),
@@ -261,6 +278,21 @@ SPEC: dict[str, dict[str, Entry]] = {
         "CluCommunities": ("results.n_communities", "d"), "CluModularity": ("results.modularity", ".2f"),
         "CluARI": ("results.agreement.ari", ".2f"), "CluNMI": ("results.agreement.nmi", ".2f"),
         "CluCategoryWords": ("results.agreement.n_tokens", "d"),
+        # the study's graph
+        "CluStudyNodes": ("results.study_graph.n_nodes", "d"), "CluStudyEdges": ("results.study_graph.n_edges", "d"),
+        "CluStudySelfLoops": ("results.study_graph.n_self_loops", "d"),
+        "CluStudyCommunities": ("results.study_graph.n_communities", "d"),
+        "CluStudyPrinted": ("results.study_graph.printed_clusters", "d"),
+        "CluStudyMaxSize": ("results.study_graph.max_comm_size", "d"),
+        "CluStudyARI": ("results.study_graph.agreement.ari", ".2f"),
+        "CluStudyNMI": ("results.study_graph.agreement.nmi", ".2f"),
+        # ARI against the control heads, both graphs
+        "CluARIRank": ("results.target.ari.rank", "d"), "CluARIN": ("results.target.ari.n_ranked", "d"),
+        "CluARIControl": ("results.target.ari.strongest_control", "head"),
+        "CluARIControlValue": ("results.target.ari.strongest_control.value", ".2f"),
+        "CluStudyARIRank": ("results.target.study_ari.rank", "d"),
+        "CluStudyARIControl": ("results.target.study_ari.strongest_control", "head"),
+        "CluStudyARIControlValue": ("results.target.study_ari.strongest_control.value", ".2f"),
     },
     "semantic_head": {
         "SaeKind": ("results.sae.kind", "text"), "SaeHook": ("results.sae.hook", "text"),
@@ -278,7 +310,8 @@ SPEC: dict[str, dict[str, Entry]] = {
         "RepSemHead": ("semantic_head.head", "head"), "RepSemLayer": ("semantic_head.head.0", "d"),
         "RepSemHeadIndex": ("semantic_head.head.1", "d"), "RepSemPromptTokens": ("semantic_head.prompt_tokens", "d"),
         "RepSemS": ("semantic_head.surprisal", "g"), "RepSemRunnerS": ("semantic_head.runners_up.0.surprisal", "g"),
-        "RepSemPartner": ("semantic_head.partner_mass", "g"), "RepSemSelf": ("semantic_head.self_mass", "g"),
+        "RepSemPartner": ("semantic_head.partner_mass", "g"), 
+        "RepSemSelfOnly": ("semantic_head.self_only_mass", "g"), "RepSemCopies": ("semantic_head.copies_mass", "g"),
         "RepSemBos": ("semantic_head.bos_mass_no_partner", "g"),
         "RepCopySuppressionHead": ("baseline.copy_suppression_head", "head"),
         "RepPrevHead": ("baseline.previous_token_heads.0", "text"),
@@ -312,6 +345,10 @@ def total_members(groups: Mapping[str, Sequence[Any]]) -> int:
     return sum(map(len, groups.values()))
 
 
+def total(a: float, b: float) -> float:
+    return a + b
+
+
 def ratio(a: float, b: float) -> float:
     return a / b
 
@@ -333,6 +370,9 @@ DERIVED: dict[str, tuple[Callable[..., Any], tuple[str, ...], Format]] = {
     "SteerFlipRatio": (ratio, ("svd_group_scaling_heatmap:results.factors.-1.in_context.self_mass",
                                "svd_group_scaling_heatmap:results.factors.1.in_context.self_mass"), ".0f"),
     "RepAblPosShare": (reported_damage_share, ("reported:ablation_medians",), "percent"),
+    # the study's self and earlier-copies masses, summed: like for like with our combined self mass
+    "RepSemSelfPlusCopies": (total, ("reported:semantic_head.self_only_mass", "reported:semantic_head.copies_mass"),
+                             ".3f"),
 }
 
 
