@@ -232,6 +232,8 @@ def study_curve(inputs: Tensor, W_Q: Tensor, W_K: Tensor, *, n_windows: int = 50
         y(q, k) = l(q, k) - l(k, k) = s(q, k) - s(k, k) - LSE_q + LSE_k,
 
     not the row-wise l(q, k) - l(q, q) = s(q, k) - s(q, q) the prose describes (`subtract="row"`).
+    Since cosine is symmetric, a window holding (q, k) also holds (k, q), and over such a set the two
+    readings have the same mean (the LSE terms cancel pair by pair); only std and the CI differ.
     Windows: `n_windows` starts c = linspace(min cos, 1), each [c, c + width] closed and overlapping,
     x = c + width / 2; self pairs (cos 1, y = 0) included. Per window: pair count, mean and std of y
     (unbiased), and the study's "99% CI" mean +- 2.576 std / sqrt(count). Everything in nats; the study
