@@ -107,14 +107,26 @@ def symmetric_spectrum(W_Q: Tensor, W_K: Tensor) -> Spectrum:
     return Spectrum(values.to(W_Q.dtype), (Q @ P).to(W_Q.dtype))
 
 
-def spectrum_summary(values: Tensor, rel_tol: float = 1e-6) -> dict[str, float | int]:
-    """Counts and total magnitudes of the eigenvalues of each sign; |λ| <= rel_tol * max|λ| counts as 0.
+# Eigenvalues with |λ| <= ZERO_RTOL * max|λ| are numerical zeros: a rank-deficient [W_Q, W_K] gives
+# eigenvalues of about 1e-16 (either sign) that are not negative directions of W_sym. Every count of
+# signs goes through `eigenvalue_signs`, so all scripts agree on how many negative eigenvalues a head has.
+ZERO_RTOL = 1e-6
+
+
+def eigenvalue_signs(values: Tensor, rel_tol: float = ZERO_RTOL) -> Tensor:
+    """`[n]` of -1, 0, +1: sign(λ_i), with 0 where |λ_i| <= rel_tol * max_j |λ_j| (a numerical zero)."""
+    tol = rel_tol * values.abs().max()
+    return torch.where(values > tol, 1, torch.where(values < -tol, -1, 0))
+
+
+def spectrum_summary(values: Tensor, rel_tol: float = ZERO_RTOL) -> dict[str, float | int]:
+    """Counts and total magnitudes of the eigenvalues of each sign (`eigenvalue_signs`: numerical zeros apart).
 
     `negative_share` = sum |λ_neg| / sum |λ|; the trace sum λ = trace(W) is the mean self-score of
     an isotropic input (E[x^T W x] = trace(W) for E[x x^T] = I).
     """
-    tol = rel_tol * values.abs().max()
-    negative, positive = values[values < -tol], values[values > tol]
+    signs = eigenvalue_signs(values, rel_tol)
+    negative, positive = values[signs < 0], values[signs > 0]
     total = values.abs().sum()
     return {"n_negative": len(negative), "n_positive": len(positive),
             "n_zero": len(values) - len(negative) - len(positive),
@@ -230,10 +242,13 @@ def bias_key_term(x: Tensor, W_Q: Tensor, W_K: Tensor, b_Q: Tensor, scale: float
 # --- eigenvalue edits ------------------------------------------------------------------------
 
 
-def most_negative(values: Tensor, k: int | None = None) -> Tensor:
-    """Indices of the k most negative eigenvalues (all negative ones when k is None), most negative first."""
+def most_negative(values: Tensor, k: int | None = None, rel_tol: float = ZERO_RTOL) -> Tensor:
+    """Indices of the k most negative eigenvalues (all negative ones when k is None), most negative first.
+
+    Negative means `eigenvalue_signs(values) < 0`: numerical zeros below 0 are not counted.
+    """
     order = values.argsort()
-    negative = order[values[order] < 0]
+    negative = order[eigenvalue_signs(values, rel_tol)[order] < 0]
     return negative if k is None else negative[:k]
 
 

@@ -42,6 +42,25 @@ def test_spectrum_of_a_hand_built_head():
     assert summary["negative_total"] == 0.5 and summary["trace"] == 0.0 and summary["negative_share"] == 0.5
 
 
+def test_rank_deficient_head_counts_numerical_zeros_as_zero():
+    """W_Q = [A, B], W_K = [A, -B] (d_head 4): [W_Q, W_K] has rank 4 < 2 d_head, and W = A A^T - B B^T is
+    symmetric with 2 positive and 2 negative eigenvalues: the other 4 of the 2 d_head are exact zeros."""
+    g = torch.Generator().manual_seed(0)
+    A, B = torch.randn(16, 2, generator=g), torch.randn(16, 2, generator=g)
+    W_Q, W_K = torch.cat([A, B], 1), torch.cat([A, -B], 1)
+    assert torch.linalg.matrix_rank(torch.cat([W_Q, W_K], 1)) == 4 < 2 * W_Q.shape[1]
+    values = qk.symmetric_spectrum(W_Q, W_K).values
+    dense = torch.linalg.eigvalsh((A @ A.T - B @ B.T).double())
+    assert (dense < -1e-6).sum() == 2 and (dense > 1e-6).sum() == 2
+    assert (values < 0).sum() > 2  # the numerical zeros come out with either sign: a bare `< 0` overcounts
+    summary = qk.spectrum_summary(values)
+    assert (summary["n_negative"], summary["n_positive"], summary["n_zero"]) == (2, 2, 4)
+    negative = qk.most_negative(values)
+    assert len(negative) == summary["n_negative"] == 2  # one definition of the count
+    assert torch.allclose(values[negative].double().sort().values, dense[:2], rtol=1e-4)
+    assert qk.eigenvalue_signs(values).tolist() == [-1, -1, 0, 0, 0, 0, 1, 1]
+
+
 def test_spectrum_is_complete_and_matches_dense_and_transformer_lens():
     W_Q, W_K = random_factors(d_model=16, d_head=4)
     spectrum = qk.symmetric_spectrum(W_Q, W_K)
