@@ -197,6 +197,32 @@ def test_override_hooks_reproduce_the_model_and_recompute_scores(organism):
     assert torch.allclose(other_head, head_pattern(organism, tokens, 1, 0))  # only the target head changes
 
 
+def test_rank_grid_equals_one_edit_at_a_time(organism, truth):
+    """Every cell of the batched grid: the same self-ranks as `self_ranks` of that cell's edited factors,
+    and the same in-context metrics as running the model with that cell's override hooks."""
+    from analysis.token_maps import token_inputs
+
+    layer, head = truth["planted_heads"]["semantic"]
+    W_Q, W_K, b_Q, b_K = head_weights(organism, layer, head, include_bias=True)
+    spectrum = qk.symmetric_spectrum(W_Q, W_K)
+    E = token_inputs(organism, layer, "mean")
+    ks, scales = [1, 8, 32], [1.0, 0.0, -2.0]
+    grid = qk.self_ranks_grid(E, W_Q, W_K, spectrum, ks, scales, chunk_size=7)  # chunks that do not divide n
+    tokens, mask = scan.category_probe(organism, prompts.ALL_CATEGORIES, 8, 32, seed=4)
+    factors = {(k, s): qk.edited_factors(W_Q, W_K, spectrum, qk.most_negative(spectrum.values, k), s)
+               for k in ks for s in scales}
+    in_context = qk.in_context_grid(organism, tokens, mask, layer, head, factors, b_Q, b_K, batch_size=3)
+    for (k, s), (A, B) in factors.items():
+        assert torch.equal(grid[k, s], qk.self_ranks(E, FactoredMatrix(A, B.T))), (k, s)
+        hooks = qk.qk_override_hooks(organism, layer, head, A, B, b_Q, b_K)
+        expected = qk.in_context_scores(organism, tokens, mask, layer, head, hooks)
+        assert in_context[k, s] == pytest.approx(expected, abs=1e-6), (k, s)
+    assert grid[32, -2.0].double().mean() < grid[32, 1.0].double().mean() / 2  # the edits do move the ranks
+    assert in_context[32, -2.0]["self_mass"] > 5 * in_context[32, 1.0]["self_mass"]
+    with pytest.raises(ValueError, match="more negative eigenvalues"):
+        qk.self_ranks_grid(E, W_Q, W_K, spectrum, [10**4], [1.0])
+
+
 def test_semantic_head_needs_negative_eigenvalues_and_flipping_them_restores_self_attention(organism, truth):
     layer, head = cli.target_head(organism, None, None)  # found unaided
     assert [layer, head] == truth["planted_heads"]["semantic"]
