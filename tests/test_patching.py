@@ -113,8 +113,8 @@ def test_activation_patching_task_flag_and_custom_pair(tmp_path, capsys):
     data = json.loads((tmp_path / "results" / "organism" / "activation_patching.json").read_text())["results"]
     assert data["task"] == "custom" and data["wrong"] == " cat" and data["clean_logit_diff"] > 0
     with pytest.raises(SystemExit) as exit_info:
-        run_main("activation_patching", "--out", str(tmp_path), "--task", "ioi", "--clean", "a", "--corrupted",
-                 "b", "--answer", " c", "--wrong", " d")
+        run_main("activation_patching", "--out", str(tmp_path), "--task", "ioi", "--clean", "The old man saw a box",
+                 "--corrupted", "The old man saw a cat", "--answer", " box", "--wrong", " cat")
     assert exit_info.value.code == 2 and "not both" in capsys.readouterr().err
 
 
