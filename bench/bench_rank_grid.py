@@ -32,7 +32,7 @@ def bench_rank_ablation_grid(settings: Settings) -> dict:
     return {"n_tokens": n_tokens, "cells": cells, "grid": t_grid, "one_cell_per_cell_method": t_one,
             "per_cell_method_all_cells_seconds_scaled": per_cell_all, "speedup": ratio(per_cell_all, t_grid["seconds"]),
             "tokens_whose_rank_differs_in_the_timed_cell": same,
-            "summary": [f"{cells} cells over {n_tokens} tokens: grid {t_grid['seconds']:.0f} s (+{t_grid['peak_mb']:.0f}"
-                        f" MB); one cell at a time {t_one['seconds']:.1f} s per cell, about {per_cell_all:.0f} s for "
+            "summary": [f"{cells} cells over {n_tokens} tokens: grid {t_grid['seconds']:.0f} s "
+                        f"(+{t_grid['peak_mb']:.0f} MB); one cell at a time {t_one['seconds']:.1f} s per cell, about {per_cell_all:.0f} s for "
                         f"all ({ratio(per_cell_all, t_grid['seconds']):.1f}x); ranks differing in the compared cell: "
                         f"{same} of {n_tokens}"]}
