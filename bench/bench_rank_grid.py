@@ -7,8 +7,9 @@ import torch
 from transformer_lens import FactoredMatrix
 
 from analysis import qk_decomposition as qk
+from analysis.attention import head_weights
 from analysis.models import load_model
-from analysis.vocab_input import head_input, head_weights
+from analysis.vocab_input import head_input
 from benchlib import Settings, measure, ratio
 
 KS, SCALES = (1, 4, 8, 16, 24, 32), (1.0, 0.5, 0.0, -1.0, -2.0)  # svd_rank_ablation.py's default grid

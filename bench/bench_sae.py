@@ -9,11 +9,11 @@ import tempfile
 
 import torch
 
-from analysis import prompts, scan
+from analysis import prompts
 from analysis import qk_decomposition as qk
 from analysis import sae as saes
+from analysis.attention import head_scale, head_weights
 from analysis.models import load_model, random_gpt2
-from analysis.vocab_input import head_weights
 from benchlib import MB, Settings, _rss, measure, save_random_sae
 
 LIMIT_MB = 6 * 1024
@@ -24,7 +24,7 @@ def sae_step(model, sae, layer: int, head: int, n_prompts: int, n_words: int, se
     """What semantic_head.py computes once the SAE is loaded, with its default sizes."""
     hook = saes.hook_for_layer(layer)
     names = list(prompts.ALL_CATEGORIES)
-    tokens, _ = scan.category_probe(model, prompts.ALL_CATEGORIES, n_prompts, n_words, seed + 1)
+    tokens, _ = prompts.category_probe(model, prompts.ALL_CATEGORIES, n_prompts, n_words, seed + 1)
     category_of = prompts.category_index(model.tokenizer, prompts.ALL_CATEGORIES, model.cfg.d_vocab)
     by_category, by_token, seen = saes.category_activations(model, sae, tokens, category_of, len(names), hook)
     _, cache = model.run_with_cache(tokens[:16].to(model.cfg.device), names_filter=hook, stop_at_layer=layer)
@@ -34,7 +34,7 @@ def sae_step(model, sae, layer: int, head: int, n_prompts: int, n_words: int, se
     labels = [saes.feature_label(by_token, int(f), token_labels) for f in features]
     W_Q, W_K, _, _ = head_weights(model, layer, head)
     x = saes.feature_inputs(model, sae, layer, features)
-    scores = qk.token_scores(x, qk.qk_matrix(W_Q, W_K), x, model.cfg.d_head)
+    scores = qk.token_scores(x, qk.qk_matrix(W_Q, W_K), x, head_scale(model.cfg, layer))
     return {"seen_tokens": len(seen), "features": len(labels), "map_shape": list(scores.shape),
             "variance_explained": explained}
 

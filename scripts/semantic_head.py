@@ -17,6 +17,8 @@ Writes results/<model>/semantic_head.json and figures/<model>/semantic_head.{pdf
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from analysis import cli, io, prompts
 from analysis import qk_decomposition as qk
 from analysis import sae as saes

@@ -208,7 +208,7 @@ def test_rank_grid_equals_one_edit_at_a_time(organism, truth):
     E = token_inputs(organism, layer, "mean")
     ks, scales = [1, 8, 32], [1.0, 0.0, -2.0]
     grid = qk.self_ranks_grid(E, W_Q, W_K, spectrum, ks, scales, chunk_size=7)  # chunks that do not divide n
-    tokens, mask = scan.category_probe(organism, prompts.ALL_CATEGORIES, 8, 32, seed=4)
+    tokens, mask = prompts.category_probe(organism, prompts.ALL_CATEGORIES, 8, 32, seed=4)
     factors = {(k, s): qk.edited_factors(W_Q, W_K, spectrum, qk.most_negative(spectrum.values, k), s)
                for k in ks for s in scales}
     in_context = qk.in_context_grid(organism, tokens, mask, layer, head, factors, b_Q, b_K, batch_size=3)

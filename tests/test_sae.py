@@ -110,11 +110,11 @@ def test_sae_of_another_width_is_refused_with_a_clear_error(tmp_path, capsys):
 
 def test_category_activations_match_dense_means_over_the_seen_tokens(organism):
     """Per-token means kept for the tokens that occur only: equal to the dense d_sae x d_vocab means there."""
-    from analysis import prompts, scan
+    from analysis import prompts
 
     hook = "blocks.0.hook_resid_post"
     sae = saes.organism_sae(organism, hook)
-    tokens, _ = scan.category_probe(organism, prompts.ALL_CATEGORIES, 6, 24, seed=3)
+    tokens, _ = prompts.category_probe(organism, prompts.ALL_CATEGORIES, 6, 24, seed=3)
     category_of = prompts.category_index(organism.tokenizer, prompts.ALL_CATEGORIES, organism.cfg.d_vocab)
     n_categories = len(prompts.ALL_CATEGORIES)
     by_category, by_token, seen = saes.category_activations(organism, sae, tokens, category_of, n_categories,

@@ -111,4 +111,3 @@ def test_default_cache_directory_is_outside_the_checkout(monkeypatch, tmp_path):
     assert default.parent == Path.home() / ".cache" and REPO_ROOT not in default.parents
     monkeypatch.setenv("ANALYSIS_CACHE_DIR", str(tmp_path / "mine"))
     assert vocab_input.default_cache_dir() == tmp_path / "mine"
-
