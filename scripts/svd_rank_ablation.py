@@ -17,8 +17,6 @@ figures/<model>/svd_rank_ablation.{pdf,png}.
 from __future__ import annotations
 
 import numpy as np
-from tqdm.auto import tqdm
-from transformer_lens import FactoredMatrix
 
 from analysis import cli, io, prompts
 from analysis import qk_decomposition as qk
@@ -41,8 +39,8 @@ def build_parser():
     p.add_argument("--n-prompts", type=cli.positive_int, default=16,
                    help="category prompts per cell for the self mass (default: 16)")
     p.add_argument("--n-words", type=cli.positive_int, default=64, help="words per category prompt (default: 64)")
-    p.add_argument("--chunk-size", type=cli.positive_int, default=1024,
-                   help="queries per block of scores (default: 1024)")
+    p.add_argument("--chunk-size", type=cli.positive_int, default=128,
+                   help="queries per block of scores; small blocks stay in cache (default: 128)")
     p.fits_context("--n-words", lambda n: 1 + n)
     p.memory("--n-prompts or --n-words", lambda a, s: cli.pattern_bytes(s, a.n_prompts, 1 + a.n_words, heads=1))
     p.memory("--chunk-size", lambda a, s: 3 * 4 * min(a.chunk_size, s.d_vocab) * s.d_vocab, "blocks of scores")
@@ -58,14 +56,17 @@ def main(args) -> None:
     E = token_inputs(model, layer, args.input, seed=args.seed, progress=True)  # (d_vocab, d_model)
     tokens, mask = prompts.category_probe(model, prompts.ALL_CATEGORIES, args.n_prompts, args.n_words, args.seed + 1)
 
+    # Every cell at once: self-ranks from shared score blocks, in-context masses from one run up to the layer.
+    grid = [(k, scale) for k in ks for scale in args.scales]
+    ranks = qk.self_ranks_grid(E, W_Q, W_K, spectrum, ks, args.scales, args.chunk_size, progress=True)
+    factors = {(k, scale): qk.edited_factors(W_Q, W_K, spectrum, qk.most_negative(spectrum.values, k), scale)
+               for k, scale in grid}
+    in_context = qk.in_context_grid(model, tokens, mask, layer, head, factors, b_Q, b_K)
     cells = []
-    for k, scale in tqdm([(k, s) for k in ks for s in args.scales], desc="grid"):
-        A, B = qk.edited_factors(W_Q, W_K, spectrum, qk.most_negative(spectrum.values, k), scale)
-        ranks = qk.self_ranks(E, FactoredMatrix(A, B.T), args.chunk_size)
-        hooks = qk.qk_override_hooks(model, layer, head, A, B, b_Q, b_K)
-        in_context = qk.in_context_scores(model, tokens, mask, layer, head, hooks)
-        cells.append({"k": k, "scale": scale, **qk.rank_metrics(ranks, args.at),
-                      "self_mass": in_context["self_mass"], "partner_mass": in_context["partner_mass"]})
+    for k, scale in grid:
+        cells.append({"k": k, "scale": scale, **qk.rank_metrics(ranks[k, scale], args.at),
+                      "self_mass": in_context[k, scale]["self_mass"],
+                      "partner_mass": in_context[k, scale]["partner_mass"]})
     base = next((c for c in cells if c["scale"] == 1.0), None)  # scale 1 edits nothing: every k alike
     best = min(cells, key=lambda c: c["mean_rank"])  # the cell whose self-scores rank highest
     results = {"head": {"layer": layer, "head": head}, "input": args.input, "n_negative_eigenvalues": n_negative,

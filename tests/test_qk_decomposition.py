@@ -42,6 +42,25 @@ def test_spectrum_of_a_hand_built_head():
     assert summary["negative_total"] == 0.5 and summary["trace"] == 0.0 and summary["negative_share"] == 0.5
 
 
+def test_rank_deficient_head_counts_numerical_zeros_as_zero():
+    """W_Q = [A, B], W_K = [A, -B] (d_head 4): [W_Q, W_K] has rank 4 < 2 d_head, and W = A A^T - B B^T is
+    symmetric with 2 positive and 2 negative eigenvalues: the other 4 of the 2 d_head are exact zeros."""
+    g = torch.Generator().manual_seed(0)
+    A, B = torch.randn(16, 2, generator=g), torch.randn(16, 2, generator=g)
+    W_Q, W_K = torch.cat([A, B], 1), torch.cat([A, -B], 1)
+    assert torch.linalg.matrix_rank(torch.cat([W_Q, W_K], 1)) == 4 < 2 * W_Q.shape[1]
+    values = qk.symmetric_spectrum(W_Q, W_K).values
+    dense = torch.linalg.eigvalsh((A @ A.T - B @ B.T).double())
+    assert (dense < -1e-6).sum() == 2 and (dense > 1e-6).sum() == 2
+    assert (values < 0).sum() > 2  # the numerical zeros come out with either sign: a bare `< 0` overcounts
+    summary = qk.spectrum_summary(values)
+    assert (summary["n_negative"], summary["n_positive"], summary["n_zero"]) == (2, 2, 4)
+    negative = qk.most_negative(values)
+    assert len(negative) == summary["n_negative"] == 2  # one definition of the count
+    assert torch.allclose(values[negative].double().sort().values, dense[:2], rtol=1e-4)
+    assert qk.eigenvalue_signs(values).tolist() == [-1, -1, 0, 0, 0, 0, 1, 1]
+
+
 def test_spectrum_is_complete_and_matches_dense_and_transformer_lens():
     W_Q, W_K = random_factors(d_model=16, d_head=4)
     spectrum = qk.symmetric_spectrum(W_Q, W_K)
@@ -176,6 +195,32 @@ def test_override_hooks_reproduce_the_model_and_recompute_scores(organism):
     assert torch.allclose(uniform, expected.expand_as(uniform), atol=1e-6)
     other_head = head_pattern(organism, tokens, 1, 0, qk.qk_override_hooks(organism, 1, 2, zero, zero))
     assert torch.allclose(other_head, head_pattern(organism, tokens, 1, 0))  # only the target head changes
+
+
+def test_rank_grid_equals_one_edit_at_a_time(organism, truth):
+    """Every cell of the batched grid: the same self-ranks as `self_ranks` of that cell's edited factors,
+    and the same in-context metrics as running the model with that cell's override hooks."""
+    from analysis.token_maps import token_inputs
+
+    layer, head = truth["planted_heads"]["semantic"]
+    W_Q, W_K, b_Q, b_K = head_weights(organism, layer, head, include_bias=True)
+    spectrum = qk.symmetric_spectrum(W_Q, W_K)
+    E = token_inputs(organism, layer, "mean")
+    ks, scales = [1, 8, 32], [1.0, 0.0, -2.0]
+    grid = qk.self_ranks_grid(E, W_Q, W_K, spectrum, ks, scales, chunk_size=7)  # chunks that do not divide n
+    tokens, mask = prompts.category_probe(organism, prompts.ALL_CATEGORIES, 8, 32, seed=4)
+    factors = {(k, s): qk.edited_factors(W_Q, W_K, spectrum, qk.most_negative(spectrum.values, k), s)
+               for k in ks for s in scales}
+    in_context = qk.in_context_grid(organism, tokens, mask, layer, head, factors, b_Q, b_K, batch_size=3)
+    for (k, s), (A, B) in factors.items():
+        assert torch.equal(grid[k, s], qk.self_ranks(E, FactoredMatrix(A, B.T))), (k, s)
+        hooks = qk.qk_override_hooks(organism, layer, head, A, B, b_Q, b_K)
+        expected = qk.in_context_scores(organism, tokens, mask, layer, head, hooks)
+        assert in_context[k, s] == pytest.approx(expected, abs=1e-6), (k, s)
+    assert grid[32, -2.0].double().mean() < grid[32, 1.0].double().mean() / 2  # the edits do move the ranks
+    assert in_context[32, -2.0]["self_mass"] > 5 * in_context[32, 1.0]["self_mass"]
+    with pytest.raises(ValueError, match="more negative eigenvalues"):
+        qk.self_ranks_grid(E, W_Q, W_K, spectrum, [10**4], [1.0])
 
 
 def test_semantic_head_needs_negative_eigenvalues_and_flipping_them_restores_self_attention(organism, truth):
