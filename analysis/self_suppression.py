@@ -126,8 +126,8 @@ def head_statistics(x: Tensor, category: Tensor, W_Q: Tensor, W_K: Tensor, scale
     Keys: n_negative_eigenvalues, negative_eigenvalue_share, trace (of W_sym, weights alone); the
     input statistics; margin_shuffled_mean / _q05 (labels permuted) and margin_shuffled_z = (margin -
     mean) / std over the permutations, a scale-free distance from the null;
-    gaussian_<statistic> for margin, margin_normalised and below_partners_share (labels tiled
-    over Gaussian inputs with the words' mean and covariance).
+    gaussian_<statistic> for self_score, self_negative_part, margin, margin_normalised and
+    below_partners_share (labels tiled over Gaussian inputs with the words' mean and covariance).
     """
     spectrum = symmetric_spectrum(W_Q, W_K)
     summary = spectrum_summary(spectrum.values)
@@ -140,7 +140,8 @@ def head_statistics(x: Tensor, category: Tensor, W_Q: Tensor, W_K: Tensor, scale
     y = gaussian_like(x, n_gaussian, seed)
     labels = category[torch.arange(n_gaussian) % len(category)]
     gauss = input_statistics(y, labels, W_Q, W_K, scale, spectrum, ks=())
-    stats |= {f"gaussian_{name}": gauss[name] for name in ("margin", "margin_normalised", "below_partners_share")}
+    stats |= {f"gaussian_{name}": gauss[name] for name in
+              ("self_score", "self_negative_part", "margin", "margin_normalised", "below_partners_share")}
     return stats
 
 

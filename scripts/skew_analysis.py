@@ -76,8 +76,8 @@ def main(args) -> None:
     stats = ss.every_head(model, args.input, word_ids, category, args.seed,
                           lambda *a: ss.head_statistics(*a, n_permutations=args.n_permutations))
     report = compare((layer, head), stats, ss.DIRECTIONS)
-    null_keys = ("margin_shuffled_mean", "margin_shuffled_q05", "gaussian_margin", "gaussian_margin_normalised",
-                 "gaussian_below_partners_share")
+    null_keys = ("margin_shuffled_mean", "margin_shuffled_q05", "gaussian_self_score", "gaussian_self_negative_part",
+                 "gaussian_margin", "gaussian_margin_normalised", "gaussian_below_partners_share")
     null = {"target": {k: stats[(layer, head)][k] for k in null_keys},
             "says": "shuffled: the margin with category labels permuted across the same words (mean, 5% quantile "
                     "over permutations); gaussian: the statistics on Gaussian inputs with the words' mean and "
@@ -93,11 +93,11 @@ def main(args) -> None:
                            arguments=vars(args), seed=args.seed)
     save_figure(figure(plain["eigenvalues"], biased["eigenvalues"], self_scores, layer, head, args),
                 args.out, args.model, NAME)
-    gaussian_null = {"margin": null["target"]["gaussian_margin"], "margin_normalised":
-                     null["target"]["gaussian_margin_normalised"], "margin_shuffled_z": 0.0,
-                     "below_partners_share": null["target"]["gaussian_below_partners_share"]}
-    save_figure(target_vs_controls(report, null=gaussian_null, title=f"{head_key(layer, head)} against every other "
-                                   f"head ({args.input} inputs, {len(words)} category words)"),
+    # the figure's null line: the Gaussian null where it applies; the shuffled z-score's null is 0 by construction
+    gaussian_null = {name: null["target"][f"gaussian_{name}"] for name in
+                     ("self_score", "self_negative_part", "margin", "margin_normalised", "below_partners_share")}
+    title = f"{head_key(layer, head)} against every other head ({args.input} inputs, {len(words)} category words)"
+    save_figure(target_vs_controls(report, null={**gaussian_null, "margin_shuffled_z": 0.0}, title=title),
                 args.out, args.model, f"{NAME}_controls")
 
     n, s = plain["norms"], plain["spectrum"]
