@@ -299,3 +299,39 @@ def best_head_patterns(drawn: Mapping[str, Mapping], labels: Sequence[Sequence[s
             attention_pattern(axes[row, col], pattern, tokens, title)
     fig.tight_layout()
     return fig
+
+
+def target_vs_controls(report: Mapping, names: Sequence[str] | None = None, null: Mapping[str, float] | None = None,
+                       title: str | None = None, columns: int = 4):
+    """One strip per statistic of a `controls.compare` report: every control head's value (grey dots), the
+    target's (red diamond, with its rank), and a null's value where given (dashed line, `null[name]`).
+
+    `names` default to every statistic in `report["directions"]`; each panel says which way the claim points.
+    """
+    use_style()
+    import matplotlib.pyplot as plt
+
+    names = list(report["directions"]) if names is None else list(names)
+    rows = math.ceil(len(names) / columns)
+    fig, axes = plt.subplots(rows, min(columns, len(names)), figsize=(3.2 * min(columns, len(names)), 2.3 * rows),
+                             squeeze=False)
+    rng = np.random.default_rng(0)  # jitter only: the values themselves are exact
+    target = report["target"]
+    for ax, name in zip(axes.flat, names):
+        values = [row[name] for row in report["controls"] if row.get(name) is not None]
+        ax.scatter(values, rng.uniform(-0.25, 0.25, len(values)), s=12, color="0.55", alpha=0.8, label="controls")
+        entry = target[name]
+        if entry["value"] is not None:
+            ax.scatter([entry["value"]], [0], marker="D", s=50, color="C3", zorder=3,
+                       label=f"L{target['layer']}H{target['head']} (rank {entry['rank']}/{entry['n_ranked']})")
+        if null is not None and null.get(name) is not None:
+            ax.axvline(null[name], color="k", ls="--", lw=0.8, label="null")
+        ax.set(ylim=(-1, 1), yticks=[], title=f"{name}\n({report['directions'][name]} = self-suppressing)")
+        ax.title.set_fontsize(8)
+        ax.legend(fontsize=6, loc="upper right")
+    for ax in list(axes.flat)[len(names):]:
+        ax.set_visible(False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

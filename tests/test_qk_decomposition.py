@@ -9,6 +9,7 @@ from transformer_lens import FactoredMatrix
 
 from analysis import cli, prompts
 from analysis import qk_decomposition as qk
+from analysis import self_suppression as ss
 from analysis.attention import attention_scores, head_scale, head_weights
 from analysis.patterns import head_pattern
 from conftest import run_main
@@ -253,9 +254,21 @@ def test_decomposition_scripts_end_to_end(tmp_path, truth):
     assert skew["without_bias"]["norms"]["skew"] < skew["without_bias"]["norms"]["sym"]
     assert len(skew["without_bias"]["eigenvalues"]) == 2 * 32
     assert skew["without_bias"]["check"]["max_abs_self_W_minus_sym"] < 1e-3
+    # controls: every other head; the count ties everywhere (Sylvester), the partner margin singles the head out
+    assert len(skew["controls"]) == 7 and skew["directions"]["margin"] == "low"
+    assert skew["sylvester"]["heads_with_d_head_negative"] == skew["sylvester"]["n_heads"] == 8
+    assert skew["target"]["n_negative_eigenvalues"]["rank"] == 1
+    assert not skew["target"]["n_negative_eigenvalues"]["separates"]
+    assert {"margin", "margin_normalised", "below_partners_share"} <= set(skew["separating"])
+    assert skew["null"]["target"]["gaussian_margin"] > skew["target"]["margin"]["value"]
+    assert (tmp_path / "figures" / "organism" / "skew_analysis_controls.png").stat().st_size > 1000
     maps = json.loads((results / "svd_sym_skew_heatmap.json").read_text())["results"]
     assert maps["check"]["max_abs_diag_skew"] < 1e-4 and len(maps["tokens"]) == 30
     assert maps["block_means"]["base"]["in_group"] > maps["block_means"]["base"]["out_group"]
+    assert len(maps["controls"]) == 7 and set(maps["directions"]) == set(ss.GROUP_MAP_DIRECTIONS)
+    assert maps["target"]["self_minus_in_group"]["value"] == pytest.approx(
+        maps["block_means"]["base"]["self_minus_in_group"], abs=1e-5)
+    assert "self_minus_in_group" in maps["separating"]
     scaling = json.loads((results / "svd_group_scaling_heatmap.json").read_text())["results"]
     assert list(scaling["factors"]) == ["1", "0.5", "0", "-1"]  # keyed by factor, in the order of --factors
     by_factor = {key: row["in_context"]["self_mass"] for key, row in scaling["factors"].items()}
