@@ -83,7 +83,7 @@ def main(args) -> None:
     results = {"head": {"layer": layer, "head": head}, "input": args.input, "tokens": labels,
                "n_negative_eigenvalues": len(negative), "unedited_in_context": base,
                "factors": {f"{row['factor']:g}": row for row in per_factor},  # keyed "1", "0.5", "0", "-1"
-               "targeted_k": args.targeted_k, **report,
+               "targeted_k": args.targeted_k, **report, "target_edits": edits[(layer, head)],
                "edits": {controls.head_key(*hd): rows for hd, rows in edits.items()}}
     path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
                            arguments=vars(args), seed=args.seed)

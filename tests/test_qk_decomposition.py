@@ -277,3 +277,9 @@ def test_rank_ablation_script(tmp_path):
     assert cells[(k_max, -1.0)]["mean_rank"] < cells[(k_max, 1.0)]["mean_rank"]
     assert cells[(k_max, -1.0)]["self_mass"] > cells[(k_max, 1.0)]["self_mass"]
     assert cells[(4, 1.0)]["mean_rank"] == cells[(k_max, 1.0)]["mean_rank"]  # scale 1 edits nothing
+    # the best cell's edit on the control heads: the target's own row repeats the grid
+    assert set(data["directions"]) == {"mean_rank", "mean_rank_change", "self_mass_change"}
+    assert data["target"]["mean_rank"]["value"] == pytest.approx(cells[(4, 1.0)]["mean_rank"], rel=1e-6)
+    assert len(data["controls"]) >= 3
+    for row in data["controls"]:
+        assert row["mean_rank_change"] == pytest.approx(row["edited_mean_rank"] - row["mean_rank"], abs=1e-9)
