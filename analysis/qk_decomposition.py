@@ -39,7 +39,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import FactoredMatrix, HookedTransformer
 
-from analysis.attention import attention_score_matrix, attention_scores, head_scale, self_attention_scores
+from analysis.attention import attention_score_matrix, attention_scores, head_scale, head_weights, self_attention_scores
 from analysis.patterns import head_pattern
 from analysis.scores import semantic_scores
 
@@ -298,6 +298,18 @@ def most_negative(values: Tensor, k: int | None = None, rel_tol: float = ZERO_RT
     return negative if k is None else negative[:k]
 
 
+def self_suppressing_components(x: Tensor, spectrum: Spectrum, k: int | None = None) -> Tensor:
+    """Indices of the k negative components that carry most of the inputs' negative self-score, largest first.
+
+    Component i with λ_i < 0 contributes c_i = sum_n λ_i (v_i . x_n)^2 over `x: [n, d]` (e.g. the
+    category tokens' inputs); rank by c_i, most negative first. All negative ones when k is None.
+    """
+    contribution = spectrum.values * ((x.to(spectrum.vectors) @ spectrum.vectors) ** 2).sum(0)  # (2 d_head,)
+    order = contribution.argsort()
+    negative = order[spectrum.values[order] < 0]
+    return negative if k is None else negative[:k]
+
+
 def edited_factors(W_Q: Tensor, W_K: Tensor, spectrum: Spectrum, index: Tensor, factor: float
                    ) -> tuple[Tensor, Tensor]:
     """`[d_model, d_head + |S|]` factors of W' = W + V_S diag((factor - 1) λ_S) V_S^T.
@@ -346,6 +358,49 @@ def qk_override_hooks(model: HookedTransformer, layer: int, head: int, W_Q: Tens
         return scores
 
     return [(f"blocks.{layer}.hook_resid_pre", keep_input), (f"blocks.{layer}.attn.hook_attn_scores", replace_scores)]
+
+
+def layer_in_context_scores(model: HookedTransformer, tokens: Tensor, mask: Tensor, layer: int, heads: Sequence[int],
+                            fwd_hooks: Sequence[tuple[str, object]] = (), batch_size: int = 64
+                            ) -> dict[int, dict[str, float]]:
+    """`in_context_scores` of several heads of one layer from one run: head -> its part-1 metrics.
+
+    Edits of heads of this layer (any number of `qk_override_hooks` lists) cannot change each
+    other's patterns, which read only the layer's input: one pass measures them all.
+    """
+    pattern = head_pattern(model, tokens, layer, list(heads), list(fwd_hooks), batch_size)  # (B, n_heads, q, k)
+    scores = semantic_scores(pattern, tokens, mask)  # each (B, n_heads)
+    return {h: {key: float(value[:, i].nanmean()) for key, value in scores.items()} for i, h in enumerate(heads)}
+
+
+def edited_heads_in_context(model: HookedTransformer, tokens: Tensor, mask: Tensor,
+                            edits: Mapping[tuple[int, int], tuple[Tensor, Tensor]], batch_size: int = 64
+                            ) -> dict[tuple[int, int], dict[str, float]]:
+    """(layer, head) -> part-1 metrics of that head run with its edited factors `edits[(layer, head)] = (W_Q, W_K)`.
+
+    One pass per layer: every edited head of the layer gets its edit at once (biases kept) and only
+    that layer's patterns are read, so no edit can reach another measured pattern.
+    """
+    results = {}
+    for layer in sorted({l for l, _ in edits}):
+        heads = [h for l, h in edits if l == layer]
+        hooks = []
+        for h in heads:
+            _, _, b_Q, b_K = head_weights(model, layer, h, include_bias=True)
+            hooks += qk_override_hooks(model, layer, h, *edits[(layer, h)], b_Q, b_K)
+        for h, row in layer_in_context_scores(model, tokens, mask, layer, heads, hooks, batch_size).items():
+            results[(layer, h)] = row
+    return results
+
+
+def edit_effect(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float | None]:
+    """Changes of an edit: Δm = after[m] - before[m] for self, partner, BOS-when-no-partner mass and S, and
+    self_per_partner_lost = Δself / (-Δpartner), the self mass restored per unit of partner mass lost
+    (None when no partner mass is lost)."""
+    delta = {f"{m}_change": after[m] - before[m]
+             for m in ("self_mass", "partner_mass", "bos_mass_no_partner", "surprisal")}
+    lost = -delta["partner_mass_change"]
+    return {**delta, "self_per_partner_lost": delta["self_mass_change"] / lost if lost > 0 else None}
 
 
 def in_context_scores(model: HookedTransformer, tokens: Tensor, mask: Tensor, layer: int, head: int,

@@ -15,6 +15,10 @@ from analysis.patterns import head_pattern
 from conftest import run_main
 
 
+def key_of(entry):
+    return f"L{entry['layer']}H{entry['head']}"
+
+
 def random_factors(d_model=12, d_head=3, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(d_model, d_head, generator=g), torch.randn(d_model, d_head, generator=g)
@@ -180,6 +184,39 @@ def test_eigenvalue_edits():
     assert qk.pad_bias(torch.tensor([1.0, 2.0]), 2).tolist() == [1.0, 2.0] and qk.pad_bias(None, 3) is None
 
 
+def test_self_suppressing_components_rank_by_contribution():
+    # W_sym has λ = -3 along e3, -1 along e2, 2 along e1; the input lies mostly along e2, so λ = -1 carries more of the
+    # negative self-score (-1 * 9) than λ = -3 does (-3 * 1)
+    spectrum = qk.Spectrum(torch.tensor([-3.0, -1.0, 2.0]), torch.eye(3)[:, [2, 1, 0]])
+    x = torch.tensor([[0.0, 3.0, 1.0]])
+    assert qk.self_suppressing_components(x, spectrum).tolist() == [1, 0]  # -9 before -3
+    assert qk.self_suppressing_components(x, spectrum, 1).tolist() == [1]
+
+
+def test_edit_effect_exact():
+    before = {"self_mass": 0.1, "partner_mass": 0.9, "bos_mass_no_partner": 0.8, "surprisal": 0.2}
+    after = {"self_mass": 0.5, "partner_mass": 0.7, "bos_mass_no_partner": 0.6, "surprisal": 0.9}
+    effect = qk.edit_effect(before, after)
+    assert effect["self_mass_change"] == pytest.approx(0.4) and effect["partner_mass_change"] == pytest.approx(-0.2)
+    assert effect["self_per_partner_lost"] == pytest.approx(2.0)
+    assert qk.edit_effect(before, {**after, "partner_mass": 0.95})["self_per_partner_lost"] is None
+
+
+def test_edited_heads_in_context_matches_one_head_at_a_time(organism):
+    tokens, mask = prompts.category_probe(organism, prompts.ALL_CATEGORIES, 8, 32, seed=5)
+    edits = {}
+    for h in (0, 2):
+        W_Q, W_K, _, _ = head_weights(organism, 1, h)
+        spectrum = qk.symmetric_spectrum(W_Q, W_K)
+        edits[(1, h)] = qk.edited_factors(W_Q, W_K, spectrum, qk.most_negative(spectrum.values), -1.0)
+    together = qk.edited_heads_in_context(organism, tokens, mask, edits)
+    for (l, h), factors in edits.items():
+        _, _, b_Q, b_K = head_weights(organism, l, h, include_bias=True)
+        alone = qk.in_context_scores(organism, tokens, mask, l, h, qk.qk_override_hooks(organism, l, h, *factors,
+                                                                                         b_Q, b_K))
+        assert together[(l, h)] == pytest.approx(alone, abs=1e-5, nan_ok=True)
+
+
 def test_override_hooks_reproduce_the_model_and_recompute_scores(organism):
     tokens = prompts.reference_prompts(organism, seed=3, n_prompts=4, n_words=20)
     W_Q, W_K, b_Q, b_K = head_weights(organism, 1, 2, include_bias=True)
@@ -274,6 +311,16 @@ def test_decomposition_scripts_end_to_end(tmp_path, truth):
     by_factor = {key: row["in_context"]["self_mass"] for key, row in scaling["factors"].items()}
     assert by_factor["-1"] >= 5 * by_factor["1"]
     assert by_factor["1"] == pytest.approx(scaling["unedited_in_context"]["self_mass"], abs=1e-5)
+    target = scaling["target"]  # the same sweep on the control heads, ranked
+    assert [target["layer"], target["head"]] == truth["planted_heads"]["semantic"]
+    assert set(scaling["directions"]) == {"factor -1_self_mass_change", "factor 0_self_mass_change",
+                                          "targeted_self_mass_change"}
+    control_keys = {f"L{row['layer']}H{row['head']}" for row in scaling["controls"]}
+    n_heads = len([k for k in scaling["edits"] if k.startswith(f"L{target['layer']}H")])
+    assert len(control_keys) >= n_heads - 1 and key_of(target) not in control_keys
+    key = key_of(target)
+    assert scaling["edits"][key]["factor -1"]["self_mass_change"] == pytest.approx(
+        by_factor["-1"] - scaling["edits"][key]["unedited"]["self_mass"], abs=1e-5)
 
 
 def test_rank_ablation_script(tmp_path):
@@ -288,3 +335,9 @@ def test_rank_ablation_script(tmp_path):
     assert cells[(k_max, -1.0)]["mean_rank"] < cells[(k_max, 1.0)]["mean_rank"]
     assert cells[(k_max, -1.0)]["self_mass"] > cells[(k_max, 1.0)]["self_mass"]
     assert cells[(4, 1.0)]["mean_rank"] == cells[(k_max, 1.0)]["mean_rank"]  # scale 1 edits nothing
+    # the best cell's edit on the control heads: the target's own row repeats the grid
+    assert set(data["directions"]) == {"mean_rank", "mean_rank_change", "self_mass_change"}
+    assert data["target"]["mean_rank"]["value"] == pytest.approx(cells[(4, 1.0)]["mean_rank"], rel=1e-6)
+    assert len(data["controls"]) >= 3
+    for row in data["controls"]:
+        assert row["mean_rank_change"] == pytest.approx(row["edited_mean_rank"] - row["mean_rank"], abs=1e-9)

@@ -286,6 +286,18 @@ SPEC: dict[str, dict[str, Entry]] = {
         "SteerZeroSelf": ("results.factors.0.in_context.self_mass", ".2f"),
         "SteerFlipSelf": ("results.factors.-1.in_context.self_mass", ".2f"),
         "SteerFlipPartner": ("results.factors.-1.in_context.partner_mass", ".2f"),
+        # the same edits on the control heads (controls.compare over "edits")
+        "SteerNControls": ("results.controls", "count"),
+        **{f"Steer{name}Gain{part}": (f"results.target.{key}_self_mass_change.{path}", fmt)
+           for name, key in (("Flip", "factor -1"), ("Zero", "factor 0"), ("Targeted", "targeted"))
+           for part, path, fmt in (("", "value", ".2f"), ("Rank", "rank", "d"),
+                                   ("Ctl", "strongest_control.value", ".2f"),
+                                   ("CtlHead", "strongest_control", "head"))},
+        "SteerTargetedK": ("results.targeted_k", "d"),
+        "SteerTargetedSelf": ("results.target_edits.targeted.self_mass", ".2f"),
+        "SteerTargetedPartner": ("results.target_edits.targeted.partner_mass", ".2f"),
+        "SteerTargetedPerLost": ("results.target_edits.targeted.self_per_partner_lost", ".2f"),
+        "SteerFlipPerLost": ("results.target_edits.factor -1.self_per_partner_lost", ".2f"),
     },
     "svd_rank_ablation": {  # cells keyed "k=<k>,scale=<scale>"
         "RankVocab": ("results.d_vocab", "d"),
@@ -309,6 +321,20 @@ SPEC: dict[str, dict[str, Entry]] = {
         "GradTraceEta": ("results.largest_trace_step.eta", ".2f"),
         "GradTraceSelf": ("results.largest_trace_step.metrics.self_mass", ".3f"),
         "GradTracePartner": ("results.largest_trace_step.metrics.partner_mass", ".3f"),
+        "GradMu": ("results.mu", "g"),
+        **{f"Grad{label}{name.title()}": (f"{METRICS}.{name}.{key}", ".3f")
+           for name in ("before", "suppress", "restore")
+           for label, key in (("Bos", "bos_mass_no_partner"), ("S", "surprisal"))},
+        **{f"GradChange{w}{name.title()}": (f"results.runs.{name}.relative_change.W_{w}", ".2f")
+           for name in ("suppress", "restore") for w in ("Q", "K", "QK")},
+        "GradNControls": ("results.controls", "count"),
+        "GradRestoreGain": ("results.target.restore_self_gain.value", ".3f"),
+        "GradRestoreGainRank": ("results.target.restore_self_gain.rank", "d"),
+        "GradRestoreGainCtl": ("results.target.restore_self_gain.strongest_control.value", ".3f"),
+        "GradRestoreGainCtlHead": ("results.target.restore_self_gain.strongest_control", "head"),
+        "GradTraceGainRank": ("results.target.trace_self_gain.rank", "d"),
+        "GradTraceGainCtl": ("results.target.trace_self_gain.strongest_control.value", ".2f"),
+        "GradTraceGainCtlHead": ("results.target.trace_self_gain.strongest_control", "head"),
     },
     "clustering": {
         "CluNodes": ("results.n_nodes", "d"), "CluEdges": ("results.n_edges", "d"), "CluK": ("results.k", "d"),
