@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from analysis import prompts
-from analysis.io import REPO_ROOT, atomic_file, model_slug
+from analysis.io import REPO_ROOT, atomic_file, model_id
 
 Variant = Literal["mean", "zero"]
 CACHE_DIR = Path(os.environ.get("ANALYSIS_CACHE_DIR", REPO_ROOT / ".cache"))
@@ -138,5 +138,5 @@ def _cache_path(model: HookedTransformer, layer: int, variant: str, reference_to
     if reference_tokens is not None:
         digest.update(reference_tokens.cpu().numpy().tobytes())
     digest.update(ids.numpy().tobytes())
-    name = model_slug(info.get("name", "model"))
+    name = model_id(info.get("name", "model"))
     return CACHE_DIR / "vocab_input" / name / f"L{layer}-{variant}-{digest.hexdigest()[:16]}.pt"

@@ -4,7 +4,8 @@ Each head's output (hook_z, every position) is copied from the clean run into th
 (TransformerLens's patching, one pass per head); the metric is the fraction of the clean logit
 difference logit(answer) - logit(wrong) recovered, (patched - corrupted) / (clean - corrupted).
 
-Default prompt pairs (--task auto: induction for the organism, IOI otherwise):
+Default prompt pairs (--task auto: IOI where the model's tokenizer spells the IOI pair with " John"
+and " Mary" as single tokens and the organism's vocabulary is not in use, induction otherwise):
   ioi        "When John and Mary went to the store, John gave a drink to" (answer " Mary") against
              the name-swapped "..., Mary gave a drink to" (answer " John")
   induction  "The old man saw a box on the hill. The old man saw a" (answer " box") against the same
@@ -20,7 +21,7 @@ import torch
 
 from analysis import cli, io, prompts
 from analysis.errors import UsageError
-from analysis.models import load_model
+from analysis.models import has_organism_vocabulary, load_model
 from analysis.patching import head_patching
 from analysis.patterns import check_context
 from analysis.plotting import head_heatmaps, save_figure
@@ -38,7 +39,8 @@ TASKS = {
 def build_parser():
     p = cli.parser(__doc__)
     p.add_argument("--task", choices=["auto", *TASKS], default="auto",
-                   help="default prompt pair: auto = induction for the organism, ioi otherwise (default: auto)")
+                   help="default prompt pair: auto = ioi where the tokenizer has the IOI names as single tokens "
+                        "(and is not the organism's), induction otherwise (default: auto)")
     p.add_argument("--clean", default=None, help="clean prompt (with --corrupted, --answer, --wrong)")
     p.add_argument("--corrupted", default=None, help="corrupted prompt, same number of tokens as --clean")
     p.add_argument("--answer", default=None, help="the clean prompt's answer token, e.g. ' Mary'")
@@ -48,20 +50,28 @@ def build_parser():
     return p
 
 
-def prompt_pair(args) -> tuple[str, str, str, str, str]:
+def prompt_pair(args, tokenizer) -> tuple[str, str, str, str, str]:
     custom = (args.clean, args.corrupted, args.answer, args.wrong)
     if any(v is not None for v in custom):
         if any(v is None for v in custom):
             raise UsageError("A custom pair needs all four of --clean, --corrupted, --answer and --wrong.")
         return "custom", *custom
-    task = args.task if args.task != "auto" else ("induction" if args.model == "organism" else "ioi")
+    task = args.task if args.task != "auto" else auto_task(tokenizer)
     return task, *TASKS[task]
 
 
+def auto_task(tokenizer) -> str:
+    """IOI where the tokenizer has its names as single tokens and is not the organism's; induction otherwise."""
+    if tokenizer is None or has_organism_vocabulary(tokenizer):
+        return "induction"
+    names_fit = all(len(tokenizer.encode(word, add_special_tokens=False)) == 1 for word in TASKS["ioi"][2:])
+    return "ioi" if names_fit else "induction"
+
+
 def main(args) -> None:
-    model = load_model(args.model, args.device)
+    model = load_model(args.model, args.device, args.processing)
     prompts.require_tokenizer(model, "Patching here compares text prompts")
-    task, clean_text, corrupted_text, answer_text, wrong_text = prompt_pair(args)
+    task, clean_text, corrupted_text, answer_text, wrong_text = prompt_pair(args, model.tokenizer)
     clean, corrupted = model.to_tokens(clean_text).cpu(), model.to_tokens(corrupted_text).cpu()
     check_context(model, clean)
     answer, wrong = (torch.tensor(prompts.single_token_ids(model.tokenizer, [word]))

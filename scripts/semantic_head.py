@@ -2,8 +2,8 @@
 
 The head (default: the survey's best semantic head) in layer L reads blocks.{L-1}.hook_resid_post.
 SAE (SAELens): for GPT-2 small the release --release (default gpt2-small-resid-post-v5-32k), SAE
---sae-id (default: that hook); for the model organism a small TopK SAE trained with SAELens on its
-own language (shipped in analysis/organism/sae/, or trained once and cached; --retrain-sae).
+--sae-id (default: that hook); for a model with the organism's vocabulary (the model organism) a
+small TopK SAE trained with SAELens on its language (shipped in analysis/organism/sae/, or trained once and cached; --retrain-sae).
 Features are named by the tokens they fire on in category prompts and get the category whose
 words give them their largest mean activation; the --per-category most active features of each
 category are kept. Each decoder direction d_f is pushed through the head's LayerNorm and QK
@@ -19,6 +19,7 @@ from analysis import cli, io, prompts
 from analysis import qk_decomposition as qk
 from analysis import sae as saes
 from analysis.attention import head_scale, head_weights
+from analysis.models import has_organism_vocabulary
 from analysis.plotting import group_heatmaps, save_figure
 from analysis.token_maps import block_means
 
@@ -44,7 +45,7 @@ def build_parser():
 def main(args) -> None:
     model, layer, head = cli.load_target(args)
     hook = saes.hook_for_layer(layer)
-    if model.analysis_info["name"] == "organism":
+    if has_organism_vocabulary(model.tokenizer):  # the organism's language: its own SAE, whatever the model is called
         sae = saes.organism_sae(model, hook, retrain=args.retrain_sae)
         source = {"kind": "trained on the organism with SAELens", "hook": hook}
     else:
