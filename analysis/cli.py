@@ -278,9 +278,9 @@ def _text_lines(path: Path, flag: str) -> list[str]:
     return lines
 
 
-def parser(description: str | None, *, target_head: bool = False, staged: bool = True,
+def parser(description: str | None, *, target_head: bool = False, staged: bool = True, weights: bool = True,
            out_default: Path = REPO_ROOT, out_help: str | None = None) -> Parser:
-    """A `Parser` with the shared flags; `target_head` adds --layer/--head.
+    """A `Parser` with the shared flags; `target_head` adds --layer/--head, `weights` --processing.
 
     `staged=False` is for scripts whose --out is not an output root of results and figures (the
     organism's training writes a checkpoint folder, as one unit of its own).
@@ -295,6 +295,11 @@ def parser(description: str | None, *, target_head: bool = False, staged: bool =
     p.add_argument("--out", type=Path, default=out_default,
                    help=out_help or "output root: results go to OUT/results/<model>/, figures to OUT/figures/<model>/ "
                                     "(default: the repository root)")
+    if weights:
+        p.add_argument("--processing", choices=list(models.PROCESSING), default="default",
+                       help="weight processing at load time: 'default' (TransformerLens's from_pretrained: fold_ln, "
+                            "center_writing_weights, center_unembed, fold_value_biases) or 'none' (the raw weights, "
+                            "as studies of raw Hugging Face weights used); recorded in the results (default: default)")
     if target_head:
         p.add_argument("--layer", type=int, default=None, help="target head's layer (default: best head of the survey)")
         p.add_argument("--head", type=int, default=None, help="target head's index (default: best head of the survey)")
@@ -373,14 +378,14 @@ def check_head(model, layer: int, head: int) -> None:
         )
 
 
-def parse_heads(model, specs: Sequence[str]) -> list[tuple[int, int]]:
+def parse_heads(model, specs: Sequence[str], flag: str = "--heads") -> list[tuple[int, int]]:
     """(layer, head) of each "LAYER.HEAD" spec of a --heads flag, each checked against the model."""
     heads = []
     for spec in specs:
         try:
             layer, head = (int(x) for x in spec.split("."))
         except ValueError:
-            raise UsageError(f"--heads takes LAYER.HEAD pairs such as 1.1; got {spec!r}.") from None
+            raise UsageError(f"{flag} takes LAYER.HEAD pairs such as 1.1; got {spec!r}.") from None
         check_head(model, layer, head)
         heads.append((layer, head))
     return heads
@@ -399,7 +404,7 @@ def target_head(model: HookedTransformer, layer: int | None, head: int | None, s
 def load_target(args: argparse.Namespace) -> tuple[HookedTransformer, int, int]:
     """(model, layer, head) for a script about one head's token-level behaviour: --model on --device (it
     must have a tokenizer), and --layer/--head or, without them, the survey's best semantic head."""
-    model = models.load_model(args.model, args.device)
+    model = models.load_model(args.model, args.device, args.processing)
     prompts.require_tokenizer(model)
     layer, head = target_head(model, args.layer, args.head, args.seed)
     return model, layer, head

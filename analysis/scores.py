@@ -48,6 +48,15 @@ def induction_score(pattern: Tensor, half_length: int) -> Tensor:
     return stripe[..., -half_length:].mean(-1)  # queries 1+L .. 2L
 
 
+def induction_chance(half_length: int) -> float:
+    """The induction score of uniform causal attention: (1/L) sum_{q=L+1}^{2L} 1 / (q + 1).
+
+    Query q (position q of [BOS] + r + r) spreads 1/(q + 1) over keys 0..q; a head scoring near
+    this attends to the induction target no more than to any other earlier token (L = 50: 0.0136).
+    """
+    return sum(1.0 / (q + 1) for q in range(half_length + 1, 2 * half_length + 1)) / half_length
+
+
 def duplicate_token_score(pattern: Tensor, half_length: int) -> Tensor:
     """`[batch, head]` on [BOS] + r + r: mean over second-half queries q of A[q, q - L] (the earlier copy)."""
     stripe = pattern.diagonal(offset=-half_length, dim1=-2, dim2=-1)

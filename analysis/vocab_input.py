@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from analysis import prompts
-from analysis.io import atomic_file, model_slug
+from analysis.io import atomic_file, model_id
 
 Variant = Literal["mean", "zero"]
 PROJECT = "semantic-head-replication"
@@ -168,6 +168,6 @@ def _cache_path(model: HookedTransformer, layer: int, variant: str, reference_to
     if reference_tokens is not None:
         digest.update(reference_tokens.cpu().numpy().tobytes())
     digest.update(ids.numpy().tobytes())
-    name = model_slug(info.get("name", "model"))
+    name = model_id(info.get("name", "model"))
     return CACHE_DIR / "vocab_input" / name / f"L{layer}-{variant}-{digest.hexdigest()[:16]}.pt"
 

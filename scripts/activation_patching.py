@@ -62,7 +62,7 @@ def prompt_pair(args, model) -> tuple[str, str, PromptPair]:
 
 
 def main(args) -> None:
-    model = load_model(args.model, args.device)
+    model = load_model(args.model, args.device, args.processing)
     prompts.require_tokenizer(model, "Patching here compares text prompts")
     task, why, pair = prompt_pair(args, model)
     clean, corrupted, answer, wrong = encode_pair(model, pair)

@@ -62,7 +62,7 @@ def box_plot(study, layer: int, head: int, title: str):
 
 
 def main(args) -> None:
-    model = load_model(args.model, args.device)
+    model = load_model(args.model, args.device, args.processing)
     layer, head = cli.target_head(model, args.layer, args.head, args.seed)
     tokens, mask = prompts.category_probe(model, prompts.ALL_CATEGORIES, args.n_prompts, args.n_words, args.seed)
     study = ablation_study(model, tokens, mask, layer, head, tuple(args.modes), keep_bos=not args.ablate_bos,

@@ -75,7 +75,7 @@ def build_parser():
 def main(args) -> None:
     if not 0 < args.window <= 1:
         raise UsageError(f"--window must lie in (0, 1], got {args.window}.")
-    model = load_model(args.model, args.device)
+    model = load_model(args.model, args.device, args.processing)
     prompts.require_tokenizer(model, "Token sets and the example query are words")
     layer, head = cli.target_head(model, args.layer, args.head, args.seed)
     (query_id,) = prompts.single_token_ids(model.tokenizer, [args.query])
