@@ -15,6 +15,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from analysis import io
 from analysis.ids import model_id
 from analysis.models import gpt2_tokenizer, has_organism_vocabulary, hub_reachable, load_model, save_model
+from analysis.patching import choose_task
 from analysis.scores import induction_chance, induction_score
 from conftest import REPO, run_main, run_script
 
@@ -113,15 +114,12 @@ def test_organism_vocabulary_decides_its_defaults(organism):
         assert not has_organism_vocabulary(gpt2_tokenizer())
 
 
-def test_patching_task_follows_the_tokenizer(organism):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("script_patching", REPO / "scripts" / "activation_patching.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert module.auto_task(organism.tokenizer) == "induction"
-    if gpt2_tokenizer() is not None:
-        assert module.auto_task(gpt2_tokenizer()) == "ioi"
+def test_patching_task_follows_what_the_model_can_do(organism, small_model):
+    # The organism solves the induction pair; a random model with GPT-2's tokenizer solves nothing, so it
+    # gets the first pair its tokenizer encodes (IOI: its names are single GPT-2 tokens).
+    assert choose_task(organism)[0] == "induction"
+    task, why = choose_task(load_model(str(small_model)))
+    assert task == "ioi" and "no task is solved" in why
 
 
 # --- --processing ------------------------------------------------------------------------------------------
