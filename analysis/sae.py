@@ -231,6 +231,7 @@ def feature_label(by_token: Tensor, feature: int, token_labels: Sequence[str], n
 
 PRECISION_K = 32  # features predicted and features taken as active, per position
 PRECISION_LENGTH = 20  # BOS + 19 tokens per sample
+PRECISION_CATEGORIES = ("colours", "animals", "fruits", "emotions", "weather")  # the study's five for this metric
 
 
 def keyword_prompts(word_ids: Sequence[int], n_prompts: int, d_vocab: int, bos_id: int, seed: int,

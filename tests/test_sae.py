@@ -74,7 +74,7 @@ def test_pretrained_sae_unavailable_offline_is_a_clear_error(monkeypatch, tmp_pa
 
 
 def test_semantic_head_script(tmp_path, truth):
-    run_main("semantic_head", "--out", str(tmp_path), "--n-prompts", "32")
+    run_main("semantic_head", "--out", str(tmp_path), "--n-prompts", "32", "--precision-k", "8")
     data = json.loads((tmp_path / "results" / "organism" / "semantic_head.json").read_text())["results"]
     assert [data["head"]["layer"], data["head"]["head"]] == truth["planted_heads"]["semantic"]
     assert len(data["features"]) == len(data["map"]) > 10
@@ -83,6 +83,12 @@ def test_semantic_head_script(tmp_path, truth):
     assert means["in_group"] > means["out_group"]  # same-category features attend to each other
     assert len(data["top_pairs"]) == 20 and data["top_pairs_same_category"] > 0.5
     assert (tmp_path / "figures" / "organism" / "semantic_head.png").stat().st_size > 1000
+    # the study's precision, every head of the target's layer: the other heads are the controls
+    assert data["directions"] == {"precision": "high"}
+    layer = data["head"]["layer"]
+    assert sorted(c["head"] for c in data["controls"]) == [h for h in range(4) if h != data["head"]["head"]]
+    assert all(c["layer"] == layer and 0 <= c["precision"] <= 1 and "precision_colours" in c for c in data["controls"])
+    assert data["target"]["precision"]["n_ranked"] == 4 and 0 <= data["target"]["precision"]["value"] <= 1
 
 
 def test_keyword_prompts_place_every_word_once_and_the_last_at_the_end():
