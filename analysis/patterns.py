@@ -1,9 +1,8 @@
 """Running a model for attention patterns: every head from one batched pass, or one head under hooks.
 
-`all_patterns` keeps only `blocks.*.attn.hook_pattern` with a hook filter (`all_patterns_and_scores` also
-`hook_attn_scores`, for exact log-masses), so the cache holds no
-other activation, and every head of every layer comes out of the same pass (never one pass per
-head). `head_pattern` reads one head's pattern with other hooks active (ablations, edited QK
+`all_patterns` keeps only `blocks.*.attn.hook_pattern` with a hook filter (`all_patterns_and_scores`
+also `hook_attn_scores`, for exact log-masses), so the cache holds no other activation, and every
+head of every layer comes out of the same pass (never one pass per head). `head_pattern` reads one head's pattern with other hooks active (ablations, edited QK
 circuits) and stops after the head's layer.
 """
 
