@@ -7,8 +7,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SCRIPT_ARGS := --model $(MODEL)
+# The folder name of MODEL's results, figures and paper build (analysis/ids.py, standard library only):
+# a hub or built-in name as it is, a directory as its base name + a hash of its resolved path.
+MODEL_ID := $(shell $(PYTHON) analysis/ids.py '$(MODEL)')
 
-# Scripts of the demo, in order: each writes results/$(MODEL)/<name>.json and figures/$(MODEL)/.
+# Scripts of the demo, in order: each writes results/$(MODEL_ID)/<name>.json and figures/$(MODEL_ID)/.
 DEMO_SCRIPTS := scan_heads
 # baseline: previous-token and induction heads, circuits, visualisation
 DEMO_SCRIPTS += manual_attention attention_stats qk_ov_circuits token_circuit_tables visualize_attention logit_lens activation_patching
@@ -50,21 +53,23 @@ clean:
 #   make figures  rerun each script of DEMO_SCRIPTS whose script, analysis package or inputs changed
 #   make paper    regenerate the paper's numbers and tables from the results, build paper/main.pdf
 #   make all      both (MODEL=gpt2-small for GPT-2; each model's results, figures and build apart)
-# One stamp per script, results/$(MODEL)/.runs/<script>.json, holding its wall time under make.
+# One stamp per script, results/$(MODEL_ID)/.runs/<script>.json, holding its wall time under make.
 # A script that reads another's results lists them:  $(RUNS)/<script>.json: $(RUNS)/<other>.json
 # Extra arguments for one script: ARGS_<script>, e.g. make all MODEL=gpt2-small \
 #   ARGS_token_freq="--corpus wiki.train.tokens" (GPT-2 needs a corpus; the organism samples its own).
-RUNS := results/$(MODEL)/.runs
+RUNS := results/$(MODEL_ID)/.runs
 RUN_STAMPS := $(DEMO_SCRIPTS:%=$(RUNS)/%.json)
 PACKAGE_FILES := $(shell find analysis -type f -not -path '*/__pycache__/*')
 WRITEUP_FILES := $(wildcard writeup/*.py)  # the paper's generator and build check (not the scripts' input)
-GENERATED := paper/generated/$(MODEL)
-PAPER_BUILD := paper/build/$(MODEL)
+GENERATED := paper/generated/$(MODEL_ID)
+PAPER_BUILD := paper/build/$(MODEL_ID)
 # Run a command; if it succeeds, write {"seconds": its wall time} to the file named first.
 TIMED := $(PY) -c 'import json, subprocess, sys, time; t = time.perf_counter(); rc = subprocess.call(sys.argv[2:]); \
 	rc or json.dump({"seconds": round(time.perf_counter() - t, 2)}, open(sys.argv[1], "w")); sys.exit(rc)'
 
-.PHONY: figures paper all paper-fixture
+.PHONY: figures paper all paper-fixture model-id
+model-id:  # the id MODEL's results are filed under
+	@echo $(MODEL_ID)
 all: figures paper
 
 figures: $(RUN_STAMPS)
@@ -87,8 +92,8 @@ paper: $(PAPER_BUILD)/checked.pdf
 
 # The paper tests read a trimmed copy of the organism's results: refresh it after changing writeup/ or a script's results.
 paper-fixture: $(RUN_STAMPS)
-	rm -rf tests/fixtures/paper/$(MODEL)
-	$(PY) scripts/make_paper_inputs.py $(SCRIPT_ARGS) --scripts $(DEMO_SCRIPTS) --trimmed-copy tests/fixtures/paper/$(MODEL)
+	rm -rf tests/fixtures/paper/$(MODEL_ID)
+	$(PY) scripts/make_paper_inputs.py $(SCRIPT_ARGS) --scripts $(DEMO_SCRIPTS) --trimmed-copy tests/fixtures/paper/$(MODEL_ID)
 
 # Scripts that read other scripts' results (besides the analysis package):
 $(RUNS)/cosine_attention_analysis.json: $(RUNS)/token_freq.json

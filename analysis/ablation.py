@@ -7,7 +7,10 @@ position after BOS, by a constant:
     zero: 0
 
 BOS keeps its own activations (`keep_bos`), so the head's fall-back target stays what it is and
-the ablation only changes what the query and key words carry. The "MLP-only residual" condition
+the ablation only changes what the query and key words carry. That is our convention. The
+study's (its code, `Mamiglia/deep-dive-L1H5`, `src/ablation.py`) takes the mean over the batch
+and *all* positions, BOS included, and writes it at every position, BOS included; mean mode only
+(`STUDY_CONVENTION`: `bos_in_means=True, keep_bos=False`). The "MLP-only residual" condition
 is a replacement rather than an ablation: block 0's `resid_post` becomes block 0's MLP output
 alone (embeddings and attention-0 dropped from the stream, their effect through MLP0 kept).
 """
@@ -34,20 +37,27 @@ COMPONENTS: dict[str, str] = {
 }
 MLP_ONLY_RESIDUAL = "mlp_only_residual"
 Hook = tuple[str, Callable]
+# How each convention ablates: ours keeps BOS out of the means and unablated; the study's ablates it too.
+CONVENTIONS: dict[str, dict[str, bool]] = {
+    "ours_bos_kept": {"keep_bos": True, "bos_in_means": False},
+    "study_bos_ablated": {"keep_bos": False, "bos_in_means": True},
+}
 
 
 @torch.no_grad()
 def component_means(model: HookedTransformer, tokens: Tensor, hook_names: list[str],
-                    batch_size: int = 64) -> dict[str, Tensor]:
-    """`{hook: [d_model]}`: each activation's mean over the batch and positions >= 1."""
+                    batch_size: int = 64, bos_in_means: bool = False) -> dict[str, Tensor]:
+    """`{hook: [d_model]}`: each activation's mean over the batch and positions >= 1
+    (positions >= 0, BOS included, with `bos_in_means`, as the study did)."""
+    first = 0 if bos_in_means else 1
     totals = {name: 0.0 for name in hook_names}
     for start in range(0, tokens.shape[0], batch_size):
         batch = tokens[start:start + batch_size].to(model.cfg.device)
         _, cache = model.run_with_cache(batch, names_filter=lambda n: n in totals, return_type=None,
                                         stop_at_layer=1)  # every component lives in block 0 or before
         for name in hook_names:
-            totals[name] = totals[name] + cache[name][:, 1:].sum((0, 1))
-    count = tokens.shape[0] * (tokens.shape[1] - 1)
+            totals[name] = totals[name] + cache[name][:, first:].sum((0, 1))
+    count = tokens.shape[0] * (tokens.shape[1] - first)
     return {name: total / count for name, total in totals.items()}
 
 
@@ -88,14 +98,15 @@ def ablation_hooks(means: Mapping[str, Tensor], mode: str, keep_bos: bool = True
 
 def ablation_study(model: HookedTransformer, tokens: Tensor, mask: Tensor, layer: int, head: int,
                    modes: tuple[str, ...] = ("mean", "zero"), keep_bos: bool = True,
-                   progress: bool = False) -> dict[str, dict[str, Tensor]]:
+                   bos_in_means: bool = False, progress: bool = False) -> dict[str, dict[str, Tensor]]:
     """Per-prompt S of the head, `[batch]`, under every condition: `{mode: {condition: S}}`.
 
     Each mode holds the baseline (nothing ablated), every component of COMPONENTS, and the
     MLP-only residual (the same in both modes: it ablates nothing by a constant).
+    `keep_bos` and `bos_in_means` choose the convention (`CONVENTIONS`).
     """
     rows = scores.scored_rows(tokens)
-    means = component_means(model, tokens, list(COMPONENTS.values()))
+    means = component_means(model, tokens, list(COMPONENTS.values()), bos_in_means=bos_in_means)
 
     def surprisal(hooks: list[Hook]) -> Tensor:
         pattern = head_pattern(model, tokens, layer, head, hooks)[:, None]  # (B, 1, q, k)

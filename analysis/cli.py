@@ -43,7 +43,7 @@ import torch
 
 from transformer_lens import HookedTransformer
 
-from analysis import io, models, prompts, scan
+from analysis import controls, io, models, prompts, scan
 from analysis.errors import UsageError
 from analysis.io import REPO_ROOT
 from analysis.token_maps import INPUT_VIEWS
@@ -278,9 +278,9 @@ def _text_lines(path: Path, flag: str) -> list[str]:
     return lines
 
 
-def parser(description: str | None, *, target_head: bool = False, staged: bool = True,
+def parser(description: str | None, *, target_head: bool = False, staged: bool = True, weights: bool = True,
            out_default: Path = REPO_ROOT, out_help: str | None = None) -> Parser:
-    """A `Parser` with the shared flags; `target_head` adds --layer/--head.
+    """A `Parser` with the shared flags; `target_head` adds --layer/--head, `weights` --processing.
 
     `staged=False` is for scripts whose --out is not an output root of results and figures (the
     organism's training writes a checkpoint folder, as one unit of its own).
@@ -295,6 +295,11 @@ def parser(description: str | None, *, target_head: bool = False, staged: bool =
     p.add_argument("--out", type=Path, default=out_default,
                    help=out_help or "output root: results go to OUT/results/<model>/, figures to OUT/figures/<model>/ "
                                     "(default: the repository root)")
+    if weights:
+        p.add_argument("--processing", choices=list(models.PROCESSING), default="default",
+                       help="weight processing at load time: 'default' (TransformerLens's from_pretrained: fold_ln, "
+                            "center_writing_weights, center_unembed, fold_value_biases) or 'none' (the raw weights, "
+                            "as studies of raw Hugging Face weights used); recorded in the results (default: default)")
     if target_head:
         p.add_argument("--layer", type=int, default=None, help="target head's layer (default: best head of the survey)")
         p.add_argument("--head", type=int, default=None, help="target head's index (default: best head of the survey)")
@@ -315,6 +320,27 @@ def add_categories_argument(p: argparse.ArgumentParser, default: str = "study") 
                    help="category words of the semantic prompts: 'study' (the study's 8 categories, 41 words, "
                         "the set every comparison with its reported values uses) or 'all' (those plus the "
                         f"group-map words, 10 categories) (default: {default})")
+
+
+def add_controls_argument(p: argparse.ArgumentParser) -> None:
+    """--controls: which control heads a run-based mechanism statistic is computed for (`control_heads`)."""
+    p.add_argument("--controls", choices=("default", "all"), default="default",
+                   help="control heads: 'default' (every other head of the target's layer plus the scan's top "
+                        "previous-token, induction, duplicate-token and semantic heads) or 'all' (every head)")
+
+
+def control_heads(model: HookedTransformer, target: tuple[int, int], which: str = "default",
+                  seed: int = 0) -> list[tuple[int, int]]:
+    """The control heads for `--controls`: `controls.all_heads` without the target, or
+    `controls.default_controls` with the scan's top head of each kind (`scan.scan_heads`)."""
+    if which == "all":
+        return controls.all_heads(model.cfg.n_layers, model.cfg.n_heads, exclude=[target])
+    found = scan.scan_heads(model, seed=seed)
+    longest = max(found.induction)
+    kinds = [(found.previous_token, True), (found.induction[longest], True), (found.duplicate[longest], True),
+             (found.semantic["surprisal"].nanmean(0), False)]
+    top = [scan.top_heads(score, 1, largest=largest)[0][:2] for score, largest in kinds]
+    return controls.default_controls(target, model.cfg.n_heads, top)
 
 
 def seed_everything(seed: int) -> None:
@@ -360,14 +386,14 @@ def check_head(model, layer: int, head: int) -> None:
         )
 
 
-def parse_heads(model, specs: Sequence[str]) -> list[tuple[int, int]]:
+def parse_heads(model, specs: Sequence[str], flag: str = "--heads") -> list[tuple[int, int]]:
     """(layer, head) of each "LAYER.HEAD" spec of a --heads flag, each checked against the model."""
     heads = []
     for spec in specs:
         try:
             layer, head = (int(x) for x in spec.split("."))
         except ValueError:
-            raise UsageError(f"--heads takes LAYER.HEAD pairs such as 1.1; got {spec!r}.") from None
+            raise UsageError(f"{flag} takes LAYER.HEAD pairs such as 1.1; got {spec!r}.") from None
         check_head(model, layer, head)
         heads.append((layer, head))
     return heads
@@ -386,7 +412,7 @@ def target_head(model: HookedTransformer, layer: int | None, head: int | None, s
 def load_target(args: argparse.Namespace) -> tuple[HookedTransformer, int, int]:
     """(model, layer, head) for a script about one head's token-level behaviour: --model on --device (it
     must have a tokenizer), and --layer/--head or, without them, the survey's best semantic head."""
-    model = models.load_model(args.model, args.device)
+    model = models.load_model(args.model, args.device, args.processing)
     prompts.require_tokenizer(model)
     layer, head = target_head(model, args.layer, args.head, args.seed)
     return model, layer, head

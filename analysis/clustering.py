@@ -11,6 +11,13 @@ RB-configuration quality with a resolution parameter (larger: more, smaller comm
 Agreement with known categories: adjusted Rand index and normalised mutual information
 (scikit-learn), over the tokens that have a category. The interactive view of a graph is
 `analysis.plotting.graph_html`.
+
+The study's graph (its code, `Mamiglia/deep-dive-L1H5`, `clustering.py`), beside ours
+(`study_edges`): rows are *keys*, a[i, j] = x_i W_K W_Q^T x_j^T (no scale, no biases); each row is
+shifted by the constant min_i / (max_i - min_i) (the study's min-max, as its operator precedence
+makes it); a row keeps the entries at or above its 1 - k/N quantile (the top k), and of those only
+the positive ones; self-loops stay; edges run key -> query, weighted by the shifted score; Leiden
+maximises modularity with `max_comm_size` 512 (`STUDY_MAX_COMM_SIZE`; we seed it, the study did not).
 """
 
 from __future__ import annotations
@@ -22,9 +29,10 @@ import torch
 from torch import Tensor
 from transformer_lens import FactoredMatrix
 
-from analysis.qk_decomposition import score_blocks
+from analysis.qk_decomposition import qk_matrix, score_blocks
 
 METHODS = ("modularity", "rbconfiguration")
+STUDY_MAX_COMM_SIZE = 512
 
 
 @torch.no_grad()
@@ -48,6 +56,30 @@ def top_k_edges(x: Tensor, W: FactoredMatrix, scale: float, k: int = 4, keep_sel
     return torch.cat(sources), torch.cat(targets), torch.cat(scores)
 
 
+@torch.no_grad()
+def study_edges(x: Tensor, W_Q: Tensor, W_K: Tensor, k: int = 4, chunk_size: int = 1024
+                ) -> tuple[Tensor, Tensor, Tensor]:
+    """(`source: [e]`, `target: [e]`, `weight: [e]`): the study's graph over the rows of `x: [n, d]`.
+
+    a[i, j] = x_i W_K W_Q^T x_j^T (key i, query j; unscaled, no biases); a'[i] = a[i] - min_i / (max_i - min_i)
+    (the study's shift); edge i -> j where a'[i, j] >= quantile(a'[i], 1 - k/n) and a'[i, j] > 0, self-loops
+    included; weight a'[i, j].
+    """
+    if not 0 < k <= len(x):
+        raise ValueError(f"k must be between 1 and {len(x)} for {len(x)} tokens, got {k}")
+    W_keys = FactoredMatrix(W_K, W_Q.T)  # rows are keys: x_i W_K (x_j W_Q)^T
+    sources, targets, weights = [], [], []
+    for start, block in score_blocks(x, W_keys, x, 1.0, chunk_size):  # block: (C, n), row = key
+        low, high = block.min(-1, keepdim=True).values, block.max(-1, keepdim=True).values
+        shifted = block - low / (high - low)
+        cut = torch.quantile(shifted, 1 - k / len(x), dim=-1, keepdim=True)
+        row, col = torch.nonzero((shifted >= cut) & (shifted > 0), as_tuple=True)
+        sources.append(row + start)
+        targets.append(col)
+        weights.append(shifted[row, col])
+    return torch.cat(sources), torch.cat(targets), torch.cat(weights)
+
+
 def minmax(values: Tensor) -> Tensor:
     """(v - min v) / (max v - min v), in [0, 1]; all ones when every value is the same."""
     span = values.max() - values.min()
@@ -63,18 +95,40 @@ def score_graph(n: int, source: Tensor, target: Tensor, weight: Tensor):
     return graph
 
 
-def leiden(graph, method: str = "modularity", resolution: float = 1.0, seed: int = 0) -> np.ndarray:
-    """`membership: [n]`, community of each vertex, from Leiden on the weighted graph (seeded)."""
+def leiden(graph, method: str = "modularity", resolution: float = 1.0, seed: int = 0,
+           max_comm_size: int = 0) -> np.ndarray:
+    """`membership: [n]`, community of each vertex, from Leiden on the weighted graph (seeded);
+    `max_comm_size` caps a community's size (0: no cap; the study's graph uses 512)."""
     import leidenalg
 
     if method == "modularity":
-        partition = leidenalg.find_partition(graph, leidenalg.ModularityVertexPartition, weights="weight", seed=seed)
+        partition = leidenalg.find_partition(graph, leidenalg.ModularityVertexPartition, weights="weight", seed=seed,
+                                             max_comm_size=max_comm_size)
     elif method == "rbconfiguration":
         partition = leidenalg.find_partition(graph, leidenalg.RBConfigurationVertexPartition, weights="weight",
-                                             resolution_parameter=resolution, seed=seed)
+                                             resolution_parameter=resolution, seed=seed, max_comm_size=max_comm_size)
     else:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     return np.asarray(partition.membership)
+
+
+def ours_partition(x: Tensor, W_Q: Tensor, W_K: Tensor, scale: float, k: int = 4, keep_self: bool = False,
+                   method: str = "modularity", resolution: float = 1.0, seed: int = 0) -> dict:
+    """Our graph over the rows of `x: [n, d]` (`top_k_edges`, query rows, min-max weights) and its Leiden
+    partition: {"source", "target": [e], "graph", "membership": [n]}."""
+    source, target, score = top_k_edges(x, qk_matrix(W_Q, W_K), scale, k, keep_self)
+    graph = score_graph(len(x), source, target, minmax(score))
+    return {"source": source, "target": target, "graph": graph,
+            "membership": leiden(graph, method, resolution, seed)}
+
+
+def study_partition(x: Tensor, W_Q: Tensor, W_K: Tensor, k: int = 4, seed: int = 0) -> dict:
+    """The study's graph over the rows of `x` (`study_edges`) and its Leiden partition (modularity,
+    `max_comm_size` STUDY_MAX_COMM_SIZE, seeded): {"source", "target", "graph", "membership"}."""
+    source, target, weight = study_edges(x, W_Q, W_K, k)
+    graph = score_graph(len(x), source, target, weight)
+    return {"source": source, "target": target, "graph": graph,
+            "membership": leiden(graph, "modularity", seed=seed, max_comm_size=STUDY_MAX_COMM_SIZE)}
 
 
 def modularity(graph, membership: np.ndarray) -> float:

@@ -71,6 +71,17 @@ def check_unknown_share(counts: np.ndarray, tokenizer, limit: float, source: str
         )
 
 
+def uniform_counts(d_vocab: int, n_tokens: int, special_ids: Iterable[int]) -> np.ndarray:
+    """`counts: [d_vocab]`: 1 for each of the tokenizer's first `n_tokens` ids, 0 for special tokens and the rest.
+
+    The table of a model without a corpus: every ordinary token equally frequent.
+    """
+    counts = np.zeros(d_vocab, dtype=np.int64)
+    counts[: min(n_tokens, d_vocab)] = 1
+    counts[[i for i in special_ids if 0 <= i < d_vocab]] = 0
+    return counts
+
+
 def count_tokens(tokenizer, lines: Iterable[str], d_vocab: int, batch_lines: int = 1024,
                  progress: bool = False) -> np.ndarray:
     """`counts: [d_vocab]`, how often each token occurs in `lines` (tokenised in batches of lines)."""

@@ -42,23 +42,18 @@ import numpy as np
 import torch
 
 from analysis.errors import UsageError
+from analysis.ids import model_id
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _PACKAGES = ("torch", "transformer-lens", "sae-lens", "transformers", "numpy", "scikit-learn", "leidenalg")
 
 
-def model_slug(model_name: str) -> str:
-    """A directory-safe name for a model: its own name, or a local directory's base name."""
-    name = Path(model_name).name if os.sep in model_name else model_name
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "model"
-
-
 def results_path(out: Path | str, model_name: str, name: str) -> Path:
-    return Path(out) / "results" / model_slug(model_name) / f"{name}.json"
+    return Path(out) / "results" / model_id(model_name) / f"{name}.json"
 
 
 def figures_dir(out: Path | str, model_name: str) -> Path:
-    return Path(out) / "figures" / model_slug(model_name)
+    return Path(out) / "figures" / model_id(model_name)
 
 
 def package_versions() -> dict[str, str]:
@@ -245,7 +240,8 @@ def save_results(
     In a run, the file is written last of the run's files, and its provenance lists every other
     file of the run with its SHA-256 (`provenance.outputs`), so results and figures can be matched.
     """
-    payload = {"provenance": provenance(model_info, arguments, seed), "results": results}
+    payload = {"provenance": {"model_id": model_id(model_name), **provenance(model_info, arguments, seed)},
+               "results": results}
     path = results_path(out, model_name, name)
     if _RUN is not None:
         _RUN.stage_results(path, payload)

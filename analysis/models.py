@@ -18,10 +18,14 @@ the results files record.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import importlib.util
 import json
 import os
+import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +59,8 @@ class WeightProcessing:
 
 
 DEFAULT_PROCESSING = WeightProcessing()
+# The choices of --processing: TransformerLens's from_pretrained processing, or the raw weights.
+PROCESSING = {"default": DEFAULT_PROCESSING, "none": WeightProcessing.none()}
 
 
 def _info(model: HookedTransformer, name: str, source: str, processing: WeightProcessing) -> HookedTransformer:
@@ -73,10 +79,17 @@ def _info(model: HookedTransformer, name: str, source: str, processing: WeightPr
 
 
 def load_model(
-    name: str, device: str | torch.device | None = None, processing: WeightProcessing = DEFAULT_PROCESSING
+    name: str, device: str | torch.device | None = None, processing: WeightProcessing | str = DEFAULT_PROCESSING
 ) -> HookedTransformer:
-    """A `HookedTransformer` in eval mode for `name` (see the module docstring)."""
+    """A `HookedTransformer` in eval mode for `name` (see the module docstring).
+
+    `processing` is a `WeightProcessing` or a key of `PROCESSING` (--processing). gpt2-random's
+    weights are random and stay raw; a directory saved already processed keeps its processing. The
+    processing actually applied is what `analysis_info["weight_processing"]` records.
+    """
     device = str(device or "cpu")
+    if isinstance(processing, str):
+        processing = PROCESSING[processing]
     if name == "organism":
         if not (ORGANISM_DIR / WEIGHTS_FILE).exists():
             raise ModelNotAvailableError(
@@ -130,17 +143,61 @@ def _official_name(name: str) -> str:
         ) from None
 
 
+HUB_PROBE_SECONDS = 3.0  # one connection attempt to the hub before a load; without an answer the load is offline
+
+
+def hub_reachable(timeout: float = HUB_PROBE_SECONDS) -> bool:
+    """Whether one TCP connection to the Hugging Face endpoint (HF_ENDPOINT) opens within `timeout` seconds.
+
+    False at once in offline mode (HF_HUB_OFFLINE). One attempt, no retries: the answer decides
+    whether a load may use the network at all.
+    """
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if constants.is_offline_mode():
+        return False
+    url = urlsplit(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout):
+            return True
+    except OSError:  # no route, refused, DNS failure, timeout
+        return False
+
+
+@contextlib.contextmanager
+def hub_offline() -> Iterator[None]:
+    """Hugging Face's offline mode (HF_HUB_OFFLINE semantics) for the duration: the local cache only, no retries."""
+    from huggingface_hub import constants
+
+    saved, saved_env = constants.HF_HUB_OFFLINE, os.environ.get("HF_HUB_OFFLINE")
+    constants.HF_HUB_OFFLINE, os.environ["HF_HUB_OFFLINE"] = True, "1"
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
+        if saved_env is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = saved_env
+
+
 def _from_pretrained(name: str, device: str, processing: WeightProcessing) -> HookedTransformer:
     official = _official_name(name)
+    online = hub_reachable()  # probe once, so an unreachable hub fails in seconds rather than after retries
     try:
-        model = HookedTransformer.from_pretrained(name, device=device, **dataclasses.asdict(processing))
+        with contextlib.nullcontext() if online else hub_offline():
+            model = HookedTransformer.from_pretrained(name, device=device, **dataclasses.asdict(processing))
     except _unavailable_errors() as err:
         from huggingface_hub.constants import HF_HUB_CACHE
 
         cause = " ".join(str(err).split())[:300]
         raise ModelNotAvailableError(
             f"Could not load the weights of {name!r} (Hugging Face name {official!r}): they are not in "
-            f"the local Hugging Face cache at {HF_HUB_CACHE} and the hub could not be reached "
+            f"the local Hugging Face cache at {HF_HUB_CACHE} and the hub "
+            f"{'could not be reached' if online else 'did not answer a connection attempt (loaded offline)'} "
             f"({type(err).__name__}: {cause}). Run the same command once on a machine with network "
             "access to download them, or set HF_HOME to a directory whose hub cache holds them, or use "
             "--model organism, which ships with this repository."
@@ -301,6 +358,21 @@ def _saved_processing(directory: Path) -> WeightProcessing:
     if not isinstance(record, dict) or not all(isinstance(v, bool) for v in record.values()):
         raise ValueError(f"{path} is not a weight-processing record")
     return WeightProcessing(**record)
+
+
+@functools.lru_cache(maxsize=1)
+def _organism_vocabulary() -> tuple[tuple[str, int], ...]:
+    tokenizer = load_tokenizer(ORGANISM_DIR)
+    return tuple(sorted(tokenizer.get_vocab().items())) if tokenizer is not None else ()
+
+
+def has_organism_vocabulary(tokenizer) -> bool:
+    """Whether `tokenizer` is the organism's: the same tokens with the same ids as the shipped checkpoint's.
+
+    What decides the organism's defaults (its sampled corpus, its trained SAE, the induction
+    patching task) for any model that speaks its synthetic language, whatever the model is called.
+    """
+    return tokenizer is not None and tuple(sorted(tokenizer.get_vocab().items())) == _organism_vocabulary()
 
 
 def load_tokenizer(directory: Path | str):

@@ -66,9 +66,10 @@ def all_patterns_and_scores(model: HookedTransformer, tokens: Tensor, batch_size
     return pattern, attn_scores
 
 
-def head_pattern(model: HookedTransformer, tokens: Tensor, layer: int, head: int,
+def head_pattern(model: HookedTransformer, tokens: Tensor, layer: int, head: int | Sequence[int],
                  fwd_hooks: Sequence[tuple[str, Callable]] = (), batch_size: int = 64, grad: bool = False) -> Tensor:
-    """`pattern: [batch, query, key]` of one head, with `fwd_hooks` active; stops after its layer.
+    """`pattern: [batch, query, key]` of one head (`[batch, head, query, key]` for a list of heads of the
+    layer), with `fwd_hooks` active; stops after its layer.
 
     With `grad` the pattern stays differentiable (in whatever the hooks compute from, e.g. edited
     W_Q, W_K); otherwise it runs without autograd.

@@ -214,14 +214,28 @@ def composition_figure(cfg, comp: Mapping[str, torch.Tensor], baseline: float, i
     return fig
 
 
-def similarity_figure(profile: Mapping, example: Mapping, query: str, unit: str, title: str):
+def similarity_figure(profile: Mapping, example: Mapping, query: str, unit: str, title: str,
+                      study: Mapping | None = None):
     """Left: d = s(q, k) - s(q, q) against cosine over all pairs (`similarity.similarity_profile`: windowed
-    means, CI, where keys beat self, the peak); right: one query's keys (`similarity.example_query`)."""
+    means, CI, where keys beat self, the peak); middle: one query's keys (`similarity.example_query`);
+    right, if given, the study's curve in its units (`similarity.study_curve`: bits, overlapping windows)."""
     use_style()
     import matplotlib.pyplot as plt
 
     centres, windows, start, top = (profile[k] for k in ("centres", "windows", "beats_self_from", "peak"))
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, axes = plt.subplots(1, 3 if study else 2, figsize=(18 if study else 12, 4.5))
+    ax, bx = axes[0], axes[1]
+    if study:
+        cx = axes[2]
+        ok = study["count"] > 0
+        cx.bar(study["x"][ok], study["mean_bits"][ok], width=study["width"] / 2, alpha=0.7, label="mean")
+        cx.errorbar(study["x"][ok], study["mean_bits"][ok], yerr=[study["mean_bits"][ok] - study["low_bits"][ok],
+                    study["high_bits"][ok] - study["mean_bits"][ok]], fmt="none", color="black", linewidth=0.8,
+                    label="mean ± 2.576 sd/√n")
+        cx.axhline(0, color="black", linewidth=0.8)
+        cx.set(xlabel="cos(x_q, x_k)", ylabel="log p(k|q) − log p(k|k) (bits, unscaled, no biases)",
+               title=f"the study's definition ({study['subtract']}-wise, windows of {study['width']:g})")
+        cx.legend(fontsize=8)
     ok = ~np.isnan(windows["mean"])
     ax.fill_between(centres[ok], windows["low"][ok], windows["high"][ok], alpha=0.3, label="99% CI")
     ax.plot(centres[ok], windows["mean"][ok], marker=".", label="windowed mean")
@@ -246,6 +260,31 @@ def similarity_figure(profile: Mapping, example: Mapping, query: str, unit: str,
     return fig
 
 
+def target_vs_controls(report: Mapping, title: str, names: Sequence[str] | None = None):
+    """One panel per statistic of a `controls.compare` report: the control heads' values as a strip,
+    the target marked, the predicted direction in the axis label."""
+    use_style()
+    import matplotlib.pyplot as plt
+
+    names = list(names or report["directions"])
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.6), squeeze=False)
+    rng = np.random.default_rng(0)  # jitter only
+    for ax, name in zip(axes[0], names):
+        values = [row[name] for row in report["controls"] if row.get(name) is not None]
+        ax.scatter(rng.uniform(-0.15, 0.15, len(values)), values, s=14, alpha=0.6, color="tab:gray",
+                   label=f"{len(values)} controls")
+        target = report["target"][name]
+        if target["value"] is not None:
+            ax.scatter([0], [target["value"]], marker="*", s=160, color="tab:red", zorder=3,
+                       label=f"target (rank {target['rank']}/{target['n_ranked']})")
+        ax.set(xticks=[], xlim=(-0.5, 0.5), title=name.replace("_", " "),
+               ylabel=f"{'lower' if report['directions'][name] == 'low' else 'higher'} = as predicted")
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
 def best_head_patterns(drawn: Mapping[str, Mapping], labels: Sequence[Sequence[str]]):
     """One row per kind (`drawn[kind]`: its best head's "layer", "head" and "patterns", one `[query, key]`
     pattern per prompt), one column per prompt (token labels `labels[i]`)."""
@@ -258,5 +297,41 @@ def best_head_patterns(drawn: Mapping[str, Mapping], labels: Sequence[Sequence[s
         title = f"{kind.replace('_', ' ')}: L{best['layer']}H{best['head']}"
         for col, (pattern, tokens) in enumerate(zip(best["patterns"], labels)):
             attention_pattern(axes[row, col], pattern, tokens, title)
+    fig.tight_layout()
+    return fig
+
+
+def target_vs_controls(report: Mapping, names: Sequence[str] | None = None, null: Mapping[str, float] | None = None,
+                       title: str | None = None, columns: int = 4):
+    """One strip per statistic of a `controls.compare` report: every control head's value (grey dots), the
+    target's (red diamond, with its rank), and a null's value where given (dashed line, `null[name]`).
+
+    `names` default to every statistic in `report["directions"]`; each panel says which way the claim points.
+    """
+    use_style()
+    import matplotlib.pyplot as plt
+
+    names = list(report["directions"]) if names is None else list(names)
+    rows = math.ceil(len(names) / columns)
+    fig, axes = plt.subplots(rows, min(columns, len(names)), figsize=(3.2 * min(columns, len(names)), 2.3 * rows),
+                             squeeze=False)
+    rng = np.random.default_rng(0)  # jitter only: the values themselves are exact
+    target = report["target"]
+    for ax, name in zip(axes.flat, names):
+        values = [row[name] for row in report["controls"] if row.get(name) is not None]
+        ax.scatter(values, rng.uniform(-0.25, 0.25, len(values)), s=12, color="0.55", alpha=0.8, label="controls")
+        entry = target[name]
+        if entry["value"] is not None:
+            ax.scatter([entry["value"]], [0], marker="D", s=50, color="C3", zorder=3,
+                       label=f"L{target['layer']}H{target['head']} (rank {entry['rank']}/{entry['n_ranked']})")
+        if null is not None and null.get(name) is not None:
+            ax.axvline(null[name], color="k", ls="--", lw=0.8, label="null")
+        ax.set(ylim=(-1, 1), yticks=[], title=f"{name}\n({report['directions'][name]} = self-suppressing)")
+        ax.title.set_fontsize(8)
+        ax.legend(fontsize=6, loc="upper right")
+    for ax in list(axes.flat)[len(names):]:
+        ax.set_visible(False)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     return fig

@@ -31,14 +31,15 @@ runs the model with a head's scores computed from any such factorisation.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 from transformer_lens import FactoredMatrix, HookedTransformer
 
-from analysis.attention import attention_score_matrix, attention_scores, head_scale, self_attention_scores
+from analysis.attention import attention_score_matrix, attention_scores, head_scale, head_weights, self_attention_scores
 from analysis.patterns import head_pattern
 from analysis.scores import semantic_scores
 
@@ -107,14 +108,26 @@ def symmetric_spectrum(W_Q: Tensor, W_K: Tensor) -> Spectrum:
     return Spectrum(values.to(W_Q.dtype), (Q @ P).to(W_Q.dtype))
 
 
-def spectrum_summary(values: Tensor, rel_tol: float = 1e-6) -> dict[str, float | int]:
-    """Counts and total magnitudes of the eigenvalues of each sign; |λ| <= rel_tol * max|λ| counts as 0.
+# Eigenvalues with |λ| <= ZERO_RTOL * max|λ| are numerical zeros: a rank-deficient [W_Q, W_K] gives
+# eigenvalues of about 1e-16 (either sign) that are not negative directions of W_sym. Every count of
+# signs goes through `eigenvalue_signs`, so all scripts agree on how many negative eigenvalues a head has.
+ZERO_RTOL = 1e-6
+
+
+def eigenvalue_signs(values: Tensor, rel_tol: float = ZERO_RTOL) -> Tensor:
+    """`[n]` of -1, 0, +1: sign(λ_i), with 0 where |λ_i| <= rel_tol * max_j |λ_j| (a numerical zero)."""
+    tol = rel_tol * values.abs().max()
+    return torch.where(values > tol, 1, torch.where(values < -tol, -1, 0))
+
+
+def spectrum_summary(values: Tensor, rel_tol: float = ZERO_RTOL) -> dict[str, float | int]:
+    """Counts and total magnitudes of the eigenvalues of each sign (`eigenvalue_signs`: numerical zeros apart).
 
     `negative_share` = sum |λ_neg| / sum |λ|; the trace sum λ = trace(W) is the mean self-score of
     an isotropic input (E[x^T W x] = trace(W) for E[x x^T] = I).
     """
-    tol = rel_tol * values.abs().max()
-    negative, positive = values[values < -tol], values[values > tol]
+    signs = eigenvalue_signs(values, rel_tol)
+    negative, positive = values[signs < 0], values[signs > 0]
     total = values.abs().sum()
     return {"n_negative": len(negative), "n_positive": len(positive),
             "n_zero": len(values) - len(negative) - len(positive),
@@ -227,13 +240,73 @@ def bias_key_term(x: Tensor, W_Q: Tensor, W_K: Tensor, b_Q: Tensor, scale: float
     return {"key_term_std": float(key_term.std()), "score_std_over_keys": float(scores.std(-1).mean())}
 
 
+@torch.no_grad()
+def self_ranks_grid(x: Tensor, W_Q: Tensor, W_K: Tensor, spectrum: Spectrum, ks: Sequence[int],
+                    scales: Sequence[float], chunk_size: int = 128, progress: bool = False
+                    ) -> dict[tuple[int, float], Tensor]:
+    """`{(k, scale): ranks [n]}`: `self_ranks` of `x: [n, d]` under every edit W_{k,s} of the grid.
+
+    W_{k,s} = W + V_k diag((s - 1) λ_k) V_k^T (`edited_factors` of the k most negative components)
+    scores a query q and key j as x_q W x_j^T + (s - 1) D_k[q, j], D_k = (x V_k diag(λ_k))(x V_k)^T.
+    Per chunk of queries the base block is computed once and D_k grows with k by the components
+    between consecutive ks, so the whole grid costs one product of inner size d_head + max(ks) plus,
+    per cell, one add and one compare over the block (instead of one product of inner size d_head + k
+    per cell). Small chunks keep those blocks in cache. Ties are not ranks: keys strictly above self.
+    """
+    ks = sorted(set(ks))
+    order = most_negative(spectrum.values, ks[-1])  # (K,) most negative first
+    if len(order) < ks[-1]:
+        raise ValueError(f"k = {ks[-1]} asks for more negative eigenvalues than the {len(order)} there are")
+    left, right = x @ W_Q, x @ W_K  # (n, d_head): the unedited head
+    proj = x @ spectrum.vectors[:, order]  # (n, K): coordinates along the edited eigenvectors
+    left_delta = proj * spectrum.values[order]  # (n, K)
+    n = len(x)
+    ranks = {(k, float(s)): torch.empty(n, dtype=torch.long) for k in ks for s in scales}
+    for start in tqdm(range(0, n, chunk_size), desc="self-ranks", disable=not progress, leave=False):
+        q = slice(start, start + chunk_size)
+        rows = torch.arange(len(left[q]))
+        base = left[q] @ right.T  # (C, n)
+        delta, done = torch.zeros_like(base), 0
+        block = torch.empty_like(base)
+        unedited = None  # scale 1 leaves every k's head as it is: counted once per chunk
+        for k in ks:
+            delta.addmm_(left_delta[q, done:k], proj[:, done:k].T)  # D_k = D_{k_prev} + the new components
+            done = k
+            for s in scales:
+                if s == 1 and unedited is not None:
+                    ranks[k, float(s)][q] = unedited
+                    continue
+                torch.add(base, delta, alpha=s - 1, out=block)  # scores of the edited head, (C, n)
+                self_score = block[rows, rows + start].clone()  # (C,): query start + c against key start + c
+                above = torch.gt(block, self_score[:, None], out=block).sum(-1)  # 0/1 as floats: sums fast
+                ranks[k, float(s)][q] = 1 + above.long()
+                if s == 1:
+                    unedited = ranks[k, float(s)][q]
+    return ranks
+
+
 # --- eigenvalue edits ------------------------------------------------------------------------
 
 
-def most_negative(values: Tensor, k: int | None = None) -> Tensor:
-    """Indices of the k most negative eigenvalues (all negative ones when k is None), most negative first."""
+def most_negative(values: Tensor, k: int | None = None, rel_tol: float = ZERO_RTOL) -> Tensor:
+    """Indices of the k most negative eigenvalues (all negative ones when k is None), most negative first.
+
+    Negative means `eigenvalue_signs(values) < 0`: numerical zeros below 0 are not counted.
+    """
     order = values.argsort()
-    negative = order[values[order] < 0]
+    negative = order[eigenvalue_signs(values, rel_tol)[order] < 0]
+    return negative if k is None else negative[:k]
+
+
+def self_suppressing_components(x: Tensor, spectrum: Spectrum, k: int | None = None) -> Tensor:
+    """Indices of the k negative components that carry most of the inputs' negative self-score, largest first.
+
+    Component i with λ_i < 0 contributes c_i = sum_n λ_i (v_i . x_n)^2 over `x: [n, d]` (e.g. the
+    category tokens' inputs); rank by c_i, most negative first. All negative ones when k is None.
+    """
+    contribution = spectrum.values * ((x.to(spectrum.vectors) @ spectrum.vectors) ** 2).sum(0)  # (2 d_head,)
+    order = contribution.argsort()
+    negative = order[spectrum.values[order] < 0]
     return negative if k is None else negative[:k]
 
 
@@ -287,8 +360,78 @@ def qk_override_hooks(model: HookedTransformer, layer: int, head: int, W_Q: Tens
     return [(f"blocks.{layer}.hook_resid_pre", keep_input), (f"blocks.{layer}.attn.hook_attn_scores", replace_scores)]
 
 
+def layer_in_context_scores(model: HookedTransformer, tokens: Tensor, mask: Tensor, layer: int, heads: Sequence[int],
+                            fwd_hooks: Sequence[tuple[str, object]] = (), batch_size: int = 64
+                            ) -> dict[int, dict[str, float]]:
+    """`in_context_scores` of several heads of one layer from one run: head -> its part-1 metrics.
+
+    Edits of heads of this layer (any number of `qk_override_hooks` lists) cannot change each
+    other's patterns, which read only the layer's input: one pass measures them all.
+    """
+    pattern = head_pattern(model, tokens, layer, list(heads), list(fwd_hooks), batch_size)  # (B, n_heads, q, k)
+    scores = semantic_scores(pattern, tokens, mask)  # each (B, n_heads)
+    return {h: {key: float(value[:, i].nanmean()) for key, value in scores.items()} for i, h in enumerate(heads)}
+
+
+def edited_heads_in_context(model: HookedTransformer, tokens: Tensor, mask: Tensor,
+                            edits: Mapping[tuple[int, int], tuple[Tensor, Tensor]], batch_size: int = 64
+                            ) -> dict[tuple[int, int], dict[str, float]]:
+    """(layer, head) -> part-1 metrics of that head run with its edited factors `edits[(layer, head)] = (W_Q, W_K)`.
+
+    One pass per layer: every edited head of the layer gets its edit at once (biases kept) and only
+    that layer's patterns are read, so no edit can reach another measured pattern.
+    """
+    results = {}
+    for layer in sorted({l for l, _ in edits}):
+        heads = [h for l, h in edits if l == layer]
+        hooks = []
+        for h in heads:
+            _, _, b_Q, b_K = head_weights(model, layer, h, include_bias=True)
+            hooks += qk_override_hooks(model, layer, h, *edits[(layer, h)], b_Q, b_K)
+        for h, row in layer_in_context_scores(model, tokens, mask, layer, heads, hooks, batch_size).items():
+            results[(layer, h)] = row
+    return results
+
+
+def edit_effect(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float | None]:
+    """Changes of an edit: Δm = after[m] - before[m] for self, partner, BOS-when-no-partner mass and S, and
+    self_per_partner_lost = Δself / (-Δpartner), the self mass restored per unit of partner mass lost
+    (None when no partner mass is lost)."""
+    delta = {f"{m}_change": after[m] - before[m]
+             for m in ("self_mass", "partner_mass", "bos_mass_no_partner", "surprisal")}
+    lost = -delta["partner_mass_change"]
+    return {**delta, "self_per_partner_lost": delta["self_mass_change"] / lost if lost > 0 else None}
+
+
 def in_context_scores(model: HookedTransformer, tokens: Tensor, mask: Tensor, layer: int, head: int,
                       fwd_hooks: Sequence[tuple[str, object]] = (), batch_size: int = 64) -> dict[str, float]:
     """The part-1 metrics (S, partner, self and BOS mass, argmax accuracy) of one head, mean over prompts."""
     pattern = head_pattern(model, tokens, layer, head, list(fwd_hooks), batch_size)[:, None]  # (B, 1, q, k)
     return {key: float(value.nanmean()) for key, value in semantic_scores(pattern, tokens, mask).items()}
+
+
+@torch.no_grad()
+def in_context_grid(model: HookedTransformer, tokens: Tensor, mask: Tensor, layer: int, head: int,
+                    factors: Mapping[Hashable, tuple[Tensor, Tensor]], b_Q: Tensor | None = None,
+                    b_K: Tensor | None = None, batch_size: int = 64) -> dict[Hashable, dict[str, float]]:
+    """`{key: metrics}`: `in_context_scores` of the head for each edit `factors[key] = (W_Q', W_K')`.
+
+    An edit of the head's QK changes nothing upstream of its pattern, so the model runs once up to
+    the layer, x = LN1(resid_pre) is kept, and each edit's pattern is softmax over the causal keys of
+    `attention_scores(x, x, W_Q', W_K', scale, b_Q, b_K)`: what `qk_override_hooks` makes the model compute.
+    """
+    name = f"blocks.{layer}.hook_resid_pre"
+    block, scale = model.blocks[layer], head_scale(model.cfg, layer)
+    patterns: dict[Hashable, list[Tensor]] = {key: [] for key in factors}
+    for start in range(0, tokens.shape[0], batch_size):
+        _, cache = model.run_with_cache(tokens[start:start + batch_size].to(model.cfg.device), names_filter=name,
+                                        stop_at_layer=layer + 1)  # hooks after the resid_pre are unused
+        x = block.ln1(cache[name])  # (B, T, d_model)
+        causal = torch.ones(x.shape[1], x.shape[1], dtype=torch.bool, device=x.device).tril()
+        for key, (W_Q, W_K) in factors.items():
+            biases = [None if b is None else pad_bias(b, W.shape[-1]).to(x) for b, W in ((b_Q, W_Q), (b_K, W_K))]
+            scores = attention_scores(x, x, W_Q.to(x), W_K.to(x), scale, *biases).float()  # (B, T, T)
+            patterns[key].append(scores.masked_fill(~causal, -torch.inf).softmax(-1).cpu())
+    return {key: {metric: float(value.nanmean()) for metric, value in
+                  semantic_scores(torch.cat(chunks)[:, None], tokens, mask).items()}
+            for key, chunks in patterns.items()}

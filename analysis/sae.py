@@ -1,18 +1,25 @@
 """Sparse-autoencoder features feeding a head (SAELens), and the head's QK circuit between features.
 
-Which SAE. A head in layer L reads the residual stream `blocks.{L-1}.hook_resid_post`:
+Which SAE. A head in layer L reads the residual stream `blocks.{L-1}.hook_resid_post`. The SAE
+is chosen by what it is and what the model is, never by the model's name (`SAESource`):
 
-* GPT-2 small: SAELens's release `gpt2-small-resid-post-v5-32k`, SAE id = that hook name
-  (downloaded from the Hugging Face hub, or its local cache);
-* the model organism: a small TopK SAE trained here with SAELens's `SAETrainer` on that hook's
-  activations over the organism's own language (seeded; under a minute on one CPU core). The
-  one for `blocks.0.hook_resid_post` ships in `analysis/organism/sae/`; others are trained once
-  and cached under `.cache/sae/`.
+* a directory saved by SAELens (`save_inference_model`/`save_model`: cfg.json + weights), or
+* a SAELens release and SAE id, e.g. `gpt2-small-resid-post-v5-32k` (GPT-2 small, SAE id = the
+  hook name), downloaded from the Hugging Face hub or read from its local cache;
+* by default, the model organism's own SAE when it fits the model (`organism_sae_fits`: trained on
+  a model of this config name and width): a small TopK SAE trained here with SAELens's
+  `SAETrainer` on the hook's activations over the organism's language (seeded; under a minute on
+  one CPU core). The one for `blocks.0.hook_resid_post` ships in `analysis/organism/sae/`; others
+  are trained once and cached in the user's cache directory. Otherwise the GPT-2 release above.
+
+Whatever the source, an SAE whose `d_in` differs from the model's `d_model` is refused (`check_width`).
 
 Feature-level QK. Each feature's decoder direction d_f goes through the head's LayerNorm as if
 it were the residual stream, x_f = LN1(d_f), and then through the head's bilinear form:
 s(f, g) = x_f W x_g^T / sqrt(d_head), W = W_Q W_K^T (no biases). Features get the category of
 the tokens they fire on, from their mean activation on each category's words in category prompts.
+At GPT-2's size (32768 features, 50257 tokens) nothing of size d_sae x d_vocab is formed: mean
+activations are kept only for the tokens that occur in the prompts.
 """
 
 from __future__ import annotations
@@ -46,18 +53,96 @@ def hook_for_layer(layer: int) -> str:
     return f"blocks.{layer - 1}.hook_resid_post"
 
 
-def load_pretrained(release: str, sae_id: str, device: str = "cpu"):
-    """A SAELens SAE from the hub (or its local cache); a clear error when it cannot be had."""
+@dataclass(frozen=True)
+class SAESource:
+    """Where an SAE comes from: `kind` "path" (a SAELens-saved directory), "pretrained" (a SAELens release
+    and SAE id) or "organism" (the model organism's SAE for the hook: shipped, cached or trained now)."""
+
+    kind: str
+    release: str | None = None
+    sae_id: str | None = None
+    path: str | None = None
+
+    def describe(self) -> str:
+        return {"path": f"the SAE in {self.path}", "organism": "the organism's SAE",
+                "pretrained": f"the SAE {self.sae_id!r} of the SAELens release {self.release!r}"}[self.kind]
+
+
+def organism_sae_fits(model: HookedTransformer) -> bool:
+    """Whether the organism's shipped SAE was trained on a model like this one: the config name it
+    records is this model's `cfg.model_name` and its width is this model's `d_model`."""
+    config = ORGANISM_SAE_DIR / "blocks.0.hook_resid_post" / "cfg.json"
+    if not config.exists():
+        return False
+    cfg = json.loads(config.read_text())
+    return cfg.get("d_in") == model.cfg.d_model and cfg.get("metadata", {}).get("model_name") == model.cfg.model_name
+
+
+def choose_source(model: HookedTransformer, hook_name: str, release: str | None = None, sae_id: str | None = None,
+                  path: str | Path | None = None) -> SAESource:
+    """The SAE asked for (`path`, or `release` with `sae_id` defaulting to the hook), else the default:
+    the organism's SAE when it fits the model (`organism_sae_fits`), else SAELens's GPT-2 release."""
+    if path is not None and (release is not None or sae_id is not None):
+        raise UsageError("Give either a local SAE directory (--sae-path) or a SAELens release and id "
+                         "(--sae-release/--sae-id), not both.")
+    if path is not None:
+        if not (Path(path) / "cfg.json").exists():
+            raise UsageError(f"{path} holds no cfg.json, so it is not an SAE directory saved by SAELens "
+                             "(SAE.save_inference_model or save_model writes cfg.json and the weights).")
+        return SAESource("path", path=str(path))
+    if release is None and sae_id is None and organism_sae_fits(model):
+        return SAESource("organism", sae_id=hook_name)
+    return SAESource("pretrained", release=release or GPT2_RELEASE, sae_id=sae_id or hook_name)
+
+
+def load_sae(model: HookedTransformer, source: SAESource, device: str = "cpu", retrain: bool = False):
+    """The SAE of `source`, checked against the model's width (`check_width`)."""
     from sae_lens import SAE
 
+    if retrain and source.kind != "organism":
+        raise UsageError("--retrain-sae trains the organism's SAE on its own language; it does not apply to "
+                         f"{source.describe()}.")
+    if source.kind == "path":
+        sae = SAE.load_from_disk(source.path, device=device)
+    elif source.kind == "organism":
+        sae = organism_sae(model, source.sae_id, retrain=retrain)
+    else:
+        sae = load_pretrained(source.release, source.sae_id, device)
+    check_width(sae, model, source.describe())
+    return sae
+
+
+def check_width(sae, model: HookedTransformer, what: str = "the SAE") -> None:
+    """A clear error when the SAE's input width `d_in` is not the model's residual width `d_model`."""
+    if sae.cfg.d_in != model.cfg.d_model:
+        raise UsageError(
+            f"{what[0].upper() + what[1:]} reads {sae.cfg.d_in}-dimensional activations (d_in = {sae.cfg.d_in}), "
+            f"but this model's residual stream has d_model = {model.cfg.d_model}: an SAE only fits the model it "
+            "was trained on. Pass an SAE of this model with --sae-path DIR or --sae-release/--sae-id.")
+
+
+def load_pretrained(release: str, sae_id: str, device: str = "cpu"):
+    """A SAELens SAE from the hub (or its local cache); a clear error when it cannot be had."""
+    from huggingface_hub.errors import EntryNotFoundError
+    from sae_lens import SAE
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    directory = get_pretrained_saes_directory()
+    if release not in directory and "/" not in release:  # "/" : a hub repository id, passed on as such
+        raise UsageError(f"{release!r} is not a SAELens release (see sae_lens's pretrained_saes.yaml; GPT-2 "
+                         f"small's residual-stream SAEs are {GPT2_RELEASE!r}), nor a Hugging Face repository id.")
+    if release in directory and sae_id not in directory[release].saes_map:
+        valid = list(directory[release].saes_map)
+        raise UsageError(f"The SAELens release {release!r} has no SAE {sae_id!r}; its ids are "
+                         f"{', '.join(valid[:6])}{', ...' if len(valid) > 6 else ''}. Pass one with --sae-id.")
     try:
         return SAE.from_pretrained(release, sae_id, device=device)
-    except Exception as err:  # hub and lookup errors come in many types; all mean "not available here"
+    except (OSError, EntryNotFoundError) as err:  # hub, network and cache errors: "not available here"
         cause = " ".join(str(err).split())[:300]
         raise ModelNotAvailableError(
             f"Could not load the SAE {sae_id!r} of the SAELens release {release!r} ({type(err).__name__}: {cause}). "
             "It is downloaded from the Hugging Face hub on first use: run once with network access, or set "
-            "HF_HOME to a cache that holds it, or use --model organism (its SAE ships with the repository)."
+            "HF_HOME to a cache that holds it, or pass a saved SAE of this model with --sae-path."
         ) from None
 
 
@@ -119,9 +204,7 @@ def organism_sae(model: HookedTransformer, hook_name: str, retrain: bool = False
     if retrain or not (directory / "cfg.json").exists():
         save_sae(train_sae(model, hook_name, settings), directory, settings)
     sae = SAE.load_from_disk(directory)
-    if sae.cfg.d_in != model.cfg.d_model:
-        raise UsageError(f"The SAE in {directory} reads {sae.cfg.d_in}-dimensional activations, but the model's "
-                         f"residual stream has {model.cfg.d_model}. Retrain it with --retrain-sae.")
+    check_width(sae, model, f"the SAE in {directory}")
     return sae
 
 
@@ -145,27 +228,30 @@ def variance_explained(sae, x: Tensor) -> float:
 
 @torch.no_grad()
 def category_activations(model: HookedTransformer, sae, tokens: Tensor, category_of: Tensor, n_categories: int,
-                         hook_name: str, batch_size: int = 16) -> tuple[Tensor, Tensor]:
-    """(`mean_by_category: [d_sae, n_categories]`, `mean_by_token: [d_sae, d_vocab]`) feature activations.
+                         hook_name: str, batch_size: int = 16) -> tuple[Tensor, Tensor, Tensor]:
+    """(`mean_by_category: [d_sae, n_categories]`, `mean_by_token: [d_sae, n_seen]`, `seen: [n_seen]`).
 
-    Means over the positions (BOS left out) whose current token is in each category / is each
-    token, on `tokens: [batch, pos]`; accumulated per batch, so GPT-2's 32k features fit.
+    Mean feature activations over the positions (BOS left out) whose current token is in each
+    category / is each token `seen[j]` of the n_seen distinct tokens of `tokens: [batch, pos]`.
+    Tokens that never occur have no mean, so they get no column: GPT-2's 32768 features x 50257
+    tokens would be 6.6 GB in float32. Accumulated per batch in float32 (means of at most a few
+    thousand non-negative activations each).
     """
     layer = int(hook_name.split(".")[1])
-    d_sae, d_vocab = sae.cfg.d_sae, model.cfg.d_vocab
-    by_token = torch.zeros(d_sae, d_vocab, dtype=torch.float64)
+    d_sae = sae.cfg.d_sae
+    seen, column = torch.unique(tokens[:, 1:], return_inverse=True)  # column: (batch, pos - 1) into seen
+    by_token = torch.zeros(d_sae, len(seen))
     for start in range(0, len(tokens), batch_size):
         batch = tokens[start:start + batch_size]
         _, cache = model.run_with_cache(batch.to(model.cfg.device), names_filter=hook_name, stop_at_layer=layer + 1)
-        acts = sae.encode(cache[hook_name][:, 1:].to(sae.W_dec)).reshape(-1, d_sae).double().cpu()  # (B T, d_sae)
-        by_token.index_add_(1, batch[:, 1:].reshape(-1), acts.T)
-    counts = torch.bincount(tokens[:, 1:].reshape(-1), minlength=d_vocab).double()
-    in_category = category_of >= 0
-    by_category = torch.zeros(d_sae, n_categories, dtype=torch.float64).index_add_(
-        1, category_of[in_category], by_token[:, in_category])
-    category_counts = torch.zeros(n_categories, dtype=torch.float64).index_add_(
-        0, category_of[in_category], counts[in_category])
-    return (by_category / category_counts.clamp_min(1)).float(), (by_token / counts.clamp_min(1)).float()
+        acts = sae.encode(cache[hook_name][:, 1:].to(sae.W_dec)).reshape(-1, d_sae).float().cpu()  # (B T, d_sae)
+        by_token.index_add_(1, column[start:start + batch_size].reshape(-1), acts.T)
+    counts = torch.bincount(column.reshape(-1), minlength=len(seen)).float()  # (n_seen,) all >= 1
+    category = category_of[seen]
+    in_category = category >= 0
+    by_category = torch.zeros(d_sae, n_categories).index_add_(1, category[in_category], by_token[:, in_category])
+    category_counts = torch.zeros(n_categories).index_add_(0, category[in_category], counts[in_category])
+    return by_category / category_counts.clamp_min(1), by_token / counts, seen
 
 
 def select_features(by_category: Tensor, per_category: int = 3, min_share: float = 0.5) -> tuple[Tensor, Tensor]:
@@ -218,10 +304,12 @@ def top_pairs(scores: Tensor, k: int = 20, include_self: bool = False) -> list[t
 
 
 def feature_label(by_token: Tensor, feature: int, token_labels: Sequence[str], n: int = 3) -> str:
-    """A feature's name from the tokens it fires on most: "f123 ' red'/' blue'/' green'"."""
-    top = by_token[feature].topk(n).indices
-    return f"f{feature} " + "/".join(repr(token_labels[t]) for t in top)
-
+    """A feature's name from the (at most n) tokens it fires on most: "f123 ' red'/' blue'/' green'";
+    tokens it never fires on are not named. `by_token: [d_sae, n_tokens]` and `token_labels` (one per
+    column) cover the same tokens."""
+    top = by_token[feature].topk(min(n, by_token.shape[1]))
+    names = [repr(token_labels[t]) for t, value in zip(top.indices, top.values) if value > 0]
+    return f"f{feature} " + ("/".join(names) or "(never active)")
 
 
 # --- the study's per-head precision of predicted SAE features -----------------------------------

@@ -48,6 +48,15 @@ def induction_score(pattern: Tensor, half_length: int) -> Tensor:
     return stripe[..., -half_length:].mean(-1)  # queries 1+L .. 2L
 
 
+def induction_chance(half_length: int) -> float:
+    """The induction score of uniform causal attention: (1/L) sum_{q=L+1}^{2L} 1 / (q + 1).
+
+    Query q (position q of [BOS] + r + r) spreads 1/(q + 1) over keys 0..q; a head scoring near
+    this attends to the induction target no more than to any other earlier token (L = 50: 0.0136).
+    """
+    return sum(1.0 / (q + 1) for q in range(half_length + 1, 2 * half_length + 1)) / half_length
+
+
 def duplicate_token_score(pattern: Tensor, half_length: int) -> Tensor:
     """`[batch, head]` on [BOS] + r + r: mean over second-half queries q of A[q, q - L] (the earlier copy)."""
     stripe = pattern.diagonal(offset=-half_length, dim1=-2, dim2=-1)
@@ -65,6 +74,32 @@ def same_word_mask(tokens: Tensor) -> Tensor:
     same = tokens[:, :, None] == tokens[:, None, :]
     causal = torch.ones(pos, pos, dtype=torch.bool).tril()
     return (same & causal).float()
+
+
+def self_position_mask(tokens: Tensor) -> Tensor:
+    """`[batch, query, key]`: key j == query i (the query position itself), whatever the token."""
+    batch, pos = tokens.shape
+    return torch.eye(pos).expand(batch, pos, pos)
+
+
+def earlier_copies_mask(tokens: Tensor) -> Tensor:
+    """`[batch, query, key]`: key j < i holds the same token as query i (an earlier copy, not itself).
+
+    `same_word_mask` = `self_position_mask` + `earlier_copies_mask`, entry by entry.
+    """
+    return same_word_mask(tokens) - self_position_mask(tokens)
+
+
+def self_copies_split(pattern: Tensor, tokens: Tensor, rows: Tensor) -> dict[str, Tensor]:
+    """The self mass split as the study reports it, each `[batch, head]` over `rows`:
+
+    - self_only_mass: mean_q A[q, q], attention on the query position itself;
+    - copies_mass: mean_q sum_{j<q, t_j = t_q} A[q, j], attention on earlier copies of the query word.
+
+    Their sum is `self_mass` of `semantic_companions` (self plus copies).
+    """
+    return {"self_only_mass": mean_over_rows(mask_mass(pattern, self_position_mask(tokens)), rows),
+            "copies_mass": mean_over_rows(mask_mass(pattern, earlier_copies_mask(tokens)), rows)}
 
 
 def has_partner(mask: Tensor) -> Tensor:
@@ -113,7 +148,8 @@ def semantic_companions(pattern: Tensor, tokens: Tensor, mask: Tensor, rows: Ten
     """Interpretable companions of S, each `[batch, head]`:
 
     - partner_mass: mass on valid partners, over rows that have one;
-    - self_mass: mass on the query itself plus earlier copies of the same word, over all rows;
+    - self_mass: mass on the query itself plus earlier copies of the same word, over all rows
+      (= self_only_mass + copies_mass, reported separately by `self_copies_split`);
     - bos_mass_no_partner: mass on BOS, over rows without a partner;
     - argmax_accuracy: fraction of rows whose most-attended key is a valid target.
     """
@@ -126,6 +162,7 @@ def semantic_companions(pattern: Tensor, tokens: Tensor, mask: Tensor, rows: Ten
         "self_mass": mean_over_rows(mask_mass(pattern, same_word_mask(tokens)), rows),
         "bos_mass_no_partner": mean_over_rows(pattern[..., 0], lonely),
         "argmax_accuracy": mean_over_rows(hit, rows),
+        **self_copies_split(pattern, tokens, rows),
     }
 
 

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from analysis.attention import attention_scores
+from analysis.attention import attention_scores, head_scale, head_weights
+from analysis.vocab_input import head_input
 
 
 def cosine_matrix(a: Tensor, b: Tensor) -> Tensor:
@@ -158,7 +159,8 @@ def category_contrast(diff: Tensor, cosine: Tensor, category: Tensor) -> dict[st
     """d and cosine over pairs of category words; `diff, cosine: [n, n]` (row q, column k), `category: [n]`.
 
     mates are different words of the same category, others words of other categories. For each
-    group: mean d, the fraction of pairs with d > 0 (the key beats self) and the mean cosine.
+    group: mean d, the fraction of pairs with d > 0 (the key beats self) and the mean cosine; and
+    `mates_minus_others` = mates_mean - others_mean (> 0: the head prefers category-mates).
     """
     same = category[:, None] == category[None, :]
     different = ~torch.eye(len(category), dtype=torch.bool)
@@ -166,6 +168,7 @@ def category_contrast(diff: Tensor, cosine: Tensor, category: Tensor) -> dict[st
     for group, pairs in (("mates", same & different), ("others", ~same)):
         out |= {f"{group}_mean": float(diff[pairs].mean()), f"{group}_beat_self": float((diff[pairs] > 0).float().mean()),
                 f"{group}_cosine": float(cosine[pairs].mean()), f"{group}_pairs": int(pairs.sum())}
+    out["mates_minus_others"] = out["mates_mean"] - out["others_mean"]
     return out
 
 
@@ -174,6 +177,20 @@ def category_pairs(inputs: Tensor, category: Tensor, W_Q: Tensor, W_K: Tensor, b
     """`category_contrast` of `unit * d` over every pair of `inputs: [n, d_model]`, words of `category: [n]`."""
     diff = score_minus_self(inputs, torch.arange(len(inputs)), W_Q, W_K, b_Q, b_K, scale=scale) * unit  # (n, n)
     return category_contrast(diff, cosine_matrix(inputs, inputs), category)
+
+
+def category_contrast_by_head(model, reference: Tensor, variant: str, category_ids: Tensor, category: Tensor,
+                              include_bias: bool = True, unit: float = 1.0) -> dict[tuple[int, int], dict[str, float]]:
+    """`category_pairs` of every head of `model` on the words `category_ids: [n]` of `category: [n]`:
+    {(layer, head): contrast}. The head input (`vocab_input.head_input`, `variant` with the means of
+    `reference`) is computed once per layer; cheap, since only the category words are paired."""
+    out = {}
+    for layer in range(model.cfg.n_layers):
+        words = head_input(model, layer, reference, variant, token_ids=category_ids)  # (n, d_model)
+        for head in range(model.cfg.n_heads):
+            out[(layer, head)] = category_pairs(words, category, *head_weights(model, layer, head, include_bias),
+                                                scale=head_scale(model.cfg, layer), unit=unit)
+    return out
 
 
 def key_rows(diff_row: Tensor, cos_row: Tensor, labels: list[str], index: Sequence[int]
@@ -202,3 +219,61 @@ def example_query(query_input: Tensor, key_inputs: Tensor, labels: list[str], qu
     mates = (key_category == query_category) & (query_category >= 0)
     return {"diff": diff, "cosine": cosine, "mates": mates, "top_keys": top_keys(diff, cosine, labels, n_labels),
             "mate_keys": key_rows(diff, cosine, labels, torch.nonzero(mates)[:, 0].tolist())}
+
+
+def study_curve(inputs: Tensor, W_Q: Tensor, W_K: Tensor, *, n_windows: int = 50, width: float = 0.03,
+                subtract: str = "column", chunk_size: int = 1024, progress: bool = False) -> dict:
+    """The study's attention-versus-cosine curve, as its code computes it (`cosine_attention_analysis.py`).
+
+    Scores are unscaled and without biases, s(q, k) = x_q W_Q W_K^T x_k^T, turned into log-probabilities
+    over the N keys, l(q, k) = s(q, k) - LSE_k' s(q, k'). The study subtracts the diagonal *column-wise*
+    (`A - A.diagonal()` broadcasts over rows), which gives (`subtract="column"`)
+
+        y(q, k) = l(q, k) - l(k, k) = s(q, k) - s(k, k) - LSE_q + LSE_k,
+
+    not the row-wise l(q, k) - l(q, q) = s(q, k) - s(q, q) the prose describes (`subtract="row"`).
+    Since cosine is symmetric, a window holding (q, k) also holds (k, q), and over such a set the two
+    readings have the same mean (the LSE terms cancel pair by pair); only std and the CI differ.
+    Windows: `n_windows` starts c = linspace(min cos, 1), each [c, c + width] closed and overlapping,
+    x = c + width / 2; self pairs (cos 1, y = 0) included. Per window: pair count, mean and std of y
+    (unbiased), and the study's "99% CI" mean +- 2.576 std / sqrt(count). Everything in nats; the study
+    plots bits (÷ ln 2), returned as `mean_bits`, `low_bits`, `high_bits`. Streams over query chunks.
+    """
+    if subtract not in ("column", "row"):
+        raise ValueError(f"subtract must be 'column' or 'row', got {subtract!r}")
+    n = inputs.shape[0]
+    chunks = [torch.arange(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
+    lse, own = torch.empty(n, dtype=torch.float64), torch.empty(n, dtype=torch.float64)
+    cos_min = 1.0
+    for index in chunks:  # pass 1: LSE_q, s(q, q), the smallest cosine
+        s = attention_scores(inputs[index], inputs, W_Q, W_K, 1.0).double()  # (C, N)
+        lse[index], own[index] = s.logsumexp(-1), s[torch.arange(len(index)), index]
+        cos_min = min(cos_min, float(cosine_matrix(inputs[index], inputs).min()))
+    starts = torch.linspace(cos_min, 1.0, n_windows, dtype=torch.float64)
+    count = torch.zeros(n_windows, dtype=torch.float64)
+    total, square = torch.zeros_like(count), torch.zeros_like(count)
+    for index in tqdm(chunks, desc="study windows", disable=not progress, leave=False):  # pass 2: windows
+        s = attention_scores(inputs[index], inputs, W_Q, W_K, 1.0).double()  # (C, N)
+        if subtract == "column":
+            y = s - own[None, :] - lse[index, None] + lse[None, :]
+        else:
+            y = s - own[index, None]
+        rows = torch.arange(len(index))
+        y[rows, index] = 0.0  # exactly 0 in exact arithmetic
+        cos = cosine_matrix(inputs[index], inputs).double()
+        cos[rows, index] = 1.0  # the study sets the diagonal to 1
+        for w, c in enumerate(starts.tolist()):
+            inside = (cos >= c) & (cos <= c + width)
+            values = y[inside]
+            count[w] += values.numel()
+            total[w] += values.sum()
+            square[w] += (values ** 2).sum()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        c, t, q = count.numpy(), total.numpy(), square.numpy()
+        mean = t / c
+        std = np.sqrt(np.maximum(q - c * mean ** 2, 0.0) / (c - 1))
+        half = 2.576 * std / np.sqrt(c)
+    bits = 1 / math.log(2)
+    return {"x": (starts + width / 2).numpy(), "count": c.astype(np.int64), "mean": mean, "std": std,
+            "mean_bits": mean * bits, "low_bits": (mean - half) * bits, "high_bits": (mean + half) * bits,
+            "cos_min": cos_min, "subtract": subtract, "width": width}

@@ -3,11 +3,12 @@ objective over prompt batches, and the closed-form step of the original study as
 
 Gradient steering minimises, over batches of category prompts,
 
-    loss = s * self_mass - λ * partner_mass,    s = +1 ("suppress") or -1 ("restore")
+    loss = s * self_mass - λ * partner_mass - μ * bos_mass_no_partner,    s = +1 ("suppress") or -1 ("restore")
 
-where self_mass and partner_mass are the part-1 metrics of the head's in-context pattern
-(`analysis.scores.semantic_companions`). The λ term keeps the head on its category-mates while
-self-attention moves. Only the head's W_Q and W_K change (its biases, every other weight and
+where self_mass, partner_mass and bos_mass_no_partner are the part-1 metrics of the head's
+in-context pattern (`analysis.scores.semantic_companions`). The λ term keeps the head on its
+category-mates while self-attention moves; the μ term keeps its fallback to BOS on rows with no
+partner (μ = 0 is the objective without it, which lets that fallback collapse). Only the head's W_Q and W_K change (its biases, every other weight and
 the model itself stay as they are): the edited head runs through
 `qk_decomposition.qk_override_hooks`.
 
@@ -19,7 +20,7 @@ self-attention comes back, for every token alike.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -37,9 +38,37 @@ Direction = Literal["suppress", "restore"]
 SIGN = {"suppress": 1.0, "restore": -1.0}
 
 
-def steering_loss(self_mass: Tensor, partner_mass: Tensor, direction: Direction, lam: float) -> Tensor:
-    """loss = s * self_mass - λ * partner_mass, with s = +1 to suppress self-attention and -1 to restore it."""
-    return SIGN[direction] * self_mass - lam * partner_mass
+def steering_loss(self_mass: Tensor, partner_mass: Tensor, direction: Direction, lam: float,
+                  bos_mass_no_partner: Tensor | float = 0.0, mu: float = 0.0) -> Tensor:
+    """loss = s * self_mass - λ * partner_mass - μ * bos_mass_no_partner, s = +1 to suppress self-attention,
+    -1 to restore it."""
+    return SIGN[direction] * self_mass - lam * partner_mass - mu * bos_mass_no_partner
+
+
+def weight_change(W_Q: Tensor, W_K: Tensor, new_W_Q: Tensor, new_W_K: Tensor) -> dict[str, float]:
+    """Relative Frobenius change of an edit: ||W_Q' - W_Q|| / ||W_Q||, the same for W_K and for W_QK = W_Q W_K^T.
+
+    W_QK' - W_QK = [W_Q', -W_Q][W_K', W_K]^T stays factored (no d_model x d_model product is formed).
+    """
+    delta_QK = qk_matrix(torch.cat([new_W_Q, -W_Q], -1), torch.cat([new_W_K, W_K], -1))
+    return {"W_Q": float((new_W_Q - W_Q).norm() / W_Q.norm()), "W_K": float((new_W_K - W_K).norm() / W_K.norm()),
+            "W_QK": float(delta_QK.norm() / qk_matrix(W_Q, W_K).norm())}
+
+
+def at_matched(curve: Sequence[Mapping[str, float]], key: str, value: float) -> dict | None:
+    """The metrics of a one-parameter curve of edits, linearly interpolated where `curve[i][key]` equals `value`.
+
+    `curve` holds points (e.g. the trace step at increasing sizes) each with `key` and other metrics;
+    between the two neighbouring points p0, p1 with p0[key] <= value <= p1[key] (sorted by `key`),
+    m(value) = m0 + (value - p0[key]) / (p1[key] - p0[key]) * (m1 - m0). None when `value` lies outside
+    the curve's range (no extrapolation).
+    """
+    points = sorted(curve, key=lambda p: p[key])
+    for p0, p1 in zip(points, points[1:]):
+        if p0[key] <= value <= p1[key]:
+            t = 0.0 if p1[key] == p0[key] else (value - p0[key]) / (p1[key] - p0[key])
+            return {m: p0[m] + t * (p1[m] - p0[m]) for m in p0 if isinstance(p0[m], (int, float)) and m in p1}
+    return None
 
 
 def trace_step(W_Q: Tensor, W_K: Tensor, eta: float) -> tuple[Tensor, Tensor]:
@@ -54,11 +83,11 @@ def trace_eta(W_Q: Tensor, W_K: Tensor, relative: float) -> float:
 
 def head_masses(model: HookedTransformer, tokens: Tensor, mask: Tensor, layer: int, head: int, W_Q: Tensor,
                 W_K: Tensor, b_Q: Tensor | None, b_K: Tensor | None) -> dict[str, Tensor]:
-    """Self and partner mass (means over prompts, differentiable in W_Q, W_K) of the head run with these weights."""
+    """Self, partner and BOS-when-no-partner mass (means over prompts, differentiable in W_Q, W_K) of the head run with these weights."""
     hooks = qk_override_hooks(model, layer, head, W_Q, W_K, b_Q, b_K)
     pattern = head_pattern(model, tokens, layer, head, hooks, len(tokens), grad=True)[:, None]  # (B, 1, T, T)
     companions = scores.semantic_companions(pattern, tokens, mask, scores.scored_rows(tokens))
-    return {key: companions[key][:, 0].nanmean() for key in ("self_mass", "partner_mass")}
+    return {key: companions[key][:, 0].nanmean() for key in ("self_mass", "partner_mass", "bos_mass_no_partner")}
 
 
 @dataclass
@@ -72,7 +101,7 @@ class SteeringRun:
 
 def gradient_steer(model: HookedTransformer, tokens: Tensor, mask: Tensor, layer: int, head: int,
                    direction: Direction = "restore", lam: float = 1.0, lr: float = 1e-2, steps: int = 40,
-                   batch_size: int = 16, seed: int = 0, progress: bool = False) -> SteeringRun:
+                   batch_size: int = 16, seed: int = 0, progress: bool = False, mu: float = 0.0) -> SteeringRun:
     """Adam on the head's W_Q, W_K minimising `steering_loss` over minibatches of (`tokens`, `mask`).
 
     Minibatches are drawn (seeded) from the prompts; the head's biases stay fixed. The model's
@@ -88,7 +117,8 @@ def gradient_steer(model: HookedTransformer, tokens: Tensor, mask: Tensor, layer
     for step in tqdm(range(steps), desc=f"steering ({direction})", disable=not progress, leave=False):
         idx = torch.randperm(len(tokens), generator=generator)[:batch_size]
         masses = head_masses(model, tokens[idx], mask[idx], layer, head, W_Q, W_K, b_Q, b_K)
-        loss = steering_loss(masses["self_mass"], masses["partner_mass"], direction, lam)
+        loss = steering_loss(masses["self_mass"], masses["partner_mass"], direction, lam,
+                             masses["bos_mass_no_partner"].nan_to_num(0.0), mu)
         W_Q.grad, W_K.grad = torch.autograd.grad(loss, [W_Q, W_K])  # leaves the model's .grad untouched
         optimiser.step()
         run.history.append({"step": step, "loss": loss.item(), **{k: v.item() for k, v in masses.items()}})

@@ -15,7 +15,8 @@ from torch import Tensor
 
 from analysis.scores import bootstrap_ci
 
-METRICS = ("surprisal", "partner_mass", "self_mass", "bos_mass_no_partner", "argmax_accuracy")
+METRICS = ("surprisal", "partner_mass", "self_mass", "bos_mass_no_partner", "argmax_accuracy",
+           "self_only_mass", "copies_mass")  # self_mass = self_only_mass + copies_mass
 
 
 def survey_table(survey: Mapping[str, Tensor], level: float = 0.95, n_resamples: int = 2000,

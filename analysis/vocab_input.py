@@ -13,14 +13,18 @@ is `prompts.reference_prompts(model, seed)`, the study's category prompts); `var
 sets c_pos and c_attn to zero (the zero-ablation view). Results record which variant they used. With TransformerLens's default
 processing the LayerNorm weights are folded into W_Q/W_K, so LN1 here only centres and scales.
 Everything is computed in chunks of the vocabulary (GPT-2's 50257 tokens fit in bounded
-memory) and cached on disk per model, layer and variant.
+memory) and cached on disk (`CACHE_DIR`), keyed by a hash of everything the result depends on:
+the state-dict entries it reads (embeddings, every earlier block, the layer's LN1), the config, the
+weight processing, the variant, the reference tokens and token ids, and the code that computes it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
+from importlib import metadata
 from pathlib import Path
 from typing import Literal
 
@@ -30,10 +34,20 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from analysis import prompts
-from analysis.io import REPO_ROOT, atomic_file, model_slug
+from analysis.io import atomic_file, model_id
 
 Variant = Literal["mean", "zero"]
-CACHE_DIR = Path(os.environ.get("ANALYSIS_CACHE_DIR", REPO_ROOT / ".cache"))
+PROJECT = "semantic-head-replication"
+
+
+def default_cache_dir() -> Path:
+    """$ANALYSIS_CACHE_DIR, else the user's cache directory: $XDG_CACHE_HOME (or ~/.cache) / PROJECT."""
+    if os.environ.get("ANALYSIS_CACHE_DIR"):
+        return Path(os.environ["ANALYSIS_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / PROJECT
+
+
+CACHE_DIR = default_cache_dir()
 
 
 @torch.no_grad()
@@ -126,17 +140,34 @@ def context_head_input(model: HookedTransformer, layer: int, token_ids: Tensor |
     return total / n_contexts
 
 
+# The code that computes a cached input is part of its key: the cache outlives checkouts and commits.
+_CODE = hashlib.sha256("".join(inspect.getsource(f) for f in (reference_means, head_input)).encode()).hexdigest()
+
+
+def input_state_names(model: HookedTransformer, layer: int) -> list[str]:
+    """The state-dict entries `head_input` of `layer` reads: embeddings, every block before `layer`
+    (attention, MLP, LayerNorms, weights and biases), and block `layer`'s LN1."""
+    prefixes = ("embed.", "pos_embed.", *(f"blocks.{l}." for l in range(layer)), f"blocks.{layer}.ln1.")
+    return [name for name in model.state_dict() if name.startswith(prefixes)]
+
+
 def _cache_path(model: HookedTransformer, layer: int, variant: str, reference_tokens: Tensor | None,
                 ids: Tensor) -> Path:
-    """A file name that changes whenever anything the result depends on changes."""
+    """A file name that changes whenever anything the result depends on changes (see the module docstring)."""
     digest = hashlib.sha256()
     info = getattr(model, "analysis_info", {})
-    digest.update(json.dumps([info.get("name"), info.get("weight_processing"), layer, variant]).encode())
-    weights = [model.W_E, model.W_pos] + ([] if model.cfg.attn_only else [model.W_in[:layer], model.W_out[:layer]])
-    for tensor in weights:  # what the input depends on
-        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    config = {k: v for k, v in model.cfg.to_dict().items() if k not in ("device", "n_devices")}
+    versions = [metadata.version(p) for p in ("torch", "transformer-lens")]
+    digest.update(json.dumps([info.get("weight_processing"), layer, variant, config, _CODE, versions],
+                             default=str).encode())
+    state = model.state_dict()
+    for name in input_state_names(model, layer):
+        tensor = state[name].detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name} {tensor.dtype} {tuple(state[name].shape)}".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes())  # the raw bytes, whatever the dtype
     if reference_tokens is not None:
         digest.update(reference_tokens.cpu().numpy().tobytes())
     digest.update(ids.numpy().tobytes())
-    name = model_slug(info.get("name", "model"))
+    name = model_id(info.get("name", "model"))
     return CACHE_DIR / "vocab_input" / name / f"L{layer}-{variant}-{digest.hexdigest()[:16]}.pt"
+

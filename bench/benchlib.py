@@ -83,3 +83,13 @@ def measure(fn: Callable[[], Any], device: str = "cpu", repeats: int = 1) -> tup
 
 def ratio(a: float, b: float) -> float | None:
     return a / b if b > 0 else None
+
+
+def save_random_sae(directory, d_in: int = 768, d_sae: int = 32768, seed: int = 0):
+    """A SAELens StandardSAE with random weights (default: the size of GPT-2 small's 32k residual SAEs),
+    saved as SAELens saves one, for a script's --sae-path where the real SAE cannot be downloaded."""
+    from sae_lens import StandardSAE, StandardSAEConfig
+
+    torch.manual_seed(seed)
+    StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=d_sae)).save_model(directory)
+    return directory

@@ -67,7 +67,7 @@ def prompt_sets(model, args) -> dict[str, list[torch.Tensor]]:
 
 
 def main(args) -> None:
-    model = load_model(args.model, args.device)
+    model = load_model(args.model, args.device, args.processing)
     shape = (model.cfg.n_layers, model.cfg.n_heads)
 
     per_set = {}

@@ -14,13 +14,13 @@ import sys
 from pathlib import Path
 
 from analysis import cli
-from analysis.io import model_slug
+from analysis.io import model_id
 from writeup.build import build_pdf
 from writeup.results import PAPER_DIR
 
 
 def build_parser():
-    p = cli.parser(__doc__, staged=False)  # writes paper/build and --pdf, nothing under --out
+    p = cli.parser(__doc__, staged=False, weights=False)  # writes paper/build and --pdf, nothing under --out
     p.add_argument("--generated", type=Path, default=None,
                    help="generated inputs (default: paper/generated/<model>)")
     p.add_argument("--build-dir", type=Path, default=None, help="LaTeX's output directory (default: paper/build/<model>)")
@@ -29,7 +29,7 @@ def build_parser():
 
 
 def main(args) -> None:
-    slug = model_slug(args.model)
+    slug = model_id(args.model)
     generated = args.generated or PAPER_DIR / "generated" / slug
     if not (generated / "macros.tex").exists():
         raise cli.UsageError(f"{generated / 'macros.tex'} does not exist: run scripts/make_paper_inputs.py "

@@ -72,7 +72,7 @@ def example_figure(pattern, mask, labels, layer: int, head: int, title: str):
 
 
 def main(args) -> None:
-    model = load_model(args.model, args.device)
+    model = load_model(args.model, args.device, args.processing)
 
     chosen = None if args.layer is None and args.head is None else cli.target_head(model, args.layer, args.head)
 

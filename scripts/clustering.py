@@ -9,6 +9,10 @@ see the README), without self-loops unless --keep-self; edge weights are the sco
 normalised over the kept edges. Leiden (--method modularity, or rbconfiguration with
 --resolution), seeded by --seed. Against the categories: adjusted Rand index and NMI over the
 category words.
+Beside ours, the study's graph (`clustering.study_partition`, key "study_graph"): BOS among the nodes,
+key rows unscaled, the study's row shift, the top k per key row kept if positive, self-loops kept,
+Leiden with max_comm_size 512. Controls (keys directions / target / controls): ARI and NMI of both
+graphs ("high": a semantic head's graph follows the categories) for the heads of --controls.
 Writes results/<model>/clustering.json (communities with members, sizes, modularity, ARI/NMI),
 figures/<model>/clustering.{pdf,png} and figures/<model>/clustering.html (interactive, offline).
 """
@@ -20,19 +24,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from analysis import cli, clustering, io, prompts
-from analysis import qk_decomposition as qk
+from analysis import cli, clustering, controls, io, prompts
 from analysis.attention import head_scale, head_weights
 from analysis.frequency import check_frequency_csv, frequency_csv_path, ordinary_or_frequent_ids
-from analysis.plotting import graph_html, save_figure, use_style
+from analysis.plotting import graph_html, save_figure, target_vs_controls, use_style
 from analysis.token_maps import token_inputs
 
 NAME = "clustering"
+DIRECTIONS = {"ari": "high", "nmi": "high", "study_ari": "high", "study_nmi": "high"}
 
 
 def build_parser():
     p = cli.parser(__doc__, target_head=True)
     cli.add_input_argument(p, default="context")
+    cli.add_controls_argument(p)
     p.add_argument("--n-tokens", type=cli.positive_int, default=3000,
                    help="most frequent tokens in the graph (default: 3000)")
     p.add_argument("--frequencies", type=Path, default=None,
@@ -66,26 +71,53 @@ def main(args) -> None:
     labels = model.tokenizer.batch_decode(ids[:, None].tolist())
     category_of = prompts.category_index(model.tokenizer, prompts.ALL_CATEGORIES, model.cfg.d_vocab)[ids].numpy()
     category_names = list(prompts.ALL_CATEGORIES)
-    W_Q, W_K, _, _ = head_weights(model, layer, head)
-    E = token_inputs(model, layer, args.input, token_ids=ids, seed=args.seed, progress=True)
+    bos = torch.tensor([prompts.bos_token_id(model)])
+    study_of = np.concatenate([[-1], category_of])  # the study's nodes: BOS, then ours
 
-    source, target, score = clustering.top_k_edges(E, qk.qk_matrix(W_Q, W_K), head_scale(model.cfg, layer), args.k,
-                                                   args.keep_self)
-    graph = clustering.score_graph(len(ids), source, target, clustering.minmax(score))
-    membership = clustering.leiden(graph, args.method, args.resolution, args.seed)
+    def partitions(l: int, h: int, inputs: dict) -> dict:
+        if l not in inputs:  # the head inputs of a layer, ours and the study's (BOS first)
+            inputs[l] = token_inputs(model, l, args.input, token_ids=torch.cat([bos, ids]), seed=args.seed)
+        W_Q, W_K, _, _ = head_weights(model, l, h)
+        return {"ours": clustering.ours_partition(inputs[l][1:], W_Q, W_K, head_scale(model.cfg, l), args.k,
+                                                  args.keep_self, args.method, args.resolution, args.seed),
+                "study": clustering.study_partition(inputs[l], W_Q, W_K, args.k, args.seed)}
+
+    inputs: dict = {}
+    stats = {}
+    for l, h in [(layer, head), *cli.control_heads(model, (layer, head), args.controls, args.seed)]:
+        both = partitions(l, h, inputs)
+        if (l, h) == (layer, head):
+            target_parts = both
+        ours, study = (clustering.agreement(c, both[w]["membership"]) for c, w in ((category_of, "ours"),
+                                                                                   (study_of, "study")))
+        stats[(l, h)] = {"ari": ours["ari"], "nmi": ours["nmi"], "study_ari": study["ari"], "study_nmi": study["nmi"]}
+    report = controls.compare((layer, head), stats, DIRECTIONS)
+    mine, theirs = target_parts["ours"], target_parts["study"]
+    source, target, graph, membership = (mine[k] for k in ("source", "target", "graph", "membership"))
     agreement = clustering.agreement(category_of, membership)
     found = clustering.communities(membership, labels, category_of, category_names)
+    study_found = clustering.communities(theirs["membership"], ["<BOS>", *labels], study_of, category_names)
     results = {"head": {"layer": layer, "head": head}, "input": args.input, "n_nodes": len(ids),
                "n_edges": len(source), "k": args.k, "keep_self": args.keep_self, "method": args.method,
                "resolution": args.resolution, "n_communities": len(found),
                "modularity": clustering.modularity(graph, membership), "agreement": agreement,
-               "communities": found}
+               "communities": found,
+               "study_graph": {"n_nodes": len(ids) + 1, "n_edges": len(theirs["source"]),
+                               "n_self_loops": int((theirs["source"] == theirs["target"]).sum()),
+                               "n_communities": len(study_found), "printed_clusters": len(study_found) - 1,
+                               "max_comm_size": clustering.STUDY_MAX_COMM_SIZE,
+                               "modularity": clustering.modularity(theirs["graph"], theirs["membership"]),
+                               "agreement": clustering.agreement(study_of, theirs["membership"]),
+                               "communities": study_found},
+               **report}
     path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
                            arguments=vars(args), seed=args.seed)
 
     coords = clustering.layout(graph, args.seed)
     save_figure(figure(coords, source, target, labels, membership, category_of, category_names, layer, head,
                           agreement), args.out, args.model, NAME)
+    save_figure(target_vs_controls(report, f"{args.model}: L{layer}H{head}'s graph against the categories, "
+                                           "ours and the study's"), args.out, args.model, NAME + "_controls")
     keys_of = {i: [] for i in range(len(ids))}
     for s, t in zip(source.tolist(), target.tolist()):
         keys_of[s].append(labels[t])
@@ -98,6 +130,14 @@ def main(args) -> None:
     print(f"L{layer}H{head}: {len(ids)} tokens, {len(source)} edges, {len(found)} communities, "
           f"modularity {results['modularity']:.3f}; against the categories ({agreement['n_tokens']} words): "
           f"ARI {agreement['ari']:.3f}, NMI {agreement['nmi']:.3f}")
+    sg = results["study_graph"]
+    print(f"the study's graph: {sg['n_edges']} edges ({sg['n_self_loops']} self-loops), {sg['n_communities']} "
+          f"communities; ARI {sg['agreement']['ari']:.3f}, NMI {sg['agreement']['nmi']:.3f}")
+    for name, row in report["target"].items():
+        if isinstance(row, dict):
+            best = row["strongest_control"] or {"layer": -1, "head": -1, "value": float("nan")}
+            print(f"  {name}: target {row['value']:.3f} (rank {row['rank']}/{row['n_ranked']}), strongest control "
+                  f"L{best['layer']}H{best['head']} {best['value']:.3f}")
     for community in found[:12]:
         tag = f" [{community['category']} {community['purity']:.0%}]" if "category" in community else ""
         print(f"  {community['size']:4d}{tag}: {', '.join(map(repr, community['members'][:8]))}")

@@ -11,6 +11,11 @@ plus "mlp_only_residual" (block 0's resid_post replaced by the MLP0 output alone
 unablated baseline. A head that reads token identity suffers from losing the embedding (or the
 MLP0 path that carries it), not from losing position.
 
+Two conventions, side by side (`ablation.CONVENTIONS`): ours ("ours_bos_kept": means over
+positions >= 1, BOS left unablated, so the head's fall-back stays; `--ablate-bos` ablates BOS too)
+and the study's ("study_bos_ablated": mean over the batch and all positions, BOS included,
+written at every position, BOS included; mean mode only), as in the study's code.
+
 Writes results/<model>/component_ablation.json (table and per-prompt scores) and
 figures/<model>/component_ablation.{pdf,png} (box plots).
 """
@@ -18,7 +23,7 @@ figures/<model>/component_ablation.{pdf,png} (box plots).
 from __future__ import annotations
 
 from analysis import cli, io, prompts
-from analysis.ablation import ablation_study, damage_share, summary_table
+from analysis.ablation import CONVENTIONS, ablation_study, damage_share, summary_table
 from analysis.models import load_model
 from analysis.plotting import save_figure, use_style
 
@@ -57,12 +62,15 @@ def box_plot(study, layer: int, head: int, title: str):
 
 
 def main(args) -> None:
-    model = load_model(args.model, args.device)
+    model = load_model(args.model, args.device, args.processing)
     layer, head = cli.target_head(model, args.layer, args.head, args.seed)
     tokens, mask = prompts.category_probe(model, prompts.ALL_CATEGORIES, args.n_prompts, args.n_words, args.seed)
     study = ablation_study(model, tokens, mask, layer, head, tuple(args.modes), keep_bos=not args.ablate_bos,
                            progress=True)
     table = summary_table(study, seed=args.seed)  # {mode: {condition: summary}}
+    study_way = ablation_study(model, tokens, mask, layer, head, ("mean",), **CONVENTIONS["study_bos_ablated"],
+                               progress=True)["mean"]  # the study's convention: {condition: S}
+    study_table = summary_table({"mean": study_way}, seed=args.seed)["mean"]
 
     median = {mode: {condition: row["median"] for condition, row in rows.items()} for mode, rows in table.items()}
     token_vs_position = {mode: median[mode]["token_embedding"] - median[mode]["positional_embedding"]
@@ -76,6 +84,13 @@ def main(args) -> None:
         "positional_share_of_token_damage": position_share,  # (positional - baseline) / (token - baseline)
         "per_prompt": study,
         "keep_bos": not args.ablate_bos,
+        # the study's convention beside ours: {convention: {condition: summary}}, mean mode
+        "by_convention": {("ours_bos_ablated" if args.ablate_bos else "ours_bos_kept"): table.get("mean"),
+                          "study_bos_ablated": study_table},
+        "study_per_prompt": study_way,
+        "conventions": {"ours": "means over positions >= 1; BOS " + ("ablated" if args.ablate_bos else "kept"),
+                        "study": "mean over batch and all positions (BOS included), written at every position "
+                                 "(BOS included), mean mode only (the study's code, src/ablation.py)"},
         "units": "S in nats, lower is better; CI: 95% bootstrap of the mean over prompts",
     }
     path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
@@ -88,6 +103,8 @@ def main(args) -> None:
     print(f"{'':>22s}" + "".join(f"{mode:>8s}" for mode in args.modes))
     for condition in study[args.modes[0]]:
         print(f"{condition:>22s}" + "".join(f"{median[mode][condition]:8.3f}" for mode in args.modes))
+    print("study's convention (BOS ablated, mean mode): "
+          + ", ".join(f"{c} {row['median']:.3f}" for c, row in study_table.items()))
     print("token embedding minus positional embedding (median): "
           + ", ".join(f"{mode} {d:+.3f}" for mode, d in token_vs_position.items()))
     print(f"results: {path}")

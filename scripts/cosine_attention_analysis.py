@@ -13,7 +13,18 @@ a direct check: d over category-mates versus words of other categories. One exam
 (--query, default " red") is drawn with its best keys labelled.
 
 Units: attention logits in nats (with the model's 1/attn_scale = 1/sqrt(d_head)); --units
-bits-unscaled reports s * attn_scale / ln 2, the study's convention.
+bits-unscaled reports s * attn_scale / ln 2.
+
+Beside ours, the study's curve as its code defines it (`similarity.study_curve`, key "study"): the
+same tokens plus BOS, unscaled scores without biases, log-softmax over the keys, the diagonal
+subtracted column-wise (y = l(q,k) - l(k,k), which looks like a slip in the study's code but is what its
+curve shows; the row-wise reading is under "study_row"), 50 overlapping closed windows of 0.03 with
+self pairs included, in bits.
+
+Controls: the category contrast (mates_minus_others = mean d over category-mates minus over other
+categories; mates_beat_self = share of mate pairs with d > 0; both "high" for a semantic head that
+prefers similar-but-different tokens) for every head (the category words only: cheap), ranked
+with `controls.compare` (keys directions / target / controls).
 
 Writes results/<model>/cosine_attention_analysis.json and figures/<model>/cosine_attention_analysis.{pdf,png}.
 """
@@ -24,16 +35,17 @@ from pathlib import Path
 
 import torch
 
-from analysis import cli, io, prompts, similarity
+from analysis import cli, controls, io, prompts, similarity
 from analysis.attention import head_scale, head_weights
 from analysis.errors import UsageError
 from analysis.frequency import check_frequency_csv, frequency_csv_path, ordinary_or_frequent_ids
 from analysis.models import load_model
-from analysis.plotting import save_figure, similarity_figure
+from analysis.plotting import save_figure, similarity_figure, target_vs_controls
 from analysis.vocab_input import head_input
 
 NAME = "cosine_attention_analysis"
 DEFAULT_TOKENS = 8192
+DIRECTIONS = {"mates_minus_others": "high", "mates_beat_self": "high"}
 
 
 def build_parser():
@@ -63,7 +75,7 @@ def build_parser():
 def main(args) -> None:
     if not 0 < args.window <= 1:
         raise UsageError(f"--window must lie in (0, 1], got {args.window}.")
-    model = load_model(args.model, args.device)
+    model = load_model(args.model, args.device, args.processing)
     prompts.require_tokenizer(model, "Token sets and the example query are words")
     layer, head = cli.target_head(model, args.layer, args.head, args.seed)
     (query_id,) = prompts.single_token_ids(model.tokenizer, [args.query])
@@ -84,8 +96,17 @@ def main(args) -> None:
     # Category words of the study (wherever they rank in frequency): mates against other categories.
     category_of = prompts.category_index(model.tokenizer, prompts.ALL_CATEGORIES, model.cfg.d_vocab)
     category_ids = torch.nonzero(category_of >= 0)[:, 0]
-    contrast = similarity.category_pairs(head_input(model, layer, reference, args.variant, token_ids=category_ids),
-                                         category_of[category_ids], *weights, scale=scale, unit=unit)
+    stats = similarity.category_contrast_by_head(model, reference, args.variant, category_ids, category_of[category_ids],
+                                                 include_bias=not args.no_bias, unit=unit)  # every head
+    contrast = stats[(layer, head)]
+    report = controls.compare((layer, head), {k: {n: v[n] for n in DIRECTIONS} for k, v in stats.items()}, DIRECTIONS)
+
+    # The study's curve, its definition: BOS among the tokens, unscaled, no biases, log-softmax, bits.
+    bos = torch.tensor([prompts.bos_token_id(model)])
+    study_inputs = torch.cat([head_input(model, layer, reference, args.variant, token_ids=bos, use_cache=False), inputs])
+    W_Q, W_K = head_weights(model, layer, head, include_bias=False)[:2]
+    study = {way: similarity.study_curve(study_inputs, W_Q, W_K, subtract=way, chunk_size=args.chunk_size,
+                                         progress=True) for way in ("column", "row")}
 
     # The example query against every key of the set but itself.
     query_input = head_input(model, layer, reference, args.variant, token_ids=torch.tensor([query_id]), use_cache=False)
@@ -96,7 +117,7 @@ def main(args) -> None:
 
     unit_name = "nats" if args.units == "nats" else "bits, unscaled"
     results = {
-        "target": {"layer": layer, "head": head},
+        **report,  # directions, target (layer, head and each statistic's rank), controls
         "settings": {"variant": args.variant, "biases_included": not args.no_bias, "units": unit_name, "scale": unit,
                      "tokens": chosen, "n_tokens": len(ids), "pairs": profile["pairs"], "window": args.window,
                      "ci": "99% percentile bootstrap over queries", "reference": "prompts.reference_prompts"},
@@ -105,18 +126,35 @@ def main(args) -> None:
         "peak": {"cosine": top[0], "mean": top[1]},
         "category_contrast": contrast,
         "example": {"query": args.query, "top_keys": example["top_keys"], "mates": example["mate_keys"]},
+        "study": {**study["column"], "peak": dict(zip(("cosine", "bits"), similarity.peak(
+            study["column"]["x"], study["column"]["mean_bits"]))),
+            "beats_self_from_cosine": similarity.beats_self_from(study["column"]["x"], study["column"]["mean_bits"]),
+            "definition": "log p(k|q) - log p(k|k) (column-wise, "
+            "as the study's code), unscaled, no biases, BOS included, windows [c, c+0.03], self pairs in, bits"},
+        "study_row": {**study["row"], "definition": "log p(k|q) - log p(q|q) = s(q,k) - s(q,q), unscaled, no biases"},
     }
     path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
                            arguments=vars(args), seed=args.seed)
     title = (f"{args.model}: L{layer}H{head}, {len(ids)} tokens, {args.variant} head input, "
              f"biases {'in' if not args.no_bias else 'out'}")
-    save_figure(similarity_figure(profile, example, args.query, unit_name, title), args.out, args.model, NAME)
+    save_figure(similarity_figure(profile, example, args.query, unit_name, title, study["column"]), args.out,
+                args.model, NAME)
+    save_figure(target_vs_controls(report, f"{args.model}: L{layer}H{head}'s category contrast against every head"),
+                args.out, args.model, NAME + "_controls")
 
     print(f"L{layer}H{head}, {len(ids)} tokens ({chosen}), {args.variant} input, {unit_name}")
     print(f"similar-but-different keys beat self from cos {start if start is None else round(start, 3)}; "
           f"peak {top[1]:+.3f} at cos {top[0]:.3f}")
     print(f"category-mates: mean d {contrast['mates_mean']:+.3f}, beat self in {contrast['mates_beat_self']:.0%}; "
           f"other categories: {contrast['others_mean']:+.3f}, {contrast['others_beat_self']:.0%}")
+    for name, row in report["target"].items():
+        if isinstance(row, dict):
+            best = row["strongest_control"]
+            print(f"{name}: target {row['value']:+.3f} (rank {row['rank']}/{row['n_ranked']}); strongest control "
+                  f"{'none' if best is None else controls.head_key(best['layer'], best['head'])} "
+                  f"{'' if best is None else format(best['value'], '+.3f')}")
+    print(f"study's curve (bits, column-wise): peak {results['study']['peak']['bits']:+.2f} at cos "
+          f"{results['study']['peak']['cosine']:.3f}")
     print(f"{args.query!r} best keys: " + ", ".join(f"{k['token']!r} {k['score_minus_self']:+.2f}"
                                                   for k in example["top_keys"]))
     print(f"results: {path}")

@@ -3,12 +3,20 @@
 For each direction (--directions), Adam (--lr, --steps) on the head's W_Q, W_K minimises, over
 minibatches (--batch-size) of category prompts,
 
-    loss = s * self_mass - λ * partner_mass       s = +1 "suppress", -1 "restore"; λ = --lam
+    loss = s * self_mass - λ * partner_mass - μ * bos_mass_no_partner    s = +1 "suppress", -1 "restore"
 
-(part-1 metrics of the head's in-context pattern; biases and every other weight fixed). Before and
-after are measured on held-out prompts: self mass, partner mass, BOS mass when no partner, S.
+(part-1 metrics of the head's in-context pattern; λ = --lam, μ = --mu keeps the BOS fallback, --mu 0
+is the objective without it; biases and every other weight fixed). Before and after are measured on
+held-out prompts: self mass, partner mass, BOS mass when no partner, S, and the relative weight change
+||ΔW_Q||/||W_Q||, ||ΔW_K||/||W_K||, ||ΔW_QK||/||W_QK|| ("runs").
 Baseline: the original study's closed-form step on -trace(W_Q W_K^T), W_K <- W_K + η W_Q, i.e.
-W <- W + η W_Q W_Q^T, with η set so that the step's norm is --trace-relative times ||W||.
+W <- W + η W_Q W_Q^T, as a curve over sizes (--trace-relative: ||η W_Q W_Q^T|| / ||W||).
+"matched" compares each gradient run with the trace curve interpolated at the run's final self mass.
+
+Controls (--controls): every control head gets the same edits (gradient and trace). Statistics and the
+direction a self-suppressing head predicts ("directions"): self_mass_before low, bos_no_partner_before
+high, restore_self_gain (self mass after "restore" minus before) high, restore_partner_change (partner
+mass after minus before) high, trace_self_gain (at the largest trace size) high.
 For one query word (--query, default " Monday") the top keys over the whole vocabulary
 (E: --input, default mean; biases included) before and after each edit.
 Writes results/<model>/gradient_steering.json and figures/<model>/gradient_steering and
@@ -17,11 +25,13 @@ gradient_steering_top_keys.
 
 from __future__ import annotations
 
-from analysis import cli, io, prompts
+from tqdm.auto import tqdm
+
+from analysis import cli, controls, io, prompts
 from analysis import qk_decomposition as qk
 from analysis import steering
 from analysis.attention import attention_scores, head_scale, head_weights
-from analysis.plotting import save_figure, use_style
+from analysis.plotting import save_figure, target_vs_controls, use_style
 from analysis.token_maps import token_inputs
 
 NAME = "gradient_steering"
@@ -34,6 +44,9 @@ def build_parser():
     p.add_argument("--directions", nargs="+", choices=sorted(steering.SIGN), default=["suppress", "restore"],
                    help="steer self-attention down (suppress) and/or back up (restore) (default: both)")
     p.add_argument("--lam", type=float, default=1.0, help="λ, weight of the partner-mass term (default: 1.0)")
+    p.add_argument("--mu", type=float, default=1.0,
+                   help="μ, weight of the BOS-when-no-partner term; 0 drops it (default: 1.0)")
+    cli.add_controls_argument(p)
     p.add_argument("--lr", type=cli.positive_float, default=1e-2, help="Adam learning rate (default: 0.01)")
     p.add_argument("--steps", type=cli.positive_int, default=25, help="gradient steps (default: 25)")
     p.add_argument("--batch-size", type=cli.positive_int, default=16, help="prompts per step (default: 16)")
@@ -42,12 +55,59 @@ def build_parser():
     p.add_argument("--n-words", type=cli.positive_int, default=64, help="words per category prompt (default: 64)")
     p.fits_context("--n-words", lambda n: 1 + n)
     p.memory("--n-prompts or --n-words", lambda a, s: 2 * cli.pattern_bytes(s, a.n_prompts, 1 + a.n_words, heads=1))
-    p.add_argument("--trace-relative", type=float, nargs="+", default=[0.1, 0.3, 1.0],
-                   help="sizes of the closed-form step, ||η W_Q W_Q^T|| / ||W_Q W_K^T|| (default: 0.1 0.3 1)")
+    p.add_argument("--trace-relative", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0],
+                   help="sizes of the closed-form step, ||η W_Q W_Q^T|| / ||W_Q W_K^T|| "
+                        "(default: 0.05 0.1 0.2 0.3 0.5 0.7 1)")
     p.add_argument("--query", default=" Monday", help="query word for the top-keys table (default: ' Monday')")
     p.add_argument("--top", type=cli.positive_int, default=10, help="keys listed per condition (default: 10)")
     p.at_most("--top", lambda s: s.d_vocab, "tokens in the vocabulary")
     return p
+
+
+def steer_head(model, layer, head, args, train, test) -> tuple[dict, dict, dict]:
+    """(conditions name -> (W_Q, W_K), metrics name -> in-context scores, runs name -> record) for one head."""
+    W_Q, W_K, b_Q, b_K = head_weights(model, layer, head, include_bias=True)
+
+    def evaluate(Wq, Wk):
+        hooks = qk.qk_override_hooks(model, layer, head, Wq, Wk, b_Q, b_K)
+        return qk.in_context_scores(model, *test, layer, head, hooks)
+
+    conditions, runs = {"before": (W_Q, W_K)}, {}
+    for direction in args.directions:
+        run = steering.gradient_steer(model, *train, layer, head, direction, args.lam, args.lr, args.steps,
+                                      args.batch_size, args.seed, mu=args.mu)
+        conditions[direction] = (run.W_Q, run.W_K)
+        runs[direction] = {"history": run.history, "relative_change": steering.weight_change(W_Q, W_K, run.W_Q, run.W_K)}
+    for relative in args.trace_relative:
+        eta = steering.trace_eta(W_Q, W_K, relative)
+        conditions[f"trace {relative:g}"] = steering.trace_step(W_Q, W_K, eta)
+        runs[f"trace {relative:g}"] = {"eta": eta, "relative": relative,
+                                       "relative_change": steering.weight_change(W_Q, W_K, *conditions[f"trace {relative:g}"])}
+    metrics = {name: evaluate(Wq, Wk) for name, (Wq, Wk) in conditions.items()}
+    for name, m in metrics.items():
+        m["partner_mass_change"] = m["partner_mass"] / metrics["before"]["partner_mass"] - 1
+    return conditions, metrics, runs
+
+
+def matched(metrics, runs, directions) -> dict:
+    """Each gradient run against the trace curve (before + every size) interpolated at the run's final self mass."""
+    curve = [metrics["before"]] + [metrics[n] for n, r in runs.items() if "eta" in r]
+    return {d: {"self_mass": metrics[d]["self_mass"], "gradient": metrics[d],
+                "trace": steering.at_matched(curve, "self_mass", metrics[d]["self_mass"])} for d in directions}
+
+
+def head_statistics(metrics, runs) -> dict:
+    before, largest = metrics["before"], steering.largest_trace_step(runs, metrics)["metrics"]
+    stats = {"self_mass_before": before["self_mass"], "bos_no_partner_before": before["bos_mass_no_partner"],
+             "trace_self_gain": largest["self_mass"] - before["self_mass"]}
+    if "restore" in metrics:
+        stats["restore_self_gain"] = metrics["restore"]["self_mass"] - before["self_mass"]
+        stats["restore_partner_change"] = metrics["restore"]["partner_mass"] - before["partner_mass"]
+    return stats
+
+
+DIRECTIONS = {"self_mass_before": "low", "bos_no_partner_before": "high", "restore_self_gain": "high",
+              "restore_partner_change": "high", "trace_self_gain": "high"}
 
 
 def main(args) -> None:
@@ -56,53 +116,61 @@ def main(args) -> None:
     W_Q, W_K, b_Q, b_K = head_weights(model, layer, head, include_bias=True)
     scale = head_scale(model.cfg, layer)
     categories = prompts.ALL_CATEGORIES
-    train, train_mask = prompts.category_probe(model, categories, args.n_prompts, args.n_words, args.seed + 1)
-    test, test_mask = prompts.category_probe(model, categories, args.n_prompts, args.n_words, args.seed + 2)
+    train = prompts.category_probe(model, categories, args.n_prompts, args.n_words, args.seed + 1)
+    test = prompts.category_probe(model, categories, args.n_prompts, args.n_words, args.seed + 2)
 
-    def evaluate(Wq, Wk):
-        hooks = qk.qk_override_hooks(model, layer, head, Wq, Wk, b_Q, b_K)
-        return qk.in_context_scores(model, test, test_mask, layer, head, hooks)
-
-    conditions = {"before": (W_Q, W_K)}
-    runs = {}
-    for direction in args.directions:
-        run = steering.gradient_steer(model, train, train_mask, layer, head, direction, args.lam, args.lr, args.steps,
-                                      args.batch_size, args.seed, progress=True)
-        conditions[direction] = (run.W_Q, run.W_K)
-        runs[direction] = {"history": run.history,
-                           "relative_change": {"W_Q": float((run.W_Q - W_Q).norm() / W_Q.norm()),
-                                               "W_K": float((run.W_K - W_K).norm() / W_K.norm())}}
-    for relative in args.trace_relative:
-        eta = steering.trace_eta(W_Q, W_K, relative)
-        conditions[f"trace {relative:g}"] = steering.trace_step(W_Q, W_K, eta)
-        runs[f"trace {relative:g}"] = {"eta": eta}
+    heads = [(layer, head)] + cli.control_heads(model, (layer, head), args.controls, args.seed)
+    per_head = {}
+    for l, h in tqdm(heads, desc="heads (gradient and trace edits)"):
+        per_head[(l, h)] = steer_head(model, l, h, args, train, test)
+    conditions, metrics, runs = per_head[(layer, head)]
+    directions = {k: v for k, v in DIRECTIONS.items() if not k.startswith("restore") or "restore" in args.directions}
+    report = controls.compare((layer, head), {hd: head_statistics(m, r) for hd, (_, m, r) in per_head.items()},
+                              directions)
+    control_edits = {controls.head_key(*hd): {"metrics": m, "matched": matched(m, rr, args.directions),
+                                              "relative_change": {n: r["relative_change"] for n, r in rr.items()}}
+                     for hd, (_, m, rr) in per_head.items() if hd != (layer, head)}
 
     E = token_inputs(model, layer, args.input, seed=args.seed, progress=True)  # (d_vocab, d_model)
     labels = model.tokenizer.batch_decode([[i] for i in range(model.cfg.d_vocab)])
-    metrics, top_keys = {}, {}
+    top_keys = {}
     for name, (Wq, Wk) in conditions.items():
-        metrics[name] = evaluate(Wq, Wk)
         row = attention_scores(E[[query_id]], E, Wq, Wk, scale, b_Q, b_K)[0]  # (d_vocab,)
         values, keys = row.topk(args.top)
         top_keys[name] = {"keys": [labels[k] for k in keys], "scores": values,
                           "query_self_rank": int((row > row[query_id]).sum()) + 1}
-    before = metrics["before"]
-    for name, m in metrics.items():
-        m["partner_mass_change"] = m["partner_mass"] / before["partner_mass"] - 1
-    results = {"head": {"layer": layer, "head": head}, "input": args.input,
-               "objective": "loss = s * self_mass - lam * partner_mass (s = +1 suppress, -1 restore)",
+    results = {"head": {"layer": layer, "head": head}, "input": args.input, "mu": args.mu, "lam": args.lam,
+               "objective": "loss = s * self_mass - lam * partner_mass - mu * bos_mass_no_partner "
+                            "(s = +1 suppress, -1 restore)",
                "closed_form": "W_K <- W_K + eta W_Q, i.e. W <- W + eta W_Q W_Q^T (one step on -trace(W_Q W_K^T))",
                "query": args.query, "metrics": metrics, "runs": runs, "top_keys": top_keys,
-               "largest_trace_step": steering.largest_trace_step(runs, metrics)}
+               "largest_trace_step": steering.largest_trace_step(runs, metrics),
+               "trace_curve": {f"{r['relative']:g}": {"eta": r["eta"], **metrics[n]} for n, r in runs.items()
+                               if "eta" in r},
+               "matched": matched(metrics, runs, args.directions), **report, "control_edits": control_edits}
     path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
                            arguments=vars(args), seed=args.seed)
     save_figure(figure(metrics, runs, layer, head), args.out, args.model, NAME)
     save_figure(top_keys_figure(top_keys, args.query, layer, head), args.out, args.model, f"{NAME}_top_keys")
+    save_figure(target_vs_controls(report, f"L{layer}H{head} against {len(heads) - 1} control heads: same edits"),
+                args.out, args.model, f"{NAME}_controls")
 
     for name, m in metrics.items():
         print(f"{name:>12s}: self {m['self_mass']:.4f}, partner {m['partner_mass']:.3f} "
               f"({m['partner_mass_change']:+.1%}), BOS (no partner) {m['bos_mass_no_partner']:.3f}; "
               f"top keys of {args.query!r}: {', '.join(repr(k) for k in top_keys[name]['keys'][:4])}")
+    for d, row in results["matched"].items():
+        t = row["trace"]
+        print(f"matched at self {row['self_mass']:.3f} ({d}): gradient partner {row['gradient']['partner_mass']:.3f}, "
+              f"BOS {row['gradient']['bos_mass_no_partner']:.3f}, S {row['gradient']['surprisal']:.3f}; trace "
+              + ("outside its curve" if t is None else
+                 f"partner {t['partner_mass']:.3f}, BOS {t['bos_mass_no_partner']:.3f}, S {t['surprisal']:.3f}"))
+    for name, entry in report["target"].items():
+        if isinstance(entry, dict):
+            c = entry["strongest_control"]
+            strongest = "-" if c is None else f"{controls.head_key(c['layer'], c['head'])} {c['value']:.3f}"
+            print(f"{name}: target {entry['value']:.3f} rank {entry['rank']}/{entry['n_ranked']}; "
+                  f"strongest control {strongest}")
     print(f"results: {path}")
 
 

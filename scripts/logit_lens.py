@@ -52,7 +52,7 @@ def lens_figure(top1_labels, top1_prob, next_prob, depth_labels, position_labels
 
 
 def main(args) -> None:
-    model = load_model(args.model, args.device)
+    model = load_model(args.model, args.device, args.processing)
     prompts.require_tokenizer(model, "The logit lens reads a text prompt and prints tokens")
     tokens = model.to_tokens(args.prompt).cpu()
     check_context(model, tokens)

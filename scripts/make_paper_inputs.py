@@ -24,7 +24,7 @@ from writeup.results import PAPER_DIR, Results
 
 
 def build_parser():
-    p = cli.parser(__doc__)
+    p = cli.parser(__doc__, weights=False)
     p.add_argument("--scripts", nargs="*", default=[],
                    help="the run's scripts in order, for the run-time and provenance tables (make passes DEMO_SCRIPTS)")
     p.add_argument("--generated", type=Path, default=None,

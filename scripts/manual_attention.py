@@ -60,12 +60,16 @@ def compare(model, tokens, processed) -> dict:
 def main(args) -> None:
     if (args.layer is None) != (args.head is None):
         raise UsageError("Give both --layer and --head, or neither to plot the sharpest head.")
-    model = load_model(args.model, args.device, processing=WeightProcessing.none())
+    # The model with --processing, whose patterns must not change, and its raw weights for the manual pass.
+    # Where the load applied no processing (--processing none, random or saved-raw weights) there is one model.
+    processed = load_model(args.model, args.device, args.processing)
+    if WeightProcessing(**processed.analysis_info["weight_processing"]).is_none:
+        model, processed = processed, None
+    else:
+        model = load_model(args.model, args.device, processing=WeightProcessing.none())
     if args.layer is not None:
         cli.check_head(model, args.layer, args.head)
     attention.check_manual_support(model)
-    # The same model with TransformerLens's default processing, whose patterns must not change.
-    processed = None if args.model == "gpt2-random" else load_model(args.model, args.device)
 
     prompt_sets = {"random": prompts.random_tokens(args.n_random, args.length, model.cfg.d_vocab,
                                                    prompts.bos_token_id(model), args.seed,

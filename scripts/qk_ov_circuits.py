@@ -8,7 +8,11 @@
   composition     Q-, K- and V-composition ||W_OV^1 M^2||_F / (||W_OV^1||_F ||M^2||_F) of every
                   earlier head with every later head ("A Mathematical Framework for Transformer
                   Circuits"), against the random-matrix baseline (about 1/sqrt(d_model)); and the
-                  K-composition of the top induction head with every earlier head
+                  K-composition of one head with every earlier head: --induction-head, or the scan's
+                  top induction head. Where that head's score is below --min-induction-score (the
+                  model has no induction head) or it sits in layer 0, the selection is recorded as
+                  degenerate, with the reason; copying scores and full composition matrices are
+                  written in every case
 
 Writes results/<model>/qk_ov_circuits.json and figures/<model>/qk_ov_circuits{,_eigenvalues,
 _composition}.{pdf,png}.
@@ -20,7 +24,7 @@ import math
 
 import torch
 
-from analysis import circuits, cli, io, plotting
+from analysis import circuits, cli, io, plotting, scores
 from analysis.errors import UsageError
 from analysis.models import load_model
 from analysis.plotting import head_heatmaps, save_figure
@@ -38,6 +42,12 @@ def build_parser():
                    help="prompts per scan probe used to find the heads (default: 8)")
     p.add_argument("--repeat-length", type=cli.positive_int, default=50,
                    help="|r| of the induction probe (default: 50)")
+    p.add_argument("--induction-head", default=None, metavar="L.H",
+                   help="head whose K-composition with every earlier head is reported, e.g. 5.1 "
+                        "(default: the scan's top induction head)")
+    p.add_argument("--min-induction-score", type=cli.positive_float, default=None,
+                   help="floor on the scan's top induction score; below it the selection is recorded as degenerate "
+                        "(default: twice the score of uniform attention, 0.027 for --repeat-length 50)")
     p.add_argument("--baseline-samples", type=cli.positive_int, default=256,
                    help="random matrix pairs for the baseline (default: 256)")
     p.fits_context("--repeat-length", lambda r: 1 + 2 * r)
@@ -49,32 +59,47 @@ def build_parser():
 
 
 def main(args) -> None:
-    model = load_model(args.model, args.device)
+    model = load_model(args.model, args.device, args.processing)
     if model.cfg.n_layers < 2:
         raise UsageError("Composition needs at least two layers; this model has one.")
+    chosen = cli.parse_heads(model, [args.induction_head], "--induction-head")[0] if args.induction_head else None
+    if chosen is not None and chosen[0] == 0:
+        raise UsageError(f"--induction-head {args.induction_head} is in layer 0, so no earlier head can compose "
+                         "with it. Name a head in layer 1 or later.")
 
     settings = ScanSettings(n_random=args.n_prompts, n_repeated=args.n_prompts, repeat_lengths=(args.repeat_length,))
     scan = scan_heads(model, settings, seed=args.seed, categories=None, progress=True)
     previous = top_heads(scan.previous_token, 1)[0][:2]
-    induction = top_heads(scan.induction[args.repeat_length], 1)[0][:2]
-    if induction[0] == 0:
-        raise UsageError(f"The top induction head L{induction[0]}H{induction[1]} is in layer 0, so no earlier "
-                         "head can compose with it; this model shows no induction circuit.")
+    best = top_heads(scan.induction[args.repeat_length], 1)[0][:2]
+    chance = scores.induction_chance(args.repeat_length)
+    floor = args.min_induction_score if args.min_induction_score is not None else 2 * chance
+    best_score = float(scan.induction[args.repeat_length][best])
+    reason = None
+    if chosen is None and best_score < floor:
+        reason = (f"the top induction score {best_score:.4f} (L{best[0]}H{best[1]}) is below the floor {floor:.4f} "
+                  f"(uniform attention scores {chance:.4f}): this model shows no induction head")
+    elif chosen is None and best[0] == 0:
+        reason = f"the top induction head L{best[0]}H{best[1]} is in layer 0, so no earlier head can compose with it"
+    induction = chosen or best
     heads = cli.parse_heads(model, args.heads) if args.heads else list(dict.fromkeys([previous, induction]))
-
     copying, spectra, head_scores = circuits.head_ov_spectra(model, heads)  # copying: [layer, head] each
     comp = {mode: circuits.composition_scores(model, mode) for mode in circuits.COMPOSITION_MODES}
     baseline = circuits.random_composition_baseline(model.cfg.d_model, model.cfg.d_head, args.baseline_samples,
                                                     args.seed)
-    partners = circuits.composition_partners(comp["K"], *induction)
+    partners = circuits.composition_partners(comp["K"], *induction) if induction[0] > 0 else []
+
+    def head_copying(h):
+        return {"residual_W_V_W_O": float(copying["residual"][h]), "full_W_E_W_V_W_O_W_U": float(copying["full"][h])}
 
     results = {
         "top_previous_token_head": {"layer": previous[0], "head": previous[1],
                                     "score": float(scan.previous_token[previous])},
-        "top_induction_head": {"layer": induction[0], "head": induction[1],
-                               "score": float(scan.induction[args.repeat_length][induction]),
-                               "copying_score": {"residual_W_V_W_O": float(copying["residual"][induction]),
-                                                 "full_W_E_W_V_W_O_W_U": float(copying["full"][induction])}},
+        "top_induction_head": {"layer": best[0], "head": best[1], "score": best_score, "chance": chance,
+                               "floor": floor, "degenerate": reason is not None, "reason": reason,
+                               "copying_score": head_copying(best)},
+        "composition_target": {"layer": induction[0], "head": induction[1], "copying_score": head_copying(induction),
+                               "chosen_by": "--induction-head" if chosen else "scan",
+                               "score": float(scan.induction[args.repeat_length][induction])},
         "copying_score": {"residual_W_V_W_O": copying["residual"], "full_W_E_W_V_W_O_W_U": copying["full"]},
         "max_copying_score": {"residual_W_V_W_O": float(copying["residual"].nan_to_num(nan=-math.inf).max()),
                               "full_W_E_W_V_W_O_W_U": float(copying["full"].nan_to_num(nan=-math.inf).max())},
@@ -85,7 +110,8 @@ def main(args) -> None:
         "composition_baseline": {"random_matrices": baseline,
                                  "one_over_sqrt_d_model": 1 / math.sqrt(model.cfg.d_model)},
         "induction_k_composition": [{"layer": l, "head": h, "score": s} for l, h, s in partners],
-        "induction_strongest_k_partner": {"layer": partners[0][0], "head": partners[0][1], "score": partners[0][2]},
+        "induction_strongest_k_partner": ({"layer": partners[0][0], "head": partners[0][1], "score": partners[0][2]}
+                                          if partners else None),
     }
     path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
                            arguments=vars(args), seed=args.seed)
@@ -99,7 +125,9 @@ def main(args) -> None:
                 f"{NAME}_composition")
 
     (pl, ph), (il, ih) = previous, induction
-    print(f"top previous-token head L{pl}H{ph}, top induction head L{il}H{ih}")
+    print(f"top previous-token head L{pl}H{ph}, top induction head L{best[0]}H{best[1]} (score {best_score:.4f})")
+    if reason is not None:
+        print(f"degenerate induction head: {reason}; copying scores and composition matrices are still written")
     for label, s in head_scores.items():
         print(f"{label}: copying score {s['W_V W_O']:+.3f} (W_V W_O), {s['W_E W_V W_O W_U']:+.3f} (full OV circuit)")
     listed = ", ".join(f"L{l}H{h} {s:.3f}" for l, h, s in partners[:5])

@@ -59,7 +59,7 @@ def build_parser():
 
 
 def main(args) -> None:
-    model = load_model(args.model, args.device)
+    model = load_model(args.model, args.device, args.processing)
     settings = ScanSettings(n_random=args.n_prompts, n_repeated=args.n_prompts,
                             repeat_lengths=tuple(args.repeat_lengths), n_category=args.category_prompts,
                             category_words=args.category_words)

@@ -1,9 +1,11 @@
 """SAE features through a head's QK circuit: which features attend to which, and do they avoid themselves?
 
 The head (default: the survey's best semantic head) in layer L reads blocks.{L-1}.hook_resid_post.
-SAE (SAELens): for GPT-2 small the release --release (default gpt2-small-resid-post-v5-32k), SAE
---sae-id (default: that hook); for the model organism a small TopK SAE trained with SAELens on its
-own language (shipped in analysis/organism/sae/, or trained once and cached; --retrain-sae).
+SAE (SAELens): a directory saved by SAELens (--sae-path), or a release --sae-release with SAE
+--sae-id (default: that hook), e.g. gpt2-small-resid-post-v5-32k for GPT-2 small; by default the
+model organism's SAE when it fits the model (a small TopK SAE trained with SAELens on the organism's
+own language: shipped in analysis/organism/sae/, or trained once and cached; --retrain-sae), else
+the GPT-2 release. An SAE whose input width is not the model's d_model is refused.
 Features are named by the tokens they fire on in category prompts and get the category whose
 words give them their largest mean activation; the --per-category most active features of each
 category are kept. Each decoder direction d_f is pushed through the head's LayerNorm and QK
@@ -21,6 +23,8 @@ Writes results/<model>/semantic_head.json and figures/<model>/semantic_head.{pdf
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from analysis import cli, io, prompts
 from analysis.controls import compare
 from analysis import qk_decomposition as qk
@@ -34,9 +38,12 @@ NAME = "semantic_head"
 
 def build_parser():
     p = cli.parser(__doc__, target_head=True)
-    p.add_argument("--release", default=saes.GPT2_RELEASE, help=f"SAELens release (default: {saes.GPT2_RELEASE})")
+    p.add_argument("--sae-release", "--release", dest="release", default=None,
+                   help=f"SAELens release, e.g. {saes.GPT2_RELEASE} (default: the organism's SAE where it fits the "
+                        "model, else that release)")
     p.add_argument("--sae-id", default=None, help="SAE id in the release (default: the hook the head reads)")
-    p.add_argument("--retrain-sae", action="store_true", help="organism: train the SAE again (cached, not shipped)")
+    p.add_argument("--sae-path", type=Path, default=None, help="a directory with an SAE saved by SAELens")
+    p.add_argument("--retrain-sae", action="store_true", help="organism's SAE: train it again (cached, not shipped)")
     p.add_argument("--per-category", type=cli.positive_int, default=3, help="features kept per category (default: 3)")
     p.add_argument("--n-prompts", type=cli.positive_int, default=64,
                    help="category prompts for naming features (default: 64)")
@@ -56,23 +63,23 @@ def build_parser():
 def main(args) -> None:
     model, layer, head = cli.load_target(args)
     hook = saes.hook_for_layer(layer)
-    if model.analysis_info["name"] == "organism":
-        sae = saes.organism_sae(model, hook, retrain=args.retrain_sae)
-        source = {"kind": "trained on the organism with SAELens", "hook": hook}
-    else:
-        sae = saes.load_pretrained(args.release, args.sae_id or hook, args.device)
-        source = {"kind": "SAELens pretrained", "release": args.release, "sae_id": args.sae_id or hook}
+    choice = saes.choose_source(model, hook, args.release, args.sae_id, args.sae_path)
+    sae = saes.load_sae(model, choice, args.device, retrain=args.retrain_sae)
+    source = {"kind": {"organism": "trained on the organism with SAELens", "pretrained": "SAELens pretrained",
+                       "path": "SAELens directory"}[choice.kind], "hook": hook,
+              **{key: value for key, value in vars(choice).items() if key != "kind" and value is not None},
+              "trained_on_hook": sae.cfg.metadata.hook_name, "d_in": sae.cfg.d_in}
     source.update(d_sae=sae.cfg.d_sae, architecture=sae.cfg.architecture())
 
     names = list(prompts.ALL_CATEGORIES)
     tokens, _ = prompts.category_probe(model, prompts.ALL_CATEGORIES, args.n_prompts, args.n_words, args.seed + 1)
     category_of = prompts.category_index(model.tokenizer, prompts.ALL_CATEGORIES, model.cfg.d_vocab)
-    by_category, by_token = saes.category_activations(model, sae, tokens, category_of, len(names), hook)
+    by_category, by_token, seen = saes.category_activations(model, sae, tokens, category_of, len(names), hook)
     _, cache = model.run_with_cache(tokens[:16].to(model.cfg.device), names_filter=hook, stop_at_layer=layer)
     source["variance_explained_on_category_prompts"] = saes.variance_explained(
         sae, cache[hook][:, 1:].reshape(-1, model.cfg.d_model))
     features, group = saes.select_features(by_category, args.per_category)
-    token_labels = model.tokenizer.batch_decode([[i] for i in range(model.cfg.d_vocab)])
+    token_labels = model.tokenizer.batch_decode([[int(i)] for i in seen])  # one per column of by_token
     labels = [saes.feature_label(by_token, int(f), token_labels) for f in features]
 
     W_Q, W_K, _, _ = head_weights(model, layer, head)
@@ -97,7 +104,7 @@ def main(args) -> None:
     results.update(compare((layer, head), stats, {"precision": "high"}))
     path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
                            arguments=vars(args), seed=args.seed)
-    short = [label.split(" ")[0] + " " + label.split(" ")[1].split("/")[0] for label in labels]
+    short = [label.split("/")[0] for label in labels]  # "f9 ' Monday'": the feature and its top token
     fig = group_heatmaps([scores], ["LN1(d_f) W LN1(d_g)ᵀ / √d"], short, group,
                          suptitle=f"L{layer}H{head}: SAE features ({hook}) through the QK circuit")
     save_figure(fig, args.out, args.model, NAME)

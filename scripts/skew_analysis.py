@@ -14,7 +14,24 @@ and only negative eigenvalues can push it down. Reported:
               b_Q W_K^T x_k changes with the key, so only it can move attention
 
 W leaves the biases out unless stated. Token inputs: --input (default: mean).
-Writes results/<model>/skew_analysis.json and figures/<model>/skew_analysis.{pdf,png}.
+
+The count of negative eigenvalues is a fact, not evidence: W_sym = ½ [W_Q W_K] J [W_Q W_K]^T with
+J = [[0, I], [I, 0]] (d_head eigenvalues of each sign), so by Sylvester's law of inertia every head
+whose [W_Q W_K] has full rank has exactly d_head negative eigenvalues. Evidence that could fail is
+measured on the head's inputs for the category words (`analysis.self_suppression`), for the target
+and, as controls, for every other head (weights and shared layer inputs make this cheap), each with
+the direction a self-suppressing head predicts (rank 1 = most extreme that way):
+
+  n_negative_eigenvalues (high), negative_eigenvalue_share (high), trace (low)   weights alone
+  self_score, self_negative_part (low)       mean x^T W x / scale and its negative-eigenvalue part
+  margin, margin_normalised (low)            self-score minus the mean score of same-category partners
+  below_partners_share (high)                words scoring themselves below every partner
+  margin_shuffled_z (low)                    margin's z-score against category labels permuted
+  top{1,4,16}_negative_share (high)          negative self-score part carried by the k most negative components
+
+Nulls: shuffled labels (margin_shuffled_mean, _q05) and Gaussian inputs with the words' mean and
+covariance (gaussian_margin, ...), per head in `controls`, the target's in `null`.
+Writes results/<model>/skew_analysis.json and figures/<model>/skew_analysis{,_controls}.{pdf,png}.
 """
 
 from __future__ import annotations
@@ -22,10 +39,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from analysis import cli, io
+from analysis import cli, io, prompts
 from analysis import qk_decomposition as qk
+from analysis import self_suppression as ss
 from analysis.attention import head_scale, head_weights
-from analysis.plotting import save_figure, use_style
+from analysis.controls import compare, head_key, separating
+from analysis.plotting import save_figure, target_vs_controls, use_style
 from analysis.token_maps import group_tokens, token_inputs
 
 NAME = "skew_analysis"
@@ -34,6 +53,8 @@ NAME = "skew_analysis"
 def build_parser():
     p = cli.parser(__doc__, target_head=True)
     cli.add_input_argument(p)
+    p.add_argument("--n-permutations", type=cli.positive_int, default=200,
+                   help="category-label permutations of the shuffled null (default: 200)")
     return p
 
 
@@ -50,12 +71,34 @@ def main(args) -> None:
     bias_terms = {**qk.bias_key_term(E[ids], W_Q, W_K, b_Q, scale),
                   "query_term_and_constant": "constant along each query's row: no effect on attention"}
 
-    results = {"head": {"layer": layer, "head": head}, "input": args.input, "d_head": model.cfg.d_head,
+    # Every head on the category words: the target's statistics against all others'.
+    word_ids, words, category, names = group_tokens(model.tokenizer, prompts.ALL_CATEGORIES)
+    stats = ss.every_head(model, args.input, word_ids, category, args.seed,
+                          lambda *a: ss.head_statistics(*a, n_permutations=args.n_permutations))
+    report = compare((layer, head), stats, ss.DIRECTIONS)
+    null_keys = ("margin_shuffled_mean", "margin_shuffled_q05", "gaussian_self_score", "gaussian_self_negative_part",
+                 "gaussian_margin", "gaussian_margin_normalised", "gaussian_below_partners_share")
+    null = {"target": {k: stats[(layer, head)][k] for k in null_keys},
+            "says": "shuffled: the margin with category labels permuted across the same words (mean, 5% quantile "
+                    "over permutations); gaussian: the statistics on Gaussian inputs with the words' mean and "
+                    "covariance, labels tiled, no token identity (its margin is tr(W Σ)/scale in expectation)"}
+    sylvester = {"d_head": model.cfg.d_head, "heads_with_d_head_negative": sum(
+        s["n_negative_eigenvalues"] == model.cfg.d_head for s in stats.values()), "n_heads": len(stats),
+        "says": "W_sym = ½[W_Q W_K] J [W_Q W_K]^T: a full-rank [W_Q W_K] gives exactly d_head negative eigenvalues"}
+    results = {**report, "separating": separating(report), "null": null, "sylvester": sylvester,
+               "category_words": {"n_words": len(words), "categories": names},
+               "head": {"layer": layer, "head": head}, "input": args.input, "d_head": model.cfg.d_head,
                "without_bias": plain, "with_bias": biased, "bias_terms_on_group_set": bias_terms}
     path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
                            arguments=vars(args), seed=args.seed)
     save_figure(figure(plain["eigenvalues"], biased["eigenvalues"], self_scores, layer, head, args),
                 args.out, args.model, NAME)
+    # the figure's null line: the Gaussian null where it applies; the shuffled z-score's null is 0 by construction
+    gaussian_null = {name: null["target"][f"gaussian_{name}"] for name in
+                     ("self_score", "self_negative_part", "margin", "margin_normalised", "below_partners_share")}
+    title = f"{head_key(layer, head)} against every other head ({args.input} inputs, {len(words)} category words)"
+    save_figure(target_vs_controls(report, null={**gaussian_null, "margin_shuffled_z": 0.0}, title=title),
+                args.out, args.model, f"{NAME}_controls")
 
     n, s = plain["norms"], plain["spectrum"]
     print(f"L{layer}H{head} ({args.input} inputs): ||W_sym|| = {n['sym']:.2f}, ||W_skew|| = {n['skew']:.2f} "
@@ -66,6 +109,17 @@ def main(args) -> None:
     print(f"x^T W x = x^T W_sym x to {plain['check']['max_abs_self_W_minus_sym']:.1e}; with biases: "
           f"{biased['spectrum']['n_negative']} negative eigenvalues, "
           f"||W_skew|| share {biased['norms']['skew_share']:.2f}")
+    print(f"{sylvester['heads_with_d_head_negative']} of {sylvester['n_heads']} heads have exactly d_head = "
+          f"{model.cfg.d_head} negative eigenvalues (Sylvester): the count is no evidence")
+    for name in report["directions"]:
+        entry = report["target"][name]
+        strongest = entry["strongest_control"]
+        rival = f"{head_key(strongest['layer'], strongest['head'])} {strongest['value']:+.3f}" if strongest else "-"
+        value = "n/a" if entry["value"] is None else f"{entry['value']:+.3f}"
+        print(f"  {name:>26s}: target {value} rank {entry['rank']}/{entry['n_ranked']}, strongest control {rival}")
+    print(f"separates from every other head: {', '.join(results['separating']) or 'none'}; null (target): "
+          f"shuffled margin {null['target']['margin_shuffled_mean']:+.3f}, Gaussian margin "
+          f"{null['target']['gaussian_margin']:+.3f}")
     print(f"results: {path}")
 
 

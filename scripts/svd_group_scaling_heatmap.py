@@ -10,6 +10,17 @@ W_skew stay: W_f = W + V_neg diag((f - 1) λ_neg) V_neg^T.
           kept; qk_decomposition.qk_override_hooks) on category prompts, scored with the part-1
           metrics: self mass, partner mass, BOS mass when no partner, S
 
+Controls (--controls): the same factor sweep on every control head, and a targeted edit on each head:
+factor -1 on only the --targeted-k negative components that carry most of the group tokens' negative
+self-score (`qk_decomposition.self_suppressing_components`). For each head and edit, the change from the
+unedited head of self mass, partner mass, BOS mass when no partner and S ("edits"), and the self mass
+restored per unit of partner mass lost, Δself / (-Δpartner) (None when no partner mass is lost).
+Heads of one layer are edited together in one pass that reads only that layer's patterns.
+Statistics and the direction a self-suppressing head predicts ("directions"): self_mass_change at
+factor -1 and 0 high (flipping the negative eigenvalues gives self-attention back), and the targeted
+edit's self_mass_change high. They are facts about specificity: the controls show whether the
+edit restores self-attention only in the target.
+
 Writes results/<model>/svd_group_scaling_heatmap.json and figures/<model>/svd_group_scaling_heatmap
 (maps) and svd_group_scaling_heatmap_causal (masses against f).
 """
@@ -18,10 +29,10 @@ from __future__ import annotations
 
 from transformer_lens import FactoredMatrix
 
-from analysis import cli, io, prompts
+from analysis import cli, controls, io, prompts
 from analysis import qk_decomposition as qk
 from analysis.attention import head_scale, head_weights
-from analysis.plotting import group_heatmaps, save_figure, use_style
+from analysis.plotting import group_heatmaps, save_figure, target_vs_controls, use_style
 from analysis.token_maps import block_means, group_tokens, token_inputs
 
 NAME = "svd_group_scaling_heatmap"
@@ -37,6 +48,9 @@ def build_parser():
                    help="category prompts for the causal check (default: 64)")
     p.add_argument("--n-words", type=cli.positive_int, default=64, help="words per category prompt (default: 64)")
     p.fits_context("--n-words", lambda n: 1 + n)
+    p.add_argument("--targeted-k", type=cli.positive_int, default=4,
+                   help="negative components flipped by the targeted edit (default: 4)")
+    cli.add_controls_argument(p)
     p.memory("--n-prompts or --n-words", lambda a, s: cli.pattern_bytes(s, a.n_prompts, 1 + a.n_words, heads=1))
     return p
 
@@ -59,9 +73,18 @@ def main(args) -> None:
         per_factor.append({"factor": factor, "map": maps[-1], "block_means": block_means(maps[-1], group),
                            "in_context": qk.in_context_scores(model, tokens, mask, layer, head, hooks)})
     base = qk.in_context_scores(model, tokens, mask, layer, head)  # the unedited model, no hooks
+    heads = [(layer, head)] + cli.control_heads(model, (layer, head), args.controls, args.seed)
+    edits = edit_sweep(model, heads, tokens, mask, ids, args)
+    stats = {hd: {f"{name}_{key}": row[key] for name, row in rows.items() if name != "unedited"
+                  for key in ("self_mass_change", "partner_mass_change", "bos_mass_no_partner_change",
+                              "surprisal_change", "self_per_partner_lost")} for hd, rows in edits.items()}
+    report = controls.compare((layer, head), stats, {f"{e}_self_mass_change": "high"
+                                                     for e in ("factor -1", "factor 0", "targeted")})
     results = {"head": {"layer": layer, "head": head}, "input": args.input, "tokens": labels,
                "n_negative_eigenvalues": len(negative), "unedited_in_context": base,
-               "factors": {f"{row['factor']:g}": row for row in per_factor}}  # keyed "1", "0.5", "0", "-1"
+               "factors": {f"{row['factor']:g}": row for row in per_factor},  # keyed "1", "0.5", "0", "-1"
+               "targeted_k": args.targeted_k, **report, "target_edits": edits[(layer, head)],
+               "edits": {controls.head_key(*hd): rows for hd, rows in edits.items()}}
     path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
                            arguments=vars(args), seed=args.seed)
     fig = group_heatmaps(maps, [f"negative λ × {f:g}" for f in args.factors], labels, group, shared_scale=True,
@@ -69,6 +92,9 @@ def main(args) -> None:
                                   f"({args.input} inputs)")
     save_figure(fig, args.out, args.model, NAME)
     save_figure(causal_figure(per_factor, layer, head), args.out, args.model, f"{NAME}_causal")
+    save_figure(target_vs_controls(report, f"L{layer}H{head} against {len(heads) - 1} control heads: "
+                                           "self mass restored by eigenvalue edits"),
+                args.out, args.model, f"{NAME}_controls")
 
     print(f"L{layer}H{head}: {len(negative)} negative eigenvalues scaled; unedited self mass {base['self_mass']:.3f}")
     for row in per_factor:
@@ -76,7 +102,33 @@ def main(args) -> None:
         print(f"factor {row['factor']:+5.2f}: map self {b['self']:+6.2f} vs in-group {b['in_group']:+6.2f} | "
               f"in context: self {c['self_mass']:.3f}, partner {c['partner_mass']:.3f}, "
               f"BOS (no partner) {c['bos_mass_no_partner']:.3f}")
+    for hd, rows in edits.items():
+        print(f"{controls.head_key(*hd):>6s}: self {rows['unedited']['self_mass']:.3f} -> "
+              + ", ".join(f"{n} {rows[n]['self_mass']:.3f}" for n in rows if n != "unedited")
+              + f" | targeted: partner {rows['targeted']['partner_mass_change']:+.3f}, self per partner lost "
+              f"{rows['targeted']['self_per_partner_lost']} (untargeted -1: {rows['factor -1']['self_per_partner_lost']})")
     print(f"results: {path}")
+
+
+def edit_sweep(model, heads, tokens, mask, group_ids, args) -> dict:
+    """head -> {"unedited", "factor <f>", "targeted"} -> part-1 metrics and their change from the unedited head."""
+    weights, targeted = {}, {}
+    inputs = {l: token_inputs(model, l, args.input, token_ids=group_ids, seed=args.seed) for l in {l for l, _ in heads}}
+    for l, h in heads:
+        W_Q, W_K, _, _ = head_weights(model, l, h)
+        spectrum = qk.symmetric_spectrum(W_Q, W_K)
+        weights[(l, h)] = (W_Q, W_K, spectrum, qk.most_negative(spectrum.values))
+        targeted[(l, h)] = qk.self_suppressing_components(inputs[l], spectrum, args.targeted_k)
+    runs = {"unedited": {hd: weights[hd][:2] for hd in heads}}
+    for factor in args.factors:
+        runs[f"factor {factor:g}"] = {hd: qk.edited_factors(*w, factor) for hd, w in weights.items()}
+    runs["targeted"] = {hd: qk.edited_factors(*w[:3], targeted[hd], -1.0) for hd, w in weights.items()}
+    measured = {name: qk.edited_heads_in_context(model, tokens, mask, edits) for name, edits in runs.items()}
+    out = {}
+    for hd in heads:
+        base = measured["unedited"][hd]
+        out[hd] = {name: {**m[hd], **qk.edit_effect(base, m[hd])} for name, m in measured.items()}
+    return out
 
 
 def causal_figure(per_factor, layer, head):

@@ -10,17 +10,20 @@ out of W):
   in context  the head's self mass on category prompts, the model run with W_{k,s} (biases kept)
 
 (The original study's precision@k was computed on rank vectors and is meaningless; it is not
-repeated here.) scale 1 is the unedited head. Writes results/<model>/svd_rank_ablation.json and
+repeated here.) scale 1 is the unedited head.
+
+Controls (--controls): the best cell's edit (its k and scale; k capped at each head's negative count)
+applied to every control head, each head measured unedited and edited. Statistics and the direction a
+self-suppressing head predicts ("directions"): mean_rank (unedited mean self-rank) high,
+mean_rank_change (edited minus unedited) low, self_mass_change (in context) high. Writes results/<model>/svd_rank_ablation.json and
 figures/<model>/svd_rank_ablation.{pdf,png}.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from tqdm.auto import tqdm
-from transformer_lens import FactoredMatrix
 
-from analysis import cli, io, prompts
+from analysis import cli, controls, io, prompts
 from analysis import qk_decomposition as qk
 from analysis.attention import head_weights
 from analysis.plotting import save_figure, use_style
@@ -41,8 +44,9 @@ def build_parser():
     p.add_argument("--n-prompts", type=cli.positive_int, default=16,
                    help="category prompts per cell for the self mass (default: 16)")
     p.add_argument("--n-words", type=cli.positive_int, default=64, help="words per category prompt (default: 64)")
-    p.add_argument("--chunk-size", type=cli.positive_int, default=1024,
-                   help="queries per block of scores (default: 1024)")
+    cli.add_controls_argument(p)
+    p.add_argument("--chunk-size", type=cli.positive_int, default=128,
+                   help="queries per block of scores; small blocks stay in cache (default: 128)")
     p.fits_context("--n-words", lambda n: 1 + n)
     p.memory("--n-prompts or --n-words", lambda a, s: cli.pattern_bytes(s, a.n_prompts, 1 + a.n_words, heads=1))
     p.memory("--chunk-size", lambda a, s: 3 * 4 * min(a.chunk_size, s.d_vocab) * s.d_vocab, "blocks of scores")
@@ -58,20 +62,27 @@ def main(args) -> None:
     E = token_inputs(model, layer, args.input, seed=args.seed, progress=True)  # (d_vocab, d_model)
     tokens, mask = prompts.category_probe(model, prompts.ALL_CATEGORIES, args.n_prompts, args.n_words, args.seed + 1)
 
+    # Every cell at once: self-ranks from shared score blocks, in-context masses from one run up to the layer.
+    grid = [(k, scale) for k in ks for scale in args.scales]
+    ranks = qk.self_ranks_grid(E, W_Q, W_K, spectrum, ks, args.scales, args.chunk_size, progress=True)
+    factors = {(k, scale): qk.edited_factors(W_Q, W_K, spectrum, qk.most_negative(spectrum.values, k), scale)
+               for k, scale in grid}
+    in_context = qk.in_context_grid(model, tokens, mask, layer, head, factors, b_Q, b_K)
     cells = []
-    for k, scale in tqdm([(k, s) for k in ks for s in args.scales], desc="grid"):
-        A, B = qk.edited_factors(W_Q, W_K, spectrum, qk.most_negative(spectrum.values, k), scale)
-        ranks = qk.self_ranks(E, FactoredMatrix(A, B.T), args.chunk_size)
-        hooks = qk.qk_override_hooks(model, layer, head, A, B, b_Q, b_K)
-        in_context = qk.in_context_scores(model, tokens, mask, layer, head, hooks)
-        cells.append({"k": k, "scale": scale, **qk.rank_metrics(ranks, args.at),
-                      "self_mass": in_context["self_mass"], "partner_mass": in_context["partner_mass"]})
+    for k, scale in grid:
+        cells.append({"k": k, "scale": scale, **qk.rank_metrics(ranks[k, scale], args.at),
+                      "self_mass": in_context[k, scale]["self_mass"],
+                      "partner_mass": in_context[k, scale]["partner_mass"]})
     base = next((c for c in cells if c["scale"] == 1.0), None)  # scale 1 edits nothing: every k alike
     best = min(cells, key=lambda c: c["mean_rank"])  # the cell whose self-scores rank highest
     results = {"head": {"layer": layer, "head": head}, "input": args.input, "n_negative_eigenvalues": n_negative,
                "d_vocab": model.cfg.d_vocab, "ks": ks, "scales": args.scales,
                "cells": {f"k={c['k']},scale={c['scale']:g}": c for c in cells}, "best_cell": best,
                **({"unedited_cell": base} if base else {})}
+    heads = [(layer, head)] + cli.control_heads(model, (layer, head), args.controls, args.seed)
+    edited = best_cell_on_heads(model, heads, best, tokens, mask, args)
+    results.update(controls.compare((layer, head), edited, {"mean_rank": "high", "mean_rank_change": "low",
+                                                             "self_mass_change": "high"}))
     path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
                            arguments=vars(args), seed=args.seed)
     save_figure(figure(cells, ks, args, layer, head), args.out, args.model, NAME)
@@ -82,7 +93,35 @@ def main(args) -> None:
     print(f"best cell k={best['k']}, scale {best['scale']:g}: mean self-rank {best['mean_rank']:.1f}, "
           f"MRR {best['mrr']:.3f}, " + ", ".join(f"acc@{K} {best[f'acc@{K}']:.2f}" for K in args.at)
           + f", self mass {best['self_mass']:.3f}")
+    for name, entry in results["target"].items():
+        if isinstance(entry, dict):
+            c = entry["strongest_control"]
+            strongest = "-" if c is None else f"L{c['layer']}H{c['head']} {c['value']:.3f}"
+            print(f"best cell on controls, {name}: target {entry['value']:.3f}, rank {entry['rank']}/{entry['n_ranked']}, "
+                  f"strongest control {strongest}")
     print(f"results: {path}")
+
+
+def best_cell_on_heads(model, heads, best, tokens, mask, args) -> dict:
+    """head -> unedited and best-cell-edited mean self-rank and self mass, and their changes."""
+    rows, inputs = {}, {}
+    for l, h in tqdm(heads, desc="best cell on control heads"):
+        if l not in inputs:
+            inputs[l] = token_inputs(model, l, args.input, seed=args.seed)
+        W_Q, W_K, _, _ = head_weights(model, l, h)
+        spectrum = qk.symmetric_spectrum(W_Q, W_K)
+        A, B = qk.edited_factors(W_Q, W_K, spectrum, qk.most_negative(spectrum.values, best["k"]), best["scale"])
+        measured = {}
+        for name, (Wq, Wk) in (("unedited", (W_Q, W_K)), ("edited", (A, B))):
+            ranks = qk.self_ranks(inputs[l], FactoredMatrix(Wq, Wk.T), args.chunk_size)
+            self_mass = qk.edited_heads_in_context(model, tokens, mask, {(l, h): (Wq, Wk)})[(l, h)]["self_mass"]
+            measured[name] = {"mean_rank": float(ranks.double().mean()), "self_mass": self_mass}
+        before, after = measured["unedited"], measured["edited"]
+        rows[(l, h)] = {"mean_rank": before["mean_rank"], "edited_mean_rank": after["mean_rank"],
+                        "mean_rank_change": after["mean_rank"] - before["mean_rank"],
+                        "self_mass": before["self_mass"], "edited_self_mass": after["self_mass"],
+                        "self_mass_change": after["self_mass"] - before["self_mass"]}
+    return rows
 
 
 def figure(cells, ks, args, layer, head):

@@ -11,15 +11,26 @@ E (--input, default mean), the maps
 with, for each, the mean score on the diagonal (self), within a group and across groups, and
 the relative Frobenius norms of the sym and skew maps. The diagonal of base equals that of
 sym, and skew's diagonal is zero: the skew part never changes a token's score with itself.
-Writes results/<model>/svd_sym_skew_heatmap.json and figures/<model>/svd_sym_skew_heatmap.{pdf,png}.
+
+Controls: the same group-set statistics of the base map for every other head (each layer's inputs
+are shared by its heads, so this is cheap), with the direction a self-suppressing head predicts
+(rank 1 = most extreme that way; `analysis.self_suppression.group_map_statistics`):
+
+  self_minus_in_group (low)     mean self-score minus the mean in-group score
+  in_minus_out_group (high)     in-group minus out-of-group mean: attraction to the category
+  margin_normalised (low)       per-token self minus partner mean, over the std of the off-diagonal scores
+  below_partners_share (high)   tokens scoring themselves below every group-mate
+Writes results/<model>/svd_sym_skew_heatmap.json and figures/<model>/svd_sym_skew_heatmap{,_controls}.{pdf,png}.
 """
 
 from __future__ import annotations
 
 from analysis import cli, io
 from analysis import qk_decomposition as qk
+from analysis import self_suppression as ss
 from analysis.attention import attention_scores, head_scale, head_weights
-from analysis.plotting import group_heatmaps, save_figure
+from analysis.controls import compare, head_key, separating
+from analysis.plotting import group_heatmaps, save_figure, target_vs_controls
 from analysis.token_maps import block_means, group_tokens, token_inputs
 
 NAME = "svd_sym_skew_heatmap"
@@ -45,7 +56,10 @@ def main(args) -> None:
     base_norm = float(maps["base"].norm())
     check = {"max_abs_diag_base_minus_sym": float((maps["base"].diagonal() - maps["sym"].diagonal()).abs().max()),
              "max_abs_diag_skew": float(maps["skew"].diagonal().abs().max())}
+    stats = ss.every_head(model, args.input, ids, group, args.seed, ss.group_map_statistics)
+    report = compare((layer, head), stats, ss.GROUP_MAP_DIRECTIONS)
     results = {
+        **report, "separating": separating(report),
         "head": {"layer": layer, "head": head}, "input": args.input, "tokens": labels, "groups": group_names,
         "maps": maps,
         "block_means": {name: block_means(m, group) for name, m in maps.items()},
@@ -60,12 +74,19 @@ def main(args) -> None:
                          ["base  E W Eᵀ/√d", "symmetric part", "skew part", "base with Q/K biases"], labels, group,
                          suptitle=f"L{layer}H{head}, group set ({args.input} inputs)")
     save_figure(fig, args.out, args.model, NAME)
+    save_figure(target_vs_controls(report, title=f"{head_key(layer, head)} against every other head, group set "
+                                   f"({args.input} inputs)"), args.out, args.model, f"{NAME}_controls")
 
     for name, stats in results["block_means"].items():
         print(f"{name:>5s}: self {stats['self']:+.2f}, in-group {stats['in_group']:+.2f}, "
               f"out-of-group {stats['out_group']:+.2f}")
     print(f"relative norms: sym {results['relative_norms']['sym']:.2f}, skew {results['relative_norms']['skew']:.2f}; "
           f"diag(base) - diag(sym) <= {results['check']['max_abs_diag_base_minus_sym']:.1e}")
+    for name in report["directions"]:
+        entry, rival = report["target"][name], report["target"][name]["strongest_control"]
+        print(f"  {name:>21s}: target {entry['value']:+.3f} rank {entry['rank']}/{entry['n_ranked']}, strongest "
+              f"control {head_key(rival['layer'], rival['head'])} {rival['value']:+.3f}")
+    print(f"separates from every other head: {', '.join(results['separating']) or 'none'}")
     print(f"results: {path}")
 
 

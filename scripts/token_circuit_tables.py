@@ -82,7 +82,7 @@ def table_figure(model, table, qk, ov, layer: int, head: int):
 
 
 def main(args) -> None:
-    model = load_model(args.model, args.device)
+    model = load_model(args.model, args.device, args.processing)
     layer, head = cli.target_head(model, args.layer, args.head, args.seed)
     d_vocab = model.cfg.d_vocab
     p = (circuits.token_probabilities(read_frequency_csv(args.freq), d_vocab) if args.freq is not None

@@ -2,8 +2,10 @@
 
 --corpus is any text file, tokenised line by line with the model's tokenizer (trailing newlines
 dropped). The study of GPT-2 small used WikiText-103's training split (wiki.train.tokens). For
-the model organism the default corpus is sampled from its training generator (the same mixture
-of category text, repeated chunks and random tokens), seeded by --seed.
+a model whose vocabulary is the organism's the default corpus is sampled from its training generator
+(the same mixture of category text, repeated chunks and random tokens), seeded by --seed. Any
+other model without --corpus gets a uniform table (every ordinary token counted once), recorded
+as `corpus.source: "uniform"` with `degenerate: true`, so a full run (`make all`) still completes.
 
 Writes results/<model>/token_freq.csv (token, id, count, probability; most frequent first),
 results/<model>/token_freq.json (corpus, totals, top tokens) and figures/<model>/token_freq
@@ -19,20 +21,24 @@ from analysis import cli, io, prompts
 from analysis.errors import UsageError
 from analysis.frequency import (
     MAX_UNKNOWN_SHARE, check_corpus, check_unknown_share, count_tokens, frequency_csv_path, frequency_table,
-    unknown_share, write_frequency_csv,
+    uniform_counts, unknown_share, write_frequency_csv,
 )
-from analysis.models import load_model
+from analysis.models import has_organism_vocabulary, load_model
 from analysis.organism.language import LanguageSpec, vocabulary, write_corpus
 from analysis.organism.train import TrainConfig
 from analysis.plotting import save_figure, use_style
 
 NAME = "token_freq"
+UNIFORM_REASON = ("no --corpus given and the model's vocabulary is not the organism's, so every ordinary token is "
+                  "counted once (a uniform table, no real frequencies); give --corpus (the study of GPT-2 used "
+                  "WikiText-103's training split) for frequencies that mean something")
 
 
 def build_parser():
     p = cli.parser(__doc__)
     p.add_argument("--corpus", type=Path, default=None,
-                   help="text file to count (default for the organism: a corpus sampled from its generator)")
+                   help="text file to count (default: for the organism's vocabulary a corpus sampled from its generator, "
+                        "otherwise a uniform table of every ordinary token, recorded as degenerate)")
     p.add_argument("--corpus-sequences", type=cli.positive_int, default=2000,
                    help="sequences in the organism's sampled corpus (default: 2000)")
     p.add_argument("--top", type=cli.positive_int, default=20, help="most frequent tokens listed (default: 20)")
@@ -69,19 +75,22 @@ def rank_plot(table, title: str):
 
 
 def main(args) -> None:
-    model = load_model(args.model, args.device)
+    model = load_model(args.model, args.device, args.processing)
     prompts.require_tokenizer(model, "Counting a corpus's tokens tokenises it")
 
     with tempfile.TemporaryDirectory() as scratch:
         if args.corpus is not None:
             corpus, corpus_info = args.corpus, {"source": str(args.corpus.resolve())}
-        elif args.model == "organism":
+        elif has_organism_vocabulary(model.tokenizer):
             corpus, corpus_info = organism_corpus(model, args.corpus_sequences, args.seed, Path(scratch))
         else:
-            raise UsageError(f"Give --corpus for {args.model!r}: a text file to count (the study of GPT-2 used "
-                             "WikiText-103's training split). Only the organism has a default corpus.")
-        with open(corpus, encoding="utf-8", errors="replace") as lines:
-            counts = count_tokens(model.tokenizer, lines, model.cfg.d_vocab, progress=True)
+            corpus, corpus_info = None, {"source": "uniform", "degenerate": True, "reason": UNIFORM_REASON}
+            print(f"warning: {UNIFORM_REASON}")
+        if corpus is None:
+            counts = uniform_counts(model.cfg.d_vocab, len(model.tokenizer), prompts.special_token_ids(model))
+        else:
+            with open(corpus, encoding="utf-8", errors="replace") as lines:
+                counts = count_tokens(model.tokenizer, lines, model.cfg.d_vocab, progress=True)
     table = frequency_table(counts, model.tokenizer)
     total = int(counts.sum())
     if total == 0:

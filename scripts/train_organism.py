@@ -27,7 +27,7 @@ DEFAULT_OUT = io.REPO_ROOT / "checkpoints" / "organism"
 
 def build_parser():
     defaults = TrainConfig()
-    p = cli.parser(__doc__, staged=False, out_default=DEFAULT_OUT,
+    p = cli.parser(__doc__, staged=False, weights=False, out_default=DEFAULT_OUT,
                    out_help="checkpoint folder to write (default: checkpoints/organism under the repository)")
     p.add_argument("--replace-shipped", action="store_true",
                    help="write the new checkpoint over the shipped one in analysis/organism/checkpoint")

@@ -49,7 +49,7 @@ def layer_grid(pattern, labels, layer: int):
 
 
 def main(args) -> None:
-    model = load_model(args.model, args.device)
+    model = load_model(args.model, args.device, args.processing)
     prompts.require_tokenizer(model, "This script draws a text prompt")
     layers = range(model.cfg.n_layers)
     if args.layer is not None:

@@ -52,6 +52,15 @@ def test_component_means_are_means_after_bos(organism, probe):
     assert torch.allclose(means["hook_embed"], organism.W_E[tokens[:, 1:]].mean((0, 1)), atol=1e-6)
 
 
+def test_component_means_the_study_way_include_bos(organism, probe):
+    tokens = probe[0]
+    means = ablation.component_means(organism, tokens, [get_act_name("pos_embed"), get_act_name("embed")],
+                                     batch_size=5, bos_in_means=True)
+    assert torch.allclose(means["hook_pos_embed"], organism.W_pos[:tokens.shape[1]].mean(0), atol=1e-6)
+    assert torch.allclose(means["hook_embed"], organism.W_E[tokens].mean((0, 1)), atol=1e-6)
+    assert ablation.CONVENTIONS["study_bos_ablated"] == {"keep_bos": False, "bos_in_means": True}
+
+
 def test_zero_ablation_of_position_leaves_only_the_embedding(organism, probe):
     tokens = probe[0][:2]
     zero = ablation.ablation_hooks({n: torch.ones(organism.cfg.d_model) for n in ablation.COMPONENTS.values()},
@@ -98,6 +107,12 @@ def test_component_ablation_script_end_to_end(tmp_path, truth):
         mean["baseline"]["median"], mean["positional_embedding"]["median"], mean["token_embedding"]["median"]))
     assert (tmp_path / "figures" / "organism" / "component_ablation.png").stat().st_size > 1000
     assert "token_embedding" in result.stdout
+    # the study's convention (BOS ablated, means with BOS) beside ours, keyed by convention and condition
+    by = data["by_convention"]
+    assert set(by) == {"ours_bos_kept", "study_bos_ablated"} and by["ours_bos_kept"] == data["table"]["mean"]
+    assert set(by["study_bos_ablated"]) == set(data["table"]["mean"])
+    assert by["study_bos_ablated"]["baseline"] == data["table"]["mean"]["baseline"]
+    assert by["study_bos_ablated"]["token_embedding"]["median"] != data["table"]["mean"]["token_embedding"]["median"]
 
 
 def test_component_ablation_rejects_bad_counts(tmp_path, capsys):

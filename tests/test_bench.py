@@ -14,7 +14,27 @@ def test_every_benchmark_is_discovered():
     import run
 
     names = set(run.discover())
-    assert {"scan_batched_vs_per_head", "ov_copying_factored_vs_dense", "token_tables_chunked_vs_dense"} <= names
+    assert {"scan_batched_vs_per_head", "ov_copying_factored_vs_dense", "token_tables_chunked_vs_dense",
+            "patching_batched_vs_per_head", "rank_ablation_grid", "sae_step_gpt2_size", "scripts_gpt2_scale"} <= names
+
+
+def test_script_sweep_order_and_the_peak_memory_of_a_child():
+    import json
+    import subprocess
+
+    import bench_scripts
+
+    names = bench_scripts.scripts_in_order()
+    assert not set(names) & bench_scripts.EXCLUDED and len(names) == len(set(names))
+    assert names.index("token_freq") < names.index("cosine_attention_analysis")  # counts before their readers
+    assert {p.stem for p in (REPO / "scripts").glob("*.py")} == set(names) | bench_scripts.EXCLUDED
+    child = [sys.executable, "-c", "x = bytearray(300 * 2**20); x[::4096] = b'1' * len(x[::4096])"]  # 300 MiB touched
+    done = subprocess.run([sys.executable, "-c", bench_scripts.WRAPPER, *child], capture_output=True, text=True)
+    measured = json.loads(done.stdout.splitlines()[-1])
+    assert measured["rc"] == 0 and 300 * 1024 <= measured["max_rss_kb"] < 600 * 1024
+    row = {"rc": 2, "seconds": 1.0, "peak_gb": 0.3, "error": "error: no corpus"}
+    table = bench_scripts.markdown({"token_freq": row}, "2 cores")
+    assert "| `token_freq` | 0.30 | 1 | 2: error: no corpus |" in table and "2 cores" in table
 
 
 def test_measure_sees_a_large_allocation():

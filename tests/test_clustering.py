@@ -29,6 +29,21 @@ def test_top_k_edges_exact():
         clustering.top_k_edges(torch.eye(4), W, scale=1.0, k=4)
 
 
+def test_study_edges_exact():
+    # x = e1..e4, W_Q = M, W_K = I: key row i of x_i W_K W_Q^T x_j^T is M[j, i], i.e. M^T
+    M = torch.tensor([[9.0, 1.0, 3.0, 2.0],
+                      [5.0, 0.0, 4.0, 1.0],
+                      [0.0, 2.0, 7.0, 8.0],
+                      [1.0, 6.0, 2.0, 3.0]])
+    source, target, weight = clustering.study_edges(torch.eye(4), M, torch.eye(4), k=2)
+    # key row i is M[:, i], shifted by min/(max - min); the top 2 (>= the row's linear median) kept, self-loops in
+    assert list(zip(source.tolist(), target.tolist())) == [(0, 0), (0, 1), (1, 2), (1, 3), (2, 1), (2, 2),
+                                                          (3, 2), (3, 3)]
+    assert torch.allclose(weight, torch.tensor([9.0, 5.0, 2.0, 6.0, 3.6, 6.6, 8 - 1 / 7, 3 - 1 / 7]))
+    # only positive shifted scores become edges: with every score far below zero, no edges at all
+    assert len(clustering.study_edges(torch.eye(4), M - 20, torch.eye(4), k=2)[0]) == 0
+
+
 def test_minmax_exact():
     assert clustering.minmax(torch.tensor([2.0, 4.0, 3.0])).tolist() == [0.0, 1.0, 0.5]
     assert clustering.minmax(torch.tensor([5.0, 5.0])).tolist() == [1.0, 1.0]
@@ -69,6 +84,17 @@ def test_clustering_recovers_the_organism_categories(tmp_path, truth):
     assert re.search(r"<script[^>]*\ssrc=", html) is None  # nothing fetched: plotly's JavaScript is inline
     assert "Plotly.newPlot" in html and " Monday" in html
     assert (tmp_path / "figures" / "organism" / "clustering.png").stat().st_size > 1000
+    study = data["study_graph"]  # the study's graph beside ours: BOS in, self-loops kept, communities capped
+    assert study["n_nodes"] == 167 and study["max_comm_size"] == 512 and study["agreement"]["n_tokens"] == 63
+    assert study["printed_clusters"] == study["n_communities"] - 1
+    assert sum(c["size"] for c in study["communities"]) == study["n_nodes"]
+    # controls: ARI/NMI of both graphs for the target's layer and the scan's top heads, target ranked
+    assert set(data["directions"]) == {"ari", "nmi", "study_ari", "study_nmi"}
+    assert data["target"]["ari"]["value"] == data["agreement"]["ari"]
+    assert data["target"]["ari"]["rank"] == 1 and data["target"]["ari"]["separates"]
+    layer = truth["planted_heads"]["semantic"][0]
+    assert {(c["layer"], c["head"]) for c in data["controls"] if c["layer"] == layer} == \
+        {(layer, h) for h in range(4)} - {tuple(truth["planted_heads"]["semantic"])}
 
 
 def test_clustering_without_a_frequency_table_says_what_to_do(tmp_path, capsys):

@@ -49,6 +49,39 @@ def test_patching_recovers_the_answer_through_the_induction_heads(organism):
     assert out["recovered"][tuple(zip(*induction))].sum() > 0.8  # together they carry most of the answer
 
 
+@pytest.mark.parametrize("batch_size", [64, 3])
+def test_batched_patching_equals_one_pass_per_head(organism, batch_size):
+    """Many heads per pass, each pass from the patched layer on, gives TransformerLens's per-head result."""
+    from transformer_lens.patching import get_act_patch_attn_head_out_all_pos
+
+    texts = [("The old man saw a box on the hill. The old man saw a", " box"),
+             ("The old man saw a cat on the hill. The old man saw a", " cat")]
+    corrupted_texts = [("The old man saw a tree on the hill. The old man saw a", " tree"),
+                       ("The old man saw a dog on the hill. The old man saw a", " dog")]
+    clean = torch.cat([organism.to_tokens(t) for t, _ in texts])  # (2, pos): a batch of pairs
+    corrupted = torch.cat([organism.to_tokens(t) for t, _ in corrupted_texts])
+    answer = torch.tensor([organism.to_single_token(a) for _, a in texts])
+    wrong = torch.tensor([organism.to_single_token(w) for _, w in corrupted_texts])
+    out = patching.head_patching(organism, clean, corrupted, answer, wrong, batch_size=batch_size)
+
+    _, clean_cache = organism.run_with_cache(clean, names_filter=lambda n: n.endswith("hook_z"))
+    metric = lambda logits: patching.recovered_fraction(  # noqa: E731
+        patching.logit_difference(logits, answer, wrong).mean(), out["clean_logit_diff"], out["corrupted_logit_diff"])
+    with torch.no_grad():
+        per_head = get_act_patch_attn_head_out_all_pos(organism, corrupted, clean_cache, metric)
+    assert out["recovered"].shape == per_head.shape == (organism.cfg.n_layers, organism.cfg.n_heads)
+    assert torch.allclose(out["recovered"], per_head.float(), atol=1e-5)
+    assert out["recovered"].abs().max() > 0.2  # not a trivial agreement of zeros
+
+
+def test_default_task_is_what_the_model_does(organism):
+    """The organism's tokenizer can spell the IOI pair, but the organism does not solve it: induction."""
+    task, why = patching.choose_task(organism)
+    assert task == "induction" and "solves induction" in why
+    clean, corrupted, _, _ = patching.encode_pair(organism, patching.TASKS["ioi"])  # encodable, so it was tried
+    assert clean.shape == corrupted.shape
+
+
 def test_patching_needs_prompts_of_one_length(organism):
     a, b = organism.to_tokens(" red blue"), organism.to_tokens(" red blue green")
     with pytest.raises(UsageError, match="same number of tokens"):
@@ -58,7 +91,7 @@ def test_patching_needs_prompts_of_one_length(organism):
 def test_activation_patching_script(tmp_path, capsys, truth):
     run_main("activation_patching", "--out", str(tmp_path))
     data = json.loads((tmp_path / "results" / "organism" / "activation_patching.json").read_text())["results"]
-    assert data["task"] == "induction"
+    assert data["task"] == "induction" and data["task_chosen_by"].startswith("auto: the model solves induction")
     assert truth["planted_heads"]["induction"] in [[h["layer"], h["head"]] for h in data["top_heads"][:2]]
     assert (tmp_path / "figures" / "organism" / "activation_patching.png").stat().st_size > 1000
     assert "recovered by patching one head" in capsys.readouterr().out
@@ -68,6 +101,21 @@ def test_activation_patching_custom_pair_needs_all_four(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         run_main("activation_patching", "--out", str(tmp_path), "--clean", "The cat")
     assert exit_info.value.code == 2 and "all four" in capsys.readouterr().err
+
+
+def test_activation_patching_task_flag_and_custom_pair(tmp_path, capsys):
+    run_main("activation_patching", "--out", str(tmp_path), "--task", "ioi")
+    data = json.loads((tmp_path / "results" / "organism" / "activation_patching.json").read_text())["results"]
+    assert data["task"] == "ioi" and data["task_chosen_by"] == "--task ioi" and data["answer"] == " Mary"
+    run_main("activation_patching", "--out", str(tmp_path), "--clean", "The old man saw a box on the hill. "
+             "The old man saw a", "--corrupted", "The old man saw a cat on the hill. The old man saw a",
+             "--answer", " box", "--wrong", " cat")
+    data = json.loads((tmp_path / "results" / "organism" / "activation_patching.json").read_text())["results"]
+    assert data["task"] == "custom" and data["wrong"] == " cat" and data["clean_logit_diff"] > 0
+    with pytest.raises(SystemExit) as exit_info:
+        run_main("activation_patching", "--out", str(tmp_path), "--task", "ioi", "--clean", "The old man saw a box",
+                 "--corrupted", "The old man saw a cat", "--answer", " box", "--wrong", " cat")
+    assert exit_info.value.code == 2 and "not both" in capsys.readouterr().err
 
 
 def test_logit_lens_script(tmp_path, capsys):

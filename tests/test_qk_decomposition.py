@@ -9,9 +9,14 @@ from transformer_lens import FactoredMatrix
 
 from analysis import cli, prompts
 from analysis import qk_decomposition as qk
+from analysis import self_suppression as ss
 from analysis.attention import attention_scores, head_scale, head_weights
 from analysis.patterns import head_pattern
 from conftest import run_main
+
+
+def key_of(entry):
+    return f"L{entry['layer']}H{entry['head']}"
 
 
 def random_factors(d_model=12, d_head=3, seed=0):
@@ -40,6 +45,25 @@ def test_spectrum_of_a_hand_built_head():
     summary = qk.spectrum_summary(spectrum.values)
     assert (summary["n_negative"], summary["n_positive"], summary["n_zero"]) == (1, 1, 0)
     assert summary["negative_total"] == 0.5 and summary["trace"] == 0.0 and summary["negative_share"] == 0.5
+
+
+def test_rank_deficient_head_counts_numerical_zeros_as_zero():
+    """W_Q = [A, B], W_K = [A, -B] (d_head 4): [W_Q, W_K] has rank 4 < 2 d_head, and W = A A^T - B B^T is
+    symmetric with 2 positive and 2 negative eigenvalues: the other 4 of the 2 d_head are exact zeros."""
+    g = torch.Generator().manual_seed(0)
+    A, B = torch.randn(16, 2, generator=g), torch.randn(16, 2, generator=g)
+    W_Q, W_K = torch.cat([A, B], 1), torch.cat([A, -B], 1)
+    assert torch.linalg.matrix_rank(torch.cat([W_Q, W_K], 1)) == 4 < 2 * W_Q.shape[1]
+    values = qk.symmetric_spectrum(W_Q, W_K).values
+    dense = torch.linalg.eigvalsh((A @ A.T - B @ B.T).double())
+    assert (dense < -1e-6).sum() == 2 and (dense > 1e-6).sum() == 2
+    assert (values < 0).sum() > 2  # the numerical zeros come out with either sign: a bare `< 0` overcounts
+    summary = qk.spectrum_summary(values)
+    assert (summary["n_negative"], summary["n_positive"], summary["n_zero"]) == (2, 2, 4)
+    negative = qk.most_negative(values)
+    assert len(negative) == summary["n_negative"] == 2  # one definition of the count
+    assert torch.allclose(values[negative].double().sort().values, dense[:2], rtol=1e-4)
+    assert qk.eigenvalue_signs(values).tolist() == [-1, -1, 0, 0, 0, 0, 1, 1]
 
 
 def test_spectrum_is_complete_and_matches_dense_and_transformer_lens():
@@ -160,6 +184,39 @@ def test_eigenvalue_edits():
     assert qk.pad_bias(torch.tensor([1.0, 2.0]), 2).tolist() == [1.0, 2.0] and qk.pad_bias(None, 3) is None
 
 
+def test_self_suppressing_components_rank_by_contribution():
+    # W_sym has λ = -3 along e3, -1 along e2, 2 along e1; the input lies mostly along e2, so λ = -1 carries more of the
+    # negative self-score (-1 * 9) than λ = -3 does (-3 * 1)
+    spectrum = qk.Spectrum(torch.tensor([-3.0, -1.0, 2.0]), torch.eye(3)[:, [2, 1, 0]])
+    x = torch.tensor([[0.0, 3.0, 1.0]])
+    assert qk.self_suppressing_components(x, spectrum).tolist() == [1, 0]  # -9 before -3
+    assert qk.self_suppressing_components(x, spectrum, 1).tolist() == [1]
+
+
+def test_edit_effect_exact():
+    before = {"self_mass": 0.1, "partner_mass": 0.9, "bos_mass_no_partner": 0.8, "surprisal": 0.2}
+    after = {"self_mass": 0.5, "partner_mass": 0.7, "bos_mass_no_partner": 0.6, "surprisal": 0.9}
+    effect = qk.edit_effect(before, after)
+    assert effect["self_mass_change"] == pytest.approx(0.4) and effect["partner_mass_change"] == pytest.approx(-0.2)
+    assert effect["self_per_partner_lost"] == pytest.approx(2.0)
+    assert qk.edit_effect(before, {**after, "partner_mass": 0.95})["self_per_partner_lost"] is None
+
+
+def test_edited_heads_in_context_matches_one_head_at_a_time(organism):
+    tokens, mask = prompts.category_probe(organism, prompts.ALL_CATEGORIES, 8, 32, seed=5)
+    edits = {}
+    for h in (0, 2):
+        W_Q, W_K, _, _ = head_weights(organism, 1, h)
+        spectrum = qk.symmetric_spectrum(W_Q, W_K)
+        edits[(1, h)] = qk.edited_factors(W_Q, W_K, spectrum, qk.most_negative(spectrum.values), -1.0)
+    together = qk.edited_heads_in_context(organism, tokens, mask, edits)
+    for (l, h), factors in edits.items():
+        _, _, b_Q, b_K = head_weights(organism, l, h, include_bias=True)
+        alone = qk.in_context_scores(organism, tokens, mask, l, h, qk.qk_override_hooks(organism, l, h, *factors,
+                                                                                         b_Q, b_K))
+        assert together[(l, h)] == pytest.approx(alone, abs=1e-5, nan_ok=True)
+
+
 def test_override_hooks_reproduce_the_model_and_recompute_scores(organism):
     tokens = prompts.reference_prompts(organism, seed=3, n_prompts=4, n_words=20)
     W_Q, W_K, b_Q, b_K = head_weights(organism, 1, 2, include_bias=True)
@@ -176,6 +233,32 @@ def test_override_hooks_reproduce_the_model_and_recompute_scores(organism):
     assert torch.allclose(uniform, expected.expand_as(uniform), atol=1e-6)
     other_head = head_pattern(organism, tokens, 1, 0, qk.qk_override_hooks(organism, 1, 2, zero, zero))
     assert torch.allclose(other_head, head_pattern(organism, tokens, 1, 0))  # only the target head changes
+
+
+def test_rank_grid_equals_one_edit_at_a_time(organism, truth):
+    """Every cell of the batched grid: the same self-ranks as `self_ranks` of that cell's edited factors,
+    and the same in-context metrics as running the model with that cell's override hooks."""
+    from analysis.token_maps import token_inputs
+
+    layer, head = truth["planted_heads"]["semantic"]
+    W_Q, W_K, b_Q, b_K = head_weights(organism, layer, head, include_bias=True)
+    spectrum = qk.symmetric_spectrum(W_Q, W_K)
+    E = token_inputs(organism, layer, "mean")
+    ks, scales = [1, 8, 32], [1.0, 0.0, -2.0]
+    grid = qk.self_ranks_grid(E, W_Q, W_K, spectrum, ks, scales, chunk_size=7)  # chunks that do not divide n
+    tokens, mask = prompts.category_probe(organism, prompts.ALL_CATEGORIES, 8, 32, seed=4)
+    factors = {(k, s): qk.edited_factors(W_Q, W_K, spectrum, qk.most_negative(spectrum.values, k), s)
+               for k in ks for s in scales}
+    in_context = qk.in_context_grid(organism, tokens, mask, layer, head, factors, b_Q, b_K, batch_size=3)
+    for (k, s), (A, B) in factors.items():
+        assert torch.equal(grid[k, s], qk.self_ranks(E, FactoredMatrix(A, B.T))), (k, s)
+        hooks = qk.qk_override_hooks(organism, layer, head, A, B, b_Q, b_K)
+        expected = qk.in_context_scores(organism, tokens, mask, layer, head, hooks)
+        assert in_context[k, s] == pytest.approx(expected, abs=1e-6), (k, s)
+    assert grid[32, -2.0].double().mean() < grid[32, 1.0].double().mean() / 2  # the edits do move the ranks
+    assert in_context[32, -2.0]["self_mass"] > 5 * in_context[32, 1.0]["self_mass"]
+    with pytest.raises(ValueError, match="more negative eigenvalues"):
+        qk.self_ranks_grid(E, W_Q, W_K, spectrum, [10**4], [1.0])
 
 
 def test_semantic_head_needs_negative_eigenvalues_and_flipping_them_restores_self_attention(organism, truth):
@@ -208,14 +291,36 @@ def test_decomposition_scripts_end_to_end(tmp_path, truth):
     assert skew["without_bias"]["norms"]["skew"] < skew["without_bias"]["norms"]["sym"]
     assert len(skew["without_bias"]["eigenvalues"]) == 2 * 32
     assert skew["without_bias"]["check"]["max_abs_self_W_minus_sym"] < 1e-3
+    # controls: every other head; the count ties everywhere (Sylvester), the partner margin singles the head out
+    assert len(skew["controls"]) == 7 and skew["directions"]["margin"] == "low"
+    assert skew["sylvester"]["heads_with_d_head_negative"] == skew["sylvester"]["n_heads"] == 8
+    assert skew["target"]["n_negative_eigenvalues"]["rank"] == 1
+    assert not skew["target"]["n_negative_eigenvalues"]["separates"]
+    assert {"margin", "margin_normalised", "below_partners_share"} <= set(skew["separating"])
+    assert skew["null"]["target"]["gaussian_margin"] > skew["target"]["margin"]["value"]
+    assert (tmp_path / "figures" / "organism" / "skew_analysis_controls.png").stat().st_size > 1000
     maps = json.loads((results / "svd_sym_skew_heatmap.json").read_text())["results"]
     assert maps["check"]["max_abs_diag_skew"] < 1e-4 and len(maps["tokens"]) == 30
     assert maps["block_means"]["base"]["in_group"] > maps["block_means"]["base"]["out_group"]
+    assert len(maps["controls"]) == 7 and set(maps["directions"]) == set(ss.GROUP_MAP_DIRECTIONS)
+    assert maps["target"]["self_minus_in_group"]["value"] == pytest.approx(
+        maps["block_means"]["base"]["self_minus_in_group"], abs=1e-5)
+    assert "self_minus_in_group" in maps["separating"]
     scaling = json.loads((results / "svd_group_scaling_heatmap.json").read_text())["results"]
     assert list(scaling["factors"]) == ["1", "0.5", "0", "-1"]  # keyed by factor, in the order of --factors
     by_factor = {key: row["in_context"]["self_mass"] for key, row in scaling["factors"].items()}
     assert by_factor["-1"] >= 5 * by_factor["1"]
     assert by_factor["1"] == pytest.approx(scaling["unedited_in_context"]["self_mass"], abs=1e-5)
+    target = scaling["target"]  # the same sweep on the control heads, ranked
+    assert [target["layer"], target["head"]] == truth["planted_heads"]["semantic"]
+    assert set(scaling["directions"]) == {"factor -1_self_mass_change", "factor 0_self_mass_change",
+                                          "targeted_self_mass_change"}
+    control_keys = {f"L{row['layer']}H{row['head']}" for row in scaling["controls"]}
+    n_heads = len([k for k in scaling["edits"] if k.startswith(f"L{target['layer']}H")])
+    assert len(control_keys) >= n_heads - 1 and key_of(target) not in control_keys
+    key = key_of(target)
+    assert scaling["edits"][key]["factor -1"]["self_mass_change"] == pytest.approx(
+        by_factor["-1"] - scaling["edits"][key]["unedited"]["self_mass"], abs=1e-5)
 
 
 def test_rank_ablation_script(tmp_path):
@@ -230,3 +335,9 @@ def test_rank_ablation_script(tmp_path):
     assert cells[(k_max, -1.0)]["mean_rank"] < cells[(k_max, 1.0)]["mean_rank"]
     assert cells[(k_max, -1.0)]["self_mass"] > cells[(k_max, 1.0)]["self_mass"]
     assert cells[(4, 1.0)]["mean_rank"] == cells[(k_max, 1.0)]["mean_rank"]  # scale 1 edits nothing
+    # the best cell's edit on the control heads: the target's own row repeats the grid
+    assert set(data["directions"]) == {"mean_rank", "mean_rank_change", "self_mass_change"}
+    assert data["target"]["mean_rank"]["value"] == pytest.approx(cells[(4, 1.0)]["mean_rank"], rel=1e-6)
+    assert len(data["controls"]) >= 3
+    for row in data["controls"]:
+        assert row["mean_rank_change"] == pytest.approx(row["edited_mean_rank"] - row["mean_rank"], abs=1e-9)

@@ -63,6 +63,74 @@ def test_training_is_seeded():
 def test_unknown_pretrained_sae_is_a_clear_error():
     with pytest.raises(UsageError, match="no-such-release"):
         saes.load_pretrained("no-such-release", "blocks.0.hook_resid_post")
+    with pytest.raises(UsageError, match="has no SAE 'blocks.99.nowhere'.*--sae-id"):
+        saes.load_pretrained(saes.GPT2_RELEASE, "blocks.99.nowhere")
+
+
+def random_sae(directory, d_in, d_sae=32, seed=0):
+    """A SAELens StandardSAE with random weights, saved as SAELens saves one (cfg.json + weights)."""
+    from sae_lens import StandardSAE, StandardSAEConfig
+
+    torch.manual_seed(seed)
+    StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=d_sae)).save_model(directory)
+    return directory
+
+
+def test_sae_source_follows_the_model_and_the_flags(organism, tmp_path):
+    from analysis.models import random_gpt2
+
+    hook = "blocks.0.hook_resid_post"
+    assert saes.choose_source(organism, hook) == saes.SAESource("organism", sae_id=hook)
+    other = random_gpt2(n_layers=2, with_tokenizer=False)  # another config name and width: not the organism's SAE
+    assert not saes.organism_sae_fits(other)
+    assert saes.choose_source(other, hook) == saes.SAESource("pretrained", release=saes.GPT2_RELEASE, sae_id=hook)
+    assert saes.choose_source(organism, hook, sae_id="x").kind == "pretrained"  # asked for: never overridden
+    directory = random_sae(tmp_path / "sae", organism.cfg.d_model)
+    assert saes.choose_source(organism, hook, path=directory) == saes.SAESource("path", path=str(directory))
+    with pytest.raises(UsageError, match="not both"):
+        saes.choose_source(organism, hook, release=saes.GPT2_RELEASE, path=directory)
+    with pytest.raises(UsageError, match="no cfg.json"):
+        saes.choose_source(organism, hook, path=tmp_path)
+    with pytest.raises(UsageError, match="--retrain-sae"):
+        saes.load_sae(organism, saes.SAESource("path", path=str(directory)), retrain=True)
+    assert saes.load_sae(organism, saes.SAESource("path", path=str(directory))).cfg.d_sae == 32
+
+
+def test_sae_of_another_width_is_refused_with_a_clear_error(tmp_path, capsys):
+    directory = random_sae(tmp_path / "sae16", d_in=16)
+    with pytest.raises(SystemExit) as exit_info:
+        run_main("semantic_head", "--out", str(tmp_path), "--sae-path", str(directory))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    flat = "".join(err.split())  # the paragraph is wrapped to the terminal's width
+    for part in ("reads 16-dimensional activations (d_in = 16)", "d_model = 128", "--sae-path"):
+        assert "".join(part.split()) in flat, part
+    assert not (tmp_path / "results").exists()  # refused before anything was written
+
+
+def test_category_activations_match_dense_means_over_the_seen_tokens(organism):
+    """Per-token means kept for the tokens that occur only: equal to the dense d_sae x d_vocab means there."""
+    from analysis import prompts
+
+    hook = "blocks.0.hook_resid_post"
+    sae = saes.organism_sae(organism, hook)
+    tokens, _ = prompts.category_probe(organism, prompts.ALL_CATEGORIES, 6, 24, seed=3)
+    category_of = prompts.category_index(organism.tokenizer, prompts.ALL_CATEGORIES, organism.cfg.d_vocab)
+    n_categories = len(prompts.ALL_CATEGORIES)
+    by_category, by_token, seen = saes.category_activations(organism, sae, tokens, category_of, n_categories,
+                                                            hook, batch_size=4)
+    with torch.no_grad():
+        _, cache = organism.run_with_cache(tokens, names_filter=hook, stop_at_layer=1)
+        acts = sae.encode(cache[hook][:, 1:]).reshape(-1, sae.cfg.d_sae).double()  # (positions, d_sae)
+    ids = tokens[:, 1:].reshape(-1)
+    one_hot = torch.nn.functional.one_hot(ids, organism.cfg.d_vocab).double()  # (positions, d_vocab)
+    dense = (acts.T @ one_hot) / one_hot.sum(0).clamp_min(1)  # (d_sae, d_vocab)
+    assert seen.tolist() == sorted(set(ids.tolist())) and by_token.shape == (sae.cfg.d_sae, len(seen))
+    assert torch.allclose(by_token.double(), dense[:, seen], atol=1e-5)
+    category = category_of[ids]  # (positions,) -1 outside every category
+    expected = torch.stack([acts[category == c].mean(0) for c in range(n_categories)], -1)  # (d_sae, C)
+    assert torch.allclose(by_category.double(), expected, atol=1e-5)
+    assert saes.feature_label(by_token, 0, ["a", "b"] * len(seen), n=len(seen) + 5).startswith("f0")
 
 
 @pytest.mark.slow
@@ -71,6 +139,14 @@ def test_pretrained_sae_unavailable_offline_is_a_clear_error(monkeypatch, tmp_pa
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     with pytest.raises(UsageError, match="gpt2-small-resid-post-v5-32k"):
         saes.load_pretrained(saes.GPT2_RELEASE, "blocks.0.hook_resid_post")
+
+
+def test_semantic_head_script_with_a_saved_sae_directory(tmp_path):
+    directory = saes.ORGANISM_SAE_DIR / "blocks.0.hook_resid_post"  # the shipped SAE, passed as a path
+    run_main("semantic_head", "--out", str(tmp_path), "--n-prompts", "16", "--sae-path", str(directory))
+    data = json.loads((tmp_path / "results" / "organism" / "semantic_head.json").read_text())["results"]
+    assert data["sae"]["kind"] == "SAELens directory" and data["sae"]["path"] == str(directory)
+    assert data["sae"]["d_in"] == 128 and data["sae"]["hook"] == "blocks.0.hook_resid_post"
 
 
 def test_semantic_head_script(tmp_path, truth):

@@ -62,6 +62,11 @@ def test_semantic_surprisal_and_companions_exact():
     assert math.isclose(comp["self_mass"].item(), (0.2 + 0.25 + 0.3) / 3, rel_tol=1e-6)  # row 3: self 0.2 + copy 0.1
     assert math.isclose(comp["bos_mass_no_partner"].item(), 0.8, rel_tol=1e-6)
     assert math.isclose(comp["argmax_accuracy"].item(), 2 / 3, rel_tol=1e-6)  # row 2's argmax is BOS: a miss
+    # the split: self = A[q, q] over rows 1..3; copies = row 3's earlier " red" at key 1 only
+    assert math.isclose(comp["self_only_mass"].item(), (0.2 + 0.25 + 0.2) / 3, rel_tol=1e-6)
+    assert math.isclose(comp["copies_mass"].item(), (0 + 0 + 0.1) / 3, rel_tol=1e-6)
+    assert math.isclose(comp["self_only_mass"].item() + comp["copies_mass"].item(), comp["self_mass"].item(),
+                        rel_tol=1e-6)
 
 
 def test_surprisal_from_scores_is_exact_where_the_pattern_underflows():

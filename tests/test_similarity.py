@@ -29,6 +29,36 @@ def test_cosine_and_score_minus_self_exact():
 
 
 @pytest.mark.parametrize("chunk_size", [1, 2, 1024])
+def test_study_curve_is_the_studys_dense_recipe(chunk_size):
+    # The study's recipe written densely: unscaled scores, log_softmax over keys, `A - A.diagonal()` (which
+    # broadcasts the diagonal over rows: column-wise), cos with diagonal 1, closed overlapping windows.
+    inputs = torch.randn(7, 4, generator=torch.Generator().manual_seed(0))
+    W_Q, W_K = torch.randn(4, 3, generator=torch.Generator().manual_seed(1)), torch.randn(4, 3)
+    logp = torch.log_softmax((inputs @ W_Q) @ (inputs @ W_K).T, dim=-1).double()
+    y = logp - logp.diagonal()
+    assert torch.allclose(y[0, 1], logp[0, 1] - logp[1, 1])  # column-wise, as in the study
+    cos = similarity.cosine_matrix(inputs, inputs).double().fill_diagonal_(1.0)
+    curve = similarity.study_curve(inputs, W_Q, W_K, n_windows=5, width=0.3, chunk_size=chunk_size)
+    for w, c in enumerate(np.linspace(float(cos.min()), 1.0, 5)):
+        inside = (cos >= c) & (cos <= c + 0.3)
+        assert curve["count"][w] == int(inside.sum())
+        if inside.sum() < 2:  # an empty window is NaN, not 0
+            assert inside.sum() == 1 or np.isnan(curve["mean"][w])
+            continue
+        assert curve["mean"][w] == pytest.approx(float(y[inside].mean()), abs=1e-5)
+        assert curve["std"][w] == pytest.approx(float(y[inside].std()), abs=1e-5)
+        assert curve["mean_bits"][w] == pytest.approx(float(y[inside].mean()) / math.log(2), abs=1e-5)
+    assert curve["x"][0] == pytest.approx(float(cos.min()) + 0.15)
+    row = similarity.study_curve(inputs, W_Q, W_K, n_windows=5, width=0.3, subtract="row", chunk_size=chunk_size)
+    y_row = logp - logp.diagonal()[:, None]  # the row-wise reading: s(q, k) - s(q, q)
+    inside = cos >= float(cos.min())
+    assert row["mean"][0] == pytest.approx(float(y_row[inside & (cos <= float(cos.min()) + 0.3)].mean()), abs=1e-5)
+    # cosine is symmetric, so each window holds (k, q) with (q, k): both readings have the same window means
+    filled = curve["count"] > 0
+    assert np.allclose(row["mean"][filled], curve["mean"][filled], atol=1e-5)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 2, 1024])
 def test_binned_pairs_exact_and_chunk_free(chunk_size):
     edges = torch.tensor([-1.0, 0.5, 1.0])  # window 0: cos < 0.5 (orthogonal pairs); window 1: cos >= 0.5
     counts, sums = similarity.binned_pairs(X, edges, EYE, EYE, scale=math.sqrt(2), unit=2.0, chunk_size=chunk_size)
@@ -114,6 +144,17 @@ def test_cosine_attention_script_end_to_end(tmp_path, truth):
     assert {" blue", " green"} <= mates and all(m["score_minus_self"] > 0 for m in data["example"]["mates"])
     assert data["example"]["top_keys"][0]["token"] in mates  # " red"'s best key is another colour
     assert (tmp_path / "figures" / "organism" / "cosine_attention_analysis.png").stat().st_size > 1000
+    # the study's curve beside ours: BOS among the tokens, 50 overlapping windows of 0.03, bits
+    study = data["study"]
+    assert len(study["x"]) == 50 and study["width"] == 0.03 and study["subtract"] == "column"
+    assert study["count"][-1] >= n + 1  # the last window [0.97, 1] holds every self pair (BOS's too)
+    assert study["mean_bits"][0] == pytest.approx(study["mean"][0] / math.log(2))
+    assert data["study_row"]["subtract"] == "row"
+    # controls: the category contrast of every head, the planted head first
+    assert set(data["directions"]) == {"mates_minus_others", "mates_beat_self"}
+    assert len(data["controls"]) == 2 * 4 - 1  # the organism: 2 layers x 4 heads, the target left out
+    assert data["target"]["mates_minus_others"]["rank"] == 1 and data["target"]["mates_minus_others"]["separates"]
+    assert data["target"]["mates_minus_others"]["value"] == pytest.approx(data["category_contrast"]["mates_minus_others"])
 
 
 def test_cosine_attention_needs_a_frequency_table_for_a_subset(tmp_path, capsys):

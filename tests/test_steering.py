@@ -67,6 +67,22 @@ def test_gradient_steering_script(tmp_path, truth):
     data = json.loads((tmp_path / "results" / "organism" / "gradient_steering.json").read_text())["results"]
     assert [data["head"]["layer"], data["head"]["head"]] == truth["planted_heads"]["semantic"]
     assert set(data["metrics"]) == {"before", "suppress", "restore", "trace 0.3", "trace 0.1"}
+    assert data["mu"] == 1.0 and "mu * bos_mass_no_partner" in data["objective"]  # the BOS term is on by default
+    for name in ("suppress", "restore", "trace 0.3"):
+        assert set(data["runs"][name]["relative_change"]) == {"W_Q", "W_K", "W_QK"}
+    assert data["runs"]["trace 0.3"]["relative_change"]["W_QK"] == pytest.approx(0.3, abs=1e-4)  # by construction
+    assert data["runs"]["trace 0.3"]["relative_change"]["W_Q"] == 0
+    assert set(data["trace_curve"]) == {"0.3", "0.1"} and data["trace_curve"]["0.3"] == {
+        "eta": data["runs"]["trace 0.3"]["eta"], **data["metrics"]["trace 0.3"]}
+    assert set(data["matched"]) == {"suppress", "restore"}
+    for row in data["matched"].values():  # matched at the gradient run's own self mass, or outside the curve
+        assert row["trace"] is None or row["trace"]["self_mass"] == pytest.approx(row["self_mass"], abs=1e-9)
+    target = data["target"]
+    assert [target["layer"], target["head"]] == truth["planted_heads"]["semantic"]
+    assert set(data["directions"]) == {"self_mass_before", "bos_no_partner_before", "restore_self_gain",
+                                       "restore_partner_change", "trace_self_gain"}
+    assert {f"L{r['layer']}H{r['head']}" for r in data["controls"]} == set(data["control_edits"])
+    assert len(data["controls"]) >= 3
     assert data["metrics"]["trace 0.3"]["self_mass"] > data["metrics"]["before"]["self_mass"]
     largest = data["largest_trace_step"]  # named by the script: the closed-form step with the largest eta
     assert largest["name"] == "trace 0.3" and largest["eta"] == data["runs"]["trace 0.3"]["eta"]
@@ -76,7 +92,7 @@ def test_gradient_steering_script(tmp_path, truth):
     top = data["top_keys"]["before"]
     assert len(top["keys"]) == 5 and top["query_self_rank"] >= 1
     assert all(word in prompts.ALL_CATEGORIES["days"] for word in top["keys"][:2])  # Monday's mates come first
-    for name in ("gradient_steering", "gradient_steering_top_keys"):
+    for name in ("gradient_steering", "gradient_steering_top_keys", "gradient_steering_controls"):
         assert (tmp_path / "figures" / "organism" / f"{name}.png").stat().st_size > 1000
 
 
@@ -84,3 +100,38 @@ def test_gradient_steering_script_rejects_a_multi_token_query(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         run_main("gradient_steering", "--out", str(tmp_path), "--query", " Monday Tuesday")
     assert exit_info.value.code == 2
+
+
+def test_steering_loss_bos_term():
+    self_mass, partner, bos = torch.tensor(0.2), torch.tensor(0.7), torch.tensor(0.9)
+    loss = steering.steering_loss(self_mass, partner, "restore", 1.0, bos, mu=0.5)
+    assert math.isclose(loss.item(), -0.2 - 0.7 - 0.45, abs_tol=1e-6)
+    assert math.isclose(steering.steering_loss(self_mass, partner, "restore", 1.0, bos, mu=0.0).item(), -0.9,
+                        abs_tol=1e-6)
+
+
+def test_weight_change_exact():
+    W_Q, W_K = torch.eye(4)[:, :2], 2 * torch.eye(4)[:, :2]
+    change = steering.weight_change(W_Q, W_K, 2 * W_Q, W_K)  # W_Q doubles: W_QK doubles, W_K stays
+    assert change["W_Q"] == pytest.approx(1.0) and change["W_K"] == pytest.approx(0.0)
+    assert change["W_QK"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_at_matched_interpolates_and_refuses_to_extrapolate():
+    curve = [{"self_mass": 0.0, "partner_mass": 1.0}, {"self_mass": 0.4, "partner_mass": 0.6},
+             {"self_mass": 0.2, "partner_mass": 0.9}]  # unsorted on purpose
+    assert steering.at_matched(curve, "self_mass", 0.3)["partner_mass"] == pytest.approx(0.75)
+    assert steering.at_matched(curve, "self_mass", 0.1)["partner_mass"] == pytest.approx(0.95)
+    assert steering.at_matched(curve, "self_mass", 0.5) is None
+
+
+def test_gradient_steering_mu_keeps_bos_fallback(organism, semantic_probe):
+    layer, head, (tokens, mask), (test, test_mask) = semantic_probe
+    _, _, b_Q, b_K = head_weights(organism, layer, head, include_bias=True)
+    bos = {}
+    for mu in (0.0, 5.0):
+        run = steering.gradient_steer(organism, tokens, mask, layer, head, "restore", lam=1.0, lr=3e-2, steps=10,
+                                      batch_size=16, seed=0, mu=mu)
+        hooks = qk.qk_override_hooks(organism, layer, head, run.W_Q, run.W_K, b_Q, b_K)
+        bos[mu] = qk.in_context_scores(organism, test, test_mask, layer, head, hooks)["bos_mass_no_partner"]
+    assert bos[5.0] > bos[0.0] + 0.05

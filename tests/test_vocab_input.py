@@ -1,5 +1,7 @@
 """The vocabulary-level head input, cross-checked against TransformerLens forward passes."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from transformer_lens.utilities import get_act_name
@@ -65,3 +67,47 @@ def test_cache_round_trip(organism, reference, tmp_path, monkeypatch):
     other_seed = prompts.reference_prompts(organism, seed=1, n_prompts=16)
     assert vocab_input.head_input(organism, 1, other_seed).abs().sum() > 0  # different reference, new entry
     assert len(list(tmp_path.rglob("*.pt"))) == 2
+
+
+def test_cache_key_covers_every_weight_the_input_reads(organism, reference, tmp_path, monkeypatch):
+    """Layer 0's W_V (attention, not an MLP matrix) and MLP0's bias change the mean input: new cache entries."""
+    import copy
+
+    monkeypatch.setattr(vocab_input, "CACHE_DIR", tmp_path)
+    cached = vocab_input.head_input(organism, 1, reference)
+    calls = []
+    original = vocab_input.reference_means
+    monkeypatch.setattr(vocab_input, "reference_means", lambda *a, **k: calls.append(1) or original(*a, **k))
+    assert torch.equal(vocab_input.head_input(copy.deepcopy(organism), 1, reference), cached)
+    assert calls == []  # same weights (another object): a cache hit, nothing recomputed
+
+    edited = copy.deepcopy(organism)
+    with torch.no_grad():
+        edited.blocks[0].attn.W_V[0] *= 3.0
+    fresh = vocab_input.head_input(edited, 1, reference)
+    assert calls == [1]  # recomputed, not read back
+    assert torch.allclose(fresh, vocab_input.head_input(edited, 1, reference, use_cache=False), atol=1e-6)
+    assert (fresh - cached).norm(dim=-1).max() > 1e-3  # the stale entry would have been wrong
+    calls.clear()
+
+    with torch.no_grad():
+        edited.blocks[0].mlp.b_in += 0.5
+    assert not torch.equal(vocab_input.head_input(edited, 1, reference), fresh) and calls == [1]
+    with torch.no_grad():
+        edited.blocks[1].attn.W_V[0] *= 3.0  # the target layer's own attention is not an input: still a hit
+    vocab_input.head_input(edited, 1, reference)
+    assert calls == [1] and len(list(tmp_path.rglob("*.pt"))) == 3
+    assert [f.suffix for f in tmp_path.rglob("*") if f.is_file()] == [".pt"] * 3  # no temporary left over
+
+
+def test_default_cache_directory_is_outside_the_checkout(monkeypatch, tmp_path):
+    from analysis.io import REPO_ROOT
+
+    monkeypatch.delenv("ANALYSIS_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert vocab_input.default_cache_dir() == tmp_path / vocab_input.PROJECT
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    default = vocab_input.default_cache_dir()
+    assert default.parent == Path.home() / ".cache" and REPO_ROOT not in default.parents
+    monkeypatch.setenv("ANALYSIS_CACHE_DIR", str(tmp_path / "mine"))
+    assert vocab_input.default_cache_dir() == tmp_path / "mine"

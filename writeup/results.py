@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from analysis.errors import UsageError
-from analysis.io import REPO_ROOT, model_slug, read_json
+from analysis.io import REPO_ROOT, model_id, read_json
 from analysis.models import ORGANISM_DIR
 
 PAPER_DIR = REPO_ROOT / "paper"
@@ -61,7 +61,7 @@ class Results:
 
     @property
     def directory(self) -> Path:
-        return self.root / "results" / model_slug(self.model)
+        return self.root / "results" / model_id(self.model)
 
     def path(self, source: str) -> Path:
         return self.fixed[source] if source in self.fixed else self.directory / f"{source}.json"

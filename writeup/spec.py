@@ -149,6 +149,8 @@ SPEC: dict[str, dict[str, Entry]] = {
         **with_interval("SurveyS", "results.target.surprisal", ".3f"),
         **with_interval("SurveyPartner", "results.target.partner_mass", ".3f"),
         **with_interval("SurveySelf", "results.target.self_mass", ".3f"),
+        **with_interval("SurveySelfOnly", "results.target.self_only_mass", ".3f"),
+        **with_interval("SurveyCopies", "results.target.copies_mass", ".3f"),
         **with_interval("SurveyBos", "results.target.bos_mass_no_partner", ".3f"),
         **with_interval("SurveyArgmax", "results.target.argmax_accuracy", ".3f"),
         "SurveyRunnerHead": ("results.separation.runner_up", "head"),
@@ -179,6 +181,9 @@ SPEC: dict[str, dict[str, Entry]] = {
         "AblTokenMinusPosMean": ("results.token_minus_positional_median.mean", ".2f"),
         "AblPosShare": ("results.positional_share_of_token_damage.mean", "percent"),
         "AblTokenMinusPosZero": ("results.token_minus_positional_median.zero", ".2f"),
+        # the study's convention: means with BOS, BOS ablated too (mean mode)
+        **{f"AblStudy{infix}": (f"results.by_convention.study_bos_ablated.{condition}.median", ".2f")
+           for condition, (_, infix) in ABLATION_CONDITIONS.items()},
     },
     "cosine_attention_analysis": {
         "CosHead": ("results.target", "head"), "CosTokens": ("results.settings.n_tokens", "d"),
@@ -195,6 +200,18 @@ SPEC: dict[str, dict[str, Entry]] = {
         "CosOthersBeat": ("results.category_contrast.others_beat_self", "percent"),
         "CosQuery": ("results.example.query", "word"), "CosTopKey": ("results.example.top_keys.0.token", "word"),
         "CosTopKeyScore": ("results.example.top_keys.0.score_minus_self", ".2f"),
+        # the study's curve (bits, unscaled, no biases, column-wise, windows of 0.03)
+        "CosStudyZero": ("results.study.beats_self_from_cosine", ".2f"),
+        "CosStudyPeakCosine": ("results.study.peak.cosine", ".2f"), "CosStudyPeakBits": ("results.study.peak.bits", ".1f"),
+        "CosStudyWidth": ("results.study.width", ".2f"), "CosStudyWindows": ("results.study.x", "count"),
+        # the category contrast against every other head
+        "CosContrast": ("results.target.mates_minus_others.value", ".2f"),
+        "CosContrastRank": ("results.target.mates_minus_others.rank", "d"),
+        "CosContrastN": ("results.target.mates_minus_others.n_ranked", "d"),
+        "CosContrastControl": ("results.target.mates_minus_others.strongest_control", "head"),
+        "CosContrastControlValue": ("results.target.mates_minus_others.strongest_control.value", ".2f"),
+        "CosBeatControl": ("results.target.mates_beat_self.strongest_control", "head"),
+        "CosBeatControlValue": ("results.target.mates_beat_self.strongest_control.value", "percent"),
     },
     "token_freq": {
         "FreqTokens": ("results.total_tokens", "d"), "FreqDistinct": ("results.distinct_tokens", "d"),
@@ -220,6 +237,36 @@ SPEC: dict[str, dict[str, Entry]] = {
         "SkewBiasSelfNegative": (f"{BIASED}.self_score.fraction_negative", "percent"),
         "SkewBiasKeyStd": ("results.bias_terms_on_group_set.key_term_std", ".2f"),
         "SkewBiasScoreStd": ("results.bias_terms_on_group_set.score_std_over_keys", ".2f"),
+        # the target against every other head (controls) and the nulls
+        "SkewDHead": ("results.d_head", "d"), "SkewNControls": ("results.controls", "count"),
+        "SkewSylvesterHeads": ("results.sylvester.heads_with_d_head_negative", "d"),
+        "SkewSylvesterN": ("results.sylvester.n_heads", "d"),
+        "SkewMargin": ("results.target.margin.value", ".2f"),
+        "SkewMarginRival": ("results.target.margin.strongest_control", "head"),
+        "SkewMarginRivalValue": ("results.target.margin.strongest_control.value", ".2f"),
+        "SkewMarginShuffled": ("results.null.target.margin_shuffled_mean", ".2f"),
+        "SkewMarginGaussian": ("results.null.target.gaussian_margin", ".2f"),
+        "SkewNormMargin": ("results.target.margin_normalised.value", ".2f"),
+        "SkewNormMarginRival": ("results.target.margin_normalised.strongest_control", "head"),
+        "SkewNormMarginRivalValue": ("results.target.margin_normalised.strongest_control.value", ".2f"),
+        "SkewNormMarginGaussian": ("results.null.target.gaussian_margin_normalised", ".2f"),
+        "SkewBelow": ("results.target.below_partners_share.value", "percent"),
+        "SkewBelowRival": ("results.target.below_partners_share.strongest_control", "head"),
+        "SkewBelowRivalValue": ("results.target.below_partners_share.strongest_control.value", "percent"),
+        "SkewBelowGaussian": ("results.null.target.gaussian_below_partners_share", "percent"),
+        "SkewNegShareRank": ("results.target.negative_eigenvalue_share.rank", "d"),
+        "SkewNegShareRival": ("results.target.negative_eigenvalue_share.strongest_control", "head"),
+        "SkewNegShareRivalValue": ("results.target.negative_eigenvalue_share.strongest_control.value", "percent"),
+        "SkewTraceRank": ("results.target.trace.rank", "d"), "SkewTrace": ("results.target.trace.value", ".2f"),
+        "SkewTraceRival": ("results.target.trace.strongest_control", "head"),
+        "SkewTraceRivalValue": ("results.target.trace.strongest_control.value", ".2f"),
+        "SkewSelfScoreRank": ("results.target.self_score.rank", "d"),
+        "SkewTopFourShare": ("results.target.top4_negative_share.value", "percent"),
+        "SkewTopFourRank": ("results.target.top4_negative_share.rank", "d"),
+        "SkewZRank": ("results.target.margin_shuffled_z.rank", "d"),
+        "SkewNRanked": ("results.target.margin.n_ranked", "d"),
+        "SkewSeparating": ("results.separating", "list"),
+        "SkewCountSeparates": ("results.target.n_negative_eigenvalues.separates", Words("does", "does not")),
     },
     "svd_sym_skew_heatmap": {
         "MapsInput": ("results.input", "text"), "MapsTokens": ("results.tokens", "count"),
@@ -229,6 +276,14 @@ SPEC: dict[str, dict[str, Entry]] = {
         "MapsRelSym": ("results.relative_norms.sym", ".2f"), "MapsRelSkew": ("results.relative_norms.skew", ".2f"),
         "MapsCheckDiag": ("results.check.max_abs_diag_deviation", ".0e"),
         "MapsBiasChange": ("results.bias_effect.max_abs_change_row_centred", ".2f"),
+        "MapsGap": ("results.target.self_minus_in_group.value", ".2f"),
+        "MapsGapRival": ("results.target.self_minus_in_group.strongest_control", "head"),
+        "MapsGapRivalValue": ("results.target.self_minus_in_group.strongest_control.value", ".2f"),
+        "MapsBelow": ("results.target.below_partners_share.value", "percent"),
+        "MapsBelowRival": ("results.target.below_partners_share.strongest_control", "head"),
+        "MapsBelowRivalValue": ("results.target.below_partners_share.strongest_control.value", "percent"),
+        "MapsNRanked": ("results.target.self_minus_in_group.n_ranked", "d"),
+        "MapsSeparating": ("results.separating", "list"),
     },
     "svd_group_scaling_heatmap": {  # factors keyed by factor: "1" (unedited), "0", "-1" (flipped)
         "SteerNNeg": ("results.n_negative_eigenvalues", "d"), "SteerNPrompts": ("provenance.arguments.n_prompts", "d"),
@@ -239,6 +294,18 @@ SPEC: dict[str, dict[str, Entry]] = {
         "SteerZeroSelf": ("results.factors.0.in_context.self_mass", ".2f"),
         "SteerFlipSelf": ("results.factors.-1.in_context.self_mass", ".2f"),
         "SteerFlipPartner": ("results.factors.-1.in_context.partner_mass", ".2f"),
+        # the same edits on the control heads (controls.compare over "edits")
+        "SteerNControls": ("results.controls", "count"),
+        **{f"Steer{name}Gain{part}": (f"results.target.{key}_self_mass_change.{path}", fmt)
+           for name, key in (("Flip", "factor -1"), ("Zero", "factor 0"), ("Targeted", "targeted"))
+           for part, path, fmt in (("", "value", ".2f"), ("Rank", "rank", "d"),
+                                   ("Ctl", "strongest_control.value", ".2f"),
+                                   ("CtlHead", "strongest_control", "head"))},
+        "SteerTargetedK": ("results.targeted_k", "d"),
+        "SteerTargetedSelf": ("results.target_edits.targeted.self_mass", ".2f"),
+        "SteerTargetedPartner": ("results.target_edits.targeted.partner_mass", ".2f"),
+        "SteerTargetedPerLost": ("results.target_edits.targeted.self_per_partner_lost", ".2f"),
+        "SteerFlipPerLost": ("results.target_edits.factor -1.self_per_partner_lost", ".2f"),
     },
     "svd_rank_ablation": {  # cells keyed "k=<k>,scale=<scale>"
         "RankVocab": ("results.d_vocab", "d"),
@@ -262,6 +329,20 @@ SPEC: dict[str, dict[str, Entry]] = {
         "GradTraceEta": ("results.largest_trace_step.eta", ".2f"),
         "GradTraceSelf": ("results.largest_trace_step.metrics.self_mass", ".3f"),
         "GradTracePartner": ("results.largest_trace_step.metrics.partner_mass", ".3f"),
+        "GradMu": ("results.mu", "g"),
+        **{f"Grad{label}{name.title()}": (f"{METRICS}.{name}.{key}", ".3f")
+           for name in ("before", "suppress", "restore")
+           for label, key in (("Bos", "bos_mass_no_partner"), ("S", "surprisal"))},
+        **{f"GradChange{w}{name.title()}": (f"results.runs.{name}.relative_change.W_{w}", ".2f")
+           for name in ("suppress", "restore") for w in ("Q", "K", "QK")},
+        "GradNControls": ("results.controls", "count"),
+        "GradRestoreGain": ("results.target.restore_self_gain.value", ".3f"),
+        "GradRestoreGainRank": ("results.target.restore_self_gain.rank", "d"),
+        "GradRestoreGainCtl": ("results.target.restore_self_gain.strongest_control.value", ".3f"),
+        "GradRestoreGainCtlHead": ("results.target.restore_self_gain.strongest_control", "head"),
+        "GradTraceGainRank": ("results.target.trace_self_gain.rank", "d"),
+        "GradTraceGainCtl": ("results.target.trace_self_gain.strongest_control.value", ".2f"),
+        "GradTraceGainCtlHead": ("results.target.trace_self_gain.strongest_control", "head"),
     },
     "clustering": {
         "CluNodes": ("results.n_nodes", "d"), "CluEdges": ("results.n_edges", "d"), "CluK": ("results.k", "d"),
@@ -269,6 +350,21 @@ SPEC: dict[str, dict[str, Entry]] = {
         "CluCommunities": ("results.n_communities", "d"), "CluModularity": ("results.modularity", ".2f"),
         "CluARI": ("results.agreement.ari", ".2f"), "CluNMI": ("results.agreement.nmi", ".2f"),
         "CluCategoryWords": ("results.agreement.n_tokens", "d"),
+        # the study's graph
+        "CluStudyNodes": ("results.study_graph.n_nodes", "d"), "CluStudyEdges": ("results.study_graph.n_edges", "d"),
+        "CluStudySelfLoops": ("results.study_graph.n_self_loops", "d"),
+        "CluStudyCommunities": ("results.study_graph.n_communities", "d"),
+        "CluStudyPrinted": ("results.study_graph.printed_clusters", "d"),
+        "CluStudyMaxSize": ("results.study_graph.max_comm_size", "d"),
+        "CluStudyARI": ("results.study_graph.agreement.ari", ".2f"),
+        "CluStudyNMI": ("results.study_graph.agreement.nmi", ".2f"),
+        # ARI against the control heads, both graphs
+        "CluARIRank": ("results.target.ari.rank", "d"), "CluARIN": ("results.target.ari.n_ranked", "d"),
+        "CluARIControl": ("results.target.ari.strongest_control", "head"),
+        "CluARIControlValue": ("results.target.ari.strongest_control.value", ".2f"),
+        "CluStudyARIRank": ("results.target.study_ari.rank", "d"),
+        "CluStudyARIControl": ("results.target.study_ari.strongest_control", "head"),
+        "CluStudyARIControlValue": ("results.target.study_ari.strongest_control.value", ".2f"),
     },
     "semantic_head": {
         "SaeKind": ("results.sae.kind", "text"), "SaeHook": ("results.sae.hook", "text"),
@@ -293,7 +389,8 @@ SPEC: dict[str, dict[str, Entry]] = {
         "RepSemHead": ("semantic_head.head", "head"), "RepSemLayer": ("semantic_head.head.0", "d"),
         "RepSemHeadIndex": ("semantic_head.head.1", "d"), "RepSemPromptTokens": ("semantic_head.prompt_tokens", "d"),
         "RepSemS": ("semantic_head.surprisal", "g"), "RepSemRunnerS": ("semantic_head.runners_up.0.surprisal", "g"),
-        "RepSemPartner": ("semantic_head.partner_mass", "g"), "RepSemSelf": ("semantic_head.self_mass", "g"),
+        "RepSemPartner": ("semantic_head.partner_mass", "g"), 
+        "RepSemSelfOnly": ("semantic_head.self_only_mass", "g"), "RepSemCopies": ("semantic_head.copies_mass", "g"),
         "RepSemBos": ("semantic_head.bos_mass_no_partner", "g"),
         "RepSaePrecision": ("sae_precision.precision", ".2f"), "RepSaePrecisionK": ("sae_precision.k", "d"),
         "RepSaePrecisionHead": ("sae_precision.head", "head"),
@@ -329,6 +426,10 @@ def total_members(groups: Mapping[str, Sequence[Any]]) -> int:
     return sum(map(len, groups.values()))
 
 
+def total(a: float, b: float) -> float:
+    return a + b
+
+
 def ratio(a: float, b: float) -> float:
     return a / b
 
@@ -350,6 +451,9 @@ DERIVED: dict[str, tuple[Callable[..., Any], tuple[str, ...], Format]] = {
     "SteerFlipRatio": (ratio, ("svd_group_scaling_heatmap:results.factors.-1.in_context.self_mass",
                                "svd_group_scaling_heatmap:results.factors.1.in_context.self_mass"), ".0f"),
     "RepAblPosShare": (reported_damage_share, ("reported:ablation_medians",), "percent"),
+    # the study's self and earlier-copies masses, summed: like for like with our combined self mass
+    "RepSemSelfPlusCopies": (total, ("reported:semantic_head.self_only_mass", "reported:semantic_head.copies_mass"),
+                             ".3f"),
 }
 
 

@@ -79,18 +79,21 @@ def table_survey(results: Results, n: int = 5) -> str:
 
 def table_ablation(results: Results) -> str:
     """Median S [quartiles] per ablated component and mode, beside the medians reported for GPT-2."""
-    table = results.get("component_ablation", "results.table")  # {mode: {condition: summary}}
+    table = results.get("component_ablation", "results.table")  # {mode: {condition: summary}}, ours: BOS kept
+    study = results.get("component_ablation", "results.by_convention.study_bos_ablated")  # {condition: summary}
     reported = results.get("reported", "ablation_medians")
+
+    def cell(row) -> str:
+        return f"{format_value(row['median'], '.2f')} [{format_value(row['q25'], '.2f')}, {format_value(row['q75'], '.2f')}]"
     rows = []
     for condition, (label, _) in ABLATION_CONDITIONS.items():
-        cells = [label]
-        for mode in ABLATION_MODES:
-            row = table[mode][condition]
-            cells.append(f"{format_value(row['median'], '.2f')} "
-                         f"[{format_value(row['q25'], '.2f')}, {format_value(row['q75'], '.2f')}]")
+        cells = [label, *(cell(table[mode][condition]) for mode in ABLATION_MODES),
+                 format_value(study[condition]["median"], ".2f")]
         cells.append(format_value(reported[condition], "g") if condition in reported else MISSING)
         rows.append(cells)
-    return tabular("llll", ["component ablated", "mean ablation", "zero ablation", "reported, GPT-2"], rows)
+    column = r">{\raggedright\arraybackslash}p{%s\linewidth}"
+    return tabular(column % 0.2 + "ll" + column % 0.12 + column % 0.1,
+                   ["ablated", "mean", "zero", "mean, BOS too", "reported, GPT-2"], rows)
 
 
 def table_eigen_steering(results: Results) -> str:
@@ -187,16 +190,20 @@ REPLICATION_ROWS = [
     ("$S$ of the semantic head (nats)", "SurveyS", "RepSemS"),
     ("$S$ of the runner-up (nats)", "SurveyRunnerS", "RepSemRunnerS"),
     ("mass on valid partners", "SurveyPartner", "RepSemPartner"),
-    ("mass on self and earlier copies", "SurveySelf", "RepSemSelf"),
+    ("mass on the query itself", "SurveySelfOnly", "RepSemSelfOnly"),
+    ("mass on earlier copies of the query word", "SurveyCopies", "RepSemCopies"),
+    ("mass on self and earlier copies together (the two rows above summed)", "SurveySelf", "RepSemSelfPlusCopies"),
     ("BOS mass when no partner", "SurveyBos", "RepSemBos"),
-    ("median $S$, unablated", "AblBaseMean", "RepAblBase"),
-    ("median $S$, token embedding mean-ablated", "AblTokenMean", "RepAblToken"),
-    ("median $S$, positional embedding mean-ablated", "AblPosMean", "RepAblPos"),
-    ("cosine from which mates beat self", "CosBeatsSelf", "RepCosZero"),
-    ("cosine of the peak preference", "CosPeakCosine", "RepCosPeak"),
+    ("median $S$, unablated", "AblStudyBase", "RepAblBase"),
+    ("median $S$, token embedding mean-ablated (BOS ablated too, as the study)", "AblStudyToken", "RepAblToken"),
+    ("median $S$, positional embedding mean-ablated (BOS ablated too)", "AblStudyPos", "RepAblPos"),
+    ("median $S$, first MLP mean-ablated (BOS ablated too)", "AblStudyMLP", "RepAblMLP"),
+    ("cosine where the study's curve turns positive (bits, unscaled, the study's windows)", "CosStudyZero", "RepCosZero"),
+    ("cosine of the study's curve's peak", "CosStudyPeakCosine", "RepCosPeak"),
     ("mean self-rank, unedited", "RankUnedited", "RepRankUnedited"),
     ("mean self-rank at the study's $k$ and scale", "RankStudyCell", "RepRankEdited"),
-    ("Leiden communities", "CluCommunities", "RepCluCommunities"),
+    ("Leiden communities, the study's graph (key rows, self-loops, BOS, capped size)", "CluStudyCommunities",
+     "RepCluCommunities"),
 ]
 
 

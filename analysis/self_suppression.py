@@ -1,0 +1,199 @@
+"""Evidence of self-suppression that could have failed: statistics of a head on its actual inputs.
+
+The count of W_sym's negative eigenvalues is no evidence: W_sym = ½ [W_Q W_K] J [W_Q W_K]^T
+with J = [[0, I], [I, 0]], which has d_head eigenvalues of each sign, so by Sylvester's law of
+inertia every head whose [W_Q W_K] has full rank 2 d_head has exactly d_head negative and d_head
+positive eigenvalues. The statistics here are measured on the head's inputs for category words
+(`x: [n, d_model]`, `category: [n]` each word's category number), with scores
+
+    s(i, j) = x_i W_Q W_K^T x_j^T / scale        (`attention.attention_scores`, no biases)
+
+and each says something a head that attends to its category but not to itself must show:
+
+    self_score            mean_i s(i, i), split over W_sym's eigenpairs into its positive- and
+                          negative-eigenvalue parts (`qk_decomposition.self_score_parts`)
+    margin                mean_i [s(i, i) - mean_{j in cat(i), j != i} s(i, j)]: self against
+                          same-category partners (negative for a self-suppressing head)
+    margin_normalised     margin / std of the off-diagonal scores: comparable across heads of
+                          different norm
+    below_partners_share  share of words whose self-score is below every partner's score
+    top{k}_negative_share share of the (summed) negative part of the self-scores carried by the
+                          k most negative eigencomponents of W_sym
+
+Nulls: the margin with category labels permuted across the same words (`shuffled_margins`; its
+z-score against them, margin_shuffled_z, is -(true partners' mean score - random words') / std: it
+tests the category half of the claim, and a head that attends to its category *including* itself
+scores as well on it),
+and the statistics on Gaussian inputs with the same mean and covariance as the words but no
+token identity (`gaussian_like`). For such inputs E[s(i, i)] - E[s(i, j)] = tr(W Σ) / scale:
+whatever a head gives there, it gives without knowing which token is which.
+
+Only n x n scores over the n category words are formed (n is tens), never the vocabulary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+
+from analysis.attention import attention_scores, head_scale, head_weights
+from analysis.qk_decomposition import Spectrum, most_negative, self_score_parts, spectrum_summary, symmetric_spectrum
+from analysis.token_maps import block_means, token_inputs
+
+
+def partner_mask(category: Tensor) -> Tensor:
+    """`[n, n]` bool: j is a partner of i (same category, j != i)."""
+    same = category[:, None] == category[None, :]
+    return same & ~torch.eye(len(category), dtype=torch.bool, device=category.device)
+
+
+def partner_margins(scores: Tensor, category: Tensor) -> Tensor:
+    """`[n]`: margin_i = s(i, i) - mean_{j in cat(i), j != i} s(i, j); NaN for a word without partners."""
+    partners = partner_mask(category).to(scores.dtype)
+    n_partners = partners.sum(-1)
+    partner_mean = (scores * partners).sum(-1) / n_partners  # NaN (0/0) where no partner
+    return scores.diagonal() - partner_mean
+
+
+def below_partners(scores: Tensor, category: Tensor) -> Tensor:
+    """`[n]` bool: s(i, i) < min_{j in cat(i), j != i} s(i, j) (False for a word without partners)."""
+    partners = partner_mask(category)
+    lowest = scores.masked_fill(~partners, float("inf")).min(-1).values
+    return partners.any(-1) & (scores.diagonal() < lowest)
+
+
+def off_diagonal_std(scores: Tensor) -> float:
+    """Standard deviation of s(i, j) over i != j: the scale a margin is measured against."""
+    eye = torch.eye(len(scores), dtype=torch.bool, device=scores.device)
+    return float(scores[~eye].std())
+
+
+def negative_share_top_k(x: Tensor, spectrum: Spectrum, scale: float, k: int) -> float:
+    """sum_i sum_{m in K} λ_m (v_m . x_i)^2 / sum_i sum_{λ_m < 0} λ_m (v_m . x_i)^2, K the k most negative
+    eigenvalues of W_sym: how much of the inputs' negative self-score part k components carry (1 if none)."""
+    terms = spectrum.values * (x @ spectrum.vectors) ** 2 / scale  # (n, 2 d_head)
+    negative = terms.clamp_max(0).sum()
+    if negative == 0:
+        return float("nan")
+    return float(terms[:, most_negative(spectrum.values, k)].sum() / negative)
+
+
+def shuffled_margins(scores: Tensor, category: Tensor, n_permutations: int, seed: int) -> Tensor:
+    """`[n_permutations]`: the mean partner margin with the category labels permuted across the words."""
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n_permutations):
+        permuted = category[torch.randperm(len(category), generator=generator)]
+        out.append(partner_margins(scores, permuted).nanmean())
+    return torch.stack(out)
+
+
+def gaussian_like(x: Tensor, n_samples: int, seed: int) -> Tensor:
+    """`[n_samples, d]` Gaussian draws with exactly the sample mean and covariance of `x: [n, d]`.
+
+    y = μ + g (x - μ) / sqrt(n - 1), g ~ N(0, I_n): Cov(y) = (x - μ)^T (x - μ) / (n - 1), with no
+    d x d factorisation and no token identity.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    mu = x.mean(0, keepdim=True)
+    g = torch.randn(n_samples, len(x), generator=generator, dtype=x.dtype)
+    return mu + g @ (x - mu) / (len(x) - 1) ** 0.5
+
+
+def input_statistics(x: Tensor, category: Tensor, W_Q: Tensor, W_K: Tensor, scale: float,
+                     spectrum: Spectrum | None = None, ks: Sequence[int] = (1, 4, 16)) -> dict[str, float]:
+    """Every statistic of the module docstring for one head on inputs `x: [n, d]` with labels `category: [n]`."""
+    spectrum = symmetric_spectrum(W_Q, W_K) if spectrum is None else spectrum
+    scores = attention_scores(x, x, W_Q, W_K, scale)  # (n, n)
+    positive, negative = self_score_parts(x, spectrum, scale)
+    margin = float(partner_margins(scores, category).nanmean())
+    return {"self_score": float(scores.diagonal().mean()), "self_positive_part": float(positive.mean()),
+            "self_negative_part": float(negative.mean()), "margin": margin,
+            "margin_normalised": margin / off_diagonal_std(scores),
+            "below_partners_share": float(below_partners(scores, category).double().mean()),
+            **{f"top{k}_negative_share": negative_share_top_k(x, spectrum, scale, k) for k in ks}}
+
+
+def head_statistics(x: Tensor, category: Tensor, W_Q: Tensor, W_K: Tensor, scale: float, seed: int,
+                    n_permutations: int = 200, n_gaussian: int = 2048, ks: Sequence[int] = (1, 4, 16)
+                    ) -> dict[str, float]:
+    """Weight-space spectrum statistics, `input_statistics` and both nulls for one head.
+
+    Keys: n_negative_eigenvalues, negative_eigenvalue_share, trace (of W_sym, weights alone); the
+    input statistics; margin_shuffled_mean / _q05 (labels permuted) and margin_shuffled_z = (margin -
+    mean) / std over the permutations, a scale-free distance from the null;
+    gaussian_<statistic> for self_score, self_negative_part, margin, margin_normalised and
+    below_partners_share (labels tiled over Gaussian inputs with the words' mean and covariance).
+    """
+    spectrum = symmetric_spectrum(W_Q, W_K)
+    summary = spectrum_summary(spectrum.values)
+    stats = {"n_negative_eigenvalues": float(summary["n_negative"]),
+             "negative_eigenvalue_share": summary["negative_share"], "trace": summary["trace"],
+             **input_statistics(x, category, W_Q, W_K, scale, spectrum, ks)}
+    null = shuffled_margins(attention_scores(x, x, W_Q, W_K, scale), category, n_permutations, seed)
+    stats |= {"margin_shuffled_mean": float(null.mean()), "margin_shuffled_q05": float(null.quantile(0.05)),
+              "margin_shuffled_z": (stats["margin"] - float(null.mean())) / float(null.std())}
+    y = gaussian_like(x, n_gaussian, seed)
+    labels = category[torch.arange(n_gaussian) % len(category)]
+    gauss = input_statistics(y, labels, W_Q, W_K, scale, spectrum, ks=())
+    stats |= {f"gaussian_{name}": gauss[name] for name in
+              ("self_score", "self_negative_part", "margin", "margin_normalised", "below_partners_share")}
+    return stats
+
+
+# Which way each statistic lies for a self-suppressing head (rank 1 = most extreme that way).
+DIRECTIONS: dict[str, str] = {
+    "n_negative_eigenvalues": "high", "negative_eigenvalue_share": "high", "trace": "low",
+    "self_score": "low", "self_negative_part": "low", "margin": "low", "margin_normalised": "low",
+    "below_partners_share": "high", "margin_shuffled_z": "low",
+    **{f"top{k}_negative_share": "high" for k in (1, 4, 16)},
+}
+
+
+def flags_self_suppression(stats: dict[str, float], share: float = 0.5) -> bool:
+    """A head is flagged when its self-score is below its partners' on average (margin < 0, beyond the
+    shuffled null's 5 % quantile when given) and below every partner for more than `share` of the words."""
+    below_null = stats["margin"] < stats.get("margin_shuffled_q05", 0.0)
+    return stats["margin"] < 0 and below_null and stats["below_partners_share"] > share
+
+
+def group_map_statistics(x: Tensor, group: Tensor, W_Q: Tensor, W_K: Tensor, scale: float, seed: int = 0
+                         ) -> dict[str, float]:
+    """On a token set with groups (e.g. the 30-token group set): `token_maps.block_means` of the map
+    s = x W x^T / scale (self_minus_in_group, in_minus_out_group) and the normalised partner margin and
+    below-partners share of `input_statistics`. `seed` is unused (the shape of `every_head`'s statistics)."""
+    scores = attention_scores(x, x, W_Q, W_K, scale)
+    blocks = block_means(scores, group)
+    margin = float(partner_margins(scores, group).nanmean())
+    return {"self_minus_in_group": blocks["self_minus_in_group"],
+            "in_minus_out_group": blocks["in_group"] - blocks["out_group"],
+            "margin_normalised": margin / off_diagonal_std(scores),
+            "below_partners_share": float(below_partners(scores, group).double().mean())}
+
+
+GROUP_MAP_DIRECTIONS: dict[str, str] = {"self_minus_in_group": "low", "in_minus_out_group": "high",
+                                        "margin_normalised": "low", "below_partners_share": "high"}
+
+
+@torch.no_grad()
+def every_head(model: HookedTransformer, view: str, token_ids: Tensor, category: Tensor, seed: int,
+               statistics: Callable[..., dict[str, float]] = head_statistics, progress: bool = True
+               ) -> dict[tuple[int, int], dict[str, float]]:
+    """`statistics(x, category, W_Q, W_K, scale, seed)` for every head, x the layer's inputs
+    (`token_maps.token_inputs`, view `view`) of the words `token_ids: [n]`: one input computation per layer,
+    since a layer's heads share their inputs. Keyed (layer, head)."""
+    out = {}
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    with tqdm(total=n_layers * n_heads, desc="heads", disable=not progress) as bar:
+        for layer in range(n_layers):
+            x = token_inputs(model, layer, view, token_ids=token_ids, seed=seed).float().cpu()  # (n, d_model)
+            scale = head_scale(model.cfg, layer)
+            for head in range(n_heads):
+                W_Q, W_K, _, _ = head_weights(model, layer, head)
+                out[(layer, head)] = statistics(x, category, W_Q, W_K, scale, seed)
+                bar.update()
+    return out

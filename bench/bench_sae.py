@@ -1,0 +1,61 @@
+"""The SAE step of semantic_head.py at GPT-2's size: a random SAE of GPT-2 small's real width
+(32768 features x 768) on gpt2-random, category prompts as the script's defaults (64 x 64 words).
+No d_sae x d_vocab tensor: mean activations are kept for the tokens that occur (the dense float64
+one that was built before is 32768 x 50257 x 8 B = 13.2 GB, 26-33 GB at its peak)."""
+
+from __future__ import annotations
+
+import tempfile
+
+import torch
+
+from analysis import prompts
+from analysis import qk_decomposition as qk
+from analysis import sae as saes
+from analysis.attention import head_scale, head_weights
+from analysis.models import load_model, random_gpt2
+from benchlib import MB, Settings, _rss, measure, save_random_sae
+
+LIMIT_MB = 6 * 1024
+
+
+@torch.no_grad()
+def sae_step(model, sae, layer: int, head: int, n_prompts: int, n_words: int, seed: int = 0) -> dict:
+    """What semantic_head.py computes once the SAE is loaded, with its default sizes."""
+    hook = saes.hook_for_layer(layer)
+    names = list(prompts.ALL_CATEGORIES)
+    tokens, _ = prompts.category_probe(model, prompts.ALL_CATEGORIES, n_prompts, n_words, seed + 1)
+    category_of = prompts.category_index(model.tokenizer, prompts.ALL_CATEGORIES, model.cfg.d_vocab)
+    by_category, by_token, seen = saes.category_activations(model, sae, tokens, category_of, len(names), hook)
+    _, cache = model.run_with_cache(tokens[:16].to(model.cfg.device), names_filter=hook, stop_at_layer=layer)
+    explained = saes.variance_explained(sae, cache[hook][:, 1:].reshape(-1, model.cfg.d_model))
+    features, group = saes.select_features(by_category)
+    token_labels = model.tokenizer.batch_decode([[int(i)] for i in seen])
+    labels = [saes.feature_label(by_token, int(f), token_labels) for f in features]
+    W_Q, W_K, _, _ = head_weights(model, layer, head)
+    x = saes.feature_inputs(model, sae, layer, features)
+    scores = qk.token_scores(x, qk.qk_matrix(W_Q, W_K), x, head_scale(model.cfg, layer))
+    return {"seen_tokens": len(seen), "features": len(labels), "map_shape": list(scores.shape),
+            "variance_explained": explained}
+
+
+def bench_sae_step_gpt2_size(settings: Settings) -> dict:
+    """semantic_head's SAE step with a random 32768 x 768 SAE on gpt2-random (layer 1's input, head 5)."""
+    from sae_lens import SAE
+
+    model = (random_gpt2(n_layers=2, device=settings.device) if settings.quick
+             else load_model("gpt2-random", settings.device))
+    d_sae = 4096 if settings.quick else 32768
+    with tempfile.TemporaryDirectory() as tmp:
+        sae = SAE.load_from_disk(save_random_sae(tmp, model.cfg.d_model, d_sae, settings.seed), device=settings.device)
+    before_mb = _rss() / MB  # model and SAE resident
+    out, stats = measure(lambda: sae_step(model, sae, 1, 5, 16 if settings.quick else 64, 64, settings.seed),
+                         settings.device)
+    process_mb = before_mb + stats["peak_mb"]
+    return {"d_sae": d_sae, "d_in": model.cfg.d_model, "d_vocab": model.cfg.d_vocab, **out, **stats,
+            "process_before_mb": before_mb, "process_peak_mb_upper_bound": process_mb, "limit_mb": LIMIT_MB,
+            "within_limit": process_mb <= LIMIT_MB,
+            "summary": [f"SAE step, {d_sae} features x {model.cfg.d_model}: {stats['seconds']:.1f} s, +"
+                        f"{stats['peak_mb']:.0f} MB over {before_mb:.0f} MB (model + SAE), process at most "
+                        f"{process_mb:.0f} MB (limit {LIMIT_MB} MB); {out['seen_tokens']} distinct tokens, "
+                        f"{out['features']} features"]}

@@ -1,0 +1,129 @@
+"""Self-suppression statistics: hand-built cases, the Sylvester fact, and a known-answer head against a decoy."""
+
+import math
+
+import pytest
+import torch
+
+from analysis import self_suppression as ss
+from analysis.controls import compare
+from analysis.qk_decomposition import spectrum_summary, symmetric_spectrum
+
+
+def test_partner_margins_and_below_partners_on_a_hand_built_matrix():
+    # words 0, 1, 2 in category 0, word 3 alone in category 1
+    scores = torch.tensor([[-1.0, 2.0, 4.0, 0.0],
+                           [0.0, 5.0, 1.0, 0.0],
+                           [1.0, 1.0, 0.5, 9.0],
+                           [0.0, 0.0, 0.0, 3.0]])
+    category = torch.tensor([0, 0, 0, 1])
+    margins = ss.partner_margins(scores, category)
+    assert margins[:3].tolist() == pytest.approx([-1 - 3.0, 5 - 0.5, 0.5 - 1.0])
+    assert math.isnan(margins[3])  # no partner
+    assert ss.below_partners(scores, category).tolist() == [True, False, True, False]
+
+
+def test_top_k_share_counts_the_most_negative_terms():
+    # W = W_Q W_K^T = diag(-3, -1, 2), symmetric: W_sym's non-zero eigenvalues are -3 (e0), -1 (e1), 2 (e2)
+    W_Q, W_K = torch.eye(3), torch.diag(torch.tensor([-3.0, -1.0, 2.0]))
+    x = torch.ones(1, 3)
+    spectrum = symmetric_spectrum(W_Q, W_K)
+    # negative part of x^T W_sym x = -3 - 1; the most negative component carries 3 of 4
+    assert ss.negative_share_top_k(x, spectrum, 1.0, 1) == pytest.approx(0.75, abs=1e-5)
+    assert ss.negative_share_top_k(x, spectrum, 1.0, 2) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_gaussian_like_has_the_inputs_mean_and_covariance():
+    x = torch.randn(12, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3 + 1
+    y = ss.gaussian_like(x, 200_000, seed=1)
+    assert torch.allclose(y.mean(0), x.mean(0), atol=0.05)
+    assert torch.allclose(torch.cov(y.T), torch.cov(x.T), atol=0.15)
+
+
+def test_shuffled_null_is_seeded_and_keeps_the_margin_of_a_label_free_matrix():
+    scores = torch.randn(20, 20, generator=torch.Generator().manual_seed(0))
+    category = torch.arange(20) % 4
+    a, b = ss.shuffled_margins(scores, category, 10, seed=3), ss.shuffled_margins(scores, category, 10, seed=3)
+    assert torch.equal(a, b)
+    constant = torch.ones(20, 20) + torch.eye(20)  # self 2, everyone else 1, whatever the labels
+    assert ss.shuffled_margins(constant, category, 5, seed=0).tolist() == pytest.approx([1.0] * 5)
+
+
+def test_every_full_rank_head_has_exactly_d_head_negative_eigenvalues():
+    """Sylvester's law of inertia: W_sym = ½ [W_Q W_K] J [W_Q W_K]^T, J with d_head eigenvalues of each sign."""
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        W_Q, W_K = torch.randn(32, 6, generator=generator), torch.randn(32, 6, generator=generator)
+        summary = spectrum_summary(symmetric_spectrum(W_Q, W_K).values)
+        assert (summary["n_negative"], summary["n_positive"]) == (6, 6)
+
+
+# --- the known-answer test: β Σ_k c_k c_kᵀ − γ P_identity + a BOS term, against a decoy and random heads ---
+
+N_CATEGORIES, WORDS_PER_CATEGORY = 4, 5
+N_WORDS = N_CATEGORIES * WORDS_PER_CATEGORY
+
+
+def _world():
+    """Orthonormal directions: c_k per category, e_t per word, m shared by every word, b for BOS.
+
+    Word t's input is x_t = c_{cat(t)} + e_t + m; BOS's is b. d_model = N_CATEGORIES + N_WORDS + 2.
+    """
+    d_model = N_CATEGORIES + N_WORDS + 2
+    basis = torch.eye(d_model, dtype=torch.float64)
+    C, E, m, b = basis[:N_CATEGORIES], basis[N_CATEGORIES:N_CATEGORIES + N_WORDS], basis[-2], basis[-1]
+    category = torch.arange(N_WORDS) // WORDS_PER_CATEGORY
+    x = C[category] + E + m
+    return x, category, C, E, m, b
+
+
+def _head(beta: float, gamma: float, delta: float):
+    """Factors with W_Q W_K^T = β Σ c_k c_k^T − γ Σ_t e_t e_t^T + δ m b^T (the BOS term: every word's query
+    scores the BOS key δ, so the head falls back to BOS when no partner is there)."""
+    _, _, C, E, m, b = _world()
+    W_Q = torch.cat([beta ** 0.5 * C, gamma ** 0.5 * E, delta ** 0.5 * m[None]]).T
+    W_K = torch.cat([beta ** 0.5 * C, -gamma ** 0.5 * E, delta ** 0.5 * b[None]]).T
+    return W_Q, W_K
+
+
+def test_the_planted_self_suppressing_head_is_flagged_and_ranked_first_the_decoy_is_not():
+    x, category, *_ = _world()
+    planted = _head(beta=4.0, gamma=6.0, delta=3.0)
+    decoy = _head(beta=4.0, gamma=0.0, delta=3.0)  # attends to its category, itself included
+    d_head = planted[0].shape[1]
+    generator = torch.Generator().manual_seed(0)
+    heads = {(0, 0): planted, (0, 1): decoy}
+    for h in range(2, 8):  # random controls of the same shape
+        heads[(0, h)] = tuple(torch.randn(x.shape[1], d_head, generator=generator, dtype=torch.float64)
+                              for _ in range(2))
+    stats = {head: ss.head_statistics(x, category, W_Q, W_K, 1.0, seed=0, n_permutations=50, n_gaussian=512)
+             for head, (W_Q, W_K) in heads.items()}
+
+    # the planted head: self-score -γ below each partner's (β + 1 from m), every word below every partner
+    assert stats[(0, 0)]["margin"] == pytest.approx(-6.0, abs=1e-9)
+    assert stats[(0, 0)]["below_partners_share"] == 1.0
+    assert ss.flags_self_suppression(stats[(0, 0)])
+    # the decoy scores itself exactly like its partners: not flagged
+    assert stats[(0, 1)]["margin"] == pytest.approx(0.0, abs=1e-9)
+    assert stats[(0, 1)]["below_partners_share"] == 0.0
+    assert not ss.flags_self_suppression(stats[(0, 1)])
+    assert not any(ss.flags_self_suppression(stats[(0, h)]) for h in range(2, 8))
+
+    report = compare((0, 0), stats, ss.DIRECTIONS)
+    for name in ("margin", "margin_normalised", "below_partners_share"):
+        assert report["target"][name]["rank"] == 1 and report["target"][name]["separates"], name
+    # the shuffled-label z-score tests only that true partners beat random words: the decoy ties the planted head
+    assert report["target"]["margin_shuffled_z"]["rank"] == 1 and not report["target"]["margin_shuffled_z"]["separates"]
+    assert stats[(0, 1)]["margin_shuffled_z"] == pytest.approx(stats[(0, 0)]["margin_shuffled_z"])
+
+
+def test_the_gaussian_null_sees_no_token_identity():
+    """On inputs with the words' mean and covariance but no identity, the margin is E s(i, i) - E s(i, j) =
+    tr(W Σ) / scale, not the -γ the planted head shows on the words themselves; and no word is below every partner."""
+    x, category, *_ = _world()
+    W_Q, W_K = _head(beta=4.0, gamma=6.0, delta=3.0)
+    stats = ss.head_statistics(x, category, W_Q, W_K, 1.0, seed=0, n_permutations=20, n_gaussian=2048)
+    expected = float(torch.trace(W_Q @ W_K.T @ torch.cov(x.T)))  # 4 * 4 * 0.197 - 6 * 20 * 0.05 = -2.84
+    assert stats["gaussian_margin"] == pytest.approx(expected, abs=0.3)
+    assert stats["margin"] == pytest.approx(-6.0) and stats["gaussian_margin"] > stats["margin"] + 2
+    assert stats["gaussian_below_partners_share"] < 0.5 < stats["below_partners_share"] == 1.0
