@@ -314,6 +314,14 @@ def add_input_argument(p: argparse.ArgumentParser, default: str = "mean") -> Non
                         f"random contexts) (default: {default})")
 
 
+def add_categories_argument(p: argparse.ArgumentParser, default: str = "study") -> None:
+    """--categories: which category set the semantic prompts draw from (`prompts.CATEGORY_SETS`)."""
+    p.add_argument("--categories", choices=list(prompts.CATEGORY_SETS), default=default,
+                   help="category words of the semantic prompts: 'study' (the study's 8 categories, 41 words, "
+                        "the set every comparison with its reported values uses) or 'all' (those plus the "
+                        f"group-map words, 10 categories) (default: {default})")
+
+
 def add_controls_argument(p: argparse.ArgumentParser) -> None:
     """--controls: which control heads a run-based mechanism statistic is computed for (`control_heads`)."""
     p.add_argument("--controls", choices=("default", "all"), default="default",

@@ -1,8 +1,8 @@
 """Running a model for attention patterns: every head from one batched pass, or one head under hooks.
 
-`all_patterns` keeps only `blocks.*.attn.hook_pattern` with a hook filter, so the cache holds no
-other activation, and every head of every layer comes out of the same pass (never one pass per
-head). `head_pattern` reads one head's pattern with other hooks active (ablations, edited QK
+`all_patterns` keeps only `blocks.*.attn.hook_pattern` with a hook filter (`all_patterns_and_scores`
+also `hook_attn_scores`, for exact log-masses), so the cache holds no other activation, and every
+head of every layer comes out of the same pass (never one pass per head). `head_pattern` reads one head's pattern with other hooks active (ablations, edited QK
 circuits) and stops after the head's layer.
 """
 
@@ -33,17 +33,37 @@ def check_context(model: HookedTransformer, tokens: Tensor) -> None:
 
 
 @torch.no_grad()
+def _collect(model: HookedTransformer, tokens: Tensor, names: Sequence[str], batch_size: int,
+             progress: bool) -> list[Tensor]:
+    """For each activation name (e.g. "pattern"), `[batch, layer, head, query, key]` of every head
+    (float32, on CPU), all from one batched pass per chunk of prompts."""
+    check_context(model, tokens)
+    wanted = tuple(f"attn.hook_{n}" for n in names)  # attn.hook_pattern, attn.hook_attn_scores
+    chunks: list[list[Tensor]] = [[] for _ in names]
+    for start in tqdm(range(0, tokens.shape[0], batch_size), desc="patterns", disable=not progress, leave=False):
+        batch = tokens[start:start + batch_size].to(model.cfg.device)
+        _, cache = model.run_with_cache(batch, names_filter=lambda n: n.endswith(wanted), return_type=None)
+        for out, name in zip(chunks, names):
+            layers = [cache[name, layer] for layer in range(model.cfg.n_layers)]  # (B, nh, T, T) each
+            out.append(torch.stack(layers, dim=1).float().cpu())
+    return [torch.cat(out) for out in chunks]
+
+
 def all_patterns(model: HookedTransformer, tokens: Tensor, batch_size: int = 64,
                  progress: bool = False) -> Tensor:
     """`pattern: [batch, layer, head, query, key]` for `tokens: [batch, pos]` (float32, on CPU)."""
-    check_context(model, tokens)
-    chunks = []
-    for start in tqdm(range(0, tokens.shape[0], batch_size), desc="patterns", disable=not progress, leave=False):
-        batch = tokens[start:start + batch_size].to(model.cfg.device)
-        _, cache = model.run_with_cache(batch, names_filter=is_pattern_hook, return_type=None)
-        layers = [cache["pattern", layer] for layer in range(model.cfg.n_layers)]  # (B, nh, T, T) each
-        chunks.append(torch.stack(layers, dim=1).float().cpu())
-    return torch.cat(chunks)
+    return _collect(model, tokens, ["pattern"], batch_size, progress)[0]
+
+
+def all_patterns_and_scores(model: HookedTransformer, tokens: Tensor, batch_size: int = 64,
+                            progress: bool = False) -> tuple[Tensor, Tensor]:
+    """(pattern, attn_scores), each `[batch, layer, head, query, key]`, from the same batched pass.
+
+    `attn_scores` are the pre-softmax scores (`hook_attn_scores`, causal entries masked), which
+    exact log-masses need (`scores.masked_log_mass`): the pattern underflows, the scores do not.
+    """
+    pattern, attn_scores = _collect(model, tokens, ["pattern", "attn_scores"], batch_size, progress)
+    return pattern, attn_scores
 
 
 def head_pattern(model: HookedTransformer, tokens: Tensor, layer: int, head: int | Sequence[int],

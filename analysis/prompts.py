@@ -59,6 +59,9 @@ def merge_categories(*sets: Mapping[str, Sequence[str]]) -> dict[str, list[str]]
 # Everything the study names, grouped: the organism's categories, and the default for GPT-2.
 ALL_CATEGORIES: dict[str, list[str]] = merge_categories(STUDY_CATEGORIES, GROUP_SET)
 
+# The category sets a --categories flag names: the study's 8 (its comparisons' default) or the 10-set union.
+CATEGORY_SETS: dict[str, dict[str, list[str]]] = {"study": STUDY_CATEGORIES, "all": ALL_CATEGORIES}
+
 
 def single_token_ids(tokenizer, words: Sequence[str]) -> list[int]:
     """Token id of each word; a `UsageError` listing every word that is not exactly one token."""

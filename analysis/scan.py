@@ -15,7 +15,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from analysis import prompts, scores
-from analysis.patterns import all_patterns, flatten_heads
+from analysis.patterns import all_patterns, all_patterns_and_scores, flatten_heads
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ def _per_head(model: HookedTransformer, flat: Tensor) -> Tensor:
 
 
 def scan_heads(model: HookedTransformer, settings: ScanSettings = ScanSettings(), seed: int = 0,
-               categories: Mapping[str, Sequence[str]] | None = prompts.ALL_CATEGORIES,
+               categories: Mapping[str, Sequence[str]] | None = prompts.STUDY_CATEGORIES,
                progress: bool = False) -> HeadScan:
     """Run every probe once and score every head."""
     bos, special = prompts.bos_token_id(model), prompts.special_token_ids(model)
@@ -77,16 +77,48 @@ def top_heads(score: Tensor, k: int = 5, largest: bool = True) -> list[tuple[int
     return [(int(i) // n_heads, int(i) % n_heads, float(flat[i])) for i in order]
 
 
+REPORT_SEED_OFFSET = 1000  # the report prompt set's seed is the selection seed + this: another draw of prompts
+
+
 def semantic_survey(model: HookedTransformer, n_prompts: int = 64, n_words: int = 64, seed: int = 0,
-                    categories: Mapping[str, Sequence[str]] = prompts.ALL_CATEGORIES) -> dict[str, Tensor]:
-    """Per-prompt S and companions of every head, each `[batch, layer, head]`, on category prompts."""
+                    categories: Mapping[str, Sequence[str]] = prompts.STUDY_CATEGORIES) -> dict[str, Tensor]:
+    """Per-prompt S and companions of every head, each `[batch, layer, head]`, on category prompts.
+
+    S is exact and uncapped: the pass that collects the patterns also collects the pre-softmax
+    scores (`scores.masked_log_mass`).
+    """
     tokens, mask = prompts.category_probe(model, categories, n_prompts, n_words, seed)
-    pattern = flatten_heads(all_patterns(model, tokens))
-    return {k: _per_head(model, v) for k, v in scores.semantic_scores(pattern, tokens, mask).items()}
+    pattern, attn_scores = (flatten_heads(t) for t in all_patterns_and_scores(model, tokens))
+    return {k: _per_head(model, v) for k, v in scores.semantic_scores(pattern, tokens, mask, attn_scores).items()}
 
 
-def best_semantic_head(model: HookedTransformer, seed: int = 0) -> tuple[int, int]:
+def shared_prompts(a: Tensor, b: Tensor) -> int:
+    """How many prompts of `a: [batch, pos]` also occur, token for token, in `b: [batch, pos]`."""
+    if a.shape[1:] != b.shape[1:]:
+        return 0
+    return int((a[:, None, :] == b[None, :, :]).all(-1).any(1).sum())
+
+
+def honest_survey(model: HookedTransformer, n_prompts: int = 64, n_words: int = 64, seed: int = 0,
+                  categories: Mapping[str, Sequence[str]] = prompts.STUDY_CATEGORIES) -> dict:
+    """The survey on two disjoint prompt sets: one to select the head, one to report it on.
+
+    The selection set is drawn with `seed`, the report set with `seed + REPORT_SEED_OFFSET`, so a
+    head's reported S and CIs are not those of the prompts that made it the winner (no winner's
+    curse). Returns {"selection": survey, "report": survey, "seeds": {...}, "shared_prompts": n},
+    each survey as `semantic_survey` gives it; `shared_prompts` counts prompts drawn in both sets
+    (0 unless the category prompts are too short to differ).
+    """
+    seeds = {"selection": seed, "report": seed + REPORT_SEED_OFFSET}
+    shared = shared_prompts(*(prompts.category_probe(model, categories, n_prompts, n_words, s)[0]
+                              for s in seeds.values()))
+    return {**{name: semantic_survey(model, n_prompts, n_words, s, categories) for name, s in seeds.items()},
+            "seeds": seeds, "shared_prompts": shared}
+
+
+def best_semantic_head(model: HookedTransformer, seed: int = 0,
+                       categories: Mapping[str, Sequence[str]] = prompts.STUDY_CATEGORIES) -> tuple[int, int]:
     """The head with the lowest mean S on category prompts: the default target of the L1H5 study."""
-    surprisal = semantic_survey(model, seed=seed)["surprisal"].nanmean(0)
+    surprisal = semantic_survey(model, seed=seed, categories=categories)["surprisal"].nanmean(0)
     layer, head, _ = top_heads(surprisal, 1, largest=False)[0]
     return layer, head

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-EPS = 1e-6  # clamp for -log(mass): a head that puts (almost) nothing on the targets scores ~13.8 nats
+EPS = 1e-6  # clamp of the old pattern-based S (about 13.8 nats): kept only for comparisons; S has no cap
 
 
 def mean_over_rows(values: Tensor, rows: Tensor) -> Tensor:
@@ -114,12 +114,34 @@ def scored_rows(tokens: Tensor) -> Tensor:
     return rows
 
 
-def semantic_surprisal(pattern: Tensor, mask: Tensor, rows: Tensor) -> Tensor:
-    """The study's score, `[batch, head]`: S = mean_q -log(max(sum_k A[q,k] M[q,k], eps)), in nats.
+def masked_log_mass(attn_scores: Tensor, mask: Tensor) -> Tensor:
+    """`[batch, head, query]`: the exact log of the attention mass on the marked keys, from the scores.
 
-    Lower is better; 0 means every row puts all its attention on valid targets.
+    log sum_k A[q,k] M[q,k] = logsumexp_{k marked} z[q,k] - logsumexp_{k <= q} z[q,k], with
+    `attn_scores: [batch, head, query, key]` the pre-softmax scores z (entries above the diagonal
+    are ignored, whatever they hold). Unlike log(A) this never underflows: a head that puts
+    e^-100 on its targets gets -100, not -inf or a clamp. A row with no marked key gives -inf.
     """
-    return mean_over_rows(-mask_mass(pattern, mask).clamp_min(EPS).log(), rows)
+    q, k = attn_scores.shape[-2:]
+    causal = torch.ones(q, k, dtype=torch.bool, device=attn_scores.device).tril()
+    z = attn_scores.double().masked_fill(~causal, float("-inf"))
+    marked = z.masked_fill(~(mask[:, None].bool() & causal), float("-inf"))
+    return marked.logsumexp(-1) - z.logsumexp(-1)
+
+
+def semantic_surprisal(pattern: Tensor, mask: Tensor, rows: Tensor, attn_scores: Tensor | None = None) -> Tensor:
+    """The study's score, `[batch, head]`: S = mean_q -log(sum_k A[q,k] M[q,k]), in nats, without a cap.
+
+    With `attn_scores` (the head's pre-softmax scores, same shape as `pattern`) each row is the
+    exact `-masked_log_mass`, so a head far from its targets scores its true surprisal. Without
+    them only the pattern is known and a row whose mass underflowed to 0 in the pattern's dtype
+    is floored at the dtype's smallest normal number (about 87 nats in float32): pass the scores
+    wherever they can be collected. Lower is better; 0 means every row puts all its attention on
+    valid targets.
+    """
+    if attn_scores is not None:
+        return mean_over_rows(-masked_log_mass(attn_scores, mask), rows).to(pattern.dtype)
+    return mean_over_rows(-mask_mass(pattern, mask).clamp_min(torch.finfo(pattern.dtype).tiny).log(), rows)
 
 
 def semantic_companions(pattern: Tensor, tokens: Tensor, mask: Tensor, rows: Tensor) -> dict[str, Tensor]:
@@ -144,10 +166,15 @@ def semantic_companions(pattern: Tensor, tokens: Tensor, mask: Tensor, rows: Ten
     }
 
 
-def semantic_scores(pattern: Tensor, tokens: Tensor, mask: Tensor) -> dict[str, Tensor]:
-    """S and its companions together, each `[batch, head]`, over every row but BOS (`scored_rows`)."""
+def semantic_scores(pattern: Tensor, tokens: Tensor, mask: Tensor,
+                    attn_scores: Tensor | None = None) -> dict[str, Tensor]:
+    """S and its companions together, each `[batch, head]`, over every row but BOS (`scored_rows`).
+
+    `attn_scores` (pre-softmax, like `pattern`) make S exact and uncapped (`semantic_surprisal`).
+    """
     rows = scored_rows(tokens)
-    return {"surprisal": semantic_surprisal(pattern, mask, rows), **semantic_companions(pattern, tokens, mask, rows)}
+    return {"surprisal": semantic_surprisal(pattern, mask, rows, attn_scores),
+            **semantic_companions(pattern, tokens, mask, rows)}
 
 
 def bootstrap_ci(per_prompt: Tensor | np.ndarray, n_resamples: int = 2000, level: float = 0.95,

@@ -37,13 +37,19 @@ def survey_table(survey: Mapping[str, Tensor], level: float = 0.95, n_resamples:
     return table
 
 
-def separation(table: pd.DataFrame) -> dict[str, float | bool]:
-    """How far the best head is ahead of the runner-up in S, and whether their CIs are disjoint.
+def separation(table: pd.DataFrame, layer: int | None = None, head: int | None = None) -> dict:
+    """How far a head is ahead of the best other head in S, and whether their CIs are disjoint.
 
-    margin = S(runner-up) - S(best); `separated` iff the best head's upper CI bound lies below
-    the runner-up's lower bound.
+    The head is (`layer`, `head`), by default the table's best. With honest selection it is the
+    head chosen on another prompt set, and `table` is the report set's, so the margin can be
+    negative. margin = S(runner-up) - S(head); `separated` iff the head's upper CI bound lies
+    below the runner-up's lower bound; `runner_up` is [layer, head] of the best other head.
     """
-    best, runner_up = table.iloc[0], table.iloc[1]
-    return {"margin": float(runner_up.surprisal - best.surprisal),
-            "best_high": float(best.surprisal_high), "runner_up_low": float(runner_up.surprisal_low),
-            "separated": bool(best.surprisal_high < runner_up.surprisal_low)}
+    chosen = table.iloc[0] if layer is None else table[(table["layer"] == layer) & (table["head"] == head)].iloc[0]
+    others = table[(table["layer"] != chosen.layer) | (table["head"] != chosen["head"])]
+    runner_up = others.iloc[0]
+    return {"margin": float(runner_up.surprisal - chosen.surprisal),
+            "best_high": float(chosen.surprisal_high), "runner_up_low": float(runner_up.surprisal_low),
+            "runner_up": [int(runner_up.layer), int(runner_up["head"])],
+            "runner_up_surprisal": float(runner_up.surprisal),
+            "separated": bool(chosen.surprisal_high < runner_up.surprisal_low)}

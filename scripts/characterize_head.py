@@ -8,9 +8,16 @@ different word; a query with none falls back to BOS. Per head:
   self_mass            attention on the query itself plus earlier copies of the same word
   bos_mass_no_partner  attention on BOS, rows without a partner
   argmax_accuracy      fraction of rows whose most-attended key is a valid target
-each with a percentile-bootstrap 95% CI over prompts. The target head (--layer/--head, default:
-the survey's best S) is drawn on one example prompt beside the ground-truth mask, and its layer
-is written as a standalone circuitsvis HTML page.
+each with a percentile-bootstrap 95% CI over prompts. S is exact and uncapped: it is computed from
+the pre-softmax scores (log of the masked mass = logsumexp over the marked keys minus logsumexp over
+all keys), so a head far from its targets scores its true surprisal.
+
+Honest selection: the head is selected (lowest mean S) on one prompt set (--seed) and its values
+and CIs are reported on a disjoint one (seed + 1000); both seeds are recorded, and the selection
+set's ranking is kept beside the report set's. The prompts use the study's 8 categories by default
+(--categories all: the 10-category union). The target head (--layer/--head, default: the selected
+head) is drawn on one example prompt beside the ground-truth mask, and its layer is written as a
+standalone circuitsvis HTML page.
 
 Writes results/<model>/characterize_head.json and, under figures/<model>/, characterize_head
 (S and companions per head), characterize_head_example (pattern beside mask) and
@@ -19,11 +26,13 @@ characterize_head_layer<L>.html.
 
 from __future__ import annotations
 
+import math
+
 from analysis import cli, io, prompts, scan
 from analysis.models import load_model
-from analysis.patterns import all_patterns
+from analysis.patterns import all_patterns_and_scores
 from analysis.plotting import attention_heads_html, attention_pattern, head_heatmaps, save_figure
-from analysis.scores import semantic_scores
+from analysis.scores import EPS, semantic_scores
 from analysis.survey import separation, survey_table
 
 NAME = "characterize_head"
@@ -42,7 +51,8 @@ def build_parser():
     p.add_argument("--top", type=cli.positive_int, default=5, help="heads printed in the summary (default: 5)")
     p.fits_context("--n-words", lambda n: 1 + n)
     p.fits_context("--example-words", lambda n: 1 + n)
-    p.memory("--n-prompts or --n-words", lambda a, s: cli.pattern_bytes(s, a.n_prompts, 1 + a.n_words))
+    cli.add_categories_argument(p)
+    p.memory("--n-prompts or --n-words", lambda a, s: cli.pattern_bytes(s, a.n_prompts, 1 + a.n_words, copies=4))
     p.memory("--n-resamples or --n-prompts", lambda a, s: 16 * a.n_resamples * a.n_prompts * s.n_layers * s.n_heads,
              "bootstrap resamples")
     return p
@@ -66,25 +76,42 @@ def main(args) -> None:
 
     chosen = None if args.layer is None and args.head is None else cli.target_head(model, args.layer, args.head)
 
-    survey = scan.semantic_survey(model, args.n_prompts, args.n_words, args.seed)
+    categories = prompts.CATEGORY_SETS[args.categories]
+    honest = scan.honest_survey(model, args.n_prompts, args.n_words, args.seed, categories)
+    selection = survey_table(honest["selection"], n_resamples=args.n_resamples, seed=args.seed)
+    survey = honest["report"]  # every reported value and CI comes from the prompts that did not select the head
     table = survey_table(survey, n_resamples=args.n_resamples, seed=args.seed)
-    layer, head = chosen or (int(table["layer"][0]), int(table["head"][0]))
+    layer, head = chosen or (int(selection["layer"][0]), int(selection["head"][0]))
     target_row = table[(table["layer"] == layer) & (table["head"] == head)].iloc[0]
+    selected_row = selection[(selection["layer"] == layer) & (selection["head"] == head)].iloc[0]
 
     # One fresh example prompt (another seed than the survey's), every head from one pass.
-    tokens, mask = prompts.category_probe(model, prompts.ALL_CATEGORIES, 1, args.example_words, args.seed + 1)
-    pattern = all_patterns(model, tokens)[0]  # (layer, head, q, k)
-    example = {k: float(v[0, head]) for k, v in semantic_scores(pattern[layer][None], tokens, mask).items()}
+    tokens, mask = prompts.category_probe(model, categories, 1, args.example_words, args.seed + 1)
+    pattern, attn_scores = all_patterns_and_scores(model, tokens)
+    pattern, attn_scores = pattern[0], attn_scores[0]  # (layer, head, q, k)
+    example = {k: float(v[0, head])
+               for k, v in semantic_scores(pattern[layer][None], tokens, mask, attn_scores[layer][None]).items()}
     labels = model.to_str_tokens(tokens[0])
 
     results = {
-        "survey": table.to_dict("records"),
-        "separation": separation(table),
+        "survey": table.to_dict("records"),  # the report set, ranked by its own S
+        "separation": separation(table, layer, head),  # the target against the best other head, report set
         "target": {"layer": layer, "head": head, "chosen_by": "--layer/--head" if chosen else "survey",
                    **{k: float(v) for k, v in target_row.items() if k not in ("layer", "head", "rank")},
-                   "rank": int(target_row["rank"])},
+                   "rank": int(target_row["rank"]), "selection_rank": int(selected_row["rank"]),
+                   "selection_surprisal": float(selected_row["surprisal"])},
+        "selection": {"seed": honest["seeds"]["selection"], "survey": selection.to_dict("records"),
+                      "separation": separation(selection)},
+        "seeds": {**honest["seeds"], "example": args.seed + 1},
+        # the report set's worst head: uncapped S, beside the cap the old clamp -log(max(mass, EPS)) put on a row
+        "worst_head": {"layer": int(table["layer"].iloc[-1]), "head": int(table["head"].iloc[-1]),
+                       "surprisal": float(table["surprisal"].iloc[-1]), "old_row_cap": -math.log(EPS)},
+        "shared_prompts": honest["shared_prompts"],
+        "categories": {"set": args.categories, "names": list(categories),
+                       "words": sum(len(w) for w in categories.values())},
         "example": {"tokens": labels, "scores": example},
-        "units": {"surprisal": "nats, lower is better", "ci": "95% percentile bootstrap over prompts"},
+        "units": {"surprisal": "nats, lower is better, exact (from the attention scores, no cap)",
+                  "ci": "95% percentile bootstrap over the report set's prompts"},
     }
     path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
                            arguments=vars(args), seed=args.seed)
@@ -107,8 +134,10 @@ def main(args) -> None:
               f" {row.partner_mass:8.3f} {row.self_mass:6.3f} {row.bos_mass_no_partner:8.3f}"
               f" {row.argmax_accuracy:7.3f}")
     sep = results["separation"]
-    print(f"target L{layer}H{head} (rank {results['target']['rank']}); best vs runner-up: margin "
-          f"{sep['margin']:.3f} nats, CIs {'disjoint' if sep['separated'] else 'overlap'}")
+    print(f"target L{layer}H{head}: rank {results['target']['selection_rank']} on the selection set "
+          f"(seed {honest['seeds']['selection']}), rank {results['target']['rank']} on the report set "
+          f"(seed {honest['seeds']['report']}); vs the best other head: margin {sep['margin']:.3f} nats, "
+          f"CIs {'disjoint' if sep['separated'] else 'overlap'}")
     print(f"results: {path}\nlayer view: {html}")
 
 

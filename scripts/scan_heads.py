@@ -5,7 +5,8 @@ Each probe is one batched forward pass per prompt set with a hook filter on hook
   induction       mean A[q, q-L+1] on [BOS] + r + r, second-half rows; ceiling 1.0
   duplicate       mean A[q, q-L] on the same prompts (attention to the earlier copy)
   semantic        S = mean_q -log(sum_k A[q,k] M[q,k]) nats on category-word prompts (lower is
-                  better), with partner, self and BOS masses
+                  better; exact and uncapped, from the pre-softmax scores), with partner, self and
+                  BOS masses; the study's 8 categories by default (--categories all: 10)
 
 Cross-check: TransformerLens's head_detector.detect_head on text prompts r + r (r distinct words;
 detect_head prepends BOS and averages per prompt), beside our scores on the same prompts. Its
@@ -50,8 +51,9 @@ def build_parser():
     p.fits_context("--category-words", lambda n: 1 + n)
     p.memory("--n-prompts or --repeat-lengths", lambda a, s: cli.pattern_bytes(
         s, a.n_prompts, max(1 + 2 * max(a.repeat_lengths), 1 + ScanSettings.random_length)))
+    cli.add_categories_argument(p)
     p.memory("--category-prompts or --category-words",
-             lambda a, s: cli.pattern_bytes(s, a.category_prompts, 1 + a.category_words))
+             lambda a, s: cli.pattern_bytes(s, a.category_prompts, 1 + a.category_words, copies=4))
     p.prompt("--sentence", "--repeated-sentence")
     return p
 
@@ -61,7 +63,8 @@ def main(args) -> None:
     settings = ScanSettings(n_random=args.n_prompts, n_repeated=args.n_prompts,
                             repeat_lengths=tuple(args.repeat_lengths), n_category=args.category_prompts,
                             category_words=args.category_words)
-    scan = scan_heads(model, settings, seed=args.seed, progress=True)
+    categories = prompts.CATEGORY_SETS[args.categories]
+    scan = scan_heads(model, settings, seed=args.seed, categories=categories, progress=True)
     headline = args.repeat_lengths[0]
     semantic = {k: v.nanmean(0) for k, v in scan.semantic.items()}  # [layer, head]
 
@@ -94,7 +97,7 @@ def main(args) -> None:
         "best_head_scores": {kind: {name: float(m[heads[0][0], heads[0][1]]) for name, m in maps.items()}
                              for kind, heads in ranked.items()},
         "induction_ceiling": 1.0,
-        "settings": settings.__dict__,
+        "settings": {**settings.__dict__, "categories": args.categories},
         "detect_head": {
             "prompts": f"{args.detect_prompts} texts r + r, |r| = {headline} distinct words, BOS prepended",
             "induction_ceiling": check["induction"]["expected_ratio"],

@@ -10,8 +10,14 @@ Features are named by the tokens they fire on in category prompts and get the ca
 words give them their largest mean activation; the --per-category most active features of each
 category are kept. Each decoder direction d_f is pushed through the head's LayerNorm and QK
 circuit, s(f, g) = LN1(d_f) W LN1(d_g)^T / attn_scale (W = W_Q W_K^T, no biases).
-Reported: the feature x feature map, its mean self / same-category / other-category scores, how
-often a feature's self-score is below its same-category mates, and the top feature pairs.
+Reported (ours): the feature x feature map, its mean self / same-category / other-category scores,
+how often a feature's self-score is below its same-category mates, and the top feature pairs.
+The study's metric, for every head of layer L (the other heads are the controls): per-head precision
+of the top --precision-k features the head's QK circuit predicts for each query (decoder directions
+as keys) against the top --precision-k active at its most-attended key, TP / (TP + FP) with the
+keyword positions but the first as positives, on --precision-samples keyword samples (BOS + 19
+random tokens holding the category's words) per category of the study's five; mean over samples
+and categories. Direction: precision "high" (a head that attends to its category's features).
 Writes results/<model>/semantic_head.json and figures/<model>/semantic_head.{pdf,png}.
 """
 
@@ -20,6 +26,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from analysis import cli, io, prompts
+from analysis.controls import compare
 from analysis import qk_decomposition as qk
 from analysis import sae as saes
 from analysis.attention import head_scale, head_weights
@@ -42,7 +49,12 @@ def build_parser():
                    help="category prompts for naming features (default: 64)")
     p.add_argument("--n-words", type=cli.positive_int, default=64, help="words per category prompt (default: 64)")
     p.add_argument("--top-pairs", type=cli.positive_int, default=20, help="feature pairs listed (default: 20)")
+    p.add_argument("--precision-k", type=cli.positive_int, default=saes.PRECISION_K,
+                   help=f"features predicted and taken as active per position (default: {saes.PRECISION_K})")
+    p.add_argument("--precision-samples", type=cli.positive_int, default=64,
+                   help="keyword samples per category for the precision (default: 64)")
     p.fits_context("--n-words", lambda n: 1 + n)
+    p.fits_context("--precision-samples", lambda n: saes.PRECISION_LENGTH)
     p.memory("--n-prompts or --n-words",
              lambda a, s: cli.pattern_bytes(s, a.n_prompts, 1 + a.n_words, heads=1, copies=2))
     return p
@@ -82,6 +94,14 @@ def main(args) -> None:
                "map": scores, "block_means": block_means(scores, group),
                "self_avoidance": saes.self_avoidance(scores, group),
                "top_pairs": pairs, "top_pairs_same_category": same_share}
+    precision = {name: saes.head_precision(model, sae, layer, *saes.keyword_prompts(
+        prompts.single_token_ids(model.tokenizer, prompts.STUDY_CATEGORIES[name]), args.precision_samples,
+        model.cfg.d_vocab, prompts.bos_token_id(model), args.seed + 10 + i), k=args.precision_k).mean(0)
+        for i, name in enumerate(saes.PRECISION_CATEGORIES)}  # each (n_heads,)
+    stats = {(layer, h): {"precision": float(sum(v[h] for v in precision.values()) / len(precision)),
+                          **{f"precision_{n}": float(v[h]) for n, v in precision.items()}}
+             for h in range(model.cfg.n_heads)}
+    results.update(compare((layer, head), stats, {"precision": "high"}))
     path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
                            arguments=vars(args), seed=args.seed)
     short = [label.split("/")[0] for label in labels]  # "f9 ' Monday'": the feature and its top token
@@ -99,6 +119,10 @@ def main(args) -> None:
           f"top pairs same category: {same_share:.0%}")
     for p in pairs[:5]:
         print(f"  {p['query']} -> {p['key']}: {p['score']:+.2f}")
+    t, c = results["target"]["precision"], results["target"]["precision"]["strongest_control"]
+    print(f"study's precision@{args.precision_k} (mean of {len(precision)} categories): L{layer}H{head} "
+          f"{t['value']:.3f}, rank {t['rank']} of {t['n_ranked']} heads of layer {layer}"
+          + (f"; strongest control L{c['layer']}H{c['head']} {c['value']:.3f}" if c else ""))
     print(f"results: {path}")
 
 

@@ -150,7 +150,7 @@ def test_semantic_head_script_with_a_saved_sae_directory(tmp_path):
 
 
 def test_semantic_head_script(tmp_path, truth):
-    run_main("semantic_head", "--out", str(tmp_path), "--n-prompts", "32")
+    run_main("semantic_head", "--out", str(tmp_path), "--n-prompts", "32", "--precision-k", "8")
     data = json.loads((tmp_path / "results" / "organism" / "semantic_head.json").read_text())["results"]
     assert [data["head"]["layer"], data["head"]["head"]] == truth["planted_heads"]["semantic"]
     assert len(data["features"]) == len(data["map"]) > 10
@@ -159,3 +159,54 @@ def test_semantic_head_script(tmp_path, truth):
     assert means["in_group"] > means["out_group"]  # same-category features attend to each other
     assert len(data["top_pairs"]) == 20 and data["top_pairs_same_category"] > 0.5
     assert (tmp_path / "figures" / "organism" / "semantic_head.png").stat().st_size > 1000
+    # the study's precision, every head of the target's layer: the other heads are the controls
+    assert data["directions"] == {"precision": "high"}
+    layer = data["head"]["layer"]
+    assert sorted(c["head"] for c in data["controls"]) == [h for h in range(4) if h != data["head"]["head"]]
+    assert all(c["layer"] == layer and 0 <= c["precision"] <= 1 and "precision_colours" in c for c in data["controls"])
+    assert data["target"]["precision"]["n_ranked"] == 4 and 0 <= data["target"]["precision"]["value"] <= 1
+
+
+def test_keyword_prompts_place_every_word_once_and_the_last_at_the_end():
+    words = [101, 102, 103, 104, 105]
+    tokens, scored = saes.keyword_prompts(words, 6, d_vocab=100, bos_id=0, seed=1)
+    assert tokens.shape == scored.shape == (6, saes.PRECISION_LENGTH) and (tokens[:, 0] == 0).all()
+    for row, marks in zip(tokens, scored):
+        positions = [i for i, t in enumerate(row.tolist()) if t in words]
+        assert sorted(row[positions].tolist()) == words and positions[-1] == saes.PRECISION_LENGTH - 1
+        assert marks.nonzero().flatten().tolist() == positions[1:]  # every keyword but the first
+    assert torch.equal(tokens, saes.keyword_prompts(words, 6, 100, 0, seed=1)[0])
+
+
+def test_overlap_precision_exact():
+    # 1 prompt, 3 positions, k = 2. Overlaps: position 0 (unscored) 1, position 1 (scored) 2, position 2 (scored) 0.
+    predicted = torch.tensor([[[1, 2], [3, 4], [5, 6]]])
+    active = torch.tensor([[[2, 9], [4, 3], [7, 8]]])
+    scored = torch.tensor([[False, True, True]])
+    assert math.isclose(saes.overlap_precision(predicted, active, scored).item(), 2 / 3)
+    none = saes.overlap_precision(predicted, torch.full_like(active, 0), scored)
+    assert none.item() == 0.0  # no overlap anywhere: 0, not NaN
+
+
+def test_predicted_features_and_attended_key_agree_with_dense_products():
+    torch.manual_seed(0)
+    x, W_dec, W_Q, W_K = torch.randn(2, 5, 8), torch.randn(40, 8), torch.randn(3, 8, 4), torch.randn(3, 8, 4)
+    keys = torch.einsum("fd,hde->hfe", W_dec, W_K)
+    got = saes.predicted_features(x, keys, W_Q, k=3)
+    dense = torch.einsum("btd,hde,hfe->bhtf", x, W_Q, keys)  # x W_Q (W_dec W_K)^T
+    assert torch.equal(got, dense.topk(3, -1).indices)
+    active = torch.arange(2 * 5 * 3).reshape(2, 5, 3)
+    pattern = torch.zeros(2, 1, 5, 5)
+    pattern[..., 0] = 1.0
+    pattern[0, 0, 4] = torch.tensor([0, 0.1, 0.2, 0.6, 0.1])
+    picked = saes.active_at_attended_key(active, pattern)
+    assert torch.equal(picked[0, 0, 4], active[0, 3]) and torch.equal(picked[1, 0, 2], active[1, 0])
+
+
+def test_head_precision_runs_for_every_head_of_the_layer(organism):
+    sae = saes.organism_sae(organism, "blocks.0.hook_resid_post")
+    words = [organism.to_single_token(w) for w in (" red", " blue", " green", " yellow", " purple")]
+    tokens, scored = saes.keyword_prompts(words, 8, organism.cfg.d_vocab, organism.tokenizer.bos_token_id, seed=0)
+    precision = saes.head_precision(organism, sae, 1, tokens, scored, k=8)
+    assert precision.shape == (8, organism.cfg.n_heads)
+    assert ((precision >= 0) & (precision <= 1)).all()

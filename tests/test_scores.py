@@ -69,12 +69,37 @@ def test_semantic_surprisal_and_companions_exact():
                         rel_tol=1e-6)
 
 
-def test_surprisal_is_clamped_not_infinite():
+def test_surprisal_from_scores_is_exact_where_the_pattern_underflows():
+    # BOS red blue: row 2's only partner (key 1) scores 120 below BOS and self, so its mass e^-120
+    # underflows float32 (the pattern says 0); the scores still give S = 120 nats for that row.
     tokens = torch.tensor([[0, 1, 2]])
-    mask = prompts.semantic_mask(tokens, torch.tensor([-1, 0, 0]))
-    pattern = torch.tensor([[[[1.0, 0, 0], [0.0, 1.0, 0], [0.0, 0.0, 1.0]]]])
-    s = scores.semantic_surprisal(pattern, mask, scores.scored_rows(tokens))
-    assert math.isclose(s.item(), -math.log(scores.EPS), rel_tol=1e-6)
+    mask = prompts.semantic_mask(tokens, torch.tensor([-1, 0, 0]))  # rows: BOS, BOS, {1}
+    z = torch.tensor([[[[0.0, 0, 0], [0.0, 0.0, 0], [0.0, -120.0, 0.0]]]])
+    z = z.masked_fill(torch.ones(3, 3).triu(1).bool(), float("-inf"))  # causal, as hook_attn_scores
+    pattern = torch.softmax(z, -1)
+    assert pattern[0, 0, 2, 1] == 0  # underflowed
+    rows = scores.scored_rows(tokens)
+    log_mass = scores.masked_log_mass(z, mask)[0, 0]
+    expected_row2 = -120 - math.log(2 + math.exp(-120))
+    assert math.isclose(log_mass[1].item(), math.log(0.5), rel_tol=1e-12)  # row 1: BOS of {BOS, self}
+    assert math.isclose(log_mass[2].item(), expected_row2, rel_tol=1e-12)
+    s = scores.semantic_surprisal(pattern, mask, rows, attn_scores=z)
+    assert math.isclose(s.item(), (math.log(2) - expected_row2) / 2, rel_tol=1e-6)
+    assert s.item() > -math.log(scores.EPS)  # beyond the old 13.8-nat cap
+    # without the scores the pattern's 0 is floored at float32's smallest normal (~87 nats), finite
+    floored = scores.semantic_surprisal(pattern, mask, rows)
+    assert math.isfinite(floored.item()) and floored.item() < s.item()
+
+
+def test_masked_log_mass_agrees_with_the_pattern_and_ignores_the_upper_triangle():
+    torch.manual_seed(0)
+    tokens = torch.tensor([[0, 1, 2, 1, 3, 2]])
+    mask = prompts.semantic_mask(tokens, torch.tensor([-1, 0, 0, 1]))
+    z = torch.randn(1, 2, 6, 6)
+    causal = torch.ones(6, 6).tril().bool()
+    pattern = torch.softmax(z.masked_fill(~causal, float("-inf")), -1)
+    expected = scores.mask_mass(pattern, mask).log()
+    assert torch.allclose(scores.masked_log_mass(z, mask).float(), expected, atol=1e-5)  # z's upper part is noise
 
 
 def test_bootstrap_ci_brackets_the_mean_and_ignores_nan():

@@ -4,7 +4,8 @@ import json
 
 import torch
 
-from analysis import scan
+from analysis import prompts, scan, scores
+from analysis.patterns import all_patterns, flatten_heads
 from analysis.organism import THRESHOLDS
 from analysis.survey import METRICS, separation, survey_table
 import pytest
@@ -32,9 +33,44 @@ def test_separation_exact():
     table = survey_table(hand_built_survey(), n_resamples=500)
     sep = separation(table)
     assert sep["margin"] == 1.5 and sep["best_high"] == 0.5 and sep["separated"]
+    assert sep["runner_up"] == [0, 0] and sep["runner_up_surprisal"] == 2.0
+    chosen = separation(table, 0, 0)  # a head chosen elsewhere: against the best *other* head, here head 2
+    assert chosen["runner_up"] == [0, 2] and chosen["margin"] == -1.5 and not chosen["separated"]
     overlapping = table.copy()
     overlapping.loc[0, "surprisal_high"] = 2.5
     assert not separation(overlapping)["separated"]
+
+
+def test_shared_prompts_counts_identical_rows():
+    a = torch.tensor([[0, 1, 2], [0, 2, 1], [0, 3, 3]])
+    b = torch.tensor([[0, 2, 1], [0, 1, 1]])
+    assert scan.shared_prompts(a, b) == 1 and scan.shared_prompts(a, a) == 3
+    assert scan.shared_prompts(a, torch.zeros(2, 4, dtype=torch.long)) == 0
+
+
+def test_honest_survey_selects_and_reports_on_disjoint_prompt_sets(organism, truth):
+    honest = scan.honest_survey(organism, 16, 32, seed=5)
+    assert honest["seeds"] == {"selection": 5, "report": 5 + scan.REPORT_SEED_OFFSET}
+    assert honest["shared_prompts"] == 0
+    selection, report = honest["selection"]["surprisal"], honest["report"]["surprisal"]
+    assert selection.shape == report.shape == (16, organism.cfg.n_layers, organism.cfg.n_heads)
+    assert not torch.equal(selection, report)  # other prompts, other values
+    planted = tuple(truth["planted_heads"]["semantic"])
+    for survey in (honest["selection"], honest["report"]):
+        assert scan.top_heads(survey["surprisal"].nanmean(0), 1, largest=False)[0][:2] == planted
+
+
+def test_survey_s_is_uncapped_and_agrees_with_the_pattern_where_nothing_underflows(organism):
+    survey = scan.semantic_survey(organism, 8, 32, seed=3)
+    exact = survey["surprisal"].flatten(1)  # (B, L * nh)
+    tokens, mask = prompts.category_probe(organism, prompts.STUDY_CATEGORIES, 8, 32, seed=3)
+    pattern = flatten_heads(all_patterns(organism, tokens))
+    mass = scores.mask_mass(pattern, mask)  # (B, L * nh, Q)
+    rows = scores.scored_rows(tokens)
+    capped = scores.mean_over_rows(-mass.clamp_min(scores.EPS).log(), rows)  # the old, clamped S
+    assert torch.isfinite(exact).all() and (exact >= capped - 1e-4).all()  # a cap can only lower S
+    clear = (mass[:, :, 1:] > 1e-4).all(-1)  # prompts and heads where every row's mass is far from the clamp
+    assert clear.any() and torch.allclose(exact[clear], capped[clear], atol=1e-4)
 
 
 def test_survey_finds_the_planted_head_ahead_by_more_than_the_cis(organism, truth):
@@ -55,6 +91,10 @@ def test_characterize_head_script_end_to_end(tmp_path, truth):
     layer, head = truth["planted_heads"]["semantic"]
     assert (data["target"]["layer"], data["target"]["head"], data["target"]["chosen_by"]) == (layer, head, "survey")
     assert data["separation"]["separated"] and data["survey"][0]["rank"] == 1
+    assert data["seeds"]["selection"] == 2 and data["seeds"]["report"] == 2 + scan.REPORT_SEED_OFFSET
+    assert data["target"]["selection_rank"] == 1 and data["shared_prompts"] == 0
+    assert data["categories"]["set"] == "study" and len(data["categories"]["names"]) == 8
+    assert data["selection"]["survey"][0]["surprisal"] == data["target"]["selection_surprisal"]
     assert data["example"]["scores"]["partner_mass"] > 0.5 and len(data["example"]["tokens"]) == 25
     figures = tmp_path / "figures" / "organism"
     for name in ("characterize_head", "characterize_head_example"):
