@@ -260,49 +260,8 @@ def similarity_figure(profile: Mapping, example: Mapping, query: str, unit: str,
     return fig
 
 
-def target_vs_controls(report: Mapping, title: str, names: Sequence[str] | None = None):
-    """One panel per statistic of a `controls.compare` report: the control heads' values as a strip,
-    the target marked, the predicted direction in the axis label."""
-    use_style()
-    import matplotlib.pyplot as plt
-
-    names = list(names or report["directions"])
-    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.6), squeeze=False)
-    rng = np.random.default_rng(0)  # jitter only
-    for ax, name in zip(axes[0], names):
-        values = [row[name] for row in report["controls"] if row.get(name) is not None]
-        ax.scatter(rng.uniform(-0.15, 0.15, len(values)), values, s=14, alpha=0.6, color="tab:gray",
-                   label=f"{len(values)} controls")
-        target = report["target"][name]
-        if target["value"] is not None:
-            ax.scatter([0], [target["value"]], marker="*", s=160, color="tab:red", zorder=3,
-                       label=f"target (rank {target['rank']}/{target['n_ranked']})")
-        ax.set(xticks=[], xlim=(-0.5, 0.5), title=name.replace("_", " "),
-               ylabel=f"{'lower' if report['directions'][name] == 'low' else 'higher'} = as predicted")
-        ax.legend(fontsize=7)
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
-
-
-def best_head_patterns(drawn: Mapping[str, Mapping], labels: Sequence[Sequence[str]]):
-    """One row per kind (`drawn[kind]`: its best head's "layer", "head" and "patterns", one `[query, key]`
-    pattern per prompt), one column per prompt (token labels `labels[i]`)."""
-    use_style()
-    import matplotlib.pyplot as plt
-
-    n = len(labels)
-    fig, axes = plt.subplots(len(drawn), n, figsize=(4.6 * n, 4.2 * len(drawn)), squeeze=False)
-    for row, (kind, best) in enumerate(drawn.items()):
-        title = f"{kind.replace('_', ' ')}: L{best['layer']}H{best['head']}"
-        for col, (pattern, tokens) in enumerate(zip(best["patterns"], labels)):
-            attention_pattern(axes[row, col], pattern, tokens, title)
-    fig.tight_layout()
-    return fig
-
-
-def target_vs_controls(report: Mapping, names: Sequence[str] | None = None, null: Mapping[str, float] | None = None,
-                       title: str | None = None, columns: int = 4):
+def target_vs_controls(report: Mapping, title: str | None = None, names: Sequence[str] | None = None,
+                       null: Mapping[str, float] | None = None, columns: int = 4):
     """One strip per statistic of a `controls.compare` report: every control head's value (grey dots), the
     target's (red diamond, with its rank), and a null's value where given (dashed line, `null[name]`).
 

@@ -22,6 +22,7 @@ figures/<model>/svd_rank_ablation.{pdf,png}.
 from __future__ import annotations
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from analysis import cli, controls, io, prompts
 from analysis import qk_decomposition as qk
