@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 from tqdm.auto import tqdm
+from transformer_lens import FactoredMatrix
 
 from analysis import cli, controls, io, prompts
 from analysis import qk_decomposition as qk
