@@ -260,6 +260,22 @@ def similarity_figure(profile: Mapping, example: Mapping, query: str, unit: str,
     return fig
 
 
+def best_head_patterns(drawn: Mapping[str, Mapping], labels: Sequence[Sequence[str]]):
+    """One row per kind (`drawn[kind]`: its best head's "layer", "head" and "patterns", one `[query, key]`
+    pattern per prompt), one column per prompt (token labels `labels[i]`)."""
+    use_style()
+    import matplotlib.pyplot as plt
+
+    n = len(labels)
+    fig, axes = plt.subplots(len(drawn), n, figsize=(4.6 * n, 4.2 * len(drawn)), squeeze=False)
+    for row, (kind, best) in enumerate(drawn.items()):
+        title = f"{kind.replace('_', ' ')}: L{best['layer']}H{best['head']}"
+        for col, (pattern, tokens) in enumerate(zip(best["patterns"], labels)):
+            attention_pattern(axes[row, col], pattern, tokens, title)
+    fig.tight_layout()
+    return fig
+
+
 def target_vs_controls(report: Mapping, title: str | None = None, names: Sequence[str] | None = None,
                        null: Mapping[str, float] | None = None, columns: int = 4):
     """One strip per statistic of a `controls.compare` report: every control head's value (grey dots), the
