@@ -42,7 +42,7 @@ def test_measure_sees_a_large_allocation():
 
     def allocate():
         x = torch.ones(64 * 2**20 // 4)  # 64 MiB
-        time.sleep(0.05)  # long enough for the sampler
+        time.sleep(0.5)  # long enough for the sampler thread, even on a loaded machine
         return float(x[0])
 
     result, stats = measure(allocate)
