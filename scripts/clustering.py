@@ -133,11 +133,7 @@ def main(args) -> None:
     sg = results["study_graph"]
     print(f"the study's graph: {sg['n_edges']} edges ({sg['n_self_loops']} self-loops), {sg['n_communities']} "
           f"communities; ARI {sg['agreement']['ari']:.3f}, NMI {sg['agreement']['nmi']:.3f}")
-    for name, row in report["target"].items():
-        if isinstance(row, dict):
-            best = row["strongest_control"] or {"layer": -1, "head": -1, "value": float("nan")}
-            print(f"  {name}: target {row['value']:.3f} (rank {row['rank']}/{row['n_ranked']}), strongest control "
-                  f"L{best['layer']}H{best['head']} {best['value']:.3f}")
+    print("\n".join(controls.summary_lines(report)))
     for community in found[:12]:
         tag = f" [{community['category']} {community['purity']:.0%}]" if "category" in community else ""
         print(f"  {community['size']:4d}{tag}: {', '.join(map(repr, community['members'][:8]))}")

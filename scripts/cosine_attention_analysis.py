@@ -147,12 +147,7 @@ def main(args) -> None:
           f"peak {top[1]:+.3f} at cos {top[0]:.3f}")
     print(f"category-mates: mean d {contrast['mates_mean']:+.3f}, beat self in {contrast['mates_beat_self']:.0%}; "
           f"other categories: {contrast['others_mean']:+.3f}, {contrast['others_beat_self']:.0%}")
-    for name, row in report["target"].items():
-        if isinstance(row, dict):
-            best = row["strongest_control"]
-            print(f"{name}: target {row['value']:+.3f} (rank {row['rank']}/{row['n_ranked']}); strongest control "
-                  f"{'none' if best is None else controls.head_key(best['layer'], best['head'])} "
-                  f"{'' if best is None else format(best['value'], '+.3f')}")
+    print("\n".join(controls.summary_lines(report, prefix="")))
     print(f"study's curve (bits, column-wise): peak {results['study']['peak']['bits']:+.2f} at cos "
           f"{results['study']['peak']['cosine']:.3f}")
     print(f"{args.query!r} best keys: " + ", ".join(f"{k['token']!r} {k['score_minus_self']:+.2f}"

@@ -165,12 +165,7 @@ def main(args) -> None:
               f"BOS {row['gradient']['bos_mass_no_partner']:.3f}, S {row['gradient']['surprisal']:.3f}; trace "
               + ("outside its curve" if t is None else
                  f"partner {t['partner_mass']:.3f}, BOS {t['bos_mass_no_partner']:.3f}, S {t['surprisal']:.3f}"))
-    for name, entry in report["target"].items():
-        if isinstance(entry, dict):
-            c = entry["strongest_control"]
-            strongest = "-" if c is None else f"{controls.head_key(c['layer'], c['head'])} {c['value']:.3f}"
-            print(f"{name}: target {entry['value']:.3f} rank {entry['rank']}/{entry['n_ranked']}; "
-                  f"strongest control {strongest}")
+    print("\n".join(controls.summary_lines(report, prefix="")))
     print(f"results: {path}")
 
 

@@ -43,7 +43,7 @@ from analysis import cli, io, prompts
 from analysis import qk_decomposition as qk
 from analysis import self_suppression as ss
 from analysis.attention import head_scale, head_weights
-from analysis.controls import compare, head_key, separating
+from analysis.controls import compare, head_key, separating, summary_lines
 from analysis.plotting import save_figure, target_vs_controls, use_style
 from analysis.token_maps import group_tokens, token_inputs
 
@@ -111,12 +111,7 @@ def main(args) -> None:
           f"||W_skew|| share {biased['norms']['skew_share']:.2f}")
     print(f"{sylvester['heads_with_d_head_negative']} of {sylvester['n_heads']} heads have exactly d_head = "
           f"{model.cfg.d_head} negative eigenvalues (Sylvester): the count is no evidence")
-    for name in report["directions"]:
-        entry = report["target"][name]
-        strongest = entry["strongest_control"]
-        rival = f"{head_key(strongest['layer'], strongest['head'])} {strongest['value']:+.3f}" if strongest else "-"
-        value = "n/a" if entry["value"] is None else f"{entry['value']:+.3f}"
-        print(f"  {name:>26s}: target {value} rank {entry['rank']}/{entry['n_ranked']}, strongest control {rival}")
+    print("\n".join(summary_lines(report)))
     print(f"separates from every other head: {', '.join(results['separating']) or 'none'}; null (target): "
           f"shuffled margin {null['target']['margin_shuffled_mean']:+.3f}, Gaussian margin "
           f"{null['target']['gaussian_margin']:+.3f}")

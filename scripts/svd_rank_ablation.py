@@ -95,12 +95,7 @@ def main(args) -> None:
     print(f"best cell k={best['k']}, scale {best['scale']:g}: mean self-rank {best['mean_rank']:.1f}, "
           f"MRR {best['mrr']:.3f}, " + ", ".join(f"acc@{K} {best[f'acc@{K}']:.2f}" for K in args.at)
           + f", self mass {best['self_mass']:.3f}")
-    for name, entry in results["target"].items():
-        if isinstance(entry, dict):
-            c = entry["strongest_control"]
-            strongest = "-" if c is None else f"L{c['layer']}H{c['head']} {c['value']:.3f}"
-            print(f"best cell on controls, {name}: target {entry['value']:.3f}, rank {entry['rank']}/{entry['n_ranked']}, "
-                  f"strongest control {strongest}")
+    print("\n".join(controls.summary_lines(results, prefix="best cell on controls, ")))
     print(f"results: {path}")
 
 

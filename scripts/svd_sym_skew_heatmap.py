@@ -29,7 +29,7 @@ from analysis import cli, io
 from analysis import qk_decomposition as qk
 from analysis import self_suppression as ss
 from analysis.attention import attention_scores, head_scale, head_weights
-from analysis.controls import compare, head_key, separating
+from analysis.controls import compare, head_key, separating, summary_lines
 from analysis.plotting import group_heatmaps, save_figure, target_vs_controls
 from analysis.token_maps import block_means, group_tokens, token_inputs
 
@@ -82,10 +82,7 @@ def main(args) -> None:
               f"out-of-group {stats['out_group']:+.2f}")
     print(f"relative norms: sym {results['relative_norms']['sym']:.2f}, skew {results['relative_norms']['skew']:.2f}; "
           f"diag(base) - diag(sym) <= {results['check']['max_abs_diag_base_minus_sym']:.1e}")
-    for name in report["directions"]:
-        entry, rival = report["target"][name], report["target"][name]["strongest_control"]
-        print(f"  {name:>21s}: target {entry['value']:+.3f} rank {entry['rank']}/{entry['n_ranked']}, strongest "
-              f"control {head_key(rival['layer'], rival['head'])} {rival['value']:+.3f}")
+    print("\n".join(summary_lines(report)))
     print(f"separates from every other head: {', '.join(results['separating']) or 'none'}")
     print(f"results: {path}")
 
