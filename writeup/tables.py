@@ -80,7 +80,7 @@ def table_survey(results: Results, n: int = 5) -> str:
 def table_ablation(results: Results) -> str:
     """Median S [quartiles] per ablated component and mode, beside the medians reported for GPT-2."""
     table = results.get("component_ablation", "results.table")  # {mode: {condition: summary}}, ours: BOS kept
-    study = results.get("component_ablation", "results.by_convention.study_bos_ablated")  # {condition: summary}
+    study = results.get("component_ablation", "results.study_way")  # {condition: summary}: the study's convention and S
     reported = results.get("reported", "ablation_medians")
 
     def cell(row) -> str:
