@@ -115,7 +115,9 @@ def main(args) -> None:
         model.cfg.d_vocab, prompts.bos_token_id(model), args.seed + 10 + i), k=args.precision_k,
         n_shuffles=args.precision_shuffles, seed=args.seed + 20 + i)
         for i, name in enumerate(saes.PRECISION_CATEGORIES)}  # {category: {"precision", "shuffled": (B, n_heads)}}
-    stats = feature_map_statistics(model, sae, features, group)  # every head
+    stats = feature_map_statistics(model, sae, features, group)  # every head; the precision for the layer's only
+    for row in stats.values():
+        row.update(precision=None, precision_shuffled=None)
     for h in range(model.cfg.n_heads):  # the precision: heads of the SAE's layer only
         for kind, key in (("precision", "precision"), ("shuffled", "precision_shuffled")):
             per_category = {n: float(v[kind].mean(0)[h]) for n, v in precision.items()}

@@ -2,8 +2,8 @@
 
 Each mechanism script writes `directions` (which way each statistic points for a self-suppressing head),
 `target` (the target head's value and rank for every statistic) and `controls` (one row per control head
-with the same statistics): run each with light settings and check that shape, and that the planted
-semantic head is the target without being named.
+with the same statistics). `check_controls_shape` checks that shape; the tests that already run each script
+call it on their results, and the slow test here runs all eight mechanism scripts with light settings.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from conftest import run_main
+from conftest import check_controls_shape, run_main
 from test_any_model import LIGHT
 
 MECHANISM_SCRIPTS = ("skew_analysis", "svd_sym_skew_heatmap", "svd_group_scaling_heatmap", "svd_rank_ablation",
@@ -20,28 +20,25 @@ MECHANISM_SCRIPTS = ("skew_analysis", "svd_sym_skew_heatmap", "svd_group_scaling
 EXTRA = {"svd_rank_ablation": ["--ks", "4", "--scales", "1", "-1"]}  # a 1 x 2 grid, on every control head too
 
 
-@pytest.fixture(scope="module")
-def mechanism_results(tmp_path_factory) -> dict[str, dict]:
-    out = tmp_path_factory.mktemp("mechanism")
-    run_main("token_freq", "--out", str(out))  # the frequency table that cosine and clustering read
-    results = {}
+def test_the_shape_check_fails_on_a_results_file_without_controls():
+    good = {"directions": {"margin": "low"}, "controls": [{"layer": 0, "head": 0, "margin": 1.0}],
+            "target": {"layer": 1, "head": 3, "margin": {"value": -1.0, "rank": 1, "n_ranked": 2, "separates": True,
+                                                         "strongest_control": {"layer": 0, "head": 0, "value": 1.0}}}}
+    check_controls_shape(good, (1, 3))
+    for broken in ({**good, "controls": []}, {k: v for k, v in good.items() if k != "directions"},
+                   {**good, "target": {**good["target"], "margin": {"value": -1.0}}},
+                   {**good, "controls": [{"layer": 1, "head": 3, "margin": 1.0}]},
+                   {**good, "controls": [{"layer": 0, "head": 0}]}):
+        with pytest.raises((AssertionError, KeyError)):
+            check_controls_shape(broken, (1, 3))
+    with pytest.raises(AssertionError):
+        check_controls_shape(good, (1, 2))  # not the planted head
+
+
+@pytest.mark.slow
+def test_every_mechanism_results_file_has_controls_target_and_directions(tmp_path, truth):
+    run_main("token_freq", "--out", str(tmp_path))  # the frequency table that cosine and clustering read
     for name in MECHANISM_SCRIPTS:
-        run_main(name, "--out", str(out), *LIGHT[name], *EXTRA.get(name, []))
-        results[name] = json.loads((out / "results" / "organism" / f"{name}.json").read_text())["results"]
-    return results
-
-
-@pytest.mark.parametrize("name", MECHANISM_SCRIPTS)
-def test_mechanism_results_have_controls_target_and_directions(mechanism_results, name, truth):
-    data = mechanism_results[name]
-    directions, target, controls = data["directions"], data["target"], data["controls"]
-    assert directions and set(directions.values()) <= {"low", "high"}
-    assert [target["layer"], target["head"]] == truth["planted_heads"]["semantic"]
-    assert controls and all((row["layer"], row["head"]) != (target["layer"], target["head"]) for row in controls)
-    assert len({(row["layer"], row["head"]) for row in controls}) == len(controls)  # each control once
-    for statistic in directions:
-        entry = target[statistic]
-        assert set(entry) >= {"value", "rank", "n_ranked", "separates", "strongest_control"}
-        if entry["value"] is not None:
-            assert 1 <= entry["rank"] <= entry["n_ranked"] <= len(controls) + 1
-        assert any(statistic in row for row in controls)  # the controls carry the same statistic
+        run_main(name, "--out", str(tmp_path), *LIGHT[name], *EXTRA.get(name, []))
+        data = json.loads((tmp_path / "results" / "organism" / f"{name}.json").read_text())["results"]
+        check_controls_shape(data, truth["planted_heads"]["semantic"])
