@@ -126,8 +126,9 @@ def main(args) -> None:
                 stats[(layer, h)].update({f"precision_{n}": value for n, value in per_category.items()})
     report = compare((layer, head), stats, {**ss.GROUP_MAP_DIRECTIONS, "precision": "high"})
     null = {"precision_shuffled": stats[(layer, head)]["precision_shuffled"],
-            "says": "the study's precision with the predicted features' labels permuted (one permutation per "
-                    f"sample, {args.precision_shuffles} per sample, mean): the chance level of TP / (TP + FP)"}
+            "says": "the study's precision with the predicted features' labels permuted (a random permutation of "
+                    f"the SAE's feature ids per sample, {args.precision_shuffles} draws, mean): the chance level of "
+                    "TP / (TP + FP) for this head, these samples and this SAE"}
     results.update(report, separating=separating(report), null=null)
     path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
                            arguments=vars(args), seed=args.seed)
