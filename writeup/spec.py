@@ -405,7 +405,7 @@ SPEC: dict[str, dict[str, Entry]] = {
         # the feature map's statistics for every head (controls)
         "SaeNControls": ("results.controls", "count"), "SaeMapRanked": ("results.target.in_minus_out_group.n_ranked", "d"),
         **{f"SaeMap{name}{part}": (f"results.target.{key}.{path}", fmt)
-           for name, key, value_fmt in (("Gap", "self_minus_in_group", ".1f"), ("Attract", "in_minus_out_group", ".1f"),
+           for name, key, value_fmt in (("Gap", "self_minus_in_group", ".2f"), ("Attract", "in_minus_out_group", ".1f"),
                                          ("Margin", "margin_normalised", ".2f"),
                                          ("Below", "below_partners_share", "percent"))
            for part, path, fmt in (("", "value", value_fmt), ("Rank", "rank", "d"),

@@ -237,7 +237,7 @@ EVIDENCE_ROWS = [
     ("trace step: gain in self mass", "gradient_steering", "trace_self_gain", ".2f", None),
     ("cosine: mates minus other categories", "cosine_attention_analysis", "mates_minus_others", ".2f", None),
     ("Leiden communities against the categories (ARI)", "clustering", "ari", ".2f", None),
-    ("SAE features: self minus same category", "semantic_head", "self_minus_in_group", ".1f", None),
+    ("SAE features: self minus same category", "semantic_head", "self_minus_in_group", ".2f", None),
     ("SAE features: same minus other category", "semantic_head", "in_minus_out_group", ".1f", None),
     ("SAE features: below every same-category feature", "semantic_head", "below_partners_share", "percent", None),
     ("SAE precision (the study's metric)", "semantic_head", "precision", ".2f", "results.null.precision_shuffled"),
