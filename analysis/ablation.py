@@ -10,7 +10,10 @@ BOS keeps its own activations (`keep_bos`), so the head's fall-back target stays
 the ablation only changes what the query and key words carry. That is our convention. The
 study's (its code, `Mamiglia/deep-dive-L1H5`, `src/ablation.py`) takes the mean over the batch
 and *all* positions, BOS included, and writes it at every position, BOS included; mean mode only
-(`STUDY_CONVENTION`: `bos_in_means=True, keep_bos=False`). The "MLP-only residual" condition
+(`CONVENTIONS["study_bos_ablated"]`: `bos_in_means=True, keep_bos=False`). The score is ours by default: S
+exact and uncapped from the head's pre-softmax scores, over every row but BOS (`scores.semantic_surprisal`,
+as the survey computes it); `score="study"` gives the study's (`scores.study_surprisal`: clamped at 1e-12,
+the BOS row in the mean), for comparison with its reported medians. The "MLP-only residual" condition
 is a replacement rather than an ablation: block 0's `resid_post` becomes block 0's MLP output
 alone (embeddings and attention-0 dropped from the stream, their effect through MLP0 kept).
 """
@@ -26,7 +29,7 @@ from transformer_lens import HookedTransformer
 from transformer_lens.utilities import get_act_name
 
 from analysis import scores
-from analysis.patterns import head_pattern
+from analysis.patterns import head_pattern_and_scores
 
 # Components the study ablates, by the hook that carries each one.
 COMPONENTS: dict[str, str] = {
@@ -98,19 +101,25 @@ def ablation_hooks(means: Mapping[str, Tensor], mode: str, keep_bos: bool = True
 
 def ablation_study(model: HookedTransformer, tokens: Tensor, mask: Tensor, layer: int, head: int,
                    modes: tuple[str, ...] = ("mean", "zero"), keep_bos: bool = True,
-                   bos_in_means: bool = False, progress: bool = False) -> dict[str, dict[str, Tensor]]:
+                   bos_in_means: bool = False, progress: bool = False,
+                   score: str = "ours") -> dict[str, dict[str, Tensor]]:
     """Per-prompt S of the head, `[batch]`, under every condition: `{mode: {condition: S}}`.
 
     Each mode holds the baseline (nothing ablated), every component of COMPONENTS, and the
     MLP-only residual (the same in both modes: it ablates nothing by a constant).
-    `keep_bos` and `bos_in_means` choose the convention (`CONVENTIONS`).
+    `keep_bos` and `bos_in_means` choose the convention (`CONVENTIONS`); `score` the definition of S:
+    "ours" (exact, uncapped, BOS row out) or "study" (the study's clamp and BOS row, pattern-based).
     """
+    if score not in ("ours", "study"):
+        raise ValueError(f"score must be 'ours' or 'study', got {score!r}")
     rows = scores.scored_rows(tokens)
     means = component_means(model, tokens, list(COMPONENTS.values()), bos_in_means=bos_in_means)
 
     def surprisal(hooks: list[Hook]) -> Tensor:
-        pattern = head_pattern(model, tokens, layer, head, hooks)[:, None]  # (B, 1, q, k)
-        return scores.semantic_surprisal(pattern, mask, rows)[:, 0]
+        pattern, attn_scores = (t[:, None] for t in head_pattern_and_scores(model, tokens, layer, head, hooks))
+        if score == "study":  # (B, 1, q, k) each
+            return scores.study_surprisal(pattern, mask)[:, 0]
+        return scores.semantic_surprisal(pattern, mask, rows, attn_scores)[:, 0]
 
     baseline = surprisal([])
     mlp_only = surprisal(mlp_only_residual_hooks(keep_bos))

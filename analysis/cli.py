@@ -322,6 +322,14 @@ def add_categories_argument(p: argparse.ArgumentParser, default: str = "study") 
                         f"group-map words, 10 categories) (default: {default})")
 
 
+def chosen_categories(args: argparse.Namespace) -> tuple[dict[str, list[str]], dict]:
+    """(categories, record) for --categories: the category words themselves and what the results record
+    of them, `{"set": "study" | "all", "names": [...], "words": n}`."""
+    categories = prompts.CATEGORY_SETS[args.categories]
+    return categories, {"set": args.categories, "names": list(categories),
+                        "words": sum(len(words) for words in categories.values())}
+
+
 def add_controls_argument(p: argparse.ArgumentParser) -> None:
     """--controls: which control heads a run-based mechanism statistic is computed for (`control_heads`)."""
     p.add_argument("--controls", choices=("default", "all"), default="default",

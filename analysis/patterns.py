@@ -87,6 +87,25 @@ def head_pattern(model: HookedTransformer, tokens: Tensor, layer: int, head: int
     return torch.cat(chunks)
 
 
+def head_pattern_and_scores(model: HookedTransformer, tokens: Tensor, layer: int, head: int | Sequence[int],
+                            fwd_hooks: Sequence[tuple[str, Callable]] = (), batch_size: int = 64
+                            ) -> tuple[Tensor, Tensor]:
+    """(pattern, attn_scores) of one head (or a list of heads of the layer), as `head_pattern` gives the pattern,
+    with the pre-softmax scores the pattern came from (`hook_attn_scores`, after every other hook), for exact
+    log-masses (`scores.masked_log_mass`). Without autograd; stops after the head's layer."""
+    check_context(model, tokens)
+    names = (get_act_name("attn_scores", layer), get_act_name("pattern", layer))
+    chunks: dict[str, list[Tensor]] = {name: [] for name in names}
+
+    def store(act: Tensor, hook) -> None:  # (B, nh, T, T)
+        chunks[hook.name].append(act[:, head].float().cpu())
+    with torch.no_grad():
+        for start in range(0, tokens.shape[0], batch_size):
+            model.run_with_hooks(tokens[start:start + batch_size].to(model.cfg.device), return_type=None,
+                                 fwd_hooks=[*fwd_hooks, *((name, store) for name in names)], stop_at_layer=layer + 1)
+    return torch.cat(chunks[names[1]]), torch.cat(chunks[names[0]])
+
+
 def flatten_heads(pattern: Tensor) -> Tensor:
     """`[batch, layer, head, q, k]` -> `[batch, layer * head, q, k]`, head index = layer * n_heads + head."""
     b, l, h, q, k = pattern.shape

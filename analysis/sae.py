@@ -383,25 +383,44 @@ def active_at_attended_key(active: Tensor, pattern: Tensor) -> Tensor:
     return active[b, key]  # (B, H, Q, k)
 
 
+PRECISION_SHUFFLES = 20  # label permutations of the shuffled-feature null, per sample
+
+
+def shuffled_labels(predicted: Tensor, d_sae: int, generator: torch.Generator) -> Tensor:
+    """`predicted: [batch, pos, k]` feature indices with the feature labels permuted: one random permutation
+    of the d_sae labels per sample, the same at every position of it. Each position keeps k distinct
+    features, and positions that shared predictions still share them; only which feature is which is lost."""
+    perm = torch.rand(predicted.shape[0], d_sae, generator=generator).argsort(-1)  # (B, d_sae)
+    return perm.gather(1, predicted.reshape(predicted.shape[0], -1)).reshape(predicted.shape)
+
+
 @torch.no_grad()
-def head_precision(model: HookedTransformer, sae, layer: int, tokens: Tensor, scored: Tensor,
-                   k: int = PRECISION_K, batch_size: int = 64) -> Tensor:
-    """`[batch, head]`: the study's precision for every head of `layer` on keyword samples.
+def precision_with_null(model: HookedTransformer, sae, layer: int, tokens: Tensor, scored: Tensor,
+                        k: int = PRECISION_K, n_shuffles: int = PRECISION_SHUFFLES, seed: int = 0,
+                        batch_size: int = 64) -> dict[str, Tensor]:
+    """`{"precision": [batch, head], "shuffled": [batch, head]}`: the study's precision for every head of
+    `layer` on keyword samples, and its null with the predicted features' labels shuffled.
 
     The SAE reads `hook_for_layer(layer)`; the residual and the decoder directions are normalised
     by a LayerNorm without affine, and the SAE encodes the normalised residual (as the study, which
     turns the SAE's own input normalisation off).
     Active features: top k of the SAE's encoding at the most-attended key. Predicted: top k of the
     QK score of each decoder direction as a key (`predicted_features`).
+    Null ("shuffled"): the mean precision over `n_shuffles` label permutations of the predicted features
+    (`shuffled_labels`). TP / (TP + FP) compares overlaps at keyword positions with overlaps elsewhere, so
+    a head whose predictions know nothing of the active features still scores about the keyword positions'
+    share of all positions; the permutation keeps everything of the head's predictions but their identity,
+    so the null is that chance level for this head, these samples and this SAE (0 shuffles: no null, NaN).
     """
     hook = hook_for_layer(layer)
     W_dec = torch.nn.functional.layer_norm(sae.W_dec.detach().float().cpu(), (model.cfg.d_model,))  # (d_sae, d)
     W_K = model.W_K[layer].detach().float().cpu()  # (H, d_model, d_head)
     W_Q = model.W_Q[layer].detach().float().cpu()
     decoder_keys = torch.einsum("fd,hde->hfe", W_dec, W_K)  # (H, d_sae, d_head)
-    out = []
+    generator = torch.Generator().manual_seed(seed)
+    out: dict[str, list[Tensor]] = {"precision": [], "shuffled": []}
     for start in range(0, tokens.shape[0], batch_size):
-        batch = tokens[start:start + batch_size]
+        batch, marks = tokens[start:start + batch_size], scored[start:start + batch_size]
         names = (hook, f"blocks.{layer}.attn.hook_pattern")
         _, cache = model.run_with_cache(batch.to(model.cfg.device), names_filter=lambda n: n in names,
                                         return_type=None)
@@ -412,6 +431,20 @@ def head_precision(model: HookedTransformer, sae, layer: int, tokens: Tensor, sc
         pattern = cache[names[1]].float().cpu()  # (B, H, T, T)
         truth = active_at_attended_key(active, pattern)  # (B, H, T, k)
         predicted = predicted_features(x, decoder_keys, W_Q, k)  # (B, H, T, k)
-        out.append(torch.stack([overlap_precision(predicted[:, h], truth[:, h], scored[start:start + batch_size])
-                                for h in range(W_Q.shape[0])], dim=1))
-    return torch.cat(out)
+        n_heads = W_Q.shape[0]
+        out["precision"].append(torch.stack([overlap_precision(predicted[:, h], truth[:, h], marks)
+                                             for h in range(n_heads)], dim=1))
+        null = torch.zeros(len(batch), n_heads, dtype=torch.float64)
+        for _ in range(n_shuffles):
+            for h in range(n_heads):
+                null[:, h] += overlap_precision(shuffled_labels(predicted[:, h], codes.shape[-1], generator),
+                                                truth[:, h], marks)
+        out["shuffled"].append(null / n_shuffles if n_shuffles else torch.full_like(null, float("nan")))
+    return {name: torch.cat(chunks) for name, chunks in out.items()}
+
+
+def head_precision(model: HookedTransformer, sae, layer: int, tokens: Tensor, scored: Tensor,
+                   k: int = PRECISION_K, batch_size: int = 64) -> Tensor:
+    """`[batch, head]`: the study's precision for every head of `layer` on keyword samples (`precision_with_null`
+    without its null)."""
+    return precision_with_null(model, sae, layer, tokens, scored, k, n_shuffles=0, batch_size=batch_size)["precision"]

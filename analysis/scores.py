@@ -144,6 +144,18 @@ def semantic_surprisal(pattern: Tensor, mask: Tensor, rows: Tensor, attn_scores:
     return mean_over_rows(-mask_mass(pattern, mask).clamp_min(torch.finfo(pattern.dtype).tiny).log(), rows)
 
 
+STUDY_EPS = 1e-12  # the clamp of the study's S in its ablation code (src/metrics.py): a row counts at most 27.6 nats
+
+
+def study_surprisal(pattern: Tensor, mask: Tensor) -> Tensor:
+    """The study's S as its ablation code computes it, `[batch, head]`: mean over **every** row q, the BOS row
+    included, of -ln(max(sum_k A[q,k] M[q,k], 1e-12)) (the study's code, `Mamiglia/deep-dive-L1H5`,
+    src/metrics.py). Its BOS row has M[0, 0] = A[0, 0] = 1, so it adds 0 but counts in the mean. Kept for
+    like-for-like comparison with the study's reported values; `semantic_surprisal` is ours (uncapped, BOS
+    row out)."""
+    return -mask_mass(pattern, mask).clamp_min(STUDY_EPS).log().mean(-1)
+
+
 def semantic_companions(pattern: Tensor, tokens: Tensor, mask: Tensor, rows: Tensor) -> dict[str, Tensor]:
     """Interpretable companions of S, each `[batch, head]`:
 

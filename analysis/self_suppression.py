@@ -29,6 +29,10 @@ token identity (`gaussian_like`). For such inputs E[s(i, i)] - E[s(i, j)] = tr(W
 whatever a head gives there, it gives without knowing which token is which.
 
 Only n x n scores over the n category words are formed (n is tens), never the vocabulary.
+
+The rank-ablation grid of one head (`rank_grid`: each token's self-rank among all keys and the in-context
+self mass with the k most negative eigenvalues rescaled) and the statistics the rank-ablation claim rests
+on (`rank_statistics`) live here too, so the target and every control head are measured the same way.
 """
 
 from __future__ import annotations
@@ -38,8 +42,9 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
+from transformer_lens import FactoredMatrix, HookedTransformer
 
+from analysis import qk_decomposition as qk
 from analysis.attention import attention_scores, head_scale, head_weights
 from analysis.qk_decomposition import Spectrum, most_negative, self_score_parts, spectrum_summary, symmetric_spectrum
 from analysis.token_maps import block_means, token_inputs
@@ -197,3 +202,77 @@ def every_head(model: HookedTransformer, view: str, token_ids: Tensor, category:
                 out[(layer, head)] = statistics(x, category, W_Q, W_K, scale, seed)
                 bar.update()
     return out
+
+
+# --- the rank-ablation grid, the same for the target and every control head -----------------------
+
+
+def cell_key(k: int, scale: float) -> str:
+    """A grid cell's key in results files: "k=8,scale=-1"."""
+    return f"k={k},scale={scale:g}"
+
+
+def rank_grid(model: HookedTransformer, layer: int, head: int, E: Tensor, tokens: Tensor, mask: Tensor,
+              ks: Sequence[int], scales: Sequence[float], at: Sequence[int], chunk_size: int = 128,
+              progress: bool = False) -> dict:
+    """`{"cells": {cell_key: metrics}, "unedited": metrics, "n_negative": n, "ks": ks}` for one head over the
+    (k, scale) grid, and the head unedited (scale 1, measured whether or not `scales` holds it).
+
+    Each cell W_{k,s} rescales the k most negative eigenvalues of W_sym by s (`qk.edited_factors`); its
+    metrics are the self-rank summaries over the vocabulary `E: [d_vocab, d_model]`
+    (`qk.self_ranks_grid`, one batched pass over score blocks for every cell) and the self and partner
+    mass on `tokens` with `mask` (`qk.in_context_grid`, one run up to the layer). k is capped at the
+    head's number of negative eigenvalues.
+    """
+    W_Q, W_K, b_Q, b_K = head_weights(model, layer, head, include_bias=True)
+    spectrum = symmetric_spectrum(W_Q, W_K)
+    n_negative = len(most_negative(spectrum.values))
+    ks = sorted({min(k, n_negative) for k in ks})  # k beyond the negative count repeats the last cell
+    measured = sorted({float(s) for s in scales} | {1.0})
+    ranks = qk.self_ranks_grid(E, W_Q, W_K, spectrum, ks, measured, chunk_size, progress)
+    factors = {(k, s): qk.edited_factors(W_Q, W_K, spectrum, most_negative(spectrum.values, k), s)
+               for k in ks for s in measured}
+    in_context = qk.in_context_grid(model, tokens, mask, layer, head, factors, b_Q, b_K)
+    metrics = {(k, s): {"k": k, "scale": s, **qk.rank_metrics(ranks[k, s], at),
+                        "self_mass": in_context[k, s]["self_mass"], "partner_mass": in_context[k, s]["partner_mass"]}
+               for k, s in factors}
+    cells = {cell_key(k, float(s)): metrics[k, float(s)] for k in ks for s in scales}
+    return {"cells": cells, "unedited": metrics[ks[0], 1.0], "n_negative": n_negative, "ks": ks}
+
+
+def rank_statistics(grid: dict, best: dict) -> dict[str, float]:
+    """A head's rank-ablation statistics from its own `rank_grid`, each against the head unedited:
+
+    mean_rank (unedited mean self-rank), mean_rank_change and self_mass_change at the cell (k, scale) of
+    `best` (the target's best cell; the head's largest k at that scale if it has fewer negative
+    eigenvalues), and best_mean_rank_change = min over the grid of the mean rank minus unedited,
+    best_self_mass_change = max over the grid of the self mass minus unedited.
+    """
+    cells, unedited = grid["cells"], grid["unedited"]
+    same_scale = [c for c in cells.values() if c["scale"] == best["scale"]]
+    at_best = next((c for c in same_scale if c["k"] == best["k"]), max(same_scale, key=lambda c: c["k"]))
+    return {"mean_rank": unedited["mean_rank"], "edited_mean_rank": at_best["mean_rank"],
+            "mean_rank_change": at_best["mean_rank"] - unedited["mean_rank"],
+            "self_mass": unedited["self_mass"], "edited_self_mass": at_best["self_mass"],
+            "self_mass_change": at_best["self_mass"] - unedited["self_mass"],
+            "best_mean_rank_change": min(c["mean_rank"] for c in cells.values()) - unedited["mean_rank"],
+            "best_self_mass_change": max(c["self_mass"] for c in cells.values()) - unedited["self_mass"]}
+
+
+def best_cell_edit(model: HookedTransformer, layer: int, head: int, best: dict, E: Tensor, tokens: Tensor,
+                   mask: Tensor, chunk_size: int = 128) -> dict[str, float]:
+    """One head unedited and with the edit of `best` (its k and scale): mean self-rank over `E` and in-context
+    self mass, and their changes (the keys of `rank_statistics` but the grid's best ones)."""
+    W_Q, W_K, _, _ = head_weights(model, layer, head)
+    spectrum = symmetric_spectrum(W_Q, W_K)
+    A, B = qk.edited_factors(W_Q, W_K, spectrum, most_negative(spectrum.values, best["k"]), best["scale"])
+    measured = {}
+    for name, (Wq, Wk) in (("unedited", (W_Q, W_K)), ("edited", (A, B))):
+        ranks = qk.self_ranks(E, FactoredMatrix(Wq, Wk.T), chunk_size)
+        self_mass = qk.edited_heads_in_context(model, tokens, mask, {(layer, head): (Wq, Wk)})[(layer, head)]
+        measured[name] = {"mean_rank": float(ranks.double().mean()), "self_mass": self_mass["self_mass"]}
+    before, after = measured["unedited"], measured["edited"]
+    return {"mean_rank": before["mean_rank"], "edited_mean_rank": after["mean_rank"],
+            "mean_rank_change": after["mean_rank"] - before["mean_rank"],
+            "self_mass": before["self_mass"], "edited_self_mass": after["self_mass"],
+            "self_mass_change": after["self_mass"] - before["self_mass"]}

@@ -6,7 +6,8 @@ For every head, averaged over query rows after BOS and over prompts (analysis.at
   mean distance   sum_k A[q,k] (q - k), in tokens
   BOS mass        A[q, 0]
 The prompt set mixes uniform random tokens, repeated random tokens ([BOS] + r + r) and, when the
-model has a tokenizer, category-word prompts; --text FILE uses one text prompt per line instead.
+model has a tokenizer, category-word prompts (--categories: the study's 8 by default); --text FILE uses one
+text prompt per line instead.
 Every head comes from one batched forward pass per prompt set. Lists the most focused, most
 diffuse and longest-range heads. Writes results/<model>/attention_stats.json and
 figures/<model>/attention_stats.{pdf,png}.
@@ -39,6 +40,7 @@ def build_parser():
                         "(default: 48)")
     p.add_argument("--text", type=Path, default=None,
                    help="file with one text prompt per line (replaces the generated set)")
+    cli.add_categories_argument(p)
     p.add_argument("--top", type=cli.positive_int, default=5, help="heads listed per ranking (default: 5)")
     p.fits_context("--length", lambda n: 1 + n)
     p.memory("--n-prompts or --length", lambda a, s: 0 if a.text else cli.pattern_bytes(s, a.n_prompts, 1 + a.length))
@@ -61,8 +63,8 @@ def prompt_sets(model, args) -> dict[str, list[torch.Tensor]]:
             "repeated": [prompts.random_repeated_tokens(args.n_prompts, args.length // 2, d_vocab, bos,
                                                         args.seed + 1, special)]}
     if model.tokenizer is not None:
-        sets["category"] = [prompts.category_probe(model, prompts.ALL_CATEGORIES, args.n_prompts, args.length,
-                                           args.seed + 2)[0]]
+        sets["category"] = [prompts.category_probe(model, prompts.CATEGORY_SETS[args.categories], args.n_prompts,
+                                                   args.length, args.seed + 2)[0]]
     return sets
 
 
@@ -90,6 +92,7 @@ def main(args) -> None:
         "overall": overall,
         "per_prompt_set": per_set,
         "rankings": {k: [{"layer": l, "head": h, "value": v} for l, h, v in heads] for k, heads in rankings.items()},
+        "categories": None if "category" not in per_set else cli.chosen_categories(args)[1],
         "units": {"entropy": "nats", "max_attention": "probability", "mean_distance": "tokens",
                   "bos_mass": "probability"},
     }

@@ -1,8 +1,10 @@
 """Which upstream components the semantic head reads: its score with each one ablated.
 
-On category prompts (the study's distribution), the target head's S = mean_q -log(sum_k A[q,k]
-M[q,k]) (nats, lower is better) is measured per prompt with each of these replaced, at every
-position after BOS, by its mean over the prompts (mode "mean") or by zero (mode "zero"):
+On category prompts (the study's distribution; --categories, the study's 8 by default), the target head's
+S = mean_q -log(sum_k A[q,k] M[q,k]) (nats, lower is better; exact and uncapped, from the head's
+pre-softmax scores, over every row but BOS, as the survey computes it) is measured per prompt with each
+of these replaced, at every position after BOS, by its mean over the prompts (mode "mean") or by zero
+(mode "zero"):
   token_embedding       hook_embed
   positional_embedding  hook_pos_embed
   attention_0           blocks.0.hook_attn_out
@@ -14,7 +16,10 @@ MLP0 path that carries it), not from losing position.
 Two conventions, side by side (`ablation.CONVENTIONS`): ours ("ours_bos_kept": means over
 positions >= 1, BOS left unablated, so the head's fall-back stays; `--ablate-bos` ablates BOS too)
 and the study's ("study_bos_ablated": mean over the batch and all positions, BOS included,
-written at every position, BOS included; mean mode only), as in the study's code.
+written at every position, BOS included; mean mode only), as in the study's code. The study's convention
+is scored twice: with our S (`by_convention`) and with the study's own S (`study_way`: clamped at 1e-12,
+the BOS row counted in the mean, `scores.study_surprisal`), which is what its reported medians mean and
+what the replication table compares them with.
 
 Writes results/<model>/component_ablation.json (table and per-prompt scores) and
 figures/<model>/component_ablation.{pdf,png} (box plots).
@@ -40,6 +45,7 @@ def build_parser():
              lambda a, s: cli.pattern_bytes(s, a.n_prompts, 1 + a.n_words, heads=1, copies=4))
     p.add_argument("--modes", nargs="+", choices=("mean", "zero"), default=["mean", "zero"],
                    help="ablation modes (default: mean zero)")
+    cli.add_categories_argument(p)
     p.add_argument("--ablate-bos", action="store_true",
                    help="ablate at BOS too (default: BOS keeps its activations, so its role as fall-back stays)")
     return p
@@ -64,13 +70,17 @@ def box_plot(study, layer: int, head: int, title: str):
 def main(args) -> None:
     model = load_model(args.model, args.device, args.processing)
     layer, head = cli.target_head(model, args.layer, args.head, args.seed)
-    tokens, mask = prompts.category_probe(model, prompts.ALL_CATEGORIES, args.n_prompts, args.n_words, args.seed)
+    categories, category_record = cli.chosen_categories(args)
+    tokens, mask = prompts.category_probe(model, categories, args.n_prompts, args.n_words, args.seed)
     study = ablation_study(model, tokens, mask, layer, head, tuple(args.modes), keep_bos=not args.ablate_bos,
                            progress=True)
     table = summary_table(study, seed=args.seed)  # {mode: {condition: summary}}
     study_way = ablation_study(model, tokens, mask, layer, head, ("mean",), **CONVENTIONS["study_bos_ablated"],
                                progress=True)["mean"]  # the study's convention: {condition: S}
     study_table = summary_table({"mean": study_way}, seed=args.seed)["mean"]
+    study_scored = ablation_study(model, tokens, mask, layer, head, ("mean",), **CONVENTIONS["study_bos_ablated"],
+                                  score="study")["mean"]  # the study's convention and its own S
+    study_scored_table = summary_table({"mean": study_scored}, seed=args.seed)["mean"]
 
     median = {mode: {condition: row["median"] for condition, row in rows.items()} for mode, rows in table.items()}
     token_vs_position = {mode: median[mode]["token_embedding"] - median[mode]["positional_embedding"]
@@ -88,6 +98,11 @@ def main(args) -> None:
         "by_convention": {("ours_bos_ablated" if args.ablate_bos else "ours_bos_kept"): table.get("mean"),
                           "study_bos_ablated": study_table},
         "study_per_prompt": study_way,
+        # the study's convention scored with the study's S (clamp 1e-12, BOS row in the mean): like for like
+        "study_way": study_scored_table,
+        "categories": category_record,
+        "score": {"ours": "S exact and uncapped from pre-softmax scores, rows >= 1 (scores.semantic_surprisal)",
+                  "study_way": "the study's S: mean over all rows of -ln(max(mass, 1e-12)) (scores.study_surprisal)"},
         "conventions": {"ours": "means over positions >= 1; BOS " + ("ablated" if args.ablate_bos else "kept"),
                         "study": "mean over batch and all positions (BOS included), written at every position "
                                  "(BOS included), mean mode only (the study's code, src/ablation.py)"},
@@ -105,6 +120,8 @@ def main(args) -> None:
         print(f"{condition:>22s}" + "".join(f"{median[mode][condition]:8.3f}" for mode in args.modes))
     print("study's convention (BOS ablated, mean mode): "
           + ", ".join(f"{c} {row['median']:.3f}" for c, row in study_table.items()))
+    print("the same with the study's S (clamp 1e-12, BOS row counted): "
+          + ", ".join(f"{c} {row['median']:.3f}" for c, row in study_scored_table.items()))
     print("token embedding minus positional embedding (median): "
           + ", ".join(f"{mode} {d:+.3f}" for mode, d in token_vs_position.items()))
     print(f"results: {path}")

@@ -6,19 +6,29 @@ SAE (SAELens): a directory saved by SAELens (--sae-path), or a release --sae-rel
 model organism's SAE when it fits the model (a small TopK SAE trained with SAELens on the organism's
 own language: shipped in analysis/organism/sae/, or trained once and cached; --retrain-sae), else
 the GPT-2 release. An SAE whose input width is not the model's d_model is refused.
-Features are named by the tokens they fire on in category prompts and get the category whose
-words give them their largest mean activation; the --per-category most active features of each
-category are kept. Each decoder direction d_f is pushed through the head's LayerNorm and QK
+Features are named by the tokens they fire on in category prompts (--categories: the study's 8 by
+default) and get the category whose words give them their largest mean activation; the --per-category
+most active features of each category are kept. Each decoder direction d_f is pushed through the head's LayerNorm and QK
 circuit, s(f, g) = LN1(d_f) W LN1(d_g)^T / attn_scale (W = W_Q W_K^T, no biases).
 Reported (ours): the feature x feature map, its mean self / same-category / other-category scores,
-how often a feature's self-score is below its same-category mates, and the top feature pairs.
+how often a feature's self-score is below its same-category mates, and the top feature pairs. The same
+map for every other head (a statistic of the weights and the SAE alone, so every head is a control; a head
+of another layer sees the directions through its own LayerNorm): `self_suppression.group_map_statistics`
+with the direction a self-suppressing head predicts, self_minus_in_group (low: features score themselves
+below same-category features), in_minus_out_group (high: same-category features attract),
+margin_normalised (low) and below_partners_share (high: self below every same-category feature).
 The study's metric, for every head of layer L (the other heads are the controls): per-head precision
 of the top --precision-k features the head's QK circuit predicts for each query (decoder directions
 as keys) against the top --precision-k active at its most-attended key, TP / (TP + FP) with the
 keyword positions but the first as positives, on --precision-samples keyword samples (BOS + 19
 random tokens holding the category's words) per category of the study's five; mean over samples
-and categories. Direction: precision "high" (a head that attends to its category's features).
-Writes results/<model>/semantic_head.json and figures/<model>/semantic_head.{pdf,png}.
+and categories. Direction: precision "high" (a head that attends to its category's features). Its null
+(`null`, and precision_shuffled per head): the same precision with the predicted features' labels
+shuffled (--precision-shuffles permutations per sample), which keeps each head's predictions but their
+identity; TP / (TP + FP) gives such a head about the keyword positions' share of positions, so only a
+precision above this null says the QK circuit predicts the active features. All statistics go through
+one `controls.compare` (`directions`, `target`, `controls`); the figure semantic_head_controls shows each.
+Writes results/<model>/semantic_head.json and figures/<model>/semantic_head{,_controls}.{pdf,png}.
 """
 
 from __future__ import annotations
@@ -26,11 +36,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from analysis import cli, io, prompts
-from analysis.controls import compare
+from analysis.controls import compare, head_key, separating, summary_lines
 from analysis import qk_decomposition as qk
 from analysis import sae as saes
+from analysis import self_suppression as ss
 from analysis.attention import head_scale, head_weights
-from analysis.plotting import group_heatmaps, save_figure
+from analysis.plotting import group_heatmaps, save_figure, target_vs_controls
 from analysis.token_maps import block_means
 
 NAME = "semantic_head"
@@ -53,6 +64,10 @@ def build_parser():
                    help=f"features predicted and taken as active per position (default: {saes.PRECISION_K})")
     p.add_argument("--precision-samples", type=cli.positive_int, default=64,
                    help="keyword samples per category for the precision (default: 64)")
+    p.add_argument("--precision-shuffles", type=cli.positive_int, default=saes.PRECISION_SHUFFLES,
+                   help="label permutations per sample of the precision's shuffled-feature null "
+                        f"(default: {saes.PRECISION_SHUFFLES})")
+    cli.add_categories_argument(p)
     p.fits_context("--n-words", lambda n: 1 + n)
     p.fits_context("--precision-samples", lambda n: saes.PRECISION_LENGTH)
     p.memory("--n-prompts or --n-words",
@@ -71,9 +86,10 @@ def main(args) -> None:
               "trained_on_hook": sae.cfg.metadata.hook_name, "d_in": sae.cfg.d_in}
     source.update(d_sae=sae.cfg.d_sae, architecture=sae.cfg.architecture())
 
-    names = list(prompts.ALL_CATEGORIES)
-    tokens, _ = prompts.category_probe(model, prompts.ALL_CATEGORIES, args.n_prompts, args.n_words, args.seed + 1)
-    category_of = prompts.category_index(model.tokenizer, prompts.ALL_CATEGORIES, model.cfg.d_vocab)
+    categories, category_record = cli.chosen_categories(args)
+    names = list(categories)
+    tokens, _ = prompts.category_probe(model, categories, args.n_prompts, args.n_words, args.seed + 1)
+    category_of = prompts.category_index(model.tokenizer, categories, model.cfg.d_vocab)
     by_category, by_token, seen = saes.category_activations(model, sae, tokens, category_of, len(names), hook)
     _, cache = model.run_with_cache(tokens[:16].to(model.cfg.device), names_filter=hook, stop_at_layer=layer)
     source["variance_explained_on_category_prompts"] = saes.variance_explained(
@@ -93,21 +109,36 @@ def main(args) -> None:
                             for f, label, g in zip(features, labels, group)],
                "map": scores, "block_means": block_means(scores, group),
                "self_avoidance": saes.self_avoidance(scores, group),
-               "top_pairs": pairs, "top_pairs_same_category": same_share}
-    precision = {name: saes.head_precision(model, sae, layer, *saes.keyword_prompts(
+               "top_pairs": pairs, "top_pairs_same_category": same_share, "categories": category_record}
+    precision = {name: saes.precision_with_null(model, sae, layer, *saes.keyword_prompts(
         prompts.single_token_ids(model.tokenizer, prompts.STUDY_CATEGORIES[name]), args.precision_samples,
-        model.cfg.d_vocab, prompts.bos_token_id(model), args.seed + 10 + i), k=args.precision_k).mean(0)
-        for i, name in enumerate(saes.PRECISION_CATEGORIES)}  # each (n_heads,)
-    stats = {(layer, h): {"precision": float(sum(v[h] for v in precision.values()) / len(precision)),
-                          **{f"precision_{n}": float(v[h]) for n, v in precision.items()}}
-             for h in range(model.cfg.n_heads)}
-    results.update(compare((layer, head), stats, {"precision": "high"}))
+        model.cfg.d_vocab, prompts.bos_token_id(model), args.seed + 10 + i), k=args.precision_k,
+        n_shuffles=args.precision_shuffles, seed=args.seed + 20 + i)
+        for i, name in enumerate(saes.PRECISION_CATEGORIES)}  # {category: {"precision", "shuffled": (B, n_heads)}}
+    stats = feature_map_statistics(model, sae, features, group)  # every head; the precision for the layer's only
+    for row in stats.values():
+        row.update(precision=None, precision_shuffled=None)
+    for h in range(model.cfg.n_heads):  # the precision: heads of the SAE's layer only
+        for kind, key in (("precision", "precision"), ("shuffled", "precision_shuffled")):
+            per_category = {n: float(v[kind].mean(0)[h]) for n, v in precision.items()}
+            stats[(layer, h)][key] = sum(per_category.values()) / len(per_category)
+            if kind == "precision":
+                stats[(layer, h)].update({f"precision_{n}": value for n, value in per_category.items()})
+    report = compare((layer, head), stats, {**ss.GROUP_MAP_DIRECTIONS, "precision": "high"})
+    null = {"precision_shuffled": stats[(layer, head)]["precision_shuffled"],
+            "says": "the study's precision with the predicted features' labels permuted (a random permutation of "
+                    f"the SAE's feature ids per sample, {args.precision_shuffles} draws, mean): the chance level of "
+                    "TP / (TP + FP) for this head, these samples and this SAE"}
+    results.update(report, separating=separating(report), null=null)
     path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
                            arguments=vars(args), seed=args.seed)
     short = [label.split("/")[0] for label in labels]  # "f9 ' Monday'": the feature and its top token
     fig = group_heatmaps([scores], ["LN1(d_f) W LN1(d_g)ᵀ / √d"], short, group,
                          suptitle=f"L{layer}H{head}: SAE features ({hook}) through the QK circuit")
     save_figure(fig, args.out, args.model, NAME)
+    save_figure(target_vs_controls(report, null={"precision": null["precision_shuffled"]},
+                                   title=f"{head_key(layer, head)}'s SAE-feature statistics against every other head"),
+                args.out, args.model, f"{NAME}_controls")
 
     b, a = results["block_means"], results["self_avoidance"]
     print(f"SAE {hook}: {source['d_sae']} features, variance explained "
@@ -122,8 +153,23 @@ def main(args) -> None:
     t, c = results["target"]["precision"], results["target"]["precision"]["strongest_control"]
     print(f"study's precision@{args.precision_k} (mean of {len(precision)} categories): L{layer}H{head} "
           f"{t['value']:.3f}, rank {t['rank']} of {t['n_ranked']} heads of layer {layer}"
-          + (f"; strongest control L{c['layer']}H{c['head']} {c['value']:.3f}" if c else ""))
+          + (f"; strongest control L{c['layer']}H{c['head']} {c['value']:.3f}" if c else "")
+          + f"; shuffled-label null {null['precision_shuffled']:.3f}")
+    print("\n".join(summary_lines(report)))
+    print(f"separates from every other head: {', '.join(results['separating']) or 'none'}")
     print(f"results: {path}")
+
+
+def feature_map_statistics(model, sae, features, group) -> dict:
+    """(layer, head) -> `self_suppression.group_map_statistics` of the features' map, for every head (each layer's
+    heads see the decoder directions through that layer's LayerNorm)."""
+    stats = {}
+    for l in range(model.cfg.n_layers):
+        x = saes.feature_inputs(model, sae, l, features)  # (n, d_model)
+        for h in range(model.cfg.n_heads):
+            W_Q, W_K, _, _ = head_weights(model, l, h)
+            stats[(l, h)] = ss.group_map_statistics(x, group, W_Q, W_K, head_scale(model.cfg, l))
+    return stats
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ and only negative eigenvalues can push it down. Reported:
   biases      the same with the Q/K biases folded in (inputs [x, 1]); of the bias terms only
               b_Q W_K^T x_k changes with the key, so only it can move attention
 
-W leaves the biases out unless stated. Token inputs: --input (default: mean).
+W leaves the biases out unless stated. Token inputs: --input (default: mean). Category words: --categories
+(the study's 8 by default, 41 words; 'all' for the 10-category union).
 
 The count of negative eigenvalues is a fact, not evidence: W_sym = ½ [W_Q W_K] J [W_Q W_K]^T with
 J = [[0, I], [I, 0]] (d_head eigenvalues of each sign), so by Sylvester's law of inertia every head
@@ -39,7 +40,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from analysis import cli, io, prompts
+from analysis import cli, io
 from analysis import qk_decomposition as qk
 from analysis import self_suppression as ss
 from analysis.attention import head_scale, head_weights
@@ -53,6 +54,7 @@ NAME = "skew_analysis"
 def build_parser():
     p = cli.parser(__doc__, target_head=True)
     cli.add_input_argument(p)
+    cli.add_categories_argument(p)
     p.add_argument("--n-permutations", type=cli.positive_int, default=200,
                    help="category-label permutations of the shuffled null (default: 200)")
     return p
@@ -72,7 +74,8 @@ def main(args) -> None:
                   "query_term_and_constant": "constant along each query's row: no effect on attention"}
 
     # Every head on the category words: the target's statistics against all others'.
-    word_ids, words, category, names = group_tokens(model.tokenizer, prompts.ALL_CATEGORIES)
+    categories, category_record = cli.chosen_categories(args)
+    word_ids, words, category, names = group_tokens(model.tokenizer, categories)
     stats = ss.every_head(model, args.input, word_ids, category, args.seed,
                           lambda *a: ss.head_statistics(*a, n_permutations=args.n_permutations))
     report = compare((layer, head), stats, ss.DIRECTIONS)
@@ -86,7 +89,7 @@ def main(args) -> None:
         s["n_negative_eigenvalues"] == model.cfg.d_head for s in stats.values()), "n_heads": len(stats),
         "says": "W_sym = ½[W_Q W_K] J [W_Q W_K]^T: a full-rank [W_Q W_K] gives exactly d_head negative eigenvalues"}
     results = {**report, "separating": separating(report), "null": null, "sylvester": sylvester,
-               "category_words": {"n_words": len(words), "categories": names},
+               "category_words": {"n_words": len(words), "categories": names}, "categories": category_record,
                "head": {"layer": layer, "head": head}, "input": args.input, "d_head": model.cfg.d_head,
                "without_bias": plain, "with_bias": biased, "bias_terms_on_group_set": bias_terms}
     path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,

@@ -12,23 +12,28 @@ out of W):
 (The original study's precision@k was computed on rank vectors and is meaningless; it is not
 repeated here.) scale 1 is the unedited head.
 
-Controls (--controls): the best cell's edit (its k and scale; k capped at each head's negative count)
-applied to every control head, each head measured unedited and edited. Statistics and the direction a
-self-suppressing head predicts ("directions"): mean_rank (unedited mean self-rank) high,
-mean_rank_change (edited minus unedited) low, self_mass_change (in context) high. Writes results/<model>/svd_rank_ablation.json and
-figures/<model>/svd_rank_ablation.{pdf,png}.
+Controls (--controls): the same statistics the claim rests on, for every control head. By default
+(--control-cells grid) each control head gets the whole grid, computed the same batched way as the
+target's (`control_grids`, keyed by head and cell); --control-cells best runs only the target's best cell
+on them (cheaper at GPT-2 scale: the grid over the vocabulary costs minutes per head). Statistics and the
+direction a self-suppressing head predicts ("directions"; rank 1 = most extreme that way):
+  mean_rank (high)              unedited mean self-rank: self-scores sit low among the keys
+  mean_rank_change (low)        mean self-rank at the target's best cell minus unedited
+  self_mass_change (high)       in-context self mass at the target's best cell minus unedited
+  best_mean_rank_change (low)   the head's own best cell of the grid: its largest fall in mean self-rank
+  best_self_mass_change (high)  the head's own best cell of the grid: its largest rise in self mass
+(the last two only with the grid). Category prompts: --categories (the study's 8 by default).
+Writes results/<model>/svd_rank_ablation.json and figures/<model>/svd_rank_ablation{,_controls}.{pdf,png}.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from tqdm.auto import tqdm
-from transformer_lens import FactoredMatrix
 
 from analysis import cli, controls, io, prompts
-from analysis import qk_decomposition as qk
-from analysis.attention import head_weights
-from analysis.plotting import save_figure, use_style
+from analysis import self_suppression as ss
+from analysis.plotting import save_figure, target_vs_controls, use_style
 from analysis.token_maps import token_inputs
 
 NAME = "svd_rank_ablation"
@@ -47,6 +52,10 @@ def build_parser():
                    help="category prompts per cell for the self mass (default: 16)")
     p.add_argument("--n-words", type=cli.positive_int, default=64, help="words per category prompt (default: 64)")
     cli.add_controls_argument(p)
+    p.add_argument("--control-cells", choices=("grid", "best"), default="grid",
+                   help="what the control heads get: 'grid' (every cell, as the target) or 'best' (the target's "
+                        "best cell only) (default: grid)")
+    cli.add_categories_argument(p)
     p.add_argument("--chunk-size", type=cli.positive_int, default=128,
                    help="queries per block of scores; small blocks stay in cache (default: 128)")
     p.fits_context("--n-words", lambda n: 1 + n)
@@ -57,37 +66,48 @@ def build_parser():
 
 def main(args) -> None:
     model, layer, head = cli.load_target(args)
-    W_Q, W_K, b_Q, b_K = head_weights(model, layer, head, include_bias=True)
-    spectrum = qk.symmetric_spectrum(W_Q, W_K)
-    n_negative = len(qk.most_negative(spectrum.values))
-    ks = sorted({min(k, n_negative) for k in args.ks})  # k beyond the negative count repeats the last cell
-    E = token_inputs(model, layer, args.input, seed=args.seed, progress=True)  # (d_vocab, d_model)
-    tokens, mask = prompts.category_probe(model, prompts.ALL_CATEGORIES, args.n_prompts, args.n_words, args.seed + 1)
+    categories, category_record = cli.chosen_categories(args)
+    tokens, mask = prompts.category_probe(model, categories, args.n_prompts, args.n_words, args.seed + 1)
+    inputs = {}  # layer -> E: (d_vocab, d_model), shared by the layer's heads
 
-    # Every cell at once: self-ranks from shared score blocks, in-context masses from one run up to the layer.
-    grid = [(k, scale) for k in ks for scale in args.scales]
-    ranks = qk.self_ranks_grid(E, W_Q, W_K, spectrum, ks, args.scales, args.chunk_size, progress=True)
-    factors = {(k, scale): qk.edited_factors(W_Q, W_K, spectrum, qk.most_negative(spectrum.values, k), scale)
-               for k, scale in grid}
-    in_context = qk.in_context_grid(model, tokens, mask, layer, head, factors, b_Q, b_K)
-    cells = []
-    for k, scale in grid:
-        cells.append({"k": k, "scale": scale, **qk.rank_metrics(ranks[k, scale], args.at),
-                      "self_mass": in_context[k, scale]["self_mass"],
-                      "partner_mass": in_context[k, scale]["partner_mass"]})
-    base = next((c for c in cells if c["scale"] == 1.0), None)  # scale 1 edits nothing: every k alike
-    best = min(cells, key=lambda c: c["mean_rank"])  # the cell whose self-scores rank highest
+    def layer_inputs(l: int):
+        if l not in inputs:
+            inputs[l] = token_inputs(model, l, args.input, seed=args.seed, progress=True)
+        return inputs[l]
+
+    def grid_of(l: int, h: int, progress: bool = False) -> dict:
+        return ss.rank_grid(model, l, h, layer_inputs(l), tokens, mask, args.ks, args.scales, args.at,
+                            args.chunk_size, progress)
+
+    grid = grid_of(layer, head, progress=True)
+    cells, n_negative, ks = grid["cells"], grid["n_negative"], grid["ks"]
+    base = cells.get(ss.cell_key(ks[0], 1.0))  # scale 1 edits nothing: every k alike (None if not in --scales)
+    best = min(cells.values(), key=lambda c: c["mean_rank"])  # the cell whose self-scores rank highest
     results = {"head": {"layer": layer, "head": head}, "input": args.input, "n_negative_eigenvalues": n_negative,
-               "d_vocab": model.cfg.d_vocab, "ks": ks, "scales": args.scales,
-               "cells": {f"k={c['k']},scale={c['scale']:g}": c for c in cells}, "best_cell": best,
-               **({"unedited_cell": base} if base else {})}
-    heads = [(layer, head)] + cli.control_heads(model, (layer, head), args.controls, args.seed)
-    edited = best_cell_on_heads(model, heads, best, tokens, mask, args)
-    results.update(controls.compare((layer, head), edited, {"mean_rank": "high", "mean_rank_change": "low",
-                                                             "self_mass_change": "high"}))
+               "d_vocab": model.cfg.d_vocab, "ks": ks, "scales": args.scales, "cells": cells, "best_cell": best,
+               **({"unedited_cell": base} if base else {}), "categories": category_record,
+               "control_cells": args.control_cells}
+    heads = cli.control_heads(model, (layer, head), args.controls, args.seed)
+    stats = {(layer, head): ss.rank_statistics(grid, best)}
+    control_grids = {}
+    for l, h in tqdm(heads, desc=f"control heads ({args.control_cells})"):
+        if args.control_cells == "grid":
+            own = grid_of(l, h)
+            control_grids[controls.head_key(l, h)] = own["cells"]
+            stats[(l, h)] = ss.rank_statistics(own, best)
+        else:
+            stats[(l, h)] = ss.best_cell_edit(model, l, h, best, layer_inputs(l), tokens, mask, args.chunk_size)
+    directions = {"mean_rank": "high", "mean_rank_change": "low", "self_mass_change": "high"}
+    if args.control_cells == "grid":
+        directions.update(best_mean_rank_change="low", best_self_mass_change="high")
+    report = controls.compare((layer, head), stats, directions)
+    results.update(report, separating=controls.separating(report), control_grids=control_grids)
     path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
                            arguments=vars(args), seed=args.seed)
-    save_figure(figure(cells, ks, args, layer, head), args.out, args.model, NAME)
+    save_figure(figure(list(cells.values()), ks, args, layer, head), args.out, args.model, NAME)
+    save_figure(target_vs_controls(report, title=f"{controls.head_key(layer, head)}: rank ablation against "
+                                   f"{len(heads)} control heads ({args.control_cells})"), args.out, args.model,
+                f"{NAME}_controls")
 
     if base:
         print(f"L{layer}H{head} unedited: mean self-rank {base['mean_rank']:.1f} of {model.cfg.d_vocab}, "
@@ -95,30 +115,8 @@ def main(args) -> None:
     print(f"best cell k={best['k']}, scale {best['scale']:g}: mean self-rank {best['mean_rank']:.1f}, "
           f"MRR {best['mrr']:.3f}, " + ", ".join(f"acc@{K} {best[f'acc@{K}']:.2f}" for K in args.at)
           + f", self mass {best['self_mass']:.3f}")
-    print("\n".join(controls.summary_lines(results, prefix="best cell on controls, ")))
+    print("\n".join(controls.summary_lines(report, prefix="against the controls, ")))
     print(f"results: {path}")
-
-
-def best_cell_on_heads(model, heads, best, tokens, mask, args) -> dict:
-    """head -> unedited and best-cell-edited mean self-rank and self mass, and their changes."""
-    rows, inputs = {}, {}
-    for l, h in tqdm(heads, desc="best cell on control heads"):
-        if l not in inputs:
-            inputs[l] = token_inputs(model, l, args.input, seed=args.seed)
-        W_Q, W_K, _, _ = head_weights(model, l, h)
-        spectrum = qk.symmetric_spectrum(W_Q, W_K)
-        A, B = qk.edited_factors(W_Q, W_K, spectrum, qk.most_negative(spectrum.values, best["k"]), best["scale"])
-        measured = {}
-        for name, (Wq, Wk) in (("unedited", (W_Q, W_K)), ("edited", (A, B))):
-            ranks = qk.self_ranks(inputs[l], FactoredMatrix(Wq, Wk.T), args.chunk_size)
-            self_mass = qk.edited_heads_in_context(model, tokens, mask, {(l, h): (Wq, Wk)})[(l, h)]["self_mass"]
-            measured[name] = {"mean_rank": float(ranks.double().mean()), "self_mass": self_mass}
-        before, after = measured["unedited"], measured["edited"]
-        rows[(l, h)] = {"mean_rank": before["mean_rank"], "edited_mean_rank": after["mean_rank"],
-                        "mean_rank_change": after["mean_rank"] - before["mean_rank"],
-                        "self_mass": before["self_mass"], "edited_self_mass": after["self_mass"],
-                        "self_mass_change": after["self_mass"] - before["self_mass"]}
-    return rows
 
 
 def figure(cells, ks, args, layer, head):

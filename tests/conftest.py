@@ -49,3 +49,18 @@ def run_main(name: str, *args: str) -> None:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     cli.run(module.main, module.build_parser(), list(args))
+
+
+def check_controls_shape(results: dict, target) -> None:
+    """A mechanism results file's `directions`, `target` (value and rank of every statistic) and `controls`
+    (each control head once, never the target, carrying the same statistics), with `target` = (layer, head)."""
+    directions, entry, controls = results["directions"], results["target"], results["controls"]
+    assert directions and set(directions.values()) <= {"low", "high"}
+    assert [entry["layer"], entry["head"]] == list(target)
+    heads = [(row["layer"], row["head"]) for row in controls]
+    assert heads and tuple(target) not in heads and len(set(heads)) == len(heads)
+    for statistic in directions:
+        assert set(entry[statistic]) >= {"value", "rank", "n_ranked", "separates", "strongest_control"}
+        if entry[statistic]["value"] is not None:
+            assert 1 <= entry[statistic]["rank"] <= entry[statistic]["n_ranked"] <= len(controls) + 1
+        assert all(statistic in row for row in controls)  # the controls carry the same statistic

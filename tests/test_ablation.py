@@ -1,12 +1,13 @@
 """Component ablations: exact hook behaviour, and the organism's semantic head reading token identity."""
 
 import json
+import math
 
 import pytest
 import torch
 from transformer_lens.utilities import get_act_name
 
-from analysis import ablation, prompts
+from analysis import ablation, prompts, scan, scores
 from conftest import run_main, run_script
 
 
@@ -113,6 +114,27 @@ def test_component_ablation_script_end_to_end(tmp_path, truth):
     assert set(by["study_bos_ablated"]) == set(data["table"]["mean"])
     assert by["study_bos_ablated"]["baseline"] == data["table"]["mean"]["baseline"]
     assert by["study_bos_ablated"]["token_embedding"]["median"] != data["table"]["mean"]["token_embedding"]["median"]
+    # the study's convention scored with the study's S: the BOS row counts 0 in a mean over 1 + n_words rows
+    n_words = 64
+    assert data["study_way"]["baseline"]["median"] == pytest.approx(
+        by["study_bos_ablated"]["baseline"]["median"] * n_words / (n_words + 1), rel=1e-4)
+    assert data["categories"] == {"set": "study", "names": list(prompts.STUDY_CATEGORIES), "words": 41}
+
+
+def test_ablation_scores_the_exact_uncapped_surprisal_of_the_survey(organism, truth):
+    # The baseline condition is the unablated head: its per-prompt S is the survey's (exact, from the scores).
+    layer, head = truth["planted_heads"]["semantic"]
+    tokens, mask = prompts.category_probe(organism, prompts.STUDY_CATEGORIES, 6, 16, seed=3)
+    study = ablation.ablation_study(organism, tokens, mask, layer, head, ("zero",))
+    survey = scan.semantic_survey(organism, 6, 16, seed=3)["surprisal"][:, layer, head]
+    assert torch.allclose(study["zero"]["baseline"], survey, atol=1e-5)
+    # zeroing the token embedding drives some rows far past the old 13.8-nat clamp; the study's S caps rows at 27.6
+    ours = ablation.ablation_study(organism, tokens, mask, layer, head, ("zero",))["zero"]["token_embedding"]
+    theirs = ablation.ablation_study(organism, tokens, mask, layer, head, ("zero",), score="study")["zero"]
+    assert float(ours.max()) > -math.log(scores.EPS)
+    assert float(theirs["token_embedding"].max()) <= -math.log(scores.STUDY_EPS) + 1e-6
+    with pytest.raises(ValueError, match="score"):
+        ablation.ablation_study(organism, tokens, mask, layer, head, ("zero",), score="mine")
 
 
 def test_component_ablation_rejects_bad_counts(tmp_path, capsys):

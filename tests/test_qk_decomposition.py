@@ -12,7 +12,8 @@ from analysis import qk_decomposition as qk
 from analysis import self_suppression as ss
 from analysis.attention import attention_scores, head_scale, head_weights
 from analysis.patterns import head_pattern
-from conftest import run_main
+from analysis.token_maps import token_inputs
+from conftest import check_controls_shape, run_main
 
 
 def key_of(entry):
@@ -292,6 +293,10 @@ def test_decomposition_scripts_end_to_end(tmp_path, truth):
     assert len(skew["without_bias"]["eigenvalues"]) == 2 * 32
     assert skew["without_bias"]["check"]["max_abs_self_W_minus_sym"] < 1e-3
     # controls: every other head; the count ties everywhere (Sylvester), the partner margin singles the head out
+    for name in ("skew_analysis", "svd_sym_skew_heatmap", "svd_group_scaling_heatmap"):
+        check_controls_shape(json.loads((results / f"{name}.json").read_text())["results"],
+                             truth["planted_heads"]["semantic"])
+    assert skew["categories"]["set"] == "study" and skew["category_words"]["n_words"] == 41
     assert len(skew["controls"]) == 7 and skew["directions"]["margin"] == "low"
     assert skew["sylvester"]["heads_with_d_head_negative"] == skew["sylvester"]["n_heads"] == 8
     assert skew["target"]["n_negative_eigenvalues"]["rank"] == 1
@@ -323,10 +328,11 @@ def test_decomposition_scripts_end_to_end(tmp_path, truth):
         by_factor["-1"] - scaling["edits"][key]["unedited"]["self_mass"], abs=1e-5)
 
 
-def test_rank_ablation_script(tmp_path):
+def test_rank_ablation_script(tmp_path, truth):
     run_main("svd_rank_ablation", "--out", str(tmp_path), "--ks", "4", "100", "--scales", "1", "-1",
              "--n-prompts", "8", "--n-words", "32")
     data = json.loads((tmp_path / "results" / "organism" / "svd_rank_ablation.json").read_text())["results"]
+    check_controls_shape(data, truth["planted_heads"]["semantic"])
     k_max = data["n_negative_eigenvalues"]
     assert set(data["cells"]) == {"k=4,scale=1", "k=4,scale=-1", f"k={k_max},scale=1", f"k={k_max},scale=-1"}
     cells = {(c["k"], c["scale"]): c for c in data["cells"].values()}  # k = 100 capped at the negatives
@@ -335,9 +341,32 @@ def test_rank_ablation_script(tmp_path):
     assert cells[(k_max, -1.0)]["mean_rank"] < cells[(k_max, 1.0)]["mean_rank"]
     assert cells[(k_max, -1.0)]["self_mass"] > cells[(k_max, 1.0)]["self_mass"]
     assert cells[(4, 1.0)]["mean_rank"] == cells[(k_max, 1.0)]["mean_rank"]  # scale 1 edits nothing
-    # the best cell's edit on the control heads: the target's own row repeats the grid
-    assert set(data["directions"]) == {"mean_rank", "mean_rank_change", "self_mass_change"}
+    # every control head gets the whole grid, measured as the target's: the statistics come from each grid
+    assert set(data["directions"]) == {"mean_rank", "mean_rank_change", "self_mass_change", "best_mean_rank_change",
+                                       "best_self_mass_change"}
     assert data["target"]["mean_rank"]["value"] == pytest.approx(cells[(4, 1.0)]["mean_rank"], rel=1e-6)
-    assert len(data["controls"]) >= 3
+    assert data["target"]["best_mean_rank_change"]["value"] == pytest.approx(
+        data["best_cell"]["mean_rank"] - cells[(4, 1.0)]["mean_rank"], rel=1e-6)
+    assert len(data["controls"]) >= 3 and len(data["control_grids"]) == len(data["controls"])
     for row in data["controls"]:
+        grid = data["control_grids"][f"L{row['layer']}H{row['head']}"]
+        assert {c["scale"] for c in grid.values()} == {1.0, -1.0}
+        unedited = next(c for c in grid.values() if c["scale"] == 1.0)
+        assert row["mean_rank"] == pytest.approx(unedited["mean_rank"], rel=1e-9)
         assert row["mean_rank_change"] == pytest.approx(row["edited_mean_rank"] - row["mean_rank"], abs=1e-9)
+        assert row["best_self_mass_change"] == pytest.approx(
+            max(c["self_mass"] for c in grid.values()) - unedited["self_mass"], abs=1e-9)
+
+
+def test_rank_ablation_best_cell_on_controls_agrees_with_the_grid(organism):
+    # The cheap path (--control-cells best) and the grid measure the same edit the same way.
+    layer, head = 1, 1  # the planted induction head: a control
+    E = token_inputs(organism, layer, "mean")
+    tokens, mask = prompts.category_probe(organism, prompts.STUDY_CATEGORIES, 4, 16, seed=0)
+    grid = ss.rank_grid(organism, layer, head, E, tokens, mask, ks=[4], scales=[-1.0], at=[1])
+    assert set(grid["cells"]) == {"k=4,scale=-1"}  # scale 1 measured (unedited) but not a cell
+    best = grid["cells"]["k=4,scale=-1"]
+    from_grid = ss.rank_statistics(grid, best)
+    direct = ss.best_cell_edit(organism, layer, head, best, E, tokens, mask)
+    for key, value in direct.items():
+        assert from_grid[key] == pytest.approx(value, abs=1e-4), key

@@ -8,7 +8,7 @@ import torch
 
 from analysis import sae as saes
 from analysis.errors import UsageError
-from conftest import run_main
+from conftest import check_controls_shape, run_main
 
 
 def test_hook_for_layer():
@@ -150,7 +150,8 @@ def test_semantic_head_script_with_a_saved_sae_directory(tmp_path):
 
 
 def test_semantic_head_script(tmp_path, truth):
-    run_main("semantic_head", "--out", str(tmp_path), "--n-prompts", "32", "--precision-k", "8")
+    run_main("semantic_head", "--out", str(tmp_path), "--n-prompts", "32", "--precision-k", "8",
+             "--categories", "all")
     data = json.loads((tmp_path / "results" / "organism" / "semantic_head.json").read_text())["results"]
     assert [data["head"]["layer"], data["head"]["head"]] == truth["planted_heads"]["semantic"]
     assert len(data["features"]) == len(data["map"]) > 10
@@ -159,12 +160,49 @@ def test_semantic_head_script(tmp_path, truth):
     assert means["in_group"] > means["out_group"]  # same-category features attend to each other
     assert len(data["top_pairs"]) == 20 and data["top_pairs_same_category"] > 0.5
     assert (tmp_path / "figures" / "organism" / "semantic_head.png").stat().st_size > 1000
-    # the study's precision, every head of the target's layer: the other heads are the controls
-    assert data["directions"] == {"precision": "high"}
+    assert data["categories"]["set"] == "all" and data["categories"]["words"] == 63
+    check_controls_shape(data, truth["planted_heads"]["semantic"])
+    # one compare over the feature map's statistics (every head) and the study's precision (the layer's heads)
+    assert data["directions"] == {"self_minus_in_group": "low", "in_minus_out_group": "high",
+                                  "margin_normalised": "low", "below_partners_share": "high", "precision": "high"}
     layer = data["head"]["layer"]
-    assert sorted(c["head"] for c in data["controls"]) == [h for h in range(4) if h != data["head"]["head"]]
-    assert all(c["layer"] == layer and 0 <= c["precision"] <= 1 and "precision_colours" in c for c in data["controls"])
+    assert len(data["controls"]) == 7  # every other head of the organism
+    assert data["target"]["in_minus_out_group"]["n_ranked"] == 8
+    assert data["target"]["self_minus_in_group"]["value"] == pytest.approx(means["self_minus_in_group"], abs=1e-4)
+    layer_rows = [c for c in data["controls"] if c["layer"] == layer]
+    assert sorted(c["head"] for c in layer_rows) == [h for h in range(4) if h != data["head"]["head"]]
+    assert all(0 <= c["precision"] <= 1 and "precision_colours" in c and 0 <= c["precision_shuffled"] <= 1
+               for c in layer_rows)
+    assert all(c["precision"] is None for c in data["controls"] if c["layer"] != layer)
     assert data["target"]["precision"]["n_ranked"] == 4 and 0 <= data["target"]["precision"]["value"] <= 1
+    # the null: predicted features' labels shuffled, near the keyword positions' share (4 of 20) of all positions
+    assert 0.1 < data["null"]["precision_shuffled"] < 0.35
+    assert (tmp_path / "figures" / "organism" / "semantic_head_controls.png").stat().st_size > 1000
+
+
+def test_shuffled_labels_permute_feature_ids_the_same_way_at_every_position():
+    predicted = torch.tensor([[[0, 1, 2], [0, 1, 2], [3, 4, 5]], [[5, 4, 3], [1, 0, 2], [2, 3, 4]]])  # (2, 3, 3)
+    got = saes.shuffled_labels(predicted, 6, torch.Generator().manual_seed(0))
+    assert got.shape == predicted.shape and bool(((got >= 0) & (got < 6)).all())
+    assert all(len(set(row.tolist())) == 3 for row in got.reshape(-1, 3))  # still k distinct features
+    assert torch.equal(got[0, 0], got[0, 1])  # positions that shared predictions still share them
+    for b in range(2):  # one permutation per sample: equal ids map to equal ids, different to different
+        pairs = {(int(p), int(g)) for p, g in zip(predicted[b].flatten(), got[b].flatten())}
+        assert len({p for p, _ in pairs}) == len(pairs) == len({g for _, g in pairs})
+    assert not torch.equal(got, predicted)
+
+
+def test_precision_counts_where_overlaps_fall_so_its_null_is_near_the_scored_share():
+    # Overlap 1 at every position (the prediction is always the active feature), 2 of 10 positions scored:
+    # precision = TP / (TP + FP) is the scored share, 0.2, even for perfect predictions; shuffled labels
+    # overlap at random positions (about 1 in 10, scored or not), and samples without any overlap count 0.
+    active = torch.arange(10).reshape(1, 10, 1).expand(64, 10, 1)
+    scored = torch.zeros(64, 10, dtype=torch.bool)
+    scored[:, 8:] = True
+    assert torch.allclose(saes.overlap_precision(active, active, scored), torch.full((64,), 0.2, dtype=torch.float64))
+    shuffled = saes.shuffled_labels(active, 10, torch.Generator().manual_seed(1))
+    null = saes.overlap_precision(shuffled, active, scored).mean()
+    assert 0.05 < float(null) < 0.25
 
 
 def test_keyword_prompts_place_every_word_once_and_the_last_at_the_end():
@@ -210,3 +248,6 @@ def test_head_precision_runs_for_every_head_of_the_layer(organism):
     precision = saes.head_precision(organism, sae, 1, tokens, scored, k=8)
     assert precision.shape == (8, organism.cfg.n_heads)
     assert ((precision >= 0) & (precision <= 1)).all()
+    both = saes.precision_with_null(organism, sae, 1, tokens, scored, k=8, n_shuffles=3, seed=0)
+    assert torch.equal(both["precision"], precision) and both["shuffled"].shape == precision.shape
+    assert ((both["shuffled"] >= 0) & (both["shuffled"] <= 1)).all()

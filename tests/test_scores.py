@@ -108,3 +108,14 @@ def test_bootstrap_ci_brackets_the_mean_and_ignores_nan():
     assert mean[0] == 2.0 and low[0] <= 2.0 <= high[0] and 1.0 <= low[0] and high[0] <= 3.0
     constant = scores.bootstrap_ci(np.ones((10, 2)))
     assert np.allclose(constant, 1.0)
+
+
+def test_study_surprisal_counts_the_bos_row_and_clamps_at_1e_12():
+    # 1 prompt, 3 rows: BOS (mass 1), a row with mass 0.5 on its target, a row with mass 0 (clamped at 1e-12).
+    pattern = torch.tensor([[[[1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [0.0, 1.0, 0.0]]]])  # (1, 1, 3, 3)
+    mask = torch.tensor([[[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]])  # row 2 marks only itself
+    got = scores.study_surprisal(pattern, mask)
+    expected = (0.0 + math.log(2) + -math.log(1e-12)) / 3  # every row in the mean, BOS's 0 included
+    assert got.shape == (1, 1) and math.isclose(got.item(), expected, rel_tol=1e-6)
+    ours = scores.semantic_surprisal(pattern, mask, scores.scored_rows(torch.zeros(1, 3)))
+    assert ours.item() > got.item() * 3 / 2  # ours leaves BOS out and has no 1e-12 clamp (float32 floor instead)

@@ -181,9 +181,12 @@ SPEC: dict[str, dict[str, Entry]] = {
         "AblTokenMinusPosMean": ("results.token_minus_positional_median.mean", ".2f"),
         "AblPosShare": ("results.positional_share_of_token_damage.mean", "percent"),
         "AblTokenMinusPosZero": ("results.token_minus_positional_median.zero", ".2f"),
-        # the study's convention: means with BOS, BOS ablated too (mean mode)
-        **{f"AblStudy{infix}": (f"results.by_convention.study_bos_ablated.{condition}.median", ".2f")
+        # the study's way: its convention (means with BOS, BOS ablated too, mean mode) and its S (clamp, BOS row)
+        **{f"AblStudy{infix}": (f"results.study_way.{condition}.median", ".2f")
            for condition, (_, infix) in ABLATION_CONDITIONS.items()},
+        # the study's convention scored with our S (exact, uncapped, BOS row out)
+        "AblStudyConvOurSToken": ("results.by_convention.study_bos_ablated.token_embedding.median", ".2f"),
+        "AblCategories": ("results.categories.set", "text"), "AblCategoryWords": ("results.categories.words", "d"),
     },
     "cosine_attention_analysis": {
         "CosHead": ("results.target", "head"), "CosTokens": ("results.settings.n_tokens", "d"),
@@ -267,6 +270,7 @@ SPEC: dict[str, dict[str, Entry]] = {
         "SkewNRanked": ("results.target.margin.n_ranked", "d"),
         "SkewSeparating": ("results.separating", "list"),
         "SkewCountSeparates": ("results.target.n_negative_eigenvalues.separates", Words("does", "does not")),
+        "SkewCategories": ("results.categories.set", "text"), "SkewCategoryWords": ("results.category_words.n_words", "d"),
     },
     "svd_sym_skew_heatmap": {
         "MapsInput": ("results.input", "text"), "MapsTokens": ("results.tokens", "count"),
@@ -315,6 +319,18 @@ SPEC: dict[str, dict[str, Entry]] = {
         "RankBest": ("results.best_cell.mean_rank", ".2f"), "RankBestAccOne": ("results.best_cell.acc@1", ".2f"),
         "RankBestSelfMass": ("results.best_cell.self_mass", ".2f"),
         "RankStudyCell": (f"results.cells.{STUDY_CELL}.mean_rank", ".1f"),
+        # the grid on the control heads
+        "RankGainSeparates": ("results.target.best_self_mass_change.separates", Words("singles out", "does not single out")),
+        "RankFallSeparates": ("results.target.best_mean_rank_change.separates", Words("singles out", "does not single out")),
+        "RankNControls": ("results.controls", "count"), "RankControlCells": ("results.control_cells", "text"),
+        "RankNRanked": ("results.target.mean_rank.n_ranked", "d"),
+        **{f"Rank{name}{part}": (f"results.target.{key}.{path}", fmt)
+           for name, key, value_fmt in (("Gain", "best_self_mass_change", ".2f"),
+                                         ("Fall", "best_mean_rank_change", ".1f"),
+                                         ("CellGain", "self_mass_change", ".2f"), ("Base", "mean_rank", ".1f"))
+           for part, path, fmt in (("", "value", value_fmt), ("Rank", "rank", "d"),
+                                   ("Ctl", "strongest_control.value", value_fmt),
+                                   ("CtlHead", "strongest_control", "head"))},
     },
     "gradient_steering": {
         "GradSteps": ("provenance.arguments.steps", "d"), "GradLR": ("provenance.arguments.lr", "g"),
@@ -384,6 +400,18 @@ SPEC: dict[str, dict[str, Entry]] = {
         "SaePrecisionControlValue": ("results.target.precision.strongest_control.value", ".2f"),
         "SaePrecisionK": ("provenance.arguments.precision_k", "d"),
         "SaePrecisionSeparates": ("results.target.precision.separates", Words("singles out", "does not single out")),
+        "SaePrecisionNull": ("results.null.precision_shuffled", ".2f"),
+        "SaeCategories": ("results.categories.set", "text"),
+        # the feature map's statistics for every head (controls)
+        "SaeNControls": ("results.controls", "count"), "SaeMapRanked": ("results.target.in_minus_out_group.n_ranked", "d"),
+        **{f"SaeMap{name}{part}": (f"results.target.{key}.{path}", fmt)
+           for name, key, value_fmt in (("Gap", "self_minus_in_group", ".2f"), ("Attract", "in_minus_out_group", ".1f"),
+                                         ("Margin", "margin_normalised", ".2f"),
+                                         ("Below", "below_partners_share", "percent"))
+           for part, path, fmt in (("", "value", value_fmt), ("Rank", "rank", "d"),
+                                   ("Ctl", "strongest_control.value", value_fmt),
+                                   ("CtlHead", "strongest_control", "head"))},
+        "SaeSeparating": ("results.separating", "list"),
     },
     "reported": {  # values reported for GPT-2 small by the original study and the literature (citations)
         "RepSemHead": ("semantic_head.head", "head"), "RepSemLayer": ("semantic_head.head.0", "d"),
@@ -434,6 +462,11 @@ def ratio(a: float, b: float) -> float:
     return a / b
 
 
+def exceeds(a: float, b: float) -> bool:
+    """Whether a > b (e.g. a head's statistic above its null)."""
+    return a > b
+
+
 def reported_damage_share(medians: Mapping[str, float]) -> float:
     """The study's positional-embedding damage as a share of its token-embedding damage (median S)."""
     return damage_share(medians["baseline"], medians["positional_embedding"], medians["token_embedding"])
@@ -450,6 +483,8 @@ DERIVED: dict[str, tuple[Callable[..., Any], tuple[str, ...], Format]] = {
     # flipped against unedited eigenvalues: the factor of increase in self mass
     "SteerFlipRatio": (ratio, ("svd_group_scaling_heatmap:results.factors.-1.in_context.self_mass",
                                "svd_group_scaling_heatmap:results.factors.1.in_context.self_mass"), ".0f"),
+    "SaePrecisionAboveNull": (exceeds, ("semantic_head:results.target.precision.value",
+                                        "semantic_head:results.null.precision_shuffled"), Words("above", "not above")),
     "RepAblPosShare": (reported_damage_share, ("reported:ablation_medians",), "percent"),
     # the study's self and earlier-copies masses, summed: like for like with our combined self mass
     "RepSemSelfPlusCopies": (total, ("reported:semantic_head.self_only_mass", "reported:semantic_head.copies_mass"),

@@ -80,7 +80,7 @@ def table_survey(results: Results, n: int = 5) -> str:
 def table_ablation(results: Results) -> str:
     """Median S [quartiles] per ablated component and mode, beside the medians reported for GPT-2."""
     table = results.get("component_ablation", "results.table")  # {mode: {condition: summary}}, ours: BOS kept
-    study = results.get("component_ablation", "results.by_convention.study_bos_ablated")  # {condition: summary}
+    study = results.get("component_ablation", "results.study_way")  # {condition: summary}: the study's convention and S
     reported = results.get("reported", "ablation_medians")
 
     def cell(row) -> str:
@@ -215,6 +215,53 @@ def table_replication(results: Results) -> str:
     return tabular(column % 0.45 + column % 0.18 + column % 0.27, header, rows)
 
 
+# Each mechanism claim as one statistic of a results file's `target` (controls.compare): (the claim, results
+# file, statistic, format, the null's JSON path or None). The statistic's direction is read from the file.
+EVIDENCE_ROWS = [
+    ("$W_\\text{sym}$ has $d_\\text{head}$ negative eigenvalues", "skew_analysis", "n_negative_eigenvalues", "d", None),
+    ("negative share of $|\\lambda|$", "skew_analysis", "negative_eigenvalue_share", ".2f", None),
+    ("trace of $W_\\text{sym}$", "skew_analysis", "trace", ".2f", None),
+    ("mean self-score", "skew_analysis", "self_score", ".2f", "results.null.target.gaussian_self_score"),
+    ("self-score minus partners' (margin)", "skew_analysis", "margin", ".2f", "results.null.target.margin_shuffled_mean"),
+    ("normalised margin", "skew_analysis", "margin_normalised", ".2f", "results.null.target.gaussian_margin_normalised"),
+    ("words below every partner", "skew_analysis", "below_partners_share", "percent",
+     "results.null.target.gaussian_below_partners_share"),
+    ("negative self-score in the 4 most negative components", "skew_analysis", "top4_negative_share", "percent", None),
+    ("group map: self minus in-group", "svd_sym_skew_heatmap", "self_minus_in_group", ".2f", None),
+    ("eigenvalues $\\times(-1)$: gain in self mass", "svd_group_scaling_heatmap", "factor -1_self_mass_change", ".2f", None),
+    ("eigenvalues $\\times 0$: gain in self mass", "svd_group_scaling_heatmap", "factor 0_self_mass_change", ".2f", None),
+    ("targeted flip: gain in self mass", "svd_group_scaling_heatmap", "targeted_self_mass_change", ".2f", None),
+    ("rank ablation: largest gain in self mass", "svd_rank_ablation", "best_self_mass_change", ".2f", None),
+    ("rank ablation: largest fall in mean self-rank", "svd_rank_ablation", "best_mean_rank_change", ".1f", None),
+    ("gradient restore: gain in self mass", "gradient_steering", "restore_self_gain", ".2f", None),
+    ("trace step: gain in self mass", "gradient_steering", "trace_self_gain", ".2f", None),
+    ("cosine: mates minus other categories", "cosine_attention_analysis", "mates_minus_others", ".2f", None),
+    ("Leiden communities against the categories (ARI)", "clustering", "ari", ".2f", None),
+    ("SAE features: self minus same category", "semantic_head", "self_minus_in_group", ".2f", None),
+    ("SAE features: same minus other category", "semantic_head", "in_minus_out_group", ".1f", None),
+    ("SAE features: below every same-category feature", "semantic_head", "below_partners_share", "percent", None),
+    ("SAE precision (the study's metric)", "semantic_head", "precision", ".2f", "results.null.precision_shuffled"),
+]
+
+
+def table_evidence(results: Results) -> str:
+    """Each mechanism claim against its controls: the target's value and rank, the strongest control, the null,
+    and whether the target beats every control in the direction the claim predicts."""
+    rows = []
+    for claim, source, name, fmt, null in EVIDENCE_ROWS:
+        entry = results.get(source, f"results.target.{name}")
+        direction = results.get(source, f"results.directions.{name}")
+        rival = entry["strongest_control"]
+        rank = MISSING if entry["rank"] is None else f"{entry['rank']}/{entry['n_ranked']}"
+        rows.append([claim, direction, format_value(entry["value"], fmt), rank,
+                     MISSING if rival is None else f"{head_name(rival)} {format_value(rival['value'], fmt)}",
+                     MISSING if null is None else format_value(results.get(source, null), fmt),
+                     "yes" if entry["separates"] else "no"])
+    column = r">{\raggedright\arraybackslash}p{0.34\linewidth}"
+    header = ["claim", "pred.", "target", "rank", "strongest control", "null", "separates"]
+    return tabular(column + "lrrlrl", header, rows)
+
+
 def tables(results: Results, scripts: Sequence[str]) -> dict[str, str]:
     """Every generated table, by name (written as tab_<name>.tex)."""
     return {
@@ -227,6 +274,7 @@ def tables(results: Results, scripts: Sequence[str]) -> dict[str, str]:
         "gradient_steering": table_gradient_steering(results),
         "communities": table_communities(results),
         "replication": table_replication(results),
+        "evidence": table_evidence(results),
         "thresholds": table_thresholds(results),
         "provenance": table_provenance(results, scripts),
         "runs": table_runs(results, scripts),
