@@ -63,9 +63,12 @@ PACKAGE_FILES := $(shell find analysis -type f -not -path '*/__pycache__/*')
 WRITEUP_FILES := $(wildcard writeup/*.py)  # the paper's generator and build check (not the scripts' input)
 GENERATED := paper/generated/$(MODEL_ID)
 PAPER_BUILD := paper/build/$(MODEL_ID)
-# Run a command; if it succeeds, write {"seconds": its wall time} to the file named first.
-TIMED := $(PY) -c 'import json, subprocess, sys, time; t = time.perf_counter(); rc = subprocess.call(sys.argv[2:]); \
-	rc or json.dump({"seconds": round(time.perf_counter() - t, 2)}, open(sys.argv[1], "w")); sys.exit(rc)'
+# Run a command; if it succeeds, write {"seconds": its wall time, "peak_rss_gb": its peak resident memory} to the
+# file named first (ru_maxrss of its one child), so one `make all` gives the per-script wall time and memory table.
+TIMED := $(PY) -c 'import json, resource, subprocess, sys, time; t = time.perf_counter(); rc = subprocess.call(sys.argv[2:]); \
+	rc or json.dump({"seconds": round(time.perf_counter() - t, 2), \
+	"peak_rss_gb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / 1e9, 2)}, open(sys.argv[1], "w")); \
+	sys.exit(rc)'
 
 .PHONY: figures paper all paper-fixture model-id
 model-id:  # the id MODEL's results are filed under
