@@ -78,10 +78,13 @@ class Results:
             self._cache[source] = read_json(path, writer)
         return self._cache[source]
 
-    def get(self, source: str, path: str) -> Any:
+    def get(self, source: str, path: str, **default: Any) -> Any:
+        """The entry at `path` of `source`; a missing entry is an error, or `default=...` where one is given."""
         try:
             value = lookup(self.load(source), path)
         except KeyError as err:
+            if "default" in default:
+                return default["default"]
             raise UsageError(
                 f"{self.path(source)} has no entry {path!r} (no key {err.args[0]!r}): either the script's output "
                 "changed since the paper's spec in writeup/spec.py was written (update the spec, or rerun the "
