@@ -6,10 +6,12 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-SCRIPT_ARGS := --model $(MODEL)
+# Weight processing of every script: default (TransformerLens's) or none (raw weights, filed apart as <id>+raw).
+PROCESSING ?= default
+SCRIPT_ARGS := --model $(MODEL)$(if $(filter-out default,$(PROCESSING)), --processing $(PROCESSING))
 # The folder name of MODEL's results, figures and paper build (analysis/ids.py, standard library only):
-# a hub or built-in name as it is, a directory as its base name + a hash of its resolved path.
-MODEL_ID := $(shell $(PYTHON) analysis/ids.py '$(MODEL)')
+# a hub or built-in name as it is, a directory as its base name + a hash of its resolved path; +raw for none.
+MODEL_ID := $(shell $(PYTHON) analysis/ids.py '$(MODEL)' '$(PROCESSING)')
 
 # Scripts of the demo, in order: each writes results/$(MODEL_ID)/<name>.json and figures/$(MODEL_ID)/.
 DEMO_SCRIPTS := scan_heads

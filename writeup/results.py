@@ -54,14 +54,15 @@ def lookup(obj: Any, path: str) -> Any:
 class Results:
     """The JSON files of one model's run, each read once; records every entry the paper reads."""
 
-    def __init__(self, root: Path | str, model: str, fixed: Mapping[str, Path] = FIXED_SOURCES):
-        self.root, self.model, self.fixed = Path(root), model, dict(fixed)
+    def __init__(self, root: Path | str, model: str, fixed: Mapping[str, Path] = FIXED_SOURCES,
+                 processing: str = "default"):
+        self.root, self.model, self.fixed, self.processing = Path(root), model, dict(fixed), processing
         self._cache: dict[str, Any] = {}
         self.read: set[tuple[str, str]] = set()  # (source, path) pairs, for trimmed fixture copies
 
     @property
     def directory(self) -> Path:
-        return self.root / "results" / model_id(self.model)
+        return self.root / "results" / model_id(self.model, self.processing)
 
     def path(self, source: str) -> Path:
         return self.fixed[source] if source in self.fixed else self.directory / f"{source}.json"
