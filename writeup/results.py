@@ -17,7 +17,7 @@ FIXED_SOURCES: dict[str, Path] = {  # sources that are no script's output
     "ground_truth": ORGANISM_DIR / "ground_truth.json",
     "reported": PAPER_DIR / "reported_gpt2.json",  # citations typed from the literature, never outputs
 }
-RUNS_DIR = ".runs"  # results/<model>/.runs/<script>.json: {"seconds": wall time}, written by make
+RUNS_DIR = ".runs"  # results/<model>/.runs/<script>.json: {"seconds", "peak_rss_gb"}, written by make
 _INDEX = re.compile(r"-?\d+")
 
 
@@ -95,7 +95,11 @@ class Results:
         self.read.add((source, path))
         return value
 
+    def run_stamp(self, script: str) -> dict[str, float]:
+        """make's record of a script's last run: {"seconds": wall time, "peak_rss_gb": peak memory}, or {}."""
+        stamp = self.directory / RUNS_DIR / f"{script}.json"
+        return read_json(stamp, f"`make figures MODEL={self.model}`") if stamp.exists() else {}
+
     def run_seconds(self, script: str) -> float | None:
         """Wall time of a script's last run by make, or None if make did not run it."""
-        stamp = self.directory / RUNS_DIR / f"{script}.json"
-        return read_json(stamp, f"`make figures MODEL={self.model}`")["seconds"] if stamp.exists() else None
+        return self.run_stamp(script).get("seconds")

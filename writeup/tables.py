@@ -175,10 +175,11 @@ def table_provenance(results: Results, sources: Sequence[str]) -> str:
 
 
 def table_runs(results: Results, scripts: Sequence[str]) -> str:
-    """Each script of the run: seed, wall time under make and its results file."""
+    """Each script of the run: seed, wall time and peak resident memory under make ("--" where not recorded)."""
     rows = [[rf"\texttt{{{latex_escape(script)}.py}}", format_value(results.get(script, "provenance.seed"), "d"),
-             format_value(results.run_seconds(script), ".1f")] for script in scripts]
-    return tabular("lrr", ["script", "seed", "wall time (s)"], rows)
+             format_value(results.run_seconds(script), ".1f"),
+             format_value(results.run_stamp(script).get("peak_rss_gb"), ".2f")] for script in scripts]
+    return tabular("lrrr", ["script", "seed", "wall time (s)", "peak memory (GB)"], rows)
 
 
 # (quantity, this run's macro, the macro of the value reported for GPT-2 small): names from writeup.spec
