@@ -286,16 +286,22 @@ def test_a_changed_result_changes_the_pdf(workspace):
     assert "0.432" in text
 
 
-def test_paper_builds_for_gpt2_small_names(workspace):
-    """The same sources with another model's results: only the model (and its numbers) differ."""
-    source, target = workspace / "results" / "organism", workspace / "results" / "gpt2-small"
+def renamed_copy(workspace: Path, model: str) -> Path:
+    """The fixture's results and figures as another model's (its name in every provenance); its results folder."""
+    source, target = workspace / "results" / "organism", workspace / "results" / model
     target.mkdir(parents=True, exist_ok=True)
     for file in source.glob("*.json"):
         data = json.loads(file.read_text())
-        data["provenance"]["model"]["name"] = "gpt2-small"
+        data["provenance"]["model"]["name"] = model
         (target / file.name).write_text(json.dumps(data))
     shutil.copytree(source / RUNS_DIR, target / RUNS_DIR, dirs_exist_ok=True)
-    shutil.copytree(workspace / "figures" / "organism", workspace / "figures" / "gpt2-small", dirs_exist_ok=True)
+    shutil.copytree(workspace / "figures" / "organism", workspace / "figures" / model, dirs_exist_ok=True)
+    return target
+
+
+def test_paper_builds_for_gpt2_small_names(workspace):
+    """The same sources with another model's results: only the model (and its numbers) differ."""
+    renamed_copy(workspace, "gpt2-small")
     text, problems, _ = build(workspace, "gpt2-small", "gpt2")
     assert problems == []
     assert "gpt2-small" in text.split("Abstract")[0]
@@ -328,14 +334,7 @@ def test_a_step_the_model_could_not_run_leaves_its_macros_out(fixture_root, tmp_
 
 def test_paper_builds_without_the_sae_step(workspace):
     """A non-organism build whose semantic_head had no SAE: no undefined macro, and the text says why."""
-    source, target = workspace / "results" / "organism", workspace / "results" / "no-sae"
-    target.mkdir(parents=True, exist_ok=True)
-    for file in source.glob("*.json"):
-        data = json.loads(file.read_text())
-        data["provenance"]["model"]["name"] = "no-sae"
-        (target / file.name).write_text(json.dumps(data))
-    no_sae_step(target)
-    shutil.copytree(workspace / "figures" / "organism", workspace / "figures" / "no-sae", dirs_exist_ok=True)
+    no_sae_step(renamed_copy(workspace, "no-sae"))
     text, problems, manifest = build(workspace, "no-sae", "no-sae")
     assert problems == []
     flat = " ".join(text.split())
