@@ -6,10 +6,12 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-SCRIPT_ARGS := --model $(MODEL)
+# Weight processing of every script: default (TransformerLens's) or none (raw weights, filed apart as <id>+raw).
+PROCESSING ?= default
+SCRIPT_ARGS := --model $(MODEL)$(if $(filter-out default,$(PROCESSING)), --processing $(PROCESSING))
 # The folder name of MODEL's results, figures and paper build (analysis/ids.py, standard library only):
-# a hub or built-in name as it is, a directory as its base name + a hash of its resolved path.
-MODEL_ID := $(shell $(PYTHON) analysis/ids.py '$(MODEL)')
+# a hub or built-in name as it is, a directory as its base name + a hash of its resolved path; +raw for none.
+MODEL_ID := $(shell $(PYTHON) analysis/ids.py '$(MODEL)' '$(PROCESSING)')
 
 # Scripts of the demo, in order: each writes results/$(MODEL_ID)/<name>.json and figures/$(MODEL_ID)/.
 DEMO_SCRIPTS := scan_heads
@@ -57,15 +59,44 @@ clean:
 # A script that reads another's results lists them:  $(RUNS)/<script>.json: $(RUNS)/<other>.json
 # Extra arguments for one script: ARGS_<script>, e.g. make all MODEL=gpt2-small \
 #   ARGS_token_freq="--corpus wiki.train.tokens" (GPT-2 needs a corpus; the organism samples its own).
-RUNS := results/$(MODEL_ID)/.runs
+# LIGHT=1: light settings for every script (fewer prompts, samples, resamples and steps; every entry the paper
+# reads is kept), for a quick build of the whole pipeline at any model's size: CI builds GPT-2's shapes so.
+# A light build is filed apart, results and figures under build/light/ and the paper under <id>-light, so it
+# never passes for a full one. An ARGS_<script> given to make still wins.
+ifeq ($(LIGHT),1)
+OUT_ROOT := build/light
+BUILD_ID := $(MODEL_ID)-light
+OUT_ARGS := --out $(OUT_ROOT)
+ARGS_scan_heads ?= --n-prompts 4 --category-prompts 8 --detect-prompts 2
+ARGS_manual_attention ?= --n-random 1 --length 16
+ARGS_attention_stats ?= --n-prompts 4 --length 16
+ARGS_qk_ov_circuits ?= --n-prompts 2 --baseline-samples 32
+ARGS_characterize_head ?= --n-prompts 8 --n-words 16 --n-resamples 100
+ARGS_component_ablation ?= --n-prompts 8 --n-words 16
+ARGS_cosine_attention_analysis ?= --n-tokens 500 --n-resamples 100
+ARGS_skew_analysis ?= --n-permutations 50
+ARGS_svd_group_scaling_heatmap ?= --n-prompts 8 --n-words 16
+ARGS_svd_rank_ablation ?= --n-prompts 4 --n-words 16
+ARGS_gradient_steering ?= --steps 3 --batch-size 4 --n-prompts 8 --n-words 16
+ARGS_clustering ?= --n-tokens 500
+ARGS_semantic_head ?= --n-prompts 8 --n-words 16
+else
+OUT_ROOT := .
+BUILD_ID := $(MODEL_ID)
+OUT_ARGS :=
+endif
+RUNS := $(OUT_ROOT)/results/$(MODEL_ID)/.runs
 RUN_STAMPS := $(DEMO_SCRIPTS:%=$(RUNS)/%.json)
 PACKAGE_FILES := $(shell find analysis -type f -not -path '*/__pycache__/*')
 WRITEUP_FILES := $(wildcard writeup/*.py)  # the paper's generator and build check (not the scripts' input)
-GENERATED := paper/generated/$(MODEL_ID)
-PAPER_BUILD := paper/build/$(MODEL_ID)
-# Run a command; if it succeeds, write {"seconds": its wall time} to the file named first.
-TIMED := $(PY) -c 'import json, subprocess, sys, time; t = time.perf_counter(); rc = subprocess.call(sys.argv[2:]); \
-	rc or json.dump({"seconds": round(time.perf_counter() - t, 2)}, open(sys.argv[1], "w")); sys.exit(rc)'
+GENERATED := paper/generated/$(BUILD_ID)
+PAPER_BUILD := paper/build/$(BUILD_ID)
+# Run a command; if it succeeds, write {"seconds": its wall time, "peak_rss_gb": its peak resident memory} to the
+# file named first (ru_maxrss of its one child), so one `make all` gives the per-script wall time and memory table.
+TIMED := $(PY) -c 'import json, resource, subprocess, sys, time; t = time.perf_counter(); rc = subprocess.call(sys.argv[2:]); \
+	rc or json.dump({"seconds": round(time.perf_counter() - t, 2), \
+	"peak_rss_gb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / 1e9, 2)}, open(sys.argv[1], "w")); \
+	sys.exit(rc)'
 
 .PHONY: figures paper all paper-fixture model-id
 model-id:  # the id MODEL's results are filed under
@@ -76,19 +107,19 @@ figures: $(RUN_STAMPS)
 
 $(RUNS)/%.json: scripts/%.py $(PACKAGE_FILES) | $(STAMP)
 	@mkdir -p $(@D)
-	@echo "== scripts/$*.py $(SCRIPT_ARGS) $(ARGS_$*)"
-	@$(TIMED) $@ $(PY) scripts/$*.py $(SCRIPT_ARGS) $(ARGS_$*)
+	@echo "== scripts/$*.py $(SCRIPT_ARGS) $(OUT_ARGS) $(ARGS_$*)"
+	@$(TIMED) $@ $(PY) scripts/$*.py $(SCRIPT_ARGS) $(OUT_ARGS) $(ARGS_$*)
 
 $(GENERATED)/macros.tex: $(RUN_STAMPS) scripts/make_paper_inputs.py $(WRITEUP_FILES) analysis/organism/__init__.py \
 		paper/reported_gpt2.json | $(STAMP)
-	$(PY) scripts/make_paper_inputs.py $(SCRIPT_ARGS) --scripts $(DEMO_SCRIPTS)
+	$(PY) scripts/make_paper_inputs.py $(SCRIPT_ARGS) $(OUT_ARGS) --generated $(GENERATED) --scripts $(DEMO_SCRIPTS)
 
 # build_paper.py writes its --pdf only when the log is clean, so a failed check is retried next time.
 $(PAPER_BUILD)/checked.pdf: paper/main.tex paper/references.bib $(GENERATED)/macros.tex scripts/build_paper.py $(WRITEUP_FILES)
-	$(PY) scripts/build_paper.py $(SCRIPT_ARGS) --pdf $@
+	$(PY) scripts/build_paper.py $(SCRIPT_ARGS) --generated $(GENERATED) --build-dir $(PAPER_BUILD) --pdf $@
 
-paper: $(PAPER_BUILD)/checked.pdf
-	cp $< paper/main.pdf
+paper: $(PAPER_BUILD)/checked.pdf  # a light build's PDF stays in its build folder
+	$(if $(filter 1,$(LIGHT)),@echo "light build: $<",cp $< paper/main.pdf)
 
 # The paper tests read a trimmed copy of the organism's results: refresh it after changing writeup/ or a script's results.
 paper-fixture: $(RUN_STAMPS)

@@ -299,11 +299,19 @@ def parser(description: str | None, *, target_head: bool = False, staged: bool =
         p.add_argument("--processing", choices=list(models.PROCESSING), default="default",
                        help="weight processing at load time: 'default' (TransformerLens's from_pretrained: fold_ln, "
                             "center_writing_weights, center_unembed, fold_value_biases) or 'none' (the raw weights, "
-                            "as studies of raw Hugging Face weights used); recorded in the results (default: default)")
+                            "as studies of raw Hugging Face weights used); recorded in the results, and 'none' files "
+                            "them under OUT/results/<model>+raw/ (default: default)")
     if target_head:
         p.add_argument("--layer", type=int, default=None, help="target head's layer (default: best head of the survey)")
         p.add_argument("--head", type=int, default=None, help="target head's index (default: best head of the survey)")
     return p
+
+
+def add_results_processing_argument(p: argparse.ArgumentParser) -> None:
+    """--processing for a script that reads a run's results, not weights: the run whose folder it reads."""
+    p.add_argument("--processing", choices=list(models.PROCESSING), default="default",
+                   help="the weight processing of the run whose results are used: 'none' for the raw-weight "
+                        "results of --processing none, filed under <model>+raw (default: default)")
 
 
 def add_input_argument(p: argparse.ArgumentParser, default: str = "mean") -> None:
@@ -445,10 +453,11 @@ def run(main: Callable[[argparse.Namespace], object], arg_parser: argparse.Argum
         if isinstance(arg_parser, Parser):
             arg_parser.validate(args)
         staged = getattr(arg_parser, "staged", True)
-        outputs = io.output_run(args.out, io.run_directories(args.out, args.model)) if staged else nullcontext()
-        with outputs:
-            seed_everything(args.seed)
-            main(args)
+        with io.filed_under(getattr(args, "processing", "default")):  # raw weights: a results folder of their own
+            outputs = io.output_run(args.out, io.run_directories(args.out, args.model)) if staged else nullcontext()
+            with outputs:
+                seed_everything(args.seed)
+                main(args)
     except UsageError as err:
         print_error(err)
         sys.exit(2)

@@ -48,12 +48,34 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 _PACKAGES = ("torch", "transformer-lens", "sae-lens", "transformers", "numpy", "scikit-learn", "leidenalg")
 
 
+# The weight processing of this process's script run (--processing), set by `cli.run` through `filed_under`:
+# results and figures of raw weights go to a folder of their own (`ids.model_id`'s "+raw" suffix), and a script
+# that reads another's results reads those of its own processing.
+_PROCESSING = "default"
+
+
+@contextmanager
+def filed_under(processing: str) -> Iterator[None]:
+    """Within the block, results and figures paths are those of `processing`'s folder (`run_id`)."""
+    global _PROCESSING
+    saved, _PROCESSING = _PROCESSING, processing
+    try:
+        yield
+    finally:
+        _PROCESSING = saved
+
+
+def run_id(model_name: str) -> str:
+    """The folder name of `model_name`'s results for the current weight processing (`ids.model_id`)."""
+    return model_id(model_name, _PROCESSING)
+
+
 def results_path(out: Path | str, model_name: str, name: str) -> Path:
-    return Path(out) / "results" / model_id(model_name) / f"{name}.json"
+    return Path(out) / "results" / run_id(model_name) / f"{name}.json"
 
 
 def figures_dir(out: Path | str, model_name: str) -> Path:
-    return Path(out) / "figures" / model_id(model_name)
+    return Path(out) / "figures" / run_id(model_name)
 
 
 def package_versions() -> dict[str, str]:
@@ -240,7 +262,7 @@ def save_results(
     In a run, the file is written last of the run's files, and its provenance lists every other
     file of the run with its SHA-256 (`provenance.outputs`), so results and figures can be matched.
     """
-    payload = {"provenance": {"model_id": model_id(model_name), **provenance(model_info, arguments, seed)},
+    payload = {"provenance": {"model_id": run_id(model_name), **provenance(model_info, arguments, seed)},
                "results": results}
     path = results_path(out, model_name, name)
     if _RUN is not None:

@@ -24,6 +24,7 @@ activations are kept only for the tokens that occur in the prompts.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -35,7 +36,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from analysis.errors import ModelNotAvailableError, UsageError
-from analysis.models import ORGANISM_DIR
+from analysis.models import ORGANISM_DIR, hub_offline, hub_reachable
 from analysis.organism.language import LanguageSpec, sample_batch, vocabulary
 from analysis.organism.train import TrainConfig
 from analysis.vocab_input import CACHE_DIR
@@ -136,7 +137,9 @@ def load_pretrained(release: str, sae_id: str, device: str = "cpu"):
         raise UsageError(f"The SAELens release {release!r} has no SAE {sae_id!r}; its ids are "
                          f"{', '.join(valid[:6])}{', ...' if len(valid) > 6 else ''}. Pass one with --sae-id.")
     try:
-        return SAE.from_pretrained(release, sae_id, device=device)
+        # Probe once, as a model load does, so an unreachable hub fails in seconds rather than after retries.
+        with contextlib.nullcontext() if hub_reachable() else hub_offline():
+            return SAE.from_pretrained(release, sae_id, device=device)
     except (OSError, EntryNotFoundError) as err:  # hub, network and cache errors: "not available here"
         cause = " ".join(str(err).split())[:300]
         raise ModelNotAvailableError(

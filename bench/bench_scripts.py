@@ -8,7 +8,8 @@ small wrapper process that runs nothing else. semantic_head gets `--sae-path` to
 GPT-2's real size (32768 x 768), since SAELens's GPT-2 SAE cannot be downloaded here; every other
 script gets no argument but --model and --out. Writes bench/results/scripts_gpt2_scale.{json,md}
 (the JSON through run.py) and keeps going when a script fails, recording its exit status and the
-last lines it printed.
+last lines it printed. `make all MODEL=gpt2-random` records the same two figures per script in its
+run stamps; `python bench/bench_scripts.py results/gpt2-random/.runs` prints them as this table.
 """
 
 from __future__ import annotations
@@ -75,6 +76,20 @@ def markdown(rows: dict[str, dict], machine: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def rows_from_stamps(runs_dir: Path, names: list[str]) -> dict[str, dict]:
+    """The same table from make's run stamps (`results/<id>/.runs/<script>.json`: seconds and peak_rss_gb), so one
+    `make all MODEL=gpt2-random` serves as this benchmark; a script without a stamp did not finish under make."""
+    rows = {}
+    for name in names:
+        stamp = runs_dir / f"{name}.json"
+        if stamp.exists():
+            data = json.loads(stamp.read_text())
+            rows[name] = {"rc": 0, "seconds": data["seconds"], "peak_gb": data.get("peak_rss_gb")}
+        else:
+            rows[name] = {"rc": None, "seconds": 0.0, "peak_gb": None, "error": "no run stamp: failed or not run"}
+    return rows
+
+
 def measure_scripts(names: list[str], model: str = "gpt2-random", timeout: float = 3600,
                     markdown_path: Path | None = None) -> dict:
     """Run `names` one after another as described above; the per-script table."""
@@ -115,3 +130,8 @@ def bench_scripts_gpt2_scale(settings: Settings) -> dict:
                          f"failed: {failed or 'none'}"]
     result["within_limit"] = not over
     return result
+
+
+if __name__ == "__main__":  # python bench/bench_scripts.py results/gpt2-random/.runs: make's stamps as the table
+    stamps = Path(sys.argv[1])
+    print(markdown(rows_from_stamps(stamps, scripts_in_order()), f"from make's run stamps in {stamps}"), end="")

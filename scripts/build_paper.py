@@ -25,11 +25,12 @@ def build_parser():
                    help="generated inputs (default: paper/generated/<model>)")
     p.add_argument("--build-dir", type=Path, default=None, help="LaTeX's output directory (default: paper/build/<model>)")
     p.add_argument("--pdf", type=Path, default=PAPER_DIR / "main.pdf", help="where the PDF goes (default: paper/main.pdf)")
+    cli.add_results_processing_argument(p)
     return p
 
 
 def main(args) -> None:
-    slug = model_id(args.model)
+    slug = model_id(args.model, args.processing)
     generated = args.generated or PAPER_DIR / "generated" / slug
     if not (generated / "macros.tex").exists():
         raise cli.UsageError(f"{generated / 'macros.tex'} does not exist: run scripts/make_paper_inputs.py "

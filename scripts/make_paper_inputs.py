@@ -32,11 +32,12 @@ def build_parser():
     p.add_argument("--figures", type=Path, default=None, help="figures directory (default: OUT/figures/<model>)")
     p.add_argument("--trimmed-copy", type=Path, default=None, metavar="DIR",
                    help="also copy the entries the paper reads to DIR, laid out as results/<model>/ (test fixture)")
+    cli.add_results_processing_argument(p)
     return p
 
 
 def main(args) -> None:
-    results = Results(args.out, args.model)
+    results = Results(args.out, args.model, processing=args.processing)
     generated = args.generated or PAPER_DIR / "generated" / results.directory.name
     figures = args.figures or figures_dir(args.out, args.model)
     manifest = generate(results, generated, figures, args.scripts)

@@ -29,6 +29,10 @@ identity; TP / (TP + FP) gives such a head about the keyword positions' share of
 precision above this null says the QK circuit predicts the active features. All statistics go through
 one `controls.compare` (`directions`, `target`, `controls`); the figure semantic_head_controls shows each.
 Writes results/<model>/semantic_head.json and figures/<model>/semantic_head{,_controls}.{pdf,png}.
+Where no SAE can be had for the model (the default SAE is not available here, does not fit the
+model, or the default head sits in layer 0, which reads no residual stream after a block), the
+script says why, records `"sae": {"ran": false, "reason": ...}` with the head and exits 0 without
+the SAE step; an SAE or head asked for by flag that cannot be used is still an error (status 2).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from pathlib import Path
 
 from analysis import cli, io, prompts
 from analysis.controls import compare, head_key, separating, summary_lines
+from analysis.errors import UsageError
 from analysis import qk_decomposition as qk
 from analysis import sae as saes
 from analysis import self_suppression as ss
@@ -75,12 +80,34 @@ def build_parser():
     return p
 
 
+def load_sae_for(model, layer: int, args):
+    """(hook, SAE source, SAE, None), or (None, None, None, why not) where the default SAE cannot be had for
+    this model; an SAE or head that a flag asked for must load (its errors stay errors: exit status 2)."""
+    asked = args.layer is not None or args.retrain_sae or any(
+        value is not None for value in (args.release, args.sae_id, args.sae_path))
+    try:
+        hook = saes.hook_for_layer(layer)
+        choice = saes.choose_source(model, hook, args.release, args.sae_id, args.sae_path)
+        return hook, choice, saes.load_sae(model, choice, args.device, retrain=args.retrain_sae), None
+    except UsageError as err:  # not available here, a width other than d_model, or a layer-0 head
+        if asked:
+            raise
+        return None, None, None, " ".join(str(err).split())
+
+
 def main(args) -> None:
     model, layer, head = cli.load_target(args)
-    hook = saes.hook_for_layer(layer)
-    choice = saes.choose_source(model, hook, args.release, args.sae_id, args.sae_path)
-    sae = saes.load_sae(model, choice, args.device, retrain=args.retrain_sae)
-    source = {"kind": {"organism": "trained on the organism with SAELens", "pretrained": "SAELens pretrained",
+    hook, choice, sae, why_not = load_sae_for(model, layer, args)
+    if sae is None:  # the SAE step is impossible for this model: say so, and write what there is
+        results = {"head": {"layer": layer, "head": head}, "sae": {"ran": False, "reason": why_not},
+                   "not_run": ["feature map", "precision"]}
+        path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
+                               arguments=vars(args), seed=args.seed)
+        print(f"L{layer}H{head}: SAE step not run (feature map and precision), since no SAE can be had for this "
+              f"model here: {why_not}\nresults: {path}")
+        return
+    source = {"ran": True,
+              "kind": {"organism": "trained on the organism with SAELens", "pretrained": "SAELens pretrained",
                        "path": "SAELens directory"}[choice.kind], "hook": hook,
               **{key: value for key, value in vars(choice).items() if key != "kind" and value is not None},
               "trained_on_hook": sae.cfg.metadata.hook_name, "d_in": sae.cfg.d_in}

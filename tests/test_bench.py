@@ -34,6 +34,18 @@ def test_script_sweep_order_and_the_peak_memory_of_a_child():
     assert "| `token_freq` | 0.30 | 1 | 2: error: no corpus |" in table and "2 cores" in table
 
 
+def test_script_table_from_make_run_stamps(tmp_path):
+    import json
+
+    import bench_scripts
+
+    (tmp_path / "scan_heads.json").write_text(json.dumps({"seconds": 12.5, "peak_rss_gb": 2.83}))
+    rows = bench_scripts.rows_from_stamps(tmp_path, ["scan_heads", "clustering"])
+    assert rows["scan_heads"] == {"rc": 0, "seconds": 12.5, "peak_gb": 2.83}
+    assert rows["clustering"]["rc"] is None and rows["clustering"]["peak_gb"] is None
+    assert "| `scan_heads` | 2.83 | 12 | 0 |" in bench_scripts.markdown(rows, "make")
+
+
 MEASURE_AN_ALLOCATION = """
 import json, sys, time
 import torch

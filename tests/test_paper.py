@@ -286,21 +286,59 @@ def test_a_changed_result_changes_the_pdf(workspace):
     assert "0.432" in text
 
 
-def test_paper_builds_for_gpt2_small_names(workspace):
-    """The same sources with another model's results: only the model (and its numbers) differ."""
-    source, target = workspace / "results" / "organism", workspace / "results" / "gpt2-small"
+def renamed_copy(workspace: Path, model: str) -> Path:
+    """The fixture's results and figures as another model's (its name in every provenance); its results folder."""
+    source, target = workspace / "results" / "organism", workspace / "results" / model
     target.mkdir(parents=True, exist_ok=True)
     for file in source.glob("*.json"):
         data = json.loads(file.read_text())
-        data["provenance"]["model"]["name"] = "gpt2-small"
+        data["provenance"]["model"]["name"] = model
         (target / file.name).write_text(json.dumps(data))
     shutil.copytree(source / RUNS_DIR, target / RUNS_DIR, dirs_exist_ok=True)
-    shutil.copytree(workspace / "figures" / "organism", workspace / "figures" / "gpt2-small", dirs_exist_ok=True)
+    shutil.copytree(workspace / "figures" / "organism", workspace / "figures" / model, dirs_exist_ok=True)
+    return target
+
+
+def test_paper_builds_for_gpt2_small_names(workspace):
+    """The same sources with another model's results: only the model (and its numbers) differ."""
+    renamed_copy(workspace, "gpt2-small")
     text, problems, _ = build(workspace, "gpt2-small", "gpt2")
     assert problems == []
     assert "gpt2-small" in text.split("Abstract")[0]
-    assert "This build reports GPT-2 small" in text  # the model-dependent passages switch
-    assert "This build reports the model organism" not in text
+    flat = " ".join(text.split())
+    assert "This build reports gpt2-small" in flat  # the model-dependent passages switch
+    assert "This build reports the model organism" not in flat
+
+
+def no_sae_step(results_dir: Path) -> None:
+    """semantic_head's results as a model without any SAE leaves them: the head, and why the step did not run."""
+    path = results_dir / "semantic_head.json"
+    data = json.loads(path.read_text())
+    data["results"] = {"head": {"layer": 1, "head": 3}, "sae": {"ran": False, "reason": "no SAE here"},
+                       "not_run": ["feature map", "precision"]}
+    path.write_text(json.dumps(data))
+
+
+def test_a_step_the_model_could_not_run_leaves_its_macros_out(fixture_root, tmp_path):
+    full = generate(Results(fixture_root, "organism"), tmp_path / "full", tmp_path, fixture_scripts())
+    assert full["ifSaeRan"]["latex"] == "True" and "SaeSelf" in full  # results from before the switch: ran
+    root = tmp_path / "root"
+    shutil.copytree(fixture_root / "results", root / "results")
+    no_sae_step(root / "results" / "organism")
+    manifest = generate(Results(root, "organism"), tmp_path / "gen", tmp_path, fixture_scripts())
+    macros = (tmp_path / "gen" / "macros.tex").read_text()
+    assert manifest["ifSaeRan"]["latex"] == "False" and "\\SaeRanfalse" in macros
+    left_out = {m.name for m in spec.macros() if m.guard == "SaeRan"}
+    assert left_out and not left_out & set(manifest) and "SurveyS" in manifest
+
+
+def test_paper_builds_without_the_sae_step(workspace):
+    """A non-organism build whose semantic_head had no SAE: no undefined macro, and the text says why."""
+    no_sae_step(renamed_copy(workspace, "no-sae"))
+    text, problems, manifest = build(workspace, "no-sae", "no-sae")
+    assert problems == []
+    flat = " ".join(text.split())
+    assert "The SAE step was not run on no-sae" in flat and "SaeSelf" not in manifest
 
 
 @pytest.mark.slow

@@ -30,7 +30,7 @@ def trimmed_copy(results: Results, dest: Path | str, scripts: Sequence[str]) -> 
     dest = Path(dest)
     written = [write_json_atomic(dest / f"{source}.json", data) for source, data in kept.items()]
     for script in scripts:
-        seconds = results.run_seconds(script)
-        if seconds is not None:
-            written.append(write_json_atomic(dest / RUNS_DIR / f"{script}.json", {"seconds": seconds}))
+        stamp = results.run_stamp(script)
+        if stamp:
+            written.append(write_json_atomic(dest / RUNS_DIR / f"{script}.json", stamp))
     return written

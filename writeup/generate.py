@@ -9,7 +9,7 @@ from pathlib import Path
 from analysis.io import write_json_atomic, write_text_atomic
 from writeup.format import format_value
 from writeup.results import PAPER_DIR, RUNS_DIR, Results
-from writeup.spec import macros
+from writeup.spec import SWITCHES, macros, switches
 from writeup.tables import tables
 
 Origin = list[tuple[str, str]]  # (file, entry) pairs a macro was computed from
@@ -41,8 +41,9 @@ def generate(results: Results, out_dir: Path | str, figures_dir: Path | str, scr
     The manifest maps every macro to its LaTeX and the (file, entry) pairs it was computed from.
     """
     out_dir = Path(out_dir)
+    switch = switches(results)
     found = [(m.name, m.latex(results), [(str(results.path(src)), path) for src, path in m.entries])
-             for m in macros()]
+             for m in macros() if m.guard is None or switch[m.guard]]
     found += _run_macros(results, scripts)
     found.append(_figure_dir(figures_dir, paper_dir))
 
@@ -56,6 +57,10 @@ def generate(results: Results, out_dir: Path | str, figures_dir: Path | str, scr
     manifest = {name: {"latex": latex, "entries": origin} for name, latex, origin in found}
     manifest["ifOrganism"] = {"latex": str(model == "organism"),
                               "entries": [(str(results.path("scan_heads")), "provenance.model.name")]}
+    for name, holds in switch.items():  # steps a model could not run: their macros are left out above
+        source, path, _ = SWITCHES[name]
+        lines += [rf"\newif\if{name}", rf"\{name}{'true' if holds else 'false'}"]
+        manifest[f"if{name}"] = {"latex": str(holds), "entries": [(str(results.path(source)), path)]}
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, text in tables(results, scripts).items():

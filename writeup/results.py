@@ -17,7 +17,7 @@ FIXED_SOURCES: dict[str, Path] = {  # sources that are no script's output
     "ground_truth": ORGANISM_DIR / "ground_truth.json",
     "reported": PAPER_DIR / "reported_gpt2.json",  # citations typed from the literature, never outputs
 }
-RUNS_DIR = ".runs"  # results/<model>/.runs/<script>.json: {"seconds": wall time}, written by make
+RUNS_DIR = ".runs"  # results/<model>/.runs/<script>.json: {"seconds", "peak_rss_gb"}, written by make
 _INDEX = re.compile(r"-?\d+")
 
 
@@ -54,14 +54,15 @@ def lookup(obj: Any, path: str) -> Any:
 class Results:
     """The JSON files of one model's run, each read once; records every entry the paper reads."""
 
-    def __init__(self, root: Path | str, model: str, fixed: Mapping[str, Path] = FIXED_SOURCES):
-        self.root, self.model, self.fixed = Path(root), model, dict(fixed)
+    def __init__(self, root: Path | str, model: str, fixed: Mapping[str, Path] = FIXED_SOURCES,
+                 processing: str = "default"):
+        self.root, self.model, self.fixed, self.processing = Path(root), model, dict(fixed), processing
         self._cache: dict[str, Any] = {}
         self.read: set[tuple[str, str]] = set()  # (source, path) pairs, for trimmed fixture copies
 
     @property
     def directory(self) -> Path:
-        return self.root / "results" / model_id(self.model)
+        return self.root / "results" / model_id(self.model, self.processing)
 
     def path(self, source: str) -> Path:
         return self.fixed[source] if source in self.fixed else self.directory / f"{source}.json"
@@ -78,10 +79,13 @@ class Results:
             self._cache[source] = read_json(path, writer)
         return self._cache[source]
 
-    def get(self, source: str, path: str) -> Any:
+    def get(self, source: str, path: str, **default: Any) -> Any:
+        """The entry at `path` of `source`; a missing entry is an error, or `default=...` where one is given."""
         try:
             value = lookup(self.load(source), path)
         except KeyError as err:
+            if "default" in default:
+                return default["default"]
             raise UsageError(
                 f"{self.path(source)} has no entry {path!r} (no key {err.args[0]!r}): either the script's output "
                 "changed since the paper's spec in writeup/spec.py was written (update the spec, or rerun the "
@@ -91,7 +95,11 @@ class Results:
         self.read.add((source, path))
         return value
 
+    def run_stamp(self, script: str) -> dict[str, float]:
+        """make's record of a script's last run: {"seconds": wall time, "peak_rss_gb": peak memory}, or {}."""
+        stamp = self.directory / RUNS_DIR / f"{script}.json"
+        return read_json(stamp, f"`make figures MODEL={self.model}`") if stamp.exists() else {}
+
     def run_seconds(self, script: str) -> float | None:
         """Wall time of a script's last run by make, or None if make did not run it."""
-        stamp = self.directory / RUNS_DIR / f"{script}.json"
-        return read_json(stamp, f"`make figures MODEL={self.model}`")["seconds"] if stamp.exists() else None
+        return self.run_stamp(script).get("seconds")

@@ -441,6 +441,17 @@ SPEC: dict[str, dict[str, Entry]] = {
 }
 
 
+# --- switches: steps a model could not run ------------------------------------------------------------
+
+# \newif\if<Name> per switch, true when its entry holds; results written before the entry existed read `absent`.
+# A source of GUARDED has its macros written only while its switch holds, and main.tex prints them only inside
+# \if<Name> ... \fi, so a step that was impossible for a model leaves no undefined macro and no wrong number.
+SWITCHES: dict[str, tuple[str, str, bool]] = {
+    "SaeRan": ("semantic_head", "results.sae.ran", True),  # no SAE of the model could be had: no feature step
+}
+GUARDED: dict[str, str] = {"semantic_head": "SaeRan"}
+
+
 # --- values derived from several entries (each path "source:dotted.path") ---------------------------
 
 
@@ -503,6 +514,7 @@ class Macro:
     entries: tuple[tuple[str, str], ...]
     fmt: Format
     combine: Callable[..., Any] | None = None
+    guard: str | None = None  # a switch of SWITCHES: the macro exists only while it holds
 
     def __post_init__(self):
         if not re.fullmatch(r"[A-Za-z]+", self.name):
@@ -519,9 +531,15 @@ class Macro:
 def _macros() -> Iterator[Macro]:
     for source, table in SPEC.items():
         for name, (path, fmt) in table.items():
-            yield Macro(name, ((source, path),), fmt)
+            yield Macro(name, ((source, path),), fmt, guard=GUARDED.get(source))
     for name, (combine, paths, fmt) in DERIVED.items():
-        yield Macro(name, tuple(tuple(p.split(":", 1)) for p in paths), fmt, combine)
+        entries = tuple(tuple(p.split(":", 1)) for p in paths)
+        yield Macro(name, entries, fmt, combine, next((GUARDED[s] for s, _ in entries if s in GUARDED), None))
+
+
+def switches(results: Results) -> dict[str, bool]:
+    """Each switch of SWITCHES: whether its entry holds in `results` (`absent` where the entry is missing)."""
+    return {name: bool(results.get(source, path, default=absent)) for name, (source, path, absent) in SWITCHES.items()}
 
 
 def macros() -> list[Macro]:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from analysis.organism import THRESHOLDS
 from writeup.format import MISSING, format_value, head_name, latex_escape, short_commit, token_tex
 from writeup.results import Results
-from writeup.spec import ABLATION_CONDITIONS, ABLATION_MODES
+from writeup.spec import ABLATION_CONDITIONS, ABLATION_MODES, GUARDED, switches
 
 
 def tabular(colspec: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -175,10 +175,11 @@ def table_provenance(results: Results, sources: Sequence[str]) -> str:
 
 
 def table_runs(results: Results, scripts: Sequence[str]) -> str:
-    """Each script of the run: seed, wall time under make and its results file."""
+    """Each script of the run: seed, wall time and peak resident memory under make ("--" where not recorded)."""
     rows = [[rf"\texttt{{{latex_escape(script)}.py}}", format_value(results.get(script, "provenance.seed"), "d"),
-             format_value(results.run_seconds(script), ".1f")] for script in scripts]
-    return tabular("lrr", ["script", "seed", "wall time (s)"], rows)
+             format_value(results.run_seconds(script), ".1f"),
+             format_value(results.run_stamp(script).get("peak_rss_gb"), ".2f")] for script in scripts]
+    return tabular("lrrr", ["script", "seed", "wall time (s)", "peak memory (GB)"], rows)
 
 
 # (quantity, this run's macro, the macro of the value reported for GPT-2 small): names from writeup.spec
@@ -246,9 +247,13 @@ EVIDENCE_ROWS = [
 
 def table_evidence(results: Results) -> str:
     """Each mechanism claim against its controls: the target's value and rank, the strongest control, the null,
-    and whether the target beats every control in the direction the claim predicts."""
+    and whether the target beats every control in the direction the claim predicts. A step the model could not
+    run (a switch of spec.SWITCHES that does not hold) leaves its rows out."""
+    held = switches(results)
     rows = []
     for claim, source, name, fmt, null in EVIDENCE_ROWS:
+        if source in GUARDED and not held[GUARDED[source]]:
+            continue
         entry = results.get(source, f"results.target.{name}")
         direction = results.get(source, f"results.directions.{name}")
         rival = entry["strongest_control"]
