@@ -435,3 +435,43 @@ def in_context_grid(model: HookedTransformer, tokens: Tensor, mask: Tensor, laye
     return {key: {metric: float(value.nanmean()) for metric, value in
                   semantic_scores(torch.cat(chunks)[:, None], tokens, mask).items()}
             for key, chunks in patterns.items()}
+
+
+# --- the same eigenvalue edits on several heads ----------------------------------------------
+
+EDIT_CHANGES = ("self_mass_change", "partner_mass_change", "bos_mass_no_partner_change", "surprisal_change",
+                "self_per_partner_lost")
+
+
+def eigenvalue_edits(weights: Mapping[tuple[int, int], tuple[Tensor, Tensor]],
+                     inputs: Mapping[tuple[int, int], Tensor], factors: Sequence[float], targeted_k: int
+                     ) -> dict[str, dict[tuple[int, int], tuple[Tensor, Tensor]]]:
+    """Edit name -> head -> its factors (W_Q', W_K'), for heads with `weights[head] = (W_Q, W_K)`: "unedited",
+    "factor <f>" (every negative eigenvalue of W_sym times f, `edited_factors`) and "targeted" (factor -1 on the
+    `targeted_k` components that carry most of `inputs[head]: [n, d_model]`'s negative self-score,
+    `self_suppressing_components`)."""
+    spectra = {hd: symmetric_spectrum(*w) for hd, w in weights.items()}
+    edits = {"unedited": dict(weights)}
+    for factor in factors:
+        edits[f"factor {factor:g}"] = {hd: edited_factors(*w, spectra[hd], most_negative(spectra[hd].values), factor)
+                                       for hd, w in weights.items()}
+    edits["targeted"] = {hd: edited_factors(*w, spectra[hd], self_suppressing_components(inputs[hd], spectra[hd],
+                                                                                          targeted_k), -1.0)
+                         for hd, w in weights.items()}
+    return edits
+
+
+def edit_sweep(model: HookedTransformer, tokens: Tensor, mask: Tensor,
+               edits: Mapping[str, Mapping[tuple[int, int], tuple[Tensor, Tensor]]]) -> dict[tuple[int, int], dict]:
+    """Head -> edit name -> its part-1 metrics in context (`edited_heads_in_context`, one pass per layer and
+    edit) and their change from the "unedited" entry (`edit_effect`)."""
+    measured = {name: edited_heads_in_context(model, tokens, mask, heads) for name, heads in edits.items()}
+    return {hd: {name: {**m[hd], **edit_effect(measured["unedited"][hd], m[hd])} for name, m in measured.items()}
+            for hd in edits["unedited"]}
+
+
+def edit_statistics(sweep: Mapping[tuple[int, int], Mapping[str, Mapping]]) -> dict[tuple[int, int], dict]:
+    """Head -> "<edit>_<change>" for every edit but "unedited" and every change of `EDIT_CHANGES`: the flat
+    statistics `controls.compare` ranks."""
+    return {hd: {f"{name}_{key}": row[key] for name, row in rows.items() if name != "unedited" for key in EDIT_CHANGES}
+            for hd, rows in sweep.items()}

@@ -30,9 +30,9 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from analysis import scores
-from analysis.attention import head_weights
+from analysis.attention import attention_scores, head_weights
 from analysis.patterns import head_pattern
-from analysis.qk_decomposition import qk_matrix, qk_override_hooks
+from analysis.qk_decomposition import in_context_scores, qk_matrix, qk_override_hooks
 
 Direction = Literal["suppress", "restore"]
 SIGN = {"suppress": 1.0, "restore": -1.0}
@@ -130,3 +130,123 @@ def largest_trace_step(runs: Mapping[str, Mapping], metrics: Mapping[str, Mappin
     """Of the closed-form runs (`runs[name]["eta"]`), the one with the largest step: its name, η and metrics."""
     name = max((n for n, run in runs.items() if "eta" in run), key=lambda n: runs[n]["eta"])
     return {"name": name, "eta": runs[name]["eta"], "metrics": metrics[name]}
+
+
+# --- one head's edits, measured: the bookkeeping of a steering study -------------------------
+
+Head = tuple[int, int]
+# Statistics of one head's edits and the direction a self-suppressing head predicts for each.
+STATISTIC_DIRECTIONS = {"self_mass_before": "low", "bos_no_partner_before": "high", "restore_self_gain": "high",
+                        "restore_partner_change": "high", "trace_self_gain": "high"}
+
+
+@dataclass
+class HeadEdits:
+    """One head's edits and what they did: `conditions[name] = (W_Q, W_K)` ("before", each gradient direction,
+    "trace <size>"), `metrics[name]` its part-1 metrics on held-out prompts (plus partner_mass_change, the
+    relative change of partner mass from "before"), `runs[name]` the edit's record (gradient: history;
+    trace: eta and size; both: relative_change)."""
+
+    conditions: dict[str, tuple[Tensor, Tensor]]
+    metrics: dict[str, dict[str, float]]
+    runs: dict[str, dict]
+
+
+def trace_name(relative: float) -> str:
+    """"trace 0.3": the name of the closed-form step of size `relative`."""
+    return f"trace {relative:g}"
+
+
+def steer_head(model: HookedTransformer, layer: int, head: int, train: tuple[Tensor, Tensor],
+               test: tuple[Tensor, Tensor], directions: Sequence[Direction], trace_sizes: Sequence[float], *,
+               lam: float = 1.0, mu: float = 1.0, lr: float = 1e-2, steps: int = 25, batch_size: int = 16,
+               seed: int = 0) -> HeadEdits:
+    """The gradient edits (`gradient_steer` on `train = (tokens, mask)`, one per direction) and the trace steps
+    (`trace_step` at each relative size, `trace_eta`) of one head, each measured on `test = (tokens, mask)`."""
+    W_Q, W_K, b_Q, b_K = head_weights(model, layer, head, include_bias=True)
+    conditions, runs = {"before": (W_Q, W_K)}, {}
+    for direction in directions:
+        run = gradient_steer(model, *train, layer, head, direction, lam, lr, steps, batch_size, seed, mu=mu)
+        conditions[direction] = (run.W_Q, run.W_K)
+        runs[direction] = {"history": run.history, "relative_change": weight_change(W_Q, W_K, run.W_Q, run.W_K)}
+    for relative in trace_sizes:
+        eta = trace_eta(W_Q, W_K, relative)
+        conditions[trace_name(relative)] = trace_step(W_Q, W_K, eta)
+        runs[trace_name(relative)] = {"eta": eta, "relative": relative,
+                                      "relative_change": weight_change(W_Q, W_K, *conditions[trace_name(relative)])}
+    metrics = {name: in_context_scores(model, *test, layer, head,
+                                       qk_override_hooks(model, layer, head, Wq, Wk, b_Q, b_K))
+               for name, (Wq, Wk) in conditions.items()}
+    for m in metrics.values():
+        m["partner_mass_change"] = m["partner_mass"] / metrics["before"]["partner_mass"] - 1
+    return HeadEdits(conditions, metrics, runs)
+
+
+def trace_curve(edits: HeadEdits) -> dict[str, dict]:
+    """The closed-form steps as a curve keyed by size ("0.3"): {"eta", **metrics} of each."""
+    return {f"{r['relative']:g}": {"eta": r["eta"], **edits.metrics[n]} for n, r in edits.runs.items() if "eta" in r}
+
+
+def matched(edits: HeadEdits, directions: Sequence[str]) -> dict[str, dict]:
+    """Each gradient run against the trace curve ("before" + every size) interpolated at the run's final self mass
+    (`at_matched`): {direction: {"self_mass", "gradient": metrics, "trace": metrics or None}}."""
+    metrics = edits.metrics
+    curve = [metrics["before"]] + [metrics[n] for n, r in edits.runs.items() if "eta" in r]
+    return {d: {"self_mass": metrics[d]["self_mass"], "gradient": metrics[d],
+                "trace": at_matched(curve, "self_mass", metrics[d]["self_mass"])} for d in directions}
+
+
+def head_statistics(edits: HeadEdits) -> dict[str, float]:
+    """The statistics of `STATISTIC_DIRECTIONS` for one head: self mass and BOS-when-no-partner mass before any
+    edit, the self-mass gain of the largest trace step, and (with a "restore" run) restore's self-mass gain and
+    partner-mass change (after minus before)."""
+    before = edits.metrics["before"]
+    largest = largest_trace_step(edits.runs, edits.metrics)["metrics"]
+    stats = {"self_mass_before": before["self_mass"], "bos_no_partner_before": before["bos_mass_no_partner"],
+             "trace_self_gain": largest["self_mass"] - before["self_mass"]}
+    if "restore" in edits.metrics:
+        stats["restore_self_gain"] = edits.metrics["restore"]["self_mass"] - before["self_mass"]
+        stats["restore_partner_change"] = edits.metrics["restore"]["partner_mass"] - before["partner_mass"]
+    return stats
+
+
+def statistic_directions(directions: Sequence[str]) -> dict[str, str]:
+    """`STATISTIC_DIRECTIONS` without the restore statistics when no "restore" run is made."""
+    return {k: v for k, v in STATISTIC_DIRECTIONS.items() if not k.startswith("restore") or "restore" in directions}
+
+
+def control_edits(per_head: Mapping[Head, HeadEdits], target: Head, directions: Sequence[str]) -> dict[str, dict]:
+    """Every head but the target, keyed "L<l>H<h>": its metrics, its `matched` comparison and each edit's
+    relative weight change."""
+    return {f"L{l}H{h}": {"metrics": e.metrics, "matched": matched(e, directions),
+                          "relative_change": {n: r["relative_change"] for n, r in e.runs.items()}}
+            for (l, h), e in per_head.items() if (l, h) != tuple(target)}
+
+
+def query_top_keys(E: Tensor, query_id: int, conditions: Mapping[str, tuple[Tensor, Tensor]], scale: float,
+                   b_Q: Tensor | None, b_K: Tensor | None, labels: Sequence[str], k: int = 10) -> dict[str, dict]:
+    """For each condition (W_Q, W_K), the k best keys of one query over every token input `E: [d_vocab, d_model]`:
+    {"keys": labels, "scores": [k], "query_self_rank": 1 + number of keys scoring above the query itself}."""
+    table = {}
+    for name, (Wq, Wk) in conditions.items():
+        row = attention_scores(E[[query_id]], E, Wq, Wk, scale, b_Q, b_K)[0]  # (d_vocab,)
+        values, keys = row.topk(k)
+        table[name] = {"keys": [labels[i] for i in keys], "scores": values,
+                       "query_self_rank": int((row > row[query_id]).sum()) + 1}
+    return table
+
+
+def summary_lines(metrics: Mapping[str, Mapping], top_keys: Mapping[str, Mapping], matched_runs: Mapping[str, Mapping],
+                  query: str) -> list[str]:
+    """Printable lines: each condition's masses and the query's best keys, then each matched comparison."""
+    lines = [f"{name:>12s}: self {m['self_mass']:.4f}, partner {m['partner_mass']:.3f} "
+             f"({m['partner_mass_change']:+.1%}), BOS (no partner) {m['bos_mass_no_partner']:.3f}; "
+             f"top keys of {query!r}: {', '.join(repr(k) for k in top_keys[name]['keys'][:4])}"
+             for name, m in metrics.items()]
+    for d, row in matched_runs.items():
+        g, t = row["gradient"], row["trace"]
+        lines.append(f"matched at self {row['self_mass']:.3f} ({d}): gradient partner {g['partner_mass']:.3f}, "
+                     f"BOS {g['bos_mass_no_partner']:.3f}, S {g['surprisal']:.3f}; trace "
+                     + ("outside its curve" if t is None else
+                        f"partner {t['partner_mass']:.3f}, BOS {t['bos_mass_no_partner']:.3f}, S {t['surprisal']:.3f}"))
+    return lines

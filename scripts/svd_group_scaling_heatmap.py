@@ -74,12 +74,12 @@ def main(args) -> None:
                            "in_context": qk.in_context_scores(model, tokens, mask, layer, head, hooks)})
     base = qk.in_context_scores(model, tokens, mask, layer, head)  # the unedited model, no hooks
     heads = [(layer, head)] + cli.control_heads(model, (layer, head), args.controls, args.seed)
-    edits = edit_sweep(model, heads, tokens, mask, ids, args)
-    stats = {hd: {f"{name}_{key}": row[key] for name, row in rows.items() if name != "unedited"
-                  for key in ("self_mass_change", "partner_mass_change", "bos_mass_no_partner_change",
-                              "surprisal_change", "self_per_partner_lost")} for hd, rows in edits.items()}
-    report = controls.compare((layer, head), stats, {f"{e}_self_mass_change": "high"
-                                                     for e in ("factor -1", "factor 0", "targeted")})
+    inputs = {l: token_inputs(model, l, args.input, token_ids=ids, seed=args.seed) for l in {l for l, _ in heads}}
+    edits = qk.edit_sweep(model, tokens, mask, qk.eigenvalue_edits(
+        {hd: head_weights(model, *hd)[:2] for hd in heads}, {hd: inputs[hd[0]] for hd in heads}, args.factors,
+        args.targeted_k))
+    report = controls.compare((layer, head), qk.edit_statistics(edits),
+                              {f"{e}_self_mass_change": "high" for e in ("factor -1", "factor 0", "targeted")})
     results = {"head": {"layer": layer, "head": head}, "input": args.input, "tokens": labels,
                "n_negative_eigenvalues": len(negative), "unedited_in_context": base,
                "factors": {f"{row['factor']:g}": row for row in per_factor},  # keyed "1", "0.5", "0", "-1"
@@ -108,27 +108,6 @@ def main(args) -> None:
               + f" | targeted: partner {rows['targeted']['partner_mass_change']:+.3f}, self per partner lost "
               f"{rows['targeted']['self_per_partner_lost']} (untargeted -1: {rows['factor -1']['self_per_partner_lost']})")
     print(f"results: {path}")
-
-
-def edit_sweep(model, heads, tokens, mask, group_ids, args) -> dict:
-    """head -> {"unedited", "factor <f>", "targeted"} -> part-1 metrics and their change from the unedited head."""
-    weights, targeted = {}, {}
-    inputs = {l: token_inputs(model, l, args.input, token_ids=group_ids, seed=args.seed) for l in {l for l, _ in heads}}
-    for l, h in heads:
-        W_Q, W_K, _, _ = head_weights(model, l, h)
-        spectrum = qk.symmetric_spectrum(W_Q, W_K)
-        weights[(l, h)] = (W_Q, W_K, spectrum, qk.most_negative(spectrum.values))
-        targeted[(l, h)] = qk.self_suppressing_components(inputs[l], spectrum, args.targeted_k)
-    runs = {"unedited": {hd: weights[hd][:2] for hd in heads}}
-    for factor in args.factors:
-        runs[f"factor {factor:g}"] = {hd: qk.edited_factors(*w, factor) for hd, w in weights.items()}
-    runs["targeted"] = {hd: qk.edited_factors(*w[:3], targeted[hd], -1.0) for hd, w in weights.items()}
-    measured = {name: qk.edited_heads_in_context(model, tokens, mask, edits) for name, edits in runs.items()}
-    out = {}
-    for hd in heads:
-        base = measured["unedited"][hd]
-        out[hd] = {name: {**m[hd], **qk.edit_effect(base, m[hd])} for name, m in measured.items()}
-    return out
 
 
 def causal_figure(per_factor, layer, head):
