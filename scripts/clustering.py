@@ -2,9 +2,9 @@
 
 Nodes: the --n-tokens most frequent tokens (default 3000; from results/<model>/token_freq.csv
 written by token_freq.py, or --frequencies), or the whole vocabulary when that is no larger (the
-organism), special tokens left out, plus every category word of the study. Each query keeps its
---k best keys by the head's score x_q W x_k^T / attn_scale (W = W_Q W_K^T, no biases; inputs
---input, default context: on the organism the mean-context view ranks keys far less faithfully,
+organism), special tokens left out, plus every category word (--categories: the study's 8 by
+default). Each query keeps its --k best keys by the head's score x_q W x_k^T / attn_scale
+(W = W_Q W_K^T, no biases; inputs --input, default context: on the organism the mean-context view ranks keys far less faithfully,
 see the README), without self-loops unless --keep-self; edge weights are the scores min-max
 normalised over the kept edges. Leiden (--method modularity, or rbconfiguration with
 --resolution), seeded by --seed. Against the categories: adjusted Rand index and NMI over the
@@ -36,6 +36,7 @@ NAME = "clustering"
 def build_parser():
     p = cli.parser(__doc__, target_head=True)
     cli.add_input_argument(p, default="context")
+    cli.add_categories_argument(p)
     cli.add_controls_argument(p)
     p.add_argument("--n-tokens", type=cli.positive_int, default=3000,
                    help="most frequent tokens in the graph (default: 3000)")
@@ -53,7 +54,7 @@ def build_parser():
 
 def main(args) -> None:
     model, layer, head = cli.load_target(args)
-    categories = prompts.ALL_CATEGORIES
+    categories = prompts.CATEGORY_SETS[args.categories]
     table = args.frequencies or frequency_csv_path(args.out, args.model)
     ids = clustering.node_tokens(model, categories, args.n_tokens, table)
     if args.k >= len(ids) + args.keep_self:
@@ -78,6 +79,7 @@ def main(args) -> None:
     study = clustering.partition_record(theirs, ["<BOS>", *labels], np.concatenate([[-1], category_of]),
                                         list(categories))
     results = {"head": {"layer": layer, "head": head}, "input": args.input, "k": args.k, "keep_self": args.keep_self,
+               "categories": {"set": args.categories, "names": list(categories)},
                "method": args.method, "resolution": args.resolution, **ours,
                "study_graph": {**study, "printed_clusters": study["n_communities"] - 1,
                                "max_comm_size": clustering.STUDY_MAX_COMM_SIZE}, **report}

@@ -8,8 +8,9 @@ LayerNorm; --variant zero drops the two means) gives, for every ordered pair q !
   d(q, k) = s(q, k) - s(q, q),   s(q, k) = (x_q W_Q + b_Q)(x_k W_K + b_K)^T / attn_scale
 (biases included unless --no-bias), and c(q, k) = cos(x_q, x_k). The pairs are summarised by
 windowed means of d over cosine windows with 99% CIs (bootstrap over queries), the cosine from
-which similar-but-different keys beat self, and the peak. The category words of the study give
-a direct check: d over category-mates versus words of other categories. One example query
+which similar-but-different keys beat self, and the peak. The category words (--categories: the
+study's 8 by default) give a direct check: d over category-mates versus words of other categories.
+The reference prompts whose means the head input adds stay `prompts.reference_prompts`. One example query
 (--query, default " red") is drawn with its best keys labelled.
 
 Units: attention logits in nats (with the model's 1/attn_scale = 1/sqrt(d_head)); --units
@@ -49,6 +50,7 @@ DIRECTIONS = {"mates_minus_others": "high", "mates_beat_self": "high"}
 
 def build_parser():
     p = cli.parser(__doc__, target_head=True)
+    cli.add_categories_argument(p)
     p.add_argument("--n-tokens", type=cli.int_at_least(2), default=None,
                    help=f"most frequent tokens to pair up (default: {DEFAULT_TOKENS}, or every ordinary token "
                         "of a smaller vocabulary)")
@@ -90,7 +92,8 @@ def main(args) -> None:
                                             chunk_size=args.chunk_size, progress=True)
 
     # Category words (wherever they rank in frequency): mates against other categories, for every head.
-    category_of = prompts.category_index(model.tokenizer, prompts.ALL_CATEGORIES, model.cfg.d_vocab)
+    categories = prompts.CATEGORY_SETS[args.categories]
+    category_of = prompts.category_index(model.tokenizer, categories, model.cfg.d_vocab)
     words = similarity.category_words(category_of)  # (ids, category), each [n]
     stats = similarity.category_contrast_by_head(model, reference, args.variant, *words, include_bias=not args.no_bias,
                                                  unit=unit)  # every head
@@ -118,7 +121,7 @@ def main(args) -> None:
                      "tokens": chosen, "n_tokens": len(ids), "pairs": profile["pairs"], "window": args.window,
                      "ci": "99% percentile bootstrap over queries", "reference": "prompts.reference_prompts"},
         **similarity.profile_record(profile),
-        "category_contrast": contrast,
+        "category_contrast": contrast, "categories": {"set": args.categories, "names": list(categories)},
         "example": {"query": args.query, "top_keys": example["top_keys"], "mates": example["mate_keys"]},
         **study,
     }

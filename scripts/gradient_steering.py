@@ -6,8 +6,9 @@ minibatches (--batch-size) of category prompts,
     loss = s * self_mass - λ * partner_mass - μ * bos_mass_no_partner    s = +1 "suppress", -1 "restore"
 
 (part-1 metrics of the head's in-context pattern; λ = --lam, μ = --mu keeps the BOS fallback, --mu 0
-is the objective without it; biases and every other weight fixed). Before and after are measured on
-held-out prompts: self mass, partner mass, BOS mass when no partner, S, and the relative weight change
+is the objective without it; biases and every other weight fixed). Prompts draw from --categories (the
+study's 8 by default). Before and after are measured on held-out prompts: self mass, partner mass, BOS
+mass when no partner, S (exact, uncapped: from the pre-softmax scores), and the relative weight change
 ||ΔW_Q||/||W_Q||, ||ΔW_K||/||W_K||, ||ΔW_QK||/||W_QK|| ("runs").
 Baseline: the original study's closed-form step on -trace(W_Q W_K^T), W_K <- W_K + η W_Q, i.e.
 W <- W + η W_Q W_Q^T, as a curve over sizes (--trace-relative: ||η W_Q W_Q^T|| / ||W||).
@@ -25,8 +26,6 @@ gradient_steering_top_keys.
 
 from __future__ import annotations
 
-from tqdm.auto import tqdm
-
 from analysis import cli, controls, io, prompts
 from analysis import steering
 from analysis.attention import head_scale, head_weights
@@ -40,6 +39,7 @@ METRICS = ("self_mass", "partner_mass", "bos_mass_no_partner")
 def build_parser():
     p = cli.parser(__doc__, target_head=True)
     cli.add_input_argument(p)
+    cli.add_categories_argument(p)
     p.add_argument("--directions", nargs="+", choices=sorted(steering.SIGN), default=["suppress", "restore"],
                    help="steer self-attention down (suppress) and/or back up (restore) (default: both)")
     p.add_argument("--lam", type=float, default=1.0, help="λ, weight of the partner-mass term (default: 1.0)")
@@ -67,15 +67,14 @@ def main(args) -> None:
     model, layer, head = cli.load_target(args)
     query_id = prompts.single_token_ids(model.tokenizer, [args.query])[0]
     _, _, b_Q, b_K = head_weights(model, layer, head, include_bias=True)
-    categories = prompts.ALL_CATEGORIES
+    categories = prompts.CATEGORY_SETS[args.categories]
     train = prompts.category_probe(model, categories, args.n_prompts, args.n_words, args.seed + 1)
     test = prompts.category_probe(model, categories, args.n_prompts, args.n_words, args.seed + 2)
 
     heads = [(layer, head)] + cli.control_heads(model, (layer, head), args.controls, args.seed)
-    per_head = {(l, h): steering.steer_head(model, l, h, train, test, args.directions, args.trace_relative,
-                                            lam=args.lam, mu=args.mu, lr=args.lr, steps=args.steps,
-                                            batch_size=args.batch_size, seed=args.seed)
-                for l, h in tqdm(heads, desc="heads (gradient and trace edits)")}
+    per_head = steering.steer_heads(model, heads, train, test, args.directions, args.trace_relative, lam=args.lam,
+                                    mu=args.mu, lr=args.lr, steps=args.steps, batch_size=args.batch_size,
+                                    seed=args.seed, progress=True)
     edits = per_head[(layer, head)]
     report = controls.compare((layer, head), {hd: steering.head_statistics(e) for hd, e in per_head.items()},
                               steering.statistic_directions(args.directions))
@@ -85,6 +84,7 @@ def main(args) -> None:
     top_keys = steering.query_top_keys(E, query_id, edits.conditions, head_scale(model.cfg, layer), b_Q, b_K,
                                        labels, args.top)
     results = {"head": {"layer": layer, "head": head}, "input": args.input, "mu": args.mu, "lam": args.lam,
+               "categories": {"set": args.categories, "names": list(categories)},
                "objective": "loss = s * self_mass - lam * partner_mass - mu * bos_mass_no_partner "
                             "(s = +1 suppress, -1 restore)",
                "closed_form": "W_K <- W_K + eta W_Q, i.e. W <- W + eta W_Q W_Q^T (one step on -trace(W_Q W_K^T))",

@@ -77,7 +77,8 @@ def test_clustering_recovers_the_organism_categories(tmp_path, truth):
     run_main("clustering", "--out", str(tmp_path))
     data = json.loads((tmp_path / "results" / "organism" / "clustering.json").read_text())["results"]
     assert [data["head"]["layer"], data["head"]["head"]] == truth["planted_heads"]["semantic"]
-    assert data["agreement"]["ari"] >= 0.9 and data["agreement"]["n_tokens"] == 63
+    assert data["agreement"]["ari"] >= 0.9 and data["agreement"]["n_tokens"] == 41  # the study's 8 categories
+    assert data["categories"]["set"] == "study" and len(data["categories"]["names"]) == 8
     assert data["n_edges"] == 4 * data["n_nodes"] and data["n_nodes"] == 166  # whole vocabulary, specials out
     assert sum(c["size"] for c in data["communities"]) == data["n_nodes"]
     html = (tmp_path / "figures" / "organism" / "clustering.html").read_text()
@@ -85,7 +86,7 @@ def test_clustering_recovers_the_organism_categories(tmp_path, truth):
     assert "Plotly.newPlot" in html and " Monday" in html
     assert (tmp_path / "figures" / "organism" / "clustering.png").stat().st_size > 1000
     study = data["study_graph"]  # the study's graph beside ours: BOS in, self-loops kept, communities capped
-    assert study["n_nodes"] == 167 and study["max_comm_size"] == 512 and study["agreement"]["n_tokens"] == 63
+    assert study["n_nodes"] == 167 and study["max_comm_size"] == 512 and study["agreement"]["n_tokens"] == 41
     assert study["printed_clusters"] == study["n_communities"] - 1
     assert sum(c["size"] for c in study["communities"]) == study["n_nodes"]
     # controls: ARI/NMI of both graphs for the target's layer and the scan's top heads, target ranked

@@ -398,3 +398,18 @@ def test_edit_sweep_unedited_changes_nothing(organism):
         assert rows["same"]["self_mass_change"] == 0 and rows["unedited"]["surprisal_change"] == 0
     assert sweep[(1, 3)]["unedited"]["self_mass"] == pytest.approx(
         qk.in_context_scores(organism, tokens, mask, 1, 3)["self_mass"], abs=1e-6)
+
+
+def test_in_context_edits_exact_on_a_uniform_head(organism):
+    """Zero factors: every causal key gets 1 / (q + 1), so S = mean over rows of -log(marked keys / (q + 1))."""
+    tokens, mask = prompts.category_probe(organism, prompts.STUDY_CATEGORIES, 4, 16, seed=2)
+    zero = torch.zeros(organism.cfg.d_model, organism.cfg.d_head)
+    W_Q, W_K, b_Q, b_K = head_weights(organism, 1, 3, include_bias=True)
+    got = qk.in_context_edits(organism, tokens, mask, 1, {"zero": (zero, zero, None, None),
+                                                           "own": (W_Q, W_K, b_Q, b_K)}, batch_size=3)
+    q = torch.arange(tokens.shape[1], dtype=torch.float64)
+    marked = (mask.double() * torch.ones(len(q), len(q), dtype=torch.float64).tril()).sum(-1)  # (B, T)
+    expected = (-(marked / (q + 1)).log())[:, 1:].mean(-1).mean()  # rows after BOS, then prompts
+    assert got["zero"]["surprisal"] == pytest.approx(float(expected), abs=1e-5)
+    own = qk.in_context_scores(organism, tokens, mask, 1, 3)  # the head's own weights: the model's own pattern
+    assert got["own"] == pytest.approx(own, abs=1e-5)

@@ -140,6 +140,8 @@ def test_cosine_attention_script_end_to_end(tmp_path, truth):
     n = data["settings"]["n_tokens"]
     assert n == 166 and data["settings"]["pairs"] == n * (n - 1)
     assert data["category_contrast"]["mates_beat_self"] > 0.9
+    assert data["categories"]["set"] == "study"  # the study's 8 categories, 41 words: 170 ordered mate pairs
+    assert data["category_contrast"]["mates_pairs"] == 7 * 5 * 4 + 6 * 5
     mates = {m["token"] for m in data["example"]["mates"]}
     assert {" blue", " green"} <= mates and all(m["score_minus_self"] > 0 for m in data["example"]["mates"])
     assert data["example"]["top_keys"][0]["token"] in mates  # " red"'s best key is another colour

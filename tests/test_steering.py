@@ -6,9 +6,10 @@ import math
 import pytest
 import torch
 
-from analysis import prompts, steering
+from analysis import prompts, scores, steering
 from analysis import qk_decomposition as qk
-from analysis.attention import head_weights
+from analysis.attention import head_scale, head_weights
+from analysis.patterns import head_pattern
 from conftest import run_main
 
 
@@ -68,6 +69,7 @@ def test_gradient_steering_script(tmp_path, truth):
     assert [data["head"]["layer"], data["head"]["head"]] == truth["planted_heads"]["semantic"]
     assert set(data["metrics"]) == {"before", "suppress", "restore", "trace 0.3", "trace 0.1"}
     assert data["mu"] == 1.0 and "mu * bos_mass_no_partner" in data["objective"]  # the BOS term is on by default
+    assert data["categories"]["set"] == "study" and len(data["categories"]["names"]) == 8
     for name in ("suppress", "restore", "trace 0.3"):
         assert set(data["runs"][name]["relative_change"]) == {"W_Q", "W_K", "W_QK"}
     assert data["runs"]["trace 0.3"]["relative_change"]["W_QK"] == pytest.approx(0.3, abs=1e-4)  # by construction
@@ -183,3 +185,28 @@ def test_query_top_keys_exact():
     assert table["before"]["keys"][0] == "x" and table["before"]["query_self_rank"] == 1
     assert table["flip"]["keys"][0] == "y" and table["flip"]["query_self_rank"] == 2
     assert table["flip"]["scores"].tolist()[0] == 1.0
+
+
+def test_steering_from_the_layer_input_matches_the_hooked_model(organism, semantic_probe):
+    """Steps computed from the layer's input (one run of the model) are the steps of the hooked model."""
+    layer, head, (tokens, mask), _ = semantic_probe
+    W_Q, W_K, b_Q, b_K = head_weights(organism, layer, head, include_bias=True)
+    W_K = W_K + 0.3 * W_Q  # an edited head, so that the check is not only of the model's own weights
+    x = qk.layer_input(organism, tokens[:8], layer)
+    masses = steering.head_masses(x, tokens[:8], mask[:8], W_Q, W_K, b_Q, b_K, head_scale(organism.cfg, layer))
+    hooks = qk.qk_override_hooks(organism, layer, head, W_Q, W_K, b_Q, b_K)
+    pattern = head_pattern(organism, tokens[:8], layer, head, hooks)[:, None]
+    expected = scores.semantic_companions(pattern, tokens[:8], mask[:8], scores.scored_rows(tokens[:8]))
+    for key, value in masses.items():
+        assert float(value) == pytest.approx(float(expected[key].nanmean()), abs=1e-6), key
+
+
+def test_steer_heads_measures_every_head_and_condition(organism, semantic_probe):
+    layer, head, train, test = semantic_probe
+    per_head = steering.steer_heads(organism, [(layer, head), (0, 2)], train, test, ["restore"], [0.3], steps=2)
+    assert list(per_head) == [(layer, head), (0, 2)]
+    for edits in per_head.values():
+        assert list(edits.metrics) == ["before", "restore", "trace 0.3"] and len(edits.runs["restore"]["history"]) == 2
+        assert edits.metrics["before"]["partner_mass_change"] == 0
+    base = qk.in_context_scores(organism, *test, 0, 2)  # "before" is the unedited head, measured in the model
+    assert per_head[(0, 2)].metrics["before"]["self_mass"] == pytest.approx(base["self_mass"], abs=1e-6)
