@@ -41,7 +41,7 @@ from transformer_lens import FactoredMatrix, HookedTransformer
 
 from analysis.attention import attention_score_matrix, attention_scores, head_scale, head_weights, self_attention_scores
 from analysis.patterns import head_pattern
-from analysis.scores import semantic_scores
+from analysis.scores import MASSES, semantic_scores
 
 
 # --- the decomposition -----------------------------------------------------------------------
@@ -427,7 +427,7 @@ def edit_effect(before: Mapping[str, float], after: Mapping[str, float]) -> dict
     self_per_partner_lost = Δself / (-Δpartner), the self mass restored per unit of partner mass lost
     (None when no partner mass is lost)."""
     delta = {f"{m}_change": after[m] - before[m]
-             for m in ("self_mass", "partner_mass", "bos_mass_no_partner", "surprisal")}
+             for m in (*MASSES, "surprisal")}
     lost = -delta["partner_mass_change"]
     return {**delta, "self_per_partner_lost": delta["self_mass_change"] / lost if lost > 0 else None}
 

@@ -322,6 +322,7 @@ def summary_lines(results: dict) -> list[str]:
             f"category-mates: mean d {contrast['mates_mean']:+.3f}, beat self in {contrast['mates_beat_self']:.0%}; "
             f"other categories: {contrast['others_mean']:+.3f}, {contrast['others_beat_self']:.0%}",
             *controls.summary_lines(results, prefix=""),
-            f"study's curve (bits, column-wise): peak {study['peak']['bits']:+.2f} at cos {study['peak']['cosine']:.3f}",
+            f"study's curve (bits, column-wise): peak {study['peak']['bits']:+.2f} "
+            f"at cos {study['peak']['cosine']:.3f}",
             f"{results['example']['query']!r} best keys: "
             + ", ".join(f"{k['token']!r} {k['score_minus_self']:+.2f}" for k in results["example"]["top_keys"])]

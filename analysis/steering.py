@@ -87,7 +87,7 @@ def head_masses(x: Tensor, tokens: Tensor, mask: Tensor, W_Q: Tensor, W_K: Tenso
     these weights on its layer's input `x: [batch, pos, d_model]` (`qk_decomposition.layer_input` of `tokens`)."""
     pattern = pattern_from_input(x, W_Q, W_K, scale, b_Q, b_K)[0][:, None].cpu()  # (B, 1, T, T)
     companions = scores.semantic_companions(pattern, tokens, mask, scores.scored_rows(tokens))
-    return {key: companions[key][:, 0].nanmean() for key in ("self_mass", "partner_mass", "bos_mass_no_partner")}
+    return {key: companions[key][:, 0].nanmean() for key in scores.MASSES}
 
 
 @dataclass
@@ -140,6 +140,8 @@ def largest_trace_step(runs: Mapping[str, Mapping], metrics: Mapping[str, Mappin
 # --- one head's edits, measured: the bookkeeping of a steering study -------------------------
 
 Head = tuple[int, int]
+OBJECTIVE = "loss = s * self_mass - lam * partner_mass - mu * bos_mass_no_partner (s = +1 suppress, -1 restore)"
+CLOSED_FORM = "W_K <- W_K + eta W_Q, i.e. W <- W + eta W_Q W_Q^T (one step on -trace(W_Q W_K^T))"
 # Statistics of one head's edits and the direction a self-suppressing head predicts for each.
 STATISTIC_DIRECTIONS = {"self_mass_before": "low", "bos_no_partner_before": "high", "restore_self_gain": "high",
                         "restore_partner_change": "high", "trace_self_gain": "high"}
@@ -214,6 +216,14 @@ def matched(edits: HeadEdits, directions: Sequence[str]) -> dict[str, dict]:
     curve = [metrics["before"]] + [metrics[n] for n, r in edits.runs.items() if "eta" in r]
     return {d: {"self_mass": metrics[d]["self_mass"], "gradient": metrics[d],
                 "trace": at_matched(curve, "self_mass", metrics[d]["self_mass"])} for d in directions}
+
+
+def edits_record(edits: HeadEdits, directions: Sequence[str]) -> dict:
+    """What results keep of one head's edits: "metrics", "runs", the "largest_trace_step", the "trace_curve"
+    keyed by size and each gradient run "matched" against that curve."""
+    return {"metrics": edits.metrics, "runs": edits.runs,
+            "largest_trace_step": largest_trace_step(edits.runs, edits.metrics),
+            "trace_curve": trace_curve(edits), "matched": matched(edits, directions)}
 
 
 def head_statistics(edits: HeadEdits) -> dict[str, float]:

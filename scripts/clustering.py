@@ -4,8 +4,8 @@ Nodes: the --n-tokens most frequent tokens (default 3000; from results/<model>/t
 written by token_freq.py, or --frequencies), or the whole vocabulary when that is no larger (the
 organism), special tokens left out, plus every category word (--categories: the study's 8 by
 default). Each query keeps its --k best keys by the head's score x_q W x_k^T / attn_scale
-(W = W_Q W_K^T, no biases; inputs --input, default context: on the organism the mean-context view ranks keys far less faithfully,
-see the README), without self-loops unless --keep-self; edge weights are the scores min-max
+(W = W_Q W_K^T, no biases; inputs --input, default context: on the organism the mean-context view
+ranks keys far less faithfully, see the README), without self-loops unless --keep-self; edge weights are the scores min-max
 normalised over the kept edges. Leiden (--method modularity, or rbconfiguration with
 --resolution), seeded by --seed. Against the categories: adjusted Rand index and NMI over the
 category words.

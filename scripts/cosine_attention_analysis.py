@@ -78,9 +78,8 @@ def main(args) -> None:
         raise UsageError(f"--window must lie in (0, 1], got {args.window}.")
     model, layer, head = cli.load_target(args)
     (query_id,) = prompts.single_token_ids(model.tokenizer, [args.query])
-    ids, chosen = ordinary_or_frequent_ids(model.cfg.d_vocab, prompts.special_token_ids(model),
-                                           args.n_tokens or DEFAULT_TOKENS,
-                                           args.freq_csv or frequency_csv_path(args.out, args.model))
+    ids, chosen = ordinary_or_frequent_ids(model.cfg.d_vocab, prompts.special_token_ids(model), args.n_tokens
+                                           or DEFAULT_TOKENS, args.freq_csv or frequency_csv_path(args.out, args.model))
 
     reference = prompts.reference_prompts(model, args.seed)
     inputs = head_input(model, layer, reference, args.variant, token_ids=ids, progress=True)  # (N, d_model)
@@ -97,7 +96,6 @@ def main(args) -> None:
     words = similarity.category_words(category_of)  # (ids, category), each [n]
     stats = similarity.category_contrast_by_head(model, reference, args.variant, *words, include_bias=not args.no_bias,
                                                  unit=unit)  # every head
-    contrast = stats[(layer, head)]
     report = controls.compare((layer, head), {k: {n: v[n] for n in DIRECTIONS} for k, v in stats.items()}, DIRECTIONS)
 
     # The study's curve, its definition: BOS among the tokens, unscaled, no biases, log-softmax, bits.
@@ -105,7 +103,6 @@ def main(args) -> None:
     study_inputs = torch.cat([head_input(model, layer, reference, args.variant, token_ids=bos, use_cache=False),
                               inputs])  # (1 + N, d_model)
     study = similarity.study_curves(study_inputs, *head_weights(model, layer, head)[:2], args.chunk_size, True)
-
 
     # The example query against every key of the set but itself.
     query_input = head_input(model, layer, reference, args.variant, token_ids=torch.tensor([query_id]), use_cache=False)
@@ -121,7 +118,7 @@ def main(args) -> None:
                      "tokens": chosen, "n_tokens": len(ids), "pairs": profile["pairs"], "window": args.window,
                      "ci": "99% percentile bootstrap over queries", "reference": "prompts.reference_prompts"},
         **similarity.profile_record(profile),
-        "category_contrast": contrast, "categories": {"set": args.categories, "names": list(categories)},
+        "category_contrast": stats[(layer, head)], "categories": {"set": args.categories, "names": list(categories)},
         "example": {"query": args.query, "top_keys": example["top_keys"], "mates": example["mate_keys"]},
         **study,
     }

@@ -26,14 +26,12 @@ gradient_steering_top_keys.
 
 from __future__ import annotations
 
-from analysis import cli, controls, io, prompts
-from analysis import steering
+from analysis import cli, controls, io, prompts, scores, steering
 from analysis.attention import head_scale, head_weights
 from analysis.plotting import save_figure, target_vs_controls, use_style
 from analysis.token_maps import token_inputs
 
 NAME = "gradient_steering"
-METRICS = ("self_mass", "partner_mass", "bos_mass_no_partner")
 
 
 def build_parser():
@@ -85,13 +83,9 @@ def main(args) -> None:
                                        labels, args.top)
     results = {"head": {"layer": layer, "head": head}, "input": args.input, "mu": args.mu, "lam": args.lam,
                "categories": {"set": args.categories, "names": list(categories)},
-               "objective": "loss = s * self_mass - lam * partner_mass - mu * bos_mass_no_partner "
-                            "(s = +1 suppress, -1 restore)",
-               "closed_form": "W_K <- W_K + eta W_Q, i.e. W <- W + eta W_Q W_Q^T (one step on -trace(W_Q W_K^T))",
-               "query": args.query, "metrics": edits.metrics, "runs": edits.runs, "top_keys": top_keys,
-               "largest_trace_step": steering.largest_trace_step(edits.runs, edits.metrics),
-               "trace_curve": steering.trace_curve(edits), "matched": steering.matched(edits, args.directions),
-               **report, "control_edits": steering.control_edits(per_head, (layer, head), args.directions)}
+               "objective": steering.OBJECTIVE, "closed_form": steering.CLOSED_FORM, "query": args.query,
+               "top_keys": top_keys, **steering.edits_record(edits, args.directions), **report,
+               "control_edits": steering.control_edits(per_head, (layer, head), args.directions)}
     path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
                            arguments=vars(args), seed=args.seed)
     save_figure(figure(edits.metrics, edits.runs, layer, head), args.out, args.model, NAME)
@@ -117,7 +111,7 @@ def figure(metrics, runs, layer, head):
     ax1.legend(fontsize=7)
     names = list(metrics)
     x = np.arange(len(names))
-    for j, key in enumerate(METRICS):
+    for j, key in enumerate(scores.MASSES):
         ax2.bar(x + (j - 1) * 0.27, [metrics[n][key] for n in names], width=0.27, label=key.replace("_", " "))
     ax2.set_xticks(x, names, rotation=30, ha="right")
     ax2.set(title=f"L{layer}H{head} on held-out prompts", ylabel="attention mass")

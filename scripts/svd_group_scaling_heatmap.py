@@ -30,14 +30,13 @@ from __future__ import annotations
 
 from transformer_lens import FactoredMatrix
 
-from analysis import cli, controls, io, prompts
+from analysis import cli, controls, io, prompts, scores
 from analysis import qk_decomposition as qk
 from analysis.attention import head_scale, head_weights
 from analysis.plotting import group_heatmaps, save_figure, target_vs_controls, use_style
 from analysis.token_maps import block_means, group_tokens, token_inputs
 
 NAME = "svd_group_scaling_heatmap"
-MASSES = ("self_mass", "partner_mass", "bos_mass_no_partner")
 
 
 def build_parser():
@@ -119,7 +118,7 @@ def causal_figure(per_factor, layer, head):
 
     factors = [row["factor"] for row in per_factor]
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for key in MASSES:
+    for key in scores.MASSES:
         ax.plot(factors, [row["in_context"][key] for row in per_factor], "o-", label=key.replace("_", " "))
     ax.invert_xaxis()  # from the unedited head (1) towards flipped eigenvalues (-1)
     ax.set(title=f"L{layer}H{head} in context, negative λ scaled", xlabel="factor on negative eigenvalues",

@@ -161,6 +161,9 @@ def test_head_edit_bookkeeping_exact():
     row = steering.matched(edits, ["restore"])["restore"]  # self 0.15: halfway between the two trace sizes
     assert row["self_mass"] == 0.15 and row["gradient"] is edits.metrics["restore"]
     assert row["trace"]["partner_mass"] == pytest.approx(0.8) and row["trace"]["surprisal"] == pytest.approx(2.0)
+    record = steering.edits_record(edits, ["restore"])
+    assert record["largest_trace_step"]["name"] == "trace 0.2" and record["trace_curve"] == steering.trace_curve(edits)
+    assert record["matched"] == steering.matched(edits, ["restore"]) and record["metrics"] is edits.metrics
     stats = steering.head_statistics(edits)
     assert stats == pytest.approx({"self_mass_before": 0.0, "bos_no_partner_before": 0.9, "trace_self_gain": 0.2,
                                    "restore_self_gain": 0.15, "restore_partner_change": -0.2})
