@@ -434,7 +434,9 @@ def edit_effect(before: Mapping[str, float], after: Mapping[str, float]) -> dict
 
 def in_context_scores(model: HookedTransformer, tokens: Tensor, mask: Tensor, layer: int, head: int,
                       fwd_hooks: Sequence[tuple[str, object]] = (), batch_size: int = 64) -> dict[str, float]:
-    """The part-1 metrics (S, partner, self and BOS mass, argmax accuracy) of one head, mean over prompts."""
+    """The part-1 metrics (S, partner, self and BOS mass, argmax accuracy) of one head, mean over prompts, with any
+    `fwd_hooks` active. S comes from the pattern alone (a row whose mass underflows is floored); for edits of
+    the head's own QK, `in_context_edits` gives the same metrics with S exact, from one run per layer."""
     pattern = head_pattern(model, tokens, layer, head, list(fwd_hooks), batch_size)[:, None]  # (B, 1, q, k)
     return {key: float(value.nanmean()) for key, value in semantic_scores(pattern, tokens, mask).items()}
 
