@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from transformer_lens import FactoredMatrix, HookedTransformer
 
 from analysis.attention import attention_score_matrix, attention_scores, head_scale, head_weights, self_attention_scores
-from analysis.patterns import head_pattern
+from analysis.patterns import head_pattern_and_scores
 from analysis.scores import MASSES, semantic_scores
 
 
@@ -435,10 +435,11 @@ def edit_effect(before: Mapping[str, float], after: Mapping[str, float]) -> dict
 def in_context_scores(model: HookedTransformer, tokens: Tensor, mask: Tensor, layer: int, head: int,
                       fwd_hooks: Sequence[tuple[str, object]] = (), batch_size: int = 64) -> dict[str, float]:
     """The part-1 metrics (S, partner, self and BOS mass, argmax accuracy) of one head, mean over prompts, with any
-    `fwd_hooks` active. S comes from the pattern alone (a row whose mass underflows is floored); for edits of
-    the head's own QK, `in_context_edits` gives the same metrics with S exact, from one run per layer."""
-    pattern = head_pattern(model, tokens, layer, head, list(fwd_hooks), batch_size)[:, None]  # (B, 1, q, k)
-    return {key: float(value.nanmean()) for key, value in semantic_scores(pattern, tokens, mask).items()}
+    `fwd_hooks` active; S exact, from the pre-softmax scores. For edits of the head's own QK only,
+    `in_context_edits` gives the same metrics from one run per layer, for any number of edits."""
+    pattern, attn_scores = head_pattern_and_scores(model, tokens, layer, head, list(fwd_hooks), batch_size)
+    return {key: float(value.nanmean())
+            for key, value in semantic_scores(pattern[:, None], tokens, mask, attn_scores[:, None]).items()}
 
 
 def in_context_grid(model: HookedTransformer, tokens: Tensor, mask: Tensor, layer: int, head: int,

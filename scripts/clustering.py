@@ -54,7 +54,7 @@ def build_parser():
 
 def main(args) -> None:
     model, layer, head = cli.load_target(args)
-    categories = prompts.CATEGORY_SETS[args.categories]
+    categories, chosen = cli.chosen_categories(args)
     table = args.frequencies or frequency_csv_path(args.out, args.model)
     ids = clustering.node_tokens(model, categories, args.n_tokens, table)
     if args.k >= len(ids) + args.keep_self:
@@ -79,7 +79,7 @@ def main(args) -> None:
     study = clustering.partition_record(theirs, ["<BOS>", *labels], np.concatenate([[-1], category_of]),
                                         list(categories))
     results = {"head": {"layer": layer, "head": head}, "input": args.input, "k": args.k, "keep_self": args.keep_self,
-               "categories": {"set": args.categories, "names": list(categories)},
+               "categories": chosen,
                "method": args.method, "resolution": args.resolution, **ours,
                "study_graph": {**study, "printed_clusters": study["n_communities"] - 1,
                                "max_comm_size": clustering.STUDY_MAX_COMM_SIZE}, **report}

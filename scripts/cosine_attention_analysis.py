@@ -91,7 +91,7 @@ def main(args) -> None:
                                             chunk_size=args.chunk_size, progress=True)
 
     # Category words (wherever they rank in frequency): mates against other categories, for every head.
-    categories = prompts.CATEGORY_SETS[args.categories]
+    categories, category_record = cli.chosen_categories(args)
     category_of = prompts.category_index(model.tokenizer, categories, model.cfg.d_vocab)
     words = similarity.category_words(category_of)  # (ids, category), each [n]
     stats = similarity.category_contrast_by_head(model, reference, args.variant, *words, include_bias=not args.no_bias,
@@ -118,7 +118,7 @@ def main(args) -> None:
                      "tokens": chosen, "n_tokens": len(ids), "pairs": profile["pairs"], "window": args.window,
                      "ci": "99% percentile bootstrap over queries", "reference": "prompts.reference_prompts"},
         **similarity.profile_record(profile),
-        "category_contrast": stats[(layer, head)], "categories": {"set": args.categories, "names": list(categories)},
+        "category_contrast": stats[(layer, head)], "categories": category_record,
         "example": {"query": args.query, "top_keys": example["top_keys"], "mates": example["mate_keys"]},
         **study,
     }

@@ -65,7 +65,7 @@ def main(args) -> None:
     model, layer, head = cli.load_target(args)
     query_id = prompts.single_token_ids(model.tokenizer, [args.query])[0]
     _, _, b_Q, b_K = head_weights(model, layer, head, include_bias=True)
-    categories = prompts.CATEGORY_SETS[args.categories]
+    categories, chosen = cli.chosen_categories(args)
     train = prompts.category_probe(model, categories, args.n_prompts, args.n_words, args.seed + 1)
     test = prompts.category_probe(model, categories, args.n_prompts, args.n_words, args.seed + 2)
 
@@ -82,7 +82,7 @@ def main(args) -> None:
     top_keys = steering.query_top_keys(E, query_id, edits.conditions, head_scale(model.cfg, layer), b_Q, b_K,
                                        labels, args.top)
     results = {"head": {"layer": layer, "head": head}, "input": args.input, "mu": args.mu, "lam": args.lam,
-               "categories": {"set": args.categories, "names": list(categories)},
+               "categories": chosen,
                "objective": steering.OBJECTIVE, "closed_form": steering.CLOSED_FORM, "query": args.query,
                "top_keys": top_keys, **steering.edits_record(edits, args.directions), **report,
                "control_edits": steering.control_edits(per_head, (layer, head), args.directions)}

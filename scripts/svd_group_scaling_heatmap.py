@@ -64,7 +64,7 @@ def main(args) -> None:
     negative = qk.most_negative(spectrum.values)
     ids, labels, group, _ = group_tokens(model.tokenizer)
     E = token_inputs(model, layer, args.input, token_ids=ids, seed=args.seed)
-    categories = prompts.CATEGORY_SETS[args.categories]
+    categories, chosen = cli.chosen_categories(args)
     tokens, mask = prompts.category_probe(model, categories, args.n_prompts, args.n_words, args.seed + 1)
 
     edited = {f: qk.edited_factors(W_Q, W_K, spectrum, negative, f) for f in args.factors}
@@ -83,7 +83,7 @@ def main(args) -> None:
     results = {"head": {"layer": layer, "head": head}, "input": args.input, "tokens": labels,
                "n_negative_eigenvalues": len(negative), "unedited_in_context": base,
                "factors": {f"{row['factor']:g}": row for row in per_factor},  # keyed "1", "0.5", "0", "-1"
-               "categories": {"set": args.categories, "names": list(categories)}, "targeted_k": args.targeted_k,
+               "categories": chosen, "targeted_k": args.targeted_k,
                **report, "target_edits": edits[(layer, head)],
                "edits": {controls.head_key(*hd): rows for hd, rows in edits.items()}}
     path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
