@@ -34,7 +34,7 @@ import random
 import re
 import sys
 import textwrap
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -346,12 +346,13 @@ def add_controls_argument(p: argparse.ArgumentParser) -> None:
 
 
 def control_heads(model: HookedTransformer, target: tuple[int, int], which: str = "default",
-                  seed: int = 0) -> list[tuple[int, int]]:
+                  seed: int = 0, found: scan.HeadScan | None = None) -> list[tuple[int, int]]:
     """The control heads for `--controls`: `controls.all_heads` without the target, or
-    `controls.default_controls` with the scan's top head of each kind (`scan.scan_heads`)."""
+    `controls.default_controls` with the scan's top head of each kind; the scan is `found` when the
+    caller already ran one (`scan.scan_heads`), else it is run here (with `seed`)."""
     if which == "all":
         return controls.all_heads(model.cfg.n_layers, model.cfg.n_heads, exclude=[target])
-    found = scan.scan_heads(model, seed=seed)
+    found = scan.scan_heads(model, seed=seed) if found is None else found
     longest = max(found.induction)
     kinds = [(found.previous_token, True), (found.induction[longest], True), (found.duplicate[longest], True),
              (found.semantic["surprisal"].nanmean(0), False)]
@@ -415,12 +416,13 @@ def parse_heads(model, specs: Sequence[str], flag: str = "--heads") -> list[tupl
     return heads
 
 
-def target_head(model: HookedTransformer, layer: int | None, head: int | None, seed: int = 0) -> tuple[int, int]:
-    """--layer/--head when both are given (checked), else the survey's best semantic head."""
+def target_head(model: HookedTransformer, layer: int | None, head: int | None, seed: int = 0,
+                categories: Mapping[str, Sequence[str]] = prompts.STUDY_CATEGORIES) -> tuple[int, int]:
+    """--layer/--head when both are given (checked), else the survey's best semantic head on `categories`."""
     if (layer is None) != (head is None):
         raise UsageError("Give both --layer and --head, or neither to use the survey's best semantic head.")
     if layer is None:
-        return scan.best_semantic_head(model, seed)
+        return scan.best_semantic_head(model, seed, categories)
     check_head(model, layer, head)
     return layer, head
 
@@ -430,7 +432,8 @@ def load_target(args: argparse.Namespace) -> tuple[HookedTransformer, int, int]:
     must have a tokenizer), and --layer/--head or, without them, the survey's best semantic head."""
     model = models.load_model(args.model, args.device, args.processing)
     prompts.require_tokenizer(model)
-    layer, head = target_head(model, args.layer, args.head, args.seed)
+    categories = prompts.CATEGORY_SETS[getattr(args, "categories", "study")]  # the survey follows --categories
+    layer, head = target_head(model, args.layer, args.head, args.seed, categories)
     return model, layer, head
 
 

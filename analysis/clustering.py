@@ -22,13 +22,16 @@ maximises modularity with `max_comm_size` 512 (`STUDY_MAX_COMM_SIZE`; we seed it
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 from transformer_lens import FactoredMatrix
 
+from analysis import prompts
+from analysis.frequency import ordinary_or_frequent_ids
 from analysis.qk_decomposition import qk_matrix, score_blocks
 
 METHODS = ("modularity", "rbconfiguration")
@@ -176,3 +179,54 @@ def layout(graph, seed: int = 0) -> np.ndarray:
         return np.asarray(graph.layout_fruchterman_reingold(seed=start.tolist()).coords)  # unweighted: FR needs w > 0
     finally:
         ig.set_random_number_generator(random)  # igraph's default
+
+
+# --- a head's two graphs, ours and the study's, against the categories ----------------------
+
+
+def node_tokens(model, categories: Mapping[str, Sequence[str]], n_tokens: int, table_path: Path | str) -> Tensor:
+    """`ids: [n]`, the graph's token ids: the `n_tokens` most frequent ordinary tokens (the frequency table at
+    `table_path`), or every ordinary token when that is no more (`frequency.ordinary_or_frequent_ids`), then
+    each category word not already among them."""
+    ids, _ = ordinary_or_frequent_ids(model.cfg.d_vocab, prompts.special_token_ids(model), n_tokens, table_path)
+    ids = ids.tolist()
+    words = [i for w in categories.values() for i in prompts.single_token_ids(model.tokenizer, list(w))]
+    return torch.tensor(ids + [i for i in words if i not in set(ids)])
+
+AGREEMENT_DIRECTIONS = {"ari": "high", "nmi": "high", "study_ari": "high", "study_nmi": "high"}
+
+
+def head_partitions(x: Tensor, W_Q: Tensor, W_K: Tensor, scale: float, k: int = 4, keep_self: bool = False,
+                    method: str = "modularity", resolution: float = 1.0, seed: int = 0) -> dict[str, dict]:
+    """Both graphs of one head over `x: [1 + n, d]`, whose first row is BOS: {"ours": `ours_partition` of the
+    n token rows, "study": `study_partition` of all 1 + n rows (the study keeps BOS among its nodes)}."""
+    return {"ours": ours_partition(x[1:], W_Q, W_K, scale, k, keep_self, method, resolution, seed),
+            "study": study_partition(x, W_Q, W_K, k, seed)}
+
+
+def partition_agreement(parts: Mapping[str, Mapping], category_of: np.ndarray) -> dict[str, float]:
+    """ARI and NMI of both graphs against `category_of: [n]` (-1 = no category): "ari", "nmi" of ours, and
+    "study_ari", "study_nmi" of the study's graph, whose BOS node (first) has no category."""
+    study_of = np.concatenate([[-1], category_of])
+    ours, study = agreement(category_of, parts["ours"]["membership"]), agreement(study_of, parts["study"]["membership"])
+    return {"ari": ours["ari"], "nmi": ours["nmi"], "study_ari": study["ari"], "study_nmi": study["nmi"]}
+
+
+def partition_record(part: Mapping, labels: Sequence[str], category_of: np.ndarray,
+                     category_names: Sequence[str]) -> dict:
+    """What a results file keeps of one graph and its partition: sizes, self-loops, modularity, agreement with
+    the categories and the communities (`communities`)."""
+    found = communities(part["membership"], labels, category_of, category_names)
+    return {"n_nodes": len(labels), "n_edges": len(part["source"]),
+            "n_self_loops": int((part["source"] == part["target"]).sum()), "n_communities": len(found),
+            "modularity": modularity(part["graph"], part["membership"]),
+            "agreement": agreement(category_of, part["membership"]), "communities": found}
+
+
+def hover_text(source: Tensor, target: Tensor, labels: Sequence[str], membership: np.ndarray) -> list[str]:
+    """One line per node for the interactive view: its label, community and top keys (its out-edges)."""
+    keys_of: dict[int, list[str]] = {i: [] for i in range(len(labels))}
+    for s, t in zip(source.tolist(), target.tolist()):
+        keys_of[s].append(labels[t])
+    return [f"{labels[i]!r} · community {membership[i]} · top keys: {', '.join(map(repr, keys_of[i]))}"
+            for i in range(len(labels))]

@@ -40,8 +40,8 @@ from tqdm.auto import tqdm
 from transformer_lens import FactoredMatrix, HookedTransformer
 
 from analysis.attention import attention_score_matrix, attention_scores, head_scale, head_weights, self_attention_scores
-from analysis.patterns import head_pattern
-from analysis.scores import semantic_scores
+from analysis.patterns import head_pattern_and_scores
+from analysis.scores import MASSES, semantic_scores
 
 
 # --- the decomposition -----------------------------------------------------------------------
@@ -360,37 +360,66 @@ def qk_override_hooks(model: HookedTransformer, layer: int, head: int, W_Q: Tens
     return [(f"blocks.{layer}.hook_resid_pre", keep_input), (f"blocks.{layer}.attn.hook_attn_scores", replace_scores)]
 
 
-def layer_in_context_scores(model: HookedTransformer, tokens: Tensor, mask: Tensor, layer: int, heads: Sequence[int],
-                            fwd_hooks: Sequence[tuple[str, object]] = (), batch_size: int = 64
-                            ) -> dict[int, dict[str, float]]:
-    """`in_context_scores` of several heads of one layer from one run: head -> its part-1 metrics.
+@torch.no_grad()
+def layer_input(model: HookedTransformer, tokens: Tensor, layer: int, batch_size: int = 64) -> Tensor:
+    """`x: [batch, pos, d_model]` = ln1(resid_pre) of `layer` on the model's device: exactly what every head of the
+    layer reads (its own W_Q, W_K, or any edit of them). The model runs once, and only up to the layer."""
+    name = f"blocks.{layer}.hook_resid_pre"
+    chunks = []
+    for start in range(0, tokens.shape[0], batch_size):
+        _, cache = model.run_with_cache(tokens[start:start + batch_size].to(model.cfg.device), names_filter=name,
+                                        stop_at_layer=layer + 1)  # hooks after the resid_pre are unused
+        chunks.append(model.blocks[layer].ln1(cache[name]))
+    return torch.cat(chunks)
 
-    Edits of heads of this layer (any number of `qk_override_hooks` lists) cannot change each
-    other's patterns, which read only the layer's input: one pass measures them all.
+
+def pattern_from_input(x: Tensor, W_Q: Tensor, W_K: Tensor, scale: float, b_Q: Tensor | None = None,
+                       b_K: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(`pattern`, `attn_scores`), each `[batch, query, key]` (float32), of a head with factors `W_Q, W_K: [d_model, r]`
+    on its layer's input `x: [batch, pos, d_model]`: z = `attention_scores(x, x, W_Q, W_K, scale, b_Q, b_K)` (biases
+    padded with zeros to width r), -inf above the diagonal, pattern = softmax(z). This is what `qk_override_hooks`
+    make the model compute; it stays differentiable in W_Q and W_K."""
+    biases = [None if b is None else pad_bias(b, W.shape[-1]).to(x) for b, W in ((b_Q, W_Q), (b_K, W_K))]
+    z = attention_scores(x, x, W_Q.to(x), W_K.to(x), scale, *biases).float()  # (B, T, T)
+    causal = torch.ones(z.shape[-2:], dtype=torch.bool, device=z.device).tril()
+    z = z.masked_fill(~causal, -torch.inf)
+    return z.softmax(-1), z
+
+
+@torch.no_grad()
+def in_context_edits(model: HookedTransformer, tokens: Tensor, mask: Tensor, layer: int,
+                     edits: Mapping[Hashable, tuple[Tensor, Tensor, Tensor | None, Tensor | None]], batch_size: int = 64
+                     ) -> dict[Hashable, dict[str, float]]:
+    """`{key: metrics}`: the part-1 metrics (mean over prompts) of a head of `layer` run with `edits[key] = (W_Q', W_K',
+    b_Q, b_K)`, any number of edits (of any heads of the layer) from one run of the model up to the layer.
+
+    An edit of a head's QK changes nothing upstream of its pattern, so x = ln1(resid_pre) is kept (`layer_input`)
+    and each edit's pattern and pre-softmax scores come from `pattern_from_input`; S is exact and uncapped
+    (`scores.semantic_scores` with the scores).
     """
-    pattern = head_pattern(model, tokens, layer, list(heads), list(fwd_hooks), batch_size)  # (B, n_heads, q, k)
-    scores = semantic_scores(pattern, tokens, mask)  # each (B, n_heads)
-    return {h: {key: float(value[:, i].nanmean()) for key, value in scores.items()} for i, h in enumerate(heads)}
+    scale = head_scale(model.cfg, layer)
+    rows: dict[Hashable, list[dict[str, Tensor]]] = {key: [] for key in edits}
+    for start in range(0, tokens.shape[0], batch_size):
+        part, part_mask = tokens[start:start + batch_size], mask[start:start + batch_size]
+        x = layer_input(model, part, layer, batch_size)
+        for key, (W_Q, W_K, b_Q, b_K) in edits.items():
+            pattern, z = pattern_from_input(x, W_Q, W_K, scale, b_Q, b_K)
+            rows[key].append(semantic_scores(pattern[:, None].cpu(), part, part_mask, z[:, None].cpu()))  # (B, 1) each
+    return {key: {m: float(torch.cat([c[m] for c in chunks]).nanmean()) for m in chunks[0]}
+            for key, chunks in rows.items()}
 
 
 def edited_heads_in_context(model: HookedTransformer, tokens: Tensor, mask: Tensor,
                             edits: Mapping[tuple[int, int], tuple[Tensor, Tensor]], batch_size: int = 64
                             ) -> dict[tuple[int, int], dict[str, float]]:
-    """(layer, head) -> part-1 metrics of that head run with its edited factors `edits[(layer, head)] = (W_Q, W_K)`.
-
-    One pass per layer: every edited head of the layer gets its edit at once (biases kept) and only
-    that layer's patterns are read, so no edit can reach another measured pattern.
-    """
+    """(layer, head) -> part-1 metrics of that head run with its edited factors `edits[(layer, head)] = (W_Q, W_K)`
+    and its own biases (`in_context_edits`: one run of the model per layer, S exact)."""
     results = {}
     for layer in sorted({l for l, _ in edits}):
-        heads = [h for l, h in edits if l == layer]
-        hooks = []
-        for h in heads:
-            _, _, b_Q, b_K = head_weights(model, layer, h, include_bias=True)
-            hooks += qk_override_hooks(model, layer, h, *edits[(layer, h)], b_Q, b_K)
-        for h, row in layer_in_context_scores(model, tokens, mask, layer, heads, hooks, batch_size).items():
-            results[(layer, h)] = row
-    return results
+        heads = {(l, h): (*edits[(l, h)], *head_weights(model, l, h, include_bias=True)[2:]) for l, h in edits
+                 if l == layer}
+        results |= in_context_edits(model, tokens, mask, layer, heads, batch_size)
+    return {hd: results[hd] for hd in edits}
 
 
 def edit_effect(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float | None]:
@@ -398,40 +427,64 @@ def edit_effect(before: Mapping[str, float], after: Mapping[str, float]) -> dict
     self_per_partner_lost = Δself / (-Δpartner), the self mass restored per unit of partner mass lost
     (None when no partner mass is lost)."""
     delta = {f"{m}_change": after[m] - before[m]
-             for m in ("self_mass", "partner_mass", "bos_mass_no_partner", "surprisal")}
+             for m in (*MASSES, "surprisal")}
     lost = -delta["partner_mass_change"]
     return {**delta, "self_per_partner_lost": delta["self_mass_change"] / lost if lost > 0 else None}
 
 
 def in_context_scores(model: HookedTransformer, tokens: Tensor, mask: Tensor, layer: int, head: int,
                       fwd_hooks: Sequence[tuple[str, object]] = (), batch_size: int = 64) -> dict[str, float]:
-    """The part-1 metrics (S, partner, self and BOS mass, argmax accuracy) of one head, mean over prompts."""
-    pattern = head_pattern(model, tokens, layer, head, list(fwd_hooks), batch_size)[:, None]  # (B, 1, q, k)
-    return {key: float(value.nanmean()) for key, value in semantic_scores(pattern, tokens, mask).items()}
+    """The part-1 metrics (S, partner, self and BOS mass, argmax accuracy) of one head, mean over prompts, with any
+    `fwd_hooks` active; S exact, from the pre-softmax scores. For edits of the head's own QK only,
+    `in_context_edits` gives the same metrics from one run per layer, for any number of edits."""
+    pattern, attn_scores = head_pattern_and_scores(model, tokens, layer, head, list(fwd_hooks), batch_size)
+    return {key: float(value.nanmean())
+            for key, value in semantic_scores(pattern[:, None], tokens, mask, attn_scores[:, None]).items()}
 
 
-@torch.no_grad()
 def in_context_grid(model: HookedTransformer, tokens: Tensor, mask: Tensor, layer: int, head: int,
                     factors: Mapping[Hashable, tuple[Tensor, Tensor]], b_Q: Tensor | None = None,
                     b_K: Tensor | None = None, batch_size: int = 64) -> dict[Hashable, dict[str, float]]:
-    """`{key: metrics}`: `in_context_scores` of the head for each edit `factors[key] = (W_Q', W_K')`.
+    """`{key: metrics}`: the part-1 metrics of the head for each edit `factors[key] = (W_Q', W_K')` with the biases
+    `b_Q, b_K`, from one run of the model up to the layer (`in_context_edits`)."""
+    return in_context_edits(model, tokens, mask, layer, {k: (*f, b_Q, b_K) for k, f in factors.items()}, batch_size)
 
-    An edit of the head's QK changes nothing upstream of its pattern, so the model runs once up to
-    the layer, x = LN1(resid_pre) is kept, and each edit's pattern is softmax over the causal keys of
-    `attention_scores(x, x, W_Q', W_K', scale, b_Q, b_K)`: what `qk_override_hooks` makes the model compute.
-    """
-    name = f"blocks.{layer}.hook_resid_pre"
-    block, scale = model.blocks[layer], head_scale(model.cfg, layer)
-    patterns: dict[Hashable, list[Tensor]] = {key: [] for key in factors}
-    for start in range(0, tokens.shape[0], batch_size):
-        _, cache = model.run_with_cache(tokens[start:start + batch_size].to(model.cfg.device), names_filter=name,
-                                        stop_at_layer=layer + 1)  # hooks after the resid_pre are unused
-        x = block.ln1(cache[name])  # (B, T, d_model)
-        causal = torch.ones(x.shape[1], x.shape[1], dtype=torch.bool, device=x.device).tril()
-        for key, (W_Q, W_K) in factors.items():
-            biases = [None if b is None else pad_bias(b, W.shape[-1]).to(x) for b, W in ((b_Q, W_Q), (b_K, W_K))]
-            scores = attention_scores(x, x, W_Q.to(x), W_K.to(x), scale, *biases).float()  # (B, T, T)
-            patterns[key].append(scores.masked_fill(~causal, -torch.inf).softmax(-1).cpu())
-    return {key: {metric: float(value.nanmean()) for metric, value in
-                  semantic_scores(torch.cat(chunks)[:, None], tokens, mask).items()}
-            for key, chunks in patterns.items()}
+
+# --- the same eigenvalue edits on several heads ----------------------------------------------
+
+EDIT_CHANGES = ("self_mass_change", "partner_mass_change", "bos_mass_no_partner_change", "surprisal_change",
+                "self_per_partner_lost")
+
+
+def eigenvalue_edits(weights: Mapping[tuple[int, int], tuple[Tensor, Tensor]],
+                     inputs: Mapping[tuple[int, int], Tensor], factors: Sequence[float], targeted_k: int
+                     ) -> dict[str, dict[tuple[int, int], tuple[Tensor, Tensor]]]:
+    """Edit name -> head -> its factors (W_Q', W_K'), for heads with `weights[head] = (W_Q, W_K)`: "unedited",
+    "factor <f>" (every negative eigenvalue of W_sym times f, `edited_factors`) and "targeted" (factor -1 on the
+    `targeted_k` components that carry most of `inputs[head]: [n, d_model]`'s negative self-score,
+    `self_suppressing_components`)."""
+    spectra = {hd: symmetric_spectrum(*w) for hd, w in weights.items()}
+    edits = {"unedited": dict(weights)}
+    for factor in factors:
+        edits[f"factor {factor:g}"] = {hd: edited_factors(*w, spectra[hd], most_negative(spectra[hd].values), factor)
+                                       for hd, w in weights.items()}
+    edits["targeted"] = {hd: edited_factors(*w, spectra[hd], self_suppressing_components(inputs[hd], spectra[hd],
+                                                                                          targeted_k), -1.0)
+                         for hd, w in weights.items()}
+    return edits
+
+
+def edit_sweep(model: HookedTransformer, tokens: Tensor, mask: Tensor,
+               edits: Mapping[str, Mapping[tuple[int, int], tuple[Tensor, Tensor]]]) -> dict[tuple[int, int], dict]:
+    """Head -> edit name -> its part-1 metrics in context (`edited_heads_in_context`, one pass per layer and
+    edit) and their change from the "unedited" entry (`edit_effect`)."""
+    measured = {name: edited_heads_in_context(model, tokens, mask, heads) for name, heads in edits.items()}
+    return {hd: {name: {**m[hd], **edit_effect(measured["unedited"][hd], m[hd])} for name, m in measured.items()}
+            for hd in edits["unedited"]}
+
+
+def edit_statistics(sweep: Mapping[tuple[int, int], Mapping[str, Mapping]]) -> dict[tuple[int, int], dict]:
+    """Head -> "<edit>_<change>" for every edit but "unedited" and every change of `EDIT_CHANGES`: the flat
+    statistics `controls.compare` ranks."""
+    return {hd: {f"{name}_{key}": row[key] for name, row in rows.items() if name != "unedited" for key in EDIT_CHANGES}
+            for hd, rows in sweep.items()}

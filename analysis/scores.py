@@ -156,6 +156,9 @@ def study_surprisal(pattern: Tensor, mask: Tensor) -> Tensor:
     return -mask_mass(pattern, mask).clamp_min(STUDY_EPS).log().mean(-1)
 
 
+MASSES = ("self_mass", "partner_mass", "bos_mass_no_partner")  # the three attention masses of `semantic_companions`
+
+
 def semantic_companions(pattern: Tensor, tokens: Tensor, mask: Tensor, rows: Tensor) -> dict[str, Tensor]:
     """Interpretable companions of S, each `[batch, head]`:
 

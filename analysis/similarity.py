@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from analysis import controls
 from analysis.attention import attention_scores, head_scale, head_weights
 from analysis.vocab_input import head_input
 
@@ -155,6 +156,14 @@ def similarity_profile(inputs: Tensor, W_Q: Tensor, W_K: Tensor, b_Q: Tensor | N
             "beats_self_from": beats_self_from(centres, windows["mean"]), "peak": peak(centres, windows["mean"])}
 
 
+def profile_record(profile: dict) -> dict:
+    """What results keep of a `similarity_profile`: "windows" (centres and `windowed_means`), the cosine from
+    which keys beat self ("beats_self_from_cosine") and the "peak" {"cosine", "mean"}."""
+    return {"windows": {"centre": profile["centres"], **profile["windows"]},
+            "beats_self_from_cosine": profile["beats_self_from"],
+            "peak": dict(zip(("cosine", "mean"), profile["peak"]))}
+
+
 def category_contrast(diff: Tensor, cosine: Tensor, category: Tensor) -> dict[str, float]:
     """d and cosine over pairs of category words; `diff, cosine: [n, n]` (row q, column k), `category: [n]`.
 
@@ -277,3 +286,43 @@ def study_curve(inputs: Tensor, W_Q: Tensor, W_K: Tensor, *, n_windows: int = 50
     return {"x": (starts + width / 2).numpy(), "count": c.astype(np.int64), "mean": mean, "std": std,
             "mean_bits": mean * bits, "low_bits": (mean - half) * bits, "high_bits": (mean + half) * bits,
             "cos_min": cos_min, "subtract": subtract, "width": width}
+
+
+STUDY_DEFINITIONS = {
+    "column": "log p(k|q) - log p(k|k) (column-wise, as the study's code), unscaled, no biases, BOS included, "
+              "windows [c, c+0.03], self pairs in, bits",
+    "row": "log p(k|q) - log p(q|q) = s(q,k) - s(q,q), unscaled, no biases"}
+
+
+def study_curves(inputs: Tensor, W_Q: Tensor, W_K: Tensor, chunk_size: int = 1024,
+                 progress: bool = False) -> dict[str, dict]:
+    """The study's curve both ways (`study_curve` over `inputs: [1 + n, d_model]`, BOS first), as results keep
+    them: "study" (column-wise, the study's code) with its peak in bits and the cosine from which keys beat
+    self, and "study_row" (row-wise), each with its definition."""
+    column, row = (study_curve(inputs, W_Q, W_K, subtract=way, chunk_size=chunk_size, progress=progress)
+                   for way in ("column", "row"))
+    return {"study": {**column, "peak": dict(zip(("cosine", "bits"), peak(column["x"], column["mean_bits"]))),
+                      "beats_self_from_cosine": beats_self_from(column["x"], column["mean_bits"]),
+                      "definition": STUDY_DEFINITIONS["column"]},
+            "study_row": {**row, "definition": STUDY_DEFINITIONS["row"]}}
+
+
+def category_words(category_of: Tensor) -> tuple[Tensor, Tensor]:
+    """(`ids: [n]`, `category: [n]`): the tokens with a category in `category_of: [d_vocab]` (-1 = none)."""
+    ids = torch.nonzero(category_of >= 0)[:, 0]
+    return ids, category_of[ids]
+
+
+def summary_lines(results: dict) -> list[str]:
+    """Printable lines of a cosine-analysis results dict: where keys beat self and the peak, the category
+    contrast, the target against its controls (`controls.summary_lines`), the study's peak, the example's keys."""
+    start, top, contrast, study = (results[k] for k in ("beats_self_from_cosine", "peak", "category_contrast", "study"))
+    return [f"similar-but-different keys beat self from cos {start if start is None else round(start, 3)}; "
+            f"peak {top['mean']:+.3f} at cos {top['cosine']:.3f}",
+            f"category-mates: mean d {contrast['mates_mean']:+.3f}, beat self in {contrast['mates_beat_self']:.0%}; "
+            f"other categories: {contrast['others_mean']:+.3f}, {contrast['others_beat_self']:.0%}",
+            *controls.summary_lines(results, prefix=""),
+            f"study's curve (bits, column-wise): peak {study['peak']['bits']:+.2f} "
+            f"at cos {study['peak']['cosine']:.3f}",
+            f"{results['example']['query']!r} best keys: "
+            + ", ".join(f"{k['token']!r} {k['score_minus_self']:+.2f}" for k in results["example"]["top_keys"])]

@@ -8,9 +8,10 @@ Gradient steering minimises, over batches of category prompts,
 where self_mass, partner_mass and bos_mass_no_partner are the part-1 metrics of the head's
 in-context pattern (`analysis.scores.semantic_companions`). The λ term keeps the head on its
 category-mates while self-attention moves; the μ term keeps its fallback to BOS on rows with no
-partner (μ = 0 is the objective without it, which lets that fallback collapse). Only the head's W_Q and W_K change (its biases, every other weight and
-the model itself stay as they are): the edited head runs through
-`qk_decomposition.qk_override_hooks`.
+partner (μ = 0 is the objective without it, which lets that fallback collapse). Only the head's W_Q and W_K
+change (its biases, every other weight and the model itself stay as they are): the edited head's pattern is
+computed from its layer's input (`qk_decomposition.pattern_from_input`, what `qk_override_hooks` make the
+model compute), so the model runs once per layer and prompt set, not once per step.
 
 The closed-form baseline is one gradient step on -trace(W_Q W_K^T) with respect to W_K:
 d(-trace(W_Q W_K^T))/dW_K = -W_Q, so W_K <- W_K + η W_Q and W = W_Q W_K^T <- W + η W_Q W_Q^T.
@@ -30,9 +31,8 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from analysis import scores
-from analysis.attention import head_weights
-from analysis.patterns import head_pattern
-from analysis.qk_decomposition import qk_matrix, qk_override_hooks
+from analysis.attention import attention_scores, head_scale, head_weights
+from analysis.qk_decomposition import in_context_edits, layer_input, pattern_from_input, qk_matrix
 
 Direction = Literal["suppress", "restore"]
 SIGN = {"suppress": 1.0, "restore": -1.0}
@@ -81,13 +81,13 @@ def trace_eta(W_Q: Tensor, W_K: Tensor, relative: float) -> float:
     return relative * float(qk_matrix(W_Q, W_K).norm() / qk_matrix(W_Q, W_Q).norm())
 
 
-def head_masses(model: HookedTransformer, tokens: Tensor, mask: Tensor, layer: int, head: int, W_Q: Tensor,
-                W_K: Tensor, b_Q: Tensor | None, b_K: Tensor | None) -> dict[str, Tensor]:
-    """Self, partner and BOS-when-no-partner mass (means over prompts, differentiable in W_Q, W_K) of the head run with these weights."""
-    hooks = qk_override_hooks(model, layer, head, W_Q, W_K, b_Q, b_K)
-    pattern = head_pattern(model, tokens, layer, head, hooks, len(tokens), grad=True)[:, None]  # (B, 1, T, T)
+def head_masses(x: Tensor, tokens: Tensor, mask: Tensor, W_Q: Tensor, W_K: Tensor, b_Q: Tensor | None,
+                b_K: Tensor | None, scale: float) -> dict[str, Tensor]:
+    """Self, partner and BOS-when-no-partner mass (means over prompts, differentiable in W_Q, W_K) of a head with
+    these weights on its layer's input `x: [batch, pos, d_model]` (`qk_decomposition.layer_input` of `tokens`)."""
+    pattern = pattern_from_input(x, W_Q, W_K, scale, b_Q, b_K)[0][:, None].cpu()  # (B, 1, T, T)
     companions = scores.semantic_companions(pattern, tokens, mask, scores.scored_rows(tokens))
-    return {key: companions[key][:, 0].nanmean() for key in ("self_mass", "partner_mass", "bos_mass_no_partner")}
+    return {key: companions[key][:, 0].nanmean() for key in scores.MASSES}
 
 
 @dataclass
@@ -101,22 +101,27 @@ class SteeringRun:
 
 def gradient_steer(model: HookedTransformer, tokens: Tensor, mask: Tensor, layer: int, head: int,
                    direction: Direction = "restore", lam: float = 1.0, lr: float = 1e-2, steps: int = 40,
-                   batch_size: int = 16, seed: int = 0, progress: bool = False, mu: float = 0.0) -> SteeringRun:
+                   batch_size: int = 16, seed: int = 0, progress: bool = False, mu: float = 0.0,
+                   x: Tensor | None = None) -> SteeringRun:
     """Adam on the head's W_Q, W_K minimising `steering_loss` over minibatches of (`tokens`, `mask`).
 
     Minibatches are drawn (seeded) from the prompts; the head's biases stay fixed. The model's
-    own parameters are neither changed nor given gradients.
+    own parameters are neither changed nor given gradients. The layer's input does not depend on
+    the head's W_Q, W_K, so the model runs once (`x`: `qk_decomposition.layer_input` of `tokens`,
+    computed here unless given) and every step works from it.
     """
     if direction not in SIGN:
         raise ValueError(f"direction must be one of {sorted(SIGN)}, got {direction!r}")
     W_Q, W_K, b_Q, b_K = head_weights(model, layer, head, include_bias=True)
     W_Q, W_K = W_Q.clone().requires_grad_(True), W_K.clone().requires_grad_(True)
+    x = layer_input(model, tokens, layer) if x is None else x  # (B, T, d_model)
+    scale = head_scale(model.cfg, layer)
     optimiser = torch.optim.Adam([W_Q, W_K], lr=lr)
     generator = torch.Generator().manual_seed(seed)
     run = SteeringRun(W_Q, W_K)
     for step in tqdm(range(steps), desc=f"steering ({direction})", disable=not progress, leave=False):
         idx = torch.randperm(len(tokens), generator=generator)[:batch_size]
-        masses = head_masses(model, tokens[idx], mask[idx], layer, head, W_Q, W_K, b_Q, b_K)
+        masses = head_masses(x[idx.to(x.device)], tokens[idx], mask[idx], W_Q, W_K, b_Q, b_K, scale)
         loss = steering_loss(masses["self_mass"], masses["partner_mass"], direction, lam,
                              masses["bos_mass_no_partner"].nan_to_num(0.0), mu)
         W_Q.grad, W_K.grad = torch.autograd.grad(loss, [W_Q, W_K])  # leaves the model's .grad untouched
@@ -130,3 +135,148 @@ def largest_trace_step(runs: Mapping[str, Mapping], metrics: Mapping[str, Mappin
     """Of the closed-form runs (`runs[name]["eta"]`), the one with the largest step: its name, η and metrics."""
     name = max((n for n, run in runs.items() if "eta" in run), key=lambda n: runs[n]["eta"])
     return {"name": name, "eta": runs[name]["eta"], "metrics": metrics[name]}
+
+
+# --- one head's edits, measured: the bookkeeping of a steering study -------------------------
+
+Head = tuple[int, int]
+OBJECTIVE = "loss = s * self_mass - lam * partner_mass - mu * bos_mass_no_partner (s = +1 suppress, -1 restore)"
+CLOSED_FORM = "W_K <- W_K + eta W_Q, i.e. W <- W + eta W_Q W_Q^T (one step on -trace(W_Q W_K^T))"
+# Statistics of one head's edits and the direction a self-suppressing head predicts for each.
+STATISTIC_DIRECTIONS = {"self_mass_before": "low", "bos_no_partner_before": "high", "restore_self_gain": "high",
+                        "restore_partner_change": "high", "trace_self_gain": "high"}
+
+
+@dataclass
+class HeadEdits:
+    """One head's edits and what they did: `conditions[name] = (W_Q, W_K)` ("before", each gradient direction,
+    "trace <size>"), `metrics[name]` its part-1 metrics on held-out prompts (plus partner_mass_change, the
+    relative change of partner mass from "before"), `runs[name]` the edit's record (gradient: history;
+    trace: eta and size; both: relative_change)."""
+
+    conditions: dict[str, tuple[Tensor, Tensor]]
+    metrics: dict[str, dict[str, float]]
+    runs: dict[str, dict]
+
+
+def trace_name(relative: float) -> str:
+    """"trace 0.3": the name of the closed-form step of size `relative`."""
+    return f"trace {relative:g}"
+
+
+def steer_heads(model: HookedTransformer, heads: Sequence[Head], train: tuple[Tensor, Tensor],
+                test: tuple[Tensor, Tensor], directions: Sequence[Direction], trace_sizes: Sequence[float], *,
+                lam: float = 1.0, mu: float = 1.0, lr: float = 1e-2, steps: int = 25, batch_size: int = 16,
+                seed: int = 0, progress: bool = False) -> dict[Head, HeadEdits]:
+    """Each head's gradient edits (`gradient_steer` on `train = (tokens, mask)`, one per direction) and trace steps
+    (`trace_step` at each relative size, `trace_eta`), every one measured on `test = (tokens, mask)`.
+
+    The model runs once per layer on each prompt set: the training prompts' layer input serves every
+    gradient step of the layer's heads, and every edit of the layer's heads is measured from one run
+    (`qk_decomposition.in_context_edits`, S exact).
+    """
+    inputs: dict[int, Tensor] = {}  # layer -> the training prompts' layer input, (B, T, d_model)
+    edits, biases = {}, {}
+    for layer, head in tqdm(heads, desc="heads (gradient and trace edits)", disable=not progress):
+        if layer not in inputs:
+            inputs[layer] = layer_input(model, train[0], layer)
+        W_Q, W_K, *biases[(layer, head)] = head_weights(model, layer, head, include_bias=True)
+        conditions, runs = {"before": (W_Q, W_K)}, {}
+        for direction in directions:
+            run = gradient_steer(model, *train, layer, head, direction, lam, lr, steps, batch_size, seed, mu=mu,
+                                 x=inputs[layer])
+            conditions[direction] = (run.W_Q, run.W_K)
+            runs[direction] = {"history": run.history, "relative_change": weight_change(W_Q, W_K, run.W_Q, run.W_K)}
+        for relative in trace_sizes:
+            eta = trace_eta(W_Q, W_K, relative)
+            conditions[trace_name(relative)] = trace_step(W_Q, W_K, eta)
+            runs[trace_name(relative)] = {"eta": eta, "relative": relative,
+                                          "relative_change": weight_change(W_Q, W_K, *conditions[trace_name(relative)])}
+        edits[(layer, head)] = HeadEdits(conditions, {}, runs)
+    for layer in dict.fromkeys(l for l, _ in heads):
+        of_layer = {(hd, name): (*wk, *biases[hd]) for hd, e in edits.items() if hd[0] == layer
+                    for name, wk in e.conditions.items()}
+        for (hd, name), m in in_context_edits(model, *test, layer, of_layer).items():
+            edits[hd].metrics[name] = m
+    for e in edits.values():
+        for m in e.metrics.values():
+            m["partner_mass_change"] = m["partner_mass"] / e.metrics["before"]["partner_mass"] - 1
+    return edits
+
+
+def trace_curve(edits: HeadEdits) -> dict[str, dict]:
+    """The closed-form steps as a curve keyed by size ("0.3"): {"eta", **metrics} of each."""
+    return {f"{r['relative']:g}": {"eta": r["eta"], **edits.metrics[n]} for n, r in edits.runs.items() if "eta" in r}
+
+
+def matched(edits: HeadEdits, directions: Sequence[str]) -> dict[str, dict]:
+    """Each gradient run against the trace curve ("before" + every size) interpolated at the run's final self mass
+    (`at_matched`): {direction: {"self_mass", "gradient": metrics, "trace": metrics or None}}."""
+    metrics = edits.metrics
+    curve = [metrics["before"]] + [metrics[n] for n, r in edits.runs.items() if "eta" in r]
+    return {d: {"self_mass": metrics[d]["self_mass"], "gradient": metrics[d],
+                "trace": at_matched(curve, "self_mass", metrics[d]["self_mass"])} for d in directions}
+
+
+def edits_record(edits: HeadEdits, directions: Sequence[str]) -> dict:
+    """What results keep of one head's edits: "metrics", "runs", the "largest_trace_step", the "trace_curve"
+    keyed by size and each gradient run "matched" against that curve."""
+    return {"metrics": edits.metrics, "runs": edits.runs,
+            "largest_trace_step": largest_trace_step(edits.runs, edits.metrics),
+            "trace_curve": trace_curve(edits), "matched": matched(edits, directions)}
+
+
+def head_statistics(edits: HeadEdits) -> dict[str, float]:
+    """The statistics of `STATISTIC_DIRECTIONS` for one head: self mass and BOS-when-no-partner mass before any
+    edit, the self-mass gain of the largest trace step, and (with a "restore" run) restore's self-mass gain and
+    partner-mass change (after minus before)."""
+    before = edits.metrics["before"]
+    largest = largest_trace_step(edits.runs, edits.metrics)["metrics"]
+    stats = {"self_mass_before": before["self_mass"], "bos_no_partner_before": before["bos_mass_no_partner"],
+             "trace_self_gain": largest["self_mass"] - before["self_mass"]}
+    if "restore" in edits.metrics:
+        stats["restore_self_gain"] = edits.metrics["restore"]["self_mass"] - before["self_mass"]
+        stats["restore_partner_change"] = edits.metrics["restore"]["partner_mass"] - before["partner_mass"]
+    return stats
+
+
+def statistic_directions(directions: Sequence[str]) -> dict[str, str]:
+    """`STATISTIC_DIRECTIONS` without the restore statistics when no "restore" run is made."""
+    return {k: v for k, v in STATISTIC_DIRECTIONS.items() if not k.startswith("restore") or "restore" in directions}
+
+
+def control_edits(per_head: Mapping[Head, HeadEdits], target: Head, directions: Sequence[str]) -> dict[str, dict]:
+    """Every head but the target, keyed "L<l>H<h>": its metrics, its `matched` comparison and each edit's
+    relative weight change."""
+    return {f"L{l}H{h}": {"metrics": e.metrics, "matched": matched(e, directions),
+                          "relative_change": {n: r["relative_change"] for n, r in e.runs.items()}}
+            for (l, h), e in per_head.items() if (l, h) != tuple(target)}
+
+
+def query_top_keys(E: Tensor, query_id: int, conditions: Mapping[str, tuple[Tensor, Tensor]], scale: float,
+                   b_Q: Tensor | None, b_K: Tensor | None, labels: Sequence[str], k: int = 10) -> dict[str, dict]:
+    """For each condition (W_Q, W_K), the k best keys of one query over every token input `E: [d_vocab, d_model]`:
+    {"keys": labels, "scores": [k], "query_self_rank": 1 + number of keys scoring above the query itself}."""
+    table = {}
+    for name, (Wq, Wk) in conditions.items():
+        row = attention_scores(E[[query_id]], E, Wq, Wk, scale, b_Q, b_K)[0]  # (d_vocab,)
+        values, keys = row.topk(k)
+        table[name] = {"keys": [labels[i] for i in keys], "scores": values,
+                       "query_self_rank": int((row > row[query_id]).sum()) + 1}
+    return table
+
+
+def summary_lines(metrics: Mapping[str, Mapping], top_keys: Mapping[str, Mapping], matched_runs: Mapping[str, Mapping],
+                  query: str) -> list[str]:
+    """Printable lines: each condition's masses and the query's best keys, then each matched comparison."""
+    lines = [f"{name:>12s}: self {m['self_mass']:.4f}, partner {m['partner_mass']:.3f} "
+             f"({m['partner_mass_change']:+.1%}), BOS (no partner) {m['bos_mass_no_partner']:.3f}; "
+             f"top keys of {query!r}: {', '.join(repr(k) for k in top_keys[name]['keys'][:4])}"
+             for name, m in metrics.items()]
+    for d, row in matched_runs.items():
+        g, t = row["gradient"], row["trace"]
+        lines.append(f"matched at self {row['self_mass']:.3f} ({d}): gradient partner {g['partner_mass']:.3f}, "
+                     f"BOS {g['bos_mass_no_partner']:.3f}, S {g['surprisal']:.3f}; trace "
+                     + ("outside its curve" if t is None else
+                        f"partner {t['partner_mass']:.3f}, BOS {t['bos_mass_no_partner']:.3f}, S {t['surprisal']:.3f}"))
+    return lines

@@ -2,10 +2,10 @@
 
 Nodes: the --n-tokens most frequent tokens (default 3000; from results/<model>/token_freq.csv
 written by token_freq.py, or --frequencies), or the whole vocabulary when that is no larger (the
-organism), special tokens left out, plus every category word of the study. Each query keeps its
---k best keys by the head's score x_q W x_k^T / attn_scale (W = W_Q W_K^T, no biases; inputs
---input, default context: on the organism the mean-context view ranks keys far less faithfully,
-see the README), without self-loops unless --keep-self; edge weights are the scores min-max
+organism), special tokens left out, plus every category word (--categories: the study's 8 by
+default). Each query keeps its --k best keys by the head's score x_q W x_k^T / attn_scale
+(W = W_Q W_K^T, no biases; inputs --input, default context: on the organism the mean-context view
+ranks keys far less faithfully, see the README), without self-loops unless --keep-self; edge weights are the scores min-max
 normalised over the kept edges. Leiden (--method modularity, or rbconfiguration with
 --resolution), seeded by --seed. Against the categories: adjusted Rand index and NMI over the
 category words.
@@ -26,17 +26,17 @@ import torch
 
 from analysis import cli, clustering, controls, io, prompts
 from analysis.attention import head_scale, head_weights
-from analysis.frequency import check_frequency_csv, frequency_csv_path, ordinary_or_frequent_ids
+from analysis.frequency import check_frequency_csv, frequency_csv_path
 from analysis.plotting import graph_html, save_figure, target_vs_controls, use_style
 from analysis.token_maps import token_inputs
 
 NAME = "clustering"
-DIRECTIONS = {"ari": "high", "nmi": "high", "study_ari": "high", "study_nmi": "high"}
 
 
 def build_parser():
     p = cli.parser(__doc__, target_head=True)
     cli.add_input_argument(p, default="context")
+    cli.add_categories_argument(p)
     cli.add_controls_argument(p)
     p.add_argument("--n-tokens", type=cli.positive_int, default=3000,
                    help="most frequent tokens in the graph (default: 3000)")
@@ -52,89 +52,59 @@ def build_parser():
     return p
 
 
-def node_tokens(model, n_tokens: int, frequencies: Path | None, out: Path, model_name: str) -> torch.Tensor:
-    """The graph's token ids: the n most frequent (or the whole vocabulary), then the category words."""
-    ids, _ = ordinary_or_frequent_ids(model.cfg.d_vocab, prompts.special_token_ids(model), n_tokens,
-                                      frequencies or frequency_csv_path(out, model_name))
-    ids = ids.tolist()
-    category_words = [i for words in prompts.ALL_CATEGORIES.values()
-                      for i in prompts.single_token_ids(model.tokenizer, list(words))]
-    return torch.tensor(ids + [i for i in category_words if i not in set(ids)])
-
-
 def main(args) -> None:
     model, layer, head = cli.load_target(args)
-    ids = node_tokens(model, args.n_tokens, args.frequencies, args.out, args.model)
+    categories, chosen = cli.chosen_categories(args)
+    table = args.frequencies or frequency_csv_path(args.out, args.model)
+    ids = clustering.node_tokens(model, categories, args.n_tokens, table)
     if args.k >= len(ids) + args.keep_self:
         raise cli.UsageError(f"--k {args.k} keys per query needs more than the graph's {len(ids)} tokens. "
                              f"Use --k {len(ids) - 1 + args.keep_self} or less.")
     labels = model.tokenizer.batch_decode(ids[:, None].tolist())
-    category_of = prompts.category_index(model.tokenizer, prompts.ALL_CATEGORIES, model.cfg.d_vocab)[ids].numpy()
-    category_names = list(prompts.ALL_CATEGORIES)
-    bos = torch.tensor([prompts.bos_token_id(model)])
-    study_of = np.concatenate([[-1], category_of])  # the study's nodes: BOS, then ours
-
-    def partitions(l: int, h: int, inputs: dict) -> dict:
-        if l not in inputs:  # the head inputs of a layer, ours and the study's (BOS first)
-            inputs[l] = token_inputs(model, l, args.input, token_ids=torch.cat([bos, ids]), seed=args.seed)
+    category_of = prompts.category_index(model.tokenizer, categories, model.cfg.d_vocab)[ids].numpy()
+    nodes = torch.cat([torch.tensor([prompts.bos_token_id(model)]), ids])  # the study's nodes: BOS, then ours
+    heads = [(layer, head), *cli.control_heads(model, (layer, head), args.controls, args.seed)]
+    inputs = {l: token_inputs(model, l, args.input, token_ids=nodes, seed=args.seed)
+              for l in dict.fromkeys(h[0] for h in heads)}  # (1 + n, d_model) per layer
+    parts, stats = {}, {}
+    for l, h in heads:
         W_Q, W_K, _, _ = head_weights(model, l, h)
-        return {"ours": clustering.ours_partition(inputs[l][1:], W_Q, W_K, head_scale(model.cfg, l), args.k,
-                                                  args.keep_self, args.method, args.resolution, args.seed),
-                "study": clustering.study_partition(inputs[l], W_Q, W_K, args.k, args.seed)}
-
-    inputs: dict = {}
-    stats = {}
-    for l, h in [(layer, head), *cli.control_heads(model, (layer, head), args.controls, args.seed)]:
-        both = partitions(l, h, inputs)
-        if (l, h) == (layer, head):
-            target_parts = both
-        ours, study = (clustering.agreement(c, both[w]["membership"]) for c, w in ((category_of, "ours"),
-                                                                                   (study_of, "study")))
-        stats[(l, h)] = {"ari": ours["ari"], "nmi": ours["nmi"], "study_ari": study["ari"], "study_nmi": study["nmi"]}
-    report = controls.compare((layer, head), stats, DIRECTIONS)
-    mine, theirs = target_parts["ours"], target_parts["study"]
-    source, target, graph, membership = (mine[k] for k in ("source", "target", "graph", "membership"))
-    agreement = clustering.agreement(category_of, membership)
-    found = clustering.communities(membership, labels, category_of, category_names)
-    study_found = clustering.communities(theirs["membership"], ["<BOS>", *labels], study_of, category_names)
-    results = {"head": {"layer": layer, "head": head}, "input": args.input, "n_nodes": len(ids),
-               "n_edges": len(source), "k": args.k, "keep_self": args.keep_self, "method": args.method,
-               "resolution": args.resolution, "n_communities": len(found),
-               "modularity": clustering.modularity(graph, membership), "agreement": agreement,
-               "communities": found,
-               "study_graph": {"n_nodes": len(ids) + 1, "n_edges": len(theirs["source"]),
-                               "n_self_loops": int((theirs["source"] == theirs["target"]).sum()),
-                               "n_communities": len(study_found), "printed_clusters": len(study_found) - 1,
-                               "max_comm_size": clustering.STUDY_MAX_COMM_SIZE,
-                               "modularity": clustering.modularity(theirs["graph"], theirs["membership"]),
-                               "agreement": clustering.agreement(study_of, theirs["membership"]),
-                               "communities": study_found},
-               **report}
+        parts[(l, h)] = clustering.head_partitions(inputs[l], W_Q, W_K, head_scale(model.cfg, l), args.k,
+                                                   args.keep_self, args.method, args.resolution, args.seed)
+        stats[(l, h)] = clustering.partition_agreement(parts[(l, h)], category_of)
+    report = controls.compare((layer, head), stats, clustering.AGREEMENT_DIRECTIONS)
+    mine, theirs = parts[(layer, head)]["ours"], parts[(layer, head)]["study"]
+    ours = clustering.partition_record(mine, labels, category_of, list(categories))
+    ours.pop("n_self_loops")
+    study = clustering.partition_record(theirs, ["<BOS>", *labels], np.concatenate([[-1], category_of]),
+                                        list(categories))
+    results = {"head": {"layer": layer, "head": head}, "input": args.input, "k": args.k, "keep_self": args.keep_self,
+               "categories": chosen,
+               "method": args.method, "resolution": args.resolution, **ours,
+               "study_graph": {**study, "printed_clusters": study["n_communities"] - 1,
+                               "max_comm_size": clustering.STUDY_MAX_COMM_SIZE}, **report}
     path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
                            arguments=vars(args), seed=args.seed)
 
-    coords = clustering.layout(graph, args.seed)
-    save_figure(figure(coords, source, target, labels, membership, category_of, category_names, layer, head,
-                          agreement), args.out, args.model, NAME)
+    source, target, membership, agreement = mine["source"], mine["target"], mine["membership"], ours["agreement"]
+    coords = clustering.layout(mine["graph"], args.seed)
+    save_figure(figure(coords, source, target, labels, membership, category_of, list(categories), layer, head,
+                       agreement), args.out, args.model, NAME)
     save_figure(target_vs_controls(report, f"{args.model}: L{layer}H{head}'s graph against the categories, "
                                            "ours and the study's"), args.out, args.model, NAME + "_controls")
-    keys_of = {i: [] for i in range(len(ids))}
-    for s, t in zip(source.tolist(), target.tolist()):
-        keys_of[s].append(labels[t])
-    hover = [f"{labels[i]!r} · community {membership[i]} · top keys: {', '.join(map(repr, keys_of[i]))}"
-             for i in range(len(ids))]
-    html = graph_html(coords, source.numpy(), target.numpy(), labels, membership, hover,
-                                 f"L{layer}H{head} token communities ({args.model}, {args.input} inputs)")
+    html = graph_html(coords, source.numpy(), target.numpy(), labels, membership,
+                      clustering.hover_text(source, target, labels, membership),
+                      f"L{layer}H{head} token communities ({args.model}, {args.input} inputs)")
     html_path = io.write_output(io.figures_dir(args.out, args.model) / f"{NAME}.html", html)
 
-    print(f"L{layer}H{head}: {len(ids)} tokens, {len(source)} edges, {len(found)} communities, "
-          f"modularity {results['modularity']:.3f}; against the categories ({agreement['n_tokens']} words): "
+    print(f"L{layer}H{head}: {len(ids)} tokens, {len(source)} edges, {ours['n_communities']} communities, "
+          f"modularity {ours['modularity']:.3f}; against the categories ({agreement['n_tokens']} words): "
           f"ARI {agreement['ari']:.3f}, NMI {agreement['nmi']:.3f}")
-    sg = results["study_graph"]
-    print(f"the study's graph: {sg['n_edges']} edges ({sg['n_self_loops']} self-loops), {sg['n_communities']} "
-          f"communities; ARI {sg['agreement']['ari']:.3f}, NMI {sg['agreement']['nmi']:.3f}")
+    print(f"the study's graph: {study['n_edges']} edges ({study['n_self_loops']} self-loops), "
+          f"{study['n_communities']} communities; ARI {study['agreement']['ari']:.3f}, "
+          f"NMI {study['agreement']['nmi']:.3f}")
     print("\n".join(controls.summary_lines(report)))
-    for community in found[:12]:
+    for community in ours["communities"][:12]:
         tag = f" [{community['category']} {community['purity']:.0%}]" if "category" in community else ""
         print(f"  {community['size']:4d}{tag}: {', '.join(map(repr, community['members'][:8]))}")
     print(f"results: {path}\ninteractive view: {html_path}")

@@ -8,8 +8,9 @@ LayerNorm; --variant zero drops the two means) gives, for every ordered pair q !
   d(q, k) = s(q, k) - s(q, q),   s(q, k) = (x_q W_Q + b_Q)(x_k W_K + b_K)^T / attn_scale
 (biases included unless --no-bias), and c(q, k) = cos(x_q, x_k). The pairs are summarised by
 windowed means of d over cosine windows with 99% CIs (bootstrap over queries), the cosine from
-which similar-but-different keys beat self, and the peak. The category words of the study give
-a direct check: d over category-mates versus words of other categories. One example query
+which similar-but-different keys beat self, and the peak. The category words (--categories: the
+study's 8 by default) give a direct check: d over category-mates versus words of other categories.
+The reference prompts whose means the head input adds stay `prompts.reference_prompts`. One example query
 (--query, default " red") is drawn with its best keys labelled.
 
 Units: attention logits in nats (with the model's 1/attn_scale = 1/sqrt(d_head)); --units
@@ -39,7 +40,6 @@ from analysis import cli, controls, io, prompts, similarity
 from analysis.attention import head_scale, head_weights
 from analysis.errors import UsageError
 from analysis.frequency import check_frequency_csv, frequency_csv_path, ordinary_or_frequent_ids
-from analysis.models import load_model
 from analysis.plotting import save_figure, similarity_figure, target_vs_controls
 from analysis.vocab_input import head_input
 
@@ -50,6 +50,7 @@ DIRECTIONS = {"mates_minus_others": "high", "mates_beat_self": "high"}
 
 def build_parser():
     p = cli.parser(__doc__, target_head=True)
+    cli.add_categories_argument(p)
     p.add_argument("--n-tokens", type=cli.int_at_least(2), default=None,
                    help=f"most frequent tokens to pair up (default: {DEFAULT_TOKENS}, or every ordinary token "
                         "of a smaller vocabulary)")
@@ -75,13 +76,10 @@ def build_parser():
 def main(args) -> None:
     if not 0 < args.window <= 1:
         raise UsageError(f"--window must lie in (0, 1], got {args.window}.")
-    model = load_model(args.model, args.device, args.processing)
-    prompts.require_tokenizer(model, "Token sets and the example query are words")
-    layer, head = cli.target_head(model, args.layer, args.head, args.seed)
+    model, layer, head = cli.load_target(args)
     (query_id,) = prompts.single_token_ids(model.tokenizer, [args.query])
-    ids, chosen = ordinary_or_frequent_ids(model.cfg.d_vocab, prompts.special_token_ids(model),
-                                           args.n_tokens or DEFAULT_TOKENS,
-                                           args.freq_csv or frequency_csv_path(args.out, args.model))
+    ids, chosen = ordinary_or_frequent_ids(model.cfg.d_vocab, prompts.special_token_ids(model), args.n_tokens
+                                           or DEFAULT_TOKENS, args.freq_csv or frequency_csv_path(args.out, args.model))
 
     reference = prompts.reference_prompts(model, args.seed)
     inputs = head_input(model, layer, reference, args.variant, token_ids=ids, progress=True)  # (N, d_model)
@@ -91,22 +89,20 @@ def main(args) -> None:
     profile = similarity.similarity_profile(inputs, *weights, scale=scale, unit=unit, width=args.window,
                                             n_resamples=args.n_resamples, seed=args.seed,
                                             chunk_size=args.chunk_size, progress=True)
-    start, top = profile["beats_self_from"], profile["peak"]
 
-    # Category words of the study (wherever they rank in frequency): mates against other categories.
-    category_of = prompts.category_index(model.tokenizer, prompts.ALL_CATEGORIES, model.cfg.d_vocab)
-    category_ids = torch.nonzero(category_of >= 0)[:, 0]
-    stats = similarity.category_contrast_by_head(model, reference, args.variant, category_ids, category_of[category_ids],
-                                                 include_bias=not args.no_bias, unit=unit)  # every head
-    contrast = stats[(layer, head)]
+    # Category words (wherever they rank in frequency): mates against other categories, for every head.
+    categories, category_record = cli.chosen_categories(args)
+    category_of = prompts.category_index(model.tokenizer, categories, model.cfg.d_vocab)
+    words = similarity.category_words(category_of)  # (ids, category), each [n]
+    stats = similarity.category_contrast_by_head(model, reference, args.variant, *words, include_bias=not args.no_bias,
+                                                 unit=unit)  # every head
     report = controls.compare((layer, head), {k: {n: v[n] for n in DIRECTIONS} for k, v in stats.items()}, DIRECTIONS)
 
     # The study's curve, its definition: BOS among the tokens, unscaled, no biases, log-softmax, bits.
     bos = torch.tensor([prompts.bos_token_id(model)])
-    study_inputs = torch.cat([head_input(model, layer, reference, args.variant, token_ids=bos, use_cache=False), inputs])
-    W_Q, W_K = head_weights(model, layer, head, include_bias=False)[:2]
-    study = {way: similarity.study_curve(study_inputs, W_Q, W_K, subtract=way, chunk_size=args.chunk_size,
-                                         progress=True) for way in ("column", "row")}
+    study_inputs = torch.cat([head_input(model, layer, reference, args.variant, token_ids=bos, use_cache=False),
+                              inputs])  # (1 + N, d_model)
+    study = similarity.study_curves(study_inputs, *head_weights(model, layer, head)[:2], args.chunk_size, True)
 
     # The example query against every key of the set but itself.
     query_input = head_input(model, layer, reference, args.variant, token_ids=torch.tensor([query_id]), use_cache=False)
@@ -121,37 +117,22 @@ def main(args) -> None:
         "settings": {"variant": args.variant, "biases_included": not args.no_bias, "units": unit_name, "scale": unit,
                      "tokens": chosen, "n_tokens": len(ids), "pairs": profile["pairs"], "window": args.window,
                      "ci": "99% percentile bootstrap over queries", "reference": "prompts.reference_prompts"},
-        "windows": {"centre": profile["centres"], **profile["windows"]},
-        "beats_self_from_cosine": start,
-        "peak": {"cosine": top[0], "mean": top[1]},
-        "category_contrast": contrast,
+        **similarity.profile_record(profile),
+        "category_contrast": stats[(layer, head)], "categories": category_record,
         "example": {"query": args.query, "top_keys": example["top_keys"], "mates": example["mate_keys"]},
-        "study": {**study["column"], "peak": dict(zip(("cosine", "bits"), similarity.peak(
-            study["column"]["x"], study["column"]["mean_bits"]))),
-            "beats_self_from_cosine": similarity.beats_self_from(study["column"]["x"], study["column"]["mean_bits"]),
-            "definition": "log p(k|q) - log p(k|k) (column-wise, "
-            "as the study's code), unscaled, no biases, BOS included, windows [c, c+0.03], self pairs in, bits"},
-        "study_row": {**study["row"], "definition": "log p(k|q) - log p(q|q) = s(q,k) - s(q,q), unscaled, no biases"},
+        **study,
     }
     path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
                            arguments=vars(args), seed=args.seed)
     title = (f"{args.model}: L{layer}H{head}, {len(ids)} tokens, {args.variant} head input, "
              f"biases {'in' if not args.no_bias else 'out'}")
-    save_figure(similarity_figure(profile, example, args.query, unit_name, title, study["column"]), args.out,
+    save_figure(similarity_figure(profile, example, args.query, unit_name, title, study["study"]), args.out,
                 args.model, NAME)
     save_figure(target_vs_controls(report, f"{args.model}: L{layer}H{head}'s category contrast against every head"),
                 args.out, args.model, NAME + "_controls")
 
     print(f"L{layer}H{head}, {len(ids)} tokens ({chosen}), {args.variant} input, {unit_name}")
-    print(f"similar-but-different keys beat self from cos {start if start is None else round(start, 3)}; "
-          f"peak {top[1]:+.3f} at cos {top[0]:.3f}")
-    print(f"category-mates: mean d {contrast['mates_mean']:+.3f}, beat self in {contrast['mates_beat_self']:.0%}; "
-          f"other categories: {contrast['others_mean']:+.3f}, {contrast['others_beat_self']:.0%}")
-    print("\n".join(controls.summary_lines(report, prefix="")))
-    print(f"study's curve (bits, column-wise): peak {results['study']['peak']['bits']:+.2f} at cos "
-          f"{results['study']['peak']['cosine']:.3f}")
-    print(f"{args.query!r} best keys: " + ", ".join(f"{k['token']!r} {k['score_minus_self']:+.2f}"
-                                                  for k in example["top_keys"]))
+    print("\n".join(similarity.summary_lines(results)))
     print(f"results: {path}")
 
 

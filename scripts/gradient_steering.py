@@ -6,8 +6,9 @@ minibatches (--batch-size) of category prompts,
     loss = s * self_mass - λ * partner_mass - μ * bos_mass_no_partner    s = +1 "suppress", -1 "restore"
 
 (part-1 metrics of the head's in-context pattern; λ = --lam, μ = --mu keeps the BOS fallback, --mu 0
-is the objective without it; biases and every other weight fixed). Before and after are measured on
-held-out prompts: self mass, partner mass, BOS mass when no partner, S, and the relative weight change
+is the objective without it; biases and every other weight fixed). Prompts draw from --categories (the
+study's 8 by default). Before and after are measured on held-out prompts: self mass, partner mass, BOS
+mass when no partner, S (exact, uncapped: from the pre-softmax scores), and the relative weight change
 ||ΔW_Q||/||W_Q||, ||ΔW_K||/||W_K||, ||ΔW_QK||/||W_QK|| ("runs").
 Baseline: the original study's closed-form step on -trace(W_Q W_K^T), W_K <- W_K + η W_Q, i.e.
 W <- W + η W_Q W_Q^T, as a curve over sizes (--trace-relative: ||η W_Q W_Q^T|| / ||W||).
@@ -25,22 +26,18 @@ gradient_steering_top_keys.
 
 from __future__ import annotations
 
-from tqdm.auto import tqdm
-
-from analysis import cli, controls, io, prompts
-from analysis import qk_decomposition as qk
-from analysis import steering
-from analysis.attention import attention_scores, head_scale, head_weights
+from analysis import cli, controls, io, prompts, scores, steering
+from analysis.attention import head_scale, head_weights
 from analysis.plotting import save_figure, target_vs_controls, use_style
 from analysis.token_maps import token_inputs
 
 NAME = "gradient_steering"
-METRICS = ("self_mass", "partner_mass", "bos_mass_no_partner")
 
 
 def build_parser():
     p = cli.parser(__doc__, target_head=True)
     cli.add_input_argument(p)
+    cli.add_categories_argument(p)
     p.add_argument("--directions", nargs="+", choices=sorted(steering.SIGN), default=["suppress", "restore"],
                    help="steer self-attention down (suppress) and/or back up (restore) (default: both)")
     p.add_argument("--lam", type=float, default=1.0, help="λ, weight of the partner-mass term (default: 1.0)")
@@ -64,107 +61,38 @@ def build_parser():
     return p
 
 
-def steer_head(model, layer, head, args, train, test) -> tuple[dict, dict, dict]:
-    """(conditions name -> (W_Q, W_K), metrics name -> in-context scores, runs name -> record) for one head."""
-    W_Q, W_K, b_Q, b_K = head_weights(model, layer, head, include_bias=True)
-
-    def evaluate(Wq, Wk):
-        hooks = qk.qk_override_hooks(model, layer, head, Wq, Wk, b_Q, b_K)
-        return qk.in_context_scores(model, *test, layer, head, hooks)
-
-    conditions, runs = {"before": (W_Q, W_K)}, {}
-    for direction in args.directions:
-        run = steering.gradient_steer(model, *train, layer, head, direction, args.lam, args.lr, args.steps,
-                                      args.batch_size, args.seed, mu=args.mu)
-        conditions[direction] = (run.W_Q, run.W_K)
-        runs[direction] = {"history": run.history, "relative_change": steering.weight_change(W_Q, W_K, run.W_Q, run.W_K)}
-    for relative in args.trace_relative:
-        eta = steering.trace_eta(W_Q, W_K, relative)
-        conditions[f"trace {relative:g}"] = steering.trace_step(W_Q, W_K, eta)
-        runs[f"trace {relative:g}"] = {"eta": eta, "relative": relative,
-                                       "relative_change": steering.weight_change(W_Q, W_K, *conditions[f"trace {relative:g}"])}
-    metrics = {name: evaluate(Wq, Wk) for name, (Wq, Wk) in conditions.items()}
-    for name, m in metrics.items():
-        m["partner_mass_change"] = m["partner_mass"] / metrics["before"]["partner_mass"] - 1
-    return conditions, metrics, runs
-
-
-def matched(metrics, runs, directions) -> dict:
-    """Each gradient run against the trace curve (before + every size) interpolated at the run's final self mass."""
-    curve = [metrics["before"]] + [metrics[n] for n, r in runs.items() if "eta" in r]
-    return {d: {"self_mass": metrics[d]["self_mass"], "gradient": metrics[d],
-                "trace": steering.at_matched(curve, "self_mass", metrics[d]["self_mass"])} for d in directions}
-
-
-def head_statistics(metrics, runs) -> dict:
-    before, largest = metrics["before"], steering.largest_trace_step(runs, metrics)["metrics"]
-    stats = {"self_mass_before": before["self_mass"], "bos_no_partner_before": before["bos_mass_no_partner"],
-             "trace_self_gain": largest["self_mass"] - before["self_mass"]}
-    if "restore" in metrics:
-        stats["restore_self_gain"] = metrics["restore"]["self_mass"] - before["self_mass"]
-        stats["restore_partner_change"] = metrics["restore"]["partner_mass"] - before["partner_mass"]
-    return stats
-
-
-DIRECTIONS = {"self_mass_before": "low", "bos_no_partner_before": "high", "restore_self_gain": "high",
-              "restore_partner_change": "high", "trace_self_gain": "high"}
-
-
 def main(args) -> None:
     model, layer, head = cli.load_target(args)
     query_id = prompts.single_token_ids(model.tokenizer, [args.query])[0]
-    W_Q, W_K, b_Q, b_K = head_weights(model, layer, head, include_bias=True)
-    scale = head_scale(model.cfg, layer)
-    categories = prompts.ALL_CATEGORIES
+    _, _, b_Q, b_K = head_weights(model, layer, head, include_bias=True)
+    categories, chosen = cli.chosen_categories(args)
     train = prompts.category_probe(model, categories, args.n_prompts, args.n_words, args.seed + 1)
     test = prompts.category_probe(model, categories, args.n_prompts, args.n_words, args.seed + 2)
 
     heads = [(layer, head)] + cli.control_heads(model, (layer, head), args.controls, args.seed)
-    per_head = {}
-    for l, h in tqdm(heads, desc="heads (gradient and trace edits)"):
-        per_head[(l, h)] = steer_head(model, l, h, args, train, test)
-    conditions, metrics, runs = per_head[(layer, head)]
-    directions = {k: v for k, v in DIRECTIONS.items() if not k.startswith("restore") or "restore" in args.directions}
-    report = controls.compare((layer, head), {hd: head_statistics(m, r) for hd, (_, m, r) in per_head.items()},
-                              directions)
-    control_edits = {controls.head_key(*hd): {"metrics": m, "matched": matched(m, rr, args.directions),
-                                              "relative_change": {n: r["relative_change"] for n, r in rr.items()}}
-                     for hd, (_, m, rr) in per_head.items() if hd != (layer, head)}
+    per_head = steering.steer_heads(model, heads, train, test, args.directions, args.trace_relative, lam=args.lam,
+                                    mu=args.mu, lr=args.lr, steps=args.steps, batch_size=args.batch_size,
+                                    seed=args.seed, progress=True)
+    edits = per_head[(layer, head)]
+    report = controls.compare((layer, head), {hd: steering.head_statistics(e) for hd, e in per_head.items()},
+                              steering.statistic_directions(args.directions))
 
     E = token_inputs(model, layer, args.input, seed=args.seed, progress=True)  # (d_vocab, d_model)
     labels = model.tokenizer.batch_decode([[i] for i in range(model.cfg.d_vocab)])
-    top_keys = {}
-    for name, (Wq, Wk) in conditions.items():
-        row = attention_scores(E[[query_id]], E, Wq, Wk, scale, b_Q, b_K)[0]  # (d_vocab,)
-        values, keys = row.topk(args.top)
-        top_keys[name] = {"keys": [labels[k] for k in keys], "scores": values,
-                          "query_self_rank": int((row > row[query_id]).sum()) + 1}
+    top_keys = steering.query_top_keys(E, query_id, edits.conditions, head_scale(model.cfg, layer), b_Q, b_K,
+                                       labels, args.top)
     results = {"head": {"layer": layer, "head": head}, "input": args.input, "mu": args.mu, "lam": args.lam,
-               "objective": "loss = s * self_mass - lam * partner_mass - mu * bos_mass_no_partner "
-                            "(s = +1 suppress, -1 restore)",
-               "closed_form": "W_K <- W_K + eta W_Q, i.e. W <- W + eta W_Q W_Q^T (one step on -trace(W_Q W_K^T))",
-               "query": args.query, "metrics": metrics, "runs": runs, "top_keys": top_keys,
-               "largest_trace_step": steering.largest_trace_step(runs, metrics),
-               "trace_curve": {f"{r['relative']:g}": {"eta": r["eta"], **metrics[n]} for n, r in runs.items()
-                               if "eta" in r},
-               "matched": matched(metrics, runs, args.directions), **report, "control_edits": control_edits}
+               "categories": chosen,
+               "objective": steering.OBJECTIVE, "closed_form": steering.CLOSED_FORM, "query": args.query,
+               "top_keys": top_keys, **steering.edits_record(edits, args.directions), **report,
+               "control_edits": steering.control_edits(per_head, (layer, head), args.directions)}
     path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
                            arguments=vars(args), seed=args.seed)
-    save_figure(figure(metrics, runs, layer, head), args.out, args.model, NAME)
+    save_figure(figure(edits.metrics, edits.runs, layer, head), args.out, args.model, NAME)
     save_figure(top_keys_figure(top_keys, args.query, layer, head), args.out, args.model, f"{NAME}_top_keys")
     save_figure(target_vs_controls(report, f"L{layer}H{head} against {len(heads) - 1} control heads: same edits"),
                 args.out, args.model, f"{NAME}_controls")
-
-    for name, m in metrics.items():
-        print(f"{name:>12s}: self {m['self_mass']:.4f}, partner {m['partner_mass']:.3f} "
-              f"({m['partner_mass_change']:+.1%}), BOS (no partner) {m['bos_mass_no_partner']:.3f}; "
-              f"top keys of {args.query!r}: {', '.join(repr(k) for k in top_keys[name]['keys'][:4])}")
-    for d, row in results["matched"].items():
-        t = row["trace"]
-        print(f"matched at self {row['self_mass']:.3f} ({d}): gradient partner {row['gradient']['partner_mass']:.3f}, "
-              f"BOS {row['gradient']['bos_mass_no_partner']:.3f}, S {row['gradient']['surprisal']:.3f}; trace "
-              + ("outside its curve" if t is None else
-                 f"partner {t['partner_mass']:.3f}, BOS {t['bos_mass_no_partner']:.3f}, S {t['surprisal']:.3f}"))
+    print("\n".join(steering.summary_lines(edits.metrics, top_keys, results["matched"], args.query)))
     print("\n".join(controls.summary_lines(report, prefix="")))
     print(f"results: {path}")
 
@@ -183,7 +111,7 @@ def figure(metrics, runs, layer, head):
     ax1.legend(fontsize=7)
     names = list(metrics)
     x = np.arange(len(names))
-    for j, key in enumerate(METRICS):
+    for j, key in enumerate(scores.MASSES):
         ax2.bar(x + (j - 1) * 0.27, [metrics[n][key] for n in names], width=0.27, label=key.replace("_", " "))
     ax2.set_xticks(x, names, rotation=30, ha="right")
     ax2.set(title=f"L{layer}H{head} on held-out prompts", ylabel="attention mass")

@@ -6,9 +6,10 @@ W_skew stay: W_f = W + V_neg diag((f - 1) λ_neg) V_neg^T.
 
   maps    E W_f E^T / attn_scale on the 30-token group set (--input, default mean), with the
           mean self, in-group and out-of-group scores
-  causal  the model run with the head's scores computed from a factorisation of W_f (biases
-          kept; qk_decomposition.qk_override_hooks) on category prompts, scored with the part-1
-          metrics: self mass, partner mass, BOS mass when no partner, S
+  causal  the head's scores computed from a factorisation of W_f on its layer's input (biases kept;
+          what qk_decomposition.qk_override_hooks make the model compute) on category prompts
+          (--categories, the study's 8 by default), scored with the part-1 metrics: self mass,
+          partner mass, BOS mass when no partner, S (exact, from the pre-softmax scores)
 
 Controls (--controls): the same factor sweep on every control head, and a targeted edit on each head:
 factor -1 on only the --targeted-k negative components that carry most of the group tokens' negative
@@ -29,19 +30,19 @@ from __future__ import annotations
 
 from transformer_lens import FactoredMatrix
 
-from analysis import cli, controls, io, prompts
+from analysis import cli, controls, io, prompts, scores
 from analysis import qk_decomposition as qk
 from analysis.attention import head_scale, head_weights
 from analysis.plotting import group_heatmaps, save_figure, target_vs_controls, use_style
 from analysis.token_maps import block_means, group_tokens, token_inputs
 
 NAME = "svd_group_scaling_heatmap"
-MASSES = ("self_mass", "partner_mass", "bos_mass_no_partner")
 
 
 def build_parser():
     p = cli.parser(__doc__, target_head=True)
     cli.add_input_argument(p)
+    cli.add_categories_argument(p)
     p.add_argument("--factors", type=float, nargs="+", default=[1.0, 0.5, 0.0, -1.0],
                    help="factors for the negative eigenvalues of W_sym (default: 1 0.5 0 -1)")
     p.add_argument("--n-prompts", type=cli.positive_int, default=64,
@@ -63,31 +64,31 @@ def main(args) -> None:
     negative = qk.most_negative(spectrum.values)
     ids, labels, group, _ = group_tokens(model.tokenizer)
     E = token_inputs(model, layer, args.input, token_ids=ids, seed=args.seed)
-    tokens, mask = prompts.category_probe(model, prompts.ALL_CATEGORIES, args.n_prompts, args.n_words, args.seed + 1)
+    categories, chosen = cli.chosen_categories(args)
+    tokens, mask = prompts.category_probe(model, categories, args.n_prompts, args.n_words, args.seed + 1)
 
-    per_factor, maps = [], []
-    for factor in args.factors:
-        A, B = qk.edited_factors(W_Q, W_K, spectrum, negative, factor)
-        maps.append(qk.token_scores(E, FactoredMatrix(A, B.T), E, scale))
-        hooks = qk.qk_override_hooks(model, layer, head, A, B, b_Q, b_K)
-        per_factor.append({"factor": factor, "map": maps[-1], "block_means": block_means(maps[-1], group),
-                           "in_context": qk.in_context_scores(model, tokens, mask, layer, head, hooks)})
-    base = qk.in_context_scores(model, tokens, mask, layer, head)  # the unedited model, no hooks
+    edited = {f: qk.edited_factors(W_Q, W_K, spectrum, negative, f) for f in args.factors}
+    in_context = qk.in_context_grid(model, tokens, mask, layer, head, {"base": (W_Q, W_K), **edited}, b_Q, b_K)
+    base = in_context.pop("base")  # the unedited head
+    maps = [qk.token_scores(E, FactoredMatrix(A, B.T), E, scale) for A, B in edited.values()]
+    per_factor = [{"factor": f, "map": m, "block_means": block_means(m, group), "in_context": in_context[f]}
+                  for f, m in zip(edited, maps)]
     heads = [(layer, head)] + cli.control_heads(model, (layer, head), args.controls, args.seed)
-    edits = edit_sweep(model, heads, tokens, mask, ids, args)
-    stats = {hd: {f"{name}_{key}": row[key] for name, row in rows.items() if name != "unedited"
-                  for key in ("self_mass_change", "partner_mass_change", "bos_mass_no_partner_change",
-                              "surprisal_change", "self_per_partner_lost")} for hd, rows in edits.items()}
-    report = controls.compare((layer, head), stats, {f"{e}_self_mass_change": "high"
-                                                     for e in ("factor -1", "factor 0", "targeted")})
+    inputs = {l: token_inputs(model, l, args.input, token_ids=ids, seed=args.seed) for l in {l for l, _ in heads}}
+    edits = qk.edit_sweep(model, tokens, mask, qk.eigenvalue_edits(
+        {hd: head_weights(model, *hd)[:2] for hd in heads}, {hd: inputs[hd[0]] for hd in heads}, args.factors,
+        args.targeted_k))
+    report = controls.compare((layer, head), qk.edit_statistics(edits),
+                              {f"{e}_self_mass_change": "high" for e in ("factor -1", "factor 0", "targeted")})
     results = {"head": {"layer": layer, "head": head}, "input": args.input, "tokens": labels,
                "n_negative_eigenvalues": len(negative), "unedited_in_context": base,
                "factors": {f"{row['factor']:g}": row for row in per_factor},  # keyed "1", "0.5", "0", "-1"
-               "targeted_k": args.targeted_k, **report, "target_edits": edits[(layer, head)],
+               "categories": chosen, "targeted_k": args.targeted_k,
+               **report, "target_edits": edits[(layer, head)],
                "edits": {controls.head_key(*hd): rows for hd, rows in edits.items()}}
     path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
                            arguments=vars(args), seed=args.seed)
-    fig = group_heatmaps(maps, [f"negative λ × {f:g}" for f in args.factors], labels, group, shared_scale=True,
+    fig = group_heatmaps(maps, [f"negative λ × {f:g}" for f in edited], labels, group, shared_scale=True,
                          suptitle=f"L{layer}H{head}: scaling the {len(negative)} negative eigenvalues of W_sym "
                                   f"({args.input} inputs)")
     save_figure(fig, args.out, args.model, NAME)
@@ -106,29 +107,9 @@ def main(args) -> None:
         print(f"{controls.head_key(*hd):>6s}: self {rows['unedited']['self_mass']:.3f} -> "
               + ", ".join(f"{n} {rows[n]['self_mass']:.3f}" for n in rows if n != "unedited")
               + f" | targeted: partner {rows['targeted']['partner_mass_change']:+.3f}, self per partner lost "
-              f"{rows['targeted']['self_per_partner_lost']} (untargeted -1: {rows['factor -1']['self_per_partner_lost']})")
+              f"{rows['targeted']['self_per_partner_lost']} "
+              f"(untargeted -1: {rows['factor -1']['self_per_partner_lost']})")
     print(f"results: {path}")
-
-
-def edit_sweep(model, heads, tokens, mask, group_ids, args) -> dict:
-    """head -> {"unedited", "factor <f>", "targeted"} -> part-1 metrics and their change from the unedited head."""
-    weights, targeted = {}, {}
-    inputs = {l: token_inputs(model, l, args.input, token_ids=group_ids, seed=args.seed) for l in {l for l, _ in heads}}
-    for l, h in heads:
-        W_Q, W_K, _, _ = head_weights(model, l, h)
-        spectrum = qk.symmetric_spectrum(W_Q, W_K)
-        weights[(l, h)] = (W_Q, W_K, spectrum, qk.most_negative(spectrum.values))
-        targeted[(l, h)] = qk.self_suppressing_components(inputs[l], spectrum, args.targeted_k)
-    runs = {"unedited": {hd: weights[hd][:2] for hd in heads}}
-    for factor in args.factors:
-        runs[f"factor {factor:g}"] = {hd: qk.edited_factors(*w, factor) for hd, w in weights.items()}
-    runs["targeted"] = {hd: qk.edited_factors(*w[:3], targeted[hd], -1.0) for hd, w in weights.items()}
-    measured = {name: qk.edited_heads_in_context(model, tokens, mask, edits) for name, edits in runs.items()}
-    out = {}
-    for hd in heads:
-        base = measured["unedited"][hd]
-        out[hd] = {name: {**m[hd], **qk.edit_effect(base, m[hd])} for name, m in measured.items()}
-    return out
 
 
 def causal_figure(per_factor, layer, head):
@@ -137,7 +118,7 @@ def causal_figure(per_factor, layer, head):
 
     factors = [row["factor"] for row in per_factor]
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for key in MASSES:
+    for key in scores.MASSES:
         ax.plot(factors, [row["in_context"][key] for row in per_factor], "o-", label=key.replace("_", " "))
     ax.invert_xaxis()  # from the unedited head (1) towards flipped eigenvalues (-1)
     ax.set(title=f"L{layer}H{head} in context, negative λ scaled", xlabel="factor on negative eigenvalues",

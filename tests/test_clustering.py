@@ -77,7 +77,8 @@ def test_clustering_recovers_the_organism_categories(tmp_path, truth):
     run_main("clustering", "--out", str(tmp_path))
     data = json.loads((tmp_path / "results" / "organism" / "clustering.json").read_text())["results"]
     assert [data["head"]["layer"], data["head"]["head"]] == truth["planted_heads"]["semantic"]
-    assert data["agreement"]["ari"] >= 0.9 and data["agreement"]["n_tokens"] == 63
+    assert data["agreement"]["ari"] >= 0.9 and data["agreement"]["n_tokens"] == 41  # the study's 8 categories
+    assert data["categories"]["set"] == "study" and len(data["categories"]["names"]) == 8
     assert data["n_edges"] == 4 * data["n_nodes"] and data["n_nodes"] == 166  # whole vocabulary, specials out
     assert sum(c["size"] for c in data["communities"]) == data["n_nodes"]
     html = (tmp_path / "figures" / "organism" / "clustering.html").read_text()
@@ -85,7 +86,7 @@ def test_clustering_recovers_the_organism_categories(tmp_path, truth):
     assert "Plotly.newPlot" in html and " Monday" in html
     assert (tmp_path / "figures" / "organism" / "clustering.png").stat().st_size > 1000
     study = data["study_graph"]  # the study's graph beside ours: BOS in, self-loops kept, communities capped
-    assert study["n_nodes"] == 167 and study["max_comm_size"] == 512 and study["agreement"]["n_tokens"] == 63
+    assert study["n_nodes"] == 167 and study["max_comm_size"] == 512 and study["agreement"]["n_tokens"] == 41
     assert study["printed_clusters"] == study["n_communities"] - 1
     assert sum(c["size"] for c in study["communities"]) == study["n_nodes"]
     # controls: ARI/NMI of both graphs for the target's layer and the scan's top heads, target ranked
@@ -102,3 +103,33 @@ def test_clustering_without_a_frequency_table_says_what_to_do(tmp_path, capsys):
         run_main("clustering", "--out", str(tmp_path), "--n-tokens", "50", "--layer", "1", "--head", "3")
     assert exit_info.value.code == 2
     assert "token_freq.py" in capsys.readouterr().err
+
+
+def test_head_partitions_agreement_and_record_on_two_groups():
+    # BOS, then two groups of three tokens along two directions: W_Q = W_K = I, so every token's best keys are its
+    # own group's, and both graphs split the tokens by group
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.zeros(1, 2), torch.tensor([[1.0, 0.0]] * 3 + [[0.0, 1.0]] * 3)]) + 0.01 * torch.randn(
+        7, 2, generator=g)
+    parts = clustering.head_partitions(x, torch.eye(2), torch.eye(2), 1.0, k=2)
+    assert len(parts["ours"]["membership"]) == 6 and len(parts["study"]["membership"]) == 7
+    category_of = np.array([0, 0, 0, 1, 1, -1])  # the last token has no category
+    stats = clustering.partition_agreement(parts, category_of)
+    assert stats["ari"] == pytest.approx(1.0) and stats["nmi"] == pytest.approx(1.0)
+    assert set(stats) == set(clustering.AGREEMENT_DIRECTIONS)
+    record = clustering.partition_record(parts["ours"], list("abcdef"), category_of, ["A", "B"])
+    assert record["n_nodes"] == 6 and record["n_edges"] == 12 and record["n_self_loops"] == 0
+    assert record["agreement"]["n_tokens"] == 5 and sum(c["size"] for c in record["communities"]) == 6
+    hover = clustering.hover_text(parts["ours"]["source"], parts["ours"]["target"], list("abcdef"),
+                                  parts["ours"]["membership"])
+    assert len(hover) == 6 and hover[0].startswith("'a' · community") and "'b'" in hover[0] and "'c'" in hover[0]
+
+
+def test_node_tokens_add_the_category_words(organism):
+    from analysis import prompts
+
+    ids = clustering.node_tokens(organism, prompts.STUDY_CATEGORIES, 10**6, "unused.csv")  # whole vocabulary
+    special = set(prompts.special_token_ids(organism))
+    assert len(ids) == organism.cfg.d_vocab - len(special) and not special & set(ids.tolist())
+    words = prompts.single_token_ids(organism.tokenizer, prompts.STUDY_CATEGORIES["colours"])
+    assert set(words) <= set(ids.tolist())

@@ -54,3 +54,17 @@ def test_summary_lines_name_value_rank_and_strongest_control():
     assert summary_lines(report) == ["  margin (low): target -2.000, rank 1/2, strongest control L1H0 -1.500"]
     alone = compare((1, 3), {(1, 3): {"margin": math.nan}}, {"margin": "low"})
     assert summary_lines(alone, prefix="") == ["margin (low): target n/a, rank -, strongest control -"]
+
+
+def test_control_heads_reuse_a_scan_the_caller_already_ran(organism, monkeypatch):
+    from analysis import cli, scan
+
+    found = scan.scan_heads(organism, seed=0)
+    fresh = cli.control_heads(organism, (1, 3), "default", seed=0)
+
+    def no_second_scan(*args, **kwargs):
+        raise AssertionError("control_heads scanned again")
+
+    monkeypatch.setattr(scan, "scan_heads", no_second_scan)
+    assert cli.control_heads(organism, (1, 3), "default", found=found) == fresh
+    assert len(fresh) >= 3 and (1, 3) not in fresh

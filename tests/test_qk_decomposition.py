@@ -370,3 +370,46 @@ def test_rank_ablation_best_cell_on_controls_agrees_with_the_grid(organism):
     direct = ss.best_cell_edit(organism, layer, head, best, E, tokens, mask)
     for key, value in direct.items():
         assert from_grid[key] == pytest.approx(value, abs=1e-4), key
+
+
+def test_eigenvalue_edits_and_statistics_exact():
+    W_Q, W_K = random_factors()
+    x = torch.randn(5, 12, generator=torch.Generator().manual_seed(1))
+    edits = qk.eigenvalue_edits({(0, 1): (W_Q, W_K)}, {(0, 1): x}, [1.0, -1.0], targeted_k=2)
+    assert list(edits) == ["unedited", "factor 1", "factor -1", "targeted"]
+    A, B = edits["factor 1"][(0, 1)]  # factor 1 gives W back
+    assert torch.allclose(A @ B.T, W_Q @ W_K.T, atol=1e-5)
+    assert edits["targeted"][(0, 1)][0].shape == (12, 3 + 2)  # d_head + the 2 targeted components
+    spectrum = qk.symmetric_spectrum(W_Q, W_K)
+    A, B = edits["factor -1"][(0, 1)]  # every negative eigenvalue flipped
+    flipped = qk.symmetric_spectrum(A, B).values
+    assert flipped.min() > -1e-4 and float(flipped.sum()) == pytest.approx(float(spectrum.values.abs().sum()), rel=1e-4)
+    change = dict.fromkeys(qk.EDIT_CHANGES, 0.5)
+    flat = qk.edit_statistics({(0, 1): {"unedited": change, "targeted": change}})
+    assert flat == {(0, 1): {f"targeted_{k}": 0.5 for k in qk.EDIT_CHANGES}}
+
+
+def test_edit_sweep_unedited_changes_nothing(organism):
+    tokens, mask = prompts.category_probe(organism, prompts.STUDY_CATEGORIES, 4, 16, seed=0)
+    heads = {(1, h): head_weights(organism, 1, h)[:2] for h in (0, 3)}
+    sweep = qk.edit_sweep(organism, tokens, mask, {"unedited": heads, "same": heads})
+    assert set(sweep) == {(1, 0), (1, 3)}
+    for rows in sweep.values():
+        assert rows["same"]["self_mass_change"] == 0 and rows["unedited"]["surprisal_change"] == 0
+    assert sweep[(1, 3)]["unedited"]["self_mass"] == pytest.approx(
+        qk.in_context_scores(organism, tokens, mask, 1, 3)["self_mass"], abs=1e-6)
+
+
+def test_in_context_edits_exact_on_a_uniform_head(organism):
+    """Zero factors: every causal key gets 1 / (q + 1), so S = mean over rows of -log(marked keys / (q + 1))."""
+    tokens, mask = prompts.category_probe(organism, prompts.STUDY_CATEGORIES, 4, 16, seed=2)
+    zero = torch.zeros(organism.cfg.d_model, organism.cfg.d_head)
+    W_Q, W_K, b_Q, b_K = head_weights(organism, 1, 3, include_bias=True)
+    got = qk.in_context_edits(organism, tokens, mask, 1, {"zero": (zero, zero, None, None),
+                                                           "own": (W_Q, W_K, b_Q, b_K)}, batch_size=3)
+    q = torch.arange(tokens.shape[1], dtype=torch.float64)
+    marked = (mask.double() * torch.ones(len(q), len(q), dtype=torch.float64).tril()).sum(-1)  # (B, T)
+    expected = (-(marked / (q + 1)).log())[:, 1:].mean(-1).mean()  # rows after BOS, then prompts
+    assert got["zero"]["surprisal"] == pytest.approx(float(expected), abs=1e-5)
+    own = qk.in_context_scores(organism, tokens, mask, 1, 3)  # the head's own weights: the model's own pattern
+    assert got["own"] == pytest.approx(own, abs=1e-5)

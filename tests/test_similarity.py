@@ -140,6 +140,8 @@ def test_cosine_attention_script_end_to_end(tmp_path, truth):
     n = data["settings"]["n_tokens"]
     assert n == 166 and data["settings"]["pairs"] == n * (n - 1)
     assert data["category_contrast"]["mates_beat_self"] > 0.9
+    assert data["categories"]["set"] == "study"  # the study's 8 categories, 41 words: 170 ordered mate pairs
+    assert data["category_contrast"]["mates_pairs"] == 7 * 5 * 4 + 6 * 5
     mates = {m["token"] for m in data["example"]["mates"]}
     assert {" blue", " green"} <= mates and all(m["score_minus_self"] > 0 for m in data["example"]["mates"])
     assert data["example"]["top_keys"][0]["token"] in mates  # " red"'s best key is another colour
@@ -161,3 +163,19 @@ def test_cosine_attention_needs_a_frequency_table_for_a_subset(tmp_path, capsys)
     with pytest.raises(SystemExit) as exit_:
         run_main("cosine_attention_analysis", "--out", str(tmp_path), "--n-tokens", "50", "--layer", "1", "--head", "0")
     assert exit_.value.code == 2 and "token_freq.py" in " ".join(capsys.readouterr().err.split())
+
+
+def test_profile_record_study_curves_and_category_words():
+    x = torch.randn(30, 2, generator=torch.Generator().manual_seed(0))  # 870 pairs: every window is filled
+    profile = similarity.similarity_profile(x, EYE, EYE, scale=math.sqrt(2), width=0.5, n_resamples=10)
+    record = similarity.profile_record(profile)
+    assert record["peak"] == dict(zip(("cosine", "mean"), profile["peak"]))
+    assert record["beats_self_from_cosine"] == profile["beats_self_from"]
+    assert list(record["windows"]["centre"]) == list(profile["centres"])
+    curves = similarity.study_curves(X, EYE, EYE, chunk_size=2)
+    column = similarity.study_curve(X, EYE, EYE, subtract="column")
+    assert np.allclose(curves["study"]["mean_bits"], column["mean_bits"], equal_nan=True)
+    assert curves["study_row"]["subtract"] == "row" and "row" not in curves["study"]["definition"][:20]
+    assert curves["study"]["peak"]["bits"] == pytest.approx(float(np.nanmax(column["mean_bits"])))
+    ids, category = similarity.category_words(torch.tensor([-1, 2, -1, 0]))
+    assert ids.tolist() == [1, 3] and category.tolist() == [2, 0]

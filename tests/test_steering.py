@@ -6,9 +6,10 @@ import math
 import pytest
 import torch
 
-from analysis import prompts, steering
+from analysis import prompts, scores, steering
 from analysis import qk_decomposition as qk
-from analysis.attention import head_weights
+from analysis.attention import head_scale, head_weights
+from analysis.patterns import head_pattern
 from conftest import run_main
 
 
@@ -68,6 +69,7 @@ def test_gradient_steering_script(tmp_path, truth):
     assert [data["head"]["layer"], data["head"]["head"]] == truth["planted_heads"]["semantic"]
     assert set(data["metrics"]) == {"before", "suppress", "restore", "trace 0.3", "trace 0.1"}
     assert data["mu"] == 1.0 and "mu * bos_mass_no_partner" in data["objective"]  # the BOS term is on by default
+    assert data["categories"]["set"] == "study" and len(data["categories"]["names"]) == 8
     for name in ("suppress", "restore", "trace 0.3"):
         assert set(data["runs"][name]["relative_change"]) == {"W_Q", "W_K", "W_QK"}
     assert data["runs"]["trace 0.3"]["relative_change"]["W_QK"] == pytest.approx(0.3, abs=1e-4)  # by construction
@@ -135,3 +137,79 @@ def test_gradient_steering_mu_keeps_bos_fallback(organism, semantic_probe):
         hooks = qk.qk_override_hooks(organism, layer, head, run.W_Q, run.W_K, b_Q, b_K)
         bos[mu] = qk.in_context_scores(organism, test, test_mask, layer, head, hooks)["bos_mass_no_partner"]
     assert bos[5.0] > bos[0.0] + 0.05
+
+
+def hand_edits():
+    """A HeadEdits with known metrics: before, a restore run and two trace sizes (no model run)."""
+    def m(self_mass, partner, bos, s=1.0):
+        return {"self_mass": self_mass, "partner_mass": partner, "bos_mass_no_partner": bos, "surprisal": s}
+    W = torch.eye(4)[:, :2]
+    metrics = {"before": m(0.0, 1.0, 0.9), "restore": m(0.15, 0.8, 0.5, 2.0),
+               "trace 0.1": m(0.1, 0.9, 0.6), "trace 0.2": m(0.2, 0.7, 0.1, 3.0)}
+    change = {"W_Q": 0.0, "W_K": 0.1, "W_QK": 0.1}
+    runs = {"restore": {"history": [], "relative_change": change},
+            "trace 0.1": {"eta": 0.5, "relative": 0.1, "relative_change": change},
+            "trace 0.2": {"eta": 1.0, "relative": 0.2, "relative_change": change}}
+    return steering.HeadEdits({name: (W, W) for name in metrics}, metrics, runs)
+
+
+def test_head_edit_bookkeeping_exact():
+    edits = hand_edits()
+    assert steering.trace_name(0.3) == "trace 0.3" and steering.trace_name(1.0) == "trace 1"
+    assert steering.trace_curve(edits) == {"0.1": {"eta": 0.5, **edits.metrics["trace 0.1"]},
+                                           "0.2": {"eta": 1.0, **edits.metrics["trace 0.2"]}}
+    row = steering.matched(edits, ["restore"])["restore"]  # self 0.15: halfway between the two trace sizes
+    assert row["self_mass"] == 0.15 and row["gradient"] is edits.metrics["restore"]
+    assert row["trace"]["partner_mass"] == pytest.approx(0.8) and row["trace"]["surprisal"] == pytest.approx(2.0)
+    record = steering.edits_record(edits, ["restore"])
+    assert record["largest_trace_step"]["name"] == "trace 0.2" and record["trace_curve"] == steering.trace_curve(edits)
+    assert record["matched"] == steering.matched(edits, ["restore"]) and record["metrics"] is edits.metrics
+    stats = steering.head_statistics(edits)
+    assert stats == pytest.approx({"self_mass_before": 0.0, "bos_no_partner_before": 0.9, "trace_self_gain": 0.2,
+                                   "restore_self_gain": 0.15, "restore_partner_change": -0.2})
+    assert set(steering.statistic_directions(["suppress"])) == {"self_mass_before", "bos_no_partner_before",
+                                                                "trace_self_gain"}
+    assert steering.statistic_directions(["restore"]) == steering.STATISTIC_DIRECTIONS
+    others = steering.control_edits({(1, 3): edits, (0, 2): edits}, (1, 3), ["restore"])
+    assert set(others) == {"L0H2"} and others["L0H2"]["relative_change"]["trace 0.2"] == {"W_Q": 0.0, "W_K": 0.1,
+                                                                                         "W_QK": 0.1}
+    lines = steering.summary_lines(edits.metrics | {n: {**m, "partner_mass_change": 0.0}
+                                                    for n, m in edits.metrics.items()},
+                                   {n: {"keys": [" a", " b"]} for n in edits.metrics},
+                                   steering.matched(edits, ["restore"]), " a")
+    assert len(lines) == 5 and lines[-1].startswith("matched at self 0.150 (restore)")
+
+
+def test_query_top_keys_exact():
+    E = torch.eye(3)  # three tokens; W_Q = W_K = I, scale 1: each query's scores are its row of E E^T = I
+    W = torch.eye(3)
+    flip = (W, torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]))  # query 0 now scores key 1
+    table = steering.query_top_keys(E, 0, {"before": (W, W), "flip": flip}, 1.0, None, None, ["x", "y", "z"], k=2)
+    assert table["before"]["keys"][0] == "x" and table["before"]["query_self_rank"] == 1
+    assert table["flip"]["keys"][0] == "y" and table["flip"]["query_self_rank"] == 2
+    assert table["flip"]["scores"].tolist()[0] == 1.0
+
+
+def test_steering_from_the_layer_input_matches_the_hooked_model(organism, semantic_probe):
+    """Steps computed from the layer's input (one run of the model) are the steps of the hooked model."""
+    layer, head, (tokens, mask), _ = semantic_probe
+    W_Q, W_K, b_Q, b_K = head_weights(organism, layer, head, include_bias=True)
+    W_K = W_K + 0.3 * W_Q  # an edited head, so that the check is not only of the model's own weights
+    x = qk.layer_input(organism, tokens[:8], layer)
+    masses = steering.head_masses(x, tokens[:8], mask[:8], W_Q, W_K, b_Q, b_K, head_scale(organism.cfg, layer))
+    hooks = qk.qk_override_hooks(organism, layer, head, W_Q, W_K, b_Q, b_K)
+    pattern = head_pattern(organism, tokens[:8], layer, head, hooks)[:, None]
+    expected = scores.semantic_companions(pattern, tokens[:8], mask[:8], scores.scored_rows(tokens[:8]))
+    for key, value in masses.items():
+        assert float(value) == pytest.approx(float(expected[key].nanmean()), abs=1e-6), key
+
+
+def test_steer_heads_measures_every_head_and_condition(organism, semantic_probe):
+    layer, head, train, test = semantic_probe
+    per_head = steering.steer_heads(organism, [(layer, head), (0, 2)], train, test, ["restore"], [0.3], steps=2)
+    assert list(per_head) == [(layer, head), (0, 2)]
+    for edits in per_head.values():
+        assert list(edits.metrics) == ["before", "restore", "trace 0.3"] and len(edits.runs["restore"]["history"]) == 2
+        assert edits.metrics["before"]["partner_mass_change"] == 0
+    base = qk.in_context_scores(organism, *test, 0, 2)  # "before" is the unedited head, measured in the model
+    assert per_head[(0, 2)].metrics["before"]["self_mass"] == pytest.approx(base["self_mass"], abs=1e-6)
