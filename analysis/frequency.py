@@ -15,6 +15,7 @@ Tables read back are checked column by column (`read_frequency_csv`).
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Iterable, Sequence
 from itertools import islice
 from pathlib import Path
@@ -114,7 +115,8 @@ def frequency_csv_path(out: Path | str, model_name: str) -> Path:
 
 
 def write_frequency_csv(table: pd.DataFrame, path: Path | str) -> Path:
-    return write_output(path, table[COLUMNS].to_csv(index=False))
+    # Tokens quoted: GPT-2's vocabulary holds "\r" (which unquoted ends a CSV row) and "\0" among its byte tokens.
+    return write_output(path, table[COLUMNS].to_csv(index=False, quoting=csv.QUOTE_NONNUMERIC))
 
 
 def read_frequency_csv(path: Path | str, d_vocab: int | None = None) -> pd.DataFrame:
@@ -130,8 +132,8 @@ def read_frequency_csv(path: Path | str, d_vocab: int | None = None) -> pd.DataF
     def bad(problem: str) -> UsageError:
         return UsageError(f"{path} is not a token-frequency table: {problem}. Write a correct one with {WRITER}.")
 
-    with open(path, "rb") as handle:
-        if b"\0" in handle.read(1 << 20):
+    with open(path, "rb") as handle:  # a NUL byte makes a binary file, but for the quoted NUL token "\0"
+        if b"\0" in handle.read(1 << 20).replace(b'"\0"', b""):
             raise bad("it is a binary file")
     try:
         table = pd.read_csv(path, dtype={"token": str}, keep_default_na=False, na_filter=False, encoding="utf-8")

@@ -39,7 +39,7 @@ LIGHT = {
     "skew_analysis": [],
     "svd_sym_skew_heatmap": [],
     "svd_group_scaling_heatmap": ["--n-prompts", "4", "--n-words", "8"],
-    "svd_rank_ablation": ["--n-prompts", "4", "--n-words", "8"],
+    "svd_rank_ablation": ["--n-prompts", "4", "--n-words", "8", "--ks", "1", "4", "--scales", "1", "-1"],
     "gradient_steering": ["--steps", "2", "--batch-size", "2", "--n-prompts", "4", "--n-words", "8"],
     "clustering": ["--n-tokens", "200"],
     "semantic_head": ["--n-prompts", "4", "--n-words", "8"],

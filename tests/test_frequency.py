@@ -35,6 +35,11 @@ def test_frequency_table_order_and_probabilities(organism):
 def test_csv_round_trip_keeps_awkward_tokens(tmp_path):
     table = pd.DataFrame({"token": ["null", "NaN", " ,", '"', " a\nb", ""], "id": range(6),
                           "count": [5, 4, 3, 2, 1, 0], "probability": np.array([5, 4, 3, 2, 1, 0]) / 15})
+    # GPT-2's byte tokens: "\r" ends a row unless quoted, and "\0" is a token, not a sign of a binary file.
+    control = pd.DataFrame({"token": ["\0", "\r", "\t", "\x0b", "a\rb"], "id": range(5), "count": [1] * 5,
+                            "probability": [0.2] * 5})
+    back = read_frequency_csv(write_frequency_csv(control, tmp_path / "control.csv"))
+    assert back["token"].tolist() == control["token"].tolist() and back["id"].tolist() == list(range(5))
     path = write_frequency_csv(table, frequency_csv_path(tmp_path, "gpt2-small"))
     assert path == tmp_path / "results" / "gpt2-small" / "token_freq.csv"
     back = read_frequency_csv(path)
