@@ -15,8 +15,8 @@ repeated here.) scale 1 is the unedited head.
 Controls (--controls): the same statistics the claim rests on, for every control head. By default
 (--control-cells grid) each control head gets the whole grid, computed the same batched way as the
 target's (`control_grids`, keyed by head and cell); --control-cells best runs only the target's best cell
-on them. Only the edited head's own pattern is read, so each edit's pattern comes from the layer's cached input. Statistics and the
-direction a self-suppressing head predicts ("directions"; rank 1 = most extreme that way):
+on them. Only the edited head's own pattern is read, so every edit's pattern comes from the layer's cached
+input. Statistics and the direction a self-suppressing head predicts ("directions"; rank 1 = most extreme that way):
   mean_rank (high)              unedited mean self-rank: self-scores sit low among the keys
   mean_rank_change (low)        mean self-rank at the target's best cell minus unedited
   self_mass_change (high)       in-context self mass at the target's best cell minus unedited
@@ -86,7 +86,8 @@ def main(args) -> None:
     base = cells.get(ss.cell_key(ks[0], 1.0))  # scale 1 edits nothing: every k alike (None if not in --scales)
     report = controls.compare((layer, head), study["statistics"], study["directions"])
     results = {"head": {"layer": layer, "head": head}, "input": args.input,
-               "n_negative_eigenvalues": grid["n_negative"], "d_vocab": model.cfg.d_vocab, "ks": ks, "scales": args.scales, "cells": cells, "best_cell": best,
+               "n_negative_eigenvalues": grid["n_negative"], "d_vocab": model.cfg.d_vocab, "ks": ks,
+               "scales": args.scales, "cells": cells, "best_cell": best,
                **({"unedited_cell": base} if base else {}), "categories": category_record,
                "control_cells": args.control_cells, **report, "separating": controls.separating(report),
                "control_grids": study["control_grids"],
