@@ -242,9 +242,10 @@ def bias_key_term(x: Tensor, W_Q: Tensor, W_K: Tensor, b_Q: Tensor, scale: float
 
 @torch.no_grad()
 def self_ranks_grid(x: Tensor, W_Q: Tensor, W_K: Tensor, spectrum: Spectrum, ks: Sequence[int],
-                    scales: Sequence[float], chunk_size: int = 128, progress: bool = False
-                    ) -> dict[tuple[int, float], Tensor]:
-    """`{(k, scale): ranks [n]}`: `self_ranks` of `x: [n, d]` under every edit W_{k,s} of the grid.
+                    scales: Sequence[float], chunk_size: int = 128, progress: bool = False,
+                    queries: Tensor | None = None) -> dict[tuple[int, float], Tensor]:
+    """`{(k, scale): ranks [m]}`: `self_ranks` of `x: [n, d]` under every edit W_{k,s} of the grid, for the
+    query rows `queries: [m]` (default: all n), each ranked against all n keys.
 
     W_{k,s} = W + V_k diag((s - 1) λ_k) V_k^T (`edited_factors` of the k most negative components)
     scores a query q and key j as x_q W x_j^T + (s - 1) D_k[q, j], D_k = (x V_k diag(λ_k))(x V_k)^T.
@@ -260,11 +261,13 @@ def self_ranks_grid(x: Tensor, W_Q: Tensor, W_K: Tensor, spectrum: Spectrum, ks:
     left, right = x @ W_Q, x @ W_K  # (n, d_head): the unedited head
     proj = x @ spectrum.vectors[:, order]  # (n, K): coordinates along the edited eigenvectors
     left_delta = proj * spectrum.values[order]  # (n, K)
-    n = len(x)
-    ranks = {(k, float(s)): torch.empty(n, dtype=torch.long) for k in ks for s in scales}
-    for start in tqdm(range(0, n, chunk_size), desc="self-ranks", disable=not progress, leave=False):
-        q = slice(start, start + chunk_size)
-        rows = torch.arange(len(left[q]))
+    queries = torch.arange(len(x)) if queries is None else queries
+    m = len(queries)
+    ranks = {(k, float(s)): torch.empty(m, dtype=torch.long) for k in ks for s in scales}
+    for start in tqdm(range(0, m, chunk_size), desc="self-ranks", disable=not progress, leave=False):
+        q = queries[start:start + chunk_size]  # (C,) query rows; their own keys sit at the same indices
+        rows = torch.arange(len(q))
+        q_out = slice(start, start + len(q))
         base = left[q] @ right.T  # (C, n)
         delta, done = torch.zeros_like(base), 0
         block = torch.empty_like(base)
@@ -274,14 +277,14 @@ def self_ranks_grid(x: Tensor, W_Q: Tensor, W_K: Tensor, spectrum: Spectrum, ks:
             done = k
             for s in scales:
                 if s == 1 and unedited is not None:
-                    ranks[k, float(s)][q] = unedited
+                    ranks[k, float(s)][q_out] = unedited
                     continue
                 torch.add(base, delta, alpha=s - 1, out=block)  # scores of the edited head, (C, n)
-                self_score = block[rows, rows + start].clone()  # (C,): query start + c against key start + c
+                self_score = block[rows, q].clone()  # (C,): each query against itself as a key
                 above = torch.gt(block, self_score[:, None], out=block).sum(-1)  # 0/1 as floats: sums fast
-                ranks[k, float(s)][q] = 1 + above.long()
+                ranks[k, float(s)][q_out] = 1 + above.long()
                 if s == 1:
-                    unedited = ranks[k, float(s)][q]
+                    unedited = ranks[k, float(s)][q_out]
     return ranks
 
 

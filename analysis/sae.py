@@ -35,10 +35,14 @@ import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from analysis.attention import attention_scores, head_scale, head_weights
 from analysis.errors import ModelNotAvailableError, UsageError
 from analysis.models import ORGANISM_DIR, hub_offline, hub_reachable
 from analysis.organism.language import LanguageSpec, sample_batch, vocabulary
 from analysis.organism.train import TrainConfig
+from analysis.prompts import STUDY_CATEGORIES, bos_token_id, category_index, single_token_ids
+from analysis.self_suppression import group_map_statistics
+from analysis.token_maps import block_means
 from analysis.vocab_input import CACHE_DIR
 
 GPT2_RELEASE = "gpt2-small-resid-post-v5-32k"
@@ -111,6 +115,33 @@ def load_sae(model: HookedTransformer, source: SAESource, device: str = "cpu", r
         sae = load_pretrained(source.release, source.sae_id, device)
     check_width(sae, model, source.describe())
     return sae
+
+
+def sae_for_head(model: HookedTransformer, layer: int, release: str | None = None, sae_id: str | None = None,
+                 path: str | Path | None = None, device: str = "cpu", retrain: bool = False, required: bool = False
+                 ) -> tuple[str | None, SAESource | None, object, str | None]:
+    """(hook, source, SAE, None) for a head in `layer` (`hook_for_layer`, `choose_source`, `load_sae`), or
+    (None, None, None, why not) where the default SAE cannot be had: not available here, a width other than
+    d_model, or a layer-0 head. With `required` (an SAE or head asked for by flag) that error is raised."""
+    try:
+        hook = hook_for_layer(layer)
+        source = choose_source(model, hook, release, sae_id, path)
+        return hook, source, load_sae(model, source, device, retrain=retrain), None
+    except UsageError as err:
+        if required:
+            raise
+        return None, None, None, " ".join(str(err).split())
+
+
+def source_record(hook: str, source: SAESource, sae) -> dict:
+    """What a results file records of the SAE: how it was had, the hook it is read at, the source's fields,
+    the hook it was trained on, d_in, d_sae and its architecture."""
+    kind = {"organism": "trained on the organism with SAELens", "pretrained": "SAELens pretrained",
+            "path": "SAELens directory"}[source.kind]
+    return {"ran": True, "kind": kind, "hook": hook,
+            **{key: value for key, value in vars(source).items() if key != "kind" and value is not None},
+            "trained_on_hook": sae.cfg.metadata.hook_name, "d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae,
+            "architecture": sae.cfg.architecture()}
 
 
 def check_width(sae, model: HookedTransformer, what: str = "the SAE") -> None:
@@ -451,3 +482,94 @@ def head_precision(model: HookedTransformer, sae, layer: int, tokens: Tensor, sc
     """`[batch, head]`: the study's precision for every head of `layer` on keyword samples (`precision_with_null`
     without its null)."""
     return precision_with_null(model, sae, layer, tokens, scored, k, n_shuffles=0, batch_size=batch_size)["precision"]
+
+
+def study_precision(model: HookedTransformer, sae, layer: int, n_samples: int, k: int = PRECISION_K,
+                    n_shuffles: int = PRECISION_SHUFFLES, seed: int = 0) -> dict[str, dict[str, Tensor]]:
+    """`{category: precision_with_null(...)}` on `keyword_prompts` of each of `PRECISION_CATEGORIES`
+    (`n_samples` each; category i's samples seeded seed + 10 + i, its shuffles seed + 20 + i)."""
+    bos = bos_token_id(model)
+    return {name: precision_with_null(model, sae, layer, *keyword_prompts(
+        single_token_ids(model.tokenizer, STUDY_CATEGORIES[name]), n_samples, model.cfg.d_vocab, bos, seed + 10 + i),
+        k=k, n_shuffles=n_shuffles, seed=seed + 20 + i) for i, name in enumerate(PRECISION_CATEGORIES)}
+
+
+def precision_by_head(per_category: dict[str, dict[str, Tensor]]) -> dict[int, dict[str, float]]:
+    """head -> {precision, precision_shuffled, precision_<category>...} from `study_precision`'s
+    `{category: {"precision": [batch, head], "shuffled": [batch, head]}}`:
+
+    precision_c(h) = mean_b P_c[b, h];  precision(h) = mean_c precision_c(h);  precision_shuffled(h) the same
+    mean over categories of the shuffled null's sample means.
+    """
+    names = list(per_category)
+    n_heads = per_category[names[0]]["precision"].shape[1]
+    out = {}
+    for h in range(n_heads):
+        own = {n: float(per_category[n]["precision"].mean(0)[h]) for n in names}
+        null = [float(per_category[n]["shuffled"].mean(0)[h]) for n in names]
+        out[h] = {"precision": sum(own.values()) / len(own), "precision_shuffled": sum(null) / len(null),
+                  **{f"precision_{n}": value for n, value in own.items()}}
+    return out
+
+
+def feature_map_statistics(model: HookedTransformer, sae, features: Tensor, group: Tensor, layer: int | None = None,
+                           precision: dict[int, dict[str, float]] | None = None
+                           ) -> dict[tuple[int, int], dict[str, float | None]]:
+    """(layer, head) -> `self_suppression.group_map_statistics` of the features' map, for every head (each
+    layer's heads see the decoder directions through that layer's LayerNorm: `feature_inputs`). With
+    `precision` (`precision_by_head` of the SAE's `layer`), each head of that layer gets its row, every other
+    head precision and precision_shuffled None (the study's precision is defined for the SAE's layer only)."""
+    stats = {}
+    for l in range(model.cfg.n_layers):
+        x = feature_inputs(model, sae, l, features)  # (n, d_model)
+        for h in range(model.cfg.n_heads):
+            W_Q, W_K, _, _ = head_weights(model, l, h)
+            stats[(l, h)] = group_map_statistics(x, group, W_Q, W_K, head_scale(model.cfg, l))
+            if precision is not None:
+                stats[(l, h)].update(precision.get(h) if l == layer else {"precision": None,
+                                                                          "precision_shuffled": None})
+    return stats
+
+
+def precision_null(value: float, n_shuffles: int) -> dict:
+    """The results record of the precision's shuffled-label null for the target: its value and what it says."""
+    return {"precision_shuffled": value,
+            "says": "the study's precision with the predicted features' labels permuted (a random permutation of "
+                    f"the SAE's feature ids per sample, {n_shuffles} draws, mean): the chance level of "
+                    "TP / (TP + FP) for this head, these samples and this SAE"}
+
+
+def name_features(model: HookedTransformer, sae, hook: str, tokens: Tensor, categories: dict[str, list[str]],
+                  per_category: int = 3) -> tuple[Tensor, Tensor, list[str], float]:
+    """(`features: [n]`, `group: [n]`, labels, variance explained): each category's most active features on
+    category prompts `tokens: [batch, pos]` (`category_activations`, `select_features`), named by the tokens
+    they fire on most (`feature_label`), and the SAE's `variance_explained` on 16 of those prompts (BOS left out)."""
+    category_of = category_index(model.tokenizer, categories, model.cfg.d_vocab)
+    by_category, by_token, seen = category_activations(model, sae, tokens, category_of, len(categories), hook)
+    layer = int(hook.split(".")[1]) + 1  # the hook is the residual stream this layer reads
+    _, cache = model.run_with_cache(tokens[:16].to(model.cfg.device), names_filter=hook, stop_at_layer=layer)
+    explained = variance_explained(sae, cache[hook][:, 1:].reshape(-1, model.cfg.d_model))
+    features, group = select_features(by_category, per_category)
+    token_labels = model.tokenizer.batch_decode([[int(i)] for i in seen])  # one per column of by_token
+    return features, group, [feature_label(by_token, int(f), token_labels) for f in features], explained
+
+
+def feature_map(model: HookedTransformer, sae, layer: int, head: int, features: Tensor) -> Tensor:
+    """`[n, n]`: s(f, g) = LN1(d_f) W_Q W_K^T LN1(d_g)^T / attn_scale for the head, query feature by key feature."""
+    W_Q, W_K, _, _ = head_weights(model, layer, head)
+    x = feature_inputs(model, sae, layer, features)  # (n, d_model)
+    return attention_scores(x, x, W_Q, W_K, head_scale(model.cfg, layer))
+
+
+def feature_map_record(scores: Tensor, features: Tensor, labels: Sequence[str], group: Tensor,
+                       names: Sequence[str], n_pairs: int = 20) -> dict:
+    """The feature x feature map `scores: [n, n]` as results: each feature (id, label, category name), the map,
+    `token_maps.block_means`, `self_avoidance`, the `n_pairs` top off-diagonal pairs with their categories and
+    top_pairs_same_category = the share of those pairs whose query and key share a category (0 without pairs)."""
+    pairs = [{"query": labels[q], "key": labels[k], "query_category": names[int(group[q])],
+              "key_category": names[int(group[k])], "score": s} for q, k, s in top_pairs(scores, n_pairs)]
+    same = sum(p["query_category"] == p["key_category"] for p in pairs)
+    return {"features": [{"id": int(f), "label": label, "category": names[int(g)]}
+                         for f, label, g in zip(features, labels, group)],
+            "map": scores, "block_means": block_means(scores, group), "self_avoidance": self_avoidance(scores, group),
+            "top_pairs": pairs, "top_pairs_same_category": same / max(len(pairs), 1)}

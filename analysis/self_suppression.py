@@ -42,10 +42,11 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformer_lens import FactoredMatrix, HookedTransformer
+from transformer_lens import HookedTransformer
 
 from analysis import qk_decomposition as qk
 from analysis.attention import attention_scores, head_scale, head_weights
+from analysis.controls import head_key
 from analysis.qk_decomposition import Spectrum, most_negative, self_score_parts, spectrum_summary, symmetric_spectrum
 from analysis.token_maps import block_means, token_inputs
 
@@ -212,24 +213,34 @@ def cell_key(k: int, scale: float) -> str:
     return f"k={k},scale={scale:g}"
 
 
+def rank_queries(d_vocab: int, n: int, seed: int) -> Tensor | None:
+    """`[n]` sorted query tokens whose self-ranks are measured: n of the d_vocab drawn without replacement
+    (torch.Generator seeded with `seed`), or None (every token) when n >= d_vocab. Each is still ranked
+    against all d_vocab keys, so its rank is exact; summaries over the sample estimate the vocabulary's."""
+    if n >= d_vocab:
+        return None
+    return torch.randperm(d_vocab, generator=torch.Generator().manual_seed(seed))[:n].sort().values
+
+
 def rank_grid(model: HookedTransformer, layer: int, head: int, E: Tensor, tokens: Tensor, mask: Tensor,
-              ks: Sequence[int], scales: Sequence[float], at: Sequence[int], chunk_size: int = 128,
-              progress: bool = False) -> dict:
+              ks: Sequence[int], scales: Sequence[float], at: Sequence[int], chunk_size: int = 32,
+              progress: bool = False, queries: Tensor | None = None) -> dict:
     """`{"cells": {cell_key: metrics}, "unedited": metrics, "n_negative": n, "ks": ks}` for one head over the
     (k, scale) grid, and the head unedited (scale 1, measured whether or not `scales` holds it).
 
     Each cell W_{k,s} rescales the k most negative eigenvalues of W_sym by s (`qk.edited_factors`); its
-    metrics are the self-rank summaries over the vocabulary `E: [d_vocab, d_model]`
-    (`qk.self_ranks_grid`, one batched pass over score blocks for every cell) and the self and partner
-    mass on `tokens` with `mask` (`qk.in_context_grid`, one run up to the layer). k is capped at the
-    head's number of negative eigenvalues.
+    metrics are the self-rank summaries of the query tokens `queries` (`rank_queries`; default every token)
+    among all keys of the vocabulary `E: [d_vocab, d_model]` (`qk.self_ranks_grid`, one batched pass over
+    score blocks for every cell) and the self and partner mass on `tokens` with `mask` (`qk.in_context_grid`,
+    one run up to the layer, every edited pattern from its cached input). k is capped at the head's number
+    of negative eigenvalues.
     """
     W_Q, W_K, b_Q, b_K = head_weights(model, layer, head, include_bias=True)
     spectrum = symmetric_spectrum(W_Q, W_K)
     n_negative = len(most_negative(spectrum.values))
     ks = sorted({min(k, n_negative) for k in ks})  # k beyond the negative count repeats the last cell
     measured = sorted({float(s) for s in scales} | {1.0})
-    ranks = qk.self_ranks_grid(E, W_Q, W_K, spectrum, ks, measured, chunk_size, progress)
+    ranks = qk.self_ranks_grid(E, W_Q, W_K, spectrum, ks, measured, chunk_size, progress, queries)
     factors = {(k, s): qk.edited_factors(W_Q, W_K, spectrum, most_negative(spectrum.values, k), s)
                for k in ks for s in measured}
     in_context = qk.in_context_grid(model, tokens, mask, layer, head, factors, b_Q, b_K)
@@ -260,19 +271,48 @@ def rank_statistics(grid: dict, best: dict) -> dict[str, float]:
 
 
 def best_cell_edit(model: HookedTransformer, layer: int, head: int, best: dict, E: Tensor, tokens: Tensor,
-                   mask: Tensor, chunk_size: int = 128) -> dict[str, float]:
-    """One head unedited and with the edit of `best` (its k and scale): mean self-rank over `E` and in-context
-    self mass, and their changes (the keys of `rank_statistics` but the grid's best ones)."""
-    W_Q, W_K, _, _ = head_weights(model, layer, head)
-    spectrum = symmetric_spectrum(W_Q, W_K)
-    A, B = qk.edited_factors(W_Q, W_K, spectrum, most_negative(spectrum.values, best["k"]), best["scale"])
-    measured = {}
-    for name, (Wq, Wk) in (("unedited", (W_Q, W_K)), ("edited", (A, B))):
-        ranks = qk.self_ranks(E, FactoredMatrix(Wq, Wk.T), chunk_size)
-        self_mass = qk.edited_heads_in_context(model, tokens, mask, {(layer, head): (Wq, Wk)})[(layer, head)]
-        measured[name] = {"mean_rank": float(ranks.double().mean()), "self_mass": self_mass["self_mass"]}
-    before, after = measured["unedited"], measured["edited"]
-    return {"mean_rank": before["mean_rank"], "edited_mean_rank": after["mean_rank"],
-            "mean_rank_change": after["mean_rank"] - before["mean_rank"],
-            "self_mass": before["self_mass"], "edited_self_mass": after["self_mass"],
-            "self_mass_change": after["self_mass"] - before["self_mass"]}
+                   mask: Tensor, chunk_size: int = 32, queries: Tensor | None = None) -> dict[str, float]:
+    """One head unedited and with the edit of `best` (its k and scale): `rank_statistics` of the one-cell
+    `rank_grid`, without the grid's best_ statistics (a single cell has no best of its own)."""
+    grid = rank_grid(model, layer, head, E, tokens, mask, [best["k"]], [best["scale"]], [1], chunk_size,
+                     queries=queries)
+    stats = rank_statistics(grid, best)
+    return {key: value for key, value in stats.items() if not key.startswith("best_")}
+
+
+# Which way each rank-ablation statistic lies for a self-suppressing head; the best_ ones need the grid.
+RANK_DIRECTIONS: dict[str, str] = {"mean_rank": "high", "mean_rank_change": "low", "self_mass_change": "high"}
+GRID_DIRECTIONS: dict[str, str] = {"best_mean_rank_change": "low", "best_self_mass_change": "high"}
+
+
+def best_cell(cells: dict[str, dict]) -> dict:
+    """The cell whose self-scores rank highest: argmin over cells of the mean self-rank (first on ties)."""
+    return min(cells.values(), key=lambda c: c["mean_rank"])
+
+
+def rank_ablation(model: HookedTransformer, target: tuple[int, int], heads: Sequence[tuple[int, int]],
+                  inputs_of: Callable[[int], Tensor], tokens: Tensor, mask: Tensor, ks: Sequence[int],
+                  scales: Sequence[float], at: Sequence[int], control_cells: str = "grid", chunk_size: int = 32,
+                  queries: Tensor | None = None, progress: bool = False) -> dict:
+    """The target's `rank_grid` and its `best_cell`, and every head's rank-ablation statistics against it.
+
+    `inputs_of(layer)` gives a layer's vocabulary inputs `E: [d_vocab, d_model]`. control_cells "grid":
+    each control head gets the whole grid (`rank_statistics`, keys of RANK_DIRECTIONS and GRID_DIRECTIONS);
+    "best": only the target's best cell (`best_cell_edit`, RANK_DIRECTIONS). Returns {"grid", "best",
+    "statistics": {(layer, head): stats}, "control_grids": {head_key: cells} (grid only), "directions"}.
+    """
+    layer, head = target
+    grid = rank_grid(model, layer, head, inputs_of(layer), tokens, mask, ks, scales, at, chunk_size, progress,
+                     queries)
+    best = best_cell(grid["cells"])
+    stats, control_grids = {tuple(target): rank_statistics(grid, best)}, {}
+    for l, h in tqdm(heads, desc=f"control heads ({control_cells})", disable=not progress):
+        if control_cells == "grid":
+            own = rank_grid(model, l, h, inputs_of(l), tokens, mask, ks, scales, at, chunk_size, queries=queries)
+            control_grids[head_key(l, h)] = own["cells"]
+            stats[(l, h)] = rank_statistics(own, best)
+        else:
+            stats[(l, h)] = best_cell_edit(model, l, h, best, inputs_of(l), tokens, mask, chunk_size, queries)
+    directions = {**RANK_DIRECTIONS, **(GRID_DIRECTIONS if control_cells == "grid" else {})}
+    return {"grid": grid, "best": best, "statistics": stats, "control_grids": control_grids,
+            "directions": directions}

@@ -76,7 +76,7 @@ def main(args) -> None:
 
     chosen = None if args.layer is None and args.head is None else cli.target_head(model, args.layer, args.head)
 
-    categories = prompts.CATEGORY_SETS[args.categories]
+    categories, category_record = cli.chosen_categories(args)
     honest = scan.honest_survey(model, args.n_prompts, args.n_words, args.seed, categories)
     selection = survey_table(honest["selection"], n_resamples=args.n_resamples, seed=args.seed)
     survey = honest["report"]  # every reported value and CI comes from the prompts that did not select the head
@@ -107,8 +107,7 @@ def main(args) -> None:
         "worst_head": {"layer": int(table["layer"].iloc[-1]), "head": int(table["head"].iloc[-1]),
                        "surprisal": float(table["surprisal"].iloc[-1]), "old_row_cap": -math.log(EPS)},
         "shared_prompts": honest["shared_prompts"],
-        "categories": {"set": args.categories, "names": list(categories),
-                       "words": sum(len(w) for w in categories.values())},
+        "categories": category_record,
         "example": {"tokens": labels, "scores": example},
         "units": {"surprisal": "nats, lower is better, exact (from the attention scores, no cap)",
                   "ci": "95% percentile bootstrap over the report set's prompts"},

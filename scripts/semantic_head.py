@@ -8,8 +8,8 @@ own language: shipped in analysis/organism/sae/, or trained once and cached; --r
 the GPT-2 release. An SAE whose input width is not the model's d_model is refused.
 Features are named by the tokens they fire on in category prompts (--categories: the study's 8 by
 default) and get the category whose words give them their largest mean activation; the --per-category
-most active features of each category are kept. Each decoder direction d_f is pushed through the head's LayerNorm and QK
-circuit, s(f, g) = LN1(d_f) W LN1(d_g)^T / attn_scale (W = W_Q W_K^T, no biases).
+most active features of each category are kept. Each decoder direction d_f is pushed through the head's
+LayerNorm and QK circuit, s(f, g) = LN1(d_f) W LN1(d_g)^T / attn_scale (W = W_Q W_K^T, no biases).
 Reported (ours): the feature x feature map, its mean self / same-category / other-category scores,
 how often a feature's self-score is below its same-category mates, and the top feature pairs. The same
 map for every other head (a statistic of the weights and the SAE alone, so every head is a control; a head
@@ -41,13 +41,9 @@ from pathlib import Path
 
 from analysis import cli, io, prompts
 from analysis.controls import compare, head_key, separating, summary_lines
-from analysis.errors import UsageError
-from analysis import qk_decomposition as qk
 from analysis import sae as saes
 from analysis import self_suppression as ss
-from analysis.attention import head_scale, head_weights
 from analysis.plotting import group_heatmaps, save_figure, target_vs_controls
-from analysis.token_maps import block_means
 
 NAME = "semantic_head"
 
@@ -80,24 +76,12 @@ def build_parser():
     return p
 
 
-def load_sae_for(model, layer: int, args):
-    """(hook, SAE source, SAE, None), or (None, None, None, why not) where the default SAE cannot be had for
-    this model; an SAE or head that a flag asked for must load (its errors stay errors: exit status 2)."""
-    asked = args.layer is not None or args.retrain_sae or any(
-        value is not None for value in (args.release, args.sae_id, args.sae_path))
-    try:
-        hook = saes.hook_for_layer(layer)
-        choice = saes.choose_source(model, hook, args.release, args.sae_id, args.sae_path)
-        return hook, choice, saes.load_sae(model, choice, args.device, retrain=args.retrain_sae), None
-    except UsageError as err:  # not available here, a width other than d_model, or a layer-0 head
-        if asked:
-            raise
-        return None, None, None, " ".join(str(err).split())
-
-
 def main(args) -> None:
     model, layer, head = cli.load_target(args)
-    hook, choice, sae, why_not = load_sae_for(model, layer, args)
+    asked = args.layer is not None or args.retrain_sae or any(  # an SAE or head asked for must load
+        value is not None for value in (args.release, args.sae_id, args.sae_path))
+    hook, choice, sae, why_not = saes.sae_for_head(model, layer, args.release, args.sae_id, args.sae_path,
+                                                   args.device, args.retrain_sae, required=asked)
     if sae is None:  # the SAE step is impossible for this model: say so, and write what there is
         results = {"head": {"layer": layer, "head": head}, "sae": {"ran": False, "reason": why_not},
                    "not_run": ["feature map", "precision"]}
@@ -106,56 +90,21 @@ def main(args) -> None:
         print(f"L{layer}H{head}: SAE step not run (feature map and precision), since no SAE can be had for this "
               f"model here: {why_not}\nresults: {path}")
         return
-    source = {"ran": True,
-              "kind": {"organism": "trained on the organism with SAELens", "pretrained": "SAELens pretrained",
-                       "path": "SAELens directory"}[choice.kind], "hook": hook,
-              **{key: value for key, value in vars(choice).items() if key != "kind" and value is not None},
-              "trained_on_hook": sae.cfg.metadata.hook_name, "d_in": sae.cfg.d_in}
-    source.update(d_sae=sae.cfg.d_sae, architecture=sae.cfg.architecture())
+    source = saes.source_record(hook, choice, sae)
 
     categories, category_record = cli.chosen_categories(args)
-    names = list(categories)
     tokens, _ = prompts.category_probe(model, categories, args.n_prompts, args.n_words, args.seed + 1)
-    category_of = prompts.category_index(model.tokenizer, categories, model.cfg.d_vocab)
-    by_category, by_token, seen = saes.category_activations(model, sae, tokens, category_of, len(names), hook)
-    _, cache = model.run_with_cache(tokens[:16].to(model.cfg.device), names_filter=hook, stop_at_layer=layer)
-    source["variance_explained_on_category_prompts"] = saes.variance_explained(
-        sae, cache[hook][:, 1:].reshape(-1, model.cfg.d_model))
-    features, group = saes.select_features(by_category, args.per_category)
-    token_labels = model.tokenizer.batch_decode([[int(i)] for i in seen])  # one per column of by_token
-    labels = [saes.feature_label(by_token, int(f), token_labels) for f in features]
-
-    W_Q, W_K, _, _ = head_weights(model, layer, head)
-    x = saes.feature_inputs(model, sae, layer, features)  # (n, d_model)
-    scores = qk.token_scores(x, qk.qk_matrix(W_Q, W_K), x, head_scale(model.cfg, layer))  # (n, n): query, key feature
-    pairs = [{"query": labels[q], "key": labels[k], "query_category": names[int(group[q])],
-              "key_category": names[int(group[k])], "score": s} for q, k, s in saes.top_pairs(scores, args.top_pairs)]
-    same_share = sum(p["query_category"] == p["key_category"] for p in pairs) / max(len(pairs), 1)
+    features, group, labels, source["variance_explained_on_category_prompts"] = saes.name_features(
+        model, sae, hook, tokens, categories, args.per_category)
+    scores = saes.feature_map(model, sae, layer, head, features)  # (n, n): query feature, key feature
     results = {"head": {"layer": layer, "head": head}, "sae": source,
-               "features": [{"id": int(f), "label": label, "category": names[int(g)]}
-                            for f, label, g in zip(features, labels, group)],
-               "map": scores, "block_means": block_means(scores, group),
-               "self_avoidance": saes.self_avoidance(scores, group),
-               "top_pairs": pairs, "top_pairs_same_category": same_share, "categories": category_record}
-    precision = {name: saes.precision_with_null(model, sae, layer, *saes.keyword_prompts(
-        prompts.single_token_ids(model.tokenizer, prompts.STUDY_CATEGORIES[name]), args.precision_samples,
-        model.cfg.d_vocab, prompts.bos_token_id(model), args.seed + 10 + i), k=args.precision_k,
-        n_shuffles=args.precision_shuffles, seed=args.seed + 20 + i)
-        for i, name in enumerate(saes.PRECISION_CATEGORIES)}  # {category: {"precision", "shuffled": (B, n_heads)}}
-    stats = feature_map_statistics(model, sae, features, group)  # every head; the precision for the layer's only
-    for row in stats.values():
-        row.update(precision=None, precision_shuffled=None)
-    for h in range(model.cfg.n_heads):  # the precision: heads of the SAE's layer only
-        for kind, key in (("precision", "precision"), ("shuffled", "precision_shuffled")):
-            per_category = {n: float(v[kind].mean(0)[h]) for n, v in precision.items()}
-            stats[(layer, h)][key] = sum(per_category.values()) / len(per_category)
-            if kind == "precision":
-                stats[(layer, h)].update({f"precision_{n}": value for n, value in per_category.items()})
+               **saes.feature_map_record(scores, features, labels, group, list(categories), args.top_pairs),
+               "categories": category_record}
+    precision = saes.study_precision(model, sae, layer, args.precision_samples, args.precision_k,
+                                     args.precision_shuffles, args.seed)
+    stats = saes.feature_map_statistics(model, sae, features, group, layer, saes.precision_by_head(precision))
     report = compare((layer, head), stats, {**ss.GROUP_MAP_DIRECTIONS, "precision": "high"})
-    null = {"precision_shuffled": stats[(layer, head)]["precision_shuffled"],
-            "says": "the study's precision with the predicted features' labels permuted (a random permutation of "
-                    f"the SAE's feature ids per sample, {args.precision_shuffles} draws, mean): the chance level of "
-                    "TP / (TP + FP) for this head, these samples and this SAE"}
+    null = saes.precision_null(stats[(layer, head)]["precision_shuffled"], args.precision_shuffles)
     results.update(report, separating=separating(report), null=null)
     path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
                            arguments=vars(args), seed=args.seed)
@@ -174,8 +123,8 @@ def main(args) -> None:
           f"{b['self']:+.2f}, same category {b['in_group']:+.2f}, other categories {b['out_group']:+.2f}")
     print(f"self below same-category mates for {a['self_below_mates']:.0%} of features; best key is a mate for "
           f"{a['best_key_is_mate']:.0%}, itself for {a['best_key_is_self']:.0%}; "
-          f"top pairs same category: {same_share:.0%}")
-    for p in pairs[:5]:
+          f"top pairs same category: {results['top_pairs_same_category']:.0%}")
+    for p in results["top_pairs"][:5]:
         print(f"  {p['query']} -> {p['key']}: {p['score']:+.2f}")
     t, c = results["target"]["precision"], results["target"]["precision"]["strongest_control"]
     print(f"study's precision@{args.precision_k} (mean of {len(precision)} categories): L{layer}H{head} "
@@ -185,18 +134,6 @@ def main(args) -> None:
     print("\n".join(summary_lines(report)))
     print(f"separates from every other head: {', '.join(results['separating']) or 'none'}")
     print(f"results: {path}")
-
-
-def feature_map_statistics(model, sae, features, group) -> dict:
-    """(layer, head) -> `self_suppression.group_map_statistics` of the features' map, for every head (each layer's
-    heads see the decoder directions through that layer's LayerNorm)."""
-    stats = {}
-    for l in range(model.cfg.n_layers):
-        x = saes.feature_inputs(model, sae, l, features)  # (n, d_model)
-        for h in range(model.cfg.n_heads):
-            W_Q, W_K, _, _ = head_weights(model, l, h)
-            stats[(l, h)] = ss.group_map_statistics(x, group, W_Q, W_K, head_scale(model.cfg, l))
-    return stats
 
 
 if __name__ == "__main__":

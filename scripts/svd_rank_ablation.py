@@ -2,8 +2,8 @@
 
 For every cell of a grid over k (--ks: the k most negative eigencomponents of W_sym) and a scale
 s (--scales), W_{k,s} = W + V_k diag((s - 1) λ_k) V_k^T (the skew part and the other eigenvalues
-kept). Per cell, over the whole vocabulary in query chunks (E: --input, default mean; biases left
-out of W):
+kept). Per cell, for --rank-queries query tokens (a seeded sample shared by every head; the whole
+vocabulary when it is no larger), each against every key (E: --input, default mean; biases left out of W):
 
   self-rank   r_t = 1 + #{keys j : x_t W x_j^T > x_t W x_t^T} among all d_vocab keys for query t
   summaries   mean rank, mean reciprocal rank, accuracy@K = fraction of tokens with r_t <= K (--at)
@@ -15,8 +15,8 @@ repeated here.) scale 1 is the unedited head.
 Controls (--controls): the same statistics the claim rests on, for every control head. By default
 (--control-cells grid) each control head gets the whole grid, computed the same batched way as the
 target's (`control_grids`, keyed by head and cell); --control-cells best runs only the target's best cell
-on them (cheaper at GPT-2 scale: the grid over the vocabulary costs minutes per head). Statistics and the
-direction a self-suppressing head predicts ("directions"; rank 1 = most extreme that way):
+on them. Only the edited head's own pattern is read, so every edit's pattern comes from the layer's cached
+input. Statistics and the direction a self-suppressing head predicts ("directions"; rank 1 = most extreme that way):
   mean_rank (high)              unedited mean self-rank: self-scores sit low among the keys
   mean_rank_change (low)        mean self-rank at the target's best cell minus unedited
   self_mass_change (high)       in-context self mass at the target's best cell minus unedited
@@ -29,7 +29,6 @@ Writes results/<model>/svd_rank_ablation.json and figures/<model>/svd_rank_ablat
 from __future__ import annotations
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from analysis import cli, controls, io, prompts
 from analysis import self_suppression as ss
@@ -56,8 +55,11 @@ def build_parser():
                    help="what the control heads get: 'grid' (every cell, as the target) or 'best' (the target's "
                         "best cell only) (default: grid)")
     cli.add_categories_argument(p)
-    p.add_argument("--chunk-size", type=cli.positive_int, default=128,
-                   help="queries per block of scores; small blocks stay in cache (default: 128)")
+    p.add_argument("--rank-queries", type=cli.positive_int, default=2048,
+                   help="query tokens whose self-rank is measured, a seeded sample shared by every head, each ranked "
+                        "against every key (default: 2048; every token when the vocabulary is no larger)")
+    p.add_argument("--chunk-size", type=cli.positive_int, default=32,
+                   help="queries per block of scores; small blocks stay in cache (default: 32)")
     p.fits_context("--n-words", lambda n: 1 + n)
     p.memory("--n-prompts or --n-words", lambda a, s: cli.pattern_bytes(s, a.n_prompts, 1 + a.n_words, heads=1))
     p.memory("--chunk-size", lambda a, s: 3 * 4 * min(a.chunk_size, s.d_vocab) * s.d_vocab, "blocks of scores")
@@ -75,33 +77,22 @@ def main(args) -> None:
             inputs[l] = token_inputs(model, l, args.input, seed=args.seed, progress=True)
         return inputs[l]
 
-    def grid_of(l: int, h: int, progress: bool = False) -> dict:
-        return ss.rank_grid(model, l, h, layer_inputs(l), tokens, mask, args.ks, args.scales, args.at,
-                            args.chunk_size, progress)
-
-    grid = grid_of(layer, head, progress=True)
-    cells, n_negative, ks = grid["cells"], grid["n_negative"], grid["ks"]
-    base = cells.get(ss.cell_key(ks[0], 1.0))  # scale 1 edits nothing: every k alike (None if not in --scales)
-    best = min(cells.values(), key=lambda c: c["mean_rank"])  # the cell whose self-scores rank highest
-    results = {"head": {"layer": layer, "head": head}, "input": args.input, "n_negative_eigenvalues": n_negative,
-               "d_vocab": model.cfg.d_vocab, "ks": ks, "scales": args.scales, "cells": cells, "best_cell": best,
-               **({"unedited_cell": base} if base else {}), "categories": category_record,
-               "control_cells": args.control_cells}
     heads = cli.control_heads(model, (layer, head), args.controls, args.seed)
-    stats = {(layer, head): ss.rank_statistics(grid, best)}
-    control_grids = {}
-    for l, h in tqdm(heads, desc=f"control heads ({args.control_cells})"):
-        if args.control_cells == "grid":
-            own = grid_of(l, h)
-            control_grids[controls.head_key(l, h)] = own["cells"]
-            stats[(l, h)] = ss.rank_statistics(own, best)
-        else:
-            stats[(l, h)] = ss.best_cell_edit(model, l, h, best, layer_inputs(l), tokens, mask, args.chunk_size)
-    directions = {"mean_rank": "high", "mean_rank_change": "low", "self_mass_change": "high"}
-    if args.control_cells == "grid":
-        directions.update(best_mean_rank_change="low", best_self_mass_change="high")
-    report = controls.compare((layer, head), stats, directions)
-    results.update(report, separating=controls.separating(report), control_grids=control_grids)
+    queries = ss.rank_queries(model.cfg.d_vocab, args.rank_queries, args.seed)
+    study = ss.rank_ablation(model, (layer, head), heads, layer_inputs, tokens, mask, args.ks, args.scales, args.at,
+                             args.control_cells, args.chunk_size, queries, progress=True)
+    grid, best = study["grid"], study["best"]
+    cells, ks = grid["cells"], grid["ks"]
+    base = cells.get(ss.cell_key(ks[0], 1.0))  # scale 1 edits nothing: every k alike (None if not in --scales)
+    report = controls.compare((layer, head), study["statistics"], study["directions"])
+    results = {"head": {"layer": layer, "head": head}, "input": args.input,
+               "n_negative_eigenvalues": grid["n_negative"], "d_vocab": model.cfg.d_vocab, "ks": ks,
+               "scales": args.scales, "cells": cells, "best_cell": best,
+               **({"unedited_cell": base} if base else {}), "categories": category_record,
+               "control_cells": args.control_cells, **report, "separating": controls.separating(report),
+               "control_grids": study["control_grids"],
+               "rank_queries": {"n": model.cfg.d_vocab if queries is None else len(queries), "of": model.cfg.d_vocab,
+                                "sampled": queries is not None}}
     path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
                            arguments=vars(args), seed=args.seed)
     save_figure(figure(list(cells.values()), ks, args, layer, head), args.out, args.model, NAME)

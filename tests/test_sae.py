@@ -251,3 +251,59 @@ def test_head_precision_runs_for_every_head_of_the_layer(organism):
     both = saes.precision_with_null(organism, sae, 1, tokens, scored, k=8, n_shuffles=3, seed=0)
     assert torch.equal(both["precision"], precision) and both["shuffled"].shape == precision.shape
     assert ((both["shuffled"] >= 0) & (both["shuffled"] <= 1)).all()
+
+
+def test_precision_by_head_means_over_samples_then_categories():
+    # two categories, two samples, three heads; shuffled null a constant per category
+    per_category = {"a": {"precision": torch.tensor([[1.0, 0.0, 0.5], [0.0, 0.0, 0.5]]),
+                          "shuffled": torch.full((2, 3), 0.2)},
+                    "b": {"precision": torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]]),
+                          "shuffled": torch.full((2, 3), 0.4)}}
+    rows = saes.precision_by_head(per_category)
+    assert set(rows) == {0, 1, 2}
+    assert rows[0] == pytest.approx({"precision": 0.75, "precision_shuffled": 0.3, "precision_a": 0.5,
+                                     "precision_b": 1.0})
+    assert rows[1]["precision"] == pytest.approx(0.25) and rows[2]["precision"] == pytest.approx(0.25)
+    assert rows[2]["precision_a"] == pytest.approx(0.5) and rows[2]["precision_b"] == 0.0
+
+
+def test_feature_map_record_exact():
+    scores = torch.tensor([[0.0, 5.0, 1.0],
+                           [4.0, 9.0, 2.0],
+                           [3.0, 1.0, 2.0]])
+    group = torch.tensor([0, 0, 1])
+    record = saes.feature_map_record(scores, torch.tensor([7, 2, 40]), ["f7 x", "f2 y", "f40 z"], group,
+                                     ["animals", "colours"], n_pairs=3)
+    assert record["features"] == [{"id": 7, "label": "f7 x", "category": "animals"},
+                                  {"id": 2, "label": "f2 y", "category": "animals"},
+                                  {"id": 40, "label": "f40 z", "category": "colours"}]
+    # top off-diagonal pairs: (0, 1) 5, (1, 0) 4, (2, 0) 3; the first two within animals
+    assert [(p["query"], p["key"], p["score"]) for p in record["top_pairs"]] == [
+        ("f7 x", "f2 y", 5.0), ("f2 y", "f7 x", 4.0), ("f40 z", "f7 x", 3.0)]
+    assert record["top_pairs"][2]["query_category"] == "colours"
+    assert record["top_pairs_same_category"] == pytest.approx(2 / 3)
+    assert record["block_means"]["in_group"] == pytest.approx(4.5)
+    assert record["self_avoidance"]["self_below_mates"] == 0.5
+
+
+def test_feature_map_and_its_statistics_through_each_layers_layernorm(organism):
+    from types import SimpleNamespace
+
+    from analysis.self_suppression import group_map_statistics
+
+    sae = SimpleNamespace(W_dec=torch.randn(6, organism.cfg.d_model, generator=torch.Generator().manual_seed(0)))
+    features, group = torch.tensor([0, 2, 3, 5]), torch.tensor([0, 0, 1, 1])
+    # the map, from the model's own weights written out densely
+    x = organism.blocks[1].ln1(sae.W_dec[features][:, None])[:, 0].detach()
+    W = organism.W_Q[1, 3] @ organism.W_K[1, 3].T
+    dense = x @ W @ x.T / organism.cfg.attn_scale
+    assert torch.allclose(saes.feature_map(organism, sae, 1, 3, features), dense.detach(), atol=1e-4)
+    precision = {h: {"precision": float(h), "precision_shuffled": 0.1} for h in range(organism.cfg.n_heads)}
+    stats = saes.feature_map_statistics(organism, sae, features, group, layer=1, precision=precision)
+    assert set(stats) == {(l, h) for l in range(organism.cfg.n_layers) for h in range(organism.cfg.n_heads)}
+    assert stats[(1, 2)]["precision"] == 2.0 and stats[(0, 2)]["precision"] is None
+    x0 = organism.blocks[0].ln1(sae.W_dec[features][:, None])[:, 0].detach()
+    expected = group_map_statistics(x0, group, organism.W_Q[0, 2].detach(), organism.W_K[0, 2].detach(),
+                                    organism.cfg.attn_scale)
+    assert {k: stats[(0, 2)][k] for k in expected} == pytest.approx(expected, abs=1e-5)
+    assert stats[(1, 3)]["self_minus_in_group"] != pytest.approx(stats[(0, 3)]["self_minus_in_group"])

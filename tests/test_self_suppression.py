@@ -127,3 +127,51 @@ def test_the_gaussian_null_sees_no_token_identity():
     assert stats["gaussian_margin"] == pytest.approx(expected, abs=0.3)
     assert stats["margin"] == pytest.approx(-6.0) and stats["gaussian_margin"] > stats["margin"] + 2
     assert stats["gaussian_below_partners_share"] < 0.5 < stats["below_partners_share"] == 1.0
+
+
+def test_rank_queries_is_a_seeded_sample_and_every_token_when_the_vocabulary_is_small():
+    sample = ss.rank_queries(1000, 50, seed=3)
+    assert len(sample) == 50 and len(set(sample.tolist())) == 50 and sample.tolist() == sorted(sample.tolist())
+    assert torch.equal(sample, ss.rank_queries(1000, 50, seed=3))
+    assert not torch.equal(sample, ss.rank_queries(1000, 50, seed=4))
+    assert ss.rank_queries(50, 50, seed=3) is None and ss.rank_queries(50, 2048, seed=3) is None
+
+
+def test_sampled_self_ranks_are_the_full_ranks_of_those_queries():
+    # Queries are a subset, keys stay every token: each sampled query's rank is its rank in the full grid.
+    from analysis import qk_decomposition as qk
+
+    g = torch.Generator().manual_seed(0)
+    x, W_Q, W_K = torch.randn(300, 16, generator=g), torch.randn(16, 4, generator=g), torch.randn(16, 4, generator=g)
+    spectrum = symmetric_spectrum(W_Q, W_K)
+    queries = ss.rank_queries(300, 40, seed=1)
+    full = qk.self_ranks_grid(x, W_Q, W_K, spectrum, [1, 3], [1.0, -1.0], chunk_size=64)
+    part = qk.self_ranks_grid(x, W_Q, W_K, spectrum, [1, 3], [1.0, -1.0], chunk_size=7, queries=queries)
+    for cell, ranks in full.items():
+        assert torch.equal(part[cell], ranks[queries]), cell
+    assert not torch.equal(full[3, -1.0], full[3, 1.0])  # the edit moves ranks: the comparison can fail
+
+
+def test_best_cell_is_the_lowest_mean_rank():
+    cells = {"a": {"mean_rank": 5.0}, "b": {"mean_rank": 2.0}, "c": {"mean_rank": 2.0}, "d": {"mean_rank": 9.0}}
+    assert ss.best_cell(cells) is cells["b"]
+
+
+def test_rank_ablation_measures_the_target_and_its_controls_alike(organism):
+    from analysis import prompts
+    from analysis.token_maps import token_inputs
+
+    tokens, mask = prompts.category_probe(organism, prompts.STUDY_CATEGORIES, 4, 16, seed=0)
+    E = {l: token_inputs(organism, l, "mean") for l in (0, 1)}
+    queries = ss.rank_queries(organism.cfg.d_vocab, 60, seed=0)
+    study = ss.rank_ablation(organism, (1, 3), [(1, 1), (0, 2)], E.__getitem__, tokens, mask, [1, 8], [1.0, -1.0],
+                             [1], queries=queries)
+    assert set(study["statistics"]) == {(1, 3), (1, 1), (0, 2)} and set(study["control_grids"]) == {"L1H1", "L0H2"}
+    assert study["best"] is ss.best_cell(study["grid"]["cells"])
+    own = ss.rank_grid(organism, 0, 2, E[0], tokens, mask, [1, 8], [1.0, -1.0], [1], queries=queries)
+    assert study["statistics"][(0, 2)] == pytest.approx(ss.rank_statistics(own, study["best"]))
+    cheap = ss.rank_ablation(organism, (1, 3), [(0, 2)], E.__getitem__, tokens, mask, [1, 8], [1.0, -1.0], [1],
+                             control_cells="best", queries=queries)
+    assert set(cheap["directions"]) == set(ss.RANK_DIRECTIONS) and not cheap["control_grids"]
+    for key, value in cheap["statistics"][(0, 2)].items():
+        assert study["statistics"][(0, 2)][key] == pytest.approx(value, abs=1e-4), key
