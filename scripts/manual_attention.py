@@ -95,6 +95,7 @@ def main(args) -> None:
         "overall_max": {k: float(v.max()) for k, v in worst.items()},
         "within_tolerance": within,
         "all_within_tolerance": all(within.values()),
+        "processed_compared": processed is not None,  # false where the load applied no processing: one model
         "per_prompt_set": {name: {k: float(c[k].max()) for k in kinds} for name, c in comparisons.items()},
         "hugging_face_skipped": attention.gpt2_incompatibility(model),
         "plotted_head": {"layer": args.layer, "head": args.head},

@@ -332,6 +332,21 @@ def test_a_step_the_model_could_not_run_leaves_its_macros_out(fixture_root, tmp_
     assert left_out and not left_out & set(manifest) and "SurveyS" in manifest
 
 
+def test_a_model_loaded_without_processing_leaves_the_processed_comparison_out(fixture_root, tmp_path):
+    """manual_attention on a model with no weight processing (random or raw weights) has no processed model to
+    compare with: its one macro is left out and the switch is false, while the file's other macros stay."""
+    root = tmp_path / "root"
+    shutil.copytree(fixture_root / "results", root / "results")
+    path = root / "results" / "organism" / "manual_attention.json"
+    data = json.loads(path.read_text())
+    data["results"]["processed_compared"] = False
+    del data["results"]["overall_max"]["vs_processed_transformer_lens"]
+    path.write_text(json.dumps(data))
+    manifest = generate(Results(root, "organism"), tmp_path / "gen", tmp_path, fixture_scripts())
+    assert manifest["ifManualProcessed"]["latex"] == "False"
+    assert "ManualMaxProcessed" not in manifest and "ManualMaxTL" in manifest
+
+
 def test_paper_builds_without_the_sae_step(workspace):
     """A non-organism build whose semantic_head had no SAE: no undefined macro, and the text says why."""
     no_sae_step(renamed_copy(workspace, "no-sae"))

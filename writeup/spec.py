@@ -448,8 +448,12 @@ SPEC: dict[str, dict[str, Entry]] = {
 # \if<Name> ... \fi, so a step that was impossible for a model leaves no undefined macro and no wrong number.
 SWITCHES: dict[str, tuple[str, str, bool]] = {
     "SaeRan": ("semantic_head", "results.sae.ran", True),  # no SAE of the model could be had: no feature step
+    # the model as loaded had no weight processing (random or raw weights): no processed model to compare with
+    "ManualProcessed": ("manual_attention", "results.processed_compared", True),
 }
 GUARDED: dict[str, str] = {"semantic_head": "SaeRan"}
+# single macros under a switch, where the rest of their file is always there
+GUARDED_MACROS: dict[str, str] = {"ManualMaxProcessed": "ManualProcessed"}
 
 
 # --- values derived from several entries (each path "source:dotted.path") ---------------------------
@@ -531,7 +535,7 @@ class Macro:
 def _macros() -> Iterator[Macro]:
     for source, table in SPEC.items():
         for name, (path, fmt) in table.items():
-            yield Macro(name, ((source, path),), fmt, guard=GUARDED.get(source))
+            yield Macro(name, ((source, path),), fmt, guard=GUARDED_MACROS.get(name, GUARDED.get(source)))
     for name, (combine, paths, fmt) in DERIVED.items():
         entries = tuple(tuple(p.split(":", 1)) for p in paths)
         yield Macro(name, entries, fmt, combine, next((GUARDED[s] for s, _ in entries if s in GUARDED), None))

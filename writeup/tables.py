@@ -262,7 +262,7 @@ def table_evidence(results: Results) -> str:
                      MISSING if rival is None else f"{head_name(rival)} {format_value(rival['value'], fmt)}",
                      MISSING if null is None else format_value(results.get(source, null), fmt),
                      "yes" if entry["separates"] else "no"])
-    column = r">{\raggedright\arraybackslash}p{0.34\linewidth}"
+    column = r">{\raggedright\arraybackslash}p{0.30\linewidth}"  # room for 144-head ranks and two-digit layers
     header = ["claim", "pred.", "target", "rank", "strongest control", "null", "separates"]
     return tabular(column + "lrrlrl", header, rows)
 
