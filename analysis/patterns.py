@@ -66,6 +66,24 @@ def all_patterns_and_scores(model: HookedTransformer, tokens: Tensor, batch_size
     return pattern, attn_scores
 
 
+def _collect_head(model: HookedTransformer, tokens: Tensor, layer: int, head: int | Sequence[int],
+                  names: Sequence[str], fwd_hooks: Sequence[tuple[str, Callable]], batch_size: int,
+                  grad: bool) -> list[Tensor]:
+    """`blocks.{layer}.attn.hook_<name>` of one head (or a list of heads) for each of `names`, after every hook
+    of `fwd_hooks`, in chunks of `batch_size`; the run stops after the head's layer."""
+    check_context(model, tokens)
+    hooks = [get_act_name(name, layer) for name in names]
+    chunks: dict[str, list[Tensor]] = {hook: [] for hook in hooks}
+
+    def store(act: Tensor, hook) -> None:  # (B, nh, T, T)
+        chunks[hook.name].append(act[:, head].float().cpu())
+    with torch.set_grad_enabled(grad):
+        for start in range(0, tokens.shape[0], batch_size):
+            model.run_with_hooks(tokens[start:start + batch_size].to(model.cfg.device), return_type=None,
+                                 fwd_hooks=[*fwd_hooks, *((hook, store) for hook in hooks)], stop_at_layer=layer + 1)
+    return [torch.cat(chunks[hook]) for hook in hooks]
+
+
 def head_pattern(model: HookedTransformer, tokens: Tensor, layer: int, head: int | Sequence[int],
                  fwd_hooks: Sequence[tuple[str, Callable]] = (), batch_size: int = 64, grad: bool = False) -> Tensor:
     """`pattern: [batch, query, key]` of one head (`[batch, head, query, key]` for a list of heads of the
@@ -74,17 +92,7 @@ def head_pattern(model: HookedTransformer, tokens: Tensor, layer: int, head: int
     With `grad` the pattern stays differentiable (in whatever the hooks compute from, e.g. edited
     W_Q, W_K); otherwise it runs without autograd.
     """
-    check_context(model, tokens)
-    name = get_act_name("pattern", layer)
-    chunks = []
-
-    def store(act: Tensor, hook) -> None:  # (B, nh, T, T)
-        chunks.append(act[:, head].float().cpu())
-    with torch.set_grad_enabled(grad):
-        for start in range(0, tokens.shape[0], batch_size):
-            model.run_with_hooks(tokens[start:start + batch_size].to(model.cfg.device), return_type=None,
-                                 fwd_hooks=[*fwd_hooks, (name, store)], stop_at_layer=layer + 1)
-    return torch.cat(chunks)
+    return _collect_head(model, tokens, layer, head, ["pattern"], fwd_hooks, batch_size, grad)[0]
 
 
 def head_pattern_and_scores(model: HookedTransformer, tokens: Tensor, layer: int, head: int | Sequence[int],
@@ -93,17 +101,9 @@ def head_pattern_and_scores(model: HookedTransformer, tokens: Tensor, layer: int
     """(pattern, attn_scores) of one head (or a list of heads of the layer), as `head_pattern` gives the pattern,
     with the pre-softmax scores the pattern came from (`hook_attn_scores`, after every other hook), for exact
     log-masses (`scores.masked_log_mass`). Without autograd; stops after the head's layer."""
-    check_context(model, tokens)
-    names = (get_act_name("attn_scores", layer), get_act_name("pattern", layer))
-    chunks: dict[str, list[Tensor]] = {name: [] for name in names}
-
-    def store(act: Tensor, hook) -> None:  # (B, nh, T, T)
-        chunks[hook.name].append(act[:, head].float().cpu())
-    with torch.no_grad():
-        for start in range(0, tokens.shape[0], batch_size):
-            model.run_with_hooks(tokens[start:start + batch_size].to(model.cfg.device), return_type=None,
-                                 fwd_hooks=[*fwd_hooks, *((name, store) for name in names)], stop_at_layer=layer + 1)
-    return torch.cat(chunks[names[1]]), torch.cat(chunks[names[0]])
+    pattern, attn_scores = _collect_head(model, tokens, layer, head, ["pattern", "attn_scores"], fwd_hooks,
+                                         batch_size, grad=False)
+    return pattern, attn_scores
 
 
 def flatten_heads(pattern: Tensor) -> Tensor:
