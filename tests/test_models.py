@@ -1,5 +1,7 @@
 """load_model / save_model: the organism, round trips, and clear errors for what cannot load."""
 
+import json
+
 import pytest
 import torch
 
@@ -33,6 +35,17 @@ def test_save_and_load_round_trip(organism, tmp_path):
     assert torch.allclose(organism(tokens), loaded(tokens), atol=1e-5)
     assert loaded.analysis_info["weight_processing"] == organism.analysis_info["weight_processing"]
     assert loaded.to_str_tokens(" red") == organism.to_str_tokens(" red")
+
+
+def test_the_record_of_planted_heads_travels_with_the_directory_not_the_name(organism, tmp_path, truth):
+    """What decides the organism's passages of the paper is the model's own ground-truth file, never its name."""
+    assert organism.analysis_info["ground_truth"] == truth
+    assert organism.analysis_info["source"] == "analysis/organism/checkpoint"  # the same in every clone
+    save_model(organism, tmp_path / "plain")
+    assert load_model(str(tmp_path / "plain")).analysis_info["ground_truth"] is None
+    (tmp_path / "plain" / "ground_truth.json").write_text(json.dumps(truth))
+    retrained = load_model(str(tmp_path / "plain")).analysis_info
+    assert retrained["ground_truth"] == truth and retrained["source"] == str((tmp_path / "plain").resolve())
 
 
 def test_saved_files_get_the_usual_permissions_and_pass_the_directory_check(organism, tmp_path):

@@ -286,13 +286,16 @@ def test_a_changed_result_changes_the_pdf(workspace):
     assert "0.432" in text
 
 
-def renamed_copy(workspace: Path, model: str) -> Path:
-    """The fixture's results and figures as another model's (its name in every provenance); its results folder."""
+def renamed_copy(workspace: Path, model: str, planted: bool = False) -> Path:
+    """The fixture's results and figures as another model's (its name in every provenance), one without a record
+    of planted heads unless `planted`; its results folder."""
     source, target = workspace / "results" / "organism", workspace / "results" / model
     target.mkdir(parents=True, exist_ok=True)
     for file in source.glob("*.json"):
         data = json.loads(file.read_text())
         data["provenance"]["model"]["name"] = model
+        if not planted:
+            data["provenance"]["model"]["ground_truth"] = None
         (target / file.name).write_text(json.dumps(data))
     shutil.copytree(source / RUNS_DIR, target / RUNS_DIR, dirs_exist_ok=True)
     shutil.copytree(workspace / "figures" / "organism", workspace / "figures" / model, dirs_exist_ok=True)
@@ -307,6 +310,28 @@ def test_paper_builds_for_gpt2_small_names(workspace):
     assert "gpt2-small" in text.split("Abstract")[0]
     flat = " ".join(text.split())
     assert "This build reports gpt2-small" in flat  # the model-dependent passages switch
+    assert "This build reports the model organism" not in flat
+
+
+def test_organism_branch_follows_the_ground_truth_not_the_name(workspace):
+    """A model that comes with planted heads gets the organism's passages whatever it is called, and one without
+    gets the other branch even when it is called "organism"."""
+    renamed_copy(workspace, "my-organism", planted=True)
+    text, problems, _ = build(workspace, "my-organism", "mine")
+    flat = " ".join(text.split())
+    assert problems == [] and "This build reports the model organism" in flat
+    originals = {file: file.read_text() for file in (workspace / "results" / "organism").glob("*.json")}
+    try:
+        for file, original in originals.items():
+            data = json.loads(original)
+            data["provenance"]["model"]["ground_truth"] = None
+            file.write_text(json.dumps(data))
+        text, problems, _ = build(workspace, "organism", "plain")
+    finally:
+        for file, original in originals.items():
+            file.write_text(original)
+    flat = " ".join(text.split())
+    assert problems == [] and "This build reports organism" in flat
     assert "This build reports the model organism" not in flat
 
 

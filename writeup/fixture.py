@@ -17,7 +17,7 @@ def trimmed_copy(results: Results, dest: Path | str, scripts: Sequence[str]) -> 
     """
     kept: dict[str, dict] = {}
     for source, path in sorted(results.read):
-        if source in results.fixed:
+        if not results.is_output(source):
             continue
         keys = walk(results.load(source), path)
         cut = next((i for i, k in enumerate(keys) if isinstance(k, int)), len(keys))  # the first list index

@@ -52,11 +52,7 @@ def generate(results: Results, out_dir: Path | str, figures_dir: Path | str, scr
     for name, latex, origin in found:
         where = " + ".join(f"{Path(file).name}: {path}" if path else file for file, path in origin)
         lines.append(rf"\newcommand{{\{name}}}{{{latex}}}% {where}")
-    model = results.get("scan_heads", "provenance.model.name")
-    lines += [r"\newif\ifOrganism", r"\Organismtrue" if model == "organism" else r"\Organismfalse"]
     manifest = {name: {"latex": latex, "entries": origin} for name, latex, origin in found}
-    manifest["ifOrganism"] = {"latex": str(model == "organism"),
-                              "entries": [(str(results.path("scan_heads")), "provenance.model.name")]}
     for name, holds in switch.items():  # steps a model could not run: their macros are left out above
         source, path, _ = SWITCHES[name]
         lines += [rf"\newif\if{name}", rf"\{name}{'true' if holds else 'false'}"]

@@ -9,14 +9,17 @@ from typing import Any
 
 from analysis.errors import UsageError
 from analysis.io import REPO_ROOT, model_id, read_json
-from analysis.models import ORGANISM_DIR
+from analysis.models import GROUND_TRUTH_FILE, ORGANISM_DIR, checkpoint_path
 
 PAPER_DIR = REPO_ROOT / "paper"
-FIXED_SOURCES: dict[str, Path] = {  # sources that are no script's output
-    "training_log": ORGANISM_DIR / "training_log.json",  # the organism's checkpoint records
-    "ground_truth": ORGANISM_DIR / "ground_truth.json",
+FIXED_SOURCES: dict[str, Path] = {  # sources that are no script's output: the repository's own files
     "reported": PAPER_DIR / "reported_gpt2.json",  # citations typed from the literature, never outputs
 }
+# Records saved beside a model organism's weights (scripts/train_organism.py). A model that came with its own
+# (scan_heads recorded its ground truth) is described by them, so a retrained organism's paper reads its own;
+# any other model's paper describes the shipped organism that tests the analyses.
+CHECKPOINT_SOURCES: dict[str, str] = {"ground_truth": GROUND_TRUTH_FILE, "training_log": "training_log.json"}
+MODEL_SOURCE, MODEL_TRUTH = ("scan_heads", "provenance.model.source"), ("scan_heads", "provenance.model.ground_truth")
 RUNS_DIR = ".runs"  # results/<model>/.runs/<script>.json: {"seconds", "peak_rss_gb"}, written by make
 _INDEX = re.compile(r"-?\d+")
 
@@ -64,18 +67,30 @@ class Results:
     def directory(self) -> Path:
         return self.root / "results" / model_id(self.model, self.processing)
 
+    def is_output(self, source: str) -> bool:
+        """Whether `source` is a script's results file (not a repository or checkpoint file)."""
+        return source not in self.fixed and source not in CHECKPOINT_SOURCES
+
     def path(self, source: str) -> Path:
-        return self.fixed[source] if source in self.fixed else self.directory / f"{source}.json"
+        if source in self.fixed:
+            return self.fixed[source]
+        if source in CHECKPOINT_SOURCES:
+            own = self.get(*MODEL_TRUTH, default=None) is not None
+            return (checkpoint_path(self.get(*MODEL_SOURCE)) if own else ORGANISM_DIR) / CHECKPOINT_SOURCES[source]
+        return self.directory / f"{source}.json"
 
     def load(self, source: str) -> Any:
         if source not in self._cache:
             path = self.path(source)
             if not path.exists():
-                hint = ("it is one of the repository's own files: restore it with git" if source in self.fixed
-                        else f"run `make figures MODEL={self.model}` (or scripts/{source}.py --model {self.model})")
+                hint = (f"run `make figures MODEL={self.model}` (or scripts/{source}.py --model {self.model})"
+                        if self.is_output(source) else
+                        "it is one of the repository's own files: restore it with git" if source in self.fixed
+                        else "it is one of the model checkpoint's own records (scripts/train_organism.py writes it)")
                 raise UsageError(f"The paper needs {path}, which does not exist; {hint}.")
-            writer = ("git (it is one of the repository's own files)" if source in self.fixed
-                      else f"`python scripts/{source}.py --model {self.model}`")
+            writer = (f"`python scripts/{source}.py --model {self.model}`" if self.is_output(source)
+                      else "git (it is one of the repository's own files)" if source in self.fixed
+                      else "scripts/train_organism.py (a checkpoint record)")
             self._cache[source] = read_json(path, writer)
         return self._cache[source]
 

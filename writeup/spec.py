@@ -1,8 +1,8 @@
 """Every number the paper prints, named once: macro -> (JSON path, format), one table per results file.
 
 `SPEC[source]` maps each macro `\\Name` to the entry it prints, a dotted path into
-`results/<model>/<source>.json` (or into one of `results.FIXED_SOURCES`: the organism's checkpoint
-records and the values *reported* for GPT-2 small, citations typed from the literature), and its
+`results/<model>/<source>.json` (or into `results.FIXED_SOURCES`, the values *reported* for GPT-2 small,
+citations typed from the literature, or `results.CHECKPOINT_SOURCES`, a model organism's records), and its
 format (`writeup.format`). Scripts store what the paper reads under names (factors by factor,
 cells by "k=..,scale=..", conditions by mode and condition, the best cell as "best_cell"), so a
 path is all a macro needs. `DERIVED` holds the few values that combine entries of several
@@ -444,16 +444,19 @@ SPEC: dict[str, dict[str, Entry]] = {
 # --- switches: steps a model could not run ------------------------------------------------------------
 
 # \newif\if<Name> per switch, true when its entry holds; results written before the entry existed read `absent`.
-# A source of GUARDED has its macros written only while its switch holds, and main.tex prints them only inside
-# \if<Name> ... \fi, so a step that was impossible for a model leaves no undefined macro and no wrong number.
+# GUARDS puts a whole source (snake_case) or a single macro (CamelCase) under a switch: its macros are written
+# only while the switch holds, and main.tex prints them only inside \if<Name> ... \fi, so a step that was
+# impossible for a model leaves no undefined macro and no wrong number.
 SWITCHES: dict[str, tuple[str, str, bool]] = {
+    # the model came with a record of what was planted in it (a model organism): the paper checks the analyses
+    # against that ground truth. Decided by what the model has, never by its name.
+    "Organism": ("scan_heads", "provenance.model.ground_truth", False),
     "SaeRan": ("semantic_head", "results.sae.ran", True),  # no SAE of the model could be had: no feature step
     # the model as loaded had no weight processing (random or raw weights): no processed model to compare with
     "ManualProcessed": ("manual_attention", "results.processed_compared", True),
 }
-GUARDED: dict[str, str] = {"semantic_head": "SaeRan"}
-# single macros under a switch, where the rest of their file is always there
-GUARDED_MACROS: dict[str, str] = {"ManualMaxProcessed": "ManualProcessed"}
+GUARDS: dict[str, str] = {"semantic_head": "SaeRan", "ManualMaxProcessed": "ManualProcessed",
+                          "ScanPlantedFound": "Organism"}  # the scan against this model's planted heads
 
 
 # --- values derived from several entries (each path "source:dotted.path") ---------------------------
@@ -535,10 +538,10 @@ class Macro:
 def _macros() -> Iterator[Macro]:
     for source, table in SPEC.items():
         for name, (path, fmt) in table.items():
-            yield Macro(name, ((source, path),), fmt, guard=GUARDED_MACROS.get(name, GUARDED.get(source)))
+            yield Macro(name, ((source, path),), fmt, guard=GUARDS.get(name, GUARDS.get(source)))
     for name, (combine, paths, fmt) in DERIVED.items():
         entries = tuple(tuple(p.split(":", 1)) for p in paths)
-        yield Macro(name, entries, fmt, combine, next((GUARDED[s] for s, _ in entries if s in GUARDED), None))
+        yield Macro(name, entries, fmt, combine, GUARDS.get(name, next((GUARDS[s] for s, _ in entries if s in GUARDS), None)))
 
 
 def switches(results: Results) -> dict[str, bool]:
