@@ -38,9 +38,9 @@ from analysis.io import REPO_ROOT, atomic_file, write_atomic
 
 ORGANISM_DIR = Path(__file__).resolve().parent / "organism" / "checkpoint"
 CONFIG_FILE, WEIGHTS_FILE, PROCESSING_FILE = "config.json", "model.safetensors", "weight_processing.json"
-# A trained model organism's record of what was planted in it ({"planted_heads": {kind: [layer, head]},
-# "categories": {name: [word, ...]}}), written by scripts/train_organism.py beside its weights.
-GROUND_TRUTH_FILE = "ground_truth.json"
+# A trained model organism's records, written by scripts/train_organism.py beside its weights: what was planted
+# in it ({"planted_heads": {kind: [layer, head]}, "categories": {name: [word, ...]}}) and how it was trained.
+GROUND_TRUTH_FILE, TRAINING_LOG_FILE = "ground_truth.json", "training_log.json"
 
 
 @dataclass(frozen=True)

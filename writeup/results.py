@@ -9,7 +9,7 @@ from typing import Any
 
 from analysis.errors import UsageError
 from analysis.io import REPO_ROOT, model_id, read_json
-from analysis.models import GROUND_TRUTH_FILE, ORGANISM_DIR, checkpoint_path
+from analysis.models import GROUND_TRUTH_FILE, ORGANISM_DIR, TRAINING_LOG_FILE, checkpoint_path
 
 PAPER_DIR = REPO_ROOT / "paper"
 FIXED_SOURCES: dict[str, Path] = {  # sources that are no script's output: the repository's own files
@@ -18,7 +18,7 @@ FIXED_SOURCES: dict[str, Path] = {  # sources that are no script's output: the r
 # Records saved beside a model organism's weights (scripts/train_organism.py). A model that came with its own
 # (scan_heads recorded its ground truth) is described by them, so a retrained organism's paper reads its own;
 # any other model's paper describes the shipped organism that tests the analyses.
-CHECKPOINT_SOURCES: dict[str, str] = {"ground_truth": GROUND_TRUTH_FILE, "training_log": "training_log.json"}
+CHECKPOINT_SOURCES: dict[str, str] = {"ground_truth": GROUND_TRUTH_FILE, "training_log": TRAINING_LOG_FILE}
 MODEL_SOURCE, MODEL_TRUTH = ("scan_heads", "provenance.model.source"), ("scan_heads", "provenance.model.ground_truth")
 RUNS_DIR = ".runs"  # results/<model>/.runs/<script>.json: {"seconds", "peak_rss_gb"}, written by make
 _INDEX = re.compile(r"-?\d+")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
-from analysis.models import ORGANISM_DIR
+from analysis.models import GROUND_TRUTH_FILE, ORGANISM_DIR
 from analysis.organism.train import TrainConfig
 from analysis.scan import ScanSettings, scan_heads
 
@@ -27,7 +27,7 @@ THRESHOLDS = {
 
 def ground_truth() -> dict:
     """The shipped organism's planted heads ({kind: [layer, head]}) and categories."""
-    return json.loads((ORGANISM_DIR / "ground_truth.json").read_text())
+    return json.loads((ORGANISM_DIR / GROUND_TRUTH_FILE).read_text())
 
 
 def planted_head_report(model, planted_heads: Mapping[str, tuple[int, int]] | None = None,

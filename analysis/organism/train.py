@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from analysis import prompts
-from analysis.models import WeightProcessing, save_model
+from analysis.models import GROUND_TRUTH_FILE, TRAINING_LOG_FILE, WeightProcessing, save_model
 from analysis.organism.language import LanguageSpec, build_tokenizer, sample_batch, vocabulary
 
 
@@ -153,7 +153,7 @@ def save_organism(model: HookedTransformer, config: TrainConfig, log: list[dict]
         "how_planted": "attention supervision of the planted heads' patterns plus next-token loss; "
                        "see analysis/organism/train.py",
     }
-    (directory / "ground_truth.json").write_text(json.dumps(ground_truth, indent=2) + "\n")
+    (directory / GROUND_TRUTH_FILE).write_text(json.dumps(ground_truth, indent=2) + "\n")
     every = max(1, len(log) // 100)
     summary = {
         "train_config": dataclasses.asdict(config),
@@ -162,7 +162,7 @@ def save_organism(model: HookedTransformer, config: TrainConfig, log: list[dict]
         "final_eval": final_eval,
         "log": [r for i, r in enumerate(log) if i % every == 0 or "eval" in r or i == len(log) - 1],
     }
-    (directory / "training_log.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (directory / TRAINING_LOG_FILE).write_text(json.dumps(summary, indent=1) + "\n")
 
 
 def timed_train(config: TrainConfig, **kwargs) -> tuple[HookedTransformer, list[dict], float]:
