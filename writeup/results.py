@@ -67,9 +67,14 @@ class Results:
     def directory(self) -> Path:
         return self.root / "results" / model_id(self.model, self.processing)
 
+    def kind(self, source: str) -> str:
+        """Where `source` comes from: "output" (a script's results file), "fixed" (a repository file) or
+        "checkpoint" (a record saved beside the organism's weights, CHECKPOINT_SOURCES)."""
+        return "fixed" if source in self.fixed else "checkpoint" if source in CHECKPOINT_SOURCES else "output"
+
     def is_output(self, source: str) -> bool:
         """Whether `source` is a script's results file (not a repository or checkpoint file)."""
-        return source not in self.fixed and source not in CHECKPOINT_SOURCES
+        return self.kind(source) == "output"
 
     def path(self, source: str) -> Path:
         if source in self.fixed:
@@ -82,15 +87,16 @@ class Results:
     def load(self, source: str) -> Any:
         if source not in self._cache:
             path = self.path(source)
+            hint, writer = {  # what to do when the file is missing, and who writes it
+                "output": (f"run `make figures MODEL={self.model}` (or scripts/{source}.py --model {self.model})",
+                           f"`python scripts/{source}.py --model {self.model}`"),
+                "fixed": ("it is one of the repository's own files: restore it with git",
+                          "git (it is one of the repository's own files)"),
+                "checkpoint": ("it is one of the model checkpoint's own records (scripts/train_organism.py writes it)",
+                               "scripts/train_organism.py (a checkpoint record)"),
+            }[self.kind(source)]
             if not path.exists():
-                hint = (f"run `make figures MODEL={self.model}` (or scripts/{source}.py --model {self.model})"
-                        if self.is_output(source) else
-                        "it is one of the repository's own files: restore it with git" if source in self.fixed
-                        else "it is one of the model checkpoint's own records (scripts/train_organism.py writes it)")
                 raise UsageError(f"The paper needs {path}, which does not exist; {hint}.")
-            writer = (f"`python scripts/{source}.py --model {self.model}`" if self.is_output(source)
-                      else "git (it is one of the repository's own files)" if source in self.fixed
-                      else "scripts/train_organism.py (a checkpoint record)")
             self._cache[source] = read_json(path, writer)
         return self._cache[source]
 

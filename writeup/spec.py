@@ -18,7 +18,7 @@ from typing import Any
 
 from analysis.ablation import damage_share
 from writeup.format import Format, Words, format_value, same_head
-from writeup.results import Results
+from writeup.results import MODEL_TRUTH, Results
 
 Entry = tuple[str, Format]  # (dotted JSON path, format)
 
@@ -450,13 +450,18 @@ SPEC: dict[str, dict[str, Entry]] = {
 SWITCHES: dict[str, tuple[str, str, bool]] = {
     # the model came with a record of what was planted in it (a model organism): the paper checks the analyses
     # against that ground truth. Decided by what the model has, never by its name.
-    "Organism": ("scan_heads", "provenance.model.ground_truth", False),
+    "Organism": (*MODEL_TRUTH, False),
     "SaeRan": ("semantic_head", "results.sae.ran", True),  # no SAE of the model could be had: no feature step
     # the model as loaded had no weight processing (random or raw weights): no processed model to compare with
     "ManualProcessed": ("manual_attention", "results.processed_compared", True),
 }
 GUARDS: dict[str, str] = {"semantic_head": "SaeRan", "ManualMaxProcessed": "ManualProcessed",
                           "ScanPlantedFound": "Organism"}  # the scan against this model's planted heads
+
+
+def guard_of(*names: str) -> str | None:
+    """The switch a macro or table row stands under: the first of `names` (the macro, then its sources) in GUARDS."""
+    return next((GUARDS[n] for n in names if n in GUARDS), None)
 
 
 # --- values derived from several entries (each path "source:dotted.path") ---------------------------
@@ -538,10 +543,10 @@ class Macro:
 def _macros() -> Iterator[Macro]:
     for source, table in SPEC.items():
         for name, (path, fmt) in table.items():
-            yield Macro(name, ((source, path),), fmt, guard=GUARDS.get(name, GUARDS.get(source)))
+            yield Macro(name, ((source, path),), fmt, guard=guard_of(name, source))
     for name, (combine, paths, fmt) in DERIVED.items():
         entries = tuple(tuple(p.split(":", 1)) for p in paths)
-        yield Macro(name, entries, fmt, combine, GUARDS.get(name, next((GUARDS[s] for s, _ in entries if s in GUARDS), None)))
+        yield Macro(name, entries, fmt, combine, guard_of(name, *(s for s, _ in entries)))
 
 
 def switches(results: Results) -> dict[str, bool]:

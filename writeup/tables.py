@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from analysis.organism import THRESHOLDS
 from writeup.format import MISSING, format_value, head_name, latex_escape, short_commit, token_tex
 from writeup.results import Results
-from writeup.spec import ABLATION_CONDITIONS, ABLATION_MODES, GUARDS, switches
+from writeup.spec import ABLATION_CONDITIONS, ABLATION_MODES, guard_of, switches
 
 
 def tabular(colspec: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -252,7 +252,8 @@ def table_evidence(results: Results) -> str:
     held = switches(results)
     rows = []
     for claim, source, name, fmt, null in EVIDENCE_ROWS:
-        if source in GUARDS and not held[GUARDS[source]]:
+        guard = guard_of(source)
+        if guard is not None and not held[guard]:
             continue
         entry = results.get(source, f"results.target.{name}")
         direction = results.get(source, f"results.directions.{name}")
