@@ -432,7 +432,8 @@ def load_target(args: argparse.Namespace) -> tuple[HookedTransformer, int, int]:
     must have a tokenizer), and --layer/--head or, without them, the survey's best semantic head."""
     model = models.load_model(args.model, args.device, args.processing)
     prompts.require_tokenizer(model)
-    categories = prompts.CATEGORY_SETS[getattr(args, "categories", "study")]  # the survey follows --categories
+    # the survey follows --categories where the script has it
+    categories = chosen_categories(args)[0] if hasattr(args, "categories") else prompts.STUDY_CATEGORIES
     layer, head = target_head(model, args.layer, args.head, args.seed, categories)
     return model, layer, head
 

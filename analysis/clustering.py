@@ -190,8 +190,10 @@ def node_tokens(model, categories: Mapping[str, Sequence[str]], n_tokens: int, t
     each category word not already among them."""
     ids, _ = ordinary_or_frequent_ids(model.cfg.d_vocab, prompts.special_token_ids(model), n_tokens, table_path)
     ids = ids.tolist()
+    frequent = set(ids)
     words = [i for w in categories.values() for i in prompts.single_token_ids(model.tokenizer, list(w))]
-    return torch.tensor(ids + [i for i in words if i not in set(ids)])
+    return torch.tensor(ids + [i for i in words if i not in frequent])
+
 
 AGREEMENT_DIRECTIONS = {"ari": "high", "nmi": "high", "study_ari": "high", "study_nmi": "high"}
 

@@ -425,12 +425,14 @@ def edited_heads_in_context(model: HookedTransformer, tokens: Tensor, mask: Tens
     return {hd: results[hd] for hd in edits}
 
 
+EDITED_METRICS = (*MASSES, "surprisal")  # the part-1 metrics whose change an edit reports
+
+
 def edit_effect(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float | None]:
     """Changes of an edit: Δm = after[m] - before[m] for self, partner, BOS-when-no-partner mass and S, and
     self_per_partner_lost = Δself / (-Δpartner), the self mass restored per unit of partner mass lost
     (None when no partner mass is lost)."""
-    delta = {f"{m}_change": after[m] - before[m]
-             for m in (*MASSES, "surprisal")}
+    delta = {f"{m}_change": after[m] - before[m] for m in EDITED_METRICS}
     lost = -delta["partner_mass_change"]
     return {**delta, "self_per_partner_lost": delta["self_mass_change"] / lost if lost > 0 else None}
 
@@ -455,8 +457,7 @@ def in_context_grid(model: HookedTransformer, tokens: Tensor, mask: Tensor, laye
 
 # --- the same eigenvalue edits on several heads ----------------------------------------------
 
-EDIT_CHANGES = ("self_mass_change", "partner_mass_change", "bos_mass_no_partner_change", "surprisal_change",
-                "self_per_partner_lost")
+EDIT_CHANGES = (*(f"{m}_change" for m in EDITED_METRICS), "self_per_partner_lost")  # the keys of `edit_effect`
 
 
 def eigenvalue_edits(weights: Mapping[tuple[int, int], tuple[Tensor, Tensor]],

@@ -63,7 +63,7 @@ def prompt_sets(model, args) -> dict[str, list[torch.Tensor]]:
             "repeated": [prompts.random_repeated_tokens(args.n_prompts, args.length // 2, d_vocab, bos,
                                                         args.seed + 1, special)]}
     if model.tokenizer is not None:
-        sets["category"] = [prompts.category_probe(model, prompts.CATEGORY_SETS[args.categories], args.n_prompts,
+        sets["category"] = [prompts.category_probe(model, cli.chosen_categories(args)[0], args.n_prompts,
                                                    args.length, args.seed + 2)[0]]
     return sets
 

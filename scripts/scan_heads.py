@@ -63,7 +63,7 @@ def main(args) -> None:
     settings = ScanSettings(n_random=args.n_prompts, n_repeated=args.n_prompts,
                             repeat_lengths=tuple(args.repeat_lengths), n_category=args.category_prompts,
                             category_words=args.category_words)
-    categories = prompts.CATEGORY_SETS[args.categories]
+    categories, _ = cli.chosen_categories(args)
     scan = scan_heads(model, settings, seed=args.seed, categories=categories, progress=True)
     headline = args.repeat_lengths[0]
     semantic = {k: v.nanmean(0) for k, v in scan.semantic.items()}  # [layer, head]
