@@ -19,7 +19,7 @@ A script looks like
 positive, seeds in [0, 2**32)), the device, then what needs the model's shape and tokenizer
 (read from its config and tokenizer files, never its weights): context lengths, memory bounds,
 text prompts and input files; last, it tries the output folder. It then opens the run's outputs
-(`io.output_run`: every file the script saves is staged and moved into place together when
+(`infra.staging.output_run`: every file the script saves is staged and moved into place together when
 `main` returns) and calls `main`. A `UsageError`, from the checks or from `main`, becomes one
 paragraph on stderr starting with "error:" and exit status 2, and leaves no file behind.
 
@@ -45,6 +45,7 @@ from transformer_lens import HookedTransformer
 
 from analysis import controls, io, models, prompts, scan
 from analysis.errors import UsageError
+from analysis.infra import staging
 from analysis.io import REPO_ROOT
 from analysis.token_maps import INPUT_VIEWS
 
@@ -151,7 +152,7 @@ class Parser(argparse.ArgumentParser):
 
     def __init__(self, *args, staged: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
-        self.staged = staged  # whether --out is the output root of a run (`io.output_run`)
+        self.staged = staged  # whether --out is the output root of a run (`infra.staging.output_run`)
         self._context: list[tuple[str, Callable[[int], int]]] = []
         self._bounds: list[tuple[str, Callable[[models.ModelShape], int], str]] = []
         self._memory: list[tuple[str, Callable[[argparse.Namespace, models.ModelShape], float], str]] = []
@@ -458,7 +459,7 @@ def run(main: Callable[[argparse.Namespace], object], arg_parser: argparse.Argum
             arg_parser.validate(args)
         staged = getattr(arg_parser, "staged", True)
         with io.filed_under(getattr(args, "processing", "default")):  # raw weights: a results folder of their own
-            outputs = io.output_run(args.out, io.run_directories(args.out, args.model)) if staged else nullcontext()
+            outputs = staging.output_run(args.out, io.run_directories(args.out, args.model)) if staged else nullcontext()
             with outputs:
                 seed_everything(args.seed)
                 main(args)

@@ -34,7 +34,8 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from analysis.errors import ModelNotAvailableError, UsageError
-from analysis.io import REPO_ROOT, atomic_file, write_atomic
+from analysis.infra.atomic import atomic_file
+from analysis.io import REPO_ROOT, write_atomic
 
 ORGANISM_DIR = Path(__file__).resolve().parent / "organism" / "checkpoint"
 CONFIG_FILE, WEIGHTS_FILE, PROCESSING_FILE = "config.json", "model.safetensors", "weight_processing.json"

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from analysis import cli, io, models
+from analysis.infra import atomic
 from analysis.models import ORGANISM_DIR
 from analysis.organism import planted_head_report
 from analysis.organism.train import TrainConfig, save_organism, timed_train
@@ -70,7 +71,7 @@ def main(args) -> None:
     cli.check_memory(cli.pattern_bytes(shape, config.batch_size, config.n_ctx, copies=12), "--batch-size",
                      "training activations")
     torch.set_num_threads(args.threads)
-    with io.staged_directory(out) as folder:  # made before training: an unwritable --out fails now
+    with atomic.staged_directory(out) as folder:  # made before training: an unwritable --out fails now
         model, log, seconds = timed_train(config, eval_every=args.eval_every, evaluate=planted_head_report)
         report = planted_head_report(model)
         save_organism(model, config, log, folder, seconds, report)

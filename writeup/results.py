@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from analysis.errors import UsageError
-from analysis.io import REPO_ROOT, model_id, read_json
+from analysis.ids import model_id
+from analysis.io import REPO_ROOT, read_json
 from analysis.models import GROUND_TRUTH_FILE, ORGANISM_DIR, TRAINING_LOG_FILE, checkpoint_path
 
 PAPER_DIR = REPO_ROOT / "paper"

@@ -143,7 +143,7 @@ def save_organism(model: HookedTransformer, config: TrainConfig, log: list[dict]
                   seconds: float, final_eval: dict) -> None:
     """Weights (unprocessed), tokenizer, config, ground truth and a compact training log, into `directory`.
 
-    The files are written one by one: give a fresh folder (`io.staged_directory` makes one and
+    The files are written one by one: give a fresh folder (`infra.atomic.staged_directory` makes one and
     swaps it into place whole).
     """
     save_model(model, directory, processing=WeightProcessing.none())
