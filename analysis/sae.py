@@ -37,7 +37,8 @@ from transformer_lens import HookedTransformer
 
 from analysis.attention import attention_scores, head_scale, head_weights
 from analysis.errors import ModelNotAvailableError, UsageError
-from analysis.models import ORGANISM_DIR, hub_offline, hub_reachable
+from analysis.infra.hub import hub_offline, hub_reachable
+from analysis.models import ORGANISM_DIR
 from analysis.organism.language import LanguageSpec, sample_batch, vocabulary
 from analysis.organism.train import TrainConfig
 from analysis.prompts import STUDY_CATEGORIES, bos_token_id, category_index, single_token_ids
