@@ -110,7 +110,7 @@ $(RUNS)/%.json: scripts/%.py $(PACKAGE_FILES) | $(STAMP)
 	@echo "== scripts/$*.py $(SCRIPT_ARGS) $(OUT_ARGS) $(ARGS_$*)"
 	@$(TIMED) $@ $(PY) scripts/$*.py $(SCRIPT_ARGS) $(OUT_ARGS) $(ARGS_$*)
 
-$(GENERATED)/macros.tex: $(RUN_STAMPS) scripts/make_paper_inputs.py $(WRITEUP_FILES) analysis/organism/__init__.py \
+$(GENERATED)/macros.tex: $(RUN_STAMPS) scripts/make_paper_inputs.py $(WRITEUP_FILES) analysis/organism/report.py \
 		paper/reported_gpt2.json | $(STAMP)
 	$(PY) scripts/make_paper_inputs.py $(SCRIPT_ARGS) $(OUT_ARGS) --generated $(GENERATED) --scripts $(DEMO_SCRIPTS)
 

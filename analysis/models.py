@@ -20,7 +20,6 @@ the results files record.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import importlib.util
 import json
 import os
@@ -37,11 +36,7 @@ from analysis.infra.atomic import atomic_file
 from analysis.infra.checkpoint import (CONFIG_FILE, PROCESSING_FILE, WEIGHTS_FILE, check_directory, load_tokenizer,
                                        read_processing)
 from analysis.io import REPO_ROOT, write_atomic
-
-ORGANISM_DIR = Path(__file__).resolve().parent / "organism" / "checkpoint"
-# A trained model organism's records, written by scripts/train_organism.py beside its weights: what was planted
-# in it ({"planted_heads": {kind: [layer, head]}, "categories": {name: [word, ...]}}) and how it was trained.
-GROUND_TRUTH_FILE, TRAINING_LOG_FILE = "ground_truth.json", "training_log.json"
+from analysis.organism.files import ORGANISM_DIR, ground_truth
 
 
 @dataclass(frozen=True)
@@ -77,12 +72,6 @@ def _where(directory: Path) -> str:
 def checkpoint_path(source: str) -> Path:
     """The directory that `analysis_info["source"]` names (the inverse of `_where`)."""
     return REPO_ROOT / source
-
-
-def ground_truth(directory: Path) -> dict | None:
-    """What was planted in the model saved in `directory` (its GROUND_TRUTH_FILE), or None."""
-    path = directory / GROUND_TRUTH_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _info(model: HookedTransformer, name: str, source: str, processing: WeightProcessing,
@@ -286,21 +275,6 @@ def _saved_processing(directory: Path) -> WeightProcessing:
     """How the weights in `directory` were processed (`infra.checkpoint.read_processing`; none without a record)."""
     record = read_processing(directory)
     return WeightProcessing.none() if record is None else WeightProcessing(**record)
-
-
-@functools.lru_cache(maxsize=1)
-def _organism_vocabulary() -> tuple[tuple[str, int], ...]:
-    tokenizer = load_tokenizer(ORGANISM_DIR)
-    return tuple(sorted(tokenizer.get_vocab().items())) if tokenizer is not None else ()
-
-
-def has_organism_vocabulary(tokenizer) -> bool:
-    """Whether `tokenizer` is the organism's: the same tokens with the same ids as the shipped checkpoint's.
-
-    What decides the organism's defaults (its sampled corpus, its trained SAE, the induction
-    patching task) for any model that speaks its synthetic language, whatever the model is called.
-    """
-    return tokenizer is not None and tuple(sorted(tokenizer.get_vocab().items())) == _organism_vocabulary()
 
 
 def _load_directory(directory: Path, device: str, processing: WeightProcessing) -> HookedTransformer:

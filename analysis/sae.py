@@ -38,7 +38,7 @@ from transformer_lens import HookedTransformer
 from analysis.attention import attention_scores, head_scale, head_weights
 from analysis.errors import ModelNotAvailableError, UsageError
 from analysis.infra.hub import hub_offline, hub_reachable
-from analysis.models import ORGANISM_DIR
+from analysis.organism.files import ORGANISM_SAE_DIR
 from analysis.organism.language import LanguageSpec, sample_batch, vocabulary
 from analysis.organism.train import TrainConfig
 from analysis.prompts import STUDY_CATEGORIES, bos_token_id, category_index, single_token_ids
@@ -47,7 +47,6 @@ from analysis.token_maps import block_means
 from analysis.vocab_input import CACHE_DIR
 
 GPT2_RELEASE = "gpt2-small-resid-post-v5-32k"
-ORGANISM_SAE_DIR = ORGANISM_DIR.parent / "sae"
 SETTINGS_FILE = "training_settings.json"
 
 

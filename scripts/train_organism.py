@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 
 from analysis import cli, io, models
-from analysis.infra import atomic
-from analysis.models import ORGANISM_DIR
-from analysis.organism import planted_head_report
+from analysis.infra import atomic, checkpoint
+from analysis.organism.files import ORGANISM_DIR
+from analysis.organism.report import planted_head_report
 from analysis.organism.train import TrainConfig, save_organism, timed_train
 
 DEFAULT_OUT = io.REPO_ROOT / "checkpoints" / "organism"
@@ -50,7 +50,7 @@ def checkpoint_folder(args) -> Path:
     if shipped and not args.replace_shipped:
         raise cli.UsageError(f"--out {out} is the shipped checkpoint. Pass --replace-shipped to overwrite it, or give "
                              "--out another folder.")
-    if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or (out / models.CONFIG_FILE).exists())):
+    if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or (out / checkpoint.CONFIG_FILE).exists())):
         raise cli.UsageError(f"--out {out} exists and is not a checkpoint folder, so it will not be replaced. Give "
                              "--out a new folder or an earlier checkpoint.")
     return out

@@ -15,7 +15,8 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from analysis import io
 from analysis.ids import model_id
 from analysis.infra.hub import hub_reachable
-from analysis.models import gpt2_tokenizer, has_organism_vocabulary, load_model, save_model
+from analysis.models import gpt2_tokenizer, load_model, save_model
+from analysis.organism.files import has_organism_vocabulary
 from analysis.patching import choose_task
 from analysis.scores import induction_chance, induction_score
 from conftest import REPO, run_main, run_script

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from analysis import cli
-from analysis.models import ORGANISM_DIR
+from analysis.organism.files import ORGANISM_DIR
 
 from conftest import REPO, run_script
 

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from analysis.models import ORGANISM_DIR
-from analysis.organism import THRESHOLDS, meets, planted_head_report
+from analysis.organism.files import ORGANISM_DIR
+from analysis.organism.report import THRESHOLDS, meets, planted_head_report
 from analysis.scan import scan_heads, top_heads
 from conftest import run_script
 

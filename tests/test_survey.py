@@ -6,7 +6,7 @@ import torch
 
 from analysis import prompts, scan, scores
 from analysis.patterns import all_patterns, flatten_heads
-from analysis.organism import THRESHOLDS
+from analysis.organism.report import THRESHOLDS
 from analysis.survey import METRICS, separation, survey_table
 import pytest
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from analysis.organism import THRESHOLDS
+from analysis.organism.report import THRESHOLDS
 from writeup.format import MISSING, format_value, head_name, latex_escape, short_commit, token_tex
 from writeup.results import Results
 from writeup.spec import ABLATION_CONDITIONS, ABLATION_MODES, guard_of, switches
@@ -50,7 +50,7 @@ THRESHOLD_LABELS = {
 
 
 def threshold_label(key: str) -> str:
-    """How the thresholds table names a key of analysis.organism.THRESHOLDS ("induction_50": at |r| = 50)."""
+    """How the thresholds table names a key of analysis.organism.report.THRESHOLDS ("induction_50": at |r| = 50)."""
     match = re.fullmatch(r"induction_(\d+)", key)
     return rf"induction score, $|r| = {match.group(1)}$" if match else THRESHOLD_LABELS.get(key, latex_escape(key))
 
@@ -146,7 +146,7 @@ def table_communities(results: Results, n_members: int = 5) -> str:
 
 
 def table_thresholds(results: Results) -> str:
-    """The organism's acceptance thresholds (analysis.organism.THRESHOLDS) beside its measured values."""
+    """The organism's acceptance thresholds (analysis.organism.report.THRESHOLDS) beside its measured values."""
     evals = [r for r in results.get("training_log", "log") if "eval" in r]
     first = evals[0]
     rows = []

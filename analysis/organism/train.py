@@ -30,7 +30,8 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from analysis import prompts
-from analysis.models import GROUND_TRUTH_FILE, TRAINING_LOG_FILE, WeightProcessing, save_model
+from analysis.models import WeightProcessing, save_model
+from analysis.organism.files import GROUND_TRUTH_FILE, TRAINING_LOG_FILE
 from analysis.organism.language import LanguageSpec, build_tokenizer, sample_batch, vocabulary
 
 
