@@ -3,7 +3,7 @@
 Each probe is one prompt set of `analysis.prompts` run through `all_patterns` (one batched pass
 for all heads); the scores are the functions of `analysis.scores`. Results are `[layer, head]`
 tensors, plus the per-prompt `[batch, layer, head]` values where confidence intervals are wanted.
-Choosing a script's target head from its --layer/--head flags is `analysis.cli.target_head`.
+Choosing a script's target head from its --layer/--head flags is `analysis.heads.target_head`.
 """
 
 from __future__ import annotations

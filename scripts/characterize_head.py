@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 
 from analysis import cli, io, prompts, scan
+from analysis.heads import target_head
 from analysis.models import load_model
 from analysis.patterns import all_patterns_and_scores
 from analysis.plotting import attention_heads_html, attention_pattern, head_heatmaps, save_figure
@@ -74,7 +75,7 @@ def example_figure(pattern, mask, labels, layer: int, head: int, title: str):
 def main(args) -> None:
     model = load_model(args.model, args.device, args.processing)
 
-    chosen = None if args.layer is None and args.head is None else cli.target_head(model, args.layer, args.head)
+    chosen = None if args.layer is None and args.head is None else target_head(model, args.layer, args.head)
 
     categories, category_record = cli.chosen_categories(args)
     honest = scan.honest_survey(model, args.n_prompts, args.n_words, args.seed, categories)

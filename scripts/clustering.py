@@ -27,6 +27,7 @@ import torch
 from analysis import cli, clustering, controls, io, prompts
 from analysis.attention import head_scale, head_weights
 from analysis.frequency import check_frequency_csv, frequency_csv_path
+from analysis.heads import control_heads, load_target
 from analysis.plotting import graph_html, save_figure, target_vs_controls, use_style
 from analysis.token_maps import token_inputs
 
@@ -53,7 +54,7 @@ def build_parser():
 
 
 def main(args) -> None:
-    model, layer, head = cli.load_target(args)
+    model, layer, head = load_target(args)
     categories, chosen = cli.chosen_categories(args)
     table = args.frequencies or frequency_csv_path(args.out, args.model)
     ids = clustering.node_tokens(model, categories, args.n_tokens, table)
@@ -63,7 +64,7 @@ def main(args) -> None:
     labels = model.tokenizer.batch_decode(ids[:, None].tolist())
     category_of = prompts.category_index(model.tokenizer, categories, model.cfg.d_vocab)[ids].numpy()
     nodes = torch.cat([torch.tensor([prompts.bos_token_id(model)]), ids])  # the study's nodes: BOS, then ours
-    heads = [(layer, head), *cli.control_heads(model, (layer, head), args.controls, args.seed)]
+    heads = [(layer, head), *control_heads(model, (layer, head), args.controls, args.seed)]
     inputs = {l: token_inputs(model, l, args.input, token_ids=nodes, seed=args.seed)
               for l in dict.fromkeys(h[0] for h in heads)}  # (1 + n, d_model) per layer
     parts, stats = {}, {}

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from analysis import cli, controls, io, prompts, scores, steering
 from analysis.attention import head_scale, head_weights
+from analysis.heads import control_heads, load_target
 from analysis.plotting import save_figure, target_vs_controls, use_style
 from analysis.token_maps import token_inputs
 
@@ -62,14 +63,14 @@ def build_parser():
 
 
 def main(args) -> None:
-    model, layer, head = cli.load_target(args)
+    model, layer, head = load_target(args)
     query_id = prompts.single_token_ids(model.tokenizer, [args.query])[0]
     _, _, b_Q, b_K = head_weights(model, layer, head, include_bias=True)
     categories, chosen = cli.chosen_categories(args)
     train = prompts.category_probe(model, categories, args.n_prompts, args.n_words, args.seed + 1)
     test = prompts.category_probe(model, categories, args.n_prompts, args.n_words, args.seed + 2)
 
-    heads = [(layer, head)] + cli.control_heads(model, (layer, head), args.controls, args.seed)
+    heads = [(layer, head)] + control_heads(model, (layer, head), args.controls, args.seed)
     per_head = steering.steer_heads(model, heads, train, test, args.directions, args.trace_relative, lam=args.lam,
                                     mu=args.mu, lr=args.lr, steps=args.steps, batch_size=args.batch_size,
                                     seed=args.seed, progress=True)

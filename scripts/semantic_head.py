@@ -43,6 +43,7 @@ from analysis import cli, io, prompts
 from analysis.controls import compare, head_key, separating, summary_lines
 from analysis import sae as saes
 from analysis import self_suppression as ss
+from analysis.heads import load_target
 from analysis.plotting import group_heatmaps, save_figure, target_vs_controls
 
 NAME = "semantic_head"
@@ -77,7 +78,7 @@ def build_parser():
 
 
 def main(args) -> None:
-    model, layer, head = cli.load_target(args)
+    model, layer, head = load_target(args)
     asked = args.layer is not None or args.retrain_sae or any(  # an SAE or head asked for must load
         value is not None for value in (args.release, args.sae_id, args.sae_path))
     hook, choice, sae, why_not = saes.sae_for_head(model, layer, args.release, args.sae_id, args.sae_path,

@@ -45,6 +45,7 @@ from analysis import qk_decomposition as qk
 from analysis import self_suppression as ss
 from analysis.attention import head_scale, head_weights
 from analysis.controls import compare, head_key, separating, summary_lines
+from analysis.heads import load_target
 from analysis.plotting import save_figure, target_vs_controls, use_style
 from analysis.token_maps import group_tokens, token_inputs
 
@@ -61,7 +62,7 @@ def build_parser():
 
 
 def main(args) -> None:
-    model, layer, head = cli.load_target(args)
+    model, layer, head = load_target(args)
     scale = head_scale(model.cfg, layer)
     W_Q, W_K, b_Q, b_K = head_weights(model, layer, head, include_bias=True)
     E = token_inputs(model, layer, args.input, seed=args.seed, progress=True)  # (d_vocab, d_model)

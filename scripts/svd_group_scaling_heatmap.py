@@ -33,6 +33,7 @@ from transformer_lens import FactoredMatrix
 from analysis import cli, controls, io, prompts, scores
 from analysis import qk_decomposition as qk
 from analysis.attention import head_scale, head_weights
+from analysis.heads import control_heads, load_target
 from analysis.plotting import group_heatmaps, save_figure, target_vs_controls, use_style
 from analysis.token_maps import block_means, group_tokens, token_inputs
 
@@ -57,7 +58,7 @@ def build_parser():
 
 
 def main(args) -> None:
-    model, layer, head = cli.load_target(args)
+    model, layer, head = load_target(args)
     scale = head_scale(model.cfg, layer)
     W_Q, W_K, b_Q, b_K = head_weights(model, layer, head, include_bias=True)
     spectrum = qk.symmetric_spectrum(W_Q, W_K)
@@ -73,7 +74,7 @@ def main(args) -> None:
     maps = [qk.token_scores(E, FactoredMatrix(A, B.T), E, scale) for A, B in edited.values()]
     per_factor = [{"factor": f, "map": m, "block_means": block_means(m, group), "in_context": in_context[f]}
                   for f, m in zip(edited, maps)]
-    heads = [(layer, head)] + cli.control_heads(model, (layer, head), args.controls, args.seed)
+    heads = [(layer, head)] + control_heads(model, (layer, head), args.controls, args.seed)
     inputs = {l: token_inputs(model, l, args.input, token_ids=ids, seed=args.seed) for l in {l for l, _ in heads}}
     edits = qk.edit_sweep(model, tokens, mask, qk.eigenvalue_edits(
         {hd: head_weights(model, *hd)[:2] for hd in heads}, {hd: inputs[hd[0]] for hd in heads}, args.factors,

@@ -32,6 +32,7 @@ import numpy as np
 
 from analysis import cli, controls, io, prompts
 from analysis import self_suppression as ss
+from analysis.heads import control_heads, load_target
 from analysis.plotting import save_figure, target_vs_controls, use_style
 from analysis.token_maps import token_inputs
 
@@ -67,7 +68,7 @@ def build_parser():
 
 
 def main(args) -> None:
-    model, layer, head = cli.load_target(args)
+    model, layer, head = load_target(args)
     categories, category_record = cli.chosen_categories(args)
     tokens, mask = prompts.category_probe(model, categories, args.n_prompts, args.n_words, args.seed + 1)
     inputs = {}  # layer -> E: (d_vocab, d_model), shared by the layer's heads
@@ -77,7 +78,7 @@ def main(args) -> None:
             inputs[l] = token_inputs(model, l, args.input, seed=args.seed, progress=True)
         return inputs[l]
 
-    heads = cli.control_heads(model, (layer, head), args.controls, args.seed)
+    heads = control_heads(model, (layer, head), args.controls, args.seed)
     queries = ss.rank_queries(model.cfg.d_vocab, args.rank_queries, args.seed)
     study = ss.rank_ablation(model, (layer, head), heads, layer_inputs, tokens, mask, args.ks, args.scales, args.at,
                              args.control_cells, args.chunk_size, queries, progress=True)

@@ -30,6 +30,7 @@ from analysis import qk_decomposition as qk
 from analysis import self_suppression as ss
 from analysis.attention import attention_scores, head_scale, head_weights
 from analysis.controls import compare, head_key, separating, summary_lines
+from analysis.heads import load_target
 from analysis.plotting import group_heatmaps, save_figure, target_vs_controls
 from analysis.token_maps import block_means, group_tokens, token_inputs
 
@@ -43,7 +44,7 @@ def build_parser():
 
 
 def main(args) -> None:
-    model, layer, head = cli.load_target(args)
+    model, layer, head = load_target(args)
     scale = head_scale(model.cfg, layer)
     W_Q, W_K, b_Q, b_K = head_weights(model, layer, head, include_bias=True)
     ids, labels, group, group_names = group_tokens(model.tokenizer)

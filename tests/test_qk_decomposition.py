@@ -7,10 +7,11 @@ import pytest
 import torch
 from transformer_lens import FactoredMatrix
 
-from analysis import cli, prompts
+from analysis import prompts
 from analysis import qk_decomposition as qk
 from analysis import self_suppression as ss
 from analysis.attention import attention_scores, head_scale, head_weights
+from analysis.heads import target_head
 from analysis.patterns import head_pattern
 from analysis.token_maps import token_inputs
 from conftest import check_controls_shape, run_main
@@ -263,7 +264,7 @@ def test_rank_grid_equals_one_edit_at_a_time(organism, truth):
 
 
 def test_semantic_head_needs_negative_eigenvalues_and_flipping_them_restores_self_attention(organism, truth):
-    layer, head = cli.target_head(organism, None, None)  # found unaided
+    layer, head = target_head(organism, None, None)  # found unaided
     assert [layer, head] == truth["planted_heads"]["semantic"]
     W_Q, W_K, b_Q, b_K = head_weights(organism, layer, head, include_bias=True)
     spectrum = qk.symmetric_spectrum(W_Q, W_K)
