@@ -47,7 +47,7 @@ from analysis.plotting import group_heatmaps, save_figure, target_vs_controls
 from analysis.sae.features import feature_map, feature_map_record, feature_map_statistics, name_features
 from analysis.sae.precision import (PRECISION_K, PRECISION_LENGTH, PRECISION_SHUFFLES, precision_by_head, precision_null,
                                     study_precision)
-from analysis.sae.sources import GPT2_RELEASE, sae_for_head, source_record
+from analysis.sae.sources import GPT2_RELEASE, SAEUnavailable, sae_for_head, source_record
 
 NAME = "semantic_head"
 
@@ -84,17 +84,19 @@ def main(args) -> None:
     model, layer, head = load_target(args)
     asked = args.layer is not None or args.retrain_sae or any(  # an SAE or head asked for must load
         value is not None for value in (args.release, args.sae_id, args.sae_path))
-    hook, choice, sae, why_not = sae_for_head(model, layer, args.release, args.sae_id, args.sae_path,
-                                                   args.device, args.retrain_sae, required=asked)
-    if sae is None:  # the SAE step is impossible for this model: say so, and write what there is
-        results = {"head": {"layer": layer, "head": head}, "sae": {"ran": False, "reason": why_not},
+    try:
+        chosen = sae_for_head(model, layer, args.release, args.sae_id, args.sae_path, args.device, args.retrain_sae,
+                              required=asked)
+    except SAEUnavailable as err:  # the SAE step is impossible for this model: say so, and write what there is
+        results = {"head": {"layer": layer, "head": head}, "sae": {"ran": False, "reason": err.reason},
                    "not_run": ["feature map", "precision"]}
         path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
                                arguments=vars(args), seed=args.seed)
         print(f"L{layer}H{head}: SAE step not run (feature map and precision), since no SAE can be had for this "
-              f"model here: {why_not}\nresults: {path}")
+              f"model here: {err.reason}\nresults: {path}")
         return
-    source = source_record(hook, choice, sae)
+    hook, sae = chosen.hook, chosen.sae
+    source = source_record(chosen)
 
     categories, category_record = cli.chosen_categories(args)
     tokens, _ = prompts.category_probe(model, categories, args.n_prompts, args.n_words, args.seed + 1)

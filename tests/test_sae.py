@@ -19,6 +19,18 @@ def test_hook_for_layer():
         sources.hook_for_layer(0)
 
 
+def test_a_head_without_an_sae_is_an_exception_the_script_can_record(organism):
+    with pytest.raises(sources.SAEUnavailable) as err:  # a layer-0 head reads no residual stream after a block
+        sources.sae_for_head(organism, 0)
+    assert "layer 1 or later" in err.value.reason and "\n" not in err.value.reason
+    with pytest.raises(UsageError) as asked:  # asked for by flag: the error itself, for the user to fix
+        sources.sae_for_head(organism, 0, required=True)
+    assert not isinstance(asked.value, sources.SAEUnavailable)
+    found = sources.sae_for_head(organism, 1)
+    assert found.hook == "blocks.0.hook_resid_post" and found.source.kind == "organism"
+    assert found.sae.cfg.d_in == organism.cfg.d_model
+
+
 def test_select_features_exact():
     by_category = torch.tensor([[5.0, 0.0],   # feature 0: all category 0
                                 [3.0, 3.0],   # feature 1: split evenly (share 0.5 counts)

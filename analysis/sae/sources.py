@@ -104,28 +104,47 @@ def load_sae(model: HookedTransformer, source: SAESource, device: str = "cpu", r
     return sae
 
 
+@dataclass(frozen=True)
+class HeadSAE:
+    """The SAE a head's features come from: the residual stream it is read at (`hook`), where it came from
+    (`source`) and the SAE itself."""
+
+    hook: str
+    source: SAESource
+    sae: object
+
+
+class SAEUnavailable(UsageError):
+    """No SAE can be had for a head by default (not available here, a width other than d_model, or a layer-0
+    head); `reason` says why in one line. A script records the reason and leaves its SAE step out."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
 def sae_for_head(model: HookedTransformer, layer: int, release: str | None = None, sae_id: str | None = None,
                  path: str | Path | None = None, device: str = "cpu", retrain: bool = False, required: bool = False
-                 ) -> tuple[str | None, SAESource | None, object, str | None]:
-    """(hook, source, SAE, None) for a head in `layer` (`hook_for_layer`, `choose_source`, `load_sae`), or
-    (None, None, None, why not) where the default SAE cannot be had: not available here, a width other than
-    d_model, or a layer-0 head. With `required` (an SAE or head asked for by flag) that error is raised."""
+                 ) -> HeadSAE:
+    """The SAE for a head in `layer` (`hook_for_layer`, `choose_source`, `load_sae`). Where it cannot be had,
+    `SAEUnavailable`; with `required` (an SAE or head asked for by flag) the error itself is raised."""
     try:
         hook = hook_for_layer(layer)
         source = choose_source(model, hook, release, sae_id, path)
-        return hook, source, load_sae(model, source, device, retrain=retrain), None
+        return HeadSAE(hook, source, load_sae(model, source, device, retrain=retrain))
     except UsageError as err:
         if required:
             raise
-        return None, None, None, " ".join(str(err).split())
+        raise SAEUnavailable(" ".join(str(err).split())) from None
 
 
-def source_record(hook: str, source: SAESource, sae) -> dict:
+def source_record(found: HeadSAE) -> dict:
     """What a results file records of the SAE: how it was had, the hook it is read at, the source's fields,
     the hook it was trained on, d_in, d_sae and its architecture."""
+    source, sae = found.source, found.sae
     kind = {"organism": "trained on the organism with SAELens", "pretrained": "SAELens pretrained",
             "path": "SAELens directory"}[source.kind]
-    return {"ran": True, "kind": kind, "hook": hook,
+    return {"ran": True, "kind": kind, "hook": found.hook,
             **{key: value for key, value in vars(source).items() if key != "kind" and value is not None},
             "trained_on_hook": sae.cfg.metadata.hook_name, "d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae,
             "architecture": sae.cfg.architecture()}
