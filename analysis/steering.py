@@ -10,7 +10,7 @@ in-context pattern (`analysis.scores.semantic_companions`). The λ term keeps th
 category-mates while self-attention moves; the μ term keeps its fallback to BOS on rows with no
 partner (μ = 0 is the objective without it, which lets that fallback collapse). Only the head's W_Q and W_K
 change (its biases, every other weight and the model itself stay as they are): the edited head's pattern is
-computed from its layer's input (`qk_decomposition.pattern_from_input`, what `qk_override_hooks` make the
+computed from its layer's input (`qk_edits.pattern_from_input`, what `qk_override_hooks` make the
 model compute), so the model runs once per layer and prompt set, not once per step.
 
 The closed-form baseline is one gradient step on -trace(W_Q W_K^T) with respect to W_K:
@@ -32,7 +32,9 @@ from transformer_lens import HookedTransformer
 
 from analysis import scores
 from analysis.attention import attention_scores, head_scale, head_weights
-from analysis.qk_decomposition import in_context_edits, layer_input, pattern_from_input, qk_matrix
+from analysis.patterns import layer_input
+from analysis.qk_decomposition import qk_matrix
+from analysis.qk_edits import in_context_edits, pattern_from_input
 
 Direction = Literal["suppress", "restore"]
 SIGN = {"suppress": 1.0, "restore": -1.0}
@@ -84,7 +86,7 @@ def trace_eta(W_Q: Tensor, W_K: Tensor, relative: float) -> float:
 def head_masses(x: Tensor, tokens: Tensor, mask: Tensor, W_Q: Tensor, W_K: Tensor, b_Q: Tensor | None,
                 b_K: Tensor | None, scale: float) -> dict[str, Tensor]:
     """Self, partner and BOS-when-no-partner mass (means over prompts, differentiable in W_Q, W_K) of a head with
-    these weights on its layer's input `x: [batch, pos, d_model]` (`qk_decomposition.layer_input` of `tokens`)."""
+    these weights on its layer's input `x: [batch, pos, d_model]` (`patterns.layer_input` of `tokens`)."""
     pattern = pattern_from_input(x, W_Q, W_K, scale, b_Q, b_K)[0][:, None].cpu()  # (B, 1, T, T)
     companions = scores.semantic_companions(pattern, tokens, mask, scores.scored_rows(tokens))
     return {key: companions[key][:, 0].nanmean() for key in scores.MASSES}
@@ -107,7 +109,7 @@ def gradient_steer(model: HookedTransformer, tokens: Tensor, mask: Tensor, layer
 
     Minibatches are drawn (seeded) from the prompts; the head's biases stay fixed. The model's
     own parameters are neither changed nor given gradients. The layer's input does not depend on
-    the head's W_Q, W_K, so the model runs once (`x`: `qk_decomposition.layer_input` of `tokens`,
+    the head's W_Q, W_K, so the model runs once (`x`: `patterns.layer_input` of `tokens`,
     computed here unless given) and every step works from it.
     """
     if direction not in SIGN:
@@ -173,7 +175,7 @@ def steer_heads(model: HookedTransformer, heads: Sequence[Head], train: tuple[Te
 
     The model runs once per layer on each prompt set: the training prompts' layer input serves every
     gradient step of the layer's heads, and every edit of the layer's heads is measured from one run
-    (`qk_decomposition.in_context_edits`, S exact).
+    (`qk_edits.in_context_edits`, S exact).
     """
     inputs: dict[int, Tensor] = {}  # layer -> the training prompts' layer input, (B, T, d_model)
     edits, biases = {}, {}

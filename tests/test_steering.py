@@ -8,8 +8,9 @@ import torch
 
 from analysis import prompts, scores, steering
 from analysis import qk_decomposition as qk
+from analysis import qk_edits
 from analysis.attention import head_scale, head_weights
-from analysis.patterns import head_pattern
+from analysis.patterns import head_pattern, layer_input
 from conftest import run_main
 
 
@@ -50,9 +51,9 @@ def test_gradient_steering_moves_self_mass_and_keeps_partners(organism, semantic
     run = steering.gradient_steer(organism, tokens, mask, layer, head, direction, lam=1.0, lr=1e-2, steps=10,
                                   batch_size=16, seed=0)
     _, _, b_Q, b_K = head_weights(organism, layer, head, include_bias=True)
-    after = qk.in_context_scores(organism, test, test_mask, layer, head,
-                                 qk.qk_override_hooks(organism, layer, head, run.W_Q, run.W_K, b_Q, b_K))
-    base = qk.in_context_scores(organism, test, test_mask, layer, head)
+    after = qk_edits.in_context_scores(organism, test, test_mask, layer, head,
+                                 qk_edits.qk_override_hooks(organism, layer, head, run.W_Q, run.W_K, b_Q, b_K))
+    base = qk_edits.in_context_scores(organism, test, test_mask, layer, head)
     moved = after["self_mass"] - base["self_mass"]
     assert (moved < 0) if direction == "suppress" else (moved > 0)
     assert after["partner_mass"] >= 0.8 * base["partner_mass"]
@@ -134,8 +135,8 @@ def test_gradient_steering_mu_keeps_bos_fallback(organism, semantic_probe):
     for mu in (0.0, 5.0):
         run = steering.gradient_steer(organism, tokens, mask, layer, head, "restore", lam=1.0, lr=3e-2, steps=10,
                                       batch_size=16, seed=0, mu=mu)
-        hooks = qk.qk_override_hooks(organism, layer, head, run.W_Q, run.W_K, b_Q, b_K)
-        bos[mu] = qk.in_context_scores(organism, test, test_mask, layer, head, hooks)["bos_mass_no_partner"]
+        hooks = qk_edits.qk_override_hooks(organism, layer, head, run.W_Q, run.W_K, b_Q, b_K)
+        bos[mu] = qk_edits.in_context_scores(organism, test, test_mask, layer, head, hooks)["bos_mass_no_partner"]
     assert bos[5.0] > bos[0.0] + 0.05
 
 
@@ -195,9 +196,9 @@ def test_steering_from_the_layer_input_matches_the_hooked_model(organism, semant
     layer, head, (tokens, mask), _ = semantic_probe
     W_Q, W_K, b_Q, b_K = head_weights(organism, layer, head, include_bias=True)
     W_K = W_K + 0.3 * W_Q  # an edited head, so that the check is not only of the model's own weights
-    x = qk.layer_input(organism, tokens[:8], layer)
+    x = layer_input(organism, tokens[:8], layer)
     masses = steering.head_masses(x, tokens[:8], mask[:8], W_Q, W_K, b_Q, b_K, head_scale(organism.cfg, layer))
-    hooks = qk.qk_override_hooks(organism, layer, head, W_Q, W_K, b_Q, b_K)
+    hooks = qk_edits.qk_override_hooks(organism, layer, head, W_Q, W_K, b_Q, b_K)
     pattern = head_pattern(organism, tokens[:8], layer, head, hooks)[:, None]
     expected = scores.semantic_companions(pattern, tokens[:8], mask[:8], scores.scored_rows(tokens[:8]))
     for key, value in masses.items():
@@ -211,5 +212,5 @@ def test_steer_heads_measures_every_head_and_condition(organism, semantic_probe)
     for edits in per_head.values():
         assert list(edits.metrics) == ["before", "restore", "trace 0.3"] and len(edits.runs["restore"]["history"]) == 2
         assert edits.metrics["before"]["partner_mass_change"] == 0
-    base = qk.in_context_scores(organism, *test, 0, 2)  # "before" is the unedited head, measured in the model
+    base = qk_edits.in_context_scores(organism, *test, 0, 2)  # "before" is the unedited head, measured in the model
     assert per_head[(0, 2)].metrics["before"]["self_mass"] == pytest.approx(base["self_mass"], abs=1e-6)
