@@ -220,14 +220,6 @@ def matched(edits: HeadEdits, directions: Sequence[str]) -> dict[str, dict]:
                 "trace": at_matched(curve, "self_mass", metrics[d]["self_mass"])} for d in directions}
 
 
-def edits_record(edits: HeadEdits, directions: Sequence[str]) -> dict:
-    """What results keep of one head's edits: "metrics", "runs", the "largest_trace_step", the "trace_curve"
-    keyed by size and each gradient run "matched" against that curve."""
-    return {"metrics": edits.metrics, "runs": edits.runs,
-            "largest_trace_step": largest_trace_step(edits.runs, edits.metrics),
-            "trace_curve": trace_curve(edits), "matched": matched(edits, directions)}
-
-
 def head_statistics(edits: HeadEdits) -> dict[str, float]:
     """The statistics of `STATISTIC_DIRECTIONS` for one head: self mass and BOS-when-no-partner mass before any
     edit, the self-mass gain of the largest trace step, and (with a "restore" run) restore's self-mass gain and
@@ -247,14 +239,6 @@ def statistic_directions(directions: Sequence[str]) -> dict[str, str]:
     return {k: v for k, v in STATISTIC_DIRECTIONS.items() if not k.startswith("restore") or "restore" in directions}
 
 
-def control_edits(per_head: Mapping[Head, HeadEdits], target: Head, directions: Sequence[str]) -> dict[str, dict]:
-    """Every head but the target, keyed "L<l>H<h>": its metrics, its `matched` comparison and each edit's
-    relative weight change."""
-    return {f"L{l}H{h}": {"metrics": e.metrics, "matched": matched(e, directions),
-                          "relative_change": {n: r["relative_change"] for n, r in e.runs.items()}}
-            for (l, h), e in per_head.items() if (l, h) != tuple(target)}
-
-
 def query_top_keys(E: Tensor, query_id: int, conditions: Mapping[str, tuple[Tensor, Tensor]], scale: float,
                    b_Q: Tensor | None, b_K: Tensor | None, labels: Sequence[str], k: int = 10) -> dict[str, dict]:
     """For each condition (W_Q, W_K), the k best keys of one query over every token input `E: [d_vocab, d_model]`:
@@ -266,19 +250,3 @@ def query_top_keys(E: Tensor, query_id: int, conditions: Mapping[str, tuple[Tens
         table[name] = {"keys": [labels[i] for i in keys], "scores": values,
                        "query_self_rank": int((row > row[query_id]).sum()) + 1}
     return table
-
-
-def summary_lines(metrics: Mapping[str, Mapping], top_keys: Mapping[str, Mapping], matched_runs: Mapping[str, Mapping],
-                  query: str) -> list[str]:
-    """Printable lines: each condition's masses and the query's best keys, then each matched comparison."""
-    lines = [f"{name:>12s}: self {m['self_mass']:.4f}, partner {m['partner_mass']:.3f} "
-             f"({m['partner_mass_change']:+.1%}), BOS (no partner) {m['bos_mass_no_partner']:.3f}; "
-             f"top keys of {query!r}: {', '.join(repr(k) for k in top_keys[name]['keys'][:4])}"
-             for name, m in metrics.items()]
-    for d, row in matched_runs.items():
-        g, t = row["gradient"], row["trace"]
-        lines.append(f"matched at self {row['self_mass']:.3f} ({d}): gradient partner {g['partner_mass']:.3f}, "
-                     f"BOS {g['bos_mass_no_partner']:.3f}, S {g['surprisal']:.3f}; trace "
-                     + ("outside its curve" if t is None else
-                        f"partner {t['partner_mass']:.3f}, BOS {t['bos_mass_no_partner']:.3f}, S {t['surprisal']:.3f}"))
-    return lines

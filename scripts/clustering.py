@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from analysis import cli, clustering, controls, io, prompts
+from analysis import cli, clustering, controls, io, prompts, records
 from analysis.attention import head_scale, head_weights
 from analysis.frequency import check_frequency_csv, frequency_csv_path
 from analysis.heads import control_heads, load_target
@@ -75,9 +75,9 @@ def main(args) -> None:
         stats[(l, h)] = clustering.partition_agreement(parts[(l, h)], category_of)
     report = controls.compare((layer, head), stats, clustering.AGREEMENT_DIRECTIONS)
     mine, theirs = parts[(layer, head)]["ours"], parts[(layer, head)]["study"]
-    ours = clustering.partition_record(mine, labels, category_of, list(categories))
+    ours = records.partition_record(mine, labels, category_of, list(categories))
     ours.pop("n_self_loops")
-    study = clustering.partition_record(theirs, ["<BOS>", *labels], np.concatenate([[-1], category_of]),
+    study = records.partition_record(theirs, ["<BOS>", *labels], np.concatenate([[-1], category_of]),
                                         list(categories))
     results = {"head": {"layer": layer, "head": head}, "input": args.input, "k": args.k, "keep_self": args.keep_self,
                "categories": chosen,
@@ -104,7 +104,7 @@ def main(args) -> None:
     print(f"the study's graph: {study['n_edges']} edges ({study['n_self_loops']} self-loops), "
           f"{study['n_communities']} communities; ARI {study['agreement']['ari']:.3f}, "
           f"NMI {study['agreement']['nmi']:.3f}")
-    print("\n".join(controls.summary_lines(report)))
+    print("\n".join(records.comparison_lines(report)))
     for community in ours["communities"][:12]:
         tag = f" [{community['category']} {community['purity']:.0%}]" if "category" in community else ""
         print(f"  {community['size']:4d}{tag}: {', '.join(map(repr, community['members'][:8]))}")

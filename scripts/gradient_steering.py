@@ -26,7 +26,7 @@ gradient_steering_top_keys.
 
 from __future__ import annotations
 
-from analysis import cli, controls, io, prompts, scores, steering
+from analysis import cli, controls, io, prompts, records, scores, steering
 from analysis.attention import head_scale, head_weights
 from analysis.heads import control_heads, load_target
 from analysis.plotting import save_figure, target_vs_controls, use_style
@@ -85,16 +85,16 @@ def main(args) -> None:
     results = {"head": {"layer": layer, "head": head}, "input": args.input, "mu": args.mu, "lam": args.lam,
                "categories": chosen,
                "objective": steering.OBJECTIVE, "closed_form": steering.CLOSED_FORM, "query": args.query,
-               "top_keys": top_keys, **steering.edits_record(edits, args.directions), **report,
-               "control_edits": steering.control_edits(per_head, (layer, head), args.directions)}
+               "top_keys": top_keys, **records.edits_record(edits, args.directions), **report,
+               "control_edits": records.control_edits(per_head, (layer, head), args.directions)}
     path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
                            arguments=vars(args), seed=args.seed)
     save_figure(figure(edits.metrics, edits.runs, layer, head), args.out, args.model, NAME)
     save_figure(top_keys_figure(top_keys, args.query, layer, head), args.out, args.model, f"{NAME}_top_keys")
     save_figure(target_vs_controls(report, f"L{layer}H{head} against {len(heads) - 1} control heads: same edits"),
                 args.out, args.model, f"{NAME}_controls")
-    print("\n".join(steering.summary_lines(edits.metrics, top_keys, results["matched"], args.query)))
-    print("\n".join(controls.summary_lines(report, prefix="")))
+    print("\n".join(records.steering_lines(edits.metrics, top_keys, results["matched"], args.query)))
+    print("\n".join(records.comparison_lines(report, prefix="")))
     print(f"results: {path}")
 
 

@@ -39,15 +39,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from analysis import cli, io, prompts
-from analysis.controls import compare, head_key, separating, summary_lines
+from analysis import cli, io, prompts, records
+from analysis.controls import compare, head_key, separating
 from analysis import self_suppression as ss
 from analysis.heads import load_target
 from analysis.plotting import group_heatmaps, save_figure, target_vs_controls
-from analysis.sae.features import feature_map, feature_map_record, feature_map_statistics, name_features
-from analysis.sae.precision import (PRECISION_K, PRECISION_LENGTH, PRECISION_SHUFFLES, precision_by_head, precision_null,
-                                    study_precision)
-from analysis.sae.sources import GPT2_RELEASE, SAEUnavailable, sae_for_head, source_record
+from analysis.sae.features import feature_map, feature_map_statistics, name_features
+from analysis.sae.precision import PRECISION_K, PRECISION_LENGTH, PRECISION_SHUFFLES, precision_by_head, study_precision
+from analysis.sae.sources import GPT2_RELEASE, SAEUnavailable, sae_for_head
 
 NAME = "semantic_head"
 
@@ -96,7 +95,7 @@ def main(args) -> None:
               f"model here: {err.reason}\nresults: {path}")
         return
     hook, sae = chosen.hook, chosen.sae
-    source = source_record(chosen)
+    source = records.source_record(chosen)
 
     categories, category_record = cli.chosen_categories(args)
     tokens, _ = prompts.category_probe(model, categories, args.n_prompts, args.n_words, args.seed + 1)
@@ -104,13 +103,13 @@ def main(args) -> None:
         model, sae, hook, tokens, categories, args.per_category)
     scores = feature_map(model, sae, layer, head, features)  # (n, n): query feature, key feature
     results = {"head": {"layer": layer, "head": head}, "sae": source,
-               **feature_map_record(scores, features, labels, group, list(categories), args.top_pairs),
+               **records.feature_map_record(scores, features, labels, group, list(categories), args.top_pairs),
                "categories": category_record}
     precision = study_precision(model, sae, layer, args.precision_samples, args.precision_k,
                                      args.precision_shuffles, args.seed)
     stats = feature_map_statistics(model, sae, features, group, layer, precision_by_head(precision))
     report = compare((layer, head), stats, {**ss.GROUP_MAP_DIRECTIONS, "precision": "high"})
-    null = precision_null(stats[(layer, head)]["precision_shuffled"], args.precision_shuffles)
+    null = records.precision_null(stats[(layer, head)]["precision_shuffled"], args.precision_shuffles)
     results.update(report, separating=separating(report), null=null)
     path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
                            arguments=vars(args), seed=args.seed)
@@ -137,7 +136,7 @@ def main(args) -> None:
           f"{t['value']:.3f}, rank {t['rank']} of {t['n_ranked']} heads of layer {layer}"
           + (f"; strongest control L{c['layer']}H{c['head']} {c['value']:.3f}" if c else "")
           + f"; shuffled-label null {null['precision_shuffled']:.3f}")
-    print("\n".join(summary_lines(report)))
+    print("\n".join(records.comparison_lines(report)))
     print(f"separates from every other head: {', '.join(results['separating']) or 'none'}")
     print(f"results: {path}")
 

@@ -40,11 +40,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from analysis import cli, io
+from analysis import cli, io, records
 from analysis import qk_decomposition as qk
 from analysis import self_suppression as ss
 from analysis.attention import head_scale, head_weights
-from analysis.controls import compare, head_key, separating, summary_lines
+from analysis.controls import compare, head_key, separating
 from analysis.heads import load_target
 from analysis.plotting import save_figure, target_vs_controls, use_style
 from analysis.token_maps import group_tokens, token_inputs
@@ -115,7 +115,7 @@ def main(args) -> None:
           f"||W_skew|| share {biased['norms']['skew_share']:.2f}")
     print(f"{sylvester['heads_with_d_head_negative']} of {sylvester['n_heads']} heads have exactly d_head = "
           f"{model.cfg.d_head} negative eigenvalues (Sylvester): the count is no evidence")
-    print("\n".join(summary_lines(report)))
+    print("\n".join(records.comparison_lines(report)))
     print(f"separates from every other head: {', '.join(results['separating']) or 'none'}; null (target): "
           f"shuffled margin {null['target']['margin_shuffled_mean']:+.3f}, Gaussian margin "
           f"{null['target']['gaussian_margin']:+.3f}")

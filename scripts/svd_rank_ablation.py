@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from analysis import cli, controls, io, prompts
+from analysis import cli, controls, io, prompts, records
 from analysis import self_suppression as ss
 from analysis.heads import control_heads, load_target
 from analysis.plotting import save_figure, target_vs_controls, use_style
@@ -107,7 +107,7 @@ def main(args) -> None:
     print(f"best cell k={best['k']}, scale {best['scale']:g}: mean self-rank {best['mean_rank']:.1f}, "
           f"MRR {best['mrr']:.3f}, " + ", ".join(f"acc@{K} {best[f'acc@{K}']:.2f}" for K in args.at)
           + f", self mass {best['self_mass']:.3f}")
-    print("\n".join(controls.summary_lines(report, prefix="against the controls, ")))
+    print("\n".join(records.comparison_lines(report, prefix="against the controls, ")))
     print(f"results: {path}")
 
 

@@ -25,11 +25,11 @@ Writes results/<model>/svd_sym_skew_heatmap.json and figures/<model>/svd_sym_ske
 
 from __future__ import annotations
 
-from analysis import cli, io
+from analysis import cli, io, records
 from analysis import qk_decomposition as qk
 from analysis import self_suppression as ss
 from analysis.attention import attention_scores, head_scale, head_weights
-from analysis.controls import compare, head_key, separating, summary_lines
+from analysis.controls import compare, head_key, separating
 from analysis.heads import load_target
 from analysis.plotting import group_heatmaps, save_figure, target_vs_controls
 from analysis.token_maps import block_means, group_tokens, token_inputs
@@ -83,7 +83,7 @@ def main(args) -> None:
               f"out-of-group {stats['out_group']:+.2f}")
     print(f"relative norms: sym {results['relative_norms']['sym']:.2f}, skew {results['relative_norms']['skew']:.2f}; "
           f"diag(base) - diag(sym) <= {results['check']['max_abs_diag_base_minus_sym']:.1e}")
-    print("\n".join(summary_lines(report)))
+    print("\n".join(records.comparison_lines(report)))
     print(f"separates from every other head: {', '.join(results['separating']) or 'none'}")
     print(f"results: {path}")
 

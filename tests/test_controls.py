@@ -48,13 +48,13 @@ def test_compare_needs_the_target():
         compare((0, 0), {(1, 1): {"x": 1.0}}, {"x": "low"})
 
 
-def test_summary_lines_name_value_rank_and_strongest_control():
-    from analysis.controls import summary_lines
+def test_comparison_lines_name_value_rank_and_strongest_control():
+    from analysis.records import comparison_lines
 
     report = compare((1, 3), {(1, 3): {"margin": -2.0}, (1, 0): {"margin": -1.5}}, {"margin": "low"})
-    assert summary_lines(report) == ["  margin (low): target -2.000, rank 1/2, strongest control L1H0 -1.500"]
+    assert comparison_lines(report) == ["  margin (low): target -2.000, rank 1/2, strongest control L1H0 -1.500"]
     alone = compare((1, 3), {(1, 3): {"margin": math.nan}}, {"margin": "low"})
-    assert summary_lines(alone, prefix="") == ["margin (low): target n/a, rank -, strongest control -"]
+    assert comparison_lines(alone, prefix="") == ["margin (low): target n/a, rank -, strongest control -"]
 
 
 def test_control_heads_reuse_a_scan_the_caller_already_ran(organism, monkeypatch):

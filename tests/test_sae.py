@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from analysis import records
 from analysis.errors import UsageError
 from analysis.organism.files import ORGANISM_SAE_DIR
 from analysis.organism.sae import SAETrainSettings, organism_activations, train_sae
@@ -286,8 +287,8 @@ def test_feature_map_record_exact():
                            [4.0, 9.0, 2.0],
                            [3.0, 1.0, 2.0]])
     group = torch.tensor([0, 0, 1])
-    record = features.feature_map_record(scores, torch.tensor([7, 2, 40]), ["f7 x", "f2 y", "f40 z"], group,
-                                     ["animals", "colours"], n_pairs=3)
+    record = records.feature_map_record(scores, torch.tensor([7, 2, 40]), ["f7 x", "f2 y", "f40 z"], group,
+                                       ["animals", "colours"], n_pairs=3)
     assert record["features"] == [{"id": 7, "label": "f7 x", "category": "animals"},
                                   {"id": 2, "label": "f2 y", "category": "animals"},
                                   {"id": 40, "label": "f40 z", "category": "colours"}]

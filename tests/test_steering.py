@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from analysis import prompts, scores, steering
+from analysis import prompts, records, scores, steering
 from analysis import qk_decomposition as qk
 from analysis import qk_edits
 from analysis.attention import head_scale, head_weights
@@ -162,7 +162,7 @@ def test_head_edit_bookkeeping_exact():
     row = steering.matched(edits, ["restore"])["restore"]  # self 0.15: halfway between the two trace sizes
     assert row["self_mass"] == 0.15 and row["gradient"] is edits.metrics["restore"]
     assert row["trace"]["partner_mass"] == pytest.approx(0.8) and row["trace"]["surprisal"] == pytest.approx(2.0)
-    record = steering.edits_record(edits, ["restore"])
+    record = records.edits_record(edits, ["restore"])
     assert record["largest_trace_step"]["name"] == "trace 0.2" and record["trace_curve"] == steering.trace_curve(edits)
     assert record["matched"] == steering.matched(edits, ["restore"]) and record["metrics"] is edits.metrics
     stats = steering.head_statistics(edits)
@@ -171,13 +171,13 @@ def test_head_edit_bookkeeping_exact():
     assert set(steering.statistic_directions(["suppress"])) == {"self_mass_before", "bos_no_partner_before",
                                                                 "trace_self_gain"}
     assert steering.statistic_directions(["restore"]) == steering.STATISTIC_DIRECTIONS
-    others = steering.control_edits({(1, 3): edits, (0, 2): edits}, (1, 3), ["restore"])
+    others = records.control_edits({(1, 3): edits, (0, 2): edits}, (1, 3), ["restore"])
     assert set(others) == {"L0H2"} and others["L0H2"]["relative_change"]["trace 0.2"] == {"W_Q": 0.0, "W_K": 0.1,
                                                                                          "W_QK": 0.1}
-    lines = steering.summary_lines(edits.metrics | {n: {**m, "partner_mass_change": 0.0}
-                                                    for n, m in edits.metrics.items()},
-                                   {n: {"keys": [" a", " b"]} for n in edits.metrics},
-                                   steering.matched(edits, ["restore"]), " a")
+    lines = records.steering_lines(edits.metrics | {n: {**m, "partner_mass_change": 0.0}
+                                                     for n, m in edits.metrics.items()},
+                                    {n: {"keys": [" a", " b"]} for n in edits.metrics},
+                                    steering.matched(edits, ["restore"]), " a")
     assert len(lines) == 5 and lines[-1].startswith("matched at self 0.150 (restore)")
 
 

@@ -22,7 +22,6 @@ from analysis.attention import attention_scores, head_scale, head_weights
 from analysis.prompts import category_index
 from analysis.sae.sources import variance_explained
 from analysis.self_suppression import group_map_statistics
-from analysis.token_maps import block_means
 
 
 @torch.no_grad()
@@ -150,17 +149,3 @@ def feature_map_statistics(model: HookedTransformer, sae, features: Tensor, grou
                 stats[(l, h)].update(precision.get(h) if l == layer else {"precision": None,
                                                                           "precision_shuffled": None})
     return stats
-
-
-def feature_map_record(scores: Tensor, features: Tensor, labels: Sequence[str], group: Tensor,
-                       names: Sequence[str], n_pairs: int = 20) -> dict:
-    """The feature x feature map `scores: [n, n]` as results: each feature (id, label, category name), the map,
-    `token_maps.block_means`, `self_avoidance`, the `n_pairs` top off-diagonal pairs with their categories and
-    top_pairs_same_category = the share of those pairs whose query and key share a category (0 without pairs)."""
-    pairs = [{"query": labels[q], "key": labels[k], "query_category": names[int(group[q])],
-              "key_category": names[int(group[k])], "score": s} for q, k, s in top_pairs(scores, n_pairs)]
-    same = sum(p["query_category"] == p["key_category"] for p in pairs)
-    return {"features": [{"id": int(f), "label": label, "category": names[int(g)]}
-                         for f, label, g in zip(features, labels, group)],
-            "map": scores, "block_means": block_means(scores, group), "self_avoidance": self_avoidance(scores, group),
-            "top_pairs": pairs, "top_pairs_same_category": same / max(len(pairs), 1)}

@@ -178,11 +178,3 @@ def precision_by_head(per_category: dict[str, dict[str, Tensor]]) -> dict[int, d
         out[h] = {"precision": sum(own.values()) / len(own), "precision_shuffled": sum(null) / len(null),
                   **{f"precision_{n}": value for n, value in own.items()}}
     return out
-
-
-def precision_null(value: float, n_shuffles: int) -> dict:
-    """The results record of the precision's shuffled-label null for the target: its value and what it says."""
-    return {"precision_shuffled": value,
-            "says": "the study's precision with the predicted features' labels permuted (a random permutation of "
-                    f"the SAE's feature ids per sample, {n_shuffles} draws, mean): the chance level of "
-                    "TP / (TP + FP) for this head, these samples and this SAE"}

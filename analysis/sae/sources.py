@@ -138,18 +138,6 @@ def sae_for_head(model: HookedTransformer, layer: int, release: str | None = Non
         raise SAEUnavailable(" ".join(str(err).split())) from None
 
 
-def source_record(found: HeadSAE) -> dict:
-    """What a results file records of the SAE: how it was had, the hook it is read at, the source's fields,
-    the hook it was trained on, d_in, d_sae and its architecture."""
-    source, sae = found.source, found.sae
-    kind = {"organism": "trained on the organism with SAELens", "pretrained": "SAELens pretrained",
-            "path": "SAELens directory"}[source.kind]
-    return {"ran": True, "kind": kind, "hook": found.hook,
-            **{key: value for key, value in vars(source).items() if key != "kind" and value is not None},
-            "trained_on_hook": sae.cfg.metadata.hook_name, "d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae,
-            "architecture": sae.cfg.architecture()}
-
-
 def check_width(sae, model: HookedTransformer, what: str = "the SAE") -> None:
     """A clear error when the SAE's input width `d_in` is not the model's residual width `d_model`."""
     if sae.cfg.d_in != model.cfg.d_model:
