@@ -1,4 +1,4 @@
-"""The SAE step of semantic_head.py at GPT-2's size: a random SAE of GPT-2 small's real width
+"""The SAE step of sae_features.py at GPT-2's size: a random SAE of GPT-2 small's real width
 (32768 features x 768) on gpt2-random, category prompts as the script's defaults (64 x 64 words).
 No d_sae x d_vocab tensor: mean activations are kept for the tokens that occur (the dense float64
 one that was built before is 32768 x 50257 x 8 B = 13.2 GB, 26-33 GB at its peak)."""
@@ -21,7 +21,7 @@ LIMIT_MB = 6 * 1024
 
 @torch.no_grad()
 def sae_step(model, sae, layer: int, head: int, n_prompts: int, n_words: int, seed: int = 0) -> dict:
-    """What semantic_head.py computes once the SAE is loaded, with its default sizes."""
+    """What sae_features.py computes once the SAE is loaded, with its default sizes."""
     hook = sources.hook_for_layer(layer)
     names = list(prompts.ALL_CATEGORIES)
     tokens, _ = prompts.category_probe(model, prompts.ALL_CATEGORIES, n_prompts, n_words, seed + 1)
@@ -40,7 +40,7 @@ def sae_step(model, sae, layer: int, head: int, n_prompts: int, n_words: int, se
 
 
 def bench_sae_step_gpt2_size(settings: Settings) -> dict:
-    """semantic_head's SAE step with a random 32768 x 768 SAE on gpt2-random (layer 1's input, head 5)."""
+    """sae_features's SAE step with a random 32768 x 768 SAE on gpt2-random (layer 1's input, head 5)."""
     from sae_lens import SAE
 
     model = (random_gpt2(n_layers=2, device=settings.device) if settings.quick

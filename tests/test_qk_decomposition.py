@@ -282,7 +282,7 @@ def test_semantic_head_needs_negative_eigenvalues_and_flipping_them_restores_sel
 
 def test_decomposition_scripts_end_to_end(tmp_path, truth):
     out = str(tmp_path)
-    scripts = (("skew_analysis", ()), ("svd_sym_skew_heatmap", ()), ("svd_group_scaling_heatmap", ("--n-prompts", "16")))
+    scripts = (("skew_analysis", ()), ("sym_skew_maps", ()), ("eigenvalue_scaling", ("--n-prompts", "16")))
     for name, extra in scripts:
         run_main(name, "--out", out, *extra)
         for ext in ("pdf", "png"):
@@ -295,7 +295,7 @@ def test_decomposition_scripts_end_to_end(tmp_path, truth):
     assert len(skew["without_bias"]["eigenvalues"]) == 2 * 32
     assert skew["without_bias"]["check"]["max_abs_self_W_minus_sym"] < 1e-3
     # controls: every other head; the count ties everywhere (Sylvester), the partner margin singles the head out
-    for name in ("skew_analysis", "svd_sym_skew_heatmap", "svd_group_scaling_heatmap"):
+    for name in ("skew_analysis", "sym_skew_maps", "eigenvalue_scaling"):
         check_controls_shape(json.loads((results / f"{name}.json").read_text())["results"],
                              truth["planted_heads"]["semantic"])
     assert skew["categories"]["set"] == "study" and skew["category_words"]["n_words"] == 41
@@ -306,14 +306,14 @@ def test_decomposition_scripts_end_to_end(tmp_path, truth):
     assert {"margin", "margin_normalised", "below_partners_share"} <= set(skew["separating"])
     assert skew["null"]["target"]["gaussian_margin"] > skew["target"]["margin"]["value"]
     assert (tmp_path / "figures" / "organism" / "skew_analysis_controls.png").stat().st_size > 1000
-    maps = json.loads((results / "svd_sym_skew_heatmap.json").read_text())["results"]
+    maps = json.loads((results / "sym_skew_maps.json").read_text())["results"]
     assert maps["check"]["max_abs_diag_skew"] < 1e-4 and len(maps["tokens"]) == 30
     assert maps["block_means"]["base"]["in_group"] > maps["block_means"]["base"]["out_group"]
     assert len(maps["controls"]) == 7 and set(maps["directions"]) == set(ss.GROUP_MAP_DIRECTIONS)
     assert maps["target"]["self_minus_in_group"]["value"] == pytest.approx(
         maps["block_means"]["base"]["self_minus_in_group"], abs=1e-5)
     assert "self_minus_in_group" in maps["separating"]
-    scaling = json.loads((results / "svd_group_scaling_heatmap.json").read_text())["results"]
+    scaling = json.loads((results / "eigenvalue_scaling.json").read_text())["results"]
     assert list(scaling["factors"]) == ["1", "0.5", "0", "-1"]  # keyed by factor, in the order of --factors
     by_factor = {key: row["in_context"]["self_mass"] for key, row in scaling["factors"].items()}
     assert by_factor["-1"] >= 5 * by_factor["1"]
@@ -331,9 +331,9 @@ def test_decomposition_scripts_end_to_end(tmp_path, truth):
 
 
 def test_rank_ablation_script(tmp_path, truth):
-    run_main("svd_rank_ablation", "--out", str(tmp_path), "--ks", "4", "100", "--scales", "1", "-1",
+    run_main("eigenvalue_rank_ablation", "--out", str(tmp_path), "--ks", "4", "100", "--scales", "1", "-1",
              "--n-prompts", "8", "--n-words", "32")
-    data = json.loads((tmp_path / "results" / "organism" / "svd_rank_ablation.json").read_text())["results"]
+    data = json.loads((tmp_path / "results" / "organism" / "eigenvalue_rank_ablation.json").read_text())["results"]
     check_controls_shape(data, truth["planted_heads"]["semantic"])
     k_max = data["n_negative_eigenvalues"]
     assert set(data["cells"]) == {"k=4,scale=1", "k=4,scale=-1", f"k={k_max},scale=1", f"k={k_max},scale=-1"}

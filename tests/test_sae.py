@@ -114,7 +114,7 @@ def test_sae_source_follows_the_model_and_the_flags(organism, tmp_path):
 def test_sae_of_another_width_is_refused_with_a_clear_error(tmp_path, capsys):
     directory = random_sae(tmp_path / "sae16", d_in=16)
     with pytest.raises(SystemExit) as exit_info:
-        run_main("semantic_head", "--out", str(tmp_path), "--sae-path", str(directory))
+        run_main("sae_features", "--out", str(tmp_path), "--sae-path", str(directory))
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "Traceback" not in err
     flat = "".join(err.split())  # the paragraph is wrapped to the terminal's width
@@ -156,25 +156,25 @@ def test_pretrained_sae_unavailable_offline_is_a_clear_error(monkeypatch, tmp_pa
         sources.load_pretrained(sources.GPT2_RELEASE, "blocks.0.hook_resid_post")
 
 
-def test_semantic_head_script_with_a_saved_sae_directory(tmp_path):
+def test_sae_features_script_with_a_saved_sae_directory(tmp_path):
     directory = ORGANISM_SAE_DIR / "blocks.0.hook_resid_post"  # the shipped SAE, passed as a path
-    run_main("semantic_head", "--out", str(tmp_path), "--n-prompts", "16", "--sae-path", str(directory))
-    data = json.loads((tmp_path / "results" / "organism" / "semantic_head.json").read_text())["results"]
+    run_main("sae_features", "--out", str(tmp_path), "--n-prompts", "16", "--sae-path", str(directory))
+    data = json.loads((tmp_path / "results" / "organism" / "sae_features.json").read_text())["results"]
     assert data["sae"]["kind"] == "SAELens directory" and data["sae"]["path"] == str(directory)
     assert data["sae"]["d_in"] == 128 and data["sae"]["hook"] == "blocks.0.hook_resid_post"
 
 
-def test_semantic_head_script(tmp_path, truth):
-    run_main("semantic_head", "--out", str(tmp_path), "--n-prompts", "32", "--precision-k", "8",
+def test_sae_features_script(tmp_path, truth):
+    run_main("sae_features", "--out", str(tmp_path), "--n-prompts", "32", "--precision-k", "8",
              "--categories", "all")
-    data = json.loads((tmp_path / "results" / "organism" / "semantic_head.json").read_text())["results"]
+    data = json.loads((tmp_path / "results" / "organism" / "sae_features.json").read_text())["results"]
     assert [data["head"]["layer"], data["head"]["head"]] == truth["planted_heads"]["semantic"]
     assert len(data["features"]) == len(data["map"]) > 10
     assert data["sae"]["variance_explained_on_category_prompts"] > 0.9
     means = data["block_means"]
     assert means["in_group"] > means["out_group"]  # same-category features attend to each other
     assert len(data["top_pairs"]) == 20 and data["top_pairs_same_category"] > 0.5
-    assert (tmp_path / "figures" / "organism" / "semantic_head.png").stat().st_size > 1000
+    assert (tmp_path / "figures" / "organism" / "sae_features.png").stat().st_size > 1000
     assert data["categories"]["set"] == "all" and data["categories"]["words"] == 63
     check_controls_shape(data, truth["planted_heads"]["semantic"])
     # one compare over the feature map's statistics (every head) and the study's precision (the layer's heads)
@@ -192,7 +192,7 @@ def test_semantic_head_script(tmp_path, truth):
     assert data["target"]["precision"]["n_ranked"] == 4 and 0 <= data["target"]["precision"]["value"] <= 1
     # the null: predicted features' labels shuffled, near the keyword positions' share (4 of 20) of all positions
     assert 0.1 < data["null"]["precision_shuffled"] < 0.35
-    assert (tmp_path / "figures" / "organism" / "semantic_head_controls.png").stat().st_size > 1000
+    assert (tmp_path / "figures" / "organism" / "sae_features_controls.png").stat().st_size > 1000
 
 
 def test_shuffled_labels_permute_feature_ids_the_same_way_at_every_position():

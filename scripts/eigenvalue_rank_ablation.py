@@ -23,7 +23,7 @@ input. Statistics and the direction a self-suppressing head predicts ("direction
   best_mean_rank_change (low)   the head's own best cell of the grid: its largest fall in mean self-rank
   best_self_mass_change (high)  the head's own best cell of the grid: its largest rise in self mass
 (the last two only with the grid). Category prompts: --categories (the study's 8 by default).
-Writes results/<model>/svd_rank_ablation.json and figures/<model>/svd_rank_ablation{,_controls}.{pdf,png}.
+Writes results/<model>/eigenvalue_rank_ablation.json and figures/<model>/eigenvalue_rank_ablation{,_controls}.{pdf,png}.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from analysis.heads import control_heads, load_target
 from analysis.plotting import save_figure, target_vs_controls, use_style
 from analysis.token_maps import token_inputs
 
-NAME = "svd_rank_ablation"
+NAME = "eigenvalue_rank_ablation"
 
 
 def build_parser():

@@ -22,8 +22,8 @@ factor -1 and 0 high (flipping the negative eigenvalues gives self-attention bac
 edit's self_mass_change high. They are facts about specificity: the controls show whether the
 edit restores self-attention only in the target.
 
-Writes results/<model>/svd_group_scaling_heatmap.json and figures/<model>/svd_group_scaling_heatmap
-(maps) and svd_group_scaling_heatmap_causal (masses against f).
+Writes results/<model>/eigenvalue_scaling.json and figures/<model>/eigenvalue_scaling
+(maps) and eigenvalue_scaling_causal (masses against f).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from analysis.heads import control_heads, load_target
 from analysis.plotting import group_heatmaps, save_figure, target_vs_controls, use_style
 from analysis.token_maps import block_means, group_tokens, token_inputs
 
-NAME = "svd_group_scaling_heatmap"
+NAME = "eigenvalue_scaling"
 
 
 def build_parser():

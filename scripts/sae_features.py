@@ -27,8 +27,8 @@ and categories. Direction: precision "high" (a head that attends to its category
 shuffled (--precision-shuffles permutations per sample), which keeps each head's predictions but their
 identity; TP / (TP + FP) gives such a head about the keyword positions' share of positions, so only a
 precision above this null says the QK circuit predicts the active features. All statistics go through
-one `controls.compare` (`directions`, `target`, `controls`); the figure semantic_head_controls shows each.
-Writes results/<model>/semantic_head.json and figures/<model>/semantic_head{,_controls}.{pdf,png}.
+one `controls.compare` (`directions`, `target`, `controls`); the figure sae_features_controls shows each.
+Writes results/<model>/sae_features.json and figures/<model>/sae_features{,_controls}.{pdf,png}.
 Where no SAE can be had for the model (the default SAE is not available here, does not fit the
 model, or the default head sits in layer 0, which reads no residual stream after a block), the
 script says why, records `"sae": {"ran": false, "reason": ...}` with the head and exits 0 without
@@ -48,7 +48,7 @@ from analysis.sae.features import feature_map, feature_map_statistics, name_feat
 from analysis.sae.precision import PRECISION_K, PRECISION_LENGTH, PRECISION_SHUFFLES, precision_by_head, study_precision
 from analysis.sae.sources import GPT2_RELEASE, SAEUnavailable, sae_for_head
 
-NAME = "semantic_head"
+NAME = "sae_features"
 
 
 def build_parser():

@@ -20,7 +20,7 @@ are shared by its heads, so this is cheap), with the direction a self-suppressin
   in_minus_out_group (high)     in-group minus out-of-group mean: attraction to the category
   margin_normalised (low)       per-token self minus partner mean, over the std of the off-diagonal scores
   below_partners_share (high)   tokens scoring themselves below every group-mate
-Writes results/<model>/svd_sym_skew_heatmap.json and figures/<model>/svd_sym_skew_heatmap{,_controls}.{pdf,png}.
+Writes results/<model>/sym_skew_maps.json and figures/<model>/sym_skew_maps{,_controls}.{pdf,png}.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from analysis.heads import load_target
 from analysis.plotting import group_heatmaps, save_figure, target_vs_controls
 from analysis.token_maps import block_means, group_tokens, token_inputs
 
-NAME = "svd_sym_skew_heatmap"
+NAME = "sym_skew_maps"
 
 
 def build_parser():
