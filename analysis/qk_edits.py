@@ -71,8 +71,8 @@ def pattern_from_input(x: Tensor, W_Q: Tensor, W_K: Tensor, scale: float, b_Q: T
 def in_context_edits(model: HookedTransformer, tokens: Tensor, mask: Tensor, layer: int,
                      edits: Mapping[Hashable, tuple[Tensor, Tensor, Tensor | None, Tensor | None]], batch_size: int = 64
                      ) -> dict[Hashable, dict[str, float]]:
-    """`{key: metrics}`: the part-1 metrics (mean over prompts) of a head of `layer` run with `edits[key] = (W_Q', W_K',
-    b_Q, b_K)`, any number of edits (of any heads of the layer) from one run of the model up to the layer.
+    """`{key: metrics}`: the semantic metrics (`scores.SEMANTIC_METRICS`, mean over prompts) of a head of `layer` run
+    with `edits[key] = (W_Q', W_K', b_Q, b_K)`, any number of edits (of any heads of the layer) from one run of the model up to the layer.
 
     An edit of a head's QK changes nothing upstream of its pattern, so x = ln1(resid_pre) is kept (`layer_input`)
     and each edit's pattern and pre-softmax scores come from `pattern_from_input`; S is exact and uncapped
@@ -93,7 +93,7 @@ def in_context_edits(model: HookedTransformer, tokens: Tensor, mask: Tensor, lay
 def edited_heads_in_context(model: HookedTransformer, tokens: Tensor, mask: Tensor,
                             edits: Mapping[tuple[int, int], tuple[Tensor, Tensor]], batch_size: int = 64
                             ) -> dict[tuple[int, int], dict[str, float]]:
-    """(layer, head) -> part-1 metrics of that head run with its edited factors `edits[(layer, head)] = (W_Q, W_K)`
+    """(layer, head) -> the semantic metrics of that head run with its edited factors `edits[(layer, head)] = (W_Q, W_K)`
     and its own biases (`in_context_edits`: one run of the model per layer, S exact)."""
     results = {}
     for layer in sorted({l for l, _ in edits}):
@@ -103,7 +103,7 @@ def edited_heads_in_context(model: HookedTransformer, tokens: Tensor, mask: Tens
     return {hd: results[hd] for hd in edits}
 
 
-EDITED_METRICS = (*MASSES, "surprisal")  # the part-1 metrics whose change an edit reports
+EDITED_METRICS = (*MASSES, "surprisal")  # the semantic metrics whose change an edit reports
 
 
 def edit_effect(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float | None]:
@@ -117,9 +117,9 @@ def edit_effect(before: Mapping[str, float], after: Mapping[str, float]) -> dict
 
 def in_context_scores(model: HookedTransformer, tokens: Tensor, mask: Tensor, layer: int, head: int,
                       fwd_hooks: Sequence[tuple[str, object]] = (), batch_size: int = 64) -> dict[str, float]:
-    """The part-1 metrics (S, partner, self and BOS mass, argmax accuracy) of one head, mean over prompts, with any
-    `fwd_hooks` active; S exact, from the pre-softmax scores. For edits of the head's own QK only,
-    `in_context_edits` gives the same metrics from one run per layer, for any number of edits."""
+    """The semantic metrics (`scores.SEMANTIC_METRICS`: S, partner, self and BOS mass, ...) of one head, mean over
+    prompts, with any `fwd_hooks` active; S exact, from the pre-softmax scores. For edits of the head's own QK
+    only, `in_context_edits` gives the same metrics from one run per layer, for any number of edits."""
     pattern, attn_scores = head_pattern_and_scores(model, tokens, layer, head, list(fwd_hooks), batch_size)
     return {key: float(value.nanmean())
             for key, value in semantic_scores(pattern[:, None], tokens, mask, attn_scores[:, None]).items()}
@@ -128,7 +128,7 @@ def in_context_scores(model: HookedTransformer, tokens: Tensor, mask: Tensor, la
 def in_context_grid(model: HookedTransformer, tokens: Tensor, mask: Tensor, layer: int, head: int,
                     factors: Mapping[Hashable, tuple[Tensor, Tensor]], b_Q: Tensor | None = None,
                     b_K: Tensor | None = None, batch_size: int = 64) -> dict[Hashable, dict[str, float]]:
-    """`{key: metrics}`: the part-1 metrics of the head for each edit `factors[key] = (W_Q', W_K')` with the biases
+    """`{key: metrics}`: the semantic metrics of the head for each edit `factors[key] = (W_Q', W_K')` with the biases
     `b_Q, b_K`, from one run of the model up to the layer (`in_context_edits`)."""
     return in_context_edits(model, tokens, mask, layer, {k: (*f, b_Q, b_K) for k, f in factors.items()}, batch_size)
 
@@ -158,7 +158,7 @@ def eigenvalue_edits(weights: Mapping[tuple[int, int], tuple[Tensor, Tensor]],
 
 def edit_sweep(model: HookedTransformer, tokens: Tensor, mask: Tensor,
                edits: Mapping[str, Mapping[tuple[int, int], tuple[Tensor, Tensor]]]) -> dict[tuple[int, int], dict]:
-    """Head -> edit name -> its part-1 metrics in context (`edited_heads_in_context`, one pass per layer and
+    """Head -> edit name -> its semantic metrics in context (`edited_heads_in_context`, one pass per layer and
     edit) and their change from the "unedited" entry (`edit_effect`)."""
     measured = {name: edited_heads_in_context(model, tokens, mask, heads) for name, heads in edits.items()}
     return {hd: {name: {**m[hd], **edit_effect(measured["unedited"][hd], m[hd])} for name, m in measured.items()}

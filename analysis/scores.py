@@ -181,9 +181,15 @@ def semantic_companions(pattern: Tensor, tokens: Tensor, mask: Tensor, rows: Ten
     }
 
 
+# The semantic metrics: S and its companions, the keys of `semantic_scores` (self_mass = self_only_mass + copies_mass).
+SEMANTIC_METRICS = ("surprisal", "partner_mass", "self_mass", "bos_mass_no_partner", "argmax_accuracy",
+                    "self_only_mass", "copies_mass")
+
+
 def semantic_scores(pattern: Tensor, tokens: Tensor, mask: Tensor,
                     attn_scores: Tensor | None = None) -> dict[str, Tensor]:
-    """S and its companions together, each `[batch, head]`, over every row but BOS (`scored_rows`).
+    """The semantic metrics (`SEMANTIC_METRICS`: S and its companions), each `[batch, head]`, over every row but BOS
+    (`scored_rows`).
 
     `attn_scores` (pre-softmax, like `pattern`) make S exact and uncapped (`semantic_surprisal`).
     """

@@ -5,7 +5,7 @@ Gradient steering minimises, over batches of category prompts,
 
     loss = s * self_mass - λ * partner_mass - μ * bos_mass_no_partner,    s = +1 ("suppress") or -1 ("restore")
 
-where self_mass, partner_mass and bos_mass_no_partner are the part-1 metrics of the head's
+where self_mass, partner_mass and bos_mass_no_partner are semantic metrics (`scores.MASSES`) of the head's
 in-context pattern (`analysis.scores.semantic_companions`). The λ term keeps the head on its
 category-mates while self-attention moves; the μ term keeps its fallback to BOS on rows with no
 partner (μ = 0 is the objective without it, which lets that fallback collapse). Only the head's W_Q and W_K
@@ -152,7 +152,7 @@ STATISTIC_DIRECTIONS = {"self_mass_before": "low", "bos_no_partner_before": "hig
 @dataclass
 class HeadEdits:
     """One head's edits and what they did: `conditions[name] = (W_Q, W_K)` ("before", each gradient direction,
-    "trace <size>"), `metrics[name]` its part-1 metrics on held-out prompts (plus partner_mass_change, the
+    "trace <size>"), `metrics[name]` its semantic metrics on held-out prompts (plus partner_mass_change, the
     relative change of partner mass from "before"), `runs[name]` the edit's record (gradient: history;
     trace: eta and size; both: relative_change)."""
 

@@ -8,7 +8,7 @@ W_skew stay: W_f = W + V_neg diag((f - 1) λ_neg) V_neg^T.
           mean self, in-group and out-of-group scores
   causal  the head's scores computed from a factorisation of W_f on its layer's input (biases kept;
           what qk_edits.qk_override_hooks make the model compute) on category prompts
-          (--categories, the study's 8 by default), scored with the part-1 metrics: self mass,
+          (--categories, the study's 8 by default), scored with the semantic metrics: self mass,
           partner mass, BOS mass when no partner, S (exact, from the pre-softmax scores)
 
 Controls (--controls): the same factor sweep on every control head, and a targeted edit on each head:

@@ -5,7 +5,7 @@ minibatches (--batch-size) of category prompts,
 
     loss = s * self_mass - λ * partner_mass - μ * bos_mass_no_partner    s = +1 "suppress", -1 "restore"
 
-(part-1 metrics of the head's in-context pattern; λ = --lam, μ = --mu keeps the BOS fallback, --mu 0
+(semantic metrics of the head's in-context pattern; λ = --lam, μ = --mu keeps the BOS fallback, --mu 0
 is the objective without it; biases and every other weight fixed). Prompts draw from --categories (the
 study's 8 by default). Before and after are measured on held-out prompts: self mass, partner mass, BOS
 mass when no partner, S (exact, uncapped: from the pre-softmax scores), and the relative weight change

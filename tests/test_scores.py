@@ -119,3 +119,10 @@ def test_study_surprisal_counts_the_bos_row_and_clamps_at_1e_12():
     assert got.shape == (1, 1) and math.isclose(got.item(), expected, rel_tol=1e-6)
     ours = scores.semantic_surprisal(pattern, mask, scores.scored_rows(torch.zeros(1, 3)))
     assert ours.item() > got.item() * 3 / 2  # ours leaves BOS out and has no 1e-12 clamp (float32 floor instead)
+
+
+def test_semantic_scores_are_the_semantic_metrics():
+    tokens = torch.tensor([[0, 1, 2, 1]])
+    mask = prompts.semantic_mask(tokens, torch.tensor([-1, 0, 0]))
+    got = scores.semantic_scores(uniform_causal(4)[None, None], tokens, mask)
+    assert tuple(got) == scores.SEMANTIC_METRICS

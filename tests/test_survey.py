@@ -7,7 +7,7 @@ import torch
 from analysis import prompts, scan, scores
 from analysis.patterns import all_patterns, flatten_heads
 from analysis.organism.report import THRESHOLDS
-from analysis.survey import METRICS, separation, survey_table
+from analysis.survey import separation, survey_table
 import pytest
 
 from conftest import run_main, run_script
@@ -16,7 +16,7 @@ from conftest import run_main, run_script
 def hand_built_survey():
     # 4 prompts, 1 layer, 3 heads. Head 2 is constant at 0.5, head 0 alternates 1/3, head 1 is constant 4.
     s = torch.tensor([[1.0, 4.0, 0.5], [3.0, 4.0, 0.5], [1.0, 4.0, 0.5], [3.0, 4.0, 0.5]])[:, None, :]
-    return {m: s if m == "surprisal" else torch.full_like(s, 0.25) for m in METRICS}
+    return {m: s if m == "surprisal" else torch.full_like(s, 0.25) for m in scores.SEMANTIC_METRICS}
 
 
 def test_survey_table_ranks_by_s_with_cis():
