@@ -411,7 +411,8 @@ def run(main: Callable[[argparse.Namespace], object], arg_parser: argparse.Argum
             arg_parser.validate(args)
         staged = getattr(arg_parser, "staged", True)
         with io.filed_under(getattr(args, "processing", "default")):  # raw weights: a results folder of their own
-            outputs = staging.output_run(args.out, io.run_directories(args.out, args.model)) if staged else nullcontext()
+            outputs = (staging.output_run(args.out, io.run_directories(args.out, args.model)) if staged
+                       else nullcontext())
             with outputs:
                 seed_everything(args.seed)
                 main(args)

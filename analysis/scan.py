@@ -99,8 +99,8 @@ def shared_prompts(a: Tensor, b: Tensor) -> int:
     return int((a[:, None, :] == b[None, :, :]).all(-1).any(1).sum())
 
 
-def honest_survey(model: HookedTransformer, n_prompts: int = 64, n_words: int = 64, seed: int = 0,
-                  categories: Mapping[str, Sequence[str]] = prompts.STUDY_CATEGORIES) -> dict:
+def held_out_survey(model: HookedTransformer, n_prompts: int = 64, n_words: int = 64, seed: int = 0,
+                    categories: Mapping[str, Sequence[str]] = prompts.STUDY_CATEGORIES) -> dict:
     """The survey on two disjoint prompt sets: one to select the head, one to report it on.
 
     The selection set is drawn with `seed`, the report set with `seed + REPORT_SEED_OFFSET`, so a

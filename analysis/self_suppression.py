@@ -172,7 +172,7 @@ def group_map_statistics(x: Tensor, group: Tensor, W_Q: Tensor, W_K: Tensor, sca
                          ) -> dict[str, float]:
     """On a token set with groups (e.g. the 30-token group set): `token_maps.block_means` of the map
     s = x W x^T / scale (self_minus_in_group, in_minus_out_group) and the normalised partner margin and
-    below-partners share of `input_statistics`. `seed` is unused (the shape of `every_head`'s statistics)."""
+    below-partners share of `input_statistics`. `seed` is unused (the signature `every_head_statistics` calls)."""
     scores = attention_scores(x, x, W_Q, W_K, scale)
     blocks = block_means(scores, group)
     margin = float(partner_margins(scores, group).nanmean())
@@ -187,9 +187,9 @@ GROUP_MAP_DIRECTIONS: dict[str, str] = {"self_minus_in_group": "low", "in_minus_
 
 
 @torch.no_grad()
-def every_head(model: HookedTransformer, view: str, token_ids: Tensor, category: Tensor, seed: int,
-               statistics: Callable[..., dict[str, float]] = head_statistics, progress: bool = True
-               ) -> dict[tuple[int, int], dict[str, float]]:
+def every_head_statistics(model: HookedTransformer, view: str, token_ids: Tensor, category: Tensor, seed: int,
+                          statistics: Callable[..., dict[str, float]] = head_statistics, progress: bool = True
+                          ) -> dict[tuple[int, int], dict[str, float]]:
     """`statistics(x, category, W_Q, W_K, scale, seed)` for every head, x the layer's inputs
     (`token_maps.token_inputs`, view `view`) of the words `token_ids: [n]`: one input computation per layer,
     since a layer's heads share their inputs. Keyed (layer, head)."""

@@ -57,7 +57,7 @@ def weight_change(W_Q: Tensor, W_K: Tensor, new_W_Q: Tensor, new_W_K: Tensor) ->
             "W_QK": float(delta_QK.norm() / qk_matrix(W_Q, W_K).norm())}
 
 
-def at_matched(curve: Sequence[Mapping[str, float]], key: str, value: float) -> dict | None:
+def interpolate_at(curve: Sequence[Mapping[str, float]], key: str, value: float) -> dict | None:
     """The metrics of a one-parameter curve of edits, linearly interpolated where `curve[i][key]` equals `value`.
 
     `curve` holds points (e.g. the trace step at increasing sizes) each with `key` and other metrics;
@@ -211,13 +211,13 @@ def trace_curve(edits: HeadEdits) -> dict[str, dict]:
     return {f"{r['relative']:g}": {"eta": r["eta"], **edits.metrics[n]} for n, r in edits.runs.items() if "eta" in r}
 
 
-def matched(edits: HeadEdits, directions: Sequence[str]) -> dict[str, dict]:
+def matched_comparison(edits: HeadEdits, directions: Sequence[str]) -> dict[str, dict]:
     """Each gradient run against the trace curve ("before" + every size) interpolated at the run's final self mass
-    (`at_matched`): {direction: {"self_mass", "gradient": metrics, "trace": metrics or None}}."""
+    (`interpolate_at`): {direction: {"self_mass", "gradient": metrics, "trace": metrics or None}}."""
     metrics = edits.metrics
     curve = [metrics["before"]] + [metrics[n] for n, r in edits.runs.items() if "eta" in r]
     return {d: {"self_mass": metrics[d]["self_mass"], "gradient": metrics[d],
-                "trace": at_matched(curve, "self_mass", metrics[d]["self_mass"])} for d in directions}
+                "trace": interpolate_at(curve, "self_mass", metrics[d]["self_mass"])} for d in directions}
 
 
 def head_statistics(edits: HeadEdits) -> dict[str, float]:

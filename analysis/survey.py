@@ -37,8 +37,8 @@ def survey_table(survey: Mapping[str, Tensor], level: float = 0.95, n_resamples:
 def separation(table: pd.DataFrame, layer: int | None = None, head: int | None = None) -> dict:
     """How far a head is ahead of the best other head in S, and whether their CIs are disjoint.
 
-    The head is (`layer`, `head`), by default the table's best. With honest selection it is the
-    head chosen on another prompt set, and `table` is the report set's, so the margin can be
+    The head is (`layer`, `head`), by default the table's best. When it was selected on another
+    prompt set (`scan.held_out_survey`) and `table` is the held-out report set's, the margin can be
     negative. margin = S(runner-up) - S(head); `separated` iff the head's upper CI bound lies
     below the runner-up's lower bound; `runner_up` is [layer, head] of the best other head.
     """

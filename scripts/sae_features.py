@@ -45,7 +45,8 @@ from analysis import self_suppression as ss
 from analysis.heads import load_target
 from analysis.plotting import group_heatmaps, save_figure, target_vs_controls
 from analysis.sae.features import feature_map, feature_map_statistics, name_features
-from analysis.sae.precision import PRECISION_K, PRECISION_LENGTH, PRECISION_SHUFFLES, precision_by_head, study_precision
+from analysis.sae.precision import (PRECISION_K, PRECISION_LENGTH, PRECISION_SHUFFLES, precision_by_category,
+                                    precision_by_head)
 from analysis.sae.sources import GPT2_RELEASE, SAEUnavailable, sae_for_head
 
 NAME = "sae_features"
@@ -105,8 +106,8 @@ def main(args) -> None:
     results = {"head": {"layer": layer, "head": head}, "sae": source,
                **records.feature_map_record(scores, features, labels, group, list(categories), args.top_pairs),
                "categories": category_record}
-    precision = study_precision(model, sae, layer, args.precision_samples, args.precision_k,
-                                     args.precision_shuffles, args.seed)
+    precision = precision_by_category(model, sae, layer, args.precision_samples, args.precision_k,
+                                      args.precision_shuffles, args.seed)
     stats = feature_map_statistics(model, sae, features, group, layer, precision_by_head(precision))
     report = compare((layer, head), stats, {**ss.GROUP_MAP_DIRECTIONS, "precision": "high"})
     null = records.precision_null(stats[(layer, head)]["precision_shuffled"], args.precision_shuffles)

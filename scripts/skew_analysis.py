@@ -77,8 +77,8 @@ def main(args) -> None:
     # Every head on the category words: the target's statistics against all others'.
     categories, category_record = cli.chosen_categories(args)
     word_ids, words, category, names = group_tokens(model.tokenizer, categories)
-    stats = ss.every_head(model, args.input, word_ids, category, args.seed,
-                          lambda *a: ss.head_statistics(*a, n_permutations=args.n_permutations))
+    stats = ss.every_head_statistics(model, args.input, word_ids, category, args.seed,
+                                     lambda *a: ss.head_statistics(*a, n_permutations=args.n_permutations))
     report = compare((layer, head), stats, ss.DIRECTIONS)
     null_keys = ("margin_shuffled_mean", "margin_shuffled_q05", "gaussian_self_score", "gaussian_self_negative_part",
                  "gaussian_margin", "gaussian_margin_normalised", "gaussian_below_partners_share")

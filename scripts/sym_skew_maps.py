@@ -57,7 +57,7 @@ def main(args) -> None:
     base_norm = float(maps["base"].norm())
     check = {"max_abs_diag_base_minus_sym": float((maps["base"].diagonal() - maps["sym"].diagonal()).abs().max()),
              "max_abs_diag_skew": float(maps["skew"].diagonal().abs().max())}
-    stats = ss.every_head(model, args.input, ids, group, args.seed, ss.group_map_statistics)
+    stats = ss.every_head_statistics(model, args.input, ids, group, args.seed, ss.group_map_statistics)
     report = compare((layer, head), stats, ss.GROUP_MAP_DIRECTIONS)
     results = {
         **report, "separating": separating(report),

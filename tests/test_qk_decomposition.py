@@ -215,8 +215,8 @@ def test_edited_heads_in_context_matches_one_head_at_a_time(organism):
     together = qk_edits.edited_heads_in_context(organism, tokens, mask, edits)
     for (l, h), factors in edits.items():
         _, _, b_Q, b_K = head_weights(organism, l, h, include_bias=True)
-        alone = qk_edits.in_context_scores(organism, tokens, mask, l, h, qk_edits.qk_override_hooks(organism, l, h, *factors,
-                                                                                         b_Q, b_K))
+        hooks = qk_edits.qk_override_hooks(organism, l, h, *factors, b_Q, b_K)
+        alone = qk_edits.in_context_scores(organism, tokens, mask, l, h, hooks)
         assert together[(l, h)] == pytest.approx(alone, abs=1e-5, nan_ok=True)
 
 

@@ -98,7 +98,8 @@ def test_sae_source_follows_the_model_and_the_flags(organism, tmp_path):
     assert sources.choose_source(organism, hook) == sources.SAESource("organism", sae_id=hook)
     other = random_gpt2(n_layers=2, with_tokenizer=False)  # another config name and width: not the organism's SAE
     assert not sources.organism_sae_fits(other)
-    assert sources.choose_source(other, hook) == sources.SAESource("pretrained", release=sources.GPT2_RELEASE, sae_id=hook)
+    assert sources.choose_source(other, hook) == sources.SAESource("pretrained", release=sources.GPT2_RELEASE,
+                                                                   sae_id=hook)
     assert sources.choose_source(organism, hook, sae_id="x").kind == "pretrained"  # asked for: never overridden
     directory = random_sae(tmp_path / "sae", organism.cfg.d_model)
     assert sources.choose_source(organism, hook, path=directory) == sources.SAESource("path", path=str(directory))
@@ -214,7 +215,8 @@ def test_precision_counts_where_overlaps_fall_so_its_null_is_near_the_scored_sha
     active = torch.arange(10).reshape(1, 10, 1).expand(64, 10, 1)
     scored = torch.zeros(64, 10, dtype=torch.bool)
     scored[:, 8:] = True
-    assert torch.allclose(precision.overlap_precision(active, active, scored), torch.full((64,), 0.2, dtype=torch.float64))
+    assert torch.allclose(precision.overlap_precision(active, active, scored),
+                          torch.full((64,), 0.2, dtype=torch.float64))
     shuffled = precision.shuffled_labels(active, 10, torch.Generator().manual_seed(1))
     null = precision.overlap_precision(shuffled, active, scored).mean()
     assert 0.05 < float(null) < 0.25

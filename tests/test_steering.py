@@ -120,12 +120,12 @@ def test_weight_change_exact():
     assert change["W_QK"] == pytest.approx(1.0, abs=1e-6)
 
 
-def test_at_matched_interpolates_and_refuses_to_extrapolate():
+def test_interpolate_at_interpolates_and_refuses_to_extrapolate():
     curve = [{"self_mass": 0.0, "partner_mass": 1.0}, {"self_mass": 0.4, "partner_mass": 0.6},
              {"self_mass": 0.2, "partner_mass": 0.9}]  # unsorted on purpose
-    assert steering.at_matched(curve, "self_mass", 0.3)["partner_mass"] == pytest.approx(0.75)
-    assert steering.at_matched(curve, "self_mass", 0.1)["partner_mass"] == pytest.approx(0.95)
-    assert steering.at_matched(curve, "self_mass", 0.5) is None
+    assert steering.interpolate_at(curve, "self_mass", 0.3)["partner_mass"] == pytest.approx(0.75)
+    assert steering.interpolate_at(curve, "self_mass", 0.1)["partner_mass"] == pytest.approx(0.95)
+    assert steering.interpolate_at(curve, "self_mass", 0.5) is None
 
 
 def test_gradient_steering_mu_keeps_bos_fallback(organism, semantic_probe):
@@ -159,12 +159,12 @@ def test_head_edit_bookkeeping_exact():
     assert steering.trace_name(0.3) == "trace 0.3" and steering.trace_name(1.0) == "trace 1"
     assert steering.trace_curve(edits) == {"0.1": {"eta": 0.5, **edits.metrics["trace 0.1"]},
                                            "0.2": {"eta": 1.0, **edits.metrics["trace 0.2"]}}
-    row = steering.matched(edits, ["restore"])["restore"]  # self 0.15: halfway between the two trace sizes
+    row = steering.matched_comparison(edits, ["restore"])["restore"]  # self 0.15: halfway between the two trace sizes
     assert row["self_mass"] == 0.15 and row["gradient"] is edits.metrics["restore"]
     assert row["trace"]["partner_mass"] == pytest.approx(0.8) and row["trace"]["surprisal"] == pytest.approx(2.0)
     record = records.edits_record(edits, ["restore"])
     assert record["largest_trace_step"]["name"] == "trace 0.2" and record["trace_curve"] == steering.trace_curve(edits)
-    assert record["matched"] == steering.matched(edits, ["restore"]) and record["metrics"] is edits.metrics
+    assert record["matched"] == steering.matched_comparison(edits, ["restore"]) and record["metrics"] is edits.metrics
     stats = steering.head_statistics(edits)
     assert stats == pytest.approx({"self_mass_before": 0.0, "bos_no_partner_before": 0.9, "trace_self_gain": 0.2,
                                    "restore_self_gain": 0.15, "restore_partner_change": -0.2})
@@ -177,7 +177,7 @@ def test_head_edit_bookkeeping_exact():
     lines = records.steering_lines(edits.metrics | {n: {**m, "partner_mass_change": 0.0}
                                                      for n, m in edits.metrics.items()},
                                     {n: {"keys": [" a", " b"]} for n in edits.metrics},
-                                    steering.matched(edits, ["restore"]), " a")
+                                    steering.matched_comparison(edits, ["restore"]), " a")
     assert len(lines) == 5 and lines[-1].startswith("matched at self 0.150 (restore)")
 
 

@@ -48,15 +48,15 @@ def test_shared_prompts_counts_identical_rows():
     assert scan.shared_prompts(a, torch.zeros(2, 4, dtype=torch.long)) == 0
 
 
-def test_honest_survey_selects_and_reports_on_disjoint_prompt_sets(organism, truth):
-    honest = scan.honest_survey(organism, 16, 32, seed=5)
-    assert honest["seeds"] == {"selection": 5, "report": 5 + scan.REPORT_SEED_OFFSET}
-    assert honest["shared_prompts"] == 0
-    selection, report = honest["selection"]["surprisal"], honest["report"]["surprisal"]
+def test_held_out_survey_selects_and_reports_on_disjoint_prompt_sets(organism, truth):
+    held_out = scan.held_out_survey(organism, 16, 32, seed=5)
+    assert held_out["seeds"] == {"selection": 5, "report": 5 + scan.REPORT_SEED_OFFSET}
+    assert held_out["shared_prompts"] == 0
+    selection, report = held_out["selection"]["surprisal"], held_out["report"]["surprisal"]
     assert selection.shape == report.shape == (16, organism.cfg.n_layers, organism.cfg.n_heads)
     assert not torch.equal(selection, report)  # other prompts, other values
     planted = tuple(truth["planted_heads"]["semantic"])
-    for survey in (honest["selection"], honest["report"]):
+    for survey in (held_out["selection"], held_out["report"]):
         assert scan.top_heads(survey["surprisal"].nanmean(0), 1, largest=False)[0][:2] == planted
 
 

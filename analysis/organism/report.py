@@ -1,7 +1,7 @@
 """What the organism's planted heads must do, and how well they do it.
 
 `THRESHOLDS` are the behaviours each planted head must show on fresh prompts; `planted_head_report`
-measures them (with one `scan.scan_heads`) and `meets` says which hold.
+measures them (with one `scan.scan_heads`) and `thresholds_met` says which hold.
 """
 
 from __future__ import annotations
@@ -37,6 +37,6 @@ def planted_head_report(model, planted_heads: Mapping[str, tuple[int, int]] | No
     return report
 
 
-def meets(report: Mapping[str, float]) -> dict[str, bool]:
-    """Which thresholds a report meets."""
+def thresholds_met(report: Mapping[str, float]) -> dict[str, bool]:
+    """Which thresholds a report meets: {key: whether the report's value lies on the right side of its bound}."""
     return {k: (report[k] >= v if rule == "at least" else report[k] <= v) for k, (rule, v) in THRESHOLDS.items()}

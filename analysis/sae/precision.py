@@ -152,8 +152,8 @@ def head_precision(model: HookedTransformer, sae, layer: int, tokens: Tensor, sc
     return precision_with_null(model, sae, layer, tokens, scored, k, n_shuffles=0, batch_size=batch_size)["precision"]
 
 
-def study_precision(model: HookedTransformer, sae, layer: int, n_samples: int, k: int = PRECISION_K,
-                    n_shuffles: int = PRECISION_SHUFFLES, seed: int = 0) -> dict[str, dict[str, Tensor]]:
+def precision_by_category(model: HookedTransformer, sae, layer: int, n_samples: int, k: int = PRECISION_K,
+                          n_shuffles: int = PRECISION_SHUFFLES, seed: int = 0) -> dict[str, dict[str, Tensor]]:
     """`{category: precision_with_null(...)}` on `keyword_prompts` of each of `PRECISION_CATEGORIES`
     (`n_samples` each; category i's samples seeded seed + 10 + i, its shuffles seed + 20 + i)."""
     bos = bos_token_id(model)
@@ -163,7 +163,7 @@ def study_precision(model: HookedTransformer, sae, layer: int, n_samples: int, k
 
 
 def precision_by_head(per_category: dict[str, dict[str, Tensor]]) -> dict[int, dict[str, float]]:
-    """head -> {precision, precision_shuffled, precision_<category>...} from `study_precision`'s
+    """head -> {precision, precision_shuffled, precision_<category>...} from `precision_by_category`'s
     `{category: {"precision": [batch, head], "shuffled": [batch, head]}}`:
 
     precision_c(h) = mean_b P_c[b, h];  precision(h) = mean_c precision_c(h);  precision_shuffled(h) the same
