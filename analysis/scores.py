@@ -14,7 +14,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-EPS = 1e-6  # clamp of the old pattern-based S (about 13.8 nats): kept only for comparisons; S has no cap
+# A floor on a row's attention mass, as an S computed from the pattern alone needs (the pattern underflows to 0):
+# it caps a row's S at -ln(1e-6) = 13.8 nats. S here has no cap (`masked_log_mass`); results report this cap beside
+# the worst head's S, and tests show that S goes past it.
+PATTERN_MASS_FLOOR = 1e-6
 
 
 def mean_over_rows(values: Tensor, rows: Tensor) -> Tensor:

@@ -33,7 +33,7 @@ from analysis.heads import target_head
 from analysis.models import load_model
 from analysis.patterns import all_patterns_and_scores
 from analysis.plotting import attention_heads_html, attention_pattern, head_heatmaps, save_figure
-from analysis.scores import EPS, semantic_scores
+from analysis.scores import PATTERN_MASS_FLOOR, semantic_scores
 from analysis.survey import separation, survey_table
 
 NAME = "characterize_head"
@@ -104,9 +104,9 @@ def main(args) -> None:
         "selection": {"seed": held_out["seeds"]["selection"], "survey": selection.to_dict("records"),
                       "separation": separation(selection)},
         "seeds": {**held_out["seeds"], "example": args.seed + 1},
-        # the report set's worst head: uncapped S, beside the cap the old clamp -log(max(mass, EPS)) put on a row
+        # the report set's worst head: uncapped S, beside the cap -log(max(mass, PATTERN_MASS_FLOOR)) would put on a row
         "worst_head": {"layer": int(table["layer"].iloc[-1]), "head": int(table["head"].iloc[-1]),
-                       "surprisal": float(table["surprisal"].iloc[-1]), "old_row_cap": -math.log(EPS)},
+                       "surprisal": float(table["surprisal"].iloc[-1]), "clamped_row_cap": -math.log(PATTERN_MASS_FLOOR)},
         "shared_prompts": held_out["shared_prompts"],
         "categories": category_record,
         "example": {"tokens": labels, "scores": example},

@@ -85,7 +85,7 @@ def test_surprisal_from_scores_is_exact_where_the_pattern_underflows():
     assert math.isclose(log_mass[2].item(), expected_row2, rel_tol=1e-12)
     s = scores.semantic_surprisal(pattern, mask, rows, attn_scores=z)
     assert math.isclose(s.item(), (math.log(2) - expected_row2) / 2, rel_tol=1e-6)
-    assert s.item() > -math.log(scores.EPS)  # beyond the old 13.8-nat cap
+    assert s.item() > -math.log(scores.PATTERN_MASS_FLOOR)  # beyond the 13.8-nat cap of a clamped S
     # without the scores the pattern's 0 is floored at float32's smallest normal (~87 nats), finite
     floored = scores.semantic_surprisal(pattern, mask, rows)
     assert math.isfinite(floored.item()) and floored.item() < s.item()

@@ -67,7 +67,7 @@ def test_survey_s_is_uncapped_and_agrees_with_the_pattern_where_nothing_underflo
     pattern = flatten_heads(all_patterns(organism, tokens))
     mass = scores.mask_mass(pattern, mask)  # (B, L * nh, Q)
     rows = scores.scored_rows(tokens)
-    capped = scores.mean_over_rows(-mass.clamp_min(scores.EPS).log(), rows)  # the old, clamped S
+    capped = scores.mean_over_rows(-mass.clamp_min(scores.PATTERN_MASS_FLOOR).log(), rows)  # S clamped at the floor
     assert torch.isfinite(exact).all() and (exact >= capped - 1e-4).all()  # a cap can only lower S
     clear = (mass[:, :, 1:] > 1e-4).all(-1)  # prompts and heads where every row's mass is far from the clamp
     assert clear.any() and torch.allclose(exact[clear], capped[clear], atol=1e-4)

@@ -161,7 +161,7 @@ SPEC: dict[str, dict[str, Entry]] = {
         "SurveyCategorySet": ("results.categories.set", "text"),
         "SurveyCategoryCount": ("results.categories.names", "count"),
         "SurveyWorstHead": ("results.worst_head", "head"), "SurveyWorstS": ("results.worst_head.surprisal", ".1f"),
-        "SurveyOldCap": ("results.worst_head.old_row_cap", ".1f"),
+        "SurveyClampedCap": ("results.worst_head.clamped_row_cap", ".1f"),
         "SurveyMargin": ("results.separation.margin", ".3f"),
         "SurveyCIs": ("results.separation.separated", Words("disjoint", "overlapping")),
         "SurveyNPrompts": ("provenance.arguments.n_prompts", "d"),
