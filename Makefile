@@ -20,7 +20,7 @@ DEMO_SCRIPTS += manual_attention attention_stats qk_ov_circuits token_circuit_ta
 # semantic head, part 1: survey, ablation, vocabulary-level input, attention versus similarity
 DEMO_SCRIPTS += characterize_head component_ablation token_freq cosine_attention_analysis
 # semantic head, part 2: QK decomposition, steering, clustering, SAE features
-DEMO_SCRIPTS += skew_analysis svd_sym_skew_heatmap svd_group_scaling_heatmap svd_rank_ablation gradient_steering clustering semantic_head
+DEMO_SCRIPTS += skew_analysis sym_skew_maps eigenvalue_scaling eigenvalue_rank_ablation gradient_steering clustering sae_features
 
 .PHONY: setup demo test test-slow bench clean
 setup: $(STAMP)
@@ -75,11 +75,11 @@ ARGS_characterize_head ?= --n-prompts 8 --n-words 16 --n-resamples 100
 ARGS_component_ablation ?= --n-prompts 8 --n-words 16
 ARGS_cosine_attention_analysis ?= --n-tokens 500 --n-resamples 100
 ARGS_skew_analysis ?= --n-permutations 50
-ARGS_svd_group_scaling_heatmap ?= --n-prompts 8 --n-words 16
-ARGS_svd_rank_ablation ?= --n-prompts 4 --n-words 16
+ARGS_eigenvalue_scaling ?= --n-prompts 8 --n-words 16
+ARGS_eigenvalue_rank_ablation ?= --n-prompts 4 --n-words 16
 ARGS_gradient_steering ?= --steps 3 --batch-size 4 --n-prompts 8 --n-words 16
 ARGS_clustering ?= --n-tokens 500
-ARGS_semantic_head ?= --n-prompts 8 --n-words 16
+ARGS_sae_features ?= --n-prompts 8 --n-words 16
 else
 OUT_ROOT := .
 BUILD_ID := $(MODEL_ID)
@@ -110,7 +110,7 @@ $(RUNS)/%.json: scripts/%.py $(PACKAGE_FILES) | $(STAMP)
 	@echo "== scripts/$*.py $(SCRIPT_ARGS) $(OUT_ARGS) $(ARGS_$*)"
 	@$(TIMED) $@ $(PY) scripts/$*.py $(SCRIPT_ARGS) $(OUT_ARGS) $(ARGS_$*)
 
-$(GENERATED)/macros.tex: $(RUN_STAMPS) scripts/make_paper_inputs.py $(WRITEUP_FILES) analysis/organism/__init__.py \
+$(GENERATED)/macros.tex: $(RUN_STAMPS) scripts/make_paper_inputs.py $(WRITEUP_FILES) analysis/organism/report.py \
 		paper/reported_gpt2.json | $(STAMP)
 	$(PY) scripts/make_paper_inputs.py $(SCRIPT_ARGS) $(OUT_ARGS) --generated $(GENERATED) --scripts $(DEMO_SCRIPTS)
 

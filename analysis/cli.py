@@ -19,12 +19,12 @@ A script looks like
 positive, seeds in [0, 2**32)), the device, then what needs the model's shape and tokenizer
 (read from its config and tokenizer files, never its weights): context lengths, memory bounds,
 text prompts and input files; last, it tries the output folder. It then opens the run's outputs
-(`io.output_run`: every file the script saves is staged and moved into place together when
+(`infra.staging.output_run`: every file the script saves is staged and moved into place together when
 `main` returns) and calls `main`. A `UsageError`, from the checks or from `main`, becomes one
 paragraph on stderr starting with "error:" and exit status 2, and leaves no file behind.
 
-Flags several scripts share (--input, --heads) and what a script about one head loads
-(`load_target`: the model and its --layer/--head, or the survey's best semantic head) live here too.
+Flags several scripts share (--input, --categories, --controls, --heads) are declared and read here too;
+which heads they name (the target and its controls) is `analysis.heads`.
 """
 
 from __future__ import annotations
@@ -34,17 +34,17 @@ import random
 import re
 import sys
 import textwrap
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from transformer_lens import HookedTransformer
-
-from analysis import controls, io, models, prompts, scan
+from analysis import io, models, prompts
 from analysis.errors import UsageError
+from analysis.heads import check_head
+from analysis.infra import staging
 from analysis.io import REPO_ROOT
 from analysis.token_maps import INPUT_VIEWS
 
@@ -151,7 +151,7 @@ class Parser(argparse.ArgumentParser):
 
     def __init__(self, *args, staged: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
-        self.staged = staged  # whether --out is the output root of a run (`io.output_run`)
+        self.staged = staged  # whether --out is the output root of a run (`infra.staging.output_run`)
         self._context: list[tuple[str, Callable[[int], int]]] = []
         self._bounds: list[tuple[str, Callable[[models.ModelShape], int], str]] = []
         self._memory: list[tuple[str, Callable[[argparse.Namespace, models.ModelShape], float], str]] = []
@@ -339,25 +339,10 @@ def chosen_categories(args: argparse.Namespace) -> tuple[dict[str, list[str]], d
 
 
 def add_controls_argument(p: argparse.ArgumentParser) -> None:
-    """--controls: which control heads a run-based mechanism statistic is computed for (`control_heads`)."""
+    """--controls: which control heads a run-based mechanism statistic is computed for (`heads.control_heads`)."""
     p.add_argument("--controls", choices=("default", "all"), default="default",
                    help="control heads: 'default' (every other head of the target's layer plus the scan's top "
                         "previous-token, induction, duplicate-token and semantic heads) or 'all' (every head)")
-
-
-def control_heads(model: HookedTransformer, target: tuple[int, int], which: str = "default",
-                  seed: int = 0, found: scan.HeadScan | None = None) -> list[tuple[int, int]]:
-    """The control heads for `--controls`: `controls.all_heads` without the target, or
-    `controls.default_controls` with the scan's top head of each kind; the scan is `found` when the
-    caller already ran one (`scan.scan_heads`), else it is run here (with `seed`)."""
-    if which == "all":
-        return controls.all_heads(model.cfg.n_layers, model.cfg.n_heads, exclude=[target])
-    found = scan.scan_heads(model, seed=seed) if found is None else found
-    longest = max(found.induction)
-    kinds = [(found.previous_token, True), (found.induction[longest], True), (found.duplicate[longest], True),
-             (found.semantic["surprisal"].nanmean(0), False)]
-    top = [scan.top_heads(score, 1, largest=largest)[0][:2] for score, largest in kinds]
-    return controls.default_controls(target, model.cfg.n_heads, top)
 
 
 def seed_everything(seed: int) -> None:
@@ -393,16 +378,6 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def check_head(model, layer: int, head: int) -> None:
-    """A clear error for a layer or head index outside the model."""
-    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
-    if not (0 <= layer < n_layers and 0 <= head < n_heads):
-        raise UsageError(
-            f"Head L{layer}H{head} does not exist: this model has layers 0-{n_layers - 1} and heads "
-            f"0-{n_heads - 1} in each layer. Pass --layer and --head within those ranges."
-        )
-
-
 def parse_heads(model, specs: Sequence[str], flag: str = "--heads") -> list[tuple[int, int]]:
     """(layer, head) of each "LAYER.HEAD" spec of a --heads flag, each checked against the model."""
     heads = []
@@ -414,28 +389,6 @@ def parse_heads(model, specs: Sequence[str], flag: str = "--heads") -> list[tupl
         check_head(model, layer, head)
         heads.append((layer, head))
     return heads
-
-
-def target_head(model: HookedTransformer, layer: int | None, head: int | None, seed: int = 0,
-                categories: Mapping[str, Sequence[str]] = prompts.STUDY_CATEGORIES) -> tuple[int, int]:
-    """--layer/--head when both are given (checked), else the survey's best semantic head on `categories`."""
-    if (layer is None) != (head is None):
-        raise UsageError("Give both --layer and --head, or neither to use the survey's best semantic head.")
-    if layer is None:
-        return scan.best_semantic_head(model, seed, categories)
-    check_head(model, layer, head)
-    return layer, head
-
-
-def load_target(args: argparse.Namespace) -> tuple[HookedTransformer, int, int]:
-    """(model, layer, head) for a script about one head's token-level behaviour: --model on --device (it
-    must have a tokenizer), and --layer/--head or, without them, the survey's best semantic head."""
-    model = models.load_model(args.model, args.device, args.processing)
-    prompts.require_tokenizer(model)
-    # the survey follows --categories where the script has it
-    categories = chosen_categories(args)[0] if hasattr(args, "categories") else prompts.STUDY_CATEGORIES
-    layer, head = target_head(model, args.layer, args.head, args.seed, categories)
-    return model, layer, head
 
 
 def print_error(err: UsageError) -> None:
@@ -458,7 +411,8 @@ def run(main: Callable[[argparse.Namespace], object], arg_parser: argparse.Argum
             arg_parser.validate(args)
         staged = getattr(arg_parser, "staged", True)
         with io.filed_under(getattr(args, "processing", "default")):  # raw weights: a results folder of their own
-            outputs = io.output_run(args.out, io.run_directories(args.out, args.model)) if staged else nullcontext()
+            outputs = (staging.output_run(args.out, io.run_directories(args.out, args.model)) if staged
+                       else nullcontext())
             with outputs:
                 seed_everything(args.seed)
                 main(args)

@@ -214,17 +214,6 @@ def partition_agreement(parts: Mapping[str, Mapping], category_of: np.ndarray) -
     return {"ari": ours["ari"], "nmi": ours["nmi"], "study_ari": study["ari"], "study_nmi": study["nmi"]}
 
 
-def partition_record(part: Mapping, labels: Sequence[str], category_of: np.ndarray,
-                     category_names: Sequence[str]) -> dict:
-    """What a results file keeps of one graph and its partition: sizes, self-loops, modularity, agreement with
-    the categories and the communities (`communities`)."""
-    found = communities(part["membership"], labels, category_of, category_names)
-    return {"n_nodes": len(labels), "n_edges": len(part["source"]),
-            "n_self_loops": int((part["source"] == part["target"]).sum()), "n_communities": len(found),
-            "modularity": modularity(part["graph"], part["membership"]),
-            "agreement": agreement(category_of, part["membership"]), "communities": found}
-
-
 def hover_text(source: Tensor, target: Tensor, labels: Sequence[str], membership: np.ndarray) -> list[str]:
     """One line per node for the interactive view: its label, community and top keys (its out-edges)."""
     keys_of: dict[int, list[str]] = {i: [] for i in range(len(labels))}

@@ -110,19 +110,3 @@ def compare(target: Head, stats: Mapping[Head, Mapping[str, float | None]],
 def separating(report: Mapping) -> list[str]:
     """The statistics of a `compare` report on which the target beats every control."""
     return [name for name in report["directions"] if report["target"][name]["separates"]]
-
-
-def summary_lines(report: Mapping, prefix: str = "  ") -> list[str]:
-    """One printable line per statistic of a `compare` report: the target's value and rank, the strongest control.
-
-    e.g. "  margin (low): target -5.650, rank 1/8, strongest control L1H1 -0.330"
-    """
-    lines = []
-    for name, direction in report["directions"].items():
-        entry = report["target"][name]
-        value = "n/a" if entry["value"] is None else f"{entry['value']:+.3f}"
-        rank = "-" if entry["rank"] is None else f"{entry['rank']}/{entry['n_ranked']}"
-        rival = entry["strongest_control"]
-        strongest = "-" if rival is None else f"{head_key(rival['layer'], rival['head'])} {rival['value']:+.3f}"
-        lines.append(f"{prefix}{name} ({direction}): target {value}, rank {rank}, strongest control {strongest}")
-    return lines

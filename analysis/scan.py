@@ -3,7 +3,7 @@
 Each probe is one prompt set of `analysis.prompts` run through `all_patterns` (one batched pass
 for all heads); the scores are the functions of `analysis.scores`. Results are `[layer, head]`
 tensors, plus the per-prompt `[batch, layer, head]` values where confidence intervals are wanted.
-Choosing a script's target head from its --layer/--head flags is `analysis.cli.target_head`.
+Choosing a script's target head from its --layer/--head flags is `analysis.heads.target_head`.
 """
 
 from __future__ import annotations
@@ -99,8 +99,8 @@ def shared_prompts(a: Tensor, b: Tensor) -> int:
     return int((a[:, None, :] == b[None, :, :]).all(-1).any(1).sum())
 
 
-def honest_survey(model: HookedTransformer, n_prompts: int = 64, n_words: int = 64, seed: int = 0,
-                  categories: Mapping[str, Sequence[str]] = prompts.STUDY_CATEGORIES) -> dict:
+def held_out_survey(model: HookedTransformer, n_prompts: int = 64, n_words: int = 64, seed: int = 0,
+                    categories: Mapping[str, Sequence[str]] = prompts.STUDY_CATEGORIES) -> dict:
     """The survey on two disjoint prompt sets: one to select the head, one to report it on.
 
     The selection set is drawn with `seed`, the report set with `seed + REPORT_SEED_OFFSET`, so a

@@ -14,7 +14,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-EPS = 1e-6  # clamp of the old pattern-based S (about 13.8 nats): kept only for comparisons; S has no cap
+# A floor on a row's attention mass, as an S computed from the pattern alone needs (the pattern underflows to 0):
+# it caps a row's S at -ln(1e-6) = 13.8 nats. S here has no cap (`masked_log_mass`); results report this cap beside
+# the worst head's S, and tests show that S goes past it.
+PATTERN_MASS_FLOOR = 1e-6
 
 
 def mean_over_rows(values: Tensor, rows: Tensor) -> Tensor:
@@ -181,9 +184,15 @@ def semantic_companions(pattern: Tensor, tokens: Tensor, mask: Tensor, rows: Ten
     }
 
 
+# The semantic metrics: S and its companions, the keys of `semantic_scores` (self_mass = self_only_mass + copies_mass).
+SEMANTIC_METRICS = ("surprisal", "partner_mass", "self_mass", "bos_mass_no_partner", "argmax_accuracy",
+                    "self_only_mass", "copies_mass")
+
+
 def semantic_scores(pattern: Tensor, tokens: Tensor, mask: Tensor,
                     attn_scores: Tensor | None = None) -> dict[str, Tensor]:
-    """S and its companions together, each `[batch, head]`, over every row but BOS (`scored_rows`).
+    """The semantic metrics (`SEMANTIC_METRICS`: S and its companions), each `[batch, head]`, over every row but BOS
+    (`scored_rows`).
 
     `attn_scores` (pre-softmax, like `pattern`) make S exact and uncapped (`semantic_surprisal`).
     """

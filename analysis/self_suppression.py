@@ -48,6 +48,7 @@ from analysis import qk_decomposition as qk
 from analysis.attention import attention_scores, head_scale, head_weights
 from analysis.controls import head_key
 from analysis.qk_decomposition import Spectrum, most_negative, self_score_parts, spectrum_summary, symmetric_spectrum
+from analysis.qk_edits import in_context_grid
 from analysis.token_maps import block_means, token_inputs
 
 
@@ -171,7 +172,7 @@ def group_map_statistics(x: Tensor, group: Tensor, W_Q: Tensor, W_K: Tensor, sca
                          ) -> dict[str, float]:
     """On a token set with groups (e.g. the 30-token group set): `token_maps.block_means` of the map
     s = x W x^T / scale (self_minus_in_group, in_minus_out_group) and the normalised partner margin and
-    below-partners share of `input_statistics`. `seed` is unused (the shape of `every_head`'s statistics)."""
+    below-partners share of `input_statistics`. `seed` is unused (the signature `every_head_statistics` calls)."""
     scores = attention_scores(x, x, W_Q, W_K, scale)
     blocks = block_means(scores, group)
     margin = float(partner_margins(scores, group).nanmean())
@@ -186,9 +187,9 @@ GROUP_MAP_DIRECTIONS: dict[str, str] = {"self_minus_in_group": "low", "in_minus_
 
 
 @torch.no_grad()
-def every_head(model: HookedTransformer, view: str, token_ids: Tensor, category: Tensor, seed: int,
-               statistics: Callable[..., dict[str, float]] = head_statistics, progress: bool = True
-               ) -> dict[tuple[int, int], dict[str, float]]:
+def every_head_statistics(model: HookedTransformer, view: str, token_ids: Tensor, category: Tensor, seed: int,
+                          statistics: Callable[..., dict[str, float]] = head_statistics, progress: bool = True
+                          ) -> dict[tuple[int, int], dict[str, float]]:
     """`statistics(x, category, W_Q, W_K, scale, seed)` for every head, x the layer's inputs
     (`token_maps.token_inputs`, view `view`) of the words `token_ids: [n]`: one input computation per layer,
     since a layer's heads share their inputs. Keyed (layer, head)."""
@@ -231,7 +232,7 @@ def rank_grid(model: HookedTransformer, layer: int, head: int, E: Tensor, tokens
     Each cell W_{k,s} rescales the k most negative eigenvalues of W_sym by s (`qk.edited_factors`); its
     metrics are the self-rank summaries of the query tokens `queries` (`rank_queries`; default every token)
     among all keys of the vocabulary `E: [d_vocab, d_model]` (`qk.self_ranks_grid`, one batched pass over
-    score blocks for every cell) and the self and partner mass on `tokens` with `mask` (`qk.in_context_grid`,
+    score blocks for every cell) and the self and partner mass on `tokens` with `mask` (`qk_edits.in_context_grid`,
     one run up to the layer, every edited pattern from its cached input). k is capped at the head's number
     of negative eigenvalues.
     """
@@ -243,7 +244,7 @@ def rank_grid(model: HookedTransformer, layer: int, head: int, E: Tensor, tokens
     ranks = qk.self_ranks_grid(E, W_Q, W_K, spectrum, ks, measured, chunk_size, progress, queries)
     factors = {(k, s): qk.edited_factors(W_Q, W_K, spectrum, most_negative(spectrum.values, k), s)
                for k in ks for s in measured}
-    in_context = qk.in_context_grid(model, tokens, mask, layer, head, factors, b_Q, b_K)
+    in_context = in_context_grid(model, tokens, mask, layer, head, factors, b_Q, b_K)
     metrics = {(k, s): {"k": k, "scale": s, **qk.rank_metrics(ranks[k, s], at),
                         "self_mass": in_context[k, s]["self_mass"], "partner_mass": in_context[k, s]["partner_mass"]}
                for k, s in factors}

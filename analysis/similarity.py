@@ -25,7 +25,6 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from analysis import controls
 from analysis.attention import attention_scores, head_scale, head_weights
 from analysis.vocab_input import head_input
 
@@ -154,14 +153,6 @@ def similarity_profile(inputs: Tensor, W_Q: Tensor, W_K: Tensor, b_Q: Tensor | N
     windows = windowed_means(counts, sums, level=level, n_resamples=n_resamples, seed=seed)
     return {"centres": centres, "windows": windows, "pairs": int(counts.sum()),
             "beats_self_from": beats_self_from(centres, windows["mean"]), "peak": peak(centres, windows["mean"])}
-
-
-def profile_record(profile: dict) -> dict:
-    """What results keep of a `similarity_profile`: "windows" (centres and `windowed_means`), the cosine from
-    which keys beat self ("beats_self_from_cosine") and the "peak" {"cosine", "mean"}."""
-    return {"windows": {"centre": profile["centres"], **profile["windows"]},
-            "beats_self_from_cosine": profile["beats_self_from"],
-            "peak": dict(zip(("cosine", "mean"), profile["peak"]))}
 
 
 def category_contrast(diff: Tensor, cosine: Tensor, category: Tensor) -> dict[str, float]:
@@ -311,18 +302,3 @@ def category_words(category_of: Tensor) -> tuple[Tensor, Tensor]:
     """(`ids: [n]`, `category: [n]`): the tokens with a category in `category_of: [d_vocab]` (-1 = none)."""
     ids = torch.nonzero(category_of >= 0)[:, 0]
     return ids, category_of[ids]
-
-
-def summary_lines(results: dict) -> list[str]:
-    """Printable lines of a cosine-analysis results dict: where keys beat self and the peak, the category
-    contrast, the target against its controls (`controls.summary_lines`), the study's peak, the example's keys."""
-    start, top, contrast, study = (results[k] for k in ("beats_self_from_cosine", "peak", "category_contrast", "study"))
-    return [f"similar-but-different keys beat self from cos {start if start is None else round(start, 3)}; "
-            f"peak {top['mean']:+.3f} at cos {top['cosine']:.3f}",
-            f"category-mates: mean d {contrast['mates_mean']:+.3f}, beat self in {contrast['mates_beat_self']:.0%}; "
-            f"other categories: {contrast['others_mean']:+.3f}, {contrast['others_beat_self']:.0%}",
-            *controls.summary_lines(results, prefix=""),
-            f"study's curve (bits, column-wise): peak {study['peak']['bits']:+.2f} "
-            f"at cos {study['peak']['cosine']:.3f}",
-            f"{results['example']['query']!r} best keys: "
-            + ", ".join(f"{k['token']!r} {k['score_minus_self']:+.2f}" for k in results["example"]["top_keys"])]

@@ -5,12 +5,12 @@ Gradient steering minimises, over batches of category prompts,
 
     loss = s * self_mass - λ * partner_mass - μ * bos_mass_no_partner,    s = +1 ("suppress") or -1 ("restore")
 
-where self_mass, partner_mass and bos_mass_no_partner are the part-1 metrics of the head's
+where self_mass, partner_mass and bos_mass_no_partner are semantic metrics (`scores.MASSES`) of the head's
 in-context pattern (`analysis.scores.semantic_companions`). The λ term keeps the head on its
 category-mates while self-attention moves; the μ term keeps its fallback to BOS on rows with no
 partner (μ = 0 is the objective without it, which lets that fallback collapse). Only the head's W_Q and W_K
 change (its biases, every other weight and the model itself stay as they are): the edited head's pattern is
-computed from its layer's input (`qk_decomposition.pattern_from_input`, what `qk_override_hooks` make the
+computed from its layer's input (`qk_edits.pattern_from_input`, what `qk_override_hooks` make the
 model compute), so the model runs once per layer and prompt set, not once per step.
 
 The closed-form baseline is one gradient step on -trace(W_Q W_K^T) with respect to W_K:
@@ -32,7 +32,9 @@ from transformer_lens import HookedTransformer
 
 from analysis import scores
 from analysis.attention import attention_scores, head_scale, head_weights
-from analysis.qk_decomposition import in_context_edits, layer_input, pattern_from_input, qk_matrix
+from analysis.patterns import layer_input
+from analysis.qk_decomposition import qk_matrix
+from analysis.qk_edits import in_context_edits, pattern_from_input
 
 Direction = Literal["suppress", "restore"]
 SIGN = {"suppress": 1.0, "restore": -1.0}
@@ -55,7 +57,7 @@ def weight_change(W_Q: Tensor, W_K: Tensor, new_W_Q: Tensor, new_W_K: Tensor) ->
             "W_QK": float(delta_QK.norm() / qk_matrix(W_Q, W_K).norm())}
 
 
-def at_matched(curve: Sequence[Mapping[str, float]], key: str, value: float) -> dict | None:
+def interpolate_at(curve: Sequence[Mapping[str, float]], key: str, value: float) -> dict | None:
     """The metrics of a one-parameter curve of edits, linearly interpolated where `curve[i][key]` equals `value`.
 
     `curve` holds points (e.g. the trace step at increasing sizes) each with `key` and other metrics;
@@ -84,7 +86,7 @@ def trace_eta(W_Q: Tensor, W_K: Tensor, relative: float) -> float:
 def head_masses(x: Tensor, tokens: Tensor, mask: Tensor, W_Q: Tensor, W_K: Tensor, b_Q: Tensor | None,
                 b_K: Tensor | None, scale: float) -> dict[str, Tensor]:
     """Self, partner and BOS-when-no-partner mass (means over prompts, differentiable in W_Q, W_K) of a head with
-    these weights on its layer's input `x: [batch, pos, d_model]` (`qk_decomposition.layer_input` of `tokens`)."""
+    these weights on its layer's input `x: [batch, pos, d_model]` (`patterns.layer_input` of `tokens`)."""
     pattern = pattern_from_input(x, W_Q, W_K, scale, b_Q, b_K)[0][:, None].cpu()  # (B, 1, T, T)
     companions = scores.semantic_companions(pattern, tokens, mask, scores.scored_rows(tokens))
     return {key: companions[key][:, 0].nanmean() for key in scores.MASSES}
@@ -107,7 +109,7 @@ def gradient_steer(model: HookedTransformer, tokens: Tensor, mask: Tensor, layer
 
     Minibatches are drawn (seeded) from the prompts; the head's biases stay fixed. The model's
     own parameters are neither changed nor given gradients. The layer's input does not depend on
-    the head's W_Q, W_K, so the model runs once (`x`: `qk_decomposition.layer_input` of `tokens`,
+    the head's W_Q, W_K, so the model runs once (`x`: `patterns.layer_input` of `tokens`,
     computed here unless given) and every step works from it.
     """
     if direction not in SIGN:
@@ -150,7 +152,7 @@ STATISTIC_DIRECTIONS = {"self_mass_before": "low", "bos_no_partner_before": "hig
 @dataclass
 class HeadEdits:
     """One head's edits and what they did: `conditions[name] = (W_Q, W_K)` ("before", each gradient direction,
-    "trace <size>"), `metrics[name]` its part-1 metrics on held-out prompts (plus partner_mass_change, the
+    "trace <size>"), `metrics[name]` its semantic metrics on held-out prompts (plus partner_mass_change, the
     relative change of partner mass from "before"), `runs[name]` the edit's record (gradient: history;
     trace: eta and size; both: relative_change)."""
 
@@ -173,7 +175,7 @@ def steer_heads(model: HookedTransformer, heads: Sequence[Head], train: tuple[Te
 
     The model runs once per layer on each prompt set: the training prompts' layer input serves every
     gradient step of the layer's heads, and every edit of the layer's heads is measured from one run
-    (`qk_decomposition.in_context_edits`, S exact).
+    (`qk_edits.in_context_edits`, S exact).
     """
     inputs: dict[int, Tensor] = {}  # layer -> the training prompts' layer input, (B, T, d_model)
     edits, biases = {}, {}
@@ -209,21 +211,13 @@ def trace_curve(edits: HeadEdits) -> dict[str, dict]:
     return {f"{r['relative']:g}": {"eta": r["eta"], **edits.metrics[n]} for n, r in edits.runs.items() if "eta" in r}
 
 
-def matched(edits: HeadEdits, directions: Sequence[str]) -> dict[str, dict]:
+def matched_comparison(edits: HeadEdits, directions: Sequence[str]) -> dict[str, dict]:
     """Each gradient run against the trace curve ("before" + every size) interpolated at the run's final self mass
-    (`at_matched`): {direction: {"self_mass", "gradient": metrics, "trace": metrics or None}}."""
+    (`interpolate_at`): {direction: {"self_mass", "gradient": metrics, "trace": metrics or None}}."""
     metrics = edits.metrics
     curve = [metrics["before"]] + [metrics[n] for n, r in edits.runs.items() if "eta" in r]
     return {d: {"self_mass": metrics[d]["self_mass"], "gradient": metrics[d],
-                "trace": at_matched(curve, "self_mass", metrics[d]["self_mass"])} for d in directions}
-
-
-def edits_record(edits: HeadEdits, directions: Sequence[str]) -> dict:
-    """What results keep of one head's edits: "metrics", "runs", the "largest_trace_step", the "trace_curve"
-    keyed by size and each gradient run "matched" against that curve."""
-    return {"metrics": edits.metrics, "runs": edits.runs,
-            "largest_trace_step": largest_trace_step(edits.runs, edits.metrics),
-            "trace_curve": trace_curve(edits), "matched": matched(edits, directions)}
+                "trace": interpolate_at(curve, "self_mass", metrics[d]["self_mass"])} for d in directions}
 
 
 def head_statistics(edits: HeadEdits) -> dict[str, float]:
@@ -245,14 +239,6 @@ def statistic_directions(directions: Sequence[str]) -> dict[str, str]:
     return {k: v for k, v in STATISTIC_DIRECTIONS.items() if not k.startswith("restore") or "restore" in directions}
 
 
-def control_edits(per_head: Mapping[Head, HeadEdits], target: Head, directions: Sequence[str]) -> dict[str, dict]:
-    """Every head but the target, keyed "L<l>H<h>": its metrics, its `matched` comparison and each edit's
-    relative weight change."""
-    return {f"L{l}H{h}": {"metrics": e.metrics, "matched": matched(e, directions),
-                          "relative_change": {n: r["relative_change"] for n, r in e.runs.items()}}
-            for (l, h), e in per_head.items() if (l, h) != tuple(target)}
-
-
 def query_top_keys(E: Tensor, query_id: int, conditions: Mapping[str, tuple[Tensor, Tensor]], scale: float,
                    b_Q: Tensor | None, b_K: Tensor | None, labels: Sequence[str], k: int = 10) -> dict[str, dict]:
     """For each condition (W_Q, W_K), the k best keys of one query over every token input `E: [d_vocab, d_model]`:
@@ -264,19 +250,3 @@ def query_top_keys(E: Tensor, query_id: int, conditions: Mapping[str, tuple[Tens
         table[name] = {"keys": [labels[i] for i in keys], "scores": values,
                        "query_self_rank": int((row > row[query_id]).sum()) + 1}
     return table
-
-
-def summary_lines(metrics: Mapping[str, Mapping], top_keys: Mapping[str, Mapping], matched_runs: Mapping[str, Mapping],
-                  query: str) -> list[str]:
-    """Printable lines: each condition's masses and the query's best keys, then each matched comparison."""
-    lines = [f"{name:>12s}: self {m['self_mass']:.4f}, partner {m['partner_mass']:.3f} "
-             f"({m['partner_mass_change']:+.1%}), BOS (no partner) {m['bos_mass_no_partner']:.3f}; "
-             f"top keys of {query!r}: {', '.join(repr(k) for k in top_keys[name]['keys'][:4])}"
-             for name, m in metrics.items()]
-    for d, row in matched_runs.items():
-        g, t = row["gradient"], row["trace"]
-        lines.append(f"matched at self {row['self_mass']:.3f} ({d}): gradient partner {g['partner_mass']:.3f}, "
-                     f"BOS {g['bos_mass_no_partner']:.3f}, S {g['surprisal']:.3f}; trace "
-                     + ("outside its curve" if t is None else
-                        f"partner {t['partner_mass']:.3f}, BOS {t['bos_mass_no_partner']:.3f}, S {t['surprisal']:.3f}"))
-    return lines

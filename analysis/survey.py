@@ -13,10 +13,7 @@ from collections.abc import Mapping
 import pandas as pd
 from torch import Tensor
 
-from analysis.scores import bootstrap_ci
-
-METRICS = ("surprisal", "partner_mass", "self_mass", "bos_mass_no_partner", "argmax_accuracy",
-           "self_only_mass", "copies_mass")  # self_mass = self_only_mass + copies_mass
+from analysis.scores import SEMANTIC_METRICS, bootstrap_ci
 
 
 def survey_table(survey: Mapping[str, Tensor], level: float = 0.95, n_resamples: int = 2000,
@@ -29,7 +26,7 @@ def survey_table(survey: Mapping[str, Tensor], level: float = 0.95, n_resamples:
     n_batch, n_layers, n_heads = survey["surprisal"].shape
     columns = {"layer": [l for l in range(n_layers) for _ in range(n_heads)],
                "head": [h for _ in range(n_layers) for h in range(n_heads)]}
-    for metric in METRICS:
+    for metric in SEMANTIC_METRICS:
         mean, low, high = bootstrap_ci(survey[metric].reshape(n_batch, -1), n_resamples, level, seed)
         columns[metric], columns[f"{metric}_low"], columns[f"{metric}_high"] = mean, low, high
     table = pd.DataFrame(columns).sort_values("surprisal", kind="stable").reset_index(drop=True)
@@ -40,8 +37,8 @@ def survey_table(survey: Mapping[str, Tensor], level: float = 0.95, n_resamples:
 def separation(table: pd.DataFrame, layer: int | None = None, head: int | None = None) -> dict:
     """How far a head is ahead of the best other head in S, and whether their CIs are disjoint.
 
-    The head is (`layer`, `head`), by default the table's best. With honest selection it is the
-    head chosen on another prompt set, and `table` is the report set's, so the margin can be
+    The head is (`layer`, `head`), by default the table's best. When it was selected on another
+    prompt set (`scan.held_out_survey`) and `table` is the held-out report set's, the margin can be
     negative. margin = S(runner-up) - S(head); `separated` iff the head's upper CI bound lies
     below the runner-up's lower bound; `runner_up` is [layer, head] of the best other head.
     """

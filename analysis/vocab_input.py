@@ -34,7 +34,8 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from analysis import prompts
-from analysis.io import atomic_file, model_id
+from analysis.ids import model_id
+from analysis.infra.atomic import atomic_file
 
 Variant = Literal["mean", "zero"]
 PROJECT = "semantic-head-replication"

@@ -1,4 +1,4 @@
-"""The part-2 weight analyses at GPT-2's size (random GPT-2-shaped weights): spectra, vocabulary-wide
+"""The weight analyses of the QK circuit at GPT-2's size (random GPT-2-shaped weights): spectra, vocabulary-wide
 self-ranks and the clustering graph, all through factors and query chunks, never d_vocab x d_vocab."""
 
 from __future__ import annotations

@@ -12,12 +12,12 @@ from analysis.models import load_model
 from analysis.vocab_input import head_input
 from benchlib import Settings, measure, ratio
 
-KS, SCALES = (1, 4, 8, 16, 24, 32), (1.0, 0.5, 0.0, -1.0, -2.0)  # svd_rank_ablation.py's default grid
+KS, SCALES = (1, 4, 8, 16, 24, 32), (1.0, 0.5, 0.0, -1.0, -2.0)  # eigenvalue_rank_ablation.py's default grid
 
 
 @torch.no_grad()
 def bench_rank_ablation_grid(settings: Settings) -> dict:
-    """The default 6 x 5 grid of svd_rank_ablation on L1H5-shaped weights over the full vocabulary."""
+    """The default 6 x 5 grid of eigenvalue_rank_ablation on L1H5-shaped weights over the full vocabulary."""
     model = load_model("gpt2-random", settings.device)
     n_tokens = 4096 if settings.quick else model.cfg.d_vocab
     x = head_input(model, 1, variant="zero", token_ids=torch.arange(n_tokens), use_cache=False)  # (n, d_model)

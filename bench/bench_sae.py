@@ -1,4 +1,4 @@
-"""The SAE step of semantic_head.py at GPT-2's size: a random SAE of GPT-2 small's real width
+"""The SAE step of sae_features.py at GPT-2's size: a random SAE of GPT-2 small's real width
 (32768 features x 768) on gpt2-random, category prompts as the script's defaults (64 x 64 words).
 No d_sae x d_vocab tensor: mean activations are kept for the tokens that occur (the dense float64
 one that was built before is 32768 x 50257 x 8 B = 13.2 GB, 26-33 GB at its peak)."""
@@ -11,9 +11,9 @@ import torch
 
 from analysis import prompts
 from analysis import qk_decomposition as qk
-from analysis import sae as saes
 from analysis.attention import head_scale, head_weights
 from analysis.models import load_model, random_gpt2
+from analysis.sae import features, sources
 from benchlib import MB, Settings, _rss, measure, save_random_sae
 
 LIMIT_MB = 6 * 1024
@@ -21,26 +21,26 @@ LIMIT_MB = 6 * 1024
 
 @torch.no_grad()
 def sae_step(model, sae, layer: int, head: int, n_prompts: int, n_words: int, seed: int = 0) -> dict:
-    """What semantic_head.py computes once the SAE is loaded, with its default sizes."""
-    hook = saes.hook_for_layer(layer)
+    """What sae_features.py computes once the SAE is loaded, with its default sizes."""
+    hook = sources.hook_for_layer(layer)
     names = list(prompts.ALL_CATEGORIES)
     tokens, _ = prompts.category_probe(model, prompts.ALL_CATEGORIES, n_prompts, n_words, seed + 1)
     category_of = prompts.category_index(model.tokenizer, prompts.ALL_CATEGORIES, model.cfg.d_vocab)
-    by_category, by_token, seen = saes.category_activations(model, sae, tokens, category_of, len(names), hook)
+    by_category, by_token, seen = features.category_activations(model, sae, tokens, category_of, len(names), hook)
     _, cache = model.run_with_cache(tokens[:16].to(model.cfg.device), names_filter=hook, stop_at_layer=layer)
-    explained = saes.variance_explained(sae, cache[hook][:, 1:].reshape(-1, model.cfg.d_model))
-    features, group = saes.select_features(by_category)
+    explained = sources.variance_explained(sae, cache[hook][:, 1:].reshape(-1, model.cfg.d_model))
+    chosen, group = features.select_features(by_category)
     token_labels = model.tokenizer.batch_decode([[int(i)] for i in seen])
-    labels = [saes.feature_label(by_token, int(f), token_labels) for f in features]
+    labels = [features.feature_label(by_token, int(f), token_labels) for f in chosen]
     W_Q, W_K, _, _ = head_weights(model, layer, head)
-    x = saes.feature_inputs(model, sae, layer, features)
+    x = features.feature_inputs(model, sae, layer, chosen)
     scores = qk.token_scores(x, qk.qk_matrix(W_Q, W_K), x, head_scale(model.cfg, layer))
     return {"seen_tokens": len(seen), "features": len(labels), "map_shape": list(scores.shape),
             "variance_explained": explained}
 
 
 def bench_sae_step_gpt2_size(settings: Settings) -> dict:
-    """semantic_head's SAE step with a random 32768 x 768 SAE on gpt2-random (layer 1's input, head 5)."""
+    """sae_features's SAE step with a random 32768 x 768 SAE on gpt2-random (layer 1's input, head 5)."""
     from sae_lens import SAE
 
     model = (random_gpt2(n_layers=2, device=settings.device) if settings.quick

@@ -4,7 +4,7 @@ Each script of scripts/ (but train_organism, build_paper and make_paper_inputs, 
 investigations) runs as its own process on `--model gpt2-random` with its default settings, in the
 Makefile's demo order (so that token_freq's counts exist before the scripts that read them), with a
 fresh vocabulary-input cache and the hub offline. Its peak RSS is the child's `ru_maxrss`, read by a
-small wrapper process that runs nothing else. semantic_head gets `--sae-path` to a random SAE of
+small wrapper process that runs nothing else. sae_features gets `--sae-path` to a random SAE of
 GPT-2's real size (32768 x 768), since SAELens's GPT-2 SAE cannot be downloaded here; every other
 script gets no argument but --model and --out. Writes bench/results/scripts_gpt2_scale.{json,md}
 (the JSON through run.py) and keeps going when a script fails, recording its exit status and the
@@ -100,7 +100,7 @@ def measure_scripts(names: list[str], model: str = "gpt2-random", timeout: float
         sae_dir = save_random_sae(tmp / "random-sae-32k")
         env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}  # as a user's shell has it
         env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", ANALYSIS_CACHE_DIR=str(cache))
-        extras = {"semantic_head": ["--sae-path", str(sae_dir)]}
+        extras = {"sae_features": ["--sae-path", str(sae_dir)]}
         rows = {}
         for name in names:
             rows[name] = run_script(name, model, out, extras.get(name, []), env, timeout)
@@ -118,7 +118,7 @@ def bench_scripts_gpt2_scale(settings: Settings) -> dict:
     """Peak RSS and wall time of every script on gpt2-random with its defaults (about half an hour on 2 cores)."""
     names = scripts_in_order()
     if settings.quick:  # a smoke run: the scripts whose GPT-2-scale cost this benchmark was made to watch
-        names = [n for n in names if n in ("activation_patching", "semantic_head", "svd_rank_ablation")]
+        names = [n for n in names if n in ("activation_patching", "sae_features", "eigenvalue_rank_ablation")]
     result = measure_scripts(names, markdown_path=Path(__file__).resolve().parent / "results"
                              / "scripts_gpt2_scale.md")
     rows = result["scripts"]

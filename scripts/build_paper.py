@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from analysis import cli
-from analysis.io import model_id
+from analysis.ids import model_id
 from writeup.build import build_pdf
 from writeup.results import PAPER_DIR
 

@@ -29,10 +29,11 @@ from __future__ import annotations
 import math
 
 from analysis import cli, io, prompts, scan
+from analysis.heads import target_head
 from analysis.models import load_model
 from analysis.patterns import all_patterns_and_scores
 from analysis.plotting import attention_heads_html, attention_pattern, head_heatmaps, save_figure
-from analysis.scores import EPS, semantic_scores
+from analysis.scores import PATTERN_MASS_FLOOR, semantic_scores
 from analysis.survey import separation, survey_table
 
 NAME = "characterize_head"
@@ -74,12 +75,12 @@ def example_figure(pattern, mask, labels, layer: int, head: int, title: str):
 def main(args) -> None:
     model = load_model(args.model, args.device, args.processing)
 
-    chosen = None if args.layer is None and args.head is None else cli.target_head(model, args.layer, args.head)
+    chosen = None if args.layer is None and args.head is None else target_head(model, args.layer, args.head)
 
     categories, category_record = cli.chosen_categories(args)
-    honest = scan.honest_survey(model, args.n_prompts, args.n_words, args.seed, categories)
-    selection = survey_table(honest["selection"], n_resamples=args.n_resamples, seed=args.seed)
-    survey = honest["report"]  # every reported value and CI comes from the prompts that did not select the head
+    held_out = scan.held_out_survey(model, args.n_prompts, args.n_words, args.seed, categories)
+    selection = survey_table(held_out["selection"], n_resamples=args.n_resamples, seed=args.seed)
+    survey = held_out["report"]  # every reported value and CI comes from the prompts that did not select the head
     table = survey_table(survey, n_resamples=args.n_resamples, seed=args.seed)
     layer, head = chosen or (int(selection["layer"][0]), int(selection["head"][0]))
     target_row = table[(table["layer"] == layer) & (table["head"] == head)].iloc[0]
@@ -100,13 +101,13 @@ def main(args) -> None:
                    **{k: float(v) for k, v in target_row.items() if k not in ("layer", "head", "rank")},
                    "rank": int(target_row["rank"]), "selection_rank": int(selected_row["rank"]),
                    "selection_surprisal": float(selected_row["surprisal"])},
-        "selection": {"seed": honest["seeds"]["selection"], "survey": selection.to_dict("records"),
+        "selection": {"seed": held_out["seeds"]["selection"], "survey": selection.to_dict("records"),
                       "separation": separation(selection)},
-        "seeds": {**honest["seeds"], "example": args.seed + 1},
-        # the report set's worst head: uncapped S, beside the cap the old clamp -log(max(mass, EPS)) put on a row
+        "seeds": {**held_out["seeds"], "example": args.seed + 1},
+        # the report set's worst head: uncapped S, beside the cap -log(max(mass, PATTERN_MASS_FLOOR)) would put on a row
         "worst_head": {"layer": int(table["layer"].iloc[-1]), "head": int(table["head"].iloc[-1]),
-                       "surprisal": float(table["surprisal"].iloc[-1]), "old_row_cap": -math.log(EPS)},
-        "shared_prompts": honest["shared_prompts"],
+                       "surprisal": float(table["surprisal"].iloc[-1]), "clamped_row_cap": -math.log(PATTERN_MASS_FLOOR)},
+        "shared_prompts": held_out["shared_prompts"],
         "categories": category_record,
         "example": {"tokens": labels, "scores": example},
         "units": {"surprisal": "nats, lower is better, exact (from the attention scores, no cap)",
@@ -134,8 +135,8 @@ def main(args) -> None:
               f" {row.argmax_accuracy:7.3f}")
     sep = results["separation"]
     print(f"target L{layer}H{head}: rank {results['target']['selection_rank']} on the selection set "
-          f"(seed {honest['seeds']['selection']}), rank {results['target']['rank']} on the report set "
-          f"(seed {honest['seeds']['report']}); vs the best other head: margin {sep['margin']:.3f} nats, "
+          f"(seed {held_out['seeds']['selection']}), rank {results['target']['rank']} on the report set "
+          f"(seed {held_out['seeds']['report']}); vs the best other head: margin {sep['margin']:.3f} nats, "
           f"CIs {'disjoint' if sep['separated'] else 'overlap'}")
     print(f"results: {path}\nlayer view: {html}")
 

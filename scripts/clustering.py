@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from analysis import cli, clustering, controls, io, prompts
+from analysis import cli, clustering, controls, io, prompts, records
 from analysis.attention import head_scale, head_weights
 from analysis.frequency import check_frequency_csv, frequency_csv_path
+from analysis.heads import control_heads, load_target
 from analysis.plotting import graph_html, save_figure, target_vs_controls, use_style
 from analysis.token_maps import token_inputs
 
@@ -53,7 +54,7 @@ def build_parser():
 
 
 def main(args) -> None:
-    model, layer, head = cli.load_target(args)
+    model, layer, head = load_target(args)
     categories, chosen = cli.chosen_categories(args)
     table = args.frequencies or frequency_csv_path(args.out, args.model)
     ids = clustering.node_tokens(model, categories, args.n_tokens, table)
@@ -63,7 +64,7 @@ def main(args) -> None:
     labels = model.tokenizer.batch_decode(ids[:, None].tolist())
     category_of = prompts.category_index(model.tokenizer, categories, model.cfg.d_vocab)[ids].numpy()
     nodes = torch.cat([torch.tensor([prompts.bos_token_id(model)]), ids])  # the study's nodes: BOS, then ours
-    heads = [(layer, head), *cli.control_heads(model, (layer, head), args.controls, args.seed)]
+    heads = [(layer, head), *control_heads(model, (layer, head), args.controls, args.seed)]
     inputs = {l: token_inputs(model, l, args.input, token_ids=nodes, seed=args.seed)
               for l in dict.fromkeys(h[0] for h in heads)}  # (1 + n, d_model) per layer
     parts, stats = {}, {}
@@ -74,9 +75,9 @@ def main(args) -> None:
         stats[(l, h)] = clustering.partition_agreement(parts[(l, h)], category_of)
     report = controls.compare((layer, head), stats, clustering.AGREEMENT_DIRECTIONS)
     mine, theirs = parts[(layer, head)]["ours"], parts[(layer, head)]["study"]
-    ours = clustering.partition_record(mine, labels, category_of, list(categories))
+    ours = records.partition_record(mine, labels, category_of, list(categories))
     ours.pop("n_self_loops")
-    study = clustering.partition_record(theirs, ["<BOS>", *labels], np.concatenate([[-1], category_of]),
+    study = records.partition_record(theirs, ["<BOS>", *labels], np.concatenate([[-1], category_of]),
                                         list(categories))
     results = {"head": {"layer": layer, "head": head}, "input": args.input, "k": args.k, "keep_self": args.keep_self,
                "categories": chosen,
@@ -103,7 +104,7 @@ def main(args) -> None:
     print(f"the study's graph: {study['n_edges']} edges ({study['n_self_loops']} self-loops), "
           f"{study['n_communities']} communities; ARI {study['agreement']['ari']:.3f}, "
           f"NMI {study['agreement']['nmi']:.3f}")
-    print("\n".join(controls.summary_lines(report)))
+    print("\n".join(records.comparison_lines(report)))
     for community in ours["communities"][:12]:
         tag = f" [{community['category']} {community['purity']:.0%}]" if "category" in community else ""
         print(f"  {community['size']:4d}{tag}: {', '.join(map(repr, community['members'][:8]))}")

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from analysis import cli, io, prompts
 from analysis.ablation import CONVENTIONS, ablation_study, damage_share, summary_table
+from analysis.heads import target_head
 from analysis.models import load_model
 from analysis.plotting import save_figure, use_style
 
@@ -69,7 +70,7 @@ def box_plot(study, layer: int, head: int, title: str):
 
 def main(args) -> None:
     model = load_model(args.model, args.device, args.processing)
-    layer, head = cli.target_head(model, args.layer, args.head, args.seed)
+    layer, head = target_head(model, args.layer, args.head, args.seed)
     categories, category_record = cli.chosen_categories(args)
     tokens, mask = prompts.category_probe(model, categories, args.n_prompts, args.n_words, args.seed)
     study = ablation_study(model, tokens, mask, layer, head, tuple(args.modes), keep_bos=not args.ablate_bos,

@@ -36,10 +36,11 @@ from pathlib import Path
 
 import torch
 
-from analysis import cli, controls, io, prompts, similarity
+from analysis import cli, controls, io, prompts, records, similarity
 from analysis.attention import head_scale, head_weights
 from analysis.errors import UsageError
 from analysis.frequency import check_frequency_csv, frequency_csv_path, ordinary_or_frequent_ids
+from analysis.heads import load_target
 from analysis.plotting import save_figure, similarity_figure, target_vs_controls
 from analysis.vocab_input import head_input
 
@@ -76,7 +77,7 @@ def build_parser():
 def main(args) -> None:
     if not 0 < args.window <= 1:
         raise UsageError(f"--window must lie in (0, 1], got {args.window}.")
-    model, layer, head = cli.load_target(args)
+    model, layer, head = load_target(args)
     (query_id,) = prompts.single_token_ids(model.tokenizer, [args.query])
     ids, chosen = ordinary_or_frequent_ids(model.cfg.d_vocab, prompts.special_token_ids(model), args.n_tokens
                                            or DEFAULT_TOKENS, args.freq_csv or frequency_csv_path(args.out, args.model))
@@ -117,7 +118,7 @@ def main(args) -> None:
         "settings": {"variant": args.variant, "biases_included": not args.no_bias, "units": unit_name, "scale": unit,
                      "tokens": chosen, "n_tokens": len(ids), "pairs": profile["pairs"], "window": args.window,
                      "ci": "99% percentile bootstrap over queries", "reference": "prompts.reference_prompts"},
-        **similarity.profile_record(profile),
+        **records.profile_record(profile),
         "category_contrast": stats[(layer, head)], "categories": category_record,
         "example": {"query": args.query, "top_keys": example["top_keys"], "mates": example["mate_keys"]},
         **study,
@@ -132,7 +133,7 @@ def main(args) -> None:
                 args.out, args.model, NAME + "_controls")
 
     print(f"L{layer}H{head}, {len(ids)} tokens ({chosen}), {args.variant} input, {unit_name}")
-    print("\n".join(similarity.summary_lines(results)))
+    print("\n".join(records.similarity_lines(results)))
     print(f"results: {path}")
 
 

@@ -5,7 +5,7 @@ minibatches (--batch-size) of category prompts,
 
     loss = s * self_mass - λ * partner_mass - μ * bos_mass_no_partner    s = +1 "suppress", -1 "restore"
 
-(part-1 metrics of the head's in-context pattern; λ = --lam, μ = --mu keeps the BOS fallback, --mu 0
+(semantic metrics of the head's in-context pattern; λ = --lam, μ = --mu keeps the BOS fallback, --mu 0
 is the objective without it; biases and every other weight fixed). Prompts draw from --categories (the
 study's 8 by default). Before and after are measured on held-out prompts: self mass, partner mass, BOS
 mass when no partner, S (exact, uncapped: from the pre-softmax scores), and the relative weight change
@@ -26,8 +26,9 @@ gradient_steering_top_keys.
 
 from __future__ import annotations
 
-from analysis import cli, controls, io, prompts, scores, steering
+from analysis import cli, controls, io, prompts, records, scores, steering
 from analysis.attention import head_scale, head_weights
+from analysis.heads import control_heads, load_target
 from analysis.plotting import save_figure, target_vs_controls, use_style
 from analysis.token_maps import token_inputs
 
@@ -62,14 +63,14 @@ def build_parser():
 
 
 def main(args) -> None:
-    model, layer, head = cli.load_target(args)
+    model, layer, head = load_target(args)
     query_id = prompts.single_token_ids(model.tokenizer, [args.query])[0]
     _, _, b_Q, b_K = head_weights(model, layer, head, include_bias=True)
     categories, chosen = cli.chosen_categories(args)
     train = prompts.category_probe(model, categories, args.n_prompts, args.n_words, args.seed + 1)
     test = prompts.category_probe(model, categories, args.n_prompts, args.n_words, args.seed + 2)
 
-    heads = [(layer, head)] + cli.control_heads(model, (layer, head), args.controls, args.seed)
+    heads = [(layer, head)] + control_heads(model, (layer, head), args.controls, args.seed)
     per_head = steering.steer_heads(model, heads, train, test, args.directions, args.trace_relative, lam=args.lam,
                                     mu=args.mu, lr=args.lr, steps=args.steps, batch_size=args.batch_size,
                                     seed=args.seed, progress=True)
@@ -84,16 +85,16 @@ def main(args) -> None:
     results = {"head": {"layer": layer, "head": head}, "input": args.input, "mu": args.mu, "lam": args.lam,
                "categories": chosen,
                "objective": steering.OBJECTIVE, "closed_form": steering.CLOSED_FORM, "query": args.query,
-               "top_keys": top_keys, **steering.edits_record(edits, args.directions), **report,
-               "control_edits": steering.control_edits(per_head, (layer, head), args.directions)}
+               "top_keys": top_keys, **records.edits_record(edits, args.directions), **report,
+               "control_edits": records.control_edits(per_head, (layer, head), args.directions)}
     path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
                            arguments=vars(args), seed=args.seed)
     save_figure(figure(edits.metrics, edits.runs, layer, head), args.out, args.model, NAME)
     save_figure(top_keys_figure(top_keys, args.query, layer, head), args.out, args.model, f"{NAME}_top_keys")
     save_figure(target_vs_controls(report, f"L{layer}H{head} against {len(heads) - 1} control heads: same edits"),
                 args.out, args.model, f"{NAME}_controls")
-    print("\n".join(steering.summary_lines(edits.metrics, top_keys, results["matched"], args.query)))
-    print("\n".join(controls.summary_lines(report, prefix="")))
+    print("\n".join(records.steering_lines(edits.metrics, top_keys, results["matched"], args.query)))
+    print("\n".join(records.comparison_lines(report, prefix="")))
     print(f"results: {path}")
 
 

@@ -19,6 +19,7 @@ import torch
 from analysis import attention, cli, io, prompts
 from analysis.attention_stats import max_attention
 from analysis.errors import UsageError
+from analysis.heads import check_head
 from analysis.models import WeightProcessing, load_model
 from analysis.patterns import all_patterns, check_context, flatten_heads
 from analysis.plotting import attention_pattern, head_heatmaps, save_figure, use_style
@@ -68,7 +69,7 @@ def main(args) -> None:
     else:
         model = load_model(args.model, args.device, processing=WeightProcessing.none())
     if args.layer is not None:
-        cli.check_head(model, args.layer, args.head)
+        check_head(model, args.layer, args.head)
     attention.check_manual_support(model)
 
     prompt_sets = {"random": prompts.random_tokens(args.n_random, args.length, model.cfg.d_vocab,

@@ -40,11 +40,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from analysis import cli, io
+from analysis import cli, io, records
 from analysis import qk_decomposition as qk
 from analysis import self_suppression as ss
 from analysis.attention import head_scale, head_weights
-from analysis.controls import compare, head_key, separating, summary_lines
+from analysis.controls import compare, head_key, separating
+from analysis.heads import load_target
 from analysis.plotting import save_figure, target_vs_controls, use_style
 from analysis.token_maps import group_tokens, token_inputs
 
@@ -61,7 +62,7 @@ def build_parser():
 
 
 def main(args) -> None:
-    model, layer, head = cli.load_target(args)
+    model, layer, head = load_target(args)
     scale = head_scale(model.cfg, layer)
     W_Q, W_K, b_Q, b_K = head_weights(model, layer, head, include_bias=True)
     E = token_inputs(model, layer, args.input, seed=args.seed, progress=True)  # (d_vocab, d_model)
@@ -76,8 +77,8 @@ def main(args) -> None:
     # Every head on the category words: the target's statistics against all others'.
     categories, category_record = cli.chosen_categories(args)
     word_ids, words, category, names = group_tokens(model.tokenizer, categories)
-    stats = ss.every_head(model, args.input, word_ids, category, args.seed,
-                          lambda *a: ss.head_statistics(*a, n_permutations=args.n_permutations))
+    stats = ss.every_head_statistics(model, args.input, word_ids, category, args.seed,
+                                     lambda *a: ss.head_statistics(*a, n_permutations=args.n_permutations))
     report = compare((layer, head), stats, ss.DIRECTIONS)
     null_keys = ("margin_shuffled_mean", "margin_shuffled_q05", "gaussian_self_score", "gaussian_self_negative_part",
                  "gaussian_margin", "gaussian_margin_normalised", "gaussian_below_partners_share")
@@ -114,7 +115,7 @@ def main(args) -> None:
           f"||W_skew|| share {biased['norms']['skew_share']:.2f}")
     print(f"{sylvester['heads_with_d_head_negative']} of {sylvester['n_heads']} heads have exactly d_head = "
           f"{model.cfg.d_head} negative eigenvalues (Sylvester): the count is no evidence")
-    print("\n".join(summary_lines(report)))
+    print("\n".join(records.comparison_lines(report)))
     print(f"separates from every other head: {', '.join(results['separating']) or 'none'}; null (target): "
           f"shuffled margin {null['target']['margin_shuffled_mean']:+.3f}, Gaussian margin "
           f"{null['target']['gaussian_margin']:+.3f}")

@@ -24,6 +24,7 @@ import torch
 from analysis import circuits, cli, io, prompts
 from analysis.attention import head_scale, head_weights
 from analysis.frequency import check_frequency_csv, read_frequency_csv
+from analysis.heads import target_head
 from analysis.models import load_model
 from analysis.plotting import save_figure, use_style
 from analysis.vocab_input import head_input
@@ -83,7 +84,7 @@ def table_figure(model, table, qk, ov, layer: int, head: int):
 
 def main(args) -> None:
     model = load_model(args.model, args.device, args.processing)
-    layer, head = cli.target_head(model, args.layer, args.head, args.seed)
+    layer, head = target_head(model, args.layer, args.head, args.seed)
     d_vocab = model.cfg.d_vocab
     p = (circuits.token_probabilities(read_frequency_csv(args.freq), d_vocab) if args.freq is not None
          else torch.full((d_vocab,), 1.0 / d_vocab))

@@ -23,7 +23,8 @@ from analysis.frequency import (
     MAX_UNKNOWN_SHARE, check_corpus, check_unknown_share, count_tokens, frequency_csv_path, frequency_table,
     uniform_counts, unknown_share, write_frequency_csv,
 )
-from analysis.models import has_organism_vocabulary, load_model
+from analysis.models import load_model
+from analysis.organism.files import has_organism_vocabulary
 from analysis.organism.language import LanguageSpec, vocabulary, write_corpus
 from analysis.organism.train import TrainConfig
 from analysis.plotting import save_figure, use_style

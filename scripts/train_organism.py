@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 
 from analysis import cli, io, models
-from analysis.models import ORGANISM_DIR
-from analysis.organism import planted_head_report
+from analysis.infra import atomic, checkpoint
+from analysis.organism.files import ORGANISM_DIR
+from analysis.organism.report import planted_head_report
 from analysis.organism.train import TrainConfig, save_organism, timed_train
 
 DEFAULT_OUT = io.REPO_ROOT / "checkpoints" / "organism"
@@ -49,7 +50,7 @@ def checkpoint_folder(args) -> Path:
     if shipped and not args.replace_shipped:
         raise cli.UsageError(f"--out {out} is the shipped checkpoint. Pass --replace-shipped to overwrite it, or give "
                              "--out another folder.")
-    if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or (out / models.CONFIG_FILE).exists())):
+    if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or (out / checkpoint.CONFIG_FILE).exists())):
         raise cli.UsageError(f"--out {out} exists and is not a checkpoint folder, so it will not be replaced. Give "
                              "--out a new folder or an earlier checkpoint.")
     return out
@@ -70,7 +71,7 @@ def main(args) -> None:
     cli.check_memory(cli.pattern_bytes(shape, config.batch_size, config.n_ctx, copies=12), "--batch-size",
                      "training activations")
     torch.set_num_threads(args.threads)
-    with io.staged_directory(out) as folder:  # made before training: an unwritable --out fails now
+    with atomic.staged_directory(out) as folder:  # made before training: an unwritable --out fails now
         model, log, seconds = timed_train(config, eval_every=args.eval_every, evaluate=planted_head_report)
         report = planted_head_report(model)
         save_organism(model, config, log, folder, seconds, report)

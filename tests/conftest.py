@@ -24,7 +24,7 @@ def organism():
 
 @pytest.fixture(scope="session")
 def truth():
-    from analysis.organism import ground_truth
+    from analysis.organism.files import ground_truth
 
     return ground_truth()
 

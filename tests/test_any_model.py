@@ -14,7 +14,9 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from analysis import io
 from analysis.ids import model_id
-from analysis.models import gpt2_tokenizer, has_organism_vocabulary, hub_reachable, load_model, save_model
+from analysis.infra.hub import hub_reachable
+from analysis.models import gpt2_tokenizer, load_model, save_model
+from analysis.organism.files import has_organism_vocabulary
 from analysis.patching import choose_task
 from analysis.scores import induction_chance, induction_score
 from conftest import REPO, run_main, run_script
@@ -37,12 +39,12 @@ LIGHT = {
     "token_freq": [],
     "cosine_attention_analysis": ["--n-tokens", "200", "--n-resamples", "20"],
     "skew_analysis": [],
-    "svd_sym_skew_heatmap": [],
-    "svd_group_scaling_heatmap": ["--n-prompts", "4", "--n-words", "8"],
-    "svd_rank_ablation": ["--n-prompts", "4", "--n-words", "8", "--ks", "1", "4", "--scales", "1", "-1"],
+    "sym_skew_maps": [],
+    "eigenvalue_scaling": ["--n-prompts", "4", "--n-words", "8"],
+    "eigenvalue_rank_ablation": ["--n-prompts", "4", "--n-words", "8", "--ks", "1", "4", "--scales", "1", "-1"],
     "gradient_steering": ["--steps", "2", "--batch-size", "2", "--n-prompts", "4", "--n-words", "8"],
     "clustering": ["--n-tokens", "200"],
-    "semantic_head": ["--n-prompts", "4", "--n-words", "8"],
+    "sae_features": ["--n-prompts", "4", "--n-words", "8"],
 }
 FAST = ("activation_patching", "manual_attention")
 
@@ -199,25 +201,25 @@ def test_token_freq_without_corpus_records_a_uniform_table(small_model, tmp_path
 
 
 @needs_gpt2_tokenizer
-def test_semantic_head_without_an_sae_for_the_model_writes_the_rest(small_model, tmp_path, capsys):
+def test_sae_features_without_an_sae_for_the_model_writes_the_rest(small_model, tmp_path, capsys):
     # Offline no SAE fits this 64-wide model: the default SAE step is skipped with its reason, exit 0.
-    main_on(small_model, tmp_path, "semantic_head")
-    r = results_of(tmp_path, str(small_model), "semantic_head")["results"]
+    main_on(small_model, tmp_path, "sae_features")
+    r = results_of(tmp_path, str(small_model), "sae_features")["results"]
     assert r["sae"]["ran"] is False and "Could not load the SAE" in r["sae"]["reason"]
     assert r["not_run"] == ["feature map", "precision"] and set(r["head"]) == {"layer", "head"}
     assert "SAE step not run" in capsys.readouterr().out
-    assert not list(io.figures_dir(tmp_path, str(small_model)).glob("semantic_head.*"))  # no empty figure
+    assert not list(io.figures_dir(tmp_path, str(small_model)).glob("sae_features.*"))  # no empty figure
     # An SAE asked for by flag that cannot be had stays an error, and leaves nothing behind.
     with pytest.raises(SystemExit) as exit_:
-        main_on(small_model, tmp_path / "asked", "semantic_head", "--sae-release", "gpt2-small-resid-post-v5-32k")
+        main_on(small_model, tmp_path / "asked", "sae_features", "--sae-release", "gpt2-small-resid-post-v5-32k")
     assert exit_.value.code == 2 and "Could not load the SAE" in capsys.readouterr().err
-    assert not io.results_path(tmp_path / "asked", str(small_model), "semantic_head").exists()
+    assert not io.results_path(tmp_path / "asked", str(small_model), "sae_features").exists()
 
 
 @pytest.mark.slow
 @needs_gpt2_tokenizer
 def test_every_script_runs_on_a_directory_model_with_gpt2_tokenizer(small_model, tmp_path):
-    """Each script exits 0 (semantic_head offline, with no SAE for this model, without its SAE step)."""
+    """Each script exits 0 (sae_features offline, with no SAE for this model, without its SAE step)."""
     failures = []
     for name in LIGHT:
         done = run_on(small_model, tmp_path, name)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from analysis import cli
-from analysis.models import ORGANISM_DIR
+from analysis.organism.files import ORGANISM_DIR
 
 from conftest import REPO, run_script
 
@@ -90,7 +90,7 @@ def issue_cases() -> list[Case]:
                                 ("results/organism", "in the way"), ("figures/organism", "in the way"))],
         # word counts and repeat lengths beyond the context
         *[Case(f"n-words-{s}", s, ["--n-words", "500"], "--n-words")
-          for s in ("component_ablation", "semantic_head", "svd_rank_ablation", "svd_group_scaling_heatmap",
+          for s in ("component_ablation", "sae_features", "eigenvalue_rank_ablation", "eigenvalue_scaling",
                     "characterize_head", "gradient_steering")],
         Case("example-words", "characterize_head", ["--example-words", "500"], "--example-words"),
         Case("category-words", "scan_heads", ["--category-words", "500"], "--category-words"),
@@ -101,8 +101,8 @@ def issue_cases() -> list[Case]:
         # absurd counts: memory bounds, named flags
         *[Case(f"n-prompts-{s}", s, ["--n-prompts", "100000000"], "Lower --n-prompts")
           for s in ("attention_stats", "characterize_head", "component_ablation", "gradient_steering",
-                    "qk_ov_circuits", "scan_heads", "semantic_head", "svd_group_scaling_heatmap",
-                    "svd_rank_ablation")],
+                    "qk_ov_circuits", "scan_heads", "sae_features", "eigenvalue_scaling",
+                    "eigenvalue_rank_ablation")],
         Case("n-random", "manual_attention", ["--n-random", "100000000"], "Lower --n-random"),
         Case("category-prompts", "scan_heads", ["--category-prompts", "100000000"], "Lower --category-prompts"),
         Case("n-resamples", "characterize_head", ["--n-resamples", "1000000000"], "Lower --n-resamples"),

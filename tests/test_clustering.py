@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformer_lens import FactoredMatrix
 
-from analysis import clustering
+from analysis import clustering, records
 from conftest import run_main
 
 
@@ -117,7 +117,7 @@ def test_head_partitions_agreement_and_record_on_two_groups():
     stats = clustering.partition_agreement(parts, category_of)
     assert stats["ari"] == pytest.approx(1.0) and stats["nmi"] == pytest.approx(1.0)
     assert set(stats) == set(clustering.AGREEMENT_DIRECTIONS)
-    record = clustering.partition_record(parts["ours"], list("abcdef"), category_of, ["A", "B"])
+    record = records.partition_record(parts["ours"], list("abcdef"), category_of, ["A", "B"])
     assert record["n_nodes"] == 6 and record["n_edges"] == 12 and record["n_self_loops"] == 0
     assert record["agreement"]["n_tokens"] == 5 and sum(c["size"] for c in record["communities"]) == 6
     hover = clustering.hover_text(parts["ours"]["source"], parts["ours"]["target"], list("abcdef"),

@@ -3,6 +3,7 @@ import math
 import pytest
 
 from analysis.controls import all_heads, compare, default_controls, head_key, rank_in_direction, separating
+from analysis.heads import control_heads
 
 
 def test_head_key_and_all_heads():
@@ -47,24 +48,24 @@ def test_compare_needs_the_target():
         compare((0, 0), {(1, 1): {"x": 1.0}}, {"x": "low"})
 
 
-def test_summary_lines_name_value_rank_and_strongest_control():
-    from analysis.controls import summary_lines
+def test_comparison_lines_name_value_rank_and_strongest_control():
+    from analysis.records import comparison_lines
 
     report = compare((1, 3), {(1, 3): {"margin": -2.0}, (1, 0): {"margin": -1.5}}, {"margin": "low"})
-    assert summary_lines(report) == ["  margin (low): target -2.000, rank 1/2, strongest control L1H0 -1.500"]
+    assert comparison_lines(report) == ["  margin (low): target -2.000, rank 1/2, strongest control L1H0 -1.500"]
     alone = compare((1, 3), {(1, 3): {"margin": math.nan}}, {"margin": "low"})
-    assert summary_lines(alone, prefix="") == ["margin (low): target n/a, rank -, strongest control -"]
+    assert comparison_lines(alone, prefix="") == ["margin (low): target n/a, rank -, strongest control -"]
 
 
 def test_control_heads_reuse_a_scan_the_caller_already_ran(organism, monkeypatch):
-    from analysis import cli, scan
+    from analysis import scan
 
     found = scan.scan_heads(organism, seed=0)
-    fresh = cli.control_heads(organism, (1, 3), "default", seed=0)
+    fresh = control_heads(organism, (1, 3), "default", seed=0)
 
     def no_second_scan(*args, **kwargs):
         raise AssertionError("control_heads scanned again")
 
     monkeypatch.setattr(scan, "scan_heads", no_second_scan)
-    assert cli.control_heads(organism, (1, 3), "default", found=found) == fresh
+    assert control_heads(organism, (1, 3), "default", found=found) == fresh
     assert len(fresh) >= 3 and (1, 3) not in fresh

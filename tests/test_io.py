@@ -1,6 +1,7 @@
 """Results files: provenance recorded, and never left half-written."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -36,7 +37,7 @@ def test_interrupted_write_never_exposes_a_partial_file(tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(io.os, "replace", crash)
+    monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(KeyboardInterrupt):
         io.write_json_atomic(path, {"big": list(range(10_000))})
     assert list(tmp_path.iterdir()) == []

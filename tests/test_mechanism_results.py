@@ -15,9 +15,9 @@ import pytest
 from conftest import check_controls_shape, run_main
 from test_any_model import LIGHT
 
-MECHANISM_SCRIPTS = ("skew_analysis", "svd_sym_skew_heatmap", "svd_group_scaling_heatmap", "svd_rank_ablation",
-                     "gradient_steering", "semantic_head", "cosine_attention_analysis", "clustering")
-EXTRA = {"svd_rank_ablation": ["--ks", "4", "--scales", "1", "-1"]}  # a 1 x 2 grid, on every control head too
+MECHANISM_SCRIPTS = ("skew_analysis", "sym_skew_maps", "eigenvalue_scaling", "eigenvalue_rank_ablation",
+                     "gradient_steering", "sae_features", "cosine_attention_analysis", "clustering")
+EXTRA = {"eigenvalue_rank_ablation": ["--ks", "4", "--scales", "1", "-1"]}  # a 1 x 2 grid, on every control head too
 
 
 def test_the_shape_check_fails_on_a_results_file_without_controls():

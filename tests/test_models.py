@@ -51,7 +51,8 @@ def test_the_record_of_planted_heads_travels_with_the_directory_not_the_name(org
 def test_saved_files_get_the_usual_permissions_and_pass_the_directory_check(organism, tmp_path):
     import os
 
-    from analysis.models import ModelShape, check_directory
+    from analysis.infra.checkpoint import check_directory
+    from analysis.models import ModelShape
 
     old = os.umask(0o022)
     try:
@@ -59,7 +60,15 @@ def test_saved_files_get_the_usual_permissions_and_pass_the_directory_check(orga
     finally:
         os.umask(old)
     assert {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "saved").iterdir()}["model.safetensors"] == 0o644
-    assert check_directory(tmp_path / "saved") == ModelShape.of(organism.cfg)
+    assert ModelShape.of(check_directory(tmp_path / "saved")) == ModelShape.of(organism.cfg)
+
+
+def test_a_processing_record_holds_exactly_the_flags_of_weight_processing():
+    import dataclasses
+
+    from analysis.infra.checkpoint import PROCESSING_FLAGS
+
+    assert PROCESSING_FLAGS == tuple(f.name for f in dataclasses.fields(WeightProcessing))
 
 
 def test_a_bug_while_loading_is_not_reported_as_missing_weights(monkeypatch):

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from analysis.models import ORGANISM_DIR
-from analysis.organism import THRESHOLDS, meets, planted_head_report
+from analysis.organism.files import ORGANISM_DIR
+from analysis.organism.report import THRESHOLDS, planted_head_report, thresholds_met
 from analysis.scan import scan_heads, top_heads
 from conftest import run_script
 
@@ -24,7 +24,7 @@ def test_semantic_head_reads_through_mlp0(truth):
 @pytest.mark.parametrize("seed", [11, 12])
 def test_planted_heads_meet_every_threshold(organism, truth, seed):
     report = planted_head_report(organism, truth["planted_heads"], seed=seed)
-    failed = {k: (report[k], THRESHOLDS[k]) for k, ok in meets(report).items() if not ok}
+    failed = {k: (report[k], THRESHOLDS[k]) for k, ok in thresholds_met(report).items() if not ok}
     assert not failed, f"thresholds missed: {failed}"
 
 

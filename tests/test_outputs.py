@@ -2,7 +2,7 @@
 
 The kill tests fork a child that runs a small script through `cli.run` (results JSON, a CSV and two
 figure files) and SIGKILLs itself at the n-th step of writing (every fsync, rename and folder swap
-of `analysis.io`), for every n until a run completes; the parent then checks what is on disk.
+of `analysis.infra`), for every n until a run completes; the parent then checks what is on disk.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from analysis import cli, io
+from analysis.infra import atomic, staging
 
 FILES = ("results/organism/demo.json", "results/organism/demo.csv", "figures/organism/demo.pdf",
          "figures/organism/demo.png")
@@ -65,7 +66,7 @@ def in_child(fn, kill_at: int | None = None, patch_exchange: bool = False) -> in
                 return step
 
             os.fsync, os.replace, os.rename = counted(os.fsync), counted(os.replace), counted(os.rename)
-            io._exchange = counted((lambda a, b: False) if patch_exchange else io._exchange)
+            atomic._exchange = counted((lambda a, b: False) if patch_exchange else atomic._exchange)
             fn()
         finally:
             os._exit(0)
@@ -119,11 +120,11 @@ def test_killed_runs_leave_all_old_or_all_new(tmp_path):
         assert set(seen.values()) <= {"old", "new"}, (n, seen)
         if seen[FILES[0]] == "new":
             assert set(seen.values()) == {"new"}, (n, seen)
-        with io.output_run(out):  # the next run into the same folder
+        with staging.output_run(out):  # the next run into the same folder
             pass
         after = set(tags(out).values())
         assert after in ({"old"}, {"new"}), (n, tags(out))
-        assert not (out / io.STAGING_DIR).exists()
+        assert not (out / staging.STAGING_DIR).exists()
         outcomes.append(after.pop())
         if signal_ is None:  # the run completed: every step has been a kill point
             break
@@ -162,12 +163,12 @@ def test_stale_temporaries_are_swept_by_the_next_run(tmp_path):
     live = results / f".demo.json.{os.getpid()}-abcd1234.partial"  # a live writer's temporary stays
     for path in (*stale, live):
         path.write_text("{half a JSON")
-    abandoned = tmp_path / io.STAGING_DIR / "run-killed"
+    abandoned = tmp_path / staging.STAGING_DIR / "run-killed"
     abandoned.mkdir(parents=True)
     (abandoned / "0001-demo.csv").write_text("never committed")
     run_demo(tmp_path, "new")
     assert not any(p.exists() for p in stale) and live.exists()
-    assert not (tmp_path / io.STAGING_DIR).exists()
+    assert not (tmp_path / staging.STAGING_DIR).exists()
 
 
 def test_a_folder_in_the_way_fails_before_any_work(tmp_path):
@@ -181,10 +182,10 @@ def test_a_folder_in_the_way_fails_before_any_work(tmp_path):
 
 @pytest.mark.parametrize("exchange", [True, False], ids=["exchange", "two-renames"])
 def test_a_replaced_folder_is_all_old_or_all_new(tmp_path, exchange):
-    """The checkpoint swap (`io.staged_directory`), killed at every step; the fallback without an atomic
+    """The checkpoint swap (`infra.atomic.staged_directory`), killed at every step; the fallback without an atomic
     exchange is put right by the next writer."""
     def write(target: Path, tag: str) -> None:
-        with io.staged_directory(target) as folder:
+        with atomic.staged_directory(target) as folder:
             for name in ("config.json", "model.safetensors", "training_log.json"):
                 (folder / name).write_text(tag)
 
@@ -199,7 +200,7 @@ def test_a_replaced_folder_is_all_old_or_all_new(tmp_path, exchange):
         if exchange:
             assert state(target) in ({"old"}, {"new"}), n
         write(target.with_name("other"), "x")  # an unrelated write leaves this target's leftovers alone
-        with pytest.raises(RuntimeError), io.staged_directory(target):  # the next writer sweeps, then fails
+        with pytest.raises(RuntimeError), atomic.staged_directory(target):  # the next writer sweeps, then fails
             raise RuntimeError
         assert state(target) in ({"old"}, {"new"}), n
         assert sorted(p.name for p in target.parent.iterdir()) == ["checkpoint", "other"], n
@@ -250,7 +251,7 @@ def test_a_real_script_killed_at_random_moments_leaves_a_consistent_set(tmp_path
         time.sleep(rng.uniform(4, 14))  # start-up, computing, or saving
         process.send_signal(signal.SIGKILL)
         process.wait()
-        with io.output_run(tmp_path):  # the next run sweeps or finishes the killed one
+        with staging.output_run(tmp_path):  # the next run sweeps or finishes the killed one
             pass
         assert _consistent(tmp_path, "logit_lens")
-        assert not (tmp_path / io.STAGING_DIR).exists()
+        assert not (tmp_path / staging.STAGING_DIR).exists()

@@ -336,8 +336,8 @@ def test_organism_branch_follows_the_ground_truth_not_the_name(workspace):
 
 
 def no_sae_step(results_dir: Path) -> None:
-    """semantic_head's results as a model without any SAE leaves them: the head, and why the step did not run."""
-    path = results_dir / "semantic_head.json"
+    """sae_features's results as a model without any SAE leaves them: the head, and why the step did not run."""
+    path = results_dir / "sae_features.json"
     data = json.loads(path.read_text())
     data["results"] = {"head": {"layer": 1, "head": 3}, "sae": {"ran": False, "reason": "no SAE here"},
                        "not_run": ["feature map", "precision"]}
@@ -373,7 +373,7 @@ def test_a_model_loaded_without_processing_leaves_the_processed_comparison_out(f
 
 
 def test_paper_builds_without_the_sae_step(workspace):
-    """A non-organism build whose semantic_head had no SAE: no undefined macro, and the text says why."""
+    """A non-organism build whose sae_features had no SAE: no undefined macro, and the text says why."""
     no_sae_step(renamed_copy(workspace, "no-sae"))
     text, problems, manifest = build(workspace, "no-sae", "no-sae")
     assert problems == []

@@ -7,10 +7,12 @@ import pytest
 import torch
 from transformer_lens import FactoredMatrix
 
-from analysis import cli, prompts
+from analysis import prompts
 from analysis import qk_decomposition as qk
+from analysis import qk_edits
 from analysis import self_suppression as ss
 from analysis.attention import attention_scores, head_scale, head_weights
+from analysis.heads import target_head
 from analysis.patterns import head_pattern
 from analysis.token_maps import token_inputs
 from conftest import check_controls_shape, run_main
@@ -197,10 +199,10 @@ def test_self_suppressing_components_rank_by_contribution():
 def test_edit_effect_exact():
     before = {"self_mass": 0.1, "partner_mass": 0.9, "bos_mass_no_partner": 0.8, "surprisal": 0.2}
     after = {"self_mass": 0.5, "partner_mass": 0.7, "bos_mass_no_partner": 0.6, "surprisal": 0.9}
-    effect = qk.edit_effect(before, after)
+    effect = qk_edits.edit_effect(before, after)
     assert effect["self_mass_change"] == pytest.approx(0.4) and effect["partner_mass_change"] == pytest.approx(-0.2)
     assert effect["self_per_partner_lost"] == pytest.approx(2.0)
-    assert qk.edit_effect(before, {**after, "partner_mass": 0.95})["self_per_partner_lost"] is None
+    assert qk_edits.edit_effect(before, {**after, "partner_mass": 0.95})["self_per_partner_lost"] is None
 
 
 def test_edited_heads_in_context_matches_one_head_at_a_time(organism):
@@ -210,11 +212,11 @@ def test_edited_heads_in_context_matches_one_head_at_a_time(organism):
         W_Q, W_K, _, _ = head_weights(organism, 1, h)
         spectrum = qk.symmetric_spectrum(W_Q, W_K)
         edits[(1, h)] = qk.edited_factors(W_Q, W_K, spectrum, qk.most_negative(spectrum.values), -1.0)
-    together = qk.edited_heads_in_context(organism, tokens, mask, edits)
+    together = qk_edits.edited_heads_in_context(organism, tokens, mask, edits)
     for (l, h), factors in edits.items():
         _, _, b_Q, b_K = head_weights(organism, l, h, include_bias=True)
-        alone = qk.in_context_scores(organism, tokens, mask, l, h, qk.qk_override_hooks(organism, l, h, *factors,
-                                                                                         b_Q, b_K))
+        hooks = qk_edits.qk_override_hooks(organism, l, h, *factors, b_Q, b_K)
+        alone = qk_edits.in_context_scores(organism, tokens, mask, l, h, hooks)
         assert together[(l, h)] == pytest.approx(alone, abs=1e-5, nan_ok=True)
 
 
@@ -222,17 +224,17 @@ def test_override_hooks_reproduce_the_model_and_recompute_scores(organism):
     tokens = prompts.reference_prompts(organism, seed=3, n_prompts=4, n_words=20)
     W_Q, W_K, b_Q, b_K = head_weights(organism, 1, 2, include_bias=True)
     clean = head_pattern(organism, tokens, 1, 2)
-    same = head_pattern(organism, tokens, 1, 2, qk.qk_override_hooks(organism, 1, 2, W_Q, W_K, b_Q, b_K))
+    same = head_pattern(organism, tokens, 1, 2, qk_edits.qk_override_hooks(organism, 1, 2, W_Q, W_K, b_Q, b_K))
     assert torch.allclose(clean, same, atol=1e-5)
     spectrum = qk.symmetric_spectrum(W_Q, W_K)  # wider factors of the same W, biases padded inside the hooks
     A, B = qk.edited_factors(W_Q, W_K, spectrum, qk.most_negative(spectrum.values), 1.0)
-    wide = head_pattern(organism, tokens, 1, 2, qk.qk_override_hooks(organism, 1, 2, A, B, b_Q, b_K))
+    wide = head_pattern(organism, tokens, 1, 2, qk_edits.qk_override_hooks(organism, 1, 2, A, B, b_Q, b_K))
     assert A.shape[1] > W_Q.shape[1] and torch.allclose(clean, wide, atol=1e-5)
     zero = torch.zeros_like(W_Q)  # every score 0: uniform over the causal keys, A[q, k] = 1 / (q + 1)
-    uniform = head_pattern(organism, tokens, 1, 2, qk.qk_override_hooks(organism, 1, 2, zero, zero))
+    uniform = head_pattern(organism, tokens, 1, 2, qk_edits.qk_override_hooks(organism, 1, 2, zero, zero))
     expected = torch.ones(21, 21).tril() / torch.arange(1, 22)[:, None]
     assert torch.allclose(uniform, expected.expand_as(uniform), atol=1e-6)
-    other_head = head_pattern(organism, tokens, 1, 0, qk.qk_override_hooks(organism, 1, 2, zero, zero))
+    other_head = head_pattern(organism, tokens, 1, 0, qk_edits.qk_override_hooks(organism, 1, 2, zero, zero))
     assert torch.allclose(other_head, head_pattern(organism, tokens, 1, 0))  # only the target head changes
 
 
@@ -250,11 +252,11 @@ def test_rank_grid_equals_one_edit_at_a_time(organism, truth):
     tokens, mask = prompts.category_probe(organism, prompts.ALL_CATEGORIES, 8, 32, seed=4)
     factors = {(k, s): qk.edited_factors(W_Q, W_K, spectrum, qk.most_negative(spectrum.values, k), s)
                for k in ks for s in scales}
-    in_context = qk.in_context_grid(organism, tokens, mask, layer, head, factors, b_Q, b_K, batch_size=3)
+    in_context = qk_edits.in_context_grid(organism, tokens, mask, layer, head, factors, b_Q, b_K, batch_size=3)
     for (k, s), (A, B) in factors.items():
         assert torch.equal(grid[k, s], qk.self_ranks(E, FactoredMatrix(A, B.T))), (k, s)
-        hooks = qk.qk_override_hooks(organism, layer, head, A, B, b_Q, b_K)
-        expected = qk.in_context_scores(organism, tokens, mask, layer, head, hooks)
+        hooks = qk_edits.qk_override_hooks(organism, layer, head, A, B, b_Q, b_K)
+        expected = qk_edits.in_context_scores(organism, tokens, mask, layer, head, hooks)
         assert in_context[k, s] == pytest.approx(expected, abs=1e-6), (k, s)
     assert grid[32, -2.0].double().mean() < grid[32, 1.0].double().mean() / 2  # the edits do move the ranks
     assert in_context[32, -2.0]["self_mass"] > 5 * in_context[32, 1.0]["self_mass"]
@@ -263,7 +265,7 @@ def test_rank_grid_equals_one_edit_at_a_time(organism, truth):
 
 
 def test_semantic_head_needs_negative_eigenvalues_and_flipping_them_restores_self_attention(organism, truth):
-    layer, head = cli.target_head(organism, None, None)  # found unaided
+    layer, head = target_head(organism, None, None)  # found unaided
     assert [layer, head] == truth["planted_heads"]["semantic"]
     W_Q, W_K, b_Q, b_K = head_weights(organism, layer, head, include_bias=True)
     spectrum = qk.symmetric_spectrum(W_Q, W_K)
@@ -271,16 +273,16 @@ def test_semantic_head_needs_negative_eigenvalues_and_flipping_them_restores_sel
     assert qk.spectrum_summary(spectrum.values)["n_negative"] > 0
     assert norms["skew"] < norms["sym"]
     tokens, mask = prompts.category_probe(organism, prompts.ALL_CATEGORIES, 32, 64, seed=21)
-    base = qk.in_context_scores(organism, tokens, mask, layer, head)
+    base = qk_edits.in_context_scores(organism, tokens, mask, layer, head)
     A, B = qk.edited_factors(W_Q, W_K, spectrum, qk.most_negative(spectrum.values), -1.0)
-    hooks = qk.qk_override_hooks(organism, layer, head, A, B, b_Q, b_K)
-    flipped = qk.in_context_scores(organism, tokens, mask, layer, head, hooks)
+    hooks = qk_edits.qk_override_hooks(organism, layer, head, A, B, b_Q, b_K)
+    flipped = qk_edits.in_context_scores(organism, tokens, mask, layer, head, hooks)
     assert flipped["self_mass"] >= 5 * base["self_mass"]
 
 
 def test_decomposition_scripts_end_to_end(tmp_path, truth):
     out = str(tmp_path)
-    scripts = (("skew_analysis", ()), ("svd_sym_skew_heatmap", ()), ("svd_group_scaling_heatmap", ("--n-prompts", "16")))
+    scripts = (("skew_analysis", ()), ("sym_skew_maps", ()), ("eigenvalue_scaling", ("--n-prompts", "16")))
     for name, extra in scripts:
         run_main(name, "--out", out, *extra)
         for ext in ("pdf", "png"):
@@ -293,7 +295,7 @@ def test_decomposition_scripts_end_to_end(tmp_path, truth):
     assert len(skew["without_bias"]["eigenvalues"]) == 2 * 32
     assert skew["without_bias"]["check"]["max_abs_self_W_minus_sym"] < 1e-3
     # controls: every other head; the count ties everywhere (Sylvester), the partner margin singles the head out
-    for name in ("skew_analysis", "svd_sym_skew_heatmap", "svd_group_scaling_heatmap"):
+    for name in ("skew_analysis", "sym_skew_maps", "eigenvalue_scaling"):
         check_controls_shape(json.loads((results / f"{name}.json").read_text())["results"],
                              truth["planted_heads"]["semantic"])
     assert skew["categories"]["set"] == "study" and skew["category_words"]["n_words"] == 41
@@ -304,14 +306,14 @@ def test_decomposition_scripts_end_to_end(tmp_path, truth):
     assert {"margin", "margin_normalised", "below_partners_share"} <= set(skew["separating"])
     assert skew["null"]["target"]["gaussian_margin"] > skew["target"]["margin"]["value"]
     assert (tmp_path / "figures" / "organism" / "skew_analysis_controls.png").stat().st_size > 1000
-    maps = json.loads((results / "svd_sym_skew_heatmap.json").read_text())["results"]
+    maps = json.loads((results / "sym_skew_maps.json").read_text())["results"]
     assert maps["check"]["max_abs_diag_skew"] < 1e-4 and len(maps["tokens"]) == 30
     assert maps["block_means"]["base"]["in_group"] > maps["block_means"]["base"]["out_group"]
     assert len(maps["controls"]) == 7 and set(maps["directions"]) == set(ss.GROUP_MAP_DIRECTIONS)
     assert maps["target"]["self_minus_in_group"]["value"] == pytest.approx(
         maps["block_means"]["base"]["self_minus_in_group"], abs=1e-5)
     assert "self_minus_in_group" in maps["separating"]
-    scaling = json.loads((results / "svd_group_scaling_heatmap.json").read_text())["results"]
+    scaling = json.loads((results / "eigenvalue_scaling.json").read_text())["results"]
     assert list(scaling["factors"]) == ["1", "0.5", "0", "-1"]  # keyed by factor, in the order of --factors
     by_factor = {key: row["in_context"]["self_mass"] for key, row in scaling["factors"].items()}
     assert by_factor["-1"] >= 5 * by_factor["1"]
@@ -329,9 +331,9 @@ def test_decomposition_scripts_end_to_end(tmp_path, truth):
 
 
 def test_rank_ablation_script(tmp_path, truth):
-    run_main("svd_rank_ablation", "--out", str(tmp_path), "--ks", "4", "100", "--scales", "1", "-1",
+    run_main("eigenvalue_rank_ablation", "--out", str(tmp_path), "--ks", "4", "100", "--scales", "1", "-1",
              "--n-prompts", "8", "--n-words", "32")
-    data = json.loads((tmp_path / "results" / "organism" / "svd_rank_ablation.json").read_text())["results"]
+    data = json.loads((tmp_path / "results" / "organism" / "eigenvalue_rank_ablation.json").read_text())["results"]
     check_controls_shape(data, truth["planted_heads"]["semantic"])
     k_max = data["n_negative_eigenvalues"]
     assert set(data["cells"]) == {"k=4,scale=1", "k=4,scale=-1", f"k={k_max},scale=1", f"k={k_max},scale=-1"}
@@ -375,7 +377,7 @@ def test_rank_ablation_best_cell_on_controls_agrees_with_the_grid(organism):
 def test_eigenvalue_edits_and_statistics_exact():
     W_Q, W_K = random_factors()
     x = torch.randn(5, 12, generator=torch.Generator().manual_seed(1))
-    edits = qk.eigenvalue_edits({(0, 1): (W_Q, W_K)}, {(0, 1): x}, [1.0, -1.0], targeted_k=2)
+    edits = qk_edits.eigenvalue_edits({(0, 1): (W_Q, W_K)}, {(0, 1): x}, [1.0, -1.0], targeted_k=2)
     assert list(edits) == ["unedited", "factor 1", "factor -1", "targeted"]
     A, B = edits["factor 1"][(0, 1)]  # factor 1 gives W back
     assert torch.allclose(A @ B.T, W_Q @ W_K.T, atol=1e-5)
@@ -384,20 +386,20 @@ def test_eigenvalue_edits_and_statistics_exact():
     A, B = edits["factor -1"][(0, 1)]  # every negative eigenvalue flipped
     flipped = qk.symmetric_spectrum(A, B).values
     assert flipped.min() > -1e-4 and float(flipped.sum()) == pytest.approx(float(spectrum.values.abs().sum()), rel=1e-4)
-    change = dict.fromkeys(qk.EDIT_CHANGES, 0.5)
-    flat = qk.edit_statistics({(0, 1): {"unedited": change, "targeted": change}})
-    assert flat == {(0, 1): {f"targeted_{k}": 0.5 for k in qk.EDIT_CHANGES}}
+    change = dict.fromkeys(qk_edits.EDIT_CHANGES, 0.5)
+    flat = qk_edits.edit_statistics({(0, 1): {"unedited": change, "targeted": change}})
+    assert flat == {(0, 1): {f"targeted_{k}": 0.5 for k in qk_edits.EDIT_CHANGES}}
 
 
 def test_edit_sweep_unedited_changes_nothing(organism):
     tokens, mask = prompts.category_probe(organism, prompts.STUDY_CATEGORIES, 4, 16, seed=0)
     heads = {(1, h): head_weights(organism, 1, h)[:2] for h in (0, 3)}
-    sweep = qk.edit_sweep(organism, tokens, mask, {"unedited": heads, "same": heads})
+    sweep = qk_edits.edit_sweep(organism, tokens, mask, {"unedited": heads, "same": heads})
     assert set(sweep) == {(1, 0), (1, 3)}
     for rows in sweep.values():
         assert rows["same"]["self_mass_change"] == 0 and rows["unedited"]["surprisal_change"] == 0
     assert sweep[(1, 3)]["unedited"]["self_mass"] == pytest.approx(
-        qk.in_context_scores(organism, tokens, mask, 1, 3)["self_mass"], abs=1e-6)
+        qk_edits.in_context_scores(organism, tokens, mask, 1, 3)["self_mass"], abs=1e-6)
 
 
 def test_in_context_edits_exact_on_a_uniform_head(organism):
@@ -405,11 +407,11 @@ def test_in_context_edits_exact_on_a_uniform_head(organism):
     tokens, mask = prompts.category_probe(organism, prompts.STUDY_CATEGORIES, 4, 16, seed=2)
     zero = torch.zeros(organism.cfg.d_model, organism.cfg.d_head)
     W_Q, W_K, b_Q, b_K = head_weights(organism, 1, 3, include_bias=True)
-    got = qk.in_context_edits(organism, tokens, mask, 1, {"zero": (zero, zero, None, None),
+    got = qk_edits.in_context_edits(organism, tokens, mask, 1, {"zero": (zero, zero, None, None),
                                                            "own": (W_Q, W_K, b_Q, b_K)}, batch_size=3)
     q = torch.arange(tokens.shape[1], dtype=torch.float64)
     marked = (mask.double() * torch.ones(len(q), len(q), dtype=torch.float64).tril()).sum(-1)  # (B, T)
     expected = (-(marked / (q + 1)).log())[:, 1:].mean(-1).mean()  # rows after BOS, then prompts
     assert got["zero"]["surprisal"] == pytest.approx(float(expected), abs=1e-5)
-    own = qk.in_context_scores(organism, tokens, mask, 1, 3)  # the head's own weights: the model's own pattern
+    own = qk_edits.in_context_scores(organism, tokens, mask, 1, 3)  # the head's own weights: the model's own pattern
     assert got["own"] == pytest.approx(own, abs=1e-5)

@@ -6,15 +6,30 @@ import math
 import pytest
 import torch
 
-from analysis import sae as saes
+from analysis import records
 from analysis.errors import UsageError
+from analysis.organism.files import ORGANISM_SAE_DIR
+from analysis.organism.sae import SAETrainSettings, organism_activations, train_sae
+from analysis.sae import features, precision, sources
 from conftest import check_controls_shape, run_main
 
 
 def test_hook_for_layer():
-    assert saes.hook_for_layer(1) == "blocks.0.hook_resid_post"
+    assert sources.hook_for_layer(1) == "blocks.0.hook_resid_post"
     with pytest.raises(UsageError):
-        saes.hook_for_layer(0)
+        sources.hook_for_layer(0)
+
+
+def test_a_head_without_an_sae_is_an_exception_the_script_can_record(organism):
+    with pytest.raises(sources.SAEUnavailable) as err:  # a layer-0 head reads no residual stream after a block
+        sources.sae_for_head(organism, 0)
+    assert "layer 1 or later" in err.value.reason and "\n" not in err.value.reason
+    with pytest.raises(UsageError) as asked:  # asked for by flag: the error itself, for the user to fix
+        sources.sae_for_head(organism, 0, required=True)
+    assert not isinstance(asked.value, sources.SAEUnavailable)
+    found = sources.sae_for_head(organism, 1)
+    assert found.hook == "blocks.0.hook_resid_post" and found.source.kind == "organism"
+    assert found.sae.cfg.d_in == organism.cfg.d_model
 
 
 def test_select_features_exact():
@@ -22,8 +37,8 @@ def test_select_features_exact():
                                 [3.0, 3.0],   # feature 1: split evenly (share 0.5 counts)
                                 [1.0, 9.0],   # feature 2: mostly category 1
                                 [4.0, 1.0]])  # feature 3: mostly category 0
-    features, category = saes.select_features(by_category, per_category=2)
-    assert features.tolist() == [0, 3, 2, 1] and category.tolist() == [0, 0, 1, 1]
+    chosen, category = features.select_features(by_category, per_category=2)
+    assert chosen.tolist() == [0, 3, 2, 1] and category.tolist() == [0, 0, 1, 1]
 
 
 def test_self_avoidance_and_top_pairs_exact():
@@ -31,40 +46,40 @@ def test_self_avoidance_and_top_pairs_exact():
                            [4.0, 9.0, 2.0],
                            [3.0, 1.0, 2.0]])
     group = torch.tensor([0, 0, 1])
-    result = saes.self_avoidance(scores, group)
+    result = features.self_avoidance(scores, group)
     # feature 0: self 0 < mate 5; feature 1: self 9 > mate 4; feature 2 has no mate (left out)
     assert result["self_below_mates"] == 0.5
     assert math.isclose(result["best_key_is_mate"], 1 / 3, rel_tol=1e-6)
     assert math.isclose(result["best_key_is_self"], 1 / 3, rel_tol=1e-6)
-    assert saes.top_pairs(scores, 2) == [(0, 1, 5.0), (1, 0, 4.0)]
-    assert saes.top_pairs(scores, 1, include_self=True) == [(1, 1, 9.0)]
+    assert features.top_pairs(scores, 2) == [(0, 1, 5.0), (1, 0, 4.0)]
+    assert features.top_pairs(scores, 1, include_self=True) == [(1, 1, 9.0)]
 
 
 def test_shipped_organism_sae_is_small_and_reconstructs(organism):
-    directory = saes.ORGANISM_SAE_DIR / "blocks.0.hook_resid_post"
+    directory = ORGANISM_SAE_DIR / "blocks.0.hook_resid_post"
     assert sum(p.stat().st_size for p in directory.iterdir()) < 2 * 2**20
-    sae = saes.organism_sae(organism, "blocks.0.hook_resid_post")
+    sae = sources.organism_sae(organism, "blocks.0.hook_resid_post")
     assert sae.cfg.d_in == organism.cfg.d_model and sae.cfg.metadata.hook_name == "blocks.0.hook_resid_post"
-    batch = next(saes.organism_activations(organism, "blocks.0.hook_resid_post", saes.SAETrainSettings(seed=5)))
-    assert saes.variance_explained(sae, batch) > 0.9
-    assert saes.variance_explained(sae, batch[:1].expand(4, -1)) < 1  # a constant batch has no variance to explain
+    batch = next(organism_activations(organism, "blocks.0.hook_resid_post", SAETrainSettings(seed=5)))
+    assert sources.variance_explained(sae, batch) > 0.9
+    assert sources.variance_explained(sae, batch[:1].expand(4, -1)) < 1  # a constant batch has no variance to explain
 
 
 def test_training_is_seeded():
     from analysis.models import load_model
 
     model = load_model("organism")
-    settings = saes.SAETrainSettings(d_sae=32, k=4, n_tokens=3 * 8 * 31, prompts_per_batch=8, prompt_length=32)
-    a = saes.train_sae(model, "blocks.0.hook_resid_post", settings)
-    b = saes.train_sae(model, "blocks.0.hook_resid_post", settings)
+    settings = SAETrainSettings(d_sae=32, k=4, n_tokens=3 * 8 * 31, prompts_per_batch=8, prompt_length=32)
+    a = train_sae(model, "blocks.0.hook_resid_post", settings)
+    b = train_sae(model, "blocks.0.hook_resid_post", settings)
     assert torch.equal(a.W_dec, b.W_dec) and a.cfg.d_sae == 32
 
 
 def test_unknown_pretrained_sae_is_a_clear_error():
     with pytest.raises(UsageError, match="no-such-release"):
-        saes.load_pretrained("no-such-release", "blocks.0.hook_resid_post")
+        sources.load_pretrained("no-such-release", "blocks.0.hook_resid_post")
     with pytest.raises(UsageError, match="has no SAE 'blocks.99.nowhere'.*--sae-id"):
-        saes.load_pretrained(saes.GPT2_RELEASE, "blocks.99.nowhere")
+        sources.load_pretrained(sources.GPT2_RELEASE, "blocks.99.nowhere")
 
 
 def random_sae(directory, d_in, d_sae=32, seed=0):
@@ -80,26 +95,27 @@ def test_sae_source_follows_the_model_and_the_flags(organism, tmp_path):
     from analysis.models import random_gpt2
 
     hook = "blocks.0.hook_resid_post"
-    assert saes.choose_source(organism, hook) == saes.SAESource("organism", sae_id=hook)
+    assert sources.choose_source(organism, hook) == sources.SAESource("organism", sae_id=hook)
     other = random_gpt2(n_layers=2, with_tokenizer=False)  # another config name and width: not the organism's SAE
-    assert not saes.organism_sae_fits(other)
-    assert saes.choose_source(other, hook) == saes.SAESource("pretrained", release=saes.GPT2_RELEASE, sae_id=hook)
-    assert saes.choose_source(organism, hook, sae_id="x").kind == "pretrained"  # asked for: never overridden
+    assert not sources.organism_sae_fits(other)
+    assert sources.choose_source(other, hook) == sources.SAESource("pretrained", release=sources.GPT2_RELEASE,
+                                                                   sae_id=hook)
+    assert sources.choose_source(organism, hook, sae_id="x").kind == "pretrained"  # asked for: never overridden
     directory = random_sae(tmp_path / "sae", organism.cfg.d_model)
-    assert saes.choose_source(organism, hook, path=directory) == saes.SAESource("path", path=str(directory))
+    assert sources.choose_source(organism, hook, path=directory) == sources.SAESource("path", path=str(directory))
     with pytest.raises(UsageError, match="not both"):
-        saes.choose_source(organism, hook, release=saes.GPT2_RELEASE, path=directory)
+        sources.choose_source(organism, hook, release=sources.GPT2_RELEASE, path=directory)
     with pytest.raises(UsageError, match="no cfg.json"):
-        saes.choose_source(organism, hook, path=tmp_path)
+        sources.choose_source(organism, hook, path=tmp_path)
     with pytest.raises(UsageError, match="--retrain-sae"):
-        saes.load_sae(organism, saes.SAESource("path", path=str(directory)), retrain=True)
-    assert saes.load_sae(organism, saes.SAESource("path", path=str(directory))).cfg.d_sae == 32
+        sources.load_sae(organism, sources.SAESource("path", path=str(directory)), retrain=True)
+    assert sources.load_sae(organism, sources.SAESource("path", path=str(directory))).cfg.d_sae == 32
 
 
 def test_sae_of_another_width_is_refused_with_a_clear_error(tmp_path, capsys):
     directory = random_sae(tmp_path / "sae16", d_in=16)
     with pytest.raises(SystemExit) as exit_info:
-        run_main("semantic_head", "--out", str(tmp_path), "--sae-path", str(directory))
+        run_main("sae_features", "--out", str(tmp_path), "--sae-path", str(directory))
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "Traceback" not in err
     flat = "".join(err.split())  # the paragraph is wrapped to the terminal's width
@@ -113,11 +129,11 @@ def test_category_activations_match_dense_means_over_the_seen_tokens(organism):
     from analysis import prompts
 
     hook = "blocks.0.hook_resid_post"
-    sae = saes.organism_sae(organism, hook)
+    sae = sources.organism_sae(organism, hook)
     tokens, _ = prompts.category_probe(organism, prompts.ALL_CATEGORIES, 6, 24, seed=3)
     category_of = prompts.category_index(organism.tokenizer, prompts.ALL_CATEGORIES, organism.cfg.d_vocab)
     n_categories = len(prompts.ALL_CATEGORIES)
-    by_category, by_token, seen = saes.category_activations(organism, sae, tokens, category_of, n_categories,
+    by_category, by_token, seen = features.category_activations(organism, sae, tokens, category_of, n_categories,
                                                             hook, batch_size=4)
     with torch.no_grad():
         _, cache = organism.run_with_cache(tokens, names_filter=hook, stop_at_layer=1)
@@ -130,7 +146,7 @@ def test_category_activations_match_dense_means_over_the_seen_tokens(organism):
     category = category_of[ids]  # (positions,) -1 outside every category
     expected = torch.stack([acts[category == c].mean(0) for c in range(n_categories)], -1)  # (d_sae, C)
     assert torch.allclose(by_category.double(), expected, atol=1e-5)
-    assert saes.feature_label(by_token, 0, ["a", "b"] * len(seen), n=len(seen) + 5).startswith("f0")
+    assert features.feature_label(by_token, 0, ["a", "b"] * len(seen), n=len(seen) + 5).startswith("f0")
 
 
 @pytest.mark.slow
@@ -138,28 +154,28 @@ def test_pretrained_sae_unavailable_offline_is_a_clear_error(monkeypatch, tmp_pa
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     with pytest.raises(UsageError, match="gpt2-small-resid-post-v5-32k"):
-        saes.load_pretrained(saes.GPT2_RELEASE, "blocks.0.hook_resid_post")
+        sources.load_pretrained(sources.GPT2_RELEASE, "blocks.0.hook_resid_post")
 
 
-def test_semantic_head_script_with_a_saved_sae_directory(tmp_path):
-    directory = saes.ORGANISM_SAE_DIR / "blocks.0.hook_resid_post"  # the shipped SAE, passed as a path
-    run_main("semantic_head", "--out", str(tmp_path), "--n-prompts", "16", "--sae-path", str(directory))
-    data = json.loads((tmp_path / "results" / "organism" / "semantic_head.json").read_text())["results"]
+def test_sae_features_script_with_a_saved_sae_directory(tmp_path):
+    directory = ORGANISM_SAE_DIR / "blocks.0.hook_resid_post"  # the shipped SAE, passed as a path
+    run_main("sae_features", "--out", str(tmp_path), "--n-prompts", "16", "--sae-path", str(directory))
+    data = json.loads((tmp_path / "results" / "organism" / "sae_features.json").read_text())["results"]
     assert data["sae"]["kind"] == "SAELens directory" and data["sae"]["path"] == str(directory)
     assert data["sae"]["d_in"] == 128 and data["sae"]["hook"] == "blocks.0.hook_resid_post"
 
 
-def test_semantic_head_script(tmp_path, truth):
-    run_main("semantic_head", "--out", str(tmp_path), "--n-prompts", "32", "--precision-k", "8",
+def test_sae_features_script(tmp_path, truth):
+    run_main("sae_features", "--out", str(tmp_path), "--n-prompts", "32", "--precision-k", "8",
              "--categories", "all")
-    data = json.loads((tmp_path / "results" / "organism" / "semantic_head.json").read_text())["results"]
+    data = json.loads((tmp_path / "results" / "organism" / "sae_features.json").read_text())["results"]
     assert [data["head"]["layer"], data["head"]["head"]] == truth["planted_heads"]["semantic"]
     assert len(data["features"]) == len(data["map"]) > 10
     assert data["sae"]["variance_explained_on_category_prompts"] > 0.9
     means = data["block_means"]
     assert means["in_group"] > means["out_group"]  # same-category features attend to each other
     assert len(data["top_pairs"]) == 20 and data["top_pairs_same_category"] > 0.5
-    assert (tmp_path / "figures" / "organism" / "semantic_head.png").stat().st_size > 1000
+    assert (tmp_path / "figures" / "organism" / "sae_features.png").stat().st_size > 1000
     assert data["categories"]["set"] == "all" and data["categories"]["words"] == 63
     check_controls_shape(data, truth["planted_heads"]["semantic"])
     # one compare over the feature map's statistics (every head) and the study's precision (the layer's heads)
@@ -177,12 +193,12 @@ def test_semantic_head_script(tmp_path, truth):
     assert data["target"]["precision"]["n_ranked"] == 4 and 0 <= data["target"]["precision"]["value"] <= 1
     # the null: predicted features' labels shuffled, near the keyword positions' share (4 of 20) of all positions
     assert 0.1 < data["null"]["precision_shuffled"] < 0.35
-    assert (tmp_path / "figures" / "organism" / "semantic_head_controls.png").stat().st_size > 1000
+    assert (tmp_path / "figures" / "organism" / "sae_features_controls.png").stat().st_size > 1000
 
 
 def test_shuffled_labels_permute_feature_ids_the_same_way_at_every_position():
     predicted = torch.tensor([[[0, 1, 2], [0, 1, 2], [3, 4, 5]], [[5, 4, 3], [1, 0, 2], [2, 3, 4]]])  # (2, 3, 3)
-    got = saes.shuffled_labels(predicted, 6, torch.Generator().manual_seed(0))
+    got = precision.shuffled_labels(predicted, 6, torch.Generator().manual_seed(0))
     assert got.shape == predicted.shape and bool(((got >= 0) & (got < 6)).all())
     assert all(len(set(row.tolist())) == 3 for row in got.reshape(-1, 3))  # still k distinct features
     assert torch.equal(got[0, 0], got[0, 1])  # positions that shared predictions still share them
@@ -199,21 +215,22 @@ def test_precision_counts_where_overlaps_fall_so_its_null_is_near_the_scored_sha
     active = torch.arange(10).reshape(1, 10, 1).expand(64, 10, 1)
     scored = torch.zeros(64, 10, dtype=torch.bool)
     scored[:, 8:] = True
-    assert torch.allclose(saes.overlap_precision(active, active, scored), torch.full((64,), 0.2, dtype=torch.float64))
-    shuffled = saes.shuffled_labels(active, 10, torch.Generator().manual_seed(1))
-    null = saes.overlap_precision(shuffled, active, scored).mean()
+    assert torch.allclose(precision.overlap_precision(active, active, scored),
+                          torch.full((64,), 0.2, dtype=torch.float64))
+    shuffled = precision.shuffled_labels(active, 10, torch.Generator().manual_seed(1))
+    null = precision.overlap_precision(shuffled, active, scored).mean()
     assert 0.05 < float(null) < 0.25
 
 
 def test_keyword_prompts_place_every_word_once_and_the_last_at_the_end():
     words = [101, 102, 103, 104, 105]
-    tokens, scored = saes.keyword_prompts(words, 6, d_vocab=100, bos_id=0, seed=1)
-    assert tokens.shape == scored.shape == (6, saes.PRECISION_LENGTH) and (tokens[:, 0] == 0).all()
+    tokens, scored = precision.keyword_prompts(words, 6, d_vocab=100, bos_id=0, seed=1)
+    assert tokens.shape == scored.shape == (6, precision.PRECISION_LENGTH) and (tokens[:, 0] == 0).all()
     for row, marks in zip(tokens, scored):
         positions = [i for i, t in enumerate(row.tolist()) if t in words]
-        assert sorted(row[positions].tolist()) == words and positions[-1] == saes.PRECISION_LENGTH - 1
+        assert sorted(row[positions].tolist()) == words and positions[-1] == precision.PRECISION_LENGTH - 1
         assert marks.nonzero().flatten().tolist() == positions[1:]  # every keyword but the first
-    assert torch.equal(tokens, saes.keyword_prompts(words, 6, 100, 0, seed=1)[0])
+    assert torch.equal(tokens, precision.keyword_prompts(words, 6, 100, 0, seed=1)[0])
 
 
 def test_overlap_precision_exact():
@@ -221,8 +238,8 @@ def test_overlap_precision_exact():
     predicted = torch.tensor([[[1, 2], [3, 4], [5, 6]]])
     active = torch.tensor([[[2, 9], [4, 3], [7, 8]]])
     scored = torch.tensor([[False, True, True]])
-    assert math.isclose(saes.overlap_precision(predicted, active, scored).item(), 2 / 3)
-    none = saes.overlap_precision(predicted, torch.full_like(active, 0), scored)
+    assert math.isclose(precision.overlap_precision(predicted, active, scored).item(), 2 / 3)
+    none = precision.overlap_precision(predicted, torch.full_like(active, 0), scored)
     assert none.item() == 0.0  # no overlap anywhere: 0, not NaN
 
 
@@ -230,26 +247,26 @@ def test_predicted_features_and_attended_key_agree_with_dense_products():
     torch.manual_seed(0)
     x, W_dec, W_Q, W_K = torch.randn(2, 5, 8), torch.randn(40, 8), torch.randn(3, 8, 4), torch.randn(3, 8, 4)
     keys = torch.einsum("fd,hde->hfe", W_dec, W_K)
-    got = saes.predicted_features(x, keys, W_Q, k=3)
+    got = precision.predicted_features(x, keys, W_Q, k=3)
     dense = torch.einsum("btd,hde,hfe->bhtf", x, W_Q, keys)  # x W_Q (W_dec W_K)^T
     assert torch.equal(got, dense.topk(3, -1).indices)
     active = torch.arange(2 * 5 * 3).reshape(2, 5, 3)
     pattern = torch.zeros(2, 1, 5, 5)
     pattern[..., 0] = 1.0
     pattern[0, 0, 4] = torch.tensor([0, 0.1, 0.2, 0.6, 0.1])
-    picked = saes.active_at_attended_key(active, pattern)
+    picked = precision.active_at_attended_key(active, pattern)
     assert torch.equal(picked[0, 0, 4], active[0, 3]) and torch.equal(picked[1, 0, 2], active[1, 0])
 
 
 def test_head_precision_runs_for_every_head_of_the_layer(organism):
-    sae = saes.organism_sae(organism, "blocks.0.hook_resid_post")
+    sae = sources.organism_sae(organism, "blocks.0.hook_resid_post")
     words = [organism.to_single_token(w) for w in (" red", " blue", " green", " yellow", " purple")]
-    tokens, scored = saes.keyword_prompts(words, 8, organism.cfg.d_vocab, organism.tokenizer.bos_token_id, seed=0)
-    precision = saes.head_precision(organism, sae, 1, tokens, scored, k=8)
-    assert precision.shape == (8, organism.cfg.n_heads)
-    assert ((precision >= 0) & (precision <= 1)).all()
-    both = saes.precision_with_null(organism, sae, 1, tokens, scored, k=8, n_shuffles=3, seed=0)
-    assert torch.equal(both["precision"], precision) and both["shuffled"].shape == precision.shape
+    tokens, scored = precision.keyword_prompts(words, 8, organism.cfg.d_vocab, organism.tokenizer.bos_token_id, seed=0)
+    per_head = precision.head_precision(organism, sae, 1, tokens, scored, k=8)
+    assert per_head.shape == (8, organism.cfg.n_heads)
+    assert ((per_head >= 0) & (per_head <= 1)).all()
+    both = precision.precision_with_null(organism, sae, 1, tokens, scored, k=8, n_shuffles=3, seed=0)
+    assert torch.equal(both["precision"], per_head) and both["shuffled"].shape == per_head.shape
     assert ((both["shuffled"] >= 0) & (both["shuffled"] <= 1)).all()
 
 
@@ -259,7 +276,7 @@ def test_precision_by_head_means_over_samples_then_categories():
                           "shuffled": torch.full((2, 3), 0.2)},
                     "b": {"precision": torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]]),
                           "shuffled": torch.full((2, 3), 0.4)}}
-    rows = saes.precision_by_head(per_category)
+    rows = precision.precision_by_head(per_category)
     assert set(rows) == {0, 1, 2}
     assert rows[0] == pytest.approx({"precision": 0.75, "precision_shuffled": 0.3, "precision_a": 0.5,
                                      "precision_b": 1.0})
@@ -272,8 +289,8 @@ def test_feature_map_record_exact():
                            [4.0, 9.0, 2.0],
                            [3.0, 1.0, 2.0]])
     group = torch.tensor([0, 0, 1])
-    record = saes.feature_map_record(scores, torch.tensor([7, 2, 40]), ["f7 x", "f2 y", "f40 z"], group,
-                                     ["animals", "colours"], n_pairs=3)
+    record = records.feature_map_record(scores, torch.tensor([7, 2, 40]), ["f7 x", "f2 y", "f40 z"], group,
+                                       ["animals", "colours"], n_pairs=3)
     assert record["features"] == [{"id": 7, "label": "f7 x", "category": "animals"},
                                   {"id": 2, "label": "f2 y", "category": "animals"},
                                   {"id": 40, "label": "f40 z", "category": "colours"}]
@@ -292,17 +309,17 @@ def test_feature_map_and_its_statistics_through_each_layers_layernorm(organism):
     from analysis.self_suppression import group_map_statistics
 
     sae = SimpleNamespace(W_dec=torch.randn(6, organism.cfg.d_model, generator=torch.Generator().manual_seed(0)))
-    features, group = torch.tensor([0, 2, 3, 5]), torch.tensor([0, 0, 1, 1])
+    chosen, group = torch.tensor([0, 2, 3, 5]), torch.tensor([0, 0, 1, 1])
     # the map, from the model's own weights written out densely
-    x = organism.blocks[1].ln1(sae.W_dec[features][:, None])[:, 0].detach()
+    x = organism.blocks[1].ln1(sae.W_dec[chosen][:, None])[:, 0].detach()
     W = organism.W_Q[1, 3] @ organism.W_K[1, 3].T
     dense = x @ W @ x.T / organism.cfg.attn_scale
-    assert torch.allclose(saes.feature_map(organism, sae, 1, 3, features), dense.detach(), atol=1e-4)
-    precision = {h: {"precision": float(h), "precision_shuffled": 0.1} for h in range(organism.cfg.n_heads)}
-    stats = saes.feature_map_statistics(organism, sae, features, group, layer=1, precision=precision)
+    assert torch.allclose(features.feature_map(organism, sae, 1, 3, chosen), dense.detach(), atol=1e-4)
+    rows = {h: {"precision": float(h), "precision_shuffled": 0.1} for h in range(organism.cfg.n_heads)}
+    stats = features.feature_map_statistics(organism, sae, chosen, group, layer=1, precision=rows)
     assert set(stats) == {(l, h) for l in range(organism.cfg.n_layers) for h in range(organism.cfg.n_heads)}
     assert stats[(1, 2)]["precision"] == 2.0 and stats[(0, 2)]["precision"] is None
-    x0 = organism.blocks[0].ln1(sae.W_dec[features][:, None])[:, 0].detach()
+    x0 = organism.blocks[0].ln1(sae.W_dec[chosen][:, None])[:, 0].detach()
     expected = group_map_statistics(x0, group, organism.W_Q[0, 2].detach(), organism.W_K[0, 2].detach(),
                                     organism.cfg.attn_scale)
     assert {k: stats[(0, 2)][k] for k in expected} == pytest.approx(expected, abs=1e-5)

@@ -85,7 +85,7 @@ def test_surprisal_from_scores_is_exact_where_the_pattern_underflows():
     assert math.isclose(log_mass[2].item(), expected_row2, rel_tol=1e-12)
     s = scores.semantic_surprisal(pattern, mask, rows, attn_scores=z)
     assert math.isclose(s.item(), (math.log(2) - expected_row2) / 2, rel_tol=1e-6)
-    assert s.item() > -math.log(scores.EPS)  # beyond the old 13.8-nat cap
+    assert s.item() > -math.log(scores.PATTERN_MASS_FLOOR)  # beyond the 13.8-nat cap of a clamped S
     # without the scores the pattern's 0 is floored at float32's smallest normal (~87 nats), finite
     floored = scores.semantic_surprisal(pattern, mask, rows)
     assert math.isfinite(floored.item()) and floored.item() < s.item()
@@ -119,3 +119,10 @@ def test_study_surprisal_counts_the_bos_row_and_clamps_at_1e_12():
     assert got.shape == (1, 1) and math.isclose(got.item(), expected, rel_tol=1e-6)
     ours = scores.semantic_surprisal(pattern, mask, scores.scored_rows(torch.zeros(1, 3)))
     assert ours.item() > got.item() * 3 / 2  # ours leaves BOS out and has no 1e-12 clamp (float32 floor instead)
+
+
+def test_semantic_scores_are_the_semantic_metrics():
+    tokens = torch.tensor([[0, 1, 2, 1]])
+    mask = prompts.semantic_mask(tokens, torch.tensor([-1, 0, 0]))
+    got = scores.semantic_scores(uniform_causal(4)[None, None], tokens, mask)
+    assert tuple(got) == scores.SEMANTIC_METRICS

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from analysis import prompts, similarity, vocab_input
+from analysis import prompts, records, similarity, vocab_input
 from analysis.attention import head_scale, head_weights
 from conftest import run_main, run_script
 
@@ -168,7 +168,7 @@ def test_cosine_attention_needs_a_frequency_table_for_a_subset(tmp_path, capsys)
 def test_profile_record_study_curves_and_category_words():
     x = torch.randn(30, 2, generator=torch.Generator().manual_seed(0))  # 870 pairs: every window is filled
     profile = similarity.similarity_profile(x, EYE, EYE, scale=math.sqrt(2), width=0.5, n_resamples=10)
-    record = similarity.profile_record(profile)
+    record = records.profile_record(profile)
     assert record["peak"] == dict(zip(("cosine", "mean"), profile["peak"]))
     assert record["beats_self_from_cosine"] == profile["beats_self_from"]
     assert list(record["windows"]["centre"]) == list(profile["centres"])

@@ -6,10 +6,11 @@ import math
 import pytest
 import torch
 
-from analysis import prompts, scores, steering
+from analysis import prompts, records, scores, steering
 from analysis import qk_decomposition as qk
+from analysis import qk_edits
 from analysis.attention import head_scale, head_weights
-from analysis.patterns import head_pattern
+from analysis.patterns import head_pattern, layer_input
 from conftest import run_main
 
 
@@ -50,9 +51,9 @@ def test_gradient_steering_moves_self_mass_and_keeps_partners(organism, semantic
     run = steering.gradient_steer(organism, tokens, mask, layer, head, direction, lam=1.0, lr=1e-2, steps=10,
                                   batch_size=16, seed=0)
     _, _, b_Q, b_K = head_weights(organism, layer, head, include_bias=True)
-    after = qk.in_context_scores(organism, test, test_mask, layer, head,
-                                 qk.qk_override_hooks(organism, layer, head, run.W_Q, run.W_K, b_Q, b_K))
-    base = qk.in_context_scores(organism, test, test_mask, layer, head)
+    after = qk_edits.in_context_scores(organism, test, test_mask, layer, head,
+                                 qk_edits.qk_override_hooks(organism, layer, head, run.W_Q, run.W_K, b_Q, b_K))
+    base = qk_edits.in_context_scores(organism, test, test_mask, layer, head)
     moved = after["self_mass"] - base["self_mass"]
     assert (moved < 0) if direction == "suppress" else (moved > 0)
     assert after["partner_mass"] >= 0.8 * base["partner_mass"]
@@ -119,12 +120,12 @@ def test_weight_change_exact():
     assert change["W_QK"] == pytest.approx(1.0, abs=1e-6)
 
 
-def test_at_matched_interpolates_and_refuses_to_extrapolate():
+def test_interpolate_at_interpolates_and_refuses_to_extrapolate():
     curve = [{"self_mass": 0.0, "partner_mass": 1.0}, {"self_mass": 0.4, "partner_mass": 0.6},
              {"self_mass": 0.2, "partner_mass": 0.9}]  # unsorted on purpose
-    assert steering.at_matched(curve, "self_mass", 0.3)["partner_mass"] == pytest.approx(0.75)
-    assert steering.at_matched(curve, "self_mass", 0.1)["partner_mass"] == pytest.approx(0.95)
-    assert steering.at_matched(curve, "self_mass", 0.5) is None
+    assert steering.interpolate_at(curve, "self_mass", 0.3)["partner_mass"] == pytest.approx(0.75)
+    assert steering.interpolate_at(curve, "self_mass", 0.1)["partner_mass"] == pytest.approx(0.95)
+    assert steering.interpolate_at(curve, "self_mass", 0.5) is None
 
 
 def test_gradient_steering_mu_keeps_bos_fallback(organism, semantic_probe):
@@ -134,8 +135,8 @@ def test_gradient_steering_mu_keeps_bos_fallback(organism, semantic_probe):
     for mu in (0.0, 5.0):
         run = steering.gradient_steer(organism, tokens, mask, layer, head, "restore", lam=1.0, lr=3e-2, steps=10,
                                       batch_size=16, seed=0, mu=mu)
-        hooks = qk.qk_override_hooks(organism, layer, head, run.W_Q, run.W_K, b_Q, b_K)
-        bos[mu] = qk.in_context_scores(organism, test, test_mask, layer, head, hooks)["bos_mass_no_partner"]
+        hooks = qk_edits.qk_override_hooks(organism, layer, head, run.W_Q, run.W_K, b_Q, b_K)
+        bos[mu] = qk_edits.in_context_scores(organism, test, test_mask, layer, head, hooks)["bos_mass_no_partner"]
     assert bos[5.0] > bos[0.0] + 0.05
 
 
@@ -158,25 +159,25 @@ def test_head_edit_bookkeeping_exact():
     assert steering.trace_name(0.3) == "trace 0.3" and steering.trace_name(1.0) == "trace 1"
     assert steering.trace_curve(edits) == {"0.1": {"eta": 0.5, **edits.metrics["trace 0.1"]},
                                            "0.2": {"eta": 1.0, **edits.metrics["trace 0.2"]}}
-    row = steering.matched(edits, ["restore"])["restore"]  # self 0.15: halfway between the two trace sizes
+    row = steering.matched_comparison(edits, ["restore"])["restore"]  # self 0.15: halfway between the two trace sizes
     assert row["self_mass"] == 0.15 and row["gradient"] is edits.metrics["restore"]
     assert row["trace"]["partner_mass"] == pytest.approx(0.8) and row["trace"]["surprisal"] == pytest.approx(2.0)
-    record = steering.edits_record(edits, ["restore"])
+    record = records.edits_record(edits, ["restore"])
     assert record["largest_trace_step"]["name"] == "trace 0.2" and record["trace_curve"] == steering.trace_curve(edits)
-    assert record["matched"] == steering.matched(edits, ["restore"]) and record["metrics"] is edits.metrics
+    assert record["matched"] == steering.matched_comparison(edits, ["restore"]) and record["metrics"] is edits.metrics
     stats = steering.head_statistics(edits)
     assert stats == pytest.approx({"self_mass_before": 0.0, "bos_no_partner_before": 0.9, "trace_self_gain": 0.2,
                                    "restore_self_gain": 0.15, "restore_partner_change": -0.2})
     assert set(steering.statistic_directions(["suppress"])) == {"self_mass_before", "bos_no_partner_before",
                                                                 "trace_self_gain"}
     assert steering.statistic_directions(["restore"]) == steering.STATISTIC_DIRECTIONS
-    others = steering.control_edits({(1, 3): edits, (0, 2): edits}, (1, 3), ["restore"])
+    others = records.control_edits({(1, 3): edits, (0, 2): edits}, (1, 3), ["restore"])
     assert set(others) == {"L0H2"} and others["L0H2"]["relative_change"]["trace 0.2"] == {"W_Q": 0.0, "W_K": 0.1,
                                                                                          "W_QK": 0.1}
-    lines = steering.summary_lines(edits.metrics | {n: {**m, "partner_mass_change": 0.0}
-                                                    for n, m in edits.metrics.items()},
-                                   {n: {"keys": [" a", " b"]} for n in edits.metrics},
-                                   steering.matched(edits, ["restore"]), " a")
+    lines = records.steering_lines(edits.metrics | {n: {**m, "partner_mass_change": 0.0}
+                                                     for n, m in edits.metrics.items()},
+                                    {n: {"keys": [" a", " b"]} for n in edits.metrics},
+                                    steering.matched_comparison(edits, ["restore"]), " a")
     assert len(lines) == 5 and lines[-1].startswith("matched at self 0.150 (restore)")
 
 
@@ -195,9 +196,9 @@ def test_steering_from_the_layer_input_matches_the_hooked_model(organism, semant
     layer, head, (tokens, mask), _ = semantic_probe
     W_Q, W_K, b_Q, b_K = head_weights(organism, layer, head, include_bias=True)
     W_K = W_K + 0.3 * W_Q  # an edited head, so that the check is not only of the model's own weights
-    x = qk.layer_input(organism, tokens[:8], layer)
+    x = layer_input(organism, tokens[:8], layer)
     masses = steering.head_masses(x, tokens[:8], mask[:8], W_Q, W_K, b_Q, b_K, head_scale(organism.cfg, layer))
-    hooks = qk.qk_override_hooks(organism, layer, head, W_Q, W_K, b_Q, b_K)
+    hooks = qk_edits.qk_override_hooks(organism, layer, head, W_Q, W_K, b_Q, b_K)
     pattern = head_pattern(organism, tokens[:8], layer, head, hooks)[:, None]
     expected = scores.semantic_companions(pattern, tokens[:8], mask[:8], scores.scored_rows(tokens[:8]))
     for key, value in masses.items():
@@ -211,5 +212,5 @@ def test_steer_heads_measures_every_head_and_condition(organism, semantic_probe)
     for edits in per_head.values():
         assert list(edits.metrics) == ["before", "restore", "trace 0.3"] and len(edits.runs["restore"]["history"]) == 2
         assert edits.metrics["before"]["partner_mass_change"] == 0
-    base = qk.in_context_scores(organism, *test, 0, 2)  # "before" is the unedited head, measured in the model
+    base = qk_edits.in_context_scores(organism, *test, 0, 2)  # "before" is the unedited head, measured in the model
     assert per_head[(0, 2)].metrics["before"]["self_mass"] == pytest.approx(base["self_mass"], abs=1e-6)

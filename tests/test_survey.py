@@ -6,8 +6,8 @@ import torch
 
 from analysis import prompts, scan, scores
 from analysis.patterns import all_patterns, flatten_heads
-from analysis.organism import THRESHOLDS
-from analysis.survey import METRICS, separation, survey_table
+from analysis.organism.report import THRESHOLDS
+from analysis.survey import separation, survey_table
 import pytest
 
 from conftest import run_main, run_script
@@ -16,7 +16,7 @@ from conftest import run_main, run_script
 def hand_built_survey():
     # 4 prompts, 1 layer, 3 heads. Head 2 is constant at 0.5, head 0 alternates 1/3, head 1 is constant 4.
     s = torch.tensor([[1.0, 4.0, 0.5], [3.0, 4.0, 0.5], [1.0, 4.0, 0.5], [3.0, 4.0, 0.5]])[:, None, :]
-    return {m: s if m == "surprisal" else torch.full_like(s, 0.25) for m in METRICS}
+    return {m: s if m == "surprisal" else torch.full_like(s, 0.25) for m in scores.SEMANTIC_METRICS}
 
 
 def test_survey_table_ranks_by_s_with_cis():
@@ -48,15 +48,15 @@ def test_shared_prompts_counts_identical_rows():
     assert scan.shared_prompts(a, torch.zeros(2, 4, dtype=torch.long)) == 0
 
 
-def test_honest_survey_selects_and_reports_on_disjoint_prompt_sets(organism, truth):
-    honest = scan.honest_survey(organism, 16, 32, seed=5)
-    assert honest["seeds"] == {"selection": 5, "report": 5 + scan.REPORT_SEED_OFFSET}
-    assert honest["shared_prompts"] == 0
-    selection, report = honest["selection"]["surprisal"], honest["report"]["surprisal"]
+def test_held_out_survey_selects_and_reports_on_disjoint_prompt_sets(organism, truth):
+    held_out = scan.held_out_survey(organism, 16, 32, seed=5)
+    assert held_out["seeds"] == {"selection": 5, "report": 5 + scan.REPORT_SEED_OFFSET}
+    assert held_out["shared_prompts"] == 0
+    selection, report = held_out["selection"]["surprisal"], held_out["report"]["surprisal"]
     assert selection.shape == report.shape == (16, organism.cfg.n_layers, organism.cfg.n_heads)
     assert not torch.equal(selection, report)  # other prompts, other values
     planted = tuple(truth["planted_heads"]["semantic"])
-    for survey in (honest["selection"], honest["report"]):
+    for survey in (held_out["selection"], held_out["report"]):
         assert scan.top_heads(survey["surprisal"].nanmean(0), 1, largest=False)[0][:2] == planted
 
 
@@ -67,7 +67,7 @@ def test_survey_s_is_uncapped_and_agrees_with_the_pattern_where_nothing_underflo
     pattern = flatten_heads(all_patterns(organism, tokens))
     mass = scores.mask_mass(pattern, mask)  # (B, L * nh, Q)
     rows = scores.scored_rows(tokens)
-    capped = scores.mean_over_rows(-mass.clamp_min(scores.EPS).log(), rows)  # the old, clamped S
+    capped = scores.mean_over_rows(-mass.clamp_min(scores.PATTERN_MASS_FLOOR).log(), rows)  # S clamped at the floor
     assert torch.isfinite(exact).all() and (exact >= capped - 1e-4).all()  # a cap can only lower S
     clear = (mass[:, :, 1:] > 1e-4).all(-1)  # prompts and heads where every row's mass is far from the clamp
     assert clear.any() and torch.allclose(exact[clear], capped[clear], atol=1e-4)

@@ -73,7 +73,7 @@ def test_retraining_writes_a_new_folder_unless_told_to_replace_the_shipped_check
     import importlib.util
 
     from analysis.errors import UsageError
-    from analysis.models import ORGANISM_DIR
+    from analysis.organism.files import ORGANISM_DIR
     from conftest import REPO
 
     spec = importlib.util.spec_from_file_location("train_script", REPO / "scripts" / "train_organism.py")

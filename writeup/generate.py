@@ -6,7 +6,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from analysis.io import write_json_atomic, write_text_atomic
+from analysis.io import write_atomic, write_json_atomic
 from writeup.format import format_value
 from writeup.results import PAPER_DIR, RUNS_DIR, Results
 from writeup.spec import SWITCHES, macros, switches
@@ -60,7 +60,7 @@ def generate(results: Results, out_dir: Path | str, figures_dir: Path | str, scr
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, text in tables(results, scripts).items():
-        write_text_atomic(out_dir / f"tab_{name}.tex", text)
+        write_atomic(out_dir / f"tab_{name}.tex", text)
     write_json_atomic(out_dir / "manifest.json", manifest)
-    write_text_atomic(out_dir / "macros.tex", "\n".join(lines) + "\n")  # last: make's target
+    write_atomic(out_dir / "macros.tex", "\n".join(lines) + "\n")  # last: make's target
     return manifest

@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from analysis.errors import UsageError
-from analysis.io import REPO_ROOT, model_id, read_json
-from analysis.models import GROUND_TRUTH_FILE, ORGANISM_DIR, TRAINING_LOG_FILE, checkpoint_path
+from analysis.ids import model_id
+from analysis.io import REPO_ROOT, read_json
+from analysis.models import checkpoint_path
+from analysis.organism.files import GROUND_TRUTH_FILE, ORGANISM_DIR, TRAINING_LOG_FILE
 
 PAPER_DIR = REPO_ROOT / "paper"
 FIXED_SOURCES: dict[str, Path] = {  # sources that are no script's output: the repository's own files

@@ -161,7 +161,7 @@ SPEC: dict[str, dict[str, Entry]] = {
         "SurveyCategorySet": ("results.categories.set", "text"),
         "SurveyCategoryCount": ("results.categories.names", "count"),
         "SurveyWorstHead": ("results.worst_head", "head"), "SurveyWorstS": ("results.worst_head.surprisal", ".1f"),
-        "SurveyOldCap": ("results.worst_head.old_row_cap", ".1f"),
+        "SurveyClampedCap": ("results.worst_head.clamped_row_cap", ".1f"),
         "SurveyMargin": ("results.separation.margin", ".3f"),
         "SurveyCIs": ("results.separation.separated", Words("disjoint", "overlapping")),
         "SurveyNPrompts": ("provenance.arguments.n_prompts", "d"),
@@ -272,7 +272,7 @@ SPEC: dict[str, dict[str, Entry]] = {
         "SkewCountSeparates": ("results.target.n_negative_eigenvalues.separates", Words("does", "does not")),
         "SkewCategories": ("results.categories.set", "text"), "SkewCategoryWords": ("results.category_words.n_words", "d"),
     },
-    "svd_sym_skew_heatmap": {
+    "sym_skew_maps": {
         "MapsInput": ("results.input", "text"), "MapsTokens": ("results.tokens", "count"),
         "MapsGroups": ("results.groups", "count"), "MapsSelf": ("results.block_means.base.self", ".2f"),
         "MapsInGroup": ("results.block_means.base.in_group", ".2f"),
@@ -289,7 +289,7 @@ SPEC: dict[str, dict[str, Entry]] = {
         "MapsNRanked": ("results.target.self_minus_in_group.n_ranked", "d"),
         "MapsSeparating": ("results.separating", "list"),
     },
-    "svd_group_scaling_heatmap": {  # factors keyed by factor: "1" (unedited), "0", "-1" (flipped)
+    "eigenvalue_scaling": {  # factors keyed by factor: "1" (unedited), "0", "-1" (flipped)
         "SteerNNeg": ("results.n_negative_eigenvalues", "d"), "SteerNPrompts": ("provenance.arguments.n_prompts", "d"),
         "SteerSelfBefore": ("results.unedited_in_context.self_mass", ".3f"),
         "SteerZeroGap": ("results.factors.0.block_means.self_minus_in_group", ".2f"),
@@ -311,7 +311,7 @@ SPEC: dict[str, dict[str, Entry]] = {
         "SteerTargetedPerLost": ("results.target_edits.targeted.self_per_partner_lost", ".2f"),
         "SteerFlipPerLost": ("results.target_edits.factor -1.self_per_partner_lost", ".2f"),
     },
-    "svd_rank_ablation": {  # cells keyed "k=<k>,scale=<scale>"
+    "eigenvalue_rank_ablation": {  # cells keyed "k=<k>,scale=<scale>"
         "RankVocab": ("results.d_vocab", "d"),
         "RankUnedited": ("results.unedited_cell.mean_rank", ".1f"),
         "RankUneditedAccOne": ("results.unedited_cell.acc@1", ".2f"),
@@ -382,7 +382,7 @@ SPEC: dict[str, dict[str, Entry]] = {
         "CluStudyARIControl": ("results.target.study_ari.strongest_control", "head"),
         "CluStudyARIControlValue": ("results.target.study_ari.strongest_control.value", ".2f"),
     },
-    "semantic_head": {
+    "sae_features": {
         "SaeKind": ("results.sae.kind", "text"), "SaeHook": ("results.sae.hook", "text"),
         "SaeWidth": ("results.sae.d_sae", "d"), "SaeArchitecture": ("results.sae.architecture", "text"),
         "SaeVariance": ("results.sae.variance_explained_on_category_prompts", "percent"),
@@ -451,11 +451,11 @@ SWITCHES: dict[str, tuple[str, str, bool]] = {
     # the model came with a record of what was planted in it (a model organism): the paper checks the analyses
     # against that ground truth. Decided by what the model has, never by its name.
     "Organism": (*MODEL_TRUTH, False),
-    "SaeRan": ("semantic_head", "results.sae.ran", True),  # no SAE of the model could be had: no feature step
+    "SaeRan": ("sae_features", "results.sae.ran", True),  # no SAE of the model could be had: no feature step
     # the model as loaded had no weight processing (random or raw weights): no processed model to compare with
     "ManualProcessed": ("manual_attention", "results.processed_compared", True),
 }
-GUARDS: dict[str, str] = {"semantic_head": "SaeRan", "ManualMaxProcessed": "ManualProcessed",
+GUARDS: dict[str, str] = {"sae_features": "SaeRan", "ManualMaxProcessed": "ManualProcessed",
                           "ScanPlantedFound": "Organism"}  # the scan against this model's planted heads
 
 
@@ -504,10 +504,10 @@ DERIVED: dict[str, tuple[Callable[..., Any], tuple[str, ...], Format]] = {
     "CircKPartnerIsPrev": (same_head, ("qk_ov_circuits:results.induction_strongest_k_partner",
                                        "scan_heads:results.top_heads.previous_token.0"), Words("is", "is not")),
     # flipped against unedited eigenvalues: the factor of increase in self mass
-    "SteerFlipRatio": (ratio, ("svd_group_scaling_heatmap:results.factors.-1.in_context.self_mass",
-                               "svd_group_scaling_heatmap:results.factors.1.in_context.self_mass"), ".0f"),
-    "SaePrecisionAboveNull": (exceeds, ("semantic_head:results.target.precision.value",
-                                        "semantic_head:results.null.precision_shuffled"), Words("above", "not above")),
+    "SteerFlipRatio": (ratio, ("eigenvalue_scaling:results.factors.-1.in_context.self_mass",
+                               "eigenvalue_scaling:results.factors.1.in_context.self_mass"), ".0f"),
+    "SaePrecisionAboveNull": (exceeds, ("sae_features:results.target.precision.value",
+                                        "sae_features:results.null.precision_shuffled"), Words("above", "not above")),
     "RepAblPosShare": (reported_damage_share, ("reported:ablation_medians",), "percent"),
     # the study's self and earlier-copies masses, summed: like for like with our combined self mass
     "RepSemSelfPlusCopies": (total, ("reported:semantic_head.self_only_mass", "reported:semantic_head.copies_mass"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from analysis.organism import THRESHOLDS
+from analysis.organism.report import THRESHOLDS
 from writeup.format import MISSING, format_value, head_name, latex_escape, short_commit, token_tex
 from writeup.results import Results
 from writeup.spec import ABLATION_CONDITIONS, ABLATION_MODES, guard_of, switches
@@ -50,7 +50,7 @@ THRESHOLD_LABELS = {
 
 
 def threshold_label(key: str) -> str:
-    """How the thresholds table names a key of analysis.organism.THRESHOLDS ("induction_50": at |r| = 50)."""
+    """How the thresholds table names a key of analysis.organism.report.THRESHOLDS ("induction_50": at |r| = 50)."""
     match = re.fullmatch(r"induction_(\d+)", key)
     return rf"induction score, $|r| = {match.group(1)}$" if match else THRESHOLD_LABELS.get(key, latex_escape(key))
 
@@ -100,14 +100,14 @@ def table_eigen_steering(results: Results) -> str:
     """Per eigenvalue factor: the token map's self minus in-group score and the head's in-context masses."""
     rows = [[format_value(f["factor"], "g"), format_value(f["block_means"]["self_minus_in_group"], ".2f"),
              *masses(f["in_context"])]
-            for f in results.get("svd_group_scaling_heatmap", "results.factors").values()]
+            for f in results.get("eigenvalue_scaling", "results.factors").values()]
     header = ["factor", "self $-$ in-group", "self mass", "partner mass", "BOS, no partner", "$S$ (nats)"]
     return tabular("rrrrrr", header, rows)
 
 
 def table_rank_ablation(results: Results) -> str:
     """Mean self-rank over the vocabulary for every (k, scale) cell, with the in-context self mass."""
-    cells = results.get("svd_rank_ablation", "results.cells").values()
+    cells = results.get("eigenvalue_rank_ablation", "results.cells").values()
     ks = sorted({c["k"] for c in cells})
     scales = sorted({c["scale"] for c in cells}, reverse=True)
     grid = {(c["k"], c["scale"]): c for c in cells}
@@ -146,7 +146,7 @@ def table_communities(results: Results, n_members: int = 5) -> str:
 
 
 def table_thresholds(results: Results) -> str:
-    """The organism's acceptance thresholds (analysis.organism.THRESHOLDS) beside its measured values."""
+    """The organism's acceptance thresholds (analysis.organism.report.THRESHOLDS) beside its measured values."""
     evals = [r for r in results.get("training_log", "log") if "eval" in r]
     first = evals[0]
     rows = []
@@ -228,20 +228,20 @@ EVIDENCE_ROWS = [
     ("words below every partner", "skew_analysis", "below_partners_share", "percent",
      "results.null.target.gaussian_below_partners_share"),
     ("negative self-score in the 4 most negative components", "skew_analysis", "top4_negative_share", "percent", None),
-    ("group map: self minus in-group", "svd_sym_skew_heatmap", "self_minus_in_group", ".2f", None),
-    ("eigenvalues $\\times(-1)$: gain in self mass", "svd_group_scaling_heatmap", "factor -1_self_mass_change", ".2f", None),
-    ("eigenvalues $\\times 0$: gain in self mass", "svd_group_scaling_heatmap", "factor 0_self_mass_change", ".2f", None),
-    ("targeted flip: gain in self mass", "svd_group_scaling_heatmap", "targeted_self_mass_change", ".2f", None),
-    ("rank ablation: largest gain in self mass", "svd_rank_ablation", "best_self_mass_change", ".2f", None),
-    ("rank ablation: largest fall in mean self-rank", "svd_rank_ablation", "best_mean_rank_change", ".1f", None),
+    ("group map: self minus in-group", "sym_skew_maps", "self_minus_in_group", ".2f", None),
+    ("eigenvalues $\\times(-1)$: gain in self mass", "eigenvalue_scaling", "factor -1_self_mass_change", ".2f", None),
+    ("eigenvalues $\\times 0$: gain in self mass", "eigenvalue_scaling", "factor 0_self_mass_change", ".2f", None),
+    ("targeted flip: gain in self mass", "eigenvalue_scaling", "targeted_self_mass_change", ".2f", None),
+    ("rank ablation: largest gain in self mass", "eigenvalue_rank_ablation", "best_self_mass_change", ".2f", None),
+    ("rank ablation: largest fall in mean self-rank", "eigenvalue_rank_ablation", "best_mean_rank_change", ".1f", None),
     ("gradient restore: gain in self mass", "gradient_steering", "restore_self_gain", ".2f", None),
     ("trace step: gain in self mass", "gradient_steering", "trace_self_gain", ".2f", None),
     ("cosine: mates minus other categories", "cosine_attention_analysis", "mates_minus_others", ".2f", None),
     ("Leiden communities against the categories (ARI)", "clustering", "ari", ".2f", None),
-    ("SAE features: self minus same category", "semantic_head", "self_minus_in_group", ".2f", None),
-    ("SAE features: same minus other category", "semantic_head", "in_minus_out_group", ".1f", None),
-    ("SAE features: below every same-category feature", "semantic_head", "below_partners_share", "percent", None),
-    ("SAE precision (the study's metric)", "semantic_head", "precision", ".2f", "results.null.precision_shuffled"),
+    ("SAE features: self minus same category", "sae_features", "self_minus_in_group", ".2f", None),
+    ("SAE features: same minus other category", "sae_features", "in_minus_out_group", ".1f", None),
+    ("SAE features: below every same-category feature", "sae_features", "below_partners_share", "percent", None),
+    ("SAE precision (the study's metric)", "sae_features", "precision", ".2f", "results.null.precision_shuffled"),
 ]
 
 

@@ -1,50 +1,9 @@
 """The model organism: a small GPT-2-style model trained here, with planted heads of known kinds.
 
-`ground_truth()` says which heads were planted and which categories the language uses; tests
-compare what the analyses find (unaided) against it. `THRESHOLDS` are the behaviours the
-planted heads must show, measured by `planted_head_report`.
+`language`: its synthetic language (category words, repeated chunks, random tokens). `train`: the
+training loop that plants a previous-token, an induction and a semantic head. `files`: where the
+shipped checkpoint lives and what a trained organism records beside its weights (`ground_truth`:
+which heads were planted, which categories the language uses). `report`: the behaviours the planted
+heads must show (`THRESHOLDS`), measured by `planted_head_report`. `sae`: training the organism's
+own SAE. Analyses must find the planted heads without being told; only tests compare against the truth.
 """
-
-from __future__ import annotations
-
-import json
-from collections.abc import Mapping
-
-from analysis.models import GROUND_TRUTH_FILE, ORGANISM_DIR
-from analysis.organism.train import TrainConfig
-from analysis.scan import ScanSettings, scan_heads
-
-# What each planted head must do, measured on fresh prompts (see planted_head_report).
-THRESHOLDS = {
-    "previous_token": ("at least", 0.9),  # mean A[i, i-1] on random tokens
-    "induction_50": ("at least", 0.6),  # canonical induction score, [BOS] + r + r, |r| = 50
-    "induction_20": ("at least", 0.6),  # ... and at another repeat length
-    "semantic_partner_mass": ("at least", 0.5),  # on earlier, different words of the same category
-    "semantic_self_mass": ("at most", 0.1),  # on itself plus earlier copies of itself
-    "semantic_bos_mass_no_partner": ("at least", 0.5),  # on BOS when no category-mate precedes
-}
-
-
-def ground_truth() -> dict:
-    """The shipped organism's planted heads ({kind: [layer, head]}) and categories."""
-    return json.loads((ORGANISM_DIR / GROUND_TRUTH_FILE).read_text())
-
-
-def planted_head_report(model, planted_heads: Mapping[str, tuple[int, int]] | None = None,
-                        seed: int = 1234) -> dict[str, float]:
-    """The `THRESHOLDS` quantities for the planted heads, on prompts drawn with `seed`."""
-    if planted_heads is None:
-        planted_heads = TrainConfig().planted_heads
-    scan = scan_heads(model, ScanSettings(), seed=seed)
-    prev, ind, sem = (tuple(planted_heads[k]) for k in ("previous_token", "induction", "semantic"))
-    report = {"previous_token": float(scan.previous_token[prev])}
-    for length, score in scan.induction.items():
-        report[f"induction_{length}"] = float(score[ind])
-    for key in ("partner_mass", "self_mass", "bos_mass_no_partner", "surprisal"):
-        report[f"semantic_{key}"] = float(scan.semantic[key][:, sem[0], sem[1]].nanmean())
-    return report
-
-
-def meets(report: Mapping[str, float]) -> dict[str, bool]:
-    """Which thresholds a report meets."""
-    return {k: (report[k] >= v if rule == "at least" else report[k] <= v) for k, (rule, v) in THRESHOLDS.items()}

@@ -30,7 +30,8 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from analysis import prompts
-from analysis.models import GROUND_TRUTH_FILE, TRAINING_LOG_FILE, WeightProcessing, save_model
+from analysis.models import WeightProcessing, save_model
+from analysis.organism.files import GROUND_TRUTH_FILE, TRAINING_LOG_FILE
 from analysis.organism.language import LanguageSpec, build_tokenizer, sample_batch, vocabulary
 
 
@@ -143,7 +144,7 @@ def save_organism(model: HookedTransformer, config: TrainConfig, log: list[dict]
                   seconds: float, final_eval: dict) -> None:
     """Weights (unprocessed), tokenizer, config, ground truth and a compact training log, into `directory`.
 
-    The files are written one by one: give a fresh folder (`io.staged_directory` makes one and
+    The files are written one by one: give a fresh folder (`infra.atomic.staged_directory` makes one and
     swaps it into place whole).
     """
     save_model(model, directory, processing=WeightProcessing.none())

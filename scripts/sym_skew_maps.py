@@ -20,20 +20,21 @@ are shared by its heads, so this is cheap), with the direction a self-suppressin
   in_minus_out_group (high)     in-group minus out-of-group mean: attraction to the category
   margin_normalised (low)       per-token self minus partner mean, over the std of the off-diagonal scores
   below_partners_share (high)   tokens scoring themselves below every group-mate
-Writes results/<model>/svd_sym_skew_heatmap.json and figures/<model>/svd_sym_skew_heatmap{,_controls}.{pdf,png}.
+Writes results/<model>/sym_skew_maps.json and figures/<model>/sym_skew_maps{,_controls}.{pdf,png}.
 """
 
 from __future__ import annotations
 
-from analysis import cli, io
+from analysis import cli, io, records
 from analysis import qk_decomposition as qk
 from analysis import self_suppression as ss
 from analysis.attention import attention_scores, head_scale, head_weights
-from analysis.controls import compare, head_key, separating, summary_lines
+from analysis.controls import compare, head_key, separating
+from analysis.heads import load_target
 from analysis.plotting import group_heatmaps, save_figure, target_vs_controls
 from analysis.token_maps import block_means, group_tokens, token_inputs
 
-NAME = "svd_sym_skew_heatmap"
+NAME = "sym_skew_maps"
 
 
 def build_parser():
@@ -43,7 +44,7 @@ def build_parser():
 
 
 def main(args) -> None:
-    model, layer, head = cli.load_target(args)
+    model, layer, head = load_target(args)
     scale = head_scale(model.cfg, layer)
     W_Q, W_K, b_Q, b_K = head_weights(model, layer, head, include_bias=True)
     ids, labels, group, group_names = group_tokens(model.tokenizer)
@@ -56,7 +57,7 @@ def main(args) -> None:
     base_norm = float(maps["base"].norm())
     check = {"max_abs_diag_base_minus_sym": float((maps["base"].diagonal() - maps["sym"].diagonal()).abs().max()),
              "max_abs_diag_skew": float(maps["skew"].diagonal().abs().max())}
-    stats = ss.every_head(model, args.input, ids, group, args.seed, ss.group_map_statistics)
+    stats = ss.every_head_statistics(model, args.input, ids, group, args.seed, ss.group_map_statistics)
     report = compare((layer, head), stats, ss.GROUP_MAP_DIRECTIONS)
     results = {
         **report, "separating": separating(report),
@@ -82,7 +83,7 @@ def main(args) -> None:
               f"out-of-group {stats['out_group']:+.2f}")
     print(f"relative norms: sym {results['relative_norms']['sym']:.2f}, skew {results['relative_norms']['skew']:.2f}; "
           f"diag(base) - diag(sym) <= {results['check']['max_abs_diag_base_minus_sym']:.1e}")
-    print("\n".join(summary_lines(report)))
+    print("\n".join(records.comparison_lines(report)))
     print(f"separates from every other head: {', '.join(results['separating']) or 'none'}")
     print(f"results: {path}")
 

@@ -27,8 +27,8 @@ and categories. Direction: precision "high" (a head that attends to its category
 shuffled (--precision-shuffles permutations per sample), which keeps each head's predictions but their
 identity; TP / (TP + FP) gives such a head about the keyword positions' share of positions, so only a
 precision above this null says the QK circuit predicts the active features. All statistics go through
-one `controls.compare` (`directions`, `target`, `controls`); the figure semantic_head_controls shows each.
-Writes results/<model>/semantic_head.json and figures/<model>/semantic_head{,_controls}.{pdf,png}.
+one `controls.compare` (`directions`, `target`, `controls`); the figure sae_features_controls shows each.
+Writes results/<model>/sae_features.json and figures/<model>/sae_features{,_controls}.{pdf,png}.
 Where no SAE can be had for the model (the default SAE is not available here, does not fit the
 model, or the default head sits in layer 0, which reads no residual stream after a block), the
 script says why, records `"sae": {"ran": false, "reason": ...}` with the head and exits 0 without
@@ -39,19 +39,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from analysis import cli, io, prompts
-from analysis.controls import compare, head_key, separating, summary_lines
-from analysis import sae as saes
+from analysis import cli, io, prompts, records
+from analysis.controls import compare, head_key, separating
 from analysis import self_suppression as ss
+from analysis.heads import load_target
 from analysis.plotting import group_heatmaps, save_figure, target_vs_controls
+from analysis.sae.features import feature_map, feature_map_statistics, name_features
+from analysis.sae.precision import (PRECISION_K, PRECISION_LENGTH, PRECISION_SHUFFLES, precision_by_category,
+                                    precision_by_head)
+from analysis.sae.sources import GPT2_RELEASE, SAEUnavailable, sae_for_head
 
-NAME = "semantic_head"
+NAME = "sae_features"
 
 
 def build_parser():
     p = cli.parser(__doc__, target_head=True)
     p.add_argument("--sae-release", "--release", dest="release", default=None,
-                   help=f"SAELens release, e.g. {saes.GPT2_RELEASE} (default: the organism's SAE where it fits the "
+                   help=f"SAELens release, e.g. {GPT2_RELEASE} (default: the organism's SAE where it fits the "
                         "model, else that release)")
     p.add_argument("--sae-id", default=None, help="SAE id in the release (default: the hook the head reads)")
     p.add_argument("--sae-path", type=Path, default=None, help="a directory with an SAE saved by SAELens")
@@ -61,50 +65,52 @@ def build_parser():
                    help="category prompts for naming features (default: 64)")
     p.add_argument("--n-words", type=cli.positive_int, default=64, help="words per category prompt (default: 64)")
     p.add_argument("--top-pairs", type=cli.positive_int, default=20, help="feature pairs listed (default: 20)")
-    p.add_argument("--precision-k", type=cli.positive_int, default=saes.PRECISION_K,
-                   help=f"features predicted and taken as active per position (default: {saes.PRECISION_K})")
+    p.add_argument("--precision-k", type=cli.positive_int, default=PRECISION_K,
+                   help=f"features predicted and taken as active per position (default: {PRECISION_K})")
     p.add_argument("--precision-samples", type=cli.positive_int, default=64,
                    help="keyword samples per category for the precision (default: 64)")
-    p.add_argument("--precision-shuffles", type=cli.positive_int, default=saes.PRECISION_SHUFFLES,
+    p.add_argument("--precision-shuffles", type=cli.positive_int, default=PRECISION_SHUFFLES,
                    help="label permutations per sample of the precision's shuffled-feature null "
-                        f"(default: {saes.PRECISION_SHUFFLES})")
+                        f"(default: {PRECISION_SHUFFLES})")
     cli.add_categories_argument(p)
     p.fits_context("--n-words", lambda n: 1 + n)
-    p.fits_context("--precision-samples", lambda n: saes.PRECISION_LENGTH)
+    p.fits_context("--precision-samples", lambda n: PRECISION_LENGTH)
     p.memory("--n-prompts or --n-words",
              lambda a, s: cli.pattern_bytes(s, a.n_prompts, 1 + a.n_words, heads=1, copies=2))
     return p
 
 
 def main(args) -> None:
-    model, layer, head = cli.load_target(args)
+    model, layer, head = load_target(args)
     asked = args.layer is not None or args.retrain_sae or any(  # an SAE or head asked for must load
         value is not None for value in (args.release, args.sae_id, args.sae_path))
-    hook, choice, sae, why_not = saes.sae_for_head(model, layer, args.release, args.sae_id, args.sae_path,
-                                                   args.device, args.retrain_sae, required=asked)
-    if sae is None:  # the SAE step is impossible for this model: say so, and write what there is
-        results = {"head": {"layer": layer, "head": head}, "sae": {"ran": False, "reason": why_not},
+    try:
+        chosen = sae_for_head(model, layer, args.release, args.sae_id, args.sae_path, args.device, args.retrain_sae,
+                              required=asked)
+    except SAEUnavailable as err:  # the SAE step is impossible for this model: say so, and write what there is
+        results = {"head": {"layer": layer, "head": head}, "sae": {"ran": False, "reason": err.reason},
                    "not_run": ["feature map", "precision"]}
         path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
                                arguments=vars(args), seed=args.seed)
         print(f"L{layer}H{head}: SAE step not run (feature map and precision), since no SAE can be had for this "
-              f"model here: {why_not}\nresults: {path}")
+              f"model here: {err.reason}\nresults: {path}")
         return
-    source = saes.source_record(hook, choice, sae)
+    hook, sae = chosen.hook, chosen.sae
+    source = records.source_record(chosen)
 
     categories, category_record = cli.chosen_categories(args)
     tokens, _ = prompts.category_probe(model, categories, args.n_prompts, args.n_words, args.seed + 1)
-    features, group, labels, source["variance_explained_on_category_prompts"] = saes.name_features(
+    features, group, labels, source["variance_explained_on_category_prompts"] = name_features(
         model, sae, hook, tokens, categories, args.per_category)
-    scores = saes.feature_map(model, sae, layer, head, features)  # (n, n): query feature, key feature
+    scores = feature_map(model, sae, layer, head, features)  # (n, n): query feature, key feature
     results = {"head": {"layer": layer, "head": head}, "sae": source,
-               **saes.feature_map_record(scores, features, labels, group, list(categories), args.top_pairs),
+               **records.feature_map_record(scores, features, labels, group, list(categories), args.top_pairs),
                "categories": category_record}
-    precision = saes.study_precision(model, sae, layer, args.precision_samples, args.precision_k,
-                                     args.precision_shuffles, args.seed)
-    stats = saes.feature_map_statistics(model, sae, features, group, layer, saes.precision_by_head(precision))
+    precision = precision_by_category(model, sae, layer, args.precision_samples, args.precision_k,
+                                      args.precision_shuffles, args.seed)
+    stats = feature_map_statistics(model, sae, features, group, layer, precision_by_head(precision))
     report = compare((layer, head), stats, {**ss.GROUP_MAP_DIRECTIONS, "precision": "high"})
-    null = saes.precision_null(stats[(layer, head)]["precision_shuffled"], args.precision_shuffles)
+    null = records.precision_null(stats[(layer, head)]["precision_shuffled"], args.precision_shuffles)
     results.update(report, separating=separating(report), null=null)
     path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
                            arguments=vars(args), seed=args.seed)
@@ -131,7 +137,7 @@ def main(args) -> None:
           f"{t['value']:.3f}, rank {t['rank']} of {t['n_ranked']} heads of layer {layer}"
           + (f"; strongest control L{c['layer']}H{c['head']} {c['value']:.3f}" if c else "")
           + f"; shuffled-label null {null['precision_shuffled']:.3f}")
-    print("\n".join(summary_lines(report)))
+    print("\n".join(records.comparison_lines(report)))
     print(f"separates from every other head: {', '.join(results['separating']) or 'none'}")
     print(f"results: {path}")
 

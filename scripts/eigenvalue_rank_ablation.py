@@ -23,19 +23,20 @@ input. Statistics and the direction a self-suppressing head predicts ("direction
   best_mean_rank_change (low)   the head's own best cell of the grid: its largest fall in mean self-rank
   best_self_mass_change (high)  the head's own best cell of the grid: its largest rise in self mass
 (the last two only with the grid). Category prompts: --categories (the study's 8 by default).
-Writes results/<model>/svd_rank_ablation.json and figures/<model>/svd_rank_ablation{,_controls}.{pdf,png}.
+Writes results/<model>/eigenvalue_rank_ablation.json and figures/<model>/eigenvalue_rank_ablation{,_controls}.{pdf,png}.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from analysis import cli, controls, io, prompts
+from analysis import cli, controls, io, prompts, records
 from analysis import self_suppression as ss
+from analysis.heads import control_heads, load_target
 from analysis.plotting import save_figure, target_vs_controls, use_style
 from analysis.token_maps import token_inputs
 
-NAME = "svd_rank_ablation"
+NAME = "eigenvalue_rank_ablation"
 
 
 def build_parser():
@@ -67,7 +68,7 @@ def build_parser():
 
 
 def main(args) -> None:
-    model, layer, head = cli.load_target(args)
+    model, layer, head = load_target(args)
     categories, category_record = cli.chosen_categories(args)
     tokens, mask = prompts.category_probe(model, categories, args.n_prompts, args.n_words, args.seed + 1)
     inputs = {}  # layer -> E: (d_vocab, d_model), shared by the layer's heads
@@ -77,7 +78,7 @@ def main(args) -> None:
             inputs[l] = token_inputs(model, l, args.input, seed=args.seed, progress=True)
         return inputs[l]
 
-    heads = cli.control_heads(model, (layer, head), args.controls, args.seed)
+    heads = control_heads(model, (layer, head), args.controls, args.seed)
     queries = ss.rank_queries(model.cfg.d_vocab, args.rank_queries, args.seed)
     study = ss.rank_ablation(model, (layer, head), heads, layer_inputs, tokens, mask, args.ks, args.scales, args.at,
                              args.control_cells, args.chunk_size, queries, progress=True)
@@ -106,7 +107,7 @@ def main(args) -> None:
     print(f"best cell k={best['k']}, scale {best['scale']:g}: mean self-rank {best['mean_rank']:.1f}, "
           f"MRR {best['mrr']:.3f}, " + ", ".join(f"acc@{K} {best[f'acc@{K}']:.2f}" for K in args.at)
           + f", self mass {best['self_mass']:.3f}")
-    print("\n".join(controls.summary_lines(report, prefix="against the controls, ")))
+    print("\n".join(records.comparison_lines(report, prefix="against the controls, ")))
     print(f"results: {path}")
 
 

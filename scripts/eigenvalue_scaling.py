@@ -7,8 +7,8 @@ W_skew stay: W_f = W + V_neg diag((f - 1) λ_neg) V_neg^T.
   maps    E W_f E^T / attn_scale on the 30-token group set (--input, default mean), with the
           mean self, in-group and out-of-group scores
   causal  the head's scores computed from a factorisation of W_f on its layer's input (biases kept;
-          what qk_decomposition.qk_override_hooks make the model compute) on category prompts
-          (--categories, the study's 8 by default), scored with the part-1 metrics: self mass,
+          what qk_edits.qk_override_hooks make the model compute) on category prompts
+          (--categories, the study's 8 by default), scored with the semantic metrics: self mass,
           partner mass, BOS mass when no partner, S (exact, from the pre-softmax scores)
 
 Controls (--controls): the same factor sweep on every control head, and a targeted edit on each head:
@@ -22,21 +22,22 @@ factor -1 and 0 high (flipping the negative eigenvalues gives self-attention bac
 edit's self_mass_change high. They are facts about specificity: the controls show whether the
 edit restores self-attention only in the target.
 
-Writes results/<model>/svd_group_scaling_heatmap.json and figures/<model>/svd_group_scaling_heatmap
-(maps) and svd_group_scaling_heatmap_causal (masses against f).
+Writes results/<model>/eigenvalue_scaling.json and figures/<model>/eigenvalue_scaling
+(maps) and eigenvalue_scaling_causal (masses against f).
 """
 
 from __future__ import annotations
 
 from transformer_lens import FactoredMatrix
 
-from analysis import cli, controls, io, prompts, scores
+from analysis import cli, controls, io, prompts, qk_edits, scores
 from analysis import qk_decomposition as qk
 from analysis.attention import head_scale, head_weights
+from analysis.heads import control_heads, load_target
 from analysis.plotting import group_heatmaps, save_figure, target_vs_controls, use_style
 from analysis.token_maps import block_means, group_tokens, token_inputs
 
-NAME = "svd_group_scaling_heatmap"
+NAME = "eigenvalue_scaling"
 
 
 def build_parser():
@@ -57,7 +58,7 @@ def build_parser():
 
 
 def main(args) -> None:
-    model, layer, head = cli.load_target(args)
+    model, layer, head = load_target(args)
     scale = head_scale(model.cfg, layer)
     W_Q, W_K, b_Q, b_K = head_weights(model, layer, head, include_bias=True)
     spectrum = qk.symmetric_spectrum(W_Q, W_K)
@@ -68,17 +69,17 @@ def main(args) -> None:
     tokens, mask = prompts.category_probe(model, categories, args.n_prompts, args.n_words, args.seed + 1)
 
     edited = {f: qk.edited_factors(W_Q, W_K, spectrum, negative, f) for f in args.factors}
-    in_context = qk.in_context_grid(model, tokens, mask, layer, head, {"base": (W_Q, W_K), **edited}, b_Q, b_K)
+    in_context = qk_edits.in_context_grid(model, tokens, mask, layer, head, {"base": (W_Q, W_K), **edited}, b_Q, b_K)
     base = in_context.pop("base")  # the unedited head
     maps = [qk.token_scores(E, FactoredMatrix(A, B.T), E, scale) for A, B in edited.values()]
     per_factor = [{"factor": f, "map": m, "block_means": block_means(m, group), "in_context": in_context[f]}
                   for f, m in zip(edited, maps)]
-    heads = [(layer, head)] + cli.control_heads(model, (layer, head), args.controls, args.seed)
+    heads = [(layer, head)] + control_heads(model, (layer, head), args.controls, args.seed)
     inputs = {l: token_inputs(model, l, args.input, token_ids=ids, seed=args.seed) for l in {l for l, _ in heads}}
-    edits = qk.edit_sweep(model, tokens, mask, qk.eigenvalue_edits(
+    edits = qk_edits.edit_sweep(model, tokens, mask, qk_edits.eigenvalue_edits(
         {hd: head_weights(model, *hd)[:2] for hd in heads}, {hd: inputs[hd[0]] for hd in heads}, args.factors,
         args.targeted_k))
-    report = controls.compare((layer, head), qk.edit_statistics(edits),
+    report = controls.compare((layer, head), qk_edits.edit_statistics(edits),
                               {f"{e}_self_mass_change": "high" for e in ("factor -1", "factor 0", "targeted")})
     results = {"head": {"layer": layer, "head": head}, "input": args.input, "tokens": labels,
                "n_negative_eigenvalues": len(negative), "unedited_in_context": base,
