@@ -181,10 +181,10 @@ INVESTIGATIONS = {
 induction {ScanIndHead} {ScanIndScore} at |r| = {ScanRepeatLong} and {ScanIndShort} at |r| = {ScanRepeatShort} \
 (next {ScanIndRunnerHead} {ScanIndRunnerScore}); duplicate-token {ScanDupHead} {ScanDupScore}; semantic \
 {ScanSemHead}, S = {ScanSemScore} (next {ScanSemRunnerHead} {ScanSemRunnerScore}). {ScanPlantedFound} of \
-{OrgPlantedCount} planted heads rank first of their kind. `detect_head` against the exact relation: largest \
-deviation {DetectDeviation}.
-- `manual_attention`: largest difference from TransformerLens {ManualMaxTL}, from Hugging Face {ManualMaxHF}, \
-{ManualWithin} the tolerance {ManualTolerance}.
+{OrgPlantedCount} planted heads rank first of their kind.
+- `manual_attention`: every head's pattern agrees with TransformerLens's and Hugging Face's {ManualWithin} the \
+tolerance {ManualTolerance}. (The largest differences, rounding errors that vary from machine to machine, are in \
+the paper and the results.)
 - `attention_stats`: most focused head {StatsFocusedHead} (entropy {StatsFocusedValue} nats), most diffuse \
 {StatsDiffuseHead} ({StatsDiffuseValue}), longest range {StatsLongestHead} (mean distance {StatsLongestValue}), \
 most BOS mass {StatsBosHead} ({StatsBosValue}).
