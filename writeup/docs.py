@@ -375,7 +375,7 @@ def render_bench(sources: Sources) -> str:
             missing.append(name)
             continue
         prov = record["provenance"]
-        machine = {"torch_threads": prov["hardware"]["torch_threads"], "platform": prov["hardware"]["platform"]}
+        machine = {**record.get("machine", {}), "torch_threads": prov["hardware"]["torch_threads"]}
         rows.append([f"`{name}`", record["description"].splitlines()[0],
                      "; ".join(record["results"].get("summary", [])), f"{_commit(prov['git_commit'])}; "
                                                                       f"{_machine(machine)}"])
