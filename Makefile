@@ -112,7 +112,8 @@ $(RUNS)/%.json: scripts/%.py $(PACKAGE_FILES) | $(STAMP)
 
 $(GENERATED)/macros.tex: $(RUN_STAMPS) scripts/make_paper_inputs.py $(WRITEUP_FILES) analysis/organism/report.py \
 		paper/reported_gpt2.json | $(STAMP)
-	$(PY) scripts/make_paper_inputs.py $(SCRIPT_ARGS) $(OUT_ARGS) --generated $(GENERATED) --scripts $(DEMO_SCRIPTS)
+	$(PY) scripts/make_paper_inputs.py $(SCRIPT_ARGS) $(OUT_ARGS) --generated $(GENERATED) --scripts $(DEMO_SCRIPTS) \
+		$(if $(filter 1,$(LIGHT)),,--docs)
 
 # build_paper.py writes its --pdf only when the log is clean, so a failed check is retried next time.
 $(PAPER_BUILD)/checked.pdf: paper/main.tex paper/references.bib $(GENERATED)/macros.tex scripts/build_paper.py $(WRITEUP_FILES)
@@ -124,7 +125,39 @@ paper: $(PAPER_BUILD)/checked.pdf  # a light build's PDF stays in its build fold
 # The paper tests read a trimmed copy of the organism's results: refresh it after changing writeup/ or a script's results.
 paper-fixture: $(RUN_STAMPS)
 	rm -rf tests/fixtures/paper/$(MODEL_ID)
-	$(PY) scripts/make_paper_inputs.py $(SCRIPT_ARGS) --scripts $(DEMO_SCRIPTS) --trimmed-copy tests/fixtures/paper/$(MODEL_ID)
+	$(PY) scripts/make_paper_inputs.py $(SCRIPT_ARGS) --scripts $(DEMO_SCRIPTS) --trimmed-copy tests/fixtures/paper/$(MODEL_ID) \
+		--docs
+
+# --- the generated regions of README.md and docs/*.md (writeup/docs.py) --------------------------------
+#   make docs          rewrite them: the organism's numbers from results/organism, run times from docs/data/
+#   make docs-check    exit 1 if one is stale (tests/test_docs.py checks them against the paper fixture)
+# make paper (and paper-fixture) rewrites them too, but only from the shipped organism's results, processed as by
+# default (decided from the results' provenance): any other model's paper leaves them as they are.
+# Records of measured run times, each with its commit and machine; each target then runs make docs:
+#   make record-runs [MODEL=.. LIGHT=1]              MODEL's run stamps of its last build -> docs/data/runs/<id>.json
+#   make record-time NAME=make-test CMD="make test"  CMD's wall time -> docs/data/commands/NAME.json
+#   make record-bench [BENCH_ARGS="--only NAME"]     benchmarks -> docs/data/bench/<name>.json
+RECORDS := docs/data
+.PHONY: docs docs-check record-runs record-time record-bench
+docs: | $(STAMP)
+	$(PY) -m writeup.docs
+
+docs-check: | $(STAMP)
+	$(PY) -m writeup.docs --check
+
+record-runs: | $(STAMP)
+	$(PY) bench/records.py runs $(RUNS) $(RECORDS)/runs/$(BUILD_ID).json --scripts $(DEMO_SCRIPTS) \
+		--command "make all MODEL=$(MODEL)$(if $(filter-out default,$(PROCESSING)), PROCESSING=$(PROCESSING))$(if $(filter 1,$(LIGHT)), LIGHT=1)"
+	$(PY) -m writeup.docs
+
+record-time: | $(STAMP)
+	$(if $(and $(NAME),$(CMD)),,$(error name the record and the command: make record-time NAME=make-test CMD="make test"))
+	$(PY) bench/records.py time $(RECORDS)/commands/$(NAME).json -- $(CMD)
+	$(PY) -m writeup.docs
+
+record-bench: setup
+	$(PY) bench/run.py --out $(RECORDS)/bench $(BENCH_ARGS)
+	$(PY) -m writeup.docs
 
 # Scripts that read other scripts' results (besides the analysis package):
 $(RUNS)/cosine_attention_analysis.json: $(RUNS)/token_freq.json

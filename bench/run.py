@@ -30,6 +30,7 @@ sys.path[:0] = [str(BENCH_DIR.parent), str(BENCH_DIR)]
 
 from analysis import cli, io  # noqa: E402
 from benchlib import Settings  # noqa: E402
+from records import machine  # noqa: E402
 
 RESULTS_DIR = BENCH_DIR / "results"
 
@@ -71,9 +72,10 @@ def main(argv: list[str] | None = None) -> None:
     for name, fn in chosen.items():
         cli.seed_everything(args.seed)
         print(f"== {name}", flush=True)
+        where = machine()  # the load average before the benchmark, beside the CPU count
         start = time.perf_counter()
         results = fn(settings)
-        payload = {"provenance": io.provenance(None, vars(args), args.seed),
+        payload = {"provenance": io.provenance(None, vars(args), args.seed), "machine": where,
                    "benchmark": name, "description": (fn.__doc__ or "").strip(), "results": results}
         path = io.write_json_atomic(args.out / f"{name}.json", payload)
         for line in results.get("summary", []):

@@ -9,7 +9,9 @@ paper/reported_gpt2.json) through the declarative spec in writeup/spec.py and wr
 
 `make paper` runs it, then scripts/build_paper.py. With --trimmed-copy DIR it also writes only
 the entries the paper reads to DIR, laid out as results/<model>/ (the paper tests' fixture is
-refreshed with --trimmed-copy tests/fixtures/paper/organism).
+refreshed with --trimmed-copy tests/fixtures/paper/organism). With --docs it also rewrites the generated
+regions of README.md and docs/*.md (writeup/docs.py), where the results are the shipped organism's, processed as
+by default; any other model's results leave them as they are.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 
 from analysis import cli
 from analysis.io import figures_dir
+from writeup import docs
 from writeup.fixture import trimmed_copy
 from writeup.generate import generate
 from writeup.results import PAPER_DIR, Results
@@ -32,6 +35,9 @@ def build_parser():
     p.add_argument("--figures", type=Path, default=None, help="figures directory (default: OUT/figures/<model>)")
     p.add_argument("--trimmed-copy", type=Path, default=None, metavar="DIR",
                    help="also copy the entries the paper reads to DIR, laid out as results/<model>/ (test fixture)")
+    p.add_argument("--docs", action="store_true",
+                   help="also rewrite the generated regions of README.md and docs/*.md where the results are the "
+                        "shipped organism's (others leave them as they are)")
     cli.add_results_processing_argument(p)
     return p
 
@@ -45,6 +51,13 @@ def main(args) -> None:
     if args.trimmed_copy is not None:
         written = trimmed_copy(results, args.trimmed_copy, args.scripts)
         print(f"trimmed copy: {len(written)} files under {args.trimmed_copy}")
+    if args.docs:
+        why = docs.not_shipped_organism(results)
+        if why:
+            print(f"README.md and docs/ left as they are: {why}")
+        else:
+            changed = docs.write_regions(docs.Sources(results))
+            print("generated regions rewritten in " + (", ".join(changed) if changed else "no file (up to date)"))
 
 
 if __name__ == "__main__":

@@ -34,6 +34,14 @@ def _figure_dir(figures_dir: Path | str, paper_dir: Path | str) -> tuple[str, st
     return "FigureDir", figures_tex.replace(os.sep, "/") + "/", [(str(figures), "")]
 
 
+def paper_macros(results: Results) -> list[tuple[str, str, Origin]]:
+    """Every macro of writeup.spec that `results` defines (those under a switch only while it holds): its name,
+    its LaTeX and the (file, entry) pairs it was computed from."""
+    switch = switches(results)
+    return [(m.name, m.latex(results), [(str(results.path(src)), path) for src, path in m.entries])
+            for m in macros() if m.guard is None or switch[m.guard]]
+
+
 def generate(results: Results, out_dir: Path | str, figures_dir: Path | str, scripts: Sequence[str],
              paper_dir: Path | str = PAPER_DIR) -> dict[str, dict]:
     """Write macros.tex, tab_*.tex and manifest.json into `out_dir`; returns the manifest.
@@ -42,8 +50,7 @@ def generate(results: Results, out_dir: Path | str, figures_dir: Path | str, scr
     """
     out_dir = Path(out_dir)
     switch = switches(results)
-    found = [(m.name, m.latex(results), [(str(results.path(src)), path) for src, path in m.entries])
-             for m in macros() if m.guard is None or switch[m.guard]]
+    found = paper_macros(results)
     found += _run_macros(results, scripts)
     found.append(_figure_dir(figures_dir, paper_dir))
 

@@ -145,8 +145,9 @@ def table_communities(results: Results, n_members: int = 5) -> str:
     return tabular("rrlr" + column, ["id", "size", "category", "purity", "first members"], rows)
 
 
-def table_thresholds(results: Results) -> str:
-    """The organism's acceptance thresholds (analysis.organism.report.THRESHOLDS) beside its measured values."""
+def threshold_rows(results: Results) -> tuple[list[str], list[list[str]]]:
+    """The thresholds table's header and rows (cells in LaTeX): each threshold of
+    analysis.organism.report.THRESHOLDS, the first evaluation, the final."""
     evals = [r for r in results.get("training_log", "log") if "eval" in r]
     first = evals[0]
     rows = []
@@ -155,8 +156,12 @@ def table_thresholds(results: Results) -> str:
         rows.append([threshold_label(key), f"{rule_tex} {format_value(bound, '.1f')}",
                      format_value(first["eval"][key], ".2f"),
                      format_value(results.get("training_log", f"final_eval.{key}"), ".3f")])
-    header = ["behaviour of the planted head", "threshold", f"step {first['step'] + 1}", "final"]
-    return tabular("llrr", header, rows)
+    return ["behaviour of the planted head", "threshold", f"step {first['step'] + 1}", "final"], rows
+
+
+def table_thresholds(results: Results) -> str:
+    """The organism's acceptance thresholds (analysis.organism.report.THRESHOLDS) beside its measured values."""
+    return tabular("llrr", *threshold_rows(results))
 
 
 def table_provenance(results: Results, sources: Sequence[str]) -> str:
@@ -245,10 +250,13 @@ EVIDENCE_ROWS = [
 ]
 
 
-def table_evidence(results: Results) -> str:
-    """Each mechanism claim against its controls: the target's value and rank, the strongest control, the null,
-    and whether the target beats every control in the direction the claim predicts. A step the model could not
-    run (a switch of spec.SWITCHES that does not hold) leaves its rows out."""
+EVIDENCE_HEADER = ["claim", "pred.", "target", "rank", "strongest control", "null", "separates"]
+
+
+def evidence_rows(results: Results) -> list[list[str]]:
+    """Each mechanism claim against its controls (cells in LaTeX, as EVIDENCE_HEADER): the target's value and rank,
+    the strongest control, the null, and whether the target beats every control in the direction the claim
+    predicts. A step the model could not run (a switch of spec.SWITCHES that does not hold) leaves its rows out."""
     held = switches(results)
     rows = []
     for claim, source, name, fmt, null in EVIDENCE_ROWS:
@@ -263,9 +271,13 @@ def table_evidence(results: Results) -> str:
                      MISSING if rival is None else f"{head_name(rival)} {format_value(rival['value'], fmt)}",
                      MISSING if null is None else format_value(results.get(source, null), fmt),
                      "yes" if entry["separates"] else "no"])
+    return rows
+
+
+def table_evidence(results: Results) -> str:
+    """The evidence table (evidence_rows)."""
     column = r">{\raggedright\arraybackslash}p{0.30\linewidth}"  # room for 144-head ranks and two-digit layers
-    header = ["claim", "pred.", "target", "rank", "strongest control", "null", "separates"]
-    return tabular(column + "lrrlrl", header, rows)
+    return tabular(column + "lrrlrl", EVIDENCE_HEADER, evidence_rows(results))
 
 
 def tables(results: Results, scripts: Sequence[str]) -> dict[str, str]:
