@@ -35,8 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from analysis.errors import UsageError
-from analysis.io import REPO_ROOT, write_text_atomic
-from analysis.models import ORGANISM_DIR, TRAINING_LOG_FILE, checkpoint_path
+from analysis.io import REPO_ROOT, write_atomic
+from analysis.models import checkpoint_path
+from analysis.organism.files import ORGANISM_DIR, TRAINING_LOG_FILE
 from writeup.generate import paper_macros
 from writeup.results import MODEL_SOURCE, MODEL_TRUTH, Results
 from writeup.tables import EVIDENCE_HEADER, evidence_rows, threshold_rows
@@ -472,7 +473,7 @@ def write_regions(sources: Sources, root: Path = REPO_ROOT) -> list[str]:
     changed = []
     for file, text in rendered(sources, root).items():
         if (root / file).read_text() != text:
-            write_text_atomic(root / file, text)
+            write_atomic(root / file, text)
             changed.append(file)
     return changed
 
