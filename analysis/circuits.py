@@ -18,7 +18,7 @@ from torch import Tensor
 from transformer_lens import FactoredMatrix, HookedTransformer
 
 from analysis import prompts
-from analysis.attention import attention_score_matrix
+from analysis.attention import QKHead, attention_score_matrix
 from analysis.errors import UsageError
 
 # --- copying scores -------------------------------------------------------------------------
@@ -158,7 +158,7 @@ def token_qk(query_input: Tensor, key_input: Tensor, bos_key_input: Tensor, W_Q:
     Inputs `[n, d_model]` are a head's normalised inputs; `W_Q, W_K: [d_model, d_head]`; `scale`
     is the model's (`attention.head_scale`). The scores are `attention.attention_score_matrix`'s.
     """
-    scores = attention_score_matrix(query_input, key_input, W_Q, W_K, scale, b_Q)  # b_K cancels below
+    scores = attention_score_matrix(query_input, key_input, QKHead(W_Q, W_K, scale, b_Q))  # b_K cancels below
     bos_key = bos_key_input @ W_K  # (hs,)
     return FactoredMatrix(scores.A, scores.B - bos_key[:, None])  # key side: x_b W_K - x_BOS W_K
 

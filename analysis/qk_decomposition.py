@@ -39,7 +39,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import FactoredMatrix
 
-from analysis.attention import attention_score_matrix, attention_scores, self_attention_scores
+from analysis.attention import QKHead, attention_score_matrix, attention_scores, self_attention_scores
 
 
 # --- the decomposition -----------------------------------------------------------------------
@@ -145,12 +145,12 @@ def token_scores(query_input: Tensor, W: FactoredMatrix, key_input: Tensor, scal
 
     Through the factors, (x_q A)(x_k B^T)^T: the cost is n_q n_k inner-dim, the memory n_q n_k.
     """
-    return attention_scores(query_input, key_input, W.A, W.B.T, scale)
+    return attention_scores(query_input, key_input, QKHead(W.A, W.B.T, scale))
 
 
 def self_scores(x: Tensor, W: FactoredMatrix, scale: float) -> Tensor:
     """`[n]`: each input's score with itself, x_i W x_i^T / scale, without the n x n matrix."""
-    return self_attention_scores(x, W.A, W.B.T, scale)
+    return self_attention_scores(x, QKHead(W.A, W.B.T, scale))
 
 
 def self_score_parts(x: Tensor, spectrum: Spectrum, scale: float) -> tuple[Tensor, Tensor]:
@@ -163,7 +163,7 @@ def self_score_parts(x: Tensor, spectrum: Spectrum, scale: float) -> tuple[Tenso
 def score_blocks(query_input: Tensor, W: FactoredMatrix, key_input: Tensor, scale: float, chunk_size: int = 1024
                  ) -> Iterator[tuple[int, Tensor]]:
     """(start, `block: [C, n_k]`) for consecutive chunks of queries: `token_scores` one chunk at a time."""
-    matrix = attention_score_matrix(query_input, key_input, W.A, W.B.T, scale)  # (n_q, r) @ (r, n_k), factored
+    matrix = attention_score_matrix(query_input, key_input, QKHead(W.A, W.B.T, scale))  # (n_q, r) @ (r, n_k), factored
     for start in range(0, len(query_input), chunk_size):
         yield start, matrix.A[start:start + chunk_size] @ matrix.B
 
@@ -321,8 +321,3 @@ def edited_factors(W_Q: Tensor, W_K: Tensor, spectrum: Spectrum, index: Tensor, 
     V = spectrum.vectors[:, index]  # (d_model, |S|)
     delta = (factor - 1) * spectrum.values[index]
     return torch.cat([W_Q, V * delta], -1), torch.cat([W_K, V], -1)
-
-
-def pad_bias(b: Tensor | None, width: int) -> Tensor | None:
-    """A head's bias `[d_head]` padded with zeros to `[width]`, for the extra columns of edited factors."""
-    return b if b is None or len(b) == width else torch.cat([b, b.new_zeros(width - len(b))])

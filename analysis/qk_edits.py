@@ -17,10 +17,9 @@ import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from analysis.attention import attention_scores, head_scale, head_weights
+from analysis.attention import QKHead, attention_scores, head_scale, pad_bias, qk_head
 from analysis.patterns import head_pattern_and_scores, layer_input
-from analysis.qk_decomposition import (edited_factors, most_negative, pad_bias, self_suppressing_components,
-                                       symmetric_spectrum)
+from analysis.qk_decomposition import edited_factors, most_negative, self_suppressing_components, symmetric_spectrum
 from analysis.scores import MASSES, semantic_scores
 
 
@@ -45,7 +44,7 @@ def qk_override_hooks(model: HookedTransformer, layer: int, head: int, W_Q: Tens
     def replace_scores(scores: Tensor, hook) -> Tensor:  # (B, nh, T, T)
         x = block.ln1(stash.pop("x"))
         biases = [None if b is None else b.to(x) for b in (b_Q, b_K)]
-        new = attention_scores(x, x, W_Q.to(x), W_K.to(x), scale, *biases)  # (B, T, T)
+        new = attention_scores(x, x, QKHead(W_Q.to(x), W_K.to(x), scale, *biases))  # (B, T, T)
         causal = torch.ones(new.shape[-2:], dtype=torch.bool, device=new.device).tril()
         scores = scores.clone()
         scores[:, head] = torch.where(causal, new.to(scores.dtype), scores[:, head])
@@ -61,7 +60,7 @@ def pattern_from_input(x: Tensor, W_Q: Tensor, W_K: Tensor, scale: float, b_Q: T
     padded with zeros to width r), -inf above the diagonal, pattern = softmax(z). This is what `qk_override_hooks`
     make the model compute; it stays differentiable in W_Q and W_K."""
     biases = [None if b is None else pad_bias(b, W.shape[-1]).to(x) for b, W in ((b_Q, W_Q), (b_K, W_K))]
-    z = attention_scores(x, x, W_Q.to(x), W_K.to(x), scale, *biases).float()  # (B, T, T)
+    z = attention_scores(x, x, QKHead(W_Q.to(x), W_K.to(x), scale, *biases)).float()  # (B, T, T)
     causal = torch.ones(z.shape[-2:], dtype=torch.bool, device=z.device).tril()
     z = z.masked_fill(~causal, -torch.inf)
     return z.softmax(-1), z
@@ -98,8 +97,8 @@ def edited_heads_in_context(model: HookedTransformer, tokens: Tensor, mask: Tens
     (W_Q, W_K)` and its own biases (`in_context_edits`: one run of the model per layer, S exact)."""
     results = {}
     for layer in sorted({l for l, _ in edits}):
-        heads = {(l, h): (*edits[(l, h)], *head_weights(model, l, h, include_bias=True)[2:]) for l, h in edits
-                 if l == layer}
+        own = {(l, h): qk_head(model, l, h, bias=True) for l, h in edits if l == layer}
+        heads = {hd: (*edits[hd], qk.b_Q, qk.b_K) for hd, qk in own.items()}
         results |= in_context_edits(model, tokens, mask, layer, heads, batch_size)
     return {hd: results[hd] for hd in edits}
 

@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from analysis import qk_decomposition as qk
-from analysis.attention import attention_scores, head_scale, head_weights
+from analysis.attention import QKHead, attention_scores, head_scale, qk_head
 from analysis.controls import head_key
 from analysis.qk_decomposition import Spectrum, most_negative, self_score_parts, spectrum_summary, symmetric_spectrum
 from analysis.qk_edits import in_context_grid
@@ -115,7 +115,7 @@ def input_statistics(x: Tensor, category: Tensor, W_Q: Tensor, W_K: Tensor, scal
                      spectrum: Spectrum | None = None, ks: Sequence[int] = (1, 4, 16)) -> dict[str, float]:
     """Every statistic of the module docstring for one head on inputs `x: [n, d]` with labels `category: [n]`."""
     spectrum = symmetric_spectrum(W_Q, W_K) if spectrum is None else spectrum
-    scores = attention_scores(x, x, W_Q, W_K, scale)  # (n, n)
+    scores = attention_scores(x, x, QKHead(W_Q, W_K, scale))  # (n, n)
     positive, negative = self_score_parts(x, spectrum, scale)
     margin = float(partner_margins(scores, category).nanmean())
     return {"self_score": float(scores.diagonal().mean()), "self_positive_part": float(positive.mean()),
@@ -141,7 +141,7 @@ def head_statistics(x: Tensor, category: Tensor, W_Q: Tensor, W_K: Tensor, scale
     stats = {"n_negative_eigenvalues": float(summary["n_negative"]),
              "negative_eigenvalue_share": summary["negative_share"], "trace": summary["trace"],
              **input_statistics(x, category, W_Q, W_K, scale, spectrum, ks)}
-    null = shuffled_margins(attention_scores(x, x, W_Q, W_K, scale), category, n_permutations, seed)
+    null = shuffled_margins(attention_scores(x, x, QKHead(W_Q, W_K, scale)), category, n_permutations, seed)
     stats |= {"margin_shuffled_mean": float(null.mean()), "margin_shuffled_q05": float(null.quantile(0.05)),
               "margin_shuffled_z": (stats["margin"] - float(null.mean())) / float(null.std())}
     y = gaussian_like(x, n_gaussian, seed)
@@ -173,7 +173,7 @@ def group_map_statistics(x: Tensor, group: Tensor, W_Q: Tensor, W_K: Tensor, sca
     """On a token set with groups (e.g. the 30-token group set): `token_maps.block_means` of the map
     s = x W x^T / scale (self_minus_in_group, in_minus_out_group) and the normalised partner margin and
     below-partners share of `input_statistics`. `seed` is unused (the signature `every_head_statistics` calls)."""
-    scores = attention_scores(x, x, W_Q, W_K, scale)
+    scores = attention_scores(x, x, QKHead(W_Q, W_K, scale))
     blocks = block_means(scores, group)
     margin = float(partner_margins(scores, group).nanmean())
     return {"self_minus_in_group": blocks["self_minus_in_group"],
@@ -200,8 +200,8 @@ def every_head_statistics(model: HookedTransformer, view: str, token_ids: Tensor
             x = token_inputs(model, layer, view, token_ids=token_ids, seed=seed).float().cpu()  # (n, d_model)
             scale = head_scale(model.cfg, layer)
             for head in range(n_heads):
-                W_Q, W_K, _, _ = head_weights(model, layer, head)
-                out[(layer, head)] = statistics(x, category, W_Q, W_K, scale, seed)
+                own = qk_head(model, layer, head)
+                out[(layer, head)] = statistics(x, category, own.W_Q, own.W_K, scale, seed)
                 bar.update()
     return out
 
@@ -236,7 +236,8 @@ def rank_grid(model: HookedTransformer, layer: int, head: int, E: Tensor, tokens
     one run up to the layer, every edited pattern from its cached input). k is capped at the head's number
     of negative eigenvalues.
     """
-    W_Q, W_K, b_Q, b_K = head_weights(model, layer, head, include_bias=True)
+    own = qk_head(model, layer, head, bias=True)
+    W_Q, W_K, b_Q, b_K = own.W_Q, own.W_K, own.b_Q, own.b_K
     spectrum = symmetric_spectrum(W_Q, W_K)
     n_negative = len(most_negative(spectrum.values))
     ks = sorted({min(k, n_negative) for k in ks})  # k beyond the negative count repeats the last cell

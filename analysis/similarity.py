@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from analysis.attention import attention_scores, head_scale, head_weights
+from analysis.attention import QKHead, attention_scores, qk_head
 from analysis.vocab_input import head_input
 
 
@@ -41,7 +41,7 @@ def score_minus_self(inputs: Tensor, query_index: Tensor, W_Q: Tensor, W_K: Tens
 
     s is the head's attention score with the model's attention `scale` (`attention.head_scale`).
     """
-    scores = attention_scores(inputs[query_index], inputs, W_Q, W_K, scale, b_Q, b_K)  # (C, N)
+    scores = attention_scores(inputs[query_index], inputs, QKHead(W_Q, W_K, scale, b_Q, b_K))  # (C, N)
     return scores - scores.gather(1, query_index[:, None])
 
 
@@ -188,8 +188,9 @@ def category_contrast_by_head(model, reference: Tensor, variant: str, category_i
     for layer in range(model.cfg.n_layers):
         words = head_input(model, layer, reference, variant, token_ids=category_ids)  # (n, d_model)
         for head in range(model.cfg.n_heads):
-            out[(layer, head)] = category_pairs(words, category, *head_weights(model, layer, head, include_bias),
-                                                scale=head_scale(model.cfg, layer), unit=unit)
+            own = qk_head(model, layer, head, include_bias)
+            out[(layer, head)] = category_pairs(words, category, own.W_Q, own.W_K, own.b_Q, own.b_K,
+                                                scale=own.scale, unit=unit)
     return out
 
 
@@ -246,14 +247,14 @@ def study_curve(inputs: Tensor, W_Q: Tensor, W_K: Tensor, *, n_windows: int = 50
     lse, own = torch.empty(n, dtype=torch.float64), torch.empty(n, dtype=torch.float64)
     cos_min = 1.0
     for index in chunks:  # pass 1: LSE_q, s(q, q), the smallest cosine
-        s = attention_scores(inputs[index], inputs, W_Q, W_K, 1.0).double()  # (C, N)
+        s = attention_scores(inputs[index], inputs, QKHead(W_Q, W_K, 1.0)).double()  # (C, N)
         lse[index], own[index] = s.logsumexp(-1), s[torch.arange(len(index)), index]
         cos_min = min(cos_min, float(cosine_matrix(inputs[index], inputs).min()))
     starts = torch.linspace(cos_min, 1.0, n_windows, dtype=torch.float64)
     count = torch.zeros(n_windows, dtype=torch.float64)
     total, square = torch.zeros_like(count), torch.zeros_like(count)
     for index in tqdm(chunks, desc="study windows", disable=not progress, leave=False):  # pass 2: windows
-        s = attention_scores(inputs[index], inputs, W_Q, W_K, 1.0).double()  # (C, N)
+        s = attention_scores(inputs[index], inputs, QKHead(W_Q, W_K, 1.0)).double()  # (C, N)
         if subtract == "column":
             y = s - own[None, :] - lse[index, None] + lse[None, :]
         else:

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from analysis import scores
-from analysis.attention import attention_scores, head_scale, head_weights
+from analysis.attention import QKHead, attention_scores, head_scale, qk_head
 from analysis.patterns import layer_input
 from analysis.qk_decomposition import qk_matrix
 from analysis.qk_edits import in_context_edits, pattern_from_input
@@ -114,7 +114,8 @@ def gradient_steer(model: HookedTransformer, tokens: Tensor, mask: Tensor, layer
     """
     if direction not in SIGN:
         raise ValueError(f"direction must be one of {sorted(SIGN)}, got {direction!r}")
-    W_Q, W_K, b_Q, b_K = head_weights(model, layer, head, include_bias=True)
+    own = qk_head(model, layer, head, bias=True)
+    W_Q, W_K, b_Q, b_K = own.W_Q, own.W_K, own.b_Q, own.b_K
     W_Q, W_K = W_Q.clone().requires_grad_(True), W_K.clone().requires_grad_(True)
     x = layer_input(model, tokens, layer) if x is None else x  # (B, T, d_model)
     scale = head_scale(model.cfg, layer)
@@ -182,7 +183,8 @@ def steer_heads(model: HookedTransformer, heads: Sequence[Head], train: tuple[Te
     for layer, head in tqdm(heads, desc="heads (gradient and trace edits)", disable=not progress):
         if layer not in inputs:
             inputs[layer] = layer_input(model, train[0], layer)
-        W_Q, W_K, *biases[(layer, head)] = head_weights(model, layer, head, include_bias=True)
+        own = qk_head(model, layer, head, bias=True)
+        W_Q, W_K, biases[(layer, head)] = own.W_Q, own.W_K, [own.b_Q, own.b_K]
         conditions, runs = {"before": (W_Q, W_K)}, {}
         for direction in directions:
             run = gradient_steer(model, *train, layer, head, direction, lam, lr, steps, batch_size, seed, mu=mu,
@@ -245,7 +247,7 @@ def query_top_keys(E: Tensor, query_id: int, conditions: Mapping[str, tuple[Tens
     {"keys": labels, "scores": [k], "query_self_rank": 1 + number of keys scoring above the query itself}."""
     table = {}
     for name, (Wq, Wk) in conditions.items():
-        row = attention_scores(E[[query_id]], E, Wq, Wk, scale, b_Q, b_K)[0]  # (d_vocab,)
+        row = attention_scores(E[[query_id]], E, QKHead(Wq, Wk, scale, b_Q, b_K))[0]  # (d_vocab,)
         values, keys = row.topk(k)
         table[name] = {"keys": [labels[i] for i in keys], "scores": values,
                        "query_self_rank": int((row > row[query_id]).sum()) + 1}

@@ -9,7 +9,7 @@ from transformer_lens import FactoredMatrix
 from analysis import clustering
 from analysis import qk_decomposition as qk
 from analysis.models import load_model
-from analysis.attention import head_scale, head_weights
+from analysis.attention import head_scale, qk_head
 from analysis.vocab_input import head_input
 from benchlib import MB, Settings, measure
 
@@ -25,7 +25,8 @@ def bench_qk_spectra_and_self_ranks(settings: Settings) -> dict:
                                           for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)])
     n_tokens = 8192 if settings.quick else model.cfg.d_vocab
     x = head_input(model, 1, variant="zero", token_ids=torch.arange(n_tokens), use_cache=False)  # (n, d_model)
-    Wq, Wk, _, _ = head_weights(model, 1, 5)
+    own = qk_head(model, 1, 5)
+    Wq, Wk = own.W_Q, own.W_K
     spectrum = qk.symmetric_spectrum(Wq, Wk)
     A, B = qk.edited_factors(Wq, Wk, spectrum, qk.most_negative(spectrum.values, 24), -2.0)
     ranks, t_ranks = measure(lambda: qk.self_ranks(x, FactoredMatrix(A, B.T), chunk_size=1024))

@@ -7,7 +7,7 @@ import torch
 from transformer_lens import FactoredMatrix
 
 from analysis import qk_decomposition as qk
-from analysis.attention import head_weights
+from analysis.attention import qk_head
 from analysis.models import load_model
 from analysis.vocab_input import head_input
 from benchlib import Settings, measure, ratio
@@ -21,7 +21,8 @@ def bench_rank_ablation_grid(settings: Settings) -> dict:
     model = load_model("gpt2-random", settings.device)
     n_tokens = 4096 if settings.quick else model.cfg.d_vocab
     x = head_input(model, 1, variant="zero", token_ids=torch.arange(n_tokens), use_cache=False)  # (n, d_model)
-    W_Q, W_K, _, _ = head_weights(model, 1, 5)
+    own = qk_head(model, 1, 5)
+    W_Q, W_K = own.W_Q, own.W_K
     spectrum = qk.symmetric_spectrum(W_Q, W_K)
     grid, t_grid = measure(lambda: qk.self_ranks_grid(x, W_Q, W_K, spectrum, KS, SCALES, chunk_size=128))
     k, scale = 16, -1.0  # one cell the old way: a product of inner size d_head + k for that cell alone

@@ -11,7 +11,7 @@ import torch
 
 from analysis import prompts
 from analysis import qk_decomposition as qk
-from analysis.attention import head_scale, head_weights
+from analysis.attention import head_scale, qk_head
 from analysis.models import load_model, random_gpt2
 from analysis.sae import features, sources
 from benchlib import MB, Settings, _rss, measure, save_random_sae
@@ -32,7 +32,8 @@ def sae_step(model, sae, layer: int, head: int, n_prompts: int, n_words: int, se
     chosen, group = features.select_features(by_category)
     token_labels = model.tokenizer.batch_decode([[int(i)] for i in seen])
     labels = [features.feature_label(by_token, int(f), token_labels) for f in chosen]
-    W_Q, W_K, _, _ = head_weights(model, layer, head)
+    own = qk_head(model, layer, head)
+    W_Q, W_K = own.W_Q, own.W_K
     x = features.feature_inputs(model, sae, layer, chosen)
     scores = qk.token_scores(x, qk.qk_matrix(W_Q, W_K), x, head_scale(model.cfg, layer))
     return {"seen_tokens": len(seen), "features": len(labels), "map_shape": list(scores.shape),

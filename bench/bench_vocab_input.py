@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from analysis import prompts, similarity, vocab_input
-from analysis.attention import head_scale, head_weights
+from analysis.attention import qk_head
 from analysis.models import load_model, random_gpt2
 from benchlib import Settings, _rss, measure
 
@@ -37,7 +37,8 @@ def bench_cosine_pairs_8192(settings: Settings) -> dict:
     n = 1024 if settings.quick else 8192
     reference = prompts.reference_prompts(model, seed=settings.seed, n_prompts=8)
     inputs = vocab_input.head_input(model, 1, reference, token_ids=torch.arange(n), use_cache=False)
-    weights, scale = head_weights(model, 1, 5, include_bias=True), head_scale(model.cfg, 1)
+    own = qk_head(model, 1, 5, bias=True)
+    weights, scale = (own.W_Q, own.W_K, own.b_Q, own.b_K), own.scale
     edges = torch.linspace(-1, 1, 81)
     _, stats = measure(lambda: similarity.windowed_means(*similarity.binned_pairs(inputs, edges, *weights, scale=scale,
                                                                                     chunk_size=1024)),

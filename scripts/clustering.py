@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from analysis import cli, clustering, controls, io, prompts, records
-from analysis.attention import head_scale, head_weights
+from analysis.attention import qk_head
 from analysis.frequency import check_frequency_csv, frequency_csv_path
 from analysis.heads import control_heads, load_target
 from analysis.plotting import graph_html, save_figure, target_vs_controls, use_style
@@ -69,8 +69,8 @@ def main(args) -> None:
               for l in dict.fromkeys(h[0] for h in heads)}  # (1 + n, d_model) per layer
     parts, stats = {}, {}
     for l, h in heads:
-        W_Q, W_K, _, _ = head_weights(model, l, h)
-        parts[(l, h)] = clustering.head_partitions(inputs[l], W_Q, W_K, head_scale(model.cfg, l), args.k,
+        own = qk_head(model, l, h)
+        parts[(l, h)] = clustering.head_partitions(inputs[l], own.W_Q, own.W_K, own.scale, args.k,
                                                    args.keep_self, args.method, args.resolution, args.seed)
         stats[(l, h)] = clustering.partition_agreement(parts[(l, h)], category_of)
     report = controls.compare((layer, head), stats, clustering.AGREEMENT_DIRECTIONS)

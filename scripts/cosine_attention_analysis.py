@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 from analysis import cli, controls, io, prompts, records, similarity
-from analysis.attention import head_scale, head_weights
+from analysis.attention import qk_head
 from analysis.errors import UsageError
 from analysis.frequency import check_frequency_csv, frequency_csv_path, ordinary_or_frequent_ids
 from analysis.heads import load_target
@@ -84,8 +84,8 @@ def main(args) -> None:
 
     reference = prompts.reference_prompts(model, args.seed)
     inputs = head_input(model, layer, reference, args.variant, token_ids=ids, progress=True)  # (N, d_model)
-    weights = head_weights(model, layer, head, include_bias=not args.no_bias)
-    scale = head_scale(model.cfg, layer)
+    own = qk_head(model, layer, head, bias=not args.no_bias)
+    weights, scale = (own.W_Q, own.W_K, own.b_Q, own.b_K), own.scale
     unit = similarity.score_unit(args.units, scale)
     profile = similarity.similarity_profile(inputs, *weights, scale=scale, unit=unit, width=args.window,
                                             n_resamples=args.n_resamples, seed=args.seed,
@@ -103,7 +103,7 @@ def main(args) -> None:
     bos = torch.tensor([prompts.bos_token_id(model)])
     study_inputs = torch.cat([head_input(model, layer, reference, args.variant, token_ids=bos, use_cache=False),
                               inputs])  # (1 + N, d_model)
-    study = similarity.study_curves(study_inputs, *head_weights(model, layer, head)[:2], args.chunk_size, True)
+    study = similarity.study_curves(study_inputs, own.W_Q, own.W_K, args.chunk_size, True)
 
     # The example query against every key of the set but itself.
     query_input = head_input(model, layer, reference, args.variant, token_ids=torch.tensor([query_id]), use_cache=False)

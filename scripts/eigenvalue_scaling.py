@@ -32,7 +32,7 @@ from transformer_lens import FactoredMatrix
 
 from analysis import cli, controls, io, prompts, qk_edits, scores
 from analysis import qk_decomposition as qk
-from analysis.attention import head_scale, head_weights
+from analysis.attention import qk_head
 from analysis.heads import control_heads, load_target
 from analysis.plotting import group_heatmaps, save_figure, target_vs_controls, use_style
 from analysis.token_maps import block_means, group_tokens, token_inputs
@@ -59,8 +59,8 @@ def build_parser():
 
 def main(args) -> None:
     model, layer, head = load_target(args)
-    scale = head_scale(model.cfg, layer)
-    W_Q, W_K, b_Q, b_K = head_weights(model, layer, head, include_bias=True)
+    own = qk_head(model, layer, head, bias=True)
+    W_Q, W_K, b_Q, b_K, scale = own.W_Q, own.W_K, own.b_Q, own.b_K, own.scale
     spectrum = qk.symmetric_spectrum(W_Q, W_K)
     negative = qk.most_negative(spectrum.values)
     ids, labels, group, _ = group_tokens(model.tokenizer)
@@ -77,7 +77,7 @@ def main(args) -> None:
     heads = [(layer, head)] + control_heads(model, (layer, head), args.controls, args.seed)
     inputs = {l: token_inputs(model, l, args.input, token_ids=ids, seed=args.seed) for l in {l for l, _ in heads}}
     edits = qk_edits.edit_sweep(model, tokens, mask, qk_edits.eigenvalue_edits(
-        {hd: head_weights(model, *hd)[:2] for hd in heads}, {hd: inputs[hd[0]] for hd in heads}, args.factors,
+        {hd: (qk_head(model, *hd).W_Q, qk_head(model, *hd).W_K) for hd in heads}, {hd: inputs[hd[0]] for hd in heads}, args.factors,
         args.targeted_k))
     report = controls.compare((layer, head), qk_edits.edit_statistics(edits),
                               {f"{e}_self_mass_change": "high" for e in ("factor -1", "factor 0", "targeted")})

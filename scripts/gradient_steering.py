@@ -27,7 +27,7 @@ gradient_steering_top_keys.
 from __future__ import annotations
 
 from analysis import cli, controls, io, prompts, records, scores, steering
-from analysis.attention import head_scale, head_weights
+from analysis.attention import qk_head
 from analysis.heads import control_heads, load_target
 from analysis.plotting import save_figure, target_vs_controls, use_style
 from analysis.token_maps import token_inputs
@@ -65,7 +65,7 @@ def build_parser():
 def main(args) -> None:
     model, layer, head = load_target(args)
     query_id = prompts.single_token_ids(model.tokenizer, [args.query])[0]
-    _, _, b_Q, b_K = head_weights(model, layer, head, include_bias=True)
+    own = qk_head(model, layer, head, bias=True)
     categories, chosen = cli.chosen_categories(args)
     train = prompts.category_probe(model, categories, args.n_prompts, args.n_words, args.seed + 1)
     test = prompts.category_probe(model, categories, args.n_prompts, args.n_words, args.seed + 2)
@@ -80,7 +80,7 @@ def main(args) -> None:
 
     E = token_inputs(model, layer, args.input, seed=args.seed, progress=True)  # (d_vocab, d_model)
     labels = model.tokenizer.batch_decode([[i] for i in range(model.cfg.d_vocab)])
-    top_keys = steering.query_top_keys(E, query_id, edits.conditions, head_scale(model.cfg, layer), b_Q, b_K,
+    top_keys = steering.query_top_keys(E, query_id, edits.conditions, own.scale, own.b_Q, own.b_K,
                                        labels, args.top)
     results = {"head": {"layer": layer, "head": head}, "input": args.input, "mu": args.mu, "lam": args.lam,
                "categories": chosen,

@@ -43,7 +43,7 @@ import torch
 from analysis import cli, io, records
 from analysis import qk_decomposition as qk
 from analysis import self_suppression as ss
-from analysis.attention import head_scale, head_weights
+from analysis.attention import qk_head
 from analysis.controls import compare, head_key, separating
 from analysis.heads import load_target
 from analysis.plotting import save_figure, target_vs_controls, use_style
@@ -63,8 +63,8 @@ def build_parser():
 
 def main(args) -> None:
     model, layer, head = load_target(args)
-    scale = head_scale(model.cfg, layer)
-    W_Q, W_K, b_Q, b_K = head_weights(model, layer, head, include_bias=True)
+    own = qk_head(model, layer, head, bias=True)
+    W_Q, W_K, b_Q, b_K, scale = own.W_Q, own.W_K, own.b_Q, own.b_K, own.scale
     E = token_inputs(model, layer, args.input, seed=args.seed, progress=True)  # (d_vocab, d_model)
 
     plain, self_scores = qk.self_score_report(W_Q, W_K, E, scale)

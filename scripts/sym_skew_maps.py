@@ -28,7 +28,7 @@ from __future__ import annotations
 from analysis import cli, io, records
 from analysis import qk_decomposition as qk
 from analysis import self_suppression as ss
-from analysis.attention import attention_scores, head_scale, head_weights
+from analysis.attention import attention_scores, qk_head
 from analysis.controls import compare, head_key, separating
 from analysis.heads import load_target
 from analysis.plotting import group_heatmaps, save_figure, target_vs_controls
@@ -45,15 +45,15 @@ def build_parser():
 
 def main(args) -> None:
     model, layer, head = load_target(args)
-    scale = head_scale(model.cfg, layer)
-    W_Q, W_K, b_Q, b_K = head_weights(model, layer, head, include_bias=True)
+    own = qk_head(model, layer, head, bias=True)
+    W_Q, W_K, scale = own.W_Q, own.W_K, own.scale
     ids, labels, group, group_names = group_tokens(model.tokenizer)
     E = token_inputs(model, layer, args.input, token_ids=ids, seed=args.seed)  # (30, d_model)
 
     maps = {"base": qk.token_scores(E, qk.qk_matrix(W_Q, W_K), E, scale),
             "sym": qk.token_scores(E, qk.symmetric_part(W_Q, W_K), E, scale),
             "skew": qk.token_scores(E, qk.skew_part(W_Q, W_K), E, scale),
-            "bias": attention_scores(E, E, W_Q, W_K, scale, b_Q, b_K)}
+            "bias": attention_scores(E, E, own)}
     base_norm = float(maps["base"].norm())
     check = {"max_abs_diag_base_minus_sym": float((maps["base"].diagonal() - maps["sym"].diagonal()).abs().max()),
              "max_abs_diag_skew": float(maps["skew"].diagonal().abs().max())}

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from analysis import circuits, cli, io, prompts
-from analysis.attention import head_scale, head_weights
+from analysis.attention import qk_head
 from analysis.frequency import check_frequency_csv, read_frequency_csv
 from analysis.heads import target_head
 from analysis.models import load_model
@@ -91,9 +91,9 @@ def main(args) -> None:
 
     reference = prompts.reference_prompts(model, args.seed) if args.variant == "mean" else None
     x = head_input(model, layer, reference, variant=args.variant, chunk_size=args.chunk_size, progress=True)
-    W_Q, W_K, b_Q, b_K = head_weights(model, layer, head, include_bias=True)
+    own = qk_head(model, layer, head, bias=True)
     bos = circuits.bos_key_input(model, layer)
-    qk = circuits.token_qk(x, x, bos, W_Q, W_K, b_Q, b_K, head_scale(model.cfg, layer))
+    qk = circuits.token_qk(x, x, bos, own.W_Q, own.W_K, own.b_Q, own.b_K, own.scale)
     W_V, W_O, W_U = (w.detach().float().cpu() for w in (model.W_V[layer, head], model.W_O[layer, head], model.W_U))
     ov = circuits.token_ov(x, W_V, W_O, W_U)
     table = circuits.key_pivoted_table(qk, ov, p, args.keys, args.queries, args.outputs, args.chunk_size)

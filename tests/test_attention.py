@@ -21,22 +21,24 @@ TOL = 1e-5
 def test_attention_scores_exact_and_their_variants_agree():
     x_q, x_k = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 2.0], [1.0, 1.0]])
     W = torch.eye(2)
-    assert torch.allclose(attention.attention_scores(x_q, x_k, W, W, 2.0), torch.tensor([[0.0, 0.5]]))  # (1, 0) . (1, 1) / 2
+    plain = attention.QKHead(W, W, 2.0)
+    assert torch.allclose(attention.attention_scores(x_q, x_k, plain), torch.tensor([[0.0, 0.5]]))  # (1, 0) . (1, 1) / 2
     b = torch.tensor([0.0, 1.0])
+    biased = attention.QKHead(W, W, 2.0, b, b)
     # (x_q + b) . (x_k + b) = [1, 1] . [0, 3] and [1, 1] . [1, 2]
-    assert torch.allclose(attention.attention_scores(x_q, x_k, W, W, 2.0, b, b), torch.tensor([[3.0, 3.0]]) / 2)
-    factored = attention.attention_score_matrix(x_q, x_k, W, W, 2.0, b, b)
+    assert torch.allclose(attention.attention_scores(x_q, x_k, biased), torch.tensor([[3.0, 3.0]]) / 2)
+    factored = attention.attention_score_matrix(x_q, x_k, biased)
     assert isinstance(factored, FactoredMatrix) and torch.allclose(factored.AB, torch.tensor([[3.0, 3.0]]) / 2)
     x = torch.cat([x_q, x_k])
-    assert torch.allclose(attention.self_attention_scores(x, W, W, 2.0, b, b),
-                          attention.attention_scores(x, x, W, W, 2.0, b, b).diagonal())
+    assert torch.allclose(attention.self_attention_scores(x, biased), attention.attention_scores(x, x, biased).diagonal())
     # leading axes broadcast: every head of a layer against a batch of residual streams
     g = torch.Generator().manual_seed(0)
     xs, b_Q = torch.randn(2, 5, 4, generator=g), torch.randn(3, 2, generator=g)
     W_Q, W_K = torch.randn(3, 4, 2, generator=g), torch.randn(3, 4, 2, generator=g)
-    batched = attention.attention_scores(xs[:, None], xs[:, None], W_Q, W_K, 1.5, b_Q)  # (B, nh, T, T)
+    batched = attention.attention_scores(xs[:, None], xs[:, None], attention.QKHead(W_Q, W_K, 1.5, b_Q))  # (B, nh, T, T)
     assert batched.shape == (2, 3, 5, 5)
-    assert torch.allclose(batched[1, 2], attention.attention_scores(xs[1], xs[1], W_Q[2], W_K[2], 1.5, b_Q[2]))
+    one_head = attention.QKHead(W_Q[2], W_K[2], 1.5, b_Q[2])
+    assert torch.allclose(batched[1, 2], attention.attention_scores(xs[1], xs[1], one_head))
 
 
 def test_head_scale_follows_the_config(organism):
@@ -56,9 +58,7 @@ def test_attention_scores_match_the_model(organism):
             ids, stop_at_layer=layer + 1,
             fwd_hooks=[(get_act_name("normalized", layer, "ln1"), lambda act, hook: x[ids]),
                        (get_act_name("attn_scores", layer), lambda act, hook: stored.setdefault("s", act))])
-    W_Q, W_K, b_Q, b_K = attention.head_weights(organism, layer, head, include_bias=True)
-    scale = attention.head_scale(organism.cfg, layer)
-    got = attention.attention_scores(x[ids[0]], x[ids[0]], W_Q, W_K, scale, b_Q, b_K)
+    got = attention.attention_scores(x[ids[0]], x[ids[0]], attention.qk_head(organism, layer, head, bias=True))
     assert torch.allclose(got[1], stored["s"][0, head, 1], atol=1e-4)
 
 
@@ -85,7 +85,7 @@ def test_attention_from_residual_hand_built():
     # one head, d_model = d_head = 1: score(q, k) = x_q * x_k / scale
     x = torch.tensor([[[1.0], [0.0], [2.0]]])  # (B=1, T=3, C=1)
     one, zero = torch.ones(1, 1, 1), torch.zeros(1, 1)
-    pattern = attention.attention_from_residual(x, one, zero, one, zero, scale=1.0)[0, 0]
+    pattern = attention.attention_from_residual(x, attention.QKHead(one, one, 1.0, zero, zero))[0, 0]
     row2 = torch.tensor([2.0, 0.0, 4.0]).softmax(-1)  # x_2 * (1, 0, 2)
     assert torch.allclose(pattern[2], row2) and torch.allclose(pattern[1], torch.tensor([0.5, 0.5, 0.0]))
     assert pattern[0, 0] == 1.0

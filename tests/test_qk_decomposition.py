@@ -11,7 +11,7 @@ from analysis import prompts
 from analysis import qk_decomposition as qk
 from analysis import qk_edits
 from analysis import self_suppression as ss
-from analysis.attention import attention_scores, head_scale, head_weights
+from analysis.attention import QKHead, attention_scores, head_scale, pad_bias, qk_head
 from analysis.heads import target_head
 from analysis.patterns import head_pattern
 from analysis.token_maps import token_inputs
@@ -120,7 +120,8 @@ def test_score_blocks_are_the_token_scores_in_chunks():
 def test_widened_edited_factors_keep_the_models_scale(organism, truth):
     """Edited factors have d_head + k columns; their scores must still divide by the model's sqrt(d_head)."""
     layer, head = truth["planted_heads"]["semantic"]
-    W_Q, W_K, b_Q, b_K = head_weights(organism, layer, head, include_bias=True)
+    weights = qk_head(organism, layer, head, bias=True)
+    W_Q, W_K, b_Q, b_K = weights.W_Q, weights.W_K, weights.b_Q, weights.b_K
     spectrum = qk.symmetric_spectrum(W_Q, W_K)
     negative = qk.most_negative(spectrum.values)
     scale = head_scale(organism.cfg, layer)
@@ -138,16 +139,16 @@ def test_widened_edited_factors_keep_the_models_scale(organism, truth):
     A, B = qk.edited_factors(W_Q, W_K, spectrum, negative, 1.0)
     width = A.shape[1]
     assert width == organism.cfg.d_head + len(negative) > organism.cfg.d_head
-    b_A, b_B = qk.pad_bias(b_Q, width), qk.pad_bias(b_K, width)
-    wide = attention_scores(x, x, A, B, scale, b_A, b_B)
+    b_A, b_B = pad_bias(b_Q, width), pad_bias(b_K, width)
+    wide = attention_scores(x, x, QKHead(A, B, scale, b_A, b_B))
     assert torch.allclose(wide[:, causal], own[:, causal], atol=1e-4)
-    assert not torch.allclose(attention_scores(x, x, A, B, math.sqrt(width), b_A, b_B)[:, causal], own[:, causal],
+    assert not torch.allclose(attention_scores(x, x, QKHead(A, B, math.sqrt(width), b_A, b_B))[:, causal], own[:, causal],
                               atol=1e-2)  # a scale read off the factors' width would be wrong
     # factor -1: W' = A B^T by hand, d_model x d_model; the padded biases act through W_Q, W_K's columns only
     A, B = qk.edited_factors(W_Q, W_K, spectrum, negative, -1.0)
     by_hand = (x @ (A @ B.T) @ x.transpose(-1, -2) + (x @ W_K @ b_Q)[:, None, :] + (x @ W_Q @ b_K)[:, :, None]
                + b_Q @ b_K) / math.sqrt(organism.cfg.d_head)
-    got = attention_scores(x, x, A, B, scale, qk.pad_bias(b_Q, A.shape[1]), qk.pad_bias(b_K, A.shape[1]))
+    got = attention_scores(x, x, QKHead(A, B, scale, pad_bias(b_Q, A.shape[1]), pad_bias(b_K, A.shape[1])))
     assert torch.allclose(got, by_hand, atol=1e-3) and not torch.allclose(got, wide, atol=1e-2)
     assert torch.allclose(qk.token_scores(x[0], FactoredMatrix(A, B.T), x[0], scale),
                           x[0] @ (A @ B.T) @ x[0].T / scale, atol=1e-3)
@@ -183,8 +184,8 @@ def test_eigenvalue_edits():
     expected[negative[0]] *= -2
     got = torch.linalg.eigvalsh(((edited + edited.T) / 2).double()).float()
     assert torch.allclose(got[got.abs() > 1e-5].sort().values, expected.sort().values, atol=1e-4)
-    assert qk.pad_bias(torch.tensor([1.0, 2.0]), 4).tolist() == [1.0, 2.0, 0.0, 0.0]
-    assert qk.pad_bias(torch.tensor([1.0, 2.0]), 2).tolist() == [1.0, 2.0] and qk.pad_bias(None, 3) is None
+    assert pad_bias(torch.tensor([1.0, 2.0]), 4).tolist() == [1.0, 2.0, 0.0, 0.0]
+    assert pad_bias(torch.tensor([1.0, 2.0]), 2).tolist() == [1.0, 2.0] and pad_bias(None, 3) is None
 
 
 def test_self_suppressing_components_rank_by_contribution():
@@ -209,12 +210,12 @@ def test_edited_heads_in_context_matches_one_head_at_a_time(organism):
     tokens, mask = prompts.category_probe(organism, prompts.ALL_CATEGORIES, 8, 32, seed=5)
     edits = {}
     for h in (0, 2):
-        W_Q, W_K, _, _ = head_weights(organism, 1, h)
+        W_Q, W_K = qk_head(organism, 1, h).W_Q, qk_head(organism, 1, h).W_K
         spectrum = qk.symmetric_spectrum(W_Q, W_K)
         edits[(1, h)] = qk.edited_factors(W_Q, W_K, spectrum, qk.most_negative(spectrum.values), -1.0)
     together = qk_edits.edited_heads_in_context(organism, tokens, mask, edits)
     for (l, h), factors in edits.items():
-        _, _, b_Q, b_K = head_weights(organism, l, h, include_bias=True)
+        b_Q, b_K = qk_head(organism, l, h, bias=True).b_Q, qk_head(organism, l, h, bias=True).b_K
         hooks = qk_edits.qk_override_hooks(organism, l, h, *factors, b_Q, b_K)
         alone = qk_edits.in_context_scores(organism, tokens, mask, l, h, hooks)
         assert together[(l, h)] == pytest.approx(alone, abs=1e-5, nan_ok=True)
@@ -222,7 +223,8 @@ def test_edited_heads_in_context_matches_one_head_at_a_time(organism):
 
 def test_override_hooks_reproduce_the_model_and_recompute_scores(organism):
     tokens = prompts.reference_prompts(organism, seed=3, n_prompts=4, n_words=20)
-    W_Q, W_K, b_Q, b_K = head_weights(organism, 1, 2, include_bias=True)
+    weights = qk_head(organism, 1, 2, bias=True)
+    W_Q, W_K, b_Q, b_K = weights.W_Q, weights.W_K, weights.b_Q, weights.b_K
     clean = head_pattern(organism, tokens, 1, 2)
     same = head_pattern(organism, tokens, 1, 2, qk_edits.qk_override_hooks(organism, 1, 2, W_Q, W_K, b_Q, b_K))
     assert torch.allclose(clean, same, atol=1e-5)
@@ -244,7 +246,8 @@ def test_rank_grid_equals_one_edit_at_a_time(organism, truth):
     from analysis.token_maps import token_inputs
 
     layer, head = truth["planted_heads"]["semantic"]
-    W_Q, W_K, b_Q, b_K = head_weights(organism, layer, head, include_bias=True)
+    weights = qk_head(organism, layer, head, bias=True)
+    W_Q, W_K, b_Q, b_K = weights.W_Q, weights.W_K, weights.b_Q, weights.b_K
     spectrum = qk.symmetric_spectrum(W_Q, W_K)
     E = token_inputs(organism, layer, "mean")
     ks, scales = [1, 8, 32], [1.0, 0.0, -2.0]
@@ -267,7 +270,8 @@ def test_rank_grid_equals_one_edit_at_a_time(organism, truth):
 def test_semantic_head_needs_negative_eigenvalues_and_flipping_them_restores_self_attention(organism, truth):
     layer, head = target_head(organism, None, None)  # found unaided
     assert [layer, head] == truth["planted_heads"]["semantic"]
-    W_Q, W_K, b_Q, b_K = head_weights(organism, layer, head, include_bias=True)
+    weights = qk_head(organism, layer, head, bias=True)
+    W_Q, W_K, b_Q, b_K = weights.W_Q, weights.W_K, weights.b_Q, weights.b_K
     spectrum = qk.symmetric_spectrum(W_Q, W_K)
     norms = qk.relative_norms(W_Q, W_K)
     assert qk.spectrum_summary(spectrum.values)["n_negative"] > 0
@@ -393,7 +397,7 @@ def test_eigenvalue_edits_and_statistics_exact():
 
 def test_edit_sweep_unedited_changes_nothing(organism):
     tokens, mask = prompts.category_probe(organism, prompts.STUDY_CATEGORIES, 4, 16, seed=0)
-    heads = {(1, h): head_weights(organism, 1, h)[:2] for h in (0, 3)}
+    heads = {(1, h): (qk_head(organism, 1, h).W_Q, qk_head(organism, 1, h).W_K) for h in (0, 3)}
     sweep = qk_edits.edit_sweep(organism, tokens, mask, {"unedited": heads, "same": heads})
     assert set(sweep) == {(1, 0), (1, 3)}
     for rows in sweep.values():
@@ -406,7 +410,8 @@ def test_in_context_edits_exact_on_a_uniform_head(organism):
     """Zero factors: every causal key gets 1 / (q + 1), so S = mean over rows of -log(marked keys / (q + 1))."""
     tokens, mask = prompts.category_probe(organism, prompts.STUDY_CATEGORIES, 4, 16, seed=2)
     zero = torch.zeros(organism.cfg.d_model, organism.cfg.d_head)
-    W_Q, W_K, b_Q, b_K = head_weights(organism, 1, 3, include_bias=True)
+    weights = qk_head(organism, 1, 3, bias=True)
+    W_Q, W_K, b_Q, b_K = weights.W_Q, weights.W_K, weights.b_Q, weights.b_K
     got = qk_edits.in_context_edits(organism, tokens, mask, 1, {"zero": (zero, zero, None, None),
                                                            "own": (W_Q, W_K, b_Q, b_K)}, batch_size=3)
     q = torch.arange(tokens.shape[1], dtype=torch.float64)

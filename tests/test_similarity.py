@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from analysis import prompts, records, similarity, vocab_input
-from analysis.attention import head_scale, head_weights
+from analysis.attention import qk_head
 from conftest import run_main, run_script
 
 # Three 2-d inputs: e0, e1 and their normalised sum; W_Q = W_K = identity, so s(q, k) = x_q . x_k / sqrt(2).
@@ -121,9 +121,9 @@ def test_category_mates_beat_self_on_the_organism(organism, truth):
     category_of = prompts.category_index(organism.tokenizer, prompts.ALL_CATEGORIES, organism.cfg.d_vocab)
     ids = torch.nonzero(category_of >= 0)[:, 0]
     x = vocab_input.head_input(organism, layer, prompts.reference_prompts(organism, 3), token_ids=ids, use_cache=False)
+    own = qk_head(organism, layer, head, bias=True)
     contrast = similarity.category_contrast(
-        similarity.score_minus_self(x, torch.arange(len(ids)), *head_weights(organism, layer, head, True),
-                                    scale=head_scale(organism.cfg, layer)),
+        similarity.score_minus_self(x, torch.arange(len(ids)), own.W_Q, own.W_K, own.b_Q, own.b_K, scale=own.scale),
         similarity.cosine_matrix(x, x), category_of[ids])
     assert contrast["mates_mean"] > 1.0 and contrast["mates_beat_self"] > 0.9
     assert contrast["mates_mean"] > contrast["others_mean"] + 1.0

@@ -9,7 +9,7 @@ import torch
 from analysis import prompts, records, scores, steering
 from analysis import qk_decomposition as qk
 from analysis import qk_edits
-from analysis.attention import head_scale, head_weights
+from analysis.attention import qk_head
 from analysis.patterns import head_pattern, layer_input
 from conftest import run_main
 
@@ -50,7 +50,8 @@ def test_gradient_steering_moves_self_mass_and_keeps_partners(organism, semantic
     before_params = {k: v.clone() for k, v in organism.state_dict().items()}
     run = steering.gradient_steer(organism, tokens, mask, layer, head, direction, lam=1.0, lr=1e-2, steps=10,
                                   batch_size=16, seed=0)
-    _, _, b_Q, b_K = head_weights(organism, layer, head, include_bias=True)
+    own = qk_head(organism, layer, head, bias=True)
+    b_Q, b_K = own.b_Q, own.b_K
     after = qk_edits.in_context_scores(organism, test, test_mask, layer, head,
                                  qk_edits.qk_override_hooks(organism, layer, head, run.W_Q, run.W_K, b_Q, b_K))
     base = qk_edits.in_context_scores(organism, test, test_mask, layer, head)
@@ -130,7 +131,8 @@ def test_interpolate_at_interpolates_and_refuses_to_extrapolate():
 
 def test_gradient_steering_mu_keeps_bos_fallback(organism, semantic_probe):
     layer, head, (tokens, mask), (test, test_mask) = semantic_probe
-    _, _, b_Q, b_K = head_weights(organism, layer, head, include_bias=True)
+    own = qk_head(organism, layer, head, bias=True)
+    b_Q, b_K = own.b_Q, own.b_K
     bos = {}
     for mu in (0.0, 5.0):
         run = steering.gradient_steer(organism, tokens, mask, layer, head, "restore", lam=1.0, lr=3e-2, steps=10,
@@ -194,10 +196,11 @@ def test_query_top_keys_exact():
 def test_steering_from_the_layer_input_matches_the_hooked_model(organism, semantic_probe):
     """Steps computed from the layer's input (one run of the model) are the steps of the hooked model."""
     layer, head, (tokens, mask), _ = semantic_probe
-    W_Q, W_K, b_Q, b_K = head_weights(organism, layer, head, include_bias=True)
+    own = qk_head(organism, layer, head, bias=True)
+    W_Q, W_K, b_Q, b_K = own.W_Q, own.W_K, own.b_Q, own.b_K
     W_K = W_K + 0.3 * W_Q  # an edited head, so that the check is not only of the model's own weights
     x = layer_input(organism, tokens[:8], layer)
-    masses = steering.head_masses(x, tokens[:8], mask[:8], W_Q, W_K, b_Q, b_K, head_scale(organism.cfg, layer))
+    masses = steering.head_masses(x, tokens[:8], mask[:8], W_Q, W_K, b_Q, b_K, own.scale)
     hooks = qk_edits.qk_override_hooks(organism, layer, head, W_Q, W_K, b_Q, b_K)
     pattern = head_pattern(organism, tokens[:8], layer, head, hooks)[:, None]
     expected = scores.semantic_companions(pattern, tokens[:8], mask[:8], scores.scored_rows(tokens[:8]))

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from analysis.attention import attention_scores, head_scale, head_weights
+from analysis.attention import attention_scores, qk_head
 from analysis.prompts import category_index
 from analysis.sae.sources import variance_explained
 from analysis.self_suppression import group_map_statistics
@@ -127,9 +127,8 @@ def name_features(model: HookedTransformer, sae, hook: str, tokens: Tensor, cate
 
 def feature_map(model: HookedTransformer, sae, layer: int, head: int, features: Tensor) -> Tensor:
     """`[n, n]`: s(f, g) = LN1(d_f) W_Q W_K^T LN1(d_g)^T / attn_scale for the head, query feature by key feature."""
-    W_Q, W_K, _, _ = head_weights(model, layer, head)
     x = feature_inputs(model, sae, layer, features)  # (n, d_model)
-    return attention_scores(x, x, W_Q, W_K, head_scale(model.cfg, layer))
+    return attention_scores(x, x, qk_head(model, layer, head))
 
 
 def feature_map_statistics(model: HookedTransformer, sae, features: Tensor, group: Tensor, layer: int | None = None,
@@ -143,8 +142,8 @@ def feature_map_statistics(model: HookedTransformer, sae, features: Tensor, grou
     for l in range(model.cfg.n_layers):
         x = feature_inputs(model, sae, l, features)  # (n, d_model)
         for h in range(model.cfg.n_heads):
-            W_Q, W_K, _, _ = head_weights(model, l, h)
-            stats[(l, h)] = group_map_statistics(x, group, W_Q, W_K, head_scale(model.cfg, l))
+            own = qk_head(model, l, h)
+            stats[(l, h)] = group_map_statistics(x, group, own.W_Q, own.W_K, own.scale)
             if precision is not None:
                 stats[(l, h)].update(precision.get(h) if l == layer else {"precision": None,
                                                                           "precision_shuffled": None})
