@@ -32,7 +32,8 @@ from transformer_lens import FactoredMatrix
 
 from analysis import prompts
 from analysis.frequency import ordinary_or_frequent_ids
-from analysis.qk_decomposition import qk_matrix, score_blocks
+from analysis.attention import QKHead
+from analysis.qk_decomposition import score_blocks
 
 METHODS = ("modularity", "rbconfiguration")
 STUDY_MAX_COMM_SIZE = 512
@@ -48,7 +49,7 @@ def top_k_edges(x: Tensor, W: FactoredMatrix, scale: float, k: int = 4, keep_sel
     if not 0 < k < len(x) + keep_self:
         raise ValueError(f"k must be between 1 and {len(x) - 1 + keep_self} for {len(x)} tokens, got {k}")
     sources, targets, scores = [], [], []
-    for start, block in score_blocks(x, W, x, scale, chunk_size):  # block: (C, n)
+    for start, block in score_blocks(x, x, QKHead(W.A, W.B.T, scale), chunk_size):  # block: (C, n)
         rows = torch.arange(start, start + len(block))
         if not keep_self:
             block[torch.arange(len(block)), rows] = -torch.inf
@@ -70,9 +71,9 @@ def study_edges(x: Tensor, W_Q: Tensor, W_K: Tensor, k: int = 4, chunk_size: int
     """
     if not 0 < k <= len(x):
         raise ValueError(f"k must be between 1 and {len(x)} for {len(x)} tokens, got {k}")
-    W_keys = FactoredMatrix(W_K, W_Q.T)  # rows are keys: x_i W_K (x_j W_Q)^T
+    W_keys = QKHead(W_K, W_Q, 1.0)  # rows are keys: x_i W_K (x_j W_Q)^T
     sources, targets, weights = [], [], []
-    for start, block in score_blocks(x, W_keys, x, 1.0, chunk_size):  # block: (C, n), row = key
+    for start, block in score_blocks(x, x, W_keys, chunk_size):  # block: (C, n), row = key
         low, high = block.min(-1, keepdim=True).values, block.max(-1, keepdim=True).values
         shifted = block - low / (high - low)
         cut = torch.quantile(shifted, 1 - k / len(x), dim=-1, keepdim=True)
@@ -119,7 +120,7 @@ def ours_partition(x: Tensor, W_Q: Tensor, W_K: Tensor, scale: float, k: int = 4
                    method: str = "modularity", resolution: float = 1.0, seed: int = 0) -> dict:
     """Our graph over the rows of `x: [n, d]` (`top_k_edges`, query rows, min-max weights) and its Leiden
     partition: {"source", "target": [e], "graph", "membership": [n]}."""
-    source, target, score = top_k_edges(x, qk_matrix(W_Q, W_K), scale, k, keep_self)
+    source, target, score = top_k_edges(x, FactoredMatrix(W_Q, W_K.T), scale, k, keep_self)
     graph = score_graph(len(x), source, target, minmax(score))
     return {"source": source, "target": target, "graph": graph,
             "membership": leiden(graph, method, resolution, seed)}

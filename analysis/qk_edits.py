@@ -1,6 +1,6 @@
 """Eigenvalue edits of a head's QK circuit, run inside the model and measured with the semantic metrics.
 
-An edit replaces a head's W_Q, W_K by factors of any width r (`qk_decomposition.edited_factors`:
+An edit replaces a head's W_Q, W_K by factors of any width r (`qk_decomposition.edited_head`:
 W' = W + V_S diag((f - 1) λ_S) V_S^T). `qk_override_hooks` make the model compute the head's scores
 from them, score(q, k) = (x_q W_Q' + b_Q)(x_k W_K' + b_K)^T / attn_scale with x = ln1(resid_pre) of
 the layer. An edit of a head's QK changes nothing upstream of its pattern, so many edits are measured
@@ -19,7 +19,7 @@ from transformer_lens import HookedTransformer
 
 from analysis.attention import QKHead, attention_scores, head_scale, pad_bias, qk_head
 from analysis.patterns import head_pattern_and_scores, layer_input
-from analysis.qk_decomposition import edited_factors, most_negative, self_suppressing_components, symmetric_spectrum
+from analysis.qk_decomposition import edited_head, most_negative, self_suppressing_components, symmetric_spectrum
 from analysis.scores import MASSES, semantic_scores
 
 
@@ -142,17 +142,19 @@ def eigenvalue_edits(weights: Mapping[tuple[int, int], tuple[Tensor, Tensor]],
                      inputs: Mapping[tuple[int, int], Tensor], factors: Sequence[float], targeted_k: int
                      ) -> dict[str, dict[tuple[int, int], tuple[Tensor, Tensor]]]:
     """Edit name -> head -> its factors (W_Q', W_K'), for heads with `weights[head] = (W_Q, W_K)`: "unedited",
-    "factor <f>" (every negative eigenvalue of W_sym times f, `edited_factors`) and "targeted" (factor -1 on the
+    "factor <f>" (every negative eigenvalue of W_sym times f, `edited_head`) and "targeted" (factor -1 on the
     `targeted_k` components that carry most of `inputs[head]: [n, d_model]`'s negative self-score,
     `self_suppressing_components`)."""
-    spectra = {hd: symmetric_spectrum(*w) for hd, w in weights.items()}
+    heads = {hd: QKHead(*w, 1.0) for hd, w in weights.items()}
+    spectra = {hd: symmetric_spectrum(qk) for hd, qk in heads.items()}
+    factored = lambda qk: (qk.W_Q, qk.W_K)  # noqa: E731
     edits = {"unedited": dict(weights)}
     for factor in factors:
-        edits[f"factor {factor:g}"] = {hd: edited_factors(*w, spectra[hd], most_negative(spectra[hd].values), factor)
-                                       for hd, w in weights.items()}
-    edits["targeted"] = {hd: edited_factors(*w, spectra[hd], self_suppressing_components(inputs[hd], spectra[hd],
-                                                                                          targeted_k), -1.0)
-                         for hd, w in weights.items()}
+        edits[f"factor {factor:g}"] = {hd: factored(edited_head(qk, spectra[hd], most_negative(spectra[hd].values),
+                                                                factor)) for hd, qk in heads.items()}
+    edits["targeted"] = {hd: factored(edited_head(qk, spectra[hd], self_suppressing_components(inputs[hd], spectra[hd],
+                                                                                               targeted_k), -1.0))
+                         for hd, qk in heads.items()}
     return edits
 
 

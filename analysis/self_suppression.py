@@ -114,7 +114,7 @@ def gaussian_like(x: Tensor, n_samples: int, seed: int) -> Tensor:
 def input_statistics(x: Tensor, category: Tensor, W_Q: Tensor, W_K: Tensor, scale: float,
                      spectrum: Spectrum | None = None, ks: Sequence[int] = (1, 4, 16)) -> dict[str, float]:
     """Every statistic of the module docstring for one head on inputs `x: [n, d]` with labels `category: [n]`."""
-    spectrum = symmetric_spectrum(W_Q, W_K) if spectrum is None else spectrum
+    spectrum = symmetric_spectrum(QKHead(W_Q, W_K, scale)) if spectrum is None else spectrum
     scores = attention_scores(x, x, QKHead(W_Q, W_K, scale))  # (n, n)
     positive, negative = self_score_parts(x, spectrum, scale)
     margin = float(partner_margins(scores, category).nanmean())
@@ -136,7 +136,7 @@ def head_statistics(x: Tensor, category: Tensor, W_Q: Tensor, W_K: Tensor, scale
     gaussian_<statistic> for self_score, self_negative_part, margin, margin_normalised and
     below_partners_share (labels tiled over Gaussian inputs with the words' mean and covariance).
     """
-    spectrum = symmetric_spectrum(W_Q, W_K)
+    spectrum = symmetric_spectrum(QKHead(W_Q, W_K, scale))
     summary = spectrum_summary(spectrum.values)
     stats = {"n_negative_eigenvalues": float(summary["n_negative"]),
              "negative_eigenvalue_share": summary["negative_share"], "trace": summary["trace"],
@@ -229,7 +229,7 @@ def rank_grid(model: HookedTransformer, layer: int, head: int, E: Tensor, tokens
     """`{"cells": {cell_key: metrics}, "unedited": metrics, "n_negative": n, "ks": ks}` for one head over the
     (k, scale) grid, and the head unedited (scale 1, measured whether or not `scales` holds it).
 
-    Each cell W_{k,s} rescales the k most negative eigenvalues of W_sym by s (`qk.edited_factors`); its
+    Each cell W_{k,s} rescales the k most negative eigenvalues of W_sym by s (`qk.edited_head`); its
     metrics are the self-rank summaries of the query tokens `queries` (`rank_queries`; default every token)
     among all keys of the vocabulary `E: [d_vocab, d_model]` (`qk.self_ranks_grid`, one batched pass over
     score blocks for every cell) and the self and partner mass on `tokens` with `mask` (`qk_edits.in_context_grid`,
@@ -238,13 +238,14 @@ def rank_grid(model: HookedTransformer, layer: int, head: int, E: Tensor, tokens
     """
     own = qk_head(model, layer, head, bias=True)
     W_Q, W_K, b_Q, b_K = own.W_Q, own.W_K, own.b_Q, own.b_K
-    spectrum = symmetric_spectrum(W_Q, W_K)
+    spectrum = symmetric_spectrum(own)
     n_negative = len(most_negative(spectrum.values))
     ks = sorted({min(k, n_negative) for k in ks})  # k beyond the negative count repeats the last cell
     measured = sorted({float(s) for s in scales} | {1.0})
-    ranks = qk.self_ranks_grid(E, W_Q, W_K, spectrum, ks, measured, chunk_size, progress, queries)
-    factors = {(k, s): qk.edited_factors(W_Q, W_K, spectrum, most_negative(spectrum.values, k), s)
-               for k in ks for s in measured}
+    ranks = qk.self_ranks_grid(E, own, spectrum, qk.RankGrid(ks, measured, chunk_size=chunk_size, queries=queries),
+                               progress)
+    edited = {(k, s): qk.edited_head(own, spectrum, most_negative(spectrum.values, k), s) for k in ks for s in measured}
+    factors = {key: (e.W_Q, e.W_K) for key, e in edited.items()}
     in_context = in_context_grid(model, tokens, mask, layer, head, factors, b_Q, b_K)
     metrics = {(k, s): {"k": k, "scale": s, **qk.rank_metrics(ranks[k, s], at),
                         "self_mass": in_context[k, s]["self_mass"], "partner_mass": in_context[k, s]["partner_mass"]}

@@ -28,12 +28,11 @@ from typing import Literal
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
+from transformer_lens import FactoredMatrix, HookedTransformer
 
 from analysis import scores
 from analysis.attention import QKHead, attention_scores, head_scale, qk_head
 from analysis.patterns import layer_input
-from analysis.qk_decomposition import qk_matrix
 from analysis.qk_edits import in_context_edits, pattern_from_input
 
 Direction = Literal["suppress", "restore"]
@@ -52,9 +51,9 @@ def weight_change(W_Q: Tensor, W_K: Tensor, new_W_Q: Tensor, new_W_K: Tensor) ->
 
     W_QK' - W_QK = [W_Q', -W_Q][W_K', W_K]^T stays factored (no d_model x d_model product is formed).
     """
-    delta_QK = qk_matrix(torch.cat([new_W_Q, -W_Q], -1), torch.cat([new_W_K, W_K], -1))
+    delta_QK = FactoredMatrix(torch.cat([new_W_Q, -W_Q], -1), torch.cat([new_W_K, W_K], -1).T)
     return {"W_Q": float((new_W_Q - W_Q).norm() / W_Q.norm()), "W_K": float((new_W_K - W_K).norm() / W_K.norm()),
-            "W_QK": float(delta_QK.norm() / qk_matrix(W_Q, W_K).norm())}
+            "W_QK": float(delta_QK.norm() / FactoredMatrix(W_Q, W_K.T).norm())}
 
 
 def interpolate_at(curve: Sequence[Mapping[str, float]], key: str, value: float) -> dict | None:
@@ -80,7 +79,7 @@ def trace_step(W_Q: Tensor, W_K: Tensor, eta: float) -> tuple[Tensor, Tensor]:
 
 def trace_eta(W_Q: Tensor, W_K: Tensor, relative: float) -> float:
     """The η whose step η W_Q W_Q^T has Frobenius norm `relative` * ||W_Q W_K^T|| (a model-independent size)."""
-    return relative * float(qk_matrix(W_Q, W_K).norm() / qk_matrix(W_Q, W_Q).norm())
+    return relative * float(FactoredMatrix(W_Q, W_K.T).norm() / FactoredMatrix(W_Q, W_Q.T).norm())
 
 
 def head_masses(x: Tensor, tokens: Tensor, mask: Tensor, W_Q: Tensor, W_K: Tensor, b_Q: Tensor | None,

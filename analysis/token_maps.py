@@ -8,7 +8,7 @@ views of E exist (`INPUT_VIEWS`), and every result says which one it used:
     zero     `vocab_input.head_input`, variant "zero": positions and earlier attention zeroed
     context  `vocab_input.context_head_input`: the real input averaged over random contexts
 
-A token-space map is then S = E W E^T / attn_scale for a factored W (`qk_decomposition.token_scores`);
+A token-space map is then S = E W E^T / attn_scale for a head's W (`attention.attention_scores`);
 `analysis.cli.add_input_argument` gives scripts the --input flag, `plotting.group_heatmaps` draws maps.
 """
 

@@ -10,8 +10,7 @@ import tempfile
 import torch
 
 from analysis import prompts
-from analysis import qk_decomposition as qk
-from analysis.attention import head_scale, qk_head
+from analysis.attention import attention_scores, qk_head
 from analysis.models import load_model, random_gpt2
 from analysis.sae import features, sources
 from benchlib import MB, Settings, _rss, measure, save_random_sae
@@ -32,10 +31,8 @@ def sae_step(model, sae, layer: int, head: int, n_prompts: int, n_words: int, se
     chosen, group = features.select_features(by_category)
     token_labels = model.tokenizer.batch_decode([[int(i)] for i in seen])
     labels = [features.feature_label(by_token, int(f), token_labels) for f in chosen]
-    own = qk_head(model, layer, head)
-    W_Q, W_K = own.W_Q, own.W_K
     x = features.feature_inputs(model, sae, layer, chosen)
-    scores = qk.token_scores(x, qk.qk_matrix(W_Q, W_K), x, head_scale(model.cfg, layer))
+    scores = attention_scores(x, x, qk_head(model, layer, head))
     return {"seen_tokens": len(seen), "features": len(labels), "map_shape": list(scores.shape),
             "variance_explained": explained}
 

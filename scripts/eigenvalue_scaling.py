@@ -28,11 +28,9 @@ Writes results/<model>/eigenvalue_scaling.json and figures/<model>/eigenvalue_sc
 
 from __future__ import annotations
 
-from transformer_lens import FactoredMatrix
-
 from analysis import cli, controls, io, prompts, qk_edits, scores
 from analysis import qk_decomposition as qk
-from analysis.attention import qk_head
+from analysis.attention import attention_scores, qk_head
 from analysis.heads import control_heads, load_target
 from analysis.plotting import group_heatmaps, save_figure, target_vs_controls, use_style
 from analysis.token_maps import block_means, group_tokens, token_inputs
@@ -60,18 +58,19 @@ def build_parser():
 def main(args) -> None:
     model, layer, head = load_target(args)
     own = qk_head(model, layer, head, bias=True)
-    W_Q, W_K, b_Q, b_K, scale = own.W_Q, own.W_K, own.b_Q, own.b_K, own.scale
-    spectrum = qk.symmetric_spectrum(W_Q, W_K)
+    W_Q, W_K, b_Q, b_K = own.W_Q, own.W_K, own.b_Q, own.b_K
+    spectrum = qk.symmetric_spectrum(own)
     negative = qk.most_negative(spectrum.values)
     ids, labels, group, _ = group_tokens(model.tokenizer)
     E = token_inputs(model, layer, args.input, token_ids=ids, seed=args.seed)
     categories, chosen = cli.chosen_categories(args)
     tokens, mask = prompts.category_probe(model, categories, args.n_prompts, args.n_words, args.seed + 1)
 
-    edited = {f: qk.edited_factors(W_Q, W_K, spectrum, negative, f) for f in args.factors}
-    in_context = qk_edits.in_context_grid(model, tokens, mask, layer, head, {"base": (W_Q, W_K), **edited}, b_Q, b_K)
+    edited = {f: qk.edited_head(own, spectrum, negative, f) for f in args.factors}
+    factors = {f: (e.W_Q, e.W_K) for f, e in edited.items()}
+    in_context = qk_edits.in_context_grid(model, tokens, mask, layer, head, {"base": (W_Q, W_K), **factors}, b_Q, b_K)
     base = in_context.pop("base")  # the unedited head
-    maps = [qk.token_scores(E, FactoredMatrix(A, B.T), E, scale) for A, B in edited.values()]
+    maps = [attention_scores(E, E, e.without_bias()) for e in edited.values()]
     per_factor = [{"factor": f, "map": m, "block_means": block_means(m, group), "in_context": in_context[f]}
                   for f, m in zip(edited, maps)]
     heads = [(layer, head)] + control_heads(model, (layer, head), args.controls, args.seed)

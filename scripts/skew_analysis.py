@@ -64,14 +64,13 @@ def build_parser():
 def main(args) -> None:
     model, layer, head = load_target(args)
     own = qk_head(model, layer, head, bias=True)
-    W_Q, W_K, b_Q, b_K, scale = own.W_Q, own.W_K, own.b_Q, own.b_K, own.scale
     E = token_inputs(model, layer, args.input, seed=args.seed, progress=True)  # (d_vocab, d_model)
 
-    plain, self_scores = qk.self_score_report(W_Q, W_K, E, scale)
-    biased, _ = qk.self_score_report(*qk.with_bias(W_Q, W_K, b_Q, b_K), qk.append_one(E), scale)
+    plain, self_scores = qk.self_score_report(own, E)
+    biased, _ = qk.self_score_report(qk.with_bias(own), qk.append_one(E))
     # Which bias term can move attention: on the group set, the per-key term against the bias-free scores.
     ids, _, _, _ = group_tokens(model.tokenizer)
-    bias_terms = {**qk.bias_key_term(E[ids], W_Q, W_K, b_Q, scale),
+    bias_terms = {**qk.bias_key_term(E[ids], own),
                   "query_term_and_constant": "constant along each query's row: no effect on attention"}
 
     # Every head on the category words: the target's statistics against all others'.

@@ -46,13 +46,14 @@ def build_parser():
 def main(args) -> None:
     model, layer, head = load_target(args)
     own = qk_head(model, layer, head, bias=True)
-    W_Q, W_K, scale = own.W_Q, own.W_K, own.scale
+    plain = own.without_bias()
     ids, labels, group, group_names = group_tokens(model.tokenizer)
     E = token_inputs(model, layer, args.input, token_ids=ids, seed=args.seed)  # (30, d_model)
 
-    maps = {"base": qk.token_scores(E, qk.qk_matrix(W_Q, W_K), E, scale),
-            "sym": qk.token_scores(E, qk.symmetric_part(W_Q, W_K), E, scale),
-            "skew": qk.token_scores(E, qk.skew_part(W_Q, W_K), E, scale),
+    sym, skew = qk.symmetric_part(plain), qk.skew_part(plain)  # W = A B: scored as the factors W_Q = A, W_K = B^T
+    maps = {"base": attention_scores(E, E, plain),
+            "sym": attention_scores(E, E, plain.with_factors(sym.A, sym.B.T)),
+            "skew": attention_scores(E, E, plain.with_factors(skew.A, skew.B.T)),
             "bias": attention_scores(E, E, own)}
     base_norm = float(maps["base"].norm())
     check = {"max_abs_diag_base_minus_sym": float((maps["base"].diagonal() - maps["sym"].diagonal()).abs().max()),

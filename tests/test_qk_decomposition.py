@@ -5,13 +5,12 @@ import math
 
 import pytest
 import torch
-from transformer_lens import FactoredMatrix
 
 from analysis import prompts
 from analysis import qk_decomposition as qk
 from analysis import qk_edits
 from analysis import self_suppression as ss
-from analysis.attention import QKHead, attention_scores, head_scale, pad_bias, qk_head
+from analysis.attention import QKHead, attention_scores, head_scale, pad_bias, qk_head, self_attention_scores
 from analysis.heads import target_head
 from analysis.patterns import head_pattern
 from analysis.token_maps import token_inputs
@@ -27,13 +26,18 @@ def random_factors(d_model=12, d_head=3, seed=0):
     return torch.randn(d_model, d_head, generator=g), torch.randn(d_model, d_head, generator=g)
 
 
+def random_head(d_model=12, d_head=3, seed=0, scale=1.0):
+    return QKHead(*random_factors(d_model, d_head, seed), scale)
+
+
 def test_parts_are_the_symmetric_and_skew_halves():
-    W_Q, W_K = random_factors()
+    head = random_head()
+    W_Q, W_K = head.W_Q, head.W_K
     W = W_Q @ W_K.T
-    assert torch.allclose(qk.qk_matrix(W_Q, W_K).AB, W)
-    assert torch.allclose(qk.symmetric_part(W_Q, W_K).AB, (W + W.T) / 2, atol=1e-6)
-    assert torch.allclose(qk.skew_part(W_Q, W_K).AB, (W - W.T) / 2, atol=1e-6)
-    norms = qk.relative_norms(W_Q, W_K)
+    assert torch.allclose(head.W.AB, W)
+    assert torch.allclose(qk.symmetric_part(head).AB, (W + W.T) / 2, atol=1e-6)
+    assert torch.allclose(qk.skew_part(head).AB, (W - W.T) / 2, atol=1e-6)
+    norms = qk.relative_norms(head)
     assert math.isclose(norms["W"] ** 2, norms["sym"] ** 2 + norms["skew"] ** 2, rel_tol=1e-5)
     assert math.isclose(norms["sym"], float(((W + W.T) / 2).norm()), rel_tol=1e-5)
 
@@ -41,7 +45,7 @@ def test_parts_are_the_symmetric_and_skew_halves():
 def test_spectrum_of_a_hand_built_head():
     # W = e1 e2^T: W_sym = (e1 e2^T + e2 e1^T) / 2 has eigenvalues -1/2 (e1 - e2) and +1/2 (e1 + e2)
     e = torch.eye(3)
-    spectrum = qk.symmetric_spectrum(e[:, :1], e[:, 1:2])
+    spectrum = qk.symmetric_spectrum(QKHead(e[:, :1], e[:, 1:2], 1.0))
     assert torch.allclose(spectrum.values, torch.tensor([-0.5, 0.5]))
     v = spectrum.vectors[:, 0] * torch.sign(spectrum.vectors[0, 0])
     assert torch.allclose(v, torch.tensor([1.0, -1.0, 0.0]) / math.sqrt(2), atol=1e-6)
@@ -57,7 +61,7 @@ def test_rank_deficient_head_counts_numerical_zeros_as_zero():
     A, B = torch.randn(16, 2, generator=g), torch.randn(16, 2, generator=g)
     W_Q, W_K = torch.cat([A, B], 1), torch.cat([A, -B], 1)
     assert torch.linalg.matrix_rank(torch.cat([W_Q, W_K], 1)) == 4 < 2 * W_Q.shape[1]
-    values = qk.symmetric_spectrum(W_Q, W_K).values
+    values = qk.symmetric_spectrum(QKHead(W_Q, W_K, 1.0)).values
     dense = torch.linalg.eigvalsh((A @ A.T - B @ B.T).double())
     assert (dense < -1e-6).sum() == 2 and (dense > 1e-6).sum() == 2
     assert (values < 0).sum() > 2  # the numerical zeros come out with either sign: a bare `< 0` overcounts
@@ -70,9 +74,9 @@ def test_rank_deficient_head_counts_numerical_zeros_as_zero():
 
 
 def test_spectrum_is_complete_and_matches_dense_and_transformer_lens():
-    W_Q, W_K = random_factors(d_model=16, d_head=4)
-    spectrum = qk.symmetric_spectrum(W_Q, W_K)
-    sym = qk.symmetric_part(W_Q, W_K)
+    head = random_head(d_model=16, d_head=4)
+    spectrum = qk.symmetric_spectrum(head)
+    sym = qk.symmetric_part(head)
     assert spectrum.values.shape == (8,)  # all 2 d_head eigenpairs, not a truncation
     dense = torch.linalg.eigvalsh(sym.AB.double())
     nonzero = dense[dense.abs() > 1e-6].float()
@@ -87,33 +91,36 @@ def test_spectrum_is_complete_and_matches_dense_and_transformer_lens():
 
 
 def test_skew_part_cannot_change_self_scores():
-    W_Q, W_K = random_factors()
-    x = torch.randn(20, 12)
-    W, sym, skew = qk.qk_matrix(W_Q, W_K), qk.symmetric_part(W_Q, W_K), qk.skew_part(W_Q, W_K)
     scale = math.sqrt(3)
-    assert torch.allclose(qk.self_scores(x, W, scale), ((x @ W.AB) * x).sum(-1) / scale, atol=1e-5)  # dense
-    assert torch.allclose(qk.self_scores(x, W, scale), qk.self_scores(x, sym, scale), atol=1e-5)
-    assert qk.self_scores(x, skew, scale).abs().max() < 1e-5
-    assert torch.allclose(qk.self_scores(x, W, scale), qk.token_scores(x, W, x, scale).diagonal(), atol=1e-5)
-    positive, negative = qk.self_score_parts(x, qk.symmetric_spectrum(W_Q, W_K), scale)
+    head = random_head(scale=scale)
+    x = torch.randn(20, 12)
+    W, sym, skew = head.W, qk.symmetric_part(head), qk.skew_part(head)
+    as_head = lambda part: head.with_factors(part.A, part.B.T)  # noqa: E731  (a part W = A B as factors A, B^T)
+    self_scores = self_attention_scores(x, head)
+    assert torch.allclose(self_scores, ((x @ W.AB) * x).sum(-1) / scale, atol=1e-5)  # dense
+    assert torch.allclose(self_scores, self_attention_scores(x, as_head(sym)), atol=1e-5)
+    assert self_attention_scores(x, as_head(skew)).abs().max() < 1e-5
+    assert torch.allclose(self_scores, attention_scores(x, x, head).diagonal(), atol=1e-5)
+    positive, negative = qk.self_score_parts(x, qk.symmetric_spectrum(head), scale)
     assert (positive >= 0).all() and (negative <= 0).all()
-    assert torch.allclose(positive + negative, qk.self_scores(x, W, scale), atol=1e-4)
+    assert torch.allclose(positive + negative, self_scores, atol=1e-4)
 
 
 def test_biases_fold_into_the_input():
     W_Q, W_K = random_factors()
     b_Q, b_K = torch.randn(3), torch.randn(3)
     xq, xk = torch.randn(5, 12), torch.randn(7, 12)
-    aug = qk.qk_matrix(*qk.with_bias(W_Q, W_K, b_Q, b_K))
+    folded = qk.with_bias(QKHead(W_Q, W_K, 2.0, b_Q, b_K))
+    assert folded.b_Q is None and folded.b_K is None and folded.scale == 2.0
     by_hand = (xq @ W_Q + b_Q) @ (xk @ W_K + b_K).T / 2.0
-    assert torch.allclose(qk.token_scores(qk.append_one(xq), aug, qk.append_one(xk), 2.0), by_hand, atol=1e-4)
+    assert torch.allclose(attention_scores(qk.append_one(xq), qk.append_one(xk), folded), by_hand, atol=1e-4)
 
 
 def test_score_blocks_are_the_token_scores_in_chunks():
-    W_Q, W_K = random_factors()
+    head = random_head()
     xq, xk = torch.randn(7, 12), torch.randn(5, 12)
-    W = qk.symmetric_part(W_Q, W_K)  # inner dimension 2 d_head
-    blocks = torch.cat([block for _, block in qk.score_blocks(xq, W, xk, 2.0, chunk_size=3)])
+    W = qk.symmetric_part(head)  # inner dimension 2 d_head
+    blocks = torch.cat([block for _, block in qk.score_blocks(xq, xk, QKHead(W.A, W.B.T, 2.0), chunk_size=3)])
     assert torch.allclose(blocks, xq @ W.AB @ xk.T / 2.0, atol=1e-4)
 
 
@@ -122,10 +129,10 @@ def test_widened_edited_factors_keep_the_models_scale(organism, truth):
     layer, head = truth["planted_heads"]["semantic"]
     weights = qk_head(organism, layer, head, bias=True)
     W_Q, W_K, b_Q, b_K = weights.W_Q, weights.W_K, weights.b_Q, weights.b_K
-    spectrum = qk.symmetric_spectrum(W_Q, W_K)
+    spectrum = qk.symmetric_spectrum(weights)
     negative = qk.most_negative(spectrum.values)
     scale = head_scale(organism.cfg, layer)
-    assert scale == math.sqrt(organism.cfg.d_head)
+    assert scale == weights.scale == math.sqrt(organism.cfg.d_head)
     tokens = prompts.reference_prompts(organism, seed=5, n_prompts=2, n_words=12)
     name = f"blocks.{layer}.ln1.hook_normalized"
     with torch.no_grad():
@@ -136,22 +143,25 @@ def test_widened_edited_factors_keep_the_models_scale(organism, truth):
     causal = torch.ones(own.shape[-2:], dtype=torch.bool).tril()
 
     # factor 1: widened factors of the unedited W must give the model's own scores
-    A, B = qk.edited_factors(W_Q, W_K, spectrum, negative, 1.0)
+    edited = qk.edited_head(weights, spectrum, negative, 1.0)
+    A, B = edited.W_Q, edited.W_K
     width = A.shape[1]
     assert width == organism.cfg.d_head + len(negative) > organism.cfg.d_head
+    assert edited.scale == scale and torch.equal(edited.b_Q, pad_bias(b_Q, width))  # the head's scale, padded biases
     b_A, b_B = pad_bias(b_Q, width), pad_bias(b_K, width)
-    wide = attention_scores(x, x, QKHead(A, B, scale, b_A, b_B))
+    wide = attention_scores(x, x, edited)
     assert torch.allclose(wide[:, causal], own[:, causal], atol=1e-4)
     assert not torch.allclose(attention_scores(x, x, QKHead(A, B, math.sqrt(width), b_A, b_B))[:, causal], own[:, causal],
                               atol=1e-2)  # a scale read off the factors' width would be wrong
     # factor -1: W' = A B^T by hand, d_model x d_model; the padded biases act through W_Q, W_K's columns only
-    A, B = qk.edited_factors(W_Q, W_K, spectrum, negative, -1.0)
+    edited = qk.edited_head(weights, spectrum, negative, -1.0)
+    A, B = edited.W_Q, edited.W_K
     by_hand = (x @ (A @ B.T) @ x.transpose(-1, -2) + (x @ W_K @ b_Q)[:, None, :] + (x @ W_Q @ b_K)[:, :, None]
                + b_Q @ b_K) / math.sqrt(organism.cfg.d_head)
-    got = attention_scores(x, x, QKHead(A, B, scale, pad_bias(b_Q, A.shape[1]), pad_bias(b_K, A.shape[1])))
+    got = attention_scores(x, x, edited)
     assert torch.allclose(got, by_hand, atol=1e-3) and not torch.allclose(got, wide, atol=1e-2)
-    assert torch.allclose(qk.token_scores(x[0], FactoredMatrix(A, B.T), x[0], scale),
-                          x[0] @ (A @ B.T) @ x[0].T / scale, atol=1e-3)
+    assert torch.allclose(attention_scores(x[0], x[0], edited.without_bias()), x[0] @ (A @ B.T) @ x[0].T / scale,
+                          atol=1e-3)
 
 
 def test_self_ranks_and_rank_metrics_exact():
@@ -159,8 +169,7 @@ def test_self_ranks_and_rank_metrics_exact():
     M = torch.tensor([[1.0, 2.0, 3.0],   # self 1: beaten by 2 and 3 -> rank 3
                       [0.0, 5.0, 1.0],   # rank 1
                       [4.0, 9.0, 4.0]])  # beaten by 9 only (ties do not count) -> rank 2
-    W = FactoredMatrix(M, torch.eye(3))
-    ranks = qk.self_ranks(torch.eye(3), W, chunk_size=2)
+    ranks = qk.self_ranks(torch.eye(3), QKHead(M, torch.eye(3), 1.0), chunk_size=2)
     assert ranks.tolist() == [3, 1, 2]
     metrics = qk.rank_metrics(ranks, at=(1, 2))
     assert metrics["mean_rank"] == 2.0
@@ -169,15 +178,14 @@ def test_self_ranks_and_rank_metrics_exact():
 
 
 def test_eigenvalue_edits():
-    W_Q, W_K = random_factors(d_model=10, d_head=3)
-    spectrum = qk.symmetric_spectrum(W_Q, W_K)
+    head = random_head(d_model=10, d_head=3)
+    W_Q, W_K = head.W_Q, head.W_K
+    spectrum = qk.symmetric_spectrum(head)
     negative = qk.most_negative(spectrum.values)
     assert (spectrum.values[negative] < 0).all()
     assert spectrum.values[negative].tolist() == sorted(spectrum.values[negative].tolist())  # most negative first
-    A, B = qk.edited_factors(W_Q, W_K, spectrum, negative, 1.0)
-    assert torch.allclose(A @ B.T, W_Q @ W_K.T, atol=1e-6)  # factor 1: nothing changes
-    A, B = qk.edited_factors(W_Q, W_K, spectrum, negative[:1], -2.0)
-    edited = A @ B.T
+    assert torch.allclose(qk.edited_head(head, spectrum, negative, 1.0).W.AB, W_Q @ W_K.T, atol=1e-6)  # factor 1
+    edited = qk.edited_head(head, spectrum, negative[:1], -2.0).W.AB
     W = W_Q @ W_K.T
     assert torch.allclose((edited - edited.T) / 2, (W - W.T) / 2, atol=1e-5)  # skew part kept
     expected = spectrum.values.clone()
@@ -210,9 +218,10 @@ def test_edited_heads_in_context_matches_one_head_at_a_time(organism):
     tokens, mask = prompts.category_probe(organism, prompts.ALL_CATEGORIES, 8, 32, seed=5)
     edits = {}
     for h in (0, 2):
-        W_Q, W_K = qk_head(organism, 1, h).W_Q, qk_head(organism, 1, h).W_K
-        spectrum = qk.symmetric_spectrum(W_Q, W_K)
-        edits[(1, h)] = qk.edited_factors(W_Q, W_K, spectrum, qk.most_negative(spectrum.values), -1.0)
+        weights = qk_head(organism, 1, h)
+        spectrum = qk.symmetric_spectrum(weights)
+        edited = qk.edited_head(weights, spectrum, qk.most_negative(spectrum.values), -1.0)
+        edits[(1, h)] = (edited.W_Q, edited.W_K)
     together = qk_edits.edited_heads_in_context(organism, tokens, mask, edits)
     for (l, h), factors in edits.items():
         b_Q, b_K = qk_head(organism, l, h, bias=True).b_Q, qk_head(organism, l, h, bias=True).b_K
@@ -228,8 +237,9 @@ def test_override_hooks_reproduce_the_model_and_recompute_scores(organism):
     clean = head_pattern(organism, tokens, 1, 2)
     same = head_pattern(organism, tokens, 1, 2, qk_edits.qk_override_hooks(organism, 1, 2, W_Q, W_K, b_Q, b_K))
     assert torch.allclose(clean, same, atol=1e-5)
-    spectrum = qk.symmetric_spectrum(W_Q, W_K)  # wider factors of the same W, biases padded inside the hooks
-    A, B = qk.edited_factors(W_Q, W_K, spectrum, qk.most_negative(spectrum.values), 1.0)
+    spectrum = qk.symmetric_spectrum(weights)  # wider factors of the same W, biases padded inside the hooks
+    edited = qk.edited_head(weights, spectrum, qk.most_negative(spectrum.values), 1.0)
+    A, B = edited.W_Q, edited.W_K
     wide = head_pattern(organism, tokens, 1, 2, qk_edits.qk_override_hooks(organism, 1, 2, A, B, b_Q, b_K))
     assert A.shape[1] > W_Q.shape[1] and torch.allclose(clean, wide, atol=1e-5)
     zero = torch.zeros_like(W_Q)  # every score 0: uniform over the causal keys, A[q, k] = 1 / (q + 1)
@@ -248,23 +258,24 @@ def test_rank_grid_equals_one_edit_at_a_time(organism, truth):
     layer, head = truth["planted_heads"]["semantic"]
     weights = qk_head(organism, layer, head, bias=True)
     W_Q, W_K, b_Q, b_K = weights.W_Q, weights.W_K, weights.b_Q, weights.b_K
-    spectrum = qk.symmetric_spectrum(W_Q, W_K)
+    spectrum = qk.symmetric_spectrum(weights)
     E = token_inputs(organism, layer, "mean")
     ks, scales = [1, 8, 32], [1.0, 0.0, -2.0]
-    grid = qk.self_ranks_grid(E, W_Q, W_K, spectrum, ks, scales, chunk_size=7)  # chunks that do not divide n
+    grid = qk.self_ranks_grid(E, weights, spectrum, qk.RankGrid(ks, scales, chunk_size=7))  # chunks not dividing n
     tokens, mask = prompts.category_probe(organism, prompts.ALL_CATEGORIES, 8, 32, seed=4)
-    factors = {(k, s): qk.edited_factors(W_Q, W_K, spectrum, qk.most_negative(spectrum.values, k), s)
-               for k in ks for s in scales}
+    edited = {(k, s): qk.edited_head(weights, spectrum, qk.most_negative(spectrum.values, k), s)
+              for k in ks for s in scales}
+    factors = {key: (e.W_Q, e.W_K) for key, e in edited.items()}
     in_context = qk_edits.in_context_grid(organism, tokens, mask, layer, head, factors, b_Q, b_K, batch_size=3)
     for (k, s), (A, B) in factors.items():
-        assert torch.equal(grid[k, s], qk.self_ranks(E, FactoredMatrix(A, B.T))), (k, s)
+        assert torch.equal(grid[k, s], qk.self_ranks(E, edited[k, s])), (k, s)
         hooks = qk_edits.qk_override_hooks(organism, layer, head, A, B, b_Q, b_K)
         expected = qk_edits.in_context_scores(organism, tokens, mask, layer, head, hooks)
         assert in_context[k, s] == pytest.approx(expected, abs=1e-6), (k, s)
     assert grid[32, -2.0].double().mean() < grid[32, 1.0].double().mean() / 2  # the edits do move the ranks
     assert in_context[32, -2.0]["self_mass"] > 5 * in_context[32, 1.0]["self_mass"]
     with pytest.raises(ValueError, match="more negative eigenvalues"):
-        qk.self_ranks_grid(E, W_Q, W_K, spectrum, [10**4], [1.0])
+        qk.self_ranks_grid(E, weights, spectrum, qk.RankGrid([10**4], [1.0]))
 
 
 def test_semantic_head_needs_negative_eigenvalues_and_flipping_them_restores_self_attention(organism, truth):
@@ -272,14 +283,14 @@ def test_semantic_head_needs_negative_eigenvalues_and_flipping_them_restores_sel
     assert [layer, head] == truth["planted_heads"]["semantic"]
     weights = qk_head(organism, layer, head, bias=True)
     W_Q, W_K, b_Q, b_K = weights.W_Q, weights.W_K, weights.b_Q, weights.b_K
-    spectrum = qk.symmetric_spectrum(W_Q, W_K)
-    norms = qk.relative_norms(W_Q, W_K)
+    spectrum = qk.symmetric_spectrum(weights)
+    norms = qk.relative_norms(weights)
     assert qk.spectrum_summary(spectrum.values)["n_negative"] > 0
     assert norms["skew"] < norms["sym"]
     tokens, mask = prompts.category_probe(organism, prompts.ALL_CATEGORIES, 32, 64, seed=21)
     base = qk_edits.in_context_scores(organism, tokens, mask, layer, head)
-    A, B = qk.edited_factors(W_Q, W_K, spectrum, qk.most_negative(spectrum.values), -1.0)
-    hooks = qk_edits.qk_override_hooks(organism, layer, head, A, B, b_Q, b_K)
+    edited = qk.edited_head(weights, spectrum, qk.most_negative(spectrum.values), -1.0)
+    hooks = qk_edits.qk_override_hooks(organism, layer, head, edited.W_Q, edited.W_K, b_Q, b_K)
     flipped = qk_edits.in_context_scores(organism, tokens, mask, layer, head, hooks)
     assert flipped["self_mass"] >= 5 * base["self_mass"]
 
@@ -386,9 +397,9 @@ def test_eigenvalue_edits_and_statistics_exact():
     A, B = edits["factor 1"][(0, 1)]  # factor 1 gives W back
     assert torch.allclose(A @ B.T, W_Q @ W_K.T, atol=1e-5)
     assert edits["targeted"][(0, 1)][0].shape == (12, 3 + 2)  # d_head + the 2 targeted components
-    spectrum = qk.symmetric_spectrum(W_Q, W_K)
+    spectrum = qk.symmetric_spectrum(QKHead(W_Q, W_K, 1.0))
     A, B = edits["factor -1"][(0, 1)]  # every negative eigenvalue flipped
-    flipped = qk.symmetric_spectrum(A, B).values
+    flipped = qk.symmetric_spectrum(QKHead(A, B, 1.0)).values
     assert flipped.min() > -1e-4 and float(flipped.sum()) == pytest.approx(float(spectrum.values.abs().sum()), rel=1e-4)
     change = dict.fromkeys(qk_edits.EDIT_CHANGES, 0.5)
     flat = qk_edits.edit_statistics({(0, 1): {"unedited": change, "targeted": change}})

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from analysis import self_suppression as ss
+from analysis.attention import QKHead
 from analysis.controls import compare
 from analysis.qk_decomposition import spectrum_summary, symmetric_spectrum
 
@@ -27,7 +28,7 @@ def test_top_k_share_counts_the_most_negative_terms():
     # W = W_Q W_K^T = diag(-3, -1, 2), symmetric: W_sym's non-zero eigenvalues are -3 (e0), -1 (e1), 2 (e2)
     W_Q, W_K = torch.eye(3), torch.diag(torch.tensor([-3.0, -1.0, 2.0]))
     x = torch.ones(1, 3)
-    spectrum = symmetric_spectrum(W_Q, W_K)
+    spectrum = symmetric_spectrum(QKHead(W_Q, W_K, 1.0))
     # negative part of x^T W_sym x = -3 - 1; the most negative component carries 3 of 4
     assert ss.negative_share_top_k(x, spectrum, 1.0, 1) == pytest.approx(0.75, abs=1e-5)
     assert ss.negative_share_top_k(x, spectrum, 1.0, 2) == pytest.approx(1.0, abs=1e-5)
@@ -54,7 +55,7 @@ def test_every_full_rank_head_has_exactly_d_head_negative_eigenvalues():
     generator = torch.Generator().manual_seed(0)
     for _ in range(5):
         W_Q, W_K = torch.randn(32, 6, generator=generator), torch.randn(32, 6, generator=generator)
-        summary = spectrum_summary(symmetric_spectrum(W_Q, W_K).values)
+        summary = spectrum_summary(symmetric_spectrum(QKHead(W_Q, W_K, 1.0)).values)
         assert (summary["n_negative"], summary["n_positive"]) == (6, 6)
 
 
@@ -143,10 +144,11 @@ def test_sampled_self_ranks_are_the_full_ranks_of_those_queries():
 
     g = torch.Generator().manual_seed(0)
     x, W_Q, W_K = torch.randn(300, 16, generator=g), torch.randn(16, 4, generator=g), torch.randn(16, 4, generator=g)
-    spectrum = symmetric_spectrum(W_Q, W_K)
+    head = QKHead(W_Q, W_K, 1.0)
+    spectrum = symmetric_spectrum(head)
     queries = ss.rank_queries(300, 40, seed=1)
-    full = qk.self_ranks_grid(x, W_Q, W_K, spectrum, [1, 3], [1.0, -1.0], chunk_size=64)
-    part = qk.self_ranks_grid(x, W_Q, W_K, spectrum, [1, 3], [1.0, -1.0], chunk_size=7, queries=queries)
+    full = qk.self_ranks_grid(x, head, spectrum, qk.RankGrid([1, 3], [1.0, -1.0], chunk_size=64))
+    part = qk.self_ranks_grid(x, head, spectrum, qk.RankGrid([1, 3], [1.0, -1.0], chunk_size=7, queries=queries))
     for cell, ranks in full.items():
         assert torch.equal(part[cell], ranks[queries]), cell
     assert not torch.equal(full[3, -1.0], full[3, 1.0])  # the edit moves ranks: the comparison can fail

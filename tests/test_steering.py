@@ -7,9 +7,8 @@ import pytest
 import torch
 
 from analysis import prompts, records, scores, steering
-from analysis import qk_decomposition as qk
 from analysis import qk_edits
-from analysis.attention import qk_head
+from analysis.attention import QKHead, qk_head, self_attention_scores
 from analysis.patterns import head_pattern, layer_input
 from conftest import run_main
 
@@ -30,7 +29,7 @@ def test_trace_step_adds_eta_W_Q_W_Q_transpose():
     (W_Q @ W_K_leaf.T).trace().backward()
     assert torch.allclose(W_K + 0.25 * W_K_leaf.grad, Wk)
     x = torch.randn(5, 8, generator=g)  # every self-score grows by eta |x W_Q|^2
-    grow = qk.self_scores(x, qk.qk_matrix(Wq, Wk), 1) - qk.self_scores(x, qk.qk_matrix(W_Q, W_K), 1)
+    grow = self_attention_scores(x, QKHead(Wq, Wk, 1.0)) - self_attention_scores(x, QKHead(W_Q, W_K, 1.0))
     assert torch.allclose(grow, 0.25 * (x @ W_Q).pow(2).sum(-1), atol=1e-4)
     eta = steering.trace_eta(W_Q, W_K, 0.5)
     assert math.isclose(float((eta * W_Q @ W_Q.T).norm()), 0.5 * float((W_Q @ W_K.T).norm()), rel_tol=1e-5)
