@@ -48,7 +48,8 @@ from analysis import qk_decomposition as qk
 from analysis.attention import QKHead, attention_scores, head_scale, qk_head
 from analysis.controls import head_key
 from analysis.qk_decomposition import Spectrum, most_negative, self_score_parts, spectrum_summary, symmetric_spectrum
-from analysis.qk_edits import in_context_grid
+from analysis.prompts import Probe
+from analysis.qk_edits import in_context_edits
 from analysis.token_maps import block_means, token_inputs
 
 
@@ -232,7 +233,7 @@ def rank_grid(model: HookedTransformer, layer: int, head: int, E: Tensor, tokens
     Each cell W_{k,s} rescales the k most negative eigenvalues of W_sym by s (`qk.edited_head`); its
     metrics are the self-rank summaries of the query tokens `queries` (`rank_queries`; default every token)
     among all keys of the vocabulary `E: [d_vocab, d_model]` (`qk.self_ranks_grid`, one batched pass over
-    score blocks for every cell) and the self and partner mass on `tokens` with `mask` (`qk_edits.in_context_grid`,
+    score blocks for every cell) and the self and partner mass on `tokens` with `mask` (`qk_edits.in_context_edits`,
     one run up to the layer, every edited pattern from its cached input). k is capped at the head's number
     of negative eigenvalues.
     """
@@ -245,11 +246,10 @@ def rank_grid(model: HookedTransformer, layer: int, head: int, E: Tensor, tokens
     ranks = qk.self_ranks_grid(E, own, spectrum, qk.RankGrid(ks, measured, chunk_size=chunk_size, queries=queries),
                                progress)
     edited = {(k, s): qk.edited_head(own, spectrum, most_negative(spectrum.values, k), s) for k in ks for s in measured}
-    factors = {key: (e.W_Q, e.W_K) for key, e in edited.items()}
-    in_context = in_context_grid(model, tokens, mask, layer, head, factors, b_Q, b_K)
+    in_context = in_context_edits(model, Probe(tokens, mask), layer, edited)
     metrics = {(k, s): {"k": k, "scale": s, **qk.rank_metrics(ranks[k, s], at),
                         "self_mass": in_context[k, s]["self_mass"], "partner_mass": in_context[k, s]["partner_mass"]}
-               for k, s in factors}
+               for k, s in edited}
     cells = {cell_key(k, float(s)): metrics[k, float(s)] for k in ks for s in scales}
     return {"cells": cells, "unedited": metrics[ks[0], 1.0], "n_negative": n_negative, "ks": ks}
 

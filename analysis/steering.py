@@ -33,6 +33,7 @@ from transformer_lens import FactoredMatrix, HookedTransformer
 from analysis import scores
 from analysis.attention import QKHead, attention_scores, head_scale, qk_head
 from analysis.patterns import layer_input
+from analysis.prompts import Probe
 from analysis.qk_edits import in_context_edits, pattern_from_input
 
 Direction = Literal["suppress", "restore"]
@@ -86,7 +87,7 @@ def head_masses(x: Tensor, tokens: Tensor, mask: Tensor, W_Q: Tensor, W_K: Tenso
                 b_K: Tensor | None, scale: float) -> dict[str, Tensor]:
     """Self, partner and BOS-when-no-partner mass (means over prompts, differentiable in W_Q, W_K) of a head with
     these weights on its layer's input `x: [batch, pos, d_model]` (`patterns.layer_input` of `tokens`)."""
-    pattern = pattern_from_input(x, W_Q, W_K, scale, b_Q, b_K)[0][:, None].cpu()  # (B, 1, T, T)
+    pattern = pattern_from_input(x, QKHead(W_Q, W_K, scale, b_Q, b_K))[0][:, None].cpu()  # (B, 1, T, T)
     companions = scores.semantic_companions(pattern, tokens, mask, scores.scored_rows(tokens))
     return {key: companions[key][:, 0].nanmean() for key in scores.MASSES}
 
@@ -197,9 +198,9 @@ def steer_heads(model: HookedTransformer, heads: Sequence[Head], train: tuple[Te
                                           "relative_change": weight_change(W_Q, W_K, *conditions[trace_name(relative)])}
         edits[(layer, head)] = HeadEdits(conditions, {}, runs)
     for layer in dict.fromkeys(l for l, _ in heads):
-        of_layer = {(hd, name): (*wk, *biases[hd]) for hd, e in edits.items() if hd[0] == layer
-                    for name, wk in e.conditions.items()}
-        for (hd, name), m in in_context_edits(model, *test, layer, of_layer).items():
+        of_layer = {(hd, name): QKHead(*wk, head_scale(model.cfg, layer), *biases[hd]) for hd, e in edits.items()
+                    if hd[0] == layer for name, wk in e.conditions.items()}
+        for (hd, name), m in in_context_edits(model, Probe(*test), layer, of_layer).items():
             edits[hd].metrics[name] = m
     for e in edits.values():
         for m in e.metrics.values():

@@ -58,25 +58,23 @@ def build_parser():
 def main(args) -> None:
     model, layer, head = load_target(args)
     own = qk_head(model, layer, head, bias=True)
-    W_Q, W_K, b_Q, b_K = own.W_Q, own.W_K, own.b_Q, own.b_K
     spectrum = qk.symmetric_spectrum(own)
     negative = qk.most_negative(spectrum.values)
     ids, labels, group, _ = group_tokens(model.tokenizer)
     E = token_inputs(model, layer, args.input, token_ids=ids, seed=args.seed)
     categories, chosen = cli.chosen_categories(args)
-    tokens, mask = prompts.category_probe(model, categories, args.n_prompts, args.n_words, args.seed + 1)
+    probe = prompts.category_probe(model, categories, args.n_prompts, args.n_words, args.seed + 1)
 
     edited = {f: qk.edited_head(own, spectrum, negative, f) for f in args.factors}
-    factors = {f: (e.W_Q, e.W_K) for f, e in edited.items()}
-    in_context = qk_edits.in_context_grid(model, tokens, mask, layer, head, {"base": (W_Q, W_K), **factors}, b_Q, b_K)
+    in_context = qk_edits.in_context_edits(model, probe, layer, {"base": own, **edited})
     base = in_context.pop("base")  # the unedited head
     maps = [attention_scores(E, E, e.without_bias()) for e in edited.values()]
     per_factor = [{"factor": f, "map": m, "block_means": block_means(m, group), "in_context": in_context[f]}
                   for f, m in zip(edited, maps)]
     heads = [(layer, head)] + control_heads(model, (layer, head), args.controls, args.seed)
     inputs = {l: token_inputs(model, l, args.input, token_ids=ids, seed=args.seed) for l in {l for l, _ in heads}}
-    edits = qk_edits.edit_sweep(model, tokens, mask, qk_edits.eigenvalue_edits(
-        {hd: (qk_head(model, *hd).W_Q, qk_head(model, *hd).W_K) for hd in heads}, {hd: inputs[hd[0]] for hd in heads}, args.factors,
+    edits = qk_edits.edit_sweep(model, probe, qk_edits.eigenvalue_edits(
+        {hd: qk_head(model, *hd, bias=True) for hd in heads}, {hd: inputs[hd[0]] for hd in heads}, args.factors,
         args.targeted_k))
     report = controls.compare((layer, head), qk_edits.edit_statistics(edits),
                               {f"{e}_self_mass_change": "high" for e in ("factor -1", "factor 0", "targeted")})

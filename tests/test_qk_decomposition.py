@@ -215,38 +215,35 @@ def test_edit_effect_exact():
 
 
 def test_edited_heads_in_context_matches_one_head_at_a_time(organism):
-    tokens, mask = prompts.category_probe(organism, prompts.ALL_CATEGORIES, 8, 32, seed=5)
+    probe = prompts.category_probe(organism, prompts.ALL_CATEGORIES, 8, 32, seed=5)
     edits = {}
     for h in (0, 2):
-        weights = qk_head(organism, 1, h)
+        weights = qk_head(organism, 1, h, bias=True)
         spectrum = qk.symmetric_spectrum(weights)
-        edited = qk.edited_head(weights, spectrum, qk.most_negative(spectrum.values), -1.0)
-        edits[(1, h)] = (edited.W_Q, edited.W_K)
-    together = qk_edits.edited_heads_in_context(organism, tokens, mask, edits)
-    for (l, h), factors in edits.items():
-        b_Q, b_K = qk_head(organism, l, h, bias=True).b_Q, qk_head(organism, l, h, bias=True).b_K
-        hooks = qk_edits.qk_override_hooks(organism, l, h, *factors, b_Q, b_K)
-        alone = qk_edits.in_context_scores(organism, tokens, mask, l, h, hooks)
+        edits[(1, h)] = qk.edited_head(weights, spectrum, qk.most_negative(spectrum.values), -1.0)
+    together = qk_edits.edited_heads_in_context(organism, probe, edits)
+    for (l, h), edited in edits.items():
+        hooks = qk_edits.qk_override_hooks(organism, l, h, edited)
+        alone = qk_edits.in_context_scores(organism, probe, l, h, hooks)
         assert together[(l, h)] == pytest.approx(alone, abs=1e-5, nan_ok=True)
 
 
 def test_override_hooks_reproduce_the_model_and_recompute_scores(organism):
     tokens = prompts.reference_prompts(organism, seed=3, n_prompts=4, n_words=20)
     weights = qk_head(organism, 1, 2, bias=True)
-    W_Q, W_K, b_Q, b_K = weights.W_Q, weights.W_K, weights.b_Q, weights.b_K
     clean = head_pattern(organism, tokens, 1, 2)
-    same = head_pattern(organism, tokens, 1, 2, qk_edits.qk_override_hooks(organism, 1, 2, W_Q, W_K, b_Q, b_K))
+    same = head_pattern(organism, tokens, 1, 2, qk_edits.qk_override_hooks(organism, 1, 2, weights))
     assert torch.allclose(clean, same, atol=1e-5)
-    spectrum = qk.symmetric_spectrum(weights)  # wider factors of the same W, biases padded inside the hooks
-    edited = qk.edited_head(weights, spectrum, qk.most_negative(spectrum.values), 1.0)
-    A, B = edited.W_Q, edited.W_K
-    wide = head_pattern(organism, tokens, 1, 2, qk_edits.qk_override_hooks(organism, 1, 2, A, B, b_Q, b_K))
-    assert A.shape[1] > W_Q.shape[1] and torch.allclose(clean, wide, atol=1e-5)
-    zero = torch.zeros_like(W_Q)  # every score 0: uniform over the causal keys, A[q, k] = 1 / (q + 1)
-    uniform = head_pattern(organism, tokens, 1, 2, qk_edits.qk_override_hooks(organism, 1, 2, zero, zero))
+    spectrum = qk.symmetric_spectrum(weights)  # wider factors of the same W, biases padded by the edit
+    wide_head = qk.edited_head(weights, spectrum, qk.most_negative(spectrum.values), 1.0)
+    wide = head_pattern(organism, tokens, 1, 2, qk_edits.qk_override_hooks(organism, 1, 2, wide_head))
+    assert wide_head.W_Q.shape[1] > weights.W_Q.shape[1] and torch.allclose(clean, wide, atol=1e-5)
+    zero = torch.zeros_like(weights.W_Q)  # every score 0: uniform over the causal keys, A[q, k] = 1 / (q + 1)
+    uniform_head = QKHead(zero, zero, weights.scale)
+    uniform = head_pattern(organism, tokens, 1, 2, qk_edits.qk_override_hooks(organism, 1, 2, uniform_head))
     expected = torch.ones(21, 21).tril() / torch.arange(1, 22)[:, None]
     assert torch.allclose(uniform, expected.expand_as(uniform), atol=1e-6)
-    other_head = head_pattern(organism, tokens, 1, 0, qk_edits.qk_override_hooks(organism, 1, 2, zero, zero))
+    other_head = head_pattern(organism, tokens, 1, 0, qk_edits.qk_override_hooks(organism, 1, 2, uniform_head))
     assert torch.allclose(other_head, head_pattern(organism, tokens, 1, 0))  # only the target head changes
 
 
@@ -257,20 +254,18 @@ def test_rank_grid_equals_one_edit_at_a_time(organism, truth):
 
     layer, head = truth["planted_heads"]["semantic"]
     weights = qk_head(organism, layer, head, bias=True)
-    W_Q, W_K, b_Q, b_K = weights.W_Q, weights.W_K, weights.b_Q, weights.b_K
     spectrum = qk.symmetric_spectrum(weights)
     E = token_inputs(organism, layer, "mean")
     ks, scales = [1, 8, 32], [1.0, 0.0, -2.0]
     grid = qk.self_ranks_grid(E, weights, spectrum, qk.RankGrid(ks, scales, chunk_size=7))  # chunks not dividing n
-    tokens, mask = prompts.category_probe(organism, prompts.ALL_CATEGORIES, 8, 32, seed=4)
+    probe = prompts.category_probe(organism, prompts.ALL_CATEGORIES, 8, 32, seed=4)
     edited = {(k, s): qk.edited_head(weights, spectrum, qk.most_negative(spectrum.values, k), s)
               for k in ks for s in scales}
-    factors = {key: (e.W_Q, e.W_K) for key, e in edited.items()}
-    in_context = qk_edits.in_context_grid(organism, tokens, mask, layer, head, factors, b_Q, b_K, batch_size=3)
-    for (k, s), (A, B) in factors.items():
-        assert torch.equal(grid[k, s], qk.self_ranks(E, edited[k, s])), (k, s)
-        hooks = qk_edits.qk_override_hooks(organism, layer, head, A, B, b_Q, b_K)
-        expected = qk_edits.in_context_scores(organism, tokens, mask, layer, head, hooks)
+    in_context = qk_edits.in_context_edits(organism, probe, layer, edited, batch_size=3)
+    for (k, s), cell in edited.items():
+        assert torch.equal(grid[k, s], qk.self_ranks(E, cell)), (k, s)
+        hooks = qk_edits.qk_override_hooks(organism, layer, head, cell)
+        expected = qk_edits.in_context_scores(organism, probe, layer, head, hooks)
         assert in_context[k, s] == pytest.approx(expected, abs=1e-6), (k, s)
     assert grid[32, -2.0].double().mean() < grid[32, 1.0].double().mean() / 2  # the edits do move the ranks
     assert in_context[32, -2.0]["self_mass"] > 5 * in_context[32, 1.0]["self_mass"]
@@ -282,16 +277,15 @@ def test_semantic_head_needs_negative_eigenvalues_and_flipping_them_restores_sel
     layer, head = target_head(organism, None, None)  # found unaided
     assert [layer, head] == truth["planted_heads"]["semantic"]
     weights = qk_head(organism, layer, head, bias=True)
-    W_Q, W_K, b_Q, b_K = weights.W_Q, weights.W_K, weights.b_Q, weights.b_K
     spectrum = qk.symmetric_spectrum(weights)
     norms = qk.relative_norms(weights)
     assert qk.spectrum_summary(spectrum.values)["n_negative"] > 0
     assert norms["skew"] < norms["sym"]
-    tokens, mask = prompts.category_probe(organism, prompts.ALL_CATEGORIES, 32, 64, seed=21)
-    base = qk_edits.in_context_scores(organism, tokens, mask, layer, head)
+    probe = prompts.category_probe(organism, prompts.ALL_CATEGORIES, 32, 64, seed=21)
+    base = qk_edits.in_context_scores(organism, probe, layer, head)
     edited = qk.edited_head(weights, spectrum, qk.most_negative(spectrum.values), -1.0)
-    hooks = qk_edits.qk_override_hooks(organism, layer, head, edited.W_Q, edited.W_K, b_Q, b_K)
-    flipped = qk_edits.in_context_scores(organism, tokens, mask, layer, head, hooks)
+    hooks = qk_edits.qk_override_hooks(organism, layer, head, edited)
+    flipped = qk_edits.in_context_scores(organism, probe, layer, head, hooks)
     assert flipped["self_mass"] >= 5 * base["self_mass"]
 
 
@@ -390,16 +384,15 @@ def test_rank_ablation_best_cell_on_controls_agrees_with_the_grid(organism):
 
 
 def test_eigenvalue_edits_and_statistics_exact():
-    W_Q, W_K = random_factors()
+    head = random_head(scale=2.0)
     x = torch.randn(5, 12, generator=torch.Generator().manual_seed(1))
-    edits = qk_edits.eigenvalue_edits({(0, 1): (W_Q, W_K)}, {(0, 1): x}, [1.0, -1.0], targeted_k=2)
+    edits = qk_edits.eigenvalue_edits({(0, 1): head}, {(0, 1): x}, [1.0, -1.0], targeted_k=2)
     assert list(edits) == ["unedited", "factor 1", "factor -1", "targeted"]
-    A, B = edits["factor 1"][(0, 1)]  # factor 1 gives W back
-    assert torch.allclose(A @ B.T, W_Q @ W_K.T, atol=1e-5)
-    assert edits["targeted"][(0, 1)][0].shape == (12, 3 + 2)  # d_head + the 2 targeted components
-    spectrum = qk.symmetric_spectrum(QKHead(W_Q, W_K, 1.0))
-    A, B = edits["factor -1"][(0, 1)]  # every negative eigenvalue flipped
-    flipped = qk.symmetric_spectrum(QKHead(A, B, 1.0)).values
+    assert torch.allclose(edits["factor 1"][(0, 1)].W.AB, head.W.AB, atol=1e-5)  # factor 1 gives W back
+    assert edits["targeted"][(0, 1)].W_Q.shape == (12, 3 + 2)  # d_head + the 2 targeted components
+    assert all(edit[(0, 1)].scale == 2.0 for edit in edits.values())  # the head's own scale, whatever the width
+    spectrum = qk.symmetric_spectrum(head)
+    flipped = qk.symmetric_spectrum(edits["factor -1"][(0, 1)]).values  # every negative eigenvalue flipped
     assert flipped.min() > -1e-4 and float(flipped.sum()) == pytest.approx(float(spectrum.values.abs().sum()), rel=1e-4)
     change = dict.fromkeys(qk_edits.EDIT_CHANGES, 0.5)
     flat = qk_edits.edit_statistics({(0, 1): {"unedited": change, "targeted": change}})
@@ -407,27 +400,27 @@ def test_eigenvalue_edits_and_statistics_exact():
 
 
 def test_edit_sweep_unedited_changes_nothing(organism):
-    tokens, mask = prompts.category_probe(organism, prompts.STUDY_CATEGORIES, 4, 16, seed=0)
-    heads = {(1, h): (qk_head(organism, 1, h).W_Q, qk_head(organism, 1, h).W_K) for h in (0, 3)}
-    sweep = qk_edits.edit_sweep(organism, tokens, mask, {"unedited": heads, "same": heads})
+    probe = prompts.category_probe(organism, prompts.STUDY_CATEGORIES, 4, 16, seed=0)
+    heads = {(1, h): qk_head(organism, 1, h, bias=True) for h in (0, 3)}
+    sweep = qk_edits.edit_sweep(organism, probe, {"unedited": heads, "same": heads})
     assert set(sweep) == {(1, 0), (1, 3)}
     for rows in sweep.values():
         assert rows["same"]["self_mass_change"] == 0 and rows["unedited"]["surprisal_change"] == 0
     assert sweep[(1, 3)]["unedited"]["self_mass"] == pytest.approx(
-        qk_edits.in_context_scores(organism, tokens, mask, 1, 3)["self_mass"], abs=1e-6)
+        qk_edits.in_context_scores(organism, probe, 1, 3)["self_mass"], abs=1e-6)
 
 
 def test_in_context_edits_exact_on_a_uniform_head(organism):
     """Zero factors: every causal key gets 1 / (q + 1), so S = mean over rows of -log(marked keys / (q + 1))."""
-    tokens, mask = prompts.category_probe(organism, prompts.STUDY_CATEGORIES, 4, 16, seed=2)
+    probe = prompts.category_probe(organism, prompts.STUDY_CATEGORIES, 4, 16, seed=2)
+    tokens, mask = probe
     zero = torch.zeros(organism.cfg.d_model, organism.cfg.d_head)
     weights = qk_head(organism, 1, 3, bias=True)
-    W_Q, W_K, b_Q, b_K = weights.W_Q, weights.W_K, weights.b_Q, weights.b_K
-    got = qk_edits.in_context_edits(organism, tokens, mask, 1, {"zero": (zero, zero, None, None),
-                                                           "own": (W_Q, W_K, b_Q, b_K)}, batch_size=3)
+    got = qk_edits.in_context_edits(organism, probe, 1, {"zero": QKHead(zero, zero, weights.scale), "own": weights},
+                                    batch_size=3)
     q = torch.arange(tokens.shape[1], dtype=torch.float64)
     marked = (mask.double() * torch.ones(len(q), len(q), dtype=torch.float64).tril()).sum(-1)  # (B, T)
     expected = (-(marked / (q + 1)).log())[:, 1:].mean(-1).mean()  # rows after BOS, then prompts
     assert got["zero"]["surprisal"] == pytest.approx(float(expected), abs=1e-5)
-    own = qk_edits.in_context_scores(organism, tokens, mask, 1, 3)  # the head's own weights: the model's own pattern
+    own = qk_edits.in_context_scores(organism, probe, 1, 3)  # the head's own weights: the model's own pattern
     assert got["own"] == pytest.approx(own, abs=1e-5)

@@ -45,15 +45,15 @@ def semantic_probe(organism, truth):
 
 @pytest.mark.parametrize("direction", ["suppress", "restore"])
 def test_gradient_steering_moves_self_mass_and_keeps_partners(organism, semantic_probe, direction):
-    layer, head, (tokens, mask), (test, test_mask) = semantic_probe
+    layer, head, (tokens, mask), test = semantic_probe
     before_params = {k: v.clone() for k, v in organism.state_dict().items()}
     run = steering.gradient_steer(organism, tokens, mask, layer, head, direction, lam=1.0, lr=1e-2, steps=10,
                                   batch_size=16, seed=0)
     own = qk_head(organism, layer, head, bias=True)
-    b_Q, b_K = own.b_Q, own.b_K
-    after = qk_edits.in_context_scores(organism, test, test_mask, layer, head,
-                                 qk_edits.qk_override_hooks(organism, layer, head, run.W_Q, run.W_K, b_Q, b_K))
-    base = qk_edits.in_context_scores(organism, test, test_mask, layer, head)
+    after = qk_edits.in_context_scores(organism, test, layer, head,
+                                       qk_edits.qk_override_hooks(organism, layer, head,
+                                                                  own.with_factors(run.W_Q, run.W_K)))
+    base = qk_edits.in_context_scores(organism, test, layer, head)
     moved = after["self_mass"] - base["self_mass"]
     assert (moved < 0) if direction == "suppress" else (moved > 0)
     assert after["partner_mass"] >= 0.8 * base["partner_mass"]
@@ -129,15 +129,14 @@ def test_interpolate_at_interpolates_and_refuses_to_extrapolate():
 
 
 def test_gradient_steering_mu_keeps_bos_fallback(organism, semantic_probe):
-    layer, head, (tokens, mask), (test, test_mask) = semantic_probe
+    layer, head, (tokens, mask), test = semantic_probe
     own = qk_head(organism, layer, head, bias=True)
-    b_Q, b_K = own.b_Q, own.b_K
     bos = {}
     for mu in (0.0, 5.0):
         run = steering.gradient_steer(organism, tokens, mask, layer, head, "restore", lam=1.0, lr=3e-2, steps=10,
                                       batch_size=16, seed=0, mu=mu)
-        hooks = qk_edits.qk_override_hooks(organism, layer, head, run.W_Q, run.W_K, b_Q, b_K)
-        bos[mu] = qk_edits.in_context_scores(organism, test, test_mask, layer, head, hooks)["bos_mass_no_partner"]
+        hooks = qk_edits.qk_override_hooks(organism, layer, head, own.with_factors(run.W_Q, run.W_K))
+        bos[mu] = qk_edits.in_context_scores(organism, test, layer, head, hooks)["bos_mass_no_partner"]
     assert bos[5.0] > bos[0.0] + 0.05
 
 
@@ -200,7 +199,7 @@ def test_steering_from_the_layer_input_matches_the_hooked_model(organism, semant
     W_K = W_K + 0.3 * W_Q  # an edited head, so that the check is not only of the model's own weights
     x = layer_input(organism, tokens[:8], layer)
     masses = steering.head_masses(x, tokens[:8], mask[:8], W_Q, W_K, b_Q, b_K, own.scale)
-    hooks = qk_edits.qk_override_hooks(organism, layer, head, W_Q, W_K, b_Q, b_K)
+    hooks = qk_edits.qk_override_hooks(organism, layer, head, own.with_factors(W_Q, W_K))
     pattern = head_pattern(organism, tokens[:8], layer, head, hooks)[:, None]
     expected = scores.semantic_companions(pattern, tokens[:8], mask[:8], scores.scored_rows(tokens[:8]))
     for key, value in masses.items():
@@ -214,5 +213,5 @@ def test_steer_heads_measures_every_head_and_condition(organism, semantic_probe)
     for edits in per_head.values():
         assert list(edits.metrics) == ["before", "restore", "trace 0.3"] and len(edits.runs["restore"]["history"]) == 2
         assert edits.metrics["before"]["partner_mass_change"] == 0
-    base = qk_edits.in_context_scores(organism, *test, 0, 2)  # "before" is the unedited head, measured in the model
+    base = qk_edits.in_context_scores(organism, test, 0, 2)  # "before" is the unedited head, measured in the model
     assert per_head[(0, 2)].metrics["before"]["self_mass"] == pytest.approx(base["self_mass"], abs=1e-6)
