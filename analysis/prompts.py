@@ -260,6 +260,14 @@ class Probe(NamedTuple):
     mask: Tensor
 
 
+class CategoryWords(NamedTuple):
+    """Words and their categories, which travel together: `ids: [n]` token ids, `category: [n]` each one's
+    category number."""
+
+    ids: Tensor
+    category: Tensor
+
+
 def category_probe(model, categories: Mapping[str, Sequence[str]], n_prompts: int, n_words: int,
                    seed: int) -> Probe:
     """Category-word prompts and their ground-truth mask: (`tokens: [batch, pos]`, `mask: [batch, q, k]`)."""

@@ -40,7 +40,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from analysis import cli, io, records
+from analysis import cli, io, prompts, records
 from analysis import qk_decomposition as qk
 from analysis import self_suppression as ss
 from analysis.attention import qk_head
@@ -76,7 +76,7 @@ def main(args) -> None:
     # Every head on the category words: the target's statistics against all others'.
     categories, category_record = cli.chosen_categories(args)
     word_ids, words, category, names = group_tokens(model.tokenizer, categories)
-    stats = ss.every_head_statistics(model, args.input, word_ids, category, args.seed,
+    stats = ss.every_head_statistics(model, args.input, prompts.CategoryWords(word_ids, category), args.seed,
                                      lambda *a: ss.head_statistics(*a, n_permutations=args.n_permutations))
     report = compare((layer, head), stats, ss.DIRECTIONS)
     null_keys = ("margin_shuffled_mean", "margin_shuffled_q05", "gaussian_self_score", "gaussian_self_negative_part",

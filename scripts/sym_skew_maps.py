@@ -25,7 +25,7 @@ Writes results/<model>/sym_skew_maps.json and figures/<model>/sym_skew_maps{,_co
 
 from __future__ import annotations
 
-from analysis import cli, io, records
+from analysis import cli, io, prompts, records
 from analysis import qk_decomposition as qk
 from analysis import self_suppression as ss
 from analysis.attention import attention_scores, qk_head
@@ -58,7 +58,8 @@ def main(args) -> None:
     base_norm = float(maps["base"].norm())
     check = {"max_abs_diag_base_minus_sym": float((maps["base"].diagonal() - maps["sym"].diagonal()).abs().max()),
              "max_abs_diag_skew": float(maps["skew"].diagonal().abs().max())}
-    stats = ss.every_head_statistics(model, args.input, ids, group, args.seed, ss.group_map_statistics)
+    stats = ss.every_head_statistics(model, args.input, prompts.CategoryWords(ids, group), args.seed,
+                                     ss.group_map_statistics)
     report = compare((layer, head), stats, ss.GROUP_MAP_DIRECTIONS)
     results = {
         **report, "separating": separating(report),

@@ -373,12 +373,12 @@ def test_rank_ablation_best_cell_on_controls_agrees_with_the_grid(organism):
     # The cheap path (--control-cells best) and the grid measure the same edit the same way.
     layer, head = 1, 1  # the planted induction head: a control
     E = token_inputs(organism, layer, "mean")
-    tokens, mask = prompts.category_probe(organism, prompts.STUDY_CATEGORIES, 4, 16, seed=0)
-    grid = ss.rank_grid(organism, layer, head, E, tokens, mask, ks=[4], scales=[-1.0], at=[1])
+    probe = prompts.category_probe(organism, prompts.STUDY_CATEGORIES, 4, 16, seed=0)
+    grid = ss.rank_grid(organism, (layer, head), E, probe, qk.RankGrid(ks=[4], scales=[-1.0], at=[1]))
     assert set(grid["cells"]) == {"k=4,scale=-1"}  # scale 1 measured (unedited) but not a cell
     best = grid["cells"]["k=4,scale=-1"]
     from_grid = ss.rank_statistics(grid, best)
-    direct = ss.best_cell_edit(organism, layer, head, best, E, tokens, mask)
+    direct = ss.best_cell_edit(organism, (layer, head), best, E, probe, qk.RankGrid(ks=[4], scales=[-1.0]))
     for key, value in direct.items():
         assert from_grid[key] == pytest.approx(value, abs=1e-4), key
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from analysis import records
+from analysis.attention import QKHead
 from analysis.errors import UsageError
 from analysis.organism.files import ORGANISM_SAE_DIR
 from analysis.organism.sae import SAETrainSettings, organism_activations, train_sae
@@ -320,7 +321,7 @@ def test_feature_map_and_its_statistics_through_each_layers_layernorm(organism):
     assert set(stats) == {(l, h) for l in range(organism.cfg.n_layers) for h in range(organism.cfg.n_heads)}
     assert stats[(1, 2)]["precision"] == 2.0 and stats[(0, 2)]["precision"] is None
     x0 = organism.blocks[0].ln1(sae.W_dec[chosen][:, None])[:, 0].detach()
-    expected = group_map_statistics(x0, group, organism.W_Q[0, 2].detach(), organism.W_K[0, 2].detach(),
-                                    organism.cfg.attn_scale)
+    expected = group_map_statistics(x0, group, QKHead(organism.W_Q[0, 2].detach(), organism.W_K[0, 2].detach(),
+                                                      organism.cfg.attn_scale))
     assert {k: stats[(0, 2)][k] for k in expected} == pytest.approx(expected, abs=1e-5)
     assert stats[(1, 3)]["self_minus_in_group"] != pytest.approx(stats[(0, 3)]["self_minus_in_group"])

@@ -142,8 +142,7 @@ def feature_map_statistics(model: HookedTransformer, sae, features: Tensor, grou
     for l in range(model.cfg.n_layers):
         x = feature_inputs(model, sae, l, features)  # (n, d_model)
         for h in range(model.cfg.n_heads):
-            own = qk_head(model, l, h)
-            stats[(l, h)] = group_map_statistics(x, group, own.W_Q, own.W_K, own.scale)
+            stats[(l, h)] = group_map_statistics(x, group, qk_head(model, l, h))
             if precision is not None:
                 stats[(l, h)].update(precision.get(h) if l == layer else {"precision": None,
                                                                           "precision_shuffled": None})
