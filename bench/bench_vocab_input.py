@@ -37,11 +37,9 @@ def bench_cosine_pairs_8192(settings: Settings) -> dict:
     n = 1024 if settings.quick else 8192
     reference = prompts.reference_prompts(model, seed=settings.seed, n_prompts=8)
     inputs = vocab_input.head_input(model, 1, reference, token_ids=torch.arange(n), use_cache=False)
-    own = qk_head(model, 1, 5, bias=True)
-    weights, scale = (own.W_Q, own.W_K, own.b_Q, own.b_K), own.scale
+    qk = qk_head(model, 1, 5, bias=True)
     edges = torch.linspace(-1, 1, 81)
-    _, stats = measure(lambda: similarity.windowed_means(*similarity.binned_pairs(inputs, edges, *weights, scale=scale,
-                                                                                    chunk_size=1024)),
+    _, stats = measure(lambda: similarity.windowed_means(*similarity.binned_pairs(inputs, edges, qk, chunk_size=1024)),
                        settings.device)
     peak_total_mb = _rss() / MB + stats["peak_mb"]  # upper bound: resident now plus what the call added
     return {"tokens": n, "query_chunk": 1024, **stats, "process_peak_mb_upper_bound": peak_total_mb,

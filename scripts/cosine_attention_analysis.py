@@ -84,18 +84,17 @@ def main(args) -> None:
 
     reference = prompts.reference_prompts(model, args.seed)
     inputs = head_input(model, layer, reference, args.variant, token_ids=ids, progress=True)  # (N, d_model)
-    own = qk_head(model, layer, head, bias=not args.no_bias)
-    weights, scale = (own.W_Q, own.W_K, own.b_Q, own.b_K), own.scale
-    unit = similarity.score_unit(args.units, scale)
-    profile = similarity.similarity_profile(inputs, *weights, scale=scale, unit=unit, width=args.window,
-                                            n_resamples=args.n_resamples, seed=args.seed,
-                                            chunk_size=args.chunk_size, progress=True)
+    qk = qk_head(model, layer, head, bias=not args.no_bias)
+    unit = similarity.score_unit(args.units, qk.scale)
+    settings = similarity.ProfileSettings(unit=unit, width=args.window, n_resamples=args.n_resamples, seed=args.seed,
+                                          chunk_size=args.chunk_size)
+    profile = similarity.similarity_profile(inputs, qk, settings, progress=True)
 
     # Category words (wherever they rank in frequency): mates against other categories, for every head.
     categories, category_record = cli.chosen_categories(args)
     category_of = prompts.category_index(model.tokenizer, categories, model.cfg.d_vocab)
     words = similarity.category_words(category_of)  # (ids, category), each [n]
-    stats = similarity.category_contrast_by_head(model, reference, args.variant, *words, include_bias=not args.no_bias,
+    stats = similarity.category_contrast_by_head(model, reference, args.variant, words, include_bias=not args.no_bias,
                                                  unit=unit)  # every head
     report = controls.compare((layer, head), {k: {n: v[n] for n in DIRECTIONS} for k, v in stats.items()}, DIRECTIONS)
 
@@ -103,14 +102,15 @@ def main(args) -> None:
     bos = torch.tensor([prompts.bos_token_id(model)])
     study_inputs = torch.cat([head_input(model, layer, reference, args.variant, token_ids=bos, use_cache=False),
                               inputs])  # (1 + N, d_model)
-    study = similarity.study_curves(study_inputs, own.W_Q, own.W_K, args.chunk_size, True)
+    study = similarity.study_curves(study_inputs, qk, args.chunk_size, True)
 
     # The example query against every key of the set but itself.
     query_input = head_input(model, layer, reference, args.variant, token_ids=torch.tensor([query_id]), use_cache=False)
     keys = ids != query_id
     labels = model.tokenizer.batch_decode(ids[keys, None].tolist())
-    example = similarity.example_query(query_input, inputs[keys], labels, int(category_of[query_id]),
-                                       category_of[ids[keys]], *weights, scale=scale, unit=unit, n_labels=args.n_labels)
+    example = similarity.example_query(query_input, int(category_of[query_id]),
+                                       similarity.Keys(inputs[keys], labels, category_of[ids[keys]]), qk, unit,
+                                       args.n_labels)
 
     unit_name = "nats" if args.units == "nats" else "bits, unscaled"
     results = {
