@@ -27,7 +27,7 @@ def bench_qk_spectra_and_self_ranks(settings: Settings) -> dict:
     spectrum = qk.symmetric_spectrum(own)
     edited = qk.edited_head(own, spectrum, qk.most_negative(spectrum.values, 24), -2.0)
     ranks, t_ranks = measure(lambda: qk.self_ranks(x, edited, chunk_size=1024))
-    edges, t_edges = measure(lambda: clustering.top_k_edges(x[:3000], own.W, own.scale, k=4))
+    edges, t_edges = measure(lambda: clustering.top_k_edges(x[:3000], own, k=4))
     return {
         "spectra_all_heads": {**t_spectra, "heads": len(spectra), "eigenpairs_per_head": len(spectra[0].values)},
         "self_ranks": {**t_ranks, "n_tokens": n_tokens, "rank_of_the_inner_dimension": edited.W_Q.shape[1],

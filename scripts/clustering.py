@@ -68,10 +68,9 @@ def main(args) -> None:
     inputs = {l: token_inputs(model, l, args.input, token_ids=nodes, seed=args.seed)
               for l in dict.fromkeys(h[0] for h in heads)}  # (1 + n, d_model) per layer
     parts, stats = {}, {}
+    settings = clustering.GraphSettings(args.k, args.keep_self, args.method, args.resolution, args.seed)
     for l, h in heads:
-        own = qk_head(model, l, h)
-        parts[(l, h)] = clustering.head_partitions(inputs[l], own.W_Q, own.W_K, own.scale, args.k,
-                                                   args.keep_self, args.method, args.resolution, args.seed)
+        parts[(l, h)] = clustering.head_partitions(inputs[l], qk_head(model, l, h), settings)
         stats[(l, h)] = clustering.partition_agreement(parts[(l, h)], category_of)
     report = controls.compare((layer, head), stats, clustering.AGREEMENT_DIRECTIONS)
     mine, theirs = parts[(layer, head)]["ours"], parts[(layer, head)]["study"]
