@@ -91,12 +91,12 @@ def main(args) -> None:
 
     reference = prompts.reference_prompts(model, args.seed) if args.variant == "mean" else None
     x = head_input(model, layer, reference, variant=args.variant, chunk_size=args.chunk_size, progress=True)
-    own = qk_head(model, layer, head, bias=True)
     bos = circuits.bos_key_input(model, layer)
-    qk = circuits.token_qk(x, x, bos, own.W_Q, own.W_K, own.b_Q, own.b_K, own.scale)
+    qk = circuits.token_qk(x, x, bos, qk_head(model, layer, head, bias=True))
     W_V, W_O, W_U = (w.detach().float().cpu() for w in (model.W_V[layer, head], model.W_O[layer, head], model.W_U))
     ov = circuits.token_ov(x, W_V, W_O, W_U)
-    table = circuits.key_pivoted_table(qk, ov, p, args.keys, args.queries, args.outputs, args.chunk_size)
+    table = circuits.key_pivoted_table(qk, ov, p, circuits.TableSize(args.keys, args.queries, args.outputs),
+                                       args.chunk_size)
 
     rows = []
     for i, key in enumerate(table["key_ids"]):
