@@ -116,7 +116,7 @@ def ablation_study(model: HookedTransformer, tokens: Tensor, mask: Tensor, layer
     means = component_means(model, tokens, list(COMPONENTS.values()), bos_in_means=bos_in_means)
 
     def surprisal(hooks: list[Hook]) -> Tensor:
-        pattern, attn_scores = (t[:, None] for t in head_pattern_and_scores(model, tokens, layer, head, hooks))
+        pattern, attn_scores = (t[:, None] for t in head_pattern_and_scores(model, tokens, (layer, head), hooks))
         if score == "study":  # (B, 1, q, k) each
             return scores.study_surprisal(pattern, mask)[:, 0]
         return scores.semantic_surprisal(pattern, mask, rows, attn_scores)[:, 0]

@@ -112,7 +112,7 @@ def in_context_scores(model: HookedTransformer, probe: Probe, layer: int, head: 
     the prompts of `probe`, with any `fwd_hooks` active; S exact, from the pre-softmax scores. For edits of the
     head's own QK only, `in_context_edits` gives the same metrics from one run per layer, for any number of edits."""
     tokens, mask = probe
-    pattern, attn_scores = head_pattern_and_scores(model, tokens, layer, head, list(fwd_hooks), batch_size)
+    pattern, attn_scores = head_pattern_and_scores(model, tokens, (layer, head), list(fwd_hooks), batch_size)
     return {key: float(value.nanmean())
             for key, value in semantic_scores(pattern[:, None], tokens, mask, attn_scores[:, None]).items()}
 

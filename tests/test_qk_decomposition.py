@@ -231,20 +231,20 @@ def test_edited_heads_in_context_matches_one_head_at_a_time(organism):
 def test_override_hooks_reproduce_the_model_and_recompute_scores(organism):
     tokens = prompts.reference_prompts(organism, seed=3, n_prompts=4, n_words=20)
     weights = qk_head(organism, 1, 2, bias=True)
-    clean = head_pattern(organism, tokens, 1, 2)
-    same = head_pattern(organism, tokens, 1, 2, qk_edits.qk_override_hooks(organism, 1, 2, weights))
+    clean = head_pattern(organism, tokens, (1, 2))
+    same = head_pattern(organism, tokens, (1, 2), qk_edits.qk_override_hooks(organism, 1, 2, weights))
     assert torch.allclose(clean, same, atol=1e-5)
     spectrum = qk.symmetric_spectrum(weights)  # wider factors of the same W, biases padded by the edit
     wide_head = qk.edited_head(weights, spectrum, qk.most_negative(spectrum.values), 1.0)
-    wide = head_pattern(organism, tokens, 1, 2, qk_edits.qk_override_hooks(organism, 1, 2, wide_head))
+    wide = head_pattern(organism, tokens, (1, 2), qk_edits.qk_override_hooks(organism, 1, 2, wide_head))
     assert wide_head.W_Q.shape[1] > weights.W_Q.shape[1] and torch.allclose(clean, wide, atol=1e-5)
     zero = torch.zeros_like(weights.W_Q)  # every score 0: uniform over the causal keys, A[q, k] = 1 / (q + 1)
     uniform_head = QKHead(zero, zero, weights.scale)
-    uniform = head_pattern(organism, tokens, 1, 2, qk_edits.qk_override_hooks(organism, 1, 2, uniform_head))
+    uniform = head_pattern(organism, tokens, (1, 2), qk_edits.qk_override_hooks(organism, 1, 2, uniform_head))
     expected = torch.ones(21, 21).tril() / torch.arange(1, 22)[:, None]
     assert torch.allclose(uniform, expected.expand_as(uniform), atol=1e-6)
-    other_head = head_pattern(organism, tokens, 1, 0, qk_edits.qk_override_hooks(organism, 1, 2, uniform_head))
-    assert torch.allclose(other_head, head_pattern(organism, tokens, 1, 0))  # only the target head changes
+    other_head = head_pattern(organism, tokens, (1, 0), qk_edits.qk_override_hooks(organism, 1, 2, uniform_head))
+    assert torch.allclose(other_head, head_pattern(organism, tokens, (1, 0)))  # only the target head changes
 
 
 def test_rank_grid_equals_one_edit_at_a_time(organism, truth):

@@ -200,7 +200,7 @@ def test_steering_from_the_layer_input_matches_the_hooked_model(organism, semant
     x = layer_input(organism, tokens[:8], layer)
     masses = steering.head_masses(x, prompts.Probe(tokens[:8], mask[:8]), edited)
     hooks = qk_edits.qk_override_hooks(organism, layer, head, edited)
-    pattern = head_pattern(organism, tokens[:8], layer, head, hooks)[:, None]
+    pattern = head_pattern(organism, tokens[:8], (layer, head), hooks)[:, None]
     expected = scores.semantic_companions(pattern, tokens[:8], mask[:8], scores.scored_rows(tokens[:8]))
     for key, value in masses.items():
         assert float(value) == pytest.approx(float(expected[key].nanmean()), abs=1e-6), key
