@@ -9,7 +9,7 @@ from analysis import clustering
 from analysis import qk_decomposition as qk
 from analysis.models import load_model
 from analysis.attention import qk_head
-from analysis.vocab_input import head_input
+from analysis.vocab_input import InputSettings, head_input
 from benchlib import MB, Settings, measure
 
 FLOAT = 4  # bytes
@@ -22,7 +22,8 @@ def bench_qk_spectra_and_self_ranks(settings: Settings) -> dict:
     heads = [qk_head(model, l, h) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
     spectra, t_spectra = measure(lambda: [qk.symmetric_spectrum(head) for head in heads])
     n_tokens = 8192 if settings.quick else model.cfg.d_vocab
-    x = head_input(model, 1, variant="zero", token_ids=torch.arange(n_tokens), use_cache=False)  # (n, d_model)
+    x = head_input(model, 1, variant="zero", token_ids=torch.arange(n_tokens),
+                   settings=InputSettings(use_cache=False))  # (n, d_model)
     own = qk_head(model, 1, 5)
     spectrum = qk.symmetric_spectrum(own)
     edited = qk.edited_head(own, spectrum, qk.most_negative(spectrum.values, 24), -2.0)

@@ -8,7 +8,7 @@ import torch
 from analysis import qk_decomposition as qk
 from analysis.attention import qk_head
 from analysis.models import load_model
-from analysis.vocab_input import head_input
+from analysis.vocab_input import InputSettings, head_input
 from benchlib import Settings, measure, ratio
 
 KS, SCALES = (1, 4, 8, 16, 24, 32), (1.0, 0.5, 0.0, -1.0, -2.0)  # eigenvalue_rank_ablation.py's default grid
@@ -19,7 +19,8 @@ def bench_rank_ablation_grid(settings: Settings) -> dict:
     """The default 6 x 5 grid of eigenvalue_rank_ablation on L1H5-shaped weights over the full vocabulary."""
     model = load_model("gpt2-random", settings.device)
     n_tokens = 4096 if settings.quick else model.cfg.d_vocab
-    x = head_input(model, 1, variant="zero", token_ids=torch.arange(n_tokens), use_cache=False)  # (n, d_model)
+    x = head_input(model, 1, variant="zero", token_ids=torch.arange(n_tokens),
+                   settings=InputSettings(use_cache=False))  # (n, d_model)
     own = qk_head(model, 1, 5)
     spectrum = qk.symmetric_spectrum(own)
     grid, t_grid = measure(lambda: qk.self_ranks_grid(x, own, spectrum, qk.RankGrid(KS, SCALES, chunk_size=128)))

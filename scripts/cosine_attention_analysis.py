@@ -42,7 +42,7 @@ from analysis.errors import UsageError
 from analysis.frequency import check_frequency_csv, frequency_csv_path, ordinary_or_frequent_ids
 from analysis.heads import load_target
 from analysis.plotting import save_figure, similarity_figure, target_vs_controls
-from analysis.vocab_input import head_input
+from analysis.vocab_input import InputSettings, head_input
 
 NAME = "cosine_attention_analysis"
 DEFAULT_TOKENS = 8192
@@ -83,7 +83,7 @@ def main(args) -> None:
                                            or DEFAULT_TOKENS, args.freq_csv or frequency_csv_path(args.out, args.model))
 
     reference = prompts.reference_prompts(model, args.seed)
-    inputs = head_input(model, layer, reference, args.variant, token_ids=ids, progress=True)  # (N, d_model)
+    inputs = head_input(model, layer, reference, args.variant, ids, InputSettings(progress=True))  # (N, d_model)
     qk = qk_head(model, layer, head, bias=not args.no_bias)
     unit = similarity.score_unit(args.units, qk.scale)
     settings = similarity.ProfileSettings(unit=unit, width=args.window, n_resamples=args.n_resamples, seed=args.seed,
@@ -100,12 +100,13 @@ def main(args) -> None:
 
     # The study's curve, its definition: BOS among the tokens, unscaled, no biases, log-softmax, bits.
     bos = torch.tensor([prompts.bos_token_id(model)])
-    study_inputs = torch.cat([head_input(model, layer, reference, args.variant, token_ids=bos, use_cache=False),
+    study_inputs = torch.cat([head_input(model, layer, reference, args.variant, bos, InputSettings(use_cache=False)),
                               inputs])  # (1 + N, d_model)
     study = similarity.study_curves(study_inputs, qk, args.chunk_size, True)
 
     # The example query against every key of the set but itself.
-    query_input = head_input(model, layer, reference, args.variant, token_ids=torch.tensor([query_id]), use_cache=False)
+    query_input = head_input(model, layer, reference, args.variant, torch.tensor([query_id]),
+                             InputSettings(use_cache=False))
     keys = ids != query_id
     labels = model.tokenizer.batch_decode(ids[keys, None].tolist())
     example = similarity.example_query(query_input, int(category_of[query_id]),

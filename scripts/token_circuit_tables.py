@@ -27,7 +27,7 @@ from analysis.frequency import check_frequency_csv, read_frequency_csv
 from analysis.heads import target_head
 from analysis.models import load_model
 from analysis.plotting import save_figure, use_style
-from analysis.vocab_input import head_input
+from analysis.vocab_input import InputSettings, head_input
 
 NAME = "token_circuit_tables"
 
@@ -90,7 +90,7 @@ def main(args) -> None:
          else torch.full((d_vocab,), 1.0 / d_vocab))
 
     reference = prompts.reference_prompts(model, args.seed) if args.variant == "mean" else None
-    x = head_input(model, layer, reference, variant=args.variant, chunk_size=args.chunk_size, progress=True)
+    x = head_input(model, layer, reference, args.variant, settings=InputSettings(args.chunk_size, progress=True))
     bos = circuits.bos_key_input(model, layer)
     qk = circuits.token_qk(x, x, bos, qk_head(model, layer, head, bias=True))
     W_V, W_O, W_U = (w.detach().float().cpu() for w in (model.W_V[layer, head], model.W_O[layer, head], model.W_U))

@@ -50,7 +50,8 @@ def test_head_scale_follows_the_config(organism):
 def test_attention_scores_match_the_model(organism):
     # The model's own attention logits on a two-token prompt whose inputs are the head inputs.
     layer, head = 1, 0
-    x = vocab_input.head_input(organism, layer, prompts.reference_prompts(organism, 0, n_prompts=16), use_cache=False)
+    reference = prompts.reference_prompts(organism, 0, n_prompts=16)
+    x = vocab_input.head_input(organism, layer, reference, settings=vocab_input.InputSettings(use_cache=False))
     ids = torch.tensor([[7, 9]])
     stored = {}
     with torch.no_grad():

@@ -123,7 +123,8 @@ def test_category_mates_beat_self_on_the_organism(organism, truth):
     layer, head = truth["planted_heads"]["semantic"]
     category_of = prompts.category_index(organism.tokenizer, prompts.ALL_CATEGORIES, organism.cfg.d_vocab)
     ids = torch.nonzero(category_of >= 0)[:, 0]
-    x = vocab_input.head_input(organism, layer, prompts.reference_prompts(organism, 3), token_ids=ids, use_cache=False)
+    x = vocab_input.head_input(organism, layer, prompts.reference_prompts(organism, 3), token_ids=ids,
+                               settings=vocab_input.InputSettings(use_cache=False))
     own = qk_head(organism, layer, head, bias=True)
     contrast = similarity.category_contrast(
         similarity.score_minus_self(x, torch.arange(len(ids)), own),
