@@ -134,8 +134,8 @@ def test_category_activations_match_dense_means_over_the_seen_tokens(organism):
     tokens, _ = prompts.category_probe(organism, prompts.ALL_CATEGORIES, 6, 24, seed=3)
     category_of = prompts.category_index(organism.tokenizer, prompts.ALL_CATEGORIES, organism.cfg.d_vocab)
     n_categories = len(prompts.ALL_CATEGORIES)
-    by_category, by_token, seen = features.category_activations(organism, sae, tokens, category_of, n_categories,
-                                                            hook, batch_size=4)
+    by_category, by_token, seen = features.category_activations(organism, sae, tokens, prompts.ALL_CATEGORIES, hook,
+                                                                batch_size=4)
     with torch.no_grad():
         _, cache = organism.run_with_cache(tokens, names_filter=hook, stop_at_layer=1)
         acts = sae.encode(cache[hook][:, 1:]).reshape(-1, sae.cfg.d_sae).double()  # (positions, d_sae)
@@ -262,11 +262,11 @@ def test_predicted_features_and_attended_key_agree_with_dense_products():
 def test_head_precision_runs_for_every_head_of_the_layer(organism):
     sae = sources.organism_sae(organism, "blocks.0.hook_resid_post")
     words = [organism.to_single_token(w) for w in (" red", " blue", " green", " yellow", " purple")]
-    tokens, scored = precision.keyword_prompts(words, 8, organism.cfg.d_vocab, organism.tokenizer.bos_token_id, seed=0)
-    per_head = precision.head_precision(organism, sae, 1, tokens, scored, k=8)
+    samples = precision.keyword_prompts(words, 8, organism.cfg.d_vocab, organism.tokenizer.bos_token_id, seed=0)
+    per_head = precision.head_precision(organism, sae, 1, samples, precision.PrecisionSettings(k=8))
     assert per_head.shape == (8, organism.cfg.n_heads)
     assert ((per_head >= 0) & (per_head <= 1)).all()
-    both = precision.precision_with_null(organism, sae, 1, tokens, scored, k=8, n_shuffles=3, seed=0)
+    both = precision.precision_with_null(organism, sae, 1, samples, precision.PrecisionSettings(k=8, n_shuffles=3))
     assert torch.equal(both["precision"], per_head) and both["shuffled"].shape == per_head.shape
     assert ((both["shuffled"] >= 0) & (both["shuffled"] <= 1)).all()
 
