@@ -65,10 +65,10 @@ def main(args) -> None:
     model = load_model(args.model, args.device, args.processing)
     prompts.require_tokenizer(model, "Patching here compares text prompts")
     task, why, pair = prompt_pair(args, model)
-    clean, corrupted, answer, wrong = encode_pair(model, pair)
-    check_context(model, clean)
+    tokens = encode_pair(model, pair)
+    check_context(model, tokens.clean)
 
-    out = head_patching(model, clean, corrupted, answer, wrong, args.batch_size, progress=True)
+    out = head_patching(model, tokens, args.batch_size, progress=True)
     recovered = out["recovered"]  # [layer, head]
     ranked = top_heads(recovered, args.top)
     results = {"task": task, "task_chosen_by": why, "clean": pair.clean, "corrupted": pair.corrupted,
