@@ -75,8 +75,8 @@ def main(args) -> None:
                "answer": pair.answer, "wrong": pair.wrong, "clean_logit_diff": out["clean_logit_diff"],
                "corrupted_logit_diff": out["corrupted_logit_diff"], "recovered": recovered,
                "top_heads": [{"layer": l, "head": h, "recovered": v} for l, h, v in ranked]}
-    path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
-                           arguments=vars(args), seed=args.seed)
+    path = io.save_results(args.out, args.model, NAME, results,
+                           io.Provenance(model.analysis_info, vars(args), args.seed))
     fig = head_heatmaps([recovered], ["fraction of logit difference recovered"],
                         suptitle=f"Patching hook_z clean -> corrupted ({task})")
     save_figure(fig, args.out, args.model, NAME)

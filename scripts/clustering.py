@@ -83,8 +83,8 @@ def main(args) -> None:
                "method": args.method, "resolution": args.resolution, **ours,
                "study_graph": {**study, "printed_clusters": study["n_communities"] - 1,
                                "max_comm_size": clustering.STUDY_MAX_COMM_SIZE}, **report}
-    path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
-                           arguments=vars(args), seed=args.seed)
+    path = io.save_results(args.out, args.model, NAME, results,
+                           io.Provenance(model.analysis_info, vars(args), args.seed))
 
     source, target, membership, agreement = mine["source"], mine["target"], mine["membership"], ours["agreement"]
     coords = clustering.layout(mine["graph"], args.seed)

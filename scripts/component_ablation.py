@@ -110,8 +110,8 @@ def main(args) -> None:
                                  "(BOS included), mean mode only (the study's code, src/ablation.py)"},
         "units": "S in nats, lower is better; CI: 95% bootstrap of the mean over prompts",
     }
-    path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
-                           arguments=vars(args), seed=args.seed)
+    path = io.save_results(args.out, args.model, NAME, results,
+                           io.Provenance(model.analysis_info, vars(args), args.seed))
     fig = box_plot(study, layer, head, f"{args.model}: L{layer}H{head} under component ablations "
                                        f"({args.n_prompts} prompts)")
     save_figure(fig, args.out, args.model, NAME)

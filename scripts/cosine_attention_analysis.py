@@ -124,8 +124,8 @@ def main(args) -> None:
         "example": {"query": args.query, "top_keys": example["top_keys"], "mates": example["mate_keys"]},
         **study,
     }
-    path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
-                           arguments=vars(args), seed=args.seed)
+    path = io.save_results(args.out, args.model, NAME, results,
+                           io.Provenance(model.analysis_info, vars(args), args.seed))
     title = (f"{args.model}: L{layer}H{head}, {len(ids)} tokens, {args.variant} head input, "
              f"biases {'in' if not args.no_bias else 'out'}")
     save_figure(similarity_figure(profile, example, args.query, unit_name, title, study["study"]), args.out,

@@ -95,8 +95,8 @@ def main(args) -> None:
                "control_grids": study["control_grids"],
                "rank_queries": {"n": model.cfg.d_vocab if queries is None else len(queries), "of": model.cfg.d_vocab,
                                 "sampled": queries is not None}}
-    path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
-                           arguments=vars(args), seed=args.seed)
+    path = io.save_results(args.out, args.model, NAME, results,
+                           io.Provenance(model.analysis_info, vars(args), args.seed))
     save_figure(figure(list(cells.values()), ks, args, layer, head), args.out, args.model, NAME)
     save_figure(target_vs_controls(report, title=f"{controls.head_key(layer, head)}: rank ablation against "
                                    f"{len(heads)} control heads ({args.control_cells})"), args.out, args.model,

@@ -84,8 +84,8 @@ def main(args) -> None:
                "categories": chosen, "targeted_k": args.targeted_k,
                **report, "target_edits": edits[(layer, head)],
                "edits": {controls.head_key(*hd): rows for hd, rows in edits.items()}}
-    path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
-                           arguments=vars(args), seed=args.seed)
+    path = io.save_results(args.out, args.model, NAME, results,
+                           io.Provenance(model.analysis_info, vars(args), args.seed))
     fig = group_heatmaps(maps, [f"negative λ × {f:g}" for f in edited], labels, group, shared_scale=True,
                          suptitle=f"L{layer}H{head}: scaling the {len(negative)} negative eigenvalues of W_sym "
                                   f"({args.input} inputs)")

@@ -102,8 +102,8 @@ def main(args) -> None:
         "plotted_head": {"layer": args.layer, "head": args.head},
         "prompt": args.prompt if model.tokenizer is not None else None,
     }
-    path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
-                           arguments=vars(args), seed=args.seed)
+    path = io.save_results(args.out, args.model, NAME, results,
+                           io.Provenance(model.analysis_info, vars(args), args.seed))
 
     use_style()
     import matplotlib.pyplot as plt

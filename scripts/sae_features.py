@@ -90,8 +90,8 @@ def main(args) -> None:
     except SAEUnavailable as err:  # the SAE step is impossible for this model: say so, and write what there is
         results = {"head": {"layer": layer, "head": head}, "sae": {"ran": False, "reason": err.reason},
                    "not_run": ["feature map", "precision"]}
-        path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
-                               arguments=vars(args), seed=args.seed)
+        path = io.save_results(args.out, args.model, NAME, results,
+                               io.Provenance(model.analysis_info, vars(args), args.seed))
         print(f"L{layer}H{head}: SAE step not run (feature map and precision), since no SAE can be had for this "
               f"model here: {err.reason}\nresults: {path}")
         return
@@ -112,8 +112,8 @@ def main(args) -> None:
     report = compare((layer, head), stats, {**ss.GROUP_MAP_DIRECTIONS, "precision": "high"})
     null = records.precision_null(stats[(layer, head)]["precision_shuffled"], args.precision_shuffles)
     results.update(report, separating=separating(report), null=null)
-    path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
-                           arguments=vars(args), seed=args.seed)
+    path = io.save_results(args.out, args.model, NAME, results,
+                           io.Provenance(model.analysis_info, vars(args), args.seed))
     short = [label.split("/")[0] for label in labels]  # "f9 ' Monday'": the feature and its top token
     fig = group_heatmaps([scores], ["LN1(d_f) W LN1(d_g)ᵀ / √d"], short, group,
                          suptitle=f"L{layer}H{head}: SAE features ({hook}) through the QK circuit")

@@ -92,8 +92,8 @@ def main(args) -> None:
                "category_words": {"n_words": len(words), "categories": names}, "categories": category_record,
                "head": {"layer": layer, "head": head}, "input": args.input, "d_head": model.cfg.d_head,
                "without_bias": plain, "with_bias": biased, "bias_terms_on_group_set": bias_terms}
-    path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
-                           arguments=vars(args), seed=args.seed)
+    path = io.save_results(args.out, args.model, NAME, results,
+                           io.Provenance(model.analysis_info, vars(args), args.seed))
     save_figure(figure(plain["eigenvalues"], biased["eigenvalues"], self_scores, layer, head, args),
                 args.out, args.model, NAME)
     # the figure's null line: the Gaussian null where it applies; the shuffled z-score's null is 0 by construction

@@ -71,8 +71,8 @@ def main(args) -> None:
         "bias_effect": {"max_abs_change": float((maps["bias"] - maps["base"]).abs().max()),
                         "max_abs_change_row_centred": float(centred(maps["bias"] - maps["base"]).abs().max())},
     }
-    path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
-                           arguments=vars(args), seed=args.seed)
+    path = io.save_results(args.out, args.model, NAME, results,
+                           io.Provenance(model.analysis_info, vars(args), args.seed))
     fig = group_heatmaps(list(maps.values()),
                          ["base  E W Eᵀ/√d", "symmetric part", "skew part", "base with Q/K biases"], labels, group,
                          suptitle=f"L{layer}H{head}, group set ({args.input} inputs)")

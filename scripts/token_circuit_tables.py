@@ -111,8 +111,8 @@ def main(args) -> None:
     results = {"layer": layer, "head": head, "variant": args.variant,
                "token_probabilities": str(args.freq) if args.freq is not None else "uniform",
                "table": rows}
-    path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
-                           arguments=vars(args), seed=args.seed)
+    path = io.save_results(args.out, args.model, NAME, results,
+                           io.Provenance(model.analysis_info, vars(args), args.seed))
     save_figure(table_figure(model, table, qk, ov, layer, head), args.out, args.model, NAME)
 
     print(f"L{layer}H{head} key-pivoted table (p: {results['token_probabilities']})")

@@ -105,8 +105,8 @@ def main(args) -> None:
         "unknown_share": unknown_share(counts, model.tokenizer),
         "top": table.head(args.top).to_dict("records"),
     }
-    path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
-                           arguments=vars(args), seed=args.seed)
+    path = io.save_results(args.out, args.model, NAME, results,
+                           io.Provenance(model.analysis_info, vars(args), args.seed))
     save_figure(rank_plot(table, f"{args.model}: token frequencies"), args.out, args.model, NAME)
 
     print(f"{total} tokens, {results['distinct_tokens']} of {model.cfg.d_vocab} vocabulary tokens occur")
