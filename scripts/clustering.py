@@ -88,11 +88,11 @@ def main(args) -> None:
 
     source, target, membership, agreement = mine["source"], mine["target"], mine["membership"], ours["agreement"]
     coords = clustering.layout(mine["graph"], args.seed)
-    save_figure(figure(coords, source, target, labels, membership, category_of, list(categories), layer, head,
-                       agreement), args.out, args.model, NAME)
+    save_figure(figure(coords, mine, labels, (category_of, list(categories)), controls.head_key(layer, head), agreement),
+                args.out, args.model, NAME)
     save_figure(target_vs_controls(report, f"{args.model}: L{layer}H{head}'s graph against the categories, "
                                            "ours and the study's"), args.out, args.model, NAME + "_controls")
-    html = graph_html(coords, source.numpy(), target.numpy(), labels, membership,
+    html = graph_html(coords, (source.numpy(), target.numpy()), labels, membership,
                       clustering.hover_text(source, target, labels, membership),
                       f"L{layer}H{head} token communities ({args.model}, {args.input} inputs)")
     html_path = io.write_output(io.figures_dir(args.out, args.model) / f"{NAME}.html", html)
@@ -110,20 +110,24 @@ def main(args) -> None:
     print(f"results: {path}\ninteractive view: {html_path}")
 
 
-def figure(coords, source, target, labels, membership, category_of, category_names, layer, head, agreement):
+def figure(coords, graph, labels, categories, head_name, agreement):
+    """The graph's layout coloured by community, and the category words by community (`categories` = (category
+    of each node, category names))."""
     use_style()
     import matplotlib.pyplot as plt
     import pandas as pd
     import seaborn as sns
     from matplotlib.collections import LineCollection
 
+    source, target, membership = graph["source"], graph["target"], graph["membership"]
+    category_of, category_names = categories
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 6.5), gridspec_kw={"width_ratios": [1.6, 1]})
     ax1.add_collection(LineCollection(np.stack([coords[source], coords[target]], 1), colors="0.7", linewidths=0.3))
     ax1.scatter(coords[:, 0], coords[:, 1], c=membership, cmap="turbo", s=14, zorder=2)
     labelled = range(len(labels)) if len(labels) <= 300 else np.flatnonzero(category_of >= 0)
     for i in labelled:
         ax1.annotate(labels[i], coords[i], fontsize=5, alpha=0.8)
-    ax1.set(title=f"L{layer}H{head}: top-k score graph, Leiden communities", xticks=[], yticks=[])
+    ax1.set(title=f"{head_name}: top-k score graph, Leiden communities", xticks=[], yticks=[])
     known = category_of >= 0
     table = pd.crosstab(pd.Series(np.asarray(category_names)[category_of[known]], name="category"),
                         pd.Series(membership[known], name="community"))
