@@ -214,8 +214,16 @@ def max_abs_difference(a: Tensor, b: Tensor) -> Tensor:
 # --- the same weights in Hugging Face's GPT-2 --------------------------------------------------
 
 
-def gpt2_incompatibility(model: HookedTransformer) -> str | None:
-    """Why `model` cannot be written as a Hugging Face GPT-2, or None when it can."""
+class GPT2Incompatible(UsageError):
+    """The model cannot be written as a Hugging Face GPT-2; `reason` says why (`check_gpt2_compatible`)."""
+
+    def __init__(self, reason: str):
+        super().__init__(f"This model cannot be written as a Hugging Face GPT-2: {reason}.")
+        self.reason = reason
+
+
+def check_gpt2_compatible(model: HookedTransformer) -> None:
+    """`GPT2Incompatible`, saying why, when `model` cannot be written as a Hugging Face GPT-2 (`hf_gpt2_from_tl`)."""
     cfg = model.cfg
     reasons = []
     if cfg.normalization_type != "LN":
@@ -228,7 +236,8 @@ def gpt2_incompatibility(model: HookedTransformer) -> str | None:
         reasons.append("n_heads * d_head != d_model")
     if not math.isclose(cfg.attn_scale, math.sqrt(cfg.d_head)):
         reasons.append("its attention scale is not sqrt(d_head)")
-    return "; ".join(reasons) or None
+    if reasons:
+        raise GPT2Incompatible("; ".join(reasons))
 
 
 def hf_gpt2_from_tl(model: HookedTransformer):
@@ -239,9 +248,7 @@ def hf_gpt2_from_tl(model: HookedTransformer):
     """
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    reason = gpt2_incompatibility(model)
-    if reason is not None:
-        raise UsageError(f"This model cannot be written as a Hugging Face GPT-2: {reason}.")
+    check_gpt2_compatible(model)
     cfg = model.cfg
     config = GPT2Config(
         vocab_size=cfg.d_vocab, n_positions=cfg.n_ctx, n_embd=cfg.d_model, n_layer=cfg.n_layers,

@@ -162,7 +162,7 @@ def test_manual_matches_both_libraries_on_a_random_gpt2_shaped_model(random_gpt2
 
 
 def test_unsupported_architectures_are_clear_errors(organism):
-    with pytest.raises(UsageError, match="LayerNorm is 'LNPre'"):
+    with pytest.raises(attention.GPT2Incompatible, match="LayerNorm is 'LNPre'"):
         attention.hf_gpt2_from_tl(organism)  # processed: LN weights folded away
     rotary = load_model("organism", processing=WeightProcessing.none())
     rotary.cfg.positional_embedding_type = "rotary"
