@@ -2,10 +2,10 @@
 
 An edit replaces a head's W_Q, W_K by factors of any width r, as an `attention.QKHead` with the head's
 scale and biases (`qk_decomposition.edited_head`: W' = W + V_S diag((f - 1) λ_S) V_S^T). `qk_override_hooks`
-make the model compute the head's scores from it, score(q, k) = (x_q W_Q' + b_Q)(x_k W_K' + b_K)^T / attn_scale
-with x = ln1(resid_pre) of the layer. An edit of a head's QK changes nothing upstream of its pattern, so many edits are measured
-from one run of the model up to the layer (`patterns.layer_input`, then `pattern_from_input` per
-edit: `in_context_edits`), S exact from the pre-softmax scores. The same edits on several heads
+make the model compute the head's scores from it, score(q, k) = (x_q W_Q' + b_Q)(x_k W_K' + b_K)^T /
+attn_scale with x = ln1(resid_pre) of the layer. An edit of a head's QK changes nothing upstream of its
+pattern, so many edits are measured from one run of the model up to the layer (`patterns.layer_input`, then
+`pattern_from_input` per edit: `in_context_edits`), S exact from the pre-softmax scores. The same edits on several heads
 (`eigenvalue_edits`, `edit_sweep`) give the statistics a head is ranked on against its controls.
 """
 

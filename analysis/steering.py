@@ -77,7 +77,7 @@ def interpolate_at(curve: Sequence[Mapping[str, float]], key: str, value: float)
 
 
 def trace_step(qk: QKHead, eta: float) -> QKHead:
-    """The closed-form baseline: W_K <- W_K + η W_Q, i.e. W_Q W_K^T <- W_Q W_K^T + η W_Q W_Q^T (scale and biases kept)."""
+    """The closed-form baseline: W_K <- W_K + η W_Q, i.e. W_Q W_K^T <- W_Q W_K^T + η W_Q W_Q^T (scale, biases kept)."""
     return qk.with_factors(qk.W_Q, qk.W_K + eta * qk.W_Q)
 
 

@@ -88,8 +88,9 @@ def main(args) -> None:
 
     source, target, membership, agreement = mine["source"], mine["target"], mine["membership"], ours["agreement"]
     coords = clustering.layout(mine["graph"], args.seed)
-    save_figure(figure(coords, mine, labels, (category_of, list(categories)), controls.head_key(layer, head), agreement),
-                args.out, args.model, NAME)
+    categorised = (category_of, list(categories))
+    save_figure(figure(coords, mine, labels, categorised, controls.head_key(layer, head), agreement), args.out,
+                args.model, NAME)
     save_figure(target_vs_controls(report, f"{args.model}: L{layer}H{head}'s graph against the categories, "
                                            "ours and the study's"), args.out, args.model, NAME + "_controls")
     html = graph_html(coords, (source.numpy(), target.numpy()), labels, membership,

@@ -22,7 +22,7 @@ def test_attention_scores_exact_and_their_variants_agree():
     x_q, x_k = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 2.0], [1.0, 1.0]])
     W = torch.eye(2)
     plain = attention.QKHead(W, W, 2.0)
-    assert torch.allclose(attention.attention_scores(x_q, x_k, plain), torch.tensor([[0.0, 0.5]]))  # (1, 0) . (1, 1) / 2
+    assert torch.allclose(attention.attention_scores(x_q, x_k, plain), torch.tensor([[0.0, 0.5]]))  # (1,0).(1,1) / 2
     b = torch.tensor([0.0, 1.0])
     biased = attention.QKHead(W, W, 2.0, b, b)
     # (x_q + b) . (x_k + b) = [1, 1] . [0, 3] and [1, 1] . [1, 2]
@@ -30,12 +30,14 @@ def test_attention_scores_exact_and_their_variants_agree():
     factored = attention.attention_score_matrix(x_q, x_k, biased)
     assert isinstance(factored, FactoredMatrix) and torch.allclose(factored.AB, torch.tensor([[3.0, 3.0]]) / 2)
     x = torch.cat([x_q, x_k])
-    assert torch.allclose(attention.self_attention_scores(x, biased), attention.attention_scores(x, x, biased).diagonal())
+    diagonal = attention.attention_scores(x, x, biased).diagonal()
+    assert torch.allclose(attention.self_attention_scores(x, biased), diagonal)
     # leading axes broadcast: every head of a layer against a batch of residual streams
     g = torch.Generator().manual_seed(0)
     xs, b_Q = torch.randn(2, 5, 4, generator=g), torch.randn(3, 2, generator=g)
     W_Q, W_K = torch.randn(3, 4, 2, generator=g), torch.randn(3, 4, 2, generator=g)
-    batched = attention.attention_scores(xs[:, None], xs[:, None], attention.QKHead(W_Q, W_K, 1.5, b_Q))  # (B, nh, T, T)
+    every_head = attention.QKHead(W_Q, W_K, 1.5, b_Q)  # W_Q, W_K: (nh, d_model, d_head)
+    batched = attention.attention_scores(xs[:, None], xs[:, None], every_head)  # (B, nh, T, T)
     assert batched.shape == (2, 3, 5, 5)
     one_head = attention.QKHead(W_Q[2], W_K[2], 1.5, b_Q[2])
     assert torch.allclose(batched[1, 2], attention.attention_scores(xs[1], xs[1], one_head))

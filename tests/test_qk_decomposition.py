@@ -10,7 +10,8 @@ from analysis import prompts
 from analysis import qk_decomposition as qk
 from analysis import qk_edits
 from analysis import self_suppression as ss
-from analysis.attention import QKHead, attention_scores, head_scale, pad_bias, qk_head, self_attention_scores
+from analysis.attention import (QKHead, attention_scores, head_scale, pad_bias, qk_head,
+                                self_attention_scores)
 from analysis.heads import target_head
 from analysis.patterns import head_pattern
 from analysis.token_maps import token_inputs
@@ -151,8 +152,8 @@ def test_widened_edited_factors_keep_the_models_scale(organism, truth):
     b_A, b_B = pad_bias(b_Q, width), pad_bias(b_K, width)
     wide = attention_scores(x, x, edited)
     assert torch.allclose(wide[:, causal], own[:, causal], atol=1e-4)
-    assert not torch.allclose(attention_scores(x, x, QKHead(A, B, math.sqrt(width), b_A, b_B))[:, causal], own[:, causal],
-                              atol=1e-2)  # a scale read off the factors' width would be wrong
+    scaled_by_width = QKHead(A, B, math.sqrt(width), b_A, b_B)  # a scale read off the factors' width would be wrong
+    assert not torch.allclose(attention_scores(x, x, scaled_by_width)[:, causal], own[:, causal], atol=1e-2)
     # factor -1: W' = A B^T by hand, d_model x d_model; the padded biases act through W_Q, W_K's columns only
     edited = qk.edited_head(weights, spectrum, negative, -1.0)
     A, B = edited.W_Q, edited.W_K

@@ -53,7 +53,7 @@ def test_reference_means_average_positions_after_bos(organism, reference):
 
 def test_chunks_and_token_subsets_do_not_change_the_result(organism, reference):
     full = vocab_input.head_input(organism, 1, reference, settings=NO_CACHE)
-    chunked = vocab_input.head_input(organism, 1, reference, settings=vocab_input.InputSettings(chunk_size=7, use_cache=False))
+    chunked = vocab_input.head_input(organism, 1, reference, settings=vocab_input.InputSettings(7, use_cache=False))
     ids = torch.tensor([5, 3, 100])
     subset = vocab_input.head_input(organism, 1, reference, token_ids=ids, settings=NO_CACHE)
     assert torch.allclose(full, chunked, atol=1e-6) and torch.allclose(full[ids], subset, atol=1e-6)
