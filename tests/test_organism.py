@@ -38,6 +38,7 @@ def test_scan_ranks_the_planted_heads_first(organism, truth):
     assert top_heads(surprisal, 1, largest=False)[0][:2] == planted["semantic"]
 
 
+@pytest.mark.e2e
 def test_scan_script_end_to_end(tmp_path, truth):
     result = run_script("scan_heads", "--out", str(tmp_path), "--seed", "3")
     assert result.returncode == 0, result.stderr
