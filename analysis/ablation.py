@@ -21,6 +21,7 @@ alone (embeddings and attention-0 dropped from the stream, their effect through 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -30,6 +31,7 @@ from transformer_lens.utilities import get_act_name
 
 from analysis import scores
 from analysis.patterns import head_pattern_and_scores
+from analysis.prompts import Probe
 
 # Components the study ablates, by the hook that carries each one.
 COMPONENTS: dict[str, str] = {
@@ -99,24 +101,36 @@ def ablation_hooks(means: Mapping[str, Tensor], mode: str, keep_bos: bool = True
             for component, name in COMPONENTS.items()}
 
 
-def ablation_study(model: HookedTransformer, tokens: Tensor, mask: Tensor, layer: int, head: int,
-                   modes: tuple[str, ...] = ("mean", "zero"), keep_bos: bool = True,
-                   bos_in_means: bool = False, progress: bool = False,
-                   score: str = "ours") -> dict[str, dict[str, Tensor]]:
-    """Per-prompt S of the head, `[batch]`, under every condition: `{mode: {condition: S}}`.
+@dataclass(frozen=True)
+class AblationSettings:
+    """What `ablation_study` ablates and how: the `modes` ("mean", "zero"), the convention (`keep_bos`,
+    `bos_in_means`: ours by default, the study's is `CONVENTIONS["study_bos_ablated"]`) and the definition of S,
+    `score`: "ours" (exact, uncapped, BOS row out) or "study" (the study's clamp and BOS row, pattern-based)."""
 
-    Each mode holds the baseline (nothing ablated), every component of COMPONENTS, and the
-    MLP-only residual (the same in both modes: it ablates nothing by a constant).
-    `keep_bos` and `bos_in_means` choose the convention (`CONVENTIONS`); `score` the definition of S:
-    "ours" (exact, uncapped, BOS row out) or "study" (the study's clamp and BOS row, pattern-based).
+    modes: tuple[str, ...] = ("mean", "zero")
+    keep_bos: bool = True
+    bos_in_means: bool = False
+    score: str = "ours"
+
+
+def ablation_study(model: HookedTransformer, probe: Probe, layer: int, head: int,
+                   settings: AblationSettings = AblationSettings(), progress: bool = False
+                   ) -> dict[str, dict[str, Tensor]]:
+    """Per-prompt S of the head on `probe`, `[batch]`, under every condition: `{mode: {condition: S}}`.
+
+    Each mode of `settings.modes` holds the baseline (nothing ablated), every component of COMPONENTS, and the
+    MLP-only residual (the same in both modes: it ablates nothing by a constant), ablated by the convention and
+    scored by the S of `settings`.
     """
+    score, keep_bos = settings.score, settings.keep_bos
     if score not in ("ours", "study"):
         raise ValueError(f"score must be 'ours' or 'study', got {score!r}")
+    tokens, mask = probe
     rows = scores.scored_rows(tokens)
-    means = component_means(model, tokens, list(COMPONENTS.values()), bos_in_means=bos_in_means)
+    means = component_means(model, tokens, list(COMPONENTS.values()), bos_in_means=settings.bos_in_means)
 
     def surprisal(hooks: list[Hook]) -> Tensor:
-        pattern, attn_scores = (t[:, None] for t in head_pattern_and_scores(model, tokens, layer, head, hooks))
+        pattern, attn_scores = (t[:, None] for t in head_pattern_and_scores(model, tokens, (layer, head), hooks))
         if score == "study":  # (B, 1, q, k) each
             return scores.study_surprisal(pattern, mask)[:, 0]
         return scores.semantic_surprisal(pattern, mask, rows, attn_scores)[:, 0]
@@ -124,7 +138,7 @@ def ablation_study(model: HookedTransformer, tokens: Tensor, mask: Tensor, layer
     baseline = surprisal([])
     mlp_only = surprisal(mlp_only_residual_hooks(keep_bos))
     study: dict[str, dict[str, Tensor]] = {}
-    for mode in modes:
+    for mode in settings.modes:
         study[mode] = {"baseline": baseline}
         for condition, hooks in tqdm(ablation_hooks(means, mode, keep_bos).items(), desc=f"{mode} ablations",
                                      disable=not progress, leave=False):

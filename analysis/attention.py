@@ -4,10 +4,11 @@
 
     s(q, k) = (x_q W_Q + b_Q)(x_k W_K + b_K)^T / scale,    scale = `head_scale(model.cfg, layer)`,
 
-for any factors `W_Q, W_K: [d_model, r]` (r = d_head for the model's own head, wider for the edited
-factors of `qk_decomposition`; the scale is the model's, never read off a factor's shape). Its
-variants (`attention_score_matrix`, factored; `self_attention_scores`, the diagonal) share its
-query and key projections, and every QK score in the package goes through them.
+for a head's query-key side as one value, `QKHead` (`qk_head` reads a model's), with any factors
+`W_Q, W_K: [d_model, r]` (r = d_head for the model's own head, wider for the edited factors of
+`qk_decomposition`: `QKHead.with_factors` keeps the scale, which is the model's, never read off a
+factor's shape). Its variants (`attention_score_matrix`, factored; `self_attention_scores`, the
+diagonal) share its query and key projections, and every QK score in the package goes through them.
 
 `manual_patterns` re-implements a GPT-2-style forward pass (embeddings, LayerNorm, Q/K/V
 projections, 1/sqrt(d_head) scaling, causal mask, softmax, output projection, MLP) from the
@@ -22,6 +23,7 @@ Shapes: `tokens: [batch, pos]`, `pattern: [batch, layer, head, query, key]`.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import einops
 import torch
@@ -34,14 +36,45 @@ from analysis.errors import UsageError
 # --- the attention score of a head ---------------------------------------------------------------
 
 
-def head_weights(model: HookedTransformer, layer: int, head: int, include_bias: bool = False
-                 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
-    """(W_Q, W_K, b_Q, b_K) of one head on the CPU, float32; biases None unless `include_bias`."""
-    W_Q = model.W_Q[layer, head].detach().float().cpu()
-    W_K = model.W_K[layer, head].detach().float().cpu()
-    if not include_bias:
-        return W_Q, W_K, None, None
-    return W_Q, W_K, model.b_Q[layer, head].detach().float().cpu(), model.b_K[layer, head].detach().float().cpu()
+def pad_bias(b: Tensor | None, width: int) -> Tensor | None:
+    """A head's bias `[d_head]` padded with zeros to `[width]`, for the extra columns of edited factors."""
+    return b if b is None or len(b) == width else torch.cat([b, b.new_zeros(width - len(b))])
+
+
+@dataclass(frozen=True, eq=False)
+class QKHead:
+    """A head's query-key side: s(q, k) = (x_q W_Q + b_Q)(x_k W_K + b_K)^T / scale (`attention_scores`).
+
+    `W_Q, W_K: [d_model, r]` (r = d_head for the model's own head, wider for edited factors; leading axes
+    broadcast, e.g. every head of a layer as `[head, d_model, d_head]`), `b_Q, b_K: [r]` or None to leave
+    the biases out, and the model's `scale` (`head_scale`), never read off a factor's shape. Compared by
+    identity (its fields are tensors).
+    """
+
+    W_Q: Tensor
+    W_K: Tensor
+    scale: float
+    b_Q: Tensor | None = None
+    b_K: Tensor | None = None
+
+    @property
+    def W(self) -> FactoredMatrix:
+        """W = W_Q W_K^T, `[d_model, d_model]` factored through r: the bilinear form, biases and scale aside."""
+        return FactoredMatrix(self.W_Q, self.W_K.transpose(-2, -1))
+
+    def with_factors(self, W_Q: Tensor, W_K: Tensor) -> QKHead:
+        """The head with other factors `W_Q, W_K: [d_model, r']`: the same scale, and its biases padded with zeros
+        to r' (`pad_bias`), so the extra columns carry no bias."""
+        return QKHead(W_Q, W_K, self.scale, pad_bias(self.b_Q, W_Q.shape[-1]), pad_bias(self.b_K, W_K.shape[-1]))
+
+    def without_bias(self) -> QKHead:
+        """The head with b_Q = b_K = 0: s(q, k) = x_q W x_k^T / scale."""
+        return QKHead(self.W_Q, self.W_K, self.scale)
+
+    def to(self, like: Tensor) -> QKHead:
+        """Every tensor on `like`'s device and dtype (differentiable: gradients flow back to this head's tensors)."""
+        move = lambda t: None if t is None else t.to(like)  # noqa: E731
+        return QKHead(move(self.W_Q), move(self.W_K), self.scale, move(self.b_Q), move(self.b_K))
 
 
 def head_scale(cfg: HookedTransformerConfig, layer: int) -> float:
@@ -51,35 +84,39 @@ def head_scale(cfg: HookedTransformerConfig, layer: int) -> float:
     return scale * (layer + 1) if cfg.scale_attn_by_inverse_layer_idx else scale
 
 
+def qk_head(model: HookedTransformer, layer: int, head: int, bias: bool = False) -> QKHead:
+    """Head `head` of layer `layer` on the CPU, float32: its W_Q, W_K, the layer's `head_scale`, and its b_Q, b_K
+    with `bias` (else none)."""
+    weights = [w[layer, head].detach().float().cpu() for w in (model.W_Q, model.W_K)]
+    biases = [b[layer, head].detach().float().cpu() for b in (model.b_Q, model.b_K)] if bias else [None, None]
+    return QKHead(*weights, head_scale(model.cfg, layer), *biases)
+
+
 def _project(x: Tensor, W: Tensor, b: Tensor | None) -> Tensor:
     """`[..., n, r]` = x W + b for `x: [..., n, d_model]`, `W: [..., d_model, r]`, `b: [..., r]` (or None)."""
     return x @ W if b is None else x @ W + b[..., None, :]
 
 
-def attention_scores(x_q: Tensor, x_k: Tensor, W_Q: Tensor, W_K: Tensor, scale: float,
-                     b_Q: Tensor | None = None, b_K: Tensor | None = None) -> Tensor:
-    """`[..., n_q, n_k]` = (x_q W_Q + b_Q)(x_k W_K + b_K)^T / scale: a head's score of each query on each key.
+def attention_scores(x_q: Tensor, x_k: Tensor, qk: QKHead) -> Tensor:
+    """`[..., n_q, n_k]` = (x_q W_Q + b_Q)(x_k W_K + b_K)^T / scale: the head's score of each query on each key.
 
-    `x_q: [..., n_q, d_model]`, `x_k: [..., n_k, d_model]` are normalised head inputs, `W_Q, W_K:
-    [..., d_model, r]`, `b_Q, b_K: [..., r]` or None to leave the biases out; leading axes broadcast
-    (e.g. `x: [batch, 1, pos, d_model]` against every head's `W_Q: [head, d_model, d_head]`).
+    `x_q: [..., n_q, d_model]`, `x_k: [..., n_k, d_model]` are normalised head inputs; leading axes broadcast
+    against the head's (e.g. `x: [batch, 1, pos, d_model]` against every head's `W_Q: [head, d_model, d_head]`).
     """
-    q, k = _project(x_q, W_Q, b_Q), _project(x_k, W_K, b_K)  # (..., n_q, r), (..., n_k, r)
-    return q @ k.transpose(-2, -1) / scale
+    q, k = _project(x_q, qk.W_Q, qk.b_Q), _project(x_k, qk.W_K, qk.b_K)  # (..., n_q, r), (..., n_k, r)
+    return q @ k.transpose(-2, -1) / qk.scale
 
 
-def attention_score_matrix(x_q: Tensor, x_k: Tensor, W_Q: Tensor, W_K: Tensor, scale: float,
-                           b_Q: Tensor | None = None, b_K: Tensor | None = None) -> FactoredMatrix:
+def attention_score_matrix(x_q: Tensor, x_k: Tensor, qk: QKHead) -> FactoredMatrix:
     """`attention_scores` as a `FactoredMatrix` [(x_q W_Q + b_Q) / scale] [x_k W_K + b_K]^T, never formed:
     for vocabulary-sized n_q x n_k, read in blocks."""
-    q, k = _project(x_q, W_Q, b_Q), _project(x_k, W_K, b_K)
-    return FactoredMatrix(q / scale, k.transpose(-2, -1))
+    q, k = _project(x_q, qk.W_Q, qk.b_Q), _project(x_k, qk.W_K, qk.b_K)
+    return FactoredMatrix(q / qk.scale, k.transpose(-2, -1))
 
 
-def self_attention_scores(x: Tensor, W_Q: Tensor, W_K: Tensor, scale: float,
-                          b_Q: Tensor | None = None, b_K: Tensor | None = None) -> Tensor:
-    """`[..., n]`: the diagonal of `attention_scores(x, x, ...)`, each input's score on itself, without n x n."""
-    return (_project(x, W_Q, b_Q) * _project(x, W_K, b_K)).sum(-1) / scale
+def self_attention_scores(x: Tensor, qk: QKHead) -> Tensor:
+    """`[..., n]`: the diagonal of `attention_scores(x, x, qk)`, each input's score on itself, without n x n."""
+    return (_project(x, qk.W_Q, qk.b_Q) * _project(x, qk.W_K, qk.b_K)).sum(-1) / qk.scale
 
 
 # --- the pieces of a GPT-2 forward pass, written out ------------------------------------------
@@ -107,13 +144,13 @@ def causal_softmax(scores: Tensor) -> Tensor:
     return scores.masked_fill(future, float("-inf")).softmax(-1)
 
 
-def attention_from_residual(x: Tensor, W_Q: Tensor, b_Q: Tensor, W_K: Tensor, b_K: Tensor,
-                            scale: float) -> Tensor:
+def attention_from_residual(x: Tensor, heads: QKHead) -> Tensor:
     """`pattern: [batch, head, query, key]` = causal softmax of every head's `attention_scores` on x.
 
-    `x: [batch, pos, d_model]` is the normalised residual stream, `W_Q, W_K: [head, d_model, d_head]`.
+    `x: [batch, pos, d_model]` is the normalised residual stream, `heads` a layer's every head
+    (`W_Q, W_K: [head, d_model, d_head]`, `b_Q, b_K: [head, d_head]`).
     """
-    return causal_softmax(attention_scores(x[:, None], x[:, None], W_Q, W_K, scale, b_Q, b_K))  # (B, nh, T, T)
+    return causal_softmax(attention_scores(x[:, None], x[:, None], heads))  # (B, nh, T, T)
 
 
 def check_manual_support(model: HookedTransformer) -> None:
@@ -152,10 +189,10 @@ def manual_patterns(model: HookedTransformer, tokens: Tensor, n_layers: int | No
     patterns = []
     for layer in range(n_layers):
         p = f"blocks.{layer}"
-        scale = head_scale(cfg, layer)
         h = layer_norm(x, ln_w(f"{p}.ln1"), ln_b(f"{p}.ln1"), cfg.eps)
-        pattern = attention_from_residual(h, state[f"{p}.attn.W_Q"], state[f"{p}.attn.b_Q"],
-                                          state[f"{p}.attn.W_K"], state[f"{p}.attn.b_K"], scale)
+        heads = QKHead(*(state[f"{p}.attn.{w}"] for w in ("W_Q", "W_K")), head_scale(cfg, layer),
+                       *(state[f"{p}.attn.{b}"] for b in ("b_Q", "b_K")))
+        pattern = attention_from_residual(h, heads)
         patterns.append(pattern)
         if layer == n_layers - 1:
             break  # later activations are not needed
@@ -177,8 +214,16 @@ def max_abs_difference(a: Tensor, b: Tensor) -> Tensor:
 # --- the same weights in Hugging Face's GPT-2 --------------------------------------------------
 
 
-def gpt2_incompatibility(model: HookedTransformer) -> str | None:
-    """Why `model` cannot be written as a Hugging Face GPT-2, or None when it can."""
+class GPT2Incompatible(UsageError):
+    """The model cannot be written as a Hugging Face GPT-2; `reason` says why (`check_gpt2_compatible`)."""
+
+    def __init__(self, reason: str):
+        super().__init__(f"This model cannot be written as a Hugging Face GPT-2: {reason}.")
+        self.reason = reason
+
+
+def check_gpt2_compatible(model: HookedTransformer) -> None:
+    """`GPT2Incompatible`, saying why, when `model` cannot be written as a Hugging Face GPT-2 (`hf_gpt2_from_tl`)."""
     cfg = model.cfg
     reasons = []
     if cfg.normalization_type != "LN":
@@ -191,7 +236,8 @@ def gpt2_incompatibility(model: HookedTransformer) -> str | None:
         reasons.append("n_heads * d_head != d_model")
     if not math.isclose(cfg.attn_scale, math.sqrt(cfg.d_head)):
         reasons.append("its attention scale is not sqrt(d_head)")
-    return "; ".join(reasons) or None
+    if reasons:
+        raise GPT2Incompatible("; ".join(reasons))
 
 
 def hf_gpt2_from_tl(model: HookedTransformer):
@@ -202,9 +248,7 @@ def hf_gpt2_from_tl(model: HookedTransformer):
     """
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    reason = gpt2_incompatibility(model)
-    if reason is not None:
-        raise UsageError(f"This model cannot be written as a Hugging Face GPT-2: {reason}.")
+    check_gpt2_compatible(model)
     cfg = model.cfg
     config = GPT2Config(
         vocab_size=cfg.d_vocab, n_positions=cfg.n_ctx, n_embd=cfg.d_model, n_layer=cfg.n_layers,

@@ -12,13 +12,14 @@ its QK circuit `W_Q @ W_K^T: [d_model, d_model]` (query on the left, key on the 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
 from transformer_lens import FactoredMatrix, HookedTransformer
 
 from analysis import prompts
-from analysis.attention import attention_score_matrix
+from analysis.attention import QKHead, attention_score_matrix
 from analysis.errors import UsageError
 
 # --- copying scores -------------------------------------------------------------------------
@@ -148,18 +149,17 @@ def composition_partners(scores: Tensor, layer: int, head: int) -> list[tuple[in
 # --- token-space tables ---------------------------------------------------------------------
 
 
-def token_qk(query_input: Tensor, key_input: Tensor, bos_key_input: Tensor, W_Q: Tensor, W_K: Tensor,
-             b_Q: Tensor, b_K: Tensor, scale: float) -> FactoredMatrix:
-    """`[n_queries, n_keys]` QK scores in token space, minus each query's score on BOS:
+def token_qk(query_input: Tensor, key_input: Tensor, bos_key_input: Tensor, qk: QKHead) -> FactoredMatrix:
+    """`[n_queries, n_keys]` QK scores of the head `qk` in token space, minus each query's score on BOS:
 
         QK[a, b] = (x_a W_Q + b_Q) . ((x_b W_K + b_K) - (x_BOS W_K + b_K)) / scale
 
     so QK[a, b] > 0 means token a would rather attend to token b than to BOS. (b_K cancels.)
-    Inputs `[n, d_model]` are a head's normalised inputs; `W_Q, W_K: [d_model, d_head]`; `scale`
-    is the model's (`attention.head_scale`). The scores are `attention.attention_score_matrix`'s.
+    Inputs `[n, d_model]` are a head's normalised inputs; `qk`'s W_Q, W_K: `[d_model, d_head]`, its scale the
+    model's (`attention.head_scale`). The scores are `attention.attention_score_matrix`'s.
     """
-    scores = attention_score_matrix(query_input, key_input, W_Q, W_K, scale, b_Q)  # b_K cancels below
-    bos_key = bos_key_input @ W_K  # (hs,)
+    scores = attention_score_matrix(query_input, key_input, replace(qk, b_K=None))  # b_K cancels below
+    bos_key = bos_key_input @ qk.W_K  # (hs,)
     return FactoredMatrix(scores.A, scores.B - bos_key[:, None])  # key side: x_b W_K - x_BOS W_K
 
 
@@ -188,10 +188,20 @@ def frequency_weight(p: Tensor, exponent: float = 0.1) -> Tensor:
     return p.clamp_min(0) ** exponent
 
 
+@dataclass(frozen=True)
+class TableSize:
+    """How much a key-pivoted table (`key_pivoted_table`) lists: `n_keys` keys, and per key its top `n_queries`
+    queries and `n_outputs` output tokens."""
+
+    n_keys: int = 10
+    n_queries: int = 8
+    n_outputs: int = 8
+
+
 @torch.no_grad()
-def key_pivoted_table(qk: FactoredMatrix, ov: FactoredMatrix, p: Tensor, n_keys: int = 10, n_queries: int = 8,
-                      n_outputs: int = 8, chunk_size: int | None = 4096) -> dict[str, Tensor]:
-    """The key-pivoted token table of one head.
+def key_pivoted_table(qk: FactoredMatrix, ov: FactoredMatrix, p: Tensor, size: TableSize = TableSize(),
+                      chunk_size: int | None = 4096) -> dict[str, Tensor]:
+    """The key-pivoted token table of one head, as large as `size` says.
 
     `qk: [d_vocab (query), d_vocab (key)]` (BOS-normalised, `token_qk`), `ov: [d_vocab (source),
     d_vocab (output)]` (`token_ov`), `p: [d_vocab]` token probabilities.
@@ -207,12 +217,12 @@ def key_pivoted_table(qk: FactoredMatrix, ov: FactoredMatrix, p: Tensor, n_keys:
     weight = frequency_weight(p.to(qk.A))
     qk_max, ov_max = column_max(qk, chunk_size), centred_row_max(ov, chunk_size)
     key_score = qk_max * ov_max * weight
-    key_scores, key_ids = key_score.topk(n_keys)
+    key_scores, key_ids = key_score.topk(size.n_keys)
     columns = qk[:, key_ids].AB.T * weight  # (n_keys, d_vocab): QK[:, k] * p_q^0.1
     rows = ov[key_ids, :].AB  # (n_keys, d_vocab)
     rows = rows - rows.mean(-1, keepdim=True)
-    query_scores, query_ids = columns.topk(n_queries, dim=-1)
-    output_scores, output_ids = rows.topk(n_outputs, dim=-1)
+    query_scores, query_ids = columns.topk(size.n_queries, dim=-1)
+    output_scores, output_ids = rows.topk(size.n_outputs, dim=-1)
     return {"key_ids": key_ids, "key_scores": key_scores, "qk_max": qk_max[key_ids], "ov_max": ov_max[key_ids],
             "query_ids": query_ids, "query_scores": query_scores,
             "output_ids": output_ids, "output_scores": output_scores}

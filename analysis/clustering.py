@@ -1,7 +1,7 @@
 """Token communities of a head: a top-k score graph over tokens, Leiden, agreement with categories.
 
 Graph. Each token q (a query) keeps its k highest-scoring keys j among the N tokens, by the
-head's score s(q, j) = x_q W x_j^T / attn_scale; self-loops are dropped unless asked for. The
+head's score s(q, j) = x_q W x_j^T / attn_scale (its `QKHead`); self-loops are dropped unless asked for. The
 graph is directed (q -> j: "q would attend to j"); an edge's weight is its score min-max
 normalised over all kept edges, w = (s - min s) / (max s - min s), so weights lie in [0, 1] as
 modularity needs. Scores are read in query chunks: N x N is never resident.
@@ -23,32 +23,33 @@ maximises modularity with `max_comm_size` 512 (`STUDY_MAX_COMM_SIZE`; we seed it
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
-from transformer_lens import FactoredMatrix
 
 from analysis import prompts
 from analysis.frequency import ordinary_or_frequent_ids
-from analysis.qk_decomposition import qk_matrix, score_blocks
+from analysis.attention import QKHead
+from analysis.qk_decomposition import score_blocks
 
 METHODS = ("modularity", "rbconfiguration")
 STUDY_MAX_COMM_SIZE = 512
 
 
 @torch.no_grad()
-def top_k_edges(x: Tensor, W: FactoredMatrix, scale: float, k: int = 4, keep_self: bool = False,
-                chunk_size: int = 1024) -> tuple[Tensor, Tensor, Tensor]:
+def top_k_edges(x: Tensor, qk: QKHead, k: int = 4, keep_self: bool = False, chunk_size: int = 1024
+                ) -> tuple[Tensor, Tensor, Tensor]:
     """(`source: [n k]`, `target: [n k]`, `score: [n k]`): each row of `x: [n, d]`'s k best keys among the rows of x.
 
-    Scores are x_q W x_j^T / scale (`qk_decomposition.score_blocks`; `scale`: the model's attention scale).
+    Scores are the head's, x_q W x_j^T / scale (`qk_decomposition.score_blocks`; with biases if `qk` has them).
     """
     if not 0 < k < len(x) + keep_self:
         raise ValueError(f"k must be between 1 and {len(x) - 1 + keep_self} for {len(x)} tokens, got {k}")
     sources, targets, scores = [], [], []
-    for start, block in score_blocks(x, W, x, scale, chunk_size):  # block: (C, n)
+    for start, block in score_blocks(x, x, qk, chunk_size):  # block: (C, n)
         rows = torch.arange(start, start + len(block))
         if not keep_self:
             block[torch.arange(len(block)), rows] = -torch.inf
@@ -60,9 +61,8 @@ def top_k_edges(x: Tensor, W: FactoredMatrix, scale: float, k: int = 4, keep_sel
 
 
 @torch.no_grad()
-def study_edges(x: Tensor, W_Q: Tensor, W_K: Tensor, k: int = 4, chunk_size: int = 1024
-                ) -> tuple[Tensor, Tensor, Tensor]:
-    """(`source: [e]`, `target: [e]`, `weight: [e]`): the study's graph over the rows of `x: [n, d]`.
+def study_edges(x: Tensor, qk: QKHead, k: int = 4, chunk_size: int = 1024) -> tuple[Tensor, Tensor, Tensor]:
+    """(`source: [e]`, `target: [e]`, `weight: [e]`): the study's graph of the head `qk` over the rows of `x: [n, d]`.
 
     a[i, j] = x_i W_K W_Q^T x_j^T (key i, query j; unscaled, no biases); a'[i] = a[i] - min_i / (max_i - min_i)
     (the study's shift); edge i -> j where a'[i, j] >= quantile(a'[i], 1 - k/n) and a'[i, j] > 0, self-loops
@@ -70,9 +70,9 @@ def study_edges(x: Tensor, W_Q: Tensor, W_K: Tensor, k: int = 4, chunk_size: int
     """
     if not 0 < k <= len(x):
         raise ValueError(f"k must be between 1 and {len(x)} for {len(x)} tokens, got {k}")
-    W_keys = FactoredMatrix(W_K, W_Q.T)  # rows are keys: x_i W_K (x_j W_Q)^T
+    W_keys = QKHead(qk.W_K, qk.W_Q, 1.0)  # rows are keys: x_i W_K (x_j W_Q)^T, unscaled, no biases
     sources, targets, weights = [], [], []
-    for start, block in score_blocks(x, W_keys, x, 1.0, chunk_size):  # block: (C, n), row = key
+    for start, block in score_blocks(x, x, W_keys, chunk_size):  # block: (C, n), row = key
         low, high = block.min(-1, keepdim=True).values, block.max(-1, keepdim=True).values
         shifted = block - low / (high - low)
         cut = torch.quantile(shifted, 1 - k / len(x), dim=-1, keepdim=True)
@@ -115,20 +115,32 @@ def leiden(graph, method: str = "modularity", resolution: float = 1.0, seed: int
     return np.asarray(partition.membership)
 
 
-def ours_partition(x: Tensor, W_Q: Tensor, W_K: Tensor, scale: float, k: int = 4, keep_self: bool = False,
-                   method: str = "modularity", resolution: float = 1.0, seed: int = 0) -> dict:
-    """Our graph over the rows of `x: [n, d]` (`top_k_edges`, query rows, min-max weights) and its Leiden
-    partition: {"source", "target": [e], "graph", "membership": [n]}."""
-    source, target, score = top_k_edges(x, qk_matrix(W_Q, W_K), scale, k, keep_self)
+@dataclass(frozen=True)
+class GraphSettings:
+    """A head's token graph and its communities (`ours_partition`, `head_partitions`): `k` keys kept per query,
+    self-loops with `keep_self`, Leiden's quality `method` ("modularity" or "rbconfiguration", with `resolution`)
+    seeded by `seed` (the study's graph takes `k` and `seed` only)."""
+
+    k: int = 4
+    keep_self: bool = False
+    method: str = "modularity"
+    resolution: float = 1.0
+    seed: int = 0
+
+
+def ours_partition(x: Tensor, qk: QKHead, settings: GraphSettings = GraphSettings()) -> dict:
+    """Our graph of the head `qk` over the rows of `x: [n, d]` (`top_k_edges`, query rows, min-max weights) and its
+    Leiden partition: {"source", "target": [e], "graph", "membership": [n]}."""
+    source, target, score = top_k_edges(x, qk, settings.k, settings.keep_self)
     graph = score_graph(len(x), source, target, minmax(score))
     return {"source": source, "target": target, "graph": graph,
-            "membership": leiden(graph, method, resolution, seed)}
+            "membership": leiden(graph, settings.method, settings.resolution, settings.seed)}
 
 
-def study_partition(x: Tensor, W_Q: Tensor, W_K: Tensor, k: int = 4, seed: int = 0) -> dict:
-    """The study's graph over the rows of `x` (`study_edges`) and its Leiden partition (modularity,
+def study_partition(x: Tensor, qk: QKHead, k: int = 4, seed: int = 0) -> dict:
+    """The study's graph of the head `qk` over the rows of `x` (`study_edges`) and its Leiden partition (modularity,
     `max_comm_size` STUDY_MAX_COMM_SIZE, seeded): {"source", "target", "graph", "membership"}."""
-    source, target, weight = study_edges(x, W_Q, W_K, k)
+    source, target, weight = study_edges(x, qk, k)
     graph = score_graph(len(x), source, target, weight)
     return {"source": source, "target": target, "graph": graph,
             "membership": leiden(graph, "modularity", seed=seed, max_comm_size=STUDY_MAX_COMM_SIZE)}
@@ -198,12 +210,10 @@ def node_tokens(model, categories: Mapping[str, Sequence[str]], n_tokens: int, t
 AGREEMENT_DIRECTIONS = {"ari": "high", "nmi": "high", "study_ari": "high", "study_nmi": "high"}
 
 
-def head_partitions(x: Tensor, W_Q: Tensor, W_K: Tensor, scale: float, k: int = 4, keep_self: bool = False,
-                    method: str = "modularity", resolution: float = 1.0, seed: int = 0) -> dict[str, dict]:
-    """Both graphs of one head over `x: [1 + n, d]`, whose first row is BOS: {"ours": `ours_partition` of the
+def head_partitions(x: Tensor, qk: QKHead, settings: GraphSettings = GraphSettings()) -> dict[str, dict]:
+    """Both graphs of the head `qk` over `x: [1 + n, d]`, whose first row is BOS: {"ours": `ours_partition` of the
     n token rows, "study": `study_partition` of all 1 + n rows (the study keeps BOS among its nodes)}."""
-    return {"ours": ours_partition(x[1:], W_Q, W_K, scale, k, keep_self, method, resolution, seed),
-            "study": study_partition(x, W_Q, W_K, k, seed)}
+    return {"ours": ours_partition(x[1:], qk, settings), "study": study_partition(x, qk, settings.k, settings.seed)}
 
 
 def partition_agreement(parts: Mapping[str, Mapping], category_of: np.ndarray) -> dict[str, float]:

@@ -20,6 +20,7 @@ import platform
 import subprocess
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -91,18 +92,27 @@ def git_commit() -> str:
         return "unknown"
 
 
-def provenance(model_info: Mapping[str, Any] | None, arguments: Mapping[str, Any], seed: int) -> dict[str, Any]:
-    """Everything needed to say how a result was produced."""
-    return {
-        "model": dict(model_info) if model_info is not None else None,
-        "arguments": {k: _plain(v) for k, v in arguments.items()},
-        "seed": seed,
-        "packages": package_versions(),
-        "git_commit": git_commit(),
-        "utc_time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "hardware": {"platform": platform.platform(), "torch_threads": torch.get_num_threads(),
-                     "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
-    }
+@dataclass(frozen=True)
+class Provenance:
+    """How a result was made, as far as the script knows: the model's own record (`model.analysis_info`, None for
+    none), the script's arguments and its seed (`record` adds what the process knows)."""
+
+    model_info: Mapping[str, Any] | None
+    arguments: Mapping[str, Any]
+    seed: int
+
+    def record(self) -> dict[str, Any]:
+        """Everything needed to say how a result was produced: this, the packages, commit, time and hardware."""
+        return {
+            "model": dict(self.model_info) if self.model_info is not None else None,
+            "arguments": {k: _plain(v) for k, v in self.arguments.items()},
+            "seed": self.seed,
+            "packages": package_versions(),
+            "git_commit": git_commit(),
+            "utc_time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "hardware": {"platform": platform.platform(), "torch_threads": torch.get_num_threads(),
+                         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+        }
 
 
 def _plain(value: Any) -> Any:
@@ -182,22 +192,14 @@ def write_output(path: Path | str, data: str | bytes) -> Path:
     return Path(path)
 
 
-def save_results(
-    out: Path | str,
-    model_name: str,
-    name: str,
-    results: Mapping[str, Any],
-    *,
-    model_info: Mapping[str, Any] | None,
-    arguments: Mapping[str, Any],
-    seed: int,
-) -> Path:
+def save_results(out: Path | str, model_name: str, name: str, results: Mapping[str, Any], provenance: Provenance
+                 ) -> Path:
     """`out/results/<model>/<name>.json` = {"provenance": ..., "results": ...}, as part of the current run.
 
     In a run, the file is written last of the run's files, and its provenance lists every other
     file of the run with its SHA-256 (`provenance.outputs`), so results and figures can be matched.
     """
-    payload = _plain({"provenance": {"model_id": run_id(model_name), **provenance(model_info, arguments, seed)},
+    payload = _plain({"provenance": {"model_id": run_id(model_name), **provenance.record()},
                       "results": results})
     path = results_path(out, model_name, name)
     run = staging.current_run()

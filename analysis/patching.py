@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -97,12 +98,23 @@ def token_logits(model: HookedTransformer, resid: Tensor, ids: Tensor) -> Tensor
     return cap * torch.tanh(logits / cap) if cap > 0 else logits
 
 
-@torch.no_grad()
-def head_patching(model: HookedTransformer, clean: Tensor, corrupted: Tensor, answer: Tensor,
-                  wrong: Tensor, batch_size: int = 64, progress: bool = False) -> dict[str, Tensor | float]:
-    """Patch each head's `hook_z` (every position) from the clean into the corrupted run.
+class TokenPair(NamedTuple):
+    """Clean and corrupted prompts as tokens with the answer each calls for, which travel together: `clean,
+    corrupted: [batch, pos]` (same length), `answer, wrong: [batch]` token ids (the clean prompt's answer and the
+    corrupted one's)."""
 
-    `clean, corrupted: [batch, pos]` (same length), `answer, wrong: [batch]` token ids: the
+    clean: Tensor
+    corrupted: Tensor
+    answer: Tensor
+    wrong: Tensor
+
+
+@torch.no_grad()
+def head_patching(model: HookedTransformer, pair: TokenPair, batch_size: int = 64, progress: bool = False
+                  ) -> dict[str, Tensor | float]:
+    """Patch each head's `hook_z` (every position) from the clean into the corrupted run of `pair`.
+
+    `pair.clean, pair.corrupted: [batch, pos]` (same length), `pair.answer, pair.wrong: [batch]` token ids: the
     answer of the clean prompt and of the corrupted one. Returns the clean and corrupted mean logit
     differences and `recovered: [layer, head]`, the fraction of the clean logit difference each
     patch restores, (LD_patched - LD_corrupted) / (LD_clean - LD_corrupted) with LD the mean over
@@ -110,6 +122,7 @@ def head_patching(model: HookedTransformer, clean: Tensor, corrupted: Tensor, an
     layer l's heads starts at layer l from the corrupted residual stream, and only the answer and
     wrong logits of the last position are computed.
     """
+    clean, corrupted, answer, wrong = pair
     _check_pair(model, clean, corrupted)
     device, n_layers = model.cfg.device, model.cfg.n_layers
     clean, corrupted = clean.to(device), corrupted.to(device)
@@ -167,7 +180,7 @@ TASKS: dict[str, PromptPair] = {
 }
 
 
-def encode_pair(model: HookedTransformer, pair: PromptPair) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def encode_pair(model: HookedTransformer, pair: PromptPair) -> TokenPair:
     """(`clean, corrupted: [1, pos]`, `answer, wrong: [1]`); a `UsageError` when the tokenizer cannot
     encode the pair for patching (answers not single tokens, unknown words, lengths that differ)."""
     answer, wrong = (torch.tensor(prompts.single_token_ids(model.tokenizer, [w])) for w in (pair.answer, pair.wrong))
@@ -180,7 +193,7 @@ def encode_pair(model: HookedTransformer, pair: PromptPair) -> tuple[Tensor, Ten
         raise UsageError(f"The prompts {pair.clean!r} / {pair.corrupted!r} hold words outside this model's "
                          "vocabulary; write prompts in words it knows.")
     _check_pair(model, clean, corrupted)
-    return clean, corrupted, answer, wrong
+    return TokenPair(clean, corrupted, answer, wrong)
 
 
 @torch.no_grad()

@@ -67,43 +67,47 @@ def all_patterns_and_scores(model: HookedTransformer, tokens: Tensor, batch_size
     return pattern, attn_scores
 
 
-def _collect_head(model: HookedTransformer, tokens: Tensor, layer: int, head: int | Sequence[int],
-                  names: Sequence[str], fwd_hooks: Sequence[tuple[str, Callable]], batch_size: int,
-                  grad: bool) -> list[Tensor]:
+# One head of a layer, (layer, head), or several heads of one layer, (layer, [head, ...]).
+HeadOrHeads = tuple[int, int | Sequence[int]]
+
+
+def _collect_head(model: HookedTransformer, tokens: Tensor, head: HeadOrHeads, names: Sequence[str],
+                  fwd_hooks: Sequence[tuple[str, Callable]], batch_size: int) -> list[Tensor]:
     """`blocks.{layer}.attn.hook_<name>` of one head (or a list of heads) for each of `names`, after every hook
-    of `fwd_hooks`, in chunks of `batch_size`; the run stops after the head's layer."""
+    of `fwd_hooks`, in chunks of `batch_size`; the run stops after the head's layer. Autograd as the caller set it."""
     check_context(model, tokens)
+    layer, head = head
     hooks = [get_act_name(name, layer) for name in names]
     chunks: dict[str, list[Tensor]] = {hook: [] for hook in hooks}
 
     def store(act: Tensor, hook) -> None:  # (B, nh, T, T)
         chunks[hook.name].append(act[:, head].float().cpu())
-    with torch.set_grad_enabled(grad):
-        for start in range(0, tokens.shape[0], batch_size):
-            model.run_with_hooks(tokens[start:start + batch_size].to(model.cfg.device), return_type=None,
-                                 fwd_hooks=[*fwd_hooks, *((hook, store) for hook in hooks)], stop_at_layer=layer + 1)
+    for start in range(0, tokens.shape[0], batch_size):
+        model.run_with_hooks(tokens[start:start + batch_size].to(model.cfg.device), return_type=None,
+                             fwd_hooks=[*fwd_hooks, *((hook, store) for hook in hooks)], stop_at_layer=layer + 1)
     return [torch.cat(chunks[hook]) for hook in hooks]
 
 
-def head_pattern(model: HookedTransformer, tokens: Tensor, layer: int, head: int | Sequence[int],
+def head_pattern(model: HookedTransformer, tokens: Tensor, head: HeadOrHeads,
                  fwd_hooks: Sequence[tuple[str, Callable]] = (), batch_size: int = 64, grad: bool = False) -> Tensor:
-    """`pattern: [batch, query, key]` of one head (`[batch, head, query, key]` for a list of heads of the
-    layer), with `fwd_hooks` active; stops after its layer.
+    """`pattern: [batch, query, key]` of one head, `head` = (layer, head) (`[batch, head, query, key]` for
+    (layer, a list of heads)), with `fwd_hooks` active; stops after its layer.
 
     With `grad` the pattern stays differentiable (in whatever the hooks compute from, e.g. edited
     W_Q, W_K); otherwise it runs without autograd.
     """
-    return _collect_head(model, tokens, layer, head, ["pattern"], fwd_hooks, batch_size, grad)[0]
+    with torch.set_grad_enabled(grad):
+        return _collect_head(model, tokens, head, ["pattern"], fwd_hooks, batch_size)[0]
 
 
-def head_pattern_and_scores(model: HookedTransformer, tokens: Tensor, layer: int, head: int | Sequence[int],
+@torch.no_grad()
+def head_pattern_and_scores(model: HookedTransformer, tokens: Tensor, head: HeadOrHeads,
                             fwd_hooks: Sequence[tuple[str, Callable]] = (), batch_size: int = 64
                             ) -> tuple[Tensor, Tensor]:
-    """(pattern, attn_scores) of one head (or a list of heads of the layer), as `head_pattern` gives the pattern,
-    with the pre-softmax scores the pattern came from (`hook_attn_scores`, after every other hook), for exact
-    log-masses (`scores.masked_log_mass`). Without autograd; stops after the head's layer."""
-    pattern, attn_scores = _collect_head(model, tokens, layer, head, ["pattern", "attn_scores"], fwd_hooks,
-                                         batch_size, grad=False)
+    """(pattern, attn_scores) of one head, `head` = (layer, head) (or (layer, a list of heads)), as `head_pattern`
+    gives the pattern, with the pre-softmax scores the pattern came from (`hook_attn_scores`, after every other
+    hook), for exact log-masses (`scores.masked_log_mass`). Without autograd; stops after the head's layer."""
+    pattern, attn_scores = _collect_head(model, tokens, head, ["pattern", "attn_scores"], fwd_hooks, batch_size)
     return pattern, attn_scores
 
 

@@ -138,12 +138,13 @@ def group_heatmaps(maps: Sequence[torch.Tensor], titles: Sequence[str], labels: 
     return fig
 
 
-def graph_html(coords: np.ndarray, source: np.ndarray, target: np.ndarray, labels: Sequence[str],
+def graph_html(coords: np.ndarray, edges: tuple[np.ndarray, np.ndarray], labels: Sequence[str],
                membership: np.ndarray, hover: Sequence[str], title: str) -> str:
-    """A standalone interactive HTML view of a graph with node positions `coords: [n, 2]` and edges
-    source[i] -> target[i], coloured by community (plotly; its JavaScript inlined, so it works offline)."""
+    """A standalone interactive HTML view of a graph with node positions `coords: [n, 2]` and `edges` = (source,
+    target), source[i] -> target[i], coloured by community (plotly; its JavaScript inlined, so it works offline)."""
     import plotly.graph_objects as go
 
+    source, target = edges
     x, y = coords[:, 0], coords[:, 1]
     ex = np.stack([x[source], x[target], np.full(len(source), np.nan)], 1).ravel()  # NaN breaks the line
     ey = np.stack([y[source], y[target], np.full(len(source), np.nan)], 1).ravel()

@@ -12,6 +12,7 @@ against them, so ground truth and measurement cannot drift apart.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -251,14 +252,30 @@ def special_token_ids(model) -> list[int]:
     return list(model.tokenizer.all_special_ids) if model.tokenizer is not None else [model.cfg.d_vocab - 1]
 
 
+class Probe(NamedTuple):
+    """Prompts and their ground-truth mask, which travel together: `tokens: [batch, pos]` and `mask: [batch, query,
+    key]`, 1 where a query should attend (`semantic_mask` for category prompts)."""
+
+    tokens: Tensor
+    mask: Tensor
+
+
+class CategoryWords(NamedTuple):
+    """Words and their categories, which travel together: `ids: [n]` token ids, `category: [n]` each one's
+    category number."""
+
+    ids: Tensor
+    category: Tensor
+
+
 def category_probe(model, categories: Mapping[str, Sequence[str]], n_prompts: int, n_words: int,
-                   seed: int) -> tuple[Tensor, Tensor]:
+                   seed: int) -> Probe:
     """Category-word prompts and their ground-truth mask: (`tokens: [batch, pos]`, `mask: [batch, q, k]`)."""
     require_tokenizer(model, "The semantic probe maps category words to tokens")
     word_ids = [single_token_ids(model.tokenizer, words) for words in categories.values()]
     tokens = category_sequences(word_ids, n_prompts, n_words, bos_token_id(model), seed)
     category_of = category_index(model.tokenizer, categories, model.cfg.d_vocab)
-    return tokens, semantic_mask(tokens, category_of)
+    return Probe(tokens, semantic_mask(tokens, category_of))
 
 
 def reference_prompts(model, seed: int = 0, n_prompts: int = 64, n_words: int = 64,

@@ -1,6 +1,7 @@
 """A head's QK circuit W = W_Q W_K^T, its symmetric and skew parts, their spectrum, and edits.
 
-W is the head's bilinear form on its (normalised) input: score(q, k) = x_q W x_k^T / attn_scale.
+W is the head's bilinear form on its (normalised) input: score(q, k) = x_q W x_k^T / attn_scale, for a
+head given as an `attention.QKHead` (W_Q, W_K: [d_model, d_head], the scale, optional biases; `qk.W`).
 It splits uniquely into
 
     W_sym  = (W + W^T) / 2    (scores that are the same both ways: x_q W_sym x_k = x_k W_sym x_q)
@@ -25,8 +26,9 @@ and cancel in the softmax.
 
 Edits (eigenvalue steering) change W_sym's eigenvalues λ_S on a set S of eigenvectors V_S and
 keep everything else: W' = W + V_S diag((f - 1) λ_S) V_S^T. W' is again a product
-W_Q' W_K'^T with W_Q' = [W_Q, V_S diag((f - 1) λ_S)], W_K' = [W_K, V_S] (`edited_factors`);
-`analysis.qk_edits` runs the model with a head's scores computed from any such factorisation.
+W_Q' W_K'^T with W_Q' = [W_Q, V_S diag((f - 1) λ_S)], W_K' = [W_K, V_S] (`edited_head`: the head with these
+factors, its scale and its biases padded); `analysis.qk_edits` runs the model with a head's scores computed
+from any such factorisation.
 """
 
 from __future__ import annotations
@@ -39,30 +41,26 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import FactoredMatrix
 
-from analysis.attention import attention_score_matrix, attention_scores, self_attention_scores
+from analysis.attention import QKHead, attention_score_matrix, attention_scores, self_attention_scores
 
 
 # --- the decomposition -----------------------------------------------------------------------
 
 
-def qk_matrix(W_Q: Tensor, W_K: Tensor) -> FactoredMatrix:
-    """W = W_Q W_K^T, `[d_model, d_model]` factored through d_head; `W_Q, W_K: [d_model, d_head]`."""
-    return FactoredMatrix(W_Q, W_K.T)
+def symmetric_part(qk: QKHead) -> FactoredMatrix:
+    """W_sym = (W + W^T) / 2 = [W_Q, W_K] [W_K, W_Q]^T / 2 of the head's W, inner dimension 2 d_head."""
+    return FactoredMatrix(torch.cat([qk.W_Q, qk.W_K], -1), torch.cat([qk.W_K, qk.W_Q], -1).T / 2)
 
 
-def symmetric_part(W_Q: Tensor, W_K: Tensor) -> FactoredMatrix:
-    """W_sym = (W + W^T) / 2 = [W_Q, W_K] [W_K, W_Q]^T / 2, inner dimension 2 d_head."""
-    return FactoredMatrix(torch.cat([W_Q, W_K], -1), torch.cat([W_K, W_Q], -1).T / 2)
+def skew_part(qk: QKHead) -> FactoredMatrix:
+    """W_skew = (W - W^T) / 2 = [W_Q, W_K] [W_K, -W_Q]^T / 2 of the head's W, inner dimension 2 d_head."""
+    return FactoredMatrix(torch.cat([qk.W_Q, qk.W_K], -1), torch.cat([qk.W_K, -qk.W_Q], -1).T / 2)
 
 
-def skew_part(W_Q: Tensor, W_K: Tensor) -> FactoredMatrix:
-    """W_skew = (W - W^T) / 2 = [W_Q, W_K] [W_K, -W_Q]^T / 2, inner dimension 2 d_head."""
-    return FactoredMatrix(torch.cat([W_Q, W_K], -1), torch.cat([W_K, -W_Q], -1).T / 2)
-
-
-def with_bias(W_Q: Tensor, W_K: Tensor, b_Q: Tensor, b_K: Tensor) -> tuple[Tensor, Tensor]:
-    """`[d_model + 1, d_head]` factors [W_Q; b_Q], [W_K; b_K] acting on inputs [x, 1] (see `append_one`)."""
-    return torch.cat([W_Q, b_Q[None]]), torch.cat([W_K, b_K[None]])
+def with_bias(qk: QKHead) -> QKHead:
+    """The head's biases folded into its factors: `[d_model + 1, d_head]` [W_Q; b_Q], [W_K; b_K], acting on
+    inputs [x, 1] (see `append_one`), with the head's scale and no biases of its own."""
+    return QKHead(torch.cat([qk.W_Q, qk.b_Q[None]]), torch.cat([qk.W_K, qk.b_K[None]]), qk.scale)
 
 
 def append_one(x: Tensor) -> Tensor:
@@ -70,13 +68,13 @@ def append_one(x: Tensor) -> Tensor:
     return torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)], -1)
 
 
-def relative_norms(W_Q: Tensor, W_K: Tensor) -> dict[str, float]:
-    """Frobenius norms ||W||, ||W_sym||, ||W_skew|| and the shares ||W_part|| / ||W||.
+def relative_norms(qk: QKHead) -> dict[str, float]:
+    """Frobenius norms ||W||, ||W_sym||, ||W_skew|| of the head's W and the shares ||W_part|| / ||W||.
 
     The parts are orthogonal under the Frobenius inner product: ||W||^2 = ||W_sym||^2 + ||W_skew||^2.
     """
-    norm = float(qk_matrix(W_Q, W_K).norm())
-    sym, skew = float(symmetric_part(W_Q, W_K).norm()), float(skew_part(W_Q, W_K).norm())
+    norm = float(qk.W.norm())
+    sym, skew = float(symmetric_part(qk).norm()), float(skew_part(qk).norm())
     return {"W": norm, "sym": sym, "skew": skew, "sym_share": sym / norm, "skew_share": skew / norm}
 
 
@@ -88,15 +86,15 @@ class Spectrum:
     vectors: Tensor
 
 
-def symmetric_spectrum(W_Q: Tensor, W_K: Tensor) -> Spectrum:
-    """Every eigenpair of W_sym = U M U^T with U = [W_Q, W_K], M = [[0, I], [I, 0]] / 2.
+def symmetric_spectrum(qk: QKHead) -> Spectrum:
+    """Every eigenpair of the head's W_sym = U M U^T with U = [W_Q, W_K], M = [[0, I], [I, 0]] / 2.
 
     With U = Q R (thin QR), W_sym = Q (R M R^T) Q^T, so the eigenpairs are those of the small
     symmetric R M R^T = P diag(λ) P^T, with eigenvectors Q P: exact, all 2 d_head of them
     (eigenvalues that vanish because U is rank-deficient come out as ~0, not dropped).
     """
-    d_head = W_Q.shape[-1]
-    U = torch.cat([W_Q, W_K], -1).double()  # (d_model, 2 d_head)
+    W_Q, d_head = qk.W_Q, qk.W_Q.shape[-1]
+    U = torch.cat([W_Q, qk.W_K], -1).double()  # (d_model, 2 d_head)
     Q, R = torch.linalg.qr(U)  # Q: (d_model, r), R: (r, 2 d_head)
     eye = torch.eye(d_head, dtype=U.dtype)
     zero = torch.zeros_like(eye)
@@ -135,22 +133,8 @@ def spectrum_summary(values: Tensor, rel_tol: float = ZERO_RTOL) -> dict[str, fl
 
 
 # --- token-space scores ----------------------------------------------------------------------
-# A factored W = A B^T is a head with W_Q = A, W_K = B^T (wider than d_head for edited factors),
-# so every score here is `attention.attention_scores` and its variants, with the caller's scale:
-# the model's (`attention.head_scale`), never the width of the factors.
-
-
-def token_scores(query_input: Tensor, W: FactoredMatrix, key_input: Tensor, scale: float) -> Tensor:
-    """`[n_q, n_k]`: x_q W x_k^T / scale for `query_input: [n_q, d]`, `key_input: [n_k, d]`.
-
-    Through the factors, (x_q A)(x_k B^T)^T: the cost is n_q n_k inner-dim, the memory n_q n_k.
-    """
-    return attention_scores(query_input, key_input, W.A, W.B.T, scale)
-
-
-def self_scores(x: Tensor, W: FactoredMatrix, scale: float) -> Tensor:
-    """`[n]`: each input's score with itself, x_i W x_i^T / scale, without the n x n matrix."""
-    return self_attention_scores(x, W.A, W.B.T, scale)
+# Every score here is `attention.attention_scores` of a `QKHead` or one of its variants: W = W_Q W_K^T with
+# the head's scale, the model's (`attention.head_scale`), never the width of the factors.
 
 
 def self_score_parts(x: Tensor, spectrum: Spectrum, scale: float) -> tuple[Tensor, Tensor]:
@@ -160,23 +144,26 @@ def self_score_parts(x: Tensor, spectrum: Spectrum, scale: float) -> tuple[Tenso
     return terms.clamp_min(0).sum(-1), terms.clamp_max(0).sum(-1)
 
 
-def score_blocks(query_input: Tensor, W: FactoredMatrix, key_input: Tensor, scale: float, chunk_size: int = 1024
+def score_blocks(query_input: Tensor, key_input: Tensor, qk: QKHead, chunk_size: int = 1024
                  ) -> Iterator[tuple[int, Tensor]]:
-    """(start, `block: [C, n_k]`) for consecutive chunks of queries: `token_scores` one chunk at a time."""
-    matrix = attention_score_matrix(query_input, key_input, W.A, W.B.T, scale)  # (n_q, r) @ (r, n_k), factored
+    """(start, `block: [C, n_k]`) for consecutive chunks of queries: `attention.attention_scores` of the head,
+    `query_input: [n_q, d]` against `key_input: [n_k, d]`, one chunk of queries at a time (n_q x n_k never held)."""
+    matrix = attention_score_matrix(query_input, key_input, qk)  # (n_q, r) @ (r, n_k), factored
     for start in range(0, len(query_input), chunk_size):
         yield start, matrix.A[start:start + chunk_size] @ matrix.B
 
 
 @torch.no_grad()
-def self_ranks(x: Tensor, W: FactoredMatrix, chunk_size: int = 1024) -> Tensor:
+def self_ranks(x: Tensor, qk: QKHead, chunk_size: int = 1024) -> Tensor:
     """`[n]`: rank of each token's score with itself among all keys for its query (1 = top).
 
-    rank_i = 1 + #{j : x_i W x_j^T > x_i W x_i^T}, over every row j of `x: [n, d]` (the keys are
-    the queries). Read in `[chunk_size, n]` blocks of scores, so n x n is never resident.
+    rank_i = 1 + #{j : x_i W x_j^T > x_i W x_i^T} for the head's W (biases left out, as in `self_ranks_grid`),
+    over every row j of `x: [n, d]` (the keys are the queries). Read in `[chunk_size, n]` blocks of scores, so
+    n x n is never resident.
     """
     ranks = []
-    for start, block in score_blocks(x, W, x, 1.0, chunk_size):  # ranks do not depend on the scale
+    unscaled = QKHead(qk.W_Q, qk.W_K, 1.0)  # ranks do not depend on the scale
+    for start, block in score_blocks(x, x, unscaled, chunk_size):
         diagonal = block.diagonal(offset=start)  # (C,): query start + c against key start + c
         ranks.append(1 + (block > diagonal[:, None]).sum(-1))
     return torch.cat(ranks)
@@ -198,23 +185,24 @@ class SelfScores:
     negative: Tensor
 
 
-def self_score_report(W_Q: Tensor, W_K: Tensor, x: Tensor, scale: float) -> tuple[dict, SelfScores]:
-    """W = W_Q W_K^T on inputs `x: [n, d]`: norms of W and its parts, the spectrum of W_sym, checks, self-scores.
+def self_score_report(qk: QKHead, x: Tensor) -> tuple[dict, SelfScores]:
+    """The head's W = W_Q W_K^T (its biases left out) on inputs `x: [n, d]`: norms of W and its parts, the spectrum
+    of W_sym, checks, self-scores x W x^T / scale.
 
     Returns ({"norms", "spectrum", "eigenvalues", "check", "self_score"}, the self-scores themselves).
     The checks compare x^T W x, x^T W_sym x and x^T W_skew x through the dense d x d matrices (an
     independent path to the factored numbers) and the eigenvalue parts against the self-scores.
     """
-    spectrum = symmetric_spectrum(W_Q, W_K)
-    W, sym, skew = qk_matrix(W_Q, W_K), symmetric_part(W_Q, W_K), skew_part(W_Q, W_K)
+    spectrum, scale = symmetric_spectrum(qk), qk.scale
+    W, sym, skew = qk.W, symmetric_part(qk), skew_part(qk)
     positive, negative = self_score_parts(x, spectrum, scale)
-    total = self_scores(x, W, scale)
+    total = self_attention_scores(x, qk.without_bias())
 
     def dense_self(part: FactoredMatrix) -> Tensor:  # x^T M x through the d x d matrix itself
         return ((x @ part.AB) * x).sum(-1) / scale
 
     report = {
-        "norms": relative_norms(W_Q, W_K),
+        "norms": relative_norms(qk),
         "spectrum": spectrum_summary(spectrum.values),
         "eigenvalues": spectrum.values,
         "check": {"max_abs_self_W_minus_sym": float((dense_self(W) - dense_self(sym)).abs().max()),
@@ -227,39 +215,53 @@ def self_score_report(W_Q: Tensor, W_K: Tensor, x: Tensor, scale: float) -> tupl
     return report, SelfScores(total, positive, negative)
 
 
-def bias_key_term(x: Tensor, W_Q: Tensor, W_K: Tensor, b_Q: Tensor, scale: float) -> dict[str, float]:
-    """Of the bias terms of (x_q W_Q + b_Q)(x_k W_K + b_K)^T, only b_Q (x_k W_K)^T varies with the key.
+def bias_key_term(x: Tensor, qk: QKHead) -> dict[str, float]:
+    """Of the bias terms of the head's (x_q W_Q + b_Q)(x_k W_K + b_K)^T, only b_Q (x_k W_K)^T varies with the key.
 
     On inputs `x: [n, d]`: its spread over keys, std_k(b_Q . x_k W_K) / scale ("key_term_std"), against
     that of the bias-free scores x_q W x_k^T / scale, the mean over queries of std_k ("score_std_over_keys").
     """
-    key_term = (x @ W_K) @ b_Q / scale  # (n,)
-    scores = token_scores(x, qk_matrix(W_Q, W_K), x, scale)  # (n, n)
+    key_term = (x @ qk.W_K) @ qk.b_Q / qk.scale  # (n,)
+    scores = attention_scores(x, x, qk.without_bias())  # (n, n)
     return {"key_term_std": float(key_term.std()), "score_std_over_keys": float(scores.std(-1).mean())}
 
 
-@torch.no_grad()
-def self_ranks_grid(x: Tensor, W_Q: Tensor, W_K: Tensor, spectrum: Spectrum, ks: Sequence[int],
-                    scales: Sequence[float], chunk_size: int = 128, progress: bool = False,
-                    queries: Tensor | None = None) -> dict[tuple[int, float], Tensor]:
-    """`{(k, scale): ranks [m]}`: `self_ranks` of `x: [n, d]` under every edit W_{k,s} of the grid, for the
-    query rows `queries: [m]` (default: all n), each ranked against all n keys.
+@dataclass(frozen=True)
+class RankGrid:
+    """The grid of eigenvalue edits whose self-ranks are measured (`self_ranks_grid`, `self_suppression.rank_grid`):
+    every k of `ks` most negative components of W_sym rescaled by every factor of `scales`, summarised as
+    accuracy@K for each K of `at`, for the query rows `queries: [m]` (None: every row), `chunk_size` queries at
+    a time."""
 
-    W_{k,s} = W + V_k diag((s - 1) λ_k) V_k^T (`edited_factors` of the k most negative components)
+    ks: Sequence[int]
+    scales: Sequence[float]
+    at: Sequence[int] = (1, 128, 1024)
+    chunk_size: int = 32
+    queries: Tensor | None = None
+
+
+@torch.no_grad()
+def self_ranks_grid(x: Tensor, qk: QKHead, spectrum: Spectrum, grid: RankGrid, progress: bool = False
+                    ) -> dict[tuple[int, float], Tensor]:
+    """`{(k, scale): ranks [m]}`: `self_ranks` of `x: [n, d]` under every edit W_{k,s} of the grid (k in
+    `grid.ks`, s in `grid.scales`), for the query rows `grid.queries: [m]` (default: all n), each ranked against
+    all n keys; `spectrum` is the head's (`symmetric_spectrum`).
+
+    W_{k,s} = W + V_k diag((s - 1) λ_k) V_k^T (`edited_head` of the k most negative components)
     scores a query q and key j as x_q W x_j^T + (s - 1) D_k[q, j], D_k = (x V_k diag(λ_k))(x V_k)^T.
     Per chunk of queries the base block is computed once and D_k grows with k by the components
     between consecutive ks, so the whole grid costs one product of inner size d_head + max(ks) plus,
     per cell, one add and one compare over the block (instead of one product of inner size d_head + k
     per cell). Small chunks keep those blocks in cache. Ties are not ranks: keys strictly above self.
     """
-    ks = sorted(set(ks))
+    ks, scales, chunk_size = sorted(set(grid.ks)), grid.scales, grid.chunk_size
     order = most_negative(spectrum.values, ks[-1])  # (K,) most negative first
     if len(order) < ks[-1]:
         raise ValueError(f"k = {ks[-1]} asks for more negative eigenvalues than the {len(order)} there are")
-    left, right = x @ W_Q, x @ W_K  # (n, d_head): the unedited head
+    left, right = x @ qk.W_Q, x @ qk.W_K  # (n, d_head): the unedited head
     proj = x @ spectrum.vectors[:, order]  # (n, K): coordinates along the edited eigenvectors
     left_delta = proj * spectrum.values[order]  # (n, K)
-    queries = torch.arange(len(x)) if queries is None else queries
+    queries = torch.arange(len(x)) if grid.queries is None else grid.queries
     m = len(queries)
     ranks = {(k, float(s)): torch.empty(m, dtype=torch.long) for k in ks for s in scales}
     for start in tqdm(range(0, m, chunk_size), desc="self-ranks", disable=not progress, leave=False):
@@ -311,18 +313,13 @@ def self_suppressing_components(x: Tensor, spectrum: Spectrum, k: int | None = N
     return negative if k is None else negative[:k]
 
 
-def edited_factors(W_Q: Tensor, W_K: Tensor, spectrum: Spectrum, index: Tensor, factor: float
-                   ) -> tuple[Tensor, Tensor]:
-    """`[d_model, d_head + |S|]` factors of W' = W + V_S diag((factor - 1) λ_S) V_S^T.
+def edited_head(qk: QKHead, spectrum: Spectrum, index: Tensor, factor: float) -> QKHead:
+    """The head with factors `[d_model, d_head + |S|]` of W' = W + V_S diag((factor - 1) λ_S) V_S^T, its scale and
+    its biases padded (`QKHead.with_factors`); `spectrum` is the head's (`symmetric_spectrum`).
 
     The eigenvalues λ_S of W_sym on the components `index` become factor * λ_S; the rest of
     W_sym and all of W_skew are unchanged. factor = 1 gives W back exactly.
     """
     V = spectrum.vectors[:, index]  # (d_model, |S|)
     delta = (factor - 1) * spectrum.values[index]
-    return torch.cat([W_Q, V * delta], -1), torch.cat([W_K, V], -1)
-
-
-def pad_bias(b: Tensor | None, width: int) -> Tensor | None:
-    """A head's bias `[d_head]` padded with zeros to `[width]`, for the extra columns of edited factors."""
-    return b if b is None or len(b) == width else torch.cat([b, b.new_zeros(width - len(b))])
+    return qk.with_factors(torch.cat([qk.W_Q, V * delta], -1), torch.cat([qk.W_K, V], -1))

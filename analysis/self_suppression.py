@@ -4,7 +4,7 @@ The count of W_sym's negative eigenvalues is no evidence: W_sym = ½ [W_Q W_K] J
 with J = [[0, I], [I, 0]], which has d_head eigenvalues of each sign, so by Sylvester's law of
 inertia every head whose [W_Q W_K] has full rank 2 d_head has exactly d_head negative and d_head
 positive eigenvalues. The statistics here are measured on the head's inputs for category words
-(`x: [n, d_model]`, `category: [n]` each word's category number), with scores
+(`x: [n, d_model]`, `category: [n]` each word's category number), with scores of the head's `QKHead`
 
     s(i, j) = x_i W_Q W_K^T x_j^T / scale        (`attention.attention_scores`, no biases)
 
@@ -38,6 +38,7 @@ on (`rank_statistics`) live here too, so the target and every control head are m
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -45,10 +46,12 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from analysis import qk_decomposition as qk
-from analysis.attention import attention_scores, head_scale, head_weights
-from analysis.controls import head_key
+from analysis.attention import QKHead, attention_scores, qk_head
+from analysis.controls import Head, head_key
 from analysis.qk_decomposition import Spectrum, most_negative, self_score_parts, spectrum_summary, symmetric_spectrum
-from analysis.qk_edits import in_context_grid
+from analysis.prompts import CategoryWords, Probe
+from analysis.qk_decomposition import RankGrid
+from analysis.qk_edits import in_context_edits
 from analysis.token_maps import block_means, token_inputs
 
 
@@ -111,11 +114,16 @@ def gaussian_like(x: Tensor, n_samples: int, seed: int) -> Tensor:
     return mu + g @ (x - mu) / (len(x) - 1) ** 0.5
 
 
-def input_statistics(x: Tensor, category: Tensor, W_Q: Tensor, W_K: Tensor, scale: float,
-                     spectrum: Spectrum | None = None, ks: Sequence[int] = (1, 4, 16)) -> dict[str, float]:
-    """Every statistic of the module docstring for one head on inputs `x: [n, d]` with labels `category: [n]`."""
-    spectrum = symmetric_spectrum(W_Q, W_K) if spectrum is None else spectrum
-    scores = attention_scores(x, x, W_Q, W_K, scale)  # (n, n)
+TOP_KS = (1, 4, 16)  # the k of the top{k}_negative_share statistics
+
+
+def input_statistics(x: Tensor, category: Tensor, qk: QKHead, spectrum: Spectrum | None = None,
+                     ks: Sequence[int] = TOP_KS) -> dict[str, float]:
+    """Every statistic of the module docstring for the head `qk` on inputs `x: [n, d]` with labels `category: [n]`
+    (`spectrum`: the head's, `qk_decomposition.symmetric_spectrum`, computed here unless given)."""
+    spectrum = symmetric_spectrum(qk) if spectrum is None else spectrum
+    scale = qk.scale
+    scores = attention_scores(x, x, qk)  # (n, n)
     positive, negative = self_score_parts(x, spectrum, scale)
     margin = float(partner_margins(scores, category).nanmean())
     return {"self_score": float(scores.diagonal().mean()), "self_positive_part": float(positive.mean()),
@@ -125,10 +133,10 @@ def input_statistics(x: Tensor, category: Tensor, W_Q: Tensor, W_K: Tensor, scal
             **{f"top{k}_negative_share": negative_share_top_k(x, spectrum, scale, k) for k in ks}}
 
 
-def head_statistics(x: Tensor, category: Tensor, W_Q: Tensor, W_K: Tensor, scale: float, seed: int,
-                    n_permutations: int = 200, n_gaussian: int = 2048, ks: Sequence[int] = (1, 4, 16)
-                    ) -> dict[str, float]:
-    """Weight-space spectrum statistics, `input_statistics` and both nulls for one head.
+def head_statistics(x: Tensor, category: Tensor, qk: QKHead, seed: int, n_permutations: int = 200,
+                    n_gaussian: int = 2048) -> dict[str, float]:
+    """Weight-space spectrum statistics, `input_statistics` (top{k}_negative_share for k in `TOP_KS`) and both
+    nulls for the head `qk`.
 
     Keys: n_negative_eigenvalues, negative_eigenvalue_share, trace (of W_sym, weights alone); the
     input statistics; margin_shuffled_mean / _q05 (labels permuted) and margin_shuffled_z = (margin -
@@ -136,17 +144,17 @@ def head_statistics(x: Tensor, category: Tensor, W_Q: Tensor, W_K: Tensor, scale
     gaussian_<statistic> for self_score, self_negative_part, margin, margin_normalised and
     below_partners_share (labels tiled over Gaussian inputs with the words' mean and covariance).
     """
-    spectrum = symmetric_spectrum(W_Q, W_K)
+    spectrum = symmetric_spectrum(qk)
     summary = spectrum_summary(spectrum.values)
     stats = {"n_negative_eigenvalues": float(summary["n_negative"]),
              "negative_eigenvalue_share": summary["negative_share"], "trace": summary["trace"],
-             **input_statistics(x, category, W_Q, W_K, scale, spectrum, ks)}
-    null = shuffled_margins(attention_scores(x, x, W_Q, W_K, scale), category, n_permutations, seed)
+             **input_statistics(x, category, qk, spectrum)}
+    null = shuffled_margins(attention_scores(x, x, qk), category, n_permutations, seed)
     stats |= {"margin_shuffled_mean": float(null.mean()), "margin_shuffled_q05": float(null.quantile(0.05)),
               "margin_shuffled_z": (stats["margin"] - float(null.mean())) / float(null.std())}
     y = gaussian_like(x, n_gaussian, seed)
     labels = category[torch.arange(n_gaussian) % len(category)]
-    gauss = input_statistics(y, labels, W_Q, W_K, scale, spectrum, ks=())
+    gauss = input_statistics(y, labels, qk, spectrum, ks=())
     stats |= {f"gaussian_{name}": gauss[name] for name in
               ("self_score", "self_negative_part", "margin", "margin_normalised", "below_partners_share")}
     return stats
@@ -157,7 +165,7 @@ DIRECTIONS: dict[str, str] = {
     "n_negative_eigenvalues": "high", "negative_eigenvalue_share": "high", "trace": "low",
     "self_score": "low", "self_negative_part": "low", "margin": "low", "margin_normalised": "low",
     "below_partners_share": "high", "margin_shuffled_z": "low",
-    **{f"top{k}_negative_share": "high" for k in (1, 4, 16)},
+    **{f"top{k}_negative_share": "high" for k in TOP_KS},
 }
 
 
@@ -168,12 +176,11 @@ def flags_self_suppression(stats: dict[str, float], share: float = 0.5) -> bool:
     return stats["margin"] < 0 and below_null and stats["below_partners_share"] > share
 
 
-def group_map_statistics(x: Tensor, group: Tensor, W_Q: Tensor, W_K: Tensor, scale: float, seed: int = 0
-                         ) -> dict[str, float]:
-    """On a token set with groups (e.g. the 30-token group set): `token_maps.block_means` of the map
+def group_map_statistics(x: Tensor, group: Tensor, qk: QKHead, seed: int = 0) -> dict[str, float]:
+    """On a token set with groups (e.g. the 30-token group set): `token_maps.block_means` of the head's map
     s = x W x^T / scale (self_minus_in_group, in_minus_out_group) and the normalised partner margin and
     below-partners share of `input_statistics`. `seed` is unused (the signature `every_head_statistics` calls)."""
-    scores = attention_scores(x, x, W_Q, W_K, scale)
+    scores = attention_scores(x, x, qk)
     blocks = block_means(scores, group)
     margin = float(partner_margins(scores, group).nanmean())
     return {"self_minus_in_group": blocks["self_minus_in_group"],
@@ -187,21 +194,19 @@ GROUP_MAP_DIRECTIONS: dict[str, str] = {"self_minus_in_group": "low", "in_minus_
 
 
 @torch.no_grad()
-def every_head_statistics(model: HookedTransformer, view: str, token_ids: Tensor, category: Tensor, seed: int,
+def every_head_statistics(model: HookedTransformer, view: str, words: CategoryWords, seed: int,
                           statistics: Callable[..., dict[str, float]] = head_statistics, progress: bool = True
                           ) -> dict[tuple[int, int], dict[str, float]]:
-    """`statistics(x, category, W_Q, W_K, scale, seed)` for every head, x the layer's inputs
-    (`token_maps.token_inputs`, view `view`) of the words `token_ids: [n]`: one input computation per layer,
+    """`statistics(x, words.category, qk, seed)` for every head `qk` (`attention.qk_head`, no biases), x the layer's
+    inputs (`token_maps.token_inputs`, view `view`) of the words `words.ids: [n]`: one input computation per layer,
     since a layer's heads share their inputs. Keyed (layer, head)."""
     out = {}
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     with tqdm(total=n_layers * n_heads, desc="heads", disable=not progress) as bar:
         for layer in range(n_layers):
-            x = token_inputs(model, layer, view, token_ids=token_ids, seed=seed).float().cpu()  # (n, d_model)
-            scale = head_scale(model.cfg, layer)
+            x = token_inputs(model, layer, view, token_ids=words.ids, seed=seed).float().cpu()  # (n, d_model)
             for head in range(n_heads):
-                W_Q, W_K, _, _ = head_weights(model, layer, head)
-                out[(layer, head)] = statistics(x, category, W_Q, W_K, scale, seed)
+                out[(layer, head)] = statistics(x, words.category, qk_head(model, layer, head), seed)
                 bar.update()
     return out
 
@@ -223,32 +228,32 @@ def rank_queries(d_vocab: int, n: int, seed: int) -> Tensor | None:
     return torch.randperm(d_vocab, generator=torch.Generator().manual_seed(seed))[:n].sort().values
 
 
-def rank_grid(model: HookedTransformer, layer: int, head: int, E: Tensor, tokens: Tensor, mask: Tensor,
-              ks: Sequence[int], scales: Sequence[float], at: Sequence[int], chunk_size: int = 32,
-              progress: bool = False, queries: Tensor | None = None) -> dict:
-    """`{"cells": {cell_key: metrics}, "unedited": metrics, "n_negative": n, "ks": ks}` for one head over the
-    (k, scale) grid, and the head unedited (scale 1, measured whether or not `scales` holds it).
+def rank_grid(model: HookedTransformer, target: Head, E: Tensor, probe: Probe, grid: RankGrid,
+              progress: bool = False) -> dict:
+    """`{"cells": {cell_key: metrics}, "unedited": metrics, "n_negative": n, "ks": ks}` for the head `target`
+    (layer, head) over the (k, scale) grid of `grid`, and the head unedited (scale 1, measured whether or not
+    `grid.scales` holds it).
 
-    Each cell W_{k,s} rescales the k most negative eigenvalues of W_sym by s (`qk.edited_factors`); its
-    metrics are the self-rank summaries of the query tokens `queries` (`rank_queries`; default every token)
-    among all keys of the vocabulary `E: [d_vocab, d_model]` (`qk.self_ranks_grid`, one batched pass over
-    score blocks for every cell) and the self and partner mass on `tokens` with `mask` (`qk_edits.in_context_grid`,
-    one run up to the layer, every edited pattern from its cached input). k is capped at the head's number
-    of negative eigenvalues.
+    Each cell W_{k,s} rescales the k most negative eigenvalues of W_sym by s (`qk.edited_head`); its
+    metrics are the self-rank summaries (accuracy@K for K in `grid.at`) of the query tokens `grid.queries`
+    (`rank_queries`; default every token) among all keys of the vocabulary `E: [d_vocab, d_model]`
+    (`qk.self_ranks_grid`, one batched pass over score blocks for every cell) and the self and partner mass on
+    `probe` (`qk_edits.in_context_edits`, one run up to the layer, every edited pattern from its cached input).
+    k is capped at the head's number of negative eigenvalues.
     """
-    W_Q, W_K, b_Q, b_K = head_weights(model, layer, head, include_bias=True)
-    spectrum = symmetric_spectrum(W_Q, W_K)
+    layer, head = target
+    own = qk_head(model, layer, head, bias=True)
+    spectrum = symmetric_spectrum(own)
     n_negative = len(most_negative(spectrum.values))
-    ks = sorted({min(k, n_negative) for k in ks})  # k beyond the negative count repeats the last cell
-    measured = sorted({float(s) for s in scales} | {1.0})
-    ranks = qk.self_ranks_grid(E, W_Q, W_K, spectrum, ks, measured, chunk_size, progress, queries)
-    factors = {(k, s): qk.edited_factors(W_Q, W_K, spectrum, most_negative(spectrum.values, k), s)
-               for k in ks for s in measured}
-    in_context = in_context_grid(model, tokens, mask, layer, head, factors, b_Q, b_K)
-    metrics = {(k, s): {"k": k, "scale": s, **qk.rank_metrics(ranks[k, s], at),
+    ks = sorted({min(k, n_negative) for k in grid.ks})  # k beyond the negative count repeats the last cell
+    measured = sorted({float(s) for s in grid.scales} | {1.0})
+    ranks = qk.self_ranks_grid(E, own, spectrum, replace(grid, ks=ks, scales=measured), progress)
+    edited = {(k, s): qk.edited_head(own, spectrum, most_negative(spectrum.values, k), s) for k in ks for s in measured}
+    in_context = in_context_edits(model, probe, layer, edited)
+    metrics = {(k, s): {"k": k, "scale": s, **qk.rank_metrics(ranks[k, s], grid.at),
                         "self_mass": in_context[k, s]["self_mass"], "partner_mass": in_context[k, s]["partner_mass"]}
-               for k, s in factors}
-    cells = {cell_key(k, float(s)): metrics[k, float(s)] for k in ks for s in scales}
+               for k, s in edited}
+    cells = {cell_key(k, float(s)): metrics[k, float(s)] for k in ks for s in grid.scales}
     return {"cells": cells, "unedited": metrics[ks[0], 1.0], "n_negative": n_negative, "ks": ks}
 
 
@@ -271,13 +276,13 @@ def rank_statistics(grid: dict, best: dict) -> dict[str, float]:
             "best_self_mass_change": max(c["self_mass"] for c in cells.values()) - unedited["self_mass"]}
 
 
-def best_cell_edit(model: HookedTransformer, layer: int, head: int, best: dict, E: Tensor, tokens: Tensor,
-                   mask: Tensor, chunk_size: int = 32, queries: Tensor | None = None) -> dict[str, float]:
+def best_cell_edit(model: HookedTransformer, target: Head, best: dict, E: Tensor, probe: Probe, grid: RankGrid
+                   ) -> dict[str, float]:
     """One head unedited and with the edit of `best` (its k and scale): `rank_statistics` of the one-cell
-    `rank_grid`, without the grid's best_ statistics (a single cell has no best of its own)."""
-    grid = rank_grid(model, layer, head, E, tokens, mask, [best["k"]], [best["scale"]], [1], chunk_size,
-                     queries=queries)
-    stats = rank_statistics(grid, best)
+    `rank_grid` (`grid`'s query tokens and chunks), without the grid's best_ statistics (a single cell has no
+    best of its own)."""
+    one_cell = replace(grid, ks=[best["k"]], scales=[best["scale"]], at=[1])
+    stats = rank_statistics(rank_grid(model, target, E, probe, one_cell), best)
     return {key: value for key, value in stats.items() if not key.startswith("best_")}
 
 
@@ -291,29 +296,36 @@ def best_cell(cells: dict[str, dict]) -> dict:
     return min(cells.values(), key=lambda c: c["mean_rank"])
 
 
-def rank_ablation(model: HookedTransformer, target: tuple[int, int], heads: Sequence[tuple[int, int]],
-                  inputs_of: Callable[[int], Tensor], tokens: Tensor, mask: Tensor, ks: Sequence[int],
-                  scales: Sequence[float], at: Sequence[int], control_cells: str = "grid", chunk_size: int = 32,
-                  queries: Tensor | None = None, progress: bool = False) -> dict:
-    """The target's `rank_grid` and its `best_cell`, and every head's rank-ablation statistics against it.
+@dataclass(frozen=True)
+class RankAblation:
+    """The rank-ablation study (`rank_ablation`): the grid of edits, and what the control heads get of it,
+    "grid" (the whole grid, as the target) or "best" (the target's best cell only)."""
+
+    grid: RankGrid
+    control_cells: str = "grid"
+
+
+def rank_ablation(model: HookedTransformer, heads: Sequence[Head], inputs_of: Callable[[int], Tensor], probe: Probe,
+                  settings: RankAblation, progress: bool = False) -> dict:
+    """The target's `rank_grid` and its `best_cell`, and every head's rank-ablation statistics against it; the target
+    is `heads[0]`, the rest are its controls.
 
     `inputs_of(layer)` gives a layer's vocabulary inputs `E: [d_vocab, d_model]`. control_cells "grid":
     each control head gets the whole grid (`rank_statistics`, keys of RANK_DIRECTIONS and GRID_DIRECTIONS);
     "best": only the target's best cell (`best_cell_edit`, RANK_DIRECTIONS). Returns {"grid", "best",
     "statistics": {(layer, head): stats}, "control_grids": {head_key: cells} (grid only), "directions"}.
     """
-    layer, head = target
-    grid = rank_grid(model, layer, head, inputs_of(layer), tokens, mask, ks, scales, at, chunk_size, progress,
-                     queries)
+    (layer, head), controls, control_cells = heads[0], heads[1:], settings.control_cells
+    grid = rank_grid(model, (layer, head), inputs_of(layer), probe, settings.grid, progress)
     best = best_cell(grid["cells"])
-    stats, control_grids = {tuple(target): rank_statistics(grid, best)}, {}
-    for l, h in tqdm(heads, desc=f"control heads ({control_cells})", disable=not progress):
+    stats, control_grids = {(layer, head): rank_statistics(grid, best)}, {}
+    for l, h in tqdm(controls, desc=f"control heads ({control_cells})", disable=not progress):
         if control_cells == "grid":
-            own = rank_grid(model, l, h, inputs_of(l), tokens, mask, ks, scales, at, chunk_size, queries=queries)
+            own = rank_grid(model, (l, h), inputs_of(l), probe, settings.grid)
             control_grids[head_key(l, h)] = own["cells"]
             stats[(l, h)] = rank_statistics(own, best)
         else:
-            stats[(l, h)] = best_cell_edit(model, l, h, best, inputs_of(l), tokens, mask, chunk_size, queries)
+            stats[(l, h)] = best_cell_edit(model, (l, h), best, inputs_of(l), probe, settings.grid)
     directions = {**RANK_DIRECTIONS, **(GRID_DIRECTIONS if control_cells == "grid" else {})}
     return {"grid": grid, "best": best, "statistics": stats, "control_grids": control_grids,
             "directions": directions}

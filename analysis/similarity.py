@@ -1,7 +1,8 @@
 """Attention versus similarity: does a head prefer a similar, different token over the token itself?
 
 For head inputs x_t (`analysis.vocab_input.head_input`) and the head's attention score s(q, k)
-(`attention.attention_scores`, with the model's scale), each ordered pair of different tokens (q, k) gives
+(`attention.attention_scores` of its `QKHead`, with the model's scale), each ordered pair of different tokens
+(q, k) gives
 
     d(q, k) = s(q, k) - s(q, q)          > 0: key k beats the query's own token
     c(q, k) = cos(x_q, x_k)
@@ -18,6 +19,8 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -25,7 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from analysis.attention import attention_scores, head_scale, head_weights
+from analysis.attention import QKHead, attention_scores, qk_head
+from analysis.prompts import CategoryWords
 from analysis.vocab_input import head_input
 
 
@@ -34,23 +38,20 @@ def cosine_matrix(a: Tensor, b: Tensor) -> Tensor:
     return F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T
 
 
-def score_minus_self(inputs: Tensor, query_index: Tensor, W_Q: Tensor, W_K: Tensor,
-                     b_Q: Tensor | None = None, b_K: Tensor | None = None, *, scale: float) -> Tensor:
+def score_minus_self(inputs: Tensor, query_index: Tensor, qk: QKHead) -> Tensor:
     """`[n_q, N]`: d(q, k) = s(q, k) - s(q, q) for the queries `inputs[query_index]` and every key of
-    `inputs: [N, d_model]`.
-
-    s is the head's attention score with the model's attention `scale` (`attention.head_scale`).
+    `inputs: [N, d_model]`, s the head's attention score (with the model's scale, and biases if `qk` has them).
     """
-    scores = attention_scores(inputs[query_index], inputs, W_Q, W_K, scale, b_Q, b_K)  # (C, N)
+    scores = attention_scores(inputs[query_index], inputs, qk)  # (C, N)
     return scores - scores.gather(1, query_index[:, None])
 
 
-def binned_pairs(inputs: Tensor, edges: Tensor, W_Q: Tensor, W_K: Tensor, b_Q: Tensor | None = None,
-                 b_K: Tensor | None = None, *, scale: float, unit: float = 1.0, chunk_size: int = 1024,
+def binned_pairs(inputs: Tensor, edges: Tensor, qk: QKHead, unit: float = 1.0, chunk_size: int = 1024,
                  progress: bool = False) -> tuple[Tensor, Tensor]:
-    """Per query and cosine window, the number of keys and the sum of `unit * d(q, k)`, self left out.
+    """Per query and cosine window, the number of keys and the sum of `unit * d(q, k)` of the head `qk`, self left
+    out.
 
-    `scale` is the model's attention scale, `unit` converts the scores (`score_unit`). `edges:
+    `unit` converts the scores (`score_unit`). `edges:
     [n_windows + 1]` are the window edges in cosine; window i holds edges[i] <= c < edges[i+1]
     (the outer windows also take anything beyond the outer edges). Returns
     (`counts: [N, n_windows]` int64, `sums: [N, n_windows]` float64).
@@ -61,7 +62,7 @@ def binned_pairs(inputs: Tensor, edges: Tensor, W_Q: Tensor, W_K: Tensor, b_Q: T
     inner = edges[1:-1].contiguous()
     for start in tqdm(range(0, n, chunk_size), desc="query chunks", disable=not progress, leave=False):
         index = torch.arange(start, min(start + chunk_size, n))
-        diff = score_minus_self(inputs, index, W_Q, W_K, b_Q, b_K, scale=scale).double() * unit  # (C, N)
+        diff = score_minus_self(inputs, index, qk).double() * unit  # (C, N)
         window = torch.bucketize(cosine_matrix(inputs[index], inputs), inner, right=True)  # (C, N)
         not_self = torch.ones_like(diff, dtype=torch.bool)
         not_self[torch.arange(len(index)), index] = False
@@ -136,21 +137,31 @@ def peak(centres: np.ndarray, mean: np.ndarray) -> tuple[float, float]:
     return float(centres[i]), float(mean[i])
 
 
-def similarity_profile(inputs: Tensor, W_Q: Tensor, W_K: Tensor, b_Q: Tensor | None = None,
-                       b_K: Tensor | None = None, *, scale: float, unit: float = 1.0, width: float = 0.025,
-                       level: float = 0.99, n_resamples: int = 1000, seed: int = 0, chunk_size: int = 1024,
+@dataclass(frozen=True)
+class ProfileSettings:
+    """How `similarity_profile` summarises the pairs: d times `unit` (`score_unit`), cosine windows of `width`,
+    CIs at `level` from `n_resamples` bootstrap resamples drawn with `seed`, `chunk_size` queries at a time."""
+
+    unit: float = 1.0
+    width: float = 0.025
+    level: float = 0.99
+    n_resamples: int = 1000
+    seed: int = 0
+    chunk_size: int = 1024
+
+
+def similarity_profile(inputs: Tensor, qk: QKHead, settings: ProfileSettings = ProfileSettings(),
                        progress: bool = False) -> dict:
-    """Every ordered pair of different inputs, summarised: windowed means of `unit * d` over cosine windows
-    of `width` (`windowed_means`, CI at `level`), the cosine from which keys beat self, and the peak.
+    """Every ordered pair of different inputs, summarised for the head `qk`: windowed means of `unit * d` over
+    cosine windows of `width` (`windowed_means`, CI at `level`), the cosine from which keys beat self, and the peak.
 
     Returns {"centres": [n_windows], "windows": `windowed_means`'s dict, "pairs": int,
     "beats_self_from": float | None, "peak": (cosine, mean)}.
     """
-    edges = window_edges(width)
+    edges = window_edges(settings.width)
     centres = ((edges[1:] + edges[:-1]) / 2).numpy()
-    counts, sums = binned_pairs(inputs, edges, W_Q, W_K, b_Q, b_K, scale=scale, unit=unit, chunk_size=chunk_size,
-                                progress=progress)
-    windows = windowed_means(counts, sums, level=level, n_resamples=n_resamples, seed=seed)
+    counts, sums = binned_pairs(inputs, edges, qk, settings.unit, settings.chunk_size, progress)
+    windows = windowed_means(counts, sums, level=settings.level, n_resamples=settings.n_resamples, seed=settings.seed)
     return {"centres": centres, "windows": windows, "pairs": int(counts.sum()),
             "beats_self_from": beats_self_from(centres, windows["mean"]), "peak": peak(centres, windows["mean"])}
 
@@ -172,24 +183,24 @@ def category_contrast(diff: Tensor, cosine: Tensor, category: Tensor) -> dict[st
     return out
 
 
-def category_pairs(inputs: Tensor, category: Tensor, W_Q: Tensor, W_K: Tensor, b_Q: Tensor | None = None,
-                   b_K: Tensor | None = None, *, scale: float, unit: float = 1.0) -> dict[str, float]:
-    """`category_contrast` of `unit * d` over every pair of `inputs: [n, d_model]`, words of `category: [n]`."""
-    diff = score_minus_self(inputs, torch.arange(len(inputs)), W_Q, W_K, b_Q, b_K, scale=scale) * unit  # (n, n)
+def category_pairs(inputs: Tensor, category: Tensor, qk: QKHead, unit: float = 1.0) -> dict[str, float]:
+    """`category_contrast` of `unit * d` of the head `qk` over every pair of `inputs: [n, d_model]`, words of
+    `category: [n]`."""
+    diff = score_minus_self(inputs, torch.arange(len(inputs)), qk) * unit  # (n, n)
     return category_contrast(diff, cosine_matrix(inputs, inputs), category)
 
 
-def category_contrast_by_head(model, reference: Tensor, variant: str, category_ids: Tensor, category: Tensor,
-                              include_bias: bool = True, unit: float = 1.0) -> dict[tuple[int, int], dict[str, float]]:
-    """`category_pairs` of every head of `model` on the words `category_ids: [n]` of `category: [n]`:
-    {(layer, head): contrast}. The head input (`vocab_input.head_input`, `variant` with the means of
-    `reference`) is computed once per layer; cheap, since only the category words are paired."""
+def category_contrast_by_head(model, reference: Tensor, variant: str, words: CategoryWords, include_bias: bool = True,
+                              unit: float = 1.0) -> dict[tuple[int, int], dict[str, float]]:
+    """`category_pairs` of every head of `model` (`attention.qk_head`, biases with `include_bias`) on the words
+    `words.ids: [n]` of `words.category: [n]`: {(layer, head): contrast}. The head input (`vocab_input.head_input`,
+    `variant` with the means of `reference`) is computed once per layer; cheap, since only the category words are
+    paired."""
     out = {}
     for layer in range(model.cfg.n_layers):
-        words = head_input(model, layer, reference, variant, token_ids=category_ids)  # (n, d_model)
+        x = head_input(model, layer, reference, variant, token_ids=words.ids)  # (n, d_model)
         for head in range(model.cfg.n_heads):
-            out[(layer, head)] = category_pairs(words, category, *head_weights(model, layer, head, include_bias),
-                                                scale=head_scale(model.cfg, layer), unit=unit)
+            out[(layer, head)] = category_pairs(x, words.category, qk_head(model, layer, head, include_bias), unit)
     return out
 
 
@@ -205,27 +216,44 @@ def top_keys(diff_row: Tensor, cos_row: Tensor, labels: list[str], k: int = 8) -
     return key_rows(diff_row, cos_row, labels, diff_row.argsort(descending=True)[:k].tolist())
 
 
-def example_query(query_input: Tensor, key_inputs: Tensor, labels: list[str], query_category: int,
-                  key_category: Tensor, W_Q: Tensor, W_K: Tensor, b_Q: Tensor | None = None,
-                  b_K: Tensor | None = None, *, scale: float, unit: float = 1.0, n_labels: int = 8) -> dict:
-    """One query (`query_input: [1, d_model]`) against keys (`key_inputs: [n, d_model]`, itself not among them).
+class Keys(NamedTuple):
+    """The keys of an example query, which travel together: `inputs: [n, d_model]`, a label each, and `category:
+    [n]` each one's category number (-1 = none)."""
+
+    inputs: Tensor
+    labels: list[str]
+    category: Tensor
+
+
+def example_query(query_input: Tensor, query_category: int, keys: Keys, qk: QKHead, unit: float = 1.0,
+                  n_labels: int = 8) -> dict:
+    """One query (`query_input: [1, d_model]`, of category `query_category`, -1 = none) against `keys` (the query
+    itself not among them), scored by the head `qk`.
 
     Returns `diff: [n]` (unit * d(q, k), against the query's own score), `cosine: [n]`, `mates: [n]`
-    (keys of the query's category, -1 = none), and as records the `top_keys` and the category-mates.
+    (keys of the query's category), and as records the `top_keys` and the category-mates.
     """
-    both = torch.cat([query_input, key_inputs])  # row 0 is the query, so s(q, q) is its own score
-    diff = score_minus_self(both, torch.tensor([0]), W_Q, W_K, b_Q, b_K, scale=scale)[0, 1:] * unit
-    cosine = cosine_matrix(query_input, key_inputs)[0]
-    mates = (key_category == query_category) & (query_category >= 0)
-    return {"diff": diff, "cosine": cosine, "mates": mates, "top_keys": top_keys(diff, cosine, labels, n_labels),
-            "mate_keys": key_rows(diff, cosine, labels, torch.nonzero(mates)[:, 0].tolist())}
+    both = torch.cat([query_input, keys.inputs])  # row 0 is the query, so s(q, q) is its own score
+    diff = score_minus_self(both, torch.tensor([0]), qk)[0, 1:] * unit
+    cosine = cosine_matrix(query_input, keys.inputs)[0]
+    mates = (keys.category == query_category) & (query_category >= 0)
+    return {"diff": diff, "cosine": cosine, "mates": mates, "top_keys": top_keys(diff, cosine, keys.labels, n_labels),
+            "mate_keys": key_rows(diff, cosine, keys.labels, torch.nonzero(mates)[:, 0].tolist())}
 
 
-def study_curve(inputs: Tensor, W_Q: Tensor, W_K: Tensor, *, n_windows: int = 50, width: float = 0.03,
-                subtract: str = "column", chunk_size: int = 1024, progress: bool = False) -> dict:
+@dataclass(frozen=True)
+class StudyWindows:
+    """The study's cosine windows (`study_curve`): `n_windows` starts, each window `width` wide."""
+
+    n_windows: int = 50
+    width: float = 0.03
+
+
+def study_curve(inputs: Tensor, qk: QKHead, windows: StudyWindows = StudyWindows(), subtract: str = "column",
+                chunk_size: int = 1024, progress: bool = False) -> dict:
     """The study's attention-versus-cosine curve, as its code computes it (`cosine_attention_analysis.py`).
 
-    Scores are unscaled and without biases, s(q, k) = x_q W_Q W_K^T x_k^T, turned into log-probabilities
+    Scores are the head's, unscaled and without biases, s(q, k) = x_q W_Q W_K^T x_k^T, turned into log-probabilities
     over the N keys, l(q, k) = s(q, k) - LSE_k' s(q, k'). The study subtracts the diagonal *column-wise*
     (`A - A.diagonal()` broadcasts over rows), which gives (`subtract="column"`)
 
@@ -234,26 +262,27 @@ def study_curve(inputs: Tensor, W_Q: Tensor, W_K: Tensor, *, n_windows: int = 50
     not the row-wise l(q, k) - l(q, q) = s(q, k) - s(q, q) the prose describes (`subtract="row"`).
     Since cosine is symmetric, a window holding (q, k) also holds (k, q), and over such a set the two
     readings have the same mean (the LSE terms cancel pair by pair); only std and the CI differ.
-    Windows: `n_windows` starts c = linspace(min cos, 1), each [c, c + width] closed and overlapping,
+    Windows (`windows`): `n_windows` starts c = linspace(min cos, 1), each [c, c + width] closed and overlapping,
     x = c + width / 2; self pairs (cos 1, y = 0) included. Per window: pair count, mean and std of y
     (unbiased), and the study's "99% CI" mean +- 2.576 std / sqrt(count). Everything in nats; the study
     plots bits (÷ ln 2), returned as `mean_bits`, `low_bits`, `high_bits`. Streams over query chunks.
     """
     if subtract not in ("column", "row"):
         raise ValueError(f"subtract must be 'column' or 'row', got {subtract!r}")
-    n = inputs.shape[0]
+    n, n_windows, width = inputs.shape[0], windows.n_windows, windows.width
+    unscaled = QKHead(qk.W_Q, qk.W_K, 1.0)  # the study's scores: no scale, no biases
     chunks = [torch.arange(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
     lse, own = torch.empty(n, dtype=torch.float64), torch.empty(n, dtype=torch.float64)
     cos_min = 1.0
     for index in chunks:  # pass 1: LSE_q, s(q, q), the smallest cosine
-        s = attention_scores(inputs[index], inputs, W_Q, W_K, 1.0).double()  # (C, N)
+        s = attention_scores(inputs[index], inputs, unscaled).double()  # (C, N)
         lse[index], own[index] = s.logsumexp(-1), s[torch.arange(len(index)), index]
         cos_min = min(cos_min, float(cosine_matrix(inputs[index], inputs).min()))
     starts = torch.linspace(cos_min, 1.0, n_windows, dtype=torch.float64)
     count = torch.zeros(n_windows, dtype=torch.float64)
     total, square = torch.zeros_like(count), torch.zeros_like(count)
     for index in tqdm(chunks, desc="study windows", disable=not progress, leave=False):  # pass 2: windows
-        s = attention_scores(inputs[index], inputs, W_Q, W_K, 1.0).double()  # (C, N)
+        s = attention_scores(inputs[index], inputs, unscaled).double()  # (C, N)
         if subtract == "column":
             y = s - own[None, :] - lse[index, None] + lse[None, :]
         else:
@@ -285,12 +314,11 @@ STUDY_DEFINITIONS = {
     "row": "log p(k|q) - log p(q|q) = s(q,k) - s(q,q), unscaled, no biases"}
 
 
-def study_curves(inputs: Tensor, W_Q: Tensor, W_K: Tensor, chunk_size: int = 1024,
-                 progress: bool = False) -> dict[str, dict]:
-    """The study's curve both ways (`study_curve` over `inputs: [1 + n, d_model]`, BOS first), as results keep
-    them: "study" (column-wise, the study's code) with its peak in bits and the cosine from which keys beat
-    self, and "study_row" (row-wise), each with its definition."""
-    column, row = (study_curve(inputs, W_Q, W_K, subtract=way, chunk_size=chunk_size, progress=progress)
+def study_curves(inputs: Tensor, qk: QKHead, chunk_size: int = 1024, progress: bool = False) -> dict[str, dict]:
+    """The study's curve of the head `qk` both ways (`study_curve` over `inputs: [1 + n, d_model]`, BOS first), as
+    results keep them: "study" (column-wise, the study's code) with its peak in bits and the cosine from which keys
+    beat self, and "study_row" (row-wise), each with its definition."""
+    column, row = (study_curve(inputs, qk, subtract=way, chunk_size=chunk_size, progress=progress)
                    for way in ("column", "row"))
     return {"study": {**column, "peak": dict(zip(("cosine", "bits"), peak(column["x"], column["mean_bits"]))),
                       "beats_self_from_cosine": beats_self_from(column["x"], column["mean_bits"]),
@@ -298,7 +326,7 @@ def study_curves(inputs: Tensor, W_Q: Tensor, W_K: Tensor, chunk_size: int = 102
             "study_row": {**row, "definition": STUDY_DEFINITIONS["row"]}}
 
 
-def category_words(category_of: Tensor) -> tuple[Tensor, Tensor]:
+def category_words(category_of: Tensor) -> CategoryWords:
     """(`ids: [n]`, `category: [n]`): the tokens with a category in `category_of: [d_vocab]` (-1 = none)."""
     ids = torch.nonzero(category_of >= 0)[:, 0]
-    return ids, category_of[ids]
+    return CategoryWords(ids, category_of[ids])

@@ -9,7 +9,8 @@ where self_mass, partner_mass and bos_mass_no_partner are semantic metrics (`sco
 in-context pattern (`analysis.scores.semantic_companions`). The λ term keeps the head on its
 category-mates while self-attention moves; the μ term keeps its fallback to BOS on rows with no
 partner (μ = 0 is the objective without it, which lets that fallback collapse). Only the head's W_Q and W_K
-change (its biases, every other weight and the model itself stay as they are): the edited head's pattern is
+change (its biases, every other weight and the model itself stay as they are; a head and each of its edits is an
+`attention.QKHead`, the optimiser's settings a `SteeringSettings`): the edited head's pattern is
 computed from its layer's input (`qk_edits.pattern_from_input`, what `qk_override_hooks` make the
 model compute), so the model runs once per layer and prompt set, not once per step.
 
@@ -28,12 +29,12 @@ from typing import Literal
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
+from transformer_lens import FactoredMatrix, HookedTransformer
 
 from analysis import scores
-from analysis.attention import attention_scores, head_scale, head_weights
+from analysis.attention import QKHead, attention_scores, qk_head
 from analysis.patterns import layer_input
-from analysis.qk_decomposition import qk_matrix
+from analysis.prompts import Probe
 from analysis.qk_edits import in_context_edits, pattern_from_input
 
 Direction = Literal["suppress", "restore"]
@@ -47,14 +48,16 @@ def steering_loss(self_mass: Tensor, partner_mass: Tensor, direction: Direction,
     return SIGN[direction] * self_mass - lam * partner_mass - mu * bos_mass_no_partner
 
 
-def weight_change(W_Q: Tensor, W_K: Tensor, new_W_Q: Tensor, new_W_K: Tensor) -> dict[str, float]:
-    """Relative Frobenius change of an edit: ||W_Q' - W_Q|| / ||W_Q||, the same for W_K and for W_QK = W_Q W_K^T.
+def weight_change(before: QKHead, after: QKHead) -> dict[str, float]:
+    """Relative Frobenius change of an edit `before` -> `after`: ||W_Q' - W_Q|| / ||W_Q||, the same for W_K and for
+    W_QK = W_Q W_K^T.
 
     W_QK' - W_QK = [W_Q', -W_Q][W_K', W_K]^T stays factored (no d_model x d_model product is formed).
     """
-    delta_QK = qk_matrix(torch.cat([new_W_Q, -W_Q], -1), torch.cat([new_W_K, W_K], -1))
+    W_Q, W_K, new_W_Q, new_W_K = before.W_Q, before.W_K, after.W_Q, after.W_K
+    delta_QK = FactoredMatrix(torch.cat([new_W_Q, -W_Q], -1), torch.cat([new_W_K, W_K], -1).T)
     return {"W_Q": float((new_W_Q - W_Q).norm() / W_Q.norm()), "W_K": float((new_W_K - W_K).norm() / W_K.norm()),
-            "W_QK": float(delta_QK.norm() / qk_matrix(W_Q, W_K).norm())}
+            "W_QK": float(delta_QK.norm() / before.W.norm())}
 
 
 def interpolate_at(curve: Sequence[Mapping[str, float]], key: str, value: float) -> dict | None:
@@ -73,64 +76,73 @@ def interpolate_at(curve: Sequence[Mapping[str, float]], key: str, value: float)
     return None
 
 
-def trace_step(W_Q: Tensor, W_K: Tensor, eta: float) -> tuple[Tensor, Tensor]:
-    """The closed-form baseline: W_K <- W_K + η W_Q, i.e. W_Q W_K^T <- W_Q W_K^T + η W_Q W_Q^T."""
-    return W_Q, W_K + eta * W_Q
+def trace_step(qk: QKHead, eta: float) -> QKHead:
+    """The closed-form baseline: W_K <- W_K + η W_Q, i.e. W_Q W_K^T <- W_Q W_K^T + η W_Q W_Q^T (scale, biases kept)."""
+    return qk.with_factors(qk.W_Q, qk.W_K + eta * qk.W_Q)
 
 
-def trace_eta(W_Q: Tensor, W_K: Tensor, relative: float) -> float:
+def trace_eta(qk: QKHead, relative: float) -> float:
     """The η whose step η W_Q W_Q^T has Frobenius norm `relative` * ||W_Q W_K^T|| (a model-independent size)."""
-    return relative * float(qk_matrix(W_Q, W_K).norm() / qk_matrix(W_Q, W_Q).norm())
+    return relative * float(qk.W.norm() / FactoredMatrix(qk.W_Q, qk.W_Q.T).norm())
 
 
-def head_masses(x: Tensor, tokens: Tensor, mask: Tensor, W_Q: Tensor, W_K: Tensor, b_Q: Tensor | None,
-                b_K: Tensor | None, scale: float) -> dict[str, Tensor]:
-    """Self, partner and BOS-when-no-partner mass (means over prompts, differentiable in W_Q, W_K) of a head with
-    these weights on its layer's input `x: [batch, pos, d_model]` (`patterns.layer_input` of `tokens`)."""
-    pattern = pattern_from_input(x, W_Q, W_K, scale, b_Q, b_K)[0][:, None].cpu()  # (B, 1, T, T)
+def head_masses(x: Tensor, probe: Probe, qk: QKHead) -> dict[str, Tensor]:
+    """Self, partner and BOS-when-no-partner mass (means over prompts, differentiable in the head's W_Q, W_K) of the
+    head `qk` on its layer's input `x: [batch, pos, d_model]` (`patterns.layer_input` of `probe.tokens`)."""
+    tokens, mask = probe
+    pattern = pattern_from_input(x, qk)[0][:, None].cpu()  # (B, 1, T, T)
     companions = scores.semantic_companions(pattern, tokens, mask, scores.scored_rows(tokens))
     return {key: companions[key][:, 0].nanmean() for key in scores.MASSES}
 
 
 @dataclass
 class SteeringRun:
-    """Steered `W_Q, W_K: [d_model, d_head]` and the per-step record (loss, self and partner mass)."""
+    """The steered head (`W_Q, W_K: [d_model, d_head]`, the head's scale and biases) and the per-step record (loss,
+    self and partner mass)."""
 
-    W_Q: Tensor
-    W_K: Tensor
+    qk: QKHead
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def gradient_steer(model: HookedTransformer, tokens: Tensor, mask: Tensor, layer: int, head: int,
-                   direction: Direction = "restore", lam: float = 1.0, lr: float = 1e-2, steps: int = 40,
-                   batch_size: int = 16, seed: int = 0, progress: bool = False, mu: float = 0.0,
-                   x: Tensor | None = None) -> SteeringRun:
-    """Adam on the head's W_Q, W_K minimising `steering_loss` over minibatches of (`tokens`, `mask`).
+@dataclass(frozen=True)
+class SteeringSettings:
+    """Adam on a head's W_Q, W_K (`gradient_steer`): the weights λ (`lam`, partner mass) and μ (`mu`, BOS mass when
+    no partner) of `steering_loss`, the learning rate, the number of steps, prompts per step, and the seed of the
+    minibatch draws."""
 
-    Minibatches are drawn (seeded) from the prompts; the head's biases stay fixed. The model's
-    own parameters are neither changed nor given gradients. The layer's input does not depend on
-    the head's W_Q, W_K, so the model runs once (`x`: `patterns.layer_input` of `tokens`,
-    computed here unless given) and every step works from it.
+    lam: float = 1.0
+    mu: float = 1.0
+    lr: float = 1e-2
+    steps: int = 25
+    batch_size: int = 16
+    seed: int = 0
+
+
+def gradient_steer(qk: QKHead, x: Tensor, probe: Probe, direction: Direction = "restore",
+                   settings: SteeringSettings = SteeringSettings(), progress: bool = False) -> SteeringRun:
+    """Adam on the head's W_Q, W_K minimising `steering_loss` over minibatches of `probe`.
+
+    `x: [batch, pos, d_model]` is the layer's input (`patterns.layer_input` of `probe.tokens`): it does not depend
+    on the head's W_Q, W_K, so the model runs once, before, and every step works from it. Minibatches of
+    `settings.batch_size` prompts are drawn (seeded) from the prompts; the head's scale and biases stay fixed, and
+    no model is touched.
     """
     if direction not in SIGN:
         raise ValueError(f"direction must be one of {sorted(SIGN)}, got {direction!r}")
-    W_Q, W_K, b_Q, b_K = head_weights(model, layer, head, include_bias=True)
-    W_Q, W_K = W_Q.clone().requires_grad_(True), W_K.clone().requires_grad_(True)
-    x = layer_input(model, tokens, layer) if x is None else x  # (B, T, d_model)
-    scale = head_scale(model.cfg, layer)
-    optimiser = torch.optim.Adam([W_Q, W_K], lr=lr)
-    generator = torch.Generator().manual_seed(seed)
-    run = SteeringRun(W_Q, W_K)
-    for step in tqdm(range(steps), desc=f"steering ({direction})", disable=not progress, leave=False):
-        idx = torch.randperm(len(tokens), generator=generator)[:batch_size]
-        masses = head_masses(x[idx.to(x.device)], tokens[idx], mask[idx], W_Q, W_K, b_Q, b_K, scale)
-        loss = steering_loss(masses["self_mass"], masses["partner_mass"], direction, lam,
-                             masses["bos_mass_no_partner"].nan_to_num(0.0), mu)
-        W_Q.grad, W_K.grad = torch.autograd.grad(loss, [W_Q, W_K])  # leaves the model's .grad untouched
+    W_Q, W_K = qk.W_Q.clone().requires_grad_(True), qk.W_K.clone().requires_grad_(True)
+    steered = qk.with_factors(W_Q, W_K)  # the head as the optimiser moves it
+    optimiser = torch.optim.Adam([W_Q, W_K], lr=settings.lr)
+    generator = torch.Generator().manual_seed(settings.seed)
+    history = []
+    for step in tqdm(range(settings.steps), desc=f"steering ({direction})", disable=not progress, leave=False):
+        idx = torch.randperm(len(probe.tokens), generator=generator)[:settings.batch_size]
+        masses = head_masses(x[idx.to(x.device)], Probe(probe.tokens[idx], probe.mask[idx]), steered)
+        loss = steering_loss(masses["self_mass"], masses["partner_mass"], direction, settings.lam,
+                             masses["bos_mass_no_partner"].nan_to_num(0.0), settings.mu)
+        W_Q.grad, W_K.grad = torch.autograd.grad(loss, [W_Q, W_K])  # leaves any model's .grad untouched
         optimiser.step()
-        run.history.append({"step": step, "loss": loss.item(), **{k: v.item() for k, v in masses.items()}})
-    run.W_Q, run.W_K = W_Q.detach(), W_K.detach()
-    return run
+        history.append({"step": step, "loss": loss.item(), **{k: v.item() for k, v in masses.items()}})
+    return SteeringRun(qk.with_factors(W_Q.detach(), W_K.detach()), history)
 
 
 def largest_trace_step(runs: Mapping[str, Mapping], metrics: Mapping[str, Mapping]) -> dict:
@@ -151,12 +163,12 @@ STATISTIC_DIRECTIONS = {"self_mass_before": "low", "bos_no_partner_before": "hig
 
 @dataclass
 class HeadEdits:
-    """One head's edits and what they did: `conditions[name] = (W_Q, W_K)` ("before", each gradient direction,
+    """One head's edits and what they did: `conditions[name]` the edited head ("before", each gradient direction,
     "trace <size>"), `metrics[name]` its semantic metrics on held-out prompts (plus partner_mass_change, the
     relative change of partner mass from "before"), `runs[name]` the edit's record (gradient: history;
     trace: eta and size; both: relative_change)."""
 
-    conditions: dict[str, tuple[Tensor, Tensor]]
+    conditions: dict[str, QKHead]
     metrics: dict[str, dict[str, float]]
     runs: dict[str, dict]
 
@@ -166,39 +178,45 @@ def trace_name(relative: float) -> str:
     return f"trace {relative:g}"
 
 
-def steer_heads(model: HookedTransformer, heads: Sequence[Head], train: tuple[Tensor, Tensor],
-                test: tuple[Tensor, Tensor], directions: Sequence[Direction], trace_sizes: Sequence[float], *,
-                lam: float = 1.0, mu: float = 1.0, lr: float = 1e-2, steps: int = 25, batch_size: int = 16,
-                seed: int = 0, progress: bool = False) -> dict[Head, HeadEdits]:
-    """Each head's gradient edits (`gradient_steer` on `train = (tokens, mask)`, one per direction) and trace steps
-    (`trace_step` at each relative size, `trace_eta`), every one measured on `test = (tokens, mask)`.
+@dataclass(frozen=True)
+class SteeringPlan:
+    """What `steer_heads` does to each head: a gradient run (`gradient_steer` with `gradient`'s settings) in each
+    of `directions`, and the closed-form trace step (`trace_step`) at each relative size of `trace_sizes`."""
+
+    directions: Sequence[Direction]
+    trace_sizes: Sequence[float]
+    gradient: SteeringSettings = SteeringSettings()
+
+
+def steer_heads(model: HookedTransformer, heads: Sequence[Head], train: Probe, test: Probe, plan: SteeringPlan,
+                progress: bool = False) -> dict[Head, HeadEdits]:
+    """Each head's edits of `plan`: gradient edits (`gradient_steer` on `train`, one per direction) and trace steps
+    (`trace_step` at each relative size, `trace_eta`), every one measured on `test`.
 
     The model runs once per layer on each prompt set: the training prompts' layer input serves every
     gradient step of the layer's heads, and every edit of the layer's heads is measured from one run
     (`qk_edits.in_context_edits`, S exact).
     """
     inputs: dict[int, Tensor] = {}  # layer -> the training prompts' layer input, (B, T, d_model)
-    edits, biases = {}, {}
+    edits = {}
     for layer, head in tqdm(heads, desc="heads (gradient and trace edits)", disable=not progress):
         if layer not in inputs:
-            inputs[layer] = layer_input(model, train[0], layer)
-        W_Q, W_K, *biases[(layer, head)] = head_weights(model, layer, head, include_bias=True)
-        conditions, runs = {"before": (W_Q, W_K)}, {}
-        for direction in directions:
-            run = gradient_steer(model, *train, layer, head, direction, lam, lr, steps, batch_size, seed, mu=mu,
-                                 x=inputs[layer])
-            conditions[direction] = (run.W_Q, run.W_K)
-            runs[direction] = {"history": run.history, "relative_change": weight_change(W_Q, W_K, run.W_Q, run.W_K)}
-        for relative in trace_sizes:
-            eta = trace_eta(W_Q, W_K, relative)
-            conditions[trace_name(relative)] = trace_step(W_Q, W_K, eta)
+            inputs[layer] = layer_input(model, train.tokens, layer)
+        own = qk_head(model, layer, head, bias=True)
+        conditions, runs = {"before": own}, {}
+        for direction in plan.directions:
+            run = gradient_steer(own, inputs[layer], train, direction, plan.gradient)
+            conditions[direction] = run.qk
+            runs[direction] = {"history": run.history, "relative_change": weight_change(own, run.qk)}
+        for relative in plan.trace_sizes:
+            eta = trace_eta(own, relative)
+            conditions[trace_name(relative)] = trace_step(own, eta)
             runs[trace_name(relative)] = {"eta": eta, "relative": relative,
-                                          "relative_change": weight_change(W_Q, W_K, *conditions[trace_name(relative)])}
+                                          "relative_change": weight_change(own, conditions[trace_name(relative)])}
         edits[(layer, head)] = HeadEdits(conditions, {}, runs)
     for layer in dict.fromkeys(l for l, _ in heads):
-        of_layer = {(hd, name): (*wk, *biases[hd]) for hd, e in edits.items() if hd[0] == layer
-                    for name, wk in e.conditions.items()}
-        for (hd, name), m in in_context_edits(model, *test, layer, of_layer).items():
+        of_layer = {(hd, name): qk for hd, e in edits.items() if hd[0] == layer for name, qk in e.conditions.items()}
+        for (hd, name), m in in_context_edits(model, test, layer, of_layer).items():
             edits[hd].metrics[name] = m
     for e in edits.values():
         for m in e.metrics.values():
@@ -239,13 +257,14 @@ def statistic_directions(directions: Sequence[str]) -> dict[str, str]:
     return {k: v for k, v in STATISTIC_DIRECTIONS.items() if not k.startswith("restore") or "restore" in directions}
 
 
-def query_top_keys(E: Tensor, query_id: int, conditions: Mapping[str, tuple[Tensor, Tensor]], scale: float,
-                   b_Q: Tensor | None, b_K: Tensor | None, labels: Sequence[str], k: int = 10) -> dict[str, dict]:
-    """For each condition (W_Q, W_K), the k best keys of one query over every token input `E: [d_vocab, d_model]`:
-    {"keys": labels, "scores": [k], "query_self_rank": 1 + number of keys scoring above the query itself}."""
+def query_top_keys(E: Tensor, query_id: int, conditions: Mapping[str, QKHead], labels: Sequence[str], k: int = 10
+                   ) -> dict[str, dict]:
+    """For each condition (a head, e.g. `HeadEdits.conditions`), the k best keys of one query over every token input
+    `E: [d_vocab, d_model]`: {"keys": labels, "scores": [k], "query_self_rank": 1 + number of keys scoring above the
+    query itself}."""
     table = {}
-    for name, (Wq, Wk) in conditions.items():
-        row = attention_scores(E[[query_id]], E, Wq, Wk, scale, b_Q, b_K)[0]  # (d_vocab,)
+    for name, qk in conditions.items():
+        row = attention_scores(E[[query_id]], E, qk)[0]  # (d_vocab,)
         values, keys = row.topk(k)
         table[name] = {"keys": [labels[i] for i in keys], "scores": values,
                        "query_self_rank": int((row > row[query_id]).sum()) + 1}

@@ -8,7 +8,7 @@ views of E exist (`INPUT_VIEWS`), and every result says which one it used:
     zero     `vocab_input.head_input`, variant "zero": positions and earlier attention zeroed
     context  `vocab_input.context_head_input`: the real input averaged over random contexts
 
-A token-space map is then S = E W E^T / attn_scale for a factored W (`qk_decomposition.token_scores`);
+A token-space map is then S = E W E^T / attn_scale for a head's W (`attention.attention_scores`);
 `analysis.cli.add_input_argument` gives scripts the --input flag, `plotting.group_heatmaps` draws maps.
 """
 
@@ -21,7 +21,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from analysis import prompts
-from analysis.vocab_input import context_head_input, head_input
+from analysis.vocab_input import ContextSettings, InputSettings, context_head_input, head_input
 
 INPUT_VIEWS = ("mean", "zero", "context")
 
@@ -32,9 +32,9 @@ def token_inputs(model: HookedTransformer, layer: int, view: str, token_ids: Ten
     if view not in INPUT_VIEWS:
         raise ValueError(f"view must be one of {INPUT_VIEWS}, got {view!r}")
     if view == "context":
-        return context_head_input(model, layer, token_ids, seed=seed, progress=progress)
+        return context_head_input(model, layer, token_ids, ContextSettings(seed=seed, progress=progress))
     reference = prompts.reference_prompts(model, seed) if view == "mean" else None
-    return head_input(model, layer, reference, view, token_ids=token_ids, progress=progress)
+    return head_input(model, layer, reference, view, token_ids, InputSettings(progress=progress))
 
 
 def group_tokens(tokenizer, groups: Mapping[str, Sequence[str]] = prompts.GROUP_SET

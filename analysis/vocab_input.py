@@ -24,6 +24,7 @@ import hashlib
 import inspect
 import json
 import os
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Literal
@@ -62,21 +63,32 @@ def reference_means(model: HookedTransformer, layer: int, reference_tokens: Tens
     return c_pos, c_attn
 
 
+@dataclass(frozen=True)
+class InputSettings:
+    """How `head_input` computes: `chunk_size` vocabulary tokens at a time, through the disk cache (`use_cache`:
+    read and write `CACHE_DIR`), with a progress bar (`progress`)."""
+
+    chunk_size: int = 4096
+    use_cache: bool = True
+    progress: bool = False
+
+
 @torch.no_grad()
 def head_input(model: HookedTransformer, layer: int, reference_tokens: Tensor | None = None,
-               variant: Variant = "mean", token_ids: Tensor | None = None, chunk_size: int = 4096,
-               use_cache: bool = True, progress: bool = False) -> Tensor:
+               variant: Variant = "mean", token_ids: Tensor | None = None, settings: InputSettings = InputSettings()
+               ) -> Tensor:
     """`[n_tokens, d_model]`: the normalised input of layer `layer`'s attention for each token.
 
     `token_ids` defaults to the whole vocabulary. `reference_tokens: [batch, pos]` supplies the
     means for `variant="mean"` (required then).
     """
+    chunk_size, progress = settings.chunk_size, settings.progress
     if variant not in ("mean", "zero"):
         raise ValueError(f"variant must be 'mean' or 'zero', got {variant!r}")
     if variant == "mean" and reference_tokens is None:
         raise ValueError("variant='mean' needs reference_tokens to average over")
     ids = torch.arange(model.cfg.d_vocab) if token_ids is None else token_ids.cpu()
-    path = _cache_path(model, layer, variant, reference_tokens, ids) if use_cache else None
+    path = _cache_path(model, layer, variant, reference_tokens, ids) if settings.use_cache else None
     if path is not None and path.exists():
         return torch.load(path)
 
@@ -102,9 +114,21 @@ def head_input(model: HookedTransformer, layer: int, reference_tokens: Tensor | 
     return out
 
 
+@dataclass(frozen=True)
+class ContextSettings:
+    """The random contexts of `context_head_input`: `n_contexts` occurrences of each token in prompts of BOS +
+    `length` random tokens drawn with `seed`, run `batch_size` prompts at a time, with a progress bar (`progress`)."""
+
+    n_contexts: int = 8
+    length: int = 64
+    seed: int = 0
+    batch_size: int = 64
+    progress: bool = False
+
+
 @torch.no_grad()
-def context_head_input(model: HookedTransformer, layer: int, token_ids: Tensor | None = None, n_contexts: int = 8,
-                       length: int = 64, seed: int = 0, batch_size: int = 64, progress: bool = False) -> Tensor:
+def context_head_input(model: HookedTransformer, layer: int, token_ids: Tensor | None = None,
+                       settings: ContextSettings = ContextSettings()) -> Tensor:
     """`[n_tokens, d_model]`: each token's real input to layer `layer`'s attention, averaged over contexts.
 
     input(t) = mean over n_contexts occurrences of t of LN1_L(resid_pre_L), from ordinary forward
@@ -115,9 +139,10 @@ def context_head_input(model: HookedTransformer, layer: int, token_ids: Tensor |
     attention layers write.
     """
     ids = torch.arange(model.cfg.d_vocab) if token_ids is None else token_ids.cpu()
-    length = min(length, model.cfg.n_ctx - 1)
+    n_contexts, batch_size = settings.n_contexts, settings.batch_size
+    length = min(settings.length, model.cfg.n_ctx - 1)
     per_prompt = max(1, length // 4)
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(settings.seed)
     targets = torch.cat([torch.randperm(len(ids), generator=generator) for _ in range(n_contexts)])  # indices into ids
     n_prompts = -(-len(targets) // per_prompt)
     targets = torch.cat([targets, targets.new_full((n_prompts * per_prompt - len(targets),), -1)])  # -1: no target
@@ -130,7 +155,7 @@ def context_head_input(model: HookedTransformer, layer: int, token_ids: Tensor |
 
     total = torch.zeros(len(ids), model.cfg.d_model)
     name = f"blocks.{layer}.hook_resid_pre"
-    for start in tqdm(range(0, n_prompts, batch_size), desc=f"context input L{layer}", disable=not progress,
+    for start in tqdm(range(0, n_prompts, batch_size), desc=f"context input L{layer}", disable=not settings.progress,
                       leave=False):
         batch = slice(start, start + batch_size)
         _, cache = model.run_with_cache(tokens[batch].to(model.cfg.device), names_filter=name, stop_at_layer=layer + 1)

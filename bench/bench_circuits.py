@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from analysis import circuits
-from analysis.attention import head_scale
+from analysis.attention import QKHead, head_scale
 from analysis.models import load_model
-from analysis.vocab_input import head_input
+from analysis.vocab_input import InputSettings, head_input
 from benchlib import MB, Settings, measure, ratio
 
 FLOAT = 4  # bytes
@@ -67,14 +67,16 @@ def bench_token_tables_chunked_vs_dense(settings: Settings) -> dict:
     d_vocab, layer, head = model.cfg.d_vocab, 0, 0
     n_small = 2048 if settings.quick else 8192
     chunk = 2048
-    x = head_input(model, layer, variant="zero", use_cache=False).to(model.cfg.device)  # (d_vocab, d_model)
+    x = head_input(model, layer, variant="zero", settings=InputSettings(use_cache=False))  # (d_vocab, d_model)
+    x = x.to(model.cfg.device)
     W_Q, W_K, b_Q, b_K = (t.to(model.cfg.device) for t in (model.W_Q[layer, head], model.W_K[layer, head],
                                                              model.b_Q[layer, head], model.b_K[layer, head]))
+    qk_of_head = QKHead(W_Q, W_K, head_scale(model.cfg, layer), b_Q, b_K)  # on the model's device
     bos = x[-1]  # GPT-2's BOS is its last token
 
     def table(ids, chunk_size):
         xs = x[ids]
-        qk = circuits.token_qk(xs, xs, bos, W_Q, W_K, b_Q, b_K, head_scale(model.cfg, layer))
+        qk = circuits.token_qk(xs, xs, bos, qk_of_head)
         ov = circuits.token_ov(xs, model.W_V[layer, head], model.W_O[layer, head], model.W_U[:, ids])
         p = torch.full((len(ids),), 1.0 / len(ids), device=xs.device)
         return circuits.key_pivoted_table(qk, ov, p, chunk_size=chunk_size)

@@ -29,8 +29,9 @@ def bench_patching_batched_vs_per_head(settings: Settings) -> dict:
     """All 144 heads batched, against one pass per head for layer 0's heads (every head costs the same there)."""
     model = (random_gpt2(n_layers=2, device=settings.device) if settings.quick
              else load_model("gpt2-random", settings.device))
-    clean, corrupted, answer, wrong = patching.encode_pair(model, patching.TASKS["ioi"])
-    out, batched = measure(lambda: patching.head_patching(model, clean, corrupted, answer, wrong), settings.device)
+    pair = patching.encode_pair(model, patching.TASKS["ioi"])
+    clean, corrupted, answer, wrong = pair
+    out, batched = measure(lambda: patching.head_patching(model, pair), settings.device)
 
     _, cache = model.run_with_cache(clean.to(model.cfg.device), names_filter="blocks.0.attn.hook_z")
     patched, reference = measure(lambda: per_head(model, corrupted.to(model.cfg.device),

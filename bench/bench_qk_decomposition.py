@@ -4,13 +4,12 @@ self-ranks and the clustering graph, all through factors and query chunks, never
 from __future__ import annotations
 
 import torch
-from transformer_lens import FactoredMatrix
 
 from analysis import clustering
 from analysis import qk_decomposition as qk
 from analysis.models import load_model
-from analysis.attention import head_scale, head_weights
-from analysis.vocab_input import head_input
+from analysis.attention import qk_head
+from analysis.vocab_input import InputSettings, head_input
 from benchlib import MB, Settings, measure
 
 FLOAT = 4  # bytes
@@ -20,19 +19,19 @@ FLOAT = 4  # bytes
 def bench_qk_spectra_and_self_ranks(settings: Settings) -> dict:
     """Every head's W_sym spectrum, then L1H5-shaped self-ranks over the vocabulary for an edited W."""
     model = load_model("gpt2-random", settings.device)
-    W_Q, W_K = model.W_Q.detach().cpu(), model.W_K.detach().cpu()  # (layer, head, d_model, d_head)
-    spectra, t_spectra = measure(lambda: [qk.symmetric_spectrum(W_Q[l, h], W_K[l, h])
-                                          for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)])
+    heads = [qk_head(model, l, h) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
+    spectra, t_spectra = measure(lambda: [qk.symmetric_spectrum(head) for head in heads])
     n_tokens = 8192 if settings.quick else model.cfg.d_vocab
-    x = head_input(model, 1, variant="zero", token_ids=torch.arange(n_tokens), use_cache=False)  # (n, d_model)
-    Wq, Wk, _, _ = head_weights(model, 1, 5)
-    spectrum = qk.symmetric_spectrum(Wq, Wk)
-    A, B = qk.edited_factors(Wq, Wk, spectrum, qk.most_negative(spectrum.values, 24), -2.0)
-    ranks, t_ranks = measure(lambda: qk.self_ranks(x, FactoredMatrix(A, B.T), chunk_size=1024))
-    edges, t_edges = measure(lambda: clustering.top_k_edges(x[:3000], qk.qk_matrix(Wq, Wk), head_scale(model.cfg, 1), k=4))
+    x = head_input(model, 1, variant="zero", token_ids=torch.arange(n_tokens),
+                   settings=InputSettings(use_cache=False))  # (n, d_model)
+    own = qk_head(model, 1, 5)
+    spectrum = qk.symmetric_spectrum(own)
+    edited = qk.edited_head(own, spectrum, qk.most_negative(spectrum.values, 24), -2.0)
+    ranks, t_ranks = measure(lambda: qk.self_ranks(x, edited, chunk_size=1024))
+    edges, t_edges = measure(lambda: clustering.top_k_edges(x[:3000], own, k=4))
     return {
         "spectra_all_heads": {**t_spectra, "heads": len(spectra), "eigenpairs_per_head": len(spectra[0].values)},
-        "self_ranks": {**t_ranks, "n_tokens": n_tokens, "rank_of_the_inner_dimension": A.shape[1],
+        "self_ranks": {**t_ranks, "n_tokens": n_tokens, "rank_of_the_inner_dimension": edited.W_Q.shape[1],
                        "dense_scores_mb": n_tokens**2 * FLOAT / MB, "mean_rank": float(ranks.float().mean())},
         "top_k_graph_3000_tokens": {**t_edges, "edges": len(edges[0])},
         "summary": [

@@ -4,12 +4,11 @@ shared score blocks (`self_ranks_grid`), against one `self_ranks` pass per cell 
 from __future__ import annotations
 
 import torch
-from transformer_lens import FactoredMatrix
 
 from analysis import qk_decomposition as qk
-from analysis.attention import head_weights
+from analysis.attention import qk_head
 from analysis.models import load_model
-from analysis.vocab_input import head_input
+from analysis.vocab_input import InputSettings, head_input
 from benchlib import Settings, measure, ratio
 
 KS, SCALES = (1, 4, 8, 16, 24, 32), (1.0, 0.5, 0.0, -1.0, -2.0)  # eigenvalue_rank_ablation.py's default grid
@@ -20,13 +19,14 @@ def bench_rank_ablation_grid(settings: Settings) -> dict:
     """The default 6 x 5 grid of eigenvalue_rank_ablation on L1H5-shaped weights over the full vocabulary."""
     model = load_model("gpt2-random", settings.device)
     n_tokens = 4096 if settings.quick else model.cfg.d_vocab
-    x = head_input(model, 1, variant="zero", token_ids=torch.arange(n_tokens), use_cache=False)  # (n, d_model)
-    W_Q, W_K, _, _ = head_weights(model, 1, 5)
-    spectrum = qk.symmetric_spectrum(W_Q, W_K)
-    grid, t_grid = measure(lambda: qk.self_ranks_grid(x, W_Q, W_K, spectrum, KS, SCALES, chunk_size=128))
+    x = head_input(model, 1, variant="zero", token_ids=torch.arange(n_tokens),
+                   settings=InputSettings(use_cache=False))  # (n, d_model)
+    own = qk_head(model, 1, 5)
+    spectrum = qk.symmetric_spectrum(own)
+    grid, t_grid = measure(lambda: qk.self_ranks_grid(x, own, spectrum, qk.RankGrid(KS, SCALES, chunk_size=128)))
     k, scale = 16, -1.0  # one cell the old way: a product of inner size d_head + k for that cell alone
-    A, B = qk.edited_factors(W_Q, W_K, spectrum, qk.most_negative(spectrum.values, k), scale)
-    one, t_one = measure(lambda: qk.self_ranks(x, FactoredMatrix(A, B.T), chunk_size=1024))
+    edited = qk.edited_head(own, spectrum, qk.most_negative(spectrum.values, k), scale)
+    one, t_one = measure(lambda: qk.self_ranks(x, edited, chunk_size=1024))
     cells = len(KS) * len(SCALES)
     per_cell_all = t_one["seconds"] * cells
     same = int((one != grid[k, scale]).sum())

@@ -10,8 +10,7 @@ import tempfile
 import torch
 
 from analysis import prompts
-from analysis import qk_decomposition as qk
-from analysis.attention import head_scale, head_weights
+from analysis.attention import attention_scores, qk_head
 from analysis.models import load_model, random_gpt2
 from analysis.sae import features, sources
 from benchlib import MB, Settings, _rss, measure, save_random_sae
@@ -20,21 +19,17 @@ LIMIT_MB = 6 * 1024
 
 
 @torch.no_grad()
-def sae_step(model, sae, layer: int, head: int, n_prompts: int, n_words: int, seed: int = 0) -> dict:
-    """What sae_features.py computes once the SAE is loaded, with its default sizes."""
+def sae_step(model, sae, layer: int, head: int, tokens) -> dict:
+    """What sae_features.py computes once the SAE is loaded, on category prompts `tokens: [batch, pos]`."""
     hook = sources.hook_for_layer(layer)
-    names = list(prompts.ALL_CATEGORIES)
-    tokens, _ = prompts.category_probe(model, prompts.ALL_CATEGORIES, n_prompts, n_words, seed + 1)
-    category_of = prompts.category_index(model.tokenizer, prompts.ALL_CATEGORIES, model.cfg.d_vocab)
-    by_category, by_token, seen = features.category_activations(model, sae, tokens, category_of, len(names), hook)
+    by_category, by_token, seen = features.category_activations(model, sae, tokens, prompts.ALL_CATEGORIES, hook)
     _, cache = model.run_with_cache(tokens[:16].to(model.cfg.device), names_filter=hook, stop_at_layer=layer)
     explained = sources.variance_explained(sae, cache[hook][:, 1:].reshape(-1, model.cfg.d_model))
     chosen, group = features.select_features(by_category)
     token_labels = model.tokenizer.batch_decode([[int(i)] for i in seen])
     labels = [features.feature_label(by_token, int(f), token_labels) for f in chosen]
-    W_Q, W_K, _, _ = head_weights(model, layer, head)
     x = features.feature_inputs(model, sae, layer, chosen)
-    scores = qk.token_scores(x, qk.qk_matrix(W_Q, W_K), x, head_scale(model.cfg, layer))
+    scores = attention_scores(x, x, qk_head(model, layer, head))
     return {"seen_tokens": len(seen), "features": len(labels), "map_shape": list(scores.shape),
             "variance_explained": explained}
 
@@ -49,8 +44,9 @@ def bench_sae_step_gpt2_size(settings: Settings) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         sae = SAE.load_from_disk(save_random_sae(tmp, model.cfg.d_model, d_sae, settings.seed), device=settings.device)
     before_mb = _rss() / MB  # model and SAE resident
-    out, stats = measure(lambda: sae_step(model, sae, 1, 5, 16 if settings.quick else 64, 64, settings.seed),
-                         settings.device)
+    n_prompts = 16 if settings.quick else 64  # the script's defaults: 64 prompts of 64 words
+    tokens = prompts.category_probe(model, prompts.ALL_CATEGORIES, n_prompts, 64, settings.seed + 1).tokens
+    out, stats = measure(lambda: sae_step(model, sae, 1, 5, tokens), settings.device)
     process_mb = before_mb + stats["peak_mb"]
     return {"d_sae": d_sae, "d_in": model.cfg.d_model, "d_vocab": model.cfg.d_vocab, **out, **stats,
             "process_before_mb": before_mb, "process_peak_mb_upper_bound": process_mb, "limit_mb": LIMIT_MB,

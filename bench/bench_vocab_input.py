@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from analysis import prompts, similarity, vocab_input
-from analysis.attention import head_scale, head_weights
+from analysis.attention import qk_head
 from analysis.models import load_model, random_gpt2
 from benchlib import Settings, _rss, measure
 
@@ -26,7 +26,8 @@ def bench_head_input_full_vocabulary(settings: Settings) -> dict:
     """Vocabulary-level head input of layer 1 for every GPT-2 token, chunked."""
     model = _model(settings)
     reference = prompts.reference_prompts(model, seed=settings.seed, n_prompts=8 if settings.quick else 64)
-    inputs, stats = measure(lambda: vocab_input.head_input(model, 1, reference, use_cache=False), settings.device)
+    no_cache = vocab_input.InputSettings(use_cache=False)
+    inputs, stats = measure(lambda: vocab_input.head_input(model, 1, reference, settings=no_cache), settings.device)
     return {"tokens": int(inputs.shape[0]), "chunk_size": 4096, **stats,
             "summary": [f"{inputs.shape[0]} tokens in {stats['seconds']:.1f} s, peak +{stats['peak_mb']:.0f} MB"]}
 
@@ -36,11 +37,11 @@ def bench_cosine_pairs_8192(settings: Settings) -> dict:
     model = _model(settings)
     n = 1024 if settings.quick else 8192
     reference = prompts.reference_prompts(model, seed=settings.seed, n_prompts=8)
-    inputs = vocab_input.head_input(model, 1, reference, token_ids=torch.arange(n), use_cache=False)
-    weights, scale = head_weights(model, 1, 5, include_bias=True), head_scale(model.cfg, 1)
+    inputs = vocab_input.head_input(model, 1, reference, token_ids=torch.arange(n),
+                                    settings=vocab_input.InputSettings(use_cache=False))
+    qk = qk_head(model, 1, 5, bias=True)
     edges = torch.linspace(-1, 1, 81)
-    _, stats = measure(lambda: similarity.windowed_means(*similarity.binned_pairs(inputs, edges, *weights, scale=scale,
-                                                                                    chunk_size=1024)),
+    _, stats = measure(lambda: similarity.windowed_means(*similarity.binned_pairs(inputs, edges, qk, chunk_size=1024)),
                        settings.device)
     peak_total_mb = _rss() / MB + stats["peak_mb"]  # upper bound: resident now plus what the call added
     return {"tokens": n, "query_chunk": 1024, **stats, "process_peak_mb_upper_bound": peak_total_mb,

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
         where = machine()  # the load average before the benchmark, beside the CPU count
         start = time.perf_counter()
         results = fn(settings)
-        payload = {"provenance": io.provenance(None, vars(args), args.seed), "machine": where,
+        payload = {"provenance": io.Provenance(None, vars(args), args.seed).record(), "machine": where,
                    "benchmark": name, "description": (fn.__doc__ or "").strip(), "results": results}
         path = io.write_json_atomic(args.out / f"{name}.json", payload)
         for line in results.get("summary", []):

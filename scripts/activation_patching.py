@@ -65,18 +65,18 @@ def main(args) -> None:
     model = load_model(args.model, args.device, args.processing)
     prompts.require_tokenizer(model, "Patching here compares text prompts")
     task, why, pair = prompt_pair(args, model)
-    clean, corrupted, answer, wrong = encode_pair(model, pair)
-    check_context(model, clean)
+    tokens = encode_pair(model, pair)
+    check_context(model, tokens.clean)
 
-    out = head_patching(model, clean, corrupted, answer, wrong, args.batch_size, progress=True)
+    out = head_patching(model, tokens, args.batch_size, progress=True)
     recovered = out["recovered"]  # [layer, head]
     ranked = top_heads(recovered, args.top)
     results = {"task": task, "task_chosen_by": why, "clean": pair.clean, "corrupted": pair.corrupted,
                "answer": pair.answer, "wrong": pair.wrong, "clean_logit_diff": out["clean_logit_diff"],
                "corrupted_logit_diff": out["corrupted_logit_diff"], "recovered": recovered,
                "top_heads": [{"layer": l, "head": h, "recovered": v} for l, h, v in ranked]}
-    path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
-                           arguments=vars(args), seed=args.seed)
+    path = io.save_results(args.out, args.model, NAME, results,
+                           io.Provenance(model.analysis_info, vars(args), args.seed))
     fig = head_heatmaps([recovered], ["fraction of logit difference recovered"],
                         suptitle=f"Patching hook_z clean -> corrupted ({task})")
     save_figure(fig, args.out, args.model, NAME)

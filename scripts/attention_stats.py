@@ -96,8 +96,8 @@ def main(args) -> None:
         "units": {"entropy": "nats", "max_attention": "probability", "mean_distance": "tokens",
                   "bos_mass": "probability"},
     }
-    path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
-                           arguments=vars(args), seed=args.seed)
+    path = io.save_results(args.out, args.model, NAME, results,
+                           io.Provenance(model.analysis_info, vars(args), args.seed))
     fig = head_heatmaps([overall[k] for k in STATISTICS],
                         ["entropy (nats)", "max attention", "mean distance (tokens)", "BOS mass"],
                         reverse=[True, False, False, False],

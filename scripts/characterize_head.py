@@ -113,8 +113,8 @@ def main(args) -> None:
         "units": {"surprisal": "nats, lower is better, exact (from the attention scores, no cap)",
                   "ci": "95% percentile bootstrap over the report set's prompts"},
     }
-    path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
-                           arguments=vars(args), seed=args.seed)
+    path = io.save_results(args.out, args.model, NAME, results,
+                           io.Provenance(model.analysis_info, vars(args), args.seed))
 
     mean = {k: survey[k].nanmean(0) for k in ("surprisal", "partner_mass", "self_mass")}
     fig = head_heatmaps([mean["surprisal"], mean["partner_mass"], mean["self_mass"]],

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from analysis import cli, clustering, controls, io, prompts, records
-from analysis.attention import head_scale, head_weights
+from analysis.attention import qk_head
 from analysis.frequency import check_frequency_csv, frequency_csv_path
 from analysis.heads import control_heads, load_target
 from analysis.plotting import graph_html, save_figure, target_vs_controls, use_style
@@ -68,10 +68,9 @@ def main(args) -> None:
     inputs = {l: token_inputs(model, l, args.input, token_ids=nodes, seed=args.seed)
               for l in dict.fromkeys(h[0] for h in heads)}  # (1 + n, d_model) per layer
     parts, stats = {}, {}
+    settings = clustering.GraphSettings(args.k, args.keep_self, args.method, args.resolution, args.seed)
     for l, h in heads:
-        W_Q, W_K, _, _ = head_weights(model, l, h)
-        parts[(l, h)] = clustering.head_partitions(inputs[l], W_Q, W_K, head_scale(model.cfg, l), args.k,
-                                                   args.keep_self, args.method, args.resolution, args.seed)
+        parts[(l, h)] = clustering.head_partitions(inputs[l], qk_head(model, l, h), settings)
         stats[(l, h)] = clustering.partition_agreement(parts[(l, h)], category_of)
     report = controls.compare((layer, head), stats, clustering.AGREEMENT_DIRECTIONS)
     mine, theirs = parts[(layer, head)]["ours"], parts[(layer, head)]["study"]
@@ -84,16 +83,17 @@ def main(args) -> None:
                "method": args.method, "resolution": args.resolution, **ours,
                "study_graph": {**study, "printed_clusters": study["n_communities"] - 1,
                                "max_comm_size": clustering.STUDY_MAX_COMM_SIZE}, **report}
-    path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
-                           arguments=vars(args), seed=args.seed)
+    path = io.save_results(args.out, args.model, NAME, results,
+                           io.Provenance(model.analysis_info, vars(args), args.seed))
 
     source, target, membership, agreement = mine["source"], mine["target"], mine["membership"], ours["agreement"]
     coords = clustering.layout(mine["graph"], args.seed)
-    save_figure(figure(coords, source, target, labels, membership, category_of, list(categories), layer, head,
-                       agreement), args.out, args.model, NAME)
+    categorised = (category_of, list(categories))
+    save_figure(figure(coords, mine, labels, categorised, controls.head_key(layer, head), agreement), args.out,
+                args.model, NAME)
     save_figure(target_vs_controls(report, f"{args.model}: L{layer}H{head}'s graph against the categories, "
                                            "ours and the study's"), args.out, args.model, NAME + "_controls")
-    html = graph_html(coords, source.numpy(), target.numpy(), labels, membership,
+    html = graph_html(coords, (source.numpy(), target.numpy()), labels, membership,
                       clustering.hover_text(source, target, labels, membership),
                       f"L{layer}H{head} token communities ({args.model}, {args.input} inputs)")
     html_path = io.write_output(io.figures_dir(args.out, args.model) / f"{NAME}.html", html)
@@ -111,20 +111,24 @@ def main(args) -> None:
     print(f"results: {path}\ninteractive view: {html_path}")
 
 
-def figure(coords, source, target, labels, membership, category_of, category_names, layer, head, agreement):
+def figure(coords, graph, labels, categories, head_name, agreement):
+    """The graph's layout coloured by community, and the category words by community (`categories` = (category
+    of each node, category names))."""
     use_style()
     import matplotlib.pyplot as plt
     import pandas as pd
     import seaborn as sns
     from matplotlib.collections import LineCollection
 
+    source, target, membership = graph["source"], graph["target"], graph["membership"]
+    category_of, category_names = categories
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 6.5), gridspec_kw={"width_ratios": [1.6, 1]})
     ax1.add_collection(LineCollection(np.stack([coords[source], coords[target]], 1), colors="0.7", linewidths=0.3))
     ax1.scatter(coords[:, 0], coords[:, 1], c=membership, cmap="turbo", s=14, zorder=2)
     labelled = range(len(labels)) if len(labels) <= 300 else np.flatnonzero(category_of >= 0)
     for i in labelled:
         ax1.annotate(labels[i], coords[i], fontsize=5, alpha=0.8)
-    ax1.set(title=f"L{layer}H{head}: top-k score graph, Leiden communities", xticks=[], yticks=[])
+    ax1.set(title=f"{head_name}: top-k score graph, Leiden communities", xticks=[], yticks=[])
     known = category_of >= 0
     table = pd.crosstab(pd.Series(np.asarray(category_names)[category_of[known]], name="category"),
                         pd.Series(membership[known], name="community"))

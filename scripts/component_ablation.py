@@ -27,8 +27,10 @@ figures/<model>/component_ablation.{pdf,png} (box plots).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from analysis import cli, io, prompts
-from analysis.ablation import CONVENTIONS, ablation_study, damage_share, summary_table
+from analysis.ablation import CONVENTIONS, AblationSettings, ablation_study, damage_share, summary_table
 from analysis.heads import target_head
 from analysis.models import load_model
 from analysis.plotting import save_figure, use_style
@@ -72,15 +74,14 @@ def main(args) -> None:
     model = load_model(args.model, args.device, args.processing)
     layer, head = target_head(model, args.layer, args.head, args.seed)
     categories, category_record = cli.chosen_categories(args)
-    tokens, mask = prompts.category_probe(model, categories, args.n_prompts, args.n_words, args.seed)
-    study = ablation_study(model, tokens, mask, layer, head, tuple(args.modes), keep_bos=not args.ablate_bos,
-                           progress=True)
+    probe = prompts.category_probe(model, categories, args.n_prompts, args.n_words, args.seed)
+    ours = AblationSettings(tuple(args.modes), keep_bos=not args.ablate_bos)
+    study = ablation_study(model, probe, layer, head, ours, progress=True)
     table = summary_table(study, seed=args.seed)  # {mode: {condition: summary}}
-    study_way = ablation_study(model, tokens, mask, layer, head, ("mean",), **CONVENTIONS["study_bos_ablated"],
-                               progress=True)["mean"]  # the study's convention: {condition: S}
+    theirs = AblationSettings(("mean",), **CONVENTIONS["study_bos_ablated"])  # the study's convention
+    study_way = ablation_study(model, probe, layer, head, theirs, progress=True)["mean"]  # {condition: S}
     study_table = summary_table({"mean": study_way}, seed=args.seed)["mean"]
-    study_scored = ablation_study(model, tokens, mask, layer, head, ("mean",), **CONVENTIONS["study_bos_ablated"],
-                                  score="study")["mean"]  # the study's convention and its own S
+    study_scored = ablation_study(model, probe, layer, head, replace(theirs, score="study"))["mean"]  # and its own S
     study_scored_table = summary_table({"mean": study_scored}, seed=args.seed)["mean"]
 
     median = {mode: {condition: row["median"] for condition, row in rows.items()} for mode, rows in table.items()}
@@ -109,8 +110,8 @@ def main(args) -> None:
                                  "(BOS included), mean mode only (the study's code, src/ablation.py)"},
         "units": "S in nats, lower is better; CI: 95% bootstrap of the mean over prompts",
     }
-    path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
-                           arguments=vars(args), seed=args.seed)
+    path = io.save_results(args.out, args.model, NAME, results,
+                           io.Provenance(model.analysis_info, vars(args), args.seed))
     fig = box_plot(study, layer, head, f"{args.model}: L{layer}H{head} under component ablations "
                                        f"({args.n_prompts} prompts)")
     save_figure(fig, args.out, args.model, NAME)

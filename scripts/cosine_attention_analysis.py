@@ -37,12 +37,12 @@ from pathlib import Path
 import torch
 
 from analysis import cli, controls, io, prompts, records, similarity
-from analysis.attention import head_scale, head_weights
+from analysis.attention import qk_head
 from analysis.errors import UsageError
 from analysis.frequency import check_frequency_csv, frequency_csv_path, ordinary_or_frequent_ids
 from analysis.heads import load_target
 from analysis.plotting import save_figure, similarity_figure, target_vs_controls
-from analysis.vocab_input import head_input
+from analysis.vocab_input import InputSettings, head_input
 
 NAME = "cosine_attention_analysis"
 DEFAULT_TOKENS = 8192
@@ -83,34 +83,35 @@ def main(args) -> None:
                                            or DEFAULT_TOKENS, args.freq_csv or frequency_csv_path(args.out, args.model))
 
     reference = prompts.reference_prompts(model, args.seed)
-    inputs = head_input(model, layer, reference, args.variant, token_ids=ids, progress=True)  # (N, d_model)
-    weights = head_weights(model, layer, head, include_bias=not args.no_bias)
-    scale = head_scale(model.cfg, layer)
-    unit = similarity.score_unit(args.units, scale)
-    profile = similarity.similarity_profile(inputs, *weights, scale=scale, unit=unit, width=args.window,
-                                            n_resamples=args.n_resamples, seed=args.seed,
-                                            chunk_size=args.chunk_size, progress=True)
+    inputs = head_input(model, layer, reference, args.variant, ids, InputSettings(progress=True))  # (N, d_model)
+    qk = qk_head(model, layer, head, bias=not args.no_bias)
+    unit = similarity.score_unit(args.units, qk.scale)
+    settings = similarity.ProfileSettings(unit=unit, width=args.window, n_resamples=args.n_resamples, seed=args.seed,
+                                          chunk_size=args.chunk_size)
+    profile = similarity.similarity_profile(inputs, qk, settings, progress=True)
 
     # Category words (wherever they rank in frequency): mates against other categories, for every head.
     categories, category_record = cli.chosen_categories(args)
     category_of = prompts.category_index(model.tokenizer, categories, model.cfg.d_vocab)
     words = similarity.category_words(category_of)  # (ids, category), each [n]
-    stats = similarity.category_contrast_by_head(model, reference, args.variant, *words, include_bias=not args.no_bias,
+    stats = similarity.category_contrast_by_head(model, reference, args.variant, words, include_bias=not args.no_bias,
                                                  unit=unit)  # every head
     report = controls.compare((layer, head), {k: {n: v[n] for n in DIRECTIONS} for k, v in stats.items()}, DIRECTIONS)
 
     # The study's curve, its definition: BOS among the tokens, unscaled, no biases, log-softmax, bits.
     bos = torch.tensor([prompts.bos_token_id(model)])
-    study_inputs = torch.cat([head_input(model, layer, reference, args.variant, token_ids=bos, use_cache=False),
+    study_inputs = torch.cat([head_input(model, layer, reference, args.variant, bos, InputSettings(use_cache=False)),
                               inputs])  # (1 + N, d_model)
-    study = similarity.study_curves(study_inputs, *head_weights(model, layer, head)[:2], args.chunk_size, True)
+    study = similarity.study_curves(study_inputs, qk, args.chunk_size, True)
 
     # The example query against every key of the set but itself.
-    query_input = head_input(model, layer, reference, args.variant, token_ids=torch.tensor([query_id]), use_cache=False)
+    query_input = head_input(model, layer, reference, args.variant, torch.tensor([query_id]),
+                             InputSettings(use_cache=False))
     keys = ids != query_id
     labels = model.tokenizer.batch_decode(ids[keys, None].tolist())
-    example = similarity.example_query(query_input, inputs[keys], labels, int(category_of[query_id]),
-                                       category_of[ids[keys]], *weights, scale=scale, unit=unit, n_labels=args.n_labels)
+    example = similarity.example_query(query_input, int(category_of[query_id]),
+                                       similarity.Keys(inputs[keys], labels, category_of[ids[keys]]), qk, unit,
+                                       args.n_labels)
 
     unit_name = "nats" if args.units == "nats" else "bits, unscaled"
     results = {
@@ -123,8 +124,8 @@ def main(args) -> None:
         "example": {"query": args.query, "top_keys": example["top_keys"], "mates": example["mate_keys"]},
         **study,
     }
-    path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
-                           arguments=vars(args), seed=args.seed)
+    path = io.save_results(args.out, args.model, NAME, results,
+                           io.Provenance(model.analysis_info, vars(args), args.seed))
     title = (f"{args.model}: L{layer}H{head}, {len(ids)} tokens, {args.variant} head input, "
              f"biases {'in' if not args.no_bias else 'out'}")
     save_figure(similarity_figure(profile, example, args.query, unit_name, title, study["study"]), args.out,

@@ -34,6 +34,7 @@ from analysis import cli, controls, io, prompts, records
 from analysis import self_suppression as ss
 from analysis.heads import control_heads, load_target
 from analysis.plotting import save_figure, target_vs_controls, use_style
+from analysis.qk_decomposition import RankGrid
 from analysis.token_maps import token_inputs
 
 NAME = "eigenvalue_rank_ablation"
@@ -70,7 +71,7 @@ def build_parser():
 def main(args) -> None:
     model, layer, head = load_target(args)
     categories, category_record = cli.chosen_categories(args)
-    tokens, mask = prompts.category_probe(model, categories, args.n_prompts, args.n_words, args.seed + 1)
+    probe = prompts.category_probe(model, categories, args.n_prompts, args.n_words, args.seed + 1)
     inputs = {}  # layer -> E: (d_vocab, d_model), shared by the layer's heads
 
     def layer_inputs(l: int):
@@ -80,8 +81,8 @@ def main(args) -> None:
 
     heads = control_heads(model, (layer, head), args.controls, args.seed)
     queries = ss.rank_queries(model.cfg.d_vocab, args.rank_queries, args.seed)
-    study = ss.rank_ablation(model, (layer, head), heads, layer_inputs, tokens, mask, args.ks, args.scales, args.at,
-                             args.control_cells, args.chunk_size, queries, progress=True)
+    settings = ss.RankAblation(RankGrid(args.ks, args.scales, args.at, args.chunk_size, queries), args.control_cells)
+    study = ss.rank_ablation(model, [(layer, head), *heads], layer_inputs, probe, settings, progress=True)
     grid, best = study["grid"], study["best"]
     cells, ks = grid["cells"], grid["ks"]
     base = cells.get(ss.cell_key(ks[0], 1.0))  # scale 1 edits nothing: every k alike (None if not in --scales)
@@ -94,8 +95,8 @@ def main(args) -> None:
                "control_grids": study["control_grids"],
                "rank_queries": {"n": model.cfg.d_vocab if queries is None else len(queries), "of": model.cfg.d_vocab,
                                 "sampled": queries is not None}}
-    path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
-                           arguments=vars(args), seed=args.seed)
+    path = io.save_results(args.out, args.model, NAME, results,
+                           io.Provenance(model.analysis_info, vars(args), args.seed))
     save_figure(figure(list(cells.values()), ks, args, layer, head), args.out, args.model, NAME)
     save_figure(target_vs_controls(report, title=f"{controls.head_key(layer, head)}: rank ablation against "
                                    f"{len(heads)} control heads ({args.control_cells})"), args.out, args.model,

@@ -28,11 +28,9 @@ Writes results/<model>/eigenvalue_scaling.json and figures/<model>/eigenvalue_sc
 
 from __future__ import annotations
 
-from transformer_lens import FactoredMatrix
-
 from analysis import cli, controls, io, prompts, qk_edits, scores
 from analysis import qk_decomposition as qk
-from analysis.attention import head_scale, head_weights
+from analysis.attention import attention_scores, qk_head
 from analysis.heads import control_heads, load_target
 from analysis.plotting import group_heatmaps, save_figure, target_vs_controls, use_style
 from analysis.token_maps import block_means, group_tokens, token_inputs
@@ -59,25 +57,24 @@ def build_parser():
 
 def main(args) -> None:
     model, layer, head = load_target(args)
-    scale = head_scale(model.cfg, layer)
-    W_Q, W_K, b_Q, b_K = head_weights(model, layer, head, include_bias=True)
-    spectrum = qk.symmetric_spectrum(W_Q, W_K)
+    own = qk_head(model, layer, head, bias=True)
+    spectrum = qk.symmetric_spectrum(own)
     negative = qk.most_negative(spectrum.values)
     ids, labels, group, _ = group_tokens(model.tokenizer)
     E = token_inputs(model, layer, args.input, token_ids=ids, seed=args.seed)
     categories, chosen = cli.chosen_categories(args)
-    tokens, mask = prompts.category_probe(model, categories, args.n_prompts, args.n_words, args.seed + 1)
+    probe = prompts.category_probe(model, categories, args.n_prompts, args.n_words, args.seed + 1)
 
-    edited = {f: qk.edited_factors(W_Q, W_K, spectrum, negative, f) for f in args.factors}
-    in_context = qk_edits.in_context_grid(model, tokens, mask, layer, head, {"base": (W_Q, W_K), **edited}, b_Q, b_K)
+    edited = {f: qk.edited_head(own, spectrum, negative, f) for f in args.factors}
+    in_context = qk_edits.in_context_edits(model, probe, layer, {"base": own, **edited})
     base = in_context.pop("base")  # the unedited head
-    maps = [qk.token_scores(E, FactoredMatrix(A, B.T), E, scale) for A, B in edited.values()]
+    maps = [attention_scores(E, E, e.without_bias()) for e in edited.values()]
     per_factor = [{"factor": f, "map": m, "block_means": block_means(m, group), "in_context": in_context[f]}
                   for f, m in zip(edited, maps)]
     heads = [(layer, head)] + control_heads(model, (layer, head), args.controls, args.seed)
     inputs = {l: token_inputs(model, l, args.input, token_ids=ids, seed=args.seed) for l in {l for l, _ in heads}}
-    edits = qk_edits.edit_sweep(model, tokens, mask, qk_edits.eigenvalue_edits(
-        {hd: head_weights(model, *hd)[:2] for hd in heads}, {hd: inputs[hd[0]] for hd in heads}, args.factors,
+    edits = qk_edits.edit_sweep(model, probe, qk_edits.eigenvalue_edits(
+        {hd: qk_head(model, *hd, bias=True) for hd in heads}, {hd: inputs[hd[0]] for hd in heads}, args.factors,
         args.targeted_k))
     report = controls.compare((layer, head), qk_edits.edit_statistics(edits),
                               {f"{e}_self_mass_change": "high" for e in ("factor -1", "factor 0", "targeted")})
@@ -87,8 +84,8 @@ def main(args) -> None:
                "categories": chosen, "targeted_k": args.targeted_k,
                **report, "target_edits": edits[(layer, head)],
                "edits": {controls.head_key(*hd): rows for hd, rows in edits.items()}}
-    path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
-                           arguments=vars(args), seed=args.seed)
+    path = io.save_results(args.out, args.model, NAME, results,
+                           io.Provenance(model.analysis_info, vars(args), args.seed))
     fig = group_heatmaps(maps, [f"negative λ × {f:g}" for f in edited], labels, group, shared_scale=True,
                          suptitle=f"L{layer}H{head}: scaling the {len(negative)} negative eigenvalues of W_sym "
                                   f"({args.input} inputs)")

@@ -27,7 +27,6 @@ gradient_steering_top_keys.
 from __future__ import annotations
 
 from analysis import cli, controls, io, prompts, records, scores, steering
-from analysis.attention import head_scale, head_weights
 from analysis.heads import control_heads, load_target
 from analysis.plotting import save_figure, target_vs_controls, use_style
 from analysis.token_maps import token_inputs
@@ -65,30 +64,28 @@ def build_parser():
 def main(args) -> None:
     model, layer, head = load_target(args)
     query_id = prompts.single_token_ids(model.tokenizer, [args.query])[0]
-    _, _, b_Q, b_K = head_weights(model, layer, head, include_bias=True)
     categories, chosen = cli.chosen_categories(args)
     train = prompts.category_probe(model, categories, args.n_prompts, args.n_words, args.seed + 1)
     test = prompts.category_probe(model, categories, args.n_prompts, args.n_words, args.seed + 2)
 
     heads = [(layer, head)] + control_heads(model, (layer, head), args.controls, args.seed)
-    per_head = steering.steer_heads(model, heads, train, test, args.directions, args.trace_relative, lam=args.lam,
-                                    mu=args.mu, lr=args.lr, steps=args.steps, batch_size=args.batch_size,
-                                    seed=args.seed, progress=True)
+    gradient = steering.SteeringSettings(args.lam, args.mu, args.lr, args.steps, args.batch_size, args.seed)
+    plan = steering.SteeringPlan(args.directions, args.trace_relative, gradient)
+    per_head = steering.steer_heads(model, heads, train, test, plan, progress=True)
     edits = per_head[(layer, head)]
     report = controls.compare((layer, head), {hd: steering.head_statistics(e) for hd, e in per_head.items()},
                               steering.statistic_directions(args.directions))
 
     E = token_inputs(model, layer, args.input, seed=args.seed, progress=True)  # (d_vocab, d_model)
     labels = model.tokenizer.batch_decode([[i] for i in range(model.cfg.d_vocab)])
-    top_keys = steering.query_top_keys(E, query_id, edits.conditions, head_scale(model.cfg, layer), b_Q, b_K,
-                                       labels, args.top)
+    top_keys = steering.query_top_keys(E, query_id, edits.conditions, labels, args.top)
     results = {"head": {"layer": layer, "head": head}, "input": args.input, "mu": args.mu, "lam": args.lam,
                "categories": chosen,
                "objective": steering.OBJECTIVE, "closed_form": steering.CLOSED_FORM, "query": args.query,
                "top_keys": top_keys, **records.edits_record(edits, args.directions), **report,
                "control_edits": records.control_edits(per_head, (layer, head), args.directions)}
-    path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
-                           arguments=vars(args), seed=args.seed)
+    path = io.save_results(args.out, args.model, NAME, results,
+                           io.Provenance(model.analysis_info, vars(args), args.seed))
     save_figure(figure(edits.metrics, edits.runs, layer, head), args.out, args.model, NAME)
     save_figure(top_keys_figure(top_keys, args.query, layer, head), args.out, args.model, f"{NAME}_top_keys")
     save_figure(target_vs_controls(report, f"L{layer}H{head} against {len(heads) - 1} control heads: same edits"),

@@ -70,8 +70,8 @@ def main(args) -> None:
     results = {"prompt": args.prompt, "tokens": positions, "depths": depth_labels, "lens": lens,
                "p_next_token": next_p, "final_top1_matches_next": matches,
                "final_top1_share": sum(matches) / len(matches)}
-    path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
-                           arguments=vars(args), seed=args.seed)
+    path = io.save_results(args.out, args.model, NAME, results,
+                           io.Provenance(model.analysis_info, vars(args), args.seed))
     top1_labels = [[repr(text(top_ids[d, t, 0]))[1:-1] for t in range(len(positions))]
                    for d in range(len(depth_labels))]
     fig = lens_figure(top1_labels, top_p[..., 0].numpy(), next_p.numpy(), depth_labels,

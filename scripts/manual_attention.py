@@ -45,12 +45,13 @@ def build_parser():
     return p
 
 
-def compare(model, tokens, processed) -> dict:
-    """Max |difference| per head `[layer, head]` of manual vs TransformerLens, Hugging Face, processed TL."""
+def compare(model, tokens, processed, hugging_face: bool) -> dict:
+    """Max |difference| per head `[layer, head]` of manual vs TransformerLens, Hugging Face (where `hugging_face`),
+    processed TL."""
     check_context(model, tokens)
     manual = attention.manual_patterns(model, tokens)
     out = {"manual": manual, "vs_transformer_lens": attention.max_abs_difference(manual, all_patterns(model, tokens))}
-    if attention.gpt2_incompatibility(model) is None:
+    if hugging_face:
         out["vs_hugging_face"] = attention.max_abs_difference(
             manual, attention.hf_patterns(attention.hf_gpt2_from_tl(model), tokens))
     if processed is not None:
@@ -77,7 +78,13 @@ def main(args) -> None:
                                                    prompts.special_token_ids(model))}
     if model.tokenizer is not None:
         prompt_sets["text"] = model.to_tokens(args.prompt).cpu()
-    comparisons = {name: compare(model, tokens, processed) for name, tokens in prompt_sets.items()}
+    try:
+        attention.check_gpt2_compatible(model)
+        hugging_face_skipped = None
+    except attention.GPT2Incompatible as err:  # no Hugging Face GPT-2 holds these weights: that comparison is left out
+        hugging_face_skipped = err.reason
+    comparisons = {name: compare(model, tokens, processed, hugging_face_skipped is None)
+                   for name, tokens in prompt_sets.items()}
     kinds = [k for k in comparisons["random"] if k != "manual"]
     worst = {k: torch.stack([c[k] for c in comparisons.values()]).amax(0) for k in kinds}  # [layer, head]
     within = {k: bool(v.max() <= TOLERANCE) for k, v in worst.items()}
@@ -98,12 +105,12 @@ def main(args) -> None:
         "all_within_tolerance": all(within.values()),
         "processed_compared": processed is not None,  # false where the load applied no processing: one model
         "per_prompt_set": {name: {k: float(c[k].max()) for k in kinds} for name, c in comparisons.items()},
-        "hugging_face_skipped": attention.gpt2_incompatibility(model),
+        "hugging_face_skipped": hugging_face_skipped,
         "plotted_head": {"layer": args.layer, "head": args.head},
         "prompt": args.prompt if model.tokenizer is not None else None,
     }
-    path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
-                           arguments=vars(args), seed=args.seed)
+    path = io.save_results(args.out, args.model, NAME, results,
+                           io.Provenance(model.analysis_info, vars(args), args.seed))
 
     use_style()
     import matplotlib.pyplot as plt

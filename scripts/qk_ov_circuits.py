@@ -113,8 +113,8 @@ def main(args) -> None:
         "induction_strongest_k_partner": ({"layer": partners[0][0], "head": partners[0][1], "score": partners[0][2]}
                                           if partners else None),
     }
-    path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
-                           arguments=vars(args), seed=args.seed)
+    path = io.save_results(args.out, args.model, NAME, results,
+                           io.Provenance(model.analysis_info, vars(args), args.seed))
 
     fig = head_heatmaps([copying["residual"].detach(), copying["full"].detach()],
                         ["OV copying score, W_V W_O", "OV copying score, W_E W_V W_O W_U"],

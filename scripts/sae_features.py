@@ -45,9 +45,9 @@ from analysis import self_suppression as ss
 from analysis.heads import load_target
 from analysis.plotting import group_heatmaps, save_figure, target_vs_controls
 from analysis.sae.features import feature_map, feature_map_statistics, name_features
-from analysis.sae.precision import (PRECISION_K, PRECISION_LENGTH, PRECISION_SHUFFLES, precision_by_category,
-                                    precision_by_head)
-from analysis.sae.sources import GPT2_RELEASE, SAEUnavailable, sae_for_head
+from analysis.sae.precision import (PRECISION_K, PRECISION_LENGTH, PRECISION_SHUFFLES, PrecisionSettings,
+                                    precision_by_category, precision_by_head)
+from analysis.sae.sources import GPT2_RELEASE, SAERequest, SAEUnavailable, sae_for_head
 
 NAME = "sae_features"
 
@@ -82,16 +82,16 @@ def build_parser():
 
 def main(args) -> None:
     model, layer, head = load_target(args)
+    request = SAERequest(args.release, args.sae_id, args.sae_path, args.retrain_sae)
     asked = args.layer is not None or args.retrain_sae or any(  # an SAE or head asked for must load
         value is not None for value in (args.release, args.sae_id, args.sae_path))
     try:
-        chosen = sae_for_head(model, layer, args.release, args.sae_id, args.sae_path, args.device, args.retrain_sae,
-                              required=asked)
+        chosen = sae_for_head(model, layer, request, args.device, required=asked)
     except SAEUnavailable as err:  # the SAE step is impossible for this model: say so, and write what there is
         results = {"head": {"layer": layer, "head": head}, "sae": {"ran": False, "reason": err.reason},
                    "not_run": ["feature map", "precision"]}
-        path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
-                               arguments=vars(args), seed=args.seed)
+        path = io.save_results(args.out, args.model, NAME, results,
+                               io.Provenance(model.analysis_info, vars(args), args.seed))
         print(f"L{layer}H{head}: SAE step not run (feature map and precision), since no SAE can be had for this "
               f"model here: {err.reason}\nresults: {path}")
         return
@@ -106,14 +106,14 @@ def main(args) -> None:
     results = {"head": {"layer": layer, "head": head}, "sae": source,
                **records.feature_map_record(scores, features, labels, group, list(categories), args.top_pairs),
                "categories": category_record}
-    precision = precision_by_category(model, sae, layer, args.precision_samples, args.precision_k,
-                                      args.precision_shuffles, args.seed)
+    counting = PrecisionSettings(args.precision_k, args.precision_shuffles, args.seed)
+    precision = precision_by_category(model, sae, layer, args.precision_samples, counting)
     stats = feature_map_statistics(model, sae, features, group, layer, precision_by_head(precision))
     report = compare((layer, head), stats, {**ss.GROUP_MAP_DIRECTIONS, "precision": "high"})
     null = records.precision_null(stats[(layer, head)]["precision_shuffled"], args.precision_shuffles)
     results.update(report, separating=separating(report), null=null)
-    path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
-                           arguments=vars(args), seed=args.seed)
+    path = io.save_results(args.out, args.model, NAME, results,
+                           io.Provenance(model.analysis_info, vars(args), args.seed))
     short = [label.split("/")[0] for label in labels]  # "f9 ' Monday'": the feature and its top token
     fig = group_heatmaps([scores], ["LN1(d_f) W LN1(d_g)ᵀ / √d"], short, group,
                          suptitle=f"L{layer}H{head}: SAE features ({hook}) through the QK circuit")

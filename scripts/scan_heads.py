@@ -108,8 +108,8 @@ def main(args) -> None:
         },
         "best_head_patterns": {"sentences": sentences, **drawn},
     }
-    path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
-                           arguments=vars(args), seed=args.seed)
+    path = io.save_results(args.out, args.model, NAME, results,
+                           io.Provenance(model.analysis_info, vars(args), args.seed))
 
     fig = head_heatmaps(
         [scan.previous_token, scan.induction[headline], scan.duplicate[headline], semantic["surprisal"]],

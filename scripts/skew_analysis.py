@@ -40,10 +40,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from analysis import cli, io, records
+from analysis import cli, io, prompts, records
 from analysis import qk_decomposition as qk
 from analysis import self_suppression as ss
-from analysis.attention import head_scale, head_weights
+from analysis.attention import qk_head
 from analysis.controls import compare, head_key, separating
 from analysis.heads import load_target
 from analysis.plotting import save_figure, target_vs_controls, use_style
@@ -63,21 +63,20 @@ def build_parser():
 
 def main(args) -> None:
     model, layer, head = load_target(args)
-    scale = head_scale(model.cfg, layer)
-    W_Q, W_K, b_Q, b_K = head_weights(model, layer, head, include_bias=True)
+    own = qk_head(model, layer, head, bias=True)
     E = token_inputs(model, layer, args.input, seed=args.seed, progress=True)  # (d_vocab, d_model)
 
-    plain, self_scores = qk.self_score_report(W_Q, W_K, E, scale)
-    biased, _ = qk.self_score_report(*qk.with_bias(W_Q, W_K, b_Q, b_K), qk.append_one(E), scale)
+    plain, self_scores = qk.self_score_report(own, E)
+    biased, _ = qk.self_score_report(qk.with_bias(own), qk.append_one(E))
     # Which bias term can move attention: on the group set, the per-key term against the bias-free scores.
     ids, _, _, _ = group_tokens(model.tokenizer)
-    bias_terms = {**qk.bias_key_term(E[ids], W_Q, W_K, b_Q, scale),
+    bias_terms = {**qk.bias_key_term(E[ids], own),
                   "query_term_and_constant": "constant along each query's row: no effect on attention"}
 
     # Every head on the category words: the target's statistics against all others'.
     categories, category_record = cli.chosen_categories(args)
     word_ids, words, category, names = group_tokens(model.tokenizer, categories)
-    stats = ss.every_head_statistics(model, args.input, word_ids, category, args.seed,
+    stats = ss.every_head_statistics(model, args.input, prompts.CategoryWords(word_ids, category), args.seed,
                                      lambda *a: ss.head_statistics(*a, n_permutations=args.n_permutations))
     report = compare((layer, head), stats, ss.DIRECTIONS)
     null_keys = ("margin_shuffled_mean", "margin_shuffled_q05", "gaussian_self_score", "gaussian_self_negative_part",
@@ -93,8 +92,8 @@ def main(args) -> None:
                "category_words": {"n_words": len(words), "categories": names}, "categories": category_record,
                "head": {"layer": layer, "head": head}, "input": args.input, "d_head": model.cfg.d_head,
                "without_bias": plain, "with_bias": biased, "bias_terms_on_group_set": bias_terms}
-    path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
-                           arguments=vars(args), seed=args.seed)
+    path = io.save_results(args.out, args.model, NAME, results,
+                           io.Provenance(model.analysis_info, vars(args), args.seed))
     save_figure(figure(plain["eigenvalues"], biased["eigenvalues"], self_scores, layer, head, args),
                 args.out, args.model, NAME)
     # the figure's null line: the Gaussian null where it applies; the shuffled z-score's null is 0 by construction

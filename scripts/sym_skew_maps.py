@@ -25,10 +25,10 @@ Writes results/<model>/sym_skew_maps.json and figures/<model>/sym_skew_maps{,_co
 
 from __future__ import annotations
 
-from analysis import cli, io, records
+from analysis import cli, io, prompts, records
 from analysis import qk_decomposition as qk
 from analysis import self_suppression as ss
-from analysis.attention import attention_scores, head_scale, head_weights
+from analysis.attention import attention_scores, qk_head
 from analysis.controls import compare, head_key, separating
 from analysis.heads import load_target
 from analysis.plotting import group_heatmaps, save_figure, target_vs_controls
@@ -45,19 +45,21 @@ def build_parser():
 
 def main(args) -> None:
     model, layer, head = load_target(args)
-    scale = head_scale(model.cfg, layer)
-    W_Q, W_K, b_Q, b_K = head_weights(model, layer, head, include_bias=True)
+    own = qk_head(model, layer, head, bias=True)
+    plain = own.without_bias()
     ids, labels, group, group_names = group_tokens(model.tokenizer)
     E = token_inputs(model, layer, args.input, token_ids=ids, seed=args.seed)  # (30, d_model)
 
-    maps = {"base": qk.token_scores(E, qk.qk_matrix(W_Q, W_K), E, scale),
-            "sym": qk.token_scores(E, qk.symmetric_part(W_Q, W_K), E, scale),
-            "skew": qk.token_scores(E, qk.skew_part(W_Q, W_K), E, scale),
-            "bias": attention_scores(E, E, W_Q, W_K, scale, b_Q, b_K)}
+    sym, skew = qk.symmetric_part(plain), qk.skew_part(plain)  # W = A B: scored as the factors W_Q = A, W_K = B^T
+    maps = {"base": attention_scores(E, E, plain),
+            "sym": attention_scores(E, E, plain.with_factors(sym.A, sym.B.T)),
+            "skew": attention_scores(E, E, plain.with_factors(skew.A, skew.B.T)),
+            "bias": attention_scores(E, E, own)}
     base_norm = float(maps["base"].norm())
     check = {"max_abs_diag_base_minus_sym": float((maps["base"].diagonal() - maps["sym"].diagonal()).abs().max()),
              "max_abs_diag_skew": float(maps["skew"].diagonal().abs().max())}
-    stats = ss.every_head_statistics(model, args.input, ids, group, args.seed, ss.group_map_statistics)
+    stats = ss.every_head_statistics(model, args.input, prompts.CategoryWords(ids, group), args.seed,
+                                     ss.group_map_statistics)
     report = compare((layer, head), stats, ss.GROUP_MAP_DIRECTIONS)
     results = {
         **report, "separating": separating(report),
@@ -69,8 +71,8 @@ def main(args) -> None:
         "bias_effect": {"max_abs_change": float((maps["bias"] - maps["base"]).abs().max()),
                         "max_abs_change_row_centred": float(centred(maps["bias"] - maps["base"]).abs().max())},
     }
-    path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
-                           arguments=vars(args), seed=args.seed)
+    path = io.save_results(args.out, args.model, NAME, results,
+                           io.Provenance(model.analysis_info, vars(args), args.seed))
     fig = group_heatmaps(list(maps.values()),
                          ["base  E W Eᵀ/√d", "symmetric part", "skew part", "base with Q/K biases"], labels, group,
                          suptitle=f"L{layer}H{head}, group set ({args.input} inputs)")

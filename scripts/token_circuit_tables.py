@@ -22,12 +22,12 @@ from pathlib import Path
 import torch
 
 from analysis import circuits, cli, io, prompts
-from analysis.attention import head_scale, head_weights
+from analysis.attention import qk_head
 from analysis.frequency import check_frequency_csv, read_frequency_csv
 from analysis.heads import target_head
 from analysis.models import load_model
 from analysis.plotting import save_figure, use_style
-from analysis.vocab_input import head_input
+from analysis.vocab_input import InputSettings, head_input
 
 NAME = "token_circuit_tables"
 
@@ -90,13 +90,13 @@ def main(args) -> None:
          else torch.full((d_vocab,), 1.0 / d_vocab))
 
     reference = prompts.reference_prompts(model, args.seed) if args.variant == "mean" else None
-    x = head_input(model, layer, reference, variant=args.variant, chunk_size=args.chunk_size, progress=True)
-    W_Q, W_K, b_Q, b_K = head_weights(model, layer, head, include_bias=True)
+    x = head_input(model, layer, reference, args.variant, settings=InputSettings(args.chunk_size, progress=True))
     bos = circuits.bos_key_input(model, layer)
-    qk = circuits.token_qk(x, x, bos, W_Q, W_K, b_Q, b_K, head_scale(model.cfg, layer))
+    qk = circuits.token_qk(x, x, bos, qk_head(model, layer, head, bias=True))
     W_V, W_O, W_U = (w.detach().float().cpu() for w in (model.W_V[layer, head], model.W_O[layer, head], model.W_U))
     ov = circuits.token_ov(x, W_V, W_O, W_U)
-    table = circuits.key_pivoted_table(qk, ov, p, args.keys, args.queries, args.outputs, args.chunk_size)
+    table = circuits.key_pivoted_table(qk, ov, p, circuits.TableSize(args.keys, args.queries, args.outputs),
+                                       args.chunk_size)
 
     rows = []
     for i, key in enumerate(table["key_ids"]):
@@ -111,8 +111,8 @@ def main(args) -> None:
     results = {"layer": layer, "head": head, "variant": args.variant,
                "token_probabilities": str(args.freq) if args.freq is not None else "uniform",
                "table": rows}
-    path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
-                           arguments=vars(args), seed=args.seed)
+    path = io.save_results(args.out, args.model, NAME, results,
+                           io.Provenance(model.analysis_info, vars(args), args.seed))
     save_figure(table_figure(model, table, qk, ov, layer, head), args.out, args.model, NAME)
 
     print(f"L{layer}H{head} key-pivoted table (p: {results['token_probabilities']})")

@@ -17,6 +17,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from analysis import cli, io, prompts
 from analysis.errors import UsageError
 from analysis.frequency import (
@@ -25,7 +27,7 @@ from analysis.frequency import (
 )
 from analysis.models import load_model
 from analysis.organism.files import has_organism_vocabulary
-from analysis.organism.language import LanguageSpec, vocabulary, write_corpus
+from analysis.organism.language import LanguageSpec, sample_batch, vocabulary, write_corpus
 from analysis.organism.train import TrainConfig
 from analysis.plotting import save_figure, use_style
 
@@ -56,8 +58,8 @@ def organism_corpus(model, n_sequences: int, seed: int, directory: Path) -> tupl
     """A corpus sampled from the organism's training generator, and how it was made."""
     mixture = TrainConfig().mixture
     spec = LanguageSpec.from_vocabulary(vocabulary())
-    path = write_corpus(directory / "organism_corpus.txt", model.tokenizer, spec, n_sequences, model.cfg.n_ctx,
-                        mixture, seed, progress=True)
+    rows = sample_batch(np.random.default_rng(seed), spec, n_sequences, model.cfg.n_ctx, mixture, progress=True)
+    path = write_corpus(directory / "organism_corpus.txt", rows)
     return path, {"source": "organism generator", "sequences": n_sequences, "length": model.cfg.n_ctx,
                   "mixture": mixture, "seed": seed}
 
@@ -105,8 +107,8 @@ def main(args) -> None:
         "unknown_share": unknown_share(counts, model.tokenizer),
         "top": table.head(args.top).to_dict("records"),
     }
-    path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
-                           arguments=vars(args), seed=args.seed)
+    path = io.save_results(args.out, args.model, NAME, results,
+                           io.Provenance(model.analysis_info, vars(args), args.seed))
     save_figure(rank_plot(table, f"{args.model}: token frequencies"), args.out, args.model, NAME)
 
     print(f"{total} tokens, {results['distinct_tokens']} of {model.cfg.d_vocab} vocabulary tokens occur")

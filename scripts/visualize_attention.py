@@ -71,8 +71,8 @@ def main(args) -> None:
         files[layer] = {"html": html, "figures": grid}
     results = {"prompt": args.prompt, "tokens": labels, "layers": list(layers),
                "patterns": {layer: pattern[layer] for layer in layers}, "files": files}
-    path = io.save_results(args.out, args.model, NAME, results, model_info=model.analysis_info,
-                           arguments=vars(args), seed=args.seed)
+    path = io.save_results(args.out, args.model, NAME, results,
+                           io.Provenance(model.analysis_info, vars(args), args.seed))
     for layer, f in files.items():
         print(f"layer {layer}: {f['html']} (interactive, offline), {f['figures'][1]}")
     print(f"results: {path}")

@@ -2,6 +2,7 @@
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -83,7 +84,7 @@ def test_mlp_only_residual_hands_layer_1_the_mlp_output(organism, probe):
 
 def test_semantic_head_reads_token_identity_not_position(organism, truth, probe):
     layer, head = truth["planted_heads"]["semantic"]
-    study = ablation.ablation_study(organism, *probe, layer, head)
+    study = ablation.ablation_study(organism, probe, layer, head)
     table = ablation.summary_table(study, n_resamples=500)  # {mode: {condition: summary}}
     for mode in ("mean", "zero"):
         token, position = table[mode]["token_embedding"], table[mode]["positional_embedding"]
@@ -125,17 +126,18 @@ def test_component_ablation_script_end_to_end(tmp_path, truth):
 def test_ablation_scores_the_exact_uncapped_surprisal_of_the_survey(organism, truth):
     # The baseline condition is the unablated head: its per-prompt S is the survey's (exact, from the scores).
     layer, head = truth["planted_heads"]["semantic"]
-    tokens, mask = prompts.category_probe(organism, prompts.STUDY_CATEGORIES, 6, 16, seed=3)
-    study = ablation.ablation_study(organism, tokens, mask, layer, head, ("zero",))
+    probe = prompts.category_probe(organism, prompts.STUDY_CATEGORIES, 6, 16, seed=3)
+    zero = ablation.AblationSettings(("zero",))
+    study = ablation.ablation_study(organism, probe, layer, head, zero)
     survey = scan.semantic_survey(organism, 6, 16, seed=3)["surprisal"][:, layer, head]
     assert torch.allclose(study["zero"]["baseline"], survey, atol=1e-5)
     # zeroing the token embedding drives some rows far past the 13.8-nat cap of a clamped S; the study's S caps rows at 27.6
-    ours = ablation.ablation_study(organism, tokens, mask, layer, head, ("zero",))["zero"]["token_embedding"]
-    theirs = ablation.ablation_study(organism, tokens, mask, layer, head, ("zero",), score="study")["zero"]
+    ours = ablation.ablation_study(organism, probe, layer, head, zero)["zero"]["token_embedding"]
+    theirs = ablation.ablation_study(organism, probe, layer, head, replace(zero, score="study"))["zero"]
     assert float(ours.max()) > -math.log(scores.PATTERN_MASS_FLOOR)
     assert float(theirs["token_embedding"].max()) <= -math.log(scores.STUDY_EPS) + 1e-6
     with pytest.raises(ValueError, match="score"):
-        ablation.ablation_study(organism, tokens, mask, layer, head, ("zero",), score="mine")
+        ablation.ablation_study(organism, probe, layer, head, replace(zero, score="mine"))
 
 
 @pytest.mark.e2e

@@ -21,22 +21,26 @@ TOL = 1e-5
 def test_attention_scores_exact_and_their_variants_agree():
     x_q, x_k = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 2.0], [1.0, 1.0]])
     W = torch.eye(2)
-    assert torch.allclose(attention.attention_scores(x_q, x_k, W, W, 2.0), torch.tensor([[0.0, 0.5]]))  # (1, 0) . (1, 1) / 2
+    plain = attention.QKHead(W, W, 2.0)
+    assert torch.allclose(attention.attention_scores(x_q, x_k, plain), torch.tensor([[0.0, 0.5]]))  # (1,0).(1,1) / 2
     b = torch.tensor([0.0, 1.0])
+    biased = attention.QKHead(W, W, 2.0, b, b)
     # (x_q + b) . (x_k + b) = [1, 1] . [0, 3] and [1, 1] . [1, 2]
-    assert torch.allclose(attention.attention_scores(x_q, x_k, W, W, 2.0, b, b), torch.tensor([[3.0, 3.0]]) / 2)
-    factored = attention.attention_score_matrix(x_q, x_k, W, W, 2.0, b, b)
+    assert torch.allclose(attention.attention_scores(x_q, x_k, biased), torch.tensor([[3.0, 3.0]]) / 2)
+    factored = attention.attention_score_matrix(x_q, x_k, biased)
     assert isinstance(factored, FactoredMatrix) and torch.allclose(factored.AB, torch.tensor([[3.0, 3.0]]) / 2)
     x = torch.cat([x_q, x_k])
-    assert torch.allclose(attention.self_attention_scores(x, W, W, 2.0, b, b),
-                          attention.attention_scores(x, x, W, W, 2.0, b, b).diagonal())
+    diagonal = attention.attention_scores(x, x, biased).diagonal()
+    assert torch.allclose(attention.self_attention_scores(x, biased), diagonal)
     # leading axes broadcast: every head of a layer against a batch of residual streams
     g = torch.Generator().manual_seed(0)
     xs, b_Q = torch.randn(2, 5, 4, generator=g), torch.randn(3, 2, generator=g)
     W_Q, W_K = torch.randn(3, 4, 2, generator=g), torch.randn(3, 4, 2, generator=g)
-    batched = attention.attention_scores(xs[:, None], xs[:, None], W_Q, W_K, 1.5, b_Q)  # (B, nh, T, T)
+    every_head = attention.QKHead(W_Q, W_K, 1.5, b_Q)  # W_Q, W_K: (nh, d_model, d_head)
+    batched = attention.attention_scores(xs[:, None], xs[:, None], every_head)  # (B, nh, T, T)
     assert batched.shape == (2, 3, 5, 5)
-    assert torch.allclose(batched[1, 2], attention.attention_scores(xs[1], xs[1], W_Q[2], W_K[2], 1.5, b_Q[2]))
+    one_head = attention.QKHead(W_Q[2], W_K[2], 1.5, b_Q[2])
+    assert torch.allclose(batched[1, 2], attention.attention_scores(xs[1], xs[1], one_head))
 
 
 def test_head_scale_follows_the_config(organism):
@@ -48,7 +52,8 @@ def test_head_scale_follows_the_config(organism):
 def test_attention_scores_match_the_model(organism):
     # The model's own attention logits on a two-token prompt whose inputs are the head inputs.
     layer, head = 1, 0
-    x = vocab_input.head_input(organism, layer, prompts.reference_prompts(organism, 0, n_prompts=16), use_cache=False)
+    reference = prompts.reference_prompts(organism, 0, n_prompts=16)
+    x = vocab_input.head_input(organism, layer, reference, settings=vocab_input.InputSettings(use_cache=False))
     ids = torch.tensor([[7, 9]])
     stored = {}
     with torch.no_grad():
@@ -56,9 +61,7 @@ def test_attention_scores_match_the_model(organism):
             ids, stop_at_layer=layer + 1,
             fwd_hooks=[(get_act_name("normalized", layer, "ln1"), lambda act, hook: x[ids]),
                        (get_act_name("attn_scores", layer), lambda act, hook: stored.setdefault("s", act))])
-    W_Q, W_K, b_Q, b_K = attention.head_weights(organism, layer, head, include_bias=True)
-    scale = attention.head_scale(organism.cfg, layer)
-    got = attention.attention_scores(x[ids[0]], x[ids[0]], W_Q, W_K, scale, b_Q, b_K)
+    got = attention.attention_scores(x[ids[0]], x[ids[0]], attention.qk_head(organism, layer, head, bias=True))
     assert torch.allclose(got[1], stored["s"][0, head, 1], atol=1e-4)
 
 
@@ -85,7 +88,7 @@ def test_attention_from_residual_hand_built():
     # one head, d_model = d_head = 1: score(q, k) = x_q * x_k / scale
     x = torch.tensor([[[1.0], [0.0], [2.0]]])  # (B=1, T=3, C=1)
     one, zero = torch.ones(1, 1, 1), torch.zeros(1, 1)
-    pattern = attention.attention_from_residual(x, one, zero, one, zero, scale=1.0)[0, 0]
+    pattern = attention.attention_from_residual(x, attention.QKHead(one, one, 1.0, zero, zero))[0, 0]
     row2 = torch.tensor([2.0, 0.0, 4.0]).softmax(-1)  # x_2 * (1, 0, 2)
     assert torch.allclose(pattern[2], row2) and torch.allclose(pattern[1], torch.tensor([0.5, 0.5, 0.0]))
     assert pattern[0, 0] == 1.0
@@ -161,7 +164,7 @@ def test_manual_matches_both_libraries_on_a_random_gpt2_shaped_model(random_gpt2
 
 
 def test_unsupported_architectures_are_clear_errors(organism):
-    with pytest.raises(UsageError, match="LayerNorm is 'LNPre'"):
+    with pytest.raises(attention.GPT2Incompatible, match="LayerNorm is 'LNPre'"):
         attention.hf_gpt2_from_tl(organism)  # processed: LN weights folded away
     rotary = load_model("organism", processing=WeightProcessing.none())
     rotary.cfg.positional_embedding_type = "rotary"

@@ -9,6 +9,7 @@ import torch
 from transformer_lens import FactoredMatrix
 
 from analysis import circuits
+from analysis.attention import QKHead
 from analysis.errors import UsageError
 from analysis.scan import ScanSettings, scan_heads, top_heads
 from conftest import run_main
@@ -101,7 +102,7 @@ def test_token_qk_subtracts_the_bos_score():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(6, 8, generator=g)
     W_Q, W_K, b_Q, b_K = (torch.randn(*s, generator=g) for s in ((8, 4), (8, 4), (4,), (4,)))
-    qk = circuits.token_qk(x, x, x[0], W_Q, W_K, b_Q, b_K, scale=2.0).AB
+    qk = circuits.token_qk(x, x, x[0], QKHead(W_Q, W_K, 2.0, b_Q, b_K)).AB
     raw = (x @ W_Q + b_Q) @ (x @ W_K + b_K).T / 2
     assert torch.allclose(qk, raw - raw[:, :1], atol=1e-5)
     assert torch.allclose(qk[:, 0], torch.zeros(6))
@@ -112,14 +113,14 @@ def test_key_pivoted_table_hand_built():
     qk = FactoredMatrix(torch.eye(4), torch.tensor([[0.0, 2, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 5, 0]]))
     ov = FactoredMatrix(torch.eye(4), 4 * torch.eye(4))  # row k: 4 at o = k, mean 1 -> OVc max 3
     p = torch.full((4,), 0.25)
-    table = circuits.key_pivoted_table(qk, ov, p, n_keys=2, n_queries=1, n_outputs=1, chunk_size=2)
+    table = circuits.key_pivoted_table(qk, ov, p, circuits.TableSize(n_keys=2, n_queries=1, n_outputs=1), chunk_size=2)
     w = 0.25**0.1
     assert table["key_ids"].tolist() == [2, 1]
     assert torch.allclose(table["key_scores"], torch.tensor([5 * 3 * w, 2 * 3 * w]))
     assert table["query_ids"][:, 0].tolist() == [3, 0] and table["output_ids"][:, 0].tolist() == [2, 1]
     # a token that never occurs (p = 0) cannot be a key
     p0 = torch.tensor([0.5, 0.5, 0.0, 0.0])
-    assert circuits.key_pivoted_table(qk, ov, p0, n_keys=1, n_queries=1, n_outputs=1)["key_ids"].tolist() == [1]
+    assert circuits.key_pivoted_table(qk, ov, p0, circuits.TableSize(1, 1, 1))["key_ids"].tolist() == [1]
 
 
 def test_token_probabilities_from_a_frequency_table():

@@ -6,9 +6,8 @@ import re
 import numpy as np
 import pytest
 import torch
-from transformer_lens import FactoredMatrix
-
 from analysis import clustering, records
+from analysis.attention import QKHead
 from conftest import run_main
 
 
@@ -18,15 +17,15 @@ def test_top_k_edges_exact():
                       [5.0, 0.0, 4.0, 1.0],
                       [0.0, 2.0, 7.0, 8.0],
                       [1.0, 6.0, 2.0, 3.0]])
-    W = FactoredMatrix(M, torch.eye(4))
-    source, target, score = clustering.top_k_edges(torch.eye(4), W, scale=1.0, k=2, chunk_size=3)
+    W = QKHead(M, torch.eye(4), 1.0)  # W_Q W_K^T = M
+    source, target, score = clustering.top_k_edges(torch.eye(4), W, k=2, chunk_size=3)
     assert source.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
     assert target.tolist() == [2, 3, 0, 2, 3, 1, 1, 2]  # self-loops dropped: row 0 skips its 9
     assert score.tolist() == [3.0, 2.0, 5.0, 4.0, 8.0, 2.0, 6.0, 2.0]
-    _, target, _ = clustering.top_k_edges(torch.eye(4), W, scale=1.0, k=1, keep_self=True)
+    _, target, _ = clustering.top_k_edges(torch.eye(4), W, k=1, keep_self=True)
     assert target.tolist() == [0, 0, 3, 1]
     with pytest.raises(ValueError):
-        clustering.top_k_edges(torch.eye(4), W, scale=1.0, k=4)
+        clustering.top_k_edges(torch.eye(4), W, k=4)
 
 
 def test_study_edges_exact():
@@ -35,13 +34,13 @@ def test_study_edges_exact():
                       [5.0, 0.0, 4.0, 1.0],
                       [0.0, 2.0, 7.0, 8.0],
                       [1.0, 6.0, 2.0, 3.0]])
-    source, target, weight = clustering.study_edges(torch.eye(4), M, torch.eye(4), k=2)
+    source, target, weight = clustering.study_edges(torch.eye(4), QKHead(M, torch.eye(4), 2.0), k=2)  # unscaled
     # key row i is M[:, i], shifted by min/(max - min); the top 2 (>= the row's linear median) kept, self-loops in
     assert list(zip(source.tolist(), target.tolist())) == [(0, 0), (0, 1), (1, 2), (1, 3), (2, 1), (2, 2),
                                                           (3, 2), (3, 3)]
     assert torch.allclose(weight, torch.tensor([9.0, 5.0, 2.0, 6.0, 3.6, 6.6, 8 - 1 / 7, 3 - 1 / 7]))
     # only positive shifted scores become edges: with every score far below zero, no edges at all
-    assert len(clustering.study_edges(torch.eye(4), M - 20, torch.eye(4), k=2)[0]) == 0
+    assert len(clustering.study_edges(torch.eye(4), QKHead(M - 20, torch.eye(4), 1.0), k=2)[0]) == 0
 
 
 def test_minmax_exact():
@@ -113,7 +112,7 @@ def test_head_partitions_agreement_and_record_on_two_groups():
     g = torch.Generator().manual_seed(0)
     x = torch.cat([torch.zeros(1, 2), torch.tensor([[1.0, 0.0]] * 3 + [[0.0, 1.0]] * 3)]) + 0.01 * torch.randn(
         7, 2, generator=g)
-    parts = clustering.head_partitions(x, torch.eye(2), torch.eye(2), 1.0, k=2)
+    parts = clustering.head_partitions(x, QKHead(torch.eye(2), torch.eye(2), 1.0), clustering.GraphSettings(k=2))
     assert len(parts["ours"]["membership"]) == 6 and len(parts["study"]["membership"]) == 7
     category_of = np.array([0, 0, 0, 1, 1, -1])  # the last token has no category
     stats = clustering.partition_agreement(parts, category_of)

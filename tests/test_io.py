@@ -10,9 +10,8 @@ from analysis import io
 
 
 def test_results_carry_provenance(tmp_path):
-    path = io.save_results(tmp_path, "organism", "demo", {"x": torch.tensor([1.5, 2.5])},
-                           model_info={"name": "organism", "weight_processing": {"fold_ln": True}},
-                           arguments={"seed": 3, "out": tmp_path}, seed=3)
+    made = io.Provenance({"name": "organism", "weight_processing": {"fold_ln": True}}, {"seed": 3, "out": tmp_path}, 3)
+    path = io.save_results(tmp_path, "organism", "demo", {"x": torch.tensor([1.5, 2.5])}, made)
     data = json.loads(path.read_text())
     assert path == tmp_path / "results" / "organism" / "demo.json"
     assert data["results"] == {"x": [1.5, 2.5]}

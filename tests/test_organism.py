@@ -24,8 +24,8 @@ def test_semantic_head_reads_through_mlp0(organism, truth):
     output alone as block 0's output keeps the head working better, prompt by prompt, than everything else without
     MLP0 (MLP0 zero-ablated). A head that read the words from the embeddings directly would fail both."""
     layer, head = truth["planted_heads"]["semantic"]
-    tokens, mask = prompts.category_probe(organism, truth["categories"], 16, 32, seed=0)
-    study = ablation.ablation_study(organism, tokens, mask, layer, head)  # {mode: {condition: S per prompt}}
+    probe = prompts.category_probe(organism, truth["categories"], 16, 32, seed=0)
+    study = ablation.ablation_study(organism, probe, layer, head)  # {mode: {condition: S per prompt}}
     mean, zero = study["mean"], study["zero"]
     assert float(mean["baseline"].median()) < 0.1
     worst_other = max(float(mean[c].max()) for c in ablation.COMPONENTS if c != "mlp_0")

@@ -28,7 +28,7 @@ def demo_main(tag: str, pause: float = 0.0):
         for name in FILES[1:]:
             io.write_output(args.out / name, f"{name} {tag}\n")
             time.sleep(pause)
-        io.save_results(args.out, args.model, "demo", {"tag": tag}, model_info=None, arguments={}, seed=args.seed)
+        io.save_results(args.out, args.model, "demo", {"tag": tag}, io.Provenance(None, {}, args.seed))
     return main
 
 

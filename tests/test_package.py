@@ -112,3 +112,38 @@ def test_contributing_lists_what_each_module_imports():
         listed = {t.strip() for t in rows[name].split(",")} - {"—", ""}
         assert actual == listed, f"{name}: imports {sorted(actual)}, CONTRIBUTING.md lists {sorted(listed)}"
         assert all(order.index(t) < order.index(name) for t in actual), f"{name} imports a module below it"
+
+
+MAX_PARAMETERS = 6  # more travel together as a value or a settings dataclass (issue 17)
+
+
+def parameter_count(function: ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda) -> int:
+    """Positional, keyword-only, *args and **kwargs parameters; a method's self or cls is not counted."""
+    a = function.args
+    positional = a.posonlyargs + a.args
+    count = len(positional) + len(a.kwonlyargs) + (a.vararg is not None) + (a.kwarg is not None)
+    return count - (1 if positional and positional[0].arg in ("self", "cls") else 0)
+
+
+def long_signatures(tree: ast.AST) -> list[tuple[str, int]]:
+    """(name, parameter count) of every function (and lambda) in `tree` with more than MAX_PARAMETERS."""
+    return [(getattr(node, "name", "lambda"), parameter_count(node)) for node in ast.walk(tree)
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+            and parameter_count(node) > MAX_PARAMETERS]
+
+
+def test_the_parameter_count_sees_every_kind_of_parameter():
+    tree = ast.parse("def f(a, /, b, *c, d, e=1, **f): pass\n"
+                     "class A:\n    def m(self, a, b, c, d, e, f): pass\n"
+                     "g = lambda a, b, c, d, e, f, h: 0\n")
+    counts = {node.name if hasattr(node, "name") else "lambda": parameter_count(node) for node in ast.walk(tree)
+              if isinstance(node, (ast.FunctionDef, ast.Lambda))}
+    assert counts == {"f": 6, "m": 6, "lambda": 7}
+    assert long_signatures(tree) == [("lambda", 7)]
+
+
+def test_no_function_of_the_package_takes_more_than_six_parameters():
+    """A dataclass's generated __init__ is not in the source: settings objects may have as many fields as they need."""
+    found = {f"{path.relative_to(REPO)}: {name} ({count})" for path in PACKAGE.rglob("*.py")
+             for name, count in long_signatures(ast.parse(path.read_text()))}
+    assert not found, "functions with more than 6 parameters: " + ", ".join(sorted(found))

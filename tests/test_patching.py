@@ -40,7 +40,7 @@ def test_patching_recovers_the_answer_through_the_induction_heads(organism):
     clean = organism.to_tokens("The old man saw a box on the hill. The old man saw a")
     corrupted = organism.to_tokens("The old man saw a tree on the hill. The old man saw a")
     answer, wrong = torch.tensor([organism.to_single_token(" box")]), torch.tensor([organism.to_single_token(" tree")])
-    out = patching.head_patching(organism, clean, corrupted, answer, wrong)
+    out = patching.head_patching(organism, patching.TokenPair(clean, corrupted, answer, wrong))
     assert out["clean_logit_diff"] > 1 and out["corrupted_logit_diff"] < -1
     scan = scan_heads(organism, ScanSettings(n_random=4, n_repeated=4, repeat_lengths=(50,)), seed=2, categories=None)
     induction = {h[:2] for h in top_heads(scan.induction[50], 2)}
@@ -62,7 +62,7 @@ def test_batched_patching_equals_one_pass_per_head(organism, batch_size):
     corrupted = torch.cat([organism.to_tokens(t) for t, _ in corrupted_texts])
     answer = torch.tensor([organism.to_single_token(a) for _, a in texts])
     wrong = torch.tensor([organism.to_single_token(w) for _, w in corrupted_texts])
-    out = patching.head_patching(organism, clean, corrupted, answer, wrong, batch_size=batch_size)
+    out = patching.head_patching(organism, patching.TokenPair(clean, corrupted, answer, wrong), batch_size=batch_size)
 
     _, clean_cache = organism.run_with_cache(clean, names_filter=lambda n: n.endswith("hook_z"))
     metric = lambda logits: patching.recovered_fraction(  # noqa: E731
@@ -85,7 +85,7 @@ def test_default_task_is_what_the_model_does(organism):
 def test_patching_needs_prompts_of_one_length(organism):
     a, b = organism.to_tokens(" red blue"), organism.to_tokens(" red blue green")
     with pytest.raises(UsageError, match="same number of tokens"):
-        patching.head_patching(organism, a, b, torch.tensor([2]), torch.tensor([3]))
+        patching.head_patching(organism, patching.TokenPair(a, b, torch.tensor([2]), torch.tensor([3])))
 
 
 @pytest.mark.e2e

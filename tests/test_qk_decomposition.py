@@ -5,13 +5,13 @@ import math
 
 import pytest
 import torch
-from transformer_lens import FactoredMatrix
 
 from analysis import prompts
 from analysis import qk_decomposition as qk
 from analysis import qk_edits
 from analysis import self_suppression as ss
-from analysis.attention import attention_scores, head_scale, head_weights
+from analysis.attention import (QKHead, attention_scores, head_scale, pad_bias, qk_head,
+                                self_attention_scores)
 from analysis.heads import target_head
 from analysis.patterns import head_pattern
 from analysis.token_maps import token_inputs
@@ -27,13 +27,18 @@ def random_factors(d_model=12, d_head=3, seed=0):
     return torch.randn(d_model, d_head, generator=g), torch.randn(d_model, d_head, generator=g)
 
 
+def random_head(d_model=12, d_head=3, seed=0, scale=1.0):
+    return QKHead(*random_factors(d_model, d_head, seed), scale)
+
+
 def test_parts_are_the_symmetric_and_skew_halves():
-    W_Q, W_K = random_factors()
+    head = random_head()
+    W_Q, W_K = head.W_Q, head.W_K
     W = W_Q @ W_K.T
-    assert torch.allclose(qk.qk_matrix(W_Q, W_K).AB, W)
-    assert torch.allclose(qk.symmetric_part(W_Q, W_K).AB, (W + W.T) / 2, atol=1e-6)
-    assert torch.allclose(qk.skew_part(W_Q, W_K).AB, (W - W.T) / 2, atol=1e-6)
-    norms = qk.relative_norms(W_Q, W_K)
+    assert torch.allclose(head.W.AB, W)
+    assert torch.allclose(qk.symmetric_part(head).AB, (W + W.T) / 2, atol=1e-6)
+    assert torch.allclose(qk.skew_part(head).AB, (W - W.T) / 2, atol=1e-6)
+    norms = qk.relative_norms(head)
     assert math.isclose(norms["W"] ** 2, norms["sym"] ** 2 + norms["skew"] ** 2, rel_tol=1e-5)
     assert math.isclose(norms["sym"], float(((W + W.T) / 2).norm()), rel_tol=1e-5)
 
@@ -41,7 +46,7 @@ def test_parts_are_the_symmetric_and_skew_halves():
 def test_spectrum_of_a_hand_built_head():
     # W = e1 e2^T: W_sym = (e1 e2^T + e2 e1^T) / 2 has eigenvalues -1/2 (e1 - e2) and +1/2 (e1 + e2)
     e = torch.eye(3)
-    spectrum = qk.symmetric_spectrum(e[:, :1], e[:, 1:2])
+    spectrum = qk.symmetric_spectrum(QKHead(e[:, :1], e[:, 1:2], 1.0))
     assert torch.allclose(spectrum.values, torch.tensor([-0.5, 0.5]))
     v = spectrum.vectors[:, 0] * torch.sign(spectrum.vectors[0, 0])
     assert torch.allclose(v, torch.tensor([1.0, -1.0, 0.0]) / math.sqrt(2), atol=1e-6)
@@ -57,7 +62,7 @@ def test_rank_deficient_head_counts_numerical_zeros_as_zero():
     A, B = torch.randn(16, 2, generator=g), torch.randn(16, 2, generator=g)
     W_Q, W_K = torch.cat([A, B], 1), torch.cat([A, -B], 1)
     assert torch.linalg.matrix_rank(torch.cat([W_Q, W_K], 1)) == 4 < 2 * W_Q.shape[1]
-    values = qk.symmetric_spectrum(W_Q, W_K).values
+    values = qk.symmetric_spectrum(QKHead(W_Q, W_K, 1.0)).values
     dense = torch.linalg.eigvalsh((A @ A.T - B @ B.T).double())
     assert (dense < -1e-6).sum() == 2 and (dense > 1e-6).sum() == 2
     assert (values < 0).sum() > 2  # the numerical zeros come out with either sign: a bare `< 0` overcounts
@@ -70,9 +75,9 @@ def test_rank_deficient_head_counts_numerical_zeros_as_zero():
 
 
 def test_spectrum_is_complete_and_matches_dense_and_transformer_lens():
-    W_Q, W_K = random_factors(d_model=16, d_head=4)
-    spectrum = qk.symmetric_spectrum(W_Q, W_K)
-    sym = qk.symmetric_part(W_Q, W_K)
+    head = random_head(d_model=16, d_head=4)
+    spectrum = qk.symmetric_spectrum(head)
+    sym = qk.symmetric_part(head)
     assert spectrum.values.shape == (8,)  # all 2 d_head eigenpairs, not a truncation
     dense = torch.linalg.eigvalsh(sym.AB.double())
     nonzero = dense[dense.abs() > 1e-6].float()
@@ -87,44 +92,48 @@ def test_spectrum_is_complete_and_matches_dense_and_transformer_lens():
 
 
 def test_skew_part_cannot_change_self_scores():
-    W_Q, W_K = random_factors()
-    x = torch.randn(20, 12)
-    W, sym, skew = qk.qk_matrix(W_Q, W_K), qk.symmetric_part(W_Q, W_K), qk.skew_part(W_Q, W_K)
     scale = math.sqrt(3)
-    assert torch.allclose(qk.self_scores(x, W, scale), ((x @ W.AB) * x).sum(-1) / scale, atol=1e-5)  # dense
-    assert torch.allclose(qk.self_scores(x, W, scale), qk.self_scores(x, sym, scale), atol=1e-5)
-    assert qk.self_scores(x, skew, scale).abs().max() < 1e-5
-    assert torch.allclose(qk.self_scores(x, W, scale), qk.token_scores(x, W, x, scale).diagonal(), atol=1e-5)
-    positive, negative = qk.self_score_parts(x, qk.symmetric_spectrum(W_Q, W_K), scale)
+    head = random_head(scale=scale)
+    x = torch.randn(20, 12)
+    W, sym, skew = head.W, qk.symmetric_part(head), qk.skew_part(head)
+    as_head = lambda part: head.with_factors(part.A, part.B.T)  # noqa: E731  (a part W = A B as factors A, B^T)
+    self_scores = self_attention_scores(x, head)
+    assert torch.allclose(self_scores, ((x @ W.AB) * x).sum(-1) / scale, atol=1e-5)  # dense
+    assert torch.allclose(self_scores, self_attention_scores(x, as_head(sym)), atol=1e-5)
+    assert self_attention_scores(x, as_head(skew)).abs().max() < 1e-5
+    assert torch.allclose(self_scores, attention_scores(x, x, head).diagonal(), atol=1e-5)
+    positive, negative = qk.self_score_parts(x, qk.symmetric_spectrum(head), scale)
     assert (positive >= 0).all() and (negative <= 0).all()
-    assert torch.allclose(positive + negative, qk.self_scores(x, W, scale), atol=1e-4)
+    assert torch.allclose(positive + negative, self_scores, atol=1e-4)
 
 
 def test_biases_fold_into_the_input():
     W_Q, W_K = random_factors()
     b_Q, b_K = torch.randn(3), torch.randn(3)
     xq, xk = torch.randn(5, 12), torch.randn(7, 12)
-    aug = qk.qk_matrix(*qk.with_bias(W_Q, W_K, b_Q, b_K))
+    folded = qk.with_bias(QKHead(W_Q, W_K, 2.0, b_Q, b_K))
+    assert folded.b_Q is None and folded.b_K is None and folded.scale == 2.0
     by_hand = (xq @ W_Q + b_Q) @ (xk @ W_K + b_K).T / 2.0
-    assert torch.allclose(qk.token_scores(qk.append_one(xq), aug, qk.append_one(xk), 2.0), by_hand, atol=1e-4)
+    assert torch.allclose(attention_scores(qk.append_one(xq), qk.append_one(xk), folded), by_hand, atol=1e-4)
 
 
 def test_score_blocks_are_the_token_scores_in_chunks():
-    W_Q, W_K = random_factors()
+    head = random_head()
     xq, xk = torch.randn(7, 12), torch.randn(5, 12)
-    W = qk.symmetric_part(W_Q, W_K)  # inner dimension 2 d_head
-    blocks = torch.cat([block for _, block in qk.score_blocks(xq, W, xk, 2.0, chunk_size=3)])
+    W = qk.symmetric_part(head)  # inner dimension 2 d_head
+    blocks = torch.cat([block for _, block in qk.score_blocks(xq, xk, QKHead(W.A, W.B.T, 2.0), chunk_size=3)])
     assert torch.allclose(blocks, xq @ W.AB @ xk.T / 2.0, atol=1e-4)
 
 
 def test_widened_edited_factors_keep_the_models_scale(organism, truth):
     """Edited factors have d_head + k columns; their scores must still divide by the model's sqrt(d_head)."""
     layer, head = truth["planted_heads"]["semantic"]
-    W_Q, W_K, b_Q, b_K = head_weights(organism, layer, head, include_bias=True)
-    spectrum = qk.symmetric_spectrum(W_Q, W_K)
+    weights = qk_head(organism, layer, head, bias=True)
+    W_Q, W_K, b_Q, b_K = weights.W_Q, weights.W_K, weights.b_Q, weights.b_K
+    spectrum = qk.symmetric_spectrum(weights)
     negative = qk.most_negative(spectrum.values)
     scale = head_scale(organism.cfg, layer)
-    assert scale == math.sqrt(organism.cfg.d_head)
+    assert scale == weights.scale == math.sqrt(organism.cfg.d_head)
     tokens = prompts.reference_prompts(organism, seed=5, n_prompts=2, n_words=12)
     name = f"blocks.{layer}.ln1.hook_normalized"
     with torch.no_grad():
@@ -135,22 +144,25 @@ def test_widened_edited_factors_keep_the_models_scale(organism, truth):
     causal = torch.ones(own.shape[-2:], dtype=torch.bool).tril()
 
     # factor 1: widened factors of the unedited W must give the model's own scores
-    A, B = qk.edited_factors(W_Q, W_K, spectrum, negative, 1.0)
+    edited = qk.edited_head(weights, spectrum, negative, 1.0)
+    A, B = edited.W_Q, edited.W_K
     width = A.shape[1]
     assert width == organism.cfg.d_head + len(negative) > organism.cfg.d_head
-    b_A, b_B = qk.pad_bias(b_Q, width), qk.pad_bias(b_K, width)
-    wide = attention_scores(x, x, A, B, scale, b_A, b_B)
+    assert edited.scale == scale and torch.equal(edited.b_Q, pad_bias(b_Q, width))  # the head's scale, padded biases
+    b_A, b_B = pad_bias(b_Q, width), pad_bias(b_K, width)
+    wide = attention_scores(x, x, edited)
     assert torch.allclose(wide[:, causal], own[:, causal], atol=1e-4)
-    assert not torch.allclose(attention_scores(x, x, A, B, math.sqrt(width), b_A, b_B)[:, causal], own[:, causal],
-                              atol=1e-2)  # a scale read off the factors' width would be wrong
+    scaled_by_width = QKHead(A, B, math.sqrt(width), b_A, b_B)  # a scale read off the factors' width would be wrong
+    assert not torch.allclose(attention_scores(x, x, scaled_by_width)[:, causal], own[:, causal], atol=1e-2)
     # factor -1: W' = A B^T by hand, d_model x d_model; the padded biases act through W_Q, W_K's columns only
-    A, B = qk.edited_factors(W_Q, W_K, spectrum, negative, -1.0)
+    edited = qk.edited_head(weights, spectrum, negative, -1.0)
+    A, B = edited.W_Q, edited.W_K
     by_hand = (x @ (A @ B.T) @ x.transpose(-1, -2) + (x @ W_K @ b_Q)[:, None, :] + (x @ W_Q @ b_K)[:, :, None]
                + b_Q @ b_K) / math.sqrt(organism.cfg.d_head)
-    got = attention_scores(x, x, A, B, scale, qk.pad_bias(b_Q, A.shape[1]), qk.pad_bias(b_K, A.shape[1]))
+    got = attention_scores(x, x, edited)
     assert torch.allclose(got, by_hand, atol=1e-3) and not torch.allclose(got, wide, atol=1e-2)
-    assert torch.allclose(qk.token_scores(x[0], FactoredMatrix(A, B.T), x[0], scale),
-                          x[0] @ (A @ B.T) @ x[0].T / scale, atol=1e-3)
+    assert torch.allclose(attention_scores(x[0], x[0], edited.without_bias()), x[0] @ (A @ B.T) @ x[0].T / scale,
+                          atol=1e-3)
 
 
 def test_self_ranks_and_rank_metrics_exact():
@@ -158,8 +170,7 @@ def test_self_ranks_and_rank_metrics_exact():
     M = torch.tensor([[1.0, 2.0, 3.0],   # self 1: beaten by 2 and 3 -> rank 3
                       [0.0, 5.0, 1.0],   # rank 1
                       [4.0, 9.0, 4.0]])  # beaten by 9 only (ties do not count) -> rank 2
-    W = FactoredMatrix(M, torch.eye(3))
-    ranks = qk.self_ranks(torch.eye(3), W, chunk_size=2)
+    ranks = qk.self_ranks(torch.eye(3), QKHead(M, torch.eye(3), 1.0), chunk_size=2)
     assert ranks.tolist() == [3, 1, 2]
     metrics = qk.rank_metrics(ranks, at=(1, 2))
     assert metrics["mean_rank"] == 2.0
@@ -168,23 +179,22 @@ def test_self_ranks_and_rank_metrics_exact():
 
 
 def test_eigenvalue_edits():
-    W_Q, W_K = random_factors(d_model=10, d_head=3)
-    spectrum = qk.symmetric_spectrum(W_Q, W_K)
+    head = random_head(d_model=10, d_head=3)
+    W_Q, W_K = head.W_Q, head.W_K
+    spectrum = qk.symmetric_spectrum(head)
     negative = qk.most_negative(spectrum.values)
     assert (spectrum.values[negative] < 0).all()
     assert spectrum.values[negative].tolist() == sorted(spectrum.values[negative].tolist())  # most negative first
-    A, B = qk.edited_factors(W_Q, W_K, spectrum, negative, 1.0)
-    assert torch.allclose(A @ B.T, W_Q @ W_K.T, atol=1e-6)  # factor 1: nothing changes
-    A, B = qk.edited_factors(W_Q, W_K, spectrum, negative[:1], -2.0)
-    edited = A @ B.T
+    assert torch.allclose(qk.edited_head(head, spectrum, negative, 1.0).W.AB, W_Q @ W_K.T, atol=1e-6)  # factor 1
+    edited = qk.edited_head(head, spectrum, negative[:1], -2.0).W.AB
     W = W_Q @ W_K.T
     assert torch.allclose((edited - edited.T) / 2, (W - W.T) / 2, atol=1e-5)  # skew part kept
     expected = spectrum.values.clone()
     expected[negative[0]] *= -2
     got = torch.linalg.eigvalsh(((edited + edited.T) / 2).double()).float()
     assert torch.allclose(got[got.abs() > 1e-5].sort().values, expected.sort().values, atol=1e-4)
-    assert qk.pad_bias(torch.tensor([1.0, 2.0]), 4).tolist() == [1.0, 2.0, 0.0, 0.0]
-    assert qk.pad_bias(torch.tensor([1.0, 2.0]), 2).tolist() == [1.0, 2.0] and qk.pad_bias(None, 3) is None
+    assert pad_bias(torch.tensor([1.0, 2.0]), 4).tolist() == [1.0, 2.0, 0.0, 0.0]
+    assert pad_bias(torch.tensor([1.0, 2.0]), 2).tolist() == [1.0, 2.0] and pad_bias(None, 3) is None
 
 
 def test_self_suppressing_components_rank_by_contribution():
@@ -206,36 +216,36 @@ def test_edit_effect_exact():
 
 
 def test_edited_heads_in_context_matches_one_head_at_a_time(organism):
-    tokens, mask = prompts.category_probe(organism, prompts.ALL_CATEGORIES, 8, 32, seed=5)
+    probe = prompts.category_probe(organism, prompts.ALL_CATEGORIES, 8, 32, seed=5)
     edits = {}
     for h in (0, 2):
-        W_Q, W_K, _, _ = head_weights(organism, 1, h)
-        spectrum = qk.symmetric_spectrum(W_Q, W_K)
-        edits[(1, h)] = qk.edited_factors(W_Q, W_K, spectrum, qk.most_negative(spectrum.values), -1.0)
-    together = qk_edits.edited_heads_in_context(organism, tokens, mask, edits)
-    for (l, h), factors in edits.items():
-        _, _, b_Q, b_K = head_weights(organism, l, h, include_bias=True)
-        hooks = qk_edits.qk_override_hooks(organism, l, h, *factors, b_Q, b_K)
-        alone = qk_edits.in_context_scores(organism, tokens, mask, l, h, hooks)
+        weights = qk_head(organism, 1, h, bias=True)
+        spectrum = qk.symmetric_spectrum(weights)
+        edits[(1, h)] = qk.edited_head(weights, spectrum, qk.most_negative(spectrum.values), -1.0)
+    together = qk_edits.edited_heads_in_context(organism, probe, edits)
+    for (l, h), edited in edits.items():
+        hooks = qk_edits.qk_override_hooks(organism, l, h, edited)
+        alone = qk_edits.in_context_scores(organism, probe, l, h, hooks)
         assert together[(l, h)] == pytest.approx(alone, abs=1e-5, nan_ok=True)
 
 
 def test_override_hooks_reproduce_the_model_and_recompute_scores(organism):
     tokens = prompts.reference_prompts(organism, seed=3, n_prompts=4, n_words=20)
-    W_Q, W_K, b_Q, b_K = head_weights(organism, 1, 2, include_bias=True)
-    clean = head_pattern(organism, tokens, 1, 2)
-    same = head_pattern(organism, tokens, 1, 2, qk_edits.qk_override_hooks(organism, 1, 2, W_Q, W_K, b_Q, b_K))
+    weights = qk_head(organism, 1, 2, bias=True)
+    clean = head_pattern(organism, tokens, (1, 2))
+    same = head_pattern(organism, tokens, (1, 2), qk_edits.qk_override_hooks(organism, 1, 2, weights))
     assert torch.allclose(clean, same, atol=1e-5)
-    spectrum = qk.symmetric_spectrum(W_Q, W_K)  # wider factors of the same W, biases padded inside the hooks
-    A, B = qk.edited_factors(W_Q, W_K, spectrum, qk.most_negative(spectrum.values), 1.0)
-    wide = head_pattern(organism, tokens, 1, 2, qk_edits.qk_override_hooks(organism, 1, 2, A, B, b_Q, b_K))
-    assert A.shape[1] > W_Q.shape[1] and torch.allclose(clean, wide, atol=1e-5)
-    zero = torch.zeros_like(W_Q)  # every score 0: uniform over the causal keys, A[q, k] = 1 / (q + 1)
-    uniform = head_pattern(organism, tokens, 1, 2, qk_edits.qk_override_hooks(organism, 1, 2, zero, zero))
+    spectrum = qk.symmetric_spectrum(weights)  # wider factors of the same W, biases padded by the edit
+    wide_head = qk.edited_head(weights, spectrum, qk.most_negative(spectrum.values), 1.0)
+    wide = head_pattern(organism, tokens, (1, 2), qk_edits.qk_override_hooks(organism, 1, 2, wide_head))
+    assert wide_head.W_Q.shape[1] > weights.W_Q.shape[1] and torch.allclose(clean, wide, atol=1e-5)
+    zero = torch.zeros_like(weights.W_Q)  # every score 0: uniform over the causal keys, A[q, k] = 1 / (q + 1)
+    uniform_head = QKHead(zero, zero, weights.scale)
+    uniform = head_pattern(organism, tokens, (1, 2), qk_edits.qk_override_hooks(organism, 1, 2, uniform_head))
     expected = torch.ones(21, 21).tril() / torch.arange(1, 22)[:, None]
     assert torch.allclose(uniform, expected.expand_as(uniform), atol=1e-6)
-    other_head = head_pattern(organism, tokens, 1, 0, qk_edits.qk_override_hooks(organism, 1, 2, zero, zero))
-    assert torch.allclose(other_head, head_pattern(organism, tokens, 1, 0))  # only the target head changes
+    other_head = head_pattern(organism, tokens, (1, 0), qk_edits.qk_override_hooks(organism, 1, 2, uniform_head))
+    assert torch.allclose(other_head, head_pattern(organism, tokens, (1, 0)))  # only the target head changes
 
 
 def test_rank_grid_equals_one_edit_at_a_time(organism, truth):
@@ -244,39 +254,39 @@ def test_rank_grid_equals_one_edit_at_a_time(organism, truth):
     from analysis.token_maps import token_inputs
 
     layer, head = truth["planted_heads"]["semantic"]
-    W_Q, W_K, b_Q, b_K = head_weights(organism, layer, head, include_bias=True)
-    spectrum = qk.symmetric_spectrum(W_Q, W_K)
+    weights = qk_head(organism, layer, head, bias=True)
+    spectrum = qk.symmetric_spectrum(weights)
     E = token_inputs(organism, layer, "mean")
     ks, scales = [1, 8, 32], [1.0, 0.0, -2.0]
-    grid = qk.self_ranks_grid(E, W_Q, W_K, spectrum, ks, scales, chunk_size=7)  # chunks that do not divide n
-    tokens, mask = prompts.category_probe(organism, prompts.ALL_CATEGORIES, 8, 32, seed=4)
-    factors = {(k, s): qk.edited_factors(W_Q, W_K, spectrum, qk.most_negative(spectrum.values, k), s)
-               for k in ks for s in scales}
-    in_context = qk_edits.in_context_grid(organism, tokens, mask, layer, head, factors, b_Q, b_K, batch_size=3)
-    for (k, s), (A, B) in factors.items():
-        assert torch.equal(grid[k, s], qk.self_ranks(E, FactoredMatrix(A, B.T))), (k, s)
-        hooks = qk_edits.qk_override_hooks(organism, layer, head, A, B, b_Q, b_K)
-        expected = qk_edits.in_context_scores(organism, tokens, mask, layer, head, hooks)
+    grid = qk.self_ranks_grid(E, weights, spectrum, qk.RankGrid(ks, scales, chunk_size=7))  # chunks not dividing n
+    probe = prompts.category_probe(organism, prompts.ALL_CATEGORIES, 8, 32, seed=4)
+    edited = {(k, s): qk.edited_head(weights, spectrum, qk.most_negative(spectrum.values, k), s)
+              for k in ks for s in scales}
+    in_context = qk_edits.in_context_edits(organism, probe, layer, edited, batch_size=3)
+    for (k, s), cell in edited.items():
+        assert torch.equal(grid[k, s], qk.self_ranks(E, cell)), (k, s)
+        hooks = qk_edits.qk_override_hooks(organism, layer, head, cell)
+        expected = qk_edits.in_context_scores(organism, probe, layer, head, hooks)
         assert in_context[k, s] == pytest.approx(expected, abs=1e-6), (k, s)
     assert grid[32, -2.0].double().mean() < grid[32, 1.0].double().mean() / 2  # the edits do move the ranks
     assert in_context[32, -2.0]["self_mass"] > 5 * in_context[32, 1.0]["self_mass"]
     with pytest.raises(ValueError, match="more negative eigenvalues"):
-        qk.self_ranks_grid(E, W_Q, W_K, spectrum, [10**4], [1.0])
+        qk.self_ranks_grid(E, weights, spectrum, qk.RankGrid([10**4], [1.0]))
 
 
 def test_semantic_head_needs_negative_eigenvalues_and_flipping_them_restores_self_attention(organism, truth):
     layer, head = target_head(organism, None, None)  # found unaided
     assert [layer, head] == truth["planted_heads"]["semantic"]
-    W_Q, W_K, b_Q, b_K = head_weights(organism, layer, head, include_bias=True)
-    spectrum = qk.symmetric_spectrum(W_Q, W_K)
-    norms = qk.relative_norms(W_Q, W_K)
+    weights = qk_head(organism, layer, head, bias=True)
+    spectrum = qk.symmetric_spectrum(weights)
+    norms = qk.relative_norms(weights)
     assert qk.spectrum_summary(spectrum.values)["n_negative"] > 0
     assert norms["skew"] < norms["sym"]
-    tokens, mask = prompts.category_probe(organism, prompts.ALL_CATEGORIES, 32, 64, seed=21)
-    base = qk_edits.in_context_scores(organism, tokens, mask, layer, head)
-    A, B = qk.edited_factors(W_Q, W_K, spectrum, qk.most_negative(spectrum.values), -1.0)
-    hooks = qk_edits.qk_override_hooks(organism, layer, head, A, B, b_Q, b_K)
-    flipped = qk_edits.in_context_scores(organism, tokens, mask, layer, head, hooks)
+    probe = prompts.category_probe(organism, prompts.ALL_CATEGORIES, 32, 64, seed=21)
+    base = qk_edits.in_context_scores(organism, probe, layer, head)
+    edited = qk.edited_head(weights, spectrum, qk.most_negative(spectrum.values), -1.0)
+    hooks = qk_edits.qk_override_hooks(organism, layer, head, edited)
+    flipped = qk_edits.in_context_scores(organism, probe, layer, head, hooks)
     assert flipped["self_mass"] >= 5 * base["self_mass"]
 
 
@@ -366,27 +376,26 @@ def test_rank_ablation_best_cell_on_controls_agrees_with_the_grid(organism):
     # The cheap path (--control-cells best) and the grid measure the same edit the same way.
     layer, head = 1, 1  # the planted induction head: a control
     E = token_inputs(organism, layer, "mean")
-    tokens, mask = prompts.category_probe(organism, prompts.STUDY_CATEGORIES, 4, 16, seed=0)
-    grid = ss.rank_grid(organism, layer, head, E, tokens, mask, ks=[4], scales=[-1.0], at=[1])
+    probe = prompts.category_probe(organism, prompts.STUDY_CATEGORIES, 4, 16, seed=0)
+    grid = ss.rank_grid(organism, (layer, head), E, probe, qk.RankGrid(ks=[4], scales=[-1.0], at=[1]))
     assert set(grid["cells"]) == {"k=4,scale=-1"}  # scale 1 measured (unedited) but not a cell
     best = grid["cells"]["k=4,scale=-1"]
     from_grid = ss.rank_statistics(grid, best)
-    direct = ss.best_cell_edit(organism, layer, head, best, E, tokens, mask)
+    direct = ss.best_cell_edit(organism, (layer, head), best, E, probe, qk.RankGrid(ks=[4], scales=[-1.0]))
     for key, value in direct.items():
         assert from_grid[key] == pytest.approx(value, abs=1e-4), key
 
 
 def test_eigenvalue_edits_and_statistics_exact():
-    W_Q, W_K = random_factors()
+    head = random_head(scale=2.0)
     x = torch.randn(5, 12, generator=torch.Generator().manual_seed(1))
-    edits = qk_edits.eigenvalue_edits({(0, 1): (W_Q, W_K)}, {(0, 1): x}, [1.0, -1.0], targeted_k=2)
+    edits = qk_edits.eigenvalue_edits({(0, 1): head}, {(0, 1): x}, [1.0, -1.0], targeted_k=2)
     assert list(edits) == ["unedited", "factor 1", "factor -1", "targeted"]
-    A, B = edits["factor 1"][(0, 1)]  # factor 1 gives W back
-    assert torch.allclose(A @ B.T, W_Q @ W_K.T, atol=1e-5)
-    assert edits["targeted"][(0, 1)][0].shape == (12, 3 + 2)  # d_head + the 2 targeted components
-    spectrum = qk.symmetric_spectrum(W_Q, W_K)
-    A, B = edits["factor -1"][(0, 1)]  # every negative eigenvalue flipped
-    flipped = qk.symmetric_spectrum(A, B).values
+    assert torch.allclose(edits["factor 1"][(0, 1)].W.AB, head.W.AB, atol=1e-5)  # factor 1 gives W back
+    assert edits["targeted"][(0, 1)].W_Q.shape == (12, 3 + 2)  # d_head + the 2 targeted components
+    assert all(edit[(0, 1)].scale == 2.0 for edit in edits.values())  # the head's own scale, whatever the width
+    spectrum = qk.symmetric_spectrum(head)
+    flipped = qk.symmetric_spectrum(edits["factor -1"][(0, 1)]).values  # every negative eigenvalue flipped
     assert flipped.min() > -1e-4 and float(flipped.sum()) == pytest.approx(float(spectrum.values.abs().sum()), rel=1e-4)
     change = dict.fromkeys(qk_edits.EDIT_CHANGES, 0.5)
     flat = qk_edits.edit_statistics({(0, 1): {"unedited": change, "targeted": change}})
@@ -394,26 +403,27 @@ def test_eigenvalue_edits_and_statistics_exact():
 
 
 def test_edit_sweep_unedited_changes_nothing(organism):
-    tokens, mask = prompts.category_probe(organism, prompts.STUDY_CATEGORIES, 4, 16, seed=0)
-    heads = {(1, h): head_weights(organism, 1, h)[:2] for h in (0, 3)}
-    sweep = qk_edits.edit_sweep(organism, tokens, mask, {"unedited": heads, "same": heads})
+    probe = prompts.category_probe(organism, prompts.STUDY_CATEGORIES, 4, 16, seed=0)
+    heads = {(1, h): qk_head(organism, 1, h, bias=True) for h in (0, 3)}
+    sweep = qk_edits.edit_sweep(organism, probe, {"unedited": heads, "same": heads})
     assert set(sweep) == {(1, 0), (1, 3)}
     for rows in sweep.values():
         assert rows["same"]["self_mass_change"] == 0 and rows["unedited"]["surprisal_change"] == 0
     assert sweep[(1, 3)]["unedited"]["self_mass"] == pytest.approx(
-        qk_edits.in_context_scores(organism, tokens, mask, 1, 3)["self_mass"], abs=1e-6)
+        qk_edits.in_context_scores(organism, probe, 1, 3)["self_mass"], abs=1e-6)
 
 
 def test_in_context_edits_exact_on_a_uniform_head(organism):
     """Zero factors: every causal key gets 1 / (q + 1), so S = mean over rows of -log(marked keys / (q + 1))."""
-    tokens, mask = prompts.category_probe(organism, prompts.STUDY_CATEGORIES, 4, 16, seed=2)
+    probe = prompts.category_probe(organism, prompts.STUDY_CATEGORIES, 4, 16, seed=2)
+    tokens, mask = probe
     zero = torch.zeros(organism.cfg.d_model, organism.cfg.d_head)
-    W_Q, W_K, b_Q, b_K = head_weights(organism, 1, 3, include_bias=True)
-    got = qk_edits.in_context_edits(organism, tokens, mask, 1, {"zero": (zero, zero, None, None),
-                                                           "own": (W_Q, W_K, b_Q, b_K)}, batch_size=3)
+    weights = qk_head(organism, 1, 3, bias=True)
+    got = qk_edits.in_context_edits(organism, probe, 1, {"zero": QKHead(zero, zero, weights.scale), "own": weights},
+                                    batch_size=3)
     q = torch.arange(tokens.shape[1], dtype=torch.float64)
     marked = (mask.double() * torch.ones(len(q), len(q), dtype=torch.float64).tril()).sum(-1)  # (B, T)
     expected = (-(marked / (q + 1)).log())[:, 1:].mean(-1).mean()  # rows after BOS, then prompts
     assert got["zero"]["surprisal"] == pytest.approx(float(expected), abs=1e-5)
-    own = qk_edits.in_context_scores(organism, tokens, mask, 1, 3)  # the head's own weights: the model's own pattern
+    own = qk_edits.in_context_scores(organism, probe, 1, 3)  # the head's own weights: the model's own pattern
     assert got["own"] == pytest.approx(own, abs=1e-5)

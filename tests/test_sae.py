@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from analysis import records
+from analysis.attention import QKHead
 from analysis.errors import UsageError
 from analysis.organism.files import ORGANISM_SAE_DIR
 from analysis.organism.sae import SAETrainSettings, organism_activations, train_sae
@@ -134,8 +135,8 @@ def test_category_activations_match_dense_means_over_the_seen_tokens(organism):
     tokens, _ = prompts.category_probe(organism, prompts.ALL_CATEGORIES, 6, 24, seed=3)
     category_of = prompts.category_index(organism.tokenizer, prompts.ALL_CATEGORIES, organism.cfg.d_vocab)
     n_categories = len(prompts.ALL_CATEGORIES)
-    by_category, by_token, seen = features.category_activations(organism, sae, tokens, category_of, n_categories,
-                                                            hook, batch_size=4)
+    by_category, by_token, seen = features.category_activations(organism, sae, tokens, prompts.ALL_CATEGORIES, hook,
+                                                                batch_size=4)
     with torch.no_grad():
         _, cache = organism.run_with_cache(tokens, names_filter=hook, stop_at_layer=1)
         acts = sae.encode(cache[hook][:, 1:]).reshape(-1, sae.cfg.d_sae).double()  # (positions, d_sae)
@@ -264,11 +265,11 @@ def test_predicted_features_and_attended_key_agree_with_dense_products():
 def test_head_precision_runs_for_every_head_of_the_layer(organism):
     sae = sources.organism_sae(organism, "blocks.0.hook_resid_post")
     words = [organism.to_single_token(w) for w in (" red", " blue", " green", " yellow", " purple")]
-    tokens, scored = precision.keyword_prompts(words, 8, organism.cfg.d_vocab, organism.tokenizer.bos_token_id, seed=0)
-    per_head = precision.head_precision(organism, sae, 1, tokens, scored, k=8)
+    samples = precision.keyword_prompts(words, 8, organism.cfg.d_vocab, organism.tokenizer.bos_token_id, seed=0)
+    per_head = precision.head_precision(organism, sae, 1, samples, precision.PrecisionSettings(k=8))
     assert per_head.shape == (8, organism.cfg.n_heads)
     assert ((per_head >= 0) & (per_head <= 1)).all()
-    both = precision.precision_with_null(organism, sae, 1, tokens, scored, k=8, n_shuffles=3, seed=0)
+    both = precision.precision_with_null(organism, sae, 1, samples, precision.PrecisionSettings(k=8, n_shuffles=3))
     assert torch.equal(both["precision"], per_head) and both["shuffled"].shape == per_head.shape
     assert ((both["shuffled"] >= 0) & (both["shuffled"] <= 1)).all()
 
@@ -323,7 +324,7 @@ def test_feature_map_and_its_statistics_through_each_layers_layernorm(organism):
     assert set(stats) == {(l, h) for l in range(organism.cfg.n_layers) for h in range(organism.cfg.n_heads)}
     assert stats[(1, 2)]["precision"] == 2.0 and stats[(0, 2)]["precision"] is None
     x0 = organism.blocks[0].ln1(sae.W_dec[chosen][:, None])[:, 0].detach()
-    expected = group_map_statistics(x0, group, organism.W_Q[0, 2].detach(), organism.W_K[0, 2].detach(),
-                                    organism.cfg.attn_scale)
+    expected = group_map_statistics(x0, group, QKHead(organism.W_Q[0, 2].detach(), organism.W_K[0, 2].detach(),
+                                                      organism.cfg.attn_scale))
     assert {k: stats[(0, 2)][k] for k in expected} == pytest.approx(expected, abs=1e-5)
     assert stats[(1, 3)]["self_minus_in_group"] != pytest.approx(stats[(0, 3)]["self_minus_in_group"])

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from analysis import self_suppression as ss
+from analysis.attention import QKHead
 from analysis.controls import compare
-from analysis.qk_decomposition import spectrum_summary, symmetric_spectrum
+from analysis.qk_decomposition import RankGrid, spectrum_summary, symmetric_spectrum
 
 
 def test_partner_margins_and_below_partners_on_a_hand_built_matrix():
@@ -27,7 +28,7 @@ def test_top_k_share_counts_the_most_negative_terms():
     # W = W_Q W_K^T = diag(-3, -1, 2), symmetric: W_sym's non-zero eigenvalues are -3 (e0), -1 (e1), 2 (e2)
     W_Q, W_K = torch.eye(3), torch.diag(torch.tensor([-3.0, -1.0, 2.0]))
     x = torch.ones(1, 3)
-    spectrum = symmetric_spectrum(W_Q, W_K)
+    spectrum = symmetric_spectrum(QKHead(W_Q, W_K, 1.0))
     # negative part of x^T W_sym x = -3 - 1; the most negative component carries 3 of 4
     assert ss.negative_share_top_k(x, spectrum, 1.0, 1) == pytest.approx(0.75, abs=1e-5)
     assert ss.negative_share_top_k(x, spectrum, 1.0, 2) == pytest.approx(1.0, abs=1e-5)
@@ -54,7 +55,7 @@ def test_every_full_rank_head_has_exactly_d_head_negative_eigenvalues():
     generator = torch.Generator().manual_seed(0)
     for _ in range(5):
         W_Q, W_K = torch.randn(32, 6, generator=generator), torch.randn(32, 6, generator=generator)
-        summary = spectrum_summary(symmetric_spectrum(W_Q, W_K).values)
+        summary = spectrum_summary(symmetric_spectrum(QKHead(W_Q, W_K, 1.0)).values)
         assert (summary["n_negative"], summary["n_positive"]) == (6, 6)
 
 
@@ -96,7 +97,7 @@ def test_the_planted_self_suppressing_head_is_flagged_and_ranked_first_the_decoy
     for h in range(2, 8):  # random controls of the same shape
         heads[(0, h)] = tuple(torch.randn(x.shape[1], d_head, generator=generator, dtype=torch.float64)
                               for _ in range(2))
-    stats = {head: ss.head_statistics(x, category, W_Q, W_K, 1.0, seed=0, n_permutations=50, n_gaussian=512)
+    stats = {head: ss.head_statistics(x, category, QKHead(W_Q, W_K, 1.0), seed=0, n_permutations=50, n_gaussian=512)
              for head, (W_Q, W_K) in heads.items()}
 
     # the planted head: self-score -γ below each partner's (β + 1 from m), every word below every partner
@@ -122,7 +123,7 @@ def test_the_gaussian_null_sees_no_token_identity():
     tr(W Σ) / scale, not the -γ the planted head shows on the words themselves; and no word is below every partner."""
     x, category, *_ = _world()
     W_Q, W_K = _head(beta=4.0, gamma=6.0, delta=3.0)
-    stats = ss.head_statistics(x, category, W_Q, W_K, 1.0, seed=0, n_permutations=20, n_gaussian=2048)
+    stats = ss.head_statistics(x, category, QKHead(W_Q, W_K, 1.0), seed=0, n_permutations=20, n_gaussian=2048)
     expected = float(torch.trace(W_Q @ W_K.T @ torch.cov(x.T)))  # 4 * 4 * 0.197 - 6 * 20 * 0.05 = -2.84
     assert stats["gaussian_margin"] == pytest.approx(expected, abs=0.3)
     assert stats["margin"] == pytest.approx(-6.0) and stats["gaussian_margin"] > stats["margin"] + 2
@@ -143,10 +144,11 @@ def test_sampled_self_ranks_are_the_full_ranks_of_those_queries():
 
     g = torch.Generator().manual_seed(0)
     x, W_Q, W_K = torch.randn(300, 16, generator=g), torch.randn(16, 4, generator=g), torch.randn(16, 4, generator=g)
-    spectrum = symmetric_spectrum(W_Q, W_K)
+    head = QKHead(W_Q, W_K, 1.0)
+    spectrum = symmetric_spectrum(head)
     queries = ss.rank_queries(300, 40, seed=1)
-    full = qk.self_ranks_grid(x, W_Q, W_K, spectrum, [1, 3], [1.0, -1.0], chunk_size=64)
-    part = qk.self_ranks_grid(x, W_Q, W_K, spectrum, [1, 3], [1.0, -1.0], chunk_size=7, queries=queries)
+    full = qk.self_ranks_grid(x, head, spectrum, qk.RankGrid([1, 3], [1.0, -1.0], chunk_size=64))
+    part = qk.self_ranks_grid(x, head, spectrum, qk.RankGrid([1, 3], [1.0, -1.0], chunk_size=7, queries=queries))
     for cell, ranks in full.items():
         assert torch.equal(part[cell], ranks[queries]), cell
     assert not torch.equal(full[3, -1.0], full[3, 1.0])  # the edit moves ranks: the comparison can fail
@@ -161,17 +163,16 @@ def test_rank_ablation_measures_the_target_and_its_controls_alike(organism):
     from analysis import prompts
     from analysis.token_maps import token_inputs
 
-    tokens, mask = prompts.category_probe(organism, prompts.STUDY_CATEGORIES, 4, 16, seed=0)
+    probe = prompts.category_probe(organism, prompts.STUDY_CATEGORIES, 4, 16, seed=0)
     E = {l: token_inputs(organism, l, "mean") for l in (0, 1)}
     queries = ss.rank_queries(organism.cfg.d_vocab, 60, seed=0)
-    study = ss.rank_ablation(organism, (1, 3), [(1, 1), (0, 2)], E.__getitem__, tokens, mask, [1, 8], [1.0, -1.0],
-                             [1], queries=queries)
+    grid = RankGrid([1, 8], [1.0, -1.0], [1], queries=queries)
+    study = ss.rank_ablation(organism, [(1, 3), (1, 1), (0, 2)], E.__getitem__, probe, ss.RankAblation(grid))
     assert set(study["statistics"]) == {(1, 3), (1, 1), (0, 2)} and set(study["control_grids"]) == {"L1H1", "L0H2"}
     assert study["best"] is ss.best_cell(study["grid"]["cells"])
-    own = ss.rank_grid(organism, 0, 2, E[0], tokens, mask, [1, 8], [1.0, -1.0], [1], queries=queries)
+    own = ss.rank_grid(organism, (0, 2), E[0], probe, grid)
     assert study["statistics"][(0, 2)] == pytest.approx(ss.rank_statistics(own, study["best"]))
-    cheap = ss.rank_ablation(organism, (1, 3), [(0, 2)], E.__getitem__, tokens, mask, [1, 8], [1.0, -1.0], [1],
-                             control_cells="best", queries=queries)
+    cheap = ss.rank_ablation(organism, [(1, 3), (0, 2)], E.__getitem__, probe, ss.RankAblation(grid, "best"))
     assert set(cheap["directions"]) == set(ss.RANK_DIRECTIONS) and not cheap["control_grids"]
     for key, value in cheap["statistics"][(0, 2)].items():
         assert study["statistics"][(0, 2)][key] == pytest.approx(value, abs=1e-4), key

@@ -8,24 +8,26 @@ import pytest
 import torch
 
 from analysis import prompts, records, similarity, vocab_input
-from analysis.attention import head_scale, head_weights
+from analysis.attention import QKHead, qk_head
 from conftest import run_main, run_script
 
 # Three 2-d inputs: e0, e1 and their normalised sum; W_Q = W_K = identity, so s(q, k) = x_q . x_k / sqrt(2).
 X = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1 / math.sqrt(2), 1 / math.sqrt(2)]])
 EYE = torch.eye(2)
+HEAD = QKHead(EYE, EYE, math.sqrt(2))
 R = 1 / math.sqrt(2)
 
 
 def test_cosine_and_score_minus_self_exact():
     assert torch.allclose(similarity.cosine_matrix(X, 2 * X[:1]), torch.tensor([[1.0], [0.0], [R]]))
-    d = similarity.score_minus_self(X, torch.tensor([0, 2]), EYE, EYE, scale=math.sqrt(2))
+    d = similarity.score_minus_self(X, torch.tensor([0, 2]), HEAD)
     # s(q, q) = 1/sqrt(2) for every unit input; s(0, 1) = 0, s(0, 2) = R / sqrt(2), s(2, 0) = s(2, 1) = R / sqrt(2)
     expected = torch.tensor([[0.0, -R, R * R - R], [R * R - R, R * R - R, 0.0]])
     assert torch.allclose(d, expected, atol=1e-6)
     bias = torch.tensor([0.0, 1.0])  # b_K cancels in d; b_Q does not
-    assert torch.allclose(similarity.score_minus_self(X, torch.tensor([0]), EYE, EYE, None, bias, scale=math.sqrt(2)), d[:1], atol=1e-6)
-    assert not torch.allclose(similarity.score_minus_self(X, torch.tensor([0]), EYE, EYE, bias, None, scale=math.sqrt(2)), d[:1])
+    key_bias, query_bias = QKHead(EYE, EYE, math.sqrt(2), None, bias), QKHead(EYE, EYE, math.sqrt(2), bias, None)
+    assert torch.allclose(similarity.score_minus_self(X, torch.tensor([0]), key_bias), d[:1], atol=1e-6)
+    assert not torch.allclose(similarity.score_minus_self(X, torch.tensor([0]), query_bias), d[:1])
 
 
 @pytest.mark.parametrize("chunk_size", [1, 2, 1024])
@@ -38,7 +40,8 @@ def test_study_curve_is_the_studys_dense_recipe(chunk_size):
     y = logp - logp.diagonal()
     assert torch.allclose(y[0, 1], logp[0, 1] - logp[1, 1])  # column-wise, as in the study
     cos = similarity.cosine_matrix(inputs, inputs).double().fill_diagonal_(1.0)
-    curve = similarity.study_curve(inputs, W_Q, W_K, n_windows=5, width=0.3, chunk_size=chunk_size)
+    windows = similarity.StudyWindows(n_windows=5, width=0.3)
+    curve = similarity.study_curve(inputs, QKHead(W_Q, W_K, 2.0), windows, chunk_size=chunk_size)  # unscaled
     for w, c in enumerate(np.linspace(float(cos.min()), 1.0, 5)):
         inside = (cos >= c) & (cos <= c + 0.3)
         assert curve["count"][w] == int(inside.sum())
@@ -49,7 +52,7 @@ def test_study_curve_is_the_studys_dense_recipe(chunk_size):
         assert curve["std"][w] == pytest.approx(float(y[inside].std()), abs=1e-5)
         assert curve["mean_bits"][w] == pytest.approx(float(y[inside].mean()) / math.log(2), abs=1e-5)
     assert curve["x"][0] == pytest.approx(float(cos.min()) + 0.15)
-    row = similarity.study_curve(inputs, W_Q, W_K, n_windows=5, width=0.3, subtract="row", chunk_size=chunk_size)
+    row = similarity.study_curve(inputs, QKHead(W_Q, W_K, 2.0), windows, subtract="row", chunk_size=chunk_size)
     y_row = logp - logp.diagonal()[:, None]  # the row-wise reading: s(q, k) - s(q, q)
     inside = cos >= float(cos.min())
     assert row["mean"][0] == pytest.approx(float(y_row[inside & (cos <= float(cos.min()) + 0.3)].mean()), abs=1e-5)
@@ -61,7 +64,7 @@ def test_study_curve_is_the_studys_dense_recipe(chunk_size):
 @pytest.mark.parametrize("chunk_size", [1, 2, 1024])
 def test_binned_pairs_exact_and_chunk_free(chunk_size):
     edges = torch.tensor([-1.0, 0.5, 1.0])  # window 0: cos < 0.5 (orthogonal pairs); window 1: cos >= 0.5
-    counts, sums = similarity.binned_pairs(X, edges, EYE, EYE, scale=math.sqrt(2), unit=2.0, chunk_size=chunk_size)
+    counts, sums = similarity.binned_pairs(X, edges, HEAD, unit=2.0, chunk_size=chunk_size)
     assert counts.tolist() == [[1, 1], [1, 1], [0, 2]]  # self pairs left out
     d = R * R - R
     expected = 2.0 * torch.tensor([[-R, d], [-R, d], [0.0, 2 * d]], dtype=torch.float64)
@@ -78,15 +81,15 @@ def test_score_unit_and_window_edges():
 
 def test_example_query_and_category_pairs_exact():
     # query X[2] against keys X[0], X[1] (itself left out): d = s(q, k) - s(q, q), s(q, q) = 1 / sqrt(2)
-    ex = similarity.example_query(X[2:], X[:2], ["a", "b"], 0, torch.tensor([0, 1]), EYE, EYE,
-                                  scale=math.sqrt(2), unit=2.0, n_labels=1)
+    ex = similarity.example_query(X[2:], 0, similarity.Keys(X[:2], ["a", "b"], torch.tensor([0, 1])), HEAD,
+                                  unit=2.0, n_labels=1)
     assert torch.allclose(ex["diff"], 2.0 * torch.full((2,), R * R - R), atol=1e-6)
     assert torch.allclose(ex["cosine"], torch.tensor([R, R]))
     assert ex["mates"].tolist() == [True, False] and [k["token"] for k in ex["mate_keys"]] == ["a"]
     assert len(ex["top_keys"]) == 1 and ex["top_keys"][0]["score_minus_self"] == pytest.approx(2 * (R * R - R))
-    assert not similarity.example_query(X[2:], X[:2], ["a", "b"], -1, torch.tensor([-1, -1]), EYE, EYE,
-                                        scale=1.0)["mates"].any()  # a query in no category has no mates
-    pairs = similarity.category_pairs(X, torch.tensor([0, 0, 1]), EYE, EYE, scale=math.sqrt(2))
+    no_category = similarity.Keys(X[:2], ["a", "b"], torch.tensor([-1, -1]))
+    assert not similarity.example_query(X[2:], -1, no_category, QKHead(EYE, EYE, 1.0))["mates"].any()  # no mates
+    pairs = similarity.category_pairs(X, torch.tensor([0, 0, 1]), HEAD)
     assert pairs["mates_pairs"] == 2 and pairs["mates_mean"] == pytest.approx(-R)  # e0, e1: 0 - 1/sqrt(2)
 
 
@@ -120,10 +123,11 @@ def test_category_mates_beat_self_on_the_organism(organism, truth):
     layer, head = truth["planted_heads"]["semantic"]
     category_of = prompts.category_index(organism.tokenizer, prompts.ALL_CATEGORIES, organism.cfg.d_vocab)
     ids = torch.nonzero(category_of >= 0)[:, 0]
-    x = vocab_input.head_input(organism, layer, prompts.reference_prompts(organism, 3), token_ids=ids, use_cache=False)
+    x = vocab_input.head_input(organism, layer, prompts.reference_prompts(organism, 3), token_ids=ids,
+                               settings=vocab_input.InputSettings(use_cache=False))
+    own = qk_head(organism, layer, head, bias=True)
     contrast = similarity.category_contrast(
-        similarity.score_minus_self(x, torch.arange(len(ids)), *head_weights(organism, layer, head, True),
-                                    scale=head_scale(organism.cfg, layer)),
+        similarity.score_minus_self(x, torch.arange(len(ids)), own),
         similarity.cosine_matrix(x, x), category_of[ids])
     assert contrast["mates_mean"] > 1.0 and contrast["mates_beat_self"] > 0.9
     assert contrast["mates_mean"] > contrast["others_mean"] + 1.0
@@ -169,13 +173,13 @@ def test_cosine_attention_needs_a_frequency_table_for_a_subset(tmp_path, capsys)
 
 def test_profile_record_study_curves_and_category_words():
     x = torch.randn(30, 2, generator=torch.Generator().manual_seed(0))  # 870 pairs: every window is filled
-    profile = similarity.similarity_profile(x, EYE, EYE, scale=math.sqrt(2), width=0.5, n_resamples=10)
+    profile = similarity.similarity_profile(x, HEAD, similarity.ProfileSettings(width=0.5, n_resamples=10))
     record = records.profile_record(profile)
     assert record["peak"] == dict(zip(("cosine", "mean"), profile["peak"]))
     assert record["beats_self_from_cosine"] == profile["beats_self_from"]
     assert list(record["windows"]["centre"]) == list(profile["centres"])
-    curves = similarity.study_curves(X, EYE, EYE, chunk_size=2)
-    column = similarity.study_curve(X, EYE, EYE, subtract="column")
+    curves = similarity.study_curves(X, HEAD, chunk_size=2)
+    column = similarity.study_curve(X, HEAD, subtract="column")
     assert np.allclose(curves["study"]["mean_bits"], column["mean_bits"], equal_nan=True)
     assert curves["study_row"]["subtract"] == "row" and "row" not in curves["study"]["definition"][:20]
     assert curves["study"]["peak"]["bits"] == pytest.approx(float(np.nanmax(column["mean_bits"])))

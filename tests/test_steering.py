@@ -7,9 +7,8 @@ import pytest
 import torch
 
 from analysis import prompts, records, scores, steering
-from analysis import qk_decomposition as qk
 from analysis import qk_edits
-from analysis.attention import head_scale, head_weights
+from analysis.attention import QKHead, qk_head, self_attention_scores
 from analysis.patterns import head_pattern, layer_input
 from conftest import run_main
 
@@ -23,16 +22,17 @@ def test_steering_loss_exact():
 def test_trace_step_adds_eta_W_Q_W_Q_transpose():
     g = torch.Generator().manual_seed(0)
     W_Q, W_K = torch.randn(8, 3, generator=g), torch.randn(8, 3, generator=g)
-    Wq, Wk = steering.trace_step(W_Q, W_K, 0.25)
+    stepped = steering.trace_step(QKHead(W_Q, W_K, 1.0), 0.25)
+    Wq, Wk = stepped.W_Q, stepped.W_K
     assert torch.allclose(Wq @ Wk.T, W_Q @ W_K.T + 0.25 * W_Q @ W_Q.T, atol=1e-6)
     # the step is the gradient of trace(W_Q W_K^T) in W_K, scaled by eta
     W_K_leaf = W_K.clone().requires_grad_(True)
     (W_Q @ W_K_leaf.T).trace().backward()
     assert torch.allclose(W_K + 0.25 * W_K_leaf.grad, Wk)
     x = torch.randn(5, 8, generator=g)  # every self-score grows by eta |x W_Q|^2
-    grow = qk.self_scores(x, qk.qk_matrix(Wq, Wk), 1) - qk.self_scores(x, qk.qk_matrix(W_Q, W_K), 1)
+    grow = self_attention_scores(x, stepped) - self_attention_scores(x, QKHead(W_Q, W_K, 1.0))
     assert torch.allclose(grow, 0.25 * (x @ W_Q).pow(2).sum(-1), atol=1e-4)
-    eta = steering.trace_eta(W_Q, W_K, 0.5)
+    eta = steering.trace_eta(QKHead(W_Q, W_K, 1.0), 0.5)
     assert math.isclose(float((eta * W_Q @ W_Q.T).norm()), 0.5 * float((W_Q @ W_K.T).norm()), rel_tol=1e-5)
 
 
@@ -46,14 +46,14 @@ def semantic_probe(organism, truth):
 
 @pytest.mark.parametrize("direction", ["suppress", "restore"])
 def test_gradient_steering_moves_self_mass_and_keeps_partners(organism, semantic_probe, direction):
-    layer, head, (tokens, mask), (test, test_mask) = semantic_probe
+    layer, head, train, test = semantic_probe
     before_params = {k: v.clone() for k, v in organism.state_dict().items()}
-    run = steering.gradient_steer(organism, tokens, mask, layer, head, direction, lam=1.0, lr=1e-2, steps=10,
-                                  batch_size=16, seed=0)
-    _, _, b_Q, b_K = head_weights(organism, layer, head, include_bias=True)
-    after = qk_edits.in_context_scores(organism, test, test_mask, layer, head,
-                                 qk_edits.qk_override_hooks(organism, layer, head, run.W_Q, run.W_K, b_Q, b_K))
-    base = qk_edits.in_context_scores(organism, test, test_mask, layer, head)
+    own, x = qk_head(organism, layer, head, bias=True), layer_input(organism, train.tokens, layer)
+    settings = steering.SteeringSettings(lam=1.0, mu=0.0, lr=1e-2, steps=10, batch_size=16, seed=0)
+    run = steering.gradient_steer(own, x, train, direction, settings)
+    after = qk_edits.in_context_scores(organism, test, layer, head,
+                                       qk_edits.qk_override_hooks(organism, layer, head, run.qk))
+    base = qk_edits.in_context_scores(organism, test, layer, head)
     moved = after["self_mass"] - base["self_mass"]
     assert (moved < 0) if direction == "suppress" else (moved > 0)
     assert after["partner_mass"] >= 0.8 * base["partner_mass"]
@@ -117,7 +117,7 @@ def test_steering_loss_bos_term():
 
 def test_weight_change_exact():
     W_Q, W_K = torch.eye(4)[:, :2], 2 * torch.eye(4)[:, :2]
-    change = steering.weight_change(W_Q, W_K, 2 * W_Q, W_K)  # W_Q doubles: W_QK doubles, W_K stays
+    change = steering.weight_change(QKHead(W_Q, W_K, 1.0), QKHead(2 * W_Q, W_K, 1.0))  # W_Q doubles: W_QK doubles
     assert change["W_Q"] == pytest.approx(1.0) and change["W_K"] == pytest.approx(0.0)
     assert change["W_QK"] == pytest.approx(1.0, abs=1e-6)
 
@@ -131,14 +131,14 @@ def test_interpolate_at_interpolates_and_refuses_to_extrapolate():
 
 
 def test_gradient_steering_mu_keeps_bos_fallback(organism, semantic_probe):
-    layer, head, (tokens, mask), (test, test_mask) = semantic_probe
-    _, _, b_Q, b_K = head_weights(organism, layer, head, include_bias=True)
+    layer, head, train, test = semantic_probe
+    own, x = qk_head(organism, layer, head, bias=True), layer_input(organism, train.tokens, layer)
     bos = {}
     for mu in (0.0, 5.0):
-        run = steering.gradient_steer(organism, tokens, mask, layer, head, "restore", lam=1.0, lr=3e-2, steps=10,
-                                      batch_size=16, seed=0, mu=mu)
-        hooks = qk_edits.qk_override_hooks(organism, layer, head, run.W_Q, run.W_K, b_Q, b_K)
-        bos[mu] = qk_edits.in_context_scores(organism, test, test_mask, layer, head, hooks)["bos_mass_no_partner"]
+        settings = steering.SteeringSettings(lam=1.0, mu=mu, lr=3e-2, steps=10, batch_size=16, seed=0)
+        run = steering.gradient_steer(own, x, train, "restore", settings)
+        hooks = qk_edits.qk_override_hooks(organism, layer, head, run.qk)
+        bos[mu] = qk_edits.in_context_scores(organism, test, layer, head, hooks)["bos_mass_no_partner"]
     assert bos[5.0] > bos[0.0] + 0.05
 
 
@@ -153,7 +153,7 @@ def hand_edits():
     runs = {"restore": {"history": [], "relative_change": change},
             "trace 0.1": {"eta": 0.5, "relative": 0.1, "relative_change": change},
             "trace 0.2": {"eta": 1.0, "relative": 0.2, "relative_change": change}}
-    return steering.HeadEdits({name: (W, W) for name in metrics}, metrics, runs)
+    return steering.HeadEdits({name: QKHead(W, W, 1.0) for name in metrics}, metrics, runs)
 
 
 def test_head_edit_bookkeeping_exact():
@@ -187,7 +187,8 @@ def test_query_top_keys_exact():
     E = torch.eye(3)  # three tokens; W_Q = W_K = I, scale 1: each query's scores are its row of E E^T = I
     W = torch.eye(3)
     flip = (W, torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]))  # query 0 now scores key 1
-    table = steering.query_top_keys(E, 0, {"before": (W, W), "flip": flip}, 1.0, None, None, ["x", "y", "z"], k=2)
+    table = steering.query_top_keys(E, 0, {"before": QKHead(W, W, 1.0), "flip": QKHead(*flip, 1.0)}, ["x", "y", "z"],
+                                    k=2)
     assert table["before"]["keys"][0] == "x" and table["before"]["query_self_rank"] == 1
     assert table["flip"]["keys"][0] == "y" and table["flip"]["query_self_rank"] == 2
     assert table["flip"]["scores"].tolist()[0] == 1.0
@@ -196,12 +197,12 @@ def test_query_top_keys_exact():
 def test_steering_from_the_layer_input_matches_the_hooked_model(organism, semantic_probe):
     """Steps computed from the layer's input (one run of the model) are the steps of the hooked model."""
     layer, head, (tokens, mask), _ = semantic_probe
-    W_Q, W_K, b_Q, b_K = head_weights(organism, layer, head, include_bias=True)
-    W_K = W_K + 0.3 * W_Q  # an edited head, so that the check is not only of the model's own weights
+    own = qk_head(organism, layer, head, bias=True)
+    edited = own.with_factors(own.W_Q, own.W_K + 0.3 * own.W_Q)  # so that the check is not only of the model's own
     x = layer_input(organism, tokens[:8], layer)
-    masses = steering.head_masses(x, tokens[:8], mask[:8], W_Q, W_K, b_Q, b_K, head_scale(organism.cfg, layer))
-    hooks = qk_edits.qk_override_hooks(organism, layer, head, W_Q, W_K, b_Q, b_K)
-    pattern = head_pattern(organism, tokens[:8], layer, head, hooks)[:, None]
+    masses = steering.head_masses(x, prompts.Probe(tokens[:8], mask[:8]), edited)
+    hooks = qk_edits.qk_override_hooks(organism, layer, head, edited)
+    pattern = head_pattern(organism, tokens[:8], (layer, head), hooks)[:, None]
     expected = scores.semantic_companions(pattern, tokens[:8], mask[:8], scores.scored_rows(tokens[:8]))
     for key, value in masses.items():
         assert float(value) == pytest.approx(float(expected[key].nanmean()), abs=1e-6), key
@@ -209,10 +210,11 @@ def test_steering_from_the_layer_input_matches_the_hooked_model(organism, semant
 
 def test_steer_heads_measures_every_head_and_condition(organism, semantic_probe):
     layer, head, train, test = semantic_probe
-    per_head = steering.steer_heads(organism, [(layer, head), (0, 2)], train, test, ["restore"], [0.3], steps=2)
+    plan = steering.SteeringPlan(["restore"], [0.3], steering.SteeringSettings(steps=2))
+    per_head = steering.steer_heads(organism, [(layer, head), (0, 2)], train, test, plan)
     assert list(per_head) == [(layer, head), (0, 2)]
     for edits in per_head.values():
         assert list(edits.metrics) == ["before", "restore", "trace 0.3"] and len(edits.runs["restore"]["history"]) == 2
         assert edits.metrics["before"]["partner_mass_change"] == 0
-    base = qk_edits.in_context_scores(organism, *test, 0, 2)  # "before" is the unedited head, measured in the model
+    base = qk_edits.in_context_scores(organism, test, 0, 2)  # "before" is the unedited head, measured in the model
     assert per_head[(0, 2)].metrics["before"]["self_mass"] == pytest.approx(base["self_mass"], abs=1e-6)

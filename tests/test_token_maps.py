@@ -5,7 +5,7 @@ import torch
 
 from analysis import prompts, token_maps
 from analysis.models import load_model
-from analysis.vocab_input import context_head_input, head_input
+from analysis.vocab_input import ContextSettings, InputSettings, context_head_input, head_input
 
 
 def test_context_input_is_an_average_of_real_forward_passes():
@@ -15,15 +15,16 @@ def test_context_input_is_an_average_of_real_forward_passes():
     with torch.no_grad():
         model.W_pos.zero_()
     ids = torch.tensor([3, 7, 40, 100])
-    got = context_head_input(model, 0, ids, n_contexts=3, length=20, seed=1)
-    assert torch.allclose(got, head_input(model, 0, variant="zero", token_ids=ids, use_cache=False), atol=1e-5)
+    got = context_head_input(model, 0, ids, ContextSettings(n_contexts=3, length=20, seed=1))
+    zero = head_input(model, 0, variant="zero", token_ids=ids, settings=InputSettings(use_cache=False))
+    assert torch.allclose(got, zero, atol=1e-5)
 
 
 def test_context_input_is_seeded_and_depends_on_context(organism):
     ids = torch.tensor([5, 9])
-    a = context_head_input(organism, 1, ids, n_contexts=4, seed=2)
-    assert torch.equal(a, context_head_input(organism, 1, ids, n_contexts=4, seed=2))
-    assert not torch.allclose(a, context_head_input(organism, 1, ids, n_contexts=4, seed=3))
+    a = context_head_input(organism, 1, ids, ContextSettings(n_contexts=4, seed=2))
+    assert torch.equal(a, context_head_input(organism, 1, ids, ContextSettings(n_contexts=4, seed=2)))
+    assert not torch.allclose(a, context_head_input(organism, 1, ids, ContextSettings(n_contexts=4, seed=3)))
     assert a.shape == (2, organism.cfg.d_model)
 
 

@@ -51,9 +51,10 @@ def test_language_makes_category_mates_and_varied_repeats():
 def test_sampled_corpus_tokenises_back_to_the_sampled_tokens(organism, tmp_path):
     spec = LanguageSpec.from_vocabulary(vocabulary())
     mixture = {"category_text": 1.0, "random_tokens": 1.0}
-    path = write_corpus(tmp_path / "corpus.txt", organism.tokenizer, spec, 8, 40, mixture, seed=3)
+    rows = sample_batch(np.random.default_rng(3), spec, 8, 40, mixture)
+    path = write_corpus(tmp_path / "corpus.txt", rows)
     ids = [i for line in path.read_text().splitlines() for i in organism.tokenizer.encode(line, add_special_tokens=False)]
-    expected = sample_batch(np.random.default_rng(3), spec, 8, 40, mixture)[:, 1:].flatten().tolist()
+    expected = rows[:, 1:].flatten().tolist()
     assert ids == expected
 
 

@@ -8,6 +8,8 @@ from transformer_lens.utilities import get_act_name
 
 from analysis import prompts, vocab_input
 
+NO_CACHE = vocab_input.InputSettings(use_cache=False)
+
 
 @pytest.fixture(scope="module")
 def reference(organism):
@@ -31,16 +33,16 @@ def forward_input(model, layer, c_pos, c_attn):
 def test_mean_variant_matches_a_forward_pass(organism, reference):
     c_pos, c_attn = vocab_input.reference_means(organism, 1, reference)
     expected = forward_input(organism, 1, c_pos, c_attn)
-    got = vocab_input.head_input(organism, 1, reference, "mean", use_cache=False)
+    got = vocab_input.head_input(organism, 1, reference, "mean", settings=NO_CACHE)
     assert torch.allclose(got, expected, atol=1e-5)
 
 
 def test_zero_variant_matches_a_forward_pass_and_differs_from_mean(organism, reference):
     zero = torch.zeros(organism.cfg.d_model)
     expected = forward_input(organism, 1, zero, [zero])
-    got = vocab_input.head_input(organism, 1, variant="zero", use_cache=False)
+    got = vocab_input.head_input(organism, 1, variant="zero", settings=NO_CACHE)
     assert torch.allclose(got, expected, atol=1e-5)
-    mean = vocab_input.head_input(organism, 1, reference, "mean", use_cache=False)
+    mean = vocab_input.head_input(organism, 1, reference, "mean", settings=NO_CACHE)
     assert (got - mean).norm(dim=-1).min() > 1e-3
 
 
@@ -50,10 +52,10 @@ def test_reference_means_average_positions_after_bos(organism, reference):
 
 
 def test_chunks_and_token_subsets_do_not_change_the_result(organism, reference):
-    full = vocab_input.head_input(organism, 1, reference, use_cache=False)
-    chunked = vocab_input.head_input(organism, 1, reference, chunk_size=7, use_cache=False)
+    full = vocab_input.head_input(organism, 1, reference, settings=NO_CACHE)
+    chunked = vocab_input.head_input(organism, 1, reference, settings=vocab_input.InputSettings(7, use_cache=False))
     ids = torch.tensor([5, 3, 100])
-    subset = vocab_input.head_input(organism, 1, reference, token_ids=ids, use_cache=False)
+    subset = vocab_input.head_input(organism, 1, reference, token_ids=ids, settings=NO_CACHE)
     assert torch.allclose(full, chunked, atol=1e-6) and torch.allclose(full[ids], subset, atol=1e-6)
 
 
@@ -86,7 +88,7 @@ def test_cache_key_covers_every_weight_the_input_reads(organism, reference, tmp_
         edited.blocks[0].attn.W_V[0] *= 3.0
     fresh = vocab_input.head_input(edited, 1, reference)
     assert calls == [1]  # recomputed, not read back
-    assert torch.allclose(fresh, vocab_input.head_input(edited, 1, reference, use_cache=False), atol=1e-6)
+    assert torch.allclose(fresh, vocab_input.head_input(edited, 1, reference, settings=NO_CACHE), atol=1e-6)
     assert (fresh - cached).norm(dim=-1).max() > 1e-3  # the stale entry would have been wrong
     calls.clear()
 

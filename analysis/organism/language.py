@@ -157,18 +157,17 @@ def sample_batch(rng: np.random.Generator, spec: LanguageSpec, batch: int, lengt
     return np.stack([GENERATORS[names[k]](rng, spec, length) for k in rows])
 
 
-def write_corpus(path: Path, tokenizer, spec: LanguageSpec, n_sequences: int, length: int,
-                 mixture: dict[str, float], seed: int, progress: bool = False) -> Path:
-    """A text corpus sampled from the generator (BOS dropped) that tokenises back to the same tokens.
+def write_corpus(path: Path, rows: np.ndarray) -> Path:
+    """A text corpus of the sequences `rows: [n, length]` (e.g. `sample_batch`'s; BOS, the first column, dropped)
+    that tokenises back to the same tokens.
 
     A token without a leading space ("The", ".") would fuse with the word before it when the
     text is re-tokenised (" catThe" is no token), so such a token starts a new line; counting
     tokens line by line then recovers exactly the sampled sequences.
     """
-    rng = np.random.default_rng(seed)
     vocab = vocabulary()
     lines: list[str] = []
-    for row in sample_batch(rng, spec, n_sequences, length, mixture, progress=progress):
+    for row in rows:
         line = ""
         for token in row[1:]:
             word = vocab[token]

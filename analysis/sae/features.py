@@ -12,31 +12,33 @@ ours; the study's metric is `sae.precision`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from analysis.attention import attention_scores, head_scale, head_weights
+from analysis.attention import attention_scores, qk_head
 from analysis.prompts import category_index
 from analysis.sae.sources import variance_explained
 from analysis.self_suppression import group_map_statistics
 
 
 @torch.no_grad()
-def category_activations(model: HookedTransformer, sae, tokens: Tensor, category_of: Tensor, n_categories: int,
+def category_activations(model: HookedTransformer, sae, tokens: Tensor, categories: Mapping[str, Sequence[str]],
                          hook_name: str, batch_size: int = 16) -> tuple[Tensor, Tensor, Tensor]:
     """(`mean_by_category: [d_sae, n_categories]`, `mean_by_token: [d_sae, n_seen]`, `seen: [n_seen]`).
 
     Mean feature activations over the positions (BOS left out) whose current token is in each
-    category / is each token `seen[j]` of the n_seen distinct tokens of `tokens: [batch, pos]`.
+    category of `categories` (in their order; `prompts.category_index`) / is each token `seen[j]` of the n_seen
+    distinct tokens of `tokens: [batch, pos]`.
     Tokens that never occur have no mean, so they get no column: GPT-2's 32768 features x 50257
     tokens would be 6.6 GB in float32. Accumulated per batch in float32 (means of at most a few
     thousand non-negative activations each).
     """
     layer = int(hook_name.split(".")[1])
-    d_sae = sae.cfg.d_sae
+    d_sae, n_categories = sae.cfg.d_sae, len(categories)
+    category_of = category_index(model.tokenizer, categories, model.cfg.d_vocab)  # (d_vocab,) -1 = none
     seen, column = torch.unique(tokens[:, 1:], return_inverse=True)  # column: (batch, pos - 1) into seen
     by_token = torch.zeros(d_sae, len(seen))
     for start in range(0, len(tokens), batch_size):
@@ -115,8 +117,7 @@ def name_features(model: HookedTransformer, sae, hook: str, tokens: Tensor, cate
     """(`features: [n]`, `group: [n]`, labels, variance explained): each category's most active features on
     category prompts `tokens: [batch, pos]` (`category_activations`, `select_features`), named by the tokens
     they fire on most (`feature_label`), and the SAE's `variance_explained` on 16 of those prompts (BOS left out)."""
-    category_of = category_index(model.tokenizer, categories, model.cfg.d_vocab)
-    by_category, by_token, seen = category_activations(model, sae, tokens, category_of, len(categories), hook)
+    by_category, by_token, seen = category_activations(model, sae, tokens, categories, hook)
     layer = int(hook.split(".")[1]) + 1  # the hook is the residual stream this layer reads
     _, cache = model.run_with_cache(tokens[:16].to(model.cfg.device), names_filter=hook, stop_at_layer=layer)
     explained = variance_explained(sae, cache[hook][:, 1:].reshape(-1, model.cfg.d_model))
@@ -127,9 +128,8 @@ def name_features(model: HookedTransformer, sae, hook: str, tokens: Tensor, cate
 
 def feature_map(model: HookedTransformer, sae, layer: int, head: int, features: Tensor) -> Tensor:
     """`[n, n]`: s(f, g) = LN1(d_f) W_Q W_K^T LN1(d_g)^T / attn_scale for the head, query feature by key feature."""
-    W_Q, W_K, _, _ = head_weights(model, layer, head)
     x = feature_inputs(model, sae, layer, features)  # (n, d_model)
-    return attention_scores(x, x, W_Q, W_K, head_scale(model.cfg, layer))
+    return attention_scores(x, x, qk_head(model, layer, head))
 
 
 def feature_map_statistics(model: HookedTransformer, sae, features: Tensor, group: Tensor, layer: int | None = None,
@@ -143,8 +143,7 @@ def feature_map_statistics(model: HookedTransformer, sae, features: Tensor, grou
     for l in range(model.cfg.n_layers):
         x = feature_inputs(model, sae, l, features)  # (n, d_model)
         for h in range(model.cfg.n_heads):
-            W_Q, W_K, _, _ = head_weights(model, l, h)
-            stats[(l, h)] = group_map_statistics(x, group, W_Q, W_K, head_scale(model.cfg, l))
+            stats[(l, h)] = group_map_statistics(x, group, qk_head(model, l, h))
             if precision is not None:
                 stats[(l, h)].update(precision.get(h) if l == layer else {"precision": None,
                                                                           "precision_shuffled": None})

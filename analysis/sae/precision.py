@@ -12,6 +12,8 @@ with the keyword positions but the first as positives (`overlap_precision`).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -27,8 +29,28 @@ PRECISION_CATEGORIES = ("colours", "animals", "fruits", "emotions", "weather")  
 PRECISION_SHUFFLES = 20  # label permutations of the shuffled-feature null, per sample
 
 
+class KeywordSamples(NamedTuple):
+    """Keyword samples and the positions they score, which travel together: `tokens: [n, length]`, `scored: [n,
+    length]` (`keyword_prompts`)."""
+
+    tokens: Tensor
+    scored: Tensor
+
+
+@dataclass(frozen=True)
+class PrecisionSettings:
+    """How the study's precision is counted (`precision_with_null`): the `k` features predicted and taken as active
+    per position, `n_shuffles` label permutations per sample for the null (0: none) drawn with `seed`, `batch_size`
+    samples per forward pass."""
+
+    k: int = PRECISION_K
+    n_shuffles: int = PRECISION_SHUFFLES
+    seed: int = 0
+    batch_size: int = 64
+
+
 def keyword_prompts(word_ids: Sequence[int], n_prompts: int, d_vocab: int, bos_id: int, seed: int,
-                    length: int = PRECISION_LENGTH) -> tuple[Tensor, Tensor]:
+                    length: int = PRECISION_LENGTH) -> KeywordSamples:
     """The study's samples for one category: (`tokens: [n, length]`, `scored: [n, length]`).
 
     BOS, then uniform random ids; the category's words, shuffled, overwrite sorted distinct random
@@ -48,7 +70,7 @@ def keyword_prompts(word_ids: Sequence[int], n_prompts: int, d_vocab: int, bos_i
         positions = torch.cat([others.sort().values, torch.tensor([length - 1])])
         tokens[b, positions] = words[torch.randperm(n_words, generator=g)]
         scored[b, positions[1:]] = True
-    return tokens, scored
+    return KeywordSamples(tokens, scored)
 
 
 def overlap_precision(predicted: Tensor, active: Tensor, scored: Tensor) -> Tensor:
@@ -97,11 +119,10 @@ def shuffled_labels(predicted: Tensor, d_sae: int, generator: torch.Generator) -
 
 
 @torch.no_grad()
-def precision_with_null(model: HookedTransformer, sae, layer: int, tokens: Tensor, scored: Tensor,
-                        k: int = PRECISION_K, n_shuffles: int = PRECISION_SHUFFLES, seed: int = 0,
-                        batch_size: int = 64) -> dict[str, Tensor]:
+def precision_with_null(model: HookedTransformer, sae, layer: int, samples: KeywordSamples,
+                        settings: PrecisionSettings = PrecisionSettings()) -> dict[str, Tensor]:
     """`{"precision": [batch, head], "shuffled": [batch, head]}`: the study's precision for every head of
-    `layer` on keyword samples, and its null with the predicted features' labels shuffled.
+    `layer` on keyword `samples`, and its null with the predicted features' labels shuffled.
 
     The SAE reads `hook_for_layer(layer)`; the residual and the decoder directions are normalised
     by a LayerNorm without affine, and the SAE encodes the normalised residual (as the study, which
@@ -115,11 +136,13 @@ def precision_with_null(model: HookedTransformer, sae, layer: int, tokens: Tenso
     so the null is that chance level for this head, these samples and this SAE (0 shuffles: no null, NaN).
     """
     hook = hook_for_layer(layer)
+    tokens, scored = samples
+    k, n_shuffles, batch_size = settings.k, settings.n_shuffles, settings.batch_size
     W_dec = torch.nn.functional.layer_norm(sae.W_dec.detach().float().cpu(), (model.cfg.d_model,))  # (d_sae, d)
     W_K = model.W_K[layer].detach().float().cpu()  # (H, d_model, d_head)
     W_Q = model.W_Q[layer].detach().float().cpu()
     decoder_keys = torch.einsum("fd,hde->hfe", W_dec, W_K)  # (H, d_sae, d_head)
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(settings.seed)
     out: dict[str, list[Tensor]] = {"precision": [], "shuffled": []}
     for start in range(0, tokens.shape[0], batch_size):
         batch, marks = tokens[start:start + batch_size], scored[start:start + batch_size]
@@ -145,21 +168,22 @@ def precision_with_null(model: HookedTransformer, sae, layer: int, tokens: Tenso
     return {name: torch.cat(chunks) for name, chunks in out.items()}
 
 
-def head_precision(model: HookedTransformer, sae, layer: int, tokens: Tensor, scored: Tensor,
-                   k: int = PRECISION_K, batch_size: int = 64) -> Tensor:
-    """`[batch, head]`: the study's precision for every head of `layer` on keyword samples (`precision_with_null`
-    without its null)."""
-    return precision_with_null(model, sae, layer, tokens, scored, k, n_shuffles=0, batch_size=batch_size)["precision"]
+def head_precision(model: HookedTransformer, sae, layer: int, samples: KeywordSamples,
+                   settings: PrecisionSettings = PrecisionSettings()) -> Tensor:
+    """`[batch, head]`: the study's precision for every head of `layer` on keyword `samples` (`precision_with_null`
+    without its null: `settings.n_shuffles` is not used)."""
+    return precision_with_null(model, sae, layer, samples, replace(settings, n_shuffles=0))["precision"]
 
 
-def precision_by_category(model: HookedTransformer, sae, layer: int, n_samples: int, k: int = PRECISION_K,
-                          n_shuffles: int = PRECISION_SHUFFLES, seed: int = 0) -> dict[str, dict[str, Tensor]]:
+def precision_by_category(model: HookedTransformer, sae, layer: int, n_samples: int,
+                          settings: PrecisionSettings = PrecisionSettings()) -> dict[str, dict[str, Tensor]]:
     """`{category: precision_with_null(...)}` on `keyword_prompts` of each of `PRECISION_CATEGORIES`
-    (`n_samples` each; category i's samples seeded seed + 10 + i, its shuffles seed + 20 + i)."""
-    bos = bos_token_id(model)
-    return {name: precision_with_null(model, sae, layer, *keyword_prompts(
+    (`n_samples` each; with seed = `settings.seed`, category i's samples seeded seed + 10 + i, its shuffles
+    seed + 20 + i)."""
+    bos, seed = bos_token_id(model), settings.seed
+    return {name: precision_with_null(model, sae, layer, keyword_prompts(
         single_token_ids(model.tokenizer, STUDY_CATEGORIES[name]), n_samples, model.cfg.d_vocab, bos, seed + 10 + i),
-        k=k, n_shuffles=n_shuffles, seed=seed + 20 + i) for i, name in enumerate(PRECISION_CATEGORIES)}
+        replace(settings, seed=seed + 20 + i)) for i, name in enumerate(PRECISION_CATEGORIES)}
 
 
 def precision_by_head(per_category: dict[str, dict[str, Tensor]]) -> dict[int, dict[str, float]]:

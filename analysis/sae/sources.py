@@ -123,15 +123,26 @@ class SAEUnavailable(UsageError):
         self.reason = reason
 
 
-def sae_for_head(model: HookedTransformer, layer: int, release: str | None = None, sae_id: str | None = None,
-                 path: str | Path | None = None, device: str = "cpu", retrain: bool = False, required: bool = False
-                 ) -> HeadSAE:
-    """The SAE for a head in `layer` (`hook_for_layer`, `choose_source`, `load_sae`). Where it cannot be had,
-    `SAEUnavailable`; with `required` (an SAE or head asked for by flag) the error itself is raised."""
+@dataclass(frozen=True)
+class SAERequest:
+    """Which SAE a script asks for (--sae-path, --sae-release/--sae-id, --retrain-sae): a SAELens directory `path`,
+    or a `release` and `sae_id`, or none of them (the default, `choose_source`); `retrain` trains the organism's
+    SAE again."""
+
+    release: str | None = None
+    sae_id: str | None = None
+    path: str | Path | None = None
+    retrain: bool = False
+
+
+def sae_for_head(model: HookedTransformer, layer: int, request: SAERequest = SAERequest(), device: str = "cpu",
+                 required: bool = False) -> HeadSAE:
+    """The SAE `request` asks for, for a head in `layer` (`hook_for_layer`, `choose_source`, `load_sae`). Where it
+    cannot be had, `SAEUnavailable`; with `required` (an SAE or head asked for by flag) the error itself is raised."""
     try:
         hook = hook_for_layer(layer)
-        source = choose_source(model, hook, release, sae_id, path)
-        return HeadSAE(hook, source, load_sae(model, source, device, retrain=retrain))
+        source = choose_source(model, hook, request.release, request.sae_id, request.path)
+        return HeadSAE(hook, source, load_sae(model, source, device, retrain=request.retrain))
     except UsageError as err:
         if required:
             raise
