@@ -25,9 +25,10 @@ from analysis.token_maps import block_means
 
 def comparison_lines(report: Mapping, prefix: str = "  ") -> list[str]:
     """One printable line per statistic of a `controls.compare` report: the target's value and rank, the strongest
-    control.
+    control, the difference's CI where there is one, and the verdict.
 
-    e.g. "  margin (low): target -5.650, rank 1/8, strongest control L1H1 -0.330"
+    e.g. "  margin (low): target -5.650, rank 1/8, strongest control L1H1 -0.330, difference -5.320
+    [-5.9, -4.8]: separates"
     """
     lines = []
     for name, direction in report["directions"].items():
@@ -36,7 +37,11 @@ def comparison_lines(report: Mapping, prefix: str = "  ") -> list[str]:
         rank = "-" if entry["rank"] is None else f"{entry['rank']}/{entry['n_ranked']}"
         rival = entry["strongest_control"]
         strongest = "-" if rival is None else f"{head_key(rival['layer'], rival['head'])} {rival['value']:+.3f}"
-        lines.append(f"{prefix}{name} ({direction}): target {value}, rank {rank}, strongest control {strongest}")
+        diff = entry.get("difference")
+        interval = "" if diff is None or diff["low"] is None else \
+            f", difference {diff['value']:+.3f} [{diff['low']:+.3g}, {diff['high']:+.3g}]"
+        lines.append(f"{prefix}{name} ({direction}): target {value}, rank {rank}, strongest control {strongest}"
+                     f"{interval}: {entry['verdict']}")
     return lines
 
 
