@@ -27,12 +27,17 @@ z(q, self and copies) - z(q, partners) and z(q, partners) - z(q, other earlier w
 log-ratio of the attention one key of one kind gets against one of the other.
 
 Each property's statistic is the mean over units with a percentile-bootstrap CI over units
-(`controls.LEVEL`); it *holds* iff that CI excludes 0 on the predicted side. Units without
-partners are left out (NaN).
+(`controls.LEVEL`). The decision rule, fixed before any head was read: a property *holds* iff
+that CI lies entirely beyond `MIN_EFFECT` = log 2 on the predicted side. Scores are logits, so a
+difference of log 2 means the key of one kind gets half (or twice) the attention of the other:
+a CI that merely excludes 0 would call a decoy whose self gets 94% of a partner's attention
+"self-avoiding", and a random head with a small but consistent tilt "category-attracted". Units
+without partners are left out (NaN).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -40,6 +45,7 @@ from torch import Tensor
 
 from analysis.controls import LEVEL, N_RESAMPLES, Sample
 
+MIN_EFFECT = math.log(2)  # a property holds when its CI lies beyond this many nats on the predicted side
 PROPERTIES: dict[str, tuple[str, str]] = {  # property -> (its per-unit statistic, the direction it predicts)
     "self_avoidance": ("self_vs_partners", "low"),
     "category_attraction": ("partners_vs_others", "high"),
@@ -103,8 +109,9 @@ def bootstrap_mean(values: Tensor, n_resamples: int, seed: int, level: float = L
 
 def verdicts(margins: Mapping[str, Tensor], n_resamples: int = N_RESAMPLES, seed: int = 0) -> dict[str, dict]:
     """Each property: {"value", "low", "high", "direction", "holds", "n_units"}: the mean of its per-unit statistic
-    over units with its bootstrap CI; it holds iff the CI excludes 0 on the predicted side (`PROPERTIES`). With
-    fewer than two finite units the CI is undefined and the property does not hold (`reason` says so)."""
+    over units with its bootstrap CI; it holds iff the CI lies beyond `MIN_EFFECT` on the predicted side
+    (`PROPERTIES`): high < -MIN_EFFECT for "low", low > MIN_EFFECT for "high". With fewer than two finite units
+    the CI is undefined and the property does not hold (`reason` says so)."""
     out = {}
     for i, (prop, (statistic, direction)) in enumerate(PROPERTIES.items()):
         values = margins[statistic]
@@ -116,7 +123,7 @@ def verdicts(margins: Mapping[str, Tensor], n_resamples: int = N_RESAMPLES, seed
             out[prop] = {**record, "value": None if finite == 0 else value, "low": None, "high": None,
                          "holds": False, "reason": f"{finite} unit(s) with partners: no interval"}
             continue
-        out[prop] = {**record, "holds": bool(high < 0 if direction == "low" else low > 0)}
+        out[prop] = {**record, "holds": bool(high < -MIN_EFFECT if direction == "low" else low > MIN_EFFECT)}
     return out
 
 
@@ -144,7 +151,7 @@ def in_context_units(attn_scores: Tensor, tokens: Tensor, partner: Tensor, same_
     not_bos[0] = False
     partner, same_word = partner.bool() & causal, same_word.bool() & causal
     other = causal & not_bos[None, :] & ~partner & ~same_word  # (B, T, T)
-    z = attn_scores.double()
+    z = attn_scores.double().masked_fill(~causal, 0.0)  # entries above the diagonal may hold -inf: never read
 
     def key_mean(keys: Tensor) -> Tensor:  # (B, H, T): mean z over the marked keys of each row
         keys = keys[:, None].to(z.dtype)

@@ -94,9 +94,23 @@ def test_in_context_units_read_log_ratios_of_attention_from_the_scores():
     same_word = torch.zeros(1, 4, 4)
     for q, k in [(1, 1), (2, 2), (3, 3), (3, 1)]:
         same_word[0, q, k] = 1
-    z = torch.full((1, 1, 4, 4), -7.0)
+    z = torch.full((1, 1, 4, 4), -7.0).tril() + torch.full((4, 4), float("-inf")).triu(1)  # -inf above the diagonal
     z[0, 0, 2, 1], z[0, 0, 2, 2] = 2.0, -1.0  # row 2: partner 2, self -1, no other key besides BOS
     z[0, 0, 3, 2], z[0, 0, 3, 3], z[0, 0, 3, 1] = 3.0, 0.0, -2.0  # row 3: partner 3, self/copies mean -1
     units = properties.in_context_units(z, tokens, partner, same_word)
     assert units["self_vs_partners"][0, 0] == pytest.approx(((-1 - 2) + (-1 - 3)) / 2)
     assert math.isnan(float(units["partners_vs_others"][0, 0]))  # no row has an other key
+
+
+def test_a_consistent_but_small_tilt_is_not_a_property():
+    # every word scores itself 0.1 below its partners and partners 0.3 above the rest, without noise: CIs of
+    # width 0 exclude 0, but a key getting 90% of another's attention is no avoidance (MIN_EFFECT = log 2)
+    category = torch.arange(20) // 4
+    same = (category[:, None] == category[None, :]).double()
+    scores = 0.3 * same - 0.4 * torch.eye(20, dtype=torch.float64)
+    margins = properties.unit_margins(scores, category)
+    assert torch.allclose(margins["self_vs_partners"], torch.full((20,), -0.4, dtype=torch.float64))
+    verdicts = properties.verdicts(margins)
+    assert verdicts["self_avoidance"]["high"] == pytest.approx(-0.4) and not verdicts["self_avoidance"]["holds"]
+    assert not verdicts["category_attraction"]["holds"]
+    assert properties.verdicts(properties.unit_margins(3 * scores, category))["self_avoidance"]["holds"]
