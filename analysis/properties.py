@@ -43,6 +43,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from analysis.attention import QKHead
 from analysis.controls import LEVEL, N_RESAMPLES, Sample
 
 MIN_EFFECT = math.log(2)  # a property holds when its CI lies beyond this many nats on the predicted side
@@ -79,15 +80,16 @@ def unit_margins(scores: Tensor, category: Tensor) -> dict[str, Tensor]:
             "self_vs_others": torch.where(has_partner, self_score - other_mean, nan)}
 
 
-def trace_term(x: Tensor, W_Q: Tensor, W_K: Tensor, scale: float) -> float:
-    """n/(n - 1) tr(W Σ) / scale for inputs `x: [n, d]`, W = W_Q W_K^T, Σ their covariance with 1/n:
+def trace_term(x: Tensor, qk: QKHead) -> float:
+    """n/(n - 1) tr(W Σ) / scale for inputs `x: [n, d]`, W = W_Q W_K^T (biases left out), Σ their covariance
+    with 1/n:
 
     the mean over i of s(i, i) - mean_{j != i} s(i, j), i.e. the partner margin's expectation over shuffled
     category labels, in closed form, through the factors (tr(W Σ) = sum((x_c W_Q) * (x_c W_K)) / n, x_c = x - mean).
     """
     n = x.shape[0]
     centred = x - x.mean(0, keepdim=True)
-    return float(((centred @ W_Q) * (centred @ W_K)).sum() / (n - 1) / scale)
+    return float(((centred @ qk.W_Q) * (centred @ qk.W_K)).sum() / (n - 1) / qk.scale)
 
 
 def property_samples(margins: Mapping[str, Tensor], unit: str) -> dict[str, Sample]:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from analysis import properties
-from analysis.attention import attention_scores
+from analysis.attention import QKHead, attention_scores
 
 N_CATEGORIES, PER_CATEGORY = 8, 5
 N = N_CATEGORIES * PER_CATEGORY
@@ -47,7 +47,7 @@ EXPECTED = {"semantic": (True, True), "avoider": (True, False), "decoy": (False,
 @pytest.mark.parametrize("kind", list(EXPECTED))
 def test_each_hand_built_head_gets_exactly_its_own_properties(kind, seed):
     x, category, heads = hand_built(seed)
-    scores = attention_scores(x, x, *heads[kind], 1.0)
+    scores = attention_scores(x, x, QKHead(*heads[kind], 1.0))
     verdicts = properties.verdicts(properties.unit_margins(scores, category), n_resamples=500, seed=seed)
     found = (verdicts["self_avoidance"]["holds"], verdicts["category_attraction"]["holds"])
     assert found == EXPECTED[kind], verdicts
@@ -69,9 +69,9 @@ def test_margins_of_a_tiny_map_by_hand():
 
 def test_the_trace_term_is_the_margin_with_shuffled_labels_in_closed_form():
     x, category, heads = hand_built(3)
-    W_Q, W_K = heads["semantic"]
-    scores = attention_scores(x, x, W_Q, W_K, 2.0)
-    closed = properties.trace_term(x, W_Q, W_K, 2.0)
+    qk = QKHead(*heads["semantic"], 2.0)
+    scores = attention_scores(x, x, qk)
+    closed = properties.trace_term(x, qk)
     assert float(properties.unit_margins(scores, category)["self_vs_others"].mean()) == pytest.approx(closed)
     # averaged over label permutations, the partner margin tends to it
     g = torch.Generator().manual_seed(0)
