@@ -22,7 +22,7 @@ DEMO_SCRIPTS += characterize_head component_ablation token_freq cosine_attention
 # semantic head, part 2: QK decomposition, steering, clustering, SAE features
 DEMO_SCRIPTS += skew_analysis sym_skew_maps eigenvalue_scaling eigenvalue_rank_ablation gradient_steering clustering sae_features
 
-.PHONY: setup demo test test-slow bench clean
+.PHONY: setup demo test test-fast test-slow bench clean
 setup: $(STAMP)
 
 # torch is installed first and alone, pinned, so that nothing pulls an unpinned (CUDA) build.
@@ -41,6 +41,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest
+
+# The tests that are neither end-to-end (scripts, the paper build, make) nor slow: the quick check while working.
+test-fast: setup
+	$(PY) -m pytest -m "not e2e and not slow"
 
 test-slow: setup
 	$(PY) -m pytest -m slow

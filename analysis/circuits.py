@@ -188,7 +188,6 @@ def frequency_weight(p: Tensor, exponent: float = 0.1) -> Tensor:
     return p.clamp_min(0) ** exponent
 
 
-@torch.no_grad()
 @dataclass(frozen=True)
 class TableSize:
     """How much a key-pivoted table (`key_pivoted_table`) lists: `n_keys` keys, and per key its top `n_queries`
@@ -199,6 +198,7 @@ class TableSize:
     n_outputs: int = 8
 
 
+@torch.no_grad()
 def key_pivoted_table(qk: FactoredMatrix, ov: FactoredMatrix, p: Tensor, size: TableSize = TableSize(),
                       chunk_size: int | None = 4096) -> dict[str, Tensor]:
     """The key-pivoted token table of one head, as large as `size` says.

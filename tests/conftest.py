@@ -8,7 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
+
+# OpenMP's threads sleep while they wait instead of spinning. On a CPU shared with other work, spinning threads
+# stall each other: small batched operations (an SVD of a stack of matrices) then take orders of magnitude longer
+# than the work. Read once, when torch loads its OpenMP runtime, hence set before the import; the scripts the tests
+# start inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))

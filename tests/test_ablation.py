@@ -96,6 +96,7 @@ def test_semantic_head_reads_token_identity_not_position(organism, truth, probe)
     assert table["mean"]["mlp_only_residual"]["median"] < table["mean"]["positional_embedding"]["median"]
 
 
+@pytest.mark.e2e
 def test_component_ablation_script_end_to_end(tmp_path, truth):
     result = run_script("component_ablation", "--out", str(tmp_path), "--n-prompts", "16", "--seed", "1")
     assert result.returncode == 0, result.stderr
@@ -139,6 +140,7 @@ def test_ablation_scores_the_exact_uncapped_surprisal_of_the_survey(organism, tr
         ablation.ablation_study(organism, probe, layer, head, replace(zero, score="mine"))
 
 
+@pytest.mark.e2e
 def test_component_ablation_rejects_bad_counts(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         run_main("component_ablation", "--out", str(tmp_path), "--n-prompts", "0")

@@ -89,6 +89,7 @@ def test_hub_and_builtin_names_are_their_own_ids():
     assert model_id("gpt2-random") == "gpt2-random"
 
 
+@pytest.mark.e2e
 def test_makefile_files_results_under_the_same_id(tmp_path):
     directory = tmp_path / "model"
     directory.mkdir()
@@ -100,6 +101,7 @@ def test_makefile_files_results_under_the_same_id(tmp_path):
     assert model_id("gpt2-small", "none") == "gpt2-small+raw"
 
 
+@pytest.mark.e2e
 @needs_gpt2_tokenizer
 def test_raw_weight_results_have_a_folder_of_their_own(small_model, tmp_path):
     main_on(small_model, tmp_path, "manual_attention", "--processing", "none")
@@ -165,6 +167,7 @@ def main_on(model, out, name, *extra):
     run_main(name, "--model", str(model), "--out", str(out), *LIGHT[name], *extra)
 
 
+@pytest.mark.e2e
 @needs_gpt2_tokenizer
 @pytest.mark.parametrize("name", FAST)
 def test_fast_scripts_run_on_a_directory_model(small_model, tmp_path, name):
@@ -174,6 +177,7 @@ def test_fast_scripts_run_on_a_directory_model(small_model, tmp_path, name):
     assert data["provenance"]["arguments"]["processing"] == "default"
 
 
+@pytest.mark.e2e
 @needs_gpt2_tokenizer
 def test_qk_ov_circuits_on_a_model_without_induction_head_is_degenerate_but_complete(small_model, tmp_path, capsys):
     main_on(small_model, tmp_path, "qk_ov_circuits", "--processing", "none")
@@ -193,6 +197,7 @@ def test_qk_ov_circuits_on_a_model_without_induction_head_is_degenerate_but_comp
     assert exit_.value.code == 2 and "layer 0" in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 @needs_gpt2_tokenizer
 def test_token_freq_without_corpus_records_a_uniform_table(small_model, tmp_path):
     main_on(small_model, tmp_path, "token_freq")
@@ -200,6 +205,7 @@ def test_token_freq_without_corpus_records_a_uniform_table(small_model, tmp_path
     assert corpus["source"] == "uniform" and corpus["degenerate"] is True
 
 
+@pytest.mark.e2e
 @needs_gpt2_tokenizer
 def test_sae_features_without_an_sae_for_the_model_writes_the_rest(small_model, tmp_path, capsys):
     # Offline no SAE fits this 64-wide model: the default SAE step is skipped with its reason, exit 0.
@@ -216,6 +222,7 @@ def test_sae_features_without_an_sae_for_the_model_writes_the_rest(small_model, 
     assert not io.results_path(tmp_path / "asked", str(small_model), "sae_features").exists()
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 @needs_gpt2_tokenizer
 def test_every_script_runs_on_a_directory_model_with_gpt2_tokenizer(small_model, tmp_path):
@@ -233,6 +240,7 @@ def test_every_script_runs_on_a_directory_model_with_gpt2_tokenizer(small_model,
 # --- offline -----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_an_unreachable_hub_gives_one_paragraph_without_retries(tmp_path):
     env = {"HF_HUB_OFFLINE": "", "HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": "http://127.0.0.1:9"}
     done = run_script("logit_lens", "--model", "gpt2-small", "--out", str(tmp_path), env=env)

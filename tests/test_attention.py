@@ -172,6 +172,7 @@ def test_unsupported_architectures_are_clear_errors(organism):
         attention.manual_patterns(rotary, torch.zeros(1, 3, dtype=torch.long))
 
 
+@pytest.mark.e2e
 def test_manual_attention_script(tmp_path, capsys, truth):
     run_main("manual_attention", "--out", str(tmp_path), "--n-random", "2", "--length", "16")
     data = json.loads((tmp_path / "results" / "organism" / "manual_attention.json").read_text())["results"]

@@ -3,6 +3,7 @@
 import json
 import math
 
+import pytest
 import torch
 
 from analysis import attention_stats as stats
@@ -38,6 +39,7 @@ def test_attention_statistics_holds_every_statistic():
     assert set(out) == set(stats.STATISTICS) and all(v.shape == (1, 2) for v in out.values())
 
 
+@pytest.mark.e2e
 def test_attention_stats_script(tmp_path, capsys, truth):
     run_main("attention_stats", "--out", str(tmp_path), "--n-prompts", "4", "--length", "24")
     data = json.loads((tmp_path / "results" / "organism" / "attention_stats.json").read_text())["results"]
@@ -50,6 +52,7 @@ def test_attention_stats_script(tmp_path, capsys, truth):
     assert "longest range" in capsys.readouterr().out
 
 
+@pytest.mark.e2e
 def test_attention_stats_text_file(tmp_path):
     text = tmp_path / "prompts.txt"
     text.write_text("The cat sat on the mat.\nWhen John and Mary went to the store, John gave a drink to\n")

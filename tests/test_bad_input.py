@@ -24,6 +24,8 @@ from analysis.organism.files import ORGANISM_DIR
 
 from conftest import REPO, run_script
 
+pytestmark = pytest.mark.e2e  # every test here runs a script's main
+
 SCRIPTS = sorted(p.stem for p in (REPO / "scripts").glob("*.py"))
 _MODULES: dict[str, object] = {}
 

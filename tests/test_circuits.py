@@ -133,6 +133,7 @@ def test_token_probabilities_from_a_frequency_table():
 # --- scripts -------------------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_qk_ov_circuits_script(tmp_path, capsys, truth):
     run_main("qk_ov_circuits", "--out", str(tmp_path), "--n-prompts", "4", "--baseline-samples", "32")
     data = json.loads((tmp_path / "results" / "organism" / "qk_ov_circuits.json").read_text())["results"]
@@ -151,6 +152,7 @@ def test_qk_ov_circuits_script(tmp_path, capsys, truth):
     assert "K-composition into" in capsys.readouterr().out
 
 
+@pytest.mark.e2e
 def test_qk_ov_circuits_rejects_bad_heads(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         run_main("qk_ov_circuits", "--out", str(tmp_path), "--n-prompts", "2", "--heads", "1.9")
@@ -158,6 +160,7 @@ def test_qk_ov_circuits_rejects_bad_heads(tmp_path, capsys):
     assert "Head L1H9 does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_token_circuit_tables_script(tmp_path, organism, truth):
     # a frequency file in token_freq.py's format, in which the planted semantic head's best key is rare
     from analysis.frequency import frequency_table, write_frequency_csv

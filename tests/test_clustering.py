@@ -72,6 +72,7 @@ def test_layout_is_seeded():
     assert np.allclose(clustering.layout(graph, seed=3), clustering.layout(graph, seed=3))
 
 
+@pytest.mark.e2e
 def test_clustering_recovers_the_organism_categories(tmp_path, truth):
     run_main("clustering", "--out", str(tmp_path))
     data = json.loads((tmp_path / "results" / "organism" / "clustering.json").read_text())["results"]
@@ -97,6 +98,7 @@ def test_clustering_recovers_the_organism_categories(tmp_path, truth):
         {(layer, h) for h in range(4)} - {tuple(truth["planted_heads"]["semantic"])}
 
 
+@pytest.mark.e2e
 def test_clustering_without_a_frequency_table_says_what_to_do(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         run_main("clustering", "--out", str(tmp_path), "--n-tokens", "50", "--layer", "1", "--head", "3")

@@ -51,6 +51,7 @@ def test_csv_round_trip_keeps_awkward_tokens(tmp_path):
         read_frequency_csv(tmp_path / "missing.csv")
 
 
+@pytest.mark.e2e
 def test_token_freq_script_on_the_organism(tmp_path, organism):
     result = run_script("token_freq", "--out", str(tmp_path), "--corpus-sequences", "200")
     assert result.returncode == 0, result.stderr
@@ -63,6 +64,7 @@ def test_token_freq_script_on_the_organism(tmp_path, organism):
     assert (tmp_path / "figures" / "organism" / "token_freq.png").exists()
 
 
+@pytest.mark.e2e
 def test_token_freq_on_a_given_corpus(tmp_path, capsys):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(" red blue\n red\n")

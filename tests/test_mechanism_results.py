@@ -35,6 +35,7 @@ def test_the_shape_check_fails_on_a_results_file_without_controls():
         check_controls_shape(good, (1, 2))  # not the planted head
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_every_mechanism_results_file_has_controls_target_and_directions(tmp_path, truth):
     run_main("token_freq", "--out", str(tmp_path))  # the frequency table that cosine and clustering read

@@ -98,6 +98,7 @@ def test_missing_weights_name_the_model_the_cache_and_the_fix(tmp_path, monkeypa
     assert "'gpt2-small'" in message and "HF_HOME" in message and "network" in message
 
 
+@pytest.mark.e2e
 def test_script_prints_one_paragraph_and_exits_nonzero(tmp_path):
     result = run_script("scan_heads", "--model", "gpt2-small", "--out", str(tmp_path),
                         env={"HF_HOME": str(tmp_path / "hf")})

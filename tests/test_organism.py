@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from analysis import ablation, prompts
 from analysis.organism.files import ORGANISM_DIR
 from analysis.organism.report import THRESHOLDS, planted_head_report, thresholds_met
 from analysis.scan import scan_heads, top_heads
@@ -16,9 +17,22 @@ def test_checkpoint_is_small_and_complete():
     assert (ORGANISM_DIR / "model.safetensors").stat().st_size < 10 * 2**20
 
 
-def test_semantic_head_reads_through_mlp0(truth):
-    layer, _ = truth["planted_heads"]["semantic"]
-    assert layer >= 1
+def test_semantic_head_reads_through_mlp0(organism, truth):
+    """The planted semantic head reads the words through MLP0, measured on category prompts by the ablations of
+    analysis.ablation (per-prompt S, nats). Mean-ablating MLP0's output (its word-dependent part replaced by its
+    mean) costs the head far more than mean-ablating any other component before it, on every prompt; and MLP0's
+    output alone as block 0's output keeps the head working better, prompt by prompt, than everything else without
+    MLP0 (MLP0 zero-ablated). A head that read the words from the embeddings directly would fail both."""
+    layer, head = truth["planted_heads"]["semantic"]
+    probe = prompts.category_probe(organism, truth["categories"], 16, 32, seed=0)
+    study = ablation.ablation_study(organism, probe, layer, head)  # {mode: {condition: S per prompt}}
+    mean, zero = study["mean"], study["zero"]
+    assert float(mean["baseline"].median()) < 0.1
+    worst_other = max(float(mean[c].max()) for c in ablation.COMPONENTS if c != "mlp_0")
+    assert float(mean["mlp_0"].min()) > 2 * worst_other
+    mlp_only, without_mlp = mean[ablation.MLP_ONLY_RESIDUAL], zero["mlp_0"]
+    assert bool((mlp_only < without_mlp).all())
+    assert float(without_mlp.median()) > 3 * float(mlp_only.median())
 
 
 @pytest.mark.parametrize("seed", [11, 12])
@@ -38,6 +52,7 @@ def test_scan_ranks_the_planted_heads_first(organism, truth):
     assert top_heads(surprisal, 1, largest=False)[0][:2] == planted["semantic"]
 
 
+@pytest.mark.e2e
 def test_scan_script_end_to_end(tmp_path, truth):
     result = run_script("scan_heads", "--out", str(tmp_path), "--seed", "3")
     assert result.returncode == 0, result.stderr

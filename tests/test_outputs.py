@@ -218,6 +218,7 @@ def _consistent(out: Path, name: str) -> bool:
     return all(hashlib.sha256((out / n).read_bytes()).hexdigest() == h for n, h in outputs.items())
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_two_real_token_freq_runs_into_one_folder_never_mix(tmp_path):
     import subprocess
@@ -234,6 +235,7 @@ def test_two_real_token_freq_runs_into_one_folder_never_mix(tmp_path):
         (tmp_path / "results" / "organism" / "token_freq.json").read_text())["provenance"]["outputs"]
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_a_real_script_killed_at_random_moments_leaves_a_consistent_set(tmp_path):
     import random

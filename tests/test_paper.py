@@ -197,6 +197,7 @@ def test_log_problems_exact():
     assert log_problems("Output written on main.pdf (3 pages).") == []
 
 
+@pytest.mark.e2e
 def test_generator_script_reports_missing_results(tmp_path):
     result = run_script("make_paper_inputs", "--out", str(tmp_path), "--generated", str(tmp_path / "g"))
     assert result.returncode == 2
@@ -261,6 +262,7 @@ def build(root: Path, model: str, name: str) -> tuple[str, list[str], dict]:
     return pdf_text(pdf), problems, manifest
 
 
+@pytest.mark.e2e
 def test_paper_builds_cleanly_and_prints_the_results(workspace):
     text, problems, manifest = build(workspace, "organism", "organism")
     assert problems == []
@@ -271,6 +273,7 @@ def test_paper_builds_cleanly_and_prints_the_results(workspace):
         assert number in flat, f"\\{name} = {number} missing from the PDF"
 
 
+@pytest.mark.e2e
 def test_a_changed_result_changes_the_pdf(workspace):
     path = workspace / "results" / "organism" / "scan_heads.json"
     original = path.read_text()
@@ -302,6 +305,7 @@ def renamed_copy(workspace: Path, model: str, planted: bool = False) -> Path:
     return target
 
 
+@pytest.mark.e2e
 def test_paper_builds_for_gpt2_small_names(workspace):
     """The same sources with another model's results: only the model (and its numbers) differ."""
     renamed_copy(workspace, "gpt2-small")
@@ -313,6 +317,7 @@ def test_paper_builds_for_gpt2_small_names(workspace):
     assert "This build reports the model organism" not in flat
 
 
+@pytest.mark.e2e
 def test_organism_branch_follows_the_ground_truth_not_the_name(workspace):
     """A model that comes with planted heads gets the organism's passages whatever it is called, and one without
     gets the other branch even when it is called "organism"."""
@@ -372,6 +377,7 @@ def test_a_model_loaded_without_processing_leaves_the_processed_comparison_out(f
     assert "ManualMaxProcessed" not in manifest and "ManualMaxTL" in manifest
 
 
+@pytest.mark.e2e
 def test_paper_builds_without_the_sae_step(workspace):
     """A non-organism build whose sae_features had no SAE: no undefined macro, and the text says why."""
     no_sae_step(renamed_copy(workspace, "no-sae"))
@@ -381,6 +387,7 @@ def test_paper_builds_without_the_sae_step(workspace):
     assert "The SAE step was not run on no-sae" in flat and "SaeSelf" not in manifest
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_make_all_from_scratch(tmp_path, tex):
     """Every demo script into a fresh output root, then the paper from its results: as `make all`."""

@@ -88,6 +88,7 @@ def test_patching_needs_prompts_of_one_length(organism):
         patching.head_patching(organism, patching.TokenPair(a, b, torch.tensor([2]), torch.tensor([3])))
 
 
+@pytest.mark.e2e
 def test_activation_patching_script(tmp_path, capsys, truth):
     run_main("activation_patching", "--out", str(tmp_path))
     data = json.loads((tmp_path / "results" / "organism" / "activation_patching.json").read_text())["results"]
@@ -97,12 +98,14 @@ def test_activation_patching_script(tmp_path, capsys, truth):
     assert "recovered by patching one head" in capsys.readouterr().out
 
 
+@pytest.mark.e2e
 def test_activation_patching_custom_pair_needs_all_four(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         run_main("activation_patching", "--out", str(tmp_path), "--clean", "The cat")
     assert exit_info.value.code == 2 and "all four" in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_activation_patching_task_flag_and_custom_pair(tmp_path, capsys):
     run_main("activation_patching", "--out", str(tmp_path), "--task", "ioi")
     data = json.loads((tmp_path / "results" / "organism" / "activation_patching.json").read_text())["results"]
@@ -118,6 +121,7 @@ def test_activation_patching_task_flag_and_custom_pair(tmp_path, capsys):
     assert exit_info.value.code == 2 and "not both" in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_logit_lens_script(tmp_path, capsys):
     run_main("logit_lens", "--out", str(tmp_path), "--top", "3")
     data = json.loads((tmp_path / "results" / "organism" / "logit_lens.json").read_text())["results"]

@@ -290,6 +290,7 @@ def test_semantic_head_needs_negative_eigenvalues_and_flipping_them_restores_sel
     assert flipped["self_mass"] >= 5 * base["self_mass"]
 
 
+@pytest.mark.e2e
 def test_decomposition_scripts_end_to_end(tmp_path, truth):
     out = str(tmp_path)
     scripts = (("skew_analysis", ()), ("sym_skew_maps", ()), ("eigenvalue_scaling", ("--n-prompts", "16")))
@@ -340,6 +341,7 @@ def test_decomposition_scripts_end_to_end(tmp_path, truth):
         by_factor["-1"] - scaling["edits"][key]["unedited"]["self_mass"], abs=1e-5)
 
 
+@pytest.mark.e2e
 def test_rank_ablation_script(tmp_path, truth):
     run_main("eigenvalue_rank_ablation", "--out", str(tmp_path), "--ks", "4", "100", "--scales", "1", "-1",
              "--n-prompts", "8", "--n-words", "32")

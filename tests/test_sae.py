@@ -113,6 +113,7 @@ def test_sae_source_follows_the_model_and_the_flags(organism, tmp_path):
     assert sources.load_sae(organism, sources.SAESource("path", path=str(directory))).cfg.d_sae == 32
 
 
+@pytest.mark.e2e
 def test_sae_of_another_width_is_refused_with_a_clear_error(tmp_path, capsys):
     directory = random_sae(tmp_path / "sae16", d_in=16)
     with pytest.raises(SystemExit) as exit_info:
@@ -158,6 +159,7 @@ def test_pretrained_sae_unavailable_offline_is_a_clear_error(monkeypatch, tmp_pa
         sources.load_pretrained(sources.GPT2_RELEASE, "blocks.0.hook_resid_post")
 
 
+@pytest.mark.e2e
 def test_sae_features_script_with_a_saved_sae_directory(tmp_path):
     directory = ORGANISM_SAE_DIR / "blocks.0.hook_resid_post"  # the shipped SAE, passed as a path
     run_main("sae_features", "--out", str(tmp_path), "--n-prompts", "16", "--sae-path", str(directory))
@@ -166,6 +168,7 @@ def test_sae_features_script_with_a_saved_sae_directory(tmp_path):
     assert data["sae"]["d_in"] == 128 and data["sae"]["hook"] == "blocks.0.hook_resid_post"
 
 
+@pytest.mark.e2e
 def test_sae_features_script(tmp_path, truth):
     run_main("sae_features", "--out", str(tmp_path), "--n-prompts", "32", "--precision-k", "8",
              "--categories", "all")

@@ -6,6 +6,8 @@ import pytest
 
 from conftest import run_main
 
+pytestmark = pytest.mark.e2e  # every test here reads one run of the script
+
 
 @pytest.fixture(scope="module")
 def scan_results(tmp_path_factory):

@@ -134,6 +134,7 @@ def test_category_mates_beat_self_on_the_organism(organism, truth):
     assert contrast["mates_cosine"] > contrast["others_cosine"]  # mates are the more similar inputs
 
 
+@pytest.mark.e2e
 def test_cosine_attention_script_end_to_end(tmp_path, truth):
     result = run_script("cosine_attention_analysis", "--out", str(tmp_path), "--n-resamples", "200",
                         env={"ANALYSIS_CACHE_DIR": str(tmp_path / "cache")})
@@ -163,6 +164,7 @@ def test_cosine_attention_script_end_to_end(tmp_path, truth):
     assert data["target"]["mates_minus_others"]["value"] == pytest.approx(data["category_contrast"]["mates_minus_others"])
 
 
+@pytest.mark.e2e
 def test_cosine_attention_needs_a_frequency_table_for_a_subset(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         run_main("cosine_attention_analysis", "--out", str(tmp_path), "--n-tokens", "50", "--layer", "1", "--head", "0")

@@ -63,6 +63,7 @@ def test_gradient_steering_moves_self_mass_and_keeps_partners(organism, semantic
     assert all(p.grad is None for p in organism.parameters())
 
 
+@pytest.mark.e2e
 def test_gradient_steering_script(tmp_path, truth):
     run_main("gradient_steering", "--out", str(tmp_path), "--steps", "5", "--n-prompts", "16",
              "--trace-relative", "0.3", "0.1", "--top", "5")
@@ -99,6 +100,7 @@ def test_gradient_steering_script(tmp_path, truth):
         assert (tmp_path / "figures" / "organism" / f"{name}.png").stat().st_size > 1000
 
 
+@pytest.mark.e2e
 def test_gradient_steering_script_rejects_a_multi_token_query(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         run_main("gradient_steering", "--out", str(tmp_path), "--query", " Monday Tuesday")

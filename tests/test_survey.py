@@ -83,6 +83,7 @@ def test_survey_finds_the_planted_head_ahead_by_more_than_the_cis(organism, trut
     assert best.bos_mass_no_partner >= THRESHOLDS["semantic_bos_mass_no_partner"][1]
 
 
+@pytest.mark.e2e
 def test_characterize_head_script_end_to_end(tmp_path, truth):
     result = run_script("characterize_head", "--out", str(tmp_path), "--seed", "2", "--n-prompts", "32",
                         "--n-resamples", "200")
@@ -103,6 +104,7 @@ def test_characterize_head_script_end_to_end(tmp_path, truth):
     assert f"L{layer}H{head}" in html and "unpkg.com" not in html  # self-contained, no CDN
 
 
+@pytest.mark.e2e
 def test_characterize_head_rejects_a_missing_head(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         run_main("characterize_head", "--out", str(tmp_path), "--layer", "7", "--head", "0")

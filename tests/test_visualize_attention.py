@@ -16,6 +16,7 @@ def test_attention_heads_html_is_standalone_and_offline():
     assert '"attentionHeadNames": ["H0", "H1"]' in page
 
 
+@pytest.mark.e2e
 def test_visualize_attention_script(tmp_path, capsys):
     run_main("visualize_attention", "--out", str(tmp_path))
     figures = tmp_path / "figures" / "organism"
@@ -28,6 +29,7 @@ def test_visualize_attention_script(tmp_path, capsys):
     assert "offline" in capsys.readouterr().out
 
 
+@pytest.mark.e2e
 def test_visualize_attention_layer_out_of_range(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         run_main("visualize_attention", "--out", str(tmp_path), "--layer", "5")
