@@ -25,9 +25,9 @@ beating the target (by point value). The decision rule, fixed before any result 
 
 A statistic given as a plain number (of the weights alone, with no sampling unit) gets no CI and
 the verdict "descriptive": it can describe a head, never separate it. A value tied with the
-strongest control is a "tie"; an undefined value (None or NaN, e.g. a ratio over a zero spread)
-is "undefined", never ranked. Masses near 0 or 1 saturate (a gain is capped at 1 minus the
-baseline), so a `Sample` may ask for the difference on the logit scale. `p_value` is the one-sided
+strongest control is a "tie"; an undefined value (None, NaN or an `Undefined` carrying its
+reason, e.g. a ratio over a zero spread) is "undefined", never ranked and never a control's
+rival. Masses near 0 or 1 saturate (a gain is capped at 1 minus the baseline), so a `Sample` may ask for the difference on the logit scale. `p_value` is the one-sided
 bootstrap p of the difference (the share of resamples on the wrong side of 0, counted with the
 observed one): what a family-wise correction over several primary statistics uses
 (`analysis.evidence`). Heads are keyed "L<layer>H<head>".
@@ -85,7 +85,14 @@ class Sample:
         return statistic.clamp(LOGIT_FLOOR, 1 - LOGIT_FLOOR).logit()
 
 
-Statistic = float | Sample | None  # a plain number (no sampling unit), a Sample, or undefined
+@dataclass(frozen=True)
+class Undefined:
+    """A statistic that has no value for a head, and why (a ratio over a zero spread, a share of nothing)."""
+
+    reason: str
+
+
+Statistic = float | Sample | Undefined | None  # a plain number (no sampling unit), a Sample, or undefined
 
 
 def head_key(layer: int, head: int) -> str:
@@ -131,6 +138,8 @@ def rank_in_direction(value: float, others: Sequence[float | None], direction: D
 
 
 def _value(statistic: Statistic) -> float | None:
+    if isinstance(statistic, Undefined):
+        return None
     value = statistic.value if isinstance(statistic, Sample) else statistic
     return float(value) if _finite(value) else None
 
@@ -194,7 +203,8 @@ def compare(target: Head, stats: Mapping[Head, Mapping[str, Statistic]], directi
         row = {"value": value, "rank": None, "n_ranked": len(finite) + 1, "rank_chance": 1 / (len(finite) + 1),
                "ties": 0, "strongest_control": None, "difference": None, "p_value": None}
         if value is None:
-            entry[name] = {**row, "verdict": "undefined", "separates": False}
+            reason = own.reason if isinstance(own, Undefined) else "no finite value"
+            entry[name] = {**row, "verdict": "undefined", "separates": False, "reason": reason}
             continue
         sign = 1.0 if direction == "low" else -1.0
         row["rank"] = rank_in_direction(value, [v for _, v in finite], direction)

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from analysis.controls import (Sample, all_heads, compare, default_controls, head_key, paired_difference,
-                               rank_in_direction, separating)
+from analysis.controls import (Sample, Undefined, all_heads, compare, default_controls, head_key,
+                               paired_difference, rank_in_direction, separating)
 from analysis.heads import control_heads
 
 
@@ -87,6 +87,15 @@ def test_an_undefined_target_is_undefined_and_never_ranked():
     stats = {(1, 3): {"m": None}, (1, 0): {"m": Sample(units(0.0), "words")}}
     entry = compare((1, 3), stats, {"m": "low"})["target"]["m"]
     assert (entry["value"], entry["rank"], entry["verdict"], entry["separates"]) == (None, None, "undefined", False)
+
+
+def test_an_undefined_statistic_keeps_its_reason_and_leaves_the_ranks():
+    stats = {(1, 3): {"m": Sample(units(-1.0), "words")}, (1, 0): {"m": Undefined("constant scores")},
+             (1, 1): {"m": Sample(units(0.0), "words")}}
+    report = compare((1, 3), stats, {"m": "low"})
+    assert report["target"]["m"]["n_ranked"] == 2 and report["target"]["m"]["strongest_control"]["head"] == 1
+    alone = compare((1, 0), stats, {"m": "low"})["target"]["m"]
+    assert (alone["verdict"], alone["reason"]) == ("undefined", "constant scores")
 
 
 def test_compare_needs_the_target():
