@@ -43,7 +43,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from analysis.attention import QKHead
+from analysis.attention import QKHead, attention_scores
 from analysis.controls import LEVEL, N_RESAMPLES, Sample
 
 MIN_EFFECT = math.log(2)  # a property holds when its CI lies beyond this many nats on the predicted side
@@ -171,3 +171,17 @@ def in_context_units(attn_scores: Tensor, tokens: Tensor, partner: Tensor, same_
     partner_minus_other = key_mean(partner) - key_mean(other)
     return {"self_vs_partners": prompt_mean(self_minus_partner, rows),
             "partners_vs_others": prompt_mean(partner_minus_other, with_other)}
+
+
+# The input view the weight-space verdicts read (`token_maps.INPUT_VIEWS`), fixed in advance: "context", each
+# word's real input averaged over random contexts, is what the head sees on the category prompts on which its
+# behaviour is measured; the "mean" and "zero" views replace the context by one constant, which shrinks the
+# differences between words that the two properties compare.
+WEIGHT_VIEW = "context"
+
+
+def weight_verdicts(x: Tensor, category: Tensor, qk: QKHead, seed: int = 0,
+                    n_resamples: int = N_RESAMPLES) -> dict[str, dict]:
+    """`verdicts` of the head `qk` on inputs `x: [n, d]` of category words (`category: [n]`): the two properties
+    read from its scores s(i, j) = x_i W_Q W_K^T x_j^T / scale over the words, words the units."""
+    return verdicts(unit_margins(attention_scores(x, x, qk), category), n_resamples, seed)

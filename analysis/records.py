@@ -14,7 +14,8 @@ import numpy as np
 from torch import Tensor
 
 from analysis import clustering, steering
-from analysis.controls import Head, head_key
+from analysis.controls import Head, Statistic, head_key
+from analysis.properties import MIN_EFFECT, PROPERTIES, both_hold
 from analysis.sae.features import self_avoidance, top_pairs
 from analysis.sae.sources import HeadSAE
 from analysis.token_maps import block_means
@@ -43,6 +44,65 @@ def comparison_lines(report: Mapping, prefix: str = "  ") -> list[str]:
         lines.append(f"{prefix}{name} ({direction}): target {value}, rank {rank}, strongest control {strongest}"
                      f"{interval}: {entry['verdict']}")
     return lines
+
+
+# --- the nulls of the input statistics and the two properties (`self_suppression`, `properties`) --------------
+
+
+def _number(statistic: Statistic) -> float | None:
+    value = getattr(statistic, "value", statistic)
+    return value if isinstance(value, (int, float)) else None
+
+
+def skew_nulls(target: Mapping[str, Statistic]) -> dict:
+    """The target's nulls from its `self_suppression.head_statistics`, each with what it rules out."""
+    share, q95 = _number(target["below_partners_share"]), target["below_partners_null_q95"]
+    return {
+        "self_vs_random_words": {
+            "value": target["self_vs_random_words"], "margin": _number(target["margin"]),
+            "says": "the partner margin with the category labels shuffled, in closed form n/(n-1) tr(W Σ)/scale; "
+                    "margin = this - category_attraction word by word, so a margin below it shows category "
+                    "attraction, not self-avoidance (Gaussian inputs with the words' moments have the same "
+                    "expected margin: the same null, not a second one)"},
+        "below_partners": {
+            "value": share, "mean": target["below_partners_null_mean"], "q95": q95,
+            "beats_null": share is not None and share > q95,
+            "says": "the share below every partner for Gaussian inputs with the words' mean and covariance and "
+                    "the real category sizes: what the inputs' first two moments give without token identity"},
+        "self_score": {
+            "value": _number(target["self_score"]),
+            "says": "no null: E[y W y^T] = μ W μ^T + tr(W Σ) for any inputs with the words' mean and covariance, "
+                    "so such a 'null' equals the mean self-score by algebra"},
+    }
+
+
+def null_lines(null: Mapping) -> list[str]:
+    """Printable lines of `skew_nulls`."""
+    margin, below = null["self_vs_random_words"], null["below_partners"]
+    return [f"null: margin {margin['margin']:+.3f} against self_vs_random_words {margin['value']:+.3f} "
+            f"(labels shuffled, closed form)",
+            f"null: below every partner {below['value']:.2f} against Gaussian inputs {below['mean']:.2f} "
+            f"(95th percentile {below['q95']:.2f}): {'beaten' if below['beats_null'] else 'not beaten'}"]
+
+
+def property_record(by_head: Mapping[Head, Mapping[str, Mapping]], view: str, unit: str) -> dict:
+    """Every head's `properties.verdicts`, keyed "L<l>H<h>", with both_hold, and the rule that decides them."""
+    return {"view": view, "unit": unit, "min_effect": MIN_EFFECT,
+            "rule": f"a property holds iff the 95% bootstrap CI of its mean over {unit}s lies beyond log 2 nats on "
+                    "the predicted side (self-avoidance below -log 2, category attraction above +log 2)",
+            "by_head": {head_key(*h): {**v, "both_hold": both_hold(v)} for h, v in by_head.items()}}
+
+
+def property_lines(record: Mapping) -> list[str]:
+    """One printable line per head of a `property_record` that has at least one property."""
+    lines = []
+    for key, verdicts in record["by_head"].items():
+        held = [p for p in PROPERTIES if verdicts[p]["holds"]]
+        if held:
+            values = ", ".join(f"{p} {verdicts[p]['value']:+.2f} [{verdicts[p]['low']:+.2f}, {verdicts[p]['high']:+.2f}]"
+                               for p in PROPERTIES if verdicts[p]["value"] is not None)
+            lines.append(f"{key}: {' and '.join(held)} (on {record['view']}: {values})")
+    return lines or [f"no head has either property (on {record['view']})"]
 
 
 # --- attention versus similarity (`similarity`) ------------------------------------------------

@@ -315,7 +315,10 @@ def test_decomposition_scripts_end_to_end(tmp_path, truth):
     assert skew["target"]["n_negative_eigenvalues"]["rank"] == 1
     assert not skew["target"]["n_negative_eigenvalues"]["separates"]
     assert {"margin", "margin_normalised", "below_partners_share"} <= set(skew["separating"])
-    assert skew["null"]["target"]["gaussian_margin"] > skew["target"]["margin"]["value"]
+    assert skew["null"]["self_vs_random_words"]["value"] > skew["target"]["margin"]["value"]
+    assert skew["null"]["below_partners"]["beats_null"]
+    semantic = "L{}H{}".format(*truth["planted_heads"]["semantic"])
+    assert [key for key, v in skew["properties"]["by_head"].items() if v["both_hold"]] == [semantic]
     assert (tmp_path / "figures" / "organism" / "skew_analysis_controls.png").stat().st_size > 1000
     maps = json.loads((results / "sym_skew_maps.json").read_text())["results"]
     assert maps["check"]["max_abs_diag_skew"] < 1e-4 and len(maps["tokens"]) == 30
