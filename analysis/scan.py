@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from analysis import prompts, scores
+from analysis import prompts, properties, scores
 from analysis.patterns import all_patterns, all_patterns_and_scores, flatten_heads
 
 
@@ -82,14 +82,19 @@ REPORT_SEED_OFFSET = 1000  # the report prompt set's seed is the selection seed 
 
 def semantic_survey(model: HookedTransformer, n_prompts: int = 64, n_words: int = 64, seed: int = 0,
                     categories: Mapping[str, Sequence[str]] = prompts.STUDY_CATEGORIES) -> dict[str, Tensor]:
-    """Per-prompt S and companions of every head, each `[batch, layer, head]`, on category prompts.
+    """Per-prompt S and companions of every head, each `[batch, layer, head]`, on category prompts, and the two
+    properties' in-context statistics (self_vs_partners, partners_vs_others: `properties.in_context_units`).
 
     S is exact and uncapped: the pass that collects the patterns also collects the pre-softmax
     scores (`scores.masked_log_mass`).
     """
     tokens, mask = prompts.category_probe(model, categories, n_prompts, n_words, seed)
     pattern, attn_scores = (flatten_heads(t) for t in all_patterns_and_scores(model, tokens))
-    return {k: _per_head(model, v) for k, v in scores.semantic_scores(pattern, tokens, mask, attn_scores).items()}
+    partner = mask.clone()
+    partner[:, :, 0] = 0  # the semantic mask without its BOS fallback: the earlier, different category-mates
+    survey = scores.semantic_scores(pattern, tokens, mask, attn_scores)
+    survey |= properties.in_context_units(attn_scores, tokens, partner, scores.same_word_mask(tokens))
+    return {k: _per_head(model, v) for k, v in survey.items()}
 
 
 def shared_prompts(a: Tensor, b: Tensor) -> int:

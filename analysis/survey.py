@@ -3,7 +3,9 @@
 `analysis.scan.semantic_survey` gives, for every head, per-prompt values of the study's score S
 and its companions, `[batch, layer, head]`. Here they become one row per head: the mean over
 prompts with a percentile-bootstrap CI over prompts (`scores.bootstrap_ci`), ranked by S (lower
-is better).
+is better); `controls.Sample`s over prompts for comparing the target with every other head
+(`survey_samples`, masses on the logit scale, since they saturate near 0 and 1); and each head's
+two properties read in context (`behaviour_verdicts`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,14 @@ from collections.abc import Mapping
 import pandas as pd
 from torch import Tensor
 
+from analysis.controls import N_RESAMPLES, Head, Sample
+from analysis.properties import PROPERTIES, verdicts
 from analysis.scores import SEMANTIC_METRICS, bootstrap_ci
+
+# Which way each survey metric lies for a self-suppressing semantic head; the masses are compared as logits.
+SURVEY_DIRECTIONS = {"surprisal": "low", "partner_mass": "high", "self_mass": "low", "bos_mass_no_partner": "high",
+                     "argmax_accuracy": "high"}
+LOGIT_METRICS = ("partner_mass", "self_mass", "bos_mass_no_partner", "argmax_accuracy")
 
 
 def survey_table(survey: Mapping[str, Tensor], level: float = 0.95, n_resamples: int = 2000,
@@ -50,3 +59,21 @@ def separation(table: pd.DataFrame, layer: int | None = None, head: int | None =
             "runner_up": [int(runner_up.layer), int(runner_up["head"])],
             "runner_up_surprisal": float(runner_up.surprisal),
             "separated": bool(chosen.surprisal_high < runner_up.surprisal_low)}
+
+
+def survey_samples(survey: Mapping[str, Tensor]) -> dict[Head, dict[str, Sample]]:
+    """(layer, head) -> each metric of `SURVEY_DIRECTIONS` as a `controls.Sample` over the prompts
+    (`survey[metric]: [batch, layer, head]`), the masses on the logit scale."""
+    _, n_layers, n_heads = survey["surprisal"].shape
+    return {(l, h): {m: Sample(survey[m][:, l, h].double(), "prompt", scale="logit" if m in LOGIT_METRICS else
+                               "identity") for m in SURVEY_DIRECTIONS}
+            for l in range(n_layers) for h in range(n_heads)}
+
+
+def behaviour_verdicts(survey: Mapping[str, Tensor], n_resamples: int = N_RESAMPLES, seed: int = 0
+                       ) -> dict[Head, dict[str, dict]]:
+    """(layer, head) -> `properties.verdicts` of the in-context statistics (`survey[statistic]: [batch, layer, head]`,
+    from `scan.semantic_survey`), prompts the units."""
+    _, n_layers, n_heads = survey["surprisal"].shape
+    return {(l, h): verdicts({stat: survey[stat][:, l, h] for stat, _ in PROPERTIES.values()}, n_resamples, seed)
+            for l in range(n_layers) for h in range(n_heads)}

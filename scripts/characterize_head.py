@@ -12,6 +12,12 @@ each with a percentile-bootstrap 95% CI over prompts. S is exact and uncapped: i
 the pre-softmax scores (log of the masked mass = logsumexp over the marked keys minus logsumexp over
 all keys), so a head far from its targets scores its true surprisal.
 
+Against every other head (`comparison`): each metric of the target as a `controls.Sample` over the
+report set's prompts against the strongest other head, with a paired bootstrap CI of the difference
+(masses on the logit scale); S is a primary statistic of the claim (`analysis.evidence`). The two
+properties (`properties`): each head's self-avoidance and category attraction read from its
+pre-softmax scores on the report set (`properties.in_context_units`), each with a CI over prompts.
+
 Honest selection: the head is selected (lowest mean S) on one prompt set (--seed) and its values
 and CIs are reported on a disjoint one (seed + 1000); both seeds are recorded, and the selection
 set's ranking is kept beside the report set's. The prompts use the study's 8 categories by default
@@ -28,13 +34,14 @@ from __future__ import annotations
 
 import math
 
-from analysis import cli, io, prompts, scan
+from analysis import cli, io, prompts, records, scan
+from analysis.controls import compare
 from analysis.heads import target_head
 from analysis.models import load_model
 from analysis.patterns import all_patterns_and_scores
 from analysis.plotting import attention_heads_html, attention_pattern, head_heatmaps, save_figure
 from analysis.scores import PATTERN_MASS_FLOOR, semantic_scores
-from analysis.survey import separation, survey_table
+from analysis.survey import SURVEY_DIRECTIONS, behaviour_verdicts, separation, survey_samples, survey_table
 
 NAME = "characterize_head"
 
@@ -93,10 +100,14 @@ def main(args) -> None:
     example = {k: float(v[0, head])
                for k, v in semantic_scores(pattern[layer][None], tokens, mask, attn_scores[layer][None]).items()}
     labels = model.to_str_tokens(tokens[0])
+    comparison = compare((layer, head), survey_samples(survey), SURVEY_DIRECTIONS, args.n_resamples, args.seed)
+    verdicts = behaviour_verdicts(survey, args.n_resamples, args.seed)
 
     results = {
         "survey": table.to_dict("records"),  # the report set, ranked by its own S
         "separation": separation(table, layer, head),  # the target against the best other head, report set
+        "comparison": comparison,  # every metric against the strongest other head, paired CI over prompts
+        "properties": records.property_record(verdicts, "pre-softmax scores on the report prompts", "prompt"),
         "target": {"layer": layer, "head": head, "chosen_by": "--layer/--head" if chosen else "survey",
                    **{k: float(v) for k, v in target_row.items() if k not in ("layer", "head", "rank")},
                    "rank": int(target_row["rank"]), "selection_rank": int(selected_row["rank"]),
@@ -138,6 +149,8 @@ def main(args) -> None:
           f"(seed {held_out['seeds']['selection']}), rank {results['target']['rank']} on the report set "
           f"(seed {held_out['seeds']['report']}); vs the best other head: margin {sep['margin']:.3f} nats, "
           f"CIs {'disjoint' if sep['separated'] else 'overlap'}")
+    print("\n".join(records.comparison_lines(comparison)))
+    print("\n".join(records.property_lines(results["properties"])))
     print(f"results: {path}\nlayer view: {html}")
 
 
