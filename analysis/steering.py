@@ -50,14 +50,17 @@ def steering_loss(self_mass: Tensor, partner_mass: Tensor, direction: Direction,
 
 def weight_change(before: QKHead, after: QKHead) -> dict[str, float]:
     """Relative Frobenius change of an edit `before` -> `after`: ||W_Q' - W_Q|| / ||W_Q||, the same for W_K and for
-    W_QK = W_Q W_K^T.
+    W_QK = W_Q W_K^T (NaN, undefined, where the unedited matrix is zero).
 
     W_QK' - W_QK = [W_Q', -W_Q][W_K', W_K]^T stays factored (no d_model x d_model product is formed).
     """
     W_Q, W_K, new_W_Q, new_W_K = before.W_Q, before.W_K, after.W_Q, after.W_K
     delta_QK = FactoredMatrix(torch.cat([new_W_Q, -W_Q], -1), torch.cat([new_W_K, W_K], -1).T)
-    return {"W_Q": float((new_W_Q - W_Q).norm() / W_Q.norm()), "W_K": float((new_W_K - W_K).norm() / W_K.norm()),
-            "W_QK": float(delta_QK.norm() / before.W.norm())}
+
+    def relative(change: Tensor, base: Tensor) -> float:
+        return float(change / base) if float(base) > 0 else float("nan")
+    return {"W_Q": relative((new_W_Q - W_Q).norm(), W_Q.norm()), "W_K": relative((new_W_K - W_K).norm(), W_K.norm()),
+            "W_QK": relative(delta_QK.norm(), before.W.norm())}
 
 
 def interpolate_at(curve: Sequence[Mapping[str, float]], key: str, value: float) -> dict | None:
@@ -82,8 +85,10 @@ def trace_step(qk: QKHead, eta: float) -> QKHead:
 
 
 def trace_eta(qk: QKHead, relative: float) -> float:
-    """The η whose step η W_Q W_Q^T has Frobenius norm `relative` * ||W_Q W_K^T|| (a model-independent size)."""
-    return relative * float(qk.W.norm() / FactoredMatrix(qk.W_Q, qk.W_Q.T).norm())
+    """The η whose step η W_Q W_Q^T has Frobenius norm `relative` * ||W_Q W_K^T|| (a model-independent size); 0 for
+    a head with W_Q = 0, whose step is zero whatever η."""
+    step_norm = float(FactoredMatrix(qk.W_Q, qk.W_Q.T).norm())
+    return relative * float(qk.W.norm()) / step_norm if step_norm > 0 else 0.0
 
 
 def head_masses(x: Tensor, probe: Probe, qk: QKHead) -> dict[str, Tensor]:
