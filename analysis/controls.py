@@ -11,7 +11,8 @@ for the target *and* for control heads, and writes
                                    "strongest_control": {"layer": .., "head": .., "value": ..},
                                    "difference": {"value", "low", "high", "unit", "n_units", "scale", ...},
                                    "p_value": p, "verdict": "...", "separates": bool}}
-    "controls":   [{"layer": l, "head": h, "<statistic>": value, ...}, ...]
+    "controls":   [{"layer": l, "head": h, "<statistic>": value, ...,
+                    "undefined": {"<statistic>": reason}  (only where a statistic is undefined)}, ...]
 
 rank 1 is the most extreme value, among the target and its controls, in the predicted direction
 (`rank_in_direction`); with n heads ranked, rank 1 happens by chance with probability 1/n
@@ -226,8 +227,15 @@ def compare(target: Head, stats: Mapping[Head, Mapping[str, Statistic]], directi
         else:
             outcome = "descriptive"
         entry[name] = {**row, "verdict": outcome, "separates": outcome == "separates"}
-    rows = [{"layer": h[0], "head": h[1], **{name: _value(v) for name, v in stats[h].items()}} for h in controls]
+    rows = [{"layer": h[0], "head": h[1], **{name: _value(v) for name, v in stats[h].items()},
+             **_reasons(stats[h])} for h in controls]
     return {"directions": dict(directions), "target": entry, "controls": rows}
+
+
+def _reasons(stats: Mapping[str, Statistic]) -> dict:
+    """{"undefined": {statistic: reason}} for a control's `Undefined` statistics, or {} when it has none."""
+    reasons = {name: v.reason for name, v in stats.items() if isinstance(v, Undefined)}
+    return {"undefined": reasons} if reasons else {}
 
 
 def separating(report: Mapping) -> list[str]:

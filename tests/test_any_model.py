@@ -45,6 +45,7 @@ LIGHT = {
     "gradient_steering": ["--steps", "2", "--batch-size", "2", "--n-prompts", "4", "--n-words", "8"],
     "clustering": ["--n-tokens", "200"],
     "sae_features": ["--n-prompts", "4", "--n-words", "8"],
+    "evidence": [],
 }
 FAST = ("activation_patching", "manual_attention")
 

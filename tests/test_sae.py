@@ -326,5 +326,7 @@ def test_feature_map_and_its_statistics_through_each_layers_layernorm(organism):
     x0 = organism.blocks[0].ln1(sae.W_dec[chosen][:, None])[:, 0].detach()
     expected = group_map_statistics(x0, group, QKHead(organism.W_Q[0, 2].detach(), organism.W_K[0, 2].detach(),
                                                       organism.cfg.attn_scale))
-    assert {k: stats[(0, 2)][k] for k in expected} == pytest.approx(expected, abs=1e-5)
-    assert stats[(1, 3)]["self_minus_in_group"] != pytest.approx(stats[(0, 3)]["self_minus_in_group"])
+    assert {k: stats[(0, 2)][k].value for k in expected} == pytest.approx({k: v.value for k, v in expected.items()},
+                                                                         abs=1e-5)
+    assert stats[(0, 2)]["self_minus_in_group"].unit == "SAE feature"
+    assert stats[(1, 3)]["self_minus_in_group"].value != pytest.approx(stats[(0, 3)]["self_minus_in_group"].value)
