@@ -21,6 +21,8 @@ DEMO_SCRIPTS += manual_attention attention_stats qk_ov_circuits token_circuit_ta
 DEMO_SCRIPTS += characterize_head component_ablation token_freq cosine_attention_analysis
 # semantic head, part 2: QK decomposition, steering, clustering, SAE features
 DEMO_SCRIPTS += skew_analysis sym_skew_maps eigenvalue_scaling eigenvalue_rank_ablation gradient_steering clustering sae_features
+# the evidence: the primary statistics corrected together, every other comparison listed as secondary
+DEMO_SCRIPTS += evidence
 
 .PHONY: setup demo test test-fast test-slow bench clean
 setup: $(STAMP)
@@ -166,3 +168,4 @@ record-bench: setup
 # Scripts that read other scripts' results (besides the analysis package):
 $(RUNS)/cosine_attention_analysis.json: $(RUNS)/token_freq.json
 $(RUNS)/clustering.json: $(RUNS)/token_freq.json
+$(RUNS)/evidence.json: $(filter-out $(RUNS)/evidence.json,$(RUN_STAMPS))

@@ -311,3 +311,36 @@ def target_vs_controls(report: Mapping, title: str | None = None, names: Sequenc
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def property_verdicts_figure(records: Mapping[str, Mapping], min_effect: float, target: str | None = None):
+    """One panel per view (`records[view]`: a `records.property_record`): each head's two property statistics with
+    their CIs, against the thresholds ±`min_effect` a property must lie beyond; the target's label in red."""
+    use_style()
+    import matplotlib.pyplot as plt
+
+    views = [v for v, r in records.items() if r is not None]
+    fig, axes = plt.subplots(1, max(1, len(views)), figsize=(5.2 * max(1, len(views)), 3.6), squeeze=False)
+    for ax, view in zip(axes.flat, views):
+        by_head = records[view]["by_head"]
+        heads = list(by_head)
+        for offset, (prop, colour) in zip((-0.15, 0.15), (("self_avoidance", "C0"), ("category_attraction", "C1"))):
+            for i, key in enumerate(heads):
+                v = by_head[key][prop]
+                if v["value"] is None:
+                    continue
+                low, high = (v["low"], v["high"]) if v["low"] is not None else (v["value"], v["value"])
+                ax.errorbar(i + offset, v["value"], yerr=[[v["value"] - low], [high - v["value"]]], fmt="o", ms=3,
+                            color=colour, label=prop.replace("_", " ") if i == 0 else None)
+        for y in (-min_effect, min_effect):
+            ax.axhline(y, color="k", ls="--", lw=0.7)
+        ax.axhline(0, color="0.6", lw=0.5)
+        ax.set_xticks(range(len(heads)), heads, rotation=90, fontsize=6)
+        for label in ax.get_xticklabels():
+            if label.get_text() == target:
+                label.set_color("C3")
+        ax.set(title=f"{view}: {records[view]['view']}", ylabel="nats (logit difference)")
+        ax.title.set_fontsize(8)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    return fig
