@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from analysis.organism.report import THRESHOLDS
 from writeup.format import MISSING, format_value, head_name, latex_escape, short_commit, token_tex
 from writeup.results import Results
-from writeup.spec import ABLATION_CONDITIONS, ABLATION_MODES, guard_of, switches
+from writeup.spec import ABLATION_CONDITIONS, ABLATION_MODES
 
 
 def tabular(colspec: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -221,63 +221,88 @@ def table_replication(results: Results) -> str:
     return tabular(column % 0.45 + column % 0.18 + column % 0.27, header, rows)
 
 
-# Each mechanism claim as one statistic of a results file's `target` (controls.compare): (the claim, results
-# file, statistic, format, the null's JSON path or None). The statistic's direction is read from the file.
-EVIDENCE_ROWS = [
-    ("$W_\\text{sym}$ has $d_\\text{head}$ negative eigenvalues", "skew_analysis", "n_negative_eigenvalues", "d", None),
-    ("negative share of $|\\lambda|$", "skew_analysis", "negative_eigenvalue_share", ".2f", None),
-    ("trace of $W_\\text{sym}$", "skew_analysis", "trace", ".2f", None),
-    ("mean self-score", "skew_analysis", "self_score", ".2f", "results.null.target.gaussian_self_score"),
-    ("self-score minus partners' (margin)", "skew_analysis", "margin", ".2f", "results.null.target.margin_shuffled_mean"),
-    ("normalised margin", "skew_analysis", "margin_normalised", ".2f", "results.null.target.gaussian_margin_normalised"),
-    ("words below every partner", "skew_analysis", "below_partners_share", "percent",
-     "results.null.target.gaussian_below_partners_share"),
-    ("negative self-score in the 4 most negative components", "skew_analysis", "top4_negative_share", "percent", None),
-    ("group map: self minus in-group", "sym_skew_maps", "self_minus_in_group", ".2f", None),
-    ("eigenvalues $\\times(-1)$: gain in self mass", "eigenvalue_scaling", "factor -1_self_mass_change", ".2f", None),
-    ("eigenvalues $\\times 0$: gain in self mass", "eigenvalue_scaling", "factor 0_self_mass_change", ".2f", None),
-    ("targeted flip: gain in self mass", "eigenvalue_scaling", "targeted_self_mass_change", ".2f", None),
-    ("rank ablation: largest gain in self mass", "eigenvalue_rank_ablation", "best_self_mass_change", ".2f", None),
-    ("rank ablation: largest fall in mean self-rank", "eigenvalue_rank_ablation", "best_mean_rank_change", ".1f", None),
-    ("gradient restore: gain in self mass", "gradient_steering", "restore_self_gain", ".2f", None),
-    ("trace step: gain in self mass", "gradient_steering", "trace_self_gain", ".2f", None),
-    ("cosine: mates minus other categories", "cosine_attention_analysis", "mates_minus_others", ".2f", None),
-    ("Leiden communities against the categories (ARI)", "clustering", "ari", ".2f", None),
-    ("SAE features: self minus same category", "sae_features", "self_minus_in_group", ".2f", None),
-    ("SAE features: same minus other category", "sae_features", "in_minus_out_group", ".1f", None),
-    ("SAE features: below every same-category feature", "sae_features", "below_partners_share", "percent", None),
-    ("SAE precision (the study's metric)", "sae_features", "precision", ".2f", "results.null.precision_shuffled"),
-]
+# The claim each compared statistic stands for, by "<results file>.<statistic>" (evidence.json's keys), and how its
+# values print. A statistic without a label here is listed under its own key: every comparison appears.
+EVIDENCE_LABELS = {
+    "characterize_head.surprisal": ("S in context (held-out prompts)", ".3f"),
+    "characterize_head.partner_mass": ("attention on category-mates", ".2f"),
+    "characterize_head.self_mass": ("attention on itself and its copies", ".3f"),
+    "characterize_head.bos_mass_no_partner": ("attention on BOS without a mate", ".2f"),
+    "characterize_head.argmax_accuracy": ("most-attended key is a target", ".2f"),
+    "skew_analysis.n_negative_eigenvalues": ("$W_\\text{sym}$ has $d_\\text{head}$ negative eigenvalues", "d"),
+    "skew_analysis.negative_eigenvalue_share": ("negative share of $|\\lambda|$", ".2f"),
+    "skew_analysis.trace": ("trace of $W_\\text{sym}$", ".2f"),
+    "skew_analysis.self_score": ("mean self-score", ".2f"),
+    "skew_analysis.self_negative_part": ("negative part of the self-score", ".2f"),
+    "skew_analysis.margin": ("self-score minus partners' (margin)", ".2f"),
+    "skew_analysis.margin_normalised": ("normalised margin", ".2f"),
+    "skew_analysis.below_partners_share": ("words below every partner", "percent"),
+    "skew_analysis.category_attraction": ("partners minus other words", ".2f"),
+    "skew_analysis.self_vs_random_words": ("self minus random words (shuffled null)", ".2f"),
+    "skew_analysis.top1_negative_share": ("negative self-score in the most negative component", "percent"),
+    "skew_analysis.top4_negative_share": ("negative self-score in the 4 most negative components", "percent"),
+    "skew_analysis.top16_negative_share": ("negative self-score in the 16 most negative components", "percent"),
+    "sym_skew_maps.self_minus_in_group": ("group map: self minus in-group", ".2f"),
+    "sym_skew_maps.in_minus_out_group": ("group map: in-group minus out-group", ".2f"),
+    "sym_skew_maps.margin_normalised": ("group map: normalised margin", ".2f"),
+    "sym_skew_maps.below_partners_share": ("group map: below every group-mate", "percent"),
+    "eigenvalue_scaling.factor 1_self_mass": ("self mass, unedited", ".2f"),
+    "eigenvalue_scaling.factor -1_self_mass_change": ("eigenvalues $\\times(-1)$: gain in self mass", ".2f"),
+    "eigenvalue_scaling.factor 0_self_mass_change": ("eigenvalues $\\times 0$: gain in self mass", ".2f"),
+    "eigenvalue_scaling.factor 0.5_self_mass_change": ("eigenvalues $\\times 0.5$: gain in self mass", ".2f"),
+    "eigenvalue_scaling.targeted_self_mass_change": ("targeted flip: gain in self mass", ".2f"),
+    "eigenvalue_rank_ablation.best_self_mass_change": ("rank ablation: largest gain in self mass", ".2f"),
+    "eigenvalue_rank_ablation.best_mean_rank_change": ("rank ablation: largest fall in mean self-rank", ".1f"),
+    "gradient_steering.restore_self_gain": ("gradient restore: gain in self mass", ".2f"),
+    "gradient_steering.trace_self_gain": ("trace step: gain in self mass", ".2f"),
+    "cosine_attention_analysis.mates_minus_others": ("cosine: mates minus other categories", ".2f"),
+    "clustering.ari": ("Leiden communities against the categories (ARI)", ".2f"),
+    "sae_features.self_minus_in_group": ("SAE features: self minus same category", ".2f"),
+    "sae_features.in_minus_out_group": ("SAE features: same minus other category", ".1f"),
+    "sae_features.below_partners_share": ("SAE features: below every same-category feature", "percent"),
+    "sae_features.precision": ("SAE precision (the study's metric)", ".2f"),
+}
+EVIDENCE_HEADER = ["claim", "role", "pred.", "target", "rank", "strongest control", "difference [95% CI]", "verdict"]
 
 
-EVIDENCE_HEADER = ["claim", "pred.", "target", "rank", "strongest control", "null", "separates"]
+def _difference(entry: dict, fmt: str) -> str:
+    diff = entry.get("difference")
+    if not diff or diff.get("low") is None:
+        return MISSING
+    fmt = ".2f" if fmt in ("percent", "d") else fmt  # a difference of shares or counts prints as a plain number
+    logit = " (logit)" if diff.get("scale") == "logit" else ""
+    return (f"{format_value(diff['value'], fmt)} [{format_value(diff['low'], fmt)}, "
+            f"{format_value(diff['high'], fmt)}]{logit}")
 
 
 def evidence_rows(results: Results) -> list[list[str]]:
-    """Each mechanism claim against its controls (cells in LaTeX, as EVIDENCE_HEADER): the target's value and rank,
-    the strongest control, the null, and whether the target beats every control in the direction the claim
-    predicts. A step the model could not run (a switch of spec.SWITCHES that does not hold) leaves its rows out."""
-    held = switches(results)
+    """Every compared statistic of evidence.json (cells in LaTeX, as EVIDENCE_HEADER), the primary ones first: the
+    target's value and rank, the strongest control, the CI of target minus strongest control, and the verdict (for
+    a primary statistic, after Holm's correction over the family)."""
+    rows_by_key = results.get("evidence", "results.statistics")
+    family = results.get("evidence", "results.family")
+    ordered = sorted(rows_by_key, key=lambda k: (rows_by_key[k]["role"] != "primary", k))
     rows = []
-    for claim, source, name, fmt, null in EVIDENCE_ROWS:
-        guard = guard_of(source)
-        if guard is not None and not held[guard]:
-            continue
-        entry = results.get(source, f"results.target.{name}")
-        direction = results.get(source, f"results.directions.{name}")
+    for key in ordered:
+        entry = rows_by_key[key]
+        label, fmt = EVIDENCE_LABELS.get(key, (latex_escape(key), ".2f"))
         rival = entry["strongest_control"]
         rank = MISSING if entry["rank"] is None else f"{entry['rank']}/{entry['n_ranked']}"
-        rows.append([claim, direction, format_value(entry["value"], fmt), rank,
+        verdict = entry["verdict"]
+        if key in family:
+            corrected = "separates" if family[key]["separates_corrected"] else "does not separate"
+            verdict = f"{corrected} (Holm)"
+        rows.append([label, entry["role"], entry["direction"], format_value(entry["value"], fmt), rank,
                      MISSING if rival is None else f"{head_name(rival)} {format_value(rival['value'], fmt)}",
-                     MISSING if null is None else format_value(results.get(source, null), fmt),
-                     "yes" if entry["separates"] else "no"])
+                     _difference(entry, fmt), verdict])
     return rows
 
 
 def table_evidence(results: Results) -> str:
     """The evidence table (evidence_rows)."""
-    column = r">{\raggedright\arraybackslash}p{0.30\linewidth}"  # room for 144-head ranks and two-digit layers
-    return tabular(column + "lrrlrl", EVIDENCE_HEADER, evidence_rows(results))
+    column = r">{\raggedright\arraybackslash}p{0.27\linewidth}"  # room for 144-head ranks and two-digit layers
+    return tabular(column + "llrrl" + r">{\raggedright\arraybackslash}p{0.16\linewidth}l", EVIDENCE_HEADER,
+                   evidence_rows(results))
 
 
 def tables(results: Results, scripts: Sequence[str]) -> dict[str, str]:
