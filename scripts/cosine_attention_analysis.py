@@ -22,10 +22,12 @@ subtracted column-wise (y = l(q,k) - l(k,k), which looks like a slip in the stud
 curve shows; the row-wise reading is under "study_row"), 50 overlapping closed windows of 0.03 with
 self pairs included, in bits.
 
-Controls: the category contrast (mates_minus_others = mean d over category-mates minus over other
-categories; mates_beat_self = share of mate pairs with d > 0; both "high" for a semantic head that
-prefers similar-but-different tokens) for every head (the category words only: cheap), ranked
-with `controls.compare` (keys directions / target / controls).
+Controls: the category contrast per category word (mates_minus_others = mean d over the word's
+category-mates minus over other categories' words; word_mates_beat_self = share of its mates with
+d > 0; both "high" for a semantic head that prefers similar-but-different tokens) for every head (the
+category words only: cheap), compared with `controls.compare` (a paired bootstrap CI over the words of
+target minus strongest control; keys directions / target / controls). `category_contrast` keeps the
+target's contrast pooled over pairs.
 
 Writes results/<model>/cosine_attention_analysis.json and figures/<model>/cosine_attention_analysis.{pdf,png}.
 """
@@ -46,7 +48,7 @@ from analysis.vocab_input import InputSettings, head_input
 
 NAME = "cosine_attention_analysis"
 DEFAULT_TOKENS = 8192
-DIRECTIONS = {"mates_minus_others": "high", "mates_beat_self": "high"}
+DIRECTIONS = {"mates_minus_others": "high", "word_mates_beat_self": "high"}
 
 
 def build_parser():
@@ -96,7 +98,8 @@ def main(args) -> None:
     words = similarity.category_words(category_of)  # (ids, category), each [n]
     stats = similarity.category_contrast_by_head(model, reference, args.variant, words, include_bias=not args.no_bias,
                                                  unit=unit)  # every head
-    report = controls.compare((layer, head), {k: {n: v[n] for n in DIRECTIONS} for k, v in stats.items()}, DIRECTIONS)
+    report = controls.compare((layer, head), {k: v.samples for k, v in stats.items()}, DIRECTIONS, args.n_resamples,
+                              args.seed)
 
     # The study's curve, its definition: BOS among the tokens, unscaled, no biases, log-softmax, bits.
     bos = torch.tensor([prompts.bos_token_id(model)])
@@ -120,7 +123,7 @@ def main(args) -> None:
                      "tokens": chosen, "n_tokens": len(ids), "pairs": profile["pairs"], "window": args.window,
                      "ci": "99% percentile bootstrap over queries", "reference": "prompts.reference_prompts"},
         **records.profile_record(profile),
-        "category_contrast": stats[(layer, head)], "categories": category_record,
+        "category_contrast": stats[(layer, head)].pooled, "categories": category_record,
         "example": {"query": args.query, "top_keys": example["top_keys"], "mates": example["mate_keys"]},
         **study,
     }

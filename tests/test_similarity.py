@@ -90,7 +90,7 @@ def test_example_query_and_category_pairs_exact():
     no_category = similarity.Keys(X[:2], ["a", "b"], torch.tensor([-1, -1]))
     assert not similarity.example_query(X[2:], -1, no_category, QKHead(EYE, EYE, 1.0))["mates"].any()  # no mates
     pairs = similarity.category_pairs(X, torch.tensor([0, 0, 1]), HEAD)
-    assert pairs["mates_pairs"] == 2 and pairs["mates_mean"] == pytest.approx(-R)  # e0, e1: 0 - 1/sqrt(2)
+    assert pairs.pooled["mates_pairs"] == 2 and pairs.pooled["mates_mean"] == pytest.approx(-R)  # e0, e1: 0 - 1/sqrt(2)
 
 
 def test_windowed_means_exact_with_query_bootstrap():
@@ -117,6 +117,11 @@ def test_category_contrast_exact():
     assert out["mates_mean"] == 1.5 and out["mates_beat_self"] == 1.0 and out["mates_pairs"] == 2
     assert out["others_mean"] == -0.5 and out["others_beat_self"] == 0.25 and out["others_pairs"] == 4
     assert math.isclose(out["mates_cosine"], 0.9, rel_tol=1e-6) and math.isclose(out["others_cosine"], 0.2, rel_tol=1e-6)
+    # per word: row 0 mates {2.0} others {-1.0}; row 1 mates {1.0} others {-3.0}; word 2 has no mate
+    samples = similarity.contrast_samples(diff, torch.tensor([0, 0, 1]))
+    assert samples["mates_minus_others"].per_unit[:2].tolist() == [3.0, 4.0]
+    assert math.isnan(samples["mates_minus_others"].per_unit[2]) and samples["mates_minus_others"].value == 3.5
+    assert samples["word_mates_beat_self"].per_unit[:2].tolist() == [1.0, 1.0]
 
 
 def test_category_mates_beat_self_on_the_organism(organism, truth):
