@@ -222,8 +222,11 @@ SPEC: dict[str, dict[str, Entry]] = {
         "CosContrastN": ("results.target.mates_minus_others.n_ranked", "d"),
         "CosContrastControl": ("results.target.mates_minus_others.strongest_control", "head"),
         "CosContrastControlValue": ("results.target.mates_minus_others.strongest_control.value", ".2f"),
-        "CosBeatControl": ("results.target.mates_beat_self.strongest_control", "head"),
-        "CosBeatControlValue": ("results.target.mates_beat_self.strongest_control.value", "percent"),
+        "CosContrastLow": ("results.target.mates_minus_others.difference.low", ".2f"),
+        "CosContrastHigh": ("results.target.mates_minus_others.difference.high", ".2f"),
+        "CosContrastVerdict": ("results.target.mates_minus_others.verdict", "text"),
+        "CosBeatControl": ("results.target.word_mates_beat_self.strongest_control", "head"),
+        "CosBeatControlValue": ("results.target.word_mates_beat_self.strongest_control.value", "percent"),
     },
     "token_freq": {
         "FreqTokens": ("results.total_tokens", "d"), "FreqDistinct": ("results.distinct_tokens", "d"),
@@ -445,9 +448,10 @@ SPEC: dict[str, dict[str, Entry]] = {
            for name, prop in (("Self", "self_avoidance"), ("Attract", "category_attraction"))
            for part, path, fmt in (("", "value", ".2f"), ("Low", "low", ".2f"), ("High", "high", ".2f"),
                                    ("Holds", "holds", Words("holds", "does not hold")))},
-        **{f"EvidenceSecondary{name}": (f"results.secondary_by_verdict.{verdict}", "list")
+        **{f"EvidenceSecondary{name}{part}": (f"results.secondary_by_verdict.{verdict}", fmt)
            for name, verdict in (("Separating", "separates"), ("NotSeparating", "does not separate"),
-                                 ("Ties", "tie"), ("Descriptive", "descriptive"))},
+                                 ("Ties", "tie"), ("Descriptive", "descriptive"), ("Undefined", "undefined"))
+           for part, fmt in (("", "list"), ("Count", "count"))},
         "PropBehaviourBoth": ("results.properties.heads_with_both.behaviour", "list"),
         "PropWeightsBoth": ("results.properties.heads_with_both.weights", "list"),
     },

@@ -253,16 +253,33 @@ EVIDENCE_LABELS = {
     "eigenvalue_scaling.targeted_self_mass_change": ("targeted flip: gain in self mass", ".2f"),
     "eigenvalue_rank_ablation.best_self_mass_change": ("rank ablation: largest gain in self mass", ".2f"),
     "eigenvalue_rank_ablation.best_mean_rank_change": ("rank ablation: largest fall in mean self-rank", ".1f"),
+    "eigenvalue_rank_ablation.mean_rank": ("rank ablation: mean self-rank, unedited", ".1f"),
+    "eigenvalue_rank_ablation.mean_rank_change": ("rank ablation: change in mean self-rank at the best cell", ".1f"),
+    "eigenvalue_rank_ablation.self_mass_change": ("rank ablation: gain in self mass at the best cell", ".2f"),
+    "gradient_steering.self_mass_before": ("self mass before steering", ".3f"),
+    "gradient_steering.bos_no_partner_before": ("BOS mass without a mate, before steering", ".2f"),
+    "gradient_steering.restore_partner_change": ("gradient restore: change in partner mass", ".2f"),
     "gradient_steering.restore_self_gain": ("gradient restore: gain in self mass", ".2f"),
     "gradient_steering.trace_self_gain": ("trace step: gain in self mass", ".2f"),
     "cosine_attention_analysis.mates_minus_others": ("cosine: mates minus other categories", ".2f"),
+    "cosine_attention_analysis.word_mates_beat_self": ("cosine: a word's mates that beat its self-score", "percent"),
+    "clustering.nmi": ("Leiden communities against the categories (NMI)", ".2f"),
+    "clustering.study_ari": ("the study's graph against the categories (ARI)", ".2f"),
+    "clustering.study_nmi": ("the study's graph against the categories (NMI)", ".2f"),
     "clustering.ari": ("Leiden communities against the categories (ARI)", ".2f"),
     "sae_features.self_minus_in_group": ("SAE features: self minus same category", ".2f"),
     "sae_features.in_minus_out_group": ("SAE features: same minus other category", ".1f"),
+    "sae_features.margin_normalised": ("SAE features: normalised margin", ".2f"),
     "sae_features.below_partners_share": ("SAE features: below every same-category feature", "percent"),
     "sae_features.precision": ("SAE precision (the study's metric)", ".2f"),
 }
-EVIDENCE_HEADER = ["claim", "role", "pred.", "target", "rank", "strongest control", "difference [95% CI]", "verdict"]
+EVIDENCE_HEADER = ["claim", "role", "pred.", "target", "rank", "strongest control", r"difference [95\,\% CI]",
+                   "verdict"]
+
+
+def breakable(key: str) -> str:
+    """A results key in LaTeX that may break after its dots and underscores (an unlabelled statistic's name)."""
+    return latex_escape(key).replace(r"\_", r"\_\allowbreak{}").replace(".", r".\allowbreak{}")
 
 
 def _difference(entry: dict, fmt: str) -> str:
@@ -281,11 +298,13 @@ def evidence_rows(results: Results) -> list[list[str]]:
     a primary statistic, after Holm's correction over the family)."""
     rows_by_key = results.get("evidence", "results.statistics")
     family = results.get("evidence", "results.family")
-    ordered = sorted(rows_by_key, key=lambda k: (rows_by_key[k]["role"] != "primary", k))
+    ordered = [*family, *(k for k in rows_by_key if k not in family)]  # the family in its order, then by file
     rows = []
     for key in ordered:
+        if key not in rows_by_key:  # a primary statistic whose file was not run
+            continue
         entry = rows_by_key[key]
-        label, fmt = EVIDENCE_LABELS.get(key, (latex_escape(key), ".2f"))
+        label, fmt = EVIDENCE_LABELS.get(key, (breakable(key), ".2f"))
         rival = entry["strongest_control"]
         rank = MISSING if entry["rank"] is None else f"{entry['rank']}/{entry['n_ranked']}"
         verdict = entry["verdict"]
@@ -300,8 +319,10 @@ def evidence_rows(results: Results) -> list[list[str]]:
 
 def table_evidence(results: Results) -> str:
     """The evidence table (evidence_rows)."""
-    column = r">{\raggedright\arraybackslash}p{0.27\linewidth}"  # room for 144-head ranks and two-digit layers
-    return tabular(column + "llrrl" + r">{\raggedright\arraybackslash}p{0.16\linewidth}l", EVIDENCE_HEADER,
+    def wrapped(width: float) -> str:
+        return rf">{{\raggedright\arraybackslash}}p{{{width}\linewidth}}"
+    # room for 144-head ranks and two-digit layers in "rank" and "strongest control"
+    return tabular(wrapped(0.24) + "llrr" + wrapped(0.13) + wrapped(0.17) + wrapped(0.11), EVIDENCE_HEADER,
                    evidence_rows(results))
 
 
