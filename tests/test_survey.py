@@ -153,7 +153,7 @@ def test_study_design_record_keys_heads_by_name_and_names_its_departures():
     assert record["target"]["rank"] == 2 and (record["runner_up"]["layer"], record["runner_up"]["head"]) == (0, 1)
     assert record["n_words"] == 5 and record["requested_words"] == 255 and record["n_prompts"] == 3
     assert record["departures"] == ["5 words, not 255 (the context holds 6 tokens)",
-                                    "without ' 2' and ' 4' (not single tokens of this tokenizer)"]
+                                    "keywords this tokenizer lacks left out: 2, 4"]
     assert record["departures_text"] == "; ".join(record["departures"])
     whole = prompts.StudyDesign(probe, {"colours": [" red"]}, [], 255)
     assert records.design_departures(whole, 255, 1024) == []
