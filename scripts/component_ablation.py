@@ -23,6 +23,7 @@ The study's way in full (`study_way`, what its reported medians mean and what th
 them with) also takes the study's prompts: --study-prompts (128) prompts of --study-words (63) words from the
 keyword list of its figure-era code (`prompts.STUDY_FIGURE_CATEGORIES`, 4 categories; keywords the tokenizer
 lacks left out and recorded), its mask with the last row sent to BOS (`prompts.study_mask`), medians over prompts.
+The same run with our mask (`study_way_without_last_row_quirk`) shows what the last-row quirk alone does.
 
 Writes results/<model>/component_ablation.json (table and per-prompt scores) and
 figures/<model>/component_ablation.{pdf,png} (box plots).
@@ -97,6 +98,12 @@ def main(args) -> None:
     design = prompts.study_design_probe(model, args.study_prompts, args.study_words, args.seed)
     full = ablation_study(model, design.probe, layer, head, replace(theirs, score="study"))["mean"]
     full_table = summary_table({"mean": full}, seed=args.seed)["mean"]
+    # the same prompts with our mask (the last row keeps its partners): what the last-row quirk alone does
+    tokens = design.probe.tokens
+    unquirked = prompts.Probe(tokens, prompts.semantic_mask(tokens, prompts.category_index(
+        model.tokenizer, design.categories, model.cfg.d_vocab)))
+    no_quirk = ablation_study(model, unquirked, layer, head, replace(theirs, score="study"))["mean"]
+    no_quirk_table = summary_table({"mean": no_quirk}, seed=args.seed)["mean"]
 
     median = {mode: {condition: row["median"] for condition, row in rows.items()} for mode, rows in table.items()}
     token_vs_position = {mode: median[mode]["token_embedding"] - median[mode]["positional_embedding"]
@@ -119,9 +126,9 @@ def main(args) -> None:
         # the study's way in full: its prompts and mask (last row to BOS), convention and S: like for like
         "study_way": full_table,
         "study_way_per_prompt": full,
-        "study_design": {"categories": design.categories, "left_out": design.left_out, "n_words": design.n_words,
-                         "n_prompts": args.study_prompts, "seed": args.seed,
-                         "departures": records.design_departures(design, args.study_words, model.cfg.n_ctx)},
+        # the study's way with our mask: its last row keeps its partners instead of falling back to BOS
+        "study_way_without_last_row_quirk": no_quirk_table,
+        "study_design": {**records.design_record(design, args.study_words, model.cfg.n_ctx), "seed": args.seed},
         "categories": category_record,
         "score": {"ours": "S exact and uncapped from pre-softmax scores, rows >= 1 (scores.semantic_surprisal)",
                   "study_way": "the study's S: mean over all rows of -ln(max(mass, 1e-12)) (scores.study_surprisal)"},
@@ -146,6 +153,8 @@ def main(args) -> None:
           + ", ".join(f"{c} {row['median']:.3f}" for c, row in study_scored_table.items()))
     print(f"the study's way in full ({args.study_prompts} prompts of {design.n_words} words, its keyword list, "
           "last row to BOS): " + ", ".join(f"{c} {row['median']:.3f}" for c, row in full_table.items()))
+    print("the same without the last-row quirk: "
+          + ", ".join(f"{c} {row['median']:.3f}" for c, row in no_quirk_table.items()))
     print("token embedding minus positional embedding (median): "
           + ", ".join(f"{mode} {d:+.3f}" for mode, d in token_vs_position.items()))
     print(f"results: {path}")

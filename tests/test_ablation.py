@@ -125,8 +125,8 @@ def test_component_ablation_script_end_to_end(tmp_path, truth):
     assert design["n_words"] == 63 and design["n_prompts"] == 128 and design["left_out"] == [" 2", " 4"]
     assert list(design["categories"]) == list(prompts.STUDY_FIGURE_CATEGORIES)
     assert set(data["study_way"]) == set(data["table"]["mean"]) and len(data["study_way_per_prompt"]["baseline"]) == 128
-    # the last row's partners count against the head: its unablated median is worse than on our prompts
-    assert data["study_way"]["baseline"]["median"] > 2 * data["study_convention_our_prompts"]["baseline"]["median"]
+    # the last row's partners count against the head: with the quirk its unablated median is far worse than without
+    assert data["study_way"]["baseline"]["median"] > 5 * data["study_way_without_last_row_quirk"]["baseline"]["median"]
     assert data["categories"] == {"set": "study", "names": list(prompts.STUDY_CATEGORIES), "words": 41}
 
 
