@@ -202,12 +202,13 @@ duplicate-token heads {RepDupHeads}.
 - `characterize_head`: the survey selects {SurveyHead} and reports it on the disjoint set (seeds \
 {SurveySelectionSeed} and {SurveyReportSeed}): S = {SurveyS} [{SurveySLow}, {SurveySHigh}] nats, partner mass \
 {SurveyPartner}, self and copies {SurveySelf}, BOS mass without partner {SurveyBos}; the next head, \
-{SurveyRunnerHead}, is at {SurveyRunnerS}. The worst head, {SurveyWorstHead}, scores {SurveyWorstS} nats.
+{SurveyRunnerHead}, is at {SurveyRunnerS}. The worst head, {SurveyWorstHead}, scores {SurveyWorstS} nats. On the study's design (one prompt of {StudyDesignWords} figure-era keywords, the BOS row in the mean, the last row sent to BOS) {SurveyHead} has S = {StudyDesignS} (median {StudyDesignMedian} over {StudyDesignPrompts} prompts), the next head, {StudyDesignRunnerHead}, {StudyDesignRunnerS}.
 - `component_ablation`: median S with each component mean-ablated (zero-ablated): token embedding \
 {AblTokenMean} ({AblTokenZero}), positional embedding {AblPosMean} ({AblPosZero}), attention-0 {AblAttnMean} \
 ({AblAttnZero}), MLP0 {AblMLPMean} ({AblMLPZero}), MLP-only residual {AblMLPOnlyMean}, unablated {AblBaseMean}. \
-The study's way: token embedding {AblStudyToken}, positional {AblStudyPos}, attention-0 {AblStudyAttn}, MLP0 \
-{AblStudyMLP}, unablated {AblStudyBase}.
+The study's way (its prompts, with the last row sent to BOS, its convention and S): token embedding \
+{AblStudyToken}, positional {AblStudyPos}, attention-0 {AblStudyAttn}, MLP0 {AblStudyMLP}, unablated {AblStudyBase} \
+({AblStudyNoQuirkBase} without the last-row rule).
 - `token_freq`: {FreqTokens} tokens, {FreqDistinct} distinct, from the {FreqSource}.
 - `cosine_attention_analysis`: other tokens start to beat the query itself from cosine {CosBeatsSelf}; \
 category-mates beat self in {CosMatesBeat} of pairs, other categories in {CosOthersBeat}; the category contrast, \
