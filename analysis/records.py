@@ -15,9 +15,11 @@ from torch import Tensor
 
 from analysis import clustering, steering
 from analysis.controls import Head, Statistic, head_key
+from analysis.prompts import StudyDesign
 from analysis.properties import MIN_EFFECT, PROPERTIES, both_hold
 from analysis.sae.features import self_avoidance, top_pairs
 from analysis.sae.sources import HeadSAE
+from analysis.survey import DesignSummary
 from analysis.token_maps import block_means
 
 
@@ -103,6 +105,43 @@ def property_lines(record: Mapping) -> list[str]:
                                for p in PROPERTIES if verdicts[p]["value"] is not None)
             lines.append(f"{key}: {' and '.join(held)} (on {record['view']}: {values})")
     return lines or [f"no head has either property (on {record['view']})"]
+# --- the study's prompt design (`prompts.study_design_probe`, `survey.design_summary`) ---------------
+
+
+def design_departures(design: StudyDesign, requested_words: int, n_ctx: int) -> list[str]:
+    """What this run of the study's design could not keep, as short phrases (empty if it kept everything): fewer
+    words than the study's where the context is shorter, and the keywords the tokenizer lacks."""
+    departures = []
+    if design.n_words < requested_words:
+        departures.append(f"{design.n_words} words, not {requested_words} (the context holds {n_ctx} tokens)")
+    if design.left_out:
+        departures.append("keywords this tokenizer lacks left out: " + ", ".join(w.strip() for w in design.left_out))
+    return departures
+
+
+def design_record(design: StudyDesign, requested_words: int, n_ctx: int) -> dict:
+    """What results keep of a run of the study's design: the categories kept, the words left out, the words per
+    prompt asked and used, the context, the prompts, and the departures (`design_departures`, and as one text)."""
+    departures = design_departures(design, requested_words, n_ctx)
+    return {"categories": design.categories, "left_out": design.left_out, "n_words": design.n_words,
+            "requested_words": requested_words, "n_ctx": n_ctx, "n_prompts": int(design.probe.tokens.shape[0]),
+            "departures": departures, "departures_text": "; ".join(departures) or "none"}
+
+
+def study_design_record(design: StudyDesign, summary: DesignSummary, requested_words: int, n_ctx: int) -> dict:
+    """What results keep of every head's S under the study's design: the design (`design_record`), each head keyed
+    "L<l>H<h>" with its S on the first prompt and the 5 %, 50 % and 95 % quantiles over prompts, the target and
+    the runner-up (the best other head on the first prompt) with those values and the first prompt's best head."""
+    def values(layer: int, head: int) -> dict:
+        return {"one_prompt": float(summary.one_prompt[layer, head]), "median": float(summary.median[layer, head]),
+                "p05": float(summary.p05[layer, head]), "p95": float(summary.p95[layer, head])}
+    n_layers, n_heads = summary.one_prompt.shape
+    return {**design_record(design, requested_words, n_ctx),
+            "heads": {head_key(l, h): values(l, h) for l in range(n_layers) for h in range(n_heads)},
+            "target": {"layer": summary.target[0], "head": summary.target[1], **values(*summary.target),
+                       "rank": summary.target_rank},
+            "runner_up": {"layer": summary.runner_up[0], "head": summary.runner_up[1], **values(*summary.runner_up)},
+            "best": {"layer": summary.best[0], "head": summary.best[1], **values(*summary.best)}}
 
 
 # --- attention versus similarity (`similarity`) ------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
@@ -119,6 +120,21 @@ def held_out_survey(model: HookedTransformer, n_prompts: int = 64, n_words: int 
                               for s in seeds.values()))
     return {**{name: semantic_survey(model, n_prompts, n_words, s, categories) for name, s in seeds.items()},
             "seeds": seeds, "shared_prompts": shared}
+
+
+def study_design_survey(model: HookedTransformer, probe: prompts.Probe, batch_size: int = 8) -> Tensor:
+    """The study's S of every head on each prompt of `probe` (`prompts.study_design_probe`), `[batch, layer,
+    head]`: mean over every row, BOS included, of -ln(max(sum_k A[q,k] M[q,k], 1e-12)) (`scores.study_surprisal`).
+
+    Patterns are collected `batch_size` prompts at a time, so a long prompt (the study's 256 tokens) on a large
+    model keeps memory at batch_size x heads x T^2 floats.
+    """
+    tokens, mask = probe
+    per_prompt = []
+    for start in range(0, tokens.shape[0], batch_size):
+        pattern = flatten_heads(all_patterns(model, tokens[start:start + batch_size], batch_size))
+        per_prompt.append(_per_head(model, scores.study_surprisal(pattern, mask[start:start + batch_size])))
+    return torch.cat(per_prompt)
 
 
 def best_semantic_head(model: HookedTransformer, seed: int = 0,

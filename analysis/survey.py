@@ -11,8 +11,10 @@ two properties read in context (`behaviour_verdicts`).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import pandas as pd
+import torch
 from torch import Tensor
 
 from analysis.controls import N_RESAMPLES, Head, Sample
@@ -77,3 +79,42 @@ def behaviour_verdicts(survey: Mapping[str, Tensor], n_resamples: int = N_RESAMP
     _, n_layers, n_heads = survey["surprisal"].shape
     return {(l, h): verdicts({stat: survey[stat][:, l, h] for stat, _ in PROPERTIES.values()}, n_resamples, seed)
             for l in range(n_layers) for h in range(n_heads)}
+SPREAD = (0.05, 0.5, 0.95)  # the quantiles over prompts a design's spread reports: 5 %, median, 95 %
+
+
+@dataclass(frozen=True)
+class DesignSummary:
+    """Every head's S under one prompt design, each `[layer, head]`: on its first prompt (`one_prompt`, what a
+    single-prompt study reads) and the 5 %, 50 % and 95 % quantiles over all its prompts (`p05`, `median`, `p95`);
+    the first prompt's best head (`best`), the target (`target`), its rank there (1 = lowest S) and the best head
+    other than the target (`runner_up`), each as (layer, head)."""
+
+    one_prompt: Tensor
+    p05: Tensor
+    median: Tensor
+    p95: Tensor
+    best: tuple[int, int]
+    target: tuple[int, int]
+    target_rank: int
+    runner_up: tuple[int, int]
+
+
+def _head(flat_index: int, n_heads: int) -> tuple[int, int]:
+    return flat_index // n_heads, flat_index % n_heads
+
+
+def design_summary(per_prompt: Tensor, target: tuple[int, int]) -> DesignSummary:
+    """`per_prompt: [batch, layer, head]` S (lower is better) -> its `DesignSummary` for `target` = (layer, head).
+
+    Ranks are those of the first prompt: rank(target) = 1 + #{heads with S < S(target)}; the runner-up is
+    argmin S over every head but the target (ties: the lower layer, then head).
+    """
+    first = per_prompt[0]
+    n_heads = first.shape[1]
+    p05, median, p95 = per_prompt.double().quantile(torch.tensor(SPREAD, dtype=torch.double), dim=0).float()
+    flat = first.flatten()
+    index = target[0] * n_heads + target[1]
+    others = flat.clone()
+    others[index] = float("inf")
+    return DesignSummary(first, p05, median, p95, _head(int(flat.argmin()), n_heads), (int(target[0]), int(target[1])),
+                         1 + int((flat < flat[index]).sum()), _head(int(others.argmin()), n_heads))

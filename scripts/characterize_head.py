@@ -25,6 +25,13 @@ set's ranking is kept beside the report set's. The prompts use the study's 8 cat
 head) is drawn on one example prompt beside the ground-truth mask, and its layer is written as a
 standalone circuitsvis HTML page.
 
+The study's own design, beside ours (results.study_design): its S = 0.6 for L1H5 came from one prompt of 255
+keywords drawn from the keyword list of its figure-era code (`prompts.STUDY_FIGURE_CATEGORIES`: 4 categories),
+its last row sent to BOS, and S averaged over every row, the BOS row included, each row's mass clamped at 1e-12.
+Every head's S is computed that way on --study-prompts seeded prompts of --study-words words (seed + 2000): the
+first prompt's value (what the study read) and the 5-95 % spread over prompts. A model with a shorter context
+gets the longest prompt that fits, and keywords its tokenizer lacks are left out; both are recorded.
+
 Writes results/<model>/characterize_head.json and, under figures/<model>/, characterize_head
 (S and companions per head), characterize_head_example (pattern beside mask) and
 characterize_head_layer<L>.html.
@@ -41,9 +48,11 @@ from analysis.models import load_model
 from analysis.patterns import all_patterns_and_scores
 from analysis.plotting import attention_heads_html, attention_pattern, head_heatmaps, save_figure
 from analysis.scores import PATTERN_MASS_FLOOR, semantic_scores
-from analysis.survey import SURVEY_DIRECTIONS, behaviour_verdicts, separation, survey_samples, survey_table
+from analysis.survey import (SURVEY_DIRECTIONS, behaviour_verdicts, design_summary, separation, survey_samples,
+                             survey_table)
 
 NAME = "characterize_head"
+STUDY_SEED_OFFSET = 2000  # the study-design prompts' seed is --seed + this: a draw apart from the survey's
 
 
 def build_parser():
@@ -57,12 +66,20 @@ def build_parser():
     p.add_argument("--n-resamples", type=cli.positive_int, default=2000,
                    help="bootstrap resamples for the CIs (default: 2000)")
     p.add_argument("--top", type=cli.positive_int, default=5, help="heads printed in the summary (default: 5)")
+    p.add_argument("--study-prompts", type=cli.positive_int, default=32,
+                   help="prompts of the study's design, the first one being the study's single prompt (default: 32)")
+    p.add_argument("--study-words", type=cli.positive_int, default=255,
+                   help="words per prompt of the study's design, BOS not counted; capped at the context and "
+                        "recorded (default: 255, the study's)")
     p.fits_context("--n-words", lambda n: 1 + n)
     p.fits_context("--example-words", lambda n: 1 + n)
     cli.add_categories_argument(p)
     p.memory("--n-prompts or --n-words", lambda a, s: cli.pattern_bytes(s, a.n_prompts, 1 + a.n_words, copies=4))
     p.memory("--n-resamples or --n-prompts", lambda a, s: 16 * a.n_resamples * a.n_prompts * s.n_layers * s.n_heads,
              "bootstrap resamples")
+    p.memory("--study-words", lambda a, s: cli.pattern_bytes(s, min(8, a.study_prompts),
+                                                             1 + min(a.study_words, s.n_ctx - 1), copies=3),
+             "the study design's attention patterns (8 prompts at a time)")
     return p
 
 
@@ -103,6 +120,12 @@ def main(args) -> None:
     comparison = compare((layer, head), survey_samples(survey), SURVEY_DIRECTIONS, args.n_resamples, args.seed)
     verdicts = behaviour_verdicts(survey, args.n_resamples, args.seed)
 
+    # The study's own design: its keyword list, one long prompt (the first), the last-row quirk, its S.
+    design = prompts.study_design_probe(model, args.study_prompts, args.study_words, args.seed + STUDY_SEED_OFFSET)
+    study_design = records.study_design_record(
+        design, design_summary(scan.study_design_survey(model, design.probe), (layer, head)),
+        args.study_words, model.cfg.n_ctx)
+
     results = {
         "survey": table.to_dict("records"),  # the report set, ranked by its own S
         "separation": separation(table, layer, head),  # the target against the best other head, report set
@@ -114,7 +137,9 @@ def main(args) -> None:
                    "selection_surprisal": float(selected_row["surprisal"])},
         "selection": {"seed": held_out["seeds"]["selection"], "survey": selection.to_dict("records"),
                       "separation": separation(selection)},
-        "seeds": {**held_out["seeds"], "example": args.seed + 1},
+        "seeds": {**held_out["seeds"], "example": args.seed + 1, "study_design": args.seed + STUDY_SEED_OFFSET},
+        # the study's design beside ours: one prompt of its keywords, BOS row in the mean, last row to BOS
+        "study_design": study_design,
         # the report set's worst head: uncapped S, beside the cap -log(max(mass, PATTERN_MASS_FLOOR)) would put on a row
         "worst_head": {"layer": int(table["layer"].iloc[-1]), "head": int(table["head"].iloc[-1]),
                        "surprisal": float(table["surprisal"].iloc[-1]), "clamped_row_cap": -math.log(PATTERN_MASS_FLOOR)},
@@ -122,7 +147,10 @@ def main(args) -> None:
         "categories": category_record,
         "example": {"tokens": labels, "scores": example},
         "units": {"surprisal": "nats, lower is better, exact (from the attention scores, no cap)",
-                  "ci": "95% percentile bootstrap over the report set's prompts"},
+                  "ci": "95% percentile bootstrap over the report set's prompts",
+                  "study_design": "the study's S: mean over every row, BOS included, of -ln(max(mass, 1e-12)), "
+                                  "with its mask (last row to BOS); one_prompt: the first prompt; p05, median, "
+                                  "p95: quantiles over the prompts"},
     }
     path = io.save_results(args.out, args.model, NAME, results,
                            io.Provenance(model.analysis_info, vars(args), args.seed))
@@ -151,6 +179,13 @@ def main(args) -> None:
           f"CIs {'disjoint' if sep['separated'] else 'overlap'}")
     print("\n".join(records.comparison_lines(comparison)))
     print("\n".join(records.property_lines(results["properties"])))
+    ours_design = study_design["target"]
+    print(f"the study's design ({design.n_words} words, {len(design.categories)} categories, "
+          f"departures: {study_design['departures_text']}): L{layer}H{head} S {ours_design['one_prompt']:.3f} on one "
+          f"prompt (rank {ours_design['rank']}), median {ours_design['median']:.3f} "
+          f"[{ours_design['p05']:.3f}, {ours_design['p95']:.3f}] over {args.study_prompts}; runner-up "
+          f"L{study_design['runner_up']['layer']}H{study_design['runner_up']['head']} "
+          f"{study_design['runner_up']['one_prompt']:.3f}")
     print(f"results: {path}\nlayer view: {html}")
 
 

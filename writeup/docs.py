@@ -40,7 +40,7 @@ from analysis.models import checkpoint_path
 from analysis.organism.files import ORGANISM_DIR, TRAINING_LOG_FILE
 from writeup.generate import paper_macros
 from writeup.results import MODEL_SOURCE, MODEL_TRUTH, Results
-from writeup.tables import EVIDENCE_HEADER, evidence_rows, threshold_rows
+from writeup.tables import EVIDENCE_HEADER, EVIDENCE_LABELS, evidence_rows, threshold_rows
 
 RECORDS_DIR = REPO_ROOT / "docs" / "data"
 ORGANISM = "organism"  # the shipped organism, as make and the scripts name it by default
@@ -143,13 +143,19 @@ control head, after Holm's correction: S {EvidenceSCorrected}, partner margin {E
 below every partner {EvidenceBelowCorrected}. Self-avoidance {PropBehaviourSelfHolds} in behaviour and \
 {PropWeightsSelfHolds} in the weights; category attraction {PropBehaviourAttractHolds} and \
 {PropWeightsAttractHolds}.
-  - Secondary, separates: {EvidenceSecondarySeparating}.
-  - Secondary, does not separate: {EvidenceSecondaryNotSeparating}.
 """
 
 
+def secondary_claims(results: Results, verdict: str) -> str:
+    """The secondary statistics of evidence.json with one verdict, by their evidence-table labels, as plain text."""
+    keys = results.get("evidence", f"results.secondary_by_verdict.{verdict}")
+    return "; ".join(plain(EVIDENCE_LABELS.get(key, (key, None))[0]) for key in keys) or "none"
+
+
 def render_readme_results(sources: Sources) -> str:
-    return fill(README_RESULTS, sources.values) + fill(README_EVIDENCE, sources.values)
+    return (fill(README_RESULTS, sources.values) + fill(README_EVIDENCE, sources.values)
+            + f"  - Secondary, separates: {secondary_claims(sources.results, 'separates')}.\n"
+            + f"  - Secondary, does not separate: {secondary_claims(sources.results, 'does not separate')}.\n")
 
 
 ORGANISM_TRAINING = """\
@@ -201,12 +207,13 @@ duplicate-token heads {RepDupHeads}.
 - `characterize_head`: the survey selects {SurveyHead} and reports it on the disjoint set (seeds \
 {SurveySelectionSeed} and {SurveyReportSeed}): S = {SurveyS} [{SurveySLow}, {SurveySHigh}] nats, partner mass \
 {SurveyPartner}, self and copies {SurveySelf}, BOS mass without partner {SurveyBos}; the next head, \
-{SurveyRunnerHead}, is at {SurveyRunnerS}. The worst head, {SurveyWorstHead}, scores {SurveyWorstS} nats.
+{SurveyRunnerHead}, is at {SurveyRunnerS}. The worst head, {SurveyWorstHead}, scores {SurveyWorstS} nats. On the study's design (one prompt of {StudyDesignWords} figure-era keywords, the BOS row in the mean, the last row sent to BOS) {SurveyHead} has S = {StudyDesignS} (median {StudyDesignMedian} over {StudyDesignPrompts} prompts), the next head, {StudyDesignRunnerHead}, {StudyDesignRunnerS}.
 - `component_ablation`: median S with each component mean-ablated (zero-ablated): token embedding \
 {AblTokenMean} ({AblTokenZero}), positional embedding {AblPosMean} ({AblPosZero}), attention-0 {AblAttnMean} \
 ({AblAttnZero}), MLP0 {AblMLPMean} ({AblMLPZero}), MLP-only residual {AblMLPOnlyMean}, unablated {AblBaseMean}. \
-The study's way: token embedding {AblStudyToken}, positional {AblStudyPos}, attention-0 {AblStudyAttn}, MLP0 \
-{AblStudyMLP}, unablated {AblStudyBase}.
+The study's way (its prompts, with the last row sent to BOS, its convention and S): token embedding \
+{AblStudyToken}, positional {AblStudyPos}, attention-0 {AblStudyAttn}, MLP0 {AblStudyMLP}, unablated {AblStudyBase} \
+({AblStudyNoQuirkBase} without the last-row rule).
 - `token_freq`: {FreqTokens} tokens, {FreqDistinct} distinct, from the {FreqSource}.
 - `cosine_attention_analysis`: other tokens start to beat the query itself from cosine {CosBeatsSelf}; \
 category-mates beat self in {CosMatesBeat} of pairs, other categories in {CosOthersBeat}; the category contrast, \

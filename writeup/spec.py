@@ -180,6 +180,19 @@ SPEC: dict[str, dict[str, Entry]] = {
         "SurveyBosVerdict": ("results.comparison.target.bos_mass_no_partner.verdict", "text"),
         "SurveyBosRival": ("results.comparison.target.bos_mass_no_partner.strongest_control", "head"),
         "SurveyBosRivalValue": ("results.comparison.target.bos_mass_no_partner.strongest_control.value", ".3f"),
+        # the study's design beside ours: one prompt of its figure-era keywords, BOS row in the mean, last row to BOS
+        **{f"StudyDesign{name}{part}": (f"results.study_design.{key}.{path}", fmt)
+           for name, key in (("", "target"), ("Runner", "runner_up"))
+           for part, path, fmt in (("S", "one_prompt", ".3f"), ("Median", "median", ".3f"), ("Low", "p05", ".3f"),
+                                   ("High", "p95", ".3f"))},
+        "StudyDesignRank": ("results.study_design.target.rank", "d"),
+        "StudyDesignRunnerHead": ("results.study_design.runner_up", "head"),
+        "StudyDesignBestHead": ("results.study_design.best", "head"),
+        "StudyDesignWords": ("results.study_design.n_words", "d"),
+        "StudyDesignRequestedWords": ("results.study_design.requested_words", "d"),
+        "StudyDesignPrompts": ("results.study_design.n_prompts", "d"),
+        "StudyDesignDepartures": ("results.study_design.departures_text", "text"),
+        "StudyDesignSeed": ("results.seeds.study_design", "d"),
     },
     "component_ablation": {
         "AblNPrompts": ("provenance.arguments.n_prompts", "d"), "AblNWords": ("provenance.arguments.n_words", "d"),
@@ -190,9 +203,18 @@ SPEC: dict[str, dict[str, Entry]] = {
         "AblTokenMinusPosMean": ("results.token_minus_positional_median.mean", ".2f"),
         "AblPosShare": ("results.positional_share_of_token_damage.mean", "percent"),
         "AblTokenMinusPosZero": ("results.token_minus_positional_median.zero", ".2f"),
-        # the study's way: its convention (means with BOS, BOS ablated too, mean mode) and its S (clamp, BOS row)
+        # the study's way: its prompts (figure-era keywords, last row to BOS), its convention (means with BOS, BOS
+        # ablated too, mean mode) and its S (clamp, BOS row)
         **{f"AblStudy{infix}": (f"results.study_way.{condition}.median", ".2f")
            for condition, (_, infix) in ABLATION_CONDITIONS.items()},
+        "AblStudyDesignPrompts": ("results.study_design.n_prompts", "d"),
+        "AblStudyDesignWords": ("results.study_design.n_words", "d"),
+        "AblStudyDesignDepartures": ("results.study_design.departures_text", "text"),
+        # the study's convention and S on our prompts: what its prompts and last-row quirk change
+        "AblStudyOurPromptsBase": ("results.study_convention_our_prompts.baseline.median", ".2f"),
+        "AblStudyOurPromptsToken": ("results.study_convention_our_prompts.token_embedding.median", ".2f"),
+        "AblStudyNoQuirkBase": ("results.study_way_without_last_row_quirk.baseline.median", ".3f"),
+        "AblStudyNoQuirkToken": ("results.study_way_without_last_row_quirk.token_embedding.median", ".2f"),
         # the study's convention scored with our S (exact, uncapped, BOS row out)
         "AblStudyConvOurSToken": ("results.by_convention.study_bos_ablated.token_embedding.median", ".2f"),
         "AblCategories": ("results.categories.set", "text"), "AblCategoryWords": ("results.categories.words", "d"),
@@ -266,7 +288,6 @@ SPEC: dict[str, dict[str, Entry]] = {
         "SkewAttraction": ("results.target.category_attraction.value", ".2f"),
         "SkewAttractionRival": ("results.target.category_attraction.strongest_control", "head"),
         "SkewAttractionRivalValue": ("results.target.category_attraction.strongest_control.value", ".2f"),
-        "SkewSelfScore": ("results.target.self_score.value", ".2f"),
         "SkewNormMargin": ("results.target.margin_normalised.value", ".2f"),
         "SkewNormMarginRival": ("results.target.margin_normalised.strongest_control", "head"),
         "SkewNormMarginRivalValue": ("results.target.margin_normalised.strongest_control.value", ".2f"),
@@ -451,7 +472,7 @@ SPEC: dict[str, dict[str, Entry]] = {
         **{f"EvidenceSecondary{name}{part}": (f"results.secondary_by_verdict.{verdict}", fmt)
            for name, verdict in (("Separating", "separates"), ("NotSeparating", "does not separate"),
                                  ("Ties", "tie"), ("Descriptive", "descriptive"), ("Undefined", "undefined"))
-           for part, fmt in (("", "list"), ("Count", "count"))},
+           for part, fmt in (("Count", "count"),)},
         "PropBehaviourBoth": ("results.properties.heads_with_both.behaviour", "list"),
         "PropWeightsBoth": ("results.properties.heads_with_both.weights", "list"),
     },
@@ -459,6 +480,7 @@ SPEC: dict[str, dict[str, Entry]] = {
         "RepSemHead": ("semantic_head.head", "head"), "RepSemLayer": ("semantic_head.head.0", "d"),
         "RepSemHeadIndex": ("semantic_head.head.1", "d"), "RepSemPromptTokens": ("semantic_head.prompt_tokens", "d"),
         "RepSemS": ("semantic_head.surprisal", "g"), "RepSemRunnerS": ("semantic_head.runners_up.0.surprisal", "g"),
+        "RepSemRunnerHead": ("semantic_head.runners_up.0", "head"),
         "RepSemPartner": ("semantic_head.partner_mass", "g"), 
         "RepSemSelfOnly": ("semantic_head.self_only_mass", "g"), "RepSemCopies": ("semantic_head.copies_mass", "g"),
         "RepSemBos": ("semantic_head.bos_mass_no_partner", "g"),

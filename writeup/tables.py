@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from analysis.organism.report import THRESHOLDS
 from writeup.format import MISSING, format_value, head_name, latex_escape, short_commit, token_tex
 from writeup.results import Results
-from writeup.spec import ABLATION_CONDITIONS, ABLATION_MODES
+from writeup.spec import ABLATION_CONDITIONS, ABLATION_MODES, macros
 
 
 def tabular(colspec: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -80,7 +80,7 @@ def table_survey(results: Results, n: int = 5) -> str:
 def table_ablation(results: Results) -> str:
     """Median S [quartiles] per ablated component and mode, beside the medians reported for GPT-2."""
     table = results.get("component_ablation", "results.table")  # {mode: {condition: summary}}, ours: BOS kept
-    study = results.get("component_ablation", "results.study_way")  # {condition: summary}: the study's convention and S
+    study = results.get("component_ablation", "results.study_way")  # {condition: summary}: its prompts, convention and S
     reported = results.get("reported", "ablation_medians")
 
     def cell(row) -> str:
@@ -93,7 +93,7 @@ def table_ablation(results: Results) -> str:
         rows.append(cells)
     column = r">{\raggedright\arraybackslash}p{%s\linewidth}"
     return tabular(column % 0.2 + "ll" + column % 0.12 + column % 0.1,
-                   ["ablated", "mean", "zero", "mean, BOS too", "reported, GPT-2"], rows)
+                   ["ablated", "mean", "zero", "the study's way", "reported, GPT-2"], rows)
 
 
 def table_eigen_steering(results: Results) -> str:
@@ -187,23 +187,32 @@ def table_runs(results: Results, scripts: Sequence[str]) -> str:
     return tabular("lrrr", ["script", "seed", "wall time (s)", "peak memory (GB)"], rows)
 
 
-# (quantity, this run's macro, the macro of the value reported for GPT-2 small): names from writeup.spec
+# (quantity, this run's macro, the macro of the value reported for GPT-2 small): names from writeup.spec. A label
+# is LaTeX and may print macros: where this run's value is not computed the study's way, the label says how it differs.
+STUDY_ABLATION = (r"the study's way: its \AblStudyDesignPrompts{} prompts of \AblStudyDesignWords{} keywords, last row "
+                  r"to BOS, BOS ablated, its $S$; here \AblStudyDesignDepartures")
 REPLICATION_ROWS = [
     ("best previous-token head", "ScanPrevHead", "RepPrevHeads"),
     ("best induction head", "ScanIndHead", "RepIndHeads"),
     ("best duplicate-token head", "ScanDupHead", "RepDupHeads"),
-    ("semantic head (the survey's target)", "SurveyHead", "RepSemHead"),
-    ("$S$ of the semantic head (nats)", "SurveyS", "RepSemS"),
-    ("$S$ of the runner-up (nats)", "SurveyRunnerS", "RepSemRunnerS"),
-    ("mass on valid partners", "SurveyPartner", "RepSemPartner"),
-    ("mass on the query itself", "SurveySelfOnly", "RepSemSelfOnly"),
-    ("mass on earlier copies of the query word", "SurveyCopies", "RepSemCopies"),
+    ("semantic head (the survey's target, our design)", "SurveyHead", "RepSemHead"),
+    ("semantic head, the study's design (best on its one prompt)", "StudyDesignBestHead", "RepSemHead"),
+    (r"$S$ of the semantic head (nats), our design: not the study's (mean over \SurveyNPrompts{} prompts of "
+     r"\SurveyNWords{} words, BOS row out)", "SurveyS", "RepSemS"),
+    (r"$S$ of the semantic head, the study's design: one prompt, BOS row in, last row to BOS (median over "
+     r"\StudyDesignPrompts{} prompts \StudyDesignMedian); here \StudyDesignDepartures", "StudyDesignS", "RepSemS"),
+    ("$S$ of the runner-up (nats), our design", "SurveyRunnerS", "RepSemRunnerS"),
+    (r"$S$ of the runner-up, the study's design (\StudyDesignRunnerHead; the study's \RepSemRunnerHead)",
+     "StudyDesignRunnerS", "RepSemRunnerS"),
+    ("mass on valid partners (ours: our design)", "SurveyPartner", "RepSemPartner"),
+    ("mass on the query itself (ours: our design)", "SurveySelfOnly", "RepSemSelfOnly"),
+    ("mass on earlier copies of the query word (ours: our design)", "SurveyCopies", "RepSemCopies"),
     ("mass on self and earlier copies together (the two rows above summed)", "SurveySelf", "RepSemSelfPlusCopies"),
-    ("BOS mass when no partner", "SurveyBos", "RepSemBos"),
-    ("median $S$, unablated", "AblStudyBase", "RepAblBase"),
-    ("median $S$, token embedding mean-ablated (BOS ablated too, as the study)", "AblStudyToken", "RepAblToken"),
-    ("median $S$, positional embedding mean-ablated (BOS ablated too)", "AblStudyPos", "RepAblPos"),
-    ("median $S$, first MLP mean-ablated (BOS ablated too)", "AblStudyMLP", "RepAblMLP"),
+    ("BOS mass when no partner (ours: our design)", "SurveyBos", "RepSemBos"),
+    (rf"median $S$, unablated ({STUDY_ABLATION})", "AblStudyBase", "RepAblBase"),
+    ("median $S$, token embedding mean-ablated (the study's way)", "AblStudyToken", "RepAblToken"),
+    ("median $S$, positional embedding mean-ablated (the study's way)", "AblStudyPos", "RepAblPos"),
+    ("median $S$, first MLP mean-ablated (the study's way)", "AblStudyMLP", "RepAblMLP"),
     ("cosine where the study's curve turns positive (bits, unscaled, the study's windows)", "CosStudyZero", "RepCosZero"),
     ("cosine of the study's curve's peak", "CosStudyPeakCosine", "RepCosPeak"),
     ("mean self-rank, unedited", "RankUnedited", "RepRankUnedited"),
@@ -213,12 +222,33 @@ REPLICATION_ROWS = [
 ]
 
 
+DERIVED_MARK = r"{}$^\dagger$"  # the mark of a value derived from the study's saved data (the caption explains it)
+
+
+def derived_note(results: Results, name: str) -> str | None:
+    """The note of a reported value that was derived from the study's saved data rather than reported in its
+    text (paper/reported_gpt2.json: a section's `derived_from_saved_data` lists its keys), for the macro `name`
+    (any of its reported entries so derived); None for a value the study reported."""
+    macro = next(m for m in macros() if m.name == name)
+    for source, path in macro.entries:
+        section, _, key = path.partition(".")
+        derived = results.get(source, f"{section}.derived_from_saved_data", default=None) if source == "reported" \
+            else None
+        if derived is not None and key in derived["keys"]:
+            return derived["note"]
+    return None
+
+
 def table_replication(results: Results) -> str:
-    """This run's numbers beside the numbers reported for GPT-2 small, as the macros that print them."""
-    rows = [[label, rf"\{ours}", rf"\{theirs}"] for label, ours, theirs in REPLICATION_ROWS]
+    """This run's numbers beside the numbers reported for GPT-2 small, as the macros that print them; a value the
+    study did not report but that was derived from its saved data is marked (`DERIVED_MARK`, see `derived_note`)."""
+    rows = []
+    for label, ours, theirs in REPLICATION_ROWS:
+        note = derived_note(results, theirs)
+        rows.append([label, rf"\{ours}", rf"\{theirs}" + ("" if note is None else DERIVED_MARK)])
     column = r">{\raggedright\arraybackslash}p{%s\linewidth}"
     header = ["quantity", "this run", "reported, GPT-2 small"]
-    return tabular(column % 0.45 + column % 0.18 + column % 0.27, header, rows)
+    return tabular(column % 0.55 + column % 0.14 + column % 0.23, header, rows)
 
 
 # The claim each compared statistic stands for, by "<results file>.<statistic>" (evidence.json's keys), and how its
