@@ -97,13 +97,14 @@ def edited_heads_in_context(model: HookedTransformer, probe: Probe, edits: Mappi
 EDITED_METRICS = (*MASSES, "surprisal")  # the semantic metrics whose change an edit reports
 
 
-def edit_effect(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float | None]:
-    """Changes of an edit: Δm = after[m] - before[m] for self, partner, BOS-when-no-partner mass and S, and
-    self_per_partner_lost = Δself / (-Δpartner), the self mass restored per unit of partner mass lost
-    (None when no partner mass is lost)."""
-    delta = {f"{m}_change": after[m] - before[m] for m in EDITED_METRICS}
-    lost = -delta["partner_mass_change"]
-    return {**delta, "self_per_partner_lost": delta["self_mass_change"] / lost if lost > 0 else None}
+def edit_effect(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
+    """Changes of an edit: Δm = after[m] - before[m] for self, partner, BOS-when-no-partner mass and S.
+
+    No ratio of changes is reported: a row's attention sums to 1, so mass a self-restoring edit takes from the
+    partners can only go to self, BOS or the other keys, and self mass gained per unit of partner mass lost is
+    near 1 for any head whose edit moves mass between partners and self. Conservation forces it; it says nothing
+    about the head."""
+    return {f"{m}_change": after[m] - before[m] for m in EDITED_METRICS}
 
 
 def in_context_scores(model: HookedTransformer, probe: Probe, layer: int, head: int,
@@ -119,7 +120,7 @@ def in_context_scores(model: HookedTransformer, probe: Probe, layer: int, head: 
 
 # --- the same eigenvalue edits on several heads ----------------------------------------------
 
-EDIT_CHANGES = (*(f"{m}_change" for m in EDITED_METRICS), "self_per_partner_lost")  # the keys of `edit_effect`
+EDIT_CHANGES = tuple(f"{m}_change" for m in EDITED_METRICS)  # the keys of `edit_effect`
 
 
 def eigenvalue_edits(heads: Mapping[tuple[int, int], QKHead], inputs: Mapping[tuple[int, int], Tensor],

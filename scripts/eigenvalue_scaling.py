@@ -14,8 +14,8 @@ W_skew stay: W_f = W + V_neg diag((f - 1) λ_neg) V_neg^T.
 Controls (--controls): the same factor sweep on every control head, and a targeted edit on each head:
 factor -1 on only the --targeted-k negative components that carry most of the group tokens' negative
 self-score (`qk_decomposition.self_suppressing_components`). For each head and edit, the change from the
-unedited head of self mass, partner mass, BOS mass when no partner and S ("edits"), and the self mass
-restored per unit of partner mass lost, Δself / (-Δpartner) (None when no partner mass is lost).
+unedited head of self mass, partner mass, BOS mass when no partner and S ("edits"). (Self mass gained per
+unit of partner mass lost is not reported: a row's mass is conserved, so it is near 1 for any such edit.)
 Heads of one layer are edited together in one pass that reads only that layer's patterns.
 Statistics and the direction a self-suppressing head predicts ("directions"): self_mass_change at
 factor -1 and 0 high (flipping the negative eigenvalues gives self-attention back), and the targeted
@@ -104,9 +104,7 @@ def main(args) -> None:
     for hd, rows in edits.items():
         print(f"{controls.head_key(*hd):>6s}: self {rows['unedited']['self_mass']:.3f} -> "
               + ", ".join(f"{n} {rows[n]['self_mass']:.3f}" for n in rows if n != "unedited")
-              + f" | targeted: partner {rows['targeted']['partner_mass_change']:+.3f}, self per partner lost "
-              f"{rows['targeted']['self_per_partner_lost']} "
-              f"(untargeted -1: {rows['factor -1']['self_per_partner_lost']})")
+              + f" | targeted: partner {rows['targeted']['partner_mass_change']:+.3f}")
     print(f"results: {path}")
 
 

@@ -211,8 +211,8 @@ def test_edit_effect_exact():
     after = {"self_mass": 0.5, "partner_mass": 0.7, "bos_mass_no_partner": 0.6, "surprisal": 0.9}
     effect = qk_edits.edit_effect(before, after)
     assert effect["self_mass_change"] == pytest.approx(0.4) and effect["partner_mass_change"] == pytest.approx(-0.2)
-    assert effect["self_per_partner_lost"] == pytest.approx(2.0)
-    assert qk_edits.edit_effect(before, {**after, "partner_mass": 0.95})["self_per_partner_lost"] is None
+    assert effect["bos_mass_no_partner_change"] == pytest.approx(-0.2) and effect["surprisal_change"] == pytest.approx(0.7)
+    assert set(effect) == set(qk_edits.EDIT_CHANGES)  # changes only: no ratio forced by conservation of mass
 
 
 def test_edited_heads_in_context_matches_one_head_at_a_time(organism):

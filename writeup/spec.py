@@ -308,8 +308,6 @@ SPEC: dict[str, dict[str, Entry]] = {
         "SteerTargetedK": ("results.targeted_k", "d"),
         "SteerTargetedSelf": ("results.target_edits.targeted.self_mass", ".2f"),
         "SteerTargetedPartner": ("results.target_edits.targeted.partner_mass", ".2f"),
-        "SteerTargetedPerLost": ("results.target_edits.targeted.self_per_partner_lost", ".2f"),
-        "SteerFlipPerLost": ("results.target_edits.factor -1.self_per_partner_lost", ".2f"),
     },
     "eigenvalue_rank_ablation": {  # cells keyed "k=<k>,scale=<scale>"
         "RankVocab": ("results.d_vocab", "d"),
