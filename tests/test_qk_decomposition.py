@@ -305,6 +305,9 @@ def test_decomposition_scripts_end_to_end(tmp_path, truth):
     assert skew["without_bias"]["norms"]["skew"] < skew["without_bias"]["norms"]["sym"]
     assert len(skew["without_bias"]["eigenvalues"]) == 2 * 32
     assert skew["without_bias"]["check"]["max_abs_self_W_minus_sym"] < 1e-3
+    # with the biases folded in the count is still d_head, and the results say it is forced
+    assert skew["with_bias"]["spectrum"]["n_negative"] == skew["d_head"] == 32
+    assert skew["with_bias"]["spectrum"]["forced"].startswith("Sylvester: [W_Q; b_Q] has d_head columns")
     # controls: every other head; the count ties everywhere (Sylvester), the partner margin singles the head out
     for name in ("skew_analysis", "sym_skew_maps", "eigenvalue_scaling"):
         check_controls_shape(json.loads((results / f"{name}.json").read_text())["results"],
