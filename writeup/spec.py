@@ -308,6 +308,20 @@ SPEC: dict[str, dict[str, Entry]] = {
         "SteerTargetedK": ("results.targeted_k", "d"),
         "SteerTargetedSelf": ("results.target_edits.targeted.self_mass", ".2f"),
         "SteerTargetedPartner": ("results.target_edits.targeted.partner_mass", ".2f"),
+        # the targeted edit as a curve over k (controls.compare at each k; ends keyed "smallest", "largest")
+        "SteerCurveKs": ("results.targeted_curve.ks", "list"),
+        "SteerCurveSeparating": ("results.targeted_curve.separating_ks.self_mass_change", "list"),
+        "SteerCurveSeparatingLogit": ("results.targeted_curve.separating_ks.self_mass_log_odds_change", "list"),
+        "SteerCurveLastSep": ("results.targeted_curve.largest_separating_k.self_mass_change", "d"),
+        "SteerCurveWidest": ("results.targeted_curve.widest_gap_k.self_mass_change", "d"),
+        **{f"SteerCurve{end.title()}{part}": (f"results.targeted_curve.ends.{end}.{path}", fmt)
+           for end in ("smallest", "largest")
+           for part, path, fmt in (("K", "k", "d"), ("Gain", "self_mass_change.value", ".2f"),
+                                   ("Ctl", "self_mass_change.strongest_control.value", ".2f"),
+                                   ("CtlHead", "self_mass_change.strongest_control", "head"),
+                                   ("Diff", "self_mass_change.difference.value", ".2f"),
+                                   ("DiffLow", "self_mass_change.difference.low", ".2f"),
+                                   ("DiffHigh", "self_mass_change.difference.high", ".2f"))},
     },
     "eigenvalue_rank_ablation": {  # cells keyed "k=<k>,scale=<scale>"
         "RankVocab": ("results.d_vocab", "d"),
