@@ -314,14 +314,13 @@ SPEC: dict[str, dict[str, Entry]] = {
         "SteerCurveSeparatingLogit": ("results.targeted_curve.separating_ks.self_mass_log_odds_change", "list"),
         "SteerCurveLastSep": ("results.targeted_curve.largest_separating_k.self_mass_change", "d"),
         "SteerCurveWidest": ("results.targeted_curve.widest_gap_k.self_mass_change", "d"),
-        **{f"SteerCurve{end.title()}{part}": (f"results.targeted_curve.ends.{end}.{path}", fmt)
+        **{f"SteerCurve{end.title()}{part}": (f"results.targeted_curve.ends.{end}.self_mass_change{path}", fmt)
            for end in ("smallest", "largest")
-           for part, path, fmt in (("K", "k", "d"), ("Gain", "self_mass_change.value", ".2f"),
-                                   ("Ctl", "self_mass_change.strongest_control.value", ".2f"),
-                                   ("CtlHead", "self_mass_change.strongest_control", "head"),
-                                   ("Diff", "self_mass_change.difference.value", ".2f"),
-                                   ("DiffLow", "self_mass_change.difference.low", ".2f"),
-                                   ("DiffHigh", "self_mass_change.difference.high", ".2f"))},
+           for part, path, fmt in (("Gain", ".value", ".2f"), ("Ctl", ".strongest_control.value", ".2f"),
+                                   ("CtlHead", ".strongest_control", "head"))},
+        **{f"SteerCurve{end.title()}K": (f"results.targeted_curve.ends.{end}.k", "d") for end in ("smallest", "largest")},
+        **{f"SteerCurveLargestDiff{part}": (f"results.targeted_curve.ends.largest.self_mass_change.difference.{key}",
+                                            ".2f") for part, key in (("", "value"), ("Low", "low"), ("High", "high"))},
     },
     "eigenvalue_rank_ablation": {  # cells keyed "k=<k>,scale=<scale>"
         "RankVocab": ("results.d_vocab", "d"),
