@@ -98,22 +98,15 @@ def in_context_edits(model: HookedTransformer, probe: Probe, layer: int, edits: 
             for key, units in in_context_edit_units(model, probe, layer, edits, batch_size).items()}
 
 
-def edited_head_units(model: HookedTransformer, probe: Probe, edits: Mapping[tuple[int, int], QKHead],
-                      batch_size: int = 64) -> dict[tuple[int, int], dict[str, Tensor]]:
-    """(layer, head) -> metric -> `[n_prompts]` of that head run as `edits[(layer, head)]` (`in_context_edit_units`:
-    one run of the model per layer, S exact)."""
-    results: dict[tuple[int, int], dict[str, Tensor]] = {}
-    for layer in sorted({l for l, _ in edits}):
-        results |= in_context_edit_units(model, probe, layer, {hd: qk for hd, qk in edits.items() if hd[0] == layer},
-                                         batch_size)
-    return {hd: results[hd] for hd in edits}
-
-
 def edited_heads_in_context(model: HookedTransformer, probe: Probe, edits: Mapping[tuple[int, int], QKHead],
                             batch_size: int = 64) -> dict[tuple[int, int], dict[str, float]]:
-    """(layer, head) -> the semantic metrics of that head run as `edits[(layer, head)]`, mean over prompts (one run
-    of the model per layer, S exact)."""
-    return {hd: mean_over_prompts(units) for hd, units in edited_head_units(model, probe, edits, batch_size).items()}
+    """(layer, head) -> the semantic metrics of that head run as `edits[(layer, head)]`, mean over prompts
+    (`in_context_edits`: one run of the model per layer, S exact)."""
+    results = {}
+    for layer in sorted({l for l, _ in edits}):
+        results |= in_context_edits(model, probe, layer, {hd: qk for hd, qk in edits.items() if hd[0] == layer},
+                                    batch_size)
+    return {hd: results[hd] for hd in edits}
 
 
 EDITED_METRICS = (*MASSES, "surprisal")  # the semantic metrics whose change an edit reports
