@@ -68,7 +68,8 @@ def build_parser():
                         f"(default: {MAX_UNKNOWN_SHARE})")
     p.input_file("--corpus", lambda path, shape: check_corpus(path))
     # The sampled corpus: the token array (8 bytes a token) and its text, built whole before it is written.
-    p.memory("--corpus-sequences", lambda a, s: 0 if a.corpus else 24 * a.corpus_sequences * s.n_ctx, "sampled corpus")
+    p.memory("--corpus-sequences", lambda a, s: 0 if a.corpus or a.dataset else 24 * a.corpus_sequences * s.n_ctx,
+             "sampled corpus")
     return p
 
 
