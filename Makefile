@@ -64,7 +64,7 @@ clean:
 # One stamp per script, results/$(MODEL_ID)/.runs/<script>.json, holding its wall time under make.
 # A script that reads another's results lists them:  $(RUNS)/<script>.json: $(RUNS)/<other>.json
 # Extra arguments for one script: ARGS_<script>, e.g. make all MODEL=gpt2-small \
-#   ARGS_token_freq="--corpus wiki.train.tokens" (GPT-2 needs a corpus; the organism samples its own).
+#   ARGS_token_freq="--corpus FILE" (default: the study's WikiText-103 through `datasets`; the organism samples its own).
 # LIGHT=1: light settings for every script (fewer prompts, samples, resamples and steps; every entry the paper
 # reads is kept), for a quick build of the whole pipeline at any model's size: CI builds GPT-2's shapes so.
 # A light build is filed apart, results and figures under build/light/ and the paper under <id>-light, so it

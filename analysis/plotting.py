@@ -342,5 +342,35 @@ def property_verdicts_figure(records: Mapping[str, Mapping], min_effect: float, 
         ax.set(title=f"{view}: {records[view]['view']}", ylabel="nats (logit difference)")
         ax.title.set_fontsize(8)
         ax.legend(fontsize=6)
+def target_curve(curve: Mapping, target: str, title: str | None = None):
+    """One panel per statistic of a `records.curve_record`: the target's value at each k (red) and the strongest
+    control's (grey, labelled with its head), filled where the target separates (CI of the difference excludes 0)
+    and hollow where it does not; k on a log2 axis."""
+    use_style()
+    import matplotlib.pyplot as plt
+
+    stats = curve["statistics"]
+    fig, axes = plt.subplots(1, len(stats), figsize=(4.2 * len(stats), 3.3), squeeze=False)
+    points = list(curve["points"].values())
+    ks = [p["k"] for p in points]
+    for ax, stat in zip(axes.flat, stats):
+        entries = [p[stat] for p in points]
+        rivals = [e["strongest_control"] for e in entries]
+        ax.plot(ks, [np.nan if r is None else r["value"] for r in rivals], "-", color="0.55",
+                label="strongest control")
+        ax.plot(ks, [np.nan if e["value"] is None else e["value"] for e in entries], "-", color="C3", label=target)
+        for k, entry, rival in zip(ks, entries, rivals):
+            face = "C3" if entry["separates"] else "white"
+            ax.plot([k], [entry["value"]], "o", color="C3", markerfacecolor=face, zorder=3)
+            if rival is not None:
+                ax.plot([k], [rival["value"]], "s", color="0.55", ms=4)
+                ax.annotate(f"L{rival['layer']}H{rival['head']}", (k, rival["value"]), fontsize=6,
+                            textcoords="offset points", xytext=(3, -9))
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ks, [str(k) for k in ks])
+        ax.set(xlabel="components flipped (k)", ylabel=stat.replace("_", " "))
+        ax.legend(fontsize=7, title="filled: target separates", title_fontsize=6)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     return fig

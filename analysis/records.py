@@ -142,6 +142,49 @@ def study_design_record(design: StudyDesign, summary: DesignSummary, requested_w
                        "rank": summary.target_rank},
             "runner_up": {"layer": summary.runner_up[0], "head": summary.runner_up[1], **values(*summary.runner_up)},
             "best": {"layer": summary.best[0], "head": summary.best[1], **values(*summary.best)}}
+def curve_record(report: Mapping, points: Mapping[int, str], statistics: Sequence[str]) -> dict:
+    """A statistic compared at each point of a curve (e.g. the targeted edit over k), from a `controls.compare`
+    report whose statistic "<points[k]>_<statistic>" is the point k's (one direction per statistic along the curve).
+
+    "points" keyed "k=<k>": each statistic's `compare` entry (value, rank, strongest control, the difference's CI,
+    verdict); per statistic the k at which the target separates ("separating_ks"), the largest of them
+    ("largest_separating_k", None when it separates nowhere) and the k where the target leads its strongest
+    control by most ("widest_gap_k", `widest_gap`: a CI that excludes 0 says the lead is real, not that it is large).
+    "ends" holds the points at the smallest and the largest k again, under names that do not depend on the k.
+    """
+    entries = {k: {stat: report["target"][f"{prefix}_{stat}"] for stat in statistics} for k, prefix in points.items()}
+    separating = {stat: [k for k, entry in entries.items() if entry[stat]["separates"]] for stat in statistics}
+    direction = {stat: next((report["directions"][f"{prefix}_{stat}"] for prefix in points.values()), "high")
+                 for stat in statistics}
+    keyed = {k: {"k": k, **entry} for k, entry in entries.items()}
+    return {"ks": list(points), "statistics": list(statistics), "points": {f"k={k}": row for k, row in keyed.items()},
+            "ends": {"smallest": keyed[min(keyed)], "largest": keyed[max(keyed)]} if keyed else {},
+            "separating_ks": separating,
+            "largest_separating_k": {stat: max(ks) if ks else None for stat, ks in separating.items()},
+            "widest_gap_k": {stat: widest_gap({k: e[stat] for k, e in entries.items()}, direction[stat])
+                             for stat in statistics}}
+
+
+def widest_gap(entries: Mapping[int, Mapping], direction: str) -> int | None:
+    """The k whose `compare` entry's difference from the strongest control lies furthest in `direction` (largest for
+    "high", smallest for "low"); None when no k has a difference."""
+    sign = 1.0 if direction == "high" else -1.0
+    measured = [k for k, entry in entries.items() if entry["difference"] is not None]
+    return max(measured, key=lambda k: sign * entries[k]["difference"]["value"], default=None)
+
+def curve_lines(curve: Mapping, prefix: str = "  ") -> list[str]:
+    """One printable line per point of a `curve_record`: each statistic's target and strongest control values and
+    the verdict, e.g. "  k=4: self_mass_change +0.710 vs L1H2 +0.210 separates"."""
+    lines = []
+    for key, point in curve["points"].items():
+        parts = []
+        for stat in curve["statistics"]:
+            entry, rival = point[stat], point[stat]["strongest_control"]
+            versus = "" if rival is None else f" vs {head_key(rival['layer'], rival['head'])} {rival['value']:+.3f}"
+            value = "n/a" if entry["value"] is None else f"{entry['value']:+.3f}"
+            parts.append(f"{stat} {value}{versus} {entry['verdict']}")
+        lines.append(f"{prefix}{key}: " + "; ".join(parts))
+    return lines
 
 
 # --- attention versus similarity (`similarity`) ------------------------------------------------

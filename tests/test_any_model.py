@@ -200,10 +200,15 @@ def test_qk_ov_circuits_on_a_model_without_induction_head_is_degenerate_but_comp
 
 @pytest.mark.e2e
 @needs_gpt2_tokenizer
-def test_token_freq_without_corpus_records_a_uniform_table(small_model, tmp_path):
+def test_token_freq_offline_without_the_study_corpus_records_a_uniform_table(small_model, tmp_path, offline_hub,
+                                                                             capsys):
+    # A GPT-2 tokenizer, so the default corpus is the study's WikiText-103, which offline cannot be had.
     main_on(small_model, tmp_path, "token_freq")
     corpus = results_of(tmp_path, str(small_model), "token_freq")["results"]["corpus"]
     assert corpus["source"] == "uniform" and corpus["degenerate"] is True
+    assert "WikiText-103" in corpus["reason"] and "Salesforce/wikitext" in corpus["cause"]
+    assert (corpus["dataset"], corpus["config"]) == ("Salesforce/wikitext", "wikitext-103-raw-v1")
+    assert "could not be loaded" in capsys.readouterr().out
 
 
 @pytest.mark.e2e

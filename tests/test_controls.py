@@ -116,6 +116,29 @@ def test_comparison_lines_name_value_rank_strongest_control_and_verdict():
     assert comparison_lines(alone, prefix="") == ["margin (low): target n/a, rank -, strongest control -: undefined"]
 
 
+
+def test_curve_record_finds_where_the_target_stops_separating():
+    from analysis.records import curve_lines, curve_record
+
+    # the target leads by 0.8 at k=1, 0.3 at k=2 (both far beyond the noise) and by nothing at k=4
+    target = {"t k=1_gain": units(0.9), "t k=2_gain": units(0.9), "t k=4_gain": units(0.95)}
+    decoy = {"t k=1_gain": units(0.1, seed=1), "t k=2_gain": units(0.6, seed=1), "t k=4_gain": units(0.95, seed=2)}
+    stats = {(1, 3): {n: Sample(v, "prompt") for n, v in target.items()},
+             (1, 0): {n: Sample(v, "prompt") for n, v in decoy.items()}}
+    report = compare((1, 3), stats, dict.fromkeys(target, "high"))
+    curve = curve_record(report, {1: "t k=1", 2: "t k=2", 4: "t k=4"}, ["gain"])
+    assert curve["ks"] == [1, 2, 4] and list(curve["points"]) == ["k=1", "k=2", "k=4"]
+    assert curve["points"]["k=2"]["gain"] == report["target"]["t k=2_gain"] and curve["points"]["k=2"]["k"] == 2
+    assert curve["separating_ks"] == {"gain": [1, 2]} and curve["largest_separating_k"] == {"gain": 2}
+    assert curve["widest_gap_k"] == {"gain": 1}
+    assert curve["ends"]["smallest"] == curve["points"]["k=1"] and curve["ends"]["largest"] == curve["points"]["k=4"]
+    first, rival = report["target"]["t k=1_gain"], report["target"]["t k=1_gain"]["strongest_control"]["value"]
+    assert curve_lines(curve)[0] == f"  k=1: gain {first['value']:+.3f} vs L1H0 {rival:+.3f} separates"
+    assert curve_lines(curve)[2].endswith("does not separate")
+    nowhere = curve_record(report, {4: "t k=4"}, ["gain"])
+    assert nowhere["largest_separating_k"] == {"gain": None} and nowhere["separating_ks"] == {"gain": []}
+
+
 def test_control_heads_reuse_a_scan_the_caller_already_ran(organism, monkeypatch):
     from analysis import scan
 

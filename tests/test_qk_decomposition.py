@@ -211,8 +211,9 @@ def test_edit_effect_exact():
     after = {"self_mass": 0.5, "partner_mass": 0.7, "bos_mass_no_partner": 0.6, "surprisal": 0.9}
     effect = qk_edits.edit_effect(before, after)
     assert effect["self_mass_change"] == pytest.approx(0.4) and effect["partner_mass_change"] == pytest.approx(-0.2)
-    assert effect["self_per_partner_lost"] == pytest.approx(2.0)
-    assert qk_edits.edit_effect(before, {**after, "partner_mass": 0.95})["self_per_partner_lost"] is None
+    assert effect["bos_mass_no_partner_change"] == pytest.approx(-0.2) and effect["surprisal_change"] == pytest.approx(0.7)
+    assert effect["self_mass_log_odds_change"] == pytest.approx(math.log(9))  # logit(0.5) - logit(0.1) = 0 + log 9
+    assert set(effect) == set(qk_edits.EDIT_CHANGES)  # changes only: no ratio forced by conservation of mass
 
 
 def test_edited_heads_in_context_matches_one_head_at_a_time(organism):
@@ -305,6 +306,9 @@ def test_decomposition_scripts_end_to_end(tmp_path, truth):
     assert skew["without_bias"]["norms"]["skew"] < skew["without_bias"]["norms"]["sym"]
     assert len(skew["without_bias"]["eigenvalues"]) == 2 * 32
     assert skew["without_bias"]["check"]["max_abs_self_W_minus_sym"] < 1e-3
+    # with the biases folded in the count is still d_head, and the results say it is forced
+    assert skew["with_bias"]["spectrum"]["n_negative"] == skew["d_head"] == 32
+    assert skew["with_bias"]["spectrum"]["forced"].startswith("Sylvester: [W_Q; b_Q] has d_head columns")
     # controls: every other head; the count ties everywhere (Sylvester), the partner margin singles the head out
     for name in ("skew_analysis", "sym_skew_maps", "eigenvalue_scaling"):
         check_controls_shape(json.loads((results / f"{name}.json").read_text())["results"],
@@ -342,6 +346,15 @@ def test_decomposition_scripts_end_to_end(tmp_path, truth):
     key = key_of(target)
     assert scaling["edits"][key]["factor -1"]["self_mass_change"] == pytest.approx(
         by_factor["-1"] - scaling["edits"][key]["unedited"]["self_mass"], abs=1e-5)
+    assert target["factor -1_self_mass_change"]["difference"]["unit"] == "prompt"  # per-prompt Samples: a CI
+    # the targeted edit as a curve over k: every head, each k compared; the planted head separates at k = 1
+    curve = scaling["targeted_curve"]
+    assert curve["ks"] == [1, 2, 4, 8, 16] and curve["n_negative"] == 32 and list(curve["points"])[0] == "k=1"
+    assert 1 in curve["separating_ks"]["self_mass_change"] and curve["largest_separating_k"]["self_mass_change"] >= 1
+    gains = [curve["points"][f"k={k}"]["self_mass_change"]["value"] for k in curve["ks"]]
+    assert gains == sorted(gains) and gains[0] > 0  # each component flipped gives more self mass back
+    assert scaling["edits"][key]["targeted k=4"] == scaling["edits"][key]["targeted"]  # --targeted-k 4 is k = 4
+    assert (tmp_path / "figures" / "organism" / "eigenvalue_scaling_curve.png").stat().st_size > 1000
 
 
 @pytest.mark.e2e
@@ -392,28 +405,70 @@ def test_rank_ablation_best_cell_on_controls_agrees_with_the_grid(organism):
 def test_eigenvalue_edits_and_statistics_exact():
     head = random_head(scale=2.0)
     x = torch.randn(5, 12, generator=torch.Generator().manual_seed(1))
-    edits = qk_edits.eigenvalue_edits({(0, 1): head}, {(0, 1): x}, [1.0, -1.0], targeted_k=2)
-    assert list(edits) == ["unedited", "factor 1", "factor -1", "targeted"]
+    edits = qk_edits.eigenvalue_edits({(0, 1): head}, {(0, 1): x}, [1.0, -1.0], targeted_k=2, ks=[1, 2])
+    assert list(edits) == ["unedited", "factor 1", "factor -1", "targeted", "targeted k=1", "targeted k=2"]
     assert torch.allclose(edits["factor 1"][(0, 1)].W.AB, head.W.AB, atol=1e-5)  # factor 1 gives W back
     assert edits["targeted"][(0, 1)].W_Q.shape == (12, 3 + 2)  # d_head + the 2 targeted components
+    assert torch.equal(edits["targeted k=2"][(0, 1)].W.AB, edits["targeted"][(0, 1)].W.AB)  # the same two components
+    assert edits["targeted k=1"][(0, 1)].W_Q.shape == (12, 3 + 1)
     assert all(edit[(0, 1)].scale == 2.0 for edit in edits.values())  # the head's own scale, whatever the width
     spectrum = qk.symmetric_spectrum(head)
     flipped = qk.symmetric_spectrum(edits["factor -1"][(0, 1)]).values  # every negative eigenvalue flipped
     assert flipped.min() > -1e-4 and float(flipped.sum()) == pytest.approx(float(spectrum.values.abs().sum()), rel=1e-4)
-    change = dict.fromkeys(qk_edits.EDIT_CHANGES, 0.5)
-    flat = qk_edits.edit_statistics({(0, 1): {"unedited": change, "targeted": change}})
-    assert flat == {(0, 1): {f"targeted_{k}": 0.5 for k in qk_edits.EDIT_CHANGES}}
+    # a head with 3 negative eigenvalues: k = 16 flips all 3, the same edit as k = 3
+    assert qk_edits.curve_ks([1, 2, 4, 8, 16], 3) == [1, 2, 3] and qk_edits.curve_ks([16, 4], 32) == [4, 16]
+    wide = qk_edits.eigenvalue_edits({(0, 1): head}, {(0, 1): x}, [], targeted_k=3, ks=[16])
+    assert torch.allclose(wide["targeted k=16"][(0, 1)].W.AB, wide["targeted"][(0, 1)].W.AB)
+
+
+def test_edit_statistics_are_per_prompt_samples_of_the_changes():
+    nan = math.nan
+    before = {"self_mass": torch.tensor([0.1, 0.2, 0.3]), "partner_mass": torch.tensor([0.8, nan, 0.6]),
+              "bos_mass_no_partner": torch.tensor([nan, 0.7, nan]), "surprisal": torch.tensor([1.0, 2.0, 3.0])}
+    after = {"self_mass": torch.tensor([0.5, 0.5, 0.8]), "partner_mass": torch.tensor([0.4, nan, 0.2]),
+             "bos_mass_no_partner": torch.tensor([nan, 0.3, nan]), "surprisal": torch.tensor([2.0, 2.0, 5.0])}
+    sweep = {(1, 3): {"unedited": before, "targeted k=2": after}}
+    stats = qk_edits.edit_statistics(sweep)[(1, 3)]
+    assert set(stats) == {f"targeted k=2_{c}" for c in qk_edits.EDIT_CHANGES}
+    gain = stats["targeted k=2_self_mass_change"]
+    assert gain.unit == "prompt" and torch.allclose(gain.per_unit, torch.tensor([0.4, 0.3, 0.5]))
+    assert gain.value == pytest.approx(0.4)
+    assert stats["targeted k=2_partner_mass_change"].value == pytest.approx(-0.4)  # the NaN prompt left out
+    log_odds = stats["targeted k=2_self_mass_log_odds_change"]  # logit(mean 0.6) - logit(mean 0.2) = log 1.5 + log 4
+    assert log_odds.value == pytest.approx(math.log(6), rel=1e-5)
+    rows = qk_edits.edit_rows(sweep)[(1, 3)]  # the means results keep, and their changes: the Samples' values
+    assert rows["targeted k=2"]["self_mass"] == pytest.approx(0.6) and rows["unedited"]["self_mass_change"] == 0
+    assert all(rows["targeted k=2"][c] == pytest.approx(stats[f"targeted k=2_{c}"].value, rel=1e-5)
+               for c in qk_edits.EDIT_CHANGES)
 
 
 def test_edit_sweep_unedited_changes_nothing(organism):
     probe = prompts.category_probe(organism, prompts.STUDY_CATEGORIES, 4, 16, seed=0)
-    heads = {(1, h): qk_head(organism, 1, h, bias=True) for h in (0, 3)}
-    sweep = qk_edits.edit_sweep(organism, probe, {"unedited": heads, "same": heads})
-    assert set(sweep) == {(1, 0), (1, 3)}
-    for rows in sweep.values():
-        assert rows["same"]["self_mass_change"] == 0 and rows["unedited"]["surprisal_change"] == 0
-    assert sweep[(1, 3)]["unedited"]["self_mass"] == pytest.approx(
-        qk_edits.in_context_scores(organism, probe, 1, 3)["self_mass"], abs=1e-6)
+    heads = {(0, 2): qk_head(organism, 0, 2, bias=True), **{(1, h): qk_head(organism, 1, h, bias=True) for h in (0, 3)}}
+    sweep = qk_edits.edit_sweep(organism, probe, {"unedited": heads, "same": heads}, batch_size=3)
+    assert set(sweep) == {(0, 2), (1, 0), (1, 3)} and sweep[(1, 3)]["same"]["self_mass"].shape == (4,)
+    rows = qk_edits.edit_rows(sweep)
+    for per_edit in rows.values():
+        assert per_edit["same"]["self_mass_change"] == 0 and per_edit["unedited"]["surprisal_change"] == 0
+    for hd in heads:
+        assert rows[hd]["unedited"]["self_mass"] == pytest.approx(
+            qk_edits.in_context_scores(organism, probe, *hd)["self_mass"], abs=1e-6)
+
+
+def test_in_context_edit_units_are_each_prompt_on_its_own(organism):
+    probe = prompts.category_probe(organism, prompts.STUDY_CATEGORIES, 5, 16, seed=7)
+    weights = qk_head(organism, 1, 3, bias=True)
+    spectrum = qk.symmetric_spectrum(weights)
+    edits = {"own": weights, "flip": qk.edited_head(weights, spectrum, qk.most_negative(spectrum.values), -1.0)}
+    units = qk_edits.in_context_edit_units(organism, probe, 1, edits, batch_size=2)
+    assert units["own"]["self_mass"].shape == (5,)
+    for i in range(5):
+        alone = qk_edits.in_context_edits(organism, prompts.Probe(probe.tokens[i:i + 1], probe.mask[i:i + 1]), 1, edits)
+        for key in edits:
+            assert {m: float(v[i]) for m, v in units[key].items()} == pytest.approx(alone[key], abs=1e-6, nan_ok=True)
+    assert qk_edits.in_context_edits(organism, probe, 1, edits) == {
+        key: pytest.approx({m: float(v.nanmean()) for m, v in per.items()}) for key, per in units.items()}
+    assert (units["flip"]["self_mass"] > units["own"]["self_mass"]).all()  # every prompt, not only on average
 
 
 def test_in_context_edits_exact_on_a_uniform_head(organism):

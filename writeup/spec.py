@@ -348,8 +348,19 @@ SPEC: dict[str, dict[str, Entry]] = {
         "SteerTargetedK": ("results.targeted_k", "d"),
         "SteerTargetedSelf": ("results.target_edits.targeted.self_mass", ".2f"),
         "SteerTargetedPartner": ("results.target_edits.targeted.partner_mass", ".2f"),
-        "SteerTargetedPerLost": ("results.target_edits.targeted.self_per_partner_lost", ".2f"),
-        "SteerFlipPerLost": ("results.target_edits.factor -1.self_per_partner_lost", ".2f"),
+        # the targeted edit as a curve over k (controls.compare at each k; ends keyed "smallest", "largest")
+        "SteerCurveKs": ("results.targeted_curve.ks", "list"),
+        "SteerCurveSeparating": ("results.targeted_curve.separating_ks.self_mass_change", "list"),
+        "SteerCurveSeparatingLogit": ("results.targeted_curve.separating_ks.self_mass_log_odds_change", "list"),
+        "SteerCurveLastSep": ("results.targeted_curve.largest_separating_k.self_mass_change", "d"),
+        "SteerCurveWidest": ("results.targeted_curve.widest_gap_k.self_mass_change", "d"),
+        **{f"SteerCurve{end.title()}{part}": (f"results.targeted_curve.ends.{end}.self_mass_change{path}", fmt)
+           for end in ("smallest", "largest")
+           for part, path, fmt in (("Gain", ".value", ".2f"), ("Ctl", ".strongest_control.value", ".2f"),
+                                   ("CtlHead", ".strongest_control", "head"))},
+        **{f"SteerCurve{end.title()}K": (f"results.targeted_curve.ends.{end}.k", "d") for end in ("smallest", "largest")},
+        **{f"SteerCurveLargestDiff{part}": (f"results.targeted_curve.ends.largest.self_mass_change.difference.{key}",
+                                            ".2f") for part, key in (("", "value"), ("Low", "low"), ("High", "high"))},
     },
     "eigenvalue_rank_ablation": {  # cells keyed "k=<k>,scale=<scale>"
         "RankVocab": ("results.d_vocab", "d"),
