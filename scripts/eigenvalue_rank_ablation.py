@@ -35,7 +35,7 @@ from analysis import self_suppression as ss
 from analysis.heads import control_heads, load_target
 from analysis.plotting import save_figure, target_vs_controls, use_style
 from analysis.qk_decomposition import RankGrid
-from analysis.token_maps import token_inputs
+from analysis.token_maps import InputOptions, token_inputs
 
 NAME = "eigenvalue_rank_ablation"
 
@@ -76,7 +76,7 @@ def main(args) -> None:
 
     def layer_inputs(l: int):
         if l not in inputs:
-            inputs[l] = token_inputs(model, l, args.input, seed=args.seed, progress=True)
+            inputs[l] = token_inputs(model, l, args.input, seed=args.seed, options=InputOptions(categories, True))
         return inputs[l]
 
     heads = control_heads(model, (layer, head), args.controls, args.seed)

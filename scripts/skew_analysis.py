@@ -47,7 +47,7 @@ from analysis.attention import qk_head
 from analysis.controls import compare, head_key, separating
 from analysis.heads import load_target
 from analysis.plotting import save_figure, target_vs_controls, use_style
-from analysis.token_maps import group_tokens, token_inputs
+from analysis.token_maps import InputOptions, group_tokens, token_inputs
 
 NAME = "skew_analysis"
 
@@ -64,7 +64,8 @@ def build_parser():
 def main(args) -> None:
     model, layer, head = load_target(args)
     own = qk_head(model, layer, head, bias=True)
-    E = token_inputs(model, layer, args.input, seed=args.seed, progress=True)  # (d_vocab, d_model)
+    E = token_inputs(model, layer, args.input, seed=args.seed,
+                     options=InputOptions(cli.chosen_categories(args)[0], True))  # (d_vocab, d_model)
 
     plain, self_scores = qk.self_score_report(own, E)
     biased, _ = qk.self_score_report(qk.with_bias(own), qk.append_one(E))
