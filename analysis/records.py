@@ -110,6 +110,18 @@ def steering_lines(metrics: Mapping[str, Mapping], top_keys: Mapping[str, Mappin
 # --- clustering (`clustering`) ----------------------------------------------------------------
 
 
+def view_record(report: Mapping) -> dict:
+    """What a results file keeps of one input view's clustering (a `controls.compare` report of the agreement
+    statistics): {"agreement": {head key: {"ari", "nmi", "study_ari", "study_nmi"}}, "target", "controls",
+    "directions"}, every head's agreement under its `controls.head_key`."""
+    target = report["target"]
+    rows = [{"layer": target["layer"], "head": target["head"],
+             **{name: target[name]["value"] for name in report["directions"]}}, *report["controls"]]
+    agreement = {head_key(row["layer"], row["head"]): {name: row[name] for name in report["directions"]}
+                 for row in rows}
+    return {"agreement": agreement, **report}
+
+
 def partition_record(part: Mapping, labels: Sequence[str], category_of: np.ndarray,
                      category_names: Sequence[str]) -> dict:
     """What a results file keeps of one graph and its partition: sizes, self-loops, modularity, agreement with
