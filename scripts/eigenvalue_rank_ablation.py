@@ -18,7 +18,8 @@ The study's way (key "study_edit"), at --study-cell (default k = 24, scale -2, t
 study's edit, not ours: torch.linalg.eig of the dense, non-symmetric W = W_Q W_K^T, the first d_head eigenpairs
 in the solver's order, unsorted, the first k eigenvalues times the scale, scores E U_Q diag(λ') U_K E^T
 (`qk_decomposition.study_edit_ranks`, ranked on the real part: torch refuses to argsort a complex tensor, and the
-results keep the imaginary share), for the target, unedited (scale 1 of those factors) and edited, raw and normalised.
+results keep the imaginary share), for the target, unedited (scale 1 of those factors) and edited, raw and normalised,
+on --input ("unedited", "edited") and on the study's own input view ("unedited_study_input", "edited_study_input").
 
 Controls (--controls): the same statistics the claim rests on, for every control head. By default
 (--control-cells grid) each control head gets the whole grid, computed the same batched way as the
@@ -103,9 +104,11 @@ def main(args) -> None:
     cells, ks = grid["cells"], grid["ks"]
     base = cells.get(ss.cell_key(ks[0], 1.0))  # scale 1 edits nothing: every k alike (None if not in --scales)
     study_cell = (min(int(args.study_cell[0]), model.cfg.d_head), args.study_cell[1])
+    own, study_input = qk_head(model, layer, head), token_inputs(model, layer, "study")
     study_edit = records.study_edit_record(
-        {name: qk.study_edit_ranks(layer_inputs(layer), qk_head(model, layer, head), cell, queries, args.chunk_size)
-         for name, cell in (("unedited", (0, 1.0)), ("edited", study_cell))}, study_cell, n_keys)
+        {f"{name}{suffix}": qk.study_edit_ranks(E, own, cell, queries, args.chunk_size)
+         for name, cell in (("unedited", (0, 1.0)), ("edited", study_cell))
+         for suffix, E in (("", layer_inputs(layer)), ("_study_input", study_input))}, study_cell, n_keys)
     report = controls.compare((layer, head), study["statistics"], study["directions"])
     results = {"head": {"layer": layer, "head": head}, "input": args.input,
                "n_negative_eigenvalues": grid["n_negative"], "d_vocab": model.cfg.d_vocab, "ks": ks,
