@@ -206,6 +206,10 @@ SPEC: dict[str, dict[str, Entry]] = {
         # the study's curve (bits, unscaled, no biases, column-wise, windows of 0.03)
         "CosStudyZero": ("results.study.beats_self_from_cosine", ".2f"),
         "CosStudyPeakCosine": ("results.study.peak.cosine", ".2f"), "CosStudyPeakBits": ("results.study.peak.bits", ".1f"),
+        # the study's curve on the study's own head input (its vocabulary-level construction)
+        "CosStudyInputZero": ("results.study_on_study_input.beats_self_from_cosine", ".2f"),
+        "CosStudyInputPeakCosine": ("results.study_on_study_input.peak.cosine", ".2f"),
+        "CosStudyInputPeakBits": ("results.study_on_study_input.peak.bits", ".1f"),
         "CosStudyWidth": ("results.study.width", ".2f"), "CosStudyWindows": ("results.study.x", "count"),
         # the category contrast against every other head
         "CosContrast": ("results.target.mates_minus_others.value", ".2f"),

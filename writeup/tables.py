@@ -206,6 +206,9 @@ REPLICATION_ROWS = [
     ("median $S$, first MLP mean-ablated (BOS ablated too)", "AblStudyMLP", "RepAblMLP"),
     ("cosine where the study's curve turns positive (bits, unscaled, the study's windows)", "CosStudyZero", "RepCosZero"),
     ("cosine of the study's curve's peak", "CosStudyPeakCosine", "RepCosPeak"),
+    ("the same two, the study's curve on the study's head input (token ids in order as one prompt, mean "
+     "positions and first-layer attention): where it turns positive", "CosStudyInputZero", "RepCosZero"),
+    ("its peak", "CosStudyInputPeakCosine", "RepCosPeak"),
     ("mean self-rank on one scale, (rank $-$ first rank)$/V$ over the $V$ keys, unedited", "RankUneditedNorm",
      "RepRankUneditedNorm"),
     ("the same at the study's $k$ and scale, our edit (the $k$ most negative eigenvalues of $W_\\text{sym}$)",
