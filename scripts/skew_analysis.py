@@ -64,8 +64,8 @@ def build_parser():
 def main(args) -> None:
     model, layer, head = load_target(args)
     own = qk_head(model, layer, head, bias=True)
-    E = token_inputs(model, layer, args.input, seed=args.seed,
-                     options=InputOptions(cli.chosen_categories(args)[0], True))  # (d_vocab, d_model)
+    # the mean view's reference: the 10-category union, as self_suppression.every_head_statistics uses for every head
+    E = token_inputs(model, layer, args.input, seed=args.seed, options=InputOptions(progress=True))  # (d_vocab, d)
 
     plain, self_scores = qk.self_score_report(own, E)
     biased, _ = qk.self_score_report(qk.with_bias(own), qk.append_one(E))
