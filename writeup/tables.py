@@ -211,6 +211,8 @@ REPLICATION_ROWS = [
     ("its peak", "CosStudyInputPeakCosine", "RepCosPeak"),
     ("mean self-rank on one scale, (rank $-$ first rank)$/V$ over the $V$ keys, unedited", "RankUneditedNorm",
      "RepRankUneditedNorm"),
+    ("the same, unedited, the study's factors of $W$ on the study's head input", "RankStudyWayStudyInputUneditedNorm",
+     "RepRankUneditedNorm"),
     ("the same at the study's $k$ and scale, our edit (the $k$ most negative eigenvalues of $W_\\text{sym}$)",
      "RankStudyCellNorm", "RepRankEditedNorm"),
     ("the same, the study's edit (the first $k$ of the first $d_\\text{head}$ eigenvalues of $W$ in the solver's "
