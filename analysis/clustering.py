@@ -209,6 +209,20 @@ def node_tokens(model, categories: Mapping[str, Sequence[str]], n_tokens: int, t
 
 AGREEMENT_DIRECTIONS = {"ari": "high", "nmi": "high", "study_ari": "high", "study_nmi": "high"}
 
+STUDY_N_NODES = 3000  # the study's graph: its 3,000 most frequent tokens (a design choice of the study, not a result)
+
+
+def community_count_comparison(n_frequent: int, study_n_nodes: int = STUDY_N_NODES) -> dict:
+    """Whether a community count compares with the study's: Leiden's count grows with the graph, so only a graph of
+    the study's number of frequency-chosen nodes (`n_frequent`, category words not counted) is matched.
+
+    {"comparable": n_frequent == study_n_nodes, "n_nodes": n_frequent, "study_n_nodes", "reason"}.
+    """
+    comparable = n_frequent == study_n_nodes
+    reason = (f"matched: {n_frequent} nodes as the study's {study_n_nodes}" if comparable
+              else f"not comparable: {n_frequent} nodes against {study_n_nodes}")
+    return {"comparable": comparable, "n_nodes": n_frequent, "study_n_nodes": study_n_nodes, "reason": reason}
+
 
 def head_partitions(x: Tensor, qk: QKHead, settings: GraphSettings = GraphSettings()) -> dict[str, dict]:
     """Both graphs of the head `qk` over `x: [1 + n, d]`, whose first row is BOS: {"ours": `ours_partition` of the

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from torch import Tensor
 
-from analysis import clustering, steering
+from analysis import clustering, qk_decomposition, steering
 from analysis.controls import Head, Statistic, head_key
 from analysis.prompts import StudyDesign
 from analysis.properties import MIN_EFFECT, PROPERTIES, both_hold
@@ -250,6 +250,43 @@ def steering_lines(metrics: Mapping[str, Mapping], top_keys: Mapping[str, Mappin
 
 
 # --- clustering (`clustering`) ----------------------------------------------------------------
+
+
+def normalised_cell(cell: Mapping, n_keys: int) -> dict:
+    """A rank-ablation cell with its mean self-rank also on the study's scale, "mean_rank_normalised" =
+    `qk_decomposition.normalised_rank` over `n_keys` keys."""
+    return {**cell, "mean_rank_normalised": qk_decomposition.normalised_rank(cell["mean_rank"], n_keys)}
+
+
+def normalised_cells(cells: Mapping[str, Mapping], n_keys: int) -> dict[str, dict]:
+    """Every cell of a rank-ablation grid (keyed "k=..,scale=..") through `normalised_cell`."""
+    return {key: normalised_cell(cell, n_keys) for key, cell in cells.items()}
+
+
+def study_edit_record(measured: Mapping[str, tuple[Tensor, float]], cell: tuple[int, float], n_keys: int) -> dict:
+    """What a results file keeps of the study's edit (`qk_decomposition.study_edit_ranks`): for each of `measured`
+    ("unedited", "edited": (ranks [m], imaginary share)) the mean self-rank, raw (from 1) and normalised, and the
+    imaginary share; the cell, and how the edit and its ranking were done."""
+    out = {"k": cell[0], "scale": cell[1], "n_keys": n_keys,
+           "order": "torch.linalg.eig of W = W_Q W_K^T, the first d_head eigenpairs in the solver's order, unsorted",
+           "ranked_on": "the real part of the complex scores (torch cannot argsort a complex tensor)"}
+    for name, (ranks, imaginary) in measured.items():
+        mean = float(ranks.double().mean())
+        out[name] = {"mean_rank": mean, "mean_rank_normalised": qk_decomposition.normalised_rank(mean, n_keys),
+                     "imaginary_share": imaginary}
+    return out
+
+
+def view_record(report: Mapping) -> dict:
+    """What a results file keeps of one input view's clustering (a `controls.compare` report of the agreement
+    statistics): {"agreement": {head key: {"ari", "nmi", "study_ari", "study_nmi"}}, "target", "controls",
+    "directions"}, every head's agreement under its `controls.head_key`."""
+    target = report["target"]
+    rows = [{"layer": target["layer"], "head": target["head"],
+             **{name: target[name]["value"] for name in report["directions"]}}, *report["controls"]]
+    agreement = {head_key(row["layer"], row["head"]): {name: row[name] for name in report["directions"]}
+                 for row in rows}
+    return {"agreement": agreement, **report}
 
 
 def partition_record(part: Mapping, labels: Sequence[str], category_of: np.ndarray,

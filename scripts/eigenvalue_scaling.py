@@ -41,7 +41,7 @@ from analysis import qk_decomposition as qk
 from analysis.attention import attention_scores, qk_head
 from analysis.heads import control_heads, load_target
 from analysis.plotting import group_heatmaps, save_figure, target_curve, target_vs_controls, use_style
-from analysis.token_maps import block_means, group_tokens, token_inputs
+from analysis.token_maps import InputOptions, block_means, group_tokens, token_inputs
 
 NAME = "eigenvalue_scaling"
 CURVE_STATISTICS = ("self_mass_change", "self_mass_log_odds_change")  # compared at each k of the targeted curve
@@ -73,8 +73,8 @@ def main(args) -> None:
     spectrum = qk.symmetric_spectrum(own)
     negative = qk.most_negative(spectrum.values)
     ids, labels, group, _ = group_tokens(model.tokenizer)
-    E = token_inputs(model, layer, args.input, token_ids=ids, seed=args.seed)
     categories, chosen = cli.chosen_categories(args)
+    E = token_inputs(model, layer, args.input, token_ids=ids, seed=args.seed, options=InputOptions(categories))
     probe = prompts.category_probe(model, categories, args.n_prompts, args.n_words, args.seed + 1)
 
     edited = {f: qk.edited_head(own, spectrum, negative, f) for f in args.factors}
@@ -84,7 +84,8 @@ def main(args) -> None:
     per_factor = [{"factor": f, "map": m, "block_means": block_means(m, group), "in_context": in_context[f]}
                   for f, m in zip(edited, maps)]
     heads = [(layer, head)] + control_heads(model, (layer, head), args.controls, args.seed)
-    inputs = {l: token_inputs(model, l, args.input, token_ids=ids, seed=args.seed) for l in {l for l, _ in heads}}
+    inputs = {l: token_inputs(model, l, args.input, token_ids=ids, seed=args.seed, options=InputOptions(categories))
+              for l in {l for l, _ in heads}}
     ks = qk_edits.curve_ks(args.curve_ks, len(negative))
     sweep = qk_edits.edit_sweep(model, probe, qk_edits.eigenvalue_edits(
         {hd: qk_head(model, *hd, bias=True) for hd in heads}, {hd: inputs[hd[0]] for hd in heads}, args.factors,

@@ -53,7 +53,7 @@ from analysis.attention import qk_head
 from analysis.controls import compare, head_key, separating
 from analysis.heads import load_target
 from analysis.plotting import save_figure, target_vs_controls, use_style
-from analysis.token_maps import group_tokens, token_inputs
+from analysis.token_maps import InputOptions, group_tokens, token_inputs
 
 NAME = "skew_analysis"
 BIASED_COUNT_FORCED = "Sylvester: [W_Q; b_Q] has d_head columns"  # so [x, 1] inputs give d_head negative eigenvalues
@@ -71,7 +71,8 @@ def build_parser():
 def main(args) -> None:
     model, layer, head = load_target(args)
     own = qk_head(model, layer, head, bias=True)
-    E = token_inputs(model, layer, args.input, seed=args.seed, progress=True)  # (d_vocab, d_model)
+    # the mean view's reference: the 10-category union, as self_suppression.every_head_statistics uses for every head
+    E = token_inputs(model, layer, args.input, seed=args.seed, options=InputOptions(progress=True))  # (d_vocab, d)
 
     plain, self_scores = qk.self_score_report(own, E)
     biased, _ = qk.self_score_report(qk.with_bias(own), qk.append_one(E))

@@ -378,6 +378,14 @@ def test_rank_ablation_script(tmp_path, truth):
     assert cells[(k_max, -1.0)]["mean_rank"] < cells[(k_max, 1.0)]["mean_rank"]
     assert cells[(k_max, -1.0)]["self_mass"] > cells[(k_max, 1.0)]["self_mass"]
     assert cells[(4, 1.0)]["mean_rank"] == cells[(k_max, 1.0)]["mean_rank"]  # scale 1 edits nothing
+    # the study's scale: ranks from 0 over the 168 keys; accuracy@K only below V/2
+    assert cells[(4, 1.0)]["mean_rank_normalised"] == pytest.approx((cells[(4, 1.0)]["mean_rank"] - 1) / 168)
+    assert data["at"] == [1] and set(data["acc_dropped"]) == {"128", "1024"} and "acc@128" not in cells[(4, 1.0)]
+    # the study's way: its factors rebuild this head's W unedited, and its edit at (24, -2) moves self far less
+    study = data["study_edit"]
+    assert (study["k"], study["scale"]) == (24, -2.0) and study["edited"]["imaginary_share"] < 1e-3
+    assert study["unedited"]["mean_rank"] == pytest.approx(cells[(4, 1.0)]["mean_rank"])
+    assert study["edited"]["mean_rank_normalised"] > 10 * cells[(k_max, -1.0)]["mean_rank_normalised"]
     # every control head gets the whole grid, measured as the target's: the statistics come from each grid
     assert set(data["directions"]) == {"mean_rank", "mean_rank_change", "self_mass_change", "best_mean_rank_change",
                                        "best_self_mass_change"}
@@ -492,3 +500,27 @@ def test_in_context_edits_exact_on_a_uniform_head(organism):
     assert got["zero"]["surprisal"] == pytest.approx(float(expected), abs=1e-5)
     own = qk_edits.in_context_scores(organism, probe, 1, 3)  # the head's own weights: the model's own pattern
     assert got["own"] == pytest.approx(own, abs=1e-5)
+
+
+def test_normalised_rank_and_trivial_accuracy_cutoffs():
+    assert qk.normalised_rank(1.0, 168) == 0.0  # every token its own best key: 0, as the study's argsort positions
+    assert qk.normalised_rank(85.0, 168) == pytest.approx(0.5)
+    assert set(qk.trivial_accuracy_ks([1, 83, 84, 128, 1024], 168)) == {"84", "128", "1024"}
+    assert qk.trivial_accuracy_ks([1, 128, 1024], 50257) == {}
+
+
+def test_the_studys_edit_is_an_eigenvalue_edit_in_the_solvers_order():
+    # d_model = d_head: every eigenpair is kept, so the study's factors rebuild W exactly; W diagonal: the solver
+    # returns the eigenvalues in the diagonal's order, so "the first k" are known
+    W_Q = torch.diag(torch.tensor([-3.0, 1.0, 2.0]))
+    head = QKHead(W_Q, torch.eye(3), 1.0)
+    U_Q, values, U_K = qk.study_eigen_factors(head)
+    assert torch.allclose(values.real, torch.tensor([-3.0, 1.0, 2.0])) and torch.allclose((U_Q * values) @ U_K,
+                                                                                          W_Q.to(U_Q.dtype))
+    x = torch.randn(40, 3, generator=torch.Generator().manual_seed(0))
+    ranks, imag = qk.study_edit_ranks(x, head, (1, 1.0), chunk_size=7)
+    assert torch.equal(ranks, qk.self_ranks(x, head)) and imag == 0.0
+    flipped = QKHead(torch.diag(torch.tensor([3.0, 1.0, 2.0])), torch.eye(3), 1.0)  # the first eigenvalue times -1
+    ranks, _ = qk.study_edit_ranks(x, head, (1, -1.0), queries=torch.tensor([0, 5, 39]))
+    assert torch.equal(ranks, qk.self_ranks(x, flipped)[[0, 5, 39]])
+    assert not torch.equal(ranks, qk.self_ranks(x, head)[[0, 5, 39]])  # the edit moved something

@@ -237,6 +237,10 @@ SPEC: dict[str, dict[str, Entry]] = {
         # the study's curve (bits, unscaled, no biases, column-wise, windows of 0.03)
         "CosStudyZero": ("results.study.beats_self_from_cosine", ".2f"),
         "CosStudyPeakCosine": ("results.study.peak.cosine", ".2f"), "CosStudyPeakBits": ("results.study.peak.bits", ".1f"),
+        # the study's curve on the study's own head input (its vocabulary-level construction)
+        "CosStudyInputZero": ("results.study_on_study_input.beats_self_from_cosine", ".2f"),
+        "CosStudyInputPeakCosine": ("results.study_on_study_input.peak.cosine", ".2f"),
+        "CosStudyInputPeakBits": ("results.study_on_study_input.peak.bits", ".1f"),
         "CosStudyWidth": ("results.study.width", ".2f"), "CosStudyWindows": ("results.study.x", "count"),
         # the category contrast against every other head
         "CosContrast": ("results.target.mates_minus_others.value", ".2f"),
@@ -370,6 +374,15 @@ SPEC: dict[str, dict[str, Entry]] = {
         "RankBest": ("results.best_cell.mean_rank", ".2f"), "RankBestAccOne": ("results.best_cell.acc@1", ".2f"),
         "RankBestSelfMass": ("results.best_cell.self_mass", ".2f"),
         "RankStudyCell": (f"results.cells.{STUDY_CELL}.mean_rank", ".1f"),
+        # on the study's scale, (rank - 1) / V, and the study's own edit (eig of W, solver order) at its cell
+        "RankUneditedNorm": ("results.unedited_cell.mean_rank_normalised", ".3f"),
+        "RankStudyCellNorm": (f"results.cells.{STUDY_CELL}.mean_rank_normalised", ".3f"),
+        **{f"RankStudyWay{name}{suffix}": (f"results.study_edit.{key}.{path}", fmt)
+           for name, key in (("Unedited", "unedited"), ("Edited", "edited"),
+                             ("StudyInputUnedited", "unedited_study_input"), ("StudyInputEdited", "edited_study_input"))
+           for suffix, path, fmt in (("", "mean_rank", ".1f"), ("Norm", "mean_rank_normalised", ".3f"))},
+        "RankStudyWayEditedImag": ("results.study_edit.edited.imaginary_share", ".1e"),
+        "RankAccKept": ("results.at", "list"),
         # the grid on the control heads
         "RankGainSeparates": ("results.target.best_self_mass_change.separates", Words("singles out", "does not single out")),
         "RankFallSeparates": ("results.target.best_mean_rank_change.separates", Words("singles out", "does not single out")),
@@ -421,6 +434,14 @@ SPEC: dict[str, dict[str, Entry]] = {
         "CluStudyNodes": ("results.study_graph.n_nodes", "d"), "CluStudyEdges": ("results.study_graph.n_edges", "d"),
         "CluStudySelfLoops": ("results.study_graph.n_self_loops", "d"),
         "CluStudyCommunities": ("results.study_graph.n_communities", "d"),
+        "CluCountReason": ("results.community_count.reason", "text"),
+        # every input view: the target's ARI (ours, the study's graph) and its rank among the heads
+        "CluViewRule": ("results.default_view_rule", "text"),
+        **{f"CluView{view.title()}{name}": (f"results.views.{view}.target.{key}.{path}", fmt)
+           for view in ("study", "mean", "zero", "context")
+           for name, key, path, fmt in (("ARI", "ari", "value", ".2f"), ("ARIRank", "ari", "rank", "d"),
+                                        ("StudyARI", "study_ari", "value", ".2f"),
+                                        ("StudyARIRank", "study_ari", "rank", "d"))},
         "CluStudyPrinted": ("results.study_graph.printed_clusters", "d"),
         "CluStudyMaxSize": ("results.study_graph.max_comm_size", "d"),
         "CluStudyARI": ("results.study_graph.agreement.ari", ".2f"),
@@ -529,6 +550,8 @@ SWITCHES: dict[str, tuple[str, str, bool]] = {
     "SaeRan": ("sae_features", "results.sae.ran", True),  # no SAE of the model could be had: no feature step
     # the model as loaded had no weight processing (random or raw weights): no processed model to compare with
     "ManualProcessed": ("manual_attention", "results.processed_compared", True),
+    # the graph has the study's number of frequency-chosen nodes: only then does a community count compare
+    "CluCountComparable": ("clustering", "results.community_count.comparable", False),
 }
 GUARDS: dict[str, str] = {"sae_features": "SaeRan", "ManualMaxProcessed": "ManualProcessed",
                           "ScanPlantedFound": "Organism"}  # the scan against this model's planted heads
@@ -565,6 +588,11 @@ def exceeds(a: float, b: float) -> bool:
     return a > b
 
 
+def normalised_range(ranks: Sequence[float], n_keys: int, start: int) -> list[float]:
+    """A reported range of mean self-ranks on the scale (rank - first rank) / V of `n_keys` keys, to 3 places."""
+    return [round((r - start) / n_keys, 3) for r in ranks]
+
+
 def reported_damage_share(medians: Mapping[str, float]) -> float:
     """The study's positional-embedding damage as a share of its token-embedding damage (median S)."""
     return damage_share(medians["baseline"], medians["positional_embedding"], medians["token_embedding"])
@@ -583,6 +611,10 @@ DERIVED: dict[str, tuple[Callable[..., Any], tuple[str, ...], Format]] = {
                                "eigenvalue_scaling:results.factors.1.in_context.self_mass"), ".0f"),
     "SaePrecisionAboveNull": (exceeds, ("sae_features:results.target.precision.value",
                                         "sae_features:results.null.precision_shuffled"), Words("above", "not above")),
+    # the study's mean self-ranks (from 0 over its vocabulary) on the scale (rank - first) / V
+    **{f"RepRank{name}Norm": (normalised_range, (f"reported:rank_ablation.mean_self_rank_{key}",
+                                                 "reported:rank_ablation.n_keys", "reported:rank_ablation.rank_from"),
+                              "range") for name, key in (("Unedited", "unedited"), ("Edited", "edited"))},
     "RepAblPosShare": (reported_damage_share, ("reported:ablation_medians",), "percent"),
     # the study's self and earlier-copies masses, summed: like for like with our combined self mass
     "RepSemSelfPlusCopies": (total, ("reported:semantic_head.self_only_mass", "reported:semantic_head.copies_mass"),

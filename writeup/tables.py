@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from analysis.organism.report import THRESHOLDS
 from writeup.format import MISSING, format_value, head_name, latex_escape, short_commit, token_tex
 from writeup.results import Results
-from writeup.spec import ABLATION_CONDITIONS, ABLATION_MODES, macros
+from writeup.spec import ABLATION_CONDITIONS, ABLATION_MODES, macros, switches
 
 
 def tabular(colspec: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -215,11 +215,28 @@ REPLICATION_ROWS = [
     ("median $S$, first MLP mean-ablated (the study's way)", "AblStudyMLP", "RepAblMLP"),
     ("cosine where the study's curve turns positive (bits, unscaled, the study's windows)", "CosStudyZero", "RepCosZero"),
     ("cosine of the study's curve's peak", "CosStudyPeakCosine", "RepCosPeak"),
-    ("mean self-rank, unedited", "RankUnedited", "RepRankUnedited"),
-    ("mean self-rank at the study's $k$ and scale", "RankStudyCell", "RepRankEdited"),
+    ("the same two, the study's curve on the study's head input (token ids in order as one prompt, mean "
+     "positions and first-layer attention): where it turns positive", "CosStudyInputZero", "RepCosZero"),
+    ("its peak", "CosStudyInputPeakCosine", "RepCosPeak"),
+    ("mean self-rank on one scale, (rank $-$ first rank)$/V$ over the $V$ keys, unedited", "RankUneditedNorm",
+     "RepRankUneditedNorm"),
+    ("the same, unedited, the study's factors of $W$ on the study's head input", "RankStudyWayStudyInputUneditedNorm",
+     "RepRankUneditedNorm"),
+    ("the same at the study's $k$ and scale, our edit (the $k$ most negative eigenvalues of the symmetric part)",
+     "RankStudyCellNorm", "RepRankEditedNorm"),
+    ("the same, the study's edit (the first $k$ of the first $d$ eigenvalues of $W$, $d$ the head dimension, "
+     "in the solver's order; real part ranked)", "RankStudyWayEditedNorm", "RepRankEditedNorm"),
+    ("the same, the study's edit on the study's input (its vocabulary-level construction)",
+     "RankStudyWayStudyInputEditedNorm", "RepRankEditedNorm"),
+    ("raw mean self-rank, unedited (ours from one over this vocabulary, the study's from zero over GPT-2's: "
+     "scales differ)", "RankUnedited", "RepRankUnedited"),
+    ("raw mean self-rank at the study's $k$ and scale, our edit", "RankStudyCell", "RepRankEdited"),
     ("Leiden communities, the study's graph (key rows, self-loops, BOS, capped size)", "CluStudyCommunities",
      "RepCluCommunities"),
 ]
+# A row that compares only while a switch of writeup.spec.SWITCHES holds, and leaves the table otherwise (the
+# paper's text says why): a community count depends on the number of nodes.
+REPLICATION_SWITCHES = {"CluStudyCommunities": "CluCountComparable"}
 
 
 DERIVED_MARK = r"{}$^\dagger$"  # the mark of a value derived from the study's saved data (the caption explains it)
@@ -241,9 +258,13 @@ def derived_note(results: Results, name: str) -> str | None:
 
 def table_replication(results: Results) -> str:
     """This run's numbers beside the numbers reported for GPT-2 small, as the macros that print them; a value the
-    study did not report but that was derived from its saved data is marked (`DERIVED_MARK`, see `derived_note`)."""
+    study did not report but that was derived from its saved data is marked (`DERIVED_MARK`, see `derived_note`).
+    A row whose comparison does not hold on this model (`REPLICATION_SWITCHES`) is left out."""
+    holds = switches(results)
     rows = []
     for label, ours, theirs in REPLICATION_ROWS:
+        if not holds.get(REPLICATION_SWITCHES.get(ours, ""), True):
+            continue
         note = derived_note(results, theirs)
         rows.append([label, rf"\{ours}", rf"\{theirs}" + ("" if note is None else DERIVED_MARK)])
     column = r">{\raggedright\arraybackslash}p{%s\linewidth}"
