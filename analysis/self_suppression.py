@@ -64,7 +64,7 @@ from analysis.qk_decomposition import Spectrum, most_negative, self_score_parts,
 from analysis.prompts import CategoryWords, Probe
 from analysis.qk_decomposition import RankGrid
 from analysis.qk_edits import in_context_edits
-from analysis.token_maps import token_inputs
+from analysis.token_maps import InputOptions, token_inputs
 
 WORD = "category word"  # the sampling unit of every input statistic
 CONSTANT_SCORES = "the head's scores are the same for every pair of words: no spread to normalise by"
@@ -188,16 +188,18 @@ GROUP_MAP_DIRECTIONS: dict[str, str] = {"self_minus_in_group": "low", "in_minus_
 
 @torch.no_grad()
 def every_head_statistics(model: HookedTransformer, view: str, words: CategoryWords, seed: int,
-                          statistics: Callable[..., dict[str, Statistic]] = head_statistics, progress: bool = True
-                          ) -> dict[Head, dict[str, Statistic]]:
+                          statistics: Callable[..., dict[str, Statistic]] = head_statistics,
+                          options: InputOptions = InputOptions(progress=True)) -> dict[Head, dict[str, Statistic]]:
     """`statistics(x, words.category, qk, seed)` for every head `qk` (`attention.qk_head`, no biases), x the layer's
-    inputs (`token_maps.token_inputs`, view `view`) of the words `words.ids: [n]`: one input computation per layer,
-    since a layer's heads share their inputs. Keyed (layer, head)."""
+    inputs (`token_maps.token_inputs`, view `view`, the "mean" view over `options.categories`' prompts) of the words
+    `words.ids: [n]`: one input computation per layer, since a layer's heads share their inputs. Keyed (layer, head);
+    `options.progress` draws a bar over the heads."""
     out = {}
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
-    with tqdm(total=n_layers * n_heads, desc="heads", disable=not progress) as bar:
+    quiet = replace(options, progress=False)
+    with tqdm(total=n_layers * n_heads, desc="heads", disable=not options.progress) as bar:
         for layer in range(n_layers):
-            x = token_inputs(model, layer, view, token_ids=words.ids, seed=seed).float().cpu()  # (n, d_model)
+            x = token_inputs(model, layer, view, words.ids, seed, quiet).float().cpu()  # (n, d_model)
             for head in range(n_heads):
                 out[(layer, head)] = statistics(x, words.category, qk_head(model, layer, head), seed)
                 bar.update()

@@ -71,8 +71,9 @@ def build_parser():
 def main(args) -> None:
     model, layer, head = load_target(args)
     own = qk_head(model, layer, head, bias=True)
-    # the mean view's reference: the 10-category union, as self_suppression.every_head_statistics uses for every head
-    E = token_inputs(model, layer, args.input, seed=args.seed, options=InputOptions(progress=True))  # (d_vocab, d)
+    # the mean view averages over prompts of the chosen categories, for the target and every head alike
+    categories, category_record = cli.chosen_categories(args)
+    E = token_inputs(model, layer, args.input, seed=args.seed, options=InputOptions(categories, progress=True))
 
     plain, self_scores = qk.self_score_report(own, E)
     biased, _ = qk.self_score_report(qk.with_bias(own), qk.append_one(E))
@@ -83,13 +84,14 @@ def main(args) -> None:
                   "query_term_and_constant": "constant along each query's row: no effect on attention"}
 
     # Every head on the category words: the target's statistics against all others'.
-    categories, category_record = cli.chosen_categories(args)
     word_ids, words, category, names = group_tokens(model.tokenizer, categories)
     words_of = prompts.CategoryWords(word_ids, category)
+    options = InputOptions(categories, progress=True)  # the "mean" view's reference prompts follow --categories
     stats = ss.every_head_statistics(model, args.input, words_of, args.seed,
-                                     lambda *a: ss.head_statistics(*a, n_repeats=args.n_null_draws))
+                                     lambda *a: ss.head_statistics(*a, n_repeats=args.n_null_draws), options)
     report = compare((layer, head), stats, ss.DIRECTIONS)
-    verdicts = ss.every_head_statistics(model, properties.WEIGHT_VIEW, words_of, args.seed, properties.weight_verdicts)
+    verdicts = ss.every_head_statistics(model, properties.WEIGHT_VIEW, words_of, args.seed, properties.weight_verdicts,
+                                        options)
     null = records.skew_nulls(stats[(layer, head)])
     sylvester = {"d_head": model.cfg.d_head, "heads_with_d_head_negative": sum(
         s["n_negative_eigenvalues"] == model.cfg.d_head for s in stats.values()), "n_heads": len(stats),
