@@ -63,7 +63,7 @@ from analysis.properties import partner_mask, trace_term, unit_margins
 from analysis.qk_decomposition import Spectrum, most_negative, self_score_parts, spectrum_summary, symmetric_spectrum
 from analysis.prompts import CategoryWords, Probe
 from analysis.qk_decomposition import RankGrid
-from analysis.qk_edits import in_context_edits
+from analysis.qk_edits import in_context_edit_units
 from analysis.token_maps import InputOptions, token_inputs
 
 WORD = "category word"  # the sampling unit of every input statistic
@@ -233,8 +233,9 @@ def rank_grid(model: HookedTransformer, target: Head, E: Tensor, probe: Probe, g
     metrics are the self-rank summaries (accuracy@K for K in `grid.at`) of the query tokens `grid.queries`
     (`rank_queries`; default every token) among all keys of the vocabulary `E: [d_vocab, d_model]`
     (`qk.self_ranks_grid`, one batched pass over score blocks for every cell) and the self and partner mass on
-    `probe` (`qk_edits.in_context_edits`, one run up to the layer, every edited pattern from its cached input).
-    k is capped at the head's number of negative eigenvalues.
+    `probe` (`qk_edits.in_context_edit_units`, one run up to the layer, every edited pattern from its cached input).
+    k is capped at the head's number of negative eigenvalues. "units" keeps, per cell (scale 1 included), each query
+    token's self-rank and each prompt's self mass, for `rank_samples`.
     """
     layer, head = target
     own = qk_head(model, layer, head, bias=True)
@@ -244,12 +245,15 @@ def rank_grid(model: HookedTransformer, target: Head, E: Tensor, probe: Probe, g
     measured = sorted({float(s) for s in grid.scales} | {1.0})
     ranks = qk.self_ranks_grid(E, own, spectrum, replace(grid, ks=ks, scales=measured), progress)
     edited = {(k, s): qk.edited_head(own, spectrum, most_negative(spectrum.values, k), s) for k in ks for s in measured}
-    in_context = in_context_edits(model, probe, layer, edited)
+    in_context = in_context_edit_units(model, probe, layer, edited)  # per prompt
     metrics = {(k, s): {"k": k, "scale": s, **qk.rank_metrics(ranks[k, s], grid.at),
-                        "self_mass": in_context[k, s]["self_mass"], "partner_mass": in_context[k, s]["partner_mass"]}
+                        "self_mass": float(in_context[k, s]["self_mass"].nanmean()),
+                        "partner_mass": float(in_context[k, s]["partner_mass"].nanmean())}
                for k, s in edited}
+    units = {cell_key(k, float(s)): {"rank": ranks[k, s].double(), "self_mass": in_context[k, s]["self_mass"].double()}
+             for k, s in edited}
     cells = {cell_key(k, float(s)): metrics[k, float(s)] for k in ks for s in grid.scales}
-    return {"cells": cells, "unedited": metrics[ks[0], 1.0], "n_negative": n_negative, "ks": ks}
+    return {"cells": cells, "unedited": metrics[ks[0], 1.0], "n_negative": n_negative, "ks": ks, "units": units}
 
 
 def rank_statistics(grid: dict, best: dict) -> dict[str, float]:
@@ -271,13 +275,28 @@ def rank_statistics(grid: dict, best: dict) -> dict[str, float]:
             "best_self_mass_change": max(c["self_mass"] for c in cells.values()) - unedited["self_mass"]}
 
 
+def rank_samples(grid: dict, best: dict) -> dict[str, Sample]:
+    """The statistics of `RANK_DIRECTIONS` as `controls.Sample`s from a `rank_grid`'s units: mean_rank over the query
+    tokens (unedited), mean_rank_change per query token and self_mass_change per prompt (the cell of `best`, as
+    `rank_statistics` chooses it, minus unedited, on the same token or prompt)."""
+    cells, units = grid["cells"], grid["units"]
+    same_scale = [key for key, c in cells.items() if c["scale"] == best["scale"]]
+    at_best = next((key for key in same_scale if cells[key]["k"] == best["k"]),
+                   max(same_scale, key=lambda key: cells[key]["k"]))
+    unedited = units[cell_key(grid["ks"][0], 1.0)]
+    return {"mean_rank": Sample(unedited["rank"], "query token"),
+            "mean_rank_change": Sample(units[at_best]["rank"] - unedited["rank"], "query token"),
+            "self_mass_change": Sample(units[at_best]["self_mass"] - unedited["self_mass"], "prompt")}
+
+
 def best_cell_edit(model: HookedTransformer, target: Head, best: dict, E: Tensor, probe: Probe, grid: RankGrid
-                   ) -> dict[str, float]:
-    """One head unedited and with the edit of `best` (its k and scale): `rank_statistics` of the one-cell
-    `rank_grid` (`grid`'s query tokens and chunks), without the grid's best_ statistics (a single cell has no
-    best of its own)."""
+                   ) -> dict[str, Statistic]:
+    """One head unedited and with the edit of `best` (its k and scale): `rank_statistics` and `rank_samples` of the
+    one-cell `rank_grid` (`grid`'s query tokens and chunks), without the grid's best_ statistics (a single cell has
+    no best of its own)."""
     one_cell = replace(grid, ks=[best["k"]], scales=[best["scale"]], at=[1])
-    stats = rank_statistics(rank_grid(model, target, E, probe, one_cell), best)
+    own = rank_grid(model, target, E, probe, one_cell)
+    stats = rank_statistics(own, best) | rank_samples(own, best)
     return {key: value for key, value in stats.items() if not key.startswith("best_")}
 
 
@@ -307,18 +326,19 @@ def rank_ablation(model: HookedTransformer, heads: Sequence[Head], inputs_of: Ca
 
     `inputs_of(layer)` gives a layer's vocabulary inputs `E: [d_vocab, d_model]`. control_cells "grid":
     each control head gets the whole grid (`rank_statistics`, keys of RANK_DIRECTIONS and GRID_DIRECTIONS);
-    "best": only the target's best cell (`best_cell_edit`, RANK_DIRECTIONS). Returns {"grid", "best",
+    "best": only the target's best cell (`best_cell_edit`, RANK_DIRECTIONS). The statistics of RANK_DIRECTIONS are
+    `rank_samples` (paired over query tokens or prompts); the grid's best_ ones plain numbers. Returns {"grid", "best",
     "statistics": {(layer, head): stats}, "control_grids": {head_key: cells} (grid only), "directions"}.
     """
     (layer, head), controls, control_cells = heads[0], heads[1:], settings.control_cells
     grid = rank_grid(model, (layer, head), inputs_of(layer), probe, settings.grid, progress)
     best = best_cell(grid["cells"])
-    stats, control_grids = {(layer, head): rank_statistics(grid, best)}, {}
+    stats, control_grids = {(layer, head): rank_statistics(grid, best) | rank_samples(grid, best)}, {}
     for l, h in tqdm(controls, desc=f"control heads ({control_cells})", disable=not progress):
         if control_cells == "grid":
             own = rank_grid(model, (l, h), inputs_of(l), probe, settings.grid)
             control_grids[head_key(l, h)] = own["cells"]
-            stats[(l, h)] = rank_statistics(own, best)
+            stats[(l, h)] = rank_statistics(own, best) | rank_samples(own, best)
         else:
             stats[(l, h)] = best_cell_edit(model, (l, h), best, inputs_of(l), probe, settings.grid)
     directions = {**RANK_DIRECTIONS, **(GRID_DIRECTIONS if control_cells == "grid" else {})}

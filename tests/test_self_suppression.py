@@ -176,6 +176,11 @@ def test_best_cell_is_the_lowest_mean_rank():
     assert ss.best_cell(cells) is cells["b"]
 
 
+def values(stats: dict) -> dict:
+    """A head's statistics as numbers (a Sample's value)."""
+    return {key: getattr(value, "value", value) for key, value in stats.items()}
+
+
 def test_rank_ablation_measures_the_target_and_its_controls_alike(organism):
     from analysis import prompts
     from analysis.token_maps import token_inputs
@@ -188,8 +193,10 @@ def test_rank_ablation_measures_the_target_and_its_controls_alike(organism):
     assert set(study["statistics"]) == {(1, 3), (1, 1), (0, 2)} and set(study["control_grids"]) == {"L1H1", "L0H2"}
     assert study["best"] is ss.best_cell(study["grid"]["cells"])
     own = ss.rank_grid(organism, (0, 2), E[0], probe, grid)
-    assert study["statistics"][(0, 2)] == pytest.approx(ss.rank_statistics(own, study["best"]))
+    expected = ss.rank_statistics(own, study["best"]) | ss.rank_samples(own, study["best"])
+    assert values(study["statistics"][(0, 2)]) == pytest.approx(values(expected))
+    assert study["statistics"][(0, 2)]["mean_rank"].unit == "query token"
     cheap = ss.rank_ablation(organism, [(1, 3), (0, 2)], E.__getitem__, probe, ss.RankAblation(grid, "best"))
     assert set(cheap["directions"]) == set(ss.RANK_DIRECTIONS) and not cheap["control_grids"]
-    for key, value in cheap["statistics"][(0, 2)].items():
-        assert study["statistics"][(0, 2)][key] == pytest.approx(value, abs=1e-4), key
+    for key, value in values(cheap["statistics"][(0, 2)]).items():
+        assert values(study["statistics"][(0, 2)])[key] == pytest.approx(value, abs=1e-4), key
