@@ -155,7 +155,7 @@ def secondary_claims(results: Results, verdict: str) -> str:
 def render_readme_results(sources: Sources) -> str:
     return (fill(README_RESULTS, sources.values) + fill(README_EVIDENCE, sources.values)
             + f"  - Secondary, separates: {secondary_claims(sources.results, 'separates')}.\n"
-            + f"  - Secondary, does not separate: {secondary_claims(sources.results, 'does not separate')}.\n")
+            + f"  - Not supported (secondary, does not separate): {secondary_claims(sources.results, 'does not separate')}.\n")
 
 
 ORGANISM_TRAINING = """\

@@ -368,6 +368,29 @@ def evidence_rows(results: Results) -> list[list[str]]:
     return rows
 
 
+def not_supported(results: Results) -> list[str]:
+    """The claims the evidence does not support, as LaTeX labels: every primary statistic that does not separate
+    after Holm's correction, every secondary one whose verdict is "does not separate", and each of the target's
+    properties that does not hold (in behaviour or in the weights)."""
+    rows = results.get("evidence", "results.statistics")
+    family = results.get("evidence", "results.family")
+    labels = [EVIDENCE_LABELS.get(key, (breakable(key), None))[0] + " (primary)"
+              for key, entry in family.items() if not entry["separates_corrected"]]
+    labels += [EVIDENCE_LABELS.get(key, (breakable(key), None))[0] for key, row in rows.items()
+               if row["role"] == "secondary" and row["verdict"] == "does not separate"]
+    for view, verdicts in results.get("evidence", "results.properties.target").items():
+        for prop, verdict in (verdicts or {}).items():
+            if isinstance(verdict, dict) and not verdict["holds"]:
+                labels.append(f"{prop.replace('_', ' ')} ({view})")
+    return labels
+
+
+def table_not_supported(results: Results) -> str:
+    """`not_supported` as an itemized list (or one item saying there is none)."""
+    items = not_supported(results) or ["none"]
+    return "\n".join([r"\begin{itemize}", *(rf"\item {label}" for label in items), r"\end{itemize}", ""])
+
+
 def table_evidence(results: Results) -> str:
     """The evidence table (evidence_rows)."""
     def wrapped(width: float) -> str:
@@ -390,6 +413,7 @@ def tables(results: Results, scripts: Sequence[str]) -> dict[str, str]:
         "communities": table_communities(results),
         "replication": table_replication(results),
         "evidence": table_evidence(results),
+        "not_supported": table_not_supported(results),
         "thresholds": table_thresholds(results),
         "provenance": table_provenance(results, scripts),
         "runs": table_runs(results, scripts),
