@@ -201,14 +201,16 @@ def test_sae_features_script(tmp_path, truth):
     curve = data["precision_curve"]
     assert list(curve) == ["k=1", "k=2", "k=4", "k=8", "k=16"]  # no k beyond the active count
     assert data["target"]["precision"]["value"] == pytest.approx(curve["k=16"]["target"]["value"])
-    assert data["null"]["k"] == 16 and data["null"]["precision_shuffled"] == pytest.approx(curve["k=16"]["null"]["value"])
+    assert data["null"]["k"] == 16
+    assert data["null"]["precision_shuffled"] == pytest.approx(curve["k=16"]["null"]["value"])
     assert data["target"]["precision"]["difference"]["unit"] == "keyword sample"  # a paired CI over samples
     for entry in curve.values():
         assert set(entry["by_head"]) == {f"L{layer}H{h}" for h in range(4)}
         assert entry["target"]["low"] <= entry["target"]["value"] <= entry["target"]["high"]
     # the planted head predicts the features at its attended key: at k = 1 far above its null and every control
     small = curve["k=1"]
-    assert small["target"]["low"] > small["null"]["high"] and small["target"]["low"] > small["strongest_control"]["high"]
+    assert small["target"]["low"] > small["null"]["high"]
+    assert small["target"]["low"] > small["strongest_control"]["high"]
     # the null: predicted features' labels shuffled, at k = 16 near the keyword positions' share (4 of 20)
     assert 0.1 < data["null"]["precision_shuffled"] < 0.35
     for name in ("sae_features_controls", "sae_features_precision"):

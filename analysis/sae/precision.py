@@ -100,8 +100,8 @@ def overlap_precision(predicted: Tensor, active: Tensor, scored: Tensor) -> Tens
     """`[batch]`: the study's precision of predicted features, TP / (TP + FP), 0 where both are 0.
 
     `predicted`, `active: [batch, pos, k]` feature indices (distinct within a position, but for the `INACTIVE`
-    slots of an active set, which match nothing); `scored: [batch, pos]`. ov_i = |predicted_i ∩ active_i|; TP = sum of ov_i over scored positions, FP over
-    every other position. Not |predicted ∩ active| / k.
+    slots of an active set, which match nothing); `scored: [batch, pos]`. ov_i = |predicted_i ∩ active_i|;
+    TP = sum of ov_i over scored positions, FP over every other position. Not |predicted ∩ active| / k.
     """
     overlap = (predicted[..., :, None] == active[..., None, :]).any(-1).sum(-1)  # (B, T)
     tp = (overlap * scored).sum(-1).double()
@@ -272,7 +272,8 @@ def pooled(per_category: Mapping[str, Mapping[str, Tensor]]) -> dict[str, Tensor
     """`{"precision": [k, unit, head], "shuffled": [k, unit, head]}`: `precision_by_category`'s samples of every
     category as one list of units (keyword samples), category by category. With as many samples per category,
     the mean over units is the mean over categories of the per-category means."""
-    return {name: torch.cat([part[name] for part in per_category.values()], dim=1) for name in ("precision", "shuffled")}
+    return {name: torch.cat([part[name] for part in per_category.values()], dim=1)
+            for name in ("precision", "shuffled")}
 
 
 def precision_by_head(per_category: Mapping[str, Mapping[str, Tensor]], index: int) -> dict[int, dict[str, object]]:
@@ -287,7 +288,8 @@ def precision_by_head(per_category: Mapping[str, Mapping[str, Tensor]], index: i
     for h in range(both["precision"].shape[2]):
         out[h] = {"precision": Sample(both["precision"][index, :, h], "keyword sample"),
                   "precision_shuffled": float(both["shuffled"][index, :, h].mean()),
-                  **{f"precision_{n}": float(part["precision"][index, :, h].mean()) for n, part in per_category.items()}}
+                  **{f"precision_{n}": float(part["precision"][index, :, h].mean())
+                     for n, part in per_category.items()}}
     return out
 
 
