@@ -221,6 +221,29 @@ def table_replication(results: Results) -> str:
     return tabular(column % 0.45 + column % 0.18 + column % 0.27, header, rows)
 
 
+def interval(entry, fmt: str = ".2f") -> str:
+    """A {value, low, high} record as "value [low, high]"."""
+    low, high = (format_value(entry[end], fmt) for end in ("low", "high"))
+    return f"{format_value(entry['value'], fmt)} [{low}, {high}]"
+
+
+def table_sae_precision(results: Results) -> str:
+    """The study's SAE precision against k: the target, the strongest control at that k and the target's
+    shuffled-label null, each with its 95% CI over keyword samples; the verdict's k marked. Empty where the SAE
+    step did not run."""
+    if not switches(results)["SaeRan"]:
+        return ""
+    curve = results.get("sae_features", "results.precision_curve")
+    k_verdict = results.get("sae_features", "results.k_verdict.k")
+    rows = []
+    for entry in sorted(curve.values(), key=lambda e: e["k"]):
+        rival = entry["strongest_control"]
+        k = format_value(entry["k"], "d") + (" (verdict)" if entry["k"] == k_verdict else "")
+        rows.append([k, interval(entry["target"]),
+                     MISSING if rival is None else f"{head_name(rival)} {interval(rival)}", interval(entry["null"])])
+    return tabular("rlll", ["$k$", "target", "strongest control", "null (labels shuffled)"], rows)
+
+
 # Each mechanism claim as one statistic of a results file's `target` (controls.compare): (the claim, results
 # file, statistic, format, the null's JSON path or None). The statistic's direction is read from the file.
 EVIDENCE_ROWS = [
@@ -291,6 +314,7 @@ def tables(results: Results, scripts: Sequence[str]) -> dict[str, str]:
         "rank_ablation": table_rank_ablation(results),
         "gradient_steering": table_gradient_steering(results),
         "communities": table_communities(results),
+        "sae_precision": table_sae_precision(results),
         "replication": table_replication(results),
         "evidence": table_evidence(results),
         "thresholds": table_thresholds(results),
