@@ -10,12 +10,13 @@ TP / (TP + FP) with the keyword positions but the first as positives (`overlap_p
 
 A feature is active only where its code is non-zero: the active set at k is the top k codes
 restricted to codes > 0, so it never holds more features than the SAE activates (16 at every
-position for a TopK SAE with k = 16). The study's `codes.topk(32)` counted zero-valued features,
-picked by tie-breaking, as active; they overlap predictions at scored and unscored positions alike
-and pull TP / (TP + FP) towards the share of scored positions. Precision is reported as a curve over
-k (`PRECISION_KS`, as far as the SAE's active count allows: `curve_ks`), each k beside its null, and
-judged at one k fixed before any precision is computed (`choose_k`): the study's 32 where the median
-position of the keyword samples has at least 32 active features, else that median active count.
+position for a TopK SAE with k = 16). An earlier `codes.topk(32)` here counted zero-valued
+features, picked by tie-breaking, as active wherever the SAE activates fewer than 32; they overlap
+predictions at scored and unscored positions alike and pull TP / (TP + FP) towards the share of
+scored positions. Precision is reported as a curve over k (`PRECISION_KS`, as far as the SAE's
+active count allows: `curve_ks`), each k beside its null, and judged at one k fixed before any
+precision is computed (`choose_k`): the study's 32 where the median position of the keyword samples
+has at least 32 active features, else that median active count.
 """
 
 from __future__ import annotations
@@ -110,7 +111,8 @@ def overlap_precision(predicted: Tensor, active: Tensor, scored: Tensor) -> Tens
 
 
 def predicted_features(x: Tensor, decoder_keys: Tensor, W_Q: Tensor, k: int = STUDY_K) -> Tensor:
-    """`[batch, head, pos, k]`: the k features whose decoder direction, as a key, the head's query favours, best first.
+    """`[batch, head, pos, k]`: the k features whose decoder direction, as a key, the head's query favours (best
+    first).
 
     `x: [batch, pos, d_model]` the normalised residual at each query; `decoder_keys: [head, d_sae,
     d_head]` = LN(W_dec) W_K; `W_Q: [head, d_model, d_head]`. score_i[f] = LN(d_f) W_K W_Q^T x_i
