@@ -372,5 +372,35 @@ def target_curve(curve: Mapping, target: str, title: str | None = None):
         ax.legend(fontsize=7, title="filled: target separates", title_fontsize=6)
     if title:
         fig.suptitle(title)
+def precision_curve(curve: Mapping[str, Mapping], target: str, k_verdict: int, title: str | None = None):
+    """Precision against k (log scale) from a precision-curve record (`records.precision_curve_record`: "k=<k>" ->
+    target, null, strongest_control, by_head, each {value, low, high}): the `target` head, the strongest control
+    at the verdict's k (one head, its whole curve) and the target's shuffled-label null, each with its CI; a
+    dotted line marks `k_verdict`."""
+    use_style()
+    import matplotlib.pyplot as plt
+
+    entries = sorted(curve.values(), key=lambda e: e["k"])
+    ks = [e["k"] for e in entries]
+    rival = next((e["strongest_control"] for e in entries if e["k"] == k_verdict), None)
+    rival_key = None if rival is None else f"L{rival['layer']}H{rival['head']}"
+    lines = [(target, [e["target"] for e in entries], "C3", "o"),
+             *([] if rival_key is None else [(f"{rival_key} (strongest control at k = {k_verdict})",
+                                              [e["by_head"][rival_key] for e in entries], "C0", "s")]),
+             (f"{target}'s null (labels shuffled)", [e["null"] for e in entries], "0.4", "^")]
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    for label, points, colour, marker in lines:
+        values = np.array([p["value"] for p in points])
+        errors = np.array([[p["value"] - p["low"] for p in points], [p["high"] - p["value"] for p in points]])
+        ax.errorbar(ks, values, yerr=errors, color=colour, marker=marker, capsize=3, label=label,
+                    linestyle="--" if "null" in label else "-")
+    ax.axvline(k_verdict, color="k", ls=":", lw=0.8)
+    ax.set_xscale("log", base=2)
+    ax.minorticks_off()
+    ax.set(xticks=ks, xticklabels=[str(k) for k in ks], xlabel="k (features predicted; at most k active)",
+           ylabel="precision TP / (TP + FP)", ylim=(0, 1))
+    ax.legend(fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return fig

@@ -18,6 +18,7 @@ from analysis.controls import Head, Statistic, head_key
 from analysis.prompts import StudyDesign
 from analysis.properties import MIN_EFFECT, PROPERTIES, both_hold
 from analysis.sae.features import self_avoidance, top_pairs
+from analysis.sae.precision import Interval, KChoice
 from analysis.sae.sources import HeadSAE
 from analysis.survey import DesignSummary
 from analysis.token_maps import block_means
@@ -329,9 +330,48 @@ def feature_map_record(scores: Tensor, features: Tensor, labels: Sequence[str], 
             "top_pairs": pairs, "top_pairs_same_category": same / max(len(pairs), 1)}
 
 
-def precision_null(value: float, n_shuffles: int) -> dict:
-    """The results record of the precision's shuffled-label null for the target: its value and what it says."""
-    return {"precision_shuffled": value,
+def k_verdict_record(choice: KChoice) -> dict:
+    """The k the precision's verdict uses (`sae.precision.choose_k`), the SAE's active count it was decided from, and
+    the rule, in words."""
+    why = (f"the study's k = {choice.study_k}: the SAE has at least {choice.study_k} non-zero codes at the median "
+           "position of the keyword samples" if choice.reason == "study_k" else
+           f"the SAE's own active count: it has {choice.active_count} non-zero codes at the median position of the "
+           f"keyword samples, fewer than the study's k = {choice.study_k}, so a larger k would count features "
+           "that are not active")
+    return {"k": choice.k, "active_count": choice.active_count, "study_k": choice.study_k,
+            "rule": f"k = {choice.study_k} if the median active count >= {choice.study_k}, else the median active "
+                    f"count; here {why}"}
+
+
+def _interval(curve: Mapping[str, Interval], name: str, k: int, head: int) -> dict:
+    part = curve[name]
+    return {"value": float(part.value[k, head]), "low": float(part.low[k, head]), "high": float(part.high[k, head])}
+
+
+def precision_curve_record(curve: Mapping[str, Interval], ks: Sequence[int], layer: int, target: int) -> dict:
+    """`sae.precision.precision_curve` as results, keyed "k=<k>": the target's precision, its null and their
+    difference, each {value, low, high}; the strongest control at that k (the other head of the layer with the
+    highest precision, ties to the lower head); every head of the layer by key ({value, low, high, null})."""
+    out = {}
+    for i, k in enumerate(ks):
+        heads = range(curve["precision"].value.shape[1])
+        by_head = {head_key(layer, h): {**_interval(curve, "precision", i, h), "null": _interval(curve, "null", i, h)}
+                   for h in heads}
+        others = [h for h in heads if h != target]
+        rival = max(others, key=lambda h: (float(curve["precision"].value[i, h]), -h)) if others else None
+        out[f"k={k}"] = {"k": k, "target": _interval(curve, "precision", i, target),
+                         "null": _interval(curve, "null", i, target),
+                         "target_minus_null": _interval(curve, "minus_null", i, target),
+                         "strongest_control": None if rival is None else {
+                             "layer": layer, "head": rival, **_interval(curve, "precision", i, rival)},
+                         "by_head": by_head}
+    return out
+
+
+def precision_null(value: float, k: int, difference: Mapping, n_shuffles: int) -> dict:
+    """The results record of the precision's shuffled-label null for the target at the verdict's k: its value, the
+    target minus it with its CI over keyword samples (`sae.precision.above_null`), and what it says."""
+    return {"precision_shuffled": value, "k": k, "target_minus_null": dict(difference),
             "says": "the study's precision with the predicted features' labels permuted (a random permutation of "
                     f"the SAE's feature ids per sample, {n_shuffles} draws, mean): the chance level of "
                     "TP / (TP + FP) for this head, these samples and this SAE"}

@@ -465,14 +465,28 @@ SPEC: dict[str, dict[str, Entry]] = {
         "SaeBestIsSelf": ("results.self_avoidance.best_key_is_self", "percent"),
         "SaeTopPairsSame": ("results.top_pairs_same_category", "percent"),
         "SaeTopPairs": ("results.top_pairs", "count"),
+        # the study's precision at the one k of its verdict (results.k_verdict), against controls and its null
         "SaePrecision": ("results.target.precision.value", ".2f"),
         "SaePrecisionRank": ("results.target.precision.rank", "d"),
         "SaePrecisionRanked": ("results.target.precision.n_ranked", "d"),
         "SaePrecisionControl": ("results.target.precision.strongest_control", "head"),
         "SaePrecisionControlValue": ("results.target.precision.strongest_control.value", ".2f"),
-        "SaePrecisionK": ("provenance.arguments.precision_k", "d"),
+        **{f"SaePrecisionDiff{suffix}": (f"results.target.precision.difference.{key}", ".3f")
+           for suffix, key in (("", "value"), ("Low", "low"), ("High", "high"))},
+        "SaePrecisionK": ("results.k_verdict.k", "d"),
+        "SaePrecisionActive": ("results.k_verdict.active_count", "d"),
+        "SaePrecisionStudyK": ("results.k_verdict.study_k", "d"),
         "SaePrecisionSeparates": ("results.target.precision.separates", Words("singles out", "does not single out")),
         "SaePrecisionNull": ("results.null.precision_shuffled", ".2f"),
+        **{f"SaePrecisionMinusNull{suffix}": (f"results.null.target_minus_null.{key}", ".3f")
+           for suffix, key in (("", "value"), ("Low", "low"), ("High", "high"))},
+        "SaePrecisionAboveNull": ("results.null.target_minus_null.above", Words("above", "not above")),
+        # the curve over k (tab_sae_precision holds all of it): its first point, k = 1
+        "SaeCurveFirst": ("results.precision_curve.k=1.target.value", ".2f"),
+        "SaeCurveFirstNull": ("results.precision_curve.k=1.null.value", ".2f"),
+        "SaeCurveFirstControl": ("results.precision_curve.k=1.strongest_control", "head"),
+        "SaeCurveFirstControlValue": ("results.precision_curve.k=1.strongest_control.value", ".2f"),
+        "SaeCurvePoints": ("results.precision_curve", "count"),
         "SaeCategories": ("results.categories.set", "text"),
         # the feature map's statistics for every head (controls)
         "SaeNControls": ("results.controls", "count"), "SaeMapRanked": ("results.target.in_minus_out_group.n_ranked", "d"),
@@ -583,11 +597,6 @@ def ratio(a: float, b: float) -> float:
     return a / b
 
 
-def exceeds(a: float, b: float) -> bool:
-    """Whether a > b (e.g. a head's statistic above its null)."""
-    return a > b
-
-
 def normalised_range(ranks: Sequence[float], n_keys: int, start: int) -> list[float]:
     """A reported range of mean self-ranks on the scale (rank - first rank) / V of `n_keys` keys, to 3 places."""
     return [round((r - start) / n_keys, 3) for r in ranks]
@@ -609,8 +618,6 @@ DERIVED: dict[str, tuple[Callable[..., Any], tuple[str, ...], Format]] = {
     # flipped against unedited eigenvalues: the factor of increase in self mass
     "SteerFlipRatio": (ratio, ("eigenvalue_scaling:results.factors.-1.in_context.self_mass",
                                "eigenvalue_scaling:results.factors.1.in_context.self_mass"), ".0f"),
-    "SaePrecisionAboveNull": (exceeds, ("sae_features:results.target.precision.value",
-                                        "sae_features:results.null.precision_shuffled"), Words("above", "not above")),
     # the study's mean self-ranks (from 0 over its vocabulary) on the scale (rank - first) / V
     **{f"RepRank{name}Norm": (normalised_range, (f"reported:rank_ablation.mean_self_rank_{key}",
                                                  "reported:rank_ablation.n_keys", "reported:rank_ablation.rank_from"),

@@ -272,6 +272,29 @@ def table_replication(results: Results) -> str:
     return tabular(column % 0.55 + column % 0.14 + column % 0.23, header, rows)
 
 
+def interval(entry, fmt: str = ".2f") -> str:
+    """A {value, low, high} record as "value [low, high]"."""
+    low, high = (format_value(entry[end], fmt) for end in ("low", "high"))
+    return f"{format_value(entry['value'], fmt)} [{low}, {high}]"
+
+
+def table_sae_precision(results: Results) -> str:
+    """The study's SAE precision against k: the target, the strongest control at that k and the target's
+    shuffled-label null, each with its 95% CI over keyword samples; the verdict's k marked. Empty where the SAE
+    step did not run."""
+    if not switches(results)["SaeRan"]:
+        return ""
+    curve = results.get("sae_features", "results.precision_curve")
+    k_verdict = results.get("sae_features", "results.k_verdict.k")
+    rows = []
+    for entry in sorted(curve.values(), key=lambda e: e["k"]):
+        rival = entry["strongest_control"]
+        k = format_value(entry["k"], "d") + (" (verdict)" if entry["k"] == k_verdict else "")
+        rows.append([k, interval(entry["target"]),
+                     MISSING if rival is None else f"{head_name(rival)} {interval(rival)}", interval(entry["null"])])
+    return tabular("rlll", ["$k$", "target", "strongest control", "null (labels shuffled)"], rows)
+
+
 # The claim each compared statistic stands for, by "<results file>.<statistic>" (evidence.json's keys), and how its
 # values print. A statistic without a label here is listed under its own key: every comparison appears.
 EVIDENCE_LABELS = {
@@ -411,6 +434,7 @@ def tables(results: Results, scripts: Sequence[str]) -> dict[str, str]:
         "rank_ablation": table_rank_ablation(results),
         "gradient_steering": table_gradient_steering(results),
         "communities": table_communities(results),
+        "sae_precision": table_sae_precision(results),
         "replication": table_replication(results),
         "evidence": table_evidence(results),
         "not_supported": table_not_supported(results),

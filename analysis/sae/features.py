@@ -134,7 +134,7 @@ def feature_map(model: HookedTransformer, sae, layer: int, head: int, features: 
 
 
 def feature_map_statistics(model: HookedTransformer, sae, features: Tensor, group: Tensor, layer: int | None = None,
-                           precision: dict[int, dict[str, float]] | None = None
+                           precision: dict[int, dict[str, object]] | None = None
                            ) -> dict[tuple[int, int], dict[str, Statistic]]:
     """(layer, head) -> `self_suppression.group_map_statistics` of the features' map, for every head (each
     layer's heads see the decoder directions through that layer's LayerNorm: `feature_inputs`). With
