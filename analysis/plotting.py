@@ -342,6 +342,10 @@ def property_verdicts_figure(records: Mapping[str, Mapping], min_effect: float, 
         ax.set(title=f"{view}: {records[view]['view']}", ylabel="nats (logit difference)")
         ax.title.set_fontsize(8)
         ax.legend(fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
 def target_curve(curve: Mapping, target: str, title: str | None = None):
     """One panel per statistic of a `records.curve_record`: the target's value at each k (red) and the strongest
     control's (grey, labelled with its head), filled where the target separates (CI of the difference excludes 0)
@@ -372,6 +376,10 @@ def target_curve(curve: Mapping, target: str, title: str | None = None):
         ax.legend(fontsize=7, title="filled: target separates", title_fontsize=6)
     if title:
         fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
 def precision_curve(curve: Mapping[str, Mapping], target: str, k_verdict: int, title: str | None = None):
     """Precision against k (log scale) from a precision-curve record (`records.precision_curve_record`: "k=<k>" ->
     target, null, strongest_control, by_head, each {value, low, high}): the `target` head, the strongest control
