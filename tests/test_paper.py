@@ -203,10 +203,11 @@ def test_log_problems_exact():
         "LaTeX Warning: Reference `sec:x' on page 3 undefined on input line 7.",
         "Package natbib Warning: Citation `nobody2020' on page 1 undefined on input line 9.",
         "LaTeX Warning: File `missing.pdf' not found on input line 11.",
+        "LaTeX Warning: Float too large for page by 443.4pt on input line 1212.",
     ])
     assert log_problems(log) == [
         "undefined reference: sec:x", "undefined citation: nobody2020", "missing file: missing.pdf",
-        "overfull \\hbox by 12.5pt",
+        "float too large for its page: 443.4pt", "overfull \\hbox by 12.5pt",
     ]
     assert log_problems("Output written on main.pdf (3 pages).") == []
 

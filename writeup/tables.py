@@ -351,6 +351,24 @@ EVIDENCE_HEADER = ["claim", "role", "pred.", "target", "rank", "strongest contro
                    "verdict"]
 
 
+CURVE_LABEL = re.compile(r"eigenvalue_scaling\.targeted k=(\d+)_(self_mass_change|self_mass_log_odds_change)")
+LOG_ODDS_LABEL = re.compile(r"eigenvalue_scaling\.(.+)_self_mass_log_odds_change")
+
+
+def evidence_label(key: str) -> tuple[str, str]:
+    """The label and format of a compared statistic ("<file>.<statistic>"): from `EVIDENCE_LABELS`, from the
+    targeted edit's curve and the log-odds gains by pattern, else the key itself (breakable)."""
+    if key in EVIDENCE_LABELS:
+        return EVIDENCE_LABELS[key]
+    if match := CURVE_LABEL.fullmatch(key):
+        k, change = match.groups()
+        what = "gain in self mass" if change == "self_mass_change" else "gain in the self mass's log odds"
+        return f"targeted flip of $k = {k}$ components: {what}", ".2f"
+    if match := LOG_ODDS_LABEL.fullmatch(key):
+        return f"{latex_escape(match.group(1))}: gain in the self mass's log odds", ".2f"
+    return breakable(key), ".2f"
+
+
 def breakable(key: str) -> str:
     """A results key in LaTeX that may break after its dots and underscores (an unlabelled statistic's name)."""
     return latex_escape(key).replace(r"\_", r"\_\allowbreak{}").replace(".", r".\allowbreak{}")
@@ -378,7 +396,7 @@ def evidence_rows(results: Results) -> list[list[str]]:
         if key not in rows_by_key:  # a primary statistic whose file was not run
             continue
         entry = rows_by_key[key]
-        label, fmt = EVIDENCE_LABELS.get(key, (breakable(key), ".2f"))
+        label, fmt = evidence_label(key)
         rival = entry["strongest_control"]
         rank = MISSING if entry["rank"] is None else f"{entry['rank']}/{entry['n_ranked']}"
         verdict = entry["verdict"]
@@ -397,9 +415,8 @@ def not_supported(results: Results) -> list[str]:
     properties that does not hold (in behaviour or in the weights)."""
     rows = results.get("evidence", "results.statistics")
     family = results.get("evidence", "results.family")
-    labels = [EVIDENCE_LABELS.get(key, (breakable(key), None))[0] + " (primary)"
-              for key, entry in family.items() if not entry["separates_corrected"]]
-    labels += [EVIDENCE_LABELS.get(key, (breakable(key), None))[0] for key, row in rows.items()
+    labels = [evidence_label(key)[0] + " (primary)" for key, entry in family.items() if not entry["separates_corrected"]]
+    labels += [evidence_label(key)[0] for key, row in rows.items()
                if row["role"] == "secondary" and row["verdict"] == "does not separate"]
     for view, verdicts in results.get("evidence", "results.properties.target").items():
         for prop, verdict in (verdicts or {}).items():
@@ -415,12 +432,18 @@ def table_not_supported(results: Results) -> str:
 
 
 def table_evidence(results: Results) -> str:
-    """The evidence table (evidence_rows)."""
+    """The evidence table (evidence_rows) as a longtable that may run over pages, its header repeated; the caption
+    is the paper's \evidencecaption."""
     def wrapped(width: float) -> str:
         return rf">{{\raggedright\arraybackslash}}p{{{width}\linewidth}}"
     # room for 144-head ranks and two-digit layers in "rank" and "strongest control"
-    return tabular(wrapped(0.24) + "llrr" + wrapped(0.13) + wrapped(0.17) + wrapped(0.11), EVIDENCE_HEADER,
-                   evidence_rows(results))
+    colspec = wrapped(0.24) + "llrr" + wrapped(0.13) + wrapped(0.17) + wrapped(0.11)
+    header = " & ".join(EVIDENCE_HEADER) + r" \\"
+    lines = [rf"\begin{{longtable}}{{{colspec}}}", r"\caption{\evidencecaption}\label{tab:evidence} \\",
+             r"\toprule", header, r"\midrule", r"\endfirsthead", r"\toprule", header, r"\midrule", r"\endhead",
+             r"\bottomrule", r"\endfoot"]
+    lines += [" & ".join(row) + r" \\" for row in evidence_rows(results)]
+    return "\n".join([*lines, r"\end{longtable}", ""])
 
 
 def tables(results: Results, scripts: Sequence[str]) -> dict[str, str]:
