@@ -33,6 +33,7 @@ from torch import Tensor
 from analysis import prompts
 from analysis.frequency import ordinary_or_frequent_ids
 from analysis.attention import QKHead
+from analysis.controls import Sample
 from analysis.qk_decomposition import score_blocks
 
 METHODS = ("modularity", "rbconfiguration")
@@ -236,6 +237,29 @@ def partition_agreement(parts: Mapping[str, Mapping], category_of: np.ndarray) -
     study_of = np.concatenate([[-1], category_of])
     ours, study = agreement(category_of, parts["ours"]["membership"]), agreement(study_of, parts["study"]["membership"])
     return {"ari": ours["ari"], "nmi": ours["nmi"], "study_ari": study["ari"], "study_nmi": study["nmi"]}
+
+
+def _agreement_of(metric: str):
+    """The reduction of a `controls.Sample` of (category, community) pairs `[resamples, n, 2]` to `metric` ("ari" or
+    "nmi") of each resample's pairs, `[resamples]`."""
+    def reduce(pairs: Tensor) -> Tensor:
+        out = [agreement(p[:, 0].numpy(), p[:, 1].numpy())[metric] for p in pairs.long()]
+        return torch.tensor(out, dtype=torch.float64)
+    return reduce
+
+
+def agreement_samples(parts: Mapping[str, Mapping], category_of: np.ndarray) -> dict[str, Sample]:
+    """`partition_agreement` as `controls.Sample`s over the category words (units: (category, community) pairs of
+    the tokens with a category, in node order, so every head of one node list is paired), each reduced to the ARI or
+    NMI of the resampled pairs: a bootstrap over the words of how well the communities recover the categories."""
+    study_of = np.concatenate([[-1], category_of])
+    out = {}
+    for prefix, part, known_of in (("", parts["ours"], category_of), ("study_", parts["study"], study_of)):
+        known = known_of >= 0
+        pairs = torch.tensor(np.stack([known_of[known], np.asarray(part["membership"])[known]], axis=1))
+        for metric in ("ari", "nmi"):
+            out[prefix + metric] = Sample(pairs, "category word", reduce=_agreement_of(metric))
+    return out
 
 
 def hover_text(source: Tensor, target: Tensor, labels: Sequence[str], membership: np.ndarray) -> list[str]:

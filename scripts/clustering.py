@@ -83,8 +83,10 @@ def main(args) -> None:
         inputs = {l: token_inputs(model, l, view, token_ids=nodes, seed=args.seed, options=InputOptions(categories))
                   for l in dict.fromkeys(h[0] for h in heads)}  # (1 + n, d_model) per layer
         parts = {(l, h): clustering.head_partitions(inputs[l], qk_head(model, l, h), settings) for l, h in heads}
-        stats = {hd: clustering.partition_agreement(part, category_of) for hd, part in parts.items()}
-        views[view] = (parts, controls.compare((layer, head), stats, clustering.AGREEMENT_DIRECTIONS))
+        # ARI/NMI as Samples over the category words: a paired bootstrap CI of target minus strongest control
+        stats = {hd: clustering.agreement_samples(part, category_of) for hd, part in parts.items()}
+        views[view] = (parts, controls.compare((layer, head), stats, clustering.AGREEMENT_DIRECTIONS,
+                                               seed=args.seed))
     parts, report = views[args.input]
     n_ordinary = model.cfg.d_vocab - len(set(prompts.special_token_ids(model)))
     mine, theirs = parts[(layer, head)]["ours"], parts[(layer, head)]["study"]

@@ -161,3 +161,19 @@ def test_view_record_keys_every_heads_agreement_by_head():
     record = records.view_record(controls.compare((1, 0), stats, clustering.AGREEMENT_DIRECTIONS))
     assert record["agreement"] == {controls.head_key(*h): v for h, v in stats.items()}
     assert record["target"]["ari"]["rank"] == 1 and record["target"]["ari"]["strongest_control"]["head"] == 2
+
+
+def test_agreement_samples_resample_the_category_words_and_pair_the_heads():
+    from analysis.controls import compare
+
+    category_of = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, -1])  # the last token has no category
+    exact = {"ours": {"membership": [5, 5, 5, 7, 7, 7, 9, 9, 9, 1]}, "study": {"membership": [0] + [5] * 3 + [7] * 3
+                                                                                + [9] * 3 + [1]}}
+    blind = {"ours": {"membership": [1, 2, 3, 1, 2, 3, 1, 2, 3, 0]}, "study": {"membership": [0] * 11}}
+    samples = {(0, 0): clustering.agreement_samples(exact, category_of),
+               (0, 1): clustering.agreement_samples(blind, category_of)}
+    assert samples[(0, 0)]["ari"].value == 1.0 and samples[(0, 0)]["study_nmi"].value == pytest.approx(1.0)
+    assert samples[(0, 0)]["ari"].per_unit.shape == (9, 2)  # the 9 category words, BOS and uncategorised left out
+    assert samples[(0, 1)]["ari"].value < 0
+    report = compare((0, 0), samples, clustering.AGREEMENT_DIRECTIONS, n_resamples=200)
+    assert report["target"]["ari"]["separates"] and report["target"]["ari"]["difference"]["low"] > 0
