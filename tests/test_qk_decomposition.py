@@ -345,8 +345,10 @@ def test_decomposition_scripts_end_to_end(tmp_path, truth):
     assert by_factor["1"] == pytest.approx(scaling["unedited_in_context"]["self_mass"], abs=1e-5)
     target = scaling["target"]  # the same sweep on the control heads, ranked
     assert [target["layer"], target["head"]] == truth["planted_heads"]["semantic"]
+    curve_ks = scaling["targeted_curve"]["ks"]
     assert set(scaling["directions"]) == {"factor -1_self_mass_change", "factor 0_self_mass_change",
-                                          "targeted_self_mass_change"}
+                                          "targeted_self_mass_change"} | {
+        f"targeted k={k}_{change}" for k in curve_ks for change in ("self_mass_change", "self_mass_log_odds_change")}
     control_keys = {f"L{row['layer']}H{row['head']}" for row in scaling["controls"]}
     n_heads = len([k for k in scaling["edits"] if k.startswith(f"L{target['layer']}H")])
     assert len(control_keys) >= n_heads - 1 and key_of(target) not in control_keys
