@@ -21,6 +21,8 @@ DEMO_SCRIPTS += manual_attention attention_stats qk_ov_circuits token_circuit_ta
 DEMO_SCRIPTS += characterize_head component_ablation token_freq cosine_attention_analysis
 # semantic head, part 2: QK decomposition, steering, clustering, SAE features
 DEMO_SCRIPTS += skew_analysis sym_skew_maps eigenvalue_scaling eigenvalue_rank_ablation gradient_steering clustering sae_features
+# the evidence: the primary statistics corrected together, every other comparison listed as secondary
+DEMO_SCRIPTS += evidence
 
 .PHONY: setup demo test test-fast test-slow bench clean
 setup: $(STAMP)
@@ -62,7 +64,7 @@ clean:
 # One stamp per script, results/$(MODEL_ID)/.runs/<script>.json, holding its wall time under make.
 # A script that reads another's results lists them:  $(RUNS)/<script>.json: $(RUNS)/<other>.json
 # Extra arguments for one script: ARGS_<script>, e.g. make all MODEL=gpt2-small \
-#   ARGS_token_freq="--corpus wiki.train.tokens" (GPT-2 needs a corpus; the organism samples its own).
+#   ARGS_token_freq="--corpus FILE" (default: the study's WikiText-103 through `datasets`; the organism samples its own).
 # LIGHT=1: light settings for every script (fewer prompts, samples, resamples and steps; every entry the paper
 # reads is kept), for a quick build of the whole pipeline at any model's size: CI builds GPT-2's shapes so.
 # A light build is filed apart, results and figures under build/light/ and the paper under <id>-light, so it
@@ -166,3 +168,4 @@ record-bench: setup
 # Scripts that read other scripts' results (besides the analysis package):
 $(RUNS)/cosine_attention_analysis.json: $(RUNS)/token_freq.json
 $(RUNS)/clustering.json: $(RUNS)/token_freq.json
+$(RUNS)/evidence.json: $(filter-out $(RUNS)/evidence.json,$(RUN_STAMPS))

@@ -317,9 +317,11 @@ def add_results_processing_argument(p: argparse.ArgumentParser) -> None:
 def add_input_argument(p: argparse.ArgumentParser, default: str = "mean") -> None:
     """--input: which view of the token inputs E a token-space script uses (`token_maps.INPUT_VIEWS`)."""
     p.add_argument("--input", choices=INPUT_VIEWS, default=default,
-                   help="token inputs E: 'mean' (token at the reference prompts' mean context), 'zero' "
-                        "(positions and earlier attention zeroed) or 'context' (real input averaged over "
-                        f"random contexts) (default: {default})")
+                   help="token inputs E: 'mean' (token at the mean context of category prompts of "
+                        "--categories), 'zero' (positions and earlier attention zeroed), 'context' (real input "
+                        "averaged over random contexts) or 'study' (the original study's construction: token ids "
+                        "0..n_ctx-1 as one prompt, mean positions and earlier attention outputs) "
+                        f"(default: {default})")
 
 
 def add_categories_argument(p: argparse.ArgumentParser, default: str = "study") -> None:

@@ -33,6 +33,7 @@ from torch import Tensor
 from analysis import prompts
 from analysis.frequency import ordinary_or_frequent_ids
 from analysis.attention import QKHead
+from analysis.controls import Sample
 from analysis.qk_decomposition import score_blocks
 
 METHODS = ("modularity", "rbconfiguration")
@@ -209,6 +210,20 @@ def node_tokens(model, categories: Mapping[str, Sequence[str]], n_tokens: int, t
 
 AGREEMENT_DIRECTIONS = {"ari": "high", "nmi": "high", "study_ari": "high", "study_nmi": "high"}
 
+STUDY_N_NODES = 3000  # the study's graph: its 3,000 most frequent tokens (a design choice of the study, not a result)
+
+
+def community_count_comparison(n_frequent: int, study_n_nodes: int = STUDY_N_NODES) -> dict:
+    """Whether a community count compares with the study's: Leiden's count grows with the graph, so only a graph of
+    the study's number of frequency-chosen nodes (`n_frequent`, category words not counted) is matched.
+
+    {"comparable": n_frequent == study_n_nodes, "n_nodes": n_frequent, "study_n_nodes", "reason"}.
+    """
+    comparable = n_frequent == study_n_nodes
+    reason = (f"matched: {n_frequent} nodes as the study's {study_n_nodes}" if comparable
+              else f"not comparable: {n_frequent} nodes against {study_n_nodes}")
+    return {"comparable": comparable, "n_nodes": n_frequent, "study_n_nodes": study_n_nodes, "reason": reason}
+
 
 def head_partitions(x: Tensor, qk: QKHead, settings: GraphSettings = GraphSettings()) -> dict[str, dict]:
     """Both graphs of the head `qk` over `x: [1 + n, d]`, whose first row is BOS: {"ours": `ours_partition` of the
@@ -222,6 +237,29 @@ def partition_agreement(parts: Mapping[str, Mapping], category_of: np.ndarray) -
     study_of = np.concatenate([[-1], category_of])
     ours, study = agreement(category_of, parts["ours"]["membership"]), agreement(study_of, parts["study"]["membership"])
     return {"ari": ours["ari"], "nmi": ours["nmi"], "study_ari": study["ari"], "study_nmi": study["nmi"]}
+
+
+def _agreement_of(metric: str):
+    """The reduction of a `controls.Sample` of (category, community) pairs `[resamples, n, 2]` to `metric` ("ari" or
+    "nmi") of each resample's pairs, `[resamples]`."""
+    def reduce(pairs: Tensor) -> Tensor:
+        out = [agreement(p[:, 0].numpy(), p[:, 1].numpy())[metric] for p in pairs.long()]
+        return torch.tensor(out, dtype=torch.float64)
+    return reduce
+
+
+def agreement_samples(parts: Mapping[str, Mapping], category_of: np.ndarray) -> dict[str, Sample]:
+    """`partition_agreement` as `controls.Sample`s over the category words (units: (category, community) pairs of
+    the tokens with a category, in node order, so every head of one node list is paired), each reduced to the ARI or
+    NMI of the resampled pairs: a bootstrap over the words of how well the communities recover the categories."""
+    study_of = np.concatenate([[-1], category_of])
+    out = {}
+    for prefix, part, known_of in (("", parts["ours"], category_of), ("study_", parts["study"], study_of)):
+        known = known_of >= 0
+        pairs = torch.tensor(np.stack([known_of[known], np.asarray(part["membership"])[known]], axis=1))
+        for metric in ("ari", "nmi"):
+            out[prefix + metric] = Sample(pairs, "category word", reduce=_agreement_of(metric))
+    return out
 
 
 def hover_text(source: Tensor, target: Tensor, labels: Sequence[str], membership: np.ndarray) -> list[str]:

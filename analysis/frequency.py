@@ -11,12 +11,25 @@ A corpus must be text (`check_corpus`), and at most `MAX_UNKNOWN_SHARE` of its t
 tokenizer's unknown token (`check_unknown_share`): above that the table would describe the
 tokenizer's gaps rather than the corpus (a GPT-2 corpus on the organism's word-level vocabulary).
 Tables read back are checked column by column (`read_frequency_csv`).
+
+A corpus is a text file or a split of a text dataset (`DatasetSource`): by default the study's,
+WikiText-103's training split (`STUDY_DATASET`), loaded with Hugging Face `datasets` under the hub
+probe (`infra.hub.hub_reachable`: an unreachable hub means the local cache only, so an offline machine
+fails in seconds with `DatasetUnavailable`), or any local data file or saved dataset with a text
+column. Each text is one line, as in WikiText, tokenised the same way (`count_tokens`). A dataset's
+counts are cached in the user's cache directory (`vocab_input.default_cache_dir`), keyed by the
+tokenizer, the dataset (source and content fingerprint) and the counting code (`counts_cache_path`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
-from collections.abc import Iterable, Sequence
+import hashlib
+import inspect
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
 from itertools import islice
 from pathlib import Path
 
@@ -26,7 +39,10 @@ import torch
 from tqdm.auto import tqdm
 
 from analysis.errors import UsageError
+from analysis.infra.atomic import atomic_file
+from analysis.infra.hub import datasets_offline, hub_reachable, unavailable_errors
 from analysis.io import results_path, write_output
+from analysis.vocab_input import default_cache_dir
 
 COLUMNS = ["token", "id", "count", "probability"]
 MAX_UNKNOWN_SHARE = 0.05  # default of token_freq.py --max-unknown-share
@@ -84,11 +100,12 @@ def uniform_counts(d_vocab: int, n_tokens: int, special_ids: Iterable[int]) -> n
 
 
 def count_tokens(tokenizer, lines: Iterable[str], d_vocab: int, batch_lines: int = 1024,
-                 progress: bool = False) -> np.ndarray:
-    """`counts: [d_vocab]`, how often each token occurs in `lines` (tokenised in batches of lines)."""
+                 progress: bool = False, total: int | None = None) -> np.ndarray:
+    """`counts: [d_vocab]`, how often each token occurs in `lines` (tokenised in batches of lines; `total` lines
+    expected, for the progress bar)."""
     counts = np.zeros(d_vocab, dtype=np.int64)
     lines = iter(lines)
-    bar = tqdm(desc="tokenising", unit=" lines", disable=not progress, leave=False)
+    bar = tqdm(desc="tokenising", unit=" lines", total=total, disable=not progress, leave=False)
     while chunk := list(islice(lines, batch_lines)):
         batch = [text for text in (line.rstrip("\n") for line in chunk) if text]
         if batch:
@@ -98,6 +115,129 @@ def count_tokens(tokenizer, lines: Iterable[str], d_vocab: int, batch_lines: int
         bar.update(len(chunk))
     bar.close()
     return counts
+
+
+# --- a split of a text dataset (the study's WikiText-103 by default) ------------------------------
+
+DATA_FILE_BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv", ".txt": "text",
+                      ".arrow": "arrow"}  # the `datasets` builder of a local data file, by suffix
+
+
+class DatasetUnavailable(UsageError):
+    """A dataset that cannot be had here: not in the local cache with the hub unreachable, or no such dataset."""
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """A split of a text dataset: a hub id with its config, or a local path (a data file, `DATA_FILE_BUILDERS`; a
+    folder written by `Dataset.save_to_disk`; or a folder of data files), and the column that holds the texts."""
+
+    path: str
+    config: str | None = None
+    split: str = "train"
+    column: str = "text"
+
+    @property
+    def local(self) -> Path | None:
+        """The local file or folder this source names, or None for a hub id."""
+        path = Path(self.path).expanduser()
+        return path if path.exists() else None
+
+
+STUDY_DATASET = DatasetSource("Salesforce/wikitext", "wikitext-103-raw-v1", "train")  # the study's (wiki.train.raw)
+
+
+def load_split(source: DatasetSource, cache_dir: Path | str | None = None):
+    """The `datasets.Dataset` of `source`'s split (`cache_dir`: datasets' own cache, default its usual one).
+
+    A hub id loads after one probe of the hub (`hub_reachable`); without an answer it loads offline
+    (`datasets_offline`: the local cache only), and what cannot be had is a `DatasetUnavailable` that says what to
+    do. A local path never touches the network. A split without `source.column` is a `UsageError`.
+    """
+    import datasets
+
+    local, cache = source.local, None if cache_dir is None else str(cache_dir)
+    online = local is not None or hub_reachable()
+    try:
+        with contextlib.nullcontext() if online else datasets_offline():
+            if local is not None and local.is_dir() and any((local / f).exists() for f in ("state.json",
+                                                                                         "dataset_dict.json")):
+                loaded = datasets.load_from_disk(str(local))
+                loaded = loaded[source.split] if isinstance(loaded, datasets.DatasetDict) else loaded
+            elif local is not None and local.is_file():
+                builder = DATA_FILE_BUILDERS.get(local.suffix.lower())
+                if builder is None:
+                    raise UsageError(f"--dataset {local}: a data file must end in one of "
+                                     f"{', '.join(DATA_FILE_BUILDERS)}.")
+                loaded = datasets.load_dataset(builder, data_files={source.split: str(local)}, split=source.split,
+                                               cache_dir=cache)
+            else:
+                loaded = datasets.load_dataset(str(local or source.path), source.config, split=source.split,
+                                               cache_dir=cache)
+    except (*unavailable_errors(), ValueError) as err:
+        cause = " ".join(str(err).split())[:300]
+        where = "a local path" if local is not None else (
+            "the hub could be reached" if online else "the hub did not answer a connection attempt (loaded offline)")
+        raise DatasetUnavailable(
+            f"Could not load the dataset {source.path!r} (config {source.config!r}, split {source.split!r}); "
+            f"{where} ({type(err).__name__}: {cause}). Run once on a machine with network access to download it "
+            "into the Hugging Face datasets cache, or give --corpus a text file (e.g. WikiText-103's "
+            "wiki.train.raw) or --dataset a local data file."
+        ) from None
+    if source.column not in loaded.column_names:
+        raise UsageError(f"The dataset {source.path!r} has no column {source.column!r} (it has "
+                         f"{', '.join(loaded.column_names)}); name the text column with --text-column.")
+    return loaded
+
+
+def dataset_texts(dataset, column: str, batch_size: int = 1000) -> Iterator[str]:
+    """The texts of `dataset[column]`, read `batch_size` rows at a time (never the whole column in memory)."""
+    for batch in dataset.iter(batch_size=batch_size):
+        yield from (text for text in batch[column] if text is not None)
+
+
+# The counting code is part of a cached count's key: the cache outlives checkouts and commits.
+_COUNT_CODE = hashlib.sha256("".join(inspect.getsource(f) for f in (count_tokens, dataset_texts)).encode()).hexdigest()
+
+
+def tokenizer_digest(tokenizer) -> str:
+    """A hash of everything a tokenizer tokenises with: its class and its whole definition (a fast tokenizer's
+    serialised pipeline: normaliser, pre-tokeniser, model, merges, added tokens), else its vocabulary."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    body = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    return hashlib.sha256(f"{type(tokenizer).__name__}\n{body}".encode()).hexdigest()
+
+
+def counts_cache_path(tokenizer, source: DatasetSource, fingerprint: str, d_vocab: int) -> Path:
+    """Where the counts of `source` (content `fingerprint`, from `datasets`) under `tokenizer` are cached:
+    <cache>/token_counts/<dataset>-<hash>.npy, the hash over the tokenizer, the source, the fingerprint, the
+    vocabulary size and the counting code."""
+    key = json.dumps([tokenizer_digest(tokenizer), asdict(source), fingerprint, d_vocab, _COUNT_CODE])
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(source.path).name)[:40]
+    return default_cache_dir() / "token_counts" / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npy"
+
+
+def count_dataset(tokenizer, source: DatasetSource, d_vocab: int, progress: bool = False,
+                  cache_dir: Path | str | None = None) -> tuple[np.ndarray, dict]:
+    """(`counts: [d_vocab]`, how they were made) for the texts of `source` (`load_split`, then `count_tokens` over
+    `dataset_texts`), read from the counts cache when this tokenizer has counted this dataset before
+    (`counts_cache_path`)."""
+    dataset = load_split(source, cache_dir)
+    fingerprint = str(getattr(dataset, "_fingerprint", ""))
+    if (local := source.local) is not None and local.is_file():  # a data file edited in place keeps its name
+        stat = local.stat()
+        fingerprint += f" {stat.st_size} {stat.st_mtime_ns}"
+    path = counts_cache_path(tokenizer, source, fingerprint, d_vocab)
+    name = " ".join(part for part in (source.path, source.config, f"[{source.split}]") if part)
+    info = {"source": f"dataset {name}", **asdict(source), "texts": dataset.num_rows, "fingerprint": fingerprint,
+            "counts_cache": str(path), "newlines": "not counted (each text tokenised without its trailing newline)"}
+    if path.exists():
+        return np.load(path), {**info, "from_cache": True}
+    counts = count_tokens(tokenizer, dataset_texts(dataset, source.column), d_vocab, progress=progress,
+                          total=dataset.num_rows)
+    with atomic_file(path) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, counts)
+    return counts, {**info, "from_cache": False}
 
 
 def frequency_table(counts: np.ndarray, tokenizer) -> pd.DataFrame:

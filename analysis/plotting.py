@@ -311,3 +311,104 @@ def target_vs_controls(report: Mapping, title: str | None = None, names: Sequenc
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def property_verdicts_figure(records: Mapping[str, Mapping], min_effect: float, target: str | None = None):
+    """One panel per view (`records[view]`: a `records.property_record`): each head's two property statistics with
+    their CIs, against the thresholds ±`min_effect` a property must lie beyond; the target's label in red."""
+    use_style()
+    import matplotlib.pyplot as plt
+
+    views = [v for v, r in records.items() if r is not None]
+    fig, axes = plt.subplots(1, max(1, len(views)), figsize=(5.2 * max(1, len(views)), 3.6), squeeze=False)
+    for ax, view in zip(axes.flat, views):
+        by_head = records[view]["by_head"]
+        heads = list(by_head)
+        for offset, (prop, colour) in zip((-0.15, 0.15), (("self_avoidance", "C0"), ("category_attraction", "C1"))):
+            for i, key in enumerate(heads):
+                v = by_head[key][prop]
+                if v["value"] is None:
+                    continue
+                low, high = (v["low"], v["high"]) if v["low"] is not None else (v["value"], v["value"])
+                ax.errorbar(i + offset, v["value"], yerr=[[v["value"] - low], [high - v["value"]]], fmt="o", ms=3,
+                            color=colour, label=prop.replace("_", " ") if i == 0 else None)
+        for y in (-min_effect, min_effect):
+            ax.axhline(y, color="k", ls="--", lw=0.7)
+        ax.axhline(0, color="0.6", lw=0.5)
+        ax.set_xticks(range(len(heads)), heads, rotation=90, fontsize=6)
+        for label in ax.get_xticklabels():
+            if label.get_text() == target:
+                label.set_color("C3")
+        ax.set(title=f"{view}: {records[view]['view']}", ylabel="nats (logit difference)")
+        ax.title.set_fontsize(8)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def target_curve(curve: Mapping, target: str, title: str | None = None):
+    """One panel per statistic of a `records.curve_record`: the target's value at each k (red) and the strongest
+    control's (grey, labelled with its head), filled where the target separates (CI of the difference excludes 0)
+    and hollow where it does not; k on a log2 axis."""
+    use_style()
+    import matplotlib.pyplot as plt
+
+    stats = curve["statistics"]
+    fig, axes = plt.subplots(1, len(stats), figsize=(4.2 * len(stats), 3.3), squeeze=False)
+    points = list(curve["points"].values())
+    ks = [p["k"] for p in points]
+    for ax, stat in zip(axes.flat, stats):
+        entries = [p[stat] for p in points]
+        rivals = [e["strongest_control"] for e in entries]
+        ax.plot(ks, [np.nan if r is None else r["value"] for r in rivals], "-", color="0.55",
+                label="strongest control")
+        ax.plot(ks, [np.nan if e["value"] is None else e["value"] for e in entries], "-", color="C3", label=target)
+        for k, entry, rival in zip(ks, entries, rivals):
+            face = "C3" if entry["separates"] else "white"
+            ax.plot([k], [entry["value"]], "o", color="C3", markerfacecolor=face, zorder=3)
+            if rival is not None:
+                ax.plot([k], [rival["value"]], "s", color="0.55", ms=4)
+                ax.annotate(f"L{rival['layer']}H{rival['head']}", (k, rival["value"]), fontsize=6,
+                            textcoords="offset points", xytext=(3, -9))
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ks, [str(k) for k in ks])
+        ax.set(xlabel="components flipped (k)", ylabel=stat.replace("_", " "))
+        ax.legend(fontsize=7, title="filled: target separates", title_fontsize=6)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def precision_curve(curve: Mapping[str, Mapping], target: str, k_verdict: int, title: str | None = None):
+    """Precision against k (log scale) from a precision-curve record (`records.precision_curve_record`: "k=<k>" ->
+    target, null, strongest_control, by_head, each {value, low, high}): the `target` head, the strongest control
+    at the verdict's k (one head, its whole curve) and the target's shuffled-label null, each with its CI; a
+    dotted line marks `k_verdict`."""
+    use_style()
+    import matplotlib.pyplot as plt
+
+    entries = sorted(curve.values(), key=lambda e: e["k"])
+    ks = [e["k"] for e in entries]
+    rival = next((e["strongest_control"] for e in entries if e["k"] == k_verdict), None)
+    rival_key = None if rival is None else f"L{rival['layer']}H{rival['head']}"
+    lines = [(target, [e["target"] for e in entries], "C3", "o"),
+             *([] if rival_key is None else [(f"{rival_key} (strongest control at k = {k_verdict})",
+                                              [e["by_head"][rival_key] for e in entries], "C0", "s")]),
+             (f"{target}'s null (labels shuffled)", [e["null"] for e in entries], "0.4", "^")]
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    for label, points, colour, marker in lines:
+        values = np.array([p["value"] for p in points])
+        errors = np.array([[p["value"] - p["low"] for p in points], [p["high"] - p["value"] for p in points]])
+        ax.errorbar(ks, values, yerr=errors, color=colour, marker=marker, capsize=3, label=label,
+                    linestyle="--" if "null" in label else "-")
+    ax.axvline(k_verdict, color="k", ls=":", lw=0.8)
+    ax.set_xscale("log", base=2)
+    ax.minorticks_off()
+    ax.set(xticks=ks, xticklabels=[str(k) for k in ks], xlabel="k (features predicted; at most k active)",
+           ylabel="precision TP / (TP + FP)", ylim=(0, 1))
+    ax.legend(fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -32,6 +32,16 @@ STUDY_CATEGORIES: dict[str, list[str]] = {
     "numbers": [" 24", " 69", " 42", " 22", " 32", " 50"],
 }
 
+# The keyword list of the study's figure-era code (`semantic_head.py`, the version whose surprisal heatmap gave L1H5
+# S = 0.6): four categories, fruits and weather commented out there, and " 2" and " 4" among the numbers. Its S
+# design (`study_design_probe`) draws from it.
+STUDY_FIGURE_CATEGORIES: dict[str, list[str]] = {
+    "colours": [" blue", " red", " green", " yellow", " purple"],
+    "animals": [" dog", " cat", " mouse", " horse", " sheep"],
+    "emotions": [" happy", " sad", " angry", " scared", " proud"],
+    "numbers": [" 2", " 69", " 4", " 22", " 32", " 50"],
+}
+
 # The 30-token group set used for the token-space heatmaps (five groups of six).
 GROUP_SET: dict[str, list[str]] = {
     "days": [" Monday", " Tuesday", " Wednesday", " Thursday", " Friday", " Saturday"],
@@ -122,6 +132,27 @@ def check_text(tokenizer, text: str, n_ctx: int, what: str, truncate: bool = Fal
             f"{n_ctx} tokens (the results then record the cut)."
         )
     return {"tokens": length, "kept_tokens": n_ctx, "removed_text": text[cut:] if cut is not None else None}
+
+
+def single_token_words(tokenizer, categories: Mapping[str, Sequence[str]]
+                       ) -> tuple[dict[str, list[str]], list[str]]:
+    """(kept, left_out): each category's words that are exactly one known token of `tokenizer`, and the others
+    by name, in the order given. A category left with no word is dropped from `kept`.
+
+    For designs that must run on any tokenizer (the study's figure-era list on the organism, which has no " 2"
+    or " 4"): the left-out words are a departure to record, not an error.
+    """
+    kept: dict[str, list[str]] = {}
+    left_out: list[str] = []
+    unk = getattr(tokenizer, "unk_token_id", None)
+    for name, words in categories.items():
+        for word in words:
+            encoded = tokenizer.encode(word, add_special_tokens=False)
+            if len(encoded) == 1 and (unk is None or encoded[0] != unk):
+                kept.setdefault(name, []).append(word)
+            else:
+                left_out.append(word)
+    return kept, left_out
 
 
 def category_index(tokenizer, categories: Mapping[str, Sequence[str]], d_vocab: int) -> Tensor:
@@ -225,6 +256,26 @@ def semantic_mask(tokens: Tensor, category_of: Tensor) -> Tensor:
     return _bos_fallback(mask)
 
 
+def last_row_to_bos(mask: Tensor) -> Tensor:
+    """The study's last-row quirk on a mask `M: [batch, query, key]`: the last row marks BOS only,
+    `M[T-1, :] = e_0`, whatever partners it had.
+
+    The study's mask builder (`build_prompt` of its `semantic_head.py`) fills rows i = 1..T-2 and leaves
+    the last row empty, so the BOS fallback claims it.
+    """
+    mask = mask.clone()
+    mask[..., -1, :] = 0
+    mask[..., -1, 0] = 1
+    return mask
+
+
+def study_mask(tokens: Tensor, category_of: Tensor) -> Tensor:
+    """The study's ground-truth mask as its code builds it, `M: [batch, query, key]`: `semantic_mask`
+    (M[i, j] = 1 iff j < i, same category, different word; an empty row falls back to BOS) with the
+    last row sent to BOS (`last_row_to_bos`)."""
+    return last_row_to_bos(semantic_mask(tokens, category_of))
+
+
 def target_distribution(mask: Tensor) -> Tensor:
     """The mask as an attention target: uniform over the marked keys of each row."""
     return _normalise_rows(mask)
@@ -276,6 +327,35 @@ def category_probe(model, categories: Mapping[str, Sequence[str]], n_prompts: in
     tokens = category_sequences(word_ids, n_prompts, n_words, bos_token_id(model), seed)
     category_of = category_index(model.tokenizer, categories, model.cfg.d_vocab)
     return Probe(tokens, semantic_mask(tokens, category_of))
+
+
+class StudyDesign(NamedTuple):
+    """The study's one-prompt S design on a model: the prompts and their study mask (`probe`: tokens `[batch,
+    1 + n_words]`, `study_mask`), the categories drawn from (words the tokenizer lacks removed), the words left out
+    by name, and `n_words`, the words per prompt after BOS (fewer than asked where the context is shorter)."""
+
+    probe: Probe
+    categories: dict[str, list[str]]
+    left_out: list[str]
+    n_words: int
+
+
+def study_design_probe(model, n_prompts: int, n_words: int, seed: int,
+                       categories: Mapping[str, Sequence[str]] = STUDY_FIGURE_CATEGORIES) -> StudyDesign:
+    """The study's prompt design: `n_prompts` prompts of BOS and min(n_words, n_ctx - 1) draws of (random
+    category, random word) from `categories` (the figure-era list by default), with the study's mask
+    (`study_mask`: its last row falls back to BOS). Words that are not one token of the model's tokenizer are
+    left out (`single_token_words`) and named in the result."""
+    require_tokenizer(model, "The study's prompt design maps its keywords to tokens")
+    kept, left_out = single_token_words(model.tokenizer, categories)
+    if not kept:
+        raise UsageError("None of the study's keywords is a single token of this model's tokenizer: "
+                         + ", ".join(map(repr, left_out)) + ".")
+    n_words = min(n_words, model.cfg.n_ctx - 1)
+    word_ids = [single_token_ids(model.tokenizer, words) for words in kept.values()]
+    tokens = category_sequences(word_ids, n_prompts, n_words, bos_token_id(model), seed)
+    category_of = category_index(model.tokenizer, kept, model.cfg.d_vocab)
+    return StudyDesign(Probe(tokens, study_mask(tokens, category_of)), kept, left_out, n_words)
 
 
 def reference_prompts(model, seed: int = 0, n_prompts: int = 64, n_words: int = 64,

@@ -176,6 +176,18 @@ def rank_metrics(ranks: Tensor, at: Sequence[int] = (1, 128, 1024)) -> dict[str,
             **{f"acc@{k}": float((ranks <= k).double().mean()) for k in at}}
 
 
+def normalised_rank(mean_rank: float, n_keys: int) -> float:
+    """The mean self-rank on the study's scale, (mean_i r_i - 1) / V in [0, 1): ranks from 0 (the study's argsort
+    positions) over the V = `n_keys` keys, so vocabularies of any size compare (chance: about 1/2)."""
+    return (mean_rank - 1) / n_keys
+
+
+def trivial_accuracy_ks(at: Sequence[int], n_keys: int) -> dict[str, str]:
+    """{str(K): why} for every K of accuracy@K that says nothing over `n_keys` keys: K >= V / 2, where even a random
+    ranking puts self in the top K for at least half of the queries."""
+    return {str(k): f"K >= V/2 = {n_keys / 2:g}: trivial over {n_keys} keys" for k in at if k >= n_keys / 2}
+
+
 @dataclass
 class SelfScores:
     """Each input's self-score x W x^T / scale, `total: [n]`, and its positive- and negative-eigenvalue parts."""
@@ -323,3 +335,48 @@ def edited_head(qk: QKHead, spectrum: Spectrum, index: Tensor, factor: float) ->
     V = spectrum.vectors[:, index]  # (d_model, |S|)
     delta = (factor - 1) * spectrum.values[index]
     return qk.with_factors(torch.cat([qk.W_Q, V * delta], -1), torch.cat([qk.W_K, V], -1))
+
+
+# --- the study's edit: eigenpairs of the non-symmetric W in the solver's order ----------------
+
+
+@torch.no_grad()
+def study_eigen_factors(qk: QKHead) -> tuple[Tensor, Tensor, Tensor]:
+    """(U_Q: [d_model, d_head], λ: [d_head], U_K: [d_head, d_model]), complex: the original study's factors of W.
+
+    W = W_Q W_K^T (dense d_model x d_model, non-symmetric) = V diag(λ_all) V^{-1} from `torch.linalg.eig`; the
+    study kept the first d_head eigenpairs in the solver's order, unsorted: U_Q = V[:, :d_head], λ = λ_all[:d_head],
+    U_K = V^{-1}[:d_head]. W has rank <= d_head, but the solver's first d_head pairs need not be its non-zero ones,
+    so U_Q diag(λ) U_K need not equal W.
+    """
+    values, vectors = torch.linalg.eig(qk.W_Q @ qk.W_K.T)
+    d_head = qk.W_Q.shape[1]
+    return vectors[:, :d_head], values[:d_head], torch.linalg.inv(vectors)[:d_head]
+
+
+@torch.no_grad()
+def study_edit_ranks(x: Tensor, qk: QKHead, cell: tuple[int, float], queries: Tensor | None = None,
+                     chunk_size: int = 32) -> tuple[Tensor, float]:
+    """(`ranks: [m]` from 1, imaginary share): self-ranks of the study's edit at `cell` = (k, s), and
+    max |Im A| / max |Re A| over the scores.
+
+    A = x U_Q diag(λ') U_K x^T with λ' = λ, its first k entries (solver order, `study_eigen_factors`) times s;
+    x: [n, d_model] real, cast to complex. The study ranked A by argsort, which torch (2.x) refuses for a complex
+    tensor (and its real-by-complex product too); the ranks here are of Re A, and the imaginary share says how much
+    that drops. rank_q = 1 + #{j : Re A[q, j] > Re A[q, q]} over all n keys, for the rows `queries` (default all).
+    """
+    k, scale = cell
+    U_Q, values, U_K = study_eigen_factors(qk)
+    edited = values.clone()
+    edited[:k] *= scale
+    xc = x.to(U_Q.dtype)
+    left, right = (xc @ U_Q) * edited, U_K @ xc.T  # (n, d_head), (d_head, n)
+    queries = torch.arange(len(x)) if queries is None else queries
+    ranks, imag, real = [], 0.0, 0.0
+    for start in range(0, len(queries), chunk_size):
+        q = queries[start:start + chunk_size]
+        block = left[q] @ right  # (C, n) complex
+        imag, real = max(imag, float(block.imag.abs().max())), max(real, float(block.real.abs().max()))
+        scores = block.real
+        ranks.append(1 + (scores > scores[torch.arange(len(q)), q][:, None]).sum(-1))
+    return torch.cat(ranks), imag / real if real > 0 else float("nan")

@@ -13,10 +13,14 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from torch import Tensor
 
-from analysis import clustering, steering
-from analysis.controls import Head, head_key
+from analysis import clustering, qk_decomposition, steering
+from analysis.controls import Head, Statistic, head_key
+from analysis.prompts import StudyDesign
+from analysis.properties import MIN_EFFECT, PROPERTIES, both_hold
 from analysis.sae.features import self_avoidance, top_pairs
+from analysis.sae.precision import Interval, KChoice
 from analysis.sae.sources import HeadSAE
+from analysis.survey import DesignSummary
 from analysis.token_maps import block_means
 
 
@@ -25,9 +29,10 @@ from analysis.token_maps import block_means
 
 def comparison_lines(report: Mapping, prefix: str = "  ") -> list[str]:
     """One printable line per statistic of a `controls.compare` report: the target's value and rank, the strongest
-    control.
+    control, the difference's CI where there is one, and the verdict.
 
-    e.g. "  margin (low): target -5.650, rank 1/8, strongest control L1H1 -0.330"
+    e.g. "  margin (low): target -5.650, rank 1/8, strongest control L1H1 -0.330, difference -5.320
+    [-5.9, -4.8]: separates"
     """
     lines = []
     for name, direction in report["directions"].items():
@@ -36,7 +41,150 @@ def comparison_lines(report: Mapping, prefix: str = "  ") -> list[str]:
         rank = "-" if entry["rank"] is None else f"{entry['rank']}/{entry['n_ranked']}"
         rival = entry["strongest_control"]
         strongest = "-" if rival is None else f"{head_key(rival['layer'], rival['head'])} {rival['value']:+.3f}"
-        lines.append(f"{prefix}{name} ({direction}): target {value}, rank {rank}, strongest control {strongest}")
+        diff = entry.get("difference")
+        interval = "" if diff is None or diff["low"] is None else \
+            f", difference {diff['value']:+.3f} [{diff['low']:+.3g}, {diff['high']:+.3g}]"
+        lines.append(f"{prefix}{name} ({direction}): target {value}, rank {rank}, strongest control {strongest}"
+                     f"{interval}: {entry['verdict']}")
+    return lines
+
+
+# --- the nulls of the input statistics and the two properties (`self_suppression`, `properties`) --------------
+
+
+def _number(statistic: Statistic) -> float | None:
+    value = getattr(statistic, "value", statistic)
+    return value if isinstance(value, (int, float)) else None
+
+
+def skew_nulls(target: Mapping[str, Statistic]) -> dict:
+    """The target's nulls from its `self_suppression.head_statistics`, each with what it rules out."""
+    share, q95 = _number(target["below_partners_share"]), target["below_partners_null_q95"]
+    return {
+        "self_vs_random_words": {
+            "value": target["self_vs_random_words"], "margin": _number(target["margin"]),
+            "says": "the partner margin with the category labels shuffled, in closed form n/(n-1) tr(W Σ)/scale; "
+                    "margin = this - category_attraction word by word, so a margin below it shows category "
+                    "attraction, not self-avoidance (Gaussian inputs with the words' moments have the same "
+                    "expected margin: the same null, not a second one)"},
+        "below_partners": {
+            "value": share, "mean": target["below_partners_null_mean"], "q95": q95,
+            "beats_null": share is not None and share > q95,
+            "says": "the share below every partner for Gaussian inputs with the words' mean and covariance and "
+                    "the real category sizes: what the inputs' first two moments give without token identity"},
+        "self_score": {
+            "value": _number(target["self_score"]),
+            "says": "no null: E[y W y^T] = μ W μ^T + tr(W Σ) for any inputs with the words' mean and covariance, "
+                    "so such a 'null' equals the mean self-score by algebra"},
+    }
+
+
+def null_lines(null: Mapping) -> list[str]:
+    """Printable lines of `skew_nulls`."""
+    margin, below = null["self_vs_random_words"], null["below_partners"]
+    return [f"null: margin {margin['margin']:+.3f} against self_vs_random_words {margin['value']:+.3f} "
+            f"(labels shuffled, closed form)",
+            f"null: below every partner {below['value']:.2f} against Gaussian inputs {below['mean']:.2f} "
+            f"(95th percentile {below['q95']:.2f}): {'beaten' if below['beats_null'] else 'not beaten'}"]
+
+
+def property_record(by_head: Mapping[Head, Mapping[str, Mapping]], view: str, unit: str) -> dict:
+    """Every head's `properties.verdicts`, keyed "L<l>H<h>", with both_hold, and the rule that decides them."""
+    return {"view": view, "unit": unit, "min_effect": MIN_EFFECT,
+            "rule": f"a property holds iff the 95% bootstrap CI of its mean over {unit}s lies beyond log 2 nats on "
+                    "the predicted side (self-avoidance below -log 2, category attraction above +log 2)",
+            "by_head": {head_key(*h): {**v, "both_hold": both_hold(v)} for h, v in by_head.items()}}
+
+
+def property_lines(record: Mapping) -> list[str]:
+    """One printable line per head of a `property_record` that has at least one property."""
+    lines = []
+    for key, verdicts in record["by_head"].items():
+        held = [p for p in PROPERTIES if verdicts[p]["holds"]]
+        if held:
+            values = ", ".join(f"{p} {verdicts[p]['value']:+.2f} [{verdicts[p]['low']:+.2f}, {verdicts[p]['high']:+.2f}]"
+                               for p in PROPERTIES if verdicts[p]["value"] is not None)
+            lines.append(f"{key}: {' and '.join(held)} (on {record['view']}: {values})")
+    return lines or [f"no head has either property (on {record['view']})"]
+# --- the study's prompt design (`prompts.study_design_probe`, `survey.design_summary`) ---------------
+
+
+def design_departures(design: StudyDesign, requested_words: int, n_ctx: int) -> list[str]:
+    """What this run of the study's design could not keep, as short phrases (empty if it kept everything): fewer
+    words than the study's where the context is shorter, and the keywords the tokenizer lacks."""
+    departures = []
+    if design.n_words < requested_words:
+        departures.append(f"{design.n_words} words, not {requested_words} (the context holds {n_ctx} tokens)")
+    if design.left_out:
+        departures.append("keywords this tokenizer lacks left out: " + ", ".join(w.strip() for w in design.left_out))
+    return departures
+
+
+def design_record(design: StudyDesign, requested_words: int, n_ctx: int) -> dict:
+    """What results keep of a run of the study's design: the categories kept, the words left out, the words per
+    prompt asked and used, the context, the prompts, and the departures (`design_departures`, and as one text)."""
+    departures = design_departures(design, requested_words, n_ctx)
+    return {"categories": design.categories, "left_out": design.left_out, "n_words": design.n_words,
+            "requested_words": requested_words, "n_ctx": n_ctx, "n_prompts": int(design.probe.tokens.shape[0]),
+            "departures": departures, "departures_text": "; ".join(departures) or "none"}
+
+
+def study_design_record(design: StudyDesign, summary: DesignSummary, requested_words: int, n_ctx: int) -> dict:
+    """What results keep of every head's S under the study's design: the design (`design_record`), each head keyed
+    "L<l>H<h>" with its S on the first prompt and the 5 %, 50 % and 95 % quantiles over prompts, the target and
+    the runner-up (the best other head on the first prompt) with those values and the first prompt's best head."""
+    def values(layer: int, head: int) -> dict:
+        return {"one_prompt": float(summary.one_prompt[layer, head]), "median": float(summary.median[layer, head]),
+                "p05": float(summary.p05[layer, head]), "p95": float(summary.p95[layer, head])}
+    n_layers, n_heads = summary.one_prompt.shape
+    return {**design_record(design, requested_words, n_ctx),
+            "heads": {head_key(l, h): values(l, h) for l in range(n_layers) for h in range(n_heads)},
+            "target": {"layer": summary.target[0], "head": summary.target[1], **values(*summary.target),
+                       "rank": summary.target_rank},
+            "runner_up": {"layer": summary.runner_up[0], "head": summary.runner_up[1], **values(*summary.runner_up)},
+            "best": {"layer": summary.best[0], "head": summary.best[1], **values(*summary.best)}}
+def curve_record(report: Mapping, points: Mapping[int, str], statistics: Sequence[str]) -> dict:
+    """A statistic compared at each point of a curve (e.g. the targeted edit over k), from a `controls.compare`
+    report whose statistic "<points[k]>_<statistic>" is the point k's (one direction per statistic along the curve).
+
+    "points" keyed "k=<k>": each statistic's `compare` entry (value, rank, strongest control, the difference's CI,
+    verdict); per statistic the k at which the target separates ("separating_ks"), the largest of them
+    ("largest_separating_k", None when it separates nowhere) and the k where the target leads its strongest
+    control by most ("widest_gap_k", `widest_gap`: a CI that excludes 0 says the lead is real, not that it is large).
+    "ends" holds the points at the smallest and the largest k again, under names that do not depend on the k.
+    """
+    entries = {k: {stat: report["target"][f"{prefix}_{stat}"] for stat in statistics} for k, prefix in points.items()}
+    separating = {stat: [k for k, entry in entries.items() if entry[stat]["separates"]] for stat in statistics}
+    direction = {stat: next((report["directions"][f"{prefix}_{stat}"] for prefix in points.values()), "high")
+                 for stat in statistics}
+    keyed = {k: {"k": k, **entry} for k, entry in entries.items()}
+    return {"ks": list(points), "statistics": list(statistics), "points": {f"k={k}": row for k, row in keyed.items()},
+            "ends": {"smallest": keyed[min(keyed)], "largest": keyed[max(keyed)]} if keyed else {},
+            "separating_ks": separating,
+            "largest_separating_k": {stat: max(ks) if ks else None for stat, ks in separating.items()},
+            "widest_gap_k": {stat: widest_gap({k: e[stat] for k, e in entries.items()}, direction[stat])
+                             for stat in statistics}}
+
+
+def widest_gap(entries: Mapping[int, Mapping], direction: str) -> int | None:
+    """The k whose `compare` entry's difference from the strongest control lies furthest in `direction` (largest for
+    "high", smallest for "low"); None when no k has a difference."""
+    sign = 1.0 if direction == "high" else -1.0
+    measured = [k for k, entry in entries.items() if entry["difference"] is not None]
+    return max(measured, key=lambda k: sign * entries[k]["difference"]["value"], default=None)
+
+def curve_lines(curve: Mapping, prefix: str = "  ") -> list[str]:
+    """One printable line per point of a `curve_record`: each statistic's target and strongest control values and
+    the verdict, e.g. "  k=4: self_mass_change +0.710 vs L1H2 +0.210 separates"."""
+    lines = []
+    for key, point in curve["points"].items():
+        parts = []
+        for stat in curve["statistics"]:
+            entry, rival = point[stat], point[stat]["strongest_control"]
+            versus = "" if rival is None else f" vs {head_key(rival['layer'], rival['head'])} {rival['value']:+.3f}"
+            value = "n/a" if entry["value"] is None else f"{entry['value']:+.3f}"
+            parts.append(f"{stat} {value}{versus} {entry['verdict']}")
+        lines.append(f"{prefix}{key}: " + "; ".join(parts))
     return lines
 
 
@@ -105,6 +253,43 @@ def steering_lines(metrics: Mapping[str, Mapping], top_keys: Mapping[str, Mappin
 # --- clustering (`clustering`) ----------------------------------------------------------------
 
 
+def normalised_cell(cell: Mapping, n_keys: int) -> dict:
+    """A rank-ablation cell with its mean self-rank also on the study's scale, "mean_rank_normalised" =
+    `qk_decomposition.normalised_rank` over `n_keys` keys."""
+    return {**cell, "mean_rank_normalised": qk_decomposition.normalised_rank(cell["mean_rank"], n_keys)}
+
+
+def normalised_cells(cells: Mapping[str, Mapping], n_keys: int) -> dict[str, dict]:
+    """Every cell of a rank-ablation grid (keyed "k=..,scale=..") through `normalised_cell`."""
+    return {key: normalised_cell(cell, n_keys) for key, cell in cells.items()}
+
+
+def study_edit_record(measured: Mapping[str, tuple[Tensor, float]], cell: tuple[int, float], n_keys: int) -> dict:
+    """What a results file keeps of the study's edit (`qk_decomposition.study_edit_ranks`): for each of `measured`
+    ("unedited", "edited": (ranks [m], imaginary share)) the mean self-rank, raw (from 1) and normalised, and the
+    imaginary share; the cell, and how the edit and its ranking were done."""
+    out = {"k": cell[0], "scale": cell[1], "n_keys": n_keys,
+           "order": "torch.linalg.eig of W = W_Q W_K^T, the first d_head eigenpairs in the solver's order, unsorted",
+           "ranked_on": "the real part of the complex scores (torch cannot argsort a complex tensor)"}
+    for name, (ranks, imaginary) in measured.items():
+        mean = float(ranks.double().mean())
+        out[name] = {"mean_rank": mean, "mean_rank_normalised": qk_decomposition.normalised_rank(mean, n_keys),
+                     "imaginary_share": imaginary}
+    return out
+
+
+def view_record(report: Mapping) -> dict:
+    """What a results file keeps of one input view's clustering (a `controls.compare` report of the agreement
+    statistics): {"agreement": {head key: {"ari", "nmi", "study_ari", "study_nmi"}}, "target", "controls",
+    "directions"}, every head's agreement under its `controls.head_key`."""
+    target = report["target"]
+    rows = [{"layer": target["layer"], "head": target["head"],
+             **{name: target[name]["value"] for name in report["directions"]}}, *report["controls"]]
+    agreement = {head_key(row["layer"], row["head"]): {name: row[name] for name in report["directions"]}
+                 for row in rows}
+    return {"agreement": agreement, **report}
+
+
 def partition_record(part: Mapping, labels: Sequence[str], category_of: np.ndarray,
                      category_names: Sequence[str]) -> dict:
     """What a results file keeps of one graph and its partition: sizes, self-loops, modularity, agreement with
@@ -145,9 +330,48 @@ def feature_map_record(scores: Tensor, features: Tensor, labels: Sequence[str], 
             "top_pairs": pairs, "top_pairs_same_category": same / max(len(pairs), 1)}
 
 
-def precision_null(value: float, n_shuffles: int) -> dict:
-    """The results record of the precision's shuffled-label null for the target: its value and what it says."""
-    return {"precision_shuffled": value,
+def k_verdict_record(choice: KChoice) -> dict:
+    """The k the precision's verdict uses (`sae.precision.choose_k`), the SAE's active count it was decided from, and
+    the rule, in words."""
+    why = (f"the study's k = {choice.study_k}: the SAE has at least {choice.study_k} non-zero codes at the median "
+           "position of the keyword samples" if choice.reason == "study_k" else
+           f"the SAE's own active count: it has {choice.active_count} non-zero codes at the median position of the "
+           f"keyword samples, fewer than the study's k = {choice.study_k}, so a larger k would count features "
+           "that are not active")
+    return {"k": choice.k, "active_count": choice.active_count, "study_k": choice.study_k,
+            "rule": f"k = {choice.study_k} if the median active count >= {choice.study_k}, else the median active "
+                    f"count; here {why}"}
+
+
+def _interval(curve: Mapping[str, Interval], name: str, k: int, head: int) -> dict:
+    part = curve[name]
+    return {"value": float(part.value[k, head]), "low": float(part.low[k, head]), "high": float(part.high[k, head])}
+
+
+def precision_curve_record(curve: Mapping[str, Interval], ks: Sequence[int], layer: int, target: int) -> dict:
+    """`sae.precision.precision_curve` as results, keyed "k=<k>": the target's precision, its null and their
+    difference, each {value, low, high}; the strongest control at that k (the other head of the layer with the
+    highest precision, ties to the lower head); every head of the layer by key ({value, low, high, null})."""
+    out = {}
+    for i, k in enumerate(ks):
+        heads = range(curve["precision"].value.shape[1])
+        by_head = {head_key(layer, h): {**_interval(curve, "precision", i, h), "null": _interval(curve, "null", i, h)}
+                   for h in heads}
+        others = [h for h in heads if h != target]
+        rival = max(others, key=lambda h: (float(curve["precision"].value[i, h]), -h)) if others else None
+        out[f"k={k}"] = {"k": k, "target": _interval(curve, "precision", i, target),
+                         "null": _interval(curve, "null", i, target),
+                         "target_minus_null": _interval(curve, "minus_null", i, target),
+                         "strongest_control": None if rival is None else {
+                             "layer": layer, "head": rival, **_interval(curve, "precision", i, rival)},
+                         "by_head": by_head}
+    return out
+
+
+def precision_null(value: float, k: int, difference: Mapping, n_shuffles: int) -> dict:
+    """The results record of the precision's shuffled-label null for the target at the verdict's k: its value, the
+    target minus it with its CI over keyword samples (`sae.precision.above_null`), and what it says."""
+    return {"precision_shuffled": value, "k": k, "target_minus_null": dict(difference),
             "says": "the study's precision with the predicted features' labels permuted (a random permutation of "
                     f"the SAE's feature ids per sample, {n_shuffles} draws, mean): the chance level of "
                     "TP / (TP + FP) for this head, these samples and this SAE"}

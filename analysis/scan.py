@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from analysis import prompts, scores
+from analysis import prompts, properties, scores
 from analysis.patterns import all_patterns, all_patterns_and_scores, flatten_heads
 
 
@@ -82,14 +83,19 @@ REPORT_SEED_OFFSET = 1000  # the report prompt set's seed is the selection seed 
 
 def semantic_survey(model: HookedTransformer, n_prompts: int = 64, n_words: int = 64, seed: int = 0,
                     categories: Mapping[str, Sequence[str]] = prompts.STUDY_CATEGORIES) -> dict[str, Tensor]:
-    """Per-prompt S and companions of every head, each `[batch, layer, head]`, on category prompts.
+    """Per-prompt S and companions of every head, each `[batch, layer, head]`, on category prompts, and the two
+    properties' in-context statistics (self_vs_partners, partners_vs_others: `properties.in_context_units`).
 
     S is exact and uncapped: the pass that collects the patterns also collects the pre-softmax
     scores (`scores.masked_log_mass`).
     """
     tokens, mask = prompts.category_probe(model, categories, n_prompts, n_words, seed)
     pattern, attn_scores = (flatten_heads(t) for t in all_patterns_and_scores(model, tokens))
-    return {k: _per_head(model, v) for k, v in scores.semantic_scores(pattern, tokens, mask, attn_scores).items()}
+    partner = mask.clone()
+    partner[:, :, 0] = 0  # the semantic mask without its BOS fallback: the earlier, different category-mates
+    survey = scores.semantic_scores(pattern, tokens, mask, attn_scores)
+    survey |= properties.in_context_units(attn_scores, tokens, partner, scores.same_word_mask(tokens))
+    return {k: _per_head(model, v) for k, v in survey.items()}
 
 
 def shared_prompts(a: Tensor, b: Tensor) -> int:
@@ -114,6 +120,21 @@ def held_out_survey(model: HookedTransformer, n_prompts: int = 64, n_words: int 
                               for s in seeds.values()))
     return {**{name: semantic_survey(model, n_prompts, n_words, s, categories) for name, s in seeds.items()},
             "seeds": seeds, "shared_prompts": shared}
+
+
+def study_design_survey(model: HookedTransformer, probe: prompts.Probe, batch_size: int = 8) -> Tensor:
+    """The study's S of every head on each prompt of `probe` (`prompts.study_design_probe`), `[batch, layer,
+    head]`: mean over every row, BOS included, of -ln(max(sum_k A[q,k] M[q,k], 1e-12)) (`scores.study_surprisal`).
+
+    Patterns are collected `batch_size` prompts at a time, so a long prompt (the study's 256 tokens) on a large
+    model keeps memory at batch_size x heads x T^2 floats.
+    """
+    tokens, mask = probe
+    per_prompt = []
+    for start in range(0, tokens.shape[0], batch_size):
+        pattern = flatten_heads(all_patterns(model, tokens[start:start + batch_size], batch_size))
+        per_prompt.append(_per_head(model, scores.study_surprisal(pattern, mask[start:start + batch_size])))
+    return torch.cat(per_prompt)
 
 
 def best_semantic_head(model: HookedTransformer, seed: int = 0,

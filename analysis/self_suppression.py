@@ -8,25 +8,36 @@ positive eigenvalues. The statistics here are measured on the head's inputs for 
 
     s(i, j) = x_i W_Q W_K^T x_j^T / scale        (`attention.attention_scores`, no biases)
 
-and each says something a head that attends to its category but not to itself must show:
+and each is a `controls.Sample` over the words (so a comparison between heads gets a CI) unless
+it is of the weights alone:
 
     self_score            mean_i s(i, i), split over W_sym's eigenpairs into its positive- and
                           negative-eigenvalue parts (`qk_decomposition.self_score_parts`)
     margin                mean_i [s(i, i) - mean_{j in cat(i), j != i} s(i, j)]: self against
                           same-category partners (negative for a self-suppressing head)
     margin_normalised     margin / std of the off-diagonal scores: comparable across heads of
-                          different norm
+                          different norm (undefined for a head whose scores are constant)
     below_partners_share  share of words whose self-score is below every partner's score
+    category_attraction   mean_i [mean partner score - mean score of every other word]
     top{k}_negative_share share of the (summed) negative part of the self-scores carried by the
-                          k most negative eigencomponents of W_sym
+                          k most negative eigencomponents of W_sym (a ratio of sums: descriptive)
 
-Nulls: the margin with category labels permuted across the same words (`shuffled_margins`; its
-z-score against them, margin_shuffled_z, is -(true partners' mean score - random words') / std: it
-tests the category half of the claim, and a head that attends to its category *including* itself
-scores as well on it),
-and the statistics on Gaussian inputs with the same mean and covariance as the words but no
-token identity (`gaussian_like`). For such inputs E[s(i, i)] - E[s(i, j)] = tr(W Σ) / scale:
-whatever a head gives there, it gives without knowing which token is which.
+One null per question, each named for what it rules out:
+
+    self_vs_random_words  the margin with the category labels shuffled, in closed form: the mean of
+                          s(i, i) - mean_{j != i} s(i, j) = n/(n - 1) tr(W Σ)/scale exactly
+                          (`properties.trace_term`). Since margin = self_vs_random_words -
+                          category_attraction (word by word), a margin below this null shows category
+                          attraction and nothing else. (Gaussian inputs with the words' mean and
+                          covariance have the same expected margin, so they are not a second null.)
+    below_partners_null   the share below every partner for Gaussian inputs with the words' mean and
+                          covariance but no token identity, with the *real* labels (the same category
+                          sizes), over repeated draws (`below_partners_null`): what the first two
+                          moments of the inputs give without any word being itself.
+
+The mean self-score has no such null: E[y W y^T] = μ W μ^T + tr(W Σ) for any inputs y with mean μ
+and covariance Σ, so Gaussian inputs with the words' moments reproduce it by algebra. Self-avoidance
+and category attraction are decided per head by `analysis.properties`.
 
 Only n x n scores over the n category words are formed (n is tens), never the vocabulary.
 
@@ -47,26 +58,16 @@ from transformer_lens import HookedTransformer
 
 from analysis import qk_decomposition as qk
 from analysis.attention import QKHead, attention_scores, qk_head
-from analysis.controls import Head, head_key
+from analysis.controls import Head, Sample, Statistic, Undefined, head_key
+from analysis.properties import partner_mask, trace_term, unit_margins
 from analysis.qk_decomposition import Spectrum, most_negative, self_score_parts, spectrum_summary, symmetric_spectrum
 from analysis.prompts import CategoryWords, Probe
 from analysis.qk_decomposition import RankGrid
-from analysis.qk_edits import in_context_edits
-from analysis.token_maps import block_means, token_inputs
+from analysis.qk_edits import in_context_edit_units
+from analysis.token_maps import InputOptions, token_inputs
 
-
-def partner_mask(category: Tensor) -> Tensor:
-    """`[n, n]` bool: j is a partner of i (same category, j != i)."""
-    same = category[:, None] == category[None, :]
-    return same & ~torch.eye(len(category), dtype=torch.bool, device=category.device)
-
-
-def partner_margins(scores: Tensor, category: Tensor) -> Tensor:
-    """`[n]`: margin_i = s(i, i) - mean_{j in cat(i), j != i} s(i, j); NaN for a word without partners."""
-    partners = partner_mask(category).to(scores.dtype)
-    n_partners = partners.sum(-1)
-    partner_mean = (scores * partners).sum(-1) / n_partners  # NaN (0/0) where no partner
-    return scores.diagonal() - partner_mean
+WORD = "category word"  # the sampling unit of every input statistic
+CONSTANT_SCORES = "the head's scores are the same for every pair of words: no spread to normalise by"
 
 
 def below_partners(scores: Tensor, category: Tensor) -> Tensor:
@@ -82,24 +83,14 @@ def off_diagonal_std(scores: Tensor) -> float:
     return float(scores[~eye].std())
 
 
-def negative_share_top_k(x: Tensor, spectrum: Spectrum, scale: float, k: int) -> float:
+def negative_share_top_k(x: Tensor, spectrum: Spectrum, scale: float, k: int) -> Statistic:
     """sum_i sum_{m in K} λ_m (v_m . x_i)^2 / sum_i sum_{λ_m < 0} λ_m (v_m . x_i)^2, K the k most negative
-    eigenvalues of W_sym: how much of the inputs' negative self-score part k components carry (1 if none)."""
+    eigenvalues of W_sym: how much of the inputs' negative self-score part k components carry (undefined if none)."""
     terms = spectrum.values * (x @ spectrum.vectors) ** 2 / scale  # (n, 2 d_head)
     negative = terms.clamp_max(0).sum()
     if negative == 0:
-        return float("nan")
+        return Undefined("W_sym gives these inputs no negative self-score part")
     return float(terms[:, most_negative(spectrum.values, k)].sum() / negative)
-
-
-def shuffled_margins(scores: Tensor, category: Tensor, n_permutations: int, seed: int) -> Tensor:
-    """`[n_permutations]`: the mean partner margin with the category labels permuted across the words."""
-    generator = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n_permutations):
-        permuted = category[torch.randperm(len(category), generator=generator)]
-        out.append(partner_margins(scores, permuted).nanmean())
-    return torch.stack(out)
 
 
 def gaussian_like(x: Tensor, n_samples: int, seed: int) -> Tensor:
@@ -114,79 +105,81 @@ def gaussian_like(x: Tensor, n_samples: int, seed: int) -> Tensor:
     return mu + g @ (x - mu) / (len(x) - 1) ** 0.5
 
 
+def below_partners_null(x: Tensor, category: Tensor, qk: QKHead, n_repeats: int, seed: int) -> Tensor:
+    """`[n_repeats]`: the share of words below every partner when the n words are replaced by n Gaussian draws
+    with their mean and covariance (`gaussian_like`, seed + r for repeat r), keeping the real labels `category`
+    (so every category keeps its size and each word its 1-5 partners, not the hundreds that tiling labels over
+    many draws would give)."""
+    shares = [below_partners(attention_scores(y, y, qk), category).double().mean()
+              for y in (gaussian_like(x, len(x), seed + r) for r in range(n_repeats))]
+    return torch.stack(shares)
+
+
 TOP_KS = (1, 4, 16)  # the k of the top{k}_negative_share statistics
 
 
 def input_statistics(x: Tensor, category: Tensor, qk: QKHead, spectrum: Spectrum | None = None,
-                     ks: Sequence[int] = TOP_KS) -> dict[str, float]:
-    """Every statistic of the module docstring for the head `qk` on inputs `x: [n, d]` with labels `category: [n]`
-    (`spectrum`: the head's, `qk_decomposition.symmetric_spectrum`, computed here unless given)."""
+                     ks: Sequence[int] = TOP_KS) -> dict[str, Statistic]:
+    """Every input statistic of the module docstring for the head `qk` on inputs `x: [n, d]` with labels
+    `category: [n]` (`spectrum`: the head's, `qk_decomposition.symmetric_spectrum`, computed here unless given)."""
     spectrum = symmetric_spectrum(qk) if spectrum is None else spectrum
-    scale = qk.scale
     scores = attention_scores(x, x, qk)  # (n, n)
-    positive, negative = self_score_parts(x, spectrum, scale)
-    margin = float(partner_margins(scores, category).nanmean())
-    return {"self_score": float(scores.diagonal().mean()), "self_positive_part": float(positive.mean()),
-            "self_negative_part": float(negative.mean()), "margin": margin,
-            "margin_normalised": margin / off_diagonal_std(scores),
-            "below_partners_share": float(below_partners(scores, category).double().mean()),
-            **{f"top{k}_negative_share": negative_share_top_k(x, spectrum, scale, k) for k in ks}}
+    positive, negative = self_score_parts(x, spectrum, qk.scale)
+    margins = unit_margins(scores, category)
+    spread = off_diagonal_std(scores)
+    margin = margins["self_vs_partners"]
+    return {"self_score": Sample(scores.diagonal(), WORD), "self_positive_part": Sample(positive, WORD),
+            "self_negative_part": Sample(negative, WORD), "margin": Sample(margin, WORD),
+            "margin_normalised": Sample(margin / spread, WORD) if spread > 0 else Undefined(CONSTANT_SCORES),
+            "below_partners_share": Sample(below_partners(scores, category).double(), WORD),
+            "category_attraction": Sample(margins["partners_vs_others"], WORD),
+            **{f"top{k}_negative_share": negative_share_top_k(x, spectrum, qk.scale, k) for k in ks}}
 
 
-def head_statistics(x: Tensor, category: Tensor, qk: QKHead, seed: int, n_permutations: int = 200,
-                    n_gaussian: int = 2048) -> dict[str, float]:
-    """Weight-space spectrum statistics, `input_statistics` (top{k}_negative_share for k in `TOP_KS`) and both
-    nulls for the head `qk`.
-
-    Keys: n_negative_eigenvalues, negative_eigenvalue_share, trace (of W_sym, weights alone); the
-    input statistics; margin_shuffled_mean / _q05 (labels permuted) and margin_shuffled_z = (margin -
-    mean) / std over the permutations, a scale-free distance from the null;
-    gaussian_<statistic> for self_score, self_negative_part, margin, margin_normalised and
-    below_partners_share (labels tiled over Gaussian inputs with the words' mean and covariance).
-    """
+def head_statistics(x: Tensor, category: Tensor, qk: QKHead, seed: int, n_repeats: int = 200) -> dict[str, Statistic]:
+    """Weight-space spectrum statistics (n_negative_eigenvalues, negative_eigenvalue_share, trace: weights alone),
+    `input_statistics`, and the nulls of the module docstring for the head `qk`: self_vs_random_words (the
+    closed-form shuffled-label margin) and below_partners_null_mean / _q95 over `n_repeats` Gaussian draws."""
     spectrum = symmetric_spectrum(qk)
     summary = spectrum_summary(spectrum.values)
-    stats = {"n_negative_eigenvalues": float(summary["n_negative"]),
-             "negative_eigenvalue_share": summary["negative_share"], "trace": summary["trace"],
-             **input_statistics(x, category, qk, spectrum)}
-    null = shuffled_margins(attention_scores(x, x, qk), category, n_permutations, seed)
-    stats |= {"margin_shuffled_mean": float(null.mean()), "margin_shuffled_q05": float(null.quantile(0.05)),
-              "margin_shuffled_z": (stats["margin"] - float(null.mean())) / float(null.std())}
-    y = gaussian_like(x, n_gaussian, seed)
-    labels = category[torch.arange(n_gaussian) % len(category)]
-    gauss = input_statistics(y, labels, qk, spectrum, ks=())
-    stats |= {f"gaussian_{name}": gauss[name] for name in
-              ("self_score", "self_negative_part", "margin", "margin_normalised", "below_partners_share")}
-    return stats
+    null = below_partners_null(x, category, qk, n_repeats, seed)
+    return {"n_negative_eigenvalues": float(summary["n_negative"]),
+            "negative_eigenvalue_share": summary["negative_share"], "trace": summary["trace"],
+            **input_statistics(x, category, qk, spectrum), "self_vs_random_words": trace_term(x, qk),
+            "below_partners_null_mean": float(null.mean()), "below_partners_null_q95": float(null.quantile(0.95))}
 
 
-# Which way each statistic lies for a self-suppressing head (rank 1 = most extreme that way).
+# Which way each statistic lies for a self-suppressing semantic head (rank 1 = most extreme that way).
 DIRECTIONS: dict[str, str] = {
     "n_negative_eigenvalues": "high", "negative_eigenvalue_share": "high", "trace": "low",
     "self_score": "low", "self_negative_part": "low", "margin": "low", "margin_normalised": "low",
-    "below_partners_share": "high", "margin_shuffled_z": "low",
+    "below_partners_share": "high", "category_attraction": "high", "self_vs_random_words": "low",
     **{f"top{k}_negative_share": "high" for k in TOP_KS},
 }
 
 
-def flags_self_suppression(stats: dict[str, float], share: float = 0.5) -> bool:
-    """A head is flagged when its self-score is below its partners' on average (margin < 0, beyond the
-    shuffled null's 5 % quantile when given) and below every partner for more than `share` of the words."""
-    below_null = stats["margin"] < stats.get("margin_shuffled_q05", 0.0)
-    return stats["margin"] < 0 and below_null and stats["below_partners_share"] > share
+def group_map_statistics(x: Tensor, group: Tensor, qk: QKHead, seed: int = 0, unit: str = "token"
+                         ) -> dict[str, Statistic]:
+    """On a token set with groups (e.g. the 30-token group set), per token i of the head's map
+    s = x W x^T / scale, each a `controls.Sample` over the tokens (`unit`):
 
+        self_minus_in_group_i  = s(i, i) - mean_{j in g(i), j != i} s(i, j)
+        in_minus_out_group_i   = mean_{j in g(i), j != i} s(i, j) - mean_{j not in g(i)} s(i, j)
 
-def group_map_statistics(x: Tensor, group: Tensor, qk: QKHead, seed: int = 0) -> dict[str, float]:
-    """On a token set with groups (e.g. the 30-token group set): `token_maps.block_means` of the head's map
-    s = x W x^T / scale (self_minus_in_group, in_minus_out_group) and the normalised partner margin and
-    below-partners share of `input_statistics`. `seed` is unused (the signature `every_head_statistics` calls)."""
+    and the normalised partner margin and below-partners share of `input_statistics`. With groups of equal
+    size the means of the first two are `token_maps.block_means`' differences. `seed` is unused (the
+    signature `every_head_statistics` calls)."""
     scores = attention_scores(x, x, qk)
-    blocks = block_means(scores, group)
-    margin = float(partner_margins(scores, group).nanmean())
-    return {"self_minus_in_group": blocks["self_minus_in_group"],
-            "in_minus_out_group": blocks["in_group"] - blocks["out_group"],
-            "margin_normalised": margin / off_diagonal_std(scores),
-            "below_partners_share": float(below_partners(scores, group).double().mean())}
+    margins = unit_margins(scores, group)
+    outside = (group[:, None] != group[None, :]).to(scores.dtype)
+    out_mean = (scores * outside).sum(-1) / outside.sum(-1)
+    in_mean = scores.diagonal() - margins["self_vs_partners"]
+    spread = off_diagonal_std(scores)
+    return {"self_minus_in_group": Sample(margins["self_vs_partners"], unit),
+            "in_minus_out_group": Sample(in_mean - out_mean, unit),
+            "margin_normalised": (Sample(margins["self_vs_partners"] / spread, unit) if spread > 0
+                                  else Undefined(CONSTANT_SCORES)),
+            "below_partners_share": Sample(below_partners(scores, group).double(), unit)}
 
 
 GROUP_MAP_DIRECTIONS: dict[str, str] = {"self_minus_in_group": "low", "in_minus_out_group": "high",
@@ -195,16 +188,18 @@ GROUP_MAP_DIRECTIONS: dict[str, str] = {"self_minus_in_group": "low", "in_minus_
 
 @torch.no_grad()
 def every_head_statistics(model: HookedTransformer, view: str, words: CategoryWords, seed: int,
-                          statistics: Callable[..., dict[str, float]] = head_statistics, progress: bool = True
-                          ) -> dict[tuple[int, int], dict[str, float]]:
+                          statistics: Callable[..., dict[str, Statistic]] = head_statistics,
+                          options: InputOptions = InputOptions(progress=True)) -> dict[Head, dict[str, Statistic]]:
     """`statistics(x, words.category, qk, seed)` for every head `qk` (`attention.qk_head`, no biases), x the layer's
-    inputs (`token_maps.token_inputs`, view `view`) of the words `words.ids: [n]`: one input computation per layer,
-    since a layer's heads share their inputs. Keyed (layer, head)."""
+    inputs (`token_maps.token_inputs`, view `view`, the "mean" view over `options.categories`' prompts) of the words
+    `words.ids: [n]`: one input computation per layer, since a layer's heads share their inputs. Keyed (layer, head);
+    `options.progress` draws a bar over the heads."""
     out = {}
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
-    with tqdm(total=n_layers * n_heads, desc="heads", disable=not progress) as bar:
+    quiet = replace(options, progress=False)
+    with tqdm(total=n_layers * n_heads, desc="heads", disable=not options.progress) as bar:
         for layer in range(n_layers):
-            x = token_inputs(model, layer, view, token_ids=words.ids, seed=seed).float().cpu()  # (n, d_model)
+            x = token_inputs(model, layer, view, words.ids, seed, quiet).float().cpu()  # (n, d_model)
             for head in range(n_heads):
                 out[(layer, head)] = statistics(x, words.category, qk_head(model, layer, head), seed)
                 bar.update()
@@ -238,8 +233,9 @@ def rank_grid(model: HookedTransformer, target: Head, E: Tensor, probe: Probe, g
     metrics are the self-rank summaries (accuracy@K for K in `grid.at`) of the query tokens `grid.queries`
     (`rank_queries`; default every token) among all keys of the vocabulary `E: [d_vocab, d_model]`
     (`qk.self_ranks_grid`, one batched pass over score blocks for every cell) and the self and partner mass on
-    `probe` (`qk_edits.in_context_edits`, one run up to the layer, every edited pattern from its cached input).
-    k is capped at the head's number of negative eigenvalues.
+    `probe` (`qk_edits.in_context_edit_units`, one run up to the layer, every edited pattern from its cached input).
+    k is capped at the head's number of negative eigenvalues. "units" keeps, per cell (scale 1 included), each query
+    token's self-rank and each prompt's self mass, for `rank_samples`.
     """
     layer, head = target
     own = qk_head(model, layer, head, bias=True)
@@ -249,12 +245,15 @@ def rank_grid(model: HookedTransformer, target: Head, E: Tensor, probe: Probe, g
     measured = sorted({float(s) for s in grid.scales} | {1.0})
     ranks = qk.self_ranks_grid(E, own, spectrum, replace(grid, ks=ks, scales=measured), progress)
     edited = {(k, s): qk.edited_head(own, spectrum, most_negative(spectrum.values, k), s) for k in ks for s in measured}
-    in_context = in_context_edits(model, probe, layer, edited)
+    in_context = in_context_edit_units(model, probe, layer, edited)  # per prompt
     metrics = {(k, s): {"k": k, "scale": s, **qk.rank_metrics(ranks[k, s], grid.at),
-                        "self_mass": in_context[k, s]["self_mass"], "partner_mass": in_context[k, s]["partner_mass"]}
+                        "self_mass": float(in_context[k, s]["self_mass"].nanmean()),
+                        "partner_mass": float(in_context[k, s]["partner_mass"].nanmean())}
                for k, s in edited}
+    units = {cell_key(k, float(s)): {"rank": ranks[k, s].double(), "self_mass": in_context[k, s]["self_mass"].double()}
+             for k, s in edited}
     cells = {cell_key(k, float(s)): metrics[k, float(s)] for k in ks for s in grid.scales}
-    return {"cells": cells, "unedited": metrics[ks[0], 1.0], "n_negative": n_negative, "ks": ks}
+    return {"cells": cells, "unedited": metrics[ks[0], 1.0], "n_negative": n_negative, "ks": ks, "units": units}
 
 
 def rank_statistics(grid: dict, best: dict) -> dict[str, float]:
@@ -276,13 +275,28 @@ def rank_statistics(grid: dict, best: dict) -> dict[str, float]:
             "best_self_mass_change": max(c["self_mass"] for c in cells.values()) - unedited["self_mass"]}
 
 
+def rank_samples(grid: dict, best: dict) -> dict[str, Sample]:
+    """The statistics of `RANK_DIRECTIONS` as `controls.Sample`s from a `rank_grid`'s units: mean_rank over the query
+    tokens (unedited), mean_rank_change per query token and self_mass_change per prompt (the cell of `best`, as
+    `rank_statistics` chooses it, minus unedited, on the same token or prompt)."""
+    cells, units = grid["cells"], grid["units"]
+    same_scale = [key for key, c in cells.items() if c["scale"] == best["scale"]]
+    at_best = next((key for key in same_scale if cells[key]["k"] == best["k"]),
+                   max(same_scale, key=lambda key: cells[key]["k"]))
+    unedited = units[cell_key(grid["ks"][0], 1.0)]
+    return {"mean_rank": Sample(unedited["rank"], "query token"),
+            "mean_rank_change": Sample(units[at_best]["rank"] - unedited["rank"], "query token"),
+            "self_mass_change": Sample(units[at_best]["self_mass"] - unedited["self_mass"], "prompt")}
+
+
 def best_cell_edit(model: HookedTransformer, target: Head, best: dict, E: Tensor, probe: Probe, grid: RankGrid
-                   ) -> dict[str, float]:
-    """One head unedited and with the edit of `best` (its k and scale): `rank_statistics` of the one-cell
-    `rank_grid` (`grid`'s query tokens and chunks), without the grid's best_ statistics (a single cell has no
-    best of its own)."""
+                   ) -> dict[str, Statistic]:
+    """One head unedited and with the edit of `best` (its k and scale): `rank_statistics` and `rank_samples` of the
+    one-cell `rank_grid` (`grid`'s query tokens and chunks), without the grid's best_ statistics (a single cell has
+    no best of its own)."""
     one_cell = replace(grid, ks=[best["k"]], scales=[best["scale"]], at=[1])
-    stats = rank_statistics(rank_grid(model, target, E, probe, one_cell), best)
+    own = rank_grid(model, target, E, probe, one_cell)
+    stats = rank_statistics(own, best) | rank_samples(own, best)
     return {key: value for key, value in stats.items() if not key.startswith("best_")}
 
 
@@ -312,18 +326,19 @@ def rank_ablation(model: HookedTransformer, heads: Sequence[Head], inputs_of: Ca
 
     `inputs_of(layer)` gives a layer's vocabulary inputs `E: [d_vocab, d_model]`. control_cells "grid":
     each control head gets the whole grid (`rank_statistics`, keys of RANK_DIRECTIONS and GRID_DIRECTIONS);
-    "best": only the target's best cell (`best_cell_edit`, RANK_DIRECTIONS). Returns {"grid", "best",
+    "best": only the target's best cell (`best_cell_edit`, RANK_DIRECTIONS). The statistics of RANK_DIRECTIONS are
+    `rank_samples` (paired over query tokens or prompts); the grid's best_ ones plain numbers. Returns {"grid", "best",
     "statistics": {(layer, head): stats}, "control_grids": {head_key: cells} (grid only), "directions"}.
     """
     (layer, head), controls, control_cells = heads[0], heads[1:], settings.control_cells
     grid = rank_grid(model, (layer, head), inputs_of(layer), probe, settings.grid, progress)
     best = best_cell(grid["cells"])
-    stats, control_grids = {(layer, head): rank_statistics(grid, best)}, {}
+    stats, control_grids = {(layer, head): rank_statistics(grid, best) | rank_samples(grid, best)}, {}
     for l, h in tqdm(controls, desc=f"control heads ({control_cells})", disable=not progress):
         if control_cells == "grid":
             own = rank_grid(model, (l, h), inputs_of(l), probe, settings.grid)
             control_grids[head_key(l, h)] = own["cells"]
-            stats[(l, h)] = rank_statistics(own, best)
+            stats[(l, h)] = rank_statistics(own, best) | rank_samples(own, best)
         else:
             stats[(l, h)] = best_cell_edit(model, (l, h), best, inputs_of(l), probe, settings.grid)
     directions = {**RANK_DIRECTIONS, **(GRID_DIRECTIONS if control_cells == "grid" else {})}

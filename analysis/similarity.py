@@ -29,6 +29,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from analysis.attention import QKHead, attention_scores, qk_head
+from analysis.controls import Sample
 from analysis.prompts import CategoryWords
 from analysis.vocab_input import head_input
 
@@ -167,11 +168,10 @@ def similarity_profile(inputs: Tensor, qk: QKHead, settings: ProfileSettings = P
 
 
 def category_contrast(diff: Tensor, cosine: Tensor, category: Tensor) -> dict[str, float]:
-    """d and cosine over pairs of category words; `diff, cosine: [n, n]` (row q, column k), `category: [n]`.
+    """d and cosine over pairs of category words, pooled; `diff, cosine: [n, n]` (row q, column k), `category: [n]`.
 
     mates are different words of the same category, others words of other categories. For each
-    group: mean d, the fraction of pairs with d > 0 (the key beats self) and the mean cosine; and
-    `mates_minus_others` = mates_mean - others_mean (> 0: the head prefers category-mates).
+    group: mean d, the fraction of pairs with d > 0 (the key beats self) and the mean cosine.
     """
     same = category[:, None] == category[None, :]
     different = ~torch.eye(len(category), dtype=torch.bool)
@@ -179,19 +179,44 @@ def category_contrast(diff: Tensor, cosine: Tensor, category: Tensor) -> dict[st
     for group, pairs in (("mates", same & different), ("others", ~same)):
         out |= {f"{group}_mean": float(diff[pairs].mean()), f"{group}_beat_self": float((diff[pairs] > 0).float().mean()),
                 f"{group}_cosine": float(cosine[pairs].mean()), f"{group}_pairs": int(pairs.sum())}
-    out["mates_minus_others"] = out["mates_mean"] - out["others_mean"]
     return out
 
 
-def category_pairs(inputs: Tensor, category: Tensor, qk: QKHead, unit: float = 1.0) -> dict[str, float]:
-    """`category_contrast` of `unit * d` of the head `qk` over every pair of `inputs: [n, d_model]`, words of
+def contrast_samples(diff: Tensor, category: Tensor) -> dict[str, Sample]:
+    """The category contrast per query word i (row i of `diff: [n, n]`), as `controls.Sample`s over the words:
+
+        mates_minus_others_i    = mean_{k mate of i} d(i, k) - mean_{k other} d(i, k)   (> 0: prefers its mates)
+        word_mates_beat_self_i  = share of i's mates k with d(i, k) > 0
+
+    (NaN for a word without a mate or without another category's word)."""
+    same = category[:, None] == category[None, :]
+    mates = (same & ~torch.eye(len(category), dtype=torch.bool)).to(diff.dtype)
+    others = (~same).to(diff.dtype)
+    mate_mean = (diff * mates).sum(-1) / mates.sum(-1)
+    other_mean = (diff * others).sum(-1) / others.sum(-1)
+    beat = ((diff > 0).to(diff.dtype) * mates).sum(-1) / mates.sum(-1)
+    return {"mates_minus_others": Sample(mate_mean - other_mean, "category word"),
+            "word_mates_beat_self": Sample(beat, "category word")}
+
+
+class CategoryContrast(NamedTuple):
+    """A head's contrast over the category words: pooled over pairs (`category_contrast`) and per word as Samples
+    (`contrast_samples`), for comparing heads."""
+
+    pooled: dict[str, float]
+    samples: dict[str, Sample]
+
+
+def category_pairs(inputs: Tensor, category: Tensor, qk: QKHead, unit: float = 1.0) -> CategoryContrast:
+    """The contrast of `unit * d` of the head `qk` over every pair of `inputs: [n, d_model]`, words of
     `category: [n]`."""
     diff = score_minus_self(inputs, torch.arange(len(inputs)), qk) * unit  # (n, n)
-    return category_contrast(diff, cosine_matrix(inputs, inputs), category)
+    return CategoryContrast(category_contrast(diff, cosine_matrix(inputs, inputs), category),
+                            contrast_samples(diff, category))
 
 
 def category_contrast_by_head(model, reference: Tensor, variant: str, words: CategoryWords, include_bias: bool = True,
-                              unit: float = 1.0) -> dict[tuple[int, int], dict[str, float]]:
+                              unit: float = 1.0) -> dict[tuple[int, int], CategoryContrast]:
     """`category_pairs` of every head of `model` (`attention.qk_head`, biases with `include_bias`) on the words
     `words.ids: [n]` of `words.category: [n]`: {(layer, head): contrast}. The head input (`vocab_input.head_input`,
     `variant` with the means of `reference`) is computed once per layer; cheap, since only the category words are

@@ -33,9 +33,10 @@ from transformer_lens import FactoredMatrix, HookedTransformer
 
 from analysis import scores
 from analysis.attention import QKHead, attention_scores, qk_head
+from analysis.controls import Sample, Statistic
 from analysis.patterns import layer_input
 from analysis.prompts import Probe
-from analysis.qk_edits import in_context_edits, pattern_from_input
+from analysis.qk_edits import in_context_edit_units, pattern_from_input
 
 Direction = Literal["suppress", "restore"]
 SIGN = {"suppress": 1.0, "restore": -1.0}
@@ -50,14 +51,17 @@ def steering_loss(self_mass: Tensor, partner_mass: Tensor, direction: Direction,
 
 def weight_change(before: QKHead, after: QKHead) -> dict[str, float]:
     """Relative Frobenius change of an edit `before` -> `after`: ||W_Q' - W_Q|| / ||W_Q||, the same for W_K and for
-    W_QK = W_Q W_K^T.
+    W_QK = W_Q W_K^T (NaN, undefined, where the unedited matrix is zero).
 
     W_QK' - W_QK = [W_Q', -W_Q][W_K', W_K]^T stays factored (no d_model x d_model product is formed).
     """
     W_Q, W_K, new_W_Q, new_W_K = before.W_Q, before.W_K, after.W_Q, after.W_K
     delta_QK = FactoredMatrix(torch.cat([new_W_Q, -W_Q], -1), torch.cat([new_W_K, W_K], -1).T)
-    return {"W_Q": float((new_W_Q - W_Q).norm() / W_Q.norm()), "W_K": float((new_W_K - W_K).norm() / W_K.norm()),
-            "W_QK": float(delta_QK.norm() / before.W.norm())}
+
+    def relative(change: Tensor, base: Tensor) -> float:
+        return float(change / base) if float(base) > 0 else float("nan")
+    return {"W_Q": relative((new_W_Q - W_Q).norm(), W_Q.norm()), "W_K": relative((new_W_K - W_K).norm(), W_K.norm()),
+            "W_QK": relative(delta_QK.norm(), before.W.norm())}
 
 
 def interpolate_at(curve: Sequence[Mapping[str, float]], key: str, value: float) -> dict | None:
@@ -82,8 +86,10 @@ def trace_step(qk: QKHead, eta: float) -> QKHead:
 
 
 def trace_eta(qk: QKHead, relative: float) -> float:
-    """The η whose step η W_Q W_Q^T has Frobenius norm `relative` * ||W_Q W_K^T|| (a model-independent size)."""
-    return relative * float(qk.W.norm() / FactoredMatrix(qk.W_Q, qk.W_Q.T).norm())
+    """The η whose step η W_Q W_Q^T has Frobenius norm `relative` * ||W_Q W_K^T|| (a model-independent size); 0 for
+    a head with W_Q = 0, whose step is zero whatever η."""
+    step_norm = float(FactoredMatrix(qk.W_Q, qk.W_Q.T).norm())
+    return relative * float(qk.W.norm()) / step_norm if step_norm > 0 else 0.0
 
 
 def head_masses(x: Tensor, probe: Probe, qk: QKHead) -> dict[str, Tensor]:
@@ -166,11 +172,13 @@ class HeadEdits:
     """One head's edits and what they did: `conditions[name]` the edited head ("before", each gradient direction,
     "trace <size>"), `metrics[name]` its semantic metrics on held-out prompts (plus partner_mass_change, the
     relative change of partner mass from "before"), `runs[name]` the edit's record (gradient: history;
-    trace: eta and size; both: relative_change)."""
+    trace: eta and size; both: relative_change); `units[name]` the metrics prompt by prompt (empty when not
+    measured), from which the statistics against control heads get their CIs."""
 
     conditions: dict[str, QKHead]
     metrics: dict[str, dict[str, float]]
     runs: dict[str, dict]
+    units: dict[str, dict[str, Tensor]] = field(default_factory=dict)  # name -> metric -> [n_prompts], as measured
 
 
 def trace_name(relative: float) -> str:
@@ -195,7 +203,7 @@ def steer_heads(model: HookedTransformer, heads: Sequence[Head], train: Probe, t
 
     The model runs once per layer on each prompt set: the training prompts' layer input serves every
     gradient step of the layer's heads, and every edit of the layer's heads is measured from one run
-    (`qk_edits.in_context_edits`, S exact).
+    (`qk_edits.in_context_edit_units`, S exact, prompt by prompt; `metrics` holds their means).
     """
     inputs: dict[int, Tensor] = {}  # layer -> the training prompts' layer input, (B, T, d_model)
     edits = {}
@@ -216,8 +224,9 @@ def steer_heads(model: HookedTransformer, heads: Sequence[Head], train: Probe, t
         edits[(layer, head)] = HeadEdits(conditions, {}, runs)
     for layer in dict.fromkeys(l for l, _ in heads):
         of_layer = {(hd, name): qk for hd, e in edits.items() if hd[0] == layer for name, qk in e.conditions.items()}
-        for (hd, name), m in in_context_edits(model, test, layer, of_layer).items():
-            edits[hd].metrics[name] = m
+        for (hd, name), units in in_context_edit_units(model, test, layer, of_layer).items():
+            edits[hd].units[name] = units
+            edits[hd].metrics[name] = {metric: float(values.nanmean()) for metric, values in units.items()}
     for e in edits.values():
         for m in e.metrics.values():
             m["partner_mass_change"] = m["partner_mass"] / e.metrics["before"]["partner_mass"] - 1
@@ -238,17 +247,27 @@ def matched_comparison(edits: HeadEdits, directions: Sequence[str]) -> dict[str,
                 "trace": interpolate_at(curve, "self_mass", metrics[d]["self_mass"])} for d in directions}
 
 
-def head_statistics(edits: HeadEdits) -> dict[str, float]:
+def head_statistics(edits: HeadEdits) -> dict[str, Statistic]:
     """The statistics of `STATISTIC_DIRECTIONS` for one head: self mass and BOS-when-no-partner mass before any
     edit, the self-mass gain of the largest trace step, and (with a "restore" run) restore's self-mass gain and
-    partner-mass change (after minus before)."""
-    before = edits.metrics["before"]
-    largest = largest_trace_step(edits.runs, edits.metrics)["metrics"]
-    stats = {"self_mass_before": before["self_mass"], "bos_no_partner_before": before["bos_mass_no_partner"],
-             "trace_self_gain": largest["self_mass"] - before["self_mass"]}
+    partner-mass change (after minus before on the same prompt).
+
+    With the edits measured prompt by prompt (`edits.units`), each is a `controls.Sample` over the prompts (the
+    masses before any edit on the logit scale); otherwise a plain number from the means."""
+    largest = largest_trace_step(edits.runs, edits.metrics)["name"]
+    pairs = {"self_mass_before": ("before", None, "self_mass"), "bos_no_partner_before": ("before", None,
+                                                                                         "bos_mass_no_partner"),
+             "trace_self_gain": (largest, "before", "self_mass")}
     if "restore" in edits.metrics:
-        stats["restore_self_gain"] = edits.metrics["restore"]["self_mass"] - before["self_mass"]
-        stats["restore_partner_change"] = edits.metrics["restore"]["partner_mass"] - before["partner_mass"]
+        pairs |= {"restore_self_gain": ("restore", "before", "self_mass"),
+                  "restore_partner_change": ("restore", "before", "partner_mass")}
+    stats: dict[str, Statistic] = {}
+    for name, (after, before, metric) in pairs.items():
+        if edits.units:
+            values = edits.units[after][metric] - (edits.units[before][metric] if before else 0.0)
+            stats[name] = Sample(values.double(), "prompt", scale="identity" if before else "logit")
+        else:
+            stats[name] = edits.metrics[after][metric] - (edits.metrics[before][metric] if before else 0.0)
     return stats
 
 

@@ -9,8 +9,16 @@ thing that varied were its identity:
     input(t) = LN1_L(x)
 
 `variant="mean"` uses means over a reference prompt set (positions after BOS; the default set
-is `prompts.reference_prompts(model, seed)`, the study's category prompts); `variant="zero"`
-sets c_pos and c_attn to zero (the zero-ablation view). Results record which variant they used. With TransformerLens's default
+is `prompts.reference_prompts(model, seed, categories=...)`, category prompts of the script's
+--categories); `variant="zero"` sets c_pos and c_attn to zero (the zero-ablation view);
+`variant="study"` is the original study's construction (`study_means`, its
+`get_vocab_attn1_input` generalised to layer L): the token-id sequence 0, 1, ..., n - 1
+(n = min(d_vocab, n_ctx), no BOS), c_pos the mean of W_pos over all n_ctx positions, and c_attn_l
+the mean over that sequence's positions of layer l's attention output, each earlier layer's
+output already replaced by its mean (the study's hooks, run on a layer-L head). A model without a
+positional embedding in its residual stream (rotary, alibi, shortformer: only
+`positional_embedding_type == "standard"` adds one) has no positional term: c_pos = 0 in every
+variant. Results record which variant they used. With TransformerLens's default
 processing the LayerNorm weights are folded into W_Q/W_K, so LN1 here only centres and scales.
 Everything is computed in chunks of the vocabulary (GPT-2's 50257 tokens fit in bounded
 memory) and cached on disk (`CACHE_DIR`), keyed by a hash of everything the result depends on:
@@ -38,7 +46,7 @@ from analysis import prompts
 from analysis.ids import model_id
 from analysis.infra.atomic import atomic_file
 
-Variant = Literal["mean", "zero"]
+Variant = Literal["mean", "zero", "study"]
 PROJECT = "semantic-head-replication"
 
 
@@ -52,14 +60,54 @@ def default_cache_dir() -> Path:
 CACHE_DIR = default_cache_dir()
 
 
+def has_positional_term(model: HookedTransformer) -> bool:
+    """Whether W_pos is added to the residual stream (TransformerLens's "standard" positional embedding); rotary,
+    alibi and shortformer models have no positional term in the residual."""
+    return model.cfg.positional_embedding_type == "standard"
+
+
 @torch.no_grad()
 def reference_means(model: HookedTransformer, layer: int, reference_tokens: Tensor) -> tuple[Tensor, list[Tensor]]:
-    """(c_pos: [d_model], [c_attn_l: [d_model] for l < layer]) averaged over batch and positions >= 1."""
-    names = {"hook_pos_embed"} | {f"blocks.{l}.hook_attn_out" for l in range(layer)}
+    """(c_pos: [d_model], [c_attn_l: [d_model] for l < layer]) averaged over batch and positions >= 1
+    (c_pos = 0 without a positional term)."""
+    positional = has_positional_term(model)
+    names = {f"blocks.{l}.hook_attn_out" for l in range(layer)} | ({"hook_pos_embed"} if positional else set())
     _, cache = model.run_with_cache(reference_tokens.to(model.cfg.device), names_filter=lambda n: n in names,
                                     stop_at_layer=max(layer, 1))
-    c_pos = cache["hook_pos_embed"][:, 1:].reshape(-1, model.cfg.d_model).mean(0)
-    c_attn = [cache[f"blocks.{l}.hook_attn_out"][:, 1:].reshape(-1, model.cfg.d_model).mean(0) for l in range(layer)]
+    d_model = model.cfg.d_model
+    c_pos = (cache["hook_pos_embed"][:, 1:].reshape(-1, d_model).mean(0) if positional
+             else torch.zeros(d_model, device=model.cfg.device))
+    c_attn = [cache[f"blocks.{l}.hook_attn_out"][:, 1:].reshape(-1, d_model).mean(0) for l in range(layer)]
+    return c_pos, c_attn
+
+
+def study_sequence(model: HookedTransformer) -> Tensor:
+    """`tokens: [1, n]`, the study's vocabulary prompt as layer 0's attention saw it: token ids 0, 1, ..., n - 1 with
+    n = min(d_vocab, n_ctx), no BOS (the study ran all 50,257 ids and cut attention 0's input to n_ctx = 1024)."""
+    return torch.arange(min(model.cfg.d_vocab, model.cfg.n_ctx))[None]
+
+
+@torch.no_grad()
+def study_means(model: HookedTransformer, layer: int) -> tuple[Tensor, list[Tensor]]:
+    """(c_pos: [d_model], [c_attn_l: [d_model] for l < layer]) as the study built them.
+
+    c_pos = mean_{p < n_ctx} W_pos[p] (0 without a positional term); on `study_sequence`, run with the positional
+    embedding replaced by c_pos, c_attn_l = mean over positions of layer l's attention output, which replaces that
+    output before layer l + 1 runs (so every later mean sees the earlier ones, as the study's hooks would).
+    """
+    device, d_model = model.cfg.device, model.cfg.d_model
+    c_pos = model.W_pos[:model.cfg.n_ctx].mean(0) if has_positional_term(model) else torch.zeros(d_model, device=device)
+    c_attn: list[Tensor] = []
+
+    def replace_by_mean(act: Tensor, hook) -> Tensor:
+        c_attn.append(act.mean((0, 1)))
+        return c_attn[-1].expand_as(act).clone()
+
+    hooks = [(f"blocks.{l}.hook_attn_out", replace_by_mean) for l in range(layer)]
+    if has_positional_term(model):
+        hooks.append(("hook_pos_embed", lambda act, hook: c_pos.expand_as(act).clone()))
+    if layer > 0:
+        model.run_with_hooks(study_sequence(model).to(device), fwd_hooks=hooks, stop_at_layer=layer)
     return c_pos, c_attn
 
 
@@ -80,11 +128,11 @@ def head_input(model: HookedTransformer, layer: int, reference_tokens: Tensor | 
     """`[n_tokens, d_model]`: the normalised input of layer `layer`'s attention for each token.
 
     `token_ids` defaults to the whole vocabulary. `reference_tokens: [batch, pos]` supplies the
-    means for `variant="mean"` (required then).
+    means for `variant="mean"` (required then); `variant="study"` takes its means from `study_means`.
     """
     chunk_size, progress = settings.chunk_size, settings.progress
-    if variant not in ("mean", "zero"):
-        raise ValueError(f"variant must be 'mean' or 'zero', got {variant!r}")
+    if variant not in ("mean", "zero", "study"):
+        raise ValueError(f"variant must be 'mean', 'zero' or 'study', got {variant!r}")
     if variant == "mean" and reference_tokens is None:
         raise ValueError("variant='mean' needs reference_tokens to average over")
     ids = torch.arange(model.cfg.d_vocab) if token_ids is None else token_ids.cpu()
@@ -96,6 +144,8 @@ def head_input(model: HookedTransformer, layer: int, reference_tokens: Tensor | 
     device = model.cfg.device
     if variant == "mean":
         c_pos, c_attn = reference_means(model, layer, reference_tokens)
+    elif variant == "study":
+        c_pos, c_attn = study_means(model, layer)
     else:
         c_pos, c_attn = torch.zeros(d_model, device=device), [torch.zeros(d_model, device=device)] * layer
     out = torch.empty(len(ids), d_model)
@@ -167,7 +217,8 @@ def context_head_input(model: HookedTransformer, layer: int, token_ids: Tensor |
 
 
 # The code that computes a cached input is part of its key: the cache outlives checkouts and commits.
-_CODE = hashlib.sha256("".join(inspect.getsource(f) for f in (reference_means, head_input)).encode()).hexdigest()
+_CODE = hashlib.sha256("".join(inspect.getsource(f) for f in (reference_means, study_means, study_sequence,
+                                                                       head_input)).encode()).hexdigest()
 
 
 def input_state_names(model: HookedTransformer, layer: int) -> list[str]:

@@ -4,8 +4,8 @@ Nodes: the --n-tokens most frequent tokens (default 3000; from results/<model>/t
 written by token_freq.py, or --frequencies), or the whole vocabulary when that is no larger (the
 organism), special tokens left out, plus every category word (--categories: the study's 8 by
 default). Each query keeps its --k best keys by the head's score x_q W x_k^T / attn_scale
-(W = W_Q W_K^T, no biases; inputs --input, default context: on the organism the mean-context view
-ranks keys far less faithfully, see the README), without self-loops unless --keep-self; edge weights are the scores min-max
+(W = W_Q W_K^T, no biases; inputs --input, default study: see "Input view" below), without self-loops unless
+--keep-self; edge weights are the scores min-max
 normalised over the kept edges. Leiden (--method modularity, or rbconfiguration with
 --resolution), seeded by --seed. Against the categories: adjusted Rand index and NMI over the
 category words.
@@ -13,6 +13,14 @@ Beside ours, the study's graph (`clustering.study_partition`, key "study_graph")
 key rows unscaled, the study's row shift, the top k per key row kept if positive, self-loops kept,
 Leiden with max_comm_size 512. Controls (keys directions / target / controls): ARI and NMI of both
 graphs ("high": a semantic head's graph follows the categories) for the heads of --controls.
+Input view (key "default_view_rule"), a rule fixed before any results were read: the default --input is the
+study's own construction of the vocabulary-level input ("study", `vocab_input.study_means`), because it is the
+like-for-like input of the study's clustering; it is not the view that scored best. Every view of
+`token_maps.INPUT_VIEWS` is reported beside it (key "views": per view, ARI/NMI of both graphs for the target and
+every control head, ranked with `controls.compare`); the "mean" view averages over prompts of --categories.
+Community counts (key "community_count"): Leiden's count grows with the number of nodes, so it compares with the
+study's only on a graph of the study's 3,000 frequency-chosen nodes (`clustering.community_count_comparison`);
+with fewer (the organism's whole vocabulary) the results say "not comparable" and why.
 Writes results/<model>/clustering.json (communities with members, sizes, modularity, ARI/NMI),
 figures/<model>/clustering.{pdf,png} and figures/<model>/clustering.html (interactive, offline).
 """
@@ -29,14 +37,18 @@ from analysis.attention import qk_head
 from analysis.frequency import check_frequency_csv, frequency_csv_path
 from analysis.heads import control_heads, load_target
 from analysis.plotting import graph_html, save_figure, target_vs_controls, use_style
-from analysis.token_maps import token_inputs
+from analysis.token_maps import INPUT_VIEWS, InputOptions, token_inputs
 
 NAME = "clustering"
+DEFAULT_VIEW = "study"
+DEFAULT_VIEW_RULE = ("the default input view is the study's own construction ('study'), fixed before results were "
+                     "read because it is the study's like-for-like input; every other view is reported beside it "
+                     "under 'views'")
 
 
 def build_parser():
     p = cli.parser(__doc__, target_head=True)
-    cli.add_input_argument(p, default="context")
+    cli.add_input_argument(p, default=DEFAULT_VIEW)
     cli.add_categories_argument(p)
     cli.add_controls_argument(p)
     p.add_argument("--n-tokens", type=cli.positive_int, default=3000,
@@ -65,20 +77,27 @@ def main(args) -> None:
     category_of = prompts.category_index(model.tokenizer, categories, model.cfg.d_vocab)[ids].numpy()
     nodes = torch.cat([torch.tensor([prompts.bos_token_id(model)]), ids])  # the study's nodes: BOS, then ours
     heads = [(layer, head), *control_heads(model, (layer, head), args.controls, args.seed)]
-    inputs = {l: token_inputs(model, l, args.input, token_ids=nodes, seed=args.seed)
-              for l in dict.fromkeys(h[0] for h in heads)}  # (1 + n, d_model) per layer
-    parts, stats = {}, {}
     settings = clustering.GraphSettings(args.k, args.keep_self, args.method, args.resolution, args.seed)
-    for l, h in heads:
-        parts[(l, h)] = clustering.head_partitions(inputs[l], qk_head(model, l, h), settings)
-        stats[(l, h)] = clustering.partition_agreement(parts[(l, h)], category_of)
-    report = controls.compare((layer, head), stats, clustering.AGREEMENT_DIRECTIONS)
+    views = {}  # every input view: both graphs of every head, their agreement and the ranking against the controls
+    for view in (args.input, *(v for v in INPUT_VIEWS if v != args.input)):
+        inputs = {l: token_inputs(model, l, view, token_ids=nodes, seed=args.seed, options=InputOptions(categories))
+                  for l in dict.fromkeys(h[0] for h in heads)}  # (1 + n, d_model) per layer
+        parts = {(l, h): clustering.head_partitions(inputs[l], qk_head(model, l, h), settings) for l, h in heads}
+        # ARI/NMI as Samples over the category words: a paired bootstrap CI of target minus strongest control
+        stats = {hd: clustering.agreement_samples(part, category_of) for hd, part in parts.items()}
+        views[view] = (parts, controls.compare((layer, head), stats, clustering.AGREEMENT_DIRECTIONS,
+                                               seed=args.seed))
+    parts, report = views[args.input]
+    n_ordinary = model.cfg.d_vocab - len(set(prompts.special_token_ids(model)))
     mine, theirs = parts[(layer, head)]["ours"], parts[(layer, head)]["study"]
     ours = records.partition_record(mine, labels, category_of, list(categories))
     ours.pop("n_self_loops")
     study = records.partition_record(theirs, ["<BOS>", *labels], np.concatenate([[-1], category_of]),
                                         list(categories))
-    results = {"head": {"layer": layer, "head": head}, "input": args.input, "k": args.k, "keep_self": args.keep_self,
+    results = {"head": {"layer": layer, "head": head}, "input": args.input, "default_view_rule": DEFAULT_VIEW_RULE,
+               "views": {view: records.view_record(view_report) for view, (_, view_report) in views.items()},
+               "community_count": clustering.community_count_comparison(min(args.n_tokens, n_ordinary)),
+               "k": args.k, "keep_self": args.keep_self,
                "categories": chosen,
                "method": args.method, "resolution": args.resolution, **ours,
                "study_graph": {**study, "printed_clusters": study["n_communities"] - 1,
@@ -105,6 +124,12 @@ def main(args) -> None:
           f"{study['n_communities']} communities; ARI {study['agreement']['ari']:.3f}, "
           f"NMI {study['agreement']['nmi']:.3f}")
     print("\n".join(records.comparison_lines(report)))
+    for view, (_, view_report) in views.items():
+        target = view_report["target"]
+        print(f"  {view} inputs: ARI {target['ari']['value']:.2f} (rank {target['ari']['rank']}/"
+              f"{target['ari']['n_ranked']}), study's graph ARI {target['study_ari']['value']:.2f} "
+              f"(rank {target['study_ari']['rank']}/{target['study_ari']['n_ranked']})")
+    print(f"community count: {results['community_count']['reason']}")
     for community in ours["communities"][:12]:
         tag = f" [{community['category']} {community['purity']:.0%}]" if "category" in community else ""
         print(f"  {community['size']:4d}{tag}: {', '.join(map(repr, community['members'][:8]))}")

@@ -17,9 +17,13 @@ Two conventions, side by side (`ablation.CONVENTIONS`): ours ("ours_bos_kept": m
 positions >= 1, BOS left unablated, so the head's fall-back stays; `--ablate-bos` ablates BOS too)
 and the study's ("study_bos_ablated": mean over the batch and all positions, BOS included,
 written at every position, BOS included; mean mode only), as in the study's code. The study's convention
-is scored twice: with our S (`by_convention`) and with the study's own S (`study_way`: clamped at 1e-12,
-the BOS row counted in the mean, `scores.study_surprisal`), which is what its reported medians mean and
-what the replication table compares them with.
+is scored twice on our prompts: with our S (`by_convention`) and with the study's own S
+(`study_convention_our_prompts`: clamped at 1e-12, the BOS row counted in the mean, `scores.study_surprisal`).
+The study's way in full (`study_way`, what its reported medians mean and what the replication table compares
+them with) also takes the study's prompts: --study-prompts (128) prompts of --study-words (63) words from the
+keyword list of its figure-era code (`prompts.STUDY_FIGURE_CATEGORIES`, 4 categories; keywords the tokenizer
+lacks left out and recorded), its mask with the last row sent to BOS (`prompts.study_mask`), medians over prompts.
+The same run with our mask (`study_way_without_last_row_quirk`) shows what the last-row quirk alone does.
 
 Writes results/<model>/component_ablation.json (table and per-prompt scores) and
 figures/<model>/component_ablation.{pdf,png} (box plots).
@@ -29,7 +33,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from analysis import cli, io, prompts
+from analysis import cli, io, prompts, records
 from analysis.ablation import CONVENTIONS, AblationSettings, ablation_study, damage_share, summary_table
 from analysis.heads import target_head
 from analysis.models import load_model
@@ -51,6 +55,13 @@ def build_parser():
     cli.add_categories_argument(p)
     p.add_argument("--ablate-bos", action="store_true",
                    help="ablate at BOS too (default: BOS keeps its activations, so its role as fall-back stays)")
+    p.add_argument("--study-prompts", type=cli.positive_int, default=128,
+                   help="prompts of the study's way, its keyword list and mask (default: 128, the study's)")
+    p.add_argument("--study-words", type=cli.positive_int, default=63,
+                   help="words per prompt of the study's way, BOS not counted (default: 63, the study's)")
+    p.fits_context("--study-words", lambda n: 1 + n)
+    p.memory("--study-prompts or --study-words",
+             lambda a, s: cli.pattern_bytes(s, a.study_prompts, 1 + a.study_words, heads=1, copies=4))
     return p
 
 
@@ -83,6 +94,16 @@ def main(args) -> None:
     study_table = summary_table({"mean": study_way}, seed=args.seed)["mean"]
     study_scored = ablation_study(model, probe, layer, head, replace(theirs, score="study"))["mean"]  # and its own S
     study_scored_table = summary_table({"mean": study_scored}, seed=args.seed)["mean"]
+    # the study's way in full: its prompts (figure-era keywords, last row to BOS), its convention, its S
+    design = prompts.study_design_probe(model, args.study_prompts, args.study_words, args.seed)
+    full = ablation_study(model, design.probe, layer, head, replace(theirs, score="study"))["mean"]
+    full_table = summary_table({"mean": full}, seed=args.seed)["mean"]
+    # the same prompts with our mask (the last row keeps its partners): what the last-row quirk alone does
+    tokens = design.probe.tokens
+    unquirked = prompts.Probe(tokens, prompts.semantic_mask(tokens, prompts.category_index(
+        model.tokenizer, design.categories, model.cfg.d_vocab)))
+    no_quirk = ablation_study(model, unquirked, layer, head, replace(theirs, score="study"))["mean"]
+    no_quirk_table = summary_table({"mean": no_quirk}, seed=args.seed)["mean"]
 
     median = {mode: {condition: row["median"] for condition, row in rows.items()} for mode, rows in table.items()}
     token_vs_position = {mode: median[mode]["token_embedding"] - median[mode]["positional_embedding"]
@@ -100,8 +121,14 @@ def main(args) -> None:
         "by_convention": {("ours_bos_ablated" if args.ablate_bos else "ours_bos_kept"): table.get("mean"),
                           "study_bos_ablated": study_table},
         "study_per_prompt": study_way,
-        # the study's convention scored with the study's S (clamp 1e-12, BOS row in the mean): like for like
-        "study_way": study_scored_table,
+        # the study's convention scored with the study's S (clamp 1e-12, BOS row in the mean), on our prompts
+        "study_convention_our_prompts": study_scored_table,
+        # the study's way in full: its prompts and mask (last row to BOS), convention and S: like for like
+        "study_way": full_table,
+        "study_way_per_prompt": full,
+        # the study's way with our mask: its last row keeps its partners instead of falling back to BOS
+        "study_way_without_last_row_quirk": no_quirk_table,
+        "study_design": {**records.design_record(design, args.study_words, model.cfg.n_ctx), "seed": args.seed},
         "categories": category_record,
         "score": {"ours": "S exact and uncapped from pre-softmax scores, rows >= 1 (scores.semantic_surprisal)",
                   "study_way": "the study's S: mean over all rows of -ln(max(mass, 1e-12)) (scores.study_surprisal)"},
@@ -124,6 +151,10 @@ def main(args) -> None:
           + ", ".join(f"{c} {row['median']:.3f}" for c, row in study_table.items()))
     print("the same with the study's S (clamp 1e-12, BOS row counted): "
           + ", ".join(f"{c} {row['median']:.3f}" for c, row in study_scored_table.items()))
+    print(f"the study's way in full ({args.study_prompts} prompts of {design.n_words} words, its keyword list, "
+          "last row to BOS): " + ", ".join(f"{c} {row['median']:.3f}" for c, row in full_table.items()))
+    print("the same without the last-row quirk: "
+          + ", ".join(f"{c} {row['median']:.3f}" for c, row in no_quirk_table.items()))
     print("token embedding minus positional embedding (median): "
           + ", ".join(f"{mode} {d:+.3f}" for mode, d in token_vs_position.items()))
     print(f"results: {path}")

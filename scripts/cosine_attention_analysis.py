@@ -10,7 +10,7 @@ LayerNorm; --variant zero drops the two means) gives, for every ordered pair q !
 windowed means of d over cosine windows with 99% CIs (bootstrap over queries), the cosine from
 which similar-but-different keys beat self, and the peak. The category words (--categories: the
 study's 8 by default) give a direct check: d over category-mates versus words of other categories.
-The reference prompts whose means the head input adds stay `prompts.reference_prompts`. One example query
+The reference prompts whose means the head input adds are category prompts of --categories. One example query
 (--query, default " red") is drawn with its best keys labelled.
 
 Units: attention logits in nats (with the model's 1/attn_scale = 1/sqrt(d_head)); --units
@@ -20,12 +20,16 @@ Beside ours, the study's curve as its code defines it (`similarity.study_curve`,
 same tokens plus BOS, unscaled scores without biases, log-softmax over the keys, the diagonal
 subtracted column-wise (y = l(q,k) - l(k,k), which looks like a slip in the study's code but is what its
 curve shows; the row-wise reading is under "study_row"), 50 overlapping closed windows of 0.03 with
-self pairs included, in bits.
+self pairs included, in bits. The study's curve is also computed on the study's own head input (key
+"study_on_study_input": `vocab_input.study_means`, the token ids run in order as one prompt), like for like with
+the curve it reported.
 
-Controls: the category contrast (mates_minus_others = mean d over category-mates minus over other
-categories; mates_beat_self = share of mate pairs with d > 0; both "high" for a semantic head that
-prefers similar-but-different tokens) for every head (the category words only: cheap), ranked
-with `controls.compare` (keys directions / target / controls).
+Controls: the category contrast per category word (mates_minus_others = mean d over the word's
+category-mates minus over other categories' words; word_mates_beat_self = share of its mates with
+d > 0; both "high" for a semantic head that prefers similar-but-different tokens) for every head (the
+category words only: cheap), compared with `controls.compare` (a paired bootstrap CI over the words of
+target minus strongest control; keys directions / target / controls). `category_contrast` keeps the
+target's contrast pooled over pairs.
 
 Writes results/<model>/cosine_attention_analysis.json and figures/<model>/cosine_attention_analysis.{pdf,png}.
 """
@@ -46,7 +50,7 @@ from analysis.vocab_input import InputSettings, head_input
 
 NAME = "cosine_attention_analysis"
 DEFAULT_TOKENS = 8192
-DIRECTIONS = {"mates_minus_others": "high", "mates_beat_self": "high"}
+DIRECTIONS = {"mates_minus_others": "high", "word_mates_beat_self": "high"}
 
 
 def build_parser():
@@ -82,7 +86,8 @@ def main(args) -> None:
     ids, chosen = ordinary_or_frequent_ids(model.cfg.d_vocab, prompts.special_token_ids(model), args.n_tokens
                                            or DEFAULT_TOKENS, args.freq_csv or frequency_csv_path(args.out, args.model))
 
-    reference = prompts.reference_prompts(model, args.seed)
+    categories, category_record = cli.chosen_categories(args)
+    reference = prompts.reference_prompts(model, args.seed, categories=categories)
     inputs = head_input(model, layer, reference, args.variant, ids, InputSettings(progress=True))  # (N, d_model)
     qk = qk_head(model, layer, head, bias=not args.no_bias)
     unit = similarity.score_unit(args.units, qk.scale)
@@ -91,18 +96,20 @@ def main(args) -> None:
     profile = similarity.similarity_profile(inputs, qk, settings, progress=True)
 
     # Category words (wherever they rank in frequency): mates against other categories, for every head.
-    categories, category_record = cli.chosen_categories(args)
     category_of = prompts.category_index(model.tokenizer, categories, model.cfg.d_vocab)
     words = similarity.category_words(category_of)  # (ids, category), each [n]
     stats = similarity.category_contrast_by_head(model, reference, args.variant, words, include_bias=not args.no_bias,
                                                  unit=unit)  # every head
-    report = controls.compare((layer, head), {k: {n: v[n] for n in DIRECTIONS} for k, v in stats.items()}, DIRECTIONS)
+    report = controls.compare((layer, head), {k: v.samples for k, v in stats.items()}, DIRECTIONS, args.n_resamples,
+                              args.seed)
 
     # The study's curve, its definition: BOS among the tokens, unscaled, no biases, log-softmax, bits.
     bos = torch.tensor([prompts.bos_token_id(model)])
     study_inputs = torch.cat([head_input(model, layer, reference, args.variant, bos, InputSettings(use_cache=False)),
                               inputs])  # (1 + N, d_model)
     study = similarity.study_curves(study_inputs, qk, args.chunk_size, True)
+    on_study_input = head_input(model, layer, None, "study", torch.cat([bos, ids]), InputSettings(progress=True))
+    study["study_on_study_input"] = similarity.study_curves(on_study_input, qk, args.chunk_size, True)["study"]
 
     # The example query against every key of the set but itself.
     query_input = head_input(model, layer, reference, args.variant, torch.tensor([query_id]),
@@ -118,9 +125,10 @@ def main(args) -> None:
         **report,  # directions, target (layer, head and each statistic's rank), controls
         "settings": {"variant": args.variant, "biases_included": not args.no_bias, "units": unit_name, "scale": unit,
                      "tokens": chosen, "n_tokens": len(ids), "pairs": profile["pairs"], "window": args.window,
-                     "ci": "99% percentile bootstrap over queries", "reference": "prompts.reference_prompts"},
+                     "ci": "99% percentile bootstrap over queries",
+                     "reference": "prompts.reference_prompts over the categories"},
         **records.profile_record(profile),
-        "category_contrast": stats[(layer, head)], "categories": category_record,
+        "category_contrast": stats[(layer, head)].pooled, "categories": category_record,
         "example": {"query": args.query, "top_keys": example["top_keys"], "mates": example["mate_keys"]},
         **study,
     }

@@ -10,7 +10,16 @@ vocabulary when it is no larger), each against every key (E: --input, default me
   in context  the head's self mass on category prompts, the model run with W_{k,s} (biases kept)
 
 (The original study's precision@k was computed on rank vectors and is meaningless; it is not
-repeated here.) scale 1 is the unedited head.
+repeated here.) scale 1 is the unedited head. Every cell also keeps the mean self-rank on the study's scale,
+mean_rank_normalised = (mean rank - 1) / V in [0, 1) over the V = d_vocab keys (the study's ranks start at 0, over
+50,257 tokens). accuracy@K is left out where K >= V / 2, trivial there (key "acc_dropped": which K, and why).
+
+The study's way (key "study_edit"), at --study-cell (default k = 24, scale -2, the cell the study reported): the
+study's edit, not ours: torch.linalg.eig of the dense, non-symmetric W = W_Q W_K^T, the first d_head eigenpairs
+in the solver's order, unsorted, the first k eigenvalues times the scale, scores E U_Q diag(λ') U_K E^T
+(`qk_decomposition.study_edit_ranks`, ranked on the real part: torch refuses to argsort a complex tensor, and the
+results keep the imaginary share), for the target, unedited (scale 1 of those factors) and edited, raw and normalised,
+on --input ("unedited", "edited") and on the study's own input view ("unedited_study_input", "edited_study_input").
 
 Controls (--controls): the same statistics the claim rests on, for every control head. By default
 (--control-cells grid) each control head gets the whole grid, computed the same batched way as the
@@ -31,11 +40,13 @@ from __future__ import annotations
 import numpy as np
 
 from analysis import cli, controls, io, prompts, records
+from analysis import qk_decomposition as qk
+from analysis.attention import qk_head
 from analysis import self_suppression as ss
 from analysis.heads import control_heads, load_target
 from analysis.plotting import save_figure, target_vs_controls, use_style
 from analysis.qk_decomposition import RankGrid
-from analysis.token_maps import token_inputs
+from analysis.token_maps import InputOptions, token_inputs
 
 NAME = "eigenvalue_rank_ablation"
 
@@ -49,6 +60,9 @@ def build_parser():
                    help="factors for those eigenvalues; 1 = unedited (default: 1 0.5 0 -1 -2)")
     p.add_argument("--at", type=cli.positive_int, nargs="+", default=[1, 128, 1024],
                    help="K of accuracy@K (default: 1 128 1024)")
+    p.add_argument("--study-cell", type=float, nargs=2, default=[24, -2.0], metavar=("K", "SCALE"),
+                   help="the study's edit, done its way, at this k (capped at d_head) and scale (default: 24 -2, the "
+                        "cell the study reported)")
     p.add_argument("--n-prompts", type=cli.positive_int, default=16,
                    help="category prompts per cell for the self mass (default: 16)")
     p.add_argument("--n-words", type=cli.positive_int, default=64, help="words per category prompt (default: 64)")
@@ -76,28 +90,40 @@ def main(args) -> None:
 
     def layer_inputs(l: int):
         if l not in inputs:
-            inputs[l] = token_inputs(model, l, args.input, seed=args.seed, progress=True)
+            inputs[l] = token_inputs(model, l, args.input, seed=args.seed, options=InputOptions(categories, True))
         return inputs[l]
 
     heads = control_heads(model, (layer, head), args.controls, args.seed)
     queries = ss.rank_queries(model.cfg.d_vocab, args.rank_queries, args.seed)
-    settings = ss.RankAblation(RankGrid(args.ks, args.scales, args.at, args.chunk_size, queries), args.control_cells)
+    n_keys = model.cfg.d_vocab
+    dropped = qk.trivial_accuracy_ks(args.at, n_keys)  # accuracy@K with K >= V/2 says nothing
+    at = [K for K in args.at if str(K) not in dropped]
+    settings = ss.RankAblation(RankGrid(args.ks, args.scales, at, args.chunk_size, queries), args.control_cells)
     study = ss.rank_ablation(model, [(layer, head), *heads], layer_inputs, probe, settings, progress=True)
     grid, best = study["grid"], study["best"]
     cells, ks = grid["cells"], grid["ks"]
     base = cells.get(ss.cell_key(ks[0], 1.0))  # scale 1 edits nothing: every k alike (None if not in --scales)
+    study_cell = (min(int(args.study_cell[0]), model.cfg.d_head), args.study_cell[1])
+    own, study_input = qk_head(model, layer, head), token_inputs(model, layer, "study")
+    study_edit = records.study_edit_record(
+        {f"{name}{suffix}": qk.study_edit_ranks(E, own, cell, queries, args.chunk_size)
+         for name, cell in (("unedited", (0, 1.0)), ("edited", study_cell))
+         for suffix, E in (("", layer_inputs(layer)), ("_study_input", study_input))}, study_cell, n_keys)
     report = controls.compare((layer, head), study["statistics"], study["directions"])
     results = {"head": {"layer": layer, "head": head}, "input": args.input,
                "n_negative_eigenvalues": grid["n_negative"], "d_vocab": model.cfg.d_vocab, "ks": ks,
-               "scales": args.scales, "cells": cells, "best_cell": best,
-               **({"unedited_cell": base} if base else {}), "categories": category_record,
+               "scales": args.scales, "at": at, "acc_dropped": dropped,
+               "cells": records.normalised_cells(cells, n_keys), "best_cell": records.normalised_cell(best, n_keys),
+               **({"unedited_cell": records.normalised_cell(base, n_keys)} if base else {}),
+               "study_edit": study_edit, "categories": category_record,
                "control_cells": args.control_cells, **report, "separating": controls.separating(report),
-               "control_grids": study["control_grids"],
+               "control_grids": {key: records.normalised_cells(own, n_keys)
+                                 for key, own in study["control_grids"].items()},
                "rank_queries": {"n": model.cfg.d_vocab if queries is None else len(queries), "of": model.cfg.d_vocab,
                                 "sampled": queries is not None}}
     path = io.save_results(args.out, args.model, NAME, results,
                            io.Provenance(model.analysis_info, vars(args), args.seed))
-    save_figure(figure(list(cells.values()), ks, args, layer, head), args.out, args.model, NAME)
+    save_figure(figure(list(cells.values()), ks, at, args, (layer, head)), args.out, args.model, NAME)
     save_figure(target_vs_controls(report, title=f"{controls.head_key(layer, head)}: rank ablation against "
                                    f"{len(heads)} control heads ({args.control_cells})"), args.out, args.model,
                 f"{NAME}_controls")
@@ -106,19 +132,25 @@ def main(args) -> None:
         print(f"L{layer}H{head} unedited: mean self-rank {base['mean_rank']:.1f} of {model.cfg.d_vocab}, "
               f"MRR {base['mrr']:.3f}, self mass {base['self_mass']:.3f}")
     print(f"best cell k={best['k']}, scale {best['scale']:g}: mean self-rank {best['mean_rank']:.1f}, "
-          f"MRR {best['mrr']:.3f}, " + ", ".join(f"acc@{K} {best[f'acc@{K}']:.2f}" for K in args.at)
+          f"MRR {best['mrr']:.3f}, " + ", ".join(f"acc@{K} {best[f'acc@{K}']:.2f}" for K in at)
           + f", self mass {best['self_mass']:.3f}")
+    for K, why in dropped.items():
+        print(f"acc@{K} not reported: {why}")
+    edited = study_edit["edited"]
+    print(f"the study's edit (k={study_cell[0]}, scale {study_cell[1]:g}, solver order): mean self-rank "
+          f"{study_edit['unedited']['mean_rank']:.1f} unedited, {edited['mean_rank']:.1f} edited "
+          f"({edited['mean_rank_normalised']:.3f} of the vocabulary); imaginary share {edited['imaginary_share']:.2g}")
     print("\n".join(records.comparison_lines(report, prefix="against the controls, ")))
     print(f"results: {path}")
 
 
-def figure(cells, ks, args, layer, head):
+def figure(cells, ks, at, args, target):
     use_style()
     import matplotlib.pyplot as plt
     import seaborn as sns
 
     panels = [("mean_rank", "mean self-rank", "rocket"), ("mrr", "mean reciprocal rank", "rocket_r"),
-              *[(f"acc@{K}", f"accuracy@{K}", "rocket_r") for K in args.at],
+              *[(f"acc@{K}", f"accuracy@{K}", "rocket_r") for K in at],
               ("self_mass", "in-context self mass", "rocket_r")]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False)
     for ax, (key, title, cmap) in zip(axes[0], panels):
@@ -128,7 +160,7 @@ def figure(cells, ks, args, layer, head):
         sns.heatmap(grid, ax=ax, cmap=cmap, annot=True, **limits, fmt=".0f" if key == "mean_rank" else ".2f",
                     annot_kws={"fontsize": 6}, xticklabels=[f"{s:g}" for s in args.scales], yticklabels=ks, cbar=False)
         ax.set(title=title, xlabel="scale", ylabel="k most negative")
-    fig.suptitle(f"L{layer}H{head}: rescaling the most negative eigenvalues of W_sym ({args.input} inputs)")
+    fig.suptitle(f"L{target[0]}H{target[1]}: rescaling the most negative eigenvalues of W_sym ({args.input} inputs)")
     fig.tight_layout()
     return fig
 

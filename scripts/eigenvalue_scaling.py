@@ -14,28 +14,37 @@ W_skew stay: W_f = W + V_neg diag((f - 1) λ_neg) V_neg^T.
 Controls (--controls): the same factor sweep on every control head, and a targeted edit on each head:
 factor -1 on only the --targeted-k negative components that carry most of the group tokens' negative
 self-score (`qk_decomposition.self_suppressing_components`). For each head and edit, the change from the
-unedited head of self mass, partner mass, BOS mass when no partner and S ("edits"), and the self mass
-restored per unit of partner mass lost, Δself / (-Δpartner) (None when no partner mass is lost).
-Heads of one layer are edited together in one pass that reads only that layer's patterns.
+unedited head of self mass, partner mass, BOS mass when no partner and S, and of the self mass on the
+logit scale ("edits"). (Self mass gained per unit of partner mass lost is not reported: a row's mass is
+conserved, so it is near 1 for any such edit.) Heads of one layer are edited together in one pass that
+reads only that layer's patterns.
 Statistics and the direction a self-suppressing head predicts ("directions"): self_mass_change at
 factor -1 and 0 high (flipping the negative eigenvalues gives self-attention back), and the targeted
 edit's self_mass_change high. They are facts about specificity: the controls show whether the
-edit restores self-attention only in the target.
+edit restores self-attention only in the target. Each is a per-prompt gain (after minus before on
+the same prompt), compared with the strongest control by a paired bootstrap over prompts.
+
+The targeted edit is specific only at small k, so it is also run as a curve over k (--curve-ks, default
+1 2 4 8 16, capped at the target's negative eigenvalues), on every head, each k compared against the
+controls on the self mass gain and on its change on the logit scale (where gains near 1 are not squeezed):
+"targeted_curve" keeps each k's comparison, the k at which the target separates and the largest of them.
 
 Writes results/<model>/eigenvalue_scaling.json and figures/<model>/eigenvalue_scaling
-(maps) and eigenvalue_scaling_causal (masses against f).
+(maps), eigenvalue_scaling_causal (masses against f), eigenvalue_scaling_controls and
+eigenvalue_scaling_curve (the targeted edit over k, target against its strongest control).
 """
 
 from __future__ import annotations
 
-from analysis import cli, controls, io, prompts, qk_edits, scores
+from analysis import cli, controls, io, prompts, qk_edits, records, scores
 from analysis import qk_decomposition as qk
 from analysis.attention import attention_scores, qk_head
 from analysis.heads import control_heads, load_target
-from analysis.plotting import group_heatmaps, save_figure, target_vs_controls, use_style
-from analysis.token_maps import block_means, group_tokens, token_inputs
+from analysis.plotting import group_heatmaps, save_figure, target_curve, target_vs_controls, use_style
+from analysis.token_maps import InputOptions, block_means, group_tokens, token_inputs
 
 NAME = "eigenvalue_scaling"
+CURVE_STATISTICS = ("self_mass_change", "self_mass_log_odds_change")  # compared at each k of the targeted curve
 
 
 def build_parser():
@@ -50,6 +59,9 @@ def build_parser():
     p.fits_context("--n-words", lambda n: 1 + n)
     p.add_argument("--targeted-k", type=cli.positive_int, default=4,
                    help="negative components flipped by the targeted edit (default: 4)")
+    p.add_argument("--curve-ks", type=cli.positive_int, nargs="+", default=list(qk_edits.CURVE_KS),
+                   help="k of the targeted edit's curve, each capped at the target's negative eigenvalues "
+                        f"(default: {' '.join(map(str, qk_edits.CURVE_KS))})")
     cli.add_controls_argument(p)
     p.memory("--n-prompts or --n-words", lambda a, s: cli.pattern_bytes(s, a.n_prompts, 1 + a.n_words, heads=1))
     return p
@@ -61,8 +73,8 @@ def main(args) -> None:
     spectrum = qk.symmetric_spectrum(own)
     negative = qk.most_negative(spectrum.values)
     ids, labels, group, _ = group_tokens(model.tokenizer)
-    E = token_inputs(model, layer, args.input, token_ids=ids, seed=args.seed)
     categories, chosen = cli.chosen_categories(args)
+    E = token_inputs(model, layer, args.input, token_ids=ids, seed=args.seed, options=InputOptions(categories))
     probe = prompts.category_probe(model, categories, args.n_prompts, args.n_words, args.seed + 1)
 
     edited = {f: qk.edited_head(own, spectrum, negative, f) for f in args.factors}
@@ -72,16 +84,24 @@ def main(args) -> None:
     per_factor = [{"factor": f, "map": m, "block_means": block_means(m, group), "in_context": in_context[f]}
                   for f, m in zip(edited, maps)]
     heads = [(layer, head)] + control_heads(model, (layer, head), args.controls, args.seed)
-    inputs = {l: token_inputs(model, l, args.input, token_ids=ids, seed=args.seed) for l in {l for l, _ in heads}}
-    edits = qk_edits.edit_sweep(model, probe, qk_edits.eigenvalue_edits(
+    inputs = {l: token_inputs(model, l, args.input, token_ids=ids, seed=args.seed, options=InputOptions(categories))
+              for l in {l for l, _ in heads}}
+    ks = qk_edits.curve_ks(args.curve_ks, len(negative))
+    sweep = qk_edits.edit_sweep(model, probe, qk_edits.eigenvalue_edits(
         {hd: qk_head(model, *hd, bias=True) for hd in heads}, {hd: inputs[hd[0]] for hd in heads}, args.factors,
-        args.targeted_k))
-    report = controls.compare((layer, head), qk_edits.edit_statistics(edits),
-                              {f"{e}_self_mass_change": "high" for e in ("factor -1", "factor 0", "targeted")})
+        args.targeted_k, ks))
+    edits = qk_edits.edit_rows(sweep)
+    directions = {f"{e}_self_mass_change": "high" for e in ("factor -1", "factor 0", "targeted")}
+    edit_names = list(directions)  # the controls figure's panels; the curve has its own
+    points = {k: qk_edits.targeted_name(k) for k in ks}
+    directions |= {f"{name}_{stat}": "high" for name in points.values() for stat in CURVE_STATISTICS}
+    report = controls.compare((layer, head), qk_edits.edit_statistics(sweep), directions)
+    curve = {**records.curve_record(report, points, CURVE_STATISTICS), "n_negative": len(negative),
+             "asked": args.curve_ks, "capped_at": "the target's negative eigenvalues"}
     results = {"head": {"layer": layer, "head": head}, "input": args.input, "tokens": labels,
                "n_negative_eigenvalues": len(negative), "unedited_in_context": base,
                "factors": {f"{row['factor']:g}": row for row in per_factor},  # keyed "1", "0.5", "0", "-1"
-               "categories": chosen, "targeted_k": args.targeted_k,
+               "categories": chosen, "targeted_k": args.targeted_k, "targeted_curve": curve,
                **report, "target_edits": edits[(layer, head)],
                "edits": {controls.head_key(*hd): rows for hd, rows in edits.items()}}
     path = io.save_results(args.out, args.model, NAME, results,
@@ -92,8 +112,11 @@ def main(args) -> None:
     save_figure(fig, args.out, args.model, NAME)
     save_figure(causal_figure(per_factor, layer, head), args.out, args.model, f"{NAME}_causal")
     save_figure(target_vs_controls(report, f"L{layer}H{head} against {len(heads) - 1} control heads: "
-                                           "self mass restored by eigenvalue edits"),
+                                           "self mass restored by eigenvalue edits", names=edit_names),
                 args.out, args.model, f"{NAME}_controls")
+    save_figure(target_curve(curve, f"L{layer}H{head}", f"L{layer}H{head}: factor -1 on the k components carrying "
+                                                        "most negative self-score, against its strongest control"),
+                args.out, args.model, f"{NAME}_curve")
 
     print(f"L{layer}H{head}: {len(negative)} negative eigenvalues scaled; unedited self mass {base['self_mass']:.3f}")
     for row in per_factor:
@@ -104,9 +127,11 @@ def main(args) -> None:
     for hd, rows in edits.items():
         print(f"{controls.head_key(*hd):>6s}: self {rows['unedited']['self_mass']:.3f} -> "
               + ", ".join(f"{n} {rows[n]['self_mass']:.3f}" for n in rows if n != "unedited")
-              + f" | targeted: partner {rows['targeted']['partner_mass_change']:+.3f}, self per partner lost "
-              f"{rows['targeted']['self_per_partner_lost']} "
-              f"(untargeted -1: {rows['factor -1']['self_per_partner_lost']})")
+              + f" | targeted: partner {rows['targeted']['partner_mass_change']:+.3f}")
+    print("targeted edit over k (target vs strongest control):")
+    print("\n".join(records.curve_lines(curve)))
+    print("largest k at which the target separates: " + ", ".join(
+        f"{stat} {k}" for stat, k in curve["largest_separating_k"].items()))
     print(f"results: {path}")
 
 

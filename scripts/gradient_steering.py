@@ -29,7 +29,7 @@ from __future__ import annotations
 from analysis import cli, controls, io, prompts, records, scores, steering
 from analysis.heads import control_heads, load_target
 from analysis.plotting import save_figure, target_vs_controls, use_style
-from analysis.token_maps import token_inputs
+from analysis.token_maps import InputOptions, token_inputs
 
 NAME = "gradient_steering"
 
@@ -76,7 +76,8 @@ def main(args) -> None:
     report = controls.compare((layer, head), {hd: steering.head_statistics(e) for hd, e in per_head.items()},
                               steering.statistic_directions(args.directions))
 
-    E = token_inputs(model, layer, args.input, seed=args.seed, progress=True)  # (d_vocab, d_model)
+    E = token_inputs(model, layer, args.input, seed=args.seed,
+                     options=InputOptions(categories, True))  # (d_vocab, d_model)
     labels = model.tokenizer.batch_decode([[i] for i in range(model.cfg.d_vocab)])
     top_keys = steering.query_top_keys(E, query_id, edits.conditions, labels, args.top)
     results = {"head": {"layer": layer, "head": head}, "input": args.input, "mu": args.mu, "lam": args.lam,

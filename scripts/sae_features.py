@@ -18,17 +18,25 @@ with the direction a self-suppressing head predicts, self_minus_in_group (low: f
 below same-category features), in_minus_out_group (high: same-category features attract),
 margin_normalised (low) and below_partners_share (high: self below every same-category feature).
 The study's metric, for every head of layer L (the other heads are the controls): per-head precision
-of the top --precision-k features the head's QK circuit predicts for each query (decoder directions
-as keys) against the top --precision-k active at its most-attended key, TP / (TP + FP) with the
-keyword positions but the first as positives, on --precision-samples keyword samples (BOS + 19
-random tokens holding the category's words) per category of the study's five; mean over samples
-and categories. Direction: precision "high" (a head that attends to its category's features). Its null
-(`null`, and precision_shuffled per head): the same precision with the predicted features' labels
-shuffled (--precision-shuffles permutations per sample), which keeps each head's predictions but their
-identity; TP / (TP + FP) gives such a head about the keyword positions' share of positions, so only a
-precision above this null says the QK circuit predicts the active features. All statistics go through
-one `controls.compare` (`directions`, `target`, `controls`); the figure sae_features_controls shows each.
-Writes results/<model>/sae_features.json and figures/<model>/sae_features{,_controls}.{pdf,png}.
+of the top k features the head's QK circuit predicts for each query (decoder directions as keys)
+against the features active at its most-attended key, TP / (TP + FP) with the keyword positions but
+the first as positives, on --precision-samples keyword samples (BOS + 19 random tokens holding the
+category's words) per category of the study's five; mean over samples. A feature is active only where
+its code is non-zero: the active set at k is the top k codes that are > 0 (`sae.precision`). The
+SAE's active count (the median number of non-zero codes per position of the keyword samples) is
+measured first; the curve (`precision_curve`, keyed "k=1", "k=2", ...) runs over k = 1, 2, 4, ..., 32
+as far as that count allows, each k with its null and every head of the layer, with bootstrap CIs
+over keyword samples (--n-resamples); the verdict uses one k fixed by a rule before any precision is
+computed (`k_verdict`): the study's 32 where the SAE has at least 32 active features at the median
+position, else that active count. At that k, direction: precision "high" (a head that attends to its
+category's features). Its null (`null`, and precision_shuffled per head): the same precision with
+the predicted features' labels shuffled (--precision-shuffles permutations per sample), which keeps
+each head's predictions but their identity; TP / (TP + FP) gives such a head about the keyword
+positions' share of positions, so only a precision above this null (`null.target_minus_null`, a
+paired bootstrap CI over samples) says the QK circuit predicts the active features. All statistics
+go through one `controls.compare` (`directions`, `target`, `controls`); the figure
+sae_features_controls shows each, sae_features_precision the curve.
+Writes results/<model>/sae_features.json and figures/<model>/sae_features{,_controls,_precision}.{pdf,png}.
 Where no SAE can be had for the model (the default SAE is not available here, does not fit the
 model, or the default head sits in layer 0, which reads no residual stream after a block), the
 script says why, records `"sae": {"ran": false, "reason": ...}` with the head and exits 0 without
@@ -43,10 +51,9 @@ from analysis import cli, io, prompts, records
 from analysis.controls import compare, head_key, separating
 from analysis import self_suppression as ss
 from analysis.heads import load_target
-from analysis.plotting import group_heatmaps, save_figure, target_vs_controls
+from analysis.plotting import group_heatmaps, precision_curve, save_figure, target_vs_controls
+from analysis.sae import precision as sp
 from analysis.sae.features import feature_map, feature_map_statistics, name_features
-from analysis.sae.precision import (PRECISION_K, PRECISION_LENGTH, PRECISION_SHUFFLES, PrecisionSettings,
-                                    precision_by_category, precision_by_head)
 from analysis.sae.sources import GPT2_RELEASE, SAERequest, SAEUnavailable, sae_for_head
 
 NAME = "sae_features"
@@ -65,16 +72,16 @@ def build_parser():
                    help="category prompts for naming features (default: 64)")
     p.add_argument("--n-words", type=cli.positive_int, default=64, help="words per category prompt (default: 64)")
     p.add_argument("--top-pairs", type=cli.positive_int, default=20, help="feature pairs listed (default: 20)")
-    p.add_argument("--precision-k", type=cli.positive_int, default=PRECISION_K,
-                   help=f"features predicted and taken as active per position (default: {PRECISION_K})")
     p.add_argument("--precision-samples", type=cli.positive_int, default=64,
                    help="keyword samples per category for the precision (default: 64)")
-    p.add_argument("--precision-shuffles", type=cli.positive_int, default=PRECISION_SHUFFLES,
+    p.add_argument("--precision-shuffles", type=cli.positive_int, default=sp.PRECISION_SHUFFLES,
                    help="label permutations per sample of the precision's shuffled-feature null "
-                        f"(default: {PRECISION_SHUFFLES})")
+                        f"(default: {sp.PRECISION_SHUFFLES})")
+    p.add_argument("--n-resamples", type=cli.positive_int, default=1000,
+                   help="bootstrap resamples of the precision's CIs and comparisons (default: 1000)")
     cli.add_categories_argument(p)
     p.fits_context("--n-words", lambda n: 1 + n)
-    p.fits_context("--precision-samples", lambda n: PRECISION_LENGTH)
+    p.fits_context("--precision-samples", lambda n: sp.PRECISION_LENGTH)
     p.memory("--n-prompts or --n-words",
              lambda a, s: cli.pattern_bytes(s, a.n_prompts, 1 + a.n_words, heads=1, copies=2))
     return p
@@ -106,11 +113,20 @@ def main(args) -> None:
     results = {"head": {"layer": layer, "head": head}, "sae": source,
                **records.feature_map_record(scores, features, labels, group, list(categories), args.top_pairs),
                "categories": category_record}
-    counting = PrecisionSettings(args.precision_k, args.precision_shuffles, args.seed)
-    precision = precision_by_category(model, sae, layer, args.precision_samples, counting)
-    stats = feature_map_statistics(model, sae, features, group, layer, precision_by_head(precision))
-    report = compare((layer, head), stats, {**ss.GROUP_MAP_DIRECTIONS, "precision": "high"})
-    null = records.precision_null(stats[(layer, head)]["precision_shuffled"], args.precision_shuffles)
+    samples = sp.category_samples(model, args.precision_samples, args.seed)  # the k is fixed before any precision
+    choice = sp.choose_k(sp.sample_active_counts(model, sae, layer, samples))
+    ks = sp.curve_ks(choice)
+    per_category = sp.precision_by_category(model, sae, layer, samples,
+                                            sp.PrecisionSettings(ks, args.precision_shuffles, args.seed))
+    both, at = sp.pooled(per_category), ks.index(choice.k)
+    curve = sp.precision_curve(both, args.n_resamples, args.seed)
+    stats = feature_map_statistics(model, sae, features, group, layer, sp.precision_by_head(per_category, at))
+    report = compare((layer, head), stats, {**ss.GROUP_MAP_DIRECTIONS, "precision": "high"}, args.n_resamples,
+                     args.seed)
+    null = records.precision_null(stats[(layer, head)]["precision_shuffled"], choice.k,
+                                  sp.above_null(both, at, head, args.n_resamples), args.precision_shuffles)
+    results.update(k_verdict=records.k_verdict_record(choice),
+                   precision_curve=records.precision_curve_record(curve, ks, layer, head))
     results.update(report, separating=separating(report), null=null)
     path = io.save_results(args.out, args.model, NAME, results,
                            io.Provenance(model.analysis_info, vars(args), args.seed))
@@ -121,6 +137,9 @@ def main(args) -> None:
     save_figure(target_vs_controls(report, null={"precision": null["precision_shuffled"]},
                                    title=f"{head_key(layer, head)}'s SAE-feature statistics against every other head"),
                 args.out, args.model, f"{NAME}_controls")
+    save_figure(precision_curve(results["precision_curve"], head_key(layer, head), choice.k,
+                                title=f"the study's SAE precision against k (verdict at k = {choice.k})"),
+                args.out, args.model, f"{NAME}_precision")
 
     b, a = results["block_means"], results["self_avoidance"]
     print(f"SAE {hook}: {source['d_sae']} features, variance explained "
@@ -133,10 +152,17 @@ def main(args) -> None:
     for p in results["top_pairs"][:5]:
         print(f"  {p['query']} -> {p['key']}: {p['score']:+.2f}")
     t, c = results["target"]["precision"], results["target"]["precision"]["strongest_control"]
-    print(f"study's precision@{args.precision_k} (mean of {len(precision)} categories): L{layer}H{head} "
-          f"{t['value']:.3f}, rank {t['rank']} of {t['n_ranked']} heads of layer {layer}"
-          + (f"; strongest control L{c['layer']}H{c['head']} {c['value']:.3f}" if c else "")
-          + f"; shuffled-label null {null['precision_shuffled']:.3f}")
+    print(f"SAE active count {choice.active_count} (median non-zero codes per position); verdict at k = {choice.k}")
+    for key, entry in results["precision_curve"].items():
+        rival = entry["strongest_control"]
+        print(f"  precision@{key}: L{layer}H{head} {entry['target']['value']:.3f} "
+              f"[{entry['target']['low']:.3f}, {entry['target']['high']:.3f}], null {entry['null']['value']:.3f}"
+              + (f", strongest control L{rival['layer']}H{rival['head']} {rival['value']:.3f}" if rival else ""))
+    d = null["target_minus_null"]
+    print(f"study's precision@{choice.k}: L{layer}H{head} {t['value']:.3f}, rank {t['rank']} of {t['n_ranked']} heads "
+          f"of layer {layer}" + (f"; strongest control L{c['layer']}H{c['head']} {c['value']:.3f}" if c else "")
+          + f"; shuffled-label null {null['precision_shuffled']:.3f} (target minus null {d['value']:+.3f}, "
+          f"CI [{d['low']:.3f}, {d['high']:.3f}])")
     print("\n".join(records.comparison_lines(report)))
     print(f"separates from every other head: {', '.join(results['separating']) or 'none'}")
     print(f"results: {path}")

@@ -18,20 +18,26 @@ W leaves the biases out unless stated. Token inputs: --input (default: mean). Ca
 
 The count of negative eigenvalues is a fact, not evidence: W_sym = ½ [W_Q W_K] J [W_Q W_K]^T with
 J = [[0, I], [I, 0]] (d_head eigenvalues of each sign), so by Sylvester's law of inertia every head
-whose [W_Q W_K] has full rank has exactly d_head negative eigenvalues. Evidence that could fail is
+whose [W_Q W_K] has full rank has exactly d_head negative eigenvalues. Folding the biases in does not change
+that ([W_Q; b_Q] still has d_head columns), so the count with biases is labelled "forced" in the results. Evidence that could fail is
 measured on the head's inputs for the category words (`analysis.self_suppression`), for the target
 and, as controls, for every other head (weights and shared layer inputs make this cheap), each with
-the direction a self-suppressing head predicts (rank 1 = most extreme that way):
+the direction a self-suppressing head predicts and, for statistics over the words, a bootstrap CI of
+target minus strongest control (`analysis.controls.compare`):
 
   n_negative_eigenvalues (high), negative_eigenvalue_share (high), trace (low)   weights alone
   self_score, self_negative_part (low)       mean x^T W x / scale and its negative-eigenvalue part
   margin, margin_normalised (low)            self-score minus the mean score of same-category partners
   below_partners_share (high)                words scoring themselves below every partner
-  margin_shuffled_z (low)                    margin's z-score against category labels permuted
+  category_attraction (high)                 partners' mean score minus every other word's
+  self_vs_random_words (low)                 the margin's shuffled-label null, n/(n-1) tr(W Σ)/scale
   top{1,4,16}_negative_share (high)          negative self-score part carried by the k most negative components
 
-Nulls: shuffled labels (margin_shuffled_mean, _q05) and Gaussian inputs with the words' mean and
-covariance (gaussian_margin, ...), per head in `controls`, the target's in `null`.
+Nulls (`null`): self_vs_random_words, and below_partners_share for Gaussian inputs with the words' mean
+and covariance and the real category sizes (--n-null-draws draws); the mean self-score's "null" is an
+identity, recorded as such. The two properties (`properties`): self-avoidance and category attraction
+of every head, each with its CI and verdict, on the "context" view of the words (`properties.WEIGHT_VIEW`).
+A head whose statistic is undefined (constant scores, no negative part) gets it recorded as undefined.
 Writes results/<model>/skew_analysis.json and figures/<model>/skew_analysis{,_controls}.{pdf,png}.
 """
 
@@ -40,55 +46,58 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from analysis import cli, io, prompts, records
+from analysis import cli, io, properties, prompts, records
 from analysis import qk_decomposition as qk
 from analysis import self_suppression as ss
 from analysis.attention import qk_head
 from analysis.controls import compare, head_key, separating
 from analysis.heads import load_target
 from analysis.plotting import save_figure, target_vs_controls, use_style
-from analysis.token_maps import group_tokens, token_inputs
+from analysis.token_maps import InputOptions, group_tokens, token_inputs
 
 NAME = "skew_analysis"
+BIASED_COUNT_FORCED = "Sylvester: [W_Q; b_Q] has d_head columns"  # so [x, 1] inputs give d_head negative eigenvalues
 
 
 def build_parser():
     p = cli.parser(__doc__, target_head=True)
     cli.add_input_argument(p)
     cli.add_categories_argument(p)
-    p.add_argument("--n-permutations", type=cli.positive_int, default=200,
-                   help="category-label permutations of the shuffled null (default: 200)")
+    p.add_argument("--n-null-draws", type=cli.positive_int, default=200,
+                   help="Gaussian draws of the below-every-partner null (default: 200)")
     return p
 
 
 def main(args) -> None:
     model, layer, head = load_target(args)
     own = qk_head(model, layer, head, bias=True)
-    E = token_inputs(model, layer, args.input, seed=args.seed, progress=True)  # (d_vocab, d_model)
+    # the mean view averages over prompts of the chosen categories, for the target and every head alike
+    categories, category_record = cli.chosen_categories(args)
+    E = token_inputs(model, layer, args.input, seed=args.seed, options=InputOptions(categories, progress=True))
 
     plain, self_scores = qk.self_score_report(own, E)
     biased, _ = qk.self_score_report(qk.with_bias(own), qk.append_one(E))
+    biased["spectrum"]["forced"] = BIASED_COUNT_FORCED  # the count with biases is no more evidence than without
     # Which bias term can move attention: on the group set, the per-key term against the bias-free scores.
     ids, _, _, _ = group_tokens(model.tokenizer)
     bias_terms = {**qk.bias_key_term(E[ids], own),
                   "query_term_and_constant": "constant along each query's row: no effect on attention"}
 
     # Every head on the category words: the target's statistics against all others'.
-    categories, category_record = cli.chosen_categories(args)
     word_ids, words, category, names = group_tokens(model.tokenizer, categories)
-    stats = ss.every_head_statistics(model, args.input, prompts.CategoryWords(word_ids, category), args.seed,
-                                     lambda *a: ss.head_statistics(*a, n_permutations=args.n_permutations))
+    words_of = prompts.CategoryWords(word_ids, category)
+    options = InputOptions(categories, progress=True)  # the "mean" view's reference prompts follow --categories
+    stats = ss.every_head_statistics(model, args.input, words_of, args.seed,
+                                     lambda *a: ss.head_statistics(*a, n_repeats=args.n_null_draws), options)
     report = compare((layer, head), stats, ss.DIRECTIONS)
-    null_keys = ("margin_shuffled_mean", "margin_shuffled_q05", "gaussian_self_score", "gaussian_self_negative_part",
-                 "gaussian_margin", "gaussian_margin_normalised", "gaussian_below_partners_share")
-    null = {"target": {k: stats[(layer, head)][k] for k in null_keys},
-            "says": "shuffled: the margin with category labels permuted across the same words (mean, 5% quantile "
-                    "over permutations); gaussian: the statistics on Gaussian inputs with the words' mean and "
-                    "covariance, labels tiled, no token identity (its margin is tr(W Σ)/scale in expectation)"}
+    verdicts = ss.every_head_statistics(model, properties.WEIGHT_VIEW, words_of, args.seed, properties.weight_verdicts,
+                                        options)
+    null = records.skew_nulls(stats[(layer, head)])
     sylvester = {"d_head": model.cfg.d_head, "heads_with_d_head_negative": sum(
         s["n_negative_eigenvalues"] == model.cfg.d_head for s in stats.values()), "n_heads": len(stats),
         "says": "W_sym = ½[W_Q W_K] J [W_Q W_K]^T: a full-rank [W_Q W_K] gives exactly d_head negative eigenvalues"}
     results = {**report, "separating": separating(report), "null": null, "sylvester": sylvester,
+               "properties": records.property_record(verdicts, f"{properties.WEIGHT_VIEW} inputs of the category words", "category word"),
                "category_words": {"n_words": len(words), "categories": names}, "categories": category_record,
                "head": {"layer": layer, "head": head}, "input": args.input, "d_head": model.cfg.d_head,
                "without_bias": plain, "with_bias": biased, "bias_terms_on_group_set": bias_terms}
@@ -96,12 +105,10 @@ def main(args) -> None:
                            io.Provenance(model.analysis_info, vars(args), args.seed))
     save_figure(figure(plain["eigenvalues"], biased["eigenvalues"], self_scores, layer, head, args),
                 args.out, args.model, NAME)
-    # the figure's null line: the Gaussian null where it applies; the shuffled z-score's null is 0 by construction
-    gaussian_null = {name: null["target"][f"gaussian_{name}"] for name in
-                     ("self_score", "self_negative_part", "margin", "margin_normalised", "below_partners_share")}
     title = f"{head_key(layer, head)} against every other head ({args.input} inputs, {len(words)} category words)"
-    save_figure(target_vs_controls(report, null={**gaussian_null, "margin_shuffled_z": 0.0}, title=title),
-                args.out, args.model, f"{NAME}_controls")
+    figure_null = {"margin": null["self_vs_random_words"]["value"],
+                   "below_partners_share": null["below_partners"]["mean"]}
+    save_figure(target_vs_controls(report, null=figure_null, title=title), args.out, args.model, f"{NAME}_controls")
 
     n, s = plain["norms"], plain["spectrum"]
     print(f"L{layer}H{head} ({args.input} inputs): ||W_sym|| = {n['sym']:.2f}, ||W_skew|| = {n['skew']:.2f} "
@@ -115,9 +122,9 @@ def main(args) -> None:
     print(f"{sylvester['heads_with_d_head_negative']} of {sylvester['n_heads']} heads have exactly d_head = "
           f"{model.cfg.d_head} negative eigenvalues (Sylvester): the count is no evidence")
     print("\n".join(records.comparison_lines(report)))
-    print(f"separates from every other head: {', '.join(results['separating']) or 'none'}; null (target): "
-          f"shuffled margin {null['target']['margin_shuffled_mean']:+.3f}, Gaussian margin "
-          f"{null['target']['gaussian_margin']:+.3f}")
+    print(f"separates from its strongest control: {', '.join(results['separating']) or 'none'}")
+    print("\n".join(records.null_lines(null)))
+    print("\n".join(records.property_lines(results["properties"])))
     print(f"results: {path}")
 
 

@@ -1,11 +1,19 @@
 """Count how often each token occurs in a text corpus, for picking frequent tokens and token probabilities.
 
---corpus is any text file, tokenised line by line with the model's tokenizer (trailing newlines
-dropped). The study of GPT-2 small used WikiText-103's training split (wiki.train.tokens). For
-a model whose vocabulary is the organism's the default corpus is sampled from its training generator
-(the same mixture of category text, repeated chunks and random tokens), seeded by --seed. Any
-other model without --corpus gets a uniform table (every ordinary token counted once), recorded
-as `corpus.source: "uniform"` with `degenerate: true`, so a full run (`make all`) still completes.
+The corpus, by what the model has:
+  --corpus FILE      any text file, tokenised line by line with the model's tokenizer (trailing newlines dropped)
+  --dataset ID|PATH  a split of a text dataset (--dataset-config, --dataset-split, --text-column), loaded with
+                     Hugging Face `datasets`: a hub id, a local data file (.parquet, .json, .jsonl, .csv, .txt,
+                     .arrow) or a folder written by `Dataset.save_to_disk`; each text is one line
+  (neither)          for a model whose vocabulary is the organism's, a corpus sampled from its training generator
+                     (the same mixture of category text, repeated chunks and random tokens), seeded by --seed;
+                     for any other model the study's corpus, WikiText-103's training split
+                     (Salesforce/wikitext, wikitext-103-raw-v1, as the study counted it)
+A dataset's counts are cached in the user's cache directory, keyed by tokenizer and dataset, so a second run
+reads them back. The hub is probed once: offline, a dataset not in the local datasets cache cannot be had. The
+study's corpus, not asked for by flag, then gives a uniform table (every ordinary token counted once),
+recorded as `corpus.source: "uniform"` with `degenerate: true` and the reason, so a full run (`make all`)
+still completes; a dataset named with --dataset stays an error.
 
 Writes results/<model>/token_freq.csv (token, id, count, probability; most frequent first),
 results/<model>/token_freq.json (corpus, totals, top tokens) and figures/<model>/token_freq
@@ -22,8 +30,9 @@ import numpy as np
 from analysis import cli, io, prompts
 from analysis.errors import UsageError
 from analysis.frequency import (
-    MAX_UNKNOWN_SHARE, check_corpus, check_unknown_share, count_tokens, frequency_csv_path, frequency_table,
-    uniform_counts, unknown_share, write_frequency_csv,
+    MAX_UNKNOWN_SHARE, STUDY_DATASET, DatasetSource, DatasetUnavailable, check_corpus, check_unknown_share,
+    count_dataset, count_tokens, frequency_csv_path, frequency_table, uniform_counts, unknown_share,
+    write_frequency_csv,
 )
 from analysis.models import load_model
 from analysis.organism.files import has_organism_vocabulary
@@ -32,16 +41,25 @@ from analysis.organism.train import TrainConfig
 from analysis.plotting import save_figure, use_style
 
 NAME = "token_freq"
-UNIFORM_REASON = ("no --corpus given and the model's vocabulary is not the organism's, so every ordinary token is "
-                  "counted once (a uniform table, no real frequencies); give --corpus (the study of GPT-2 used "
-                  "WikiText-103's training split) for frequencies that mean something")
+UNIFORM_REASON = ("the study's corpus (WikiText-103's training split) could not be loaded, so every ordinary token "
+                  "is counted once (a uniform table, no real frequencies); run once with network access, or give "
+                  "--corpus or --dataset, for frequencies that mean something")
 
 
 def build_parser():
     p = cli.parser(__doc__)
-    p.add_argument("--corpus", type=Path, default=None,
-                   help="text file to count (default: for the organism's vocabulary a corpus sampled from its generator, "
-                        "otherwise a uniform table of every ordinary token, recorded as degenerate)")
+    corpus = p.add_mutually_exclusive_group()
+    corpus.add_argument("--corpus", type=Path, default=None,
+                        help="text file to count (default: for the organism's vocabulary a corpus sampled from its "
+                             "generator, otherwise the study's dataset, see --dataset)")
+    corpus.add_argument("--dataset", default=None,
+                        help=f"text dataset to count: a Hugging Face hub id or a local data file or saved dataset "
+                             f"(default for a model without the organism's vocabulary: {STUDY_DATASET.path}, "
+                             f"config {STUDY_DATASET.config}, the study's WikiText-103)")
+    p.add_argument("--dataset-config", default=None,
+                   help="the dataset's configuration (default: the study's with its dataset, none with --dataset)")
+    p.add_argument("--dataset-split", default="train", help="the dataset's split to count (default: train)")
+    p.add_argument("--text-column", default="text", help="the dataset's column of texts (default: text)")
     p.add_argument("--corpus-sequences", type=cli.positive_int, default=2000,
                    help="sequences in the organism's sampled corpus (default: 2000)")
     p.add_argument("--top", type=cli.positive_int, default=20, help="most frequent tokens listed (default: 20)")
@@ -50,7 +68,8 @@ def build_parser():
                         f"(default: {MAX_UNKNOWN_SHARE})")
     p.input_file("--corpus", lambda path, shape: check_corpus(path))
     # The sampled corpus: the token array (8 bytes a token) and its text, built whole before it is written.
-    p.memory("--corpus-sequences", lambda a, s: 0 if a.corpus else 24 * a.corpus_sequences * s.n_ctx, "sampled corpus")
+    p.memory("--corpus-sequences", lambda a, s: 0 if a.corpus or a.dataset else 24 * a.corpus_sequences * s.n_ctx,
+             "sampled corpus")
     return p
 
 
@@ -62,6 +81,23 @@ def organism_corpus(model, n_sequences: int, seed: int, directory: Path) -> tupl
     path = write_corpus(directory / "organism_corpus.txt", rows)
     return path, {"source": "organism generator", "sequences": n_sequences, "length": model.cfg.n_ctx,
                   "mixture": mixture, "seed": seed}
+
+
+def dataset_counts(model, args) -> tuple[np.ndarray, dict]:
+    """The counts of --dataset (default: the study's) and how they were made; the study's dataset, not asked for,
+    that cannot be had here gives the uniform table, recorded as degenerate with the reason."""
+    path, config = (STUDY_DATASET.path, args.dataset_config or STUDY_DATASET.config) if args.dataset is None else \
+        (args.dataset, args.dataset_config)
+    source = DatasetSource(path, config, args.dataset_split, args.text_column)
+    try:
+        return count_dataset(model.tokenizer, source, model.cfg.d_vocab, progress=True)
+    except DatasetUnavailable as err:
+        if args.dataset is not None:
+            raise
+        print(f"warning: {UNIFORM_REASON}\n  {err}")
+        counts = uniform_counts(model.cfg.d_vocab, len(model.tokenizer), prompts.special_token_ids(model))
+        return counts, {"source": "uniform", "degenerate": True, "reason": UNIFORM_REASON, "cause": str(err),
+                        "dataset": source.path, "config": source.config, "split": source.split}
 
 
 def rank_plot(table, title: str):
@@ -84,21 +120,18 @@ def main(args) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         if args.corpus is not None:
             corpus, corpus_info = args.corpus, {"source": str(args.corpus.resolve())}
-        elif has_organism_vocabulary(model.tokenizer):
+        elif args.dataset is None and has_organism_vocabulary(model.tokenizer):
             corpus, corpus_info = organism_corpus(model, args.corpus_sequences, args.seed, Path(scratch))
         else:
-            corpus, corpus_info = None, {"source": "uniform", "degenerate": True, "reason": UNIFORM_REASON}
-            print(f"warning: {UNIFORM_REASON}")
-        if corpus is None:
-            counts = uniform_counts(model.cfg.d_vocab, len(model.tokenizer), prompts.special_token_ids(model))
-        else:
+            corpus, (counts, corpus_info) = None, dataset_counts(model, args)
+        if corpus is not None:
             with open(corpus, encoding="utf-8", errors="replace") as lines:
                 counts = count_tokens(model.tokenizer, lines, model.cfg.d_vocab, progress=True)
     table = frequency_table(counts, model.tokenizer)
-    total = int(counts.sum())
+    total, name = int(counts.sum()), corpus_info.get("path", corpus_info["source"])
     if total == 0:
-        raise UsageError(f"The corpus {corpus_info['source']} holds no tokens; give a non-empty text file.")
-    check_unknown_share(counts, model.tokenizer, args.max_unknown_share, corpus_info["source"])
+        raise UsageError(f"The corpus {name} holds no tokens; give a non-empty text file or dataset.")
+    check_unknown_share(counts, model.tokenizer, args.max_unknown_share, name)
 
     csv = write_frequency_csv(table, frequency_csv_path(args.out, args.model))
     results = {

@@ -70,3 +70,19 @@ def check_controls_shape(results: dict, target) -> None:
         if entry[statistic]["value"] is not None:
             assert 1 <= entry[statistic]["rank"] <= entry[statistic]["n_ranked"] <= len(controls) + 1
         assert all(statistic in row for row in controls)  # the controls carry the same statistic
+
+
+@pytest.fixture
+def offline_hub(monkeypatch, tmp_path):
+    """Hugging Face without the network: the hub and `datasets` in offline mode (the switches they read at import
+    and the environment a subprocess reads), and the counts and datasets caches under tmp_path."""
+    import datasets.config
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-datasets")
+    monkeypatch.setenv("ANALYSIS_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path

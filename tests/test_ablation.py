@@ -118,8 +118,15 @@ def test_component_ablation_script_end_to_end(tmp_path, truth):
     assert by["study_bos_ablated"]["token_embedding"]["median"] != data["table"]["mean"]["token_embedding"]["median"]
     # the study's convention scored with the study's S: the BOS row counts 0 in a mean over 1 + n_words rows
     n_words = 64
-    assert data["study_way"]["baseline"]["median"] == pytest.approx(
+    assert data["study_convention_our_prompts"]["baseline"]["median"] == pytest.approx(
         by["study_bos_ablated"]["baseline"]["median"] * n_words / (n_words + 1), rel=1e-4)
+    # the study's way in full: its 128 prompts of 63 words from the figure-era keywords, the last row sent to BOS
+    design = data["study_design"]
+    assert design["n_words"] == 63 and design["n_prompts"] == 128 and design["left_out"] == [" 2", " 4"]
+    assert list(design["categories"]) == list(prompts.STUDY_FIGURE_CATEGORIES)
+    assert set(data["study_way"]) == set(data["table"]["mean"]) and len(data["study_way_per_prompt"]["baseline"]) == 128
+    # the last row's partners count against the head: with the quirk its unablated median is far worse than without
+    assert data["study_way"]["baseline"]["median"] > 5 * data["study_way_without_last_row_quirk"]["baseline"]["median"]
     assert data["categories"] == {"set": "study", "names": list(prompts.STUDY_CATEGORIES), "words": 41}
 
 

@@ -34,8 +34,8 @@ LIGHT = {
     "visualize_attention": [],
     "logit_lens": [],
     "activation_patching": [],
-    "characterize_head": ["--n-prompts", "4", "--n-words", "8", "--n-resamples", "20"],
-    "component_ablation": ["--n-prompts", "4", "--n-words", "8"],
+    "characterize_head": ["--n-prompts", "4", "--n-words", "8", "--n-resamples", "20", "--study-prompts", "2"],
+    "component_ablation": ["--n-prompts", "4", "--n-words", "8", "--study-prompts", "4"],
     "token_freq": [],
     "cosine_attention_analysis": ["--n-tokens", "200", "--n-resamples", "20"],
     "skew_analysis": [],
@@ -45,6 +45,7 @@ LIGHT = {
     "gradient_steering": ["--steps", "2", "--batch-size", "2", "--n-prompts", "4", "--n-words", "8"],
     "clustering": ["--n-tokens", "200"],
     "sae_features": ["--n-prompts", "4", "--n-words", "8"],
+    "evidence": [],
 }
 FAST = ("activation_patching", "manual_attention")
 
@@ -199,10 +200,15 @@ def test_qk_ov_circuits_on_a_model_without_induction_head_is_degenerate_but_comp
 
 @pytest.mark.e2e
 @needs_gpt2_tokenizer
-def test_token_freq_without_corpus_records_a_uniform_table(small_model, tmp_path):
+def test_token_freq_offline_without_the_study_corpus_records_a_uniform_table(small_model, tmp_path, offline_hub,
+                                                                             capsys):
+    # A GPT-2 tokenizer, so the default corpus is the study's WikiText-103, which offline cannot be had.
     main_on(small_model, tmp_path, "token_freq")
     corpus = results_of(tmp_path, str(small_model), "token_freq")["results"]["corpus"]
     assert corpus["source"] == "uniform" and corpus["degenerate"] is True
+    assert "WikiText-103" in corpus["reason"] and "Salesforce/wikitext" in corpus["cause"]
+    assert (corpus["dataset"], corpus["config"]) == ("Salesforce/wikitext", "wikitext-103-raw-v1")
+    assert "could not be loaded" in capsys.readouterr().out
 
 
 @pytest.mark.e2e

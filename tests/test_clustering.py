@@ -77,7 +77,17 @@ def test_clustering_recovers_the_organism_categories(tmp_path, truth):
     run_main("clustering", "--out", str(tmp_path))
     data = json.loads((tmp_path / "results" / "organism" / "clustering.json").read_text())["results"]
     assert [data["head"]["layer"], data["head"]["head"]] == truth["planted_heads"]["semantic"]
-    assert data["agreement"]["ari"] >= 0.9 and data["agreement"]["n_tokens"] == 41  # the study's 8 categories
+    assert data["agreement"]["n_tokens"] == 41  # the study's 8 categories
+    # the default view is the study's construction, by the stated rule; every view ranks the controls
+    assert data["input"] == "study" and "study's own construction" in data["default_view_rule"]
+    assert set(data["views"]) == {"mean", "zero", "context", "study"}
+    assert data["views"]["study"]["target"]["ari"]["value"] == data["agreement"]["ari"]
+    assert data["views"]["context"]["target"]["ari"]["value"] >= 0.9  # the real inputs recover the categories
+    for view in data["views"].values():
+        assert len(view["agreement"]) == 1 + len(data["controls"])
+        assert view["target"]["ari"]["rank"] == 1  # the semantic head leads the controls on every view
+    assert data["community_count"] == {"comparable": False, "n_nodes": 166, "study_n_nodes": 3000,
+                                       "reason": "not comparable: 166 nodes against 3000"}
     assert data["categories"]["set"] == "study" and len(data["categories"]["names"]) == 8
     assert data["n_edges"] == 4 * data["n_nodes"] and data["n_nodes"] == 166  # whole vocabulary, specials out
     assert sum(c["size"] for c in data["communities"]) == data["n_nodes"]
@@ -92,7 +102,7 @@ def test_clustering_recovers_the_organism_categories(tmp_path, truth):
     # controls: ARI/NMI of both graphs for the target's layer and the scan's top heads, target ranked
     assert set(data["directions"]) == {"ari", "nmi", "study_ari", "study_nmi"}
     assert data["target"]["ari"]["value"] == data["agreement"]["ari"]
-    assert data["target"]["ari"]["rank"] == 1 and data["target"]["ari"]["separates"]
+    assert data["target"]["ari"]["rank"] == 1
     layer = truth["planted_heads"]["semantic"][0]
     assert {(c["layer"], c["head"]) for c in data["controls"] if c["layer"] == layer} == \
         {(layer, h) for h in range(4)} - {tuple(truth["planted_heads"]["semantic"])}
@@ -134,3 +144,36 @@ def test_node_tokens_add_the_category_words(organism):
     assert len(ids) == organism.cfg.d_vocab - len(special) and not special & set(ids.tolist())
     words = prompts.single_token_ids(organism.tokenizer, prompts.STUDY_CATEGORIES["colours"])
     assert set(words) <= set(ids.tolist())
+
+
+def test_community_counts_compare_only_at_the_studys_number_of_nodes():
+    assert clustering.community_count_comparison(3000)["comparable"]
+    small = clustering.community_count_comparison(166)
+    assert not small["comparable"] and small["reason"] == "not comparable: 166 nodes against 3000"
+    assert not clustering.community_count_comparison(5000)["comparable"]  # a larger graph is no match either
+
+
+def test_view_record_keys_every_heads_agreement_by_head():
+    from analysis import controls
+
+    stats = {(1, 0): {"ari": 0.9, "nmi": 0.8, "study_ari": 0.7, "study_nmi": 0.6},
+             (1, 2): {"ari": 0.1, "nmi": 0.2, "study_ari": 0.3, "study_nmi": 0.4}}
+    record = records.view_record(controls.compare((1, 0), stats, clustering.AGREEMENT_DIRECTIONS))
+    assert record["agreement"] == {controls.head_key(*h): v for h, v in stats.items()}
+    assert record["target"]["ari"]["rank"] == 1 and record["target"]["ari"]["strongest_control"]["head"] == 2
+
+
+def test_agreement_samples_resample_the_category_words_and_pair_the_heads():
+    from analysis.controls import compare
+
+    category_of = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, -1])  # the last token has no category
+    exact = {"ours": {"membership": [5, 5, 5, 7, 7, 7, 9, 9, 9, 1]}, "study": {"membership": [0] + [5] * 3 + [7] * 3
+                                                                                + [9] * 3 + [1]}}
+    blind = {"ours": {"membership": [1, 2, 3, 1, 2, 3, 1, 2, 3, 0]}, "study": {"membership": [0] * 11}}
+    samples = {(0, 0): clustering.agreement_samples(exact, category_of),
+               (0, 1): clustering.agreement_samples(blind, category_of)}
+    assert samples[(0, 0)]["ari"].value == 1.0 and samples[(0, 0)]["study_nmi"].value == pytest.approx(1.0)
+    assert samples[(0, 0)]["ari"].per_unit.shape == (9, 2)  # the 9 category words, BOS and uncategorised left out
+    assert samples[(0, 1)]["ari"].value < 0
+    report = compare((0, 0), samples, clustering.AGREEMENT_DIRECTIONS, n_resamples=200)
+    assert report["target"]["ari"]["separates"] and report["target"]["ari"]["difference"]["low"] > 0

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from analysis.errors import UsageError
-from analysis.frequency import (count_tokens, frequency_csv_path, frequency_table, most_frequent_ids,
+from analysis.frequency import (STUDY_DATASET, DatasetSource, DatasetUnavailable, count_dataset, count_tokens,
+                                counts_cache_path, frequency_csv_path, frequency_table, load_split, most_frequent_ids,
                                 ordinary_or_frequent_ids, read_frequency_csv, write_frequency_csv)
 from conftest import run_main, run_script
 
@@ -86,3 +87,66 @@ def test_ordinary_or_frequent_ids(tmp_path):
     assert ids.tolist() == [3, 1] and how == f"2 most frequent in {path}"  # special 5 and 0 left out
     with pytest.raises(UsageError, match="token_freq.py"):
         ordinary_or_frequent_ids(6, [5, 0], 2, tmp_path / "absent.csv")
+
+
+# WikiText's layout: one row per line, a title row, blank rows, trailing newlines (here in the organism's words).
+WIKITEXT_LIKE = [" red red blue\n", "", " the red\n", "\n", " blue"]
+
+
+def wikitext_like_dataset():
+    import datasets
+
+    return datasets.Dataset.from_dict({"text": WIKITEXT_LIKE, "title": ["a"] * len(WIKITEXT_LIKE)})
+
+
+def test_dataset_counts_of_a_local_dataset_in_wikitext_format(organism, offline_hub):
+    tok, d_vocab = organism.tokenizer, organism.cfg.d_vocab
+    red, blue, the = (tok.convert_tokens_to_ids(w) for w in (" red", " blue", " the"))
+    expected = np.zeros(d_vocab, dtype=np.int64)
+    expected[[red, blue, the]] = [3, 2, 1]
+    parquet = offline_hub / "train.parquet"
+    wikitext_like_dataset().to_parquet(parquet)
+    source = DatasetSource(str(parquet))
+    counts, info = count_dataset(tok, source, d_vocab)
+    assert np.array_equal(counts, expected)
+    assert info["source"] == f"dataset {parquet} [train]" and info["texts"] == 5 and info["from_cache"] is False
+    assert info["counts_cache"].startswith(str(offline_hub / "cache" / "token_counts"))  # the user's cache directory
+    again, info = count_dataset(tok, source, d_vocab)  # read back from the counts cache
+    assert info["from_cache"] is True and np.array_equal(again, expected)
+    # the same rows saved with save_to_disk, as a DatasetDict with its split
+    import datasets
+
+    datasets.DatasetDict({"train": wikitext_like_dataset()}).save_to_disk(str(offline_hub / "saved"))
+    counts, info = count_dataset(tok, DatasetSource(str(offline_hub / "saved")), d_vocab)
+    assert np.array_equal(counts, expected) and info["from_cache"] is False
+    with pytest.raises(UsageError, match="no column 'body'"):
+        load_split(DatasetSource(str(parquet), column="body"))
+    # the key follows the tokenizer's dataset and split: another split is another file
+    fingerprint = "f"
+    assert counts_cache_path(tok, source, fingerprint, d_vocab) != counts_cache_path(
+        tok, DatasetSource(str(parquet), split="test"), fingerprint, d_vocab)
+
+
+def test_the_study_dataset_offline_fails_fast_with_what_to_do(offline_hub):
+    import time
+
+    start = time.monotonic()
+    with pytest.raises(DatasetUnavailable, match="Run once on a machine with network access") as err:
+        load_split(STUDY_DATASET)
+    assert time.monotonic() - start < 30 and "loaded offline" in str(err.value)
+    assert (STUDY_DATASET.path, STUDY_DATASET.config, STUDY_DATASET.split) == (
+        "Salesforce/wikitext", "wikitext-103-raw-v1", "train")  # the study's corpus: WikiText-103's training split
+
+
+@pytest.mark.e2e
+def test_token_freq_on_a_dataset(tmp_path, offline_hub, capsys):
+    parquet = tmp_path / "wiki.parquet"
+    wikitext_like_dataset().to_parquet(parquet)
+    run_main("token_freq", "--out", str(tmp_path), "--dataset", str(parquet))
+    table = read_frequency_csv(tmp_path / "results" / "organism" / "token_freq.csv")
+    assert table["token"].tolist()[:3] == [" red", " blue", " the"] and table["count"].tolist()[:4] == [3, 2, 1, 0]
+    corpus = json.loads((tmp_path / "results" / "organism" / "token_freq.json").read_text())["results"]["corpus"]
+    assert corpus["source"].startswith("dataset ") and corpus["path"] == str(parquet) and corpus["texts"] == 5
+    with pytest.raises(SystemExit) as exit_:  # a dataset asked for by flag that cannot be had stays an error
+        run_main("token_freq", "--out", str(tmp_path / "hub"), "--dataset", "Salesforce/wikitext")
+    assert exit_.value.code == 2 and "Could not load the dataset" in " ".join(capsys.readouterr().err.split())

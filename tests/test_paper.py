@@ -124,6 +124,7 @@ def test_spec_names_are_unique_and_all_used_in_main_tex():
             assert len(keys) == len(set(keys)), f"a key declared twice in writeup/spec.py: {keys}"
     used = set(re.findall(r"\\([A-Za-z]+)", strip_comments(MAIN_TEX)))
     used |= {name for _, ours, theirs in tables.REPLICATION_ROWS for name in (ours, theirs)}  # tab_replication
+    used |= {name for label, _, _ in tables.REPLICATION_ROWS for name in re.findall(r"\\([A-Za-z]+)", label)}
     unused = [n for n in names if n not in used]
     assert not unused, f"macros generated but never printed: {unused}"
 
@@ -131,9 +132,22 @@ def test_spec_names_are_unique_and_all_used_in_main_tex():
 def test_replication_table_prints_declared_macros_only():
     names = {m.name for m in spec.macros()}
     listed = [name for _, ours, theirs in tables.REPLICATION_ROWS for name in (ours, theirs)]
+    in_labels = {name for label, _, _ in tables.REPLICATION_ROWS for name in re.findall(r"\\([A-Za-z]+)", label)}
+    assert in_labels <= names, in_labels - names  # the labels print macros too
     assert set(listed) <= names, set(listed) - names
     theirs = {m.name: m for m in spec.macros() if m.name in {t for _, _, t in tables.REPLICATION_ROWS}}
     assert all(source == "reported" for m in theirs.values() for source, _ in m.entries)  # citations, never outputs
+
+
+def test_replication_table_marks_exactly_the_values_derived_from_the_studys_saved_data(fixture_root):
+    results = Results(fixture_root, "organism")
+    derived = {theirs for _, _, theirs in tables.REPLICATION_ROWS if tables.derived_note(results, theirs)}
+    assert derived == {"RepSemPartner", "RepSemSelfOnly", "RepSemCopies", "RepSemSelfPlusCopies", "RepSemBos"}
+    table = tables.table_replication(results)
+    marked = [line for line in table.splitlines() if line.endswith(tables.DERIVED_MARK + r" \\")]
+    assert len(marked) == 5 and all(r"\RepSemS{}" not in line for line in marked)
+    assert "not reported in its text" in tables.derived_note(results, "RepSemBos")
+    assert tables.derived_note(results, "RepSemS") is None and tables.derived_note(results, "SurveyS") is None
 
 
 def test_names_agree_with_the_reported_values():
@@ -189,10 +203,11 @@ def test_log_problems_exact():
         "LaTeX Warning: Reference `sec:x' on page 3 undefined on input line 7.",
         "Package natbib Warning: Citation `nobody2020' on page 1 undefined on input line 9.",
         "LaTeX Warning: File `missing.pdf' not found on input line 11.",
+        "LaTeX Warning: Float too large for page by 443.4pt on input line 1212.",
     ])
     assert log_problems(log) == [
         "undefined reference: sec:x", "undefined citation: nobody2020", "missing file: missing.pdf",
-        "overfull \\hbox by 12.5pt",
+        "float too large for its page: 443.4pt", "overfull \\hbox by 12.5pt",
     ]
     assert log_problems("Output written on main.pdf (3 pages).") == []
 

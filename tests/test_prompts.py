@@ -104,3 +104,39 @@ def test_category_probe_tokens_and_mask(organism):
     assert tokens.shape == (3, 11) and (tokens[:, 0] == prompts.bos_token_id(organism)).all()
     category_of = prompts.category_index(organism.tokenizer, prompts.STUDY_CATEGORIES, organism.cfg.d_vocab)
     assert torch.equal(mask, prompts.semantic_mask(tokens, category_of))
+
+
+def test_study_mask_sends_the_last_row_to_bos_and_keeps_every_other_row():
+    #            pos: 0  1  2  3  4
+    tokens = torch.tensor([[0, 1, 4, 2, 5]])  # BOS red dog blue cat: the last word has a partner (dog)
+    ours = prompts.semantic_mask(tokens, CATEGORY_OF)[0]
+    theirs = prompts.study_mask(tokens, CATEGORY_OF)[0]
+    assert ours[4].tolist() == [0, 0, 1, 0, 0]  # our rule: cat -> dog
+    assert theirs[4].tolist() == [1, 0, 0, 0, 0]  # the study's code: the last row falls back to BOS
+    assert torch.equal(theirs[:4], ours[:4]) and theirs[3].tolist() == [0, 1, 0, 0, 0]  # blue -> red, as ours
+
+
+def test_single_token_words_leave_out_what_the_organism_lacks(organism):
+    kept, left_out = prompts.single_token_words(organism.tokenizer, prompts.STUDY_FIGURE_CATEGORIES)
+    assert left_out == [" 2", " 4"]  # the organism knows " 24" and " 42", not the study's figure-era " 2" and " 4"
+    assert kept["numbers"] == [" 69", " 22", " 32", " 50"]
+    assert {k: v for k, v in kept.items() if k != "numbers"} == {
+        k: v for k, v in prompts.STUDY_FIGURE_CATEGORIES.items() if k != "numbers"}
+    kept, left_out = prompts.single_token_words(organism.tokenizer, {"none": [" 2"], "colours": [" red"]})
+    assert kept == {"colours": [" red"]} and left_out == [" 2"]  # a category with no word left is dropped
+
+
+def test_study_design_probe_fits_the_context_and_uses_only_known_words(organism):
+    design = prompts.study_design_probe(organism, 3, 255, seed=4)
+    assert design.n_words == organism.cfg.n_ctx - 1 == 127  # the longest prompt that fits, not 255
+    tokens, mask = design.probe
+    assert tokens.shape == (3, 128) and (tokens[:, 0] == prompts.bos_token_id(organism)).all()
+    allowed = {i for words in design.categories.values() for i in prompts.single_token_ids(organism.tokenizer, words)}
+    assert set(tokens[:, 1:].flatten().tolist()) == allowed  # 127 x 3 draws hit each of the 19 words
+    assert design.left_out == [" 2", " 4"] and list(design.categories) == list(prompts.STUDY_FIGURE_CATEGORIES)
+    category_of = prompts.category_index(organism.tokenizer, design.categories, organism.cfg.d_vocab)
+    assert torch.equal(mask, prompts.study_mask(tokens, category_of))
+    assert (mask[:, -1, 0] == 1).all() and (mask[:, -1, 1:] == 0).all()
+    assert torch.equal(prompts.study_design_probe(organism, 3, 255, seed=4).probe.tokens, tokens)  # seeded
+    with pytest.raises(UsageError, match="None of the study's keywords"):
+        prompts.study_design_probe(organism, 1, 8, 0, {"numbers": [" 2", " 4"]})

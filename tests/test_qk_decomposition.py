@@ -12,9 +12,10 @@ from analysis import qk_edits
 from analysis import self_suppression as ss
 from analysis.attention import (QKHead, attention_scores, head_scale, pad_bias, qk_head,
                                 self_attention_scores)
+from analysis.controls import Sample, compare
 from analysis.heads import target_head
 from analysis.patterns import head_pattern
-from analysis.token_maps import token_inputs
+from analysis.token_maps import group_tokens, token_inputs
 from conftest import check_controls_shape, run_main
 
 
@@ -211,8 +212,9 @@ def test_edit_effect_exact():
     after = {"self_mass": 0.5, "partner_mass": 0.7, "bos_mass_no_partner": 0.6, "surprisal": 0.9}
     effect = qk_edits.edit_effect(before, after)
     assert effect["self_mass_change"] == pytest.approx(0.4) and effect["partner_mass_change"] == pytest.approx(-0.2)
-    assert effect["self_per_partner_lost"] == pytest.approx(2.0)
-    assert qk_edits.edit_effect(before, {**after, "partner_mass": 0.95})["self_per_partner_lost"] is None
+    assert effect["bos_mass_no_partner_change"] == pytest.approx(-0.2) and effect["surprisal_change"] == pytest.approx(0.7)
+    assert effect["self_mass_log_odds_change"] == pytest.approx(math.log(9))  # logit(0.5) - logit(0.1) = 0 + log 9
+    assert set(effect) == set(qk_edits.EDIT_CHANGES)  # changes only: no ratio forced by conservation of mass
 
 
 def test_edited_heads_in_context_matches_one_head_at_a_time(organism):
@@ -274,20 +276,26 @@ def test_rank_grid_equals_one_edit_at_a_time(organism, truth):
         qk.self_ranks_grid(E, weights, spectrum, qk.RankGrid([10**4], [1.0]))
 
 
-def test_semantic_head_needs_negative_eigenvalues_and_flipping_them_restores_self_attention(organism, truth):
+def test_flipping_the_semantic_heads_most_self_suppressing_component_frees_it_more_than_any_other_head(
+        organism, truth):
+    """The planted head's self-avoidance lives in a few negative components of W_sym: flipping the two that carry most
+    of the category words' negative self-score raises its self mass, prompt for prompt, by more than the same edit
+    raises any other head's of its layer (paired CI excludes 0). Flipping every negative eigenvalue would not do: it
+    frees the self-attention of almost any head (and by Sylvester every head has d_head of them)."""
     layer, head = target_head(organism, None, None)  # found unaided
     assert [layer, head] == truth["planted_heads"]["semantic"]
-    weights = qk_head(organism, layer, head, bias=True)
-    spectrum = qk.symmetric_spectrum(weights)
-    norms = qk.relative_norms(weights)
-    assert qk.spectrum_summary(spectrum.values)["n_negative"] > 0
-    assert norms["skew"] < norms["sym"]
-    probe = prompts.category_probe(organism, prompts.ALL_CATEGORIES, 32, 64, seed=21)
-    base = qk_edits.in_context_scores(organism, probe, layer, head)
-    edited = qk.edited_head(weights, spectrum, qk.most_negative(spectrum.values), -1.0)
-    hooks = qk_edits.qk_override_hooks(organism, layer, head, edited)
-    flipped = qk_edits.in_context_scores(organism, probe, layer, head, hooks)
-    assert flipped["self_mass"] >= 5 * base["self_mass"]
+    heads = {(layer, h): qk_head(organism, layer, h, bias=True) for h in range(organism.cfg.n_heads)}
+    for qk_of in heads.values():  # Sylvester: the count is a fact of every full-rank head, not evidence
+        assert qk.spectrum_summary(qk.symmetric_spectrum(qk_of).values)["n_negative"] == organism.cfg.d_head
+    ids, _, category, _ = group_tokens(organism.tokenizer, prompts.STUDY_CATEGORIES)
+    x = token_inputs(organism, layer, "mean", token_ids=ids)
+    edits = qk_edits.eigenvalue_edits(heads, {hd: x for hd in heads}, [], targeted_k=2)
+    probe = prompts.category_probe(organism, prompts.STUDY_CATEGORIES, 32, 64, seed=21)
+    sweep = qk_edits.edit_sweep(organism, probe, edits)
+    gains = {hd: Sample(sweep[hd]["targeted"]["self_mass"] - sweep[hd]["unedited"]["self_mass"], "prompt")
+             for hd in heads}
+    report = compare((layer, head), {hd: {"gain": g} for hd, g in gains.items()}, {"gain": "high"})
+    assert report["target"]["gain"]["separates"] and report["target"]["gain"]["difference"]["low"] > 0
 
 
 @pytest.mark.e2e
@@ -305,6 +313,9 @@ def test_decomposition_scripts_end_to_end(tmp_path, truth):
     assert skew["without_bias"]["norms"]["skew"] < skew["without_bias"]["norms"]["sym"]
     assert len(skew["without_bias"]["eigenvalues"]) == 2 * 32
     assert skew["without_bias"]["check"]["max_abs_self_W_minus_sym"] < 1e-3
+    # with the biases folded in the count is still d_head, and the results say it is forced
+    assert skew["with_bias"]["spectrum"]["n_negative"] == skew["d_head"] == 32
+    assert skew["with_bias"]["spectrum"]["forced"].startswith("Sylvester: [W_Q; b_Q] has d_head columns")
     # controls: every other head; the count ties everywhere (Sylvester), the partner margin singles the head out
     for name in ("skew_analysis", "sym_skew_maps", "eigenvalue_scaling"):
         check_controls_shape(json.loads((results / f"{name}.json").read_text())["results"],
@@ -315,7 +326,10 @@ def test_decomposition_scripts_end_to_end(tmp_path, truth):
     assert skew["target"]["n_negative_eigenvalues"]["rank"] == 1
     assert not skew["target"]["n_negative_eigenvalues"]["separates"]
     assert {"margin", "margin_normalised", "below_partners_share"} <= set(skew["separating"])
-    assert skew["null"]["target"]["gaussian_margin"] > skew["target"]["margin"]["value"]
+    assert skew["null"]["self_vs_random_words"]["value"] > skew["target"]["margin"]["value"]
+    assert skew["null"]["below_partners"]["beats_null"]
+    semantic = "L{}H{}".format(*truth["planted_heads"]["semantic"])
+    assert [key for key, v in skew["properties"]["by_head"].items() if v["both_hold"]] == [semantic]
     assert (tmp_path / "figures" / "organism" / "skew_analysis_controls.png").stat().st_size > 1000
     maps = json.loads((results / "sym_skew_maps.json").read_text())["results"]
     assert maps["check"]["max_abs_diag_skew"] < 1e-4 and len(maps["tokens"]) == 30
@@ -331,14 +345,25 @@ def test_decomposition_scripts_end_to_end(tmp_path, truth):
     assert by_factor["1"] == pytest.approx(scaling["unedited_in_context"]["self_mass"], abs=1e-5)
     target = scaling["target"]  # the same sweep on the control heads, ranked
     assert [target["layer"], target["head"]] == truth["planted_heads"]["semantic"]
+    curve_ks = scaling["targeted_curve"]["ks"]
     assert set(scaling["directions"]) == {"factor -1_self_mass_change", "factor 0_self_mass_change",
-                                          "targeted_self_mass_change"}
+                                          "targeted_self_mass_change"} | {
+        f"targeted k={k}_{change}" for k in curve_ks for change in ("self_mass_change", "self_mass_log_odds_change")}
     control_keys = {f"L{row['layer']}H{row['head']}" for row in scaling["controls"]}
     n_heads = len([k for k in scaling["edits"] if k.startswith(f"L{target['layer']}H")])
     assert len(control_keys) >= n_heads - 1 and key_of(target) not in control_keys
     key = key_of(target)
     assert scaling["edits"][key]["factor -1"]["self_mass_change"] == pytest.approx(
         by_factor["-1"] - scaling["edits"][key]["unedited"]["self_mass"], abs=1e-5)
+    assert target["factor -1_self_mass_change"]["difference"]["unit"] == "prompt"  # per-prompt Samples: a CI
+    # the targeted edit as a curve over k: every head, each k compared; the planted head separates at k = 1
+    curve = scaling["targeted_curve"]
+    assert curve["ks"] == [1, 2, 4, 8, 16] and curve["n_negative"] == 32 and list(curve["points"])[0] == "k=1"
+    assert 1 in curve["separating_ks"]["self_mass_change"] and curve["largest_separating_k"]["self_mass_change"] >= 1
+    gains = [curve["points"][f"k={k}"]["self_mass_change"]["value"] for k in curve["ks"]]
+    assert gains == sorted(gains) and gains[0] > 0  # each component flipped gives more self mass back
+    assert scaling["edits"][key]["targeted k=4"] == scaling["edits"][key]["targeted"]  # --targeted-k 4 is k = 4
+    assert (tmp_path / "figures" / "organism" / "eigenvalue_scaling_curve.png").stat().st_size > 1000
 
 
 @pytest.mark.e2e
@@ -355,6 +380,14 @@ def test_rank_ablation_script(tmp_path, truth):
     assert cells[(k_max, -1.0)]["mean_rank"] < cells[(k_max, 1.0)]["mean_rank"]
     assert cells[(k_max, -1.0)]["self_mass"] > cells[(k_max, 1.0)]["self_mass"]
     assert cells[(4, 1.0)]["mean_rank"] == cells[(k_max, 1.0)]["mean_rank"]  # scale 1 edits nothing
+    # the study's scale: ranks from 0 over the 168 keys; accuracy@K only below V/2
+    assert cells[(4, 1.0)]["mean_rank_normalised"] == pytest.approx((cells[(4, 1.0)]["mean_rank"] - 1) / 168)
+    assert data["at"] == [1] and set(data["acc_dropped"]) == {"128", "1024"} and "acc@128" not in cells[(4, 1.0)]
+    # the study's way: its factors rebuild this head's W unedited, and its edit at (24, -2) moves self far less
+    study = data["study_edit"]
+    assert (study["k"], study["scale"]) == (24, -2.0) and study["edited"]["imaginary_share"] < 1e-3
+    assert study["unedited"]["mean_rank"] == pytest.approx(cells[(4, 1.0)]["mean_rank"])
+    assert study["edited"]["mean_rank_normalised"] > 10 * cells[(k_max, -1.0)]["mean_rank_normalised"]
     # every control head gets the whole grid, measured as the target's: the statistics come from each grid
     assert set(data["directions"]) == {"mean_rank", "mean_rank_change", "self_mass_change", "best_mean_rank_change",
                                        "best_self_mass_change"}
@@ -383,34 +416,80 @@ def test_rank_ablation_best_cell_on_controls_agrees_with_the_grid(organism):
     from_grid = ss.rank_statistics(grid, best)
     direct = ss.best_cell_edit(organism, (layer, head), best, E, probe, qk.RankGrid(ks=[4], scales=[-1.0]))
     for key, value in direct.items():
-        assert from_grid[key] == pytest.approx(value, abs=1e-4), key
+        if key in ss.RANK_DIRECTIONS:  # a Sample, as rank_samples gives it from the grid
+            value, expected = value.value, ss.rank_samples(grid, best)[key].value
+        else:
+            expected = from_grid[key]
+        assert expected == pytest.approx(value, abs=1e-4), key
 
 
 def test_eigenvalue_edits_and_statistics_exact():
     head = random_head(scale=2.0)
     x = torch.randn(5, 12, generator=torch.Generator().manual_seed(1))
-    edits = qk_edits.eigenvalue_edits({(0, 1): head}, {(0, 1): x}, [1.0, -1.0], targeted_k=2)
-    assert list(edits) == ["unedited", "factor 1", "factor -1", "targeted"]
+    edits = qk_edits.eigenvalue_edits({(0, 1): head}, {(0, 1): x}, [1.0, -1.0], targeted_k=2, ks=[1, 2])
+    assert list(edits) == ["unedited", "factor 1", "factor -1", "targeted", "targeted k=1", "targeted k=2"]
     assert torch.allclose(edits["factor 1"][(0, 1)].W.AB, head.W.AB, atol=1e-5)  # factor 1 gives W back
     assert edits["targeted"][(0, 1)].W_Q.shape == (12, 3 + 2)  # d_head + the 2 targeted components
+    assert torch.equal(edits["targeted k=2"][(0, 1)].W.AB, edits["targeted"][(0, 1)].W.AB)  # the same two components
+    assert edits["targeted k=1"][(0, 1)].W_Q.shape == (12, 3 + 1)
     assert all(edit[(0, 1)].scale == 2.0 for edit in edits.values())  # the head's own scale, whatever the width
     spectrum = qk.symmetric_spectrum(head)
     flipped = qk.symmetric_spectrum(edits["factor -1"][(0, 1)]).values  # every negative eigenvalue flipped
     assert flipped.min() > -1e-4 and float(flipped.sum()) == pytest.approx(float(spectrum.values.abs().sum()), rel=1e-4)
-    change = dict.fromkeys(qk_edits.EDIT_CHANGES, 0.5)
-    flat = qk_edits.edit_statistics({(0, 1): {"unedited": change, "targeted": change}})
-    assert flat == {(0, 1): {f"targeted_{k}": 0.5 for k in qk_edits.EDIT_CHANGES}}
+    # a head with 3 negative eigenvalues: k = 16 flips all 3, the same edit as k = 3
+    assert qk_edits.curve_ks([1, 2, 4, 8, 16], 3) == [1, 2, 3] and qk_edits.curve_ks([16, 4], 32) == [4, 16]
+    wide = qk_edits.eigenvalue_edits({(0, 1): head}, {(0, 1): x}, [], targeted_k=3, ks=[16])
+    assert torch.allclose(wide["targeted k=16"][(0, 1)].W.AB, wide["targeted"][(0, 1)].W.AB)
+
+
+def test_edit_statistics_are_per_prompt_samples_of_the_changes():
+    nan = math.nan
+    before = {"self_mass": torch.tensor([0.1, 0.2, 0.3]), "partner_mass": torch.tensor([0.8, nan, 0.6]),
+              "bos_mass_no_partner": torch.tensor([nan, 0.7, nan]), "surprisal": torch.tensor([1.0, 2.0, 3.0])}
+    after = {"self_mass": torch.tensor([0.5, 0.5, 0.8]), "partner_mass": torch.tensor([0.4, nan, 0.2]),
+             "bos_mass_no_partner": torch.tensor([nan, 0.3, nan]), "surprisal": torch.tensor([2.0, 2.0, 5.0])}
+    sweep = {(1, 3): {"unedited": before, "targeted k=2": after}}
+    stats = qk_edits.edit_statistics(sweep)[(1, 3)]
+    assert set(stats) == {f"targeted k=2_{c}" for c in qk_edits.EDIT_CHANGES}
+    gain = stats["targeted k=2_self_mass_change"]
+    assert gain.unit == "prompt" and torch.allclose(gain.per_unit, torch.tensor([0.4, 0.3, 0.5]))
+    assert gain.value == pytest.approx(0.4)
+    assert stats["targeted k=2_partner_mass_change"].value == pytest.approx(-0.4)  # the NaN prompt left out
+    log_odds = stats["targeted k=2_self_mass_log_odds_change"]  # logit(mean 0.6) - logit(mean 0.2) = log 1.5 + log 4
+    assert log_odds.value == pytest.approx(math.log(6), rel=1e-5)
+    rows = qk_edits.edit_rows(sweep)[(1, 3)]  # the means results keep, and their changes: the Samples' values
+    assert rows["targeted k=2"]["self_mass"] == pytest.approx(0.6) and rows["unedited"]["self_mass_change"] == 0
+    assert all(rows["targeted k=2"][c] == pytest.approx(stats[f"targeted k=2_{c}"].value, rel=1e-5)
+               for c in qk_edits.EDIT_CHANGES)
 
 
 def test_edit_sweep_unedited_changes_nothing(organism):
     probe = prompts.category_probe(organism, prompts.STUDY_CATEGORIES, 4, 16, seed=0)
-    heads = {(1, h): qk_head(organism, 1, h, bias=True) for h in (0, 3)}
-    sweep = qk_edits.edit_sweep(organism, probe, {"unedited": heads, "same": heads})
-    assert set(sweep) == {(1, 0), (1, 3)}
-    for rows in sweep.values():
-        assert rows["same"]["self_mass_change"] == 0 and rows["unedited"]["surprisal_change"] == 0
-    assert sweep[(1, 3)]["unedited"]["self_mass"] == pytest.approx(
-        qk_edits.in_context_scores(organism, probe, 1, 3)["self_mass"], abs=1e-6)
+    heads = {(0, 2): qk_head(organism, 0, 2, bias=True), **{(1, h): qk_head(organism, 1, h, bias=True) for h in (0, 3)}}
+    sweep = qk_edits.edit_sweep(organism, probe, {"unedited": heads, "same": heads}, batch_size=3)
+    assert set(sweep) == {(0, 2), (1, 0), (1, 3)} and sweep[(1, 3)]["same"]["self_mass"].shape == (4,)
+    rows = qk_edits.edit_rows(sweep)
+    for per_edit in rows.values():
+        assert per_edit["same"]["self_mass_change"] == 0 and per_edit["unedited"]["surprisal_change"] == 0
+    for hd in heads:
+        assert rows[hd]["unedited"]["self_mass"] == pytest.approx(
+            qk_edits.in_context_scores(organism, probe, *hd)["self_mass"], abs=1e-6)
+
+
+def test_in_context_edit_units_are_each_prompt_on_its_own(organism):
+    probe = prompts.category_probe(organism, prompts.STUDY_CATEGORIES, 5, 16, seed=7)
+    weights = qk_head(organism, 1, 3, bias=True)
+    spectrum = qk.symmetric_spectrum(weights)
+    edits = {"own": weights, "flip": qk.edited_head(weights, spectrum, qk.most_negative(spectrum.values), -1.0)}
+    units = qk_edits.in_context_edit_units(organism, probe, 1, edits, batch_size=2)
+    assert units["own"]["self_mass"].shape == (5,)
+    for i in range(5):
+        alone = qk_edits.in_context_edits(organism, prompts.Probe(probe.tokens[i:i + 1], probe.mask[i:i + 1]), 1, edits)
+        for key in edits:
+            assert {m: float(v[i]) for m, v in units[key].items()} == pytest.approx(alone[key], abs=1e-6, nan_ok=True)
+    assert qk_edits.in_context_edits(organism, probe, 1, edits) == {
+        key: pytest.approx({m: float(v.nanmean()) for m, v in per.items()}) for key, per in units.items()}
+    assert (units["flip"]["self_mass"] > units["own"]["self_mass"]).all()  # every prompt, not only on average
 
 
 def test_in_context_edits_exact_on_a_uniform_head(organism):
@@ -427,3 +506,27 @@ def test_in_context_edits_exact_on_a_uniform_head(organism):
     assert got["zero"]["surprisal"] == pytest.approx(float(expected), abs=1e-5)
     own = qk_edits.in_context_scores(organism, probe, 1, 3)  # the head's own weights: the model's own pattern
     assert got["own"] == pytest.approx(own, abs=1e-5)
+
+
+def test_normalised_rank_and_trivial_accuracy_cutoffs():
+    assert qk.normalised_rank(1.0, 168) == 0.0  # every token its own best key: 0, as the study's argsort positions
+    assert qk.normalised_rank(85.0, 168) == pytest.approx(0.5)
+    assert set(qk.trivial_accuracy_ks([1, 83, 84, 128, 1024], 168)) == {"84", "128", "1024"}
+    assert qk.trivial_accuracy_ks([1, 128, 1024], 50257) == {}
+
+
+def test_the_studys_edit_is_an_eigenvalue_edit_in_the_solvers_order():
+    # d_model = d_head: every eigenpair is kept, so the study's factors rebuild W exactly; W diagonal: the solver
+    # returns the eigenvalues in the diagonal's order, so "the first k" are known
+    W_Q = torch.diag(torch.tensor([-3.0, 1.0, 2.0]))
+    head = QKHead(W_Q, torch.eye(3), 1.0)
+    U_Q, values, U_K = qk.study_eigen_factors(head)
+    assert torch.allclose(values.real, torch.tensor([-3.0, 1.0, 2.0])) and torch.allclose((U_Q * values) @ U_K,
+                                                                                          W_Q.to(U_Q.dtype))
+    x = torch.randn(40, 3, generator=torch.Generator().manual_seed(0))
+    ranks, imag = qk.study_edit_ranks(x, head, (1, 1.0), chunk_size=7)
+    assert torch.equal(ranks, qk.self_ranks(x, head)) and imag == 0.0
+    flipped = QKHead(torch.diag(torch.tensor([3.0, 1.0, 2.0])), torch.eye(3), 1.0)  # the first eigenvalue times -1
+    ranks, _ = qk.study_edit_ranks(x, head, (1, -1.0), queries=torch.tensor([0, 5, 39]))
+    assert torch.equal(ranks, qk.self_ranks(x, flipped)[[0, 5, 39]])
+    assert not torch.equal(ranks, qk.self_ranks(x, head)[[0, 5, 39]])  # the edit moved something

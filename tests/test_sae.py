@@ -170,7 +170,7 @@ def test_sae_features_script_with_a_saved_sae_directory(tmp_path):
 
 @pytest.mark.e2e
 def test_sae_features_script(tmp_path, truth):
-    run_main("sae_features", "--out", str(tmp_path), "--n-prompts", "32", "--precision-k", "8",
+    run_main("sae_features", "--out", str(tmp_path), "--n-prompts", "32",
              "--categories", "all")
     data = json.loads((tmp_path / "results" / "organism" / "sae_features.json").read_text())["results"]
     assert [data["head"]["layer"], data["head"]["head"]] == truth["planted_heads"]["semantic"]
@@ -195,9 +195,26 @@ def test_sae_features_script(tmp_path, truth):
                for c in layer_rows)
     assert all(c["precision"] is None for c in data["controls"] if c["layer"] != layer)
     assert data["target"]["precision"]["n_ranked"] == 4 and 0 <= data["target"]["precision"]["value"] <= 1
-    # the null: predicted features' labels shuffled, near the keyword positions' share (4 of 20) of all positions
+    # the verdict's k: the shipped TopK SAE activates 16 features everywhere, fewer than the study's 32
+    assert {key: data["k_verdict"][key] for key in ("k", "active_count", "study_k")} == {
+        "k": 16, "active_count": 16, "study_k": 32}
+    curve = data["precision_curve"]
+    assert list(curve) == ["k=1", "k=2", "k=4", "k=8", "k=16"]  # no k beyond the active count
+    assert data["target"]["precision"]["value"] == pytest.approx(curve["k=16"]["target"]["value"])
+    assert data["null"]["k"] == 16
+    assert data["null"]["precision_shuffled"] == pytest.approx(curve["k=16"]["null"]["value"])
+    assert data["target"]["precision"]["difference"]["unit"] == "keyword sample"  # a paired CI over samples
+    for entry in curve.values():
+        assert set(entry["by_head"]) == {f"L{layer}H{h}" for h in range(4)}
+        assert entry["target"]["low"] <= entry["target"]["value"] <= entry["target"]["high"]
+    # the planted head predicts the features at its attended key: at k = 1 far above its null and every control
+    small = curve["k=1"]
+    assert small["target"]["low"] > small["null"]["high"]
+    assert small["target"]["low"] > small["strongest_control"]["high"]
+    # the null: predicted features' labels shuffled, at k = 16 near the keyword positions' share (4 of 20)
     assert 0.1 < data["null"]["precision_shuffled"] < 0.35
-    assert (tmp_path / "figures" / "organism" / "sae_features_controls.png").stat().st_size > 1000
+    for name in ("sae_features_controls", "sae_features_precision"):
+        assert (tmp_path / "figures" / "organism" / f"{name}.png").stat().st_size > 1000
 
 
 def test_shuffled_labels_permute_feature_ids_the_same_way_at_every_position():
@@ -262,30 +279,121 @@ def test_predicted_features_and_attended_key_agree_with_dense_products():
     assert torch.equal(picked[0, 0, 4], active[0, 3]) and torch.equal(picked[1, 0, 2], active[1, 0])
 
 
-def test_head_precision_runs_for_every_head_of_the_layer(organism):
+def test_zero_valued_codes_are_not_active_features():
+    # 1 sample, 3 positions (position 0 unscored), d_sae = 4, k = 3: the study's codes.topk(3) fills every active set
+    # to 3 features, zero-valued ones by tie-breaking; the active set holds only the non-zero codes.
+    codes = torch.tensor([[[0.0, 0.0, 0.0, 2.0],    # one non-zero code: feature 3
+                           [3.0, 1.0, 2.0, 0.0],    # three non-zero codes: 0, 2, 1 (largest first)
+                           [0.0, 4.0, 0.0, 0.0]]])  # one non-zero code: feature 1
+    predicted = torch.tensor([[[0, 1, 2], [0, 1, 3], [0, 2, 3]]])
+    scored = torch.tensor([[False, True, True]])
+    active = precision.active_features(codes, 3)
+    assert active.tolist() == [[[3, -1, -1], [0, 2, 1], [1, -1, -1]]]
+    assert precision.active_count(codes).tolist() == [[1, 3, 1]]
+    # before: position 0 overlaps 2 (two of the zero-valued 0, 1, 2, whichever topk picks), position 1 overlaps
+    # {0, 1}: 2, position 2 overlaps 2 (two of the zero-valued 0, 2, 3): TP = 4, FP = 2, precision 4/6
+    before = codes.topk(3, dim=-1).indices
+    assert math.isclose(precision.overlap_precision(predicted, before, scored).item(), 4 / 6)
+    # now: position 0 overlaps nothing (feature 3 is not predicted), position 1 {0, 1}: 2, position 2 nothing:
+    # TP = 2, FP = 0, precision 1
+    assert precision.overlap_precision(predicted, active, scored).item() == 1.0
+    # at k = 1 the active sets are each position's largest code: 3, 0, 1; predicted 0, 0, 0: TP 1, FP 0
+    assert precision.active_features(codes, 1).tolist() == [[[3], [0], [1]]]
+    assert precision.overlap_precision(predicted[..., :1], precision.active_features(codes, 1), scored).item() == 1.0
+
+
+def test_the_verdicts_k_is_the_studys_32_only_where_the_sae_activates_32_features():
+    topk_sae = torch.full((6, 20), 16)  # a TopK SAE with k = 16: 16 non-zero codes everywhere
+    choice = precision.choose_k(topk_sae)
+    assert choice == precision.KChoice(16, 16, 32, "active_count")
+    assert precision.curve_ks(choice) == (1, 2, 4, 8, 16)
+    wide = torch.tensor([[40, 50, 10, 60]])  # median (lower middle) 40 >= 32: the study's k
+    assert precision.choose_k(wide) == precision.KChoice(32, 40, 32, "study_k")
+    assert precision.curve_ks(precision.choose_k(wide)) == (1, 2, 4, 8, 16, 32)
+    odd = precision.choose_k(torch.tensor([20, 20, 3]))  # median 20: a k off the grid joins the curve
+    assert odd.k == 20 and precision.curve_ks(odd) == (1, 2, 4, 8, 16, 20)
+    record = records.k_verdict_record(choice)
+    assert (record["k"], record["active_count"], record["study_k"]) == (16, 16, 32)
+    assert "16 non-zero codes" in record["rule"] and "fewer than the study's k = 32" in record["rule"]
+    assert "at least 32" in records.k_verdict_record(precision.choose_k(wide))["rule"]
+
+
+def test_the_shipped_topk_sae_activates_its_k_features_at_every_position(organism):
+    sae = sources.organism_sae(organism, "blocks.0.hook_resid_post")
+    samples = precision.category_samples(organism, 4, seed=0)
+    counts = precision.sample_active_counts(organism, sae, 1, samples)
+    assert counts.shape == (4 * len(precision.PRECISION_CATEGORIES), precision.PRECISION_LENGTH)
+    assert bool((counts == sae.cfg.k).all())  # TopK: exactly cfg k non-zero codes, never 32
+    assert precision.choose_k(counts).k == sae.cfg.k
+
+
+def test_head_precision_finds_the_planted_head_at_small_k(organism, truth):
+    layer, target = truth["planted_heads"]["semantic"]
     sae = sources.organism_sae(organism, "blocks.0.hook_resid_post")
     words = [organism.to_single_token(w) for w in (" red", " blue", " green", " yellow", " purple")]
-    samples = precision.keyword_prompts(words, 8, organism.cfg.d_vocab, organism.tokenizer.bos_token_id, seed=0)
-    per_head = precision.head_precision(organism, sae, 1, samples, precision.PrecisionSettings(k=8))
-    assert per_head.shape == (8, organism.cfg.n_heads)
+    samples = precision.keyword_prompts(words, 16, organism.cfg.d_vocab, organism.tokenizer.bos_token_id, seed=0)
+    settings = precision.PrecisionSettings(ks=(1, 16), n_shuffles=3)
+    per_head = precision.head_precision(organism, sae, layer, samples, settings)
+    assert per_head.shape == (2, 16, organism.cfg.n_heads)
     assert ((per_head >= 0) & (per_head <= 1)).all()
-    both = precision.precision_with_null(organism, sae, 1, samples, precision.PrecisionSettings(k=8, n_shuffles=3))
+    both = precision.precision_with_null(organism, sae, layer, samples, settings)
     assert torch.equal(both["precision"], per_head) and both["shuffled"].shape == per_head.shape
-    assert ((both["shuffled"] >= 0) & (both["shuffled"] <= 1)).all()
+    mean, null = per_head[0].mean(0), both["shuffled"][0].mean(0)  # at k = 1, per head
+    assert int(mean.argmax()) == target and mean[target] > 0.4  # the planted semantic head predicts its features
+    assert all(mean[h] < 0.2 for h in range(organism.cfg.n_heads) if h != target) and null[target] < 0.1
 
 
-def test_precision_by_head_means_over_samples_then_categories():
-    # two categories, two samples, three heads; shuffled null a constant per category
-    per_category = {"a": {"precision": torch.tensor([[1.0, 0.0, 0.5], [0.0, 0.0, 0.5]]),
-                          "shuffled": torch.full((2, 3), 0.2)},
-                    "b": {"precision": torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]]),
-                          "shuffled": torch.full((2, 3), 0.4)}}
-    rows = precision.precision_by_head(per_category)
+def test_precision_by_head_pools_samples_at_one_k():
+    # two categories, two samples, three heads, two k; shuffled null a constant per category
+    per_category = {"a": {"precision": torch.tensor([[[1.0, 0.0, 0.5], [0.0, 0.0, 0.5]],
+                                                     [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]]),
+                          "shuffled": torch.full((2, 2, 3), 0.2)},
+                    "b": {"precision": torch.tensor([[[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]],
+                                                     [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]]]),
+                          "shuffled": torch.full((2, 2, 3), 0.4)}}
+    rows = precision.precision_by_head(per_category, 0)
     assert set(rows) == {0, 1, 2}
-    assert rows[0] == pytest.approx({"precision": 0.75, "precision_shuffled": 0.3, "precision_a": 0.5,
-                                     "precision_b": 1.0})
-    assert rows[1]["precision"] == pytest.approx(0.25) and rows[2]["precision"] == pytest.approx(0.25)
-    assert rows[2]["precision_a"] == pytest.approx(0.5) and rows[2]["precision_b"] == 0.0
+    assert rows[0]["precision"].per_unit.tolist() == [1.0, 0.0, 1.0, 1.0]  # the units: a's samples, then b's
+    assert rows[0]["precision"].value == pytest.approx(0.75) and rows[0]["precision"].unit == "keyword sample"
+    assert rows[0]["precision_shuffled"] == pytest.approx(0.3)
+    assert (rows[0]["precision_a"], rows[0]["precision_b"]) == pytest.approx((0.5, 1.0))
+    assert rows[1]["precision"].value == pytest.approx(0.25) and rows[2]["precision"].value == pytest.approx(0.25)
+    assert precision.precision_by_head(per_category, 1)[2]["precision"].value == pytest.approx(0.5)
+
+
+def test_precision_curve_and_null_comparison_exact():
+    # 1 k, 40 samples, 2 heads: head 0 precision 1 on every sample against a null of 0.25; head 1 equal to its null
+    both = {"precision": torch.stack([torch.ones(40), torch.full((40,), 0.25)], -1)[None],
+            "shuffled": torch.full((1, 40, 2), 0.25)}
+    curve = precision.precision_curve(both, n_resamples=200)
+    assert curve["precision"].value.tolist() == [[1.0, 0.25]] and curve["null"].value.tolist() == [[0.25, 0.25]]
+    assert curve["minus_null"].value.tolist() == [[0.75, 0.0]]
+    assert curve["precision"].low.tolist() == curve["precision"].high.tolist() == [[1.0, 0.25]]  # no spread
+    assert precision.above_null(both, 0, 0, 200)["above"]
+    assert not precision.above_null(both, 0, 1, 200)["above"]  # a difference of exactly 0 never lies above 0
+    spread = torch.linspace(0, 1, 40)
+    noisy = {"precision": spread[None, :, None].expand(1, 40, 2), "shuffled": torch.zeros(1, 40, 2)}
+    interval = precision.precision_curve(noisy, n_resamples=500)["precision"]
+    assert interval.low[0, 0] < interval.value[0, 0] < interval.high[0, 0]
+    assert float(interval.value[0, 0]) == pytest.approx(0.5)
+
+
+def test_precision_curve_record_keys_heads_and_picks_the_strongest_control():
+    value = torch.tensor([[0.9, 0.1, 0.3], [0.2, 0.5, 0.5]], dtype=torch.float64)  # (k, head)
+    zeros = torch.zeros_like(value)
+    curve = {"precision": precision.Interval(value, value - 0.05, value + 0.05),
+             "null": precision.Interval(zeros + 0.1, zeros, zeros + 0.2),
+             "minus_null": precision.Interval(value - 0.1, value - 0.2, value)}
+    record = records.precision_curve_record(curve, (1, 16), layer=1, target=0)
+    assert list(record) == ["k=1", "k=16"]
+    first = record["k=1"]
+    assert first["target"] == pytest.approx({"value": 0.9, "low": 0.85, "high": 0.95})
+    assert first["null"] == pytest.approx({"value": 0.1, "low": 0.0, "high": 0.2})
+    assert first["target_minus_null"]["value"] == pytest.approx(0.8)
+    assert first["strongest_control"]["head"] == 2 and first["strongest_control"]["value"] == pytest.approx(0.3)
+    assert set(first["by_head"]) == {"L1H0", "L1H1", "L1H2"} and first["by_head"]["L1H1"]["null"]["value"] == 0.1
+    assert record["k=16"]["strongest_control"]["head"] == 1  # a tie goes to the lower head
+    assert record["k=16"]["k"] == 16
 
 
 def test_feature_map_record_exact():
@@ -326,5 +434,7 @@ def test_feature_map_and_its_statistics_through_each_layers_layernorm(organism):
     x0 = organism.blocks[0].ln1(sae.W_dec[chosen][:, None])[:, 0].detach()
     expected = group_map_statistics(x0, group, QKHead(organism.W_Q[0, 2].detach(), organism.W_K[0, 2].detach(),
                                                       organism.cfg.attn_scale))
-    assert {k: stats[(0, 2)][k] for k in expected} == pytest.approx(expected, abs=1e-5)
-    assert stats[(1, 3)]["self_minus_in_group"] != pytest.approx(stats[(0, 3)]["self_minus_in_group"])
+    assert {k: stats[(0, 2)][k].value for k in expected} == pytest.approx({k: v.value for k, v in expected.items()},
+                                                                         abs=1e-5)
+    assert stats[(0, 2)]["self_minus_in_group"].unit == "SAE feature"
+    assert stats[(1, 3)]["self_minus_in_group"].value != pytest.approx(stats[(0, 3)]["self_minus_in_group"].value)

@@ -7,7 +7,8 @@ import torch
 
 from analysis import self_suppression as ss
 from analysis.attention import QKHead
-from analysis.controls import compare
+from analysis.controls import Undefined, compare
+from analysis.properties import both_hold, unit_margins, weight_verdicts
 from analysis.qk_decomposition import RankGrid, spectrum_summary, symmetric_spectrum
 
 
@@ -18,7 +19,7 @@ def test_partner_margins_and_below_partners_on_a_hand_built_matrix():
                            [1.0, 1.0, 0.5, 9.0],
                            [0.0, 0.0, 0.0, 3.0]])
     category = torch.tensor([0, 0, 0, 1])
-    margins = ss.partner_margins(scores, category)
+    margins = unit_margins(scores, category)["self_vs_partners"]
     assert margins[:3].tolist() == pytest.approx([-1 - 3.0, 5 - 0.5, 0.5 - 1.0])
     assert math.isnan(margins[3])  # no partner
     assert ss.below_partners(scores, category).tolist() == [True, False, True, False]
@@ -41,13 +42,17 @@ def test_gaussian_like_has_the_inputs_mean_and_covariance():
     assert torch.allclose(torch.cov(y.T), torch.cov(x.T), atol=0.15)
 
 
-def test_shuffled_null_is_seeded_and_keeps_the_margin_of_a_label_free_matrix():
-    scores = torch.randn(20, 20, generator=torch.Generator().manual_seed(0))
-    category = torch.arange(20) % 4
-    a, b = ss.shuffled_margins(scores, category, 10, seed=3), ss.shuffled_margins(scores, category, 10, seed=3)
-    assert torch.equal(a, b)
-    constant = torch.ones(20, 20) + torch.eye(20)  # self 2, everyone else 1, whatever the labels
-    assert ss.shuffled_margins(constant, category, 5, seed=0).tolist() == pytest.approx([1.0] * 5)
+def test_the_below_partners_null_keeps_the_real_labels_and_is_seeded():
+    x = torch.randn(20, 64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    category = torch.arange(20) % 4  # 4 categories of 5: every word has 4 partners
+    zero = QKHead(torch.zeros(64, 4, dtype=torch.float64), torch.zeros(64, 4, dtype=torch.float64), 1.0)
+    assert ss.below_partners_null(x, category, zero, 5, seed=0).tolist() == [0.0] * 5  # 0 < 0 never holds
+    # W = -I scores each vector below the others by its squared norm: random vectors with the words' moments are
+    # below their 4 partners as often as the words are, so beating this null needs more than the moments give
+    avoider = QKHead(torch.eye(64, dtype=torch.float64), -torch.eye(64, dtype=torch.float64), 1.0)
+    null = ss.below_partners_null(x, category, avoider, 20, seed=1)
+    assert torch.equal(null, ss.below_partners_null(x, category, avoider, 20, seed=1))
+    assert float(null.mean()) > 0.9 and float(ss.below_partners(x @ -x.T, category).double().mean()) == 1.0
 
 
 def test_every_full_rank_head_has_exactly_d_head_negative_eigenvalues():
@@ -87,47 +92,59 @@ def _head(beta: float, gamma: float, delta: float):
     return W_Q, W_K
 
 
-def test_the_planted_self_suppressing_head_is_flagged_and_ranked_first_the_decoy_is_not():
+def test_the_planted_head_separates_the_decoy_ties_it_on_attraction_the_avoider_on_self():
     x, category, *_ = _world()
-    planted = _head(beta=4.0, gamma=6.0, delta=3.0)
-    decoy = _head(beta=4.0, gamma=0.0, delta=3.0)  # attends to its category, itself included
-    d_head = planted[0].shape[1]
+    heads = {(0, 0): _head(beta=4.0, gamma=6.0, delta=3.0), (0, 1): _head(beta=4.0, gamma=0.0, delta=3.0),
+             (0, 2): _head(beta=0.0, gamma=6.0, delta=3.0)}  # planted, decoy (itself included), category-blind avoider
+    d_head = heads[(0, 0)][0].shape[1]
     generator = torch.Generator().manual_seed(0)
-    heads = {(0, 0): planted, (0, 1): decoy}
-    for h in range(2, 8):  # random controls of the same shape
+    for h in range(3, 8):  # random controls of the same shape
         heads[(0, h)] = tuple(torch.randn(x.shape[1], d_head, generator=generator, dtype=torch.float64)
                               for _ in range(2))
-    stats = {head: ss.head_statistics(x, category, QKHead(W_Q, W_K, 1.0), seed=0, n_permutations=50, n_gaussian=512)
-             for head, (W_Q, W_K) in heads.items()}
+    qks = {head: QKHead(W_Q, W_K, 1.0) for head, (W_Q, W_K) in heads.items()}
+    stats = {head: ss.head_statistics(x, category, qk, seed=0, n_repeats=20) for head, qk in qks.items()}
 
-    # the planted head: self-score -γ below each partner's (β + 1 from m), every word below every partner
-    assert stats[(0, 0)]["margin"] == pytest.approx(-6.0, abs=1e-9)
-    assert stats[(0, 0)]["below_partners_share"] == 1.0
-    assert ss.flags_self_suppression(stats[(0, 0)])
-    # the decoy scores itself exactly like its partners: not flagged
-    assert stats[(0, 1)]["margin"] == pytest.approx(0.0, abs=1e-9)
-    assert stats[(0, 1)]["below_partners_share"] == 0.0
-    assert not ss.flags_self_suppression(stats[(0, 1)])
-    assert not any(ss.flags_self_suppression(stats[(0, h)]) for h in range(2, 8))
+    # the planted head: self-score -γ below each partner's β, every word below every partner; its partners score β
+    # and the 19 other words 4 β / 19 on average (its 4 partners among them), so attraction is β 15/19
+    assert stats[(0, 0)]["margin"].value == pytest.approx(-6.0, abs=1e-9)
+    assert stats[(0, 0)]["below_partners_share"].value == 1.0
+    assert stats[(0, 0)]["category_attraction"].value == pytest.approx(4.0 * 15 / 19, abs=1e-9)
+    assert stats[(0, 1)]["margin"].value == pytest.approx(0.0, abs=1e-9)  # the decoy scores itself as its partners
+    assert stats[(0, 2)]["category_attraction"].value == pytest.approx(0.0, abs=1e-9)  # the avoider is category-blind
 
-    report = compare((0, 0), stats, ss.DIRECTIONS)
-    for name in ("margin", "margin_normalised", "below_partners_share"):
-        assert report["target"][name]["rank"] == 1 and report["target"][name]["separates"], name
-    # the shuffled-label z-score tests only that true partners beat random words: the decoy ties the planted head
-    assert report["target"]["margin_shuffled_z"]["rank"] == 1 and not report["target"]["margin_shuffled_z"]["separates"]
-    assert stats[(0, 1)]["margin_shuffled_z"] == pytest.approx(stats[(0, 0)]["margin_shuffled_z"])
+    # margin = self against random words (the shuffled-label null, closed form) - category attraction, word by word
+    for s in stats.values():
+        assert s["margin"].value == pytest.approx(s["self_vs_random_words"] - s["category_attraction"].value, abs=1e-9)
+
+    report = compare((0, 0), stats, ss.DIRECTIONS)["target"]
+    assert report["below_partners_share"]["verdict"] == "tie"  # the avoider is below every partner too
+    assert report["category_attraction"]["verdict"] == "tie"  # the decoy is as attracted to its category
+    without_avoider = compare((0, 0), {h: s for h, s in stats.items() if h != (0, 2)}, ss.DIRECTIONS)["target"]
+    # with the avoider gone, the planted head is singled out with a CI by the scale-free statistics (a random
+    # head's raw scores spread far wider than the planted ones, so its raw margin's CI is too wide to separate)
+    assert without_avoider["margin_normalised"]["difference"]["high"] < 0
+    assert without_avoider["below_partners_share"]["difference"]["low"] > 0
+    assert all(without_avoider[name]["separates"] for name in ("margin_normalised", "below_partners_share"))
+
+    verdicts = {head: weight_verdicts(x, category, qk, n_resamples=200) for head, qk in qks.items()}
+    assert both_hold(verdicts[(0, 0)])
+    assert [verdicts[(0, 1)][p]["holds"] for p in ("self_avoidance", "category_attraction")] == [False, True]
+    assert [verdicts[(0, 2)][p]["holds"] for p in ("self_avoidance", "category_attraction")] == [True, False]
+    assert not any(both_hold(verdicts[(0, h)]) for h in range(3, 8))
 
 
-def test_the_gaussian_null_sees_no_token_identity():
-    """On inputs with the words' mean and covariance but no identity, the margin is E s(i, i) - E s(i, j) =
-    tr(W Σ) / scale, not the -γ the planted head shows on the words themselves; and no word is below every partner."""
+def test_a_head_with_a_zero_qk_form_gets_every_statistic_defined_or_undefined_with_a_reason():
     x, category, *_ = _world()
-    W_Q, W_K = _head(beta=4.0, gamma=6.0, delta=3.0)
-    stats = ss.head_statistics(x, category, QKHead(W_Q, W_K, 1.0), seed=0, n_permutations=20, n_gaussian=2048)
-    expected = float(torch.trace(W_Q @ W_K.T @ torch.cov(x.T)))  # 4 * 4 * 0.197 - 6 * 20 * 0.05 = -2.84
-    assert stats["gaussian_margin"] == pytest.approx(expected, abs=0.3)
-    assert stats["margin"] == pytest.approx(-6.0) and stats["gaussian_margin"] > stats["margin"] + 2
-    assert stats["gaussian_below_partners_share"] < 0.5 < stats["below_partners_share"] == 1.0
+    zero = QKHead(torch.zeros(x.shape[1], 3, dtype=torch.float64), torch.zeros(x.shape[1], 3, dtype=torch.float64), 1.0)
+    stats = ss.head_statistics(x, category, zero, seed=0, n_repeats=5)
+    assert isinstance(stats["margin_normalised"], Undefined) and isinstance(stats["top1_negative_share"], Undefined)
+    assert stats["margin"].value == 0.0 and stats["below_partners_share"].value == 0.0
+    report = compare((0, 0), {(0, 0): stats, (0, 1): ss.head_statistics(x, category, QKHead(*_head(4.0, 6.0, 3.0), 1.0),
+                                                                         seed=0, n_repeats=5)}, ss.DIRECTIONS)
+    assert report["target"]["margin_normalised"]["verdict"] == "undefined"
+    assert "no spread" in report["target"]["margin_normalised"]["reason"]
+    zero_verdicts = weight_verdicts(x, category, zero, n_resamples=50)
+    assert not zero_verdicts["self_avoidance"]["holds"] and not zero_verdicts["category_attraction"]["holds"]
 
 
 def test_rank_queries_is_a_seeded_sample_and_every_token_when_the_vocabulary_is_small():
@@ -159,6 +176,11 @@ def test_best_cell_is_the_lowest_mean_rank():
     assert ss.best_cell(cells) is cells["b"]
 
 
+def values(stats: dict) -> dict:
+    """A head's statistics as numbers (a Sample's value)."""
+    return {key: getattr(value, "value", value) for key, value in stats.items()}
+
+
 def test_rank_ablation_measures_the_target_and_its_controls_alike(organism):
     from analysis import prompts
     from analysis.token_maps import token_inputs
@@ -171,8 +193,10 @@ def test_rank_ablation_measures_the_target_and_its_controls_alike(organism):
     assert set(study["statistics"]) == {(1, 3), (1, 1), (0, 2)} and set(study["control_grids"]) == {"L1H1", "L0H2"}
     assert study["best"] is ss.best_cell(study["grid"]["cells"])
     own = ss.rank_grid(organism, (0, 2), E[0], probe, grid)
-    assert study["statistics"][(0, 2)] == pytest.approx(ss.rank_statistics(own, study["best"]))
+    expected = ss.rank_statistics(own, study["best"]) | ss.rank_samples(own, study["best"])
+    assert values(study["statistics"][(0, 2)]) == pytest.approx(values(expected))
+    assert study["statistics"][(0, 2)]["mean_rank"].unit == "query token"
     cheap = ss.rank_ablation(organism, [(1, 3), (0, 2)], E.__getitem__, probe, ss.RankAblation(grid, "best"))
     assert set(cheap["directions"]) == set(ss.RANK_DIRECTIONS) and not cheap["control_grids"]
-    for key, value in cheap["statistics"][(0, 2)].items():
-        assert study["statistics"][(0, 2)][key] == pytest.approx(value, abs=1e-4), key
+    for key, value in values(cheap["statistics"][(0, 2)]).items():
+        assert values(study["statistics"][(0, 2)])[key] == pytest.approx(value, abs=1e-4), key

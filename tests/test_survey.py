@@ -4,10 +4,10 @@ import json
 
 import torch
 
-from analysis import prompts, scan, scores
+from analysis import prompts, records, scan, scores
 from analysis.patterns import all_patterns, flatten_heads
 from analysis.organism.report import THRESHOLDS
-from analysis.survey import separation, survey_table
+from analysis.survey import design_summary, separation, survey_table
 import pytest
 
 from conftest import run_main, run_script
@@ -97,6 +97,14 @@ def test_characterize_head_script_end_to_end(tmp_path, truth):
     assert data["categories"]["set"] == "study" and len(data["categories"]["names"]) == 8
     assert data["selection"]["survey"][0]["surprisal"] == data["target"]["selection_surprisal"]
     assert data["example"]["scores"]["partner_mass"] > 0.5 and len(data["example"]["tokens"]) == 25
+    # the study's design beside ours: every head, the planted one first, the organism's context and vocabulary recorded
+    design = data["study_design"]
+    assert len(design["heads"]) == 8 and design["n_prompts"] == 32 and data["seeds"]["study_design"] == 2002
+    assert (design["target"]["layer"], design["target"]["head"], design["target"]["rank"]) == (layer, head, 1)
+    assert design["n_words"] == 127 and design["requested_words"] == 255 and design["left_out"] == [" 2", " 4"]
+    assert design["target"]["p05"] <= design["target"]["median"] <= design["target"]["p95"]
+    assert design["target"]["one_prompt"] < design["runner_up"]["one_prompt"]
+    assert "study's design" in result.stdout
     figures = tmp_path / "figures" / "organism"
     for name in ("characterize_head", "characterize_head_example"):
         assert (figures / f"{name}.png").stat().st_size > 1000 and (figures / f"{name}.pdf").exists()
@@ -110,3 +118,43 @@ def test_characterize_head_rejects_a_missing_head(tmp_path, capsys):
         run_main("characterize_head", "--out", str(tmp_path), "--layer", "7", "--head", "0")
     assert exit_.value.code == 2 and "L7H0 does not exist" in " ".join(capsys.readouterr().err.split())
     assert not (tmp_path / "results").exists()
+
+
+def test_design_summary_of_a_hand_built_survey():
+    # 3 prompts, 1 layer, 3 heads; the first prompt is the study's single prompt.
+    per_prompt = torch.tensor([[2.0, 1.0, 3.0], [4.0, 0.0, 3.0], [6.0, 5.0, 3.0]])[:, None, :]
+    summary = design_summary(per_prompt, (0, 0))
+    assert summary.one_prompt.tolist() == [[2.0, 1.0, 3.0]]
+    assert summary.median.tolist() == [[4.0, 1.0, 3.0]]
+    assert torch.allclose(summary.p05, torch.tensor([[2.2, 0.1, 3.0]]))  # linear interpolation: 2 + 0.1 * 2
+    assert torch.allclose(summary.p95, torch.tensor([[5.8, 4.6, 3.0]]))
+    assert summary.best == (0, 1) and summary.target == (0, 0) and summary.target_rank == 2
+    assert summary.runner_up == (0, 1)  # the best head but the target
+    assert design_summary(per_prompt, (0, 1)).runner_up == (0, 0) and design_summary(per_prompt, (0, 1)).target_rank == 1
+
+
+def test_study_design_survey_is_the_study_s_of_every_head_and_finds_the_planted_head(organism, truth):
+    design = prompts.study_design_probe(organism, 5, 40, seed=1)
+    got = scan.study_design_survey(organism, design.probe, batch_size=2)  # chunks of 2, 2 and 1 prompts
+    pattern = flatten_heads(all_patterns(organism, design.probe.tokens))
+    expected = scores.study_surprisal(pattern, design.probe.mask).reshape(5, organism.cfg.n_layers, -1)
+    assert got.shape == (5, organism.cfg.n_layers, organism.cfg.n_heads) and torch.allclose(got, expected)
+    planted = tuple(truth["planted_heads"]["semantic"])
+    assert design_summary(got, planted).target_rank == 1 and design_summary(got, planted).best == planted
+
+
+def test_study_design_record_keys_heads_by_name_and_names_its_departures():
+    per_prompt = torch.tensor([[2.0, 1.0], [4.0, 0.0], [6.0, 5.0]])[:, None, :]
+    probe = prompts.Probe(torch.zeros(3, 6, dtype=torch.long), torch.zeros(3, 6, 6))
+    design = prompts.StudyDesign(probe, {"colours": [" red"]}, [" 2", " 4"], 5)
+    record = records.study_design_record(design, design_summary(per_prompt, (0, 0)), 255, 6)
+    assert record["heads"]["L0H1"] == {"one_prompt": 1.0, "median": 1.0, "p05": pytest.approx(0.1),
+                                       "p95": pytest.approx(4.6)}
+    assert record["target"]["rank"] == 2 and (record["runner_up"]["layer"], record["runner_up"]["head"]) == (0, 1)
+    assert record["n_words"] == 5 and record["requested_words"] == 255 and record["n_prompts"] == 3
+    assert record["departures"] == ["5 words, not 255 (the context holds 6 tokens)",
+                                    "keywords this tokenizer lacks left out: 2, 4"]
+    assert record["departures_text"] == "; ".join(record["departures"])
+    whole = prompts.StudyDesign(probe, {"colours": [" red"]}, [], 255)
+    assert records.design_departures(whole, 255, 1024) == []
+    assert records.study_design_record(whole, design_summary(per_prompt, (0, 0)), 255, 1024)["departures_text"] == "none"

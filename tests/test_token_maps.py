@@ -47,3 +47,24 @@ def test_group_tokens_and_block_means(organism):
                            [7.0, 8.0, 9.0]])
     means = token_maps.block_means(scores, torch.tensor([0, 0, 1]))
     assert means == {"self": 5.0, "in_group": 3.0, "out_group": 6.0, "self_minus_in_group": 2.0}  # out: 3, 6, 7, 8
+
+
+def test_the_mean_view_follows_the_categories_and_keys_its_cache_on_them(organism, tmp_path, monkeypatch):
+    from analysis import vocab_input
+
+    monkeypatch.setattr(vocab_input, "CACHE_DIR", tmp_path)
+    ids = torch.tensor([4, 8, 30])
+    study = token_maps.token_inputs(organism, 1, "mean", ids, options=token_maps.InputOptions(prompts.STUDY_CATEGORIES))
+    union = token_maps.token_inputs(organism, 1, "mean", ids, options=token_maps.InputOptions(prompts.ALL_CATEGORIES))
+    assert torch.equal(union, token_maps.token_inputs(organism, 1, "mean", ids))  # the default: the 10-category union
+    expected = head_input(organism, 1, prompts.reference_prompts(organism, 0, categories=prompts.STUDY_CATEGORIES),
+                          "mean", token_ids=ids, settings=InputSettings(use_cache=False))
+    assert torch.allclose(study, expected) and not torch.allclose(study, union)
+    assert len(list(tmp_path.rglob("*.pt"))) == 2  # one cache entry per category set
+
+
+def test_the_study_view_dispatches_to_the_studys_construction(organism):
+    ids = torch.tensor([4, 8])
+    study = head_input(organism, 1, variant="study", token_ids=ids, settings=InputSettings(use_cache=False))
+    assert torch.allclose(token_maps.token_inputs(organism, 1, "study", ids), study)
+    assert "study" in token_maps.INPUT_VIEWS

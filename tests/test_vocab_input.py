@@ -113,3 +113,55 @@ def test_default_cache_directory_is_outside_the_checkout(monkeypatch, tmp_path):
     assert default.parent == Path.home() / ".cache" and REPO_ROOT not in default.parents
     monkeypatch.setenv("ANALYSIS_CACHE_DIR", str(tmp_path / "mine"))
     assert vocab_input.default_cache_dir() == tmp_path / "mine"
+
+
+def study_forward_input(model, layer):
+    """The study's own hooks (its get_vocab_attn1_input, generalised to `layer`): every token id as one prompt
+    without BOS, the positional embedding replaced by its mean over n_ctx positions, each earlier attention's input
+    cut to n_ctx positions and its output replaced by its mean over them; LN1 of `layer` read for every token."""
+    n_ctx = model.cfg.n_ctx
+    stored = {}
+    hooks = [(get_act_name("pos_embed"), lambda act, hook: model.W_pos[:n_ctx].mean(0).expand_as(act).clone()),
+             (get_act_name("normalized", layer, "ln1"), lambda act, hook: stored.setdefault("x", act))]
+    for l in range(layer):
+        hooks.append((get_act_name("normalized", l, "ln1"), lambda act, hook: act[:, :n_ctx]))
+        hooks.append((get_act_name("attn_out", l), lambda act, hook: act.mean((0, 1)).expand(1, 1, -1)))
+    tokens = torch.arange(model.cfg.d_vocab)[None]  # longer than n_ctx: only attention sees a cut sequence
+    pos = model.pos_embed.W_pos
+    with torch.no_grad():
+        padded = torch.cat([pos, pos.new_zeros(model.cfg.d_vocab - n_ctx, pos.shape[1])])
+        model.pos_embed.W_pos = torch.nn.Parameter(padded)  # room for every id; the hook replaces it anyway
+        try:
+            model.run_with_hooks(tokens, fwd_hooks=hooks, stop_at_layer=layer + 1)
+        finally:
+            model.pos_embed.W_pos = pos
+    return stored["x"][0]
+
+
+def test_study_variant_is_the_studys_construction(organism):
+    assert organism.cfg.d_vocab > organism.cfg.n_ctx  # the cut to n_ctx positions matters here, as on GPT-2
+    expected = study_forward_input(organism, 1)
+    got = vocab_input.head_input(organism, 1, variant="study", settings=NO_CACHE)
+    assert torch.allclose(got, expected, atol=1e-5)
+    c_pos, (c_attn,) = vocab_input.study_means(organism, 1)
+    assert torch.allclose(c_pos, organism.W_pos.mean(0), atol=1e-6)
+    reference = prompts.reference_prompts(organism, seed=0, n_prompts=16)
+    assert (c_attn - vocab_input.reference_means(organism, 1, reference)[1][0]).norm() > 1e-3  # not our mean view
+
+
+def test_a_model_without_positional_embeddings_has_no_positional_term():
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(n_layers=2, d_model=16, n_ctx=12, d_head=4, n_heads=4, d_vocab=20, act_fn="gelu",
+                                  positional_embedding_type="rotary", seed=0)
+    model = HookedTransformer(cfg)
+    reference = prompts.reference_prompts(model, seed=0, n_prompts=4)  # no tokenizer: random tokens
+    for means in (vocab_input.reference_means(model, 1, reference), vocab_input.study_means(model, 1)):
+        c_pos, c_attn = means
+        assert torch.equal(c_pos, torch.zeros(16)) and len(c_attn) == 1 and c_attn[0].abs().sum() > 0
+    x = vocab_input.head_input(model, 1, variant="study", settings=NO_CACHE)
+    c_attn = vocab_input.study_means(model, 1)[1][0]
+    block = model.blocks[0]
+    resid = model.W_E + c_attn
+    expected = model.blocks[1].ln1((resid + block.mlp(block.ln2(resid[:, None]))[:, 0])[:, None])[:, 0]
+    assert torch.allclose(x, expected.detach(), atol=1e-5)

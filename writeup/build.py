@@ -20,6 +20,7 @@ LOG_PATTERNS = {
     "missing file": r"LaTeX Warning: File `([^']+)' not found",
     "unstable labels": r"(Label\(s\) may have changed)",
     "missing character": r"Missing character: There is no (\S+)",
+    "float too large for its page": r"LaTeX Warning: Float too large for page by (\S+pt)",
 }
 
 

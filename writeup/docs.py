@@ -40,7 +40,7 @@ from analysis.models import checkpoint_path
 from analysis.organism.files import ORGANISM_DIR, TRAINING_LOG_FILE
 from writeup.generate import paper_macros
 from writeup.results import MODEL_SOURCE, MODEL_TRUTH, Results
-from writeup.tables import EVIDENCE_HEADER, evidence_rows, threshold_rows
+from writeup.tables import EVIDENCE_HEADER, evidence_rows, not_supported, threshold_rows
 
 RECORDS_DIR = REPO_ROOT / "docs" / "data"
 ORGANISM = "organism"  # the shipped organism, as make and the scripts name it by default
@@ -123,11 +123,6 @@ def not_shipped_organism(results: Results) -> str | None:
 # --- the regions rendered from the organism's results ------------------------------------------------------
 
 
-def evidence_claims(results: Results) -> list[dict[str, str]]:
-    """The evidence table's rows as plain text, keyed by EVIDENCE_HEADER."""
-    return [dict(zip(EVIDENCE_HEADER, map(plain, row))) for row in evidence_rows(results)]
-
-
 README_RESULTS = """\
 On the shipped organism, as the paper prints them:
 
@@ -141,16 +136,20 @@ its copies {SurveySelf}, on BOS where no category-mate precedes {SurveyBos}.
 """
 
 
-def render_readme_results(sources: Sources) -> str:
-    claims = evidence_claims(sources.results)
+README_EVIDENCE = """\
+- **Evidence**, by rules fixed before the results were read ([values](docs/evidence.md)): the claim that \
+{SurveyHead} is a self-suppressing semantic head is **{EvidenceClaim}**. Primary statistics against the strongest \
+control head, after Holm's correction: S {EvidenceSCorrected}, partner margin {EvidenceMarginCorrected}, share \
+below every partner {EvidenceBelowCorrected}. Self-avoidance {PropBehaviourSelfHolds} in behaviour and \
+{PropWeightsSelfHolds} in the weights; category attraction {PropBehaviourAttractHolds} in behaviour and \
+{PropWeightsAttractHolds} in the weights. Of the secondary statistics the target separates on {EvidenceSecondarySeparatingCount} \
+and does not on {EvidenceSecondaryNotSeparatingCount}; [docs/evidence.md](docs/evidence.md) names them, and what is \
+not supported.
+"""
 
-    def listed(rows):
-        return "; ".join(r["claim"] for r in rows) or "none"
-    return (fill(README_RESULTS, sources.values)
-            + "- **Evidence**: whether the target beats every control head in the direction a self-suppressing "
-              "head predicts ([values](docs/evidence.md)).\n"
-            + f"  - Singles the target out: {listed([r for r in claims if r['separates'] == 'yes'])}.\n"
-            + f"  - Does not: {listed([r for r in claims if r['separates'] != 'yes'])}.\n")
+
+def render_readme_results(sources: Sources) -> str:
+    return fill(README_RESULTS, sources.values) + fill(README_EVIDENCE, sources.values)
 
 
 ORGANISM_TRAINING = """\
@@ -202,12 +201,13 @@ duplicate-token heads {RepDupHeads}.
 - `characterize_head`: the survey selects {SurveyHead} and reports it on the disjoint set (seeds \
 {SurveySelectionSeed} and {SurveyReportSeed}): S = {SurveyS} [{SurveySLow}, {SurveySHigh}] nats, partner mass \
 {SurveyPartner}, self and copies {SurveySelf}, BOS mass without partner {SurveyBos}; the next head, \
-{SurveyRunnerHead}, is at {SurveyRunnerS}. The worst head, {SurveyWorstHead}, scores {SurveyWorstS} nats.
+{SurveyRunnerHead}, is at {SurveyRunnerS}. The worst head, {SurveyWorstHead}, scores {SurveyWorstS} nats. On the study's design (one prompt of {StudyDesignWords} figure-era keywords, the BOS row in the mean, the last row sent to BOS) {SurveyHead} has S = {StudyDesignS} (median {StudyDesignMedian} over {StudyDesignPrompts} prompts), the next head, {StudyDesignRunnerHead}, {StudyDesignRunnerS}.
 - `component_ablation`: median S with each component mean-ablated (zero-ablated): token embedding \
 {AblTokenMean} ({AblTokenZero}), positional embedding {AblPosMean} ({AblPosZero}), attention-0 {AblAttnMean} \
 ({AblAttnZero}), MLP0 {AblMLPMean} ({AblMLPZero}), MLP-only residual {AblMLPOnlyMean}, unablated {AblBaseMean}. \
-The study's way: token embedding {AblStudyToken}, positional {AblStudyPos}, attention-0 {AblStudyAttn}, MLP0 \
-{AblStudyMLP}, unablated {AblStudyBase}.
+The study's way (its prompts, with the last row sent to BOS, its convention and S): token embedding \
+{AblStudyToken}, positional {AblStudyPos}, attention-0 {AblStudyAttn}, MLP0 {AblStudyMLP}, unablated {AblStudyBase} \
+({AblStudyNoQuirkBase} without the last-row rule).
 - `token_freq`: {FreqTokens} tokens, {FreqDistinct} distinct, from the {FreqSource}.
 - `cosine_attention_analysis`: other tokens start to beat the query itself from cosine {CosBeatsSelf}; \
 category-mates beat self in {CosMatesBeat} of pairs, other categories in {CosOthersBeat}; the category contrast, \
@@ -223,10 +223,10 @@ one prompt of {RepSemPromptTokens} tokens, partner mass {RepSemPartner}, self {R
     "mechanism-organism": """\
 - `skew_analysis`: norms of W_sym {SkewNormSym} and W_skew {SkewNormSkew}; {SkewNNeg} of {SkewNEigen} \
 eigenvalues negative, as in {SkewSylvesterHeads} of {SkewSylvesterN} heads. Partner margin {SkewMargin} \
-(strongest control {SkewMarginRival} {SkewMarginRivalValue}; shuffled-label null {SkewMarginShuffled}, \
-Gaussian null {SkewMarginGaussian}); normalised {SkewNormMargin} ({SkewNormMarginRival} \
-{SkewNormMarginRivalValue}); words below every partner {SkewBelow} ({SkewBelowRival} {SkewBelowRivalValue}, \
-Gaussian null {SkewBelowGaussian}).
+(strongest control {SkewMarginRival} {SkewMarginRivalValue}; {SkewMarginVerdict}; shuffled-label null, the \
+self-score against random words, {SkewMarginNull}); normalised {SkewNormMargin} ({SkewNormMarginRival} \
+{SkewNormMarginRivalValue}); words below every partner {SkewBelow} ({SkewBelowRival} {SkewBelowRivalValue}; \
+Gaussian inputs with the words' moments and category sizes {SkewBelowNull}, 95th percentile {SkewBelowNullHigh}).
 - `sym_skew_maps`: on the group set, self minus in-group {MapsGap} (strongest control {MapsGapRival} \
 {MapsGapRivalValue}); share below every group-mate {MapsBelow} ({MapsBelowRival} {MapsBelowRivalValue}).
 - `eigenvalue_scaling`: self mass {SteerSelfBefore} unedited, {SteerZeroSelf} with the negative eigenvalues set \
@@ -268,25 +268,30 @@ gain is {RankGain} against {RankGainCtlHead}'s {RankGainCtl}; gradient restore g
 {GradRestoreGainCtlHead}'s {GradRestoreGainCtl}. The specific edits: eigenvalues set to zero ({SteerZeroGain} \
 against {SteerZeroGainCtl}) and the flip of only the components that carry the tokens' negative self-score \
 ({SteerTargetedGain} against {SteerTargetedGainCtl}).
-- **Statistics that could have failed.** On the head's inputs for the category words the partner margin is \
-{SkewMargin}; the strongest of {SkewNControls} control heads, {SkewMarginRival}, is at {SkewMarginRivalValue}, \
-the shuffled-label null at {SkewMarginShuffled} and the Gaussian null at {SkewMarginGaussian}. The statistics \
-that single the target out: on the category words {SkewSeparating}; on the group set {MapsSeparating}; on the \
-SAE features {SaeSeparating}.
+- **The claim**, by the rule fixed in advance: **{EvidenceClaim}**. Primary statistics after Holm's correction: \
+S {EvidenceSCorrected} (p {EvidenceSP}, adjusted {EvidenceSHolm}), partner margin {EvidenceMarginCorrected} \
+(p {EvidenceMarginP}, adjusted {EvidenceMarginHolm}), share below every partner {EvidenceBelowCorrected} \
+(p {EvidenceBelowP}, adjusted {EvidenceBelowHolm}). Self-avoidance {PropBehaviourSelfHolds} in behaviour \
+({PropBehaviourSelf}, CI {PropBehaviourSelfLow} to {PropBehaviourSelfHigh}) and {PropWeightsSelfHolds} in the \
+weights ({PropWeightsSelf}); category attraction {PropBehaviourAttractHolds} ({PropBehaviourAttract}) and \
+{PropWeightsAttractHolds} ({PropWeightsAttract}). Heads with both properties: in behaviour {PropBehaviourBoth}, \
+in the weights {PropWeightsBoth}.
 - **The study's SAE precision** at k = {SaePrecisionK} is {SaePrecision}, rank {SaePrecisionRank} of \
 {SaePrecisionRanked} in its layer, {SaePrecisionAboveNull} its shuffled-label null ({SaePrecisionNull}).
 
-Every claim, with the direction a self-suppressing head predicts (pred.), the target's value and rank among \
-target and controls, the strongest control, the null where there is one, and whether the target beats every \
-control:
+Every compared statistic, the primary ones first, with the direction a self-suppressing head predicts (pred.), \
+the target's value and rank among target and controls, the strongest control, the difference target minus \
+strongest control with its 95% paired bootstrap CI, and the verdict:
 
 """
 
 
 def render_evidence(sources: Sources) -> str:
     rows = evidence_rows(sources.results)
-    return fill(EVIDENCE, sources.values) + markdown_table(
-        EVIDENCE_HEADER, [list(map(plain, row)) for row in rows]) + "\n"
+    unsupported = "".join(f"- {plain(label)}\n" for label in not_supported(sources.results)) or "- none\n"
+    return (fill(EVIDENCE, sources.values) + markdown_table(EVIDENCE_HEADER, [list(map(plain, row)) for row in rows])
+            + "\n\n**Not supported** by the rules fixed in advance (the target does not separate from its strongest "
+              "control, or the property does not hold):\n\n" + unsupported)
 
 
 # --- the regions rendered from records ---------------------------------------------------------------------

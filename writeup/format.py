@@ -8,7 +8,7 @@ A format is one of
   "count"                       the number of entries of a list or mapping
   "head"                        {"layer": 1, "head": 5} or [1, 5] as L1H5
   "text"                        escaped text; "word": a token, without GPT-2's leading space
-  "list", "list:3"              a list of words (all, or the first 3), comma separated
+  "list", "list:3"              a list of words (all, or the first 3), comma separated ("none" if empty)
   "commit"                      a commit hash, shortened
   Words("is", "is not")         a boolean as one of two words
 """
@@ -73,7 +73,7 @@ def format_value(value: Any, fmt: Format) -> str:
         return latex_escape({"text": str, "word": str.strip, "commit": short_commit}[fmt](value))
     if match := re.fullmatch(r"list(?::(\d+))?", fmt):
         items = value[:int(match.group(1))] if match.group(1) else value
-        return latex_escape(", ".join(str(item).strip() for item in items))
+        return latex_escape(", ".join(str(item).strip() for item in items) or "none")
     if fmt == "count":
         return rf"\num{{{len(value)}}}"
     if value is None or (isinstance(value, float) and not math.isfinite(value)):

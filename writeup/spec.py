@@ -171,6 +171,28 @@ SPEC: dict[str, dict[str, Entry]] = {
         "ExampleS": ("results.example.scores.surprisal", ".3f"),
         "ExamplePartner": ("results.example.scores.partner_mass", ".2f"),
         "ExampleSelf": ("results.example.scores.self_mass", ".2f"),
+        "SurveySVerdict": ("results.comparison.target.surprisal.verdict", "text"),
+        "SurveySDiffLow": ("results.comparison.target.surprisal.difference.low", ".3f"),
+        "SurveySDiffHigh": ("results.comparison.target.surprisal.difference.high", ".3f"),
+        "SurveySelfVerdict": ("results.comparison.target.self_mass.verdict", "text"),
+        "SurveySelfRival": ("results.comparison.target.self_mass.strongest_control", "head"),
+        "SurveySelfRivalValue": ("results.comparison.target.self_mass.strongest_control.value", ".3f"),
+        "SurveyBosVerdict": ("results.comparison.target.bos_mass_no_partner.verdict", "text"),
+        "SurveyBosRival": ("results.comparison.target.bos_mass_no_partner.strongest_control", "head"),
+        "SurveyBosRivalValue": ("results.comparison.target.bos_mass_no_partner.strongest_control.value", ".3f"),
+        # the study's design beside ours: one prompt of its figure-era keywords, BOS row in the mean, last row to BOS
+        **{f"StudyDesign{name}{part}": (f"results.study_design.{key}.{path}", fmt)
+           for name, key in (("", "target"), ("Runner", "runner_up"))
+           for part, path, fmt in (("S", "one_prompt", ".3f"), ("Median", "median", ".3f"), ("Low", "p05", ".3f"),
+                                   ("High", "p95", ".3f"))},
+        "StudyDesignRank": ("results.study_design.target.rank", "d"),
+        "StudyDesignRunnerHead": ("results.study_design.runner_up", "head"),
+        "StudyDesignBestHead": ("results.study_design.best", "head"),
+        "StudyDesignWords": ("results.study_design.n_words", "d"),
+        "StudyDesignRequestedWords": ("results.study_design.requested_words", "d"),
+        "StudyDesignPrompts": ("results.study_design.n_prompts", "d"),
+        "StudyDesignDepartures": ("results.study_design.departures_text", "text"),
+        "StudyDesignSeed": ("results.seeds.study_design", "d"),
     },
     "component_ablation": {
         "AblNPrompts": ("provenance.arguments.n_prompts", "d"), "AblNWords": ("provenance.arguments.n_words", "d"),
@@ -181,9 +203,18 @@ SPEC: dict[str, dict[str, Entry]] = {
         "AblTokenMinusPosMean": ("results.token_minus_positional_median.mean", ".2f"),
         "AblPosShare": ("results.positional_share_of_token_damage.mean", "percent"),
         "AblTokenMinusPosZero": ("results.token_minus_positional_median.zero", ".2f"),
-        # the study's way: its convention (means with BOS, BOS ablated too, mean mode) and its S (clamp, BOS row)
+        # the study's way: its prompts (figure-era keywords, last row to BOS), its convention (means with BOS, BOS
+        # ablated too, mean mode) and its S (clamp, BOS row)
         **{f"AblStudy{infix}": (f"results.study_way.{condition}.median", ".2f")
            for condition, (_, infix) in ABLATION_CONDITIONS.items()},
+        "AblStudyDesignPrompts": ("results.study_design.n_prompts", "d"),
+        "AblStudyDesignWords": ("results.study_design.n_words", "d"),
+        "AblStudyDesignDepartures": ("results.study_design.departures_text", "text"),
+        # the study's convention and S on our prompts: what its prompts and last-row quirk change
+        "AblStudyOurPromptsBase": ("results.study_convention_our_prompts.baseline.median", ".2f"),
+        "AblStudyOurPromptsToken": ("results.study_convention_our_prompts.token_embedding.median", ".2f"),
+        "AblStudyNoQuirkBase": ("results.study_way_without_last_row_quirk.baseline.median", ".3f"),
+        "AblStudyNoQuirkToken": ("results.study_way_without_last_row_quirk.token_embedding.median", ".2f"),
         # the study's convention scored with our S (exact, uncapped, BOS row out)
         "AblStudyConvOurSToken": ("results.by_convention.study_bos_ablated.token_embedding.median", ".2f"),
         "AblCategories": ("results.categories.set", "text"), "AblCategoryWords": ("results.categories.words", "d"),
@@ -206,6 +237,10 @@ SPEC: dict[str, dict[str, Entry]] = {
         # the study's curve (bits, unscaled, no biases, column-wise, windows of 0.03)
         "CosStudyZero": ("results.study.beats_self_from_cosine", ".2f"),
         "CosStudyPeakCosine": ("results.study.peak.cosine", ".2f"), "CosStudyPeakBits": ("results.study.peak.bits", ".1f"),
+        # the study's curve on the study's own head input (its vocabulary-level construction)
+        "CosStudyInputZero": ("results.study_on_study_input.beats_self_from_cosine", ".2f"),
+        "CosStudyInputPeakCosine": ("results.study_on_study_input.peak.cosine", ".2f"),
+        "CosStudyInputPeakBits": ("results.study_on_study_input.peak.bits", ".1f"),
         "CosStudyWidth": ("results.study.width", ".2f"), "CosStudyWindows": ("results.study.x", "count"),
         # the category contrast against every other head
         "CosContrast": ("results.target.mates_minus_others.value", ".2f"),
@@ -213,8 +248,11 @@ SPEC: dict[str, dict[str, Entry]] = {
         "CosContrastN": ("results.target.mates_minus_others.n_ranked", "d"),
         "CosContrastControl": ("results.target.mates_minus_others.strongest_control", "head"),
         "CosContrastControlValue": ("results.target.mates_minus_others.strongest_control.value", ".2f"),
-        "CosBeatControl": ("results.target.mates_beat_self.strongest_control", "head"),
-        "CosBeatControlValue": ("results.target.mates_beat_self.strongest_control.value", "percent"),
+        "CosContrastLow": ("results.target.mates_minus_others.difference.low", ".2f"),
+        "CosContrastHigh": ("results.target.mates_minus_others.difference.high", ".2f"),
+        "CosContrastVerdict": ("results.target.mates_minus_others.verdict", "text"),
+        "CosBeatControl": ("results.target.word_mates_beat_self.strongest_control", "head"),
+        "CosBeatControlValue": ("results.target.word_mates_beat_self.strongest_control.value", "percent"),
     },
     "token_freq": {
         "FreqTokens": ("results.total_tokens", "d"), "FreqDistinct": ("results.distinct_tokens", "d"),
@@ -247,16 +285,23 @@ SPEC: dict[str, dict[str, Entry]] = {
         "SkewMargin": ("results.target.margin.value", ".2f"),
         "SkewMarginRival": ("results.target.margin.strongest_control", "head"),
         "SkewMarginRivalValue": ("results.target.margin.strongest_control.value", ".2f"),
-        "SkewMarginShuffled": ("results.null.target.margin_shuffled_mean", ".2f"),
-        "SkewMarginGaussian": ("results.null.target.gaussian_margin", ".2f"),
+        "SkewMarginNull": ("results.null.self_vs_random_words.value", ".2f"),
+        "SkewMarginCILow": ("results.target.margin.difference.low", ".2f"),
+        "SkewMarginCIHigh": ("results.target.margin.difference.high", ".2f"),
+        "SkewMarginVerdict": ("results.target.margin.verdict", "text"),
+        "SkewAttraction": ("results.target.category_attraction.value", ".2f"),
+        "SkewAttractionRival": ("results.target.category_attraction.strongest_control", "head"),
+        "SkewAttractionRivalValue": ("results.target.category_attraction.strongest_control.value", ".2f"),
         "SkewNormMargin": ("results.target.margin_normalised.value", ".2f"),
         "SkewNormMarginRival": ("results.target.margin_normalised.strongest_control", "head"),
         "SkewNormMarginRivalValue": ("results.target.margin_normalised.strongest_control.value", ".2f"),
-        "SkewNormMarginGaussian": ("results.null.target.gaussian_margin_normalised", ".2f"),
         "SkewBelow": ("results.target.below_partners_share.value", "percent"),
         "SkewBelowRival": ("results.target.below_partners_share.strongest_control", "head"),
         "SkewBelowRivalValue": ("results.target.below_partners_share.strongest_control.value", "percent"),
-        "SkewBelowGaussian": ("results.null.target.gaussian_below_partners_share", "percent"),
+        "SkewBelowNull": ("results.null.below_partners.mean", "percent"),
+        "SkewBelowNullHigh": ("results.null.below_partners.q95", "percent"),
+        "SkewBelowBeatsNull": ("results.null.below_partners.beats_null", Words("above", "not above")),
+        "SkewNullDraws": ("provenance.arguments.n_null_draws", "d"),
         "SkewNegShareRank": ("results.target.negative_eigenvalue_share.rank", "d"),
         "SkewNegShareRival": ("results.target.negative_eigenvalue_share.strongest_control", "head"),
         "SkewNegShareRivalValue": ("results.target.negative_eigenvalue_share.strongest_control.value", "percent"),
@@ -266,7 +311,6 @@ SPEC: dict[str, dict[str, Entry]] = {
         "SkewSelfScoreRank": ("results.target.self_score.rank", "d"),
         "SkewTopFourShare": ("results.target.top4_negative_share.value", "percent"),
         "SkewTopFourRank": ("results.target.top4_negative_share.rank", "d"),
-        "SkewZRank": ("results.target.margin_shuffled_z.rank", "d"),
         "SkewNRanked": ("results.target.margin.n_ranked", "d"),
         "SkewSeparating": ("results.separating", "list"),
         "SkewCountSeparates": ("results.target.n_negative_eigenvalues.separates", Words("does", "does not")),
@@ -308,8 +352,19 @@ SPEC: dict[str, dict[str, Entry]] = {
         "SteerTargetedK": ("results.targeted_k", "d"),
         "SteerTargetedSelf": ("results.target_edits.targeted.self_mass", ".2f"),
         "SteerTargetedPartner": ("results.target_edits.targeted.partner_mass", ".2f"),
-        "SteerTargetedPerLost": ("results.target_edits.targeted.self_per_partner_lost", ".2f"),
-        "SteerFlipPerLost": ("results.target_edits.factor -1.self_per_partner_lost", ".2f"),
+        # the targeted edit as a curve over k (controls.compare at each k; ends keyed "smallest", "largest")
+        "SteerCurveKs": ("results.targeted_curve.ks", "list"),
+        "SteerCurveSeparating": ("results.targeted_curve.separating_ks.self_mass_change", "list"),
+        "SteerCurveSeparatingLogit": ("results.targeted_curve.separating_ks.self_mass_log_odds_change", "list"),
+        "SteerCurveLastSep": ("results.targeted_curve.largest_separating_k.self_mass_change", "d"),
+        "SteerCurveWidest": ("results.targeted_curve.widest_gap_k.self_mass_change", "d"),
+        **{f"SteerCurve{end.title()}{part}": (f"results.targeted_curve.ends.{end}.self_mass_change{path}", fmt)
+           for end in ("smallest", "largest")
+           for part, path, fmt in (("Gain", ".value", ".2f"), ("Ctl", ".strongest_control.value", ".2f"),
+                                   ("CtlHead", ".strongest_control", "head"))},
+        **{f"SteerCurve{end.title()}K": (f"results.targeted_curve.ends.{end}.k", "d") for end in ("smallest", "largest")},
+        **{f"SteerCurveLargestDiff{part}": (f"results.targeted_curve.ends.largest.self_mass_change.difference.{key}",
+                                            ".2f") for part, key in (("", "value"), ("Low", "low"), ("High", "high"))},
     },
     "eigenvalue_rank_ablation": {  # cells keyed "k=<k>,scale=<scale>"
         "RankVocab": ("results.d_vocab", "d"),
@@ -319,6 +374,15 @@ SPEC: dict[str, dict[str, Entry]] = {
         "RankBest": ("results.best_cell.mean_rank", ".2f"), "RankBestAccOne": ("results.best_cell.acc@1", ".2f"),
         "RankBestSelfMass": ("results.best_cell.self_mass", ".2f"),
         "RankStudyCell": (f"results.cells.{STUDY_CELL}.mean_rank", ".1f"),
+        # on the study's scale, (rank - 1) / V, and the study's own edit (eig of W, solver order) at its cell
+        "RankUneditedNorm": ("results.unedited_cell.mean_rank_normalised", ".3f"),
+        "RankStudyCellNorm": (f"results.cells.{STUDY_CELL}.mean_rank_normalised", ".3f"),
+        **{f"RankStudyWay{name}{suffix}": (f"results.study_edit.{key}.{path}", fmt)
+           for name, key in (("Unedited", "unedited"), ("Edited", "edited"),
+                             ("StudyInputUnedited", "unedited_study_input"), ("StudyInputEdited", "edited_study_input"))
+           for suffix, path, fmt in (("", "mean_rank", ".1f"), ("Norm", "mean_rank_normalised", ".3f"))},
+        "RankStudyWayEditedImag": ("results.study_edit.edited.imaginary_share", ".1e"),
+        "RankAccKept": ("results.at", "list"),
         # the grid on the control heads
         "RankGainSeparates": ("results.target.best_self_mass_change.separates", Words("singles out", "does not single out")),
         "RankFallSeparates": ("results.target.best_mean_rank_change.separates", Words("singles out", "does not single out")),
@@ -370,6 +434,14 @@ SPEC: dict[str, dict[str, Entry]] = {
         "CluStudyNodes": ("results.study_graph.n_nodes", "d"), "CluStudyEdges": ("results.study_graph.n_edges", "d"),
         "CluStudySelfLoops": ("results.study_graph.n_self_loops", "d"),
         "CluStudyCommunities": ("results.study_graph.n_communities", "d"),
+        "CluCountReason": ("results.community_count.reason", "text"),
+        # every input view: the target's ARI (ours, the study's graph) and its rank among the heads
+        "CluViewRule": ("results.default_view_rule", "text"),
+        **{f"CluView{view.title()}{name}": (f"results.views.{view}.target.{key}.{path}", fmt)
+           for view in ("study", "mean", "zero", "context")
+           for name, key, path, fmt in (("ARI", "ari", "value", ".2f"), ("ARIRank", "ari", "rank", "d"),
+                                        ("StudyARI", "study_ari", "value", ".2f"),
+                                        ("StudyARIRank", "study_ari", "rank", "d"))},
         "CluStudyPrinted": ("results.study_graph.printed_clusters", "d"),
         "CluStudyMaxSize": ("results.study_graph.max_comm_size", "d"),
         "CluStudyARI": ("results.study_graph.agreement.ari", ".2f"),
@@ -393,14 +465,28 @@ SPEC: dict[str, dict[str, Entry]] = {
         "SaeBestIsSelf": ("results.self_avoidance.best_key_is_self", "percent"),
         "SaeTopPairsSame": ("results.top_pairs_same_category", "percent"),
         "SaeTopPairs": ("results.top_pairs", "count"),
+        # the study's precision at the one k of its verdict (results.k_verdict), against controls and its null
         "SaePrecision": ("results.target.precision.value", ".2f"),
         "SaePrecisionRank": ("results.target.precision.rank", "d"),
         "SaePrecisionRanked": ("results.target.precision.n_ranked", "d"),
         "SaePrecisionControl": ("results.target.precision.strongest_control", "head"),
         "SaePrecisionControlValue": ("results.target.precision.strongest_control.value", ".2f"),
-        "SaePrecisionK": ("provenance.arguments.precision_k", "d"),
+        **{f"SaePrecisionDiff{suffix}": (f"results.target.precision.difference.{key}", ".3f")
+           for suffix, key in (("", "value"), ("Low", "low"), ("High", "high"))},
+        "SaePrecisionK": ("results.k_verdict.k", "d"),
+        "SaePrecisionActive": ("results.k_verdict.active_count", "d"),
+        "SaePrecisionStudyK": ("results.k_verdict.study_k", "d"),
         "SaePrecisionSeparates": ("results.target.precision.separates", Words("singles out", "does not single out")),
         "SaePrecisionNull": ("results.null.precision_shuffled", ".2f"),
+        **{f"SaePrecisionMinusNull{suffix}": (f"results.null.target_minus_null.{key}", ".3f")
+           for suffix, key in (("", "value"), ("Low", "low"), ("High", "high"))},
+        "SaePrecisionAboveNull": ("results.null.target_minus_null.above", Words("above", "not above")),
+        # the curve over k (tab_sae_precision holds all of it): its first point, k = 1
+        "SaeCurveFirst": ("results.precision_curve.k=1.target.value", ".2f"),
+        "SaeCurveFirstNull": ("results.precision_curve.k=1.null.value", ".2f"),
+        "SaeCurveFirstControl": ("results.precision_curve.k=1.strongest_control", "head"),
+        "SaeCurveFirstControlValue": ("results.precision_curve.k=1.strongest_control.value", ".2f"),
+        "SaeCurvePoints": ("results.precision_curve", "count"),
         "SaeCategories": ("results.categories.set", "text"),
         # the feature map's statistics for every head (controls)
         "SaeNControls": ("results.controls", "count"), "SaeMapRanked": ("results.target.in_minus_out_group.n_ranked", "d"),
@@ -413,10 +499,34 @@ SPEC: dict[str, dict[str, Entry]] = {
                                    ("CtlHead", "strongest_control", "head"))},
         "SaeSeparating": ("results.separating", "list"),
     },
+    "evidence": {  # the primary statistics corrected together (Holm), the two properties, the claim
+        "EvidenceAlpha": ("results.rule.alpha", ".3f"), "EvidenceLevel": ("results.rule.level", "percent"),
+        "EvidencePrimaryCount": ("results.primary", "count"),
+        "EvidenceClaim": ("results.claim.supported", Words("supported", "not supported")),
+        "EvidencePrimaryHold": ("results.claim.primary_separate_corrected", Words("all separate", "not all separate")),
+        **{f"Evidence{name}{part}": (f"results.family.{key}.{path}", fmt)
+           for name, key in (("S", "characterize_head.surprisal"), ("Margin", "skew_analysis.margin"),
+                             ("Below", "skew_analysis.below_partners_share"))
+           for part, path, fmt in (("P", "p_value", ".4f"), ("Holm", "p_holm", ".4f"),
+                                   ("Chance", "rank_chance", ".2f"),
+                                   ("Corrected", "separates_corrected", Words("separates", "does not separate")))},
+        **{f"Prop{view}{name}{part}": (f"results.properties.target.{key}.{prop}.{path}", fmt)
+           for view, key in (("Behaviour", "behaviour"), ("Weights", "weights"))
+           for name, prop in (("Self", "self_avoidance"), ("Attract", "category_attraction"))
+           for part, path, fmt in (("", "value", ".2f"), ("Low", "low", ".2f"), ("High", "high", ".2f"),
+                                   ("Holds", "holds", Words("holds", "does not hold")))},
+        **{f"EvidenceSecondary{name}{part}": (f"results.secondary_by_verdict.{verdict}", fmt)
+           for name, verdict in (("Separating", "separates"), ("NotSeparating", "does not separate"),
+                                 ("Ties", "tie"), ("Descriptive", "descriptive"), ("Undefined", "undefined"))
+           for part, fmt in (("Count", "count"),)},
+        "PropBehaviourBoth": ("results.properties.heads_with_both.behaviour", "list"),
+        "PropWeightsBoth": ("results.properties.heads_with_both.weights", "list"),
+    },
     "reported": {  # values reported for GPT-2 small by the original study and the literature (citations)
         "RepSemHead": ("semantic_head.head", "head"), "RepSemLayer": ("semantic_head.head.0", "d"),
         "RepSemHeadIndex": ("semantic_head.head.1", "d"), "RepSemPromptTokens": ("semantic_head.prompt_tokens", "d"),
         "RepSemS": ("semantic_head.surprisal", "g"), "RepSemRunnerS": ("semantic_head.runners_up.0.surprisal", "g"),
+        "RepSemRunnerHead": ("semantic_head.runners_up.0", "head"),
         "RepSemPartner": ("semantic_head.partner_mass", "g"), 
         "RepSemSelfOnly": ("semantic_head.self_only_mass", "g"), "RepSemCopies": ("semantic_head.copies_mass", "g"),
         "RepSemBos": ("semantic_head.bos_mass_no_partner", "g"),
@@ -454,6 +564,8 @@ SWITCHES: dict[str, tuple[str, str, bool]] = {
     "SaeRan": ("sae_features", "results.sae.ran", True),  # no SAE of the model could be had: no feature step
     # the model as loaded had no weight processing (random or raw weights): no processed model to compare with
     "ManualProcessed": ("manual_attention", "results.processed_compared", True),
+    # the graph has the study's number of frequency-chosen nodes: only then does a community count compare
+    "CluCountComparable": ("clustering", "results.community_count.comparable", False),
 }
 GUARDS: dict[str, str] = {"sae_features": "SaeRan", "ManualMaxProcessed": "ManualProcessed",
                           "ScanPlantedFound": "Organism"}  # the scan against this model's planted heads
@@ -485,9 +597,9 @@ def ratio(a: float, b: float) -> float:
     return a / b
 
 
-def exceeds(a: float, b: float) -> bool:
-    """Whether a > b (e.g. a head's statistic above its null)."""
-    return a > b
+def normalised_range(ranks: Sequence[float], n_keys: int, start: int) -> list[float]:
+    """A reported range of mean self-ranks on the scale (rank - first rank) / V of `n_keys` keys, to 3 places."""
+    return [round((r - start) / n_keys, 3) for r in ranks]
 
 
 def reported_damage_share(medians: Mapping[str, float]) -> float:
@@ -506,8 +618,10 @@ DERIVED: dict[str, tuple[Callable[..., Any], tuple[str, ...], Format]] = {
     # flipped against unedited eigenvalues: the factor of increase in self mass
     "SteerFlipRatio": (ratio, ("eigenvalue_scaling:results.factors.-1.in_context.self_mass",
                                "eigenvalue_scaling:results.factors.1.in_context.self_mass"), ".0f"),
-    "SaePrecisionAboveNull": (exceeds, ("sae_features:results.target.precision.value",
-                                        "sae_features:results.null.precision_shuffled"), Words("above", "not above")),
+    # the study's mean self-ranks (from 0 over its vocabulary) on the scale (rank - first) / V
+    **{f"RepRank{name}Norm": (normalised_range, (f"reported:rank_ablation.mean_self_rank_{key}",
+                                                 "reported:rank_ablation.n_keys", "reported:rank_ablation.rank_from"),
+                              "range") for name, key in (("Unedited", "unedited"), ("Edited", "edited"))},
     "RepAblPosShare": (reported_damage_share, ("reported:ablation_medians",), "percent"),
     # the study's self and earlier-copies masses, summed: like for like with our combined self mass
     "RepSemSelfPlusCopies": (total, ("reported:semantic_head.self_only_mass", "reported:semantic_head.copies_mass"),

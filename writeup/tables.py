@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from analysis.organism.report import THRESHOLDS
 from writeup.format import MISSING, format_value, head_name, latex_escape, short_commit, token_tex
 from writeup.results import Results
-from writeup.spec import ABLATION_CONDITIONS, ABLATION_MODES, guard_of, switches
+from writeup.spec import ABLATION_CONDITIONS, ABLATION_MODES, macros, switches
 
 
 def tabular(colspec: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -80,7 +80,7 @@ def table_survey(results: Results, n: int = 5) -> str:
 def table_ablation(results: Results) -> str:
     """Median S [quartiles] per ablated component and mode, beside the medians reported for GPT-2."""
     table = results.get("component_ablation", "results.table")  # {mode: {condition: summary}}, ours: BOS kept
-    study = results.get("component_ablation", "results.study_way")  # {condition: summary}: the study's convention and S
+    study = results.get("component_ablation", "results.study_way")  # {condition: summary}: its prompts, convention and S
     reported = results.get("reported", "ablation_medians")
 
     def cell(row) -> str:
@@ -93,7 +93,7 @@ def table_ablation(results: Results) -> str:
         rows.append(cells)
     column = r">{\raggedright\arraybackslash}p{%s\linewidth}"
     return tabular(column % 0.2 + "ll" + column % 0.12 + column % 0.1,
-                   ["ablated", "mean", "zero", "mean, BOS too", "reported, GPT-2"], rows)
+                   ["ablated", "mean", "zero", "the study's way", "reported, GPT-2"], rows)
 
 
 def table_eigen_steering(results: Results) -> str:
@@ -187,97 +187,263 @@ def table_runs(results: Results, scripts: Sequence[str]) -> str:
     return tabular("lrrr", ["script", "seed", "wall time (s)", "peak memory (GB)"], rows)
 
 
-# (quantity, this run's macro, the macro of the value reported for GPT-2 small): names from writeup.spec
+# (quantity, this run's macro, the macro of the value reported for GPT-2 small): names from writeup.spec. A label
+# is LaTeX and may print macros: where this run's value is not computed the study's way, the label says how it differs.
+STUDY_ABLATION = (r"the study's way: its \AblStudyDesignPrompts{} prompts of \AblStudyDesignWords{} keywords, last row "
+                  r"to BOS, BOS ablated, its $S$; here \AblStudyDesignDepartures")
 REPLICATION_ROWS = [
     ("best previous-token head", "ScanPrevHead", "RepPrevHeads"),
     ("best induction head", "ScanIndHead", "RepIndHeads"),
     ("best duplicate-token head", "ScanDupHead", "RepDupHeads"),
-    ("semantic head (the survey's target)", "SurveyHead", "RepSemHead"),
-    ("$S$ of the semantic head (nats)", "SurveyS", "RepSemS"),
-    ("$S$ of the runner-up (nats)", "SurveyRunnerS", "RepSemRunnerS"),
-    ("mass on valid partners", "SurveyPartner", "RepSemPartner"),
-    ("mass on the query itself", "SurveySelfOnly", "RepSemSelfOnly"),
-    ("mass on earlier copies of the query word", "SurveyCopies", "RepSemCopies"),
+    ("semantic head (the survey's target, our design)", "SurveyHead", "RepSemHead"),
+    ("semantic head, the study's design (best on its one prompt)", "StudyDesignBestHead", "RepSemHead"),
+    (r"$S$ of the semantic head (nats), our design: not the study's (mean over \SurveyNPrompts{} prompts of "
+     r"\SurveyNWords{} words, BOS row out)", "SurveyS", "RepSemS"),
+    (r"$S$ of the semantic head, the study's design: one prompt, BOS row in, last row to BOS (median over "
+     r"\StudyDesignPrompts{} prompts \StudyDesignMedian); here \StudyDesignDepartures", "StudyDesignS", "RepSemS"),
+    ("$S$ of the runner-up (nats), our design", "SurveyRunnerS", "RepSemRunnerS"),
+    (r"$S$ of the runner-up, the study's design (\StudyDesignRunnerHead; the study's \RepSemRunnerHead)",
+     "StudyDesignRunnerS", "RepSemRunnerS"),
+    ("mass on valid partners (ours: our design)", "SurveyPartner", "RepSemPartner"),
+    ("mass on the query itself (ours: our design)", "SurveySelfOnly", "RepSemSelfOnly"),
+    ("mass on earlier copies of the query word (ours: our design)", "SurveyCopies", "RepSemCopies"),
     ("mass on self and earlier copies together (the two rows above summed)", "SurveySelf", "RepSemSelfPlusCopies"),
-    ("BOS mass when no partner", "SurveyBos", "RepSemBos"),
-    ("median $S$, unablated", "AblStudyBase", "RepAblBase"),
-    ("median $S$, token embedding mean-ablated (BOS ablated too, as the study)", "AblStudyToken", "RepAblToken"),
-    ("median $S$, positional embedding mean-ablated (BOS ablated too)", "AblStudyPos", "RepAblPos"),
-    ("median $S$, first MLP mean-ablated (BOS ablated too)", "AblStudyMLP", "RepAblMLP"),
+    ("BOS mass when no partner (ours: our design)", "SurveyBos", "RepSemBos"),
+    (rf"median $S$, unablated ({STUDY_ABLATION})", "AblStudyBase", "RepAblBase"),
+    ("median $S$, token embedding mean-ablated (the study's way)", "AblStudyToken", "RepAblToken"),
+    ("median $S$, positional embedding mean-ablated (the study's way)", "AblStudyPos", "RepAblPos"),
+    ("median $S$, first MLP mean-ablated (the study's way)", "AblStudyMLP", "RepAblMLP"),
     ("cosine where the study's curve turns positive (bits, unscaled, the study's windows)", "CosStudyZero", "RepCosZero"),
     ("cosine of the study's curve's peak", "CosStudyPeakCosine", "RepCosPeak"),
-    ("mean self-rank, unedited", "RankUnedited", "RepRankUnedited"),
-    ("mean self-rank at the study's $k$ and scale", "RankStudyCell", "RepRankEdited"),
+    ("the same two, the study's curve on the study's head input (token ids in order as one prompt, mean "
+     "positions and first-layer attention): where it turns positive", "CosStudyInputZero", "RepCosZero"),
+    ("its peak", "CosStudyInputPeakCosine", "RepCosPeak"),
+    ("mean self-rank on one scale, (rank $-$ first rank)$/V$ over the $V$ keys, unedited", "RankUneditedNorm",
+     "RepRankUneditedNorm"),
+    ("the same, unedited, the study's factors of $W$ on the study's head input", "RankStudyWayStudyInputUneditedNorm",
+     "RepRankUneditedNorm"),
+    ("the same at the study's $k$ and scale, our edit (the $k$ most negative eigenvalues of the symmetric part)",
+     "RankStudyCellNorm", "RepRankEditedNorm"),
+    ("the same, the study's edit (the first $k$ of the first $d$ eigenvalues of $W$, $d$ the head dimension, "
+     "in the solver's order; real part ranked)", "RankStudyWayEditedNorm", "RepRankEditedNorm"),
+    ("the same, the study's edit on the study's input (its vocabulary-level construction)",
+     "RankStudyWayStudyInputEditedNorm", "RepRankEditedNorm"),
+    ("raw mean self-rank, unedited (ours from one over this vocabulary, the study's from zero over GPT-2's: "
+     "scales differ)", "RankUnedited", "RepRankUnedited"),
+    ("raw mean self-rank at the study's $k$ and scale, our edit", "RankStudyCell", "RepRankEdited"),
     ("Leiden communities, the study's graph (key rows, self-loops, BOS, capped size)", "CluStudyCommunities",
      "RepCluCommunities"),
 ]
+# A row that compares only while a switch of writeup.spec.SWITCHES holds, and leaves the table otherwise (the
+# paper's text says why): a community count depends on the number of nodes.
+REPLICATION_SWITCHES = {"CluStudyCommunities": "CluCountComparable"}
+
+
+DERIVED_MARK = r"{}$^\dagger$"  # the mark of a value derived from the study's saved data (the caption explains it)
+
+
+def derived_note(results: Results, name: str) -> str | None:
+    """The note of a reported value that was derived from the study's saved data rather than reported in its
+    text (paper/reported_gpt2.json: a section's `derived_from_saved_data` lists its keys), for the macro `name`
+    (any of its reported entries so derived); None for a value the study reported."""
+    macro = next(m for m in macros() if m.name == name)
+    for source, path in macro.entries:
+        section, _, key = path.partition(".")
+        derived = results.get(source, f"{section}.derived_from_saved_data", default=None) if source == "reported" \
+            else None
+        if derived is not None and key in derived["keys"]:
+            return derived["note"]
+    return None
 
 
 def table_replication(results: Results) -> str:
-    """This run's numbers beside the numbers reported for GPT-2 small, as the macros that print them."""
-    rows = [[label, rf"\{ours}", rf"\{theirs}"] for label, ours, theirs in REPLICATION_ROWS]
+    """This run's numbers beside the numbers reported for GPT-2 small, as the macros that print them; a value the
+    study did not report but that was derived from its saved data is marked (`DERIVED_MARK`, see `derived_note`).
+    A row whose comparison does not hold on this model (`REPLICATION_SWITCHES`) is left out."""
+    holds = switches(results)
+    rows = []
+    for label, ours, theirs in REPLICATION_ROWS:
+        if not holds.get(REPLICATION_SWITCHES.get(ours, ""), True):
+            continue
+        note = derived_note(results, theirs)
+        rows.append([label, rf"\{ours}", rf"\{theirs}" + ("" if note is None else DERIVED_MARK)])
     column = r">{\raggedright\arraybackslash}p{%s\linewidth}"
     header = ["quantity", "this run", "reported, GPT-2 small"]
-    return tabular(column % 0.45 + column % 0.18 + column % 0.27, header, rows)
+    return tabular(column % 0.55 + column % 0.14 + column % 0.23, header, rows)
 
 
-# Each mechanism claim as one statistic of a results file's `target` (controls.compare): (the claim, results
-# file, statistic, format, the null's JSON path or None). The statistic's direction is read from the file.
-EVIDENCE_ROWS = [
-    ("$W_\\text{sym}$ has $d_\\text{head}$ negative eigenvalues", "skew_analysis", "n_negative_eigenvalues", "d", None),
-    ("negative share of $|\\lambda|$", "skew_analysis", "negative_eigenvalue_share", ".2f", None),
-    ("trace of $W_\\text{sym}$", "skew_analysis", "trace", ".2f", None),
-    ("mean self-score", "skew_analysis", "self_score", ".2f", "results.null.target.gaussian_self_score"),
-    ("self-score minus partners' (margin)", "skew_analysis", "margin", ".2f", "results.null.target.margin_shuffled_mean"),
-    ("normalised margin", "skew_analysis", "margin_normalised", ".2f", "results.null.target.gaussian_margin_normalised"),
-    ("words below every partner", "skew_analysis", "below_partners_share", "percent",
-     "results.null.target.gaussian_below_partners_share"),
-    ("negative self-score in the 4 most negative components", "skew_analysis", "top4_negative_share", "percent", None),
-    ("group map: self minus in-group", "sym_skew_maps", "self_minus_in_group", ".2f", None),
-    ("eigenvalues $\\times(-1)$: gain in self mass", "eigenvalue_scaling", "factor -1_self_mass_change", ".2f", None),
-    ("eigenvalues $\\times 0$: gain in self mass", "eigenvalue_scaling", "factor 0_self_mass_change", ".2f", None),
-    ("targeted flip: gain in self mass", "eigenvalue_scaling", "targeted_self_mass_change", ".2f", None),
-    ("rank ablation: largest gain in self mass", "eigenvalue_rank_ablation", "best_self_mass_change", ".2f", None),
-    ("rank ablation: largest fall in mean self-rank", "eigenvalue_rank_ablation", "best_mean_rank_change", ".1f", None),
-    ("gradient restore: gain in self mass", "gradient_steering", "restore_self_gain", ".2f", None),
-    ("trace step: gain in self mass", "gradient_steering", "trace_self_gain", ".2f", None),
-    ("cosine: mates minus other categories", "cosine_attention_analysis", "mates_minus_others", ".2f", None),
-    ("Leiden communities against the categories (ARI)", "clustering", "ari", ".2f", None),
-    ("SAE features: self minus same category", "sae_features", "self_minus_in_group", ".2f", None),
-    ("SAE features: same minus other category", "sae_features", "in_minus_out_group", ".1f", None),
-    ("SAE features: below every same-category feature", "sae_features", "below_partners_share", "percent", None),
-    ("SAE precision (the study's metric)", "sae_features", "precision", ".2f", "results.null.precision_shuffled"),
-]
+def interval(entry, fmt: str = ".2f") -> str:
+    """A {value, low, high} record as "value [low, high]"."""
+    low, high = (format_value(entry[end], fmt) for end in ("low", "high"))
+    return f"{format_value(entry['value'], fmt)} [{low}, {high}]"
 
 
-EVIDENCE_HEADER = ["claim", "pred.", "target", "rank", "strongest control", "null", "separates"]
+def table_sae_precision(results: Results) -> str:
+    """The study's SAE precision against k: the target, the strongest control at that k and the target's
+    shuffled-label null, each with its 95% CI over keyword samples; the verdict's k marked. Empty where the SAE
+    step did not run."""
+    if not switches(results)["SaeRan"]:
+        return ""
+    curve = results.get("sae_features", "results.precision_curve")
+    k_verdict = results.get("sae_features", "results.k_verdict.k")
+    rows = []
+    for entry in sorted(curve.values(), key=lambda e: e["k"]):
+        rival = entry["strongest_control"]
+        k = format_value(entry["k"], "d") + (" (verdict)" if entry["k"] == k_verdict else "")
+        rows.append([k, interval(entry["target"]),
+                     MISSING if rival is None else f"{head_name(rival)} {interval(rival)}", interval(entry["null"])])
+    return tabular("rlll", ["$k$", "target", "strongest control", "null (labels shuffled)"], rows)
+
+
+# The claim each compared statistic stands for, by "<results file>.<statistic>" (evidence.json's keys), and how its
+# values print. A statistic without a label here is listed under its own key: every comparison appears.
+EVIDENCE_LABELS = {
+    "characterize_head.surprisal": ("S in context (held-out prompts)", ".3f"),
+    "characterize_head.partner_mass": ("attention on category-mates", ".2f"),
+    "characterize_head.self_mass": ("attention on itself and its copies", ".3f"),
+    "characterize_head.bos_mass_no_partner": ("attention on BOS without a mate", ".2f"),
+    "characterize_head.argmax_accuracy": ("most-attended key is a target", ".2f"),
+    "skew_analysis.n_negative_eigenvalues": ("$W_\\text{sym}$ has $d_\\text{head}$ negative eigenvalues", "d"),
+    "skew_analysis.negative_eigenvalue_share": ("negative share of $|\\lambda|$", ".2f"),
+    "skew_analysis.trace": ("trace of $W_\\text{sym}$", ".2f"),
+    "skew_analysis.self_score": ("mean self-score", ".2f"),
+    "skew_analysis.self_negative_part": ("negative part of the self-score", ".2f"),
+    "skew_analysis.margin": ("self-score minus partners' (margin)", ".2f"),
+    "skew_analysis.margin_normalised": ("normalised margin", ".2f"),
+    "skew_analysis.below_partners_share": ("words below every partner", "percent"),
+    "skew_analysis.category_attraction": ("partners minus other words", ".2f"),
+    "skew_analysis.self_vs_random_words": ("self minus random words (shuffled null)", ".2f"),
+    "skew_analysis.top1_negative_share": ("negative self-score in the most negative component", "percent"),
+    "skew_analysis.top4_negative_share": ("negative self-score in the 4 most negative components", "percent"),
+    "skew_analysis.top16_negative_share": ("negative self-score in the 16 most negative components", "percent"),
+    "sym_skew_maps.self_minus_in_group": ("group map: self minus in-group", ".2f"),
+    "sym_skew_maps.in_minus_out_group": ("group map: in-group minus out-group", ".2f"),
+    "sym_skew_maps.margin_normalised": ("group map: normalised margin", ".2f"),
+    "sym_skew_maps.below_partners_share": ("group map: below every group-mate", "percent"),
+    "eigenvalue_scaling.factor 1_self_mass": ("self mass, unedited", ".2f"),
+    "eigenvalue_scaling.factor -1_self_mass_change": ("eigenvalues $\\times(-1)$: gain in self mass", ".2f"),
+    "eigenvalue_scaling.factor 0_self_mass_change": ("eigenvalues $\\times 0$: gain in self mass", ".2f"),
+    "eigenvalue_scaling.factor 0.5_self_mass_change": ("eigenvalues $\\times 0.5$: gain in self mass", ".2f"),
+    "eigenvalue_scaling.targeted_self_mass_change": ("targeted flip: gain in self mass", ".2f"),
+    "eigenvalue_rank_ablation.best_self_mass_change": ("rank ablation: largest gain in self mass", ".2f"),
+    "eigenvalue_rank_ablation.best_mean_rank_change": ("rank ablation: largest fall in mean self-rank", ".1f"),
+    "eigenvalue_rank_ablation.mean_rank": ("rank ablation: mean self-rank, unedited", ".1f"),
+    "eigenvalue_rank_ablation.mean_rank_change": ("rank ablation: change in mean self-rank at the best cell", ".1f"),
+    "eigenvalue_rank_ablation.self_mass_change": ("rank ablation: gain in self mass at the best cell", ".2f"),
+    "gradient_steering.self_mass_before": ("self mass before steering", ".3f"),
+    "gradient_steering.bos_no_partner_before": ("BOS mass without a mate, before steering", ".2f"),
+    "gradient_steering.restore_partner_change": ("gradient restore: change in partner mass", ".2f"),
+    "gradient_steering.restore_self_gain": ("gradient restore: gain in self mass", ".2f"),
+    "gradient_steering.trace_self_gain": ("trace step: gain in self mass", ".2f"),
+    "cosine_attention_analysis.mates_minus_others": ("cosine: mates minus other categories", ".2f"),
+    "cosine_attention_analysis.word_mates_beat_self": ("cosine: a word's mates that beat its self-score", "percent"),
+    "clustering.nmi": ("Leiden communities against the categories (NMI)", ".2f"),
+    "clustering.study_ari": ("the study's graph against the categories (ARI)", ".2f"),
+    "clustering.study_nmi": ("the study's graph against the categories (NMI)", ".2f"),
+    "clustering.ari": ("Leiden communities against the categories (ARI)", ".2f"),
+    "sae_features.self_minus_in_group": ("SAE features: self minus same category", ".2f"),
+    "sae_features.in_minus_out_group": ("SAE features: same minus other category", ".1f"),
+    "sae_features.margin_normalised": ("SAE features: normalised margin", ".2f"),
+    "sae_features.below_partners_share": ("SAE features: below every same-category feature", "percent"),
+    "sae_features.precision": ("SAE precision (the study's metric)", ".2f"),
+}
+EVIDENCE_HEADER = ["claim", "role", "pred.", "target", "rank", "strongest control", r"difference [95\,\% CI]",
+                   "verdict"]
+
+
+CURVE_LABEL = re.compile(r"eigenvalue_scaling\.targeted k=(\d+)_(self_mass_change|self_mass_log_odds_change)")
+LOG_ODDS_LABEL = re.compile(r"eigenvalue_scaling\.(.+)_self_mass_log_odds_change")
+
+
+def evidence_label(key: str) -> tuple[str, str]:
+    """The label and format of a compared statistic ("<file>.<statistic>"): from `EVIDENCE_LABELS`, from the
+    targeted edit's curve and the log-odds gains by pattern, else the key itself (breakable)."""
+    if key in EVIDENCE_LABELS:
+        return EVIDENCE_LABELS[key]
+    if match := CURVE_LABEL.fullmatch(key):
+        k, change = match.groups()
+        what = "gain in self mass" if change == "self_mass_change" else "gain in the self mass's log odds"
+        return f"targeted flip of $k = {k}$ components: {what}", ".2f"
+    if match := LOG_ODDS_LABEL.fullmatch(key):
+        return f"{latex_escape(match.group(1))}: gain in the self mass's log odds", ".2f"
+    return breakable(key), ".2f"
+
+
+def breakable(key: str) -> str:
+    """A results key in LaTeX that may break after its dots and underscores (an unlabelled statistic's name)."""
+    return latex_escape(key).replace(r"\_", r"\_\allowbreak{}").replace(".", r".\allowbreak{}")
+
+
+def _difference(entry: dict, fmt: str) -> str:
+    diff = entry.get("difference")
+    if not diff or diff.get("low") is None:
+        return MISSING
+    fmt = ".2f" if fmt in ("percent", "d") else fmt  # a difference of shares or counts prints as a plain number
+    logit = " (logit)" if diff.get("scale") == "logit" else ""
+    return (f"{format_value(diff['value'], fmt)} [{format_value(diff['low'], fmt)}, "
+            f"{format_value(diff['high'], fmt)}]{logit}")
 
 
 def evidence_rows(results: Results) -> list[list[str]]:
-    """Each mechanism claim against its controls (cells in LaTeX, as EVIDENCE_HEADER): the target's value and rank,
-    the strongest control, the null, and whether the target beats every control in the direction the claim
-    predicts. A step the model could not run (a switch of spec.SWITCHES that does not hold) leaves its rows out."""
-    held = switches(results)
+    """Every compared statistic of evidence.json (cells in LaTeX, as EVIDENCE_HEADER), the primary ones first: the
+    target's value and rank, the strongest control, the CI of target minus strongest control, and the verdict (for
+    a primary statistic, after Holm's correction over the family)."""
+    rows_by_key = results.get("evidence", "results.statistics")
+    family = results.get("evidence", "results.family")
+    ordered = [*family, *(k for k in rows_by_key if k not in family)]  # the family in its order, then by file
     rows = []
-    for claim, source, name, fmt, null in EVIDENCE_ROWS:
-        guard = guard_of(source)
-        if guard is not None and not held[guard]:
+    for key in ordered:
+        if key not in rows_by_key:  # a primary statistic whose file was not run
             continue
-        entry = results.get(source, f"results.target.{name}")
-        direction = results.get(source, f"results.directions.{name}")
+        entry = rows_by_key[key]
+        label, fmt = evidence_label(key)
         rival = entry["strongest_control"]
         rank = MISSING if entry["rank"] is None else f"{entry['rank']}/{entry['n_ranked']}"
-        rows.append([claim, direction, format_value(entry["value"], fmt), rank,
+        verdict = entry["verdict"]
+        if key in family:
+            corrected = "separates" if family[key]["separates_corrected"] else "does not separate"
+            verdict = f"{corrected} (Holm)"
+        rows.append([label, entry["role"], entry["direction"], format_value(entry["value"], fmt), rank,
                      MISSING if rival is None else f"{head_name(rival)} {format_value(rival['value'], fmt)}",
-                     MISSING if null is None else format_value(results.get(source, null), fmt),
-                     "yes" if entry["separates"] else "no"])
+                     _difference(entry, fmt), verdict])
     return rows
 
 
+def not_supported(results: Results) -> list[str]:
+    """The claims the evidence does not support, as LaTeX labels: every primary statistic that does not separate
+    after Holm's correction, every secondary one whose verdict is "does not separate", and each of the target's
+    properties that does not hold (in behaviour or in the weights)."""
+    rows = results.get("evidence", "results.statistics")
+    family = results.get("evidence", "results.family")
+    labels = [evidence_label(key)[0] + " (primary)" for key, entry in family.items() if not entry["separates_corrected"]]
+    labels += [evidence_label(key)[0] for key, row in rows.items()
+               if row["role"] == "secondary" and row["verdict"] == "does not separate"]
+    for view, verdicts in results.get("evidence", "results.properties.target").items():
+        for prop, verdict in (verdicts or {}).items():
+            if isinstance(verdict, dict) and not verdict["holds"]:
+                labels.append(f"{prop.replace('_', ' ')} ({view})")
+    return labels
+
+
+def table_not_supported(results: Results) -> str:
+    """`not_supported` as an itemized list (or one item saying there is none)."""
+    items = not_supported(results) or ["none"]
+    return "\n".join([r"\begin{itemize}", *(rf"\item {label}" for label in items), r"\end{itemize}", ""])
+
+
 def table_evidence(results: Results) -> str:
-    """The evidence table (evidence_rows)."""
-    column = r">{\raggedright\arraybackslash}p{0.30\linewidth}"  # room for 144-head ranks and two-digit layers
-    return tabular(column + "lrrlrl", EVIDENCE_HEADER, evidence_rows(results))
+    """The evidence table (evidence_rows) as a longtable that may run over pages, its header repeated; the caption
+    is the paper's \evidencecaption."""
+    def wrapped(width: float) -> str:
+        return rf">{{\raggedright\arraybackslash}}p{{{width}\linewidth}}"
+    # room for 144-head ranks and two-digit layers in "rank" and "strongest control"
+    colspec = wrapped(0.24) + "llrr" + wrapped(0.13) + wrapped(0.17) + wrapped(0.11)
+    header = " & ".join(EVIDENCE_HEADER) + r" \\"
+    lines = [rf"\begin{{longtable}}{{{colspec}}}", r"\caption{\evidencecaption}\label{tab:evidence} \\",
+             r"\toprule", header, r"\midrule", r"\endfirsthead", r"\toprule", header, r"\midrule", r"\endhead",
+             r"\bottomrule", r"\endfoot"]
+    lines += [" & ".join(row) + r" \\" for row in evidence_rows(results)]
+    return "\n".join([*lines, r"\end{longtable}", ""])
 
 
 def tables(results: Results, scripts: Sequence[str]) -> dict[str, str]:
@@ -291,8 +457,10 @@ def tables(results: Results, scripts: Sequence[str]) -> dict[str, str]:
         "rank_ablation": table_rank_ablation(results),
         "gradient_steering": table_gradient_steering(results),
         "communities": table_communities(results),
+        "sae_precision": table_sae_precision(results),
         "replication": table_replication(results),
         "evidence": table_evidence(results),
+        "not_supported": table_not_supported(results),
         "thresholds": table_thresholds(results),
         "provenance": table_provenance(results, scripts),
         "runs": table_runs(results, scripts),

@@ -1,7 +1,8 @@
 """The Hugging Face hub: whether it answers, its offline mode, and TransformerLens's pretrained loads.
 
 A load probes the hub once (`hub_reachable`). Without an answer it runs in the hub's offline mode
-(`hub_offline`: the local cache only, no retries), so an unreachable hub fails in seconds. Weights
+(`hub_offline`: the local cache only, no retries; for the `datasets` library `datasets_offline`), so an
+unreachable hub fails in seconds. Weights
 that are not available here (`unavailable_errors`) become one `ModelNotAvailableError` that says
 what to do; anything else is a bug and surfaces as one.
 """
@@ -89,6 +90,21 @@ def hub_offline() -> Iterator[None]:
             os.environ.pop("HF_HUB_OFFLINE", None)
         else:
             os.environ["HF_HUB_OFFLINE"] = saved_env
+
+
+@contextlib.contextmanager
+def datasets_offline() -> Iterator[None]:
+    """`hub_offline`, and the `datasets` library's own switch (datasets.config.HF_HUB_OFFLINE, read once when it
+    is imported) for the duration: datasets load from their local cache only, without retries."""
+    from datasets import config
+
+    saved = config.HF_HUB_OFFLINE
+    config.HF_HUB_OFFLINE = True
+    try:
+        with hub_offline():
+            yield
+    finally:
+        config.HF_HUB_OFFLINE = saved
 
 
 def load_pretrained(name: str, device: str, processing: Mapping[str, bool]) -> tuple[HookedTransformer, str]:

@@ -19,6 +19,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from analysis.attention import attention_scores, qk_head
+from analysis.controls import Statistic
 from analysis.prompts import category_index
 from analysis.sae.sources import variance_explained
 from analysis.self_suppression import group_map_statistics
@@ -133,8 +134,8 @@ def feature_map(model: HookedTransformer, sae, layer: int, head: int, features: 
 
 
 def feature_map_statistics(model: HookedTransformer, sae, features: Tensor, group: Tensor, layer: int | None = None,
-                           precision: dict[int, dict[str, float]] | None = None
-                           ) -> dict[tuple[int, int], dict[str, float | None]]:
+                           precision: dict[int, dict[str, object]] | None = None
+                           ) -> dict[tuple[int, int], dict[str, Statistic]]:
     """(layer, head) -> `self_suppression.group_map_statistics` of the features' map, for every head (each
     layer's heads see the decoder directions through that layer's LayerNorm: `feature_inputs`). With
     `precision` (`precision_by_head` of the SAE's `layer`), each head of that layer gets its row, every other
@@ -143,7 +144,7 @@ def feature_map_statistics(model: HookedTransformer, sae, features: Tensor, grou
     for l in range(model.cfg.n_layers):
         x = feature_inputs(model, sae, l, features)  # (n, d_model)
         for h in range(model.cfg.n_heads):
-            stats[(l, h)] = group_map_statistics(x, group, qk_head(model, l, h))
+            stats[(l, h)] = group_map_statistics(x, group, qk_head(model, l, h), unit="SAE feature")
             if precision is not None:
                 stats[(l, h)].update(precision.get(h) if l == layer else {"precision": None,
                                                                           "precision_shuffled": None})
