@@ -428,7 +428,8 @@ def not_supported(results: Results) -> list[str]:
 def table_not_supported(results: Results) -> str:
     """`not_supported` as an itemized list (or one item saying there is none)."""
     items = not_supported(results) or ["none"]
-    return "\n".join([r"\begin{itemize}", *(rf"\item {label}" for label in items), r"\end{itemize}", ""])
+    return "\n".join([r"\begin{itemize}\setlength{\itemsep}{0pt}", *(rf"\item {label}" for label in items),
+                      r"\end{itemize}", ""])
 
 
 def table_evidence(results: Results) -> str:
