@@ -345,7 +345,7 @@ EVIDENCE_LABELS = {
     "sae_features.in_minus_out_group": ("SAE features: same minus other category", ".1f"),
     "sae_features.margin_normalised": ("SAE features: normalised margin", ".2f"),
     "sae_features.below_partners_share": ("SAE features: below every same-category feature", "percent"),
-    "sae_features.precision": ("SAE precision (the study's metric)", ".2f"),
+    "sae_features.precision": ("SAE precision (the study's metric) at the $k$ fixed by its rule", ".2f"),
 }
 EVIDENCE_HEADER = ["claim", "role", "pred.", "target", "rank", "strongest control", r"difference [95\,\% CI]",
                    "verdict"]
