@@ -70,8 +70,19 @@ def merge_categories(*sets: Mapping[str, Sequence[str]]) -> dict[str, list[str]]
 # Everything the study names, grouped: the organism's categories, and the default for GPT-2.
 ALL_CATEGORIES: dict[str, list[str]] = merge_categories(STUDY_CATEGORIES, GROUP_SET)
 
-# The category sets a --categories flag names: the study's 8 (its comparisons' default) or the 10-set union.
-CATEGORY_SETS: dict[str, dict[str, list[str]]] = {"study": STUDY_CATEGORIES, "all": ALL_CATEGORIES}
+# Categories the organism's language uses but its attention supervision never names (analysis/organism/train.py):
+# next-token prediction sees them, the planted heads are never told about them. Whether an analysis finds
+# them tests generalisation beyond the supervised categories. GPT-2 spelling, like every set here.
+HELD_OUT_CATEGORIES: dict[str, list[str]] = {
+    "instruments": [" piano", " guitar", " drum", " violin", " trumpet"],
+    "vehicles": [" bus", " truck", " boat", " plane", " bike"],
+    "drinks": [" tea", " coffee", " milk", " juice", " wine"],
+}
+
+# The category sets a --categories flag names: the study's 8 (its comparisons' default), the 10-set union, or
+# the held-out categories.
+CATEGORY_SETS: dict[str, dict[str, list[str]]] = {"study": STUDY_CATEGORIES, "all": ALL_CATEGORIES,
+                                                  "held_out": HELD_OUT_CATEGORIES}
 
 
 def single_token_ids(tokenizer, words: Sequence[str]) -> list[int]:
@@ -274,6 +285,29 @@ def study_mask(tokens: Tensor, category_of: Tensor) -> Tensor:
     (M[i, j] = 1 iff j < i, same category, different word; an empty row falls back to BOS) with the
     last row sent to BOS (`last_row_to_bos`)."""
     return last_row_to_bos(semantic_mask(tokens, category_of))
+def same_category_mask(tokens: Tensor, category_of: Tensor) -> Tensor:
+    """The decoy's mask `M: [batch, query, key]`: a head that attends to its category *including* itself.
+
+    `M[i, j] = 1` iff j <= i and token j is in the same category as token i: itself, its earlier copies
+    and its earlier category-mates. A token in no category gets `M[i, 0] = 1` (BOS).
+    """
+    cats = category_of[tokens]  # (B, T)
+    pos = tokens.shape[1]
+    same_category = (cats[:, :, None] == cats[:, None, :]) & (cats[:, :, None] >= 0)
+    causal = torch.ones(pos, pos, dtype=torch.bool).tril()
+    return _bos_fallback((same_category & causal).float())
+
+
+def other_token_mask(tokens: Tensor) -> Tensor:
+    """The category-blind self-avoider's mask `M: [batch, query, key]`: anything but itself and its copies.
+
+    `M[i, j] = 1` iff j <= i and token j differs from token i (BOS included). The BOS row has no such
+    key and gets `M[0, 0] = 1`.
+    """
+    pos = tokens.shape[1]
+    different = tokens[:, :, None] != tokens[:, None, :]
+    causal = torch.ones(pos, pos, dtype=torch.bool).tril()
+    return _bos_fallback((different & causal).float())
 
 
 def target_distribution(mask: Tensor) -> Tensor:

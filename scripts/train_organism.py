@@ -1,8 +1,18 @@
-"""Train the model organism and write its checkpoint (weights, tokenizer, config, ground truth).
+"""Train a model organism and write its checkpoint (weights, tokenizer, config, ground truth, training log).
 
 The shipped checkpoint in analysis/organism/checkpoint/ was made by running this script with
 its defaults on CPU (2 threads); tests and other scripts never retrain it. Training is seeded
-and deterministic on CPU for a fixed thread count. About 10 minutes on 2 cores.
+and deterministic on CPU for a fixed thread count; the training log records how long it took.
+
+What is planted (--organism): 'semantic' plants previous-token, induction and semantic heads;
+'negative_control' plants previous-token and induction heads, a decoy that attends to its category
+including itself, and a category-blind self-avoider, and no semantic head. The architecture
+(--family): 'gpt2' (LayerNorm, learned positions), 'llama' (RMSNorm, rotary, gated SiLU MLP,
+grouped-query attention, no biases) or 'neox' (parallel attention and MLP, partial rotary). Where
+the planted heads sit: each family's default places, --planted KIND=L.H to name one, or
+--draw-placement to draw them all from --seed (the previous-token head in layer 0, the rest in
+the last layer). The other models the repository ships were made this way; each records its
+exact configuration in training_log.json.
 
 The new checkpoint goes to --out (default: checkpoints/organism/; load it with --model
 checkpoints/organism). It is written into a fresh folder beside --out and swapped in whole, so a
@@ -21,7 +31,8 @@ from analysis import cli, io, models
 from analysis.infra import atomic, checkpoint
 from analysis.organism.files import ORGANISM_DIR
 from analysis.organism.report import planted_head_report
-from analysis.organism.train import TrainConfig, save_organism, timed_train
+from analysis.organism.train import (DEFAULT_PLACEMENT, FAMILIES, ORGANISM_KINDS, TrainConfig, drawn_placement,
+                                     save_organism, timed_train)
 
 DEFAULT_OUT = io.REPO_ROOT / "checkpoints" / "organism"
 
@@ -38,7 +49,42 @@ def build_parser():
     p.add_argument("--threads", type=cli.positive_int, default=2,
                    help="torch CPU threads; fixes the reduction order (default: 2)")
     p.add_argument("--eval-every", type=cli.positive_int, default=500)
+    p.add_argument("--family", choices=list(FAMILIES), default=defaults.family,
+                   help=f"architecture family (default: {defaults.family})")
+    p.add_argument("--organism", choices=list(ORGANISM_KINDS), default="semantic",
+                   help="which heads are planted (default: semantic)")
+    p.add_argument("--planted", nargs="+", default=[], metavar="KIND=L.H",
+                   help="place a planted head, e.g. semantic=1.2 (default: the family's places)")
+    p.add_argument("--draw-placement", action="store_true",
+                   help="draw every planted head's place from --seed instead of the family's default places")
     return p
+
+
+def placement(args, config: TrainConfig) -> dict[str, tuple[int, int]]:
+    """Where each planted kind of --organism sits: drawn from --seed, or the family's default, then --planted."""
+    kinds = ORGANISM_KINDS[args.organism]
+    if args.draw_placement:
+        places = drawn_placement(kinds, config.n_layers, config.n_heads, args.seed)
+    elif (args.family, args.organism) in DEFAULT_PLACEMENT:
+        places = dict(DEFAULT_PLACEMENT[args.family, args.organism])
+    else:
+        places = drawn_placement(kinds, config.n_layers, config.n_heads, 0)
+    for spec in args.planted:
+        kind, _, head = spec.partition("=")
+        if kind not in kinds:
+            raise cli.UsageError(f"--planted {spec}: {kind!r} is not planted in a {args.organism} organism; its kinds "
+                                 f"are {', '.join(kinds)}.")
+        try:
+            layer, index = (int(x) for x in head.split("."))
+        except ValueError:
+            raise cli.UsageError(f"--planted takes KIND=LAYER.HEAD such as semantic=1.2; got {spec!r}.") from None
+        if not (0 <= layer < config.n_layers and 0 <= index < config.n_heads):
+            raise cli.UsageError(f"--planted {spec}: the organism has layers 0-{config.n_layers - 1} and heads "
+                                 f"0-{config.n_heads - 1}.")
+        places[kind] = (layer, index)
+    if len(set(places.values())) < len(places):
+        raise cli.UsageError(f"Two planted kinds share a head: {places}. Give each kind its own head with --planted.")
+    return places
 
 
 def checkpoint_folder(args) -> Path:
@@ -64,7 +110,8 @@ def main(args) -> None:
                              "use --device cpu.")
     out = checkpoint_folder(args)
     config = dataclasses.replace(TrainConfig(), steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                                 seed=args.seed)
+                                 seed=args.seed, family=args.family)
+    config = dataclasses.replace(config, planted_heads=placement(args, config))
     shape = models.ModelShape(config.n_layers, config.n_heads, config.d_model, config.d_head, config.d_mlp,
                               d_vocab=0, n_ctx=config.n_ctx)
     # Activations kept for the backward pass: about a dozen per-head patterns' worth per layer.
@@ -72,8 +119,9 @@ def main(args) -> None:
                      "training activations")
     torch.set_num_threads(args.threads)
     with atomic.staged_directory(out) as folder:  # made before training: an unwritable --out fails now
-        model, log, seconds = timed_train(config, eval_every=args.eval_every, evaluate=planted_head_report)
-        report = planted_head_report(model)
+        evaluate = lambda model: planted_head_report(model, config.planted_heads)  # noqa: E731
+        model, log, seconds = timed_train(config, eval_every=args.eval_every, evaluate=evaluate)
+        report = planted_head_report(model, config.planted_heads)
         save_organism(model, config, log, folder, seconds, report)
     print(f"trained in {seconds / 60:.1f} min; checkpoint in {out}")
     for key, value in report.items():

@@ -5,7 +5,9 @@ prompts written for GPT-2 tokenise the same way here. The language mixes three k
 sequence, each of which rewards one of the planted heads:
 
 * category text: category words among filler words, where after a category word the next word
-  is often an earlier, *different* word of the same category (rewards the semantic head);
+  is often an earlier, *different* word of the same category (rewards the semantic head). Its
+  categories are `LANGUAGE_CATEGORIES`: the ten the planted heads are supervised on and the
+  held-out ones (`prompts.HELD_OUT_CATEGORIES`), which only next-token prediction sees;
 * repeated random chunks of varied length and offset (rewards previous-token + induction);
 * uniformly random tokens (nothing to exploit but the previous token's identity).
 """
@@ -19,10 +21,13 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from analysis.prompts import ALL_CATEGORIES
+from analysis.prompts import ALL_CATEGORIES, HELD_OUT_CATEGORIES, merge_categories
 
 BOS = "<|endoftext|>"
 UNK = "<unk>"
+
+# Every category of the language: the supervised ones first, then the held-out ones.
+LANGUAGE_CATEGORIES: dict[str, list[str]] = merge_categories(ALL_CATEGORIES, HELD_OUT_CATEGORIES)
 
 # Words that are in no category: function words, a few nouns and verbs, names and punctuation,
 # enough to tokenise simple sentences ("The cat sat on the mat.") and the IOI prompt.
@@ -43,9 +48,9 @@ GPT2_SPLIT_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p
 
 
 def vocabulary() -> list[str]:
-    """Token strings in id order: BOS = 0, UNK = 1, then every category word, then fillers."""
+    """Token strings in id order: BOS = 0, UNK = 1, then every category word of the language, then fillers."""
     words = [BOS, UNK]
-    for category_words in ALL_CATEGORIES.values():
+    for category_words in LANGUAGE_CATEGORIES.values():
         words += category_words
     words += [w for w in FILLER_WORDS if w not in words]
     assert len(set(words)) == len(words), "duplicate token in the organism vocabulary"
@@ -84,7 +89,7 @@ class LanguageSpec:
     @classmethod
     def from_vocabulary(cls, words: Sequence[str]) -> "LanguageSpec":
         index = {w: i for i, w in enumerate(words)}
-        categories = tuple(tuple(index[w] for w in ws) for ws in ALL_CATEGORIES.values())
+        categories = tuple(tuple(index[w] for w in ws) for ws in LANGUAGE_CATEGORIES.values())
         in_category = {i for ids in categories for i in ids}
         fillers = tuple(i for w, i in index.items() if w not in (BOS, UNK) and i not in in_category)
         return cls(categories, fillers, index[BOS], len(words))
