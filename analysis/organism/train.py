@@ -22,7 +22,12 @@ planted head attends within held-out categories is then up to next-token predict
 Kinds. The semantic organism plants previous-token, induction and semantic heads. The negative
 control plants, instead of the semantic head, a decoy (its category, itself and its copies
 included) and a category-blind self-avoider (anything but itself and its copies): two heads
-each with one of the semantic head's two properties and not the other.
+each with one of the semantic head's two properties and not the other. The avoider's target is
+uniform over every other earlier token, so the cross-entropy barely pushes on the little mass it
+puts on itself (the gradient on that score is the mass itself): trained on it alone, the avoider
+gives itself about as much attention as any one other key. Its loss therefore adds
+`AVOIDER_SELF_WEIGHT` times -log(1 - mass on itself and its copies), which makes the avoidance
+unambiguous without telling the head anything about categories.
 
 Families (`FAMILIES`): GPT-2 style (LayerNorm, learned absolute positions, GELU MLP); LLaMA
 style (RMSNorm, rotary positions, gated SiLU MLP, grouped-query attention, no biases, untied
@@ -61,6 +66,7 @@ PLANTED_KINDS = {
     "decoy": (prompts.same_category_mask, True),
     "avoider": (lambda tokens, category_of: prompts.other_token_mask(tokens), False),
 }
+AVOIDER_SELF_WEIGHT = 9.0  # the avoider's extra weight on -log(1 - self mass): ten times the cross-entropy's own
 # What each organism plants.
 ORGANISM_KINDS = {"semantic": ("previous_token", "induction", "semantic"),
                   "negative_control": ("previous_token", "induction", "decoy", "avoider")}
@@ -164,6 +170,15 @@ def supervision_targets(tokens: torch.Tensor, category_of: torch.Tensor, held_ou
     return out
 
 
+def self_mass_penalty(pattern: torch.Tensor, tokens: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Mean over the counted rows of -log(1 - sum_{k <= q, t_k = t_q} A[q, k]): the mass a head puts on the query
+    itself and its earlier copies, as a loss that grows without bound as that mass nears 1. `pattern: [batch, q, k]`,
+    `rows: [batch, q]` bool."""
+    same = tokens[:, :, None] == tokens[:, None, :]  # (B, T, T); the pattern is 0 above the diagonal
+    mass = (pattern * same).sum(-1).clamp_max(1 - 1e-6)
+    return (-torch.log1p(-mass) * rows).sum() / rows.sum().clamp_min(1)
+
+
 def attention_cross_entropy(pattern: torch.Tensor, target: torch.Tensor, rows: torch.Tensor | None = None
                             ) -> torch.Tensor:
     """Mean over the counted rows of -sum_k T[q, k] log A[q, k], for `pattern, target: [batch, q, k]`; `rows:
@@ -211,6 +226,9 @@ def train(config: TrainConfig, progress: bool = True, eval_every: int = 500,
         targets = supervision_targets(tokens, category_of, held_out_of, kinds)
         lm_loss = model.run_with_hooks(tokens, return_type="loss", fwd_hooks=hooks)
         attn_losses = {kind: attention_cross_entropy(captured[kind], *targets[kind]) for kind in kinds}
+        if "avoider" in attn_losses:
+            attn_losses["avoider"] = attn_losses["avoider"] + AVOIDER_SELF_WEIGHT * self_mass_penalty(
+                captured["avoider"], tokens, targets["avoider"][1])
         loss = lm_loss + config.supervision_weight * sum(attn_losses.values())
 
         for group in optimiser.param_groups:
