@@ -147,11 +147,15 @@ def table_communities(results: Results, n_members: int = 5) -> str:
 
 def threshold_rows(results: Results) -> tuple[list[str], list[list[str]]]:
     """The thresholds table's header and rows (cells in LaTeX): each threshold of
-    analysis.organism.report.THRESHOLDS, the first evaluation, the final."""
+    analysis.organism.report.THRESHOLDS that the organism's planted kinds have (its final evaluation holds a value),
+    the first evaluation, the final."""
     evals = [r for r in results.get("training_log", "log") if "eval" in r]
     first = evals[0]
+    final = results.get("training_log", "final_eval")
     rows = []
     for key, (rule, bound) in THRESHOLDS.items():
+        if key not in final:  # a kind this organism does not plant
+            continue
         rule_tex = r"$\geq$" if rule == "at least" else r"$\leq$"
         rows.append([threshold_label(key), f"{rule_tex} {format_value(bound, '.1f')}",
                      format_value(first["eval"][key], ".2f"),
