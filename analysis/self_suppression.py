@@ -59,7 +59,7 @@ from transformer_lens import HookedTransformer
 from analysis import qk_decomposition as qk
 from analysis.attention import QKHead, attention_scores, qk_head
 from analysis.controls import Head, Sample, Statistic, Undefined, head_key
-from analysis.properties import partner_mask, trace_term, unit_margins
+from analysis.properties import partner_mask, row_mean, trace_term, unit_margins
 from analysis.prompts import CategoryWords, Probe
 from analysis.qk_decomposition import (RankGrid, Spectrum, most_negative, self_score_parts, spectrum_summary,
                                        symmetric_spectrum)
@@ -177,11 +177,9 @@ def group_map_statistics(x: Tensor, group: Tensor, qk: QKHead, seed: int = 0, un
     signature `every_head_statistics` calls)."""
     scores = attention_scores(x, x, qk)
     margins = unit_margins(scores, group)
-    outside = (group[:, None] != group[None, :]).to(scores.dtype)
-    out_mean = (scores * outside).sum(-1) / outside.sum(-1)
-    in_mean = scores.diagonal() - margins["self_vs_partners"]
+    in_minus_out = row_mean(scores, partner_mask(group)) - row_mean(scores, group[:, None] != group[None, :])
     return {"self_minus_in_group": Sample(margins["self_vs_partners"], unit),
-            "in_minus_out_group": Sample(in_mean - out_mean, unit),
+            "in_minus_out_group": Sample(in_minus_out, unit),
             "margin_normalised": normalised_margin(margins["self_vs_partners"], scores, unit),
             "below_partners_share": Sample(below_partners(scores, group).double(), unit)}
 
