@@ -102,8 +102,8 @@ def property_lines(record: Mapping) -> list[str]:
     for key, verdicts in record["by_head"].items():
         held = [p for p in PROPERTIES if verdicts[p]["holds"]]
         if held:
-            values = ", ".join(f"{p} {verdicts[p]['value']:+.2f} [{verdicts[p]['low']:+.2f}, {verdicts[p]['high']:+.2f}]"
-                               for p in PROPERTIES if verdicts[p]["value"] is not None)
+            shown = {p: verdicts[p] for p in PROPERTIES if verdicts[p]["value"] is not None}
+            values = ", ".join(f"{p} {v['value']:+.2f} [{v['low']:+.2f}, {v['high']:+.2f}]" for p, v in shown.items())
             lines.append(f"{key}: {' and '.join(held)} (on {record['view']}: {values})")
     return lines or [f"no head has either property (on {record['view']})"]
 

@@ -99,7 +99,8 @@ def main(args) -> None:
                   f"{', '.join(both[view]) or 'none'}")
     counts = Counter(row["verdict"] for row in rows.values())
     print(f"{len(rows)} compared statistics: " + ", ".join(f"{n} {v}" for v, n in sorted(counts.items())))
-    print(f"claim supported: {results['claim']['supported']}" + (f" (missing: {', '.join(missing)})" if missing else ""))
+    missing_note = f" (missing: {', '.join(missing)})" if missing else ""
+    print(f"claim supported: {results['claim']['supported']}{missing_note}")
     print(f"results: {path}")
 
 

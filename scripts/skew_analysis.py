@@ -18,12 +18,13 @@ W leaves the biases out unless stated. Token inputs: --input (default: mean). Ca
 
 The count of negative eigenvalues is a fact, not evidence: W_sym = ½ [W_Q W_K] J [W_Q W_K]^T with
 J = [[0, I], [I, 0]] (d_head eigenvalues of each sign), so by Sylvester's law of inertia every head
-whose [W_Q W_K] has full rank has exactly d_head negative eigenvalues. Folding the biases in does not change
-that ([W_Q; b_Q] still has d_head columns), so the count with biases is labelled "forced" in the results. Evidence that could fail is
-measured on the head's inputs for the category words (`analysis.self_suppression`), for the target
-and, as controls, for every other head (weights and shared layer inputs make this cheap), each with
-the direction a self-suppressing head predicts and, for statistics over the words, a bootstrap CI of
-target minus strongest control (`analysis.controls.compare`):
+whose [W_Q W_K] has full rank has exactly d_head negative eigenvalues. Folding the biases in does not
+change that ([W_Q; b_Q] still has d_head columns), so the count with biases is labelled "forced" in the
+results. Evidence that could fail is measured on the head's inputs for the category words
+(`analysis.self_suppression`), for the target and, as controls, for every other head (weights and
+shared layer inputs make this cheap), each with the direction a self-suppressing head predicts and,
+for statistics over the words, a bootstrap CI of target minus strongest control
+(`analysis.controls.compare`):
 
   n_negative_eigenvalues (high), negative_eigenvalue_share (high), trace (low)   weights alone
   self_score, self_negative_part (low)       mean x^T W x / scale and its negative-eigenvalue part
