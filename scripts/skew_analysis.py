@@ -97,8 +97,9 @@ def main(args) -> None:
     sylvester = {"d_head": model.cfg.d_head, "heads_with_d_head_negative": sum(
         s["n_negative_eigenvalues"] == model.cfg.d_head for s in stats.values()), "n_heads": len(stats),
         "says": "W_sym = ½[W_Q W_K] J [W_Q W_K]^T: a full-rank [W_Q W_K] gives exactly d_head negative eigenvalues"}
+    view = f"{properties.WEIGHT_VIEW} inputs of the category words"
     results = {**report, "separating": separating(report), "null": null, "sylvester": sylvester,
-               "properties": records.property_record(verdicts, f"{properties.WEIGHT_VIEW} inputs of the category words", "category word"),
+               "properties": records.property_record(verdicts, view, "category word"),
                "category_words": {"n_words": len(words), "categories": names}, "categories": category_record,
                "head": {"layer": layer, "head": head}, "input": args.input, "d_head": model.cfg.d_head,
                "without_bias": plain, "with_bias": biased, "bias_terms_on_group_set": bias_terms}
