@@ -80,7 +80,7 @@ ARGS_qk_ov_circuits ?= --n-prompts 2 --baseline-samples 32
 ARGS_characterize_head ?= --n-prompts 8 --n-words 16 --n-resamples 100
 ARGS_component_ablation ?= --n-prompts 8 --n-words 16
 ARGS_cosine_attention_analysis ?= --n-tokens 500 --n-resamples 100
-ARGS_skew_analysis ?= --n-permutations 50
+ARGS_skew_analysis ?= --n-null-draws 50
 ARGS_eigenvalue_scaling ?= --n-prompts 8 --n-words 16
 ARGS_eigenvalue_rank_ablation ?= --n-prompts 4 --n-words 16
 ARGS_gradient_steering ?= --steps 3 --batch-size 4 --n-prompts 8 --n-words 16
@@ -104,9 +104,11 @@ TIMED := $(PY) -c 'import json, resource, subprocess, sys, time; t = time.perf_c
 	"peak_rss_gb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / 1e9, 2)}, open(sys.argv[1], "w")); \
 	sys.exit(rc)'
 
-.PHONY: figures paper all paper-fixture model-id
+.PHONY: figures paper all paper-fixture model-id script-args
 model-id:  # the id MODEL's results are filed under
 	@echo $(MODEL_ID)
+script-args:  # each script of DEMO_SCRIPTS and its extra arguments under these settings, one line each
+	@$(foreach s,$(DEMO_SCRIPTS),echo "$(s) $(ARGS_$(s))";)
 all: figures paper
 
 figures: $(RUN_STAMPS)

@@ -152,14 +152,20 @@ def modularity(graph, membership: np.ndarray) -> float:
     return float(graph.modularity(membership.tolist(), weights="weight", directed=True))
 
 
-def agreement(categories: np.ndarray, membership: np.ndarray) -> dict[str, float]:
-    """ARI and NMI between known `categories` and `membership`, over the entries whose category is >= 0."""
+def agreement_metric(metric: str):
+    """scikit-learn's score for "ari" (adjusted Rand index) or "nmi" (normalised mutual information), f(labels_true,
+    labels_pred)."""
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
+    return {"ari": adjusted_rand_score, "nmi": normalized_mutual_info_score}[metric]
+
+
+def agreement(categories: np.ndarray, membership: np.ndarray) -> dict[str, float]:
+    """ARI and NMI between known `categories` and `membership`, over the entries whose category is >= 0."""
     known = categories >= 0
-    return {"ari": float(adjusted_rand_score(categories[known], membership[known])),
-            "nmi": float(normalized_mutual_info_score(categories[known], membership[known])),
-            "n_tokens": int(known.sum())}
+    scores = {metric: float(agreement_metric(metric)(categories[known], membership[known]))
+              for metric in ("ari", "nmi")}
+    return {**scores, "n_tokens": int(known.sum())}
 
 
 def communities(membership: np.ndarray, labels: Sequence[str], categories: np.ndarray | None = None,
@@ -231,27 +237,23 @@ def head_partitions(x: Tensor, qk: QKHead, settings: GraphSettings = GraphSettin
     return {"ours": ours_partition(x[1:], qk, settings), "study": study_partition(x, qk, settings.k, settings.seed)}
 
 
-def partition_agreement(parts: Mapping[str, Mapping], category_of: np.ndarray) -> dict[str, float]:
-    """ARI and NMI of both graphs against `category_of: [n]` (-1 = no category): "ari", "nmi" of ours, and
-    "study_ari", "study_nmi" of the study's graph, whose BOS node (first) has no category."""
-    study_of = np.concatenate([[-1], category_of])
-    ours, study = agreement(category_of, parts["ours"]["membership"]), agreement(study_of, parts["study"]["membership"])
-    return {"ari": ours["ari"], "nmi": ours["nmi"], "study_ari": study["ari"], "study_nmi": study["nmi"]}
-
-
 def _agreement_of(metric: str):
     """The reduction of a `controls.Sample` of (category, community) pairs `[resamples, n, 2]` to `metric` ("ari" or
     "nmi") of each resample's pairs, `[resamples]`."""
+    score = agreement_metric(metric)
+
     def reduce(pairs: Tensor) -> Tensor:
-        out = [agreement(p[:, 0].numpy(), p[:, 1].numpy())[metric] for p in pairs.long()]
-        return torch.tensor(out, dtype=torch.float64)
+        return torch.tensor([float(score(p[:, 0].numpy(), p[:, 1].numpy())) for p in pairs.long()],
+                            dtype=torch.float64)
     return reduce
 
 
 def agreement_samples(parts: Mapping[str, Mapping], category_of: np.ndarray) -> dict[str, Sample]:
-    """`partition_agreement` as `controls.Sample`s over the category words (units: (category, community) pairs of
-    the tokens with a category, in node order, so every head of one node list is paired), each reduced to the ARI or
-    NMI of the resampled pairs: a bootstrap over the words of how well the communities recover the categories."""
+    """ARI and NMI of both graphs against `category_of: [n]` (-1 = no category), "ari", "nmi" of ours and
+    "study_ari", "study_nmi" of the study's graph (whose BOS node, first, has no category), as `controls.Sample`s
+    over the category words (units: (category, community) pairs of the tokens with a category, in node order, so
+    every head of one node list is paired), each reduced to the ARI or NMI of the resampled pairs: a bootstrap over
+    the words of how well the communities recover the categories."""
     study_of = np.concatenate([[-1], category_of])
     out = {}
     for prefix, part, known_of in (("", parts["ours"], category_of), ("study_", parts["study"], study_of)):

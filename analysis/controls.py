@@ -28,10 +28,11 @@ A statistic given as a plain number (of the weights alone, with no sampling unit
 the verdict "descriptive": it can describe a head, never separate it. A value tied with the
 strongest control is a "tie"; an undefined value (None, NaN or an `Undefined` carrying its
 reason, e.g. a ratio over a zero spread) is "undefined", never ranked and never a control's
-rival. Masses near 0 or 1 saturate (a gain is capped at 1 minus the baseline), so a `Sample` may ask for the difference on the logit scale. `p_value` is the one-sided
-bootstrap p of the difference (the share of resamples on the wrong side of 0, counted with the
-observed one): what a family-wise correction over several primary statistics uses
-(`analysis.evidence`). Heads are keyed "L<layer>H<head>".
+rival. Masses near 0 or 1 saturate (a gain is capped at 1 minus the baseline), so a `Sample`
+may ask for the difference on the logit scale. `p_value` is the one-sided bootstrap p of the
+difference (the share of resamples on the wrong side of 0, counted with the observed one): what a
+family-wise correction over several primary statistics uses (`analysis.evidence`). Heads are keyed
+"L<layer>H<head>".
 
 Which heads are controls: for a statistic of the weights alone, every other head (they are
 cheap); for a statistic that needs runs of the model, every head of the target's layer plus the

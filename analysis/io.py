@@ -157,6 +157,7 @@ def write_atomic(path: Path | str, data: str | bytes) -> Path:
 def write_json_atomic(path: Path | str, obj: Any) -> Path:
     return write_atomic(path, staging.results_text(_plain(obj)))
 
+
 def read_json(path: Path | str, written_by: str) -> Any:
     """A JSON input file, or a `UsageError` naming the file, what is wrong and `written_by` (what writes it)."""
     path = Path(path)

@@ -59,7 +59,7 @@ def partner_mask(category: Tensor) -> Tensor:
     return same & ~torch.eye(len(category), dtype=torch.bool, device=category.device)
 
 
-def _row_mean(scores: Tensor, keys: Tensor) -> Tensor:
+def row_mean(scores: Tensor, keys: Tensor) -> Tensor:
     """`[n]`: mean of scores[i, j] over the keys marked in row i of `keys: [n, n]` (NaN for an empty row)."""
     keys = keys.to(scores.dtype)
     return (scores * keys).sum(-1) / keys.sum(-1)
@@ -73,8 +73,8 @@ def unit_margins(scores: Tensor, category: Tensor) -> dict[str, Tensor]:
     others = ~torch.eye(n, dtype=torch.bool, device=scores.device)
     has_partner = partners.any(-1)
     nan = torch.full((n,), float("nan"), dtype=scores.dtype)
-    partner_mean = torch.where(has_partner, _row_mean(scores, partners), nan)
-    other_mean = _row_mean(scores, others)
+    partner_mean = torch.where(has_partner, row_mean(scores, partners), nan)
+    other_mean = row_mean(scores, others)
     self_score = scores.diagonal()
     return {"self_vs_partners": self_score - partner_mean, "partners_vs_others": partner_mean - other_mean,
             "self_vs_others": torch.where(has_partner, self_score - other_mean, nan)}

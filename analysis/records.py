@@ -102,10 +102,12 @@ def property_lines(record: Mapping) -> list[str]:
     for key, verdicts in record["by_head"].items():
         held = [p for p in PROPERTIES if verdicts[p]["holds"]]
         if held:
-            values = ", ".join(f"{p} {verdicts[p]['value']:+.2f} [{verdicts[p]['low']:+.2f}, {verdicts[p]['high']:+.2f}]"
-                               for p in PROPERTIES if verdicts[p]["value"] is not None)
+            shown = {p: verdicts[p] for p in PROPERTIES if verdicts[p]["value"] is not None}
+            values = ", ".join(f"{p} {v['value']:+.2f} [{v['low']:+.2f}, {v['high']:+.2f}]" for p, v in shown.items())
             lines.append(f"{key}: {' and '.join(held)} (on {record['view']}: {values})")
     return lines or [f"no head has either property (on {record['view']})"]
+
+
 # --- the study's prompt design (`prompts.study_design_probe`, `survey.design_summary`) ---------------
 
 
@@ -143,6 +145,11 @@ def study_design_record(design: StudyDesign, summary: DesignSummary, requested_w
                        "rank": summary.target_rank},
             "runner_up": {"layer": summary.runner_up[0], "head": summary.runner_up[1], **values(*summary.runner_up)},
             "best": {"layer": summary.best[0], "head": summary.best[1], **values(*summary.best)}}
+
+
+# --- a statistic along a curve (the targeted edit over k) ----------------------------------------
+
+
 def curve_record(report: Mapping, points: Mapping[int, str], statistics: Sequence[str]) -> dict:
     """A statistic compared at each point of a curve (e.g. the targeted edit over k), from a `controls.compare`
     report whose statistic "<points[k]>_<statistic>" is the point k's (one direction per statistic along the curve).
@@ -172,6 +179,7 @@ def widest_gap(entries: Mapping[int, Mapping], direction: str) -> int | None:
     sign = 1.0 if direction == "high" else -1.0
     measured = [k for k, entry in entries.items() if entry["difference"] is not None]
     return max(measured, key=lambda k: sign * entries[k]["difference"]["value"], default=None)
+
 
 def curve_lines(curve: Mapping, prefix: str = "  ") -> list[str]:
     """One printable line per point of a `curve_record`: each statistic's target and strongest control values and
@@ -250,7 +258,7 @@ def steering_lines(metrics: Mapping[str, Mapping], top_keys: Mapping[str, Mappin
     return lines
 
 
-# --- clustering (`clustering`) ----------------------------------------------------------------
+# --- rank ablation (`self_suppression.rank_ablation`, `qk_decomposition.study_edit_ranks`) ----------
 
 
 def normalised_cell(cell: Mapping, n_keys: int) -> dict:
@@ -276,6 +284,9 @@ def study_edit_record(measured: Mapping[str, tuple[Tensor, float]], cell: tuple[
         out[name] = {"mean_rank": mean, "mean_rank_normalised": qk_decomposition.normalised_rank(mean, n_keys),
                      "imaginary_share": imaginary}
     return out
+
+
+# --- clustering (`clustering`) ----------------------------------------------------------------
 
 
 def view_record(report: Mapping) -> dict:

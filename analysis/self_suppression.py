@@ -59,10 +59,10 @@ from transformer_lens import HookedTransformer
 from analysis import qk_decomposition as qk
 from analysis.attention import QKHead, attention_scores, qk_head
 from analysis.controls import Head, Sample, Statistic, Undefined, head_key
-from analysis.properties import partner_mask, trace_term, unit_margins
-from analysis.qk_decomposition import Spectrum, most_negative, self_score_parts, spectrum_summary, symmetric_spectrum
+from analysis.properties import partner_mask, row_mean, trace_term, unit_margins
 from analysis.prompts import CategoryWords, Probe
-from analysis.qk_decomposition import RankGrid
+from analysis.qk_decomposition import (RankGrid, Spectrum, most_negative, self_score_parts, spectrum_summary,
+                                       symmetric_spectrum)
 from analysis.qk_edits import in_context_edit_units
 from analysis.token_maps import InputOptions, token_inputs
 
@@ -105,6 +105,13 @@ def gaussian_like(x: Tensor, n_samples: int, seed: int) -> Tensor:
     return mu + g @ (x - mu) / (len(x) - 1) ** 0.5
 
 
+def normalised_margin(margin: Tensor, scores: Tensor, unit: str) -> Statistic:
+    """`margin: [n]` divided by the spread of the off-diagonal `scores: [n, n]` (`off_diagonal_std`), as a `Sample`
+    over `unit`; undefined for a head whose scores are constant (no spread to normalise by)."""
+    spread = off_diagonal_std(scores)
+    return Sample(margin / spread, unit) if spread > 0 else Undefined(CONSTANT_SCORES)
+
+
 def below_partners_null(x: Tensor, category: Tensor, qk: QKHead, n_repeats: int, seed: int) -> Tensor:
     """`[n_repeats]`: the share of words below every partner when the n words are replaced by n Gaussian draws
     with their mean and covariance (`gaussian_like`, seed + r for repeat r), keeping the real labels `category`
@@ -126,11 +133,10 @@ def input_statistics(x: Tensor, category: Tensor, qk: QKHead, spectrum: Spectrum
     scores = attention_scores(x, x, qk)  # (n, n)
     positive, negative = self_score_parts(x, spectrum, qk.scale)
     margins = unit_margins(scores, category)
-    spread = off_diagonal_std(scores)
     margin = margins["self_vs_partners"]
     return {"self_score": Sample(scores.diagonal(), WORD), "self_positive_part": Sample(positive, WORD),
             "self_negative_part": Sample(negative, WORD), "margin": Sample(margin, WORD),
-            "margin_normalised": Sample(margin / spread, WORD) if spread > 0 else Undefined(CONSTANT_SCORES),
+            "margin_normalised": normalised_margin(margin, scores, WORD),
             "below_partners_share": Sample(below_partners(scores, category).double(), WORD),
             "category_attraction": Sample(margins["partners_vs_others"], WORD),
             **{f"top{k}_negative_share": negative_share_top_k(x, spectrum, qk.scale, k) for k in ks}}
@@ -171,14 +177,10 @@ def group_map_statistics(x: Tensor, group: Tensor, qk: QKHead, seed: int = 0, un
     signature `every_head_statistics` calls)."""
     scores = attention_scores(x, x, qk)
     margins = unit_margins(scores, group)
-    outside = (group[:, None] != group[None, :]).to(scores.dtype)
-    out_mean = (scores * outside).sum(-1) / outside.sum(-1)
-    in_mean = scores.diagonal() - margins["self_vs_partners"]
-    spread = off_diagonal_std(scores)
+    in_minus_out = row_mean(scores, partner_mask(group)) - row_mean(scores, group[:, None] != group[None, :])
     return {"self_minus_in_group": Sample(margins["self_vs_partners"], unit),
-            "in_minus_out_group": Sample(in_mean - out_mean, unit),
-            "margin_normalised": (Sample(margins["self_vs_partners"] / spread, unit) if spread > 0
-                                  else Undefined(CONSTANT_SCORES)),
+            "in_minus_out_group": Sample(in_minus_out, unit),
+            "margin_normalised": normalised_margin(margins["self_vs_partners"], scores, unit),
             "below_partners_share": Sample(below_partners(scores, group).double(), unit)}
 
 
@@ -256,6 +258,14 @@ def rank_grid(model: HookedTransformer, target: Head, E: Tensor, probe: Probe, g
     return {"cells": cells, "unedited": metrics[ks[0], 1.0], "n_negative": n_negative, "ks": ks, "units": units}
 
 
+def cell_like(cells: dict[str, dict], best: dict) -> str:
+    """The key of the cell of `cells` that stands for `best` (the target's best cell): the one with its k and scale,
+    or, for a head with fewer negative eigenvalues, the largest k at that scale."""
+    same_scale = [key for key, c in cells.items() if c["scale"] == best["scale"]]
+    return next((key for key in same_scale if cells[key]["k"] == best["k"]),
+                max(same_scale, key=lambda key: cells[key]["k"]))
+
+
 def rank_statistics(grid: dict, best: dict) -> dict[str, float]:
     """A head's rank-ablation statistics from its own `rank_grid`, each against the head unedited:
 
@@ -265,8 +275,7 @@ def rank_statistics(grid: dict, best: dict) -> dict[str, float]:
     best_self_mass_change = max over the grid of the self mass minus unedited.
     """
     cells, unedited = grid["cells"], grid["unedited"]
-    same_scale = [c for c in cells.values() if c["scale"] == best["scale"]]
-    at_best = next((c for c in same_scale if c["k"] == best["k"]), max(same_scale, key=lambda c: c["k"]))
+    at_best = cells[cell_like(cells, best)]
     return {"mean_rank": unedited["mean_rank"], "edited_mean_rank": at_best["mean_rank"],
             "mean_rank_change": at_best["mean_rank"] - unedited["mean_rank"],
             "self_mass": unedited["self_mass"], "edited_self_mass": at_best["self_mass"],
@@ -279,10 +288,8 @@ def rank_samples(grid: dict, best: dict) -> dict[str, Sample]:
     """The statistics of `RANK_DIRECTIONS` as `controls.Sample`s from a `rank_grid`'s units: mean_rank over the query
     tokens (unedited), mean_rank_change per query token and self_mass_change per prompt (the cell of `best`, as
     `rank_statistics` chooses it, minus unedited, on the same token or prompt)."""
-    cells, units = grid["cells"], grid["units"]
-    same_scale = [key for key, c in cells.items() if c["scale"] == best["scale"]]
-    at_best = next((key for key in same_scale if cells[key]["k"] == best["k"]),
-                   max(same_scale, key=lambda key: cells[key]["k"]))
+    units = grid["units"]
+    at_best = cell_like(grid["cells"], best)
     unedited = units[cell_key(grid["ks"][0], 1.0)]
     return {"mean_rank": Sample(unedited["rank"], "query token"),
             "mean_rank_change": Sample(units[at_best]["rank"] - unedited["rank"], "query token"),

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from analysis.attention import QKHead, attention_scores, qk_head
 from analysis.controls import Sample
+from analysis.properties import partner_mask, row_mean
 from analysis.prompts import CategoryWords
 from analysis.vocab_input import head_input
 
@@ -189,13 +190,10 @@ def contrast_samples(diff: Tensor, category: Tensor) -> dict[str, Sample]:
         word_mates_beat_self_i  = share of i's mates k with d(i, k) > 0
 
     (NaN for a word without a mate or without another category's word)."""
-    same = category[:, None] == category[None, :]
-    mates = (same & ~torch.eye(len(category), dtype=torch.bool)).to(diff.dtype)
-    others = (~same).to(diff.dtype)
-    mate_mean = (diff * mates).sum(-1) / mates.sum(-1)
-    other_mean = (diff * others).sum(-1) / others.sum(-1)
-    beat = ((diff > 0).to(diff.dtype) * mates).sum(-1) / mates.sum(-1)
-    return {"mates_minus_others": Sample(mate_mean - other_mean, "category word"),
+    mates = partner_mask(category)
+    others = category[:, None] != category[None, :]
+    beat = row_mean((diff > 0).to(diff.dtype), mates)
+    return {"mates_minus_others": Sample(row_mean(diff, mates) - row_mean(diff, others), "category word"),
             "word_mates_beat_self": Sample(beat, "category word")}
 
 

@@ -17,11 +17,13 @@ figures/<model>/evidence (every head's two property statistics with CIs, in both
 
 from __future__ import annotations
 
+from collections import Counter
+
 from analysis import cli, evidence, io
-from analysis.controls import LEVEL
+from analysis.controls import LEVEL, head_key
 from analysis.errors import UsageError
 from analysis.plotting import property_verdicts_figure, save_figure
-from analysis.properties import MIN_EFFECT
+from analysis.properties import MIN_EFFECT, PROPERTIES
 from writeup.results import lookup
 
 NAME = "evidence"
@@ -59,20 +61,19 @@ def main(args) -> None:
             reports[source], missing[source] = None, f"{source}.json has no comparison (its step did not run)"
     rows = evidence.statistic_rows(reports)
     family = evidence.family_verdicts({(s, n): rows.get(f"{s}.{n}") for s, n in evidence.PRIMARY})
-    anchor = files["skew_analysis"] or files["characterize_head"]
-    target = lookup(anchor, "results.head" if files["skew_analysis"] else "results.target")
-    target_key = f"L{target['layer']}H{target['head']}"
+    # the head each file studied: the claim is about one head, so a disagreement is shown, not hidden
+    targets = {source: [lookup(files[source], path)[k] for k in ("layer", "head")] for source, path in
+               (("characterize_head", "results.target"), ("skew_analysis", "results.head")) if files[source]}
+    layer, head = targets.get("skew_analysis") or targets["characterize_head"]
+    target_key = head_key(layer, head)
     properties = {view: None if files[source] is None else lookup(files[source], path)
                   for view, (source, path) in evidence.PROPERTY_SOURCES.items()}
     target_properties = {view: None if record is None else record["by_head"][target_key]
                          for view, record in properties.items()}
     both = {view: None if record is None else [k for k, v in record["by_head"].items() if v["both_hold"]]
             for view, record in properties.items()}
-    # the head each file studied: the claim is about one head, so a disagreement is shown, not hidden
-    targets = {source: [lookup(files[source], path)[k] for k in ("layer", "head")] for source, path in
-               (("characterize_head", "results.target"), ("skew_analysis", "results.head")) if files[source]}
     results = {
-        "target": {"layer": target["layer"], "head": target["head"], "by_file": targets},
+        "target": {"layer": layer, "head": head, "by_file": targets},
         "primary": [f"{s}.{n}" for s, n in evidence.PRIMARY],
         "rule": {"level": LEVEL, "alpha": evidence.ALPHA, "correction": "Holm over the primary statistics",
                  "properties": f"both properties hold (CI beyond ±log 2 = ±{MIN_EFFECT:.3f} nats) in every view"},
@@ -83,7 +84,7 @@ def main(args) -> None:
         "secondary_by_verdict": evidence.by_verdict(rows, "secondary"),
         "missing": missing,
     }
-    model_info = (anchor["provenance"] or {}).get("model")
+    model_info = ((files["skew_analysis"] or files["characterize_head"])["provenance"] or {}).get("model")
     path = io.save_results(args.out, args.model, NAME, results, io.Provenance(model_info, vars(args), args.seed))
     save_figure(property_verdicts_figure(properties, MIN_EFFECT, target_key), args.out, args.model, NAME)
 
@@ -93,14 +94,13 @@ def main(args) -> None:
               f"{'separates' if entry['separates_corrected'] else 'does not separate'} after correction")
     for view, verdicts in target_properties.items():
         if verdicts is not None:
-            held = [p for p in ("self_avoidance", "category_attraction") if verdicts[p]["holds"]]
+            held = [p for p in PROPERTIES if verdicts[p]["holds"]]
             print(f"{target_key} properties ({view}): {', '.join(held) or 'neither'}; heads with both: "
                   f"{', '.join(both[view]) or 'none'}")
-    counts = {}
-    for row in rows.values():
-        counts[row["verdict"]] = counts.get(row["verdict"], 0) + 1
+    counts = Counter(row["verdict"] for row in rows.values())
     print(f"{len(rows)} compared statistics: " + ", ".join(f"{n} {v}" for v, n in sorted(counts.items())))
-    print(f"claim supported: {results['claim']['supported']}" + (f" (missing: {', '.join(missing)})" if missing else ""))
+    missing_note = f" (missing: {', '.join(missing)})" if missing else ""
+    print(f"claim supported: {results['claim']['supported']}{missing_note}")
     print(f"results: {path}")
 
 

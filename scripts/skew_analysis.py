@@ -18,12 +18,13 @@ W leaves the biases out unless stated. Token inputs: --input (default: mean). Ca
 
 The count of negative eigenvalues is a fact, not evidence: W_sym = ½ [W_Q W_K] J [W_Q W_K]^T with
 J = [[0, I], [I, 0]] (d_head eigenvalues of each sign), so by Sylvester's law of inertia every head
-whose [W_Q W_K] has full rank has exactly d_head negative eigenvalues. Folding the biases in does not change
-that ([W_Q; b_Q] still has d_head columns), so the count with biases is labelled "forced" in the results. Evidence that could fail is
-measured on the head's inputs for the category words (`analysis.self_suppression`), for the target
-and, as controls, for every other head (weights and shared layer inputs make this cheap), each with
-the direction a self-suppressing head predicts and, for statistics over the words, a bootstrap CI of
-target minus strongest control (`analysis.controls.compare`):
+whose [W_Q W_K] has full rank has exactly d_head negative eigenvalues. Folding the biases in does not
+change that ([W_Q; b_Q] still has d_head columns), so the count with biases is labelled "forced" in the
+results. Evidence that could fail is measured on the head's inputs for the category words
+(`analysis.self_suppression`), for the target and, as controls, for every other head (weights and
+shared layer inputs make this cheap), each with the direction a self-suppressing head predicts and,
+for statistics over the words, a bootstrap CI of target minus strongest control
+(`analysis.controls.compare`):
 
   n_negative_eigenvalues (high), negative_eigenvalue_share (high), trace (low)   weights alone
   self_score, self_negative_part (low)       mean x^T W x / scale and its negative-eigenvalue part
@@ -96,8 +97,9 @@ def main(args) -> None:
     sylvester = {"d_head": model.cfg.d_head, "heads_with_d_head_negative": sum(
         s["n_negative_eigenvalues"] == model.cfg.d_head for s in stats.values()), "n_heads": len(stats),
         "says": "W_sym = ½[W_Q W_K] J [W_Q W_K]^T: a full-rank [W_Q W_K] gives exactly d_head negative eigenvalues"}
+    view = f"{properties.WEIGHT_VIEW} inputs of the category words"
     results = {**report, "separating": separating(report), "null": null, "sylvester": sylvester,
-               "properties": records.property_record(verdicts, f"{properties.WEIGHT_VIEW} inputs of the category words", "category word"),
+               "properties": records.property_record(verdicts, view, "category word"),
                "category_words": {"n_words": len(words), "categories": names}, "categories": category_record,
                "head": {"layer": layer, "head": head}, "input": args.input, "d_head": model.cfg.d_head,
                "without_bias": plain, "with_bias": biased, "bias_terms_on_group_set": bias_terms}

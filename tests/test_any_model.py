@@ -102,6 +102,23 @@ def test_makefile_files_results_under_the_same_id(tmp_path):
     assert model_id("gpt2-small", "none") == "gpt2-small+raw"
 
 
+@pytest.mark.parametrize("light", ["0", "1"])
+def test_every_script_accepts_the_arguments_make_gives_it(light):
+    """The Makefile's per-script arguments (LIGHT=1 and the full build) parse with each script's own parser, so a
+    renamed flag fails here, not an hour into a CI build."""
+    import importlib.util
+
+    made = subprocess.run(["make", "-s", "--no-print-directory", "script-args", f"LIGHT={light}"], cwd=REPO,
+                          capture_output=True, text=True, check=True)
+    lines = [line.split() for line in made.stdout.splitlines() if line.strip()]
+    assert len(lines) >= 19
+    for name, *arguments in lines:
+        spec = importlib.util.spec_from_file_location(f"script_{name}", REPO / "scripts" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        module.build_parser().parse_args(arguments)  # argparse exits with status 2 on an unknown flag
+
+
 @pytest.mark.e2e
 @needs_gpt2_tokenizer
 def test_raw_weight_results_have_a_folder_of_their_own(small_model, tmp_path):

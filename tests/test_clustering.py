@@ -125,7 +125,7 @@ def test_head_partitions_agreement_and_record_on_two_groups():
     parts = clustering.head_partitions(x, QKHead(torch.eye(2), torch.eye(2), 1.0), clustering.GraphSettings(k=2))
     assert len(parts["ours"]["membership"]) == 6 and len(parts["study"]["membership"]) == 7
     category_of = np.array([0, 0, 0, 1, 1, -1])  # the last token has no category
-    stats = clustering.partition_agreement(parts, category_of)
+    stats = {name: sample.value for name, sample in clustering.agreement_samples(parts, category_of).items()}
     assert stats["ari"] == pytest.approx(1.0) and stats["nmi"] == pytest.approx(1.0)
     assert set(stats) == set(clustering.AGREEMENT_DIRECTIONS)
     record = records.partition_record(parts["ours"], list("abcdef"), category_of, ["A", "B"])

@@ -6,6 +6,7 @@ import re
 from collections.abc import Sequence
 
 from analysis.organism.report import THRESHOLDS
+from analysis.properties import PROPERTIES
 from writeup.format import MISSING, format_value, head_name, latex_escape, short_commit, token_tex
 from writeup.results import Results
 from writeup.spec import ABLATION_CONDITIONS, ABLATION_MODES, macros, switches
@@ -417,15 +418,13 @@ def not_supported(results: Results) -> list[str]:
     """The claims the evidence does not support, as LaTeX labels: every primary statistic that does not separate
     after Holm's correction, every secondary one whose verdict is "does not separate", and each of the target's
     properties that does not hold (in behaviour or in the weights)."""
-    rows = results.get("evidence", "results.statistics")
     family = results.get("evidence", "results.family")
     labels = [evidence_label(key)[0] + " (primary)" for key, entry in family.items() if not entry["separates_corrected"]]
-    labels += [evidence_label(key)[0] for key, row in rows.items()
-               if row["role"] == "secondary" and row["verdict"] == "does not separate"]
+    labels += [evidence_label(key)[0]
+               for key in results.get("evidence", "results.secondary_by_verdict.does not separate")]
     for view, verdicts in results.get("evidence", "results.properties.target").items():
-        for prop, verdict in (verdicts or {}).items():
-            if isinstance(verdict, dict) and not verdict["holds"]:
-                labels.append(f"{prop.replace('_', ' ')} ({view})")
+        labels += [f"{prop.replace('_', ' ')} ({view})" for prop in PROPERTIES
+                   if verdicts is not None and not verdicts[prop]["holds"]]
     return labels
 
 
