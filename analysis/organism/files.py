@@ -17,7 +17,18 @@ from analysis.infra.checkpoint import load_tokenizer
 
 ORGANISM_DIR = Path(__file__).resolve().parent / "checkpoint"  # the shipped checkpoint
 ORGANISM_SAE_DIR = Path(__file__).resolve().parent / "sae"  # the shipped SAE, one folder per hook
+# The other shipped organisms, one folder each: the recipe retrained with other seeds, the negative control
+# and the other architecture families (each folder's training_log.json says how it was made).
+ZOO_DIR = Path(__file__).resolve().parent / "zoo"
+SHIPPED_PREFIX = "organism-"  # --model organism-<folder of ZOO_DIR>
 GROUND_TRUTH_FILE, TRAINING_LOG_FILE = "ground_truth.json", "training_log.json"
+
+
+def shipped_organisms() -> dict[str, Path]:
+    """Every shipped organism's checkpoint folder by its --model name: 'organism' (the main one) and
+    'organism-<folder>' for each folder of ZOO_DIR that holds a config."""
+    zoo = sorted(p for p in ZOO_DIR.glob("*/config.json")) if ZOO_DIR.is_dir() else []
+    return {"organism": ORGANISM_DIR, **{SHIPPED_PREFIX + p.parent.name: p.parent for p in zoo}}
 
 
 def ground_truth(directory: Path = ORGANISM_DIR) -> dict | None:
