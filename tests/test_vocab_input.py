@@ -20,14 +20,15 @@ def forward_input(model, layer, c_pos, c_attn):
     """LN1 output of `layer` for every token, from a forward pass whose positional embedding and
     earlier attention outputs are overwritten by constants: what head_input computes in closed form."""
     d_vocab = model.cfg.d_vocab
-    tokens = torch.arange(d_vocab).reshape(-1, 8)  # any shape: positions no longer matter
+    n = -(-d_vocab // 8) * 8  # rows of 8 (any shape: positions no longer matter), the last one wrapping round
+    tokens = (torch.arange(n) % d_vocab).reshape(-1, 8)
     hooks = [(get_act_name("pos_embed"), lambda act, hook: c_pos.expand_as(act).clone())]
     hooks += [(get_act_name("attn_out", l), lambda act, hook, c=c: c.expand_as(act).clone()) for l, c in enumerate(c_attn)]
     stored = {}
     hooks.append((get_act_name("normalized", layer, "ln1"), lambda act, hook: stored.setdefault("x", act)))
     with torch.no_grad():
         model.run_with_hooks(tokens, fwd_hooks=hooks, stop_at_layer=layer + 1)
-    return stored["x"].reshape(d_vocab, -1)
+    return stored["x"].reshape(n, -1)[:d_vocab]
 
 
 def test_mean_variant_matches_a_forward_pass(organism, reference):
