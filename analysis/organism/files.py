@@ -38,6 +38,12 @@ def ground_truth(directory: Path = ORGANISM_DIR) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def training_config(directory: Path) -> dict | None:
+    """How the model saved in `directory` was trained (its TRAINING_LOG_FILE's train_config), or None."""
+    path = directory / TRAINING_LOG_FILE
+    return json.loads(path.read_text()).get("train_config") if path.is_file() else None
+
+
 @functools.lru_cache(maxsize=1)
 def _organism_vocabulary() -> tuple[tuple[str, int], ...]:
     tokenizer = load_tokenizer(ORGANISM_DIR)
