@@ -23,6 +23,13 @@ DEMO_SCRIPTS += characterize_head component_ablation token_freq cosine_attention
 DEMO_SCRIPTS += skew_analysis sym_skew_maps eigenvalue_scaling eigenvalue_rank_ablation gradient_steering clustering sae_features
 # the evidence: the primary statistics corrected together, every other comparison listed as secondary
 DEMO_SCRIPTS += evidence
+# The organism as a simulation study, read by the paper (not part of the demo): the primary statistics and the
+# scan on every organism of MODEL's recipe (seeds), and every statistic on its negative control. Each first runs
+# the scripts it reads on those organisms (a model without a training log has none: both record that).
+REPLICATION_SCRIPTS := seeds negative_control
+SEED_SCRIPTS := scan_heads characterize_head skew_analysis evidence
+NEGATIVE_CONTROL_SCRIPTS := scan_heads token_freq characterize_head cosine_attention_analysis \
+	skew_analysis sym_skew_maps eigenvalue_scaling eigenvalue_rank_ablation gradient_steering clustering sae_features evidence
 
 .PHONY: setup demo test test-fast test-slow bench clean
 setup: $(STAMP)
@@ -93,6 +100,7 @@ OUT_ARGS :=
 endif
 RUNS := $(OUT_ROOT)/results/$(MODEL_ID)/.runs
 RUN_STAMPS := $(DEMO_SCRIPTS:%=$(RUNS)/%.json)
+REPLICATION_STAMPS := $(REPLICATION_SCRIPTS:%=$(RUNS)/%.json)
 PACKAGE_FILES := $(shell find analysis -type f -not -path '*/__pycache__/*')
 WRITEUP_FILES := $(wildcard writeup/*.py)  # the paper's generator and build check (not the scripts' input)
 GENERATED := paper/generated/$(BUILD_ID)
@@ -104,11 +112,11 @@ TIMED := $(PY) -c 'import json, resource, subprocess, sys, time; t = time.perf_c
 	"peak_rss_gb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / 1e9, 2)}, open(sys.argv[1], "w")); \
 	sys.exit(rc)'
 
-.PHONY: figures paper all paper-fixture model-id script-args
+.PHONY: figures paper all paper-fixture model-id script-args seeds negative-control
 model-id:  # the id MODEL's results are filed under
 	@echo $(MODEL_ID)
 script-args:  # each script of DEMO_SCRIPTS and its extra arguments under these settings, one line each
-	@$(foreach s,$(DEMO_SCRIPTS),echo "$(s) $(ARGS_$(s))";)
+	@$(foreach s,$(DEMO_SCRIPTS) $(REPLICATION_SCRIPTS),echo "$(s) $(ARGS_$(s))";)
 all: figures paper
 
 figures: $(RUN_STAMPS)
@@ -118,9 +126,26 @@ $(RUNS)/%.json: scripts/%.py $(PACKAGE_FILES) | $(STAMP)
 	@echo "== scripts/$*.py $(SCRIPT_ARGS) $(OUT_ARGS) $(ARGS_$*)"
 	@$(TIMED) $@ $(PY) scripts/$*.py $(SCRIPT_ARGS) $(OUT_ARGS) $(ARGS_$*)
 
-$(GENERATED)/macros.tex: $(RUN_STAMPS) scripts/make_paper_inputs.py $(WRITEUP_FILES) analysis/organism/report.py \
+seeds: $(RUNS)/seeds.json
+negative-control: $(RUNS)/negative_control.json
+
+# Another organism's scripts, then this one's: --list-models names the organisms (none for a model without a recipe).
+$(RUNS)/seeds.json: $(SEED_SCRIPTS:%=$(RUNS)/%.json) scripts/seeds.py $(PACKAGE_FILES) | $(STAMP)
+	@for m in $$($(PY) scripts/seeds.py $(SCRIPT_ARGS) --list-models); do [ "$$m" = "$(MODEL)" ] || \
+		$(MAKE) --no-print-directory figures MODEL=$$m DEMO_SCRIPTS="$(SEED_SCRIPTS)" || exit 1; done
+	@echo "== scripts/seeds.py $(SCRIPT_ARGS) $(OUT_ARGS) $(ARGS_seeds)"
+	@$(TIMED) $@ $(PY) scripts/seeds.py $(SCRIPT_ARGS) $(OUT_ARGS) $(ARGS_seeds)
+
+$(RUNS)/negative_control.json: $(RUNS)/evidence.json scripts/negative_control.py $(PACKAGE_FILES) | $(STAMP)
+	@for m in $$($(PY) scripts/negative_control.py $(SCRIPT_ARGS) --list-models); do \
+		$(MAKE) --no-print-directory figures MODEL=$$m DEMO_SCRIPTS="$(NEGATIVE_CONTROL_SCRIPTS)" || exit 1; done
+	@echo "== scripts/negative_control.py $(SCRIPT_ARGS) $(OUT_ARGS) $(ARGS_negative_control)"
+	@$(TIMED) $@ $(PY) scripts/negative_control.py $(SCRIPT_ARGS) $(OUT_ARGS) $(ARGS_negative_control)
+
+$(GENERATED)/macros.tex: $(RUN_STAMPS) $(REPLICATION_STAMPS) scripts/make_paper_inputs.py $(WRITEUP_FILES) analysis/organism/report.py \
 		paper/reported_gpt2.json | $(STAMP)
-	$(PY) scripts/make_paper_inputs.py $(SCRIPT_ARGS) $(OUT_ARGS) --generated $(GENERATED) --scripts $(DEMO_SCRIPTS) \
+	$(PY) scripts/make_paper_inputs.py $(SCRIPT_ARGS) $(OUT_ARGS) --generated $(GENERATED) \
+		--scripts $(DEMO_SCRIPTS) $(REPLICATION_SCRIPTS) \
 		$(if $(filter 1,$(LIGHT)),,--docs)
 
 # build_paper.py writes its --pdf only when the log is clean, so a failed check is retried next time.
@@ -131,9 +156,9 @@ paper: $(PAPER_BUILD)/checked.pdf  # a light build's PDF stays in its build fold
 	$(if $(filter 1,$(LIGHT)),@echo "light build: $<",cp $< paper/main.pdf)
 
 # The paper tests read a trimmed copy of the organism's results: refresh it after changing writeup/ or a script's results.
-paper-fixture: $(RUN_STAMPS)
+paper-fixture: $(RUN_STAMPS) $(REPLICATION_STAMPS)
 	rm -rf tests/fixtures/paper/$(MODEL_ID)
-	$(PY) scripts/make_paper_inputs.py $(SCRIPT_ARGS) --scripts $(DEMO_SCRIPTS) --trimmed-copy tests/fixtures/paper/$(MODEL_ID) \
+	$(PY) scripts/make_paper_inputs.py $(SCRIPT_ARGS) --scripts $(DEMO_SCRIPTS) $(REPLICATION_SCRIPTS) --trimmed-copy tests/fixtures/paper/$(MODEL_ID) \
 		--docs
 
 # --- the generated regions of README.md and docs/*.md (writeup/docs.py) --------------------------------

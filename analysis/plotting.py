@@ -346,6 +346,23 @@ def property_verdicts_figure(records: Mapping[str, Mapping], min_effect: float, 
     return fig
 
 
+def panel_dots(panels: Mapping[str, Mapping[str, tuple[float, bool]]], ylabel: str):
+    """One panel per entry of `panels` (title -> label -> (value, filled)): a dot per label, filled where its flag
+    holds and hollow where it does not; e.g. a statistic's value in each retrained organism and its verdict."""
+    use_style()
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(2.6 * max(1, len(panels)), 2.8), squeeze=False)
+    for ax, (title, dots) in zip(axes.flat, panels.items()):
+        for i, (value, filled) in enumerate(dots.values()):
+            ax.plot(i, value, "o", color="C0", mfc="C0" if filled else "white", ms=5)
+        ax.set_xticks(range(len(dots)), list(dots), rotation=90, fontsize=6)
+        ax.set_title(title, fontsize=7)
+    axes.flat[0].set_ylabel(ylabel)
+    fig.tight_layout()
+    return fig
+
+
 def target_curve(curve: Mapping, target: str, title: str | None = None):
     """One panel per statistic of a `records.curve_record`: the target's value at each k (red) and the strongest
     control's (grey, labelled with its head), filled where the target separates (CI of the difference excludes 0)
