@@ -35,7 +35,7 @@ def _category_masses(model, layer: int, head: int, seed: int) -> dict[str, float
     the decoy's (its category, itself included), the avoider's (anything but itself) and self plus copies."""
     tokens, _ = prompts.category_probe(model, prompts.STUDY_CATEGORIES, 64, 64, seed)
     category_of = prompts.category_index(model.tokenizer, prompts.STUDY_CATEGORIES, model.cfg.d_vocab)
-    pattern = head_pattern(model, tokens, layer, head)[:, None]  # (B, 1, T, T)
+    pattern = head_pattern(model, tokens, (layer, head))[:, None]  # (B, 1, T, T)
     rows = scores.scored_rows(tokens)
     masks = {"category_mass": prompts.same_category_mask(tokens, category_of),
              "other_mass": prompts.other_token_mask(tokens), "self_mass": scores.same_word_mask(tokens)}
