@@ -5,7 +5,8 @@ import json
 import pytest
 
 from analysis import ablation, prompts
-from analysis.organism.files import ORGANISM_DIR
+from analysis.models import load_model
+from analysis.organism.files import ORGANISM_DIR, ground_truth, shipped_organisms
 from analysis.organism.report import THRESHOLDS, planted_head_report, thresholds_met
 from analysis.scan import scan_heads, top_heads
 from conftest import run_script
@@ -50,6 +51,24 @@ def test_scan_ranks_the_planted_heads_first(organism, truth):
         assert top_heads(score, 1)[0][:2] == planted["induction"], f"induction at |r| = {length}"
     surprisal = scan.semantic["surprisal"].nanmean(0)
     assert top_heads(surprisal, 1, largest=False)[0][:2] == planted["semantic"]
+
+
+@pytest.mark.parametrize("name", [n for n in shipped_organisms() if n != "organism"])
+def test_every_shipped_organism_has_its_planted_heads_where_its_ground_truth_says(name):
+    """The other seeds (heads at places drawn from their seeds), the negative control and the other families: the
+    scan, told nothing, ranks each planted previous-token and semantic head first of its kind and the planted
+    induction head first at one repeat length at least (the NeoX-style organism grew a second induction head,
+    L1H1, that scores above the planted one at |r| = 50: 0.87 against 0.85), and each organism meets its planted
+    kinds' thresholds."""
+    model = load_model(name)
+    planted = {k: tuple(v) for k, v in ground_truth(shipped_organisms()[name])["planted_heads"].items()}
+    scan = scan_heads(model, seed=5)
+    assert top_heads(scan.previous_token, 1)[0][:2] == planted["previous_token"]
+    assert planted["induction"] in {top_heads(score, 1)[0][:2] for score in scan.induction.values()}
+    if "semantic" in planted:
+        assert top_heads(scan.semantic["surprisal"].nanmean(0), 1, largest=False)[0][:2] == planted["semantic"]
+    report = planted_head_report(model, {k: list(v) for k, v in planted.items()}, seed=11)
+    assert all(thresholds_met(report).values()), report
 
 
 @pytest.mark.e2e
