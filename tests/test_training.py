@@ -1,6 +1,7 @@
 """The organism's training loop is deterministic and its supervision targets are the ground-truth masks."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -87,3 +88,29 @@ def test_retraining_writes_a_new_folder_unless_told_to_replace_the_shipped_check
     for out, replace in ((ORGANISM_DIR, False), (tmp_path, False), (tmp_path / "new", True)):
         with pytest.raises(UsageError):
             script.checkpoint_folder(argparse.Namespace(out=out, replace_shipped=replace))
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_retraining_a_shipped_seed_reproduces_its_checkpoint(tmp_path):
+    """organism-seed-1, retrained by scripts/train_organism.py with the seed, the planted places and the thread count
+    its training log records, gives the shipped weights exactly (training is seeded and deterministic on CPU).
+    About 15 to 40 minutes on 2 cores."""
+    from safetensors.torch import load_file
+
+    from analysis.organism.files import shipped_organisms
+    from conftest import run_script
+
+    directory = shipped_organisms()["organism-seed-1"]
+    log = json.loads((directory / "training_log.json").read_text())
+    recorded = log["train_config"]
+    places = [f"{kind}={layer}.{head}" for kind, (layer, head) in recorded["planted_heads"].items()]
+    result = run_script("train_organism", "--seed", str(recorded["seed"]), "--family", recorded["family"],
+                        "--threads", str(log["torch_threads"]), "--out", str(tmp_path / "seed-1"), "--planted", *places,
+                        timeout=3 * 3600)
+    assert result.returncode == 0, result.stderr
+    shipped, retrained = load_file(directory / "model.safetensors"), load_file(tmp_path / "seed-1" / "model.safetensors")
+    assert set(shipped) == set(retrained)
+    for name, weights in shipped.items():
+        assert torch.equal(retrained[name], weights), name
+    assert json.loads((tmp_path / "seed-1" / "training_log.json").read_text())["train_config"] == recorded
