@@ -10,6 +10,7 @@ from analysis.io import write_atomic, write_json_atomic
 from writeup.format import format_value
 from writeup.results import PAPER_DIR, RUNS_DIR, Results
 from writeup.spec import SWITCHES, macros, switches
+from writeup.simulation_tables import simulation_tables
 from writeup.tables import tables
 
 Origin = list[tuple[str, str]]  # (file, entry) pairs a macro was computed from
@@ -66,7 +67,7 @@ def generate(results: Results, out_dir: Path | str, figures_dir: Path | str, scr
         manifest[f"if{name}"] = {"latex": str(holds), "entries": [(str(results.path(source)), path)]}
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name, text in tables(results, scripts).items():
+    for name, text in {**tables(results, scripts), **simulation_tables(results)}.items():
         write_atomic(out_dir / f"tab_{name}.tex", text)
     write_json_atomic(out_dir / "manifest.json", manifest)
     write_atomic(out_dir / "macros.tex", "\n".join(lines) + "\n")  # last: make's target

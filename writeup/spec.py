@@ -522,6 +522,33 @@ SPEC: dict[str, dict[str, Entry]] = {
         "PropBehaviourBoth": ("results.properties.heads_with_both.behaviour", "list"),
         "PropWeightsBoth": ("results.properties.heads_with_both.weights", "list"),
     },
+    "seeds": {  # the primary statistics and the scan on every organism of the recipe (scripts/seeds.py)
+        "SeedsN": ("results.summary.n", "d"), "SeedsClaim": ("results.summary.claim_supported", "d"),
+        "SeedsTargetPlanted": ("results.summary.target_is_planted", "d"),
+        "SeedsBothBehaviour": ("results.summary.both_properties.behaviour", "d"),
+        "SeedsBothWeights": ("results.summary.both_properties.weights", "d"),
+        **{f"SeedsFound{name}": (f"results.summary.planted_found_first.{kind}", "d")
+           for name, kind in (("Prev", "previous_token"), ("Ind", "induction"))},
+        **{f"Seeds{name}{part}": (f"results.summary.primary.{key}.{path}", fmt)
+           for name, key, value_fmt in (("S", "characterize_head.surprisal", ".3f"),
+                                        ("Margin", "skew_analysis.margin", ".2f"),
+                                        ("Below", "skew_analysis.below_partners_share", "percent"))
+           for part, path, fmt in (("Holds", "holds", "d"), ("Min", "min", value_fmt), ("Max", "max", value_fmt))},
+    },
+    "negative_control": {  # every statistic on the negative control (scripts/negative_control.py)
+        "NcName": ("results.negative_control", "text"), "NcChosen": ("results.chosen_head", "text"),
+        "NcDecoy": ("results.planted_heads.decoy", "head"), "NcAvoider": ("results.planted_heads.avoider", "head"),
+        "NcClaim": ("results.claim_supported", Words("supported", "not supported")),
+        "NcAsExpected": ("results.as_expected", Words("exactly its own", "not exactly its own")),
+        "NcBothBehaviour": ("results.heads_with_both.behaviour", "list"),
+        "NcBothWeights": ("results.heads_with_both.weights", "list"),
+        "NcStatistics": ("results.statistics", "count"), "NcCannot": ("results.cannot_tell_apart", "count"),
+        **{f"Nc{kind_name}{view_name}{prop_name}": (f"results.properties.{view}.{kind}.holds.{prop}",
+                                                    Words("holds", "does not hold"))
+           for kind_name, kind in (("Decoy", "decoy"), ("Avoider", "avoider"))
+           for view_name, view in (("Behaviour", "behaviour"), ("Weights", "weights"))
+           for prop_name, prop in (("Self", "self_avoidance"), ("Attract", "category_attraction"))},
+    },
     "reported": {  # values reported for GPT-2 small by the original study and the literature (citations)
         "RepSemHead": ("semantic_head.head", "head"), "RepSemLayer": ("semantic_head.head.0", "d"),
         "RepSemHeadIndex": ("semantic_head.head.1", "d"), "RepSemPromptTokens": ("semantic_head.prompt_tokens", "d"),
@@ -566,8 +593,12 @@ SWITCHES: dict[str, tuple[str, str, bool]] = {
     "ManualProcessed": ("manual_attention", "results.processed_compared", True),
     # the graph has the study's number of frequency-chosen nodes: only then does a community count compare
     "CluCountComparable": ("clustering", "results.community_count.comparable", False),
+    # organisms of the model's recipe ship (its other seeds; its negative control): the simulation study
+    "Seeds": ("seeds", "results.summary", False),
+    "NegativeControl": ("negative_control", "results.negative_control", False),
 }
-GUARDS: dict[str, str] = {"sae_features": "SaeRan", "ManualMaxProcessed": "ManualProcessed",
+GUARDS: dict[str, str] = {"sae_features": "SaeRan", "seeds": "Seeds", "negative_control": "NegativeControl",
+                          "ManualMaxProcessed": "ManualProcessed",
                           "ScanPlantedFound": "Organism"}  # the scan against this model's planted heads
 
 
