@@ -30,6 +30,14 @@ from analysis.plotting import save_figure, use_style
 
 NAME = "query_key_paths"
 SHOWN = ("partner_mass", "self_mass", "bos_mass_no_partner", "surprisal")
+MAX_DRAWN = 20  # parts drawn: those with the largest mean-ablation change of any mass on any side
+
+
+def drawn_parts(sides: dict, names: list[str]) -> list[str]:
+    size = {n: max(abs(sides[k][n]["mean"][m]["value"]) for k in rec.SIDE_KEYS.values() for m in SHOWN[:3])
+            for n in names}
+    kept = set(sorted(names, key=lambda n: -size[n])[:MAX_DRAWN])
+    return [n for n in names if n in kept]
 
 
 def build_parser():
@@ -127,7 +135,7 @@ def main(args) -> None:
     }
     path = io.save_results(args.out, args.model, NAME, results, io.Provenance(model.analysis_info, vars(args),
                                                                               args.seed))
-    label = f"{args.model}: L{layer}H{head}"
+    label, names = f"{args.model}: L{layer}H{head}", drawn_parts(sides, names)
     save_figure(heatmaps(sides, names, f"{label}, one part ablated on one side"), args.out, args.model, NAME)
     save_figure(patching_bars(patching, names, f"{label}, path patching from each part"), args.out, args.model,
                 f"{NAME}_patching")
