@@ -22,6 +22,16 @@ PROPERTIES = {"self_avoidance": ("self_mass", 1.0), "category_attraction": ("par
               "bos_fallback": ("bos_mass_no_partner", -1.0)}
 
 
+def part_label(name: str) -> str:
+    """A part's name as prose: "token embedding", "positional embedding", "head L0H3", "attention output biases",
+    "MLP 0" (`paths.part_names` spells them "token_embedding", ..., "L0H3", "attention_biases", "mlp_0")."""
+    fixed = {"token_embedding": "token embedding", "positional_embedding": "positional embedding",
+             "attention_biases": "attention output biases"}
+    if name in fixed:
+        return fixed[name]
+    return f"MLP {name.split('_')[1]}" if name.startswith("mlp_") else f"head {name}"
+
+
 def effect(per_unit: Tensor, seed: int = 0, n_resamples: int = 2000) -> dict:
     """`{"value", "low", "high", "n_units"}`: the mean of `per_unit: [n]` and its 95% bootstrap CI (NaN units left
     out)."""
@@ -36,15 +46,15 @@ def change_record(changes: Mapping[str, Tensor], names: Sequence[str], seed: int
 
 
 def strongest(record: Mapping[str, Mapping[str, dict]]) -> dict:
-    """`{property: {"part", "metric", "value", "low", "high", "excludes_zero"}}`: for each of `PROPERTIES`, the part
-    whose removal moves the property's metric furthest the way that part's building it predicts, from a `{part:
-    {metric: effect}}` record; "excludes_zero": its CI lies on that side of 0."""
+    """`{property: {"part", "label", "metric", "value", "low", "high", "excludes_zero"}}`: for each of `PROPERTIES`,
+    the part whose removal moves the property's metric furthest the way that part's building it predicts, from a
+    `{part: {metric: effect}}` record; "excludes_zero": its CI lies on that side of 0."""
     out = {}
     for prop, (metric, sign) in PROPERTIES.items():
         finite = {p: e[metric] for p, e in record.items() if e[metric]["value"] == e[metric]["value"]}
         part = max(finite, key=lambda p: sign * finite[p]["value"])
         e = finite[part]
-        out[prop] = {"part": part, "metric": metric, **e,
+        out[prop] = {"part": part, "label": part_label(part), "metric": metric, **e,
                      "excludes_zero": bool(e["low"] > 0 if sign > 0 else e["high"] < 0)}
     return out
 
@@ -59,7 +69,10 @@ def ov_record(boosts: Mapping[str, Tensor], words: CategoryWords, labels: Sequen
     same) as an effect over the words, and each word's own values keyed by the word (`labels`, in `words` order)."""
     per_word = {"self": boosts["self"], "same": boosts["same"], "other": boosts["other"],
                 "same_minus_other": boosts["same"] - boosts["other"], "self_minus_same": boosts["self"] - boosts["same"]}
-    return {"summary": {k: effect(v, seed) for k, v in per_word.items()},
+    summary = {k: effect(v, seed) for k, v in per_word.items()}
+    return {"summary": summary,
+            "self_above_same": summary["self_minus_same"]["low"] > 0,
+            "same_above_other": summary["same_minus_other"]["low"] > 0,
             "per_word": {label: {k: float(v[i]) for k, v in per_word.items()} for i, label in enumerate(labels)},
             "n_categories": int(words.category.unique().numel())}
 

@@ -85,6 +85,10 @@ def main(args) -> None:
         "target": {"layer": layer, "head": head},
         "ov": ov,
         "loss": {**loss, "text": source, "n_prompts": int(tokens.shape[0]), "length": int(tokens.shape[1])},
+        # what the head is for: it raises the attended word's logit above other categories' words (copying it),
+        # and the model loses more without it than without any other head of its layer
+        "copies_for_prediction": bool(ov["summary"]["self"]["low"] > ov["summary"]["other"]["high"]
+                                      and loss["comparison"]["target"]["loss_change"]["separates"]),
         "categories": category_record,
         "units": "OV: logits, each row centred over the vocabulary; loss: nats per predicted token, ablated minus "
                  "unablated, mean over prompts with 95% bootstrap CI",
