@@ -217,8 +217,9 @@ SPEC: dict[str, dict[str, Entry]] = {
         "HOHead": ("results.target", "head"), "HOWords": ("results.ov.per_word", "count"),
         **{f"HO{name}": (f"results.ov.summary.{key}.value", "+.2f")
            for name, key in (("Self", "self"), ("Same", "same"), ("Other", "other"))},
-        **with_interval("HOSelfMinusSame", "results.ov.summary.self_minus_same", "+.2f"),
-        **with_interval("HOSameMinusOther", "results.ov.summary.same_minus_other", "+.2f"),
+        **{f"HO{name}{suffix}": (f"results.ov.summary.{key}.{end}", "+.2f")
+           for name, key in (("SelfMinusSame", "self_minus_same"), ("SameMinusOther", "same_minus_other"))
+           for suffix, end in (("", "value"), ("Low", "low"), ("High", "high"))},
         "HOSelfAboveSame": ("results.ov.self_above_same", Words("above", "not above")),
         "HOSameAboveOther": ("results.ov.same_above_other", Words("above", "not above")),
         "HOLossText": ("results.loss.text", "text"), "HOLossPrompts": ("results.loss.n_prompts", "d"),
