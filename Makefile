@@ -18,7 +18,7 @@ DEMO_SCRIPTS := scan_heads
 # baseline: previous-token and induction heads, circuits, visualisation
 DEMO_SCRIPTS += manual_attention attention_stats qk_ov_circuits token_circuit_tables visualize_attention logit_lens activation_patching
 # semantic head, part 1: survey, ablation, vocabulary-level input, attention versus similarity
-DEMO_SCRIPTS += characterize_head component_ablation token_freq cosine_attention_analysis
+DEMO_SCRIPTS += characterize_head component_ablation query_key_paths head_output token_freq cosine_attention_analysis
 # semantic head, part 2: QK decomposition, steering, clustering, SAE features
 DEMO_SCRIPTS += skew_analysis sym_skew_maps eigenvalue_scaling eigenvalue_rank_ablation gradient_steering clustering sae_features
 # the evidence: the primary statistics corrected together, every other comparison listed as secondary
@@ -86,6 +86,8 @@ ARGS_attention_stats ?= --n-prompts 4 --length 16
 ARGS_qk_ov_circuits ?= --n-prompts 2 --baseline-samples 32
 ARGS_characterize_head ?= --n-prompts 8 --n-words 16 --n-resamples 100
 ARGS_component_ablation ?= --n-prompts 8 --n-words 16
+ARGS_query_key_paths ?= --n-prompts 8 --n-words 16 --n-swaps 4
+ARGS_head_output ?= --n-prompts 8 --length 16
 ARGS_cosine_attention_analysis ?= --n-tokens 500 --n-resamples 100
 ARGS_skew_analysis ?= --n-null-draws 50
 ARGS_eigenvalue_scaling ?= --n-prompts 8 --n-words 16

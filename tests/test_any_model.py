@@ -36,6 +36,8 @@ LIGHT = {
     "activation_patching": [],
     "characterize_head": ["--n-prompts", "4", "--n-words", "8", "--n-resamples", "20", "--study-prompts", "2"],
     "component_ablation": ["--n-prompts", "4", "--n-words", "8", "--study-prompts", "4"],
+    "query_key_paths": ["--n-prompts", "4", "--n-words", "8", "--n-swaps", "2"],
+    "head_output": ["--n-prompts", "4", "--length", "8"],
     "token_freq": [],
     "cosine_attention_analysis": ["--n-tokens", "200", "--n-resamples", "20"],
     "skew_analysis": [],

@@ -45,6 +45,8 @@ ABLATION_CONDITIONS = {
     "mlp_0": ("first MLP", "MLP"), "mlp_only_residual": ("MLP-only residual", "MLPOnly"),
 }
 ABLATION_MODES = ("mean", "zero")
+# query_key_paths' properties: the infix of their macros -> the key of results.strongest (analysis.path_records)
+QKP_PROPERTIES = {"Self": "self_avoidance", "Attract": "category_attraction", "Bos": "bos_fallback"}
 # The rank-ablation cell the original study reported (paper/reported_gpt2.json: rank_ablation.k and .scale).
 STUDY_CELL = "k=24,scale=-2"
 
@@ -193,6 +195,45 @@ SPEC: dict[str, dict[str, Entry]] = {
         "StudyDesignPrompts": ("results.study_design.n_prompts", "d"),
         "StudyDesignDepartures": ("results.study_design.departures_text", "text"),
         "StudyDesignSeed": ("results.seeds.study_design", "d"),
+    },
+    "query_key_paths": {
+        "QKPNPrompts": ("provenance.arguments.n_prompts", "d"), "QKPNWords": ("provenance.arguments.n_words", "d"),
+        "QKPNSwaps": ("provenance.arguments.n_swaps", "d"), "QKPHead": ("results.target", "head"),
+        "QKPParts": ("results.parts.names", "count"),
+        "QKPPositional": ("results.parts.positional_embedding", "text"),
+        **{f"QKPBase{name}": (f"results.baseline.{metric}.value", ".3f")
+           for name, metric in (("Self", "self_mass"), ("Partner", "partner_mass"), ("Bos", "bos_mass_no_partner"))},
+        # per side, the part whose mean ablation most builds each property (largest fall of the partner mass, rise
+        # of the self mass, fall of the BOS-when-no-partner mass), and that change
+        **{f"QKP{prop}{side}{field}": (f"results.strongest.ablation.{side.lower()}_side.mean.{key}.{path}", fmt)
+           for prop, key in QKP_PROPERTIES.items() for side in ("Query", "Key")
+           for field, path, fmt in (("Part", "label", "text"), ("Value", "value", "+.3f"))},
+        **{f"QKPPatch{prop}{side}Value": (f"results.strongest.path_patching.{side.lower()}_side.{key}.value", "+.3f")
+           for prop, key in QKP_PROPERTIES.items() for side in ("Query", "Key")},
+        **{f"QKPPatch{prop}{side}Part": (f"results.strongest.path_patching.{side.lower()}_side.{key}.label", "text")
+           for prop, key in QKP_PROPERTIES.items() for side in ("Query", "Key")},
+    },
+    "head_output": {
+        "HOHead": ("results.target", "head"), "HOWords": ("results.ov.per_word", "count"),
+        **{f"HO{name}": (f"results.ov.summary.{key}.value", "+.2f")
+           for name, key in (("Self", "self"), ("Same", "same"), ("Other", "other"))},
+        **{f"HO{name}{suffix}": (f"results.ov.summary.{key}.{end}", "+.2f")
+           for name, key in (("SelfMinusSame", "self_minus_same"), ("SameMinusOther", "same_minus_other"))
+           for suffix, end in (("", "value"), ("Low", "low"), ("High", "high"))},
+        "HOSelfAboveSame": ("results.ov.self_above_same", Words("above", "not above")),
+        "HOSameAboveOther": ("results.ov.same_above_other", Words("above", "not above")),
+        "HOLossText": ("results.loss.text", "text"), "HOLossPrompts": ("results.loss.n_prompts", "d"),
+        "HOLossLength": ("results.loss.length", "d"),
+        "HOLoss": ("results.loss.comparison.target.loss_change.value", ".3f"),
+        "HOLossRival": ("results.loss.comparison.target.loss_change.strongest_control", "head"),
+        "HOLossRivalValue": ("results.loss.comparison.target.loss_change.strongest_control.value", ".3f"),
+        "HOLossVerdict": ("results.loss.comparison.target.loss_change.verdict", "text"),
+        "HOLossRank": ("results.loss.comparison.target.loss_change.rank", "d"),
+        "HOLossRanked": ("results.loss.comparison.target.loss_change.n_ranked", "d"),
+        "HOPurpose": ("results.copies_for_prediction", Words(
+            "copies the category-mate it attends to into the next-token prediction, and the model needs it more "
+            "than any other head of its layer",
+            "is not shown by these two measurements to copy its mates into a prediction the model needs")),
     },
     "component_ablation": {
         "AblNPrompts": ("provenance.arguments.n_prompts", "d"), "AblNWords": ("provenance.arguments.n_words", "d"),

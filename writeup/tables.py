@@ -97,6 +97,27 @@ def table_ablation(results: Results) -> str:
                    ["ablated", "mean", "zero", "the study's way", "reported, GPT-2"], rows)
 
 
+QKP_SIDES = ("query_side", "key_side", "both_sides")
+QKP_ROWS = {"category_attraction": "category attraction", "self_avoidance": "self-avoidance",
+            "bos_fallback": "BOS fallback"}
+
+
+def table_query_key(results: Results) -> str:
+    """Per property and method, the part on each side whose removal most builds it, with its change and 95% CI."""
+    strongest = results.get("query_key_paths", "results.strongest")
+
+    def cell(e) -> str:
+        return (f"{latex_escape(e['label'])}: {format_value(e['value'], '+.3f')} "
+                f"[{format_value(e['low'], '+.3f')}, {format_value(e['high'], '+.3f')}]")
+    rows = []
+    for key, label in QKP_ROWS.items():
+        rows.append([label, "mean ablation", *(cell(strongest["ablation"][s]["mean"][key]) for s in QKP_SIDES)])
+        rows.append(["", "path patching", *(cell(strongest["path_patching"][s][key]) for s in QKP_SIDES)])
+    column = r">{\raggedright\arraybackslash}p{%s\linewidth}"
+    return tabular(column % 0.13 + column % 0.1 + (column % 0.2) * 3,
+                   ["property", "edit", "query side", "key side", "both sides"], rows)
+
+
 def table_eigen_steering(results: Results) -> str:
     """Per eigenvalue factor: the token map's self minus in-group score and the head's in-context masses."""
     rows = [[format_value(f["factor"], "g"), format_value(f["block_means"]["self_minus_in_group"], ".2f"),
@@ -457,6 +478,7 @@ def tables(results: Results, scripts: Sequence[str]) -> dict[str, str]:
         "token_circuits": table_token_circuits(results),
         "survey": table_survey(results),
         "ablation": table_ablation(results),
+        "query_key": table_query_key(results),
         "eigen_steering": table_eigen_steering(results),
         "rank_ablation": table_rank_ablation(results),
         "gradient_steering": table_gradient_steering(results),
