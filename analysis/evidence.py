@@ -75,6 +75,22 @@ def family_verdicts(entries: Mapping[tuple[str, str], Mapping | None], alpha: fl
     return out
 
 
+def comparison_reports(files: Mapping[str, Mapping | None]) -> tuple[dict[str, Mapping | None], dict[str, str]]:
+    """(file -> its `controls.compare` report, found at its `REPORTS` path, or None; file -> why a file that exists
+    has none), for the results files given (file -> its whole JSON, None for a file not run). A file without a
+    report is one whose step did not run, e.g. sae_features for a model with no SAE: it records why, never a
+    comparison."""
+    reports, no_report = {}, {}
+    for source, path in REPORTS.items():
+        report = files.get(source)
+        for part in path.split(".") if report is not None else ():
+            report = report.get(part) if isinstance(report, Mapping) else None
+        reports[source] = report if isinstance(report, Mapping) and "directions" in report else None
+        if files.get(source) is not None and reports[source] is None:
+            no_report[source] = f"{source}.json has no comparison (its step did not run)"
+    return reports, no_report
+
+
 def statistic_rows(reports: Mapping[str, Mapping | None]) -> dict[str, dict]:
     """"<file>.<statistic>" -> its comparison (value, rank, rank_chance, strongest control, difference, verdict)
     and its role, "primary" (in `PRIMARY`) or "secondary", for every statistic of every `compare` report given

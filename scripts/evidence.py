@@ -53,12 +53,8 @@ def read_reports(args) -> tuple[dict, dict]:
 
 def main(args) -> None:
     files, missing = read_reports(args)
-    reports = {}
-    for source, path in evidence.REPORTS.items():
-        try:
-            reports[source] = None if files[source] is None else lookup(files[source], path)
-        except KeyError:  # e.g. sae_features without an SAE of the model: the file says why, and has no comparison
-            reports[source], missing[source] = None, f"{source}.json has no comparison (its step did not run)"
+    reports, no_report = evidence.comparison_reports(files)
+    missing |= no_report
     rows = evidence.statistic_rows(reports)
     family = evidence.family_verdicts({(s, n): rows.get(f"{s}.{n}") for s, n in evidence.PRIMARY})
     # the head each file studied: the claim is about one head, so a disagreement is shown, not hidden

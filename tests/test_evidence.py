@@ -31,3 +31,17 @@ def test_a_separation_that_does_not_survive_the_correction_is_not_counted():
 
 def test_the_family_is_named_once_in_order():
     assert [name for _, name in evidence.PRIMARY] == ["surprisal", "margin", "below_partners_share"]
+
+
+
+def test_a_file_whose_comparison_did_not_run_is_recorded_without_a_report():
+    """sae_features of a model with no SAE writes its reasons and no comparison: it is named with its reason, the
+    files that compared keep their reports, and a file not run at all is neither."""
+    comparison = {"directions": {"margin": "low"}, "target": {"margin": {"value": -1.0}}}
+    files = {"characterize_head": {"results": {"comparison": comparison}},
+             "sae_features": {"results": {"head": {"layer": 1, "head": 3}, "not_run": ["feature map", "precision"]}},
+             "skew_analysis": None}
+    reports, no_report = evidence.comparison_reports(files)
+    assert reports["characterize_head"] == comparison
+    assert reports["sae_features"] is None and reports["skew_analysis"] is None
+    assert list(no_report) == ["sae_features"]
