@@ -171,3 +171,41 @@ record-bench: setup
 $(RUNS)/cosine_attention_analysis.json: $(RUNS)/token_freq.json
 $(RUNS)/clustering.json: $(RUNS)/token_freq.json
 $(RUNS)/evidence.json: $(filter-out $(RUNS)/evidence.json,$(RUN_STAMPS))
+
+# --- held-out categories: the survey's head on categories its attention supervision never named ----------------
+#   make held-out   rerun the scripts of HELD_OUT_SCRIPTS with --categories held_out into HELD_OUT_ROOT, then
+#                   scripts/held_out.py sets both runs side by side in results/$(MODEL_ID)/held_out.json
+# The held-out runs study the head the supervised survey chose (--layer/--head from the main run's
+# characterize_head.json): letting them choose on held-out words would select on the test set. They run only for a
+# model whose recorded ground truth (scan_heads' provenance, read from the model's own files) lists held-out
+# categories; for any other the stamps say so and held_out.json records that nothing ran (the paper leaves it out).
+HELD_OUT_SCRIPTS := characterize_head skew_analysis clustering cosine_attention_analysis
+HELD_OUT_ROOT := $(if $(filter 1,$(LIGHT)),build/light/held_out,build/held_out)
+HELD_RUNS := $(HELD_OUT_ROOT)/results/$(MODEL_ID)/.runs
+MAIN_RESULTS := $(OUT_ROOT)/results/$(MODEL_ID)
+# prints "--layer L --head H" (the supervised survey's head) when the model has held-out categories, else nothing
+HELD_OUT_HEAD := $(PY) -c 'import json, sys; d = sys.argv[1]; \
+	truth = json.load(open(d + "/scan_heads.json"))["provenance"]["model"].get("ground_truth") or {}; \
+	t = json.load(open(d + "/characterize_head.json"))["results"]["target"]; \
+	print("--layer %d --head %d" % (t["layer"], t["head"]) if truth.get("held_out_categories") else "")'
+HELD_OUT_INPUTS_cosine_attention_analysis := --freq-csv $(MAIN_RESULTS)/token_freq.csv
+HELD_OUT_INPUTS_clustering := --frequencies $(MAIN_RESULTS)/token_freq.csv
+.PHONY: held-out
+held-out: $(RUNS)/held_out.json
+figures: $(RUNS)/held_out.json
+$(GENERATED)/macros.tex: $(RUNS)/held_out.json
+paper-fixture: $(RUNS)/held_out.json
+
+$(HELD_RUNS)/%.json: scripts/%.py $(PACKAGE_FILES) $(RUNS)/scan_heads.json $(RUNS)/characterize_head.json | $(STAMP)
+	@mkdir -p $(@D)
+	@head="$$($(HELD_OUT_HEAD) $(MAIN_RESULTS))" || exit 1; \
+	if [ -z "$$head" ]; then echo '{"skipped": "no held-out categories in the ground truth"}' > $@; exit 0; fi; \
+	echo "== scripts/$*.py $(SCRIPT_ARGS) --out $(HELD_OUT_ROOT) --categories held_out $$head $(ARGS_$*)"; \
+	$(TIMED) $@ $(PY) scripts/$*.py $(SCRIPT_ARGS) --out $(HELD_OUT_ROOT) --categories held_out $$head \
+		$(HELD_OUT_INPUTS_$*) $(ARGS_$*)
+$(HELD_RUNS)/cosine_attention_analysis.json $(HELD_RUNS)/clustering.json: $(RUNS)/token_freq.json
+
+$(RUNS)/held_out.json: scripts/held_out.py $(PACKAGE_FILES) $(HELD_OUT_SCRIPTS:%=$(RUNS)/%.json) \
+		$(HELD_OUT_SCRIPTS:%=$(HELD_RUNS)/%.json) | $(STAMP)
+	@echo "== scripts/held_out.py $(SCRIPT_ARGS) $(OUT_ARGS) --held-out-root $(HELD_OUT_ROOT)"
+	@$(TIMED) $@ $(PY) scripts/held_out.py $(SCRIPT_ARGS) $(OUT_ARGS) --held-out-root $(HELD_OUT_ROOT)
