@@ -7,10 +7,19 @@ import subprocess
 import sys
 
 import pytest
+from conftest import run_held_out, run_script
 
 from analysis import held_out, records
+from analysis.controls import head_key
 from analysis.held_out import Reading, disjoint, statistic_row
 from analysis.io import REPO_ROOT
+
+# Light settings (as `make all LIGHT=1`): every entry the summary reads is kept.
+LIGHT = {"characterize_head": ("--n-prompts", "16", "--n-words", "32", "--n-resamples", "200", "--study-prompts", "2",
+                               "--study-words", "32"),
+         "skew_analysis": ("--n-null-draws", "50"), "cosine_attention_analysis": ("--n-tokens", "500",
+                                                                                  "--n-resamples", "100"),
+         "clustering": ("--n-tokens", "500")}
 
 
 def test_disjoint_compares_the_ends_of_both_intervals():
@@ -80,3 +89,41 @@ def test_summary_without_results_is_one_paragraph_and_exit_2(tmp_path):
     assert done.returncode == 2
     said = " ".join(done.stderr.split())
     assert "characterize_head.json does not exist" in said and "Traceback" not in said
+
+
+@pytest.mark.e2e
+def test_the_planted_semantic_head_ignores_the_held_out_categories(tmp_path, truth):
+    """On held-out prompts the organism's semantic head, told nothing of these categories in training, sends almost
+    all its attention to BOS (measured: partner mass 0.050, BOS mass without a mate 0.999 on the full run): it
+    avoids itself, but is not drawn to held-out category-mates."""
+    layer, head = truth["planted_heads"]["semantic"]
+    done = run_script("characterize_head", "--out", str(tmp_path), "--categories", "held_out", "--layer", str(layer),
+                      "--head", str(head), *LIGHT["characterize_head"])
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads((tmp_path / "results" / "organism" / "characterize_head.json").read_text())["results"]
+    assert results["categories"]["names"] == list(truth["held_out_categories"])
+    target = results["target"]
+    assert target["partner_mass_high"] < 0.2 and target["bos_mass_no_partner_low"] > 0.9
+    assert target["surprisal_low"] > 3.0  # supervised categories: S below 0.1 nats
+    assert results["comparison"]["target"]["partner_mass"]["verdict"] == "does not separate"
+    verdicts = results["properties"]["by_head"][head_key(layer, head)]
+    assert verdicts["self_avoidance"]["holds"] and not verdicts["category_attraction"]["holds"]
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_held_out_summary_on_the_organism(tmp_path):
+    """`make held-out` end to end at light settings: the supervised run, the held-out run on its head, the summary."""
+    for script in ("scan_heads", "token_freq", *LIGHT):
+        done = run_script(script, "--out", str(tmp_path), *LIGHT.get(script, ()))
+        assert done.returncode == 0, f"{script}: {done.stderr[-2000:]}"
+    run_held_out(tmp_path, tmp_path / "held_out", LIGHT)
+    record = json.loads((tmp_path / "results" / "organism" / "held_out.json").read_text())["results"]
+    assert record["ran"] and record["generalises"] is False
+    assert record["categories"]["held_out"]["set"] == "held_out" and record["categories"]["supervised"]["set"] == "study"
+    stats = record["statistics"]
+    assert stats["partner_mass"]["supervised"]["value"] > 0.9 and stats["partner_mass"]["held_out"]["value"] < 0.2
+    assert stats["partner_mass"]["disjoint"] is True and stats["partner_mass"]["recovers"] is False
+    assert stats["category_attraction_behaviour"]["recovers"] is False
+    assert stats["ari"]["supervised"]["verdict"] == "separates" and stats["ari"]["recovers"] is False
+    assert set(stats) == set(held_out.STATISTICS)
