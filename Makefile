@@ -120,7 +120,7 @@ $(RUNS)/%.json: scripts/%.py $(PACKAGE_FILES) | $(STAMP)
 
 $(GENERATED)/macros.tex: $(RUN_STAMPS) scripts/make_paper_inputs.py $(WRITEUP_FILES) analysis/organism/report.py \
 		paper/reported_gpt2.json | $(STAMP)
-	$(PY) scripts/make_paper_inputs.py $(SCRIPT_ARGS) $(OUT_ARGS) --generated $(GENERATED) --scripts $(DEMO_SCRIPTS) \
+	$(PY) scripts/make_paper_inputs.py $(SCRIPT_ARGS) $(OUT_ARGS) --generated $(GENERATED) --scripts $(PAPER_SCRIPTS) \
 		$(if $(filter 1,$(LIGHT)),,--docs)
 
 # build_paper.py writes its --pdf only when the log is clean, so a failed check is retried next time.
@@ -133,7 +133,7 @@ paper: $(PAPER_BUILD)/checked.pdf  # a light build's PDF stays in its build fold
 # The paper tests read a trimmed copy of the organism's results: refresh it after changing writeup/ or a script's results.
 paper-fixture: $(RUN_STAMPS)
 	rm -rf tests/fixtures/paper/$(MODEL_ID)
-	$(PY) scripts/make_paper_inputs.py $(SCRIPT_ARGS) --scripts $(DEMO_SCRIPTS) --trimmed-copy tests/fixtures/paper/$(MODEL_ID) \
+	$(PY) scripts/make_paper_inputs.py $(SCRIPT_ARGS) --scripts $(PAPER_SCRIPTS) --trimmed-copy tests/fixtures/paper/$(MODEL_ID) \
 		--docs
 
 # --- the generated regions of README.md and docs/*.md (writeup/docs.py) --------------------------------
@@ -180,6 +180,7 @@ $(RUNS)/evidence.json: $(filter-out $(RUNS)/evidence.json,$(RUN_STAMPS))
 # model whose recorded ground truth (scan_heads' provenance, read from the model's own files) lists held-out
 # categories; for any other the stamps say so and held_out.json records that nothing ran (the paper leaves it out).
 HELD_OUT_SCRIPTS := characterize_head skew_analysis clustering cosine_attention_analysis
+PAPER_SCRIPTS := $(DEMO_SCRIPTS) held_out  # the scripts whose results the paper reads (its provenance and run tables)
 HELD_OUT_ROOT := $(if $(filter 1,$(LIGHT)),build/light/held_out,build/held_out)
 HELD_RUNS := $(HELD_OUT_ROOT)/results/$(MODEL_ID)/.runs
 MAIN_RESULTS := $(OUT_ROOT)/results/$(MODEL_ID)
