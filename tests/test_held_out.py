@@ -127,3 +127,15 @@ def test_held_out_summary_on_the_organism(tmp_path):
     assert stats["category_attraction_behaviour"]["recovers"] is False
     assert stats["ari"]["supervised"]["verdict"] == "separates" and stats["ari"]["recovers"] is False
     assert set(stats) == set(held_out.STATISTICS)
+
+
+@pytest.mark.e2e
+def test_a_model_without_held_out_categories_gets_a_record_that_says_so(tmp_path):
+    results = tmp_path / "results" / "organism"
+    results.mkdir(parents=True)
+    (results / "characterize_head.json").write_text(json.dumps({"provenance": {"model": {"ground_truth": None}},
+                                                                "results": {}}))
+    done = run("scripts/held_out.py", "--out", str(tmp_path), "--held-out-root", str(tmp_path / "none"))
+    assert done.returncode == 0, done.stderr
+    record = json.loads((results / "held_out.json").read_text())["results"]
+    assert record == {"ran": False, "reason": "the model's recorded ground truth lists no held-out categories"}
