@@ -118,7 +118,7 @@ TIMED := $(PY) -c 'import json, resource, subprocess, sys, time; t = time.perf_c
 model-id:  # the id MODEL's results are filed under
 	@echo $(MODEL_ID)
 script-args:  # each script of DEMO_SCRIPTS and its extra arguments under these settings, one line each
-	@$(foreach s,$(DEMO_SCRIPTS) $(REPLICATION_SCRIPTS),echo "$(s) $(ARGS_$(s))";)
+	@$(foreach s,$(PAPER_SCRIPTS),echo "$(s) $(ARGS_$(s))";)
 all: figures paper
 
 figures: $(RUN_STAMPS)
@@ -146,8 +146,7 @@ $(RUNS)/negative_control.json: $(RUNS)/evidence.json scripts/negative_control.py
 
 $(GENERATED)/macros.tex: $(RUN_STAMPS) $(REPLICATION_STAMPS) scripts/make_paper_inputs.py $(WRITEUP_FILES) analysis/organism/report.py \
 		paper/reported_gpt2.json | $(STAMP)
-	$(PY) scripts/make_paper_inputs.py $(SCRIPT_ARGS) $(OUT_ARGS) --generated $(GENERATED) \
-		--scripts $(DEMO_SCRIPTS) $(REPLICATION_SCRIPTS) \
+	$(PY) scripts/make_paper_inputs.py $(SCRIPT_ARGS) $(OUT_ARGS) --generated $(GENERATED) --scripts $(PAPER_SCRIPTS) \
 		$(if $(filter 1,$(LIGHT)),,--docs)
 
 # build_paper.py writes its --pdf only when the log is clean, so a failed check is retried next time.
@@ -160,7 +159,7 @@ paper: $(PAPER_BUILD)/checked.pdf  # a light build's PDF stays in its build fold
 # The paper tests read a trimmed copy of the organism's results: refresh it after changing writeup/ or a script's results.
 paper-fixture: $(RUN_STAMPS) $(REPLICATION_STAMPS)
 	rm -rf tests/fixtures/paper/$(MODEL_ID)
-	$(PY) scripts/make_paper_inputs.py $(SCRIPT_ARGS) --scripts $(DEMO_SCRIPTS) $(REPLICATION_SCRIPTS) --trimmed-copy tests/fixtures/paper/$(MODEL_ID) \
+	$(PY) scripts/make_paper_inputs.py $(SCRIPT_ARGS) --scripts $(PAPER_SCRIPTS) --trimmed-copy tests/fixtures/paper/$(MODEL_ID) \
 		--docs
 
 # --- the generated regions of README.md and docs/*.md (writeup/docs.py) --------------------------------
@@ -198,3 +197,41 @@ record-bench: setup
 $(RUNS)/cosine_attention_analysis.json: $(RUNS)/token_freq.json
 $(RUNS)/clustering.json: $(RUNS)/token_freq.json
 $(RUNS)/evidence.json: $(filter-out $(RUNS)/evidence.json,$(RUN_STAMPS))
+
+# --- held-out categories: the survey's head on categories its attention supervision never named ----------------
+#   make held-out   rerun the scripts of HELD_OUT_SCRIPTS with --categories held_out into HELD_OUT_ROOT, then
+#                   scripts/held_out.py sets both runs side by side in results/$(MODEL_ID)/held_out.json
+# The held-out runs study the head the supervised survey chose (--layer/--head from the main run's
+# characterize_head.json): letting them choose on held-out words would select on the test set. They run only for a
+# model whose recorded ground truth (scan_heads' provenance, read from the model's own files) lists held-out
+# categories; for any other the stamps say so and held_out.json records that nothing ran (the paper leaves it out).
+HELD_OUT_SCRIPTS := characterize_head skew_analysis clustering cosine_attention_analysis
+PAPER_SCRIPTS := $(DEMO_SCRIPTS) held_out $(REPLICATION_SCRIPTS)  # the scripts whose results the paper reads
+HELD_OUT_ROOT := $(if $(filter 1,$(LIGHT)),build/light/held_out,build/held_out)
+HELD_RUNS := $(HELD_OUT_ROOT)/results/$(MODEL_ID)/.runs
+MAIN_RESULTS := $(OUT_ROOT)/results/$(MODEL_ID)
+# prints "--layer L --head H" (the supervised survey's head) when the model has held-out categories, else nothing
+HELD_OUT_HEAD := $(PY) -c 'import json, sys; d = sys.argv[1]; \
+	truth = json.load(open(d + "/scan_heads.json"))["provenance"]["model"].get("ground_truth") or {}; \
+	t = json.load(open(d + "/characterize_head.json"))["results"]["target"]; \
+	print("--layer %d --head %d" % (t["layer"], t["head"]) if truth.get("held_out_categories") else "")'
+HELD_OUT_INPUTS_cosine_attention_analysis := --freq-csv $(MAIN_RESULTS)/token_freq.csv
+HELD_OUT_INPUTS_clustering := --frequencies $(MAIN_RESULTS)/token_freq.csv
+.PHONY: held-out
+held-out: $(RUNS)/held_out.json
+$(GENERATED)/macros.tex: $(RUNS)/held_out.json
+paper-fixture: $(RUNS)/held_out.json
+
+$(HELD_RUNS)/%.json: scripts/%.py $(PACKAGE_FILES) $(RUNS)/scan_heads.json $(RUNS)/characterize_head.json | $(STAMP)
+	@mkdir -p $(@D)
+	@head="$$($(HELD_OUT_HEAD) $(MAIN_RESULTS))" || exit 1; \
+	if [ -z "$$head" ]; then echo '{"skipped": "no held-out categories in the ground truth"}' > $@; exit 0; fi; \
+	echo "== scripts/$*.py $(SCRIPT_ARGS) --out $(HELD_OUT_ROOT) --categories held_out $$head $(ARGS_$*)"; \
+	$(TIMED) $@ $(PY) scripts/$*.py $(SCRIPT_ARGS) --out $(HELD_OUT_ROOT) --categories held_out $$head \
+		$(HELD_OUT_INPUTS_$*) $(ARGS_$*)
+$(HELD_RUNS)/cosine_attention_analysis.json $(HELD_RUNS)/clustering.json: $(RUNS)/token_freq.json
+
+$(RUNS)/held_out.json: scripts/held_out.py $(PACKAGE_FILES) $(HELD_OUT_SCRIPTS:%=$(RUNS)/%.json) \
+		$(HELD_OUT_SCRIPTS:%=$(HELD_RUNS)/%.json) | $(STAMP)
+	@echo "== scripts/held_out.py $(SCRIPT_ARGS) $(OUT_ARGS) --held-out-root $(HELD_OUT_ROOT)"
+	@$(TIMED) $@ $(PY) scripts/held_out.py $(SCRIPT_ARGS) $(OUT_ARGS) --held-out-root $(HELD_OUT_ROOT)

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from torch import Tensor
 
-from analysis import clustering, qk_decomposition, steering
+from analysis import clustering, held_out, qk_decomposition, steering
 from analysis.controls import Head, Statistic, head_key
 from analysis.prompts import StudyDesign
 from analysis.properties import MIN_EFFECT, PROPERTIES, both_hold
@@ -386,3 +386,33 @@ def precision_null(value: float, k: int, difference: Mapping, n_shuffles: int) -
             "says": "the study's precision with the predicted features' labels permuted (a random permutation of "
                     f"the SAE's feature ids per sample, {n_shuffles} draws, mean): the chance level of "
                     "TP / (TP + FP) for this head, these samples and this SAE"}
+
+
+# --- held-out categories beside the supervised ones (`held_out`) --------------------------------------------
+
+
+def held_out_record(rows: Mapping[str, Mapping], target: Head, categories: Mapping[str, Mapping]) -> dict:
+    """The summary of both runs: each statistic's `held_out.statistic_row` keyed by name with its file, which
+    statistics recover the held-out categories, whether the head generalises, the head and both category sets."""
+    return {"ran": True, "target": {"layer": target[0], "head": target[1], "chosen_by": "the supervised survey"},
+            "categories": dict(categories),
+            "rule": "each statistic is judged on the held-out run by the supervised run's own rule: a comparison "
+                    "recovers the held-out categories iff it separates the head from its strongest control, a "
+                    "property iff it holds; the head generalises iff both properties hold in its behaviour",
+            "statistics": {name: {"file": held_out.STATISTICS[name].script, **row} for name, row in rows.items()},
+            "by_verdict": held_out.recovered(rows), "generalises": held_out.generalises(rows)}
+
+
+def held_out_lines(record: Mapping) -> list[str]:
+    """One printable line per statistic of a `held_out_record` (supervised against held-out), then the verdict."""
+    def shown(side: Mapping) -> str:
+        value = "n/a" if side["value"] is None else f"{side['value']:+.3f}"
+        interval = "" if side["low"] is None else f" [{side['low']:+.3f}, {side['high']:+.3f}]"
+        return f"{value}{interval} ({side['verdict'] or 'no verdict'})"
+
+    lines = [f"{name}: supervised {shown(row['supervised'])}, held-out {shown(row['held_out'])}"
+             for name, row in record["statistics"].items()]
+    head = head_key(record["target"]["layer"], record["target"]["head"])
+    verdict = "generalises" if record["generalises"] else "does not generalise"
+    return lines + [f"{head} {verdict} to the held-out categories; recovered by: "
+                    f"{', '.join(record['by_verdict']['recovers']) or 'none'}"]

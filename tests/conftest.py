@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -86,3 +87,23 @@ def offline_hub(monkeypatch, tmp_path):
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-datasets")
     monkeypatch.setenv("ANALYSIS_CACHE_DIR", str(tmp_path / "cache"))
     return tmp_path
+
+
+HELD_OUT_SCRIPTS = ("characterize_head", "skew_analysis", "clustering", "cosine_attention_analysis")
+
+
+def run_held_out(out, held_root, extra: dict[str, tuple[str, ...]] | None = None) -> None:
+    """What `make held-out` runs, after the supervised run under `out`: the four scripts with --categories held_out
+    on the supervised survey's head into `held_root` (its token counts from `out`), then scripts/held_out.py.
+    `extra`: more arguments per script (light settings). Asserts every step succeeds."""
+    results = Path(out) / "results" / "organism"
+    target = json.loads((results / "characterize_head.json").read_text())["results"]["target"]
+    inputs = {"cosine_attention_analysis": ("--freq-csv", str(results / "token_freq.csv")),
+              "clustering": ("--frequencies", str(results / "token_freq.csv"))}
+    for script in HELD_OUT_SCRIPTS:
+        done = run_script(script, "--out", str(held_root), "--categories", "held_out", "--layer",
+                          str(target["layer"]), "--head", str(target["head"]), *inputs.get(script, ()),
+                          *(extra or {}).get(script, ()))
+        assert done.returncode == 0, f"{script} (held out): {done.stderr[-2000:]}"
+    done = run_script("held_out", "--out", str(out), "--held-out-root", str(held_root))
+    assert done.returncode == 0, done.stderr[-2000:]

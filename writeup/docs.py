@@ -392,6 +392,21 @@ def render_bench(sources: Sources) -> str:
     return text
 
 
+# The held-out categories (scripts/held_out.py): the supervised run beside the held-out one, the paper's macros.
+HELD_OUT = """\
+The semantic head {HeldOutHead}, chosen by the supervised survey, on the {HeldOutCategoryCount} held-out \
+categories ({HeldOutWords} words) beside the {HeldOutSupervisedCount} supervised ones, each judged by the same \
+rule: **the head {HeldOutGeneralises} to them**. On held-out prompts its partner mass is {HeldOutPartner} \
+(supervised {HeldOutPartnerSup}), its mass on itself and its copies {HeldOutSelf} ({HeldOutSelfSup}), its BOS mass \
+where no mate precedes {HeldOutBos} ({HeldOutBosSup}), S = {HeldOutS} nats ({HeldOutSSup}); self-avoidance in \
+behaviour {HeldOutSelfAvoidVerdict}, category attraction {HeldOutAttractVerdict}. The clustering's ARI is \
+{HeldOutARI} ({HeldOutARISup}); the cosine contrast, mates minus self {HeldOutCosMates} ({HeldOutCosMatesSup}) and \
+other categories minus self {HeldOutCosOthers} ({HeldOutCosOthersSup}). {HeldOutRecoverCount} of \
+{HeldOutStatCount} statistics recover the held-out categories (`make held-out`; the paper's held-out table has \
+each).
+"""
+
+
 # --- the regions -------------------------------------------------------------------------------------------
 
 
@@ -415,6 +430,7 @@ REGIONS = [
     *(Region("docs/investigations.md", name, lambda s, t=template: fill(t, s.values), True)
       for name, template in INVESTIGATIONS.items()),
     Region("docs/evidence.md", "evidence", render_evidence, True),
+    Region("docs/organism.md", "held-out", lambda s: fill(HELD_OUT, s.values), True),
     Region("docs/run-times.md", "commands", render_commands, False),
     Region("docs/run-times.md", "runs-organism", render_runs("runs-organism"), False),
     Region("docs/gpt2-scale.md", "runs-gpt2-random", render_runs("runs-gpt2-random"), False),

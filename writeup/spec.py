@@ -643,6 +643,48 @@ GUARDS: dict[str, str] = {"sae_features": "SaeRan", "seeds": "Seeds", "negative_
                           "ScanPlantedFound": "Organism"}  # the scan against this model's planted heads
 
 
+# --- held-out categories (scripts/held_out.py): the supervised run beside the --categories held_out run -----------
+# Only for a model whose recorded ground truth lists held-out categories (its own files, never its name).
+HELD = "results.statistics"
+# statistic of held_out.json -> (macro infix, format, its label in tab_held_out)
+HELD_OUT_ROWS: dict[str, tuple[str, Format, str]] = {
+    "surprisal": ("S", ".3f", "$S$ in context (nats)"),
+    "partner_mass": ("Partner", ".3f", "attention on category-mates"),
+    "self_mass": ("Self", ".3f", "attention on itself and its copies"),
+    "bos_mass_no_partner": ("Bos", ".3f", "attention on BOS without a mate"),
+    "self_avoidance_behaviour": ("SelfAvoid", ".2f", "self-avoidance, behaviour"),
+    "category_attraction_behaviour": ("Attract", ".2f", "category attraction, behaviour"),
+    "margin": ("Margin", ".2f", "partner margin (weights)"),
+    "below_partners_share": ("Below", "percent", "words below every partner"),
+    "self_avoidance_weights": ("SelfAvoidWeights", ".2f", "self-avoidance, weights"),
+    "category_attraction_weights": ("AttractWeights", ".2f", "category attraction, weights"),
+    "ari": ("ARI", ".2f", "Leiden communities against the categories (ARI)"),
+    "cosine_mates_minus_self": ("CosMates", ".2f", "cosine: mates minus self"),
+    "cosine_others_minus_self": ("CosOthers", ".2f", "cosine: other categories minus self"),
+    "cosine_mates_minus_others": ("CosContrast", ".2f", "cosine: mates minus other categories"),
+}
+HELD_OUT_PROSE = ("surprisal", "partner_mass", "self_mass", "bos_mass_no_partner", "self_avoidance_behaviour",
+                  "category_attraction_behaviour", "ari", "cosine_mates_minus_self", "cosine_others_minus_self")
+SPEC["held_out"] = {
+    "HeldOutHead": ("results.target", "head"),
+    "HeldOutCategoryCount": ("results.categories.held_out.names", "count"),
+    "HeldOutWords": ("results.categories.held_out.words", "d"),
+    "HeldOutSupervisedCount": ("results.categories.supervised.names", "count"),
+    "HeldOutGeneralises": ("results.generalises", Words("generalises", "does not generalise")),
+    "HeldOutRecoverCount": ("results.by_verdict.recovers", "count"),
+    "HeldOutStatCount": (HELD, "count"),
+    **{f"HeldOut{HELD_OUT_ROWS[key][0]}{side}": (f"{HELD}.{key}.{run}.value", HELD_OUT_ROWS[key][1])
+       for key in HELD_OUT_PROSE for side, run in (("Sup", "supervised"), ("", "held_out"))},
+    **{f"HeldOut{HELD_OUT_ROWS[key][0]}{end.title()}": (f"{HELD}.{key}.held_out.{end}", ".3f")
+       for key in ("partner_mass", "bos_mass_no_partner") for end in ("low", "high")},
+    **{f"HeldOut{HELD_OUT_ROWS[key][0]}Verdict": (f"{HELD}.{key}.held_out.verdict", "text")
+       for key in ("surprisal", "partner_mass", "self_avoidance_behaviour", "category_attraction_behaviour", "ari",
+                   "cosine_mates_minus_others")},
+}
+SWITCHES["HeldOut"] = ("scan_heads", "provenance.model.ground_truth.held_out_categories", False)
+GUARDS["held_out"] = "HeldOut"
+
+
 def guard_of(*names: str) -> str | None:
     """The switch a macro or table row stands under: the first of `names` (the macro, then its sources) in GUARDS."""
     return next((GUARDS[n] for n in names if n in GUARDS), None)

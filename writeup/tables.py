@@ -9,7 +9,7 @@ from analysis.organism.report import THRESHOLDS
 from analysis.properties import PROPERTIES
 from writeup.format import MISSING, format_value, head_name, latex_escape, short_commit, token_tex
 from writeup.results import Results
-from writeup.spec import ABLATION_CONDITIONS, ABLATION_MODES, macros, switches
+from writeup.spec import ABLATION_CONDITIONS, ABLATION_MODES, HELD_OUT_ROWS, macros, switches
 
 
 def tabular(colspec: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -471,6 +471,29 @@ def table_evidence(results: Results) -> str:
     return "\n".join([*lines, r"\end{longtable}", ""])
 
 
+def held_out_cell(side, fmt) -> list[str]:
+    """One run of a held-out statistic (held_out.json): its value with its 95% CI where the run gives one, and
+    its verdict ("--" where it has none)."""
+    value = format_value(side["value"], fmt)
+    if side["low"] is not None:
+        value += f" [{format_value(side['low'], fmt)}, {format_value(side['high'], fmt)}]"
+    return [value, side["verdict"] or MISSING]
+
+
+def table_held_out(results: Results) -> str:
+    """Each statistic on the supervised categories beside the held-out ones, each with its verdict by the same
+    rule. Empty for a model whose ground truth lists no held-out categories."""
+    if not switches(results)["HeldOut"]:
+        return ""
+    rows = [[label, *held_out_cell(entry["supervised"], fmt), *held_out_cell(entry["held_out"], fmt)]
+            for key, entry in results.get("held_out", "results.statistics").items()
+            for _, fmt, label in [HELD_OUT_ROWS[key]]]
+    def wrapped(width: float) -> str:
+        return rf">{{\raggedright\arraybackslash}}p{{{width}\linewidth}}"
+    return tabular(wrapped(0.25) + "l" + wrapped(0.12) + "l" + wrapped(0.12),
+                   ["statistic", "supervised", "verdict", "held-out", "verdict"], rows)
+
+
 def tables(results: Results, scripts: Sequence[str]) -> dict[str, str]:
     """Every generated table, by name (written as tab_<name>.tex)."""
     return {
@@ -487,6 +510,7 @@ def tables(results: Results, scripts: Sequence[str]) -> dict[str, str]:
         "replication": table_replication(results),
         "evidence": table_evidence(results),
         "not_supported": table_not_supported(results),
+        "held_out": table_held_out(results),
         "thresholds": table_thresholds(results),
         "provenance": table_provenance(results, scripts),
         "runs": table_runs(results, scripts),
