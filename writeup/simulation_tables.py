@@ -6,7 +6,9 @@ from writeup.format import MISSING, format_value, latex_escape
 from writeup.results import Results
 from writeup.tables import evidence_label, tabular
 
-SEED_ROWS = ("characterize_head.surprisal", "skew_analysis.margin", "skew_analysis.below_partners_share")
+# verdicts as the negative-control table prints them (its caption gives the key)
+SHORT_VERDICTS = {"separates": "sep.", "does not separate": "not", "tie": "tie", "descriptive": "desc.",
+                  "undefined": "undef."}
 
 
 def table_seeds(results: Results) -> str:
@@ -23,7 +25,7 @@ def table_seeds(results: Results) -> str:
         label, fmt = evidence_label(key)
         cells = [format_value(o["primary"][key]["value"], fmt) + ("" if o["primary"][key]["holds"] else "*")
                  for o in organisms.values()]
-        mean = f"{format_value(entry['mean'], fmt)} $\\pm$ {format_value(entry['sd'], '.3f' if fmt == 'percent' else fmt)}"
+        mean = f"{format_value(entry['mean'], fmt)} $\\pm$ {format_value(entry['sd'], fmt)}"
         rows.append([label, *cells, mean, f"{entry['holds']} of {n}"])
     counts = (("claim supported", [o["claim_supported"] for o in organisms.values()], summary["claim_supported"]),
               ("survey chose the planted head", [o["target_is_planted"] for o in organisms.values()],
@@ -50,15 +52,17 @@ def table_negative_control(results: Results) -> str:
         label, fmt = evidence_label(key)
         theirs = row["negative_control"]
         best = MISSING if row["best_head"] is None else row["best_head"] + (
-            f" ({row['best_kind']})" if row["best_kind"] else "")
-        rows.append([label, f"{format_value(row['organism']['value'], fmt)} ({row['organism']['verdict']})",
-                     MISSING if theirs is None else f"{format_value(theirs['value'], fmt)} ({theirs['verdict']})",
+            f" ({row['best_kind'].replace('_', '-')})" if row["best_kind"] else "")
+
+        def cell(entry) -> str:
+            return f"{format_value(entry['value'], fmt)} ({SHORT_VERDICTS.get(entry['verdict'], entry['verdict'])})"
+        rows.append([label, cell(row["organism"]), MISSING if theirs is None else cell(theirs),
                      latex_escape(best), "yes" if row["tells_apart"] else r"\textbf{no}"])
 
     def wrapped(width: float) -> str:
         return rf">{{\raggedright\arraybackslash}}p{{{width}\linewidth}}"
     header = " & ".join(["statistic", "organism", "negative control", "ranked first there", "tells apart"]) + r" \\"
-    lines = [rf"\begin{{longtable}}{{{wrapped(0.3) + wrapped(0.2) + wrapped(0.2) + wrapped(0.13) + 'l'}}}",
+    lines = [rf"\begin{{longtable}}{{{wrapped(0.34) + wrapped(0.15) + wrapped(0.15) + wrapped(0.17) + 'l'}}}",
              r"\caption{\negativecontrolcaption}\label{tab:negative-control} \\", r"\toprule", header, r"\midrule",
              r"\endfirsthead", r"\toprule", header, r"\midrule", r"\endhead", r"\bottomrule", r"\endfoot"]
     lines += [" & ".join(r) + r" \\" for r in rows]
