@@ -91,7 +91,8 @@ def main(args) -> None:
             "statistics": rows,
             "cannot_tell_apart": [k for k, r in rows.items() if not r["tells_apart"]],
         }
-    path = io.save_results(args.out, args.model, NAME, results, io.Provenance(None, vars(args), args.seed))
+    model_info = read(args.out, args.model, "evidence")["provenance"]["model"]  # the model's own record
+    path = io.save_results(args.out, args.model, NAME, results, io.Provenance(model_info, vars(args), args.seed))
     save_figure(property_verdicts_figure(records, MIN_EFFECT), args.out, args.model, NAME)
     if not controls:
         print(results["why_empty"])

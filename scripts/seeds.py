@@ -12,7 +12,8 @@ summary gives each primary statistic's mean, standard deviation and range over t
 every verdict as "holds in k of n". Nothing here knows where a planted head sits but the ground truth.
 
 A model without a training log (a pretrained or random model) has no recipe: the results say so and
-the table is empty. Loads no model (--device is accepted and unused).
+the table is empty. The model's own evidence.json must exist: its provenance names the model. Loads no
+model (--device is accepted and unused).
 Writes results/<model>/seeds.json and figures/<model>/seeds (each primary statistic per organism,
 filled where its corrected verdict holds). --list-models prints the organisms and exits.
 """
@@ -65,7 +66,8 @@ def main(args) -> None:
     primary = next(iter(rows.values()))["primary"] if rows else {}
     panels = {key: {f"seed {r['seed']}": (r["primary"][key]["value"], r["primary"][key]["holds"])
                     for r in rows.values()} for key in primary}
-    path = io.save_results(args.out, args.model, NAME, results, io.Provenance(None, vars(args), args.seed))
+    model_info = read(args.out, args.model, "evidence")["provenance"]["model"]  # the model's own record
+    path = io.save_results(args.out, args.model, NAME, results, io.Provenance(model_info, vars(args), args.seed))
     save_figure(panel_dots(panels, "value (filled: separates after Holm)"), args.out, args.model, NAME)
     if not rows:
         print(results["why_empty"])
