@@ -25,6 +25,8 @@ def test_the_shipped_organisms_are_five_seeds_of_one_recipe_and_one_negative_con
     assert recipe_models("organism") == ["organism", *(f"organism-seed-{k}" for k in range(1, 5))]
     assert negative_controls("organism") == ["organism-negative-control"]
     assert recipe_models("gpt2-random") == [] and negative_controls("gpt2-random") == []
+    assert recipe_models("organism-negative-control") == ["organism-negative-control"]
+    assert negative_controls("organism-negative-control") == []  # not its own control
 
 
 def evidence_record(value: float, holds: bool, target=(1, 3), claim=True):

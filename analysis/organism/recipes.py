@@ -38,9 +38,10 @@ def recipe_models(name: str) -> list[str]:
 
 def negative_controls(name: str) -> list[str]:
     """The shipped organisms trained with `name`'s recipe but with the negative control's heads (decoy, avoider)
-    planted in place of the semantic head; [] without a training log."""
+    planted in place of the semantic head; [] without a training log or a planted semantic head (a negative
+    control has none of its own)."""
     own = own_config(name)
-    if own is None:
+    if own is None or "semantic" not in own.get("planted_heads", {}):
         return []
     kinds = [k for k in own.get("planted_heads", {}) if k != "semantic"] + list(replication.NEGATIVE_CONTROL_KINDS)
     return _shipped_with(replication.with_kinds(replication.recipe(own), kinds))
