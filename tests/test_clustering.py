@@ -86,17 +86,17 @@ def test_clustering_recovers_the_organism_categories(tmp_path, truth):
     for view in data["views"].values():
         assert len(view["agreement"]) == 1 + len(data["controls"])
         assert view["target"]["ari"]["rank"] == 1  # the semantic head leads the controls on every view
-    assert data["community_count"] == {"comparable": False, "n_nodes": 166, "study_n_nodes": 3000,
-                                       "reason": "not comparable: 166 nodes against 3000"}
+    assert data["community_count"] == {"comparable": False, "n_nodes": 181, "study_n_nodes": 3000,
+                                       "reason": "not comparable: 181 nodes against 3000"}  # 183 tokens, 2 special
     assert data["categories"]["set"] == "study" and len(data["categories"]["names"]) == 8
-    assert data["n_edges"] == 4 * data["n_nodes"] and data["n_nodes"] == 166  # whole vocabulary, specials out
+    assert data["n_edges"] == 4 * data["n_nodes"] and data["n_nodes"] == 181  # whole vocabulary, specials out
     assert sum(c["size"] for c in data["communities"]) == data["n_nodes"]
     html = (tmp_path / "figures" / "organism" / "clustering.html").read_text()
     assert re.search(r"<script[^>]*\ssrc=", html) is None  # nothing fetched: plotly's JavaScript is inline
     assert "Plotly.newPlot" in html and " Monday" in html
     assert (tmp_path / "figures" / "organism" / "clustering.png").stat().st_size > 1000
     study = data["study_graph"]  # the study's graph beside ours: BOS in, self-loops kept, communities capped
-    assert study["n_nodes"] == 167 and study["max_comm_size"] == 512 and study["agreement"]["n_tokens"] == 41
+    assert study["n_nodes"] == 182 and study["max_comm_size"] == 512 and study["agreement"]["n_tokens"] == 41
     assert study["printed_clusters"] == study["n_communities"] - 1
     assert sum(c["size"] for c in study["communities"]) == study["n_nodes"]
     # controls: ARI/NMI of both graphs for the target's layer and the scan's top heads, target ranked
