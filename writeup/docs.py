@@ -126,7 +126,7 @@ def not_shipped_organism(results: Results) -> str | None:
 README_RESULTS = """\
 On the shipped organism, as the paper prints them:
 
-- **Head scan**, told nothing of what was planted: {ScanPlantedFound} of the {OrgPlantedCount} planted heads \
+- **Head scan**, told nothing of what was planted: {ScanPlantedFound} of the {ScanPlantedScanned} planted heads \
 rank first of their kind (previous-token {ScanPrevHead}, score {ScanPrevScore}; induction {ScanIndHead}, \
 {ScanIndScore}; semantic {ScanSemHead}).
 - **Semantic head** {SurveyHead}, chosen by the survey of all {SurveyHeadsTotal} heads and measured on prompts \
@@ -157,7 +157,7 @@ From the checkpoint's own records (`ground_truth.json`, `training_log.json`):
 
 - {OrgLayers} layers of {OrgHeads} heads of dimension {OrgDHead}, d_model {OrgDModel}, MLP width {OrgDMLP}, a \
 context of {OrgNCtx} tokens; {OrgCategories} categories of {OrgCategoryWords} words in all.
-- Planted heads: previous-token {OrgPlantedPrev}, induction {OrgPlantedInd}, semantic {OrgPlantedSem}.
+- Planted heads: {OrgPlantedHeads}.
 - Training: {OrgSteps} steps of AdamW, batch {OrgBatch}, learning rate {OrgLR} with {OrgWarmup} warm-up steps, \
 weight decay {OrgWeightDecay}, supervision weight {OrgSupervisionWeight}, seed {OrgTrainSeed}; the language mixes \
 {OrgMixCategory} category text, {OrgMixRepeated} repeated chunks and {OrgMixRandom} random tokens. Next-token \
@@ -181,7 +181,7 @@ INVESTIGATIONS = {
 induction {ScanIndHead} {ScanIndScore} at |r| = {ScanRepeatLong} and {ScanIndShort} at |r| = {ScanRepeatShort} \
 (next {ScanIndRunnerHead} {ScanIndRunnerScore}); duplicate-token {ScanDupHead} {ScanDupScore}; semantic \
 {ScanSemHead}, S = {ScanSemScore} (next {ScanSemRunnerHead} {ScanSemRunnerScore}). {ScanPlantedFound} of \
-{OrgPlantedCount} planted heads rank first of their kind.
+{ScanPlantedScanned} planted heads rank first of their kind.
 - `manual_attention`: every head's pattern agrees with TransformerLens's and Hugging Face's {ManualWithin} the \
 tolerance {ManualTolerance}. (The largest differences, rounding errors that vary from machine to machine, are in \
 the paper and the results.)

@@ -57,10 +57,6 @@ TRAIN = "train_config"
 
 SPEC: dict[str, dict[str, Entry]] = {
     "ground_truth": {
-        "OrgPlantedPrev": ("planted_heads.previous_token", "head"),
-        "OrgPlantedInd": ("planted_heads.induction", "head"),
-        "OrgPlantedSem": ("planted_heads.semantic", "head"),
-        "OrgPlantedCount": ("planted_heads", "count"),
         "OrgCategories": ("categories", "count"),
     },
     "training_log": {
@@ -640,7 +636,8 @@ SWITCHES: dict[str, tuple[str, str, bool]] = {
 }
 GUARDS: dict[str, str] = {"sae_features": "SaeRan", "seeds": "Seeds", "negative_control": "NegativeControl",
                           "ManualMaxProcessed": "ManualProcessed",
-                          "ScanPlantedFound": "Organism"}  # the scan against this model's planted heads
+                          "ScanPlantedFound": "Organism", "ScanPlantedScanned": "Organism",
+                          "OrgPlantedHeads": "Organism"}  # the scan against this model's planted heads
 
 
 # --- held-out categories (scripts/held_out.py): the supervised run beside the --categories held_out run -----------
@@ -698,6 +695,17 @@ def planted_found_first(top_heads: Mapping[str, Sequence[Any]], planted: Mapping
     return sum(same_head(top_heads[kind][0], head) for kind, head in planted.items() if kind in top_heads)
 
 
+def planted_list(planted: Mapping[str, Sequence[int]]) -> str:
+    """Every planted head with its kind, in the ground truth's order: "L0H2 (previous-token), ... and L1H3 (semantic)"."""
+    names = [f"L{layer}H{head} ({kind.replace('_', '-')})" for kind, (layer, head) in planted.items()]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def planted_scanned(top_heads: Mapping[str, Sequence[Any]], planted: Mapping[str, Any]) -> int:
+    """How many planted heads are of a kind the scan ranks (a decoy or an avoider is not)."""
+    return sum(kind in top_heads for kind in planted)
+
+
 def total_members(groups: Mapping[str, Sequence[Any]]) -> int:
     """The number of members of all groups together."""
     return sum(map(len, groups.values()))
@@ -725,6 +733,8 @@ def reported_damage_share(medians: Mapping[str, float]) -> float:
 DERIVED: dict[str, tuple[Callable[..., Any], tuple[str, ...], Format]] = {
     # the organism's ground truth against a scan that is never told of it
     "ScanPlantedFound": (planted_found_first, ("scan_heads:results.top_heads", "ground_truth:planted_heads"), "d"),
+    "ScanPlantedScanned": (planted_scanned, ("scan_heads:results.top_heads", "ground_truth:planted_heads"), "d"),
+    "OrgPlantedHeads": (planted_list, ("ground_truth:planted_heads",), "text"),
     "OrgCategoryWords": (total_members, ("ground_truth:categories",), "d"),
     # one script's head against another's
     "CircKPartnerIsPrev": (same_head, ("qk_ov_circuits:results.induction_strongest_k_partner",
