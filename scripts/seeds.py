@@ -11,8 +11,8 @@ semantic head, and whether the scan, told nothing, ranks each planted head first
 summary gives each primary statistic's mean, standard deviation and range over the organisms, and
 every verdict as "holds in k of n". Nothing here knows where a planted head sits but the ground truth.
 
-A model without a training log (a pretrained or random model) has no recipe: the results say so and
-the table is empty. The model's own evidence.json must exist: its provenance names the model. Loads no
+A model without a training log (a pretrained or random model) has no recipe, and an organism alone in its
+recipe (the negative control) has no other seeds: the results say so and the summary is empty. The model's own evidence.json must exist: its provenance names the model. Loads no
 model (--device is accepted and unused).
 Writes results/<model>/seeds.json and figures/<model>/seeds (each primary statistic per organism,
 filled where its corrected verdict holds). --list-models prints the organisms and exits.
@@ -60,8 +60,9 @@ def main(args) -> None:
         "models": models,
         "recipe": None if not models else replication.recipe(training_config(checkpoint_directory(models[0]))),
         "organisms": rows,
-        "summary": replication.seed_summary(rows) if rows else None,
-        "why_empty": None if models else f"{args.model} has no training log, so no recipe to retrain",
+        "summary": replication.seed_summary(rows) if len(rows) > 1 else None,
+        "why_empty": (f"{args.model} has no training log, so no recipe to retrain" if not models else
+                      None if len(models) > 1 else f"no other shipped organism shares {args.model}'s recipe"),
     }
     primary = next(iter(rows.values()))["primary"] if rows else {}
     panels = {key: {f"seed {r['seed']}": (r["primary"][key]["value"], r["primary"][key]["holds"])
@@ -69,7 +70,7 @@ def main(args) -> None:
     model_info = read(args.out, args.model, "evidence")["provenance"]["model"]  # the model's own record
     path = io.save_results(args.out, args.model, NAME, results, io.Provenance(model_info, vars(args), args.seed))
     save_figure(panel_dots(panels, "value (filled: separates after Holm)"), args.out, args.model, NAME)
-    if not rows:
+    if results["summary"] is None:
         print(results["why_empty"])
     else:
         summary = results["summary"]
