@@ -636,8 +636,7 @@ SWITCHES: dict[str, tuple[str, str, bool]] = {
 }
 GUARDS: dict[str, str] = {"sae_features": "SaeRan", "seeds": "Seeds", "negative_control": "NegativeControl",
                           "ManualMaxProcessed": "ManualProcessed",
-                          "ScanPlantedFound": "Organism", "ScanPlantedScanned": "Organism",
-                          "OrgPlantedHeads": "Organism"}  # the scan against this model's planted heads
+                          "ScanPlantedFound": "Organism", "ScanPlantedScanned": "Organism"}  # the scan against this model's planted heads
 
 
 # --- held-out categories (scripts/held_out.py): the supervised run beside the --categories held_out run -----------
