@@ -50,6 +50,11 @@ CONVENTIONS: dict[str, dict[str, bool]] = {
 
 
 @torch.no_grad()
+def missing_components(model: HookedTransformer) -> list[str]:
+    """The components of COMPONENTS that `model` has no hook for (no positional embedding: rotary positions)."""
+    return [component for component, name in COMPONENTS.items() if name not in model.hook_dict]
+
+
 def component_means(model: HookedTransformer, tokens: Tensor, hook_names: list[str],
                     batch_size: int = 64, bos_in_means: bool = False) -> dict[str, Tensor]:
     """`{hook: [d_model]}`: each activation's mean over the batch and positions >= 1

@@ -34,7 +34,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 from analysis import cli, io, prompts, records
-from analysis.ablation import CONVENTIONS, AblationSettings, ablation_study, damage_share, summary_table
+from analysis.ablation import (CONVENTIONS, AblationSettings, ablation_study, damage_share, missing_components,
+                               summary_table)
+from analysis.errors import UsageError
 from analysis.heads import target_head
 from analysis.models import load_model
 from analysis.plotting import save_figure, use_style
@@ -83,6 +85,12 @@ def box_plot(study, layer: int, head: int, title: str):
 
 def main(args) -> None:
     model = load_model(args.model, args.device, args.processing)
+    if missing := missing_components(model):
+        raise UsageError(
+            f"{args.model} has no {', '.join(c.replace('_', ' ') for c in missing)} to ablate (its positions are "
+            "rotary, applied inside attention), and this script compares exactly the study's components. "
+            "scripts/query_key_paths.py splits the head's input into the parts this model has, on the query and "
+            "key sides.")
     layer, head = target_head(model, args.layer, args.head, args.seed)
     categories, category_record = cli.chosen_categories(args)
     probe = prompts.category_probe(model, categories, args.n_prompts, args.n_words, args.seed)

@@ -9,6 +9,7 @@ import torch
 from transformer_lens.utilities import get_act_name
 
 from analysis import ablation, prompts, scan, scores
+from analysis.models import load_model
 from conftest import run_main, run_script
 
 
@@ -152,3 +153,12 @@ def test_component_ablation_rejects_bad_counts(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         run_main("component_ablation", "--out", str(tmp_path), "--n-prompts", "0")
     assert exit_.value.code == 2 and "--n-prompts must be positive" in capsys.readouterr().err
+
+
+def test_a_rotary_model_has_no_positional_embedding_to_ablate_and_is_refused(organism, capsys):
+    assert ablation.missing_components(organism) == []
+    llama = load_model("organism-llama")
+    assert ablation.missing_components(llama) == ["positional_embedding"]
+    with pytest.raises(SystemExit) as stopped:
+        run_main("component_ablation", "--model", "organism-llama")
+    assert stopped.value.code == 2 and "no positional embedding" in capsys.readouterr().err
