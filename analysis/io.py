@@ -158,6 +158,13 @@ def write_json_atomic(path: Path | str, obj: Any) -> Path:
     return write_atomic(path, staging.results_text(_plain(obj)))
 
 
+def read_results(out: Path | str, model_name: str, name: str, how: str = "") -> Any:
+    """The whole results file out/results/<model>/<name>.json (`read_json`), whose error names the script that
+    writes it and `how` it is run (e.g. "make seeds") where given."""
+    written_by = f"scripts/{name}.py --model {model_name}" + (f" ({how})" if how else "")
+    return read_json(results_path(out, model_name, name), written_by)
+
+
 def read_json(path: Path | str, written_by: str) -> Any:
     """A JSON input file, or a `UsageError` naming the file, what is wrong and `written_by` (what writes it)."""
     path = Path(path)

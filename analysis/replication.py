@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from analysis.controls import head_key
+from analysis.properties import PROPERTIES
 
 # The training settings that may differ between organisms of one recipe: the seed and where the heads sit.
 PER_RUN_SETTINGS = ("seed", "planted_heads")
@@ -60,7 +61,7 @@ def seed_row(evidence: Mapping[str, Any], top_heads: Mapping[str, Sequence[Mappi
                      "p_holm": evidence["family"][key]["p_holm"],
                      "holds": bool(evidence["family"][key]["separates_corrected"])}
                for key in evidence["primary"]}
-    properties = {view: None if v is None else {p: bool(v[p]["holds"]) for p in NEGATIVE_CONTROL_KINDS.values()}
+    properties = {view: None if v is None else {p: bool(v[p]["holds"]) for p in PROPERTIES}
                   for view, v in evidence["properties"]["target"].items()}
     found = {kind: [top_heads[kind][0]["layer"], top_heads[kind][0]["head"]] == list(head)
              for kind, head in planted.items() if kind in top_heads}
@@ -138,7 +139,7 @@ def expected_properties(by_head: Mapping[str, Mapping[str, Any]], planted: Mappi
         if kind not in planted:
             continue
         verdicts = by_head[head_key(*planted[kind])]
-        holds = {p: bool(verdicts[p]["holds"]) for p in NEGATIVE_CONTROL_KINDS.values()}
+        holds = {p: bool(verdicts[p]["holds"]) for p in PROPERTIES}
         out[kind] = {"head": head_key(*planted[kind]), "holds": holds,
                      "as_expected": holds == {p: p == own for p in holds}}
     return out

@@ -44,7 +44,7 @@ def read_reports(args) -> tuple[dict, dict]:
             if not path.exists():
                 files[source], missing[source] = None, f"{path} does not exist: scripts/{source}.py was not run"
                 continue
-            files[source] = io.read_json(path, f"scripts/{source}.py --model {args.model}")
+            files[source] = io.read_results(args.out, args.model, source)
     if files["skew_analysis"] is None and files["characterize_head"] is None:
         raise UsageError(f"neither characterize_head nor skew_analysis has results for --model {args.model} under "
                          f"{args.out}/results/: run them first (make figures MODEL={args.model}).")

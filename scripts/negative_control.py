@@ -41,10 +41,6 @@ def build_parser():
     return p
 
 
-def read(out, model: str, script: str) -> dict:
-    return io.read_json(io.results_path(out, model, script), f"scripts/{script}.py --model {model} (make negative-control)")
-
-
 def statistics_rows(own: dict, control: dict, control_files: dict, planted: dict) -> dict[str, dict]:
     """Per statistic of the organism's evidence: its value and verdict there, the negative control's chosen head's,
     and the head the statistic ranks first on the negative control with what that says (`replication.telling_apart`)."""
@@ -70,16 +66,17 @@ def main(args) -> None:
     if len(controls) > 1:
         raise UsageError(f"{len(controls)} negative controls share the recipe of {args.model} ({', '.join(controls)}): "
                          "keep one in analysis/organism/zoo/.")
+    own = io.read_results(args.out, args.model, "evidence", "make negative-control")  # provenance names the model
     results = {"negative_control": None, "why_empty": f"no shipped negative control shares {args.model}'s recipe"}
     records = {}
     if controls:
         control = controls[0]
         planted = ground_truth(checkpoint_directory(control))["planted_heads"]
-        own = read(args.out, args.model, "evidence")["results"]
-        files = {source: read(args.out, control, source) for source in evidence.REPORTS}
-        theirs = read(args.out, control, "evidence")["results"]
+        files = {source: io.read_results(args.out, control, source, "make negative-control")
+                 for source in evidence.REPORTS}
+        theirs = io.read_results(args.out, control, "evidence", "make negative-control")["results"]
         records = {view: lookup(files[source], path) for view, (source, path) in evidence.PROPERTY_SOURCES.items()}
-        rows = statistics_rows(own, theirs, files, planted)
+        rows = statistics_rows(own["results"], theirs, files, planted)
         expected = {view: replication.expected_properties(r["by_head"], planted) for view, r in records.items()}
         results = {
             "negative_control": control, "why_empty": None, "planted_heads": planted,
@@ -91,8 +88,8 @@ def main(args) -> None:
             "statistics": rows,
             "cannot_tell_apart": [k for k, r in rows.items() if not r["tells_apart"]],
         }
-    model_info = read(args.out, args.model, "evidence")["provenance"]["model"]  # the model's own record
-    path = io.save_results(args.out, args.model, NAME, results, io.Provenance(model_info, vars(args), args.seed))
+    path = io.save_results(args.out, args.model, NAME, results,
+                           io.Provenance(own["provenance"]["model"], vars(args), args.seed))
     save_figure(property_verdicts_figure(records, MIN_EFFECT), args.out, args.model, NAME)
     if not controls:
         print(results["why_empty"])

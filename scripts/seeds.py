@@ -36,24 +36,22 @@ def build_parser():
     return p
 
 
-def read(out, model: str, script: str) -> dict:
-    return io.read_json(io.results_path(out, model, script), f"scripts/{script}.py --model {model} (make seeds)")
-
-
 def main(args) -> None:
     models = recipe_models(args.model)
     if args.list_models:
         print("\n".join(models))
         return
+    own = io.read_results(args.out, args.model, "evidence", "make seeds")  # its provenance names the model
     rows = {}
     for model in models:  # every input is read before anything is written: a missing one is one paragraph
         truth = ground_truth(checkpoint_directory(model))
         if truth is None:
             raise UsageError(f"{model} has a training log but no ground truth beside it, so its planted heads are "
                              "unknown: restore its ground_truth.json or retrain it with scripts/train_organism.py.")
-        rows[model] = replication.seed_row(read(args.out, model, "evidence")["results"],
-                                           read(args.out, model, "scan_heads")["results"]["top_heads"],
-                                           truth["planted_heads"])
+        evidence = own if model == args.model else io.read_results(args.out, model, "evidence", "make seeds")
+        rows[model] = replication.seed_row(evidence["results"],
+                                           io.read_results(args.out, model, "scan_heads", "make seeds")["results"][
+                                               "top_heads"], truth["planted_heads"])
         rows[model]["seed"] = training_config(checkpoint_directory(model))["seed"]
         rows[model]["planted_heads"] = truth["planted_heads"]
     results = {
@@ -67,8 +65,8 @@ def main(args) -> None:
     primary = next(iter(rows.values()))["primary"] if rows else {}
     panels = {key: {f"seed {r['seed']}": (r["primary"][key]["value"], r["primary"][key]["holds"])
                     for r in rows.values()} for key in primary}
-    model_info = read(args.out, args.model, "evidence")["provenance"]["model"]  # the model's own record
-    path = io.save_results(args.out, args.model, NAME, results, io.Provenance(model_info, vars(args), args.seed))
+    path = io.save_results(args.out, args.model, NAME, results,
+                           io.Provenance(own["provenance"]["model"], vars(args), args.seed))
     save_figure(panel_dots(panels, "value (filled: separates after Holm)"), args.out, args.model, NAME)
     if results["summary"] is None:
         print(results["why_empty"])
