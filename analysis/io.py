@@ -154,8 +154,13 @@ def write_atomic(path: Path | str, data: str | bytes) -> Path:
     return Path(path)
 
 
+def json_text(obj: Any) -> str:
+    """`obj` as the JSON text every results file holds (tensors, arrays and paths made plain; NaN as null)."""
+    return staging.results_text(_plain(obj))
+
+
 def write_json_atomic(path: Path | str, obj: Any) -> Path:
-    return write_atomic(path, staging.results_text(_plain(obj)))
+    return write_atomic(path, json_text(obj))
 
 
 def read_results(out: Path | str, model_name: str, name: str, how: str = "") -> Any:
