@@ -37,9 +37,13 @@ def use_style() -> None:
 
 def save_figure(fig, out: Path | str, model_name: str, name: str) -> list[Path]:
     """Save `fig` as PDF and PNG under `out/figures/<model>/`, as part of the current run (`io.output_file`)."""
+    return save_figure_in(fig, io.figures_dir(out, model_name), name)
+
+
+def save_figure_in(fig, directory: Path, name: str) -> list[Path]:
+    """Save `fig` as `directory/<name>.pdf` and `.png`, as part of the current run (`io.output_file`)."""
     import matplotlib.pyplot as plt
 
-    directory = io.figures_dir(out, model_name)
     paths = []
     for ext in ("pdf", "png"):
         path = directory / f"{name}.{ext}"
@@ -53,11 +57,8 @@ def save_figure(fig, out: Path | str, model_name: str, name: str) -> list[Path]:
 def head_heatmaps(maps: Sequence[torch.Tensor], titles: Sequence[str], reverse: Sequence[bool] | None = None,
                   suptitle: str | None = None, fmt: str = ".2f",
                   limits: Sequence[tuple[float, float] | None] | None = None):
-    """One layer x head heatmap per score, side by side, annotated with the values.
-
-    `limits` fixes a panel's colour range, e.g. (0, 1) for attention masses, so that a panel of
-    near-zero scores does not look dark just because the range adapts to noise.
-    """
+    """One layer x head heatmap per score, side by side, annotated with the values; `limits` fixes a panel's colour
+    range, e.g. (0, 1) for masses, so that a panel of near-zero scores does not look dark from adapting to noise."""
     use_style()
     import matplotlib.pyplot as plt
     import seaborn as sns
@@ -70,10 +71,9 @@ def head_heatmaps(maps: Sequence[torch.Tensor], titles: Sequence[str], reverse: 
     for ax, values, title, rev, lim in zip(axes[0], maps, titles, reverse, limits):
         data = np.asarray(values, dtype=float)
         vmin, vmax = lim if lim is not None else (None, None)
-        sns.heatmap(data, ax=ax, cmap="rocket" if rev else "rocket_r", annot=n_heads * n_layers <= 64,
-                    vmin=vmin, vmax=vmax,
-                    fmt=fmt, cbar=True, square=False, linewidths=0.5,
-                    annot_kws={"fontsize": 7}, xticklabels=range(n_heads), yticklabels=range(n_layers))
+        sns.heatmap(data, ax=ax, cmap="rocket" if rev else "rocket_r", annot=n_heads * n_layers <= 64, vmin=vmin,
+                    vmax=vmax, fmt=fmt, cbar=True, square=False, linewidths=0.5, annot_kws={"fontsize": 7},
+                    xticklabels=range(n_heads), yticklabels=range(n_layers))
         ax.set(title=title, xlabel="head", ylabel="layer")
     if suptitle:
         fig.suptitle(suptitle)
@@ -97,11 +97,8 @@ def attention_pattern(ax, pattern: torch.Tensor, labels: Sequence[str], title: s
 
 def attention_heads_html(pattern: torch.Tensor, labels: Sequence[str], names: Sequence[str],
                          title: str = "attention heads") -> str:
-    """A standalone HTML page with circuitsvis's `attention_heads` view of `pattern: [head, query, key]`.
-
-    The rendered object's local source inlines the JavaScript, so the page works offline (its CDN
-    source would fetch the library from the web).
-    """
+    """A standalone HTML page with circuitsvis's `attention_heads` view of `pattern: [head, query, key]`; its local
+    source inlines the JavaScript, so the page works offline (the CDN source would fetch it from the web)."""
     import html
 
     import circuitsvis
@@ -279,11 +276,9 @@ def best_head_patterns(drawn: Mapping[str, Mapping], labels: Sequence[Sequence[s
 
 def target_vs_controls(report: Mapping, title: str | None = None, names: Sequence[str] | None = None,
                        null: Mapping[str, float] | None = None, columns: int = 4):
-    """One strip per statistic of a `controls.compare` report: every control head's value (grey dots), the
-    target's (red diamond, with its rank), and a null's value where given (dashed line, `null[name]`).
-
-    `names` default to every statistic in `report["directions"]`; each panel says which way the claim points.
-    """
+    """One strip per statistic of a `controls.compare` report (`names`, default every one in its "directions"): every
+    control head's value (grey dots), the target's (red diamond, with its rank), a null's value where given (dashed
+    line, `null[name]`); each panel says which way the claim points."""
     use_style()
     import matplotlib.pyplot as plt
 
@@ -428,4 +423,26 @@ def precision_curve(curve: Mapping[str, Mapping], target: str, k_verdict: int, t
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
+    return fig
+
+
+def atlas_scatter(heads: Mapping[str, Mapping]):
+    """Every head of every model (combined atlas records): S against the category attraction from the weights and
+    in context, colour = layer depth in [0, 1], one marker per model, ringed where the kind is "semantic"."""
+    use_style()
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, reading in zip(axes, ("weights", "behaviour")):
+        for model, marker in zip(sorted({h["model"] for h in heads.values()}), "osD^v<>phX*"):
+            mine = [h for h in heads.values() if h["model"] == model]
+            xy = np.array([(h[reading]["category_attraction"]["value"] or np.nan, h["S"]["value"]) for h in mine])
+            points = ax.scatter(*xy.T, c=[h["depth"] for h in mine], cmap="viridis", vmin=0, vmax=1, marker=marker,
+                                s=28, edgecolors="k", linewidths=0.3, label=model)
+            ringed = xy[[h["kind"] == "semantic" for h in mine]]
+            ax.scatter(*ringed.T, s=140, facecolors="none", edgecolors="C3", linewidths=1.2)
+        ax.set(xlabel=f"category attraction, {reading} (nats)", yscale="log")
+    axes[0].set_ylabel("S, report prompts (nats; ringed: semantic)")
+    axes[1].legend(fontsize=6)
+    fig.colorbar(points, ax=axes, label="layer depth", shrink=0.8)
     return fig
