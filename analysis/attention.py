@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 from transformer_lens import FactoredMatrix, HookedTransformer, HookedTransformerConfig
 
-from analysis.rotary import Rotary, apply_rotary
+from analysis.rotary import Rotary, apply_rotary, model_rotary
 
 
 # --- the attention score of a head ---------------------------------------------------------------
@@ -61,6 +61,8 @@ class QKHead:
     M `[r, r]` (or broadcastable) is the rotary head's E_Δ[R(Δ)] for scores between different inputs,
     q M k^T (`attention_scores`); an input's score on itself is at Δ = 0 whatever M (`self_attention_scores`,
     the diagonal of `word_score_matrix`); None: M = I (absolute positions, or rotary read at Δ = 0 only).
+    `rotary` is how the model turns this head's queries and keys in context, at known positions
+    (`positional_scores`; None: absolute positions): a fact of the model, which `qk_head` always sets.
     Compared by identity (its fields are tensors).
     """
 
@@ -70,6 +72,7 @@ class QKHead:
     b_Q: Tensor | None = None
     b_K: Tensor | None = None
     rotation: Tensor | None = None
+    rotary: Rotary | None = None
 
     @property
     def W(self) -> FactoredMatrix:
@@ -83,11 +86,11 @@ class QKHead:
         (`pad_rotation`), so they are not turned."""
         r = W_Q.shape[-1]
         return QKHead(W_Q, W_K, self.scale, pad_bias(self.b_Q, r), pad_bias(self.b_K, W_K.shape[-1]),
-                      pad_rotation(self.rotation, r))
+                      pad_rotation(self.rotation, r), self.rotary)
 
     def without_bias(self) -> QKHead:
         """The head with b_Q = b_K = 0: s(q, k) = x_q W_Q M W_K^T x_k^T / scale."""
-        return QKHead(self.W_Q, self.W_K, self.scale, rotation=self.rotation)
+        return QKHead(self.W_Q, self.W_K, self.scale, rotation=self.rotation, rotary=self.rotary)
 
     def with_rotation(self, rotation: Tensor | None) -> QKHead:
         """The head with `rotation` M `[r, r]` (None: M = I) for scores between different inputs."""
@@ -96,7 +99,8 @@ class QKHead:
     def to(self, like: Tensor) -> QKHead:
         """Every tensor on `like`'s device and dtype (differentiable: gradients flow back to this head's tensors)."""
         move = lambda t: None if t is None else t.to(like)  # noqa: E731
-        return QKHead(move(self.W_Q), move(self.W_K), self.scale, move(self.b_Q), move(self.b_K), move(self.rotation))
+        return QKHead(move(self.W_Q), move(self.W_K), self.scale, move(self.b_Q), move(self.b_K), move(self.rotation),
+                      self.rotary)
 
 
 def head_scale(cfg: HookedTransformerConfig, layer: int) -> float:
@@ -110,10 +114,11 @@ def qk_head(model: HookedTransformer, layer: int, head: int, bias: bool = False,
             rotation: Tensor | None = None) -> QKHead:
     """Head `head` of layer `layer` on the CPU, float32: its W_Q, W_K (with grouped-query attention, its key/value
     head's W_K, as TransformerLens repeats it), the layer's `head_scale`, its b_Q, b_K with `bias` (else none)
-    and `rotation` M (`rotary.rotary_mean_rotation`; None: M = I)."""
+    and `rotation` M (`rotary.rotary_mean_rotation`; None: M = I), and the model's rotary positions
+    (`rotary.model_rotary`), which `positional_scores` applies in context."""
     weights = [w[layer, head].detach().float().cpu() for w in (model.W_Q, model.W_K)]
     biases = [b[layer, head].detach().float().cpu() for b in (model.b_Q, model.b_K)] if bias else [None, None]
-    return QKHead(*weights, head_scale(model.cfg, layer), *biases, rotation)
+    return QKHead(*weights, head_scale(model.cfg, layer), *biases, rotation, model_rotary(model.cfg))
 
 
 def _project(x: Tensor, W: Tensor, b: Tensor | None) -> Tensor:
@@ -164,11 +169,13 @@ def word_score_matrix(x: Tensor, qk: QKHead) -> Tensor:
     return torch.where(eye, torch.diag_embed(self_attention_scores(x, qk)), scores)
 
 
-def positional_scores(x: Tensor, qk: QKHead, rotary: Rotary | None) -> Tensor:
+def positional_scores(x: Tensor, qk: QKHead, rotary: Rotary | None = None) -> Tensor:
     """`[..., pos, pos]` = rot(x W_Q + b_Q, p_q) rot(x W_K + b_K, p_k)^T / scale: a head's scores in context on
     `x: [..., pos, d_model]` at positions 0..pos-1, each query and key turned by its own position (`rotary.
     apply_rotary`; the columns of edited factors past d_head are not turned), `qk.rotation` unused; without
-    `rotary` (absolute positions, already in x) `attention_scores(x, x, qk)` with M = I."""
+    `rotary` (default: the head's own, `qk.rotary`; absolute positions, already in x, where neither has one)
+    `attention_scores(x, x, qk)` with M = I."""
+    rotary = qk.rotary if rotary is None else rotary
     if rotary is None:
         return attention_scores(x, x, qk.with_rotation(None))
     positions = torch.arange(x.shape[-2], device=x.device)
