@@ -43,7 +43,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from analysis.attention import QKHead, attention_scores
+from analysis.attention import QKHead, word_score_matrix
 from analysis.controls import LEVEL, N_RESAMPLES, Sample
 
 MIN_EFFECT = math.log(2)  # a property holds when its CI lies beyond this many nats on the predicted side
@@ -86,8 +86,15 @@ def trace_term(x: Tensor, qk: QKHead) -> float:
 
     the mean over i of s(i, i) - mean_{j != i} s(i, j), i.e. the partner margin's expectation over shuffled
     category labels, in closed form, through the factors (tr(W Σ) = sum((x_c W_Q) * (x_c W_K)) / n, x_c = x - mean).
+    With a rotary head's `rotation` M (off the diagonal s(i, j) = q_i M k_j^T / scale, q = x W_Q, k = x W_K, the
+    diagonal at Δ = 0) the same mean is, still through the factors,
+    [Σ_i q_i k_i^T / n - ((Σ_i q_i) M (Σ_j k_j)^T - Σ_i q_i M k_i^T) / (n (n - 1))] / scale.
     """
     n = x.shape[0]
+    if qk.rotation is not None:
+        q, k = x @ qk.W_Q, x @ qk.W_K
+        others = (q.sum(0) @ qk.rotation @ k.sum(0) - ((q @ qk.rotation) * k).sum()) / (n * (n - 1))
+        return float(((q * k).sum() / n - others) / qk.scale)
     centred = x - x.mean(0, keepdim=True)
     return float(((centred @ qk.W_Q) * (centred @ qk.W_K)).sum() / (n - 1) / qk.scale)
 
@@ -183,5 +190,6 @@ WEIGHT_VIEW = "context"
 def weight_verdicts(x: Tensor, category: Tensor, qk: QKHead, seed: int = 0,
                     n_resamples: int = N_RESAMPLES) -> dict[str, dict]:
     """`verdicts` of the head `qk` on inputs `x: [n, d]` of category words (`category: [n]`): the two properties
-    read from its scores s(i, j) = x_i W_Q W_K^T x_j^T / scale over the words, words the units."""
-    return verdicts(unit_margins(attention_scores(x, x, qk), category), n_resamples, seed)
+    read from its scores over the words (`attention.word_score_matrix`: s(i, j) = x_i W_Q M W_K^T x_j^T / scale
+    between different words, each word's self-score at Δ = 0 on the diagonal), words the units."""
+    return verdicts(unit_margins(word_score_matrix(x, qk), category), n_resamples, seed)

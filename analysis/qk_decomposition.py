@@ -34,7 +34,7 @@ from any such factorisation.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -158,12 +158,16 @@ def self_ranks(x: Tensor, qk: QKHead, chunk_size: int = 1024) -> Tensor:
     """`[n]`: rank of each token's score with itself among all keys for its query (1 = top).
 
     rank_i = 1 + #{j : x_i W x_j^T > x_i W x_i^T} for the head's W (biases left out, as in `self_ranks_grid`),
-    over every row j of `x: [n, d]` (the keys are the queries). Read in `[chunk_size, n]` blocks of scores, so
-    n x n is never resident.
+    over every row j of `x: [n, d]` (the keys are the queries). With a rotary head's rotation M the other keys are
+    scored at M and the self-score at Δ = 0 (`attention.word_score_matrix`). Read in `[chunk_size, n]` blocks of
+    scores, so n x n is never resident.
     """
     ranks = []
-    unscaled = QKHead(qk.W_Q, qk.W_K, 1.0)  # ranks do not depend on the scale
+    unscaled = replace(qk.without_bias(), scale=1.0)  # ranks do not depend on the scale
+    own = None if qk.rotation is None else self_attention_scores(x, unscaled)
     for start, block in score_blocks(x, x, unscaled, chunk_size):
+        if own is not None:  # each query's own key at Δ = 0
+            block.diagonal(offset=start).copy_(own[start:start + len(block)])
         diagonal = block.diagonal(offset=start)  # (C,): query start + c against key start + c
         ranks.append(1 + (block > diagonal[:, None]).sum(-1))
     return torch.cat(ranks)

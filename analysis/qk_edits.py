@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from analysis.attention import QKHead, attention_scores
+from analysis.attention import QKHead, positional_scores
 from analysis.controls import LOGIT_FLOOR, Sample
 from analysis.patterns import head_pattern_and_scores, layer_input
 from analysis.qk_decomposition import edited_head, most_negative, self_suppressing_components, symmetric_spectrum
@@ -30,9 +30,13 @@ from analysis.scores import MASSES, semantic_scores
 def qk_override_hooks(model: HookedTransformer, layer: int, head: int, qk: QKHead) -> list[tuple[str, object]]:
     """Forward hooks that recompute head `head` of `layer`'s attention scores from a replacement `qk`.
 
-    score(q, k) = (x_q W_Q + b_Q)(x_k W_K + b_K)^T / scale (`attention.attention_scores` of `qk`, whose scale
+    score(q, k) = (x_q W_Q + b_Q)(x_k W_K + b_K)^T / scale (`attention.positional_scores` of `qk`, whose scale
     is the layer's own whatever the width r of its factors `W_Q, W_K: [d_model, r]`) with x = ln1(resid_pre)
-    of the layer (exactly what the head's own W_Q, W_K see); the causal mask is kept. Give `qk` the model's
+    of the layer (exactly what the head's own W_Q, W_K see); on a rotary model (`qk.rotary`, which `qk_head`
+    sets) q and k are turned by their positions first, the layer's own rotary on the first d_head columns (the
+    extra columns of edited factors are directions of d_model and are not turned); the causal mask is kept.
+    With grouped-query attention, editing one query head's W_K gives that head its own key projection: the
+    heads sharing its key/value head keep theirs. Give `qk` the model's
     biases to keep them (`attention.qk_head(..., bias=True)`, then `QKHead.with_factors` pads them). Gradients
     flow into its tensors, so the same hooks serve evaluation and gradient steering.
     """
@@ -44,7 +48,7 @@ def qk_override_hooks(model: HookedTransformer, layer: int, head: int, qk: QKHea
 
     def replace_scores(scores: Tensor, hook) -> Tensor:  # (B, nh, T, T)
         x = block.ln1(stash.pop("x"))
-        new = attention_scores(x, x, qk.to(x))  # (B, T, T)
+        new = positional_scores(x, qk.to(x))  # (B, T, T)
         causal = torch.ones(new.shape[-2:], dtype=torch.bool, device=new.device).tril()
         scores = scores.clone()
         scores[:, head] = torch.where(causal, new.to(scores.dtype), scores[:, head])
@@ -55,10 +59,11 @@ def qk_override_hooks(model: HookedTransformer, layer: int, head: int, qk: QKHea
 
 def pattern_from_input(x: Tensor, qk: QKHead) -> tuple[Tensor, Tensor]:
     """(`pattern`, `attn_scores`), each `[batch, query, key]` (float32), of a head `qk` (factors `W_Q, W_K:
-    [d_model, r]`) on its layer's input `x: [batch, pos, d_model]`: z = `attention_scores(x, x, qk)`, -inf above
+    [d_model, r]`) on its layer's input `x: [batch, pos, d_model]` at positions 0..pos-1: z =
+    `positional_scores(x, qk)` (rotary heads turned by position, `qk.rotary`), -inf above
     the diagonal, pattern = softmax(z). This is what `qk_override_hooks` make the model compute; it stays
     differentiable in the head's tensors."""
-    z = attention_scores(x, x, qk.to(x)).float()  # (B, T, T)
+    z = positional_scores(x, qk.to(x)).float()  # (B, T, T)
     causal = torch.ones(z.shape[-2:], dtype=torch.bool, device=z.device).tril()
     z = z.masked_fill(~causal, -torch.inf)
     return z.softmax(-1), z

@@ -57,7 +57,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from analysis import qk_decomposition as qk
-from analysis.attention import QKHead, attention_scores, qk_head
+from analysis.attention import QKHead, qk_head, word_score_matrix
 from analysis.controls import Head, Sample, Statistic, Undefined, head_key
 from analysis.properties import partner_mask, row_mean, trace_term, unit_margins
 from analysis.prompts import CategoryWords, Probe
@@ -117,7 +117,7 @@ def below_partners_null(x: Tensor, category: Tensor, qk: QKHead, n_repeats: int,
     with their mean and covariance (`gaussian_like`, seed + r for repeat r), keeping the real labels `category`
     (so every category keeps its size and each word its 1-5 partners, not the hundreds that tiling labels over
     many draws would give)."""
-    shares = [below_partners(attention_scores(y, y, qk), category).double().mean()
+    shares = [below_partners(word_score_matrix(y, qk), category).double().mean()
               for y in (gaussian_like(x, len(x), seed + r) for r in range(n_repeats))]
     return torch.stack(shares)
 
@@ -130,7 +130,7 @@ def input_statistics(x: Tensor, category: Tensor, qk: QKHead, spectrum: Spectrum
     """Every input statistic of the module docstring for the head `qk` on inputs `x: [n, d]` with labels
     `category: [n]` (`spectrum`: the head's, `qk_decomposition.symmetric_spectrum`, computed here unless given)."""
     spectrum = symmetric_spectrum(qk) if spectrum is None else spectrum
-    scores = attention_scores(x, x, qk)  # (n, n)
+    scores = word_score_matrix(x, qk)  # (n, n): self at Δ = 0, others at the head's rotation M
     positive, negative = self_score_parts(x, spectrum, qk.scale)
     margins = unit_margins(scores, category)
     margin = margins["self_vs_partners"]
@@ -175,7 +175,7 @@ def group_map_statistics(x: Tensor, group: Tensor, qk: QKHead, seed: int = 0, un
     and the normalised partner margin and below-partners share of `input_statistics`. With groups of equal
     size the means of the first two are `token_maps.block_means`' differences. `seed` is unused (the
     signature `every_head_statistics` calls)."""
-    scores = attention_scores(x, x, qk)
+    scores = word_score_matrix(x, qk)
     margins = unit_margins(scores, group)
     in_minus_out = row_mean(scores, partner_mask(group)) - row_mean(scores, group[:, None] != group[None, :])
     return {"self_minus_in_group": Sample(margins["self_vs_partners"], unit),
@@ -194,7 +194,8 @@ def every_head_statistics(model: HookedTransformer, view: str, words: CategoryWo
                           options: InputOptions = InputOptions(progress=True)) -> dict[Head, dict[str, Statistic]]:
     """`statistics(x, words.category, qk, seed)` for every head `qk` (`attention.qk_head`, no biases), x the layer's
     inputs (`token_maps.token_inputs`, view `view`, the "mean" view over `options.categories`' prompts) of the words
-    `words.ids: [n]`: one input computation per layer, since a layer's heads share their inputs. Keyed (layer, head);
+    `words.ids: [n]`: one input computation per layer, since a layer's heads share their inputs; every head with
+    `options.rotation` (a rotary model's M, `positions.position_treatment`). Keyed (layer, head);
     `options.progress` draws a bar over the heads."""
     out = {}
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
@@ -203,7 +204,7 @@ def every_head_statistics(model: HookedTransformer, view: str, words: CategoryWo
         for layer in range(n_layers):
             x = token_inputs(model, layer, view, words.ids, seed, quiet).float().cpu()  # (n, d_model)
             for head in range(n_heads):
-                out[(layer, head)] = statistics(x, words.category, qk_head(model, layer, head), seed)
+                out[(layer, head)] = statistics(x, words.category, qk_head(model, layer, head, rotation=options.rotation), seed)
                 bar.update()
     return out
 

@@ -34,10 +34,13 @@ INPUT_VIEWS = ("mean", "zero", "context", "study")
 @dataclass(frozen=True)
 class InputOptions:
     """How `token_inputs` builds a view: the category words whose prompts are the "mean" view's reference
-    (`categories`; None: `prompts.ALL_CATEGORIES`), with a progress bar (`progress`)."""
+    (`categories`; None: `prompts.ALL_CATEGORIES`), with a progress bar (`progress`); and, for the heads that read
+    them, the rotary mean rotation M `[d_head, d_head]` of scores between different words (`rotation`; None: M = I,
+    absolute positions; `positions.position_treatment`), which `token_inputs` itself does not use."""
 
     categories: Mapping[str, Sequence[str]] | None = None
     progress: bool = False
+    rotation: Tensor | None = None
 
 
 def token_inputs(model: HookedTransformer, layer: int, view: str, token_ids: Tensor | None = None, seed: int = 0,

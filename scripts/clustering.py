@@ -36,6 +36,7 @@ from analysis import cli, clustering, controls, io, prompts, records
 from analysis.attention import qk_head
 from analysis.frequency import check_frequency_csv, frequency_csv_path
 from analysis.heads import control_heads, load_target
+from analysis.positions import AT_ZERO, recorded_treatment
 from analysis.plotting import graph_html, save_figure, target_vs_controls, use_style
 from analysis.token_maps import INPUT_VIEWS, InputOptions, token_inputs
 
@@ -95,6 +96,7 @@ def main(args) -> None:
     study = records.partition_record(theirs, ["<BOS>", *labels], np.concatenate([[-1], category_of]),
                                         list(categories))
     results = {"head": {"layer": layer, "head": head}, "input": args.input, "default_view_rule": DEFAULT_VIEW_RULE,
+               "position_treatment": recorded_treatment(model, AT_ZERO),
                "views": {view: records.view_record(view_report) for view, (_, view_report) in views.items()},
                "community_count": clustering.community_count_comparison(min(args.n_tokens, n_ordinary)),
                "k": args.k, "keep_self": args.keep_self,

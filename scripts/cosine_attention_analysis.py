@@ -45,6 +45,7 @@ from analysis.attention import qk_head
 from analysis.errors import UsageError
 from analysis.frequency import check_frequency_csv, frequency_csv_path, ordinary_or_frequent_ids
 from analysis.heads import load_target
+from analysis.positions import AT_ZERO, recorded_treatment
 from analysis.plotting import save_figure, similarity_figure, target_vs_controls
 from analysis.vocab_input import InputSettings, head_input
 
@@ -122,6 +123,7 @@ def main(args) -> None:
 
     unit_name = "nats" if args.units == "nats" else "bits, unscaled"
     results = {
+        "position_treatment": recorded_treatment(model, AT_ZERO),
         **report,  # directions, target (layer, head and each statistic's rank), controls
         "settings": {"variant": args.variant, "biases_included": not args.no_bias, "units": unit_name, "scale": unit,
                      "tokens": chosen, "n_tokens": len(ids), "pairs": profile["pairs"], "window": args.window,

@@ -44,6 +44,7 @@ from analysis import qk_decomposition as qk
 from analysis.attention import qk_head
 from analysis import self_suppression as ss
 from analysis.heads import control_heads, load_target
+from analysis.positions import AT_ZERO, recorded_treatment
 from analysis.plotting import save_figure, target_vs_controls, use_style
 from analysis.qk_decomposition import RankGrid
 from analysis.token_maps import InputOptions, token_inputs
@@ -111,6 +112,7 @@ def main(args) -> None:
          for suffix, E in (("", layer_inputs(layer)), ("_study_input", study_input))}, study_cell, n_keys)
     report = controls.compare((layer, head), study["statistics"], study["directions"])
     results = {"head": {"layer": layer, "head": head}, "input": args.input,
+               "position_treatment": recorded_treatment(model, AT_ZERO),
                "n_negative_eigenvalues": grid["n_negative"], "d_vocab": model.cfg.d_vocab, "ks": ks,
                "scales": args.scales, "at": at, "acc_dropped": dropped,
                "cells": records.normalised_cells(cells, n_keys), "best_cell": records.normalised_cell(best, n_keys),

@@ -38,8 +38,9 @@ from __future__ import annotations
 
 from analysis import cli, controls, io, prompts, qk_edits, records, scores
 from analysis import qk_decomposition as qk
-from analysis.attention import attention_scores, qk_head
+from analysis.attention import qk_head, word_score_matrix
 from analysis.heads import control_heads, load_target
+from analysis.positions import position_treatment
 from analysis.plotting import group_heatmaps, save_figure, target_curve, target_vs_controls, use_style
 from analysis.token_maps import InputOptions, block_means, group_tokens, token_inputs
 
@@ -69,18 +70,19 @@ def build_parser():
 
 def main(args) -> None:
     model, layer, head = load_target(args)
-    own = qk_head(model, layer, head, bias=True)
+    categories, chosen = cli.chosen_categories(args)
+    treatment = position_treatment(model, categories, args.seed)  # the maps: others at M, self at Δ = 0
+    own = qk_head(model, layer, head, bias=True, rotation=treatment.rotation)
     spectrum = qk.symmetric_spectrum(own)
     negative = qk.most_negative(spectrum.values)
     ids, labels, group, _ = group_tokens(model.tokenizer)
-    categories, chosen = cli.chosen_categories(args)
     E = token_inputs(model, layer, args.input, token_ids=ids, seed=args.seed, options=InputOptions(categories))
     probe = prompts.category_probe(model, categories, args.n_prompts, args.n_words, args.seed + 1)
 
     edited = {f: qk.edited_head(own, spectrum, negative, f) for f in args.factors}
     in_context = qk_edits.in_context_edits(model, probe, layer, {"base": own, **edited})
     base = in_context.pop("base")  # the unedited head
-    maps = [attention_scores(E, E, e.without_bias()) for e in edited.values()]
+    maps = [word_score_matrix(E, e.without_bias()) for e in edited.values()]
     per_factor = [{"factor": f, "map": m, "block_means": block_means(m, group), "in_context": in_context[f]}
                   for f, m in zip(edited, maps)]
     heads = [(layer, head)] + control_heads(model, (layer, head), args.controls, args.seed)
@@ -99,6 +101,7 @@ def main(args) -> None:
     curve = {**records.curve_record(report, points, CURVE_STATISTICS), "n_negative": len(negative),
              "asked": args.curve_ks, "capped_at": "the target's negative eigenvalues"}
     results = {"head": {"layer": layer, "head": head}, "input": args.input, "tokens": labels,
+               "position_treatment": treatment.description,
                "n_negative_eigenvalues": len(negative), "unedited_in_context": base,
                "factors": {f"{row['factor']:g}": row for row in per_factor},  # keyed "1", "0.5", "0", "-1"
                "categories": chosen, "targeted_k": args.targeted_k, "targeted_curve": curve,

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from analysis import cli, controls, io, prompts, records, scores, steering
 from analysis.heads import control_heads, load_target
+from analysis.positions import IN_CONTEXT, recorded_treatment
 from analysis.plotting import save_figure, target_vs_controls, use_style
 from analysis.token_maps import InputOptions, token_inputs
 
@@ -81,6 +82,7 @@ def main(args) -> None:
     labels = model.tokenizer.batch_decode([[i] for i in range(model.cfg.d_vocab)])
     top_keys = steering.query_top_keys(E, query_id, edits.conditions, labels, args.top)
     results = {"head": {"layer": layer, "head": head}, "input": args.input, "mu": args.mu, "lam": args.lam,
+               "position_treatment": recorded_treatment(model, IN_CONTEXT),
                "categories": chosen,
                "objective": steering.OBJECTIVE, "closed_form": steering.CLOSED_FORM, "query": args.query,
                "top_keys": top_keys, **records.edits_record(edits, args.directions), **report,

@@ -1,10 +1,11 @@
 """Attention patterns from the raw weights, by hand, against TransformerLens and Hugging Face.
 
-Recomputes every head's pattern with our own forward pass (embeddings, LayerNorm, Q/K
-projections, 1/sqrt(d_head) scaling, causal mask, softmax; analysis.attention) from the model's
-unprocessed weights, and compares it with TransformerLens's blocks.*.attn.hook_pattern and, for
-GPT-2 architectures, with Hugging Face's GPT2Model(output_attentions=True) holding the same
-weights. Also checks that TransformerLens's default weight processing (fold_ln, centring) leaves
+Recomputes every head's pattern with our own forward pass (embeddings, LayerNorm or RMSNorm, Q/K
+projections, rotary positions, grouped-query attention, scaling, causal mask, softmax, plain or gated
+MLPs, sequential or parallel blocks; analysis.manual_forward) from the model's unprocessed weights, and
+compares it with TransformerLens's blocks.*.attn.hook_pattern and with Hugging Face's GPT-2, LLaMA or
+GPT-NeoX (output_attentions=True, eager attention) holding the same weights, whichever holds them
+exactly (results: "hugging_face" says which, or why none). Also checks that TransformerLens's default weight processing (fold_ln, centring) leaves
 the patterns unchanged. Prompts: a text prompt (when the model has a tokenizer) and random tokens.
 
 Reports the maximum absolute difference per head and plots the sharpest head's pattern (or
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from analysis import attention, cli, io, prompts
+from analysis import cli, hugging_face, io, manual_forward, prompts
 from analysis.attention_stats import max_attention
 from analysis.errors import UsageError
 from analysis.heads import check_head
@@ -45,17 +46,16 @@ def build_parser():
     return p
 
 
-def compare(model, tokens, processed, hugging_face: bool) -> dict:
-    """Max |difference| per head `[layer, head]` of manual vs TransformerLens, Hugging Face (where `hugging_face`),
+def compare(model, tokens, processed, hf) -> dict:
+    """Max |difference| per head `[layer, head]` of manual vs TransformerLens, Hugging Face (`hf`, where not None),
     processed TL."""
     check_context(model, tokens)
-    manual = attention.manual_patterns(model, tokens)
-    out = {"manual": manual, "vs_transformer_lens": attention.max_abs_difference(manual, all_patterns(model, tokens))}
-    if hugging_face:
-        out["vs_hugging_face"] = attention.max_abs_difference(
-            manual, attention.hf_patterns(attention.hf_gpt2_from_tl(model), tokens))
+    manual = manual_forward.manual_patterns(model, tokens)
+    out = {"manual": manual, "vs_transformer_lens": manual_forward.max_abs_difference(manual, all_patterns(model, tokens))}
+    if hf is not None:
+        out["vs_hugging_face"] = manual_forward.max_abs_difference(manual, hugging_face.hf_patterns(hf, tokens))
     if processed is not None:
-        out["vs_processed_transformer_lens"] = attention.max_abs_difference(manual, all_patterns(processed, tokens))
+        out["vs_processed_transformer_lens"] = manual_forward.max_abs_difference(manual, all_patterns(processed, tokens))
     return out
 
 
@@ -71,7 +71,7 @@ def main(args) -> None:
         model = load_model(args.model, args.device, processing=WeightProcessing.none())
     if args.layer is not None:
         check_head(model, args.layer, args.head)
-    attention.check_manual_support(model)
+    manual_forward.check_manual_support(model)
 
     prompt_sets = {"random": prompts.random_tokens(args.n_random, args.length, model.cfg.d_vocab,
                                                    prompts.bos_token_id(model), args.seed,
@@ -79,12 +79,11 @@ def main(args) -> None:
     if model.tokenizer is not None:
         prompt_sets["text"] = model.to_tokens(args.prompt).cpu()
     try:
-        attention.check_gpt2_compatible(model)
-        hugging_face_skipped = None
-    except attention.GPT2Incompatible as err:  # no Hugging Face GPT-2 holds these weights: that comparison is left out
-        hugging_face_skipped = err.reason
-    comparisons = {name: compare(model, tokens, processed, hugging_face_skipped is None)
-                   for name, tokens in prompt_sets.items()}
+        family, hf = hugging_face.hugging_face_model(model)
+        compared = {"compared": True, "implementation": type(hf).__name__, "family": family}
+    except hugging_face.HFIncompatible as err:  # no Hugging Face model holds these weights: that comparison is left out
+        hf, compared = None, {"compared": False, "reason": err.reason}
+    comparisons = {name: compare(model, tokens, processed, hf) for name, tokens in prompt_sets.items()}
     kinds = [k for k in comparisons["random"] if k != "manual"]
     worst = {k: torch.stack([c[k] for c in comparisons.values()]).amax(0) for k in kinds}  # [layer, head]
     within = {k: bool(v.max() <= TOLERANCE) for k, v in worst.items()}
@@ -105,7 +104,8 @@ def main(args) -> None:
         "all_within_tolerance": all(within.values()),
         "processed_compared": processed is not None,  # false where the load applied no processing: one model
         "per_prompt_set": {name: {k: float(c[k].max()) for k in kinds} for name, c in comparisons.items()},
-        "hugging_face_skipped": hugging_face_skipped,
+        "hugging_face_skipped": compared.get("reason"),
+        "hugging_face": compared,  # which Hugging Face implementation was compared, or why none
         "plotted_head": {"layer": args.layer, "head": args.head},
         "prompt": args.prompt if model.tokenizer is not None else None,
     }
@@ -131,7 +131,9 @@ def main(args) -> None:
     for kind, value in results["overall_max"].items():
         verdict = "ok" if value <= TOLERANCE else f"EXCEEDS {TOLERANCE:.0e}"
         print(f"manual {kind.replace('_', ' ')}: max |diff| {value:.2e} ({verdict})")
-    if results["hugging_face_skipped"]:
+    if compared["compared"]:
+        print(f"Hugging Face implementation compared: {compared['implementation']}")
+    else:
         print(f"Hugging Face comparison skipped: {results['hugging_face_skipped']}")
     print(f"plotted L{args.layer}H{args.head}; results: {path}")
 

@@ -53,6 +53,7 @@ from analysis import self_suppression as ss
 from analysis.attention import qk_head
 from analysis.controls import compare, head_key, separating
 from analysis.heads import load_target
+from analysis.positions import position_treatment
 from analysis.plotting import save_figure, target_vs_controls, use_style
 from analysis.token_maps import InputOptions, group_tokens, token_inputs
 
@@ -71,9 +72,10 @@ def build_parser():
 
 def main(args) -> None:
     model, layer, head = load_target(args)
-    own = qk_head(model, layer, head, bias=True)
     # the mean view averages over prompts of the chosen categories, for the target and every head alike
     categories, category_record = cli.chosen_categories(args)
+    treatment = position_treatment(model, categories, args.seed)  # rotary: others at M, self at Δ = 0
+    own = qk_head(model, layer, head, bias=True, rotation=treatment.rotation)
     E = token_inputs(model, layer, args.input, seed=args.seed, options=InputOptions(categories, progress=True))
 
     plain, self_scores = qk.self_score_report(own, E)
@@ -87,7 +89,7 @@ def main(args) -> None:
     # Every head on the category words: the target's statistics against all others'.
     word_ids, words, category, names = group_tokens(model.tokenizer, categories)
     words_of = prompts.CategoryWords(word_ids, category)
-    options = InputOptions(categories, progress=True)  # the "mean" view's reference prompts follow --categories
+    options = InputOptions(categories, progress=True, rotation=treatment.rotation)  # mean view: --categories
     stats = ss.every_head_statistics(model, args.input, words_of, args.seed,
                                      lambda *a: ss.head_statistics(*a, n_repeats=args.n_null_draws), options)
     report = compare((layer, head), stats, ss.DIRECTIONS)
@@ -99,6 +101,7 @@ def main(args) -> None:
         "says": "W_sym = ½[W_Q W_K] J [W_Q W_K]^T: a full-rank [W_Q W_K] gives exactly d_head negative eigenvalues"}
     view = f"{properties.WEIGHT_VIEW} inputs of the category words"
     results = {**report, "separating": separating(report), "null": null, "sylvester": sylvester,
+               "position_treatment": treatment.description,
                "properties": records.property_record(verdicts, view, "category word"),
                "category_words": {"n_words": len(words), "categories": names}, "categories": category_record,
                "head": {"layer": layer, "head": head}, "input": args.input, "d_head": model.cfg.d_head,

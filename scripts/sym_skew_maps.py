@@ -28,11 +28,12 @@ from __future__ import annotations
 from analysis import cli, io, prompts, records
 from analysis import qk_decomposition as qk
 from analysis import self_suppression as ss
-from analysis.attention import attention_scores, qk_head
+from analysis.attention import attention_scores, qk_head, word_score_matrix
 from analysis.controls import compare, head_key, separating
 from analysis.heads import load_target
+from analysis.positions import position_treatment
 from analysis.plotting import group_heatmaps, save_figure, target_vs_controls
-from analysis.token_maps import block_means, group_tokens, token_inputs
+from analysis.token_maps import InputOptions, block_means, group_tokens, token_inputs
 
 NAME = "sym_skew_maps"
 
@@ -45,24 +46,26 @@ def build_parser():
 
 def main(args) -> None:
     model, layer, head = load_target(args)
-    own = qk_head(model, layer, head, bias=True)
+    treatment = position_treatment(model, prompts.STUDY_CATEGORIES, args.seed)  # rotary: others at M, self at Δ = 0
+    own = qk_head(model, layer, head, bias=True, rotation=treatment.rotation)
     plain = own.without_bias()
     ids, labels, group, group_names = group_tokens(model.tokenizer)
     E = token_inputs(model, layer, args.input, token_ids=ids, seed=args.seed)  # (30, d_model)
 
     sym, skew = qk.symmetric_part(plain), qk.skew_part(plain)  # W = A B: scored as the factors W_Q = A, W_K = B^T
-    maps = {"base": attention_scores(E, E, plain),
-            "sym": attention_scores(E, E, plain.with_factors(sym.A, sym.B.T)),
-            "skew": attention_scores(E, E, plain.with_factors(skew.A, skew.B.T)),
-            "bias": attention_scores(E, E, own)}
+    at_zero = plain.with_rotation(None)  # the sym/skew split is of W_Q W_K^T, at Δ = 0
+    maps = {"base": word_score_matrix(E, plain),
+            "sym": attention_scores(E, E, at_zero.with_factors(sym.A, sym.B.T)),
+            "skew": attention_scores(E, E, at_zero.with_factors(skew.A, skew.B.T)),
+            "bias": word_score_matrix(E, own)}
     base_norm = float(maps["base"].norm())
     check = {"max_abs_diag_base_minus_sym": float((maps["base"].diagonal() - maps["sym"].diagonal()).abs().max()),
              "max_abs_diag_skew": float(maps["skew"].diagonal().abs().max())}
     stats = ss.every_head_statistics(model, args.input, prompts.CategoryWords(ids, group), args.seed,
-                                     ss.group_map_statistics)
+                                     ss.group_map_statistics, InputOptions(progress=True, rotation=treatment.rotation))
     report = compare((layer, head), stats, ss.GROUP_MAP_DIRECTIONS)
     results = {
-        **report, "separating": separating(report),
+        **report, "separating": separating(report), "position_treatment": treatment.description,
         "head": {"layer": layer, "head": head}, "input": args.input, "tokens": labels, "groups": group_names,
         "maps": maps,
         "block_means": {name: block_means(m, group) for name, m in maps.items()},

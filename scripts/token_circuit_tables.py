@@ -25,6 +25,7 @@ from analysis import circuits, cli, io, prompts
 from analysis.attention import qk_head
 from analysis.frequency import check_frequency_csv, read_frequency_csv
 from analysis.heads import target_head
+from analysis.positions import AT_ZERO, recorded_treatment
 from analysis.models import load_model
 from analysis.plotting import save_figure, use_style
 from analysis.vocab_input import InputSettings, head_input
@@ -109,6 +110,7 @@ def main(args) -> None:
                         for o, s in zip(table["output_ids"][i], table["output_scores"][i])],
         })
     results = {"layer": layer, "head": head, "variant": args.variant,
+               "position_treatment": recorded_treatment(model, AT_ZERO),
                "token_probabilities": str(args.freq) if args.freq is not None else "uniform",
                "table": rows}
     path = io.save_results(args.out, args.model, NAME, results,
