@@ -10,8 +10,11 @@ One model's profile (`profile_heads`) holds, per head:
     behaviour verdicts   self-avoidance and category attraction from the pre-softmax scores in context
                          (properties.in_context_units, prompts the units), on the report set
     weight verdicts      the same two properties from the head's weights on the category words'
-                         vocabulary-level inputs (properties.weight_verdicts, view properties.WEIGHT_VIEW;
-                         the position treatment is that of self_suppression.every_head_statistics)
+                         vocabulary-level inputs (properties.weight_verdicts, view properties.WEIGHT_VIEW);
+                         positions as `positions.position_treatment` decides from the model: learned
+                         absolute positions are in the input; with rotary positions a word's self-score
+                         sits at Δ = 0 and its scores on other words at M = E_Δ[R(Δ)] over the survey's
+                         query–partner distances
 
 and the same S and behaviour verdicts on the *selection* set, which alone decides the ranking
 (`rank_key`): a head's reported values never come from the prompts that placed it. Each probe is one
@@ -36,6 +39,7 @@ from transformer_lens import HookedTransformer
 from analysis import prompts, properties, scan
 from analysis.controls import N_RESAMPLES
 from analysis.patterns import all_patterns
+from analysis.positions import position_treatment
 from analysis.self_suppression import every_head_statistics
 from analysis.survey import behaviour_verdicts, survey_table
 from analysis.token_maps import InputOptions, group_tokens
@@ -168,9 +172,10 @@ def profile_heads(model: HookedTransformer, categories: Mapping[str, Sequence[st
               for name in ("selection", "report")}
     behaviour = {name: behaviour_verdicts(survey[name], settings.n_resamples, seed) for name in ("selection", "report")}
     ids, _, category, _ = group_tokens(model.tokenizer, categories)
+    positions = position_treatment(model, categories, seed)  # rotary: self at Δ = 0, other words at E_Δ[R(Δ)]
     weights = every_head_statistics(model, properties.WEIGHT_VIEW, prompts.CategoryWords(ids, category), seed,
                                     lambda x, c, qk, s: properties.weight_verdicts(x, c, qk, s, settings.n_resamples),
-                                    InputOptions(categories, progress=progress))
+                                    InputOptions(categories, progress=progress, rotation=positions.rotation))
 
     heads = {}
     for layer in range(cfg.n_layers):
@@ -184,8 +189,8 @@ def profile_heads(model: HookedTransformer, categories: Mapping[str, Sequence[st
                 "S": _interval(report, "surprisal"), **{m: _interval(report, m) for m in MASSES},
                 "behaviour": {p: _verdict_record(v) for p, v in behaviour["report"][layer, head].items()},
                 "weights": {p: _verdict_record(v) for p, v in weights[layer, head].items()},
-                "selection": {"S": float(selection["surprisal"]),
-                              "behaviour": {p: _verdict_record(v) for p, v in behaviour["selection"][layer, head].items()}},
+                "selection": {"S": float(selection["surprisal"]), "behaviour": {
+                    p: _verdict_record(v) for p, v in behaviour["selection"][layer, head].items()}},
             }
     for name, record in heads.items():
         record["kind"] = kind_label(record)
@@ -196,7 +201,8 @@ def profile_heads(model: HookedTransformer, categories: Mapping[str, Sequence[st
                "heads": {head_name(l, h): [[round(float(a), 3) for a in pattern[l, h, q, :q + 1]]
                                            for q in range(tokens.shape[1])]
                          for l in range(cfg.n_layers) for h in range(cfg.n_heads)}}
-    return {"heads": heads, "display": display, "survey_seeds": survey["seeds"], "shared_prompts": survey["shared_prompts"]}
+    return {"heads": heads, "display": display, "survey_seeds": survey["seeds"],
+            "shared_prompts": survey["shared_prompts"], "position_treatment": positions.description}
 
 
 def _add_within_model(heads: dict[str, dict]) -> None:

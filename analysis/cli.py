@@ -44,6 +44,7 @@ import torch
 from analysis import io, models, prompts
 from analysis.errors import UsageError
 from analysis.heads import check_head
+from analysis.ids import model_id
 from analysis.infra import staging
 from analysis.io import REPO_ROOT
 from analysis.token_maps import INPUT_VIEWS
@@ -421,3 +422,24 @@ def run(main: Callable[[argparse.Namespace], object], arg_parser: argparse.Argum
     except UsageError as err:
         print_error(err)
         sys.exit(2)
+
+
+def add_models_argument(p: Parser, default: Sequence[str]) -> None:
+    """--models A B ...: the models of a many-model run (default `default`); --model X alone runs X only."""
+    p.add_argument("--models", nargs="+", default=None, metavar="MODEL",
+                   help="models to run, each as --model takes it (default: " + " ".join(default) + ")")
+    p.set_defaults(model=None, default_models=list(default))
+    p._option_string_actions["--model"].help = "one model only (same as --models MODEL)"
+
+
+def chosen_models(args: argparse.Namespace) -> list[str]:
+    """The models of --models, else --model, else the default; each checked (`models.model_shape`: an unknown
+    name is a `UsageError`), duplicates (by id) refused."""
+    names = args.models or ([args.model] if args.model else args.default_models)
+    seen: dict[str, str] = {}
+    for name in names:
+        models.model_shape(name)
+        other = seen.setdefault(model_id(name), name)
+        if other != name or names.count(name) > 1:
+            raise UsageError(f"--models names the same model twice ({other!r} and {name!r}). Give each model once.")
+    return list(names)
