@@ -6,5 +6,6 @@ script's outputs written as one unit (staged, journalled, moved into place toget
 succeeds). `hub`: whether the Hugging Face hub answers, its offline mode, and TransformerLens's
 pretrained loads with a clear error. `checkpoint`: what a model directory written by
 `models.save_model` holds, checked before it loads. The science modules reach these through
-`analysis.io` and `analysis.models`.
+`analysis.io` and `analysis.models`. `atlas_page`: the atlas as one offline HTML page (its script
+and style beside it), which the atlas script writes; it reads circuitsvis's bundle from `plotting`.
 """
