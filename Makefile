@@ -62,7 +62,17 @@ bench: setup
 	$(PY) bench/run.py
 
 clean:
-	rm -rf results figures/*/ paper/generated paper/build paper/main.pdf
+	rm -rf results figures/*/ paper/generated paper/build paper/main.pdf atlas
+
+# --- the atlas ----------------------------------------------------------------------------------
+#   make atlas [MODELS="a b ..."] [ATLAS_ARGS="--executor local ..."]   every head of every model, ranked across
+#   models (scripts/atlas.py; docs/atlas.md): atlas/models/<id>/ per model (finished ones are skipped on a rerun),
+#   atlas/atlas.json, atlas/atlas.csv, atlas/figures/ and the offline page atlas/index.html
+MODELS ?= organism organism-llama organism-neox organism-negative-control gpt2-random
+ATLAS_OUT ?= atlas
+.PHONY: atlas
+atlas: setup
+	$(PY) scripts/atlas.py --models $(MODELS) --out $(ATLAS_OUT) $(ATLAS_ARGS)
 
 # --- the paper ----------------------------------------------------------------------------------
 #   make figures  rerun each script of DEMO_SCRIPTS whose script, analysis package or inputs changed

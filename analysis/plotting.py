@@ -8,7 +8,6 @@ script that stops early on bad input never pays for them.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -108,16 +107,6 @@ def attention_heads_html(pattern: torch.Tensor, labels: Sequence[str], names: Se
                                                  attention_head_names=list(names)).local_src
     return (f'<!DOCTYPE html>\n<html>\n<head><meta charset="utf-8"><title>{html.escape(title)}</title></head>\n'
             f"<body>\n{view}\n</body>\n</html>\n")
-
-
-def circuitsvis_bundle() -> str:
-    """circuitsvis's browser bundle (what `RenderedHTML.local_src` inlines in every view), to inline once: it defines
-    `CircuitsVis` (`CircuitsVis.render(id, CircuitsVis.AttentionPattern, props)`); closing script tags escaped."""
-    import circuitsvis
-
-    source = (Path(circuitsvis.__file__).parent / "dist" / "cdn" / "iife.js").read_text(encoding="utf-8")
-    lines = [line for line in source.splitlines() if not line.startswith("//# sourceMappingURL=")]  # fetched by no one
-    return re.sub(r"</(script)", r"<\\/\1", "\n".join(lines), flags=re.IGNORECASE)
 
 
 def group_heatmaps(maps: Sequence[torch.Tensor], titles: Sequence[str], labels: Sequence[str], group: torch.Tensor,

@@ -7,5 +7,6 @@ succeeds). `hub`: whether the Hugging Face hub answers, its offline mode, and Tr
 pretrained loads with a clear error. `checkpoint`: what a model directory written by
 `models.save_model` holds, checked before it loads. The science modules reach these through
 `analysis.io` and `analysis.models`. `atlas_page`: the atlas as one offline HTML page (its script
-and style beside it), which the atlas script writes; it reads circuitsvis's bundle from `plotting`.
+and style beside it, circuitsvis's bundle read as a file), which the atlas script writes. `jobs`: many
+jobs (one per model) through submitit or in this process.
 """

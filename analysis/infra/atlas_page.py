@@ -16,11 +16,11 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 
-from analysis import plotting
 
 # The only source a page may use is itself: inline script and style, data: URLs for images, nothing fetched.
 CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:; "
@@ -280,6 +280,15 @@ def models_list(models: Mapping) -> str:
     return f'<ul id="atlas-models">{items}</ul>'
 
 
+def circuitsvis_bundle() -> str:
+    """circuitsvis's browser bundle (the file its `RenderedHTML.local_src` inlines in every view), read as a file of
+    the installed package, to inline once: it defines `CircuitsVis` (`CircuitsVis.render(id,
+    CircuitsVis.AttentionPattern, props)`); its source-map comment dropped, closing script tags escaped."""
+    source = (resources.files("circuitsvis") / "dist" / "cdn" / "iife.js").read_text(encoding="utf-8")
+    lines = [line for line in source.splitlines() if not line.startswith("//# sourceMappingURL=")]  # fetched by no one
+    return re.sub(r"</(script)", r"<\\/\1", "\n".join(lines), flags=re.IGNORECASE)
+
+
 def atlas_page(combined: Mapping, patterns: Mapping[str, Mapping]) -> str:
     """The atlas as one self-contained HTML page (elements `atlas-table`, `atlas-scatter`, `head-detail`).
 
@@ -333,7 +342,7 @@ def atlas_page(combined: Mapping, patterns: Mapping[str, Mapping]) -> str:
 </main>
 <script type="application/json" id="atlas-data">{script_json(data)}</script>
 <script>
-{plotting.circuitsvis_bundle()}
+{circuitsvis_bundle()}
 </script>
 <script>
 {script}
