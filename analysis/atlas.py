@@ -161,9 +161,9 @@ def profile_heads(model: HookedTransformer, categories: Mapping[str, Sequence[st
 
     Each head's record holds layer, head, depth (layer / (n_layers - 1), 0 for one layer), previous_token,
     induction and duplicate ({repeat length: score}), S and `MASSES` ({value, low, high}: report set), its
-    "behaviour" (report set) and "weights" verdicts ({property: verdict}), its "selection" ({S, behaviour}) and
-    "within_model" ({value: {percentile, z}}), and its "kind". "display" holds one category prompt's tokens and
-    every head's pattern on it, rounded to 3 decimals, rows cut at the diagonal.
+    "behaviour" (report set) and "weights" verdicts ({property: verdict}), its "selection" ({S, behaviour}),
+    "within_model" ({"<value>_percentile", "<value>_z"}) and "kind". "display" holds one category prompt's tokens
+    and every head's pattern on it, rounded to 3 decimals, rows cut at the diagonal.
     """
     cfg = model.cfg
     found = scan.scan_heads(model, settings.scan, seed, categories=None, progress=progress)
@@ -197,7 +197,8 @@ def profile_heads(model: HookedTransformer, categories: Mapping[str, Sequence[st
     _add_within_model(heads)
     tokens, _ = prompts.category_probe(model, categories, 1, settings.display_words, seed + 2 * scan.REPORT_SEED_OFFSET)
     pattern = all_patterns(model, tokens)[0]  # (L, nh, T, T)
-    display = {"tokens": model.to_str_tokens(tokens[0]),
+    display = {"prompt": f"a category prompt of {settings.display_words} words, drawn apart from both survey sets",
+               "tokens": model.to_str_tokens(tokens[0]),
                "heads": {head_name(l, h): [[round(float(a), 3) for a in pattern[l, h, q, :q + 1]]
                                            for q in range(tokens.shape[1])]
                          for l in range(cfg.n_layers) for h in range(cfg.n_heads)}}
@@ -206,12 +207,14 @@ def profile_heads(model: HookedTransformer, categories: Mapping[str, Sequence[st
 
 
 def _add_within_model(heads: dict[str, dict]) -> None:
-    """Each head's "within_model": {value: {percentile, z}} for `WITHIN_MODEL` among the model's other heads."""
+    """Each head's "within_model": {"<value>_percentile", "<value>_z"} for each of `WITHIN_MODEL`, among the
+    model's other heads."""
     names = list(heads)
     for value in WITHIN_MODEL:
         column = torch.tensor([heads[n][value] if value == "previous_token" else heads[n][value]["value"]
                                for n in names], dtype=torch.float64)
         percentile, z = within_model(column)
         for i, name in enumerate(names):
-            heads[name].setdefault("within_model", {})[value] = {"percentile": float(percentile[i]), "z": float(z[i])}
+            heads[name].setdefault("within_model", {}).update(
+                {f"{value}_percentile": float(percentile[i]), f"{value}_z": float(z[i])})
 
