@@ -150,7 +150,8 @@ def build_model(config: TrainConfig) -> HookedTransformer:
         model = HookedTransformer(cfg, tokenizer=build_tokenizer(config.n_ctx, Path(directory)))
     if FAMILIES[config.family].get("no_biases"):
         for name, parameter in model.named_parameters():
-            if name.rsplit(".", 1)[-1].startswith("b_"):  # b_Q, b_K, b_V, b_O, b_in, b_out, b_U: kept at zero
+            # b_Q, b_O, b_in, b_out, b_U and, under grouped-query attention, the shared _b_K, _b_V: kept at zero
+            if name.rsplit(".", 1)[-1].lstrip("_").startswith("b_"):
                 parameter.requires_grad_(False)
     return model
 
