@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from analysis import atlas, io, prompts
+from analysis.errors import UsageError
 from analysis.ids import model_id
 from analysis.infra.atomic import staged_directory
 from analysis.models import load_model
@@ -76,7 +77,7 @@ def run_model_job(job: ModelJob) -> str:
                   "d_model": cfg.d_model, "d_head": cfg.d_head, "architecture": architecture_text(cfg),
                   "architecture_config": architecture(cfg)},
         "categories": {"set": job.categories, "names": list(categories)},
-        "settings": asdict(job.settings), "rules": atlas.KIND_RULES, "ranking": atlas.RANKING,
+        "settings": job_settings(job), "rules": atlas.KIND_RULES, "ranking": atlas.RANKING,
         "survey_seeds": profile["survey_seeds"], "shared_prompts": profile["shared_prompts"],
         "position_treatment": profile["position_treatment"],
         "heads": profile["heads"],
@@ -122,6 +123,23 @@ def architecture_text(cfg) -> str:
 def read_profile(out: Path | str, model: str) -> dict:
     """The "results" of `model`'s profile.json (a `UsageError` naming it when damaged)."""
     return io.read_json(model_folder(out, model) / PROFILE, f"scripts/atlas.py --models {model}")["results"]
+
+
+def job_settings(job: ModelJob) -> dict:
+    """What a model's values depend on besides the model: the measurement settings, the seed and the categories.
+    Profiles combined in one table must agree on it (`check_same_settings`)."""
+    return json.loads(json.dumps({**asdict(job.settings), "seed": job.seed, "categories": job.categories}))
+
+
+def check_same_settings(job: ModelJob) -> None:
+    """A `UsageError` when `job.model`'s finished folder was profiled with other settings than `job` asks for."""
+    recorded = read_profile(job.out, job.model)["settings"]
+    if recorded != job_settings(job):
+        differ = sorted(k for k in recorded.keys() | job_settings(job).keys()
+                        if recorded.get(k) != job_settings(job).get(k))
+        raise UsageError(f"{job.folder} was profiled with other settings ({', '.join(differ)}) than this run asks "
+                         "for, and one table must compare heads measured alike. Give the same settings, --redo "
+                         "to profile it again, or another --out.")
 
 
 def read_display(out: Path | str, model: str) -> dict:

@@ -23,8 +23,8 @@ import shutil
 import sys
 
 from analysis import atlas, cli, io
-from analysis.atlas_store import (ModelJob, combine, csv_text, is_finished, model_folder, read_display, read_profile,
-                                  run_model_job, table_row)
+from analysis.atlas_store import (ModelJob, check_same_settings, combine, csv_text, is_finished, model_folder,
+                                  read_display, read_profile, run_model_job, table_row)
 from analysis.errors import UsageError
 from analysis.infra import jobs, staging
 from analysis.infra.atlas_page import atlas_page
@@ -76,8 +76,12 @@ def main(args) -> None:
     if args.redo:
         for name in names:
             shutil.rmtree(model_folder(args.out, name), ignore_errors=True)
-    todo = {name: ModelJob(name, args.out, args.device, args.seed, args.categories, threads, settings)
-            for name in names if not is_finished(args.out, name)}
+    jobs_of = {name: ModelJob(name, args.out, args.device, args.seed, args.categories, threads, settings)
+               for name in names}
+    for name in names:
+        if is_finished(args.out, name):
+            check_same_settings(jobs_of[name])
+    todo = {name: job for name, job in jobs_of.items() if not is_finished(args.out, name)}
     for name in names:
         state = "to profile" if name in todo else "finished earlier, skipped"
         print(f"{name}: {state} ({model_folder(args.out, name)})")

@@ -275,3 +275,14 @@ def test_the_slurm_executor_gets_partition_gpus_time_memory_and_threads_per_job(
     parameters = executor._executor.parameters
     assert parameters["partition"] == "gpu" and parameters["mem"] == "16G" and parameters["time"] == 30
     assert parameters["gpus_per_node"] == 1 and parameters["cpus_per_task"] == 4
+
+
+@pytest.mark.e2e
+def test_a_finished_model_profiled_with_other_settings_is_refused_not_mixed_into_the_table(tmp_path, capsys):
+    run_main("atlas", "--models", "organism", "--out", str(tmp_path), *QUICK)
+    with pytest.raises(SystemExit) as exit_:
+        run_main("atlas", "--models", "organism", "--out", str(tmp_path), "--n-prompts", "8", *QUICK[2:])
+    assert exit_.value.code == 2 and "n_prompts" in capsys.readouterr().err
+    run_main("atlas", "--models", "organism", "--out", str(tmp_path), "--n-prompts", "8", *QUICK[2:], "--redo")
+    profile = json.loads((model_folder(tmp_path, "organism") / "profile.json").read_text())["results"]
+    assert profile["settings"]["n_prompts"] == 8
