@@ -64,7 +64,8 @@ RANKING = ("heads with both properties in both readings on the selection prompts
            "within each, by S on the selection prompts, lowest first")
 
 MASSES = ("partner_mass", "self_mass", "bos_mass_no_partner")
-WITHIN_MODEL = ("S", *MASSES, "previous_token")  # the values given a within-model percentile and z-score
+# The values given a within-model percentile and z-score: "a.b" reads head[a][b]["value"] (a verdict's statistic).
+WITHIN_MODEL = ("S", *MASSES, "previous_token", *(f"{r}.{p}" for r in READINGS for p in properties.PROPERTIES))
 
 
 def holds_in_both(verdicts: Mapping[str, Mapping[str, Mapping]], prop: str) -> bool:
@@ -101,7 +102,7 @@ def within_model(values: Tensor) -> tuple[Tensor, Tensor]:
     v = values.double()
     n = len(v)
     others = ~torch.eye(n, dtype=torch.bool) & ~v.isnan()[None, :]  # (n, n): j counts for i
-    count = others.sum(-1)
+    count = others.sum(-1).double()
     percentile = ((v[None, :] < v[:, None]) & others).sum(-1) / count
     filled = v.nan_to_num()[None, :].expand(n, n)
     mean = (filled * others).sum(-1) / count
@@ -209,12 +210,17 @@ def profile_heads(model: HookedTransformer, categories: Mapping[str, Sequence[st
 def _add_within_model(heads: dict[str, dict]) -> None:
     """Each head's "within_model": {"<value>_percentile", "<value>_z"} for each of `WITHIN_MODEL`, among the
     model's other heads."""
+    def read(head: Mapping, value: str) -> float:
+        if value == "previous_token":
+            return head[value]
+        entry = head[value] if "." not in value else head[value.split(".")[0]][value.split(".")[1]]
+        return float("nan") if entry["value"] is None else entry["value"]
+
     names = list(heads)
     for value in WITHIN_MODEL:
-        column = torch.tensor([heads[n][value] if value == "previous_token" else heads[n][value]["value"]
-                               for n in names], dtype=torch.float64)
-        percentile, z = within_model(column)
+        percentile, z = within_model(torch.tensor([read(heads[n], value) for n in names], dtype=torch.float64))
+        key = value.replace(".", "_")
         for i, name in enumerate(names):
             heads[name].setdefault("within_model", {}).update(
-                {f"{value}_percentile": float(percentile[i]), f"{value}_z": float(z[i])})
+                {f"{key}_percentile": float(percentile[i]), f"{key}_z": float(z[i])})
 
