@@ -35,7 +35,7 @@ PROFILE, HEADS_CSV, DISPLAY = "profile.json", "heads.csv", "display.json"
 @dataclass(frozen=True)
 class ModelJob:
     """One model of the atlas: its --model name, the output root, device, seed, category set, torch threads (None:
-    torch's default) and measurement settings."""
+    torch's default), measurement settings, and whether to profile it again when its folder exists (`redo`)."""
 
     model: str
     out: Path
@@ -44,6 +44,7 @@ class ModelJob:
     categories: str = "study"
     threads: int | None = None
     settings: atlas.AtlasSettings = field(default_factory=atlas.AtlasSettings)
+    redo: bool = False
 
     @property
     def folder(self) -> Path:
@@ -61,8 +62,9 @@ def is_finished(out: Path | str, model: str) -> bool:
 
 
 def run_model_job(job: ModelJob) -> str:
-    """Profile `job.model` and write its folder in one step, unless it is already there: "done" or "skipped"."""
-    if is_finished(job.out, job.model):
+    """Profile `job.model` and write its folder in one step, unless it is already there (and not `job.redo`):
+    "done" or "skipped". With `redo` the old folder stays until the new one replaces it whole."""
+    if is_finished(job.out, job.model) and not job.redo:
         return "skipped"
     started = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
     if job.threads is not None:
@@ -84,8 +86,8 @@ def run_model_job(job: ModelJob) -> str:
         "job": {"process": os.getpid(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "started": started,
                 "finished": datetime.now(timezone.utc).isoformat(timespec="milliseconds")},
     }
-    provenance = io.Provenance(model.analysis_info, {k: v for k, v in asdict(job).items() if k != "settings"},
-                               job.seed).record()
+    arguments = {k: v for k, v in asdict(job).items() if k not in ("settings", "redo")}
+    provenance = io.Provenance(model.analysis_info, arguments, job.seed).record()
     with staged_directory(job.folder) as folder:
         (folder / PROFILE).write_text(io.json_text({"provenance": provenance, "results": record}))
         rows = [table_row(job.model, name, head) for name, head in profile["heads"].items()]

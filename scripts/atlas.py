@@ -19,7 +19,6 @@ scatter, each head's attention on a category prompt).
 
 from __future__ import annotations
 
-import shutil
 import sys
 
 from analysis import atlas, cli, io
@@ -48,7 +47,9 @@ def build_parser():
                    help="random and repeated prompts of the previous-token and induction probes (default: 16)")
     p.add_argument("--n-resamples", type=cli.int_at_least(100), default=1000,
                    help="bootstrap resamples of every CI (default: 1000)")
-    p.add_argument("--redo", action="store_true", help="profile every model again, even those already in OUT")
+    p.add_argument("--redo", action="store_true",
+                   help="profile every model again, even those already in OUT (each old folder is replaced whole "
+                        "once its new one is complete)")
     p.add_argument("--executor", choices=jobs.EXECUTORS, default="inprocess",
                    help="'inprocess' (one model after another, here), 'local' (each model a local process, all at "
                         "once, through submitit) or 'slurm' (each model a SLURM job through submitit) "
@@ -73,15 +74,12 @@ def main(args) -> None:
                               cpus=args.threads or 1, partition=args.partition, gpus=args.gpus, mem_gb=args.mem)
     jobs.check_engine(engine)
     threads = args.threads if args.threads or args.executor == "inprocess" else 1
-    if args.redo:
-        for name in names:
-            shutil.rmtree(model_folder(args.out, name), ignore_errors=True)
-    jobs_of = {name: ModelJob(name, args.out, args.device, args.seed, args.categories, threads, settings)
+    jobs_of = {name: ModelJob(name, args.out, args.device, args.seed, args.categories, threads, settings, args.redo)
                for name in names}
     for name in names:
-        if is_finished(args.out, name):
+        if is_finished(args.out, name) and not args.redo:
             check_same_settings(jobs_of[name])
-    todo = {name: job for name, job in jobs_of.items() if not is_finished(args.out, name)}
+    todo = {name: job for name, job in jobs_of.items() if args.redo or not is_finished(args.out, name)}
     for name in names:
         state = "to profile" if name in todo else "finished earlier, skipped"
         print(f"{name}: {state} ({model_folder(args.out, name)})")
