@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from analysis import prompts
+from analysis.models import WeightProcessing
 from analysis.organism.language import (LanguageSpec, category_text, repeated_chunks, sample_batch, vocabulary,
                                          write_corpus)
 from analysis.organism.train import TrainConfig, attention_cross_entropy, train
@@ -21,6 +22,23 @@ def test_training_is_deterministic_for_a_seed():
     for (name, x), (_, y), (_, z) in zip(a.state_dict().items(), b.state_dict().items(), c.state_dict().items()):
         assert torch.equal(x, y), name
     assert not torch.equal(a.W_E, c.W_E)
+
+
+def test_a_family_without_biases_trains_none_and_ships_none():
+    """LLaMA-style organisms have no biases: every bias, the shared key and value biases of grouped-query attention
+    (TransformerLens's _b_K, _b_V) included, is frozen at zero in training and zero in the shipped checkpoint."""
+    from analysis.models import load_model
+    from analysis.organism.train import FAMILIES, build_model
+
+    assert FAMILIES["llama"]["no_biases"]
+    model = build_model(dataclasses.replace(TrainConfig(), family="llama"))
+    biases = {n: p for n, p in model.named_parameters() if n.rsplit(".", 1)[-1].lstrip("_").startswith("b_")}
+    assert {"blocks.0.attn._b_K", "blocks.0.attn._b_V", "blocks.0.attn.b_Q"} <= set(biases)
+    assert not any(p.requires_grad for p in biases.values())
+    shipped = load_model("organism-llama", processing=WeightProcessing.none())
+    for name, tensor in shipped.state_dict().items():
+        if name.rsplit(".", 1)[-1].lstrip("_").startswith("b_"):
+            assert torch.count_nonzero(tensor) == 0, name
 
 
 def test_attention_cross_entropy_is_zero_only_on_target():
