@@ -32,6 +32,11 @@ class PositionTreatment(NamedTuple):
     rotation: Tensor | None
     description: str
 
+    def described(self, note: str) -> str:
+        """The sentence a results file records, with `note` (what this analysis does beyond the rule) appended where
+        positions are rotary; with absolute positions `description` as it is."""
+        return self.description if self.rotation is None else f"{self.description}; {note}"
+
 
 def position_treatment(model: HookedTransformer, categories: Mapping[str, Sequence[str]], seed: int = 0
                        ) -> PositionTreatment:

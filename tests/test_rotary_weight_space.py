@@ -1,0 +1,102 @@
+"""The mean rotation M in every weight-space analysis, on the rotary organisms: known answers.
+
+Each function that scores words against words reads a word's score on itself at Δ = 0 and its score on any other
+word at M = E_Δ[R(Δ)] (`positions.position_treatment`): off the diagonal x_i W_Q M W_K^T x_j^T / scale, on it
+x_i W_Q W_K^T x_i^T / scale (biases where the head has them). The expected scores are built here by hand, in float64.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from analysis import attention, positions, prompts
+from analysis import qk_decomposition as qk
+from analysis.models import load_model
+
+ORGANISMS = ("organism-llama", "organism-neox")
+N = 14  # words
+
+
+@pytest.fixture(scope="module", params=ORGANISMS)
+def rotary_head(request):
+    """(model, head with biases and the survey's M, inputs `[N, d_model]`): layer 1, head 0 of a rotary organism."""
+    model = load_model(request.param)
+    M = positions.position_treatment(model, prompts.STUDY_CATEGORIES).rotation
+    head = attention.qk_head(model, 1, 0, bias=True, rotation=M)
+    x = torch.randn(N, model.cfg.d_model, generator=torch.Generator().manual_seed(5))
+    return model, head, x
+
+
+def by_hand(x, head, bias: bool = True, scale: float | None = None):
+    """`[N, N]` float64: q_i M k_j^T / scale off the diagonal, q_i k_i^T / scale on it (q = x W_Q + b_Q, k likewise)."""
+    x, W_Q, W_K, M = (t.double() for t in (x, head.W_Q, head.W_K, head.rotation))
+    q, k = x @ W_Q, x @ W_K
+    if bias and head.b_Q is not None:
+        q, k = q + head.b_Q.double(), k + head.b_K.double()
+    scale = head.scale if scale is None else scale
+    scores = q @ M @ k.T / scale
+    scores.diagonal().copy_((q * k).sum(-1) / scale)
+    return scores
+
+
+def at_zero(x, head):
+    """Every pair at Δ = 0: x W_Q W_K^T x^T / scale with biases, float64 (the decoy)."""
+    x, W_Q, W_K = (t.double() for t in (x, head.W_Q, head.W_K))
+    return (x @ W_Q + head.b_Q.double()) @ (x @ W_K + head.b_K.double()).T / head.scale
+
+
+def close(a, b, tol: float = 1e-4):
+    return torch.allclose(a.double(), b.double(), atol=tol * float(b.abs().max()), rtol=0)
+
+
+def test_m_moves_the_scores_between_different_words(rotary_head):
+    """The checks below can fail: at M the off-diagonal scores are not those at Δ = 0."""
+    _, head, x = rotary_head
+    off = ~torch.eye(N, dtype=torch.bool)
+    assert not close(by_hand(x, head)[off], at_zero(x, head)[off], 1e-2)
+    assert torch.allclose(by_hand(x, head).diagonal(), at_zero(x, head).diagonal(), atol=1e-9)
+
+
+def test_word_score_rows_and_blocks(rotary_head):
+    _, head, x = rotary_head
+    expected = by_hand(x, head)
+    index = torch.tensor([3, 0, 11, 7])
+    assert close(attention.word_score_rows(x, index, head), expected[index])
+    blocks = torch.cat([block for _, block in qk.word_score_blocks(x, head, chunk_size=5)])
+    assert close(blocks, expected)
+    assert close(attention.word_score_matrix(x, head), expected)
+
+
+def test_rank_grid_scores_others_at_m_and_self_at_zero_with_the_edit_alike(rotary_head):
+    _, head, x = rotary_head
+    spectrum = qk.symmetric_spectrum(head)
+    grid = qk.RankGrid([1, 3], [1.0, -1.0], chunk_size=4, queries=torch.tensor([0, 2, 5, 9, 13]))
+    ranks = qk.self_ranks_grid(x, head, spectrum, grid)
+    base = by_hand(x, head, bias=False, scale=1.0)  # ranks: no biases, any scale
+    for k in (1, 3):
+        order = qk.most_negative(spectrum.values, k)
+        V, lam = spectrum.vectors[:, order].double(), spectrum.values[order].double()
+        for s in (1.0, -1.0):
+            scores = base + (s - 1) * (x.double() @ V * lam) @ (x.double() @ V).T  # the edit alike at every Δ
+            # the stated rule is the edited head's: its extra columns carry the edit, not turned (pad_rotation)
+            edited = qk.edited_head(head.without_bias(), spectrum, order, s)
+            assert close(attention.word_score_matrix(x, edited), scores / head.scale)
+            rows = scores[grid.queries]
+            expected = 1 + (rows > rows[torch.arange(5), grid.queries][:, None]).sum(-1)
+            assert ranks[k, s].tolist() == expected.tolist()
+
+
+def test_rank_grid_reads_the_rotation_its_settings_give(rotary_head):
+    model, head, _ = rotary_head
+    from analysis import self_suppression as ss
+
+    probe = prompts.category_probe(model, prompts.STUDY_CATEGORIES, 2, 8, 1)
+    E = torch.randn(40, model.cfg.d_model, generator=torch.Generator().manual_seed(1))
+    grids = {name: ss.rank_grid(model, (1, 0), E, probe, qk.RankGrid([1], [1.0], at=[1], rotation=M))
+             for name, M in (("M", head.rotation), ("zero", None))}
+    plain = qk.self_ranks(E, head.with_rotation(None))
+    turned = qk.self_ranks(E, head)
+    assert grids["zero"]["units"]["k=1,scale=1"]["rank"].tolist() == plain.double().tolist()
+    assert grids["M"]["units"]["k=1,scale=1"]["rank"].tolist() == turned.double().tolist()
+    assert plain.tolist() != turned.tolist()
