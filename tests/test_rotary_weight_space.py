@@ -12,6 +12,7 @@ import torch
 
 from analysis import attention, positions, prompts
 from analysis import qk_decomposition as qk
+from analysis import similarity
 from analysis.models import load_model
 
 ORGANISMS = ("organism-llama", "organism-neox")
@@ -100,3 +101,32 @@ def test_rank_grid_reads_the_rotation_its_settings_give(rotary_head):
     assert grids["zero"]["units"]["k=1,scale=1"]["rank"].tolist() == plain.double().tolist()
     assert grids["M"]["units"]["k=1,scale=1"]["rank"].tolist() == turned.double().tolist()
     assert plain.tolist() != turned.tolist()
+
+
+def test_score_minus_self_and_category_pairs(rotary_head):
+    _, head, x = rotary_head
+    expected = by_hand(x, head)
+    index = torch.tensor([1, 4, 12])
+    d = similarity.score_minus_self(x, index, head)
+    assert close(d, expected[index] - expected[index, index][:, None])
+    category = torch.arange(N) % 3
+    contrast = similarity.category_pairs(x, category, head, unit=2.0)
+    full = 2 * (expected - expected.diagonal()[:, None])
+    mates = (category[:, None] == category[None, :]) & ~torch.eye(N, dtype=torch.bool)
+    others = category[:, None] != category[None, :]
+    want = (full * mates).sum(-1) / mates.sum(-1) - (full * others).sum(-1) / others.sum(-1)
+    assert close(contrast.samples["mates_minus_others"].per_unit, want)
+
+
+def test_study_curve_over_one_window_of_every_pair(rotary_head):
+    _, head, x = rotary_head
+    s = by_hand(x, head, bias=False, scale=1.0)  # the study's scores: unscaled, no biases
+    lse = s.logsumexp(-1)
+    every_pair = similarity.StudyWindows(n_windows=1, width=3.0)
+    row = similarity.study_curve(x, head, every_pair, subtract="row")
+    column = similarity.study_curve(x, head, every_pair, subtract="column")
+    y_row = s - s.diagonal()[:, None]
+    y_column = s - s.diagonal()[None, :] - lse[:, None] + lse[None, :]
+    assert row["count"][0] == column["count"][0] == N * N
+    assert row["mean"][0] == pytest.approx(float(y_row.mean()), rel=1e-4, abs=1e-6)
+    assert column["std"][0] == pytest.approx(float(y_column.std()), rel=1e-4)
