@@ -12,7 +12,7 @@ import torch
 
 from analysis import attention, positions, prompts
 from analysis import qk_decomposition as qk
-from analysis import similarity
+from analysis import clustering, similarity
 from analysis.models import load_model
 
 ORGANISMS = ("organism-llama", "organism-neox")
@@ -130,3 +130,22 @@ def test_study_curve_over_one_window_of_every_pair(rotary_head):
     assert row["count"][0] == column["count"][0] == N * N
     assert row["mean"][0] == pytest.approx(float(y_row.mean()), rel=1e-4, abs=1e-6)
     assert column["std"][0] == pytest.approx(float(y_column.std()), rel=1e-4)
+
+
+def test_our_graph_keeps_the_top_keys_of_the_rule(rotary_head):
+    _, head, x = rotary_head
+    expected = by_hand(x, head)
+    source, target, score = clustering.top_k_edges(x, head, k=3, keep_self=True, chunk_size=4)
+    assert close(score.reshape(N, 3), expected.topk(3, dim=-1).values)
+    assert target.reshape(N, 3).tolist() == expected.topk(3, dim=-1).indices.tolist()
+
+
+def test_study_graph_rows_are_keys_scored_by_the_rule(rotary_head):
+    _, head, x = rotary_head
+    a = by_hand(x, head, bias=False, scale=1.0).T  # row i = key i, column j = query j: query j's score on key i
+    low, high = a.min(-1, keepdim=True).values, a.max(-1, keepdim=True).values
+    shifted = a - low / (high - low)
+    keep = (shifted >= torch.quantile(shifted, 1 - 3 / N, dim=-1, keepdim=True)) & (shifted > 0)
+    source, target, weight = clustering.study_edges(x, head, k=3, chunk_size=4)
+    assert sorted(zip(source.tolist(), target.tolist())) == sorted(map(tuple, torch.nonzero(keep).tolist()))
+    assert close(weight, shifted[source, target])
