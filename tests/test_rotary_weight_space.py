@@ -12,7 +12,7 @@ import torch
 
 from analysis import attention, positions, prompts
 from analysis import qk_decomposition as qk
-from analysis import clustering, similarity
+from analysis import circuits, clustering, similarity
 from analysis.models import load_model
 
 ORGANISMS = ("organism-llama", "organism-neox")
@@ -149,3 +149,21 @@ def test_study_graph_rows_are_keys_scored_by_the_rule(rotary_head):
     source, target, weight = clustering.study_edges(x, head, k=3, chunk_size=4)
     assert sorted(zip(source.tolist(), target.tolist())) == sorted(map(tuple, torch.nonzero(keep).tolist()))
     assert close(weight, shifted[source, target])
+
+
+def test_token_table_scores_others_and_bos_at_m_and_self_at_zero(rotary_head):
+    _, head, x = rotary_head
+    bos = torch.randn(x.shape[1], generator=torch.Generator().manual_seed(9))
+    q = x.double() @ head.W_Q.double() + head.b_Q.double()
+    on_bos = q @ head.rotation.double() @ (bos.double() @ head.W_K.double() + head.b_K.double()) / head.scale
+    expected = by_hand(x, head) - on_bos[:, None]  # each query's score minus its score on BOS (at M)
+    matrix, shift = circuits.token_qk(x, x, bos, head), circuits.token_self_shift(x, head)
+    dense = circuits.with_self_shift(matrix.AB, torch.arange(N), torch.arange(N), shift)
+    assert close(dense, expected)
+    assert close(circuits.column_max(matrix, 4, shift), expected.amax(0))
+    assert not close(matrix.AB.diagonal(), expected.diagonal(), 1e-3)  # the factored matrix alone has self at M
+    assert circuits.token_self_shift(x, head.with_rotation(None)) is None
+    ov = circuits.token_ov(x, torch.eye(x.shape[1])[:, :4], torch.eye(4), torch.randn(4, N))
+    table = circuits.key_pivoted_table(matrix, ov, torch.full((N,), 1 / N), circuits.TableSize(3, 2, 1), 4, shift)
+    best_queries = expected[:, table["key_ids"]].T.topk(2, dim=-1).indices
+    assert table["query_ids"].tolist() == best_queries.tolist()
