@@ -14,6 +14,8 @@ from analysis import attention, positions, prompts
 from analysis import qk_decomposition as qk
 from analysis import circuits, clustering, similarity
 from analysis.models import load_model
+from analysis.sae import features as sae_features
+from analysis.self_suppression import group_map_statistics
 
 ORGANISMS = ("organism-llama", "organism-neox")
 N = 14  # words
@@ -167,3 +169,21 @@ def test_token_table_scores_others_and_bos_at_m_and_self_at_zero(rotary_head):
     table = circuits.key_pivoted_table(matrix, ov, torch.full((N,), 1 / N), circuits.TableSize(3, 2, 1), 4, shift)
     best_queries = expected[:, table["key_ids"]].T.topk(2, dim=-1).indices
     assert table["query_ids"].tolist() == best_queries.tolist()
+
+
+def test_sae_feature_map_and_statistics_at_m(rotary_head):
+    from types import SimpleNamespace
+
+    model, head, _ = rotary_head
+    sae = SimpleNamespace(W_dec=torch.randn(7, model.cfg.d_model, generator=torch.Generator().manual_seed(2)))
+    chosen, group = torch.tensor([0, 1, 3, 4, 6]), torch.tensor([0, 0, 1, 1, 1])
+    x = sae_features.feature_inputs(model, sae, 1, chosen)
+    plain = attention.qk_head(model, 1, 0, rotation=head.rotation)  # the map has no biases
+    assert close(sae_features.feature_map(model, sae, 1, 0, chosen, head.rotation), by_hand(x, plain))
+    stats = sae_features.feature_map_statistics(model, sae, chosen, group,
+                                                sae_features.FeatureMaps(rotation=head.rotation))
+    expected = group_map_statistics(x, group, plain, unit="SAE feature")
+    assert {k: stats[(1, 0)][k].value for k in expected} == pytest.approx({k: v.value for k, v in expected.items()})
+    at_zero_stats = sae_features.feature_map_statistics(model, sae, chosen, group)
+    assert at_zero_stats[(1, 0)]["in_minus_out_group"].value != pytest.approx(
+        stats[(1, 0)]["in_minus_out_group"].value)
