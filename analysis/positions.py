@@ -56,10 +56,9 @@ def position_treatment(model: HookedTransformer, categories: Mapping[str, Sequen
 
 
 IN_CONTEXT = "in context: each query and key turned by its own position (rotary), scores recomputed by the model's rule"
-AT_ZERO = "rotary, read at Δ = 0 for every pair (R = I): E_Δ[R(Δ)] is not applied by this analysis yet"
 
 
 def recorded_treatment(model: HookedTransformer, rotary_text: str) -> str:
     """The "position_treatment" a script records where it does not use `position_treatment`'s M: `ABSOLUTE` for
-    absolute positions, else `rotary_text` (`IN_CONTEXT` or `AT_ZERO`), decided from the model's config."""
+    absolute positions, else `rotary_text` (e.g. `IN_CONTEXT`), decided from the model's config."""
     return ABSOLUTE if model_rotary(model.cfg) is None else rotary_text

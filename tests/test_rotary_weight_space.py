@@ -187,3 +187,35 @@ def test_sae_feature_map_and_statistics_at_m(rotary_head):
     at_zero_stats = sae_features.feature_map_statistics(model, sae, chosen, group)
     assert at_zero_stats[(1, 0)]["in_minus_out_group"].value != pytest.approx(
         stats[(1, 0)]["in_minus_out_group"].value)
+
+
+# --- every weight-space script records its treatment on a rotary model ------------------------------------------
+
+RULE = "self at Δ = 0; others at E_Δ[R(Δ)] over "
+RECORDED = {"eigenvalue_rank_ablation": RULE, "cosine_attention_analysis": RULE, "clustering": RULE,
+            "token_circuit_tables": RULE, "sae_features": RULE, "qk_ov_circuits": "rotary: Q- and K-composition read"}
+
+
+@pytest.mark.e2e
+def test_each_weight_space_script_records_its_position_treatment_on_a_rotary_organism(tmp_path):
+    from conftest import run_main
+    from test_any_model import LIGHT, results_of
+
+    from analysis.heads import target_head
+    from analysis.organism.sae import SAETrainSettings, save_sae, train_sae
+    from analysis.sae.sources import hook_for_layer
+
+    model = "organism-llama"
+    run_main("token_freq", "--model", model, "--out", str(tmp_path))  # clustering's node tokens read its table
+    loaded = load_model(model)  # a small SAE of this model for the target's layer (the shipped one is the organism's)
+    hook = hook_for_layer(target_head(loaded, None, None, 0)[0])
+    small = SAETrainSettings(d_sae=64, k=4, n_tokens=4096, prompts_per_batch=8, prompt_length=64)
+    sae = save_sae(train_sae(loaded, hook, small), tmp_path / "sae", small)
+    extra = {"sae_features": ["--sae-path", str(sae)]}
+    said = {}
+    for name in RECORDED:
+        run_main(name, "--model", model, "--out", str(tmp_path), *LIGHT[name], *extra.get(name, []))
+        said[name] = results_of(tmp_path, model, name)["results"]["position_treatment"]
+    assert {name: text.startswith(RECORDED[name]) for name, text in said.items()} == dict.fromkeys(RECORDED, True), said
+    assert "the edit V_k diag((s - 1) λ_k) V_k^T of W_sym is added alike at every Δ" in said["eigenvalue_rank_ablation"]
+    assert all("not applied" not in text for text in said.values())
