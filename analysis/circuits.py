@@ -253,7 +253,8 @@ def key_pivoted_table(qk: FactoredMatrix, ov: FactoredMatrix, p: Tensor, size: T
     qk_max, ov_max = column_max(qk, chunk_size, self_shift), centred_row_max(ov, chunk_size)
     key_score = qk_max * ov_max * weight
     key_scores, key_ids = key_score.topk(size.n_keys)
-    columns = with_self_shift(qk[:, key_ids].AB, torch.arange(qk.ldim), key_ids, self_shift).T * weight  # QK[:, k] p_q^0.1
+    columns = with_self_shift(qk[:, key_ids].AB, torch.arange(qk.ldim), key_ids, self_shift).T  # (n_keys, d_vocab)
+    columns = columns * weight  # QK[:, k] * p_q^0.1
     rows = ov[key_ids, :].AB  # (n_keys, d_vocab)
     rows = rows - rows.mean(-1, keepdim=True)
     query_scores, query_ids = columns.topk(size.n_queries, dim=-1)

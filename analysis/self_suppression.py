@@ -239,8 +239,8 @@ def rank_grid(model: HookedTransformer, target: Head, E: Tensor, probe: Probe, g
     `probe` (`qk_edits.in_context_edit_units`, one run up to the layer, every edited pattern from its cached input).
     k is capped at the head's number of negative eigenvalues. With `grid.rotation` M (a rotary model) the self-ranks
     score other keys at M and each query's own key at Δ = 0, the edit added alike at every distance
-    (`qk.self_ranks_grid`); in context every query and key is turned by its own position. "units" keeps, per cell (scale 1 included), each query
-    token's self-rank and each prompt's self mass, for `rank_samples`.
+    (`qk.self_ranks_grid`); in context every query and key is turned by its own position. "units" keeps, per cell
+    (scale 1 included), each query token's self-rank and each prompt's self mass, for `rank_samples`.
     """
     layer, head = target
     own = qk_head(model, layer, head, bias=True, rotation=grid.rotation)  # rotary: other keys at M, self at Δ = 0

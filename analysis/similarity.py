@@ -292,8 +292,8 @@ def study_curve(inputs: Tensor, qk: QKHead, windows: StudyWindows = StudyWindows
     """The study's attention-versus-cosine curve, as its code computes it (`cosine_attention_analysis.py`).
 
     Scores are the head's, unscaled and without biases, s(q, k) = x_q W_Q W_K^T x_k^T (a rotary head: x_q W_Q M W_K^T
-    x_k^T between different tokens, each token on itself at Δ = 0, `attention.word_score_rows`), turned into log-probabilities
-    over the N keys, l(q, k) = s(q, k) - LSE_k' s(q, k'). The study subtracts the diagonal *column-wise*
+    x_k^T between different tokens, each token on itself at Δ = 0, `attention.word_score_rows`), turned into
+    log-probabilities over the N keys, l(q, k) = s(q, k) - LSE_k' s(q, k'). The study subtracts the diagonal *column-wise*
     (`A - A.diagonal()` broadcasts over rows), which gives (`subtract="column"`)
 
         y(q, k) = l(q, k) - l(k, k) = s(q, k) - s(k, k) - LSE_q + LSE_k,

@@ -217,5 +217,5 @@ def test_each_weight_space_script_records_its_position_treatment_on_a_rotary_org
         run_main(name, "--model", model, "--out", str(tmp_path), *LIGHT[name], *extra.get(name, []))
         said[name] = results_of(tmp_path, model, name)["results"]["position_treatment"]
     assert {name: text.startswith(RECORDED[name]) for name, text in said.items()} == dict.fromkeys(RECORDED, True), said
-    assert "the edit V_k diag((s - 1) λ_k) V_k^T of W_sym is added alike at every Δ" in said["eigenvalue_rank_ablation"]
+    assert "V_k diag((s - 1) λ_k) V_k^T of W_sym is added alike at every Δ" in said["eigenvalue_rank_ablation"]
     assert all("not applied" not in text for text in said.values())
