@@ -169,6 +169,18 @@ def word_score_matrix(x: Tensor, qk: QKHead) -> Tensor:
     return torch.where(eye, torch.diag_embed(self_attention_scores(x, qk)), scores)
 
 
+def word_score_rows(x: Tensor, index: Tensor, qk: QKHead) -> Tensor:
+    """`[C, n]`: rows `index: [C]` of `word_score_matrix(x, qk)`, the words `x[index]` as queries against every word
+    of `x: [n, d_model]` as keys, the query's own key (column index[c] of row c) at Δ = 0 and every other at M,
+    without n x n.
+
+    Without a rotation it is `attention_scores(x[index], x, qk)` itself, bit for bit."""
+    scores = attention_scores(x[index], x, qk)
+    if qk.rotation is not None:
+        scores[torch.arange(len(index), device=scores.device), index] = self_attention_scores(x[index], qk)
+    return scores
+
+
 def positional_scores(x: Tensor, qk: QKHead, rotary: Rotary | None = None) -> Tensor:
     """`[..., pos, pos]` = rot(x W_Q + b_Q, p_q) rot(x W_K + b_K, p_k)^T / scale: a head's scores in context on
     `x: [..., pos, d_model]` at positions 0..pos-1, each query and key turned by its own position (`rotary.

@@ -19,7 +19,7 @@ from torch import Tensor
 from transformer_lens import FactoredMatrix, HookedTransformer
 
 from analysis import prompts
-from analysis.attention import QKHead, attention_score_matrix
+from analysis.attention import QKHead, attention_score_matrix, self_attention_scores
 from analysis.errors import UsageError
 
 # --- copying scores -------------------------------------------------------------------------
@@ -156,11 +156,28 @@ def token_qk(query_input: Tensor, key_input: Tensor, bos_key_input: Tensor, qk: 
 
     so QK[a, b] > 0 means token a would rather attend to token b than to BOS. (b_K cancels.)
     Inputs `[n, d_model]` are a head's normalised inputs; `qk`'s W_Q, W_K: `[d_model, d_head]`, its scale the
-    model's (`attention.head_scale`). The scores are `attention.attention_score_matrix`'s.
+    model's (`attention.head_scale`). The scores are `attention.attention_score_matrix`'s: with a rotary head's
+    rotation M every pair, BOS included, at M, (x_a W_Q + b_Q) M (x_b W_K - x_BOS W_K)^T / scale; a token's entry on
+    itself belongs at Δ = 0, which a factored matrix cannot hold: `token_self_shift` gives what to add there.
     """
     scores = attention_score_matrix(query_input, key_input, replace(qk, b_K=None))  # b_K cancels below
     bos_key = bos_key_input @ qk.W_K  # (hs,)
     return FactoredMatrix(scores.A, scores.B - bos_key[:, None])  # key side: x_b W_K - x_BOS W_K
+
+
+def token_self_shift(x: Tensor, qk: QKHead) -> Tensor | None:
+    """`[n]`: what each token's own entry QK[a, a] of `token_qk(x, x, bos, qk)` moves by from M to Δ = 0 (None without
+    a rotation: nothing moves),
+
+        shift[a] = (x_a W_Q + b_Q) (I - M) (x_a W_K + b_K)^T / scale,
+
+    so QK[a, a] + shift[a] = (x_a W_Q + b_Q)(x_a W_K + b_K)^T / scale - (x_a W_Q + b_Q) M (x_BOS W_K + b_K)^T / scale:
+    the token's score on itself at Δ = 0 minus its score on BOS at M (b_K no longer cancels there)."""
+    if qk.rotation is None:
+        return None
+    M = qk.rotation
+    turned = QKHead(qk.W_Q @ M, qk.W_K, qk.scale, None if qk.b_Q is None else qk.b_Q @ M, qk.b_K)  # q M as the query
+    return self_attention_scores(x, qk) - self_attention_scores(x, turned)
 
 
 def token_ov(source_input: Tensor, W_V: Tensor, W_O: Tensor, W_U: Tensor) -> FactoredMatrix:
@@ -168,11 +185,20 @@ def token_ov(source_input: Tensor, W_V: Tensor, W_O: Tensor, W_U: Tensor) -> Fac
     return FactoredMatrix(source_input @ W_V, W_O @ W_U)
 
 
-def column_max(matrix: FactoredMatrix, chunk_size: int | None = 4096) -> Tensor:
-    """`[n_cols]`: max over rows of each column, reading `[n_rows, chunk_size]` blocks (None: all at once)."""
+def column_max(matrix: FactoredMatrix, chunk_size: int | None = 4096, self_shift: Tensor | None = None) -> Tensor:
+    """`[n_cols]`: max over rows of each column, reading `[n_rows, chunk_size]` blocks (None: all at once), with
+    `self_shift: [n]` (`token_self_shift`; rows and columns the same tokens) added to each entry [j, j] first."""
     n = matrix.rdim
     step = chunk_size or n
-    return torch.cat([matrix[:, s:s + step].AB.amax(0) for s in range(0, n, step)])
+    return torch.cat([_shifted(matrix[:, s:s + step].AB, s, self_shift).amax(0) for s in range(0, n, step)])
+
+
+def _shifted(block: Tensor, start: int, self_shift: Tensor | None) -> Tensor:
+    """`block: [n_rows, C]`, columns start.. of a token-space matrix, with `self_shift[j]` added at each [j, j]."""
+    if self_shift is not None:
+        diagonal = block.diagonal(offset=-start)  # (start + i, i)
+        diagonal += self_shift[start:start + len(diagonal)]
+    return block
 
 
 def centred_row_max(matrix: FactoredMatrix, chunk_size: int | None = 4096) -> Tensor:
@@ -188,6 +214,14 @@ def frequency_weight(p: Tensor, exponent: float = 0.1) -> Tensor:
     return p.clamp_min(0) ** exponent
 
 
+def with_self_shift(block: Tensor, rows: Tensor, cols: Tensor, self_shift: Tensor | None) -> Tensor:
+    """`block: [len(rows), len(cols)]` of a token-space QK (`token_qk`) with `self_shift` (`token_self_shift`; None:
+    the block as it is) added where a row's token is the column's: each token's own entry at Δ = 0."""
+    if self_shift is None:
+        return block
+    return block + (rows[:, None] == cols[None, :]) * self_shift[rows][:, None]
+
+
 @dataclass(frozen=True)
 class TableSize:
     """How much a key-pivoted table (`key_pivoted_table`) lists: `n_keys` keys, and per key its top `n_queries`
@@ -200,7 +234,7 @@ class TableSize:
 
 @torch.no_grad()
 def key_pivoted_table(qk: FactoredMatrix, ov: FactoredMatrix, p: Tensor, size: TableSize = TableSize(),
-                      chunk_size: int | None = 4096) -> dict[str, Tensor]:
+                      chunk_size: int | None = 4096, self_shift: Tensor | None = None) -> dict[str, Tensor]:
     """The key-pivoted token table of one head, as large as `size` says.
 
     `qk: [d_vocab (query), d_vocab (key)]` (BOS-normalised, `token_qk`), `ov: [d_vocab (source),
@@ -210,15 +244,17 @@ def key_pivoted_table(qk: FactoredMatrix, ov: FactoredMatrix, p: Tensor, size: T
         query score(q | k) = QK[q, k] * p_q^0.1
         output score(o | k) = OVc[k, o]
 
-    where OVc is OV mean-normalised per source token (each row minus its mean). Returns the
+    where OVc is OV mean-normalised per source token (each row minus its mean), and QK[k, k] moved to Δ = 0 by
+    `self_shift: [d_vocab]` (`token_self_shift`; None: QK as it is). Returns the
     top keys `key_ids: [n_keys]` with `key_scores`, and per key the top `query_ids` /
     `query_scores: [n_keys, n_queries]` and `output_ids` / `output_scores: [n_keys, n_outputs]`.
     """
     weight = frequency_weight(p.to(qk.A))
-    qk_max, ov_max = column_max(qk, chunk_size), centred_row_max(ov, chunk_size)
+    qk_max, ov_max = column_max(qk, chunk_size, self_shift), centred_row_max(ov, chunk_size)
     key_score = qk_max * ov_max * weight
     key_scores, key_ids = key_score.topk(size.n_keys)
-    columns = qk[:, key_ids].AB.T * weight  # (n_keys, d_vocab): QK[:, k] * p_q^0.1
+    columns = with_self_shift(qk[:, key_ids].AB, torch.arange(qk.ldim), key_ids, self_shift).T  # (n_keys, d_vocab)
+    columns = columns * weight  # QK[:, k] * p_q^0.1
     rows = ov[key_ids, :].AB  # (n_keys, d_vocab)
     rows = rows - rows.mean(-1, keepdim=True)
     query_scores, query_ids = columns.topk(size.n_queries, dim=-1)

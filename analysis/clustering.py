@@ -1,7 +1,9 @@
 """Token communities of a head: a top-k score graph over tokens, Leiden, agreement with categories.
 
 Graph. Each token q (a query) keeps its k highest-scoring keys j among the N tokens, by the
-head's score s(q, j) = x_q W x_j^T / attn_scale (its `QKHead`); self-loops are dropped unless asked for. The
+head's score s(q, j) = x_q W x_j^T / attn_scale (its `QKHead`; a rotary head's rotation M: x_q W_Q M W_K^T x_j^T
+/ attn_scale for j != q, the self-score at Δ = 0, `qk_decomposition.word_score_blocks`); self-loops are dropped
+unless asked for. The
 graph is directed (q -> j: "q would attend to j"); an edge's weight is its score min-max
 normalised over all kept edges, w = (s - min s) / (max s - min s), so weights lie in [0, 1] as
 modularity needs. Scores are read in query chunks: N x N is never resident.
@@ -34,7 +36,7 @@ from analysis import prompts
 from analysis.frequency import ordinary_or_frequent_ids
 from analysis.attention import QKHead
 from analysis.controls import Sample
-from analysis.qk_decomposition import score_blocks
+from analysis.qk_decomposition import word_score_blocks
 
 METHODS = ("modularity", "rbconfiguration")
 STUDY_MAX_COMM_SIZE = 512
@@ -45,12 +47,13 @@ def top_k_edges(x: Tensor, qk: QKHead, k: int = 4, keep_self: bool = False, chun
                 ) -> tuple[Tensor, Tensor, Tensor]:
     """(`source: [n k]`, `target: [n k]`, `score: [n k]`): each row of `x: [n, d]`'s k best keys among the rows of x.
 
-    Scores are the head's, x_q W x_j^T / scale (`qk_decomposition.score_blocks`; with biases if `qk` has them).
+    Scores are the head's, x_q W x_j^T / scale (`qk_decomposition.word_score_blocks`; with biases if `qk` has them;
+    with its rotation M, other keys at M and a token's own key at Δ = 0).
     """
     if not 0 < k < len(x) + keep_self:
         raise ValueError(f"k must be between 1 and {len(x) - 1 + keep_self} for {len(x)} tokens, got {k}")
     sources, targets, scores = [], [], []
-    for start, block in score_blocks(x, x, qk, chunk_size):  # block: (C, n)
+    for start, block in word_score_blocks(x, qk, chunk_size):  # block: (C, n)
         rows = torch.arange(start, start + len(block))
         if not keep_self:
             block[torch.arange(len(block)), rows] = -torch.inf
@@ -67,13 +70,15 @@ def study_edges(x: Tensor, qk: QKHead, k: int = 4, chunk_size: int = 1024) -> tu
 
     a[i, j] = x_i W_K W_Q^T x_j^T (key i, query j; unscaled, no biases); a'[i] = a[i] - min_i / (max_i - min_i)
     (the study's shift); edge i -> j where a'[i, j] >= quantile(a'[i], 1 - k/n) and a'[i, j] > 0, self-loops
-    included; weight a'[i, j].
+    included; weight a'[i, j]. With the head's rotation M (rotary), a[i, j] for j != i is query j's score on key i
+    at M, x_i W_K M^T W_Q^T x_j^T, and a[i, i] is at Δ = 0.
     """
     if not 0 < k <= len(x):
         raise ValueError(f"k must be between 1 and {len(x)} for {len(x)} tokens, got {k}")
-    W_keys = QKHead(qk.W_K, qk.W_Q, 1.0)  # rows are keys: x_i W_K (x_j W_Q)^T, unscaled, no biases
+    turned = None if qk.rotation is None else qk.rotation.transpose(-2, -1)  # q M k^T = k M^T q^T
+    W_keys = QKHead(qk.W_K, qk.W_Q, 1.0, rotation=turned)  # rows are keys: x_i W_K (x_j W_Q)^T, unscaled, no biases
     sources, targets, weights = [], [], []
-    for start, block in score_blocks(x, x, W_keys, chunk_size):  # block: (C, n), row = key
+    for start, block in word_score_blocks(x, W_keys, chunk_size):  # block: (C, n), row = key
         low, high = block.min(-1, keepdim=True).values, block.max(-1, keepdim=True).values
         shifted = block - low / (high - low)
         cut = torch.quantile(shifted, 1 - k / len(x), dim=-1, keepdim=True)

@@ -32,6 +32,11 @@ class PositionTreatment(NamedTuple):
     rotation: Tensor | None
     description: str
 
+    def described(self, note: str) -> str:
+        """The sentence a results file records, with `note` (what this analysis does beyond the rule) appended where
+        positions are rotary; with absolute positions `description` as it is."""
+        return self.description if self.rotation is None else f"{self.description}; {note}"
+
 
 def position_treatment(model: HookedTransformer, categories: Mapping[str, Sequence[str]], seed: int = 0
                        ) -> PositionTreatment:
@@ -51,10 +56,9 @@ def position_treatment(model: HookedTransformer, categories: Mapping[str, Sequen
 
 
 IN_CONTEXT = "in context: each query and key turned by its own position (rotary), scores recomputed by the model's rule"
-AT_ZERO = "rotary, read at Δ = 0 for every pair (R = I): E_Δ[R(Δ)] is not applied by this analysis yet"
 
 
 def recorded_treatment(model: HookedTransformer, rotary_text: str) -> str:
     """The "position_treatment" a script records where it does not use `position_treatment`'s M: `ABSOLUTE` for
-    absolute positions, else `rotary_text` (`IN_CONTEXT` or `AT_ZERO`), decided from the model's config."""
+    absolute positions, else `rotary_text` (e.g. `IN_CONTEXT`), decided from the model's config."""
     return ABSOLUTE if model_rotary(model.cfg) is None else rotary_text

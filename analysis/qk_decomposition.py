@@ -153,6 +153,17 @@ def score_blocks(query_input: Tensor, key_input: Tensor, qk: QKHead, chunk_size:
         yield start, matrix.A[start:start + chunk_size] @ matrix.B
 
 
+def word_score_blocks(x: Tensor, qk: QKHead, chunk_size: int = 1024) -> Iterator[tuple[int, Tensor]]:
+    """(start, `block: [C, n]`): `attention.word_score_matrix` of `x: [n, d]` in consecutive chunks of query rows,
+    each word's own key (column start + c of row c) at Δ = 0 and every other key at the head's rotation M
+    (`score_blocks` of x against itself, with its diagonal replaced where the head has a rotation), n x n never held."""
+    own = None if qk.rotation is None else self_attention_scores(x, qk)
+    for start, block in score_blocks(x, x, qk, chunk_size):
+        if own is not None:  # each query's own key at Δ = 0
+            block.diagonal(offset=start).copy_(own[start:start + len(block)])
+        yield start, block
+
+
 @torch.no_grad()
 def self_ranks(x: Tensor, qk: QKHead, chunk_size: int = 1024) -> Tensor:
     """`[n]`: rank of each token's score with itself among all keys for its query (1 = top).
@@ -164,10 +175,7 @@ def self_ranks(x: Tensor, qk: QKHead, chunk_size: int = 1024) -> Tensor:
     """
     ranks = []
     unscaled = replace(qk.without_bias(), scale=1.0)  # ranks do not depend on the scale
-    own = None if qk.rotation is None else self_attention_scores(x, unscaled)
-    for start, block in score_blocks(x, x, unscaled, chunk_size):
-        if own is not None:  # each query's own key at Δ = 0
-            block.diagonal(offset=start).copy_(own[start:start + len(block)])
+    for start, block in word_score_blocks(x, unscaled, chunk_size):
         diagonal = block.diagonal(offset=start)  # (C,): query start + c against key start + c
         ranks.append(1 + (block > diagonal[:, None]).sum(-1))
     return torch.cat(ranks)
@@ -247,13 +255,15 @@ class RankGrid:
     """The grid of eigenvalue edits whose self-ranks are measured (`self_ranks_grid`, `self_suppression.rank_grid`):
     every k of `ks` most negative components of W_sym rescaled by every factor of `scales`, summarised as
     accuracy@K for each K of `at`, for the query rows `queries: [m]` (None: every row), `chunk_size` queries at
-    a time."""
+    a time; `rotation` is a rotary model's M `[d_head, d_head]` (`positions.position_treatment`; None: M = I), which
+    `self_suppression.rank_grid` gives the head whose grid it measures (`self_ranks_grid` reads it off the head)."""
 
     ks: Sequence[int]
     scales: Sequence[float]
     at: Sequence[int] = (1, 128, 1024)
     chunk_size: int = 32
     queries: Tensor | None = None
+    rotation: Tensor | None = None
 
 
 @torch.no_grad()
@@ -265,6 +275,10 @@ def self_ranks_grid(x: Tensor, qk: QKHead, spectrum: Spectrum, grid: RankGrid, p
 
     W_{k,s} = W + V_k diag((s - 1) λ_k) V_k^T (`edited_head` of the k most negative components)
     scores a query q and key j as x_q W x_j^T + (s - 1) D_k[q, j], D_k = (x V_k diag(λ_k))(x V_k)^T.
+    Positions: with the head's rotation M (`qk.rotation`, a rotary head) a key j != q is scored x_q W_Q M W_K^T x_j^T
+    + (s - 1) D_k[q, j] and the query's own key x_q W_Q W_K^T x_q^T + (s - 1) D_k[q, q] (Δ = 0): M turns the head's
+    d_head query/key space only, and the edit, a change of W_sym at Δ = 0 along directions of d_model, is added the
+    same at every distance (as `edited_head`'s extra columns, which `attention.pad_rotation` leaves unturned).
     Per chunk of queries the base block is computed once and D_k grows with k by the components
     between consecutive ks, so the whole grid costs one product of inner size d_head + max(ks) plus,
     per cell, one add and one compare over the block (instead of one product of inner size d_head + k
@@ -275,6 +289,7 @@ def self_ranks_grid(x: Tensor, qk: QKHead, spectrum: Spectrum, grid: RankGrid, p
     if len(order) < ks[-1]:
         raise ValueError(f"k = {ks[-1]} asks for more negative eigenvalues than the {len(order)} there are")
     left, right = x @ qk.W_Q, x @ qk.W_K  # (n, d_head): the unedited head
+    turned = left if qk.rotation is None else left @ qk.rotation  # (n, d_head): the query side for other keys, at M
     proj = x @ spectrum.vectors[:, order]  # (n, K): coordinates along the edited eigenvectors
     left_delta = proj * spectrum.values[order]  # (n, K)
     queries = torch.arange(len(x)) if grid.queries is None else grid.queries
@@ -284,7 +299,9 @@ def self_ranks_grid(x: Tensor, qk: QKHead, spectrum: Spectrum, grid: RankGrid, p
         q = queries[start:start + chunk_size]  # (C,) query rows; their own keys sit at the same indices
         rows = torch.arange(len(q))
         q_out = slice(start, start + len(q))
-        base = left[q] @ right.T  # (C, n)
+        base = turned[q] @ right.T  # (C, n)
+        if qk.rotation is not None:  # each query's own key at Δ = 0
+            base[rows, q] = (left[q] * right[q]).sum(-1)
         delta, done = torch.zeros_like(base), 0
         block = torch.empty_like(base)
         unedited = None  # scale 1 leaves every k's head as it is: counted once per chunk

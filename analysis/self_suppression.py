@@ -237,11 +237,13 @@ def rank_grid(model: HookedTransformer, target: Head, E: Tensor, probe: Probe, g
     (`rank_queries`; default every token) among all keys of the vocabulary `E: [d_vocab, d_model]`
     (`qk.self_ranks_grid`, one batched pass over score blocks for every cell) and the self and partner mass on
     `probe` (`qk_edits.in_context_edit_units`, one run up to the layer, every edited pattern from its cached input).
-    k is capped at the head's number of negative eigenvalues. "units" keeps, per cell (scale 1 included), each query
-    token's self-rank and each prompt's self mass, for `rank_samples`.
+    k is capped at the head's number of negative eigenvalues. With `grid.rotation` M (a rotary model) the self-ranks
+    score other keys at M and each query's own key at Δ = 0, the edit added alike at every distance
+    (`qk.self_ranks_grid`); in context every query and key is turned by its own position. "units" keeps, per cell
+    (scale 1 included), each query token's self-rank and each prompt's self mass, for `rank_samples`.
     """
     layer, head = target
-    own = qk_head(model, layer, head, bias=True)
+    own = qk_head(model, layer, head, bias=True, rotation=grid.rotation)  # rotary: other keys at M, self at Δ = 0
     spectrum = symmetric_spectrum(own)
     n_negative = len(most_negative(spectrum.values))
     ks = sorted({min(k, n_negative) for k in grid.ks})  # k beyond the negative count repeats the last cell

@@ -1,8 +1,9 @@
 """Attention versus similarity: does a head prefer a similar, different token over the token itself?
 
 For head inputs x_t (`analysis.vocab_input.head_input`) and the head's attention score s(q, k)
-(`attention.attention_scores` of its `QKHead`, with the model's scale), each ordered pair of different tokens
-(q, k) gives
+(`attention.attention_scores` of its `QKHead`, with the model's scale; with a rotary head's rotation M, a token's
+score on itself at Δ = 0 and on any other token at M: `attention.word_score_rows`), each ordered pair of different
+tokens (q, k) gives
 
     d(q, k) = s(q, k) - s(q, q)          > 0: key k beats the query's own token
     c(q, k) = cos(x_q, x_k)
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from analysis.attention import QKHead, attention_scores, qk_head
+from analysis.attention import QKHead, qk_head, word_score_rows
 from analysis.controls import Sample
 from analysis.properties import partner_mask, row_mean
 from analysis.prompts import CategoryWords
@@ -42,9 +43,11 @@ def cosine_matrix(a: Tensor, b: Tensor) -> Tensor:
 
 def score_minus_self(inputs: Tensor, query_index: Tensor, qk: QKHead) -> Tensor:
     """`[n_q, N]`: d(q, k) = s(q, k) - s(q, q) for the queries `inputs[query_index]` and every key of
-    `inputs: [N, d_model]`, s the head's attention score (with the model's scale, and biases if `qk` has them).
+    `inputs: [N, d_model]`, s the head's attention score (with the model's scale, and biases if `qk` has them);
+    with a rotary head's rotation M, s(q, k) between different tokens at M and s(q, q) at Δ = 0
+    (`attention.word_score_rows`).
     """
-    scores = attention_scores(inputs[query_index], inputs, qk)  # (C, N)
+    scores = word_score_rows(inputs, query_index, qk)  # (C, N)
     return scores - scores.gather(1, query_index[:, None])
 
 
@@ -213,9 +216,20 @@ def category_pairs(inputs: Tensor, category: Tensor, qk: QKHead, unit: float = 1
                             contrast_samples(diff, category))
 
 
-def category_contrast_by_head(model, reference: Tensor, variant: str, words: CategoryWords, include_bias: bool = True,
-                              unit: float = 1.0) -> dict[tuple[int, int], CategoryContrast]:
-    """`category_pairs` of every head of `model` (`attention.qk_head`, biases with `include_bias`) on the words
+@dataclass(frozen=True)
+class HeadScores:
+    """How `category_contrast_by_head` scores every head: biases with `include_bias`, in `unit`s (`score_unit`), and a
+    rotary model's `rotation` M `[d_head, d_head]` for scores between different words (`positions.position_treatment`;
+    None: M = I)."""
+
+    include_bias: bool = True
+    unit: float = 1.0
+    rotation: Tensor | None = None
+
+
+def category_contrast_by_head(model, reference: Tensor, variant: str, words: CategoryWords,
+                              scoring: HeadScores = HeadScores()) -> dict[tuple[int, int], CategoryContrast]:
+    """`category_pairs` of every head of `model` (`attention.qk_head` as `scoring` says) on the words
     `words.ids: [n]` of `words.category: [n]`: {(layer, head): contrast}. The head input (`vocab_input.head_input`,
     `variant` with the means of `reference`) is computed once per layer; cheap, since only the category words are
     paired."""
@@ -223,7 +237,8 @@ def category_contrast_by_head(model, reference: Tensor, variant: str, words: Cat
     for layer in range(model.cfg.n_layers):
         x = head_input(model, layer, reference, variant, token_ids=words.ids)  # (n, d_model)
         for head in range(model.cfg.n_heads):
-            out[(layer, head)] = category_pairs(x, words.category, qk_head(model, layer, head, include_bias), unit)
+            qk = qk_head(model, layer, head, scoring.include_bias, scoring.rotation)
+            out[(layer, head)] = category_pairs(x, words.category, qk, scoring.unit)
     return out
 
 
@@ -276,8 +291,9 @@ def study_curve(inputs: Tensor, qk: QKHead, windows: StudyWindows = StudyWindows
                 chunk_size: int = 1024, progress: bool = False) -> dict:
     """The study's attention-versus-cosine curve, as its code computes it (`cosine_attention_analysis.py`).
 
-    Scores are the head's, unscaled and without biases, s(q, k) = x_q W_Q W_K^T x_k^T, turned into log-probabilities
-    over the N keys, l(q, k) = s(q, k) - LSE_k' s(q, k'). The study subtracts the diagonal *column-wise*
+    Scores are the head's, unscaled and without biases, s(q, k) = x_q W_Q W_K^T x_k^T (a rotary head: x_q W_Q M W_K^T
+    x_k^T between different tokens, each token on itself at Δ = 0, `attention.word_score_rows`), turned into
+    log-probabilities over the N keys, l(q, k) = s(q, k) - LSE_k' s(q, k'). The study subtracts the diagonal *column-wise*
     (`A - A.diagonal()` broadcasts over rows), which gives (`subtract="column"`)
 
         y(q, k) = l(q, k) - l(k, k) = s(q, k) - s(k, k) - LSE_q + LSE_k,
@@ -293,19 +309,19 @@ def study_curve(inputs: Tensor, qk: QKHead, windows: StudyWindows = StudyWindows
     if subtract not in ("column", "row"):
         raise ValueError(f"subtract must be 'column' or 'row', got {subtract!r}")
     n, n_windows, width = inputs.shape[0], windows.n_windows, windows.width
-    unscaled = QKHead(qk.W_Q, qk.W_K, 1.0)  # the study's scores: no scale, no biases
+    unscaled = QKHead(qk.W_Q, qk.W_K, 1.0, rotation=qk.rotation)  # the study's scores: no scale, no biases
     chunks = [torch.arange(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
     lse, own = torch.empty(n, dtype=torch.float64), torch.empty(n, dtype=torch.float64)
     cos_min = 1.0
     for index in chunks:  # pass 1: LSE_q, s(q, q), the smallest cosine
-        s = attention_scores(inputs[index], inputs, unscaled).double()  # (C, N)
+        s = word_score_rows(inputs, index, unscaled).double()  # (C, N)
         lse[index], own[index] = s.logsumexp(-1), s[torch.arange(len(index)), index]
         cos_min = min(cos_min, float(cosine_matrix(inputs[index], inputs).min()))
     starts = torch.linspace(cos_min, 1.0, n_windows, dtype=torch.float64)
     count = torch.zeros(n_windows, dtype=torch.float64)
     total, square = torch.zeros_like(count), torch.zeros_like(count)
     for index in tqdm(chunks, desc="study windows", disable=not progress, leave=False):  # pass 2: windows
-        s = attention_scores(inputs[index], inputs, unscaled).double()  # (C, N)
+        s = word_score_rows(inputs, index, unscaled).double()  # (C, N)
         if subtract == "column":
             y = s - own[None, :] - lse[index, None] + lse[None, :]
         else:

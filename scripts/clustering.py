@@ -21,6 +21,8 @@ every control head, ranked with `controls.compare`); the "mean" view averages ov
 Community counts (key "community_count"): Leiden's count grows with the number of nodes, so it compares with the
 study's only on a graph of the study's 3,000 frequency-chosen nodes (`clustering.community_count_comparison`);
 with fewer (the organism's whole vocabulary) the results say "not comparable" and why.
+Positions (key "position_treatment"): with rotary positions both graphs score a token on itself at Δ = 0 and on any
+other token at M = E_Δ[R(Δ)] over the survey prompts' query-partner distances (`positions.position_treatment`).
 Writes results/<model>/clustering.json (communities with members, sizes, modularity, ARI/NMI),
 figures/<model>/clustering.{pdf,png} and figures/<model>/clustering.html (interactive, offline).
 """
@@ -36,11 +38,12 @@ from analysis import cli, clustering, controls, io, prompts, records
 from analysis.attention import qk_head
 from analysis.frequency import check_frequency_csv, frequency_csv_path
 from analysis.heads import control_heads, load_target
-from analysis.positions import AT_ZERO, recorded_treatment
+from analysis.positions import position_treatment
 from analysis.plotting import graph_html, save_figure, target_vs_controls, use_style
 from analysis.token_maps import INPUT_VIEWS, InputOptions, token_inputs
 
 NAME = "clustering"
+STUDY_GRAPH_POSITIONS = "the study's graph (study_graph) reads its key-by-query scores the same way"
 DEFAULT_VIEW = "study"
 DEFAULT_VIEW_RULE = ("the default input view is the study's own construction ('study'), fixed before results were "
                      "read because it is the study's like-for-like input; every other view is reported beside it "
@@ -77,13 +80,15 @@ def main(args) -> None:
     labels = model.tokenizer.batch_decode(ids[:, None].tolist())
     category_of = prompts.category_index(model.tokenizer, categories, model.cfg.d_vocab)[ids].numpy()
     nodes = torch.cat([torch.tensor([prompts.bos_token_id(model)]), ids])  # the study's nodes: BOS, then ours
+    treatment = position_treatment(model, categories, args.seed)  # rotary: self at Δ = 0, other tokens at M
     heads = [(layer, head), *control_heads(model, (layer, head), args.controls, args.seed)]
     settings = clustering.GraphSettings(args.k, args.keep_self, args.method, args.resolution, args.seed)
     views = {}  # every input view: both graphs of every head, their agreement and the ranking against the controls
     for view in (args.input, *(v for v in INPUT_VIEWS if v != args.input)):
         inputs = {l: token_inputs(model, l, view, token_ids=nodes, seed=args.seed, options=InputOptions(categories))
                   for l in dict.fromkeys(h[0] for h in heads)}  # (1 + n, d_model) per layer
-        parts = {(l, h): clustering.head_partitions(inputs[l], qk_head(model, l, h), settings) for l, h in heads}
+        parts = {(l, h): clustering.head_partitions(inputs[l], qk_head(model, l, h, rotation=treatment.rotation),
+                                                  settings) for l, h in heads}
         # ARI/NMI as Samples over the category words: a paired bootstrap CI of target minus strongest control
         stats = {hd: clustering.agreement_samples(part, category_of) for hd, part in parts.items()}
         views[view] = (parts, controls.compare((layer, head), stats, clustering.AGREEMENT_DIRECTIONS,
@@ -96,7 +101,7 @@ def main(args) -> None:
     study = records.partition_record(theirs, ["<BOS>", *labels], np.concatenate([[-1], category_of]),
                                         list(categories))
     results = {"head": {"layer": layer, "head": head}, "input": args.input, "default_view_rule": DEFAULT_VIEW_RULE,
-               "position_treatment": recorded_treatment(model, AT_ZERO),
+               "position_treatment": treatment.described(STUDY_GRAPH_POSITIONS),
                "views": {view: records.view_record(view_report) for view, (_, view_report) in views.items()},
                "community_count": clustering.community_count_comparison(min(args.n_tokens, n_ordinary)),
                "k": args.k, "keep_self": args.keep_self,

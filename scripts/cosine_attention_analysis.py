@@ -13,6 +13,10 @@ study's 8 by default) give a direct check: d over category-mates versus words of
 The reference prompts whose means the head input adds are category prompts of --categories. One example query
 (--query, default " red") is drawn with its best keys labelled.
 
+Positions (key "position_treatment"): with rotary positions s(q, q) is read at Δ = 0 and s(q, k) for k != q at
+M = E_Δ[R(Δ)] over the survey prompts' query-partner distances (`positions.position_treatment`), in the profile, the
+category contrast of every head, the example query and the study's curves alike.
+
 Units: attention logits in nats (with the model's 1/attn_scale = 1/sqrt(d_head)); --units
 bits-unscaled reports s * attn_scale / ln 2.
 
@@ -40,18 +44,18 @@ from pathlib import Path
 
 import torch
 
-from analysis import cli, controls, io, prompts, records, similarity
+from analysis import cli, controls, io, positions, prompts, records, similarity
 from analysis.attention import qk_head
 from analysis.errors import UsageError
 from analysis.frequency import check_frequency_csv, frequency_csv_path, ordinary_or_frequent_ids
 from analysis.heads import load_target
-from analysis.positions import AT_ZERO, recorded_treatment
 from analysis.plotting import save_figure, similarity_figure, target_vs_controls
 from analysis.vocab_input import InputSettings, head_input
 
 NAME = "cosine_attention_analysis"
 DEFAULT_TOKENS = 8192
 DIRECTIONS = {"mates_minus_others": "high", "word_mates_beat_self": "high"}
+STUDY_POSITIONS = "the study's curves (study, study_row) read their scores the same way, BOS a key like any other"
 
 
 def build_parser():
@@ -90,7 +94,8 @@ def main(args) -> None:
     categories, category_record = cli.chosen_categories(args)
     reference = prompts.reference_prompts(model, args.seed, categories=categories)
     inputs = head_input(model, layer, reference, args.variant, ids, InputSettings(progress=True))  # (N, d_model)
-    qk = qk_head(model, layer, head, bias=not args.no_bias)
+    treatment = positions.position_treatment(model, categories, args.seed)  # rotary: self at Δ = 0, others at M
+    qk = qk_head(model, layer, head, bias=not args.no_bias, rotation=treatment.rotation)
     unit = similarity.score_unit(args.units, qk.scale)
     settings = similarity.ProfileSettings(unit=unit, width=args.window, n_resamples=args.n_resamples, seed=args.seed,
                                           chunk_size=args.chunk_size)
@@ -99,8 +104,8 @@ def main(args) -> None:
     # Category words (wherever they rank in frequency): mates against other categories, for every head.
     category_of = prompts.category_index(model.tokenizer, categories, model.cfg.d_vocab)
     words = similarity.category_words(category_of)  # (ids, category), each [n]
-    stats = similarity.category_contrast_by_head(model, reference, args.variant, words, include_bias=not args.no_bias,
-                                                 unit=unit)  # every head
+    stats = similarity.category_contrast_by_head(model, reference, args.variant, words,
+                                                 similarity.HeadScores(not args.no_bias, unit, treatment.rotation))
     report = controls.compare((layer, head), {k: v.samples for k, v in stats.items()}, DIRECTIONS, args.n_resamples,
                               args.seed)
 
@@ -123,7 +128,7 @@ def main(args) -> None:
 
     unit_name = "nats" if args.units == "nats" else "bits, unscaled"
     results = {
-        "position_treatment": recorded_treatment(model, AT_ZERO),
+        "position_treatment": treatment.described(STUDY_POSITIONS),
         **report,  # directions, target (layer, head and each statistic's rank), controls
         "settings": {"variant": args.variant, "biases_included": not args.no_bias, "units": unit_name, "scale": unit,
                      "tokens": chosen, "n_tokens": len(ids), "pairs": profile["pairs"], "window": args.window,

@@ -32,6 +32,11 @@ input. Statistics and the direction a self-suppressing head predicts ("direction
   best_mean_rank_change (low)   the head's own best cell of the grid: its largest fall in mean self-rank
   best_self_mass_change (high)  the head's own best cell of the grid: its largest rise in self mass
 (the last two only with the grid). Category prompts: --categories (the study's 8 by default).
+
+Positions (key "position_treatment"): with rotary positions a query's own key is scored at Δ = 0 and every other key
+at M = E_Δ[R(Δ)] over the survey prompts' query-partner distances (`positions.position_treatment`), so the edited
+head scores x_q (W_Q M W_K^T + V_k diag((s - 1) λ_k) V_k^T) x_j^T: the edit is of W_sym at Δ = 0 and is added alike
+at every distance; in context each query and key turns by its own position. The study's edit stays at Δ = 0.
 Writes results/<model>/eigenvalue_rank_ablation.json and figures/<model>/eigenvalue_rank_ablation{,_controls}.{pdf,png}.
 """
 
@@ -39,17 +44,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from analysis import cli, controls, io, prompts, records
+from analysis import cli, controls, io, positions, prompts, records
 from analysis import qk_decomposition as qk
 from analysis.attention import qk_head
 from analysis import self_suppression as ss
 from analysis.heads import control_heads, load_target
-from analysis.positions import AT_ZERO, recorded_treatment
 from analysis.plotting import save_figure, target_vs_controls, use_style
 from analysis.qk_decomposition import RankGrid
 from analysis.token_maps import InputOptions, token_inputs
 
 NAME = "eigenvalue_rank_ablation"
+RANK_GRID_POSITIONS = ("the edit V_k diag((s - 1) λ_k) V_k^T of W_sym is added alike at every Δ (its directions are "
+                       "not turned); the study's edit (study_edit) reads every pair at Δ = 0, as the study's dense W")
 
 
 def build_parser():
@@ -99,7 +105,9 @@ def main(args) -> None:
     n_keys = model.cfg.d_vocab
     dropped = qk.trivial_accuracy_ks(args.at, n_keys)  # accuracy@K with K >= V/2 says nothing
     at = [K for K in args.at if str(K) not in dropped]
-    settings = ss.RankAblation(RankGrid(args.ks, args.scales, at, args.chunk_size, queries), args.control_cells)
+    treatment = positions.position_treatment(model, categories, args.seed)  # rotary: other keys at M, self at Δ = 0
+    settings = ss.RankAblation(RankGrid(args.ks, args.scales, at, args.chunk_size, queries, treatment.rotation),
+                               args.control_cells)
     study = ss.rank_ablation(model, [(layer, head), *heads], layer_inputs, probe, settings, progress=True)
     grid, best = study["grid"], study["best"]
     cells, ks = grid["cells"], grid["ks"]
@@ -112,7 +120,7 @@ def main(args) -> None:
          for suffix, E in (("", layer_inputs(layer)), ("_study_input", study_input))}, study_cell, n_keys)
     report = controls.compare((layer, head), study["statistics"], study["directions"])
     results = {"head": {"layer": layer, "head": head}, "input": args.input,
-               "position_treatment": recorded_treatment(model, AT_ZERO),
+               "position_treatment": treatment.described(RANK_GRID_POSITIONS),
                "n_negative_eigenvalues": grid["n_negative"], "d_vocab": model.cfg.d_vocab, "ks": ks,
                "scales": args.scales, "at": at, "acc_dropped": dropped,
                "cells": records.normalised_cells(cells, n_keys), "best_cell": records.normalised_cell(best, n_keys),

@@ -14,6 +14,9 @@
                   degenerate, with the reason; copying scores and full composition matrices are
                   written in every case
 
+Positions (key "position_treatment"): with rotary positions the QK circuit in the Q- and K-composition scores is
+W_Q W_K^T at Δ = 0 (R = I); the copying scores and V-composition read OV, which has no positions.
+
 Writes results/<model>/qk_ov_circuits.json and figures/<model>/qk_ov_circuits{,_eigenvalues,
 _composition}.{pdf,png}.
 """
@@ -27,10 +30,14 @@ import torch
 from analysis import circuits, cli, io, plotting, scores
 from analysis.errors import UsageError
 from analysis.models import load_model
+from analysis.positions import recorded_treatment
 from analysis.plotting import head_heatmaps, save_figure
 from analysis.scan import ScanSettings, scan_heads, top_heads
 
 NAME = "qk_ov_circuits"
+COMPOSITION_POSITIONS = ("rotary: Q- and K-composition read each later head's W_QK = W_Q W_K^T at Δ = 0 (R = I, as "
+                         "TransformerLens's composition scores), not at E_Δ[R(Δ)]; copying scores and V-composition "
+                         "are of OV, which rotary positions do not turn")
 
 
 def build_parser():
@@ -92,6 +99,7 @@ def main(args) -> None:
         return {"residual_W_V_W_O": float(copying["residual"][h]), "full_W_E_W_V_W_O_W_U": float(copying["full"][h])}
 
     results = {
+        "position_treatment": recorded_treatment(model, COMPOSITION_POSITIONS),
         "top_previous_token_head": {"layer": previous[0], "head": previous[1],
                                     "score": float(scan.previous_token[previous])},
         "top_induction_head": {"layer": best[0], "head": best[1], "score": best_score, "chance": chance,

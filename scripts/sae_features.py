@@ -36,6 +36,9 @@ positions' share of positions, so only a precision above this null (`null.target
 paired bootstrap CI over samples) says the QK circuit predicts the active features. All statistics
 go through one `controls.compare` (`directions`, `target`, `controls`); the figure
 sae_features_controls shows each, sae_features_precision the curve.
+Positions (key "position_treatment"): with rotary positions a feature's score on itself is read at Δ = 0 and on any
+other feature at M = E_Δ[R(Δ)] over the survey prompts' query-partner distances (`positions.position_treatment`),
+in the target's map and every head's statistics alike.
 Writes results/<model>/sae_features.json and figures/<model>/sae_features{,_controls,_precision}.{pdf,png}.
 Where no SAE can be had for the model (the default SAE is not available here, does not fit the
 model, or the default head sits in layer 0, which reads no residual stream after a block), the
@@ -51,9 +54,10 @@ from analysis import cli, io, prompts, records
 from analysis.controls import compare, head_key, separating
 from analysis import self_suppression as ss
 from analysis.heads import load_target
+from analysis.positions import position_treatment
 from analysis.plotting import group_heatmaps, precision_curve, save_figure, target_vs_controls
 from analysis.sae import precision as sp
-from analysis.sae.features import feature_map, feature_map_statistics, name_features
+from analysis.sae.features import FeatureMaps, feature_map, feature_map_statistics, name_features
 from analysis.sae.sources import GPT2_RELEASE, SAERequest, SAEUnavailable, sae_for_head
 
 NAME = "sae_features"
@@ -109,8 +113,9 @@ def main(args) -> None:
     tokens, _ = prompts.category_probe(model, categories, args.n_prompts, args.n_words, args.seed + 1)
     features, group, labels, source["variance_explained_on_category_prompts"] = name_features(
         model, sae, hook, tokens, categories, args.per_category)
-    scores = feature_map(model, sae, layer, head, features)  # (n, n): query feature, key feature
-    results = {"head": {"layer": layer, "head": head}, "sae": source,
+    treatment = position_treatment(model, categories, args.seed)  # rotary: self at Δ = 0, other features at M
+    scores = feature_map(model, sae, layer, head, features, treatment.rotation)  # (n, n): query feature, key feature
+    results = {"head": {"layer": layer, "head": head}, "sae": source, "position_treatment": treatment.description,
                **records.feature_map_record(scores, features, labels, group, list(categories), args.top_pairs),
                "categories": category_record}
     samples = sp.category_samples(model, args.precision_samples, args.seed)  # the k is fixed before any precision
@@ -120,7 +125,8 @@ def main(args) -> None:
                                             sp.PrecisionSettings(ks, args.precision_shuffles, args.seed))
     both, at = sp.pooled(per_category), ks.index(choice.k)
     curve = sp.precision_curve(both, args.n_resamples, args.seed)
-    stats = feature_map_statistics(model, sae, features, group, layer, sp.precision_by_head(per_category, at))
+    stats = feature_map_statistics(model, sae, features, group,
+                                   FeatureMaps(layer, sp.precision_by_head(per_category, at), treatment.rotation))
     report = compare((layer, head), stats, {**ss.GROUP_MAP_DIRECTIONS, "precision": "high"}, args.n_resamples,
                      args.seed)
     null = records.precision_null(stats[(layer, head)]["precision_shuffled"], choice.k,

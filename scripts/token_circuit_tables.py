@@ -10,6 +10,11 @@ uniform when absent):
   key score  = max_q QK[q, k] * max_o OVc[k, o] * p_k^0.1       (which keys the table pivots on)
   per key    top queries by QK[q, k] * p_q^0.1, top outputs by OVc[k, o]
 
+Positions (key "position_treatment"): with rotary positions QK[q, k] for k != q and the score on BOS are read at
+M = E_Δ[R(Δ)] over the survey prompts' query-partner distances of the study's categories
+(`positions.position_treatment`), and QK[q, q] has the query's score on itself at Δ = 0
+(`circuits.token_self_shift`).
+
 Both matrices stay factored (TransformerLens FactoredMatrix) and are read in vocabulary chunks of
 --chunk-size tokens, so for GPT-2 no 50257 x 50257 matrix is ever resident. Writes
 results/<model>/token_circuit_tables.json and figures/<model>/token_circuit_tables.{pdf,png}.
@@ -25,12 +30,13 @@ from analysis import circuits, cli, io, prompts
 from analysis.attention import qk_head
 from analysis.frequency import check_frequency_csv, read_frequency_csv
 from analysis.heads import target_head
-from analysis.positions import AT_ZERO, recorded_treatment
+from analysis.positions import position_treatment
 from analysis.models import load_model
 from analysis.plotting import save_figure, use_style
 from analysis.vocab_input import InputSettings, head_input
 
 NAME = "token_circuit_tables"
+BOS_POSITIONS = "a query's score on BOS, which it subtracts, is at M too"
 
 
 def build_parser():
@@ -56,16 +62,16 @@ def token_label(model, token_id) -> str:
     return model.to_single_str_token(int(token_id)) if model.tokenizer is not None else str(int(token_id))
 
 
-def table_figure(model, table, qk, ov, layer: int, head: int):
+def table_figure(model, table, token_qk, ov, target):
     """QK of the top queries (rows) against the top keys (columns), and OVc of the keys against their top outputs."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
     use_style()
-    keys = table["key_ids"]
+    (qk, shift), (layer, head), keys = token_qk, target, table["key_ids"]
     queries = torch.unique(table["query_ids"].flatten(), sorted=False)[:30]
     outputs = torch.unique(table["output_ids"].flatten(), sorted=False)[:30]
-    qk_block = qk[queries][:, keys].AB  # (n_q, n_keys)
+    qk_block = circuits.with_self_shift(qk[queries][:, keys].AB, queries, keys, shift)  # (n_q, n_keys)
     ov_block = ov[keys].AB  # (n_keys, d_vocab)
     ov_block = (ov_block - ov_block.mean(-1, keepdim=True))[:, outputs]
     names = lambda ids: [repr(token_label(model, i))[1:-1] for i in ids]  # noqa: E731  leading spaces stay visible
@@ -93,11 +99,13 @@ def main(args) -> None:
     reference = prompts.reference_prompts(model, args.seed) if args.variant == "mean" else None
     x = head_input(model, layer, reference, args.variant, settings=InputSettings(args.chunk_size, progress=True))
     bos = circuits.bos_key_input(model, layer)
-    qk = circuits.token_qk(x, x, bos, qk_head(model, layer, head, bias=True))
+    treatment = position_treatment(model, prompts.STUDY_CATEGORIES, args.seed)  # rotary: self at Δ = 0, others at M
+    own = qk_head(model, layer, head, bias=True, rotation=treatment.rotation)
+    qk, shift = circuits.token_qk(x, x, bos, own), circuits.token_self_shift(x, own)  # shift: None unless rotary
     W_V, W_O, W_U = (w.detach().float().cpu() for w in (model.W_V[layer, head], model.W_O[layer, head], model.W_U))
     ov = circuits.token_ov(x, W_V, W_O, W_U)
     table = circuits.key_pivoted_table(qk, ov, p, circuits.TableSize(args.keys, args.queries, args.outputs),
-                                       args.chunk_size)
+                                       args.chunk_size, shift)
 
     rows = []
     for i, key in enumerate(table["key_ids"]):
@@ -110,12 +118,12 @@ def main(args) -> None:
                         for o, s in zip(table["output_ids"][i], table["output_scores"][i])],
         })
     results = {"layer": layer, "head": head, "variant": args.variant,
-               "position_treatment": recorded_treatment(model, AT_ZERO),
+               "position_treatment": treatment.described(BOS_POSITIONS),
                "token_probabilities": str(args.freq) if args.freq is not None else "uniform",
                "table": rows}
     path = io.save_results(args.out, args.model, NAME, results,
                            io.Provenance(model.analysis_info, vars(args), args.seed))
-    save_figure(table_figure(model, table, qk, ov, layer, head), args.out, args.model, NAME)
+    save_figure(table_figure(model, table, (qk, shift), ov, (layer, head)), args.out, args.model, NAME)
 
     print(f"L{layer}H{head} key-pivoted table (p: {results['token_probabilities']})")
     for row in rows:

@@ -428,7 +428,7 @@ def test_feature_map_and_its_statistics_through_each_layers_layernorm(organism):
     dense = x @ W @ x.T / organism.cfg.attn_scale
     assert torch.allclose(features.feature_map(organism, sae, 1, 3, chosen), dense.detach(), atol=1e-4)
     rows = {h: {"precision": float(h), "precision_shuffled": 0.1} for h in range(organism.cfg.n_heads)}
-    stats = features.feature_map_statistics(organism, sae, chosen, group, layer=1, precision=rows)
+    stats = features.feature_map_statistics(organism, sae, chosen, group, features.FeatureMaps(1, rows))
     assert set(stats) == {(l, h) for l in range(organism.cfg.n_layers) for h in range(organism.cfg.n_heads)}
     assert stats[(1, 2)]["precision"] == 2.0 and stats[(0, 2)]["precision"] is None
     x0 = organism.blocks[0].ln1(sae.W_dec[chosen][:, None])[:, 0].detach()

@@ -2,7 +2,8 @@
 
 Each feature's decoder direction d_f goes through the head's LayerNorm as if it were the residual
 stream, x_f = LN1(d_f) (`feature_inputs`), and then through the head's bilinear form:
-s(f, g) = x_f W x_g^T / sqrt(d_head), W = W_Q W_K^T (no biases) (`feature_map`). Features get the
+s(f, g) = x_f W x_g^T / sqrt(d_head), W = W_Q W_K^T (no biases) (`feature_map`; with rotary positions s(f, f) at
+Δ = 0 and s(f, g), g != f, at M = E_Δ[R(Δ)], `positions.position_treatment`). Features get the
 category of the tokens they fire on, from their mean activation on each category's words in category
 prompts (`category_activations`, `select_features`), and a name from the tokens they fire on most
 (`feature_label`). At GPT-2's size (32768 features, 50257 tokens) nothing of size d_sae x d_vocab is
@@ -13,12 +14,13 @@ ours; the study's metric is `sae.precision`.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from analysis.attention import attention_scores, qk_head
+from analysis.attention import qk_head, word_score_matrix
 from analysis.controls import Statistic
 from analysis.prompts import category_index
 from analysis.sae.sources import variance_explained
@@ -127,25 +129,40 @@ def name_features(model: HookedTransformer, sae, hook: str, tokens: Tensor, cate
     return features, group, [feature_label(by_token, int(f), token_labels) for f in features], explained
 
 
-def feature_map(model: HookedTransformer, sae, layer: int, head: int, features: Tensor) -> Tensor:
-    """`[n, n]`: s(f, g) = LN1(d_f) W_Q W_K^T LN1(d_g)^T / attn_scale for the head, query feature by key feature."""
+def feature_map(model: HookedTransformer, sae, layer: int, head: int, features: Tensor,
+                rotation: Tensor | None = None) -> Tensor:
+    """`[n, n]`: s(f, g) = LN1(d_f) W_Q W_K^T LN1(d_g)^T / attn_scale for the head, query feature by key feature;
+    with a rotary model's `rotation` M (`positions.position_treatment`) s(f, g) for g != f is LN1(d_f) W_Q M W_K^T
+    LN1(d_g)^T / attn_scale and s(f, f) stays at Δ = 0 (`attention.word_score_matrix`)."""
     x = feature_inputs(model, sae, layer, features)  # (n, d_model)
-    return attention_scores(x, x, qk_head(model, layer, head))
+    return word_score_matrix(x, qk_head(model, layer, head, rotation=rotation))
 
 
-def feature_map_statistics(model: HookedTransformer, sae, features: Tensor, group: Tensor, layer: int | None = None,
-                           precision: dict[int, dict[str, object]] | None = None
-                           ) -> dict[tuple[int, int], dict[str, Statistic]]:
+@dataclass(frozen=True)
+class FeatureMaps:
+    """What `feature_map_statistics` adds to every head's statistics: the SAE's `layer` and its `precision`
+    (`precision_by_head`; None: no precision), and a rotary model's `rotation` M for scores between different
+    features (None: M = I)."""
+
+    layer: int | None = None
+    precision: dict[int, dict[str, object]] | None = None
+    rotation: Tensor | None = None
+
+
+def feature_map_statistics(model: HookedTransformer, sae, features: Tensor, group: Tensor,
+                           maps: FeatureMaps = FeatureMaps()) -> dict[tuple[int, int], dict[str, Statistic]]:
     """(layer, head) -> `self_suppression.group_map_statistics` of the features' map, for every head (each
-    layer's heads see the decoder directions through that layer's LayerNorm: `feature_inputs`). With
-    `precision` (`precision_by_head` of the SAE's `layer`), each head of that layer gets its row, every other
-    head precision and precision_shuffled None (the study's precision is defined for the SAE's layer only)."""
-    stats = {}
+    layer's heads see the decoder directions through that layer's LayerNorm: `feature_inputs`), each feature on
+    itself at Δ = 0 and on the others at `maps.rotation` M. With `maps.precision` (`precision_by_head` of the
+    SAE's `maps.layer`), each head of that layer gets its row, every other head precision and precision_shuffled
+    None (the study's precision is defined for the SAE's layer only)."""
+    stats, precision = {}, maps.precision
     for l in range(model.cfg.n_layers):
         x = feature_inputs(model, sae, l, features)  # (n, d_model)
         for h in range(model.cfg.n_heads):
-            stats[(l, h)] = group_map_statistics(x, group, qk_head(model, l, h), unit="SAE feature")
+            qk = qk_head(model, l, h, rotation=maps.rotation)
+            stats[(l, h)] = group_map_statistics(x, group, qk, unit="SAE feature")
             if precision is not None:
-                stats[(l, h)].update(precision.get(h) if l == layer else {"precision": None,
-                                                                          "precision_shuffled": None})
+                stats[(l, h)].update(precision.get(h) if l == maps.layer else {"precision": None,
+                                                                               "precision_shuffled": None})
     return stats
