@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -107,3 +109,33 @@ def run_held_out(out, held_root, extra: dict[str, tuple[str, ...]] | None = None
         assert done.returncode == 0, f"{script} (held out): {done.stderr[-2000:]}"
     done = run_script("held_out", "--out", str(out), "--held-out-root", str(held_root))
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+# --- a real browser, for the pages the project ships ------------------------------------------------------
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's chromium under chromedriver, headless, with a fresh profile; skipped where either is missing."""
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if chromium is None or driver is None:
+        pytest.skip("the atlas page's browser test needs Debian's chromium and chromedriver "
+                    "(apt-get install chromium chromium-driver); "
+                    f"found chromium: {chromium}, chromedriver: {driver}")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the dev extra: make setup")
+    from selenium.webdriver.chrome.service import Service
+
+    with tempfile.TemporaryDirectory(prefix="atlas-page-profile-") as profile:
+        options = webdriver.ChromeOptions()
+        options.binary_location = chromium
+        for flag in CHROMIUM_FLAGS + [f"--user-data-dir={profile}", "--window-size=1500,1100"]:
+            options.add_argument(flag)
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+        session = webdriver.Chrome(service=Service(driver), options=options)
+        try:
+            yield session
+        finally:
+            session.quit()

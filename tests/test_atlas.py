@@ -20,7 +20,7 @@ from analysis import atlas
 from analysis.atlas_store import combine, csv_text, model_folder, table_row
 from analysis.organism.files import ground_truth, shipped_organisms
 from conftest import REPO, run_main, run_script
-from test_atlas_page import browser, detail, row_order, wait_for  # noqa: F401  (browser: a fixture)
+from test_atlas_page import detail, row_order, wait_for
 
 # --- hand-built heads -----------------------------------------------------------------------------
 
@@ -191,6 +191,18 @@ def start_atlas(out, *models: str) -> tuple[subprocess.Popen, dict[str, int]]:
     return process, jobs
 
 
+def kill_tree(pid: int) -> None:
+    """SIGKILL a job: submitit's process (its local job id) and the worker it started, children first."""
+    import psutil
+
+    job = psutil.Process(pid)
+    for process in [*job.children(recursive=True), job]:
+        try:
+            process.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -220,7 +232,7 @@ def test_the_local_executor_runs_two_models_at_once_and_the_table_is_built_from_
 @pytest.mark.e2e
 def test_a_job_killed_mid_run_leaves_its_model_absent_and_the_rerun_completes_it(tmp_path):
     process, by_model = start_atlas(tmp_path, "organism", "organism-neox")
-    os.kill(by_model["organism-neox"], signal.SIGKILL)  # mid-run: the job has only just been started
+    kill_tree(by_model["organism-neox"])  # mid-run: the job has only just been started
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 1, stderr[-3000:]
     assert "organism-neox: FAILED" in stderr

@@ -7,8 +7,6 @@ from __future__ import annotations
 import copy
 import json
 import re
-import shutil
-import tempfile
 from html.parser import HTMLParser
 
 import pytest
@@ -130,34 +128,6 @@ def test_a_pattern_row_of_the_wrong_length_is_refused():
 
 
 # --- in a real browser -------------------------------------------------------------------------------------------
-
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    """Debian's chromium under chromedriver, headless, with a fresh profile; skipped where either is missing."""
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if chromium is None or driver is None:
-        pytest.skip("the atlas page's browser test needs Debian's chromium and chromedriver "
-                    "(apt-get install chromium chromium-driver); "
-                    f"found chromium: {chromium}, chromedriver: {driver}")
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the dev extra: make setup")
-    from selenium.webdriver.chrome.service import Service
-
-    with tempfile.TemporaryDirectory(prefix="atlas-page-profile-") as profile:
-        options = webdriver.ChromeOptions()
-        options.binary_location = chromium
-        for flag in CHROMIUM_FLAGS + [f"--user-data-dir={profile}", "--window-size=1500,1100"]:
-            options.add_argument(flag)
-        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-        session = webdriver.Chrome(service=Service(driver), options=options)
-        try:
-            yield session
-        finally:
-            session.quit()
-
 
 @pytest.fixture(scope="module")
 def page_url(tmp_path_factory):

@@ -9,7 +9,7 @@ from transformer_lens.utilities import get_act_name
 from analysis import attention, positions, prompts, rotary
 from analysis.properties import trace_term
 from analysis.models import load_model
-from analysis.patterns import all_patterns, layer_input
+from analysis.patterns import layer_input
 from analysis.qk_edits import pattern_from_input
 
 ORGANISMS = ("organism-llama", "organism-neox")
