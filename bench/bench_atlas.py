@@ -22,8 +22,10 @@ WRAPPER = ("import json, resource, subprocess, sys, time; t = time.perf_counter(
 
 
 def bench_atlas_profile_gpt2_random(settings: Settings) -> dict:
-    """`scripts/atlas.py --models gpt2-random` (load, profile of all 144 heads, folder, table, figure, page) as a
-    process on 2 threads: wall time and peak resident memory, against the budget of 3 minutes and 4 GB."""
+    """The whole atlas command on gpt2-random's 144 heads, 2 threads, against the budget of 3 minutes and 4 GB.
+
+    `scripts/atlas.py --models gpt2-random` (load, profile, folder, table, figure, page) runs as a process;
+    its wall time and peak resident memory are measured."""
     env = {k: v for k, v in os.environ.items() if k not in HARNESS_ENV}
     env |= {"OMP_NUM_THREADS": str(BUDGET["threads"]), "HF_HUB_OFFLINE": "1"}
     with tempfile.TemporaryDirectory() as out:
