@@ -74,12 +74,12 @@ def executor_for(settings: JobSettings):
     return executor
 
 
-def check_engine(settings: JobSettings) -> None:
-    """A `UsageError` now, before any work, when the engine `settings` asks for cannot be had here."""
+def check_engine(settings: JobSettings):
+    """The submitit executor `settings` asks for (None in process), or a `UsageError` now, before any work, when
+    that engine cannot be had here."""
     if settings.executor not in EXECUTORS:
         raise UsageError(f"--executor must be one of {', '.join(EXECUTORS)}, not {settings.executor!r}.")
-    if settings.executor != "inprocess":
-        executor_for(settings)
+    return None if settings.executor == "inprocess" else executor_for(settings)
 
 
 def run_jobs(function: Callable[[Any], Any], items: Mapping[str, Any], settings: JobSettings = JobSettings()
@@ -89,8 +89,8 @@ def run_jobs(function: Callable[[Any], Any], items: Mapping[str, Any], settings:
     `function` and the items must pickle (a module-level function, plain values) for "local" and "slurm".
     A `UsageError` stops everything in process (bad input); any other error ends only its own job.
     """
-    check_engine(settings)
-    if settings.executor == "inprocess":
+    executor = check_engine(settings)
+    if executor is None:
         outcomes = {}
         for name, item in items.items():
             try:
@@ -101,7 +101,6 @@ def run_jobs(function: Callable[[Any], Any], items: Mapping[str, Any], settings:
                 traceback.print_exc()
                 outcomes[name] = Outcome(error=f"{type(err).__name__}: {err}")
         return outcomes
-    executor = executor_for(settings)
     with executor.batch():
         jobs = {name: executor.submit(function, item) for name, item in items.items()}
     outcomes = {}
