@@ -135,10 +135,9 @@ def job_settings(job: ModelJob) -> dict:
 
 def check_same_settings(job: ModelJob) -> None:
     """A `UsageError` when `job.model`'s finished folder was profiled with other settings than `job` asks for."""
-    recorded = read_profile(job.out, job.model)["settings"]
-    if recorded != job_settings(job):
-        differ = sorted(k for k in recorded.keys() | job_settings(job).keys()
-                        if recorded.get(k) != job_settings(job).get(k))
+    recorded, wanted = read_profile(job.out, job.model)["settings"], job_settings(job)
+    if recorded != wanted:
+        differ = sorted(k for k in recorded.keys() | wanted.keys() if recorded.get(k) != wanted.get(k))
         raise UsageError(f"{job.folder} was profiled with other settings ({', '.join(differ)}) than this run asks "
                          "for, and one table must compare heads measured alike. Give the same settings, --redo "
                          "to profile it again, or another --out.")
